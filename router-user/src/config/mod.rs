@@ -1,0 +1,3 @@
+//! Inputs: Neutron's router list and the node config.
+pub mod node;
+pub mod routers;

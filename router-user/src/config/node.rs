@@ -1,0 +1,120 @@
+//! The node config (TOML): what Neutron keeps in `l3_agent.ini`.
+//!
+//! Every key is optional; unknown keys are an error, since a typo in an
+//! operator's file should not silently fall back to a default.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which data plane forwards packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// eBPF where possible, iptables otherwise.
+    Auto,
+    /// eBPF, XDP hook.
+    Xdp,
+    /// eBPF, TC (tcx) hook.
+    Tc,
+    /// Neutron's iptables rule set and the kernel's forwarding.
+    Iptables,
+}
+
+impl std::fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dataplane::Auto => "auto",
+            Dataplane::Xdp => "xdp",
+            Dataplane::Tc => "tc",
+            Dataplane::Iptables => "iptables",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Port of the metadata proxy inside each router namespace.
+    pub metadata_port: u16,
+    /// Prefix of a network's bridge name (`<prefix><network id[:11]>`).
+    pub bridge_prefix: String,
+    /// Network ID -> bridge name, overriding the naming rule.
+    pub bridge_mappings: BTreeMap<String, String>,
+    /// Data plane to use.
+    pub dataplane: Dataplane,
+    /// Where BPF objects are pinned.
+    pub pin_dir: PathBuf,
+    /// Where the daemon keeps its state file and control socket.
+    pub state_dir: PathBuf,
+    /// Seconds between periodic resyncs that repair what changed behind
+    /// xrouter's back (0 disables them).
+    pub resync_interval: u64,
+    /// Send gratuitous ARP for new addresses.
+    pub send_garp: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            metadata_port: 9697,
+            bridge_prefix: "brq".into(),
+            bridge_mappings: BTreeMap::new(),
+            dataplane: Dataplane::Auto,
+            pin_dir: "/sys/fs/bpf/xrouter".into(),
+            state_dir: "/run/xrouter".into(),
+            resync_interval: 10,
+            send_garp: true,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses a node config, naming the file and the bad key on error.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<NodeConfig> {
+        let c: NodeConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("node config {origin}: {e}"))?;
+        if c.metadata_port == 0 {
+            anyhow::bail!("node config {origin}: metadata_port: 0 is not a usable port");
+        }
+        if c.bridge_prefix.is_empty() || c.bridge_prefix.len() > 4 {
+            anyhow::bail!(
+                "node config {origin}: bridge_prefix: {:?} must be 1-4 characters (bridge names are at most 15)",
+                c.bridge_prefix
+            );
+        }
+        for (net, br) in &c.bridge_mappings {
+            if br.is_empty() || br.len() > 15 || br.contains(['/', ' ']) {
+                anyhow::bail!("node config {origin}: bridge_mappings.{net}: {br:?} is not a valid interface name");
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads a node config file, or the defaults when `path` is None.
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<NodeConfig> {
+        match path {
+            None => Ok(NodeConfig::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("node config {}: {e}", p.display()))?;
+                NodeConfig::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// The bridge a network's tap devices are enslaved to.
+    pub fn bridge_for(&self, network_id: &str) -> String {
+        if let Some(b) = self.bridge_mappings.get(network_id) {
+            return b.clone();
+        }
+        format!("{}{}", self.bridge_prefix, crate::model::short_id(network_id))
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("xrouter.sock")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+}

@@ -1,0 +1,367 @@
+//! Neutron's router list (`sync_routers` payload) parsed and validated into
+//! [`crate::model::Router`]s.
+//!
+//! Unknown fields are ignored, as the agent does. Every rejected value yields
+//! an error naming the router, the field and the value; nothing is applied
+//! from a list that has any error.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::{ExtraRoute, FloatingIp, Gateway, Mac, Port, Role, Router, Subnet, short_id};
+
+/// Why a router list was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("routers file is not valid JSON: {0}")]
+    Json(String),
+    #[error("routers file must be a JSON list of routers or {{\"routers\": [...]}}, found {0}")]
+    Shape(String),
+    #[error("router #{index}: field id: {problem}")]
+    NoId { index: usize, problem: String },
+    #[error("router {router}: field {field}: {problem}")]
+    Field {
+        router: String,
+        field: String,
+        problem: String,
+    },
+}
+
+fn field_err(router: &str, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        router: router.to_string(),
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRouter {
+    id: String,
+    #[serde(default = "yes")]
+    admin_state_up: bool,
+    enable_snat: Option<bool>,
+    external_gateway_info: Option<RawGatewayInfo>,
+    #[serde(default)]
+    routes: Option<Vec<RawRoute>>,
+    gw_port: Option<RawPort>,
+    #[serde(default, rename = "_interfaces")]
+    interfaces: Option<Vec<RawPort>>,
+    #[serde(default, rename = "_floatingips")]
+    floatingips: Option<Vec<RawFloatingIp>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct RawGatewayInfo {
+    enable_snat: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawRoute {
+    destination: String,
+    nexthop: String,
+}
+
+#[derive(Deserialize)]
+struct RawPort {
+    id: String,
+    mac_address: String,
+    mtu: Option<u32>,
+    #[serde(default)]
+    network_id: String,
+    #[serde(default)]
+    fixed_ips: Vec<RawFixedIp>,
+    #[serde(default)]
+    subnets: Vec<RawSubnet>,
+    #[serde(default)]
+    extra_subnets: Vec<RawSubnet>,
+}
+
+#[derive(Deserialize)]
+struct RawFixedIp {
+    ip_address: String,
+    prefixlen: Option<u8>,
+    subnet_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawSubnet {
+    id: Option<String>,
+    cidr: String,
+    gateway_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawFloatingIp {
+    #[serde(default)]
+    id: String,
+    floating_ip_address: String,
+    fixed_ip_address: Option<String>,
+}
+
+/// Default MTU when the port dict has none (Neutron's global_physnet_mtu).
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// Parses and validates a routers file. Routers with `admin_state_up: false`
+/// are validated, then left out (the agent does not deploy them).
+pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+    let list = match v {
+        Value::Array(a) => a,
+        Value::Object(mut o) => match o.remove("routers") {
+            Some(Value::Array(a)) => a,
+            Some(other) => return Err(ConfigError::Shape(format!("\"routers\": {}", kind(&other)))),
+            None => return Err(ConfigError::Shape("an object without \"routers\"".into())),
+        },
+        other => return Err(ConfigError::Shape(kind(&other).into())),
+    };
+
+    let mut routers = Vec::new();
+    let mut seen_routers = HashSet::new();
+    // Port IDs and their device-name stems must be unique on the node: the
+    // tap devices of all routers share one namespace.
+    let mut seen_ports: HashMap<String, String> = HashMap::new();
+    for (index, raw) in list.into_iter().enumerate() {
+        let id = match raw.get("id") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::String(_)) => {
+                return Err(ConfigError::NoId { index, problem: "is empty".into() });
+            }
+            Some(other) => {
+                return Err(ConfigError::NoId { index, problem: format!("must be a string, found {other}") });
+            }
+            None => return Err(ConfigError::NoId { index, problem: "is missing".into() }),
+        };
+        let raw: RawRouter = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            field_err(&id, if path == "." { "(router)".into() } else { path }, e.into_inner().to_string())
+        })?;
+        let (router, up) = validate(raw)?;
+        if !seen_routers.insert(router.id.clone()) {
+            return Err(field_err(&router.id, "id", format!("duplicate router id {:?}", router.id)));
+        }
+        for p in router.ports() {
+            let stem = short_id(&p.id).to_string();
+            if let Some(owner) = seen_ports.insert(stem.clone(), router.id.clone()) {
+                return Err(field_err(
+                    &router.id,
+                    "port id",
+                    format!(
+                        "port {:?} gives device name stem {stem:?}, already used by a port of router {owner}",
+                        p.id
+                    ),
+                ));
+            }
+        }
+        if up {
+            routers.push(router);
+        }
+    }
+    Ok(routers)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
+    let rid = raw.id.clone();
+    if !valid_router_id(&rid) {
+        return Err(field_err(
+            &rid,
+            "id",
+            format!("{rid:?} must be 1-55 characters of letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let enable_snat = raw
+        .enable_snat
+        .or(raw.external_gateway_info.as_ref().and_then(|g| g.enable_snat))
+        .unwrap_or(true);
+
+    let gateway = match raw.gw_port {
+        Some(p) => {
+            let extra = p
+                .extra_subnets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr))
+                .collect::<Result<Vec<_>, _>>()?;
+            let port = port(&rid, "gw_port", p, Role::Gateway)?;
+            if port.ipv4().is_none() {
+                return Err(field_err(&rid, "gw_port.fixed_ips", "the gateway port has no IPv4 address"));
+            }
+            Some(Gateway { port, extra_subnets: extra })
+        }
+        None => None,
+    };
+
+    let mut interfaces = Vec::new();
+    for (i, p) in raw.interfaces.unwrap_or_default().into_iter().enumerate() {
+        interfaces.push(port(&rid, &format!("_interfaces[{i}]"), p, Role::Internal)?);
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.unwrap_or_default().iter().enumerate() {
+        let destination = cidr(&rid, &format!("routes[{i}].destination"), &r.destination)?;
+        let nexthop = ip(&rid, &format!("routes[{i}].nexthop"), &r.nexthop)?;
+        if destination.addr().is_ipv4() != nexthop.is_ipv4() {
+            return Err(field_err(
+                &rid,
+                format!("routes[{i}].nexthop"),
+                format!("{nexthop} is not of the same family as destination {destination}"),
+            ));
+        }
+        routes.push(ExtraRoute { destination, nexthop });
+    }
+
+    let mut floating_ips: Vec<FloatingIp> = Vec::new();
+    for (i, f) in raw.floatingips.unwrap_or_default().iter().enumerate() {
+        let field = format!("_floatingips[{i}].floating_ip_address");
+        let fip = match ip(&rid, &field, &f.floating_ip_address)? {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => return Err(field_err(&rid, field, format!("{v6} is not IPv4"))),
+        };
+        let Some(gw) = &gateway else {
+            return Err(field_err(&rid, field, format!("{fip}: the router has no gateway port (gw_port)")));
+        };
+        let ext: Vec<IpNet> = gw.port.subnets.iter().map(|s| s.cidr).chain(gw.extra_subnets.iter().copied()).collect();
+        if !ext.iter().any(|n| n.contains(&IpAddr::V4(fip))) {
+            let list: Vec<String> = ext.iter().map(|n| n.to_string()).collect();
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{fip} is outside the external subnets ({})", list.join(", ")),
+            ));
+        }
+        let fixed_field = format!("_floatingips[{i}].fixed_ip_address");
+        let Some(fixed) = f.fixed_ip_address.as_deref() else {
+            // An unassociated floating IP is not handed to agents; skip it.
+            continue;
+        };
+        let fixed = match ip(&rid, &fixed_field, fixed)? {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => return Err(field_err(&rid, fixed_field, format!("{v6} is not IPv4"))),
+        };
+        if gw.snat_ip() == Some(fip) {
+            return Err(field_err(&rid, field, format!("{fip} is the gateway port's own address")));
+        }
+        if let Some(o) = floating_ips.iter().find(|o| o.floating_ip == fip) {
+            return Err(field_err(&rid, field, format!("duplicate floating IP {fip} (also floating IP {:?})", o.id)));
+        }
+        if let Some(o) = floating_ips.iter().find(|o| o.fixed_ip == fixed) {
+            return Err(field_err(
+                &rid,
+                fixed_field,
+                format!("fixed IP {fixed} already has floating IP {}", o.floating_ip),
+            ));
+        }
+        floating_ips.push(FloatingIp { id: f.id.clone(), floating_ip: fip, fixed_ip: fixed });
+    }
+
+    Ok((
+        Router { id: rid, enable_snat, gateway, interfaces, routes, floating_ips },
+        raw.admin_state_up,
+    ))
+}
+
+fn valid_router_id(id: &str) -> bool {
+    // The namespace name becomes a file under /run/netns.
+    !id.is_empty()
+        && id.len() <= 55
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError> {
+    if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(field_err(rid, format!("{at}.id"), format!("{:?} is not a usable port id", p.id)));
+    }
+    let mac: Mac = p
+        .mac_address
+        .parse()
+        .map_err(|_| field_err(rid, format!("{at}.mac_address"), format!("{:?} is not a MAC address", p.mac_address)))?;
+    if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
+        return Err(field_err(rid, format!("{at}.mac_address"), format!("{mac} is not a unicast MAC address")));
+    }
+    let mtu = p.mtu.unwrap_or(DEFAULT_MTU);
+    if !(68..=65535).contains(&mtu) {
+        return Err(field_err(rid, format!("{at}.mtu"), format!("{mtu} is outside 68..65535")));
+    }
+    let mut subnets = Vec::new();
+    let mut subnet_ids = HashMap::new();
+    for (i, s) in p.subnets.iter().enumerate() {
+        let c = cidr(rid, &format!("{at}.subnets[{i}].cidr"), &s.cidr)?;
+        let gateway_ip = match s.gateway_ip.as_deref() {
+            Some(g) if !g.is_empty() => Some(ip(rid, &format!("{at}.subnets[{i}].gateway_ip"), g)?),
+            _ => None,
+        };
+        if let Some(id) = &s.id {
+            subnet_ids.insert(id.clone(), c);
+        }
+        subnets.push(Subnet { cidr: c, gateway_ip });
+    }
+    if p.fixed_ips.is_empty() {
+        return Err(field_err(rid, format!("{at}.fixed_ips"), format!("port {} has no address", p.id)));
+    }
+    let mut addresses = Vec::new();
+    for (i, f) in p.fixed_ips.iter().enumerate() {
+        let field = format!("{at}.fixed_ips[{i}].ip_address");
+        let addr = ip(rid, &field, &f.ip_address)?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        // Neutron's dicts carry prefixlen; older payloads only the subnet.
+        let plen = match f.prefixlen {
+            Some(l) if l <= max => l,
+            Some(l) => {
+                return Err(field_err(rid, format!("{at}.fixed_ips[{i}].prefixlen"), format!("{l} is over {max}")));
+            }
+            None => f
+                .subnet_id
+                .as_ref()
+                .and_then(|id| subnet_ids.get(id))
+                .or_else(|| subnets.iter().map(|s| &s.cidr).find(|c| c.contains(&addr)))
+                .map(|c| c.prefix_len())
+                .ok_or_else(|| {
+                    field_err(rid, format!("{at}.fixed_ips[{i}].prefixlen"), format!("missing for {addr}, and no subnet of the port contains it"))
+                })?,
+        };
+        let net = IpNet::new(addr, plen).expect("prefix length checked");
+        if addresses.contains(&net) {
+            return Err(field_err(rid, field, format!("duplicate address {addr}")));
+        }
+        addresses.push(net);
+    }
+    Ok(Port { id: p.id, role, mac, mtu, network_id: p.network_id, addresses, subnets })
+}
+
+fn ip(rid: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| field_err(rid, field, format!("{s:?} is not an IP address")))
+}
+
+fn cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| field_err(rid, field, format!("{s:?} is not a CIDR (address/prefix)")))?;
+    if net.trunc() != net {
+        return Err(field_err(rid, field, format!("{s:?} has host bits set (did you mean {}?)", net.trunc())));
+    }
+    Ok(net)
+}

@@ -1,0 +1,165 @@
+//! Named network namespaces, as `ip netns` keeps them: a bind mount of the
+//! namespace file under `/run/netns/<name>`.
+//!
+//! Work inside a namespace runs on a short-lived thread that has joined it
+//! (setns affects only the calling thread), so the daemon itself never moves.
+//! Sockets opened there stay bound to that namespace after the thread ends.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsFd,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+};
+
+/// Where named namespaces live.
+pub const NETNS_DIR: &str = "/run/netns";
+
+pub fn path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Whether a named namespace exists (its file is a live mount).
+pub fn exists(name: &str) -> bool {
+    File::open(path(name)).is_ok_and(|f| is_netns(&f))
+}
+
+fn is_netns(f: &File) -> bool {
+    // NSFS_MAGIC: a bind-mounted namespace, not a leftover empty file.
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6e736673)
+}
+
+/// Opens a named namespace.
+pub fn open(name: &str) -> Result<File> {
+    let f = File::open(path(name)).with_context(|| format!("network namespace {name} not found"))?;
+    if !is_netns(&f) {
+        bail!("{} is not a network namespace", path(name).display());
+    }
+    Ok(f)
+}
+
+/// Lists named namespaces.
+pub fn list() -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let dir = match std::fs::read_dir(NETNS_DIR) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).context(NETNS_DIR),
+    };
+    for e in dir {
+        let e = e?;
+        if let Some(n) = e.file_name().to_str() {
+            out.push(n.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Makes /run/netns a shared mount point, as iproute2 does, so namespaces
+/// created here are visible to `ip netns` in other mount namespaces too.
+fn prepare_dir() -> Result<()> {
+    std::fs::create_dir_all(NETNS_DIR).context(NETNS_DIR)?;
+    let shared = || mount(None::<&str>, NETNS_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    if shared().is_err() {
+        mount(Some(NETNS_DIR), NETNS_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .context("bind-mounting /run/netns")?;
+        shared().context("making /run/netns shared")?;
+    }
+    Ok(())
+}
+
+/// Creates a named namespace; does nothing if it already exists.
+pub fn create(name: &str) -> Result<()> {
+    if exists(name) {
+        return Ok(());
+    }
+    prepare_dir()?;
+    let target = path(name);
+    // A leftover file of a half-deleted namespace is reused.
+    File::create(&target).with_context(|| format!("creating {}", target.display()))?;
+    let t = target.clone();
+    let res = std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        let tid = nix::unistd::gettid();
+        let src = format!("/proc/self/task/{tid}/ns/net");
+        mount(Some(src.as_str()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind-mounting {src} on {}", t.display()))?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?;
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&target);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Deletes a named namespace; does nothing if it is absent. Devices inside go
+/// with it once no process holds it.
+pub fn delete(name: &str) -> Result<()> {
+    let p = path(name);
+    if !p.exists() {
+        return Ok(());
+    }
+    match umount2(&p, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("unmounting {}", p.display())),
+    }
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
+    }
+}
+
+/// Runs `f` on a thread that has joined namespace `ns` (None: the caller's
+/// own namespace, still on a fresh thread so the behaviour is the same).
+pub fn run_in<T: Send + 'static>(ns: Option<&str>, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = ns.map(open).transpose()?;
+    std::thread::spawn(move || -> Result<T> {
+        if let Some(file) = file {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+/// Makes `cmd` run inside namespace `ns` (network namespace only, like
+/// `nsenter --net`, so named namespaces stay visible to it).
+pub fn command_in(ns: &str, cmd: &mut Command) -> Result<()> {
+    let file = open(ns)?;
+    // SAFETY: setns is async-signal-safe; the closure only uses the fd.
+    unsafe {
+        cmd.pre_exec(move || setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
+    }
+    Ok(())
+}
+
+/// Writes a sysctl under /proc/sys inside namespace `ns`; the net.* tree is
+/// resolved against the namespace of the thread that opens it.
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let p = format!("/proc/sys/{}", key.replace('.', "/"));
+    let v = value.to_string();
+    run_in(Some(ns), move || -> io::Result<bool> {
+        let cur = std::fs::read_to_string(&p)?;
+        if cur.trim() == v {
+            return Ok(false);
+        }
+        std::fs::write(&p, &v)?;
+        Ok(true)
+    })?
+    .with_context(|| format!("sysctl {key}={value} in {ns}"))?;
+    Ok(())
+}
