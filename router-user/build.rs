@@ -2,7 +2,6 @@
 //! object in OUT_DIR, where `bpf.rs` embeds it.
 use anyhow::{Context as _, anyhow};
 
-
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()

@@ -1,1 +1,151 @@
-fn main() {}
+//! `xrouter`: the daemon and its command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use router_user::{
+    config::node::{Dataplane, NodeConfig},
+    control::{self, Request},
+    daemon, show,
+    state::State,
+};
+
+/// Neutron-compatible virtual routers with an eBPF data plane.
+///
+/// xrouter reads the routers Neutron's server hands an L3 agent (the
+/// `sync_routers` payload, as JSON) and builds each as Neutron's legacy agent
+/// does: a `qrouter-<id>` namespace, `qr-`/`qg-` ports, addresses, routes,
+/// floating IPs and NAT.
+#[derive(Parser)]
+#[command(name = "xrouter", version, propagate_version = true)]
+struct Cli {
+    /// Node config (TOML): metadata port, bridges, data plane, directories.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the state file and control socket (overrides the config).
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground: apply the routers and keep them so.
+    ///
+    /// Reloads on SIGHUP and on `xrouter reload`; repairs what is removed
+    /// behind its back every `resync_interval` seconds. Stopping it
+    /// (SIGTERM, Ctrl-C) leaves the routers forwarding.
+    Run {
+        /// The routers file: a JSON list of router dicts or {"routers": [...]}.
+        #[arg(long, value_name = "FILE")]
+        routers: PathBuf,
+        /// Data plane (overrides the node config).
+        #[arg(long, value_enum)]
+        dataplane: Option<Dataplane>,
+    },
+    /// Make the running daemon re-read its routers file and apply it.
+    ///
+    /// Returns once the new state is applied; on a validation error exits
+    /// non-zero and the daemon keeps the previous state.
+    Reload,
+    /// Check a routers file without applying anything.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        routers: PathBuf,
+    },
+    /// Show the routers, ports, addresses and floating IPs xrouter manages.
+    Show {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every namespace, port and bridge xrouter created.
+    Cleanup,
+    /// Build a sandbox with the article's topology, run its experiments,
+    /// print what each showed, and tear it down.
+    Demo {
+        /// Leave the sandbox in place for a look (remove it with --cleanup-demo).
+        #[arg(long)]
+        keep: bool,
+        /// Data plane to demonstrate.
+        #[arg(long, value_enum, default_value = "auto")]
+        dataplane: Dataplane,
+    },
+}
+
+fn node_config(cli: &Cli) -> Result<NodeConfig> {
+    let mut node = NodeConfig::load(cli.config.as_deref())?;
+    if let Some(d) = &cli.state_dir {
+        node.state_dir = d.clone();
+    }
+    Ok(node)
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XROUTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    match real_main(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xrouter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<ExitCode> {
+    let mut node = node_config(&cli)?;
+    match cli.cmd {
+        Cmd::Run { routers, dataplane } => {
+            if let Some(d) = dataplane {
+                node.dataplane = d;
+            }
+            let routers = std::path::absolute(&routers)?;
+            daemon::run(node, routers).await?;
+        }
+        Cmd::Reload => {
+            let reply = control::call(&node.socket_path(), &Request::Reload).await?;
+            if !reply.ok {
+                eprintln!(
+                    "xrouter: reload failed, previous state kept:\n{}",
+                    reply.message
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{}", reply.message);
+        }
+        Cmd::Check { routers } => {
+            let r = daemon::read_routers(&routers)?;
+            println!("{}: {} routers, valid", routers.display(), r.len());
+        }
+        Cmd::Show { json } => {
+            let state = State::load(&node.state_file())?;
+            if json {
+                println!("{}", show::json(&state));
+            } else {
+                print!("{}", show::table(&state));
+            }
+        }
+        Cmd::Cleanup => {
+            let ch = daemon::cleanup(&node).await?;
+            println!("cleanup: {} items removed", ch.len());
+        }
+        Cmd::Demo { keep, dataplane } => {
+            return router_user::demo::run(dataplane, keep).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

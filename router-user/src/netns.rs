@@ -39,7 +39,8 @@ fn is_netns(f: &File) -> bool {
 
 /// Opens a named namespace.
 pub fn open(name: &str) -> Result<File> {
-    let f = File::open(path(name)).with_context(|| format!("network namespace {name} not found"))?;
+    let f =
+        File::open(path(name)).with_context(|| format!("network namespace {name} not found"))?;
     if !is_netns(&f) {
         bail!("{} is not a network namespace", path(name).display());
     }
@@ -68,10 +69,24 @@ pub fn list() -> Result<Vec<String>> {
 /// created here are visible to `ip netns` in other mount namespaces too.
 fn prepare_dir() -> Result<()> {
     std::fs::create_dir_all(NETNS_DIR).context(NETNS_DIR)?;
-    let shared = || mount(None::<&str>, NETNS_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = || {
+        mount(
+            None::<&str>,
+            NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     if shared().is_err() {
-        mount(Some(NETNS_DIR), NETNS_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .context("bind-mounting /run/netns")?;
+        mount(
+            Some(NETNS_DIR),
+            NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .context("bind-mounting /run/netns")?;
         shared().context("making /run/netns shared")?;
     }
     Ok(())
@@ -91,8 +106,14 @@ pub fn create(name: &str) -> Result<()> {
         unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
         let tid = nix::unistd::gettid();
         let src = format!("/proc/self/task/{tid}/ns/net");
-        mount(Some(src.as_str()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("bind-mounting {src} on {}", t.display()))?;
+        mount(
+            Some(src.as_str()),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting {src} on {}", t.display()))?;
         Ok(())
     })
     .join()
@@ -124,7 +145,10 @@ pub fn delete(name: &str) -> Result<()> {
 
 /// Runs `f` on a thread that has joined namespace `ns` (None: the caller's
 /// own namespace, still on a fresh thread so the behaviour is the same).
-pub fn run_in<T: Send + 'static>(ns: Option<&str>, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub fn run_in<T: Send + 'static>(
+    ns: Option<&str>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     let file = ns.map(open).transpose()?;
     std::thread::spawn(move || -> Result<T> {
         if let Some(file) = file {
@@ -142,7 +166,9 @@ pub fn command_in(ns: &str, cmd: &mut Command) -> Result<()> {
     let file = open(ns)?;
     // SAFETY: setns is async-signal-safe; the closure only uses the fd.
     unsafe {
-        cmd.pre_exec(move || setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
+        cmd.pre_exec(move || {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+        });
     }
     Ok(())
 }

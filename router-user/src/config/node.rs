@@ -72,7 +72,8 @@ impl Default for NodeConfig {
 impl NodeConfig {
     /// Parses a node config, naming the file and the bad key on error.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<NodeConfig> {
-        let c: NodeConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("node config {origin}: {e}"))?;
+        let c: NodeConfig =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("node config {origin}: {e}"))?;
         if c.metadata_port == 0 {
             anyhow::bail!("node config {origin}: metadata_port: 0 is not a usable port");
         }
@@ -84,7 +85,9 @@ impl NodeConfig {
         }
         for (net, br) in &c.bridge_mappings {
             if br.is_empty() || br.len() > 15 || br.contains(['/', ' ']) {
-                anyhow::bail!("node config {origin}: bridge_mappings.{net}: {br:?} is not a valid interface name");
+                anyhow::bail!(
+                    "node config {origin}: bridge_mappings.{net}: {br:?} is not a valid interface name"
+                );
             }
         }
         Ok(c)
@@ -107,7 +110,11 @@ impl NodeConfig {
         if let Some(b) = self.bridge_mappings.get(network_id) {
             return b.clone();
         }
-        format!("{}{}", self.bridge_prefix, crate::model::short_id(network_id))
+        format!(
+            "{}{}",
+            self.bridge_prefix,
+            crate::model::short_id(network_id)
+        )
     }
 
     pub fn socket_path(&self) -> PathBuf {

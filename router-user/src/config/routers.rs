@@ -120,7 +120,9 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
         Value::Array(a) => a,
         Value::Object(mut o) => match o.remove("routers") {
             Some(Value::Array(a)) => a,
-            Some(other) => return Err(ConfigError::Shape(format!("\"routers\": {}", kind(&other)))),
+            Some(other) => {
+                return Err(ConfigError::Shape(format!("\"routers\": {}", kind(&other))));
+            }
             None => return Err(ConfigError::Shape("an object without \"routers\"".into())),
         },
         other => return Err(ConfigError::Shape(kind(&other).into())),
@@ -135,20 +137,39 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
         let id = match raw.get("id") {
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
             Some(Value::String(_)) => {
-                return Err(ConfigError::NoId { index, problem: "is empty".into() });
+                return Err(ConfigError::NoId {
+                    index,
+                    problem: "is empty".into(),
+                });
             }
             Some(other) => {
-                return Err(ConfigError::NoId { index, problem: format!("must be a string, found {other}") });
+                return Err(ConfigError::NoId {
+                    index,
+                    problem: format!("must be a string, found {other}"),
+                });
             }
-            None => return Err(ConfigError::NoId { index, problem: "is missing".into() }),
+            None => {
+                return Err(ConfigError::NoId {
+                    index,
+                    problem: "is missing".into(),
+                });
+            }
         };
         let raw: RawRouter = serde_path_to_error::deserialize(raw).map_err(|e| {
             let path = e.path().to_string();
-            field_err(&id, if path == "." { "(router)".into() } else { path }, e.into_inner().to_string())
+            field_err(
+                &id,
+                if path == "." { "(router)".into() } else { path },
+                e.into_inner().to_string(),
+            )
         })?;
         let (router, up) = validate(raw)?;
         if !seen_routers.insert(router.id.clone()) {
-            return Err(field_err(&router.id, "id", format!("duplicate router id {:?}", router.id)));
+            return Err(field_err(
+                &router.id,
+                "id",
+                format!("duplicate router id {:?}", router.id),
+            ));
         }
         for p in router.ports() {
             let stem = short_id(&p.id).to_string();
@@ -192,7 +213,10 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
     }
     let enable_snat = raw
         .enable_snat
-        .or(raw.external_gateway_info.as_ref().and_then(|g| g.enable_snat))
+        .or(raw
+            .external_gateway_info
+            .as_ref()
+            .and_then(|g| g.enable_snat))
         .unwrap_or(true);
 
     let gateway = match raw.gw_port {
@@ -205,9 +229,16 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
                 .collect::<Result<Vec<_>, _>>()?;
             let port = port(&rid, "gw_port", p, Role::Gateway)?;
             if port.ipv4().is_none() {
-                return Err(field_err(&rid, "gw_port.fixed_ips", "the gateway port has no IPv4 address"));
+                return Err(field_err(
+                    &rid,
+                    "gw_port.fixed_ips",
+                    "the gateway port has no IPv4 address",
+                ));
             }
-            Some(Gateway { port, extra_subnets: extra })
+            Some(Gateway {
+                port,
+                extra_subnets: extra,
+            })
         }
         None => None,
     };
@@ -228,7 +259,10 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
                 format!("{nexthop} is not of the same family as destination {destination}"),
             ));
         }
-        routes.push(ExtraRoute { destination, nexthop });
+        routes.push(ExtraRoute {
+            destination,
+            nexthop,
+        });
     }
 
     let mut floating_ips: Vec<FloatingIp> = Vec::new();
@@ -239,15 +273,28 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
             IpAddr::V6(v6) => return Err(field_err(&rid, field, format!("{v6} is not IPv4"))),
         };
         let Some(gw) = &gateway else {
-            return Err(field_err(&rid, field, format!("{fip}: the router has no gateway port (gw_port)")));
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{fip}: the router has no gateway port (gw_port)"),
+            ));
         };
-        let ext: Vec<IpNet> = gw.port.subnets.iter().map(|s| s.cidr).chain(gw.extra_subnets.iter().copied()).collect();
+        let ext: Vec<IpNet> = gw
+            .port
+            .subnets
+            .iter()
+            .map(|s| s.cidr)
+            .chain(gw.extra_subnets.iter().copied())
+            .collect();
         if !ext.iter().any(|n| n.contains(&IpAddr::V4(fip))) {
             let list: Vec<String> = ext.iter().map(|n| n.to_string()).collect();
             return Err(field_err(
                 &rid,
                 field,
-                format!("{fip} is outside the external subnets ({})", list.join(", ")),
+                format!(
+                    "{fip} is outside the external subnets ({})",
+                    list.join(", ")
+                ),
             ));
         }
         let fixed_field = format!("_floatingips[{i}].fixed_ip_address");
@@ -257,13 +304,23 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
         };
         let fixed = match ip(&rid, &fixed_field, fixed)? {
             IpAddr::V4(v4) => v4,
-            IpAddr::V6(v6) => return Err(field_err(&rid, fixed_field, format!("{v6} is not IPv4"))),
+            IpAddr::V6(v6) => {
+                return Err(field_err(&rid, fixed_field, format!("{v6} is not IPv4")));
+            }
         };
         if gw.snat_ip() == Some(fip) {
-            return Err(field_err(&rid, field, format!("{fip} is the gateway port's own address")));
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{fip} is the gateway port's own address"),
+            ));
         }
         if let Some(o) = floating_ips.iter().find(|o| o.floating_ip == fip) {
-            return Err(field_err(&rid, field, format!("duplicate floating IP {fip} (also floating IP {:?})", o.id)));
+            return Err(field_err(
+                &rid,
+                field,
+                format!("duplicate floating IP {fip} (also floating IP {:?})", o.id),
+            ));
         }
         if let Some(o) = floating_ips.iter().find(|o| o.fixed_ip == fixed) {
             return Err(field_err(
@@ -272,11 +329,22 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
                 format!("fixed IP {fixed} already has floating IP {}", o.floating_ip),
             ));
         }
-        floating_ips.push(FloatingIp { id: f.id.clone(), floating_ip: fip, fixed_ip: fixed });
+        floating_ips.push(FloatingIp {
+            id: f.id.clone(),
+            floating_ip: fip,
+            fixed_ip: fixed,
+        });
     }
 
     Ok((
-        Router { id: rid, enable_snat, gateway, interfaces, routes, floating_ips },
+        Router {
+            id: rid,
+            enable_snat,
+            gateway,
+            interfaces,
+            routes,
+            floating_ips,
+        },
         raw.admin_state_up,
     ))
 }
@@ -287,23 +355,45 @@ fn valid_router_id(id: &str) -> bool {
         && id.len() <= 55
         && id != "."
         && id != ".."
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError> {
-    if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(field_err(rid, format!("{at}.id"), format!("{:?} is not a usable port id", p.id)));
+    if p.id.is_empty()
+        || !p
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(field_err(
+            rid,
+            format!("{at}.id"),
+            format!("{:?} is not a usable port id", p.id),
+        ));
     }
-    let mac: Mac = p
-        .mac_address
-        .parse()
-        .map_err(|_| field_err(rid, format!("{at}.mac_address"), format!("{:?} is not a MAC address", p.mac_address)))?;
+    let mac: Mac = p.mac_address.parse().map_err(|_| {
+        field_err(
+            rid,
+            format!("{at}.mac_address"),
+            format!("{:?} is not a MAC address", p.mac_address),
+        )
+    })?;
     if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
-        return Err(field_err(rid, format!("{at}.mac_address"), format!("{mac} is not a unicast MAC address")));
+        return Err(field_err(
+            rid,
+            format!("{at}.mac_address"),
+            format!("{mac} is not a unicast MAC address"),
+        ));
     }
     let mtu = p.mtu.unwrap_or(DEFAULT_MTU);
     if !(68..=65535).contains(&mtu) {
-        return Err(field_err(rid, format!("{at}.mtu"), format!("{mtu} is outside 68..65535")));
+        return Err(field_err(
+            rid,
+            format!("{at}.mtu"),
+            format!("{mtu} is outside 68..65535"),
+        ));
     }
     let mut subnets = Vec::new();
     let mut subnet_ids = HashMap::new();
@@ -316,10 +406,17 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         if let Some(id) = &s.id {
             subnet_ids.insert(id.clone(), c);
         }
-        subnets.push(Subnet { cidr: c, gateway_ip });
+        subnets.push(Subnet {
+            cidr: c,
+            gateway_ip,
+        });
     }
     if p.fixed_ips.is_empty() {
-        return Err(field_err(rid, format!("{at}.fixed_ips"), format!("port {} has no address", p.id)));
+        return Err(field_err(
+            rid,
+            format!("{at}.fixed_ips"),
+            format!("port {} has no address", p.id),
+        ));
     }
     let mut addresses = Vec::new();
     for (i, f) in p.fixed_ips.iter().enumerate() {
@@ -330,7 +427,11 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         let plen = match f.prefixlen {
             Some(l) if l <= max => l,
             Some(l) => {
-                return Err(field_err(rid, format!("{at}.fixed_ips[{i}].prefixlen"), format!("{l} is over {max}")));
+                return Err(field_err(
+                    rid,
+                    format!("{at}.fixed_ips[{i}].prefixlen"),
+                    format!("{l} is over {max}"),
+                ));
             }
             None => f
                 .subnet_id
@@ -339,7 +440,11 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
                 .or_else(|| subnets.iter().map(|s| &s.cidr).find(|c| c.contains(&addr)))
                 .map(|c| c.prefix_len())
                 .ok_or_else(|| {
-                    field_err(rid, format!("{at}.fixed_ips[{i}].prefixlen"), format!("missing for {addr}, and no subnet of the port contains it"))
+                    field_err(
+                        rid,
+                        format!("{at}.fixed_ips[{i}].prefixlen"),
+                        format!("missing for {addr}, and no subnet of the port contains it"),
+                    )
                 })?,
         };
         let net = IpNet::new(addr, plen).expect("prefix length checked");
@@ -348,7 +453,15 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         }
         addresses.push(net);
     }
-    Ok(Port { id: p.id, role, mac, mtu, network_id: p.network_id, addresses, subnets })
+    Ok(Port {
+        id: p.id,
+        role,
+        mac,
+        mtu,
+        network_id: p.network_id,
+        addresses,
+        subnets,
+    })
 }
 
 fn ip(rid: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
@@ -361,7 +474,11 @@ fn cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
         .parse()
         .map_err(|_| field_err(rid, field, format!("{s:?} is not a CIDR (address/prefix)")))?;
     if net.trunc() != net {
-        return Err(field_err(rid, field, format!("{s:?} has host bits set (did you mean {}?)", net.trunc())));
+        return Err(field_err(
+            rid,
+            field,
+            format!("{s:?} has host bits set (did you mean {}?)", net.trunc()),
+        ));
     }
     Ok(net)
 }

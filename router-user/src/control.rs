@@ -1,0 +1,57 @@
+//! The daemon's control socket: one JSON request line, one JSON answer line.
+//! The socket lives in the state directory (mode 0700) and is itself 0600,
+//! so only root can talk to the daemon.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// Re-read the routers file and apply it.
+    Reload,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Sends a request to the daemon and waits for its answer.
+pub async fn call(socket: &Path, req: &Request) -> Result<Reply> {
+    let s = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "no xrouter daemon answers on {} (is `xrouter run` running?)",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = s.into_split();
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await?;
+    let mut answer = String::new();
+    BufReader::new(r).read_line(&mut answer).await?;
+    if answer.is_empty() {
+        bail!("the daemon closed the connection without answering");
+    }
+    Ok(serde_json::from_str(&answer).context("malformed answer from the daemon")?)
+}
+
+/// Reads one request from a connection.
+pub async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<Request> {
+    let mut line = String::new();
+    BufReader::new(r)
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .await?;
+    serde_json::from_str(&line).with_context(|| format!("bad request {:?}", line.trim()))
+}
+
+use tokio::io::AsyncReadExt as _;

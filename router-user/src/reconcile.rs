@@ -1,0 +1,374 @@
+//! Makes the kernel match the desired routers: namespaces, ports, addresses,
+//! routes, sysctls and the data plane's rules. Every step reads what is there
+//! first and changes only what differs, so applying the same state twice
+//! changes nothing and a resync repairs what was removed behind our back.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::{Context as _, Result};
+use ipnet::IpNet;
+
+use crate::{
+    config::node::NodeConfig,
+    conntrack, garp, iptables,
+    model::{Port, Role, Router},
+    netlink::{Nl, Via, WantRoute},
+    netns,
+};
+
+/// Sysctls Neutron sets in a router namespace. The conntrack one exists only
+/// once nf_conntrack is loaded, which the iptables rules ensure.
+const SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv4.conf.all.arp_ignore", "1"),
+    ("net.ipv4.conf.all.arp_announce", "2"),
+    ("net.netfilter.nf_conntrack_tcp_be_liberal", "1"),
+];
+
+/// What one apply did, for logs and for `reload`'s answer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub items: Vec<String>,
+}
+
+impl Changes {
+    fn note(&mut self, what: impl Into<String>) {
+        self.items.push(what.into());
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Context of one apply.
+pub struct Reconciler<'a> {
+    pub node: &'a NodeConfig,
+    /// The daemon's own namespace (taps and bridges), as a netlink connection.
+    pub host: Nl,
+    /// Bridges this reconciler created (recorded for `cleanup`).
+    pub created_bridges: BTreeSet<String>,
+}
+
+impl<'a> Reconciler<'a> {
+    pub async fn new(node: &'a NodeConfig) -> Result<Reconciler<'a>> {
+        Ok(Reconciler {
+            node,
+            host: Nl::open(None).await?,
+            created_bridges: BTreeSet::new(),
+        })
+    }
+
+    /// Brings one router to its desired state. `prev` is what was applied
+    /// last time (to find floating IPs and gateway addresses that went away).
+    pub async fn apply_router(
+        &mut self,
+        r: &Router,
+        prev: Option<&Router>,
+        ch: &mut Changes,
+    ) -> Result<()> {
+        let ns = r.namespace();
+        if !netns::exists(&ns) {
+            netns::create(&ns)?;
+            ch.note(format!("created namespace {ns}"));
+        }
+        let nl = Nl::open(Some(&ns)).await?;
+        if let Some(lo) = nl.link("lo").await?
+            && !lo.up
+        {
+            nl.set_up(lo.index).await?;
+        }
+
+        // Ports: remove those no longer wanted, then create/fix the others.
+        let wanted: BTreeSet<String> = r.ports().map(|p| p.device()).collect();
+        for l in nl.links().await? {
+            if (l.name.starts_with("qr-") || l.name.starts_with("qg-")) && !wanted.contains(&l.name)
+            {
+                nl.del_link(l.index).await?;
+                ch.note(format!("{ns}: removed port {}", l.name));
+            }
+        }
+        let mut announce = Vec::new();
+        for p in r.ports() {
+            self.ensure_port(&nl, &ns, p, ch).await?;
+            let mut want: Vec<IpNet> = p.addresses.clone();
+            if p.role == Role::Gateway {
+                for f in &r.floating_ips {
+                    want.push(IpNet::new(IpAddr::V4(f.floating_ip), 32).expect("/32"));
+                }
+            }
+            for added in ensure_addresses(&nl, &ns, p, &want, ch).await? {
+                if let IpAddr::V4(v4) = added {
+                    announce.push((p.device(), p.mac, v4));
+                }
+            }
+        }
+
+        ensure_routes(&nl, &ns, r, ch).await?;
+
+        if iptables::apply(&ns, r, self.node)? {
+            ch.note(format!("{ns}: iptables rules updated"));
+        }
+        for (k, v) in SYSCTLS {
+            if let Err(e) = netns::sysctl(&ns, k, v) {
+                tracing::warn!("{e:#}");
+            }
+        }
+
+        // Connections of what went away die with it, as in Neutron (only
+        // after the rules changed, so no new packet re-creates them).
+        for ip in gone_addresses(prev, r) {
+            let n = conntrack::flush_ip(&ns, ip)?;
+            ch.note(format!("{ns}: flushed {n} connections of {ip}"));
+        }
+
+        if self.node.send_garp {
+            for (dev, mac, ip) in announce {
+                garp::announce(ns.clone(), dev, mac, ip);
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_port(&mut self, nl: &Nl, ns: &str, p: &Port, ch: &mut Changes) -> Result<()> {
+        let dev = p.device();
+        let tap = p.tap();
+        let bridge = self.ensure_bridge(&p.network_id, ch).await?;
+        let mut link = nl.link(&dev).await?;
+        if link.is_none() {
+            // A tap left from a port whose other end vanished is recreated.
+            if let Some(old) = self.host.link(&tap).await? {
+                self.host.del_link(old.index).await?;
+            }
+            self.host.add_veth(&dev, &tap).await?;
+            let inner = self
+                .host
+                .link(&dev)
+                .await?
+                .with_context(|| format!("veth {dev} vanished after creation"))?;
+            self.host.move_to(inner.index, ns).await?;
+            ch.note(format!("{ns}: created port {dev} (peer {tap})"));
+            link = nl.link(&dev).await?;
+        }
+        let link = link.with_context(|| format!("port {dev} missing in {ns} after creation"))?;
+        if link.mac != p.mac.0 {
+            nl.set_mac(link.index, &p.mac.0).await?;
+            ch.note(format!("{ns}: {dev} MAC {}", p.mac));
+        }
+        if link.mtu != p.mtu {
+            nl.set_mtu(link.index, p.mtu).await?;
+            ch.note(format!("{ns}: {dev} MTU {}", p.mtu));
+        }
+        if !link.up {
+            nl.set_up(link.index).await?;
+        }
+
+        let t = self
+            .host
+            .link(&tap)
+            .await?
+            .with_context(|| format!("tap {tap} of port {dev} missing"))?;
+        if t.mtu != p.mtu {
+            self.host.set_mtu(t.index, p.mtu).await?;
+        }
+        if t.controller != Some(bridge) {
+            self.host.set_controller(t.index, bridge).await?;
+            ch.note(format!("{tap} enslaved to bridge index {bridge}"));
+        }
+        if !t.up {
+            self.host.set_up(t.index).await?;
+        }
+        Ok(())
+    }
+
+    /// Returns the index of the network's bridge, creating it if missing.
+    async fn ensure_bridge(&mut self, network_id: &str, ch: &mut Changes) -> Result<u32> {
+        let name = self.node.bridge_for(network_id);
+        if let Some(b) = self.host.link(&name).await? {
+            if !b.up {
+                self.host.set_up(b.index).await?;
+            }
+            return Ok(b.index);
+        }
+        self.host.add_bridge(&name).await?;
+        self.created_bridges.insert(name.clone());
+        ch.note(format!("created bridge {name}"));
+        let b = self
+            .host
+            .link(&name)
+            .await?
+            .with_context(|| format!("bridge {name} vanished"))?;
+        Ok(b.index)
+    }
+
+    /// Removes a router: its ports (and so their taps), then its namespace.
+    pub async fn remove_router(&mut self, id: &str, ch: &mut Changes) -> Result<()> {
+        let ns = crate::model::namespace_of(id);
+        if netns::exists(&ns) {
+            // Deleting the veths first makes the taps vanish synchronously.
+            let nl = Nl::open(Some(&ns)).await?;
+            for l in nl.links().await? {
+                if l.name.starts_with("qr-") || l.name.starts_with("qg-") {
+                    nl.del_link(l.index).await?;
+                }
+            }
+            drop(nl);
+            netns::delete(&ns)?;
+            ch.note(format!("removed router {id}"));
+        }
+        Ok(())
+    }
+}
+
+/// Adds missing addresses and removes extra ones; returns those added.
+async fn ensure_addresses(
+    nl: &Nl,
+    ns: &str,
+    p: &Port,
+    want: &[IpNet],
+    ch: &mut Changes,
+) -> Result<Vec<IpAddr>> {
+    let dev = p.device();
+    let link = nl
+        .link(&dev)
+        .await?
+        .with_context(|| format!("port {dev} missing in {ns}"))?;
+    let have = nl.addresses(link.index).await?;
+    let mut added = Vec::new();
+    for (net, msg) in have.iter().cloned() {
+        if !want.contains(&net) {
+            nl.del_address(msg).await?;
+            ch.note(format!("{ns}: {dev} removed {net}"));
+        }
+    }
+    for net in want {
+        if !have.iter().any(|(h, _)| h == net) {
+            nl.add_address(link.index, *net).await?;
+            ch.note(format!("{ns}: {dev} added {net}"));
+            added.push(net.addr());
+        }
+    }
+    Ok(added)
+}
+
+/// The routes a router wants, as Neutron builds them.
+pub fn wanted_routes(r: &Router) -> Vec<WantRoute> {
+    let mut out = Vec::new();
+    if let Some(g) = &r.gateway {
+        let qg = g.port.device();
+        let connected: Vec<IpNet> = g.port.addresses.iter().map(|a| a.trunc()).collect();
+        for net in &g.extra_subnets {
+            out.push(WantRoute {
+                dst: *net,
+                via: Via::Device,
+                dev: Some(qg.clone()),
+            });
+        }
+        for gw in g.default_gateways() {
+            // A gateway outside the port's subnets gets an on-link host route.
+            if !connected.iter().any(|c| c.contains(&gw))
+                && !g.extra_subnets.iter().any(|c| c.contains(&gw))
+            {
+                let host =
+                    IpNet::new(gw, if gw.is_ipv4() { 32 } else { 128 }).expect("host prefix");
+                out.push(WantRoute {
+                    dst: host,
+                    via: Via::Device,
+                    dev: Some(qg.clone()),
+                });
+            }
+            let any = if gw.is_ipv4() {
+                IpNet::V4(Default::default())
+            } else {
+                IpNet::V6(Default::default())
+            };
+            out.push(WantRoute {
+                dst: any,
+                via: Via::Gateways(vec![gw]),
+                dev: Some(qg.clone()),
+            });
+        }
+    }
+    // Extra routes sharing a destination become one ECMP route.
+    let mut by_dst: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
+    for e in &r.routes {
+        let hops = by_dst.entry(e.destination).or_default();
+        if !hops.contains(&e.nexthop) {
+            hops.push(e.nexthop);
+        }
+    }
+    for (dst, mut hops) in by_dst {
+        hops.sort();
+        // An extra route for the default destination would fight the
+        // gateway's; Neutron lets the extra route win, and so do we.
+        out.retain(|w| w.dst != dst);
+        out.push(WantRoute {
+            dst,
+            via: Via::Gateways(hops),
+            dev: None,
+        });
+    }
+    out
+}
+
+async fn ensure_routes(nl: &Nl, ns: &str, r: &Router, ch: &mut Changes) -> Result<()> {
+    let links = nl.links().await?;
+    let index_of = |dev: &Option<String>| {
+        dev.as_ref()
+            .and_then(|d| links.iter().find(|l| &l.name == d).map(|l| l.index))
+    };
+    let want = wanted_routes(r);
+    let want_keys: Vec<_> = want.iter().map(|w| w.key(index_of(&w.dev))).collect();
+    let have = nl.static_routes().await?;
+    for (key, msg) in &have {
+        if !want_keys.contains(key) {
+            nl.del_route(msg.clone()).await?;
+            ch.note(format!("{ns}: removed route {}", key.dst));
+        }
+    }
+    for (w, key) in want.iter().zip(&want_keys) {
+        if have.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        // Only the default route and on-link routes name a device; extra
+        // routes let the kernel find the device of their next hops.
+        let oif = match w.via {
+            Via::Device => index_of(&w.dev),
+            Via::Gateways(_) => index_of(&w.dev),
+        };
+        match nl.replace_route(w, oif).await {
+            Ok(()) => ch.note(format!("{ns}: route {w}")),
+            // A next hop not reachable yet is not fatal (Neutron logs it too).
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    Ok(())
+}
+
+/// Floating IPs and gateway addresses present in `prev` but not in `now`.
+pub fn gone_addresses(prev: Option<&Router>, now: &Router) -> Vec<Ipv4Addr> {
+    let Some(prev) = prev else { return Vec::new() };
+    let mut out = Vec::new();
+    for f in &prev.floating_ips {
+        let still = now
+            .floating_ips
+            .iter()
+            .any(|n| n.floating_ip == f.floating_ip);
+        if !still {
+            out.push(f.floating_ip);
+        }
+    }
+    let old_gw = prev.gateway.as_ref().and_then(|g| g.snat_ip());
+    let new_gw = now.gateway.as_ref().and_then(|g| g.snat_ip());
+    if let Some(o) = old_gw
+        && old_gw != new_gw
+    {
+        out.push(o);
+    }
+    out
+}

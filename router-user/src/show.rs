@@ -1,0 +1,122 @@
+//! `xrouter show`: what xrouter manages, as a table or JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    config::node::Dataplane,
+    model::{Role, Router},
+    netns,
+    state::State,
+};
+
+#[derive(Serialize)]
+pub struct Shown<'a> {
+    pub dataplane: Option<Dataplane>,
+    pub routers: Vec<ShownRouter<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ShownRouter<'a> {
+    #[serde(flatten)]
+    pub router: &'a Router,
+    pub namespace: String,
+    /// Whether the router's namespace exists right now.
+    pub present: bool,
+}
+
+pub fn view(state: &State) -> Shown<'_> {
+    Shown {
+        dataplane: state.dataplane,
+        routers: state
+            .routers
+            .iter()
+            .map(|r| ShownRouter {
+                router: r,
+                namespace: r.namespace(),
+                present: netns::exists(&r.namespace()),
+            })
+            .collect(),
+    }
+}
+
+pub fn json(state: &State) -> String {
+    serde_json::to_string_pretty(&view(state)).expect("serialisable")
+}
+
+/// A terminal table per router.
+pub fn table(state: &State) -> String {
+    let mut o = String::new();
+    let dp = state
+        .dataplane
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "-".into());
+    if state.routers.is_empty() {
+        let _ = writeln!(o, "no routers (data plane: {dp})");
+        return o;
+    }
+    let _ = writeln!(o, "data plane: {dp}   routers: {}", state.routers.len());
+    for s in view(state).routers {
+        let r = s.router;
+        let _ = writeln!(o);
+        let gw = match &r.gateway {
+            Some(g) => {
+                let via: Vec<String> = g.default_gateways().iter().map(|a| a.to_string()).collect();
+                format!(
+                    "{} via {}",
+                    g.snat_ip().map(|a| a.to_string()).unwrap_or_default(),
+                    if via.is_empty() {
+                        "-".into()
+                    } else {
+                        via.join(",")
+                    }
+                )
+            }
+            None => "none".into(),
+        };
+        let _ = writeln!(
+            o,
+            "router {}  namespace {}{}",
+            r.id,
+            s.namespace,
+            if s.present { "" } else { "  (MISSING)" }
+        );
+        let _ = writeln!(
+            o,
+            "  gateway {gw}   snat {}",
+            if r.enable_snat { "on" } else { "off" }
+        );
+        let _ = writeln!(
+            o,
+            "  {:<15} {:<4} {:<17} {:>5}  ADDRESSES",
+            "PORT", "ROLE", "MAC", "MTU"
+        );
+        for p in r.ports() {
+            let role = match p.role {
+                Role::Internal => "qr",
+                Role::Gateway => "qg",
+            };
+            let addrs: Vec<String> = p.addresses.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(
+                o,
+                "  {:<15} {:<4} {:<17} {:>5}  {}",
+                p.device(),
+                role,
+                p.mac,
+                p.mtu,
+                addrs.join(" ")
+            );
+        }
+        if !r.floating_ips.is_empty() {
+            let _ = writeln!(o, "  {:<15} -> FIXED IP", "FLOATING IP");
+            for f in &r.floating_ips {
+                let _ = writeln!(o, "  {:<15} -> {}", f.floating_ip, f.fixed_ip);
+            }
+        }
+        for e in &r.routes {
+            let _ = writeln!(o, "  route {} via {}", e.destination, e.nexthop);
+        }
+    }
+    o
+}
