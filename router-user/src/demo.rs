@@ -1,6 +1,339 @@
-pub async fn run(
-    _d: crate::config::node::Dataplane,
-    _keep: bool,
-) -> anyhow::Result<std::process::ExitCode> {
-    todo!()
+//! `xrouter demo`: the article's topology in a throwaway sandbox of
+//! namespaces, its experiments, and what each showed.
+//!
+//! The sandbox: a node namespace where the daemon runs (bridges and taps
+//! live there), the router built by xrouter from an embedded routers file,
+//! two VMs and an external host attached to the bridges.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
+
+use crate::{
+    config::node::Dataplane,
+    netlink::{Nl, Via, WantRoute},
+    netns, probe,
+};
+
+/// The article's router, with IDs made unique per run by `{tag}`.
+const ROUTERS: &str = r#"[{
+  "id": "demo-{tag}", "admin_state_up": true, "enable_snat": true, "routes": [],
+  "gw_port": {"id": "qg{tag}-9712", "mac_address": "fa:16:3e:2e:5b:23", "mtu": 1500,
+    "network_id": "x{tag}-ext",
+    "fixed_ips": [{"ip_address": "192.168.1.110", "prefixlen": 24, "subnet_id": "ext-sub"}],
+    "subnets": [{"id": "ext-sub", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1"}],
+    "extra_subnets": []},
+  "_interfaces": [
+    {"id": "q1{tag}-c1aa", "mac_address": "fa:16:3e:87:40:f3", "mtu": 1450, "network_id": "x{tag}-n81",
+     "fixed_ips": [{"ip_address": "81.1.180.1", "prefixlen": 24, "subnet_id": "s81"}],
+     "subnets": [{"id": "s81", "cidr": "81.1.180.0/24", "gateway_ip": "81.1.180.1"}]},
+    {"id": "q2{tag}-c1bb", "mac_address": "fa:16:3e:87:40:f4", "mtu": 1450, "network_id": "x{tag}-n91",
+     "fixed_ips": [{"ip_address": "91.1.180.1", "prefixlen": 24, "subnet_id": "s91"}],
+     "subnets": [{"id": "s91", "cidr": "91.1.180.0/24", "gateway_ip": "91.1.180.1"}]}
+  ],
+  "_floatingips": [{"id": "fip-1", "floating_ip_address": "192.168.1.104",
+                    "fixed_ip_address": "91.1.180.14", "status": "DOWN"}]
+}]"#;
+
+/// A host of the sandbox: namespace suffix, network, address, default gateway.
+struct Host {
+    name: &'static str,
+    network: &'static str,
+    addr: &'static str,
+    gw: &'static str,
+    mtu: u32,
+}
+
+const HOSTS: &[Host] = &[
+    Host {
+        name: "vm1",
+        network: "n81",
+        addr: "81.1.180.12/24",
+        gw: "81.1.180.1",
+        mtu: 1450,
+    },
+    Host {
+        name: "vm2",
+        network: "n91",
+        addr: "91.1.180.14/24",
+        gw: "91.1.180.1",
+        mtu: 1450,
+    },
+    Host {
+        name: "ext",
+        network: "ext",
+        addr: "192.168.1.15/24",
+        gw: "192.168.1.1",
+        mtu: 1500,
+    },
+];
+
+struct Sandbox {
+    tag: String,
+    dir: PathBuf,
+    daemon: Option<Child>,
+    keep: bool,
+}
+
+impl Sandbox {
+    fn ns(&self, name: &str) -> String {
+        format!("xrdemo-{}-{name}", self.tag)
+    }
+    fn node(&self) -> String {
+        self.ns("node")
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    fn teardown(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = d.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            let mut c = Command::new(exe);
+            c.arg("--config")
+                .arg(self.config())
+                .arg("cleanup")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if netns::command_in(&self.node(), &mut c).is_ok() {
+                let _ = c.status();
+            }
+        }
+        for h in HOSTS {
+            let _ = netns::delete(&self.ns(h.name));
+        }
+        let _ = netns::delete(&self.node());
+        let _ = netns::delete(&crate::model::namespace_of(&format!("demo-{}", self.tag)));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.teardown();
+        }
+    }
+}
+
+/// Runs the demo.
+pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
+    let tag = format!("{:05x}", std::process::id() & 0xfffff);
+    let dir = std::env::temp_dir().join(format!("xrouter-demo-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut sb = Sandbox {
+        tag: tag.clone(),
+        dir: dir.clone(),
+        daemon: None,
+        keep: false,
+    };
+
+    println!("xrouter demo: the article's router in a sandbox of namespaces (tag {tag})");
+    std::fs::write(dir.join("routers.json"), ROUTERS.replace("{tag}", &tag))?;
+    std::fs::write(
+        sb.config(),
+        format!(
+            "state_dir = {:?}\npin_dir = \"/sys/fs/bpf/xrdemo-{tag}\"\ndataplane = \"{dataplane}\"\nresync_interval = 5\n",
+            dir.join("state")
+        ),
+    )?;
+    netns::create(&sb.node())?;
+
+    // The daemon runs in the node namespace, exactly as in production.
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--config")
+        .arg(sb.config())
+        .arg("run")
+        .arg("--routers")
+        .arg(dir.join("routers.json"));
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    netns::command_in(&sb.node(), &mut cmd)?;
+    sb.daemon = Some(cmd.spawn().context("starting the daemon")?);
+    let sock = dir.join("state").join("xrouter.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        if let Some(Ok(Some(st))) = sb.daemon.as_mut().map(|d| d.try_wait()) {
+            let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+            bail!("the daemon exited ({st}):\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon did not come up within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let used = if log.contains("data plane: ") {
+        log.lines()
+            .find(|l| l.contains("data plane: "))
+            .map(|l| l[l.find("data plane: ").unwrap()..].to_string())
+    } else {
+        None
+    };
+    println!(
+        "router qrouter-demo-{tag} is up; {}",
+        used.unwrap_or_else(|| format!("data plane: {dataplane}"))
+    );
+
+    for h in HOSTS {
+        attach_host(&sb, h)
+            .await
+            .with_context(|| format!("attaching {}", h.name))?;
+    }
+    println!(
+        "hosts: vm1 81.1.180.12, vm2 91.1.180.14 (floating IP 192.168.1.104), external 192.168.1.15\n"
+    );
+
+    let mut ok = true;
+    let t = Duration::from_secs(3);
+    let port = 7000;
+    let sa = |ip: &str| SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port);
+
+    let ext = probe::serve(&sb.ns("ext"), sa("0.0.0.0"), 4, Duration::from_secs(30))?;
+    let vm2 = probe::serve(&sb.ns("vm2"), sa("0.0.0.0"), 4, Duration::from_secs(30))?;
+    let mut report = |what: &str, expect: &str, got: Result<String>| {
+        let (seen, good) = match got {
+            Ok(s) => (s.clone(), s == expect),
+            Err(e) => (format!("no answer ({e:#})"), false),
+        };
+        ok &= good;
+        println!(
+            "{} {what}\n    server saw {seen} (expected {expect})",
+            if good { "[ok]  " } else { "[FAIL]" }
+        );
+    };
+    report(
+        "1. vm1 81.1.180.12 -> external 192.168.1.15: gateway SNAT",
+        "192.168.1.110",
+        probe::ask(&sb.ns("vm1"), sa("192.168.1.15"), t),
+    );
+    let got = probe::ask(&sb.ns("ext"), sa("192.168.1.104"), t);
+    let reached = vm2.seen.recv_timeout(Duration::from_millis(500)).is_ok();
+    report(
+        "2. external -> floating IP 192.168.1.104: DNAT to 91.1.180.14, real client kept",
+        "192.168.1.15",
+        got.and_then(|s| {
+            if reached {
+                Ok(s)
+            } else {
+                bail!("answered, but not by vm2")
+            }
+        }),
+    );
+    report(
+        "3. vm2 91.1.180.14 -> external: seen as its floating IP",
+        "192.168.1.104",
+        probe::ask(&sb.ns("vm2"), sa("192.168.1.15"), t),
+    );
+    report(
+        "4. vm1 -> vm2 (east-west): not NATed",
+        "81.1.180.12",
+        probe::ask(&sb.ns("vm1"), sa("91.1.180.14"), t),
+    );
+    drop(ext);
+
+    if keep {
+        sb.keep = true;
+        let exe = std::env::current_exe()?;
+        println!("\nsandbox kept. Look around:");
+        println!("  ip netns | grep {tag}");
+        println!("  ip netns exec qrouter-demo-{tag} iptables-save -t nat");
+        println!(
+            "  {} --config {} show",
+            exe.display(),
+            sb.config().display()
+        );
+        println!("remove it:");
+        if let Some(d) = &sb.daemon {
+            println!("  kill {}", d.id());
+        }
+        println!(
+            "  nsenter --net=/run/netns/{} {} --config {} cleanup",
+            sb.node(),
+            exe.display(),
+            sb.config().display()
+        );
+        for h in HOSTS {
+            println!("  ip netns del {}", sb.ns(h.name));
+        }
+        println!("  ip netns del {}; rm -r {}", sb.node(), dir.display());
+    } else {
+        sb.teardown();
+        println!("\nsandbox removed.");
+    }
+    println!(
+        "{}",
+        if ok {
+            "all experiments behaved as in the article."
+        } else {
+            "SOME EXPERIMENTS FAILED."
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Creates a host namespace with `eth0` on the network's bridge.
+async fn attach_host(sb: &Sandbox, h: &Host) -> Result<()> {
+    let ns = sb.ns(h.name);
+    netns::create(&ns)?;
+    let node = Nl::open(Some(&sb.node())).await?;
+    let bridge_name = format!("brqx{}-{}", sb.tag, h.network);
+    let bridge = node
+        .link(&bridge_name)
+        .await?
+        .with_context(|| format!("bridge {bridge_name} missing"))?;
+    let outer = format!("d{}{}", sb.tag, h.name);
+    node.add_veth(&outer, "eth0").await?;
+    let inner = node.link("eth0").await?.context("eth0 vanished")?;
+    node.move_to(inner.index, &ns).await?;
+    let o = node.link(&outer).await?.context("host veth vanished")?;
+    node.set_mtu(o.index, h.mtu).await?;
+    node.set_controller(o.index, bridge.index).await?;
+    node.set_up(o.index).await?;
+
+    let nl = Nl::open(Some(&ns)).await?;
+    for l in nl.links().await? {
+        nl.set_up(l.index).await?;
+        if l.name == "eth0" {
+            nl.set_mtu(l.index, h.mtu).await?;
+            nl.add_address(l.index, h.addr.parse::<IpNet>()?).await?;
+        }
+    }
+    let gw: IpAddr = h.gw.parse()?;
+    nl.replace_route(
+        &WantRoute {
+            dst: "0.0.0.0/0".parse()?,
+            via: Via::Gateways(vec![gw]),
+            dev: None,
+        },
+        None,
+    )
+    .await?;
+    Ok(())
 }

@@ -10,6 +10,7 @@ pub mod iptables;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod probe;
 pub mod reconcile;
 pub mod show;
 pub mod state;

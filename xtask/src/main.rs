@@ -1,1 +1,106 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | demo | test`.
+//!
+//! Each task first runs the idempotent setup (packages, nightly with
+//! rust-src, bpf-linker, bpffs), so the README's commands work on a fresh
+//! machine and cost a second when everything is there.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the project needs (idempotent).
+    Setup,
+    /// Build xrouter and run its demo (arguments go to `xrouter demo`).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run the whole test suite, with fmt and clippy.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let st = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn setup() -> Result<()> {
+    run(Command::new("bash").arg(root().join("scripts/setup.sh")))
+}
+
+fn main() -> Result<()> {
+    // bpf-linker lands in cargo's bin directory, which a fresh shell may lack.
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cargo_bin = std::env::var("CARGO_HOME")
+        .map(|h| format!("{h}/bin"))
+        .unwrap_or(format!("{home}/.cargo/bin"));
+    let path = std::env::var("PATH").unwrap_or_default();
+    if !path.split(':').any(|p| p == cargo_bin) {
+        // SAFETY: single-threaded at this point.
+        unsafe { std::env::set_var("PATH", format!("{cargo_bin}:{path}")) };
+    }
+
+    match Cli::parse().cmd {
+        Cmd::Setup => setup(),
+        Cmd::Demo { args } => {
+            setup()?;
+            run(cargo().args(["build", "--quiet", "-p", "router-user"]))?;
+            run(Command::new(root().join("target/debug/xrouter"))
+                .arg("demo")
+                .args(args))
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "router-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            // The integration tests run the xrouter binary: build it first.
+            run(cargo().args(["build", "-p", "router-user", "--bins"]))?;
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "router-ebpf"])
+                .args(args))
+        }
+    }
+}

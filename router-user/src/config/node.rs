@@ -125,3 +125,43 @@ impl NodeConfig {
         self.state_dir.join("state.json")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_neutron_defaults() {
+        let c = NodeConfig::parse("", "t").unwrap();
+        assert_eq!(c, NodeConfig::default());
+        assert_eq!(c.metadata_port, 9697);
+        assert_eq!(c.bridge_for("9c9436d4-2b7c-4a"), "brq9c9436d4-2b");
+    }
+
+    #[test]
+    fn mappings_override_bridge_naming() {
+        let c = NodeConfig::parse(
+            "dataplane = \"iptables\"\n[bridge_mappings]\next-net = \"br-ex\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.bridge_for("ext-net"), "br-ex");
+        assert_eq!(c.dataplane, Dataplane::Iptables);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors_naming_the_key() {
+        let e = NodeConfig::parse("metdata_port = 1", "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.toml") && e.contains("metdata_port"), "{e}");
+        let e = NodeConfig::parse("dataplane = \"dpdk\"", "node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dpdk"), "{e}");
+        let e = NodeConfig::parse("[bridge_mappings]\nx = \"a-very-long-bridge-name\"", "n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bridge_mappings.x"), "{e}");
+    }
+}

@@ -482,3 +482,225 @@ fn cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
     }
     Ok(net)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The article's router as Neutron hands it over.
+    fn article() -> Value {
+        json!({
+            "id": "r1", "admin_state_up": true, "enable_snat": true, "ha": false, "distributed": false,
+            "routes": [{"destination": "172.16.0.0/16", "nexthop": "81.1.180.50"}],
+            "gw_port": {"id": "3c8d6a68-9712-4b", "mac_address": "fa:16:3e:2e:5b:23", "mtu": 1500,
+                "network_id": "9c9436d4-2b7c", "device_owner": "network:router_gateway",
+                "fixed_ips": [{"ip_address": "192.168.1.110", "prefixlen": 24, "subnet_id": "se"}],
+                "subnets": [{"id": "se", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1"}],
+                "extra_subnets": [{"id": "sx", "cidr": "192.168.9.0/24", "gateway_ip": null}]},
+            "_interfaces": [{"id": "a5c6ed86-c1ff", "mac_address": "fa:16:3e:87:40:f3", "mtu": 1450,
+                "network_id": "n81", "admin_state_up": true,
+                "fixed_ips": [{"ip_address": "81.1.180.1", "prefixlen": 24, "subnet_id": "s81"}],
+                "subnets": [{"id": "s81", "cidr": "81.1.180.0/24", "gateway_ip": "81.1.180.1"}]}],
+            "_floatingips": [{"id": "f1", "floating_ip_address": "192.168.1.104",
+                "fixed_ip_address": "91.1.180.14", "port_id": "p", "status": "DOWN"}]
+        })
+    }
+
+    fn parse_one(v: Value) -> Result<Vec<Router>, ConfigError> {
+        parse(&serde_json::to_string(&json!([v])).unwrap())
+    }
+
+    /// Asserts a rejection naming the router, the field and the bad value.
+    fn rejects(v: Value, field: &str, value: &str) {
+        match parse_one(v) {
+            Err(ConfigError::Field {
+                router,
+                field: f,
+                problem,
+            }) => {
+                assert_eq!(router, "r1");
+                assert!(f.contains(field), "field {f:?} should name {field:?}");
+                assert!(
+                    problem.contains(value),
+                    "problem {problem:?} should quote {value:?}"
+                );
+            }
+            other => panic!("expected a field error for {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_the_article_router_and_ignores_unknown_fields() {
+        let r = &parse_one(article()).unwrap()[0];
+        assert_eq!(r.namespace(), "qrouter-r1");
+        let g = r.gateway.as_ref().unwrap();
+        assert_eq!(g.port.device(), "qg-3c8d6a68-97");
+        assert_eq!(g.port.tap(), "tap3c8d6a68-97");
+        assert_eq!(g.snat_ip(), Some("192.168.1.110".parse().unwrap()));
+        assert_eq!(
+            g.default_gateways(),
+            vec!["192.168.1.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            g.extra_subnets,
+            vec!["192.168.9.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(r.interfaces[0].device(), "qr-a5c6ed86-c1");
+        assert_eq!(r.interfaces[0].mtu, 1450);
+        assert_eq!(
+            r.interfaces[0].addresses,
+            vec!["81.1.180.1/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(r.floating_ips[0].floating_ip.to_string(), "192.168.1.104");
+        assert_eq!(r.routes[0].nexthop.to_string(), "81.1.180.50");
+        assert!(r.enable_snat);
+    }
+
+    #[test]
+    fn accepts_the_routers_object_form() {
+        let text = serde_json::to_string(&json!({"routers": [article()]})).unwrap();
+        assert_eq!(parse(&text).unwrap().len(), 1);
+        assert_eq!(parse("[]").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn enable_snat_from_external_gateway_info_and_default() {
+        let mut v = article();
+        v.as_object_mut().unwrap().remove("enable_snat");
+        assert!(
+            parse_one(v.clone()).unwrap()[0].enable_snat,
+            "defaults to true"
+        );
+        v["external_gateway_info"] = json!({"network_id": "x", "enable_snat": false});
+        assert!(!parse_one(v).unwrap()[0].enable_snat);
+    }
+
+    #[test]
+    fn null_gateway_and_missing_lists() {
+        let v = json!({"id": "r1", "gw_port": null});
+        let r = &parse_one(v).unwrap()[0];
+        assert!(r.gateway.is_none() && r.interfaces.is_empty() && r.floating_ips.is_empty());
+    }
+
+    #[test]
+    fn admin_down_routers_are_validated_but_not_deployed() {
+        let mut v = article();
+        v["admin_state_up"] = json!(false);
+        assert!(parse_one(v.clone()).unwrap().is_empty());
+        v["_interfaces"][0]["mac_address"] = json!("zz");
+        assert!(parse_one(v).is_err());
+    }
+
+    #[test]
+    fn prefixlen_falls_back_to_the_subnet() {
+        let mut v = article();
+        v["_interfaces"][0]["fixed_ips"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("prefixlen");
+        assert_eq!(
+            parse_one(v).unwrap()[0].interfaces[0].addresses[0].prefix_len(),
+            24
+        );
+    }
+
+    #[test]
+    fn unparseable_json_is_rejected_with_position() {
+        let e = parse("[{\"id\": \"r1\",]").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Json(m) if m.contains("line 1")),
+            "{e}"
+        );
+        assert!(matches!(parse("42"), Err(ConfigError::Shape(_))));
+        assert!(matches!(parse("{\"x\": []}"), Err(ConfigError::Shape(_))));
+    }
+
+    #[test]
+    fn bad_values_name_router_field_and_value() {
+        let mut v = article();
+        v["_interfaces"][0]["subnets"][0]["cidr"] = json!("81.1.180.0/33");
+        rejects(v, "_interfaces[0].subnets[0].cidr", "81.1.180.0/33");
+
+        let mut v = article();
+        v["routes"][0]["destination"] = json!("172.16.0.1/16");
+        rejects(v, "routes[0].destination", "172.16.0.1/16");
+
+        let mut v = article();
+        v["gw_port"]["mac_address"] = json!("fa:16:3e:2e:5b");
+        rejects(v, "gw_port.mac_address", "fa:16:3e:2e:5b");
+
+        let mut v = article();
+        v["_interfaces"][0]["mac_address"] = json!("01:00:5e:00:00:01");
+        rejects(v, "_interfaces[0].mac_address", "01:00:5e:00:00:01");
+
+        let mut v = article();
+        v["_floatingips"][0]["floating_ip_address"] = json!("10.9.9.9");
+        rejects(v, "_floatingips[0].floating_ip_address", "10.9.9.9");
+
+        let mut v = article();
+        v["_floatingips"][0]["fixed_ip_address"] = json!("91.1.180");
+        rejects(v, "_floatingips[0].fixed_ip_address", "91.1.180");
+
+        let mut v = article();
+        v["_interfaces"][0]["fixed_ips"] = json!([]);
+        rejects(v, "_interfaces[0].fixed_ips", "a5c6ed86-c1ff");
+
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!(40);
+        rejects(v, "_interfaces[0].mtu", "40");
+
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!("big");
+        rejects(v, "_interfaces[0].mtu", "big");
+
+        let mut v = article();
+        v["routes"][0]["nexthop"] = json!("fe80::1");
+        rejects(v, "routes[0].nexthop", "fe80::1");
+    }
+
+    #[test]
+    fn floating_ip_in_extra_subnet_is_accepted_and_without_gateway_rejected() {
+        let mut v = article();
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.9.7");
+        assert!(parse_one(v.clone()).is_ok());
+        v["gw_port"] = Value::Null;
+        rejects(v, "_floatingips[0].floating_ip_address", "192.168.9.7");
+    }
+
+    #[test]
+    fn duplicates_are_rejected() {
+        let text = serde_json::to_string(&json!([article(), article()])).unwrap();
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("router r1") && e.contains("duplicate router id"),
+            "{e}"
+        );
+
+        let mut other = article();
+        other["id"] = json!("r2");
+        other["_interfaces"][0]["id"] = json!("a5c6ed86-c1ff-different-tail");
+        other["gw_port"]["id"] = json!("another-gw");
+        let e = parse(&serde_json::to_string(&json!([article(), other])).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("router r2") && e.contains("a5c6ed86-c1"), "{e}");
+
+        let mut v = article();
+        v["_floatingips"] = json!([
+            {"id": "f1", "floating_ip_address": "192.168.1.104", "fixed_ip_address": "91.1.180.14"},
+            {"id": "f2", "floating_ip_address": "192.168.1.104", "fixed_ip_address": "91.1.180.15"}]);
+        rejects(v, "_floatingips[1].floating_ip_address", "192.168.1.104");
+    }
+
+    #[test]
+    fn router_ids_that_cannot_name_a_namespace_are_rejected() {
+        for bad in ["", "a/b", ".."] {
+            let mut v = article();
+            v["id"] = json!(bad);
+            assert!(parse_one(v).is_err(), "{bad:?} accepted");
+        }
+        let e = parse("[{\"gw_port\": null}]").unwrap_err();
+        assert!(matches!(e, ConfigError::NoId { index: 0, .. }));
+    }
+}
