@@ -41,7 +41,7 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Reply> {
     if answer.is_empty() {
         bail!("the daemon closed the connection without answering");
     }
-    Ok(serde_json::from_str(&answer).context("malformed answer from the daemon")?)
+    serde_json::from_str(&answer).context("malformed answer from the daemon")
 }
 
 /// Reads one request from a connection.

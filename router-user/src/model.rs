@@ -141,10 +141,10 @@ impl Gateway {
     pub fn default_gateways(&self) -> Vec<IpAddr> {
         let mut out = Vec::new();
         for s in &self.port.subnets {
-            if let Some(gw) = s.gateway_ip {
-                if !out.iter().any(|o: &IpAddr| o.is_ipv4() == gw.is_ipv4()) {
-                    out.push(gw);
-                }
+            if let Some(gw) = s.gateway_ip
+                && !out.iter().any(|o: &IpAddr| o.is_ipv4() == gw.is_ipv4())
+            {
+                out.push(gw);
             }
         }
         out

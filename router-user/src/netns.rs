@@ -34,7 +34,7 @@ pub fn exists(name: &str) -> bool {
 
 fn is_netns(f: &File) -> bool {
     // NSFS_MAGIC: a bind-mounted namespace, not a leftover empty file.
-    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type().0 as i64 == 0x6e736673)
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type().0 == 0x6e736673)
 }
 
 /// Opens a named namespace.
