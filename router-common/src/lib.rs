@@ -1,7 +1,26 @@
 //! Types shared by the eBPF programs and the userspace controller.
 //!
-//! Everything here is `#[repr(C)]` and plain data so both sides agree on the
-//! layout; `aya::Pod` impls sit behind the `user` feature.
+//! Everything here is `#[repr(C)]` plain data so both sides agree on the
+//! layout (checked by const assertions); `aya::Pod` impls sit behind the
+//! `user` feature. Addresses are stored in network byte order as they appear
+//! in packets (`[u8; 4]`), ports likewise (`u16` read from the wire).
 #![no_std]
 
+pub mod config;
+pub mod conntrack;
 pub mod counters;
+pub mod port;
+pub mod route;
+
+/// Declares `aya::Pod` for shared types when building the userspace side.
+#[macro_export]
+macro_rules! pod {
+    ($($t:ty),+ $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: repr(C) plain data without padding (asserted next to
+            // each type); every bit pattern is a valid value.
+            unsafe impl aya::Pod for $t {}
+        )+
+    };
+}

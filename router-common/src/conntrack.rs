@@ -1,0 +1,57 @@
+//! The connection table: one entry per direction of a connection.
+
+/// A connection's tuple as seen in one direction. For ICMP echo the id is in
+/// both `sport` and `dport` (the reply carries the same id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Network byte order, as on the wire.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+pub const CT_ORIGINAL: u8 = 0;
+pub const CT_REPLY: u8 = 1;
+
+/// TCP state, loosely tracked (Neutron sets `tcp_be_liberal`).
+pub const TCP_NONE: u8 = 0;
+pub const TCP_SYN_SENT: u8 = 1;
+pub const TCP_ESTABLISHED: u8 = 2;
+pub const TCP_FIN: u8 = 3;
+pub const TCP_CLOSED: u8 = 4;
+
+/// NAT flags of a connection.
+pub const NAT_SNAT: u8 = 1;
+pub const NAT_DNAT: u8 = 2;
+
+/// Value: what to rewrite a packet matching the key into.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The packet's tuple after translation.
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
+    pub new_sport: u16,
+    pub new_dport: u16,
+    /// `CT_ORIGINAL` or `CT_REPLY`.
+    pub direction: u8,
+    /// `NAT_SNAT | NAT_DNAT` of the connection.
+    pub nat: u8,
+    /// TCP state (`TCP_*`), shared meaning for both entries.
+    pub state: u8,
+    pub _pad: u8,
+    /// Last packet, `bpf_ktime_get_ns` (CLOCK_MONOTONIC) nanoseconds.
+    pub last_seen: u64,
+    /// Connection start, same clock.
+    pub created: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+
+crate::pod!(CtKey, CtEntry);

@@ -1,0 +1,48 @@
+//! Router ports: ifindex -> role, MAC, address, MTU.
+
+pub const ROLE_INTERNAL: u8 = 1;
+pub const ROLE_GATEWAY: u8 = 2;
+
+/// Value of the ports map, keyed by the device's ifindex (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortInfo {
+    /// First IPv4 address of the port.
+    pub addr: [u8; 4],
+    pub mac: [u8; 6],
+    /// `ROLE_INTERNAL` (qr-) or `ROLE_GATEWAY` (qg-).
+    pub role: u8,
+    pub _pad: u8,
+    pub mtu: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PortInfo>() == 16);
+
+/// Key of the local addresses map: every address the router owns (port
+/// addresses; floating IPs are not local, they are translated).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalAddr {
+    pub addr: [u8; 4],
+}
+
+/// Key of the neighbours map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighKey {
+    pub ifindex: u32,
+    pub addr: [u8; 4],
+}
+
+/// Value of the neighbours map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Neigh {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<NeighKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Neigh>() == 8);
+
+crate::pod!(PortInfo, LocalAddr, NeighKey, Neigh);
