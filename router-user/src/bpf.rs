@@ -1,21 +1,33 @@
 //! The embedded BPF object and its loading.
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, programs::Xdp};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, Xdp},
+};
 
 /// The BPF object built by `build.rs` from the `router-ebpf` crate.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/router-ebpf"));
 
-/// Loads the object into the kernel and verifies the XDP program, without
-/// attaching it anywhere.
+/// Loads the object into the kernel and verifies every program, without
+/// attaching anything: proves the object is usable on this kernel.
 pub fn load() -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(OBJECT).context("loading the xrouter BPF object")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut("xrouter_xdp")
-        .context("program xrouter_xdp missing from the BPF object")?
+    for name in ["xr_xdp", "xr_pass"] {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the BPF object"))?
+            .try_into()
+            .with_context(|| format!("{name} is not an XDP program"))?;
+        prog.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
+    }
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut("xr_tc")
+        .context("program xr_tc missing from the BPF object")?
         .try_into()
-        .context("xrouter_xdp is not an XDP program")?;
-    prog.load().context("verifier rejected xrouter_xdp")?;
+        .context("xr_tc is not a classifier")?;
+    tc.load().context("verifier rejected xr_tc")?;
     Ok(ebpf)
 }
 
@@ -27,7 +39,7 @@ mod tests {
     };
     use router_common::counters::{Counter, Outcome};
 
-    /// The embedded object passes the verifier and its program runs: a
+    /// The embedded object passes the verifier and its programs run: a
     /// crafted frame comes back XDP_PASS, unchanged, and is counted.
     #[test]
     fn embedded_object_loads_and_runs() {
@@ -36,7 +48,7 @@ mod tests {
             return;
         }
         let mut ebpf = super::load().expect("load");
-        let prog: &Xdp = ebpf.program("xrouter_xdp").unwrap().try_into().unwrap();
+        let prog: &Xdp = ebpf.program("xr_pass").unwrap().try_into().unwrap();
         let frame: Vec<u8> = (0..64u8).collect();
         let mut out = vec![0u8; 64];
         let r = prog
@@ -49,10 +61,21 @@ mod tests {
             .expect("test run");
         assert_eq!(r.return_value, 2, "XDP_PASS");
         assert_eq!(&out[..r.data_size_out as usize], &frame[..]);
+        // The fast path hands a frame of no router port up to TC, counted.
+        let prog: &Xdp = ebpf.program("xr_xdp").unwrap().try_into().unwrap();
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                repeat: 3,
+                ..Default::default()
+            })
+            .expect("test run");
+        assert_eq!(r.return_value, 2, "XDP_PASS");
         let counters: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(ebpf.map_mut("COUNTERS").unwrap()).unwrap();
+            PerCpuArray::try_from(ebpf.map_mut("XR_COUNTERS").unwrap()).unwrap();
         let total: u64 = counters
-            .get(&(Outcome::Passed as u32), 0)
+            .get(&(Outcome::ToTc as u32), 0)
             .unwrap()
             .iter()
             .map(|c| c.packets)

@@ -1,0 +1,143 @@
+//! What the pipeline needs of a hook: packet bounds, the ingress device, and
+//! checksum fixing. XDP fixes checksums in software (it sees only complete
+//! checksums, see `parse::partial_csum`); TC uses the kernel helpers, which
+//! also handle CHECKSUM_PARTIAL skbs.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::pipeline::csum;
+
+pub trait Packet {
+    /// True for TC (an skb), false for XDP.
+    const TC: bool;
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+    fn ifindex(&self) -> u32;
+    /// Length of the whole packet (an skb may hold part of it outside the
+    /// linear area).
+    fn len(&self) -> usize;
+    /// Fixes the IPv4 header checksum at `off` for a `size`-byte field change.
+    fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()>;
+    /// Fixes an L4 checksum at `off`. `pseudo`: the field is in the
+    /// pseudo-header (an address); `udp`: a zero checksum means "none".
+    fn fix_l4(
+        &mut self,
+        off: usize,
+        old: u32,
+        new: u32,
+        size: u64,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()>;
+
+    /// A pointer to a `T` at `off`, if the packet holds it whole.
+    #[inline(always)]
+    fn ptr<T>(&self, off: usize) -> Option<*mut T> {
+        let start = self.start();
+        if start + off + core::mem::size_of::<T>() > self.end() {
+            return None;
+        }
+        Some((start + off) as *mut T)
+    }
+}
+
+impl Packet for XdpContext {
+    const TC: bool = false;
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: ctx is the program's context.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+    #[inline(always)]
+    fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()> {
+        let p = self.ptr::<u16>(off).ok_or(())?;
+        // SAFETY: bounds checked by ptr().
+        unsafe { *p = csum::replace(*p, old, new, size) };
+        Ok(())
+    }
+    #[inline(always)]
+    fn fix_l4(
+        &mut self,
+        off: usize,
+        old: u32,
+        new: u32,
+        size: u64,
+        _pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()> {
+        let p = self.ptr::<u16>(off).ok_or(())?;
+        // SAFETY: bounds checked by ptr().
+        unsafe {
+            if udp && *p == 0 {
+                return Ok(());
+            }
+            let mut c = csum::replace(*p, old, new, size);
+            if udp && c == 0 {
+                c = 0xffff;
+            }
+            *p = c;
+        }
+        Ok(())
+    }
+}
+
+impl Packet for TcContext {
+    const TC: bool = true;
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: skb is the program's context.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
+    }
+    #[inline(always)]
+    fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()> {
+        self.l3_csum_replace(off, old as u64, new as u64, size)
+            .map_err(|_| ())
+    }
+    #[inline(always)]
+    fn fix_l4(
+        &mut self,
+        off: usize,
+        old: u32,
+        new: u32,
+        size: u64,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()> {
+        let mut flags = size;
+        if pseudo {
+            flags |= BPF_F_PSEUDO_HDR as u64;
+        }
+        if udp {
+            flags |= BPF_F_MARK_MANGLED_0 as u64;
+        }
+        self.l4_csum_replace(off, old as u64, new as u64, flags)
+            .map_err(|_| ())
+    }
+}

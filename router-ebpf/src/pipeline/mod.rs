@@ -1,0 +1,66 @@
+//! The forwarding pipeline shared by the XDP and TC programs:
+//! parse → classify → track → translate → route → rewrite → send.
+//!
+//! Each stage returns a value to go on with, or a final [`Verdict`]; only the
+//! entry points act on verdicts and count them.
+
+pub mod classify;
+pub mod csum;
+pub mod parse;
+pub mod rewrite;
+pub mod route;
+pub mod track;
+
+use router_common::counters::Outcome;
+
+use crate::ctx::Packet;
+
+/// What to do with a packet.
+#[derive(Clone, Copy)]
+pub enum Verdict {
+    /// Rewritten; send it out of `ifindex` towards next hop `nexthop`
+    /// (raw network-order address). `mac_done`: MACs are already set (XDP).
+    Forward { ifindex: u32, nexthop: u32 },
+    /// Hand it to the kernel stack unchanged, for this reason.
+    Kernel(Outcome),
+    /// XDP cannot finish it (neighbour unknown, partial checksum): TC will.
+    ToTc,
+    /// Drop it, for this reason.
+    Drop(Outcome),
+}
+
+/// Runs the whole pipeline on a packet.
+#[inline(always)]
+pub fn process<P: Packet>(p: &mut P) -> Verdict {
+    let pkt = match parse::parse(p) {
+        Ok(pkt) => pkt,
+        Err(v) => return v,
+    };
+    let ingress = match classify::classify(p, &pkt) {
+        Ok(port) => port,
+        Err(v) => return v,
+    };
+    if !P::TC && parse::partial_csum(p, &pkt) {
+        return Verdict::ToTc;
+    }
+    let flow = match track::track(&pkt, &ingress) {
+        Ok(f) => f,
+        Err(v) => return v,
+    };
+    // Neighbour (XDP) and MTU checks before anything is written.
+    let dst_mac = if P::TC {
+        [0u8; 6]
+    } else {
+        match route::neighbour(flow.egress, flow.nexthop) {
+            Some(m) => m,
+            None => return Verdict::ToTc,
+        }
+    };
+    if let Err(v) = rewrite::rewrite(p, &pkt, &flow, &dst_mac) {
+        return v;
+    }
+    Verdict::Forward {
+        ifindex: flow.egress,
+        nexthop: flow.nexthop,
+    }
+}

@@ -1,0 +1,167 @@
+//! parse: Ethernet, IPv4 without options, TCP/UDP/ICMP echo.
+//!
+//! Offsets are fixed (no VLAN, no IP options): what does not fit goes to the
+//! kernel, which keeps the verifier's job and the fast path simple.
+
+use router_common::counters::Outcome;
+
+use super::{Verdict, csum};
+use crate::ctx::Packet;
+
+pub const ETH_LEN: usize = 14;
+pub const IP_OFF: usize = ETH_LEN;
+pub const L4_OFF: usize = ETH_LEN + 20;
+/// Offsets inside the IPv4 header.
+pub const IP_TTL: usize = IP_OFF + 8;
+pub const IP_CSUM: usize = IP_OFF + 10;
+pub const IP_SRC: usize = IP_OFF + 12;
+pub const IP_DST: usize = IP_OFF + 16;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// TCP flag bits (byte 13 of the header).
+pub const FLAG_FIN: u8 = 0x01;
+pub const FLAG_SYN: u8 = 0x02;
+pub const FLAG_RST: u8 = 0x04;
+pub const FLAG_ACK: u8 = 0x10;
+
+/// What the rest of the pipeline needs of a packet. Addresses and ports are
+/// raw (network order, read as native integers).
+#[derive(Clone, Copy)]
+pub struct Pkt {
+    pub src: u32,
+    pub dst: u32,
+    /// TCP/UDP ports; for ICMP echo both hold the echo id.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub ttl: u8,
+    /// ICMP type, or TCP flags.
+    pub flags: u8,
+    /// IPv4 total length (host order).
+    pub tot_len: u16,
+    /// Offset of the L4 checksum field.
+    pub l4_csum: usize,
+}
+
+/// Parses the headers, or says what to do with a packet the fast path
+/// does not handle.
+#[inline(always)]
+pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
+    let eth_type: *mut u16 = p.ptr(12).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+    // SAFETY: every read below is bounds-checked by ptr().
+    unsafe {
+        if u16::from_be(*eth_type) != 0x0800 {
+            return Err(Verdict::Kernel(Outcome::KernelNotIpv4));
+        }
+        let vihl: *mut u8 = p.ptr(IP_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+        let ihl = *vihl & 0x0f;
+        if *vihl >> 4 != 4 || ihl < 5 {
+            return Err(Verdict::Drop(Outcome::DropMalformed));
+        }
+        if ihl != 5 {
+            return Err(Verdict::Kernel(Outcome::KernelIpOptions));
+        }
+        let hdr: *mut [u8; 20] = p.ptr(IP_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+        let h = &*hdr;
+        let tot_len = u16::from_be_bytes([h[2], h[3]]);
+        if (tot_len as usize) < 20 || IP_OFF + tot_len as usize > p.len() {
+            return Err(Verdict::Drop(Outcome::DropMalformed));
+        }
+        let frag = u16::from_be_bytes([h[6], h[7]]);
+        if frag & 0x3fff != 0 {
+            // MF set or a non-zero offset: a fragment.
+            return Err(Verdict::Kernel(Outcome::KernelIpOptions));
+        }
+        let mut pkt = Pkt {
+            src: *(p
+                .ptr::<u32>(IP_SRC)
+                .ok_or(Verdict::Drop(Outcome::DropMalformed))?),
+            dst: *(p
+                .ptr::<u32>(IP_DST)
+                .ok_or(Verdict::Drop(Outcome::DropMalformed))?),
+            sport: 0,
+            dport: 0,
+            proto: h[9],
+            ttl: h[8],
+            flags: 0,
+            tot_len,
+            l4_csum: 0,
+        };
+        let l4_len = tot_len - 20;
+        match pkt.proto {
+            PROTO_TCP => {
+                let t: *mut [u8; 20] =
+                    p.ptr(L4_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                let t = &*t;
+                if (t[12] >> 4) < 5 || (l4_len as usize) < 20 {
+                    return Err(Verdict::Drop(Outcome::DropMalformed));
+                }
+                pkt.sport = *(p
+                    .ptr::<u16>(L4_OFF)
+                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
+                pkt.dport = *(p
+                    .ptr::<u16>(L4_OFF + 2)
+                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
+                pkt.flags = t[13];
+                pkt.l4_csum = L4_OFF + 16;
+            }
+            PROTO_UDP => {
+                let _: *mut [u8; 8] = p.ptr(L4_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                if (l4_len as usize) < 8 {
+                    return Err(Verdict::Drop(Outcome::DropMalformed));
+                }
+                pkt.sport = *(p
+                    .ptr::<u16>(L4_OFF)
+                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
+                pkt.dport = *(p
+                    .ptr::<u16>(L4_OFF + 2)
+                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
+                pkt.l4_csum = L4_OFF + 6;
+            }
+            PROTO_ICMP => {
+                let i: *mut [u8; 8] = p.ptr(L4_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                if (l4_len as usize) < 8 {
+                    return Err(Verdict::Drop(Outcome::DropMalformed));
+                }
+                pkt.flags = (*i)[0];
+                if pkt.flags != ICMP_ECHO_REQUEST && pkt.flags != ICMP_ECHO_REPLY {
+                    // Errors quoting a translated packet: the kernel, for now.
+                    return Err(Verdict::Kernel(Outcome::KernelProto));
+                }
+                let id = *(p
+                    .ptr::<u16>(L4_OFF + 4)
+                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
+                pkt.sport = id;
+                pkt.dport = id;
+                pkt.l4_csum = L4_OFF + 2;
+            }
+            _ => return Err(Verdict::Kernel(Outcome::KernelProto)),
+        }
+        Ok(pkt)
+    }
+}
+
+/// Whether a TCP/UDP checksum is only the pseudo-header sum the kernel
+/// leaves for offload (CHECKSUM_PARTIAL). XDP cannot finish such a checksum
+/// for the receiver, so those packets take the TC path.
+#[inline(always)]
+pub fn partial_csum<P: Packet>(p: &P, pkt: &Pkt) -> bool {
+    if pkt.proto == PROTO_ICMP {
+        return false;
+    }
+    let Some(c) = p.ptr::<u16>(pkt.l4_csum) else {
+        return false;
+    };
+    // SAFETY: bounds checked.
+    let c = unsafe { *c };
+    if pkt.proto == PROTO_UDP && c == 0 {
+        return false;
+    }
+    c == csum::pseudo(pkt.src, pkt.dst, pkt.proto, pkt.tot_len - 20)
+}

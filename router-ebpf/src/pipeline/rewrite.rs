@@ -1,0 +1,100 @@
+//! rewrite: addresses, ports (ICMP echo id), TTL and MACs, with incremental
+//! checksum updates through the hook (software in XDP, helpers in TC).
+
+use router_common::counters::Outcome;
+
+use super::{
+    Verdict,
+    parse::{ETH_LEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, L4_OFF, PROTO_ICMP, PROTO_UDP, Pkt},
+    track::Flow,
+};
+use crate::ctx::Packet;
+
+const BAD: Verdict = Verdict::Drop(Outcome::DropMalformed);
+
+#[inline(always)]
+fn set_addr<P: Packet>(
+    p: &mut P,
+    pkt: &Pkt,
+    off: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), Verdict> {
+    if old == new {
+        return Ok(());
+    }
+    let f = p.ptr::<u32>(off).ok_or(BAD)?;
+    // SAFETY: bounds checked.
+    unsafe { *f = new };
+    p.fix_l3(IP_CSUM, old, new, 4).map_err(|_| BAD)?;
+    if pkt.proto != PROTO_ICMP {
+        p.fix_l4(pkt.l4_csum, old, new, 4, true, pkt.proto == PROTO_UDP)
+            .map_err(|_| BAD)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn set_port<P: Packet>(
+    p: &mut P,
+    pkt: &Pkt,
+    off: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), Verdict> {
+    if old == new {
+        return Ok(());
+    }
+    let f = p.ptr::<u16>(off).ok_or(BAD)?;
+    // SAFETY: bounds checked.
+    unsafe { *f = new };
+    p.fix_l4(
+        pkt.l4_csum,
+        old as u32,
+        new as u32,
+        2,
+        false,
+        pkt.proto == PROTO_UDP,
+    )
+    .map_err(|_| BAD)
+}
+
+#[inline(always)]
+pub fn rewrite<P: Packet>(
+    p: &mut P,
+    pkt: &Pkt,
+    flow: &Flow,
+    dst_mac: &[u8; 6],
+) -> Result<(), Verdict> {
+    set_addr(p, pkt, IP_SRC, pkt.src, flow.src)?;
+    set_addr(p, pkt, IP_DST, pkt.dst, flow.dst)?;
+    if pkt.proto == PROTO_ICMP {
+        set_port(p, pkt, L4_OFF + 4, pkt.sport, flow.sport)?;
+    } else {
+        set_port(p, pkt, L4_OFF, pkt.sport, flow.sport)?;
+        set_port(p, pkt, L4_OFF + 2, pkt.dport, flow.dport)?;
+    }
+
+    // TTL shares a 16-bit word with the protocol.
+    let w = p.ptr::<u16>(IP_TTL).ok_or(BAD)?;
+    // SAFETY: bounds checked.
+    let (old, new) = unsafe {
+        let old = *w;
+        let b = old.to_ne_bytes();
+        let new = u16::from_ne_bytes([b[0].wrapping_sub(1), b[1]]);
+        *w = new;
+        (old, new)
+    };
+    p.fix_l3(IP_CSUM, old as u32, new as u32, 2)
+        .map_err(|_| BAD)?;
+
+    if !P::TC {
+        // TC's bpf_redirect_neigh fills the MACs itself.
+        let eth = p.ptr::<[u8; ETH_LEN]>(0).ok_or(BAD)?;
+        // SAFETY: bounds checked.
+        let eth = unsafe { &mut *eth };
+        eth[0..6].copy_from_slice(dst_mac);
+        eth[6..12].copy_from_slice(&flow.egress_mac);
+    }
+    Ok(())
+}
