@@ -1,1 +1,39 @@
+//! Integration test rig for xrouter.
+//!
+//! Each test builds its own world with [`Rig`]: a private node namespace
+//! (taps, bridges, host veth ends, and the daemon), host namespaces plugged
+//! into the bridges ([`Rig::vm`], [`Rig::external`]), the routers file built
+//! from [`RouterSpec`]s (Neutron's dict format), and the `xrouter` daemon.
+//! All names carry a random tag, so tests run in parallel; everything goes
+//! away in `Drop`, also after a panic. Probes ([`probe`]) are bounded in time.
+//!
+//! Needs root. The xrouter binary is `$XROUTER_BIN` or `target/<profile>/xrouter`.
 
+pub mod check;
+pub mod cmd;
+pub mod names;
+pub mod probe;
+pub mod rig;
+pub mod routers;
+
+pub use check::Checks;
+pub use cmd::{Out, ip, ip_json, wait_until};
+pub use probe::{
+    Reply, TcpServer, TcpSession, UdpServer, addresses, conntrack, conntrack_with, link,
+    link_exists, ping, sa, sysctl_get, tcp_request, tcp_request_from, udp_connected, udp_request,
+};
+pub use rig::{Host, Rig, TempDir, xrouter_bin, xrouter_check};
+pub use router_user::config::node::Dataplane;
+pub use routers::{FipSpec, Network, PortSpec, RouterSpec, article, routers_json};
+
+/// Declares one `#[test]` per data plane under test for each scenario
+/// function (`fn(Dataplane)`) named, as `<plane>::<scenario>` (e.g.
+/// `iptables::hairpin`). Add the eBPF planes here when they land.
+#[macro_export]
+macro_rules! planes {
+    ($($name:ident),* $(,)?) => {
+        mod iptables {
+            $( #[test] fn $name() { super::$name($crate::Dataplane::Iptables) } )*
+        }
+    };
+}

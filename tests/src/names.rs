@@ -24,7 +24,14 @@ pub fn uuid() -> String {
 /// `qrouter-` namespace can be traced back to its test.
 pub fn uuid_with(tag: &str) -> String {
     let t: String = tag.chars().take(8).collect();
-    format!("{t}{}-{}-{}-{}-{}", hex(8 - t.len()), hex(4), hex(4), hex(4), hex(12))
+    format!(
+        "{t}{}-{}-{}-{}-{}",
+        hex(8 - t.len()),
+        hex(4),
+        hex(4),
+        hex(4),
+        hex(12)
+    )
 }
 
 /// A random MAC in Neutron's `fa:16:3e` range.

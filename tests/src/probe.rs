@@ -252,10 +252,7 @@ pub fn tcp_connect(
     socket::setsockopt(
         &fd,
         sockopt::SendTimeout,
-        &TimeVal::new(
-            timeout.as_secs() as _,
-            timeout.subsec_micros() as _,
-        ),
+        &TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _),
     )?;
     match socket::connect(fd.as_raw_fd(), &SockaddrIn::from(dst)) {
         Ok(()) => {}
@@ -409,7 +406,13 @@ pub fn addresses(ns: &str, dev: &str) -> Result<Vec<String>> {
 
 /// `ip -j link show dev DEV` in `ns`: the link object, or None if absent.
 pub fn link(ns: &str, dev: &str) -> Option<serde_json::Value> {
-    let out = cmd::exec(ns, "ip", &["-j", "link", "show", "dev", dev], cmd::CMD_TIMEOUT).ok()?;
+    let out = cmd::exec(
+        ns,
+        "ip",
+        &["-j", "link", "show", "dev", dev],
+        cmd::CMD_TIMEOUT,
+    )
+    .ok()?;
     if !out.success() {
         return None;
     }
@@ -420,4 +423,12 @@ pub fn link(ns: &str, dev: &str) -> Option<serde_json::Value> {
 /// Whether device `dev` exists in `ns`.
 pub fn link_exists(ns: &str, dev: &str) -> bool {
     link(ns, dev).is_some()
+}
+
+/// Reads a sysctl (`net.ipv4.ip_forward`) as seen inside `ns`.
+pub fn sysctl_get(ns: &str, key: &str) -> Result<String> {
+    let p = format!("/proc/sys/{}", key.replace('.', "/"));
+    let v = in_ns(ns, move || std::fs::read_to_string(&p))?
+        .with_context(|| format!("reading {key} in {ns}"))?;
+    Ok(v.trim().to_string())
 }

@@ -1,0 +1,558 @@
+//! A test's whole world: a node namespace (where xrouter runs and the tap
+//! devices and bridges live), host namespaces plugged into the bridges, the
+//! routers file, the node config, and the daemon. Everything is torn down in
+//! Drop, also after a panic. Nothing is ever created in the root namespace.
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use nix::{sys::signal, unistd::Pid};
+use router_user::{config::node::Dataplane, netns};
+use serde_json::Value;
+
+use crate::{
+    cmd::{self, Out},
+    names,
+    routers::{Network, RouterSpec, article, routers_json},
+};
+
+/// How long the daemon may take for its first apply.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound for one `xrouter` CLI call.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The xrouter binary: `$XROUTER_BIN`, else `target/<profile>/xrouter` next
+/// to the test executable's `deps/` directory.
+pub fn xrouter_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XROUTER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps")
+        .join("xrouter")
+}
+
+fn require_bin() -> PathBuf {
+    let bin = xrouter_bin();
+    assert!(
+        bin.is_file(),
+        "xrouter binary not found at {} (set XROUTER_BIN, or run `cargo build -p router-user` first; \
+         `cargo xtask test` does both)",
+        bin.display()
+    );
+    bin
+}
+
+/// A unique scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("xrt-{tag}"));
+        std::fs::create_dir_all(&p).expect("creating a temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `xrouter check --routers FILE` on `text` (no namespaces involved).
+pub fn xrouter_check(text: &str) -> Out {
+    let bin = require_bin();
+    let dir = TempDir::new(&names::tag());
+    let file = dir.path().join("routers.json");
+    std::fs::write(&file, text).expect("writing routers file");
+    let mut c = Command::new(bin);
+    c.arg("check").arg("--routers").arg(&file);
+    cmd::run(&mut c, CLI_TIMEOUT).expect("running xrouter check")
+}
+
+/// A host: a namespace with `eth0` plugged into a bridge of the node.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    /// Its network namespace.
+    pub ns: String,
+    /// Its address (without prefix).
+    pub ip: String,
+    /// The veth end in the node namespace.
+    pub node_dev: String,
+}
+
+impl Host {
+    /// `ip ARGS` inside the host; panics on failure.
+    pub fn ip(&self, args: &str) -> String {
+        cmd::ip(&self.ns, args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Sets a sysctl inside the host; panics on failure.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        netns::sysctl(&self.ns, key, value).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+/// One test's topology and daemon.
+pub struct Rig {
+    pub plane: Dataplane,
+    pub tag: String,
+    /// The node namespace: taps, bridges, host veth ends; xrouter runs here.
+    pub node: String,
+    /// The daemon's state_dir, also holding the routers file, the node
+    /// config and the daemon's log.
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub networks: Vec<Network>,
+    /// What the next write of the routers file contains.
+    pub routers: Vec<RouterSpec>,
+    pub send_garp: bool,
+    pub hosts: Vec<Host>,
+    namespaces: Vec<String>,
+    router_ids: BTreeSet<String>,
+    daemon: Option<Child>,
+    started: bool,
+}
+
+impl Rig {
+    /// An empty world: the node namespace and the article's networks (`ext`
+    /// 192.168.1.0/24, `net1` 81.1.180.0/24, `net2` 91.1.180.0/24) and router,
+    /// not started. Mutate `routers` / `router_mut()`, then [`Rig::start`].
+    pub fn new(plane: Dataplane) -> Rig {
+        let tag = names::tag();
+        let node = format!("xrt-{tag}-node");
+        let dir = std::env::temp_dir().join(format!("xrt-{tag}"));
+        let mut rig = Rig {
+            plane,
+            tag: tag.clone(),
+            node: node.clone(),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xrt-{tag}")),
+            dir: dir.clone(),
+            networks: vec![],
+            routers: vec![],
+            send_garp: true,
+            hosts: vec![],
+            namespaces: vec![],
+            router_ids: BTreeSet::new(),
+            daemon: None,
+            started: false,
+        };
+        std::fs::create_dir_all(&dir).expect("creating the state dir");
+        netns::create(&node).unwrap_or_else(|e| panic!("creating {node}: {e:#}"));
+        rig.namespaces.push(node.clone());
+        cmd::ip(&node, "link set lo up").expect("lo up in the node namespace");
+        let ext = rig.add_network("ext", article::EXT, Some(article::EXT_GW));
+        let net1 = rig.add_network("net1", article::NET1, Some(article::QR1));
+        let net2 = rig.add_network("net2", article::NET2, Some(article::QR2));
+        rig.routers
+            .push(RouterSpec::article(&tag, &ext, &net1, &net2));
+        rig
+    }
+
+    /// The article's world, running: the router, `vm1` 81.1.180.12 on net1,
+    /// `vm2` 91.1.180.14 on net2 (it has floating IP 192.168.1.104), `ext`
+    /// 192.168.1.15 on the external network.
+    pub fn article(plane: Dataplane) -> Rig {
+        let mut rig = Rig::new(plane);
+        rig.start();
+        rig.article_hosts(&[]);
+        rig
+    }
+
+    /// Adds the article's three hosts; `ext_routes` go to the external host.
+    pub fn article_hosts(&mut self, ext_routes: &[(&str, &str)]) {
+        self.vm("vm1", "net1", &format!("{}/24", article::VM1), article::QR1);
+        self.vm("vm2", "net2", &format!("{}/24", article::VM2), article::QR2);
+        self.external("ext", &format!("{}/24", article::EXT_HOST), ext_routes);
+    }
+
+    /// Declares a network (not yet used by any router).
+    pub fn add_network(&mut self, name: &str, cidr: &str, gateway_ip: Option<&str>) -> Network {
+        let n = Network::new(name, cidr, gateway_ip);
+        self.networks.push(n.clone());
+        n
+    }
+
+    pub fn network(&self, name: &str) -> &Network {
+        self.networks
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no network {name}"))
+    }
+
+    /// The first router.
+    pub fn router(&self) -> &RouterSpec {
+        &self.routers[0]
+    }
+
+    pub fn router_mut(&mut self) -> &mut RouterSpec {
+        &mut self.routers[0]
+    }
+
+    /// The first router's namespace.
+    pub fn router_ns(&self) -> String {
+        self.router().namespace()
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name}"))
+    }
+
+    /// The namespace of host `name`.
+    pub fn ns(&self, name: &str) -> String {
+        self.host(name).ns.clone()
+    }
+
+    pub fn routers_path(&self) -> PathBuf {
+        self.dir.join("routers.json")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("xrouter.sock")
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            "state_dir = \"{}\"\npin_dir = \"{}\"\nresync_interval = 1\ndataplane = \"{}\"\nsend_garp = {}\n",
+            self.dir.display(),
+            self.pin_dir.display(),
+            self.plane,
+            self.send_garp
+        );
+        std::fs::write(self.config_path(), text).expect("writing the node config");
+    }
+
+    /// Writes `routers` to the routers file.
+    pub fn write_routers(&mut self) {
+        for r in &self.routers {
+            self.router_ids.insert(r.id.clone());
+        }
+        let text = serde_json::to_string_pretty(&routers_json(&self.routers)).unwrap();
+        self.write_routers_text(&text);
+    }
+
+    /// Writes `text` as the routers file (atomically).
+    pub fn write_routers_text(&self, text: &str) {
+        let tmp = self.dir.join("routers.json.tmp");
+        std::fs::write(&tmp, text).expect("writing the routers file");
+        std::fs::rename(&tmp, self.routers_path()).expect("renaming the routers file");
+    }
+
+    /// Writes the files and starts `xrouter run` in the node namespace;
+    /// returns once its control socket exists (first apply done).
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let bin = require_bin();
+        self.write_config();
+        self.write_routers();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("creating the daemon log");
+        let mut c = Command::new(bin);
+        c.arg("run")
+            .arg("--routers")
+            .arg(self.routers_path())
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            c.env("RUST_LOG", "debug");
+        }
+        netns::command_in(&self.node, &mut c).expect("node namespace");
+        self.started = true;
+        let t0 = Instant::now();
+        self.daemon = Some(c.spawn().expect("spawning xrouter run"));
+        loop {
+            if self.socket_path().exists() {
+                break;
+            }
+            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                self.daemon = None;
+                panic!(
+                    "xrouter run exited ({st}) before creating its socket; log:\n{}",
+                    self.daemon_log()
+                );
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                panic!(
+                    "xrouter run did not create {} within {START_TIMEOUT:?}; log:\n{}",
+                    self.socket_path().display(),
+                    self.daemon_log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        println!("[rig {}] daemon up in {:?}", self.tag, t0.elapsed());
+    }
+
+    /// Whether the daemon is still running.
+    pub fn daemon_alive(&mut self) -> bool {
+        match self.daemon.as_mut() {
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Stops the daemon: SIGTERM, then SIGKILL after 5 s. Its exit status.
+    pub fn stop_daemon(&mut self) -> Option<ExitStatus> {
+        let mut child = self.daemon.take()?;
+        let _ = signal::kill(Pid::from_raw(child.id() as i32), signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "[rig {}] daemon ignored SIGTERM for 5 s; killing it",
+            self.tag
+        );
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs `xrouter ARGS` in the node namespace (bounded).
+    pub fn xrouter(&self, args: &[&str]) -> Out {
+        let mut c = Command::new(require_bin());
+        c.args(args);
+        netns::command_in(&self.node, &mut c).expect("node namespace");
+        cmd::run(&mut c, CLI_TIMEOUT).expect("running xrouter")
+    }
+
+    fn config_arg(&self) -> String {
+        self.config_path().display().to_string()
+    }
+
+    /// Writes `routers` and runs `xrouter reload`; the Out as it is.
+    pub fn reload(&mut self) -> Out {
+        self.write_routers();
+        let cfg = self.config_arg();
+        self.xrouter(&["reload", "--config", &cfg])
+    }
+
+    /// Writes `text` as the routers file and runs `xrouter reload`.
+    pub fn reload_text(&self, text: &str) -> Out {
+        self.write_routers_text(text);
+        let cfg = self.config_arg();
+        self.xrouter(&["reload", "--config", &cfg])
+    }
+
+    /// [`Rig::reload`], panicking unless it succeeded; its stdout.
+    pub fn apply(&mut self) -> String {
+        let out = self.reload();
+        if !out.success() {
+            panic!(
+                "reload failed: {}\ndaemon log:\n{}",
+                out.describe(),
+                self.daemon_log()
+            );
+        }
+        out.stdout
+    }
+
+    /// `xrouter show --json`, parsed.
+    pub fn show(&self) -> Value {
+        let cfg = self.config_arg();
+        let out = self.xrouter(&["show", "--json", "--config", &cfg]);
+        let text = out
+            .clone()
+            .ok()
+            .unwrap_or_else(|e| panic!("xrouter show failed: {e:#}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("xrouter show --json: {e}: {text}"))
+    }
+
+    /// MTU of the router port on network `net`, if any router has one.
+    fn network_mtu(&self, net: &str) -> u32 {
+        for r in &self.routers {
+            for p in r.interfaces.iter().chain(r.gateway.as_ref()) {
+                if p.network.name == net {
+                    return p.mtu;
+                }
+            }
+        }
+        1500
+    }
+
+    /// A VM on network `net`: `cidr` ("81.1.180.12/24"), default route via
+    /// `gateway`.
+    pub fn vm(&mut self, name: &str, net: &str, cidr: &str, gateway: &str) -> Host {
+        let br = self.network(net).bridge();
+        let mtu = self.network_mtu(net);
+        self.host_on_bridge(name, &br, mtu, cidr, Some(gateway), &[])
+    }
+
+    /// A host on the external network `ext`, without a default route, with
+    /// `routes` (destination, via).
+    pub fn external(&mut self, name: &str, cidr: &str, routes: &[(&str, &str)]) -> Host {
+        let br = self.network("ext").bridge();
+        let mtu = self.network_mtu("ext");
+        self.host_on_bridge(name, &br, mtu, cidr, None, routes)
+    }
+
+    /// A host whose eth0 is plugged into `bridge` of the node namespace
+    /// (waiting, bounded, for the bridge to exist).
+    pub fn host_on_bridge(
+        &mut self,
+        name: &str,
+        bridge: &str,
+        mtu: u32,
+        cidr: &str,
+        gateway: Option<&str>,
+        routes: &[(&str, &str)],
+    ) -> Host {
+        let ns = format!("xrt-{}-{name}", self.tag);
+        let node_dev: String = format!("h{}{name}", self.hosts.len())
+            .chars()
+            .take(15)
+            .collect();
+        let host = Host {
+            name: name.to_string(),
+            ns: ns.clone(),
+            ip: cidr.split('/').next().unwrap().to_string(),
+            node_dev: node_dev.clone(),
+        };
+        if let Err(e) = self.try_host(&host, bridge, mtu, cidr, gateway, routes) {
+            panic!(
+                "setting up host {name}: {e:#}\ndaemon log:\n{}",
+                self.daemon_log()
+            );
+        }
+        self.hosts.push(host.clone());
+        host
+    }
+
+    fn try_host(
+        &mut self,
+        h: &Host,
+        bridge: &str,
+        mtu: u32,
+        cidr: &str,
+        gateway: Option<&str>,
+        routes: &[(&str, &str)],
+    ) -> Result<()> {
+        netns::create(&h.ns)?;
+        self.namespaces.push(h.ns.clone());
+        let node = self.node.clone();
+        let found = cmd::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            crate::probe::link_exists(&node, bridge)
+        });
+        anyhow::ensure!(
+            found,
+            "bridge {bridge} did not appear in {node} within 10 s"
+        );
+        cmd::ip(
+            &node,
+            &format!(
+                "link add {} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {}",
+                h.node_dev, h.ns
+            ),
+        )?;
+        cmd::ip(
+            &node,
+            &format!("link set {} master {bridge} up", h.node_dev),
+        )?;
+        netns::sysctl(&h.ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+        netns::sysctl(&h.ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+        cmd::ip(&h.ns, "link set lo up")?;
+        cmd::ip(&h.ns, &format!("addr add {cidr} dev eth0"))?;
+        cmd::ip(&h.ns, "link set eth0 up")?;
+        if let Some(gw) = gateway {
+            cmd::ip(&h.ns, &format!("route add default via {gw}"))?;
+        }
+        for (dst, via) in routes {
+            cmd::ip(&h.ns, &format!("route add {dst} via {via}"))?;
+        }
+        Ok(())
+    }
+
+    /// A Linux bridge made by hand in the node namespace (for rig self-tests).
+    pub fn make_bridge(&self, name: &str) {
+        cmd::ip(&self.node, &format!("link add {name} type bridge"))
+            .and_then(|_| cmd::ip(&self.node, &format!("link set {name} up")))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// `ip ARGS` in the first router's namespace; panics on failure.
+    pub fn router_ip(&self, args: &str) -> String {
+        cmd::ip(&self.router_ns(), args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `iptables-save` in the first router's namespace.
+    pub fn router_iptables(&self) -> String {
+        cmd::sh(&self.router_ns(), "iptables-save", &[]).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let panicking = thread::panicking();
+        let status = self.stop_daemon();
+        if panicking && self.started {
+            let log = self.daemon_log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(150)..];
+            eprintln!(
+                "[rig {}] daemon exit: {status:?}; last {} lines of its log:\n{}",
+                self.tag,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+        if self.started && xrouter_bin().is_file() {
+            let cfg = self.config_arg();
+            let out = self.xrouter(&["cleanup", "--config", &cfg]);
+            if !out.success() {
+                eprintln!("[rig {}] cleanup failed: {}", self.tag, out.describe());
+            }
+        }
+        for id in &self.router_ids {
+            let ns = format!("qrouter-{id}");
+            if let Err(e) = netns::delete(&ns) {
+                eprintln!("[rig {}] deleting {ns}: {e:#}", self.tag);
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            if let Err(e) = netns::delete(ns) {
+                eprintln!("[rig {}] deleting {ns}: {e:#}", self.tag);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}

@@ -1,0 +1,508 @@
+//! Changes over time (semantics file, "Changes over time"): what a user sees
+//! while the routers file changes under a running daemon, or the router is
+//! damaged behind its back.
+
+use std::time::{Duration, Instant};
+
+use tests::{
+    Checks, Dataplane, Rig, RouterSpec, TcpServer, TcpSession, addresses, article::*,
+    conntrack_with, link, link_exists, ping, sa, tcp_request, wait_until,
+};
+
+const TCP: u16 = 8080;
+
+tests::planes!(
+    fip_removal,
+    fip_moved,
+    gateway_ip_change,
+    gateway_and_fips_removed,
+    router_deleted,
+    namespace_rebuilt,
+    mtu_change,
+    same_file_twice,
+    garp_for_new_fip,
+    daemon_stop_keeps_forwarding,
+);
+
+fn tcp_servers(rig: &Rig, hosts: &[&str]) -> Vec<TcpServer> {
+    hosts
+        .iter()
+        .map(|h| TcpServer::start(&rig.ns(h), h, TCP).unwrap())
+        .collect()
+}
+
+/// Removing a floating IP kills its sessions and flushes its conntrack
+/// entries; the VM falls back to the gateway IP; the /32 leaves qg-.
+fn fip_removal(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm2", "ext"]);
+    let (vm2, ext, rns) = (rig.ns("vm2"), rig.ns("ext"), rig.router_ns());
+    let mut c = Checks::new("fip_removal");
+
+    let mut inbound = TcpSession::open(&ext, sa(FIP, TCP)).expect("ext -> FIP session");
+    c.reply(
+        "before: ext -> FIP session works",
+        inbound.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    let mut outbound = TcpSession::open(&vm2, sa(EXT_HOST, TCP)).expect("vm2 -> ext session");
+    c.reply(
+        "before: vm2 -> ext session, seen as the FIP",
+        outbound.exchange(),
+        "ext",
+        FIP,
+    );
+    let before = conntrack_with(&rns, FIP).unwrap();
+    c.ok(
+        !before.is_empty(),
+        "before: conntrack has entries with the FIP",
+        &before,
+    );
+
+    rig.router_mut().remove_fip(FIP);
+    rig.apply();
+
+    // Checked first, before any probe can create new entries.
+    let mut left = vec![];
+    let gone = wait_until(Duration::from_secs(1), Duration::from_millis(100), || {
+        left = conntrack_with(&rns, FIP).unwrap();
+        left.is_empty()
+    });
+    c.ok(gone, "after: no conntrack entry to or from the FIP", &left);
+    let qg = addresses(&rns, &rig.router().qg()).unwrap();
+    c.ok(
+        !qg.iter().any(|a| a.starts_with(&format!("{FIP}/"))),
+        "after: the FIP /32 left qg-",
+        &qg,
+    );
+    c.fails(
+        "after: the established ext -> FIP session is dead",
+        inbound.exchange(),
+    );
+    c.fails(
+        "after: the established vm2 -> ext session is dead",
+        outbound.exchange(),
+    );
+    c.fails(
+        "after: a new connection ext -> FIP fails",
+        tcp_request(&ext, sa(FIP, TCP)),
+    );
+    c.reply(
+        "after: vm2 -> ext is seen as the gateway IP",
+        tcp_request(&vm2, sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    c.finish();
+}
+
+/// Moving a floating IP: sessions keep their old VM, new ones reach the new.
+fn fip_moved(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm1", "vm2", "ext"]);
+    let ext = rig.ns("ext");
+    let mut c = Checks::new("fip_moved");
+    let mut old = TcpSession::open(&ext, sa(FIP, TCP)).expect("ext -> FIP session");
+    c.reply(
+        "before: ext -> FIP reaches vm2",
+        old.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+
+    rig.router_mut().move_fip(FIP, VM1);
+    rig.apply();
+
+    c.reply(
+        "after: the existing session still reaches vm2",
+        old.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    c.reply(
+        "after: a new connection reaches vm1",
+        tcp_request(&ext, sa(FIP, TCP)),
+        "vm1",
+        EXT_HOST,
+    );
+    c.reply(
+        "after: vm1 -> ext is seen as the FIP",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        FIP,
+    );
+    c.reply(
+        "after: vm2 -> ext is seen as the gateway IP",
+        tcp_request(&rig.ns("vm2"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    c.finish();
+}
+
+/// Gateway and all floating IPs removed in one update: no NAT survives
+/// (Neutron's bug would SNAT east-west traffic to the dead floating IP).
+fn gateway_and_fips_removed(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm1", "vm2"]);
+    let mut c = Checks::new("gateway_and_fips_removed");
+    let qg_dev = rig.router().qg();
+    c.reply(
+        "before: vm2 -> vm1 un-NATed",
+        tcp_request(&rig.ns("vm2"), sa(VM1, TCP)),
+        "vm1",
+        VM2,
+    );
+    {
+        let r = rig.router_mut();
+        r.gateway = None;
+        r.fips.clear();
+    }
+    rig.apply();
+    c.reply(
+        "after: vm2 (former FIP) -> vm1 seen with its fixed IP",
+        tcp_request(&rig.ns("vm2"), sa(VM1, TCP)),
+        "vm1",
+        VM2,
+    );
+    c.reply(
+        "after: vm1 -> vm2 seen with its fixed IP",
+        tcp_request(&rig.ns("vm1"), sa(VM2, TCP)),
+        "vm2",
+        VM1,
+    );
+    if plane == Dataplane::Iptables {
+        let rules = rig.router_iptables();
+        let bad: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.contains(FIP) || l.contains(QG))
+            .collect();
+        c.ok(
+            bad.is_empty(),
+            "no iptables rule mentions the old FIP or gateway IP",
+            bad,
+        );
+    }
+    let qg = link(&rig.router_ns(), &qg_dev);
+    c.ok(qg.is_none(), "after: no qg- device left", &qg);
+    c.finish();
+}
+
+/// A router deleted from the file: its namespace and taps go; the other
+/// router stays.
+fn router_deleted(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    let net3 = rig.add_network("net3", "10.3.0.0/24", Some("10.3.0.1"));
+    let mut other = RouterSpec::empty(&rig.tag);
+    other
+        .interfaces
+        .push(tests::PortSpec::new(&net3, "10.3.0.1"));
+    rig.routers.push(other);
+    rig.start();
+    rig.vm("vm3", "net3", "10.3.0.5/24", "10.3.0.1");
+    let mut c = Checks::new("router_deleted");
+    let gone = rig.routers.remove(0);
+    let kept = rig.routers[0].clone();
+    c.ok(
+        router_user::netns::exists(&gone.namespace()),
+        "before: first router's namespace exists",
+        (),
+    );
+    let taps: Vec<String> = gone
+        .interfaces
+        .iter()
+        .chain(gone.gateway.as_ref())
+        .map(|p| p.tap())
+        .collect();
+    for t in &taps {
+        c.ok(
+            link_exists(&rig.node, t),
+            &format!("before: {t} exists"),
+            (),
+        );
+    }
+    rig.apply();
+    c.ok(
+        !router_user::netns::exists(&gone.namespace()),
+        "after: its namespace is gone",
+        gone.namespace(),
+    );
+    for t in &taps {
+        c.ok(
+            !link_exists(&rig.node, t),
+            &format!("after: {t} is gone from the node"),
+            (),
+        );
+    }
+    c.ok(
+        router_user::netns::exists(&kept.namespace()),
+        "after: the other router's namespace stays",
+        (),
+    );
+    c.ok(
+        link_exists(&rig.node, &kept.interfaces[0].tap()),
+        "after: the other router's tap stays",
+        (),
+    );
+    let p = ping(&rig.ns("vm3"), "10.3.0.1", &[]);
+    c.ok(
+        p.success(),
+        "after: the other router still answers",
+        p.describe(),
+    );
+    let show = rig.show();
+    let ids: Vec<&str> = show["routers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["id"].as_str()).collect())
+        .unwrap_or_default();
+    c.eq(
+        "after: show lists only the other router",
+        ids,
+        vec![kept.id.as_str()],
+    );
+    c.finish();
+}
+
+/// A router namespace deleted behind the daemon's back is rebuilt, complete,
+/// within a few seconds (resync_interval is 1 s), and forwards again.
+fn namespace_rebuilt(plane: Dataplane) {
+    let rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm2", "ext"]);
+    let rns = rig.router_ns();
+    let r = rig.router().clone();
+    let mut c = Checks::new("namespace_rebuilt");
+    c.reply(
+        "before: vm1 -> ext",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", &rns])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip netns del: {out:?}");
+    assert!(
+        !router_user::netns::exists(&rns),
+        "{rns} still there after ip netns del"
+    );
+    let t0 = Instant::now();
+    // The deleted namespace may live on unnamed while something holds it
+    // (and forward meanwhile), so wait for the named one first.
+    let back = wait_until(Duration::from_secs(8), Duration::from_millis(100), || {
+        router_user::netns::exists(&rns)
+    });
+    c.ok(back, "the namespace is back within 8 s", t0.elapsed());
+    let works = wait_until(Duration::from_secs(5), Duration::from_millis(200), || {
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)).is_ok_and(|r| r.peer_ip().to_string() == QG)
+            && tcp_request(&rig.ns("ext"), sa(FIP, TCP)).is_ok()
+    });
+    c.ok(works, "traffic works again", t0.elapsed());
+    println!("rebuilt and forwarding after {:?}", t0.elapsed());
+    for (dev, want) in [
+        (r.qr("net1"), format!("{QR1}/24")),
+        (r.qr("net2"), format!("{QR2}/24")),
+        (r.qg(), format!("{QG}/24")),
+        (r.qg(), format!("{FIP}/32")),
+    ] {
+        let got = addresses(&rns, &dev).unwrap_or_default();
+        c.ok(
+            got.contains(&want),
+            &format!("rebuilt {dev} has {want}"),
+            &got,
+        );
+    }
+    if plane == Dataplane::Iptables {
+        let rules = tests::cmd::sh(&rns, "iptables-save", &[]).unwrap_or_default();
+        c.ok(
+            rules.contains(&format!("-d {FIP}/32 -j DNAT --to-destination {VM2}")),
+            "rebuilt namespace has the FIP's DNAT rule",
+            &rules,
+        );
+    }
+    c.reply(
+        "after: vm1 -> ext",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    c.reply(
+        "after: ext -> FIP",
+        tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
+        "vm2",
+        EXT_HOST,
+    );
+    c.finish();
+}
+
+/// A network's MTU change is applied to the port (both veth ends).
+fn mtu_change(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let mut c = Checks::new("mtu_change");
+    let qr = rig.router().qr("net1");
+    let tap = rig.router().interface("net1").tap();
+    let mtu = |ns: &str, dev: &str| link(ns, dev).and_then(|l| l["mtu"].as_u64());
+    c.eq("before: qr- MTU", mtu(&rig.router_ns(), &qr), Some(1500));
+    rig.router_mut().interface_mut("net1").mtu = 1400;
+    rig.apply();
+    c.eq("after: qr- MTU", mtu(&rig.router_ns(), &qr), Some(1400));
+    c.eq("after: tap MTU", mtu(&rig.node, &tap), Some(1400));
+    let p = ping(&rig.ns("vm1"), QR1, &["-M", "do", "-s", "1372"]);
+    c.ok(p.success(), "vm1 -> qr-, DF 1400 bytes", p.describe());
+    c.finish();
+}
+
+/// Applying the same file twice changes nothing: devices keep their ifindex
+/// and addresses, and traffic keeps flowing.
+fn same_file_twice(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["ext"]);
+    let mut c = Checks::new("same_file_twice");
+    let rns = rig.router_ns();
+    let devs = [
+        rig.router().qr("net1"),
+        rig.router().qr("net2"),
+        rig.router().qg(),
+    ];
+    let snapshot = |rig: &Rig| {
+        devs.iter()
+            .map(|d| {
+                let ifindex = link(&rns, d).and_then(|l| l["ifindex"].as_u64());
+                (d.clone(), ifindex, addresses(&rns, d).unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(std::iter::once((
+                "routes".to_string(),
+                None,
+                vec![rig.router_ip("route show")],
+            )))
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot(&rig);
+    let show_before = rig.show();
+    let mut session = TcpSession::open(&rig.ns("vm1"), sa(EXT_HOST, TCP)).unwrap();
+    c.succeeds("before: session works", session.exchange());
+    for i in 1..=2 {
+        let out = rig.reload();
+        c.ok(
+            out.success(),
+            &format!("reload #{i} of the same file succeeds"),
+            out.describe(),
+        );
+    }
+    c.eq(
+        "devices, ifindexes, addresses and routes unchanged",
+        snapshot(&rig),
+        before,
+    );
+    c.eq("show --json unchanged", rig.show(), show_before);
+    c.succeeds("the established session still works", session.exchange());
+    c.finish();
+}
+
+/// Gratuitous ARP for a new floating IP: the outside learns its MAC (the qg-
+/// MAC) without any traffic to it.
+fn garp_for_new_fip(plane: Dataplane) {
+    const NEW: &str = "192.168.1.105";
+    let mut rig = Rig::article(plane);
+    let ext = rig.host("ext").clone();
+    ext.sysctl("net.ipv4.conf.eth0.arp_accept", "1");
+    let mut c = Checks::new("garp_for_new_fip");
+    let neigh = |h: &tests::Host| h.ip(&format!("neigh show {NEW} dev eth0"));
+    c.ok(
+        neigh(&ext).trim().is_empty(),
+        "before: ext has no neighbour entry",
+        neigh(&ext),
+    );
+    rig.router_mut().add_fip(NEW, VM1);
+    rig.apply();
+    let mac = rig.router().gateway.as_ref().unwrap().mac.to_lowercase();
+    let mut seen = String::new();
+    let learnt = wait_until(Duration::from_secs(3), Duration::from_millis(100), || {
+        seen = neigh(&ext);
+        seen.to_lowercase().contains(&format!("lladdr {mac}"))
+    });
+    c.ok(
+        learnt,
+        &format!("ext learnt {NEW} is-at {mac} within 3 s"),
+        &seen,
+    );
+    c.finish();
+}
+
+/// SIGTERM stops the daemon and leaves the routers forwarding.
+fn daemon_stop_keeps_forwarding(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm2", "ext"]);
+    let mut c = Checks::new("daemon_stop_keeps_forwarding");
+    let st = rig.stop_daemon();
+    c.ok(
+        st.is_some_and(|s| s.success()),
+        "daemon exits 0 on SIGTERM",
+        st,
+    );
+    c.reply(
+        "vm1 -> ext still SNATed",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    c.reply(
+        "ext -> FIP still DNATed",
+        tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
+        "vm2",
+        EXT_HOST,
+    );
+    c.finish();
+}
+
+/// Changing the gateway IP flushes its conntrack entries: SNATed sessions
+/// die, new ones use the new address.
+fn gateway_ip_change(plane: Dataplane) {
+    const NEW_QG: &str = "192.168.1.111";
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm2", "ext"]);
+    let rns = rig.router_ns();
+    let mut c = Checks::new("gateway_ip_change");
+    let mut session = TcpSession::open(&rig.ns("vm1"), sa(EXT_HOST, TCP)).expect("vm1 -> ext");
+    c.reply(
+        "before: vm1 -> ext seen as the gateway IP",
+        session.exchange(),
+        "ext",
+        QG,
+    );
+    rig.router_mut().gateway.as_mut().unwrap().ip = NEW_QG.to_string();
+    rig.apply();
+    let mut left = vec![];
+    let gone = wait_until(Duration::from_secs(1), Duration::from_millis(100), || {
+        left = conntrack_with(&rns, QG).unwrap();
+        left.is_empty()
+    });
+    c.ok(
+        gone,
+        "after: no conntrack entry with the old gateway IP",
+        &left,
+    );
+    let qg = addresses(&rns, &rig.router().qg()).unwrap();
+    c.ok(
+        qg.contains(&format!("{NEW_QG}/24")) && !qg.contains(&format!("{QG}/24")),
+        "after: qg- has the new address only",
+        &qg,
+    );
+    c.fails("after: the SNATed session is dead", session.exchange());
+    c.reply(
+        "after: vm1 -> ext seen as the new gateway IP",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        NEW_QG,
+    );
+    c.reply(
+        "after: ext -> FIP still reaches vm2",
+        tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
+        "vm2",
+        EXT_HOST,
+    );
+    c.finish();
+}
