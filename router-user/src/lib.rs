@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod ebpf;
 pub mod garp;
 pub mod iptables;
 pub mod model;

@@ -62,7 +62,17 @@ fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/setup.sh")))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     // bpf-linker lands in cargo's bin directory, which a fresh shell may lack.
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let cargo_bin = std::env::var("CARGO_HOME")

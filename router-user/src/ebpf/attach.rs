@@ -1,0 +1,323 @@
+//! Attaching the programs: `xr_tc` (tcx ingress) and `xr_xdp` (native XDP)
+//! on the router's qr-/qg- devices, `xr_pass` on their tap peers. Every
+//! attachment is a BPF link pinned under `<router dir>/links/`, so it
+//! outlives the daemon; a later run takes the pinned link over and swaps its
+//! own program in (`bpf_link_update`), which neither stacks a duplicate nor
+//! leaves a gap.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+
+use super::{BpfRouter, LINKS_DIR, PROG_PASS, PROG_TC, PROG_XDP, in_netns, remove_file_if_present};
+
+/// Which hook carries the fast path of a router's devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `xr_xdp` in native (driver) mode, with `xr_tc` behind it for what
+    /// XDP hands up.
+    Xdp,
+    /// `xr_tc` on tcx ingress only.
+    Tc,
+}
+
+/// What one link attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Xdp,
+    Tc,
+    Pass,
+}
+
+impl Kind {
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Xdp => "xdp",
+            Kind::Tc => "tc",
+            Kind::Pass => "pass",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Kind::Xdp => PROG_XDP,
+            Kind::Tc => PROG_TC,
+            Kind::Pass => PROG_PASS,
+        }
+    }
+
+    /// The kind of a pin name (`<dev>_<suffix>`).
+    fn of_pin(name: &str) -> Option<Kind> {
+        let (_, suffix) = name.rsplit_once('_')?;
+        [Kind::Xdp, Kind::Tc, Kind::Pass]
+            .into_iter()
+            .find(|k| k.suffix() == suffix)
+    }
+}
+
+fn pin_name(dev: &str, kind: Kind) -> String {
+    format!("{dev}_{}", kind.suffix())
+}
+
+/// A link this instance holds. Dropping it closes the fd only: a pinned link
+/// stays attached; [`HeldLink::release`] detaches it.
+pub(super) struct HeldLink {
+    pub(super) ifindex: u32,
+    link: FdLink,
+    pin: Option<PathBuf>,
+}
+
+impl HeldLink {
+    /// Removes the pin and closes the link: the program is detached.
+    pub(super) fn release(self) -> Result<()> {
+        if let Some(p) = &self.pin {
+            remove_file_if_present(p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        drop(self.link);
+        Ok(())
+    }
+}
+
+impl BpfRouter {
+    fn links_dir(&self) -> PathBuf {
+        self.dir.join(LINKS_DIR)
+    }
+
+    /// Attaches the router's programs to `devices` (name, ifindex), the
+    /// qr-/qg- devices inside namespace `ns`: `xr_tc` on tcx ingress of each
+    /// (first in the tcx chain), and with [`Hook::Xdp`] also `xr_xdp` in
+    /// native mode (falling back to generic XDP, with a warning, where the
+    /// driver has none). Work happens on a thread inside `ns`, where the
+    /// names and ifindexes belong.
+    ///
+    /// Idempotent: a device already attached with the same ifindex is left
+    /// alone; a pinned link of an earlier run is taken over; a device whose
+    /// ifindex changed is re-attached. Links of devices not in `devices`
+    /// (and XDP links when `mode` is [`Hook::Tc`]) are detached and unpinned.
+    pub fn attach(&mut self, ns: &str, devices: &[(String, u32)], mode: Hook) -> Result<()> {
+        let mut want: Vec<(String, String, u32, Kind)> = Vec::new();
+        for (dev, ifindex) in devices {
+            // TC first, so XDP never hands up to a TC that is not there yet.
+            want.push((pin_name(dev, Kind::Tc), dev.clone(), *ifindex, Kind::Tc));
+            if mode == Hook::Xdp {
+                want.push((pin_name(dev, Kind::Xdp), dev.clone(), *ifindex, Kind::Xdp));
+            }
+        }
+        self.reconcile_links(Some(ns), want, &[Kind::Xdp, Kind::Tc])
+    }
+
+    /// Attaches `xr_pass` (XDP, native mode) to each tap (name, ifindex) in
+    /// the daemon's own namespace: a frame `xr_xdp` redirects into a veth is
+    /// dropped unless the peer has an XDP program. Idempotent like
+    /// [`Self::attach`]; taps no longer listed are detached.
+    pub fn attach_taps(&mut self, taps: &[(String, u32)]) -> Result<()> {
+        let want = taps
+            .iter()
+            .map(|(dev, ifindex)| (pin_name(dev, Kind::Pass), dev.clone(), *ifindex, Kind::Pass))
+            .collect();
+        self.reconcile_links(None, want, &[Kind::Pass])
+    }
+
+    /// Makes the held links of `kinds` equal `want` (pin name, device,
+    /// ifindex, kind), attaching in namespace `ns` (None: the caller's).
+    fn reconcile_links(
+        &mut self,
+        ns: Option<&str>,
+        want: Vec<(String, String, u32, Kind)>,
+        kinds: &[Kind],
+    ) -> Result<()> {
+        let links_dir = self.links_dir();
+        std::fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
+        let wanted: BTreeSet<&str> = want.iter().map(|w| w.0.as_str()).collect();
+
+        // Detach what is no longer wanted: held links, and pins left by an
+        // earlier run that this instance never took over.
+        let stale: Vec<String> = self
+            .links
+            .keys()
+            .filter(|k| Kind::of_pin(k).is_some_and(|kind| kinds.contains(&kind)))
+            .filter(|k| !wanted.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for k in stale {
+            if let Some(l) = self.links.remove(&k) {
+                tracing::debug!("router {}: detaching {k}", self.router_id);
+                l.release()?;
+            }
+        }
+        for e in std::fs::read_dir(&links_dir)
+            .with_context(|| format!("reading {}", links_dir.display()))?
+        {
+            let e = e?;
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let ours = Kind::of_pin(&name).is_some_and(|kind| kinds.contains(&kind));
+            if ours && !wanted.contains(name.as_str()) && !self.links.contains_key(&name) {
+                tracing::debug!("router {}: removing stale link pin {name}", self.router_id);
+                remove_file_if_present(&e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+
+        // Attach what is missing, or whose device changed.
+        let todo: Vec<(String, String, u32, Kind)> = want
+            .into_iter()
+            .filter(|(pin, _, ifindex, _)| {
+                self.links.get(pin).is_none_or(|l| l.ifindex != *ifindex)
+            })
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        for (pin, ..) in &todo {
+            if let Some(old) = self.links.remove(pin) {
+                old.release()?;
+            }
+        }
+        let router_id = self.router_id.clone();
+        let ebpf = &mut self.ebpf;
+        // Attaches in order and stops at the first error, handing back what
+        // it attached before it.
+        let work = move || -> (Vec<(String, HeldLink)>, Option<anyhow::Error>) {
+            let mut done = Vec::new();
+            for (pin, dev, ifindex, kind) in todo {
+                match attach_one(ebpf, &links_dir, &pin, &dev, ifindex, kind) {
+                    Ok(l) => done.push((pin, l)),
+                    Err(e) => {
+                        let e = e.context(format!(
+                            "router {router_id}: attaching {} to {dev}",
+                            kind.program()
+                        ));
+                        return (done, Some(e));
+                    }
+                }
+            }
+            (done, None)
+        };
+        let (done, err) = match ns {
+            Some(ns) => in_netns(ns, work)?,
+            None => work(),
+        };
+        self.links.extend(done);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Attaches one program to one device (in the current thread's namespace),
+/// taking over `links_dir/pin` when it holds a live link of an earlier run.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    links_dir: &Path,
+    pin: &str,
+    dev: &str,
+    ifindex: u32,
+    kind: Kind,
+) -> Result<HeldLink> {
+    let found =
+        nix::net::if_::if_nametoindex(dev).with_context(|| format!("device {dev} not found"))?;
+    if found != ifindex {
+        bail!("device {dev} has ifindex {found}, not {ifindex}");
+    }
+    let path = links_dir.join(pin);
+    if path.exists() {
+        match take_over(ebpf, &path, kind) {
+            Ok(link) => {
+                return Ok(HeldLink {
+                    ifindex,
+                    link,
+                    pin: Some(path),
+                });
+            }
+            Err(e) => {
+                // Typically the device went away and the link is defunct.
+                tracing::debug!("{}: not reusable ({e:#}); attaching anew", path.display());
+                remove_file_if_present(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    let link = match kind {
+        Kind::Xdp | Kind::Pass => {
+            let prog = xdp(ebpf, kind.program())?;
+            let id = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => id,
+                Err(e) if kind == Kind::Xdp => {
+                    tracing::warn!("{dev}: native XDP failed ({e}); using generic XDP");
+                    prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                        .context("generic XDP")?
+                }
+                Err(e) => return Err(e).context("native XDP"),
+            };
+            let link = prog.take_link(id)?;
+            FdLink::try_from(link)
+                .context("XDP went through netlink, not a BPF link; it cannot be pinned")?
+        }
+        Kind::Tc => {
+            let prog = tc(ebpf)?;
+            let id = prog.attach_with_options(
+                dev,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )?;
+            FdLink::try_from(prog.take_link(id)?)?
+        }
+    };
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning {}", path.display()))?;
+    Ok(HeldLink {
+        ifindex,
+        link: pinned.into(),
+        pin: Some(path),
+    })
+}
+
+/// Swaps our program into a pinned link of an earlier run. Fails (and the
+/// caller attaches anew) when the link is defunct (its device is gone) or
+/// of another kind.
+fn take_over(ebpf: &mut Ebpf, path: &Path, kind: Kind) -> Result<FdLink> {
+    let fd: FdLink = PinnedLink::from_pin(path)?.into();
+    Ok(match kind {
+        Kind::Xdp | Kind::Pass => {
+            let prog = xdp(ebpf, kind.program())?;
+            let id = prog.attach_to_link(XdpLink::try_from(fd)?)?;
+            FdLink::try_from(prog.take_link(id)?)?
+        }
+        Kind::Tc => {
+            let prog = tc(ebpf)?;
+            let id = prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
+            FdLink::try_from(prog.take_link(id)?)?
+        }
+    })
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
+fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(PROG_TC)
+        .with_context(|| format!("no program {PROG_TC}"))?
+        .try_into()
+        .with_context(|| format!("{PROG_TC} is not a TC classifier"))
+}

@@ -1,0 +1,522 @@
+//! The connection table from userspace: listing, expiry and flushing, plus
+//! the outcome counters.
+//!
+//! `XR_CT` holds an entry per direction. Each entry's value is the packet's
+//! tuple after translation, so the other direction's key is that tuple
+//! reversed ([`partner`]) — for either direction. Each entry keeps its own
+//! `last_seen` and TCP state (updated by packets of its direction only); a
+//! connection's last activity is the later of the two and its TCP state the
+//! further advanced (NONE < SYN_SENT < ESTABLISHED < FIN < CLOSED).
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Map, PerCpuArray};
+use router_common::{
+    conntrack::{
+        CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN,
+        TCP_NONE, TCP_SYN_SENT,
+    },
+    counters::{Counter, Outcome},
+};
+use serde::Serialize;
+
+use super::{BpfRouter, XR_COUNTERS, XR_CT, monotonic_ns, sync::is_enoent};
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+const SEC: u64 = 1_000_000_000;
+
+/// Idle timeouts, in nanoseconds.
+pub const TIMEOUT_TCP_ESTABLISHED: u64 = 24 * 3600 * SEC;
+pub const TIMEOUT_TCP_SYN_SENT: u64 = 120 * SEC;
+pub const TIMEOUT_TCP_FIN: u64 = 120 * SEC;
+pub const TIMEOUT_TCP_CLOSED: u64 = 10 * SEC;
+pub const TIMEOUT_TCP_NONE: u64 = 120 * SEC;
+pub const TIMEOUT_UDP: u64 = 30 * SEC;
+/// UDP once a reply has been seen ("assured" in conntrack's words).
+pub const TIMEOUT_UDP_REPLIED: u64 = 60 * SEC;
+pub const TIMEOUT_ICMP: u64 = 30 * SEC;
+
+/// The key of the other direction of the connection `(k, e)` belongs to.
+pub fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
+    CtKey {
+        src: e.new_dst,
+        dst: e.new_src,
+        sport: e.new_dport,
+        dport: e.new_sport,
+        proto: k.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// One connection as found in the table: either direction may be missing
+/// (the LRU evicted it, or the BPF code is between its two inserts).
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    orig: Option<(CtKey, CtEntry)>,
+    reply: Option<(CtKey, CtEntry)>,
+}
+
+impl Conn {
+    fn entries(&self) -> impl Iterator<Item = &(CtKey, CtEntry)> {
+        self.orig.iter().chain(self.reply.iter())
+    }
+
+    fn proto(&self) -> u8 {
+        self.entries().next().map_or(0, |(k, _)| k.proto)
+    }
+
+    fn last_seen(&self) -> u64 {
+        self.entries().map(|(_, e)| e.last_seen).max().unwrap_or(0)
+    }
+
+    fn state(&self) -> u8 {
+        self.entries()
+            .map(|(_, e)| e.state)
+            .max()
+            .unwrap_or(TCP_NONE)
+    }
+
+    /// Whether a packet was seen in the reply direction (the reply entry is
+    /// created with `last_seen == created` and touched only by replies).
+    fn replied(&self) -> bool {
+        self.reply.is_some_and(|(_, e)| e.last_seen > e.created)
+    }
+
+    fn timeout(&self) -> u64 {
+        timeout_ns(self.proto(), self.state(), self.replied())
+    }
+
+    fn expired(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_seen()) > self.timeout()
+    }
+
+    fn touches(&self, ip: [u8; 4]) -> bool {
+        self.entries()
+            .any(|(k, e)| k.src == ip || k.dst == ip || e.new_src == ip || e.new_dst == ip)
+    }
+}
+
+/// Idle timeout of a connection of `proto` in TCP `state`; `replied`:
+/// packets were seen both ways (matters for UDP).
+pub fn timeout_ns(proto: u8, state: u8, replied: bool) -> u64 {
+    match proto {
+        PROTO_TCP => match state {
+            TCP_ESTABLISHED => TIMEOUT_TCP_ESTABLISHED,
+            TCP_SYN_SENT => TIMEOUT_TCP_SYN_SENT,
+            TCP_FIN => TIMEOUT_TCP_FIN,
+            TCP_CLOSED => TIMEOUT_TCP_CLOSED,
+            _ => TIMEOUT_TCP_NONE,
+        },
+        PROTO_UDP if replied => TIMEOUT_UDP_REPLIED,
+        PROTO_UDP => TIMEOUT_UDP,
+        PROTO_ICMP => TIMEOUT_ICMP,
+        _ => TIMEOUT_UDP,
+    }
+}
+
+/// Groups a snapshot of the table into connections; every key lands in
+/// exactly one. Two entries pair up only when each is the other's partner.
+fn connections(table: &HashMap<CtKey, CtEntry>) -> Vec<Conn> {
+    let mut seen: HashSet<CtKey> = HashSet::new();
+    let mut out = Vec::new();
+    for (k, e) in table {
+        if !seen.insert(*k) {
+            continue;
+        }
+        let pk = partner(k, e);
+        let p = table
+            .get(&pk)
+            .filter(|p| pk != *k && partner(&pk, p) == *k && p.direction != e.direction)
+            .filter(|_| !seen.contains(&pk))
+            .map(|p| (pk, *p));
+        if p.is_some() {
+            seen.insert(pk);
+        }
+        let me = Some((*k, *e));
+        out.push(if e.direction == CT_REPLY {
+            Conn { orig: p, reply: me }
+        } else {
+            Conn { orig: me, reply: p }
+        });
+    }
+    out
+}
+
+/// One side of a connection, readable: addresses and ports in host form.
+/// For ICMP echo both ports hold the echo id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+/// One tracked connection, as `xrouter show flows` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    /// "tcp", "udp", "icmp" or the protocol number.
+    pub proto: String,
+    /// The first packet's tuple as it arrived.
+    pub orig: Tuple,
+    /// That tuple after translation, as it left.
+    pub translated: Tuple,
+    /// TCP: NONE, SYN_SENT, ESTABLISHED, FIN, CLOSED; others: UNREPLIED or
+    /// REPLIED.
+    pub state: String,
+    pub snat: bool,
+    pub dnat: bool,
+    /// Whether the reply direction's entry is present.
+    pub has_reply_entry: bool,
+    /// Seconds since the connection's first packet.
+    pub age_secs: u64,
+    /// Seconds since its last packet (either way).
+    pub idle_secs: u64,
+    /// Seconds of idleness left before [`BpfRouter::gc`] removes it.
+    pub expires_secs: u64,
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_ICMP => "icmp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn state_name(proto: u8, state: u8, replied: bool) -> String {
+    if proto == PROTO_TCP {
+        match state {
+            TCP_NONE => "NONE",
+            TCP_SYN_SENT => "SYN_SENT",
+            TCP_ESTABLISHED => "ESTABLISHED",
+            TCP_FIN => "FIN",
+            TCP_CLOSED => "CLOSED",
+            _ => "?",
+        }
+    } else if replied {
+        "REPLIED"
+    } else {
+        "UNREPLIED"
+    }
+    .into()
+}
+
+fn tuple(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Tuple {
+    Tuple {
+        src: Ipv4Addr::from(src),
+        sport: u16::from_be(sport),
+        dst: Ipv4Addr::from(dst),
+        dport: u16::from_be(dport),
+    }
+}
+
+impl Flow {
+    fn of(c: &Conn, now_ns: u64) -> Option<Flow> {
+        let (k, e) = c.orig?;
+        let idle = now_ns.saturating_sub(c.last_seen());
+        Some(Flow {
+            proto: proto_name(k.proto),
+            orig: tuple(k.src, k.sport, k.dst, k.dport),
+            translated: tuple(e.new_src, e.new_sport, e.new_dst, e.new_dport),
+            state: state_name(k.proto, c.state(), c.replied()),
+            snat: e.nat & NAT_SNAT != 0,
+            dnat: e.nat & NAT_DNAT != 0,
+            has_reply_entry: c.reply.is_some(),
+            age_secs: now_ns.saturating_sub(e.created) / SEC,
+            idle_secs: idle / SEC,
+            expires_secs: c.timeout().saturating_sub(idle) / SEC,
+        })
+    }
+}
+
+impl fmt::Display for Tuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{} -> {}:{}",
+            self.src, self.sport, self.dst, self.dport
+        )
+    }
+}
+
+impl fmt::Display for Flow {
+    /// `tcp 81.1.180.12:40000 -> 192.168.1.15:80  =>  192.168.1.110:51123 ->
+    /// 192.168.1.15:80  ESTABLISHED snat  age 12s idle 1s` (one line; ICMP
+    /// shows `addr -> addr id N`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |t: &Tuple| {
+            if self.proto == "icmp" {
+                format!("{} -> {} id {}", t.src, t.dst, t.sport)
+            } else {
+                t.to_string()
+            }
+        };
+        let nat = match (self.snat, self.dnat) {
+            (true, true) => "snat+dnat",
+            (true, false) => "snat",
+            (false, true) => "dnat",
+            (false, false) => "-",
+        };
+        write!(
+            f,
+            "{} {}  =>  {}  {} {}  age {}s idle {}s",
+            self.proto,
+            side(&self.orig),
+            side(&self.translated),
+            self.state,
+            nat,
+            self.age_secs,
+            self.idle_secs
+        )
+    }
+}
+
+impl BpfRouter {
+    fn ct_map(&self) -> Result<&Map> {
+        self.ebpf
+            .map(XR_CT)
+            .with_context(|| format!("the BPF object has no map {XR_CT}"))
+    }
+
+    /// A snapshot of the whole connection table.
+    pub fn ct_entries(&self) -> Result<HashMap<CtKey, CtEntry>> {
+        let m: aya::maps::HashMap<_, CtKey, CtEntry> =
+            aya::maps::HashMap::try_from(self.ct_map()?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Inserts one connection table entry (tests, tools).
+    pub fn ct_insert(&mut self, k: &CtKey, e: &CtEntry) -> Result<()> {
+        let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
+        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+        m.insert(k, e, 0)?;
+        Ok(())
+    }
+
+    /// Deletes the entries of `conns` (both directions) whose `last_seen`
+    /// did not move since the snapshot (a packet in between saves it).
+    fn delete(&mut self, conns: &[Conn]) -> Result<usize> {
+        let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
+        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+        let mut n = 0;
+        for c in conns {
+            let moved = c
+                .entries()
+                .any(|(k, e)| m.get(k, 0).is_ok_and(|now| now.last_seen != e.last_seen));
+            if moved {
+                continue;
+            }
+            for (k, _) in c.entries() {
+                match m.remove(k) {
+                    Ok(()) => n += 1,
+                    Err(e) if is_enoent(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The tracked connections (those whose original-direction entry is
+    /// present), sorted by original tuple.
+    pub fn flows(&self) -> Result<Vec<Flow>> {
+        let now = monotonic_ns();
+        let table = self.ct_entries()?;
+        let mut out: Vec<Flow> = connections(&table)
+            .iter()
+            .filter_map(|c| Flow::of(c, now))
+            .collect();
+        out.sort_by(|a, b| (&a.proto, a.orig).cmp(&(&b.proto, b.orig)));
+        Ok(out)
+    }
+
+    /// Deletes the connections idle longer than their timeout at `now_ns`
+    /// ([`monotonic_ns`]): TCP ESTABLISHED 24 h, SYN_SENT/FIN/NONE 120 s,
+    /// CLOSED 10 s; UDP 30 s, 60 s once replied; ICMP 30 s. Both directions
+    /// go together. Returns the number of entries deleted (two per full
+    /// connection).
+    pub fn gc(&mut self, now_ns: u64) -> Result<usize> {
+        let table = self.ct_entries()?;
+        let doomed: Vec<Conn> = connections(&table)
+            .into_iter()
+            .filter(|c| c.expired(now_ns))
+            .collect();
+        self.delete(&doomed)
+    }
+
+    /// Deletes every connection (both directions) with `ip` as source or
+    /// destination of its original or translated tuple — for a floating IP
+    /// or gateway IP that went away. Returns the number of entries deleted.
+    pub fn flush_address(&mut self, ip: Ipv4Addr) -> Result<usize> {
+        let table = self.ct_entries()?;
+        let doomed: Vec<Conn> = connections(&table)
+            .into_iter()
+            .filter(|c| c.touches(ip.octets()))
+            .collect();
+        // Unconditionally: a packet in between must not save it.
+        let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
+        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+        let mut n = 0;
+        for c in &doomed {
+            for (k, _) in c.entries() {
+                match m.remove(k) {
+                    Ok(()) => n += 1,
+                    Err(e) if is_enoent(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The outcome counters, summed over CPUs, in [`Outcome::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Outcome, Counter)>> {
+        let map = self
+            .ebpf
+            .map(XR_COUNTERS)
+            .with_context(|| format!("the BPF object has no map {XR_COUNTERS}"))?;
+        let a: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
+        let mut out = Vec::with_capacity(Outcome::ALL.len());
+        for o in Outcome::ALL {
+            let mut sum = Counter::default();
+            for c in a.get(&(o as u32), 0)?.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            out.push((o, sum));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+/// An SNAT connection as the BPF code records it: both entries.
+pub(super) fn snat_pair(
+    inside: [u8; 4],
+    sport: u16,
+    outside: [u8; 4],
+    dport: u16,
+    gw: [u8; 4],
+    port: u16,
+    t: u64,
+) -> [(CtKey, CtEntry); 2] {
+    let k = |src, sport: u16, dst, dport: u16| CtKey {
+        src,
+        dst,
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let ok = k(inside, sport, outside, dport);
+    let oe = CtEntry {
+        new_src: gw,
+        new_dst: outside,
+        new_sport: port.to_be(),
+        new_dport: dport.to_be(),
+        direction: router_common::conntrack::CT_ORIGINAL,
+        nat: NAT_SNAT,
+        state: TCP_ESTABLISHED,
+        _pad: 0,
+        last_seen: t,
+        created: t,
+    };
+    let rk = k(outside, dport, gw, port);
+    let re = CtEntry {
+        new_src: outside,
+        new_dst: inside,
+        new_sport: dport.to_be(),
+        new_dport: sport.to_be(),
+        direction: CT_REPLY,
+        ..oe
+    };
+    [(ok, oe), (rk, re)]
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn partners_pair_up_both_ways() {
+        let [(ok, oe), (rk, re)] = snat_pair(
+            [81, 1, 180, 12],
+            40000,
+            [192, 168, 1, 15],
+            80,
+            [192, 168, 1, 110],
+            51123,
+            5,
+        );
+        assert_eq!(partner(&ok, &oe), rk);
+        assert_eq!(partner(&rk, &re), ok);
+        let table: HashMap<_, _> = [(ok, oe), (rk, re)].into_iter().collect();
+        let conns = connections(&table);
+        assert_eq!(conns.len(), 1);
+        assert!(conns[0].orig.is_some() && conns[0].reply.is_some());
+    }
+
+    #[test]
+    fn flow_prints_one_line() {
+        let [(ok, mut oe), (rk, mut re)] = snat_pair(
+            [81, 1, 180, 12],
+            40000,
+            [192, 168, 1, 15],
+            80,
+            [192, 168, 1, 110],
+            51123,
+            0,
+        );
+        oe.last_seen = 11 * SEC;
+        re.last_seen = 11 * SEC;
+        let table: HashMap<_, _> = [(ok, oe), (rk, re)].into_iter().collect();
+        let f = Flow::of(&connections(&table)[0], 12 * SEC).unwrap();
+        assert_eq!(
+            f.to_string(),
+            "tcp 81.1.180.12:40000 -> 192.168.1.15:80  =>  192.168.1.110:51123 -> \
+             192.168.1.15:80  ESTABLISHED snat  age 12s idle 1s"
+        );
+        let j = serde_json::to_value(&f).unwrap();
+        assert_eq!(j["orig"]["src"], "81.1.180.12");
+        assert_eq!(j["translated"]["sport"], 51123);
+    }
+
+    #[test]
+    fn timeouts_follow_state_and_replies() {
+        let [o, mut r] = snat_pair([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, [10, 0, 0, 3], 3, 0);
+        let mut c = Conn {
+            orig: Some(o),
+            reply: Some(r),
+        };
+        assert_eq!(c.timeout(), TIMEOUT_TCP_ESTABLISHED);
+        r.1.state = TCP_FIN;
+        c.reply = Some(r);
+        assert_eq!(c.timeout(), TIMEOUT_TCP_FIN);
+        let mut o = o;
+        o.0.proto = PROTO_UDP;
+        r.0.proto = PROTO_UDP;
+        let c = Conn {
+            orig: Some(o),
+            reply: Some(r),
+        };
+        assert_eq!(c.timeout(), TIMEOUT_UDP);
+        r.1.last_seen = 5;
+        let c = Conn {
+            orig: Some(o),
+            reply: Some(r),
+        };
+        assert_eq!(c.timeout(), TIMEOUT_UDP_REPLIED);
+        assert!(!c.expired(TIMEOUT_UDP_REPLIED));
+        assert!(c.expired(TIMEOUT_UDP_REPLIED + 6));
+    }
+}

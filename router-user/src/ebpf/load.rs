@@ -1,0 +1,170 @@
+//! Loading a router's copy of the object, with its maps pinned (and reused
+//! from an earlier run when they still fit).
+
+use std::{collections::BTreeMap, mem::size_of, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    EbpfLoader,
+    maps::{MapInfo, MapType},
+    programs::{SchedClassifier, Xdp},
+};
+use router_common::{
+    config::{Ipv4, RouterConfig},
+    conntrack::{CtEntry, CtKey},
+    counters::Counter,
+    port::{LocalAddr, Neigh, NeighKey, PortInfo},
+    route::Route,
+};
+
+use super::{
+    BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_XDP, XR_CONFIG,
+    XR_COUNTERS, XR_CT, XR_FIP, XR_FIP_REV, XR_LOCAL, XR_NEIGH, XR_PORTS, XR_ROUTES,
+    remove_file_if_present, router_dir,
+};
+
+/// What a pinned map must look like to be reused by this build: the key and
+/// value types userspace reads it with (router-common), and the map type.
+struct Shape {
+    kind: MapType,
+    key: usize,
+    value: usize,
+}
+
+fn shape(name: &str) -> Shape {
+    let s = |kind, key, value| Shape { kind, key, value };
+    match name {
+        XR_PORTS => s(MapType::Hash, size_of::<u32>(), size_of::<PortInfo>()),
+        XR_LOCAL => s(MapType::Hash, size_of::<LocalAddr>(), size_of::<u32>()),
+        // LPM key: u32 prefix length + address.
+        XR_ROUTES => s(MapType::LpmTrie, 4 + 4, size_of::<Route>()),
+        XR_NEIGH => s(MapType::Hash, size_of::<NeighKey>(), size_of::<Neigh>()),
+        XR_FIP | XR_FIP_REV => s(MapType::Hash, size_of::<Ipv4>(), size_of::<Ipv4>()),
+        XR_CONFIG => s(MapType::Array, 4, size_of::<RouterConfig>()),
+        XR_CT => s(MapType::LruHash, size_of::<CtKey>(), size_of::<CtEntry>()),
+        XR_COUNTERS => s(MapType::PerCpuArray, 4, size_of::<Counter>()),
+        _ => unreachable!("unknown map {name}"),
+    }
+}
+
+/// Why a pinned map cannot be reused, or None when it can.
+fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
+    let want = shape(name);
+    match info.map_type() {
+        Ok(t) if t == want.kind => {}
+        Ok(t) => return Some(format!("type {t:?}, want {:?}", want.kind)),
+        Err(e) => return Some(format!("type: {e}")),
+    }
+    if info.key_size() as usize != want.key || info.value_size() as usize != want.value {
+        return Some(format!(
+            "key/value size {}/{}, want {}/{}",
+            info.key_size(),
+            info.value_size(),
+            want.key,
+            want.value
+        ));
+    }
+    if name == XR_CT && info.max_entries() != ct_entries {
+        return Some(format!("{} entries, want {ct_entries}", info.max_entries()));
+    }
+    None
+}
+
+impl BpfRouter {
+    /// Loads the embedded object ([`crate::bpf::OBJECT`]) for router
+    /// `router_id`: the connection table sized for `ct_connections`
+    /// connections (two entries each), every map pinned as
+    /// `<pin_dir>/<router_id>/<MAP_NAME>`, and the three programs loaded
+    /// (verified) but not attached.
+    ///
+    /// Maps already pinned there by an earlier run are reused, contents and
+    /// all, when their type and key/value sizes still match this build (and
+    /// for `XR_CT`, its size); a pin that does not fit is removed and the map
+    /// created afresh (logged). `max_entries` of the other maps is not
+    /// compared: they are rewritten by [`Self::sync`] anyway.
+    pub fn load(router_id: &str, pin_dir: &Path, ct_connections: u32) -> Result<BpfRouter> {
+        let dir = router_dir(pin_dir, router_id)?;
+        if ct_connections == 0 {
+            bail!("router {router_id}: a connection table of 0 connections");
+        }
+        let ct_entries = ct_connections
+            .checked_mul(2)
+            .context("connection table size overflows")?;
+        std::fs::create_dir_all(dir.join(LINKS_DIR))
+            .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
+
+        let mut reused = Vec::new();
+        let mut paths = BTreeMap::new();
+        for name in MAP_NAMES {
+            let path = dir.join(name);
+            if path.exists() {
+                match MapInfo::from_pin(&path) {
+                    Ok(info) => match misfit(name, &info, ct_entries) {
+                        None => reused.push(name.to_string()),
+                        Some(why) => {
+                            tracing::warn!(
+                                "router {router_id}: pinned map {name} does not fit ({why}); \
+                                 creating a new one"
+                            );
+                            remove_file_if_present(&path)
+                                .with_context(|| format!("removing {}", path.display()))?;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(
+                            "router {router_id}: {} is not a usable map ({e}); replacing it",
+                            path.display()
+                        );
+                        remove_file_if_present(&path)
+                            .with_context(|| format!("removing {}", path.display()))?;
+                    }
+                }
+            }
+            paths.insert(name, path);
+        }
+
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(XR_CT, ct_entries);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(crate::bpf::OBJECT)
+            .with_context(|| format!("router {router_id}: loading the BPF object"))?;
+        for name in MAP_NAMES {
+            if ebpf.map(name).is_none() {
+                bail!("the BPF object has no map {name}");
+            }
+        }
+        for name in [PROG_XDP, PROG_PASS] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the BPF object has no program {name}"))?
+                .try_into()
+                .with_context(|| format!("{name} is not an XDP program"))?;
+            p.load()
+                .with_context(|| format!("router {router_id}: verifier rejected {name}"))?;
+        }
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(PROG_TC)
+            .with_context(|| format!("the BPF object has no program {PROG_TC}"))?
+            .try_into()
+            .with_context(|| format!("{PROG_TC} is not a TC classifier"))?;
+        p.load()
+            .with_context(|| format!("router {router_id}: verifier rejected {PROG_TC}"))?;
+        if !reused.is_empty() {
+            tracing::info!(
+                "router {router_id}: reusing pinned maps {}",
+                reused.join(",")
+            );
+        }
+        Ok(BpfRouter {
+            router_id: router_id.to_string(),
+            dir,
+            ebpf,
+            links: BTreeMap::new(),
+            reused,
+            snat_ports: DEFAULT_SNAT_PORTS,
+        })
+    }
+}

@@ -1,0 +1,689 @@
+//! Tests of the eBPF userspace side against the real kernel. They need root
+//! and bpffs at /sys/fs/bpf, and skip (with a message) without them. Every
+//! pin directory and namespace is removed by a guard, even on panic.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, lpm_trie::Key, lpm_trie::LpmTrie},
+    programs::{SchedClassifier, TcAttachType},
+};
+use ipnet::IpNet;
+use router_common::{
+    config::{Ipv4, RouterConfig},
+    conntrack::{CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, NAT_DNAT, TCP_ESTABLISHED, TCP_NONE},
+    port::{LocalAddr, PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
+    route::Route,
+};
+
+use super::*;
+use crate::{
+    config::node::NodeConfig,
+    model::{ExtraRoute, FloatingIp, Gateway, Mac, Port, Role, Router, Subnet},
+};
+
+/// Whether the kernel-facing tests can run here.
+fn can_run() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    let bpffs =
+        nix::sys::statfs::statfs("/sys/fs/bpf").is_ok_and(|s| s.filesystem_type().0 == 0xcafe4a11);
+    if !bpffs {
+        eprintln!("skipped: bpffs is not mounted at /sys/fs/bpf");
+    }
+    bpffs
+}
+
+/// `xrt-ebpf-<pid>-<tag><n>-<rand>`: unique across tests and runs.
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let rand = (monotonic_ns() ^ (u64::from(std::process::id()) << 20)) % 100_000;
+    format!("xrt-ebpf-{}-{tag}{n}-{rand}", std::process::id())
+}
+
+/// A pin directory under /sys/fs/bpf, removed on drop.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> PinDir {
+        let p = Path::new("/sys/fs/bpf").join(unique("pins"));
+        std::fs::create_dir_all(&p).unwrap();
+        PinDir(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A named network namespace, deleted (with its devices) on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new() -> Ns {
+        let name = unique("ns");
+        crate::netns::create(&name).unwrap();
+        Ns(name)
+    }
+
+    fn ip(&self, args: &str) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args.split_whitespace())
+            .output()
+            .expect("running ip");
+        assert!(
+            out.status.success(),
+            "ip -n {} {args}: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ifindex(&self, dev: &str) -> u32 {
+        let d = dev.to_string();
+        in_netns(&self.0, move || nix::net::if_::if_nametoindex(d.as_str()))
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Programs on tcx ingress of `dev`.
+    fn tcx_count(&self, dev: &str) -> usize {
+        let d = dev.to_string();
+        in_netns(&self.0, move || {
+            SchedClassifier::query_tcx(&d, TcAttachType::Ingress)
+                .map(|(_, progs)| progs.len())
+                .unwrap_or(0)
+        })
+        .unwrap()
+    }
+
+    fn has_xdp(&self, dev: &str) -> bool {
+        self.ip(&format!("link show dev {dev}"))
+            .contains("prog/xdp")
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = crate::netns::delete(&self.0);
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn port(id: &str, role: Role, addr: &str, cidr: &str, gw: &str) -> Port {
+    Port {
+        id: id.into(),
+        role,
+        mac: Mac([0xfa, 0x16, 0x3e, 0, 0, id.len() as u8]),
+        mtu: 1500,
+        network_id: format!("net-{id}"),
+        addresses: vec![net(addr)],
+        subnets: vec![Subnet {
+            cidr: net(cidr),
+            gateway_ip: Some(gw.parse().unwrap()),
+        }],
+    }
+}
+
+/// The article's router: two tenant subnets, a gateway, a floating IP, and
+/// an ECMP extra route.
+fn article_router() -> Router {
+    Router {
+        id: "r1".into(),
+        enable_snat: true,
+        gateway: Some(Gateway {
+            port: port(
+                "gw-port-000001",
+                Role::Gateway,
+                "192.168.1.110/24",
+                "192.168.1.0/24",
+                "192.168.1.1",
+            ),
+            extra_subnets: vec![],
+        }),
+        interfaces: vec![
+            port(
+                "qr-port-81-0001",
+                Role::Internal,
+                "81.1.180.1/24",
+                "81.1.180.0/24",
+                "81.1.180.1",
+            ),
+            port(
+                "qr-port-91-0001",
+                Role::Internal,
+                "91.1.180.1/24",
+                "91.1.180.0/24",
+                "91.1.180.1",
+            ),
+        ],
+        routes: vec![
+            ExtraRoute {
+                destination: net("10.9.0.0/16"),
+                nexthop: "91.1.180.20".parse().unwrap(),
+            },
+            ExtraRoute {
+                destination: net("10.9.0.0/16"),
+                nexthop: "81.1.180.30".parse().unwrap(),
+            },
+            ExtraRoute {
+                destination: net("10.10.0.0/16"),
+                nexthop: "172.31.0.1".parse().unwrap(),
+            },
+        ],
+        floating_ips: vec![FloatingIp {
+            id: "fip1".into(),
+            floating_ip: "192.168.1.104".parse().unwrap(),
+            fixed_ip: "91.1.180.14".parse().unwrap(),
+        }],
+    }
+}
+
+/// Fake ifindexes of the article router's devices: qr 81 -> 101, qr 91 ->
+/// 102, qg -> 103.
+fn article_ifindex(r: &Router) -> HashMap<String, u32> {
+    let mut m = HashMap::new();
+    m.insert(r.interfaces[0].device(), 101);
+    m.insert(r.interfaces[1].device(), 102);
+    m.insert(r.gateway.as_ref().unwrap().port.device(), 103);
+    m
+}
+
+fn a(s: &str) -> [u8; 4] {
+    s.parse::<Ipv4Addr>().unwrap().octets()
+}
+
+#[test]
+fn desired_state_of_the_article_router() {
+    let r = article_router();
+    let d = desired(
+        &r,
+        &NodeConfig::default(),
+        &article_ifindex(&r),
+        DEFAULT_SNAT_PORTS,
+    );
+    assert_eq!(d.ports.len(), 3);
+    assert_eq!(d.ports[&103].role, ROLE_GATEWAY);
+    assert_eq!(d.ports[&101].addr, a("81.1.180.1"));
+    assert_eq!(
+        d.local[&LocalAddr {
+            addr: a("91.1.180.1")
+        }],
+        102
+    );
+    assert_eq!(d.local.len(), 3);
+    // Connected subnets, the default route, the ECMP route; the route whose
+    // next hop is on no port is left out.
+    let keys: Vec<_> = {
+        let mut k: Vec<_> = d.routes.keys().copied().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys,
+        vec![
+            (0, [0, 0, 0, 0]),
+            (16, a("10.9.0.0")),
+            (24, a("81.1.180.0")),
+            (24, a("91.1.180.0")),
+            (24, a("192.168.1.0")),
+        ]
+    );
+    let ecmp = d.routes[&(16, a("10.9.0.0"))];
+    assert_eq!(ecmp.count, 2);
+    // wanted_routes sorts next hops: 81.1.180.30 before 91.1.180.20.
+    assert_eq!(ecmp.gateways[..2], [a("81.1.180.30"), a("91.1.180.20")]);
+    assert_eq!(ecmp.ifindexes[..2], [101, 102]);
+    assert_eq!(
+        d.config,
+        RouterConfig {
+            gw_addr: a("192.168.1.110"),
+            gw_ifindex: 103,
+            enable_snat: 1,
+            port_min: 1024,
+            port_max: 65535,
+            metadata_port: 9697,
+            _pad: 0,
+        }
+    );
+    // No gateway: no SNAT, no default route.
+    let mut r2 = r.clone();
+    r2.gateway = None;
+    let d2 = desired(
+        &r2,
+        &NodeConfig::default(),
+        &article_ifindex(&r),
+        (2000, 3000),
+    );
+    assert_eq!(d2.config.enable_snat, 0);
+    assert_eq!(d2.config.gw_ifindex, 0);
+    assert_eq!(d2.config.port_min, 2000);
+    assert!(!d2.routes.contains_key(&(0, [0; 4])));
+}
+
+#[test]
+fn load_sync_read_back_and_unpin() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut br = BpfRouter::load("r1", &pins.0, 1000).expect("load");
+    let dir = pins.0.join("r1");
+    for m in MAP_NAMES {
+        assert!(dir.join(m).exists(), "{m} pinned");
+    }
+    let r = article_router();
+    let ifx = article_ifindex(&r);
+    let node = NodeConfig::default();
+    let n = br.sync(&r, &node, &ifx).expect("sync");
+    assert!(n > 10, "first sync writes everything ({n})");
+    assert_eq!(
+        br.sync(&r, &node, &ifx).unwrap(),
+        0,
+        "second sync changes nothing"
+    );
+
+    {
+        let ebpf = br.ebpf_mut();
+        let routes: LpmTrie<_, [u8; 4], Route> =
+            LpmTrie::try_from(ebpf.map(XR_ROUTES).unwrap()).unwrap();
+        let vm = routes.get(&Key::new(32, a("91.1.180.14")), 0).unwrap();
+        assert_eq!(
+            (vm.count, vm.gateways[0], vm.ifindexes[0]),
+            (1, [0; 4], 102)
+        );
+        let out = routes.get(&Key::new(32, a("8.8.8.8")), 0).unwrap();
+        assert_eq!(
+            (out.count, out.gateways[0], out.ifindexes[0]),
+            (1, a("192.168.1.1"), 103)
+        );
+
+        let fip: BpfHashMap<_, Ipv4, Ipv4> =
+            BpfHashMap::try_from(ebpf.map(XR_FIP).unwrap()).unwrap();
+        assert_eq!(
+            fip.get(
+                &Ipv4 {
+                    addr: a("91.1.180.14")
+                },
+                0
+            )
+            .unwrap()
+            .addr,
+            a("192.168.1.104")
+        );
+        let rev: BpfHashMap<_, Ipv4, Ipv4> =
+            BpfHashMap::try_from(ebpf.map(XR_FIP_REV).unwrap()).unwrap();
+        assert_eq!(
+            rev.get(
+                &Ipv4 {
+                    addr: a("192.168.1.104")
+                },
+                0
+            )
+            .unwrap()
+            .addr,
+            a("91.1.180.14")
+        );
+        let ports: BpfHashMap<_, u32, PortInfo> =
+            BpfHashMap::try_from(ebpf.map(XR_PORTS).unwrap()).unwrap();
+        assert_eq!(ports.get(&101, 0).unwrap().role, ROLE_INTERNAL);
+        assert_eq!(ports.get(&103, 0).unwrap().addr, a("192.168.1.110"));
+        let cfg: Array<_, RouterConfig> = Array::try_from(ebpf.map(XR_CONFIG).unwrap()).unwrap();
+        assert_eq!(cfg.get(&0, 0).unwrap().gw_ifindex, 103);
+    }
+
+    // The floating IP goes: exactly its two entries change.
+    let mut r2 = r.clone();
+    r2.floating_ips.clear();
+    assert_eq!(br.sync(&r2, &node, &ifx).unwrap(), 2);
+    assert_eq!(br.sync(&r2, &node, &ifx).unwrap(), 0);
+
+    let counters = br.counters().unwrap();
+    assert_eq!(counters.len(), router_common::counters::OUTCOME_COUNT);
+
+    br.detach_and_unpin().expect("detach_and_unpin");
+    assert!(!dir.exists(), "pins removed");
+}
+
+#[test]
+fn pinned_maps_survive_a_reload() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let t = monotonic_ns();
+    let [o, r] = super::flows::snat_pair(
+        a("81.1.180.12"),
+        40000,
+        a("192.168.1.15"),
+        80,
+        a("192.168.1.110"),
+        51123,
+        t,
+    );
+    {
+        let mut br = BpfRouter::load("r2", &pins.0, 1000).unwrap();
+        assert!(br.reused_maps().is_empty());
+        br.ct_insert(&o.0, &o.1).unwrap();
+        br.ct_insert(&r.0, &r.1).unwrap();
+        // Dropped without detach_and_unpin: the daemon exiting.
+    }
+    let br = BpfRouter::load("r2", &pins.0, 1000).unwrap();
+    assert_eq!(br.reused_maps().len(), MAP_NAMES.len());
+    let flows = br.flows().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(
+        flows[0].orig.src,
+        "81.1.180.12".parse::<Ipv4Addr>().unwrap()
+    );
+    assert_eq!(flows[0].translated.sport, 51123);
+    assert!(flows[0].snat && flows[0].has_reply_entry);
+    drop(br);
+    // Another table size: the table cannot be reused.
+    let br = BpfRouter::load("r2", &pins.0, 2000).unwrap();
+    assert!(!br.reused_maps().iter().any(|m| m == XR_CT));
+    assert!(br.flows().unwrap().is_empty());
+    br.detach_and_unpin().unwrap();
+    // Cleanup of a router whose object is not loaded.
+    BpfRouter::load("r3", &pins.0, 10).unwrap();
+    assert!(pins.0.join("r3").join(XR_CT).exists());
+    remove_pins(&pins.0, "r3").unwrap();
+    assert!(!pins.0.join("r3").exists());
+    remove_pins(&pins.0, "r3").unwrap();
+    assert!(remove_pins(&pins.0, "..").is_err());
+    assert!(remove_pins(&pins.0, "a/b").is_err());
+}
+
+fn ct(src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> CtKey {
+    CtKey {
+        src: a(src),
+        dst: a(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// A connection without translation (both entries), of `proto`.
+fn plain_pair(src: &str, dst: &str, proto: u8, state: u8, t: u64) -> [(CtKey, CtEntry); 2] {
+    let ok = ct(src, 1000, dst, 2000, proto);
+    let oe = CtEntry {
+        new_src: a(src),
+        new_dst: a(dst),
+        new_sport: 1000u16.to_be(),
+        new_dport: 2000u16.to_be(),
+        direction: CT_ORIGINAL,
+        nat: 0,
+        state,
+        _pad: 0,
+        last_seen: t,
+        created: t,
+    };
+    let rk = ct(dst, 2000, src, 1000, proto);
+    let re = CtEntry {
+        new_src: a(dst),
+        new_dst: a(src),
+        new_sport: 2000u16.to_be(),
+        new_dport: 1000u16.to_be(),
+        direction: CT_REPLY,
+        ..oe
+    };
+    [(ok, oe), (rk, re)]
+}
+
+#[test]
+fn gc_expires_idle_connections_only() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut br = BpfRouter::load("gc", &pins.0, 100).unwrap();
+    let t0 = monotonic_ns();
+    let sec = 1_000_000_000;
+    let old_udp = plain_pair("81.1.180.12", "192.168.1.15", 17, TCP_NONE, t0);
+    let fresh_udp = plain_pair("81.1.180.13", "192.168.1.15", 17, TCP_NONE, t0 + 25 * sec);
+    let old_tcp = plain_pair("81.1.180.14", "192.168.1.15", 6, TCP_ESTABLISHED, t0);
+    for (k, e) in old_udp.iter().chain(&fresh_udp).chain(&old_tcp) {
+        br.ct_insert(k, e).unwrap();
+    }
+    // An orphan reply entry (its original was evicted), idle too long.
+    let orphan = plain_pair("81.1.180.15", "192.168.1.15", 1, TCP_NONE, t0)[1];
+    br.ct_insert(&orphan.0, &orphan.1).unwrap();
+    assert_eq!(br.flows().unwrap().len(), 3);
+
+    assert_eq!(br.gc(t0 + 10 * sec).unwrap(), 0);
+    assert_eq!(
+        br.gc(t0 + 31 * sec).unwrap(),
+        3,
+        "old UDP pair and the orphan"
+    );
+    let left = br.ct_entries().unwrap();
+    assert_eq!(left.len(), 4);
+    assert!(left.contains_key(&fresh_udp[0].0) && left.contains_key(&fresh_udp[1].0));
+    assert!(left.contains_key(&old_tcp[0].0) && left.contains_key(&old_tcp[1].0));
+    // Established TCP lasts a day.
+    assert_eq!(br.gc(t0 + 3600 * sec).unwrap(), 2);
+    assert_eq!(br.gc(t0 + 25 * 3600 * sec).unwrap(), 2);
+    assert!(br.ct_entries().unwrap().is_empty());
+    br.detach_and_unpin().unwrap();
+}
+
+#[test]
+fn flush_address_removes_its_connections() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut br = BpfRouter::load("flush", &pins.0, 100).unwrap();
+    let t = monotonic_ns();
+    // DNAT to a floating IP: 192.168.1.15 -> 192.168.1.104 => 91.1.180.14.
+    let dk = ct("192.168.1.15", 5555, "192.168.1.104", 22, 6);
+    let de = CtEntry {
+        new_src: a("192.168.1.15"),
+        new_dst: a("91.1.180.14"),
+        new_sport: 5555u16.to_be(),
+        new_dport: 22u16.to_be(),
+        direction: CT_ORIGINAL,
+        nat: NAT_DNAT,
+        state: TCP_ESTABLISHED,
+        _pad: 0,
+        last_seen: t,
+        created: t,
+    };
+    let rk = super::flows::partner(&dk, &de);
+    let re = CtEntry {
+        new_src: a("192.168.1.104"),
+        new_dst: a("192.168.1.15"),
+        new_sport: 22u16.to_be(),
+        new_dport: 5555u16.to_be(),
+        direction: CT_REPLY,
+        ..de
+    };
+    assert_eq!(super::flows::partner(&rk, &re), dk);
+    let snat = super::flows::snat_pair(
+        a("81.1.180.12"),
+        40000,
+        a("192.168.1.15"),
+        80,
+        a("192.168.1.110"),
+        51123,
+        t,
+    );
+    for (k, e) in [(dk, de), (rk, re)].iter().chain(&snat) {
+        br.ct_insert(k, e).unwrap();
+    }
+    assert_eq!(br.flush_address("10.0.0.1".parse().unwrap()).unwrap(), 0);
+    assert_eq!(
+        br.flush_address("192.168.1.104".parse().unwrap()).unwrap(),
+        2
+    );
+    let left = br.ct_entries().unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains_key(&snat[0].0));
+    // The gateway IP appears only in the translated tuple / reply key.
+    assert_eq!(
+        br.flush_address("192.168.1.110".parse().unwrap()).unwrap(),
+        2
+    );
+    assert!(br.ct_entries().unwrap().is_empty());
+    br.detach_and_unpin().unwrap();
+}
+
+#[test]
+fn attach_is_idempotent_pinned_and_taken_over() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let ns = Ns::new();
+    ns.ip("link add qr-t1 type veth peer name qg-t1");
+    ns.ip("link add tapt1 type veth peer name tapt2");
+    for d in ["qr-t1", "qg-t1", "tapt1", "tapt2"] {
+        ns.ip(&format!("link set {d} up"));
+    }
+    let qr = ns.ifindex("qr-t1");
+    let qg = ns.ifindex("qg-t1");
+    let tap = ns.ifindex("tapt1");
+    let devs = vec![("qr-t1".to_string(), qr), ("qg-t1".to_string(), qg)];
+    let links = pins.0.join("att").join(LINKS_DIR);
+
+    let mut br = BpfRouter::load("att", &pins.0, 100).unwrap();
+    br.attach(&ns.0, &devs, Hook::Xdp).expect("attach");
+    let names = |br: &BpfRouter| br.links().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert_eq!(
+        names(&br),
+        ["qg-t1_tc", "qg-t1_xdp", "qr-t1_tc", "qr-t1_xdp"]
+    );
+    for n in names(&br) {
+        assert!(links.join(&n).exists(), "{n} pinned");
+    }
+    assert!(ns.has_xdp("qr-t1") && ns.has_xdp("qg-t1"));
+    assert_eq!(ns.tcx_count("qr-t1"), 1);
+
+    // Twice: nothing stacks.
+    br.attach(&ns.0, &devs, Hook::Xdp).unwrap();
+    assert_eq!(ns.tcx_count("qr-t1"), 1);
+    assert_eq!(br.links().len(), 4);
+
+    // A wrong ifindex is refused.
+    let bad = vec![("qr-t1".to_string(), qr + 1000)];
+    assert!(br.attach(&ns.0, &bad, Hook::Tc).is_err());
+
+    // TC only, one device: the rest is detached and unpinned.
+    br.attach(&ns.0, &devs[..1], Hook::Tc).unwrap();
+    assert_eq!(names(&br), ["qr-t1_tc"]);
+    assert!(!ns.has_xdp("qr-t1") && !ns.has_xdp("qg-t1"));
+    assert_eq!(ns.tcx_count("qg-t1"), 0);
+    assert!(!links.join("qg-t1_tc").exists() && !links.join("qr-t1_xdp").exists());
+
+    // Taps: attach_taps works in the caller's namespace, here the test one.
+    br.attach(&ns.0, &devs, Hook::Xdp).unwrap();
+    let taps = vec![("tapt1".to_string(), tap)];
+    let br_ref = &mut br;
+    in_netns(&ns.0, move || br_ref.attach_taps(&taps))
+        .unwrap()
+        .unwrap();
+    assert!(ns.has_xdp("tapt1"));
+    assert!(links.join("tapt1_pass").exists());
+
+    // The daemon exits: everything stays attached.
+    let link_id = |n: &str| {
+        let l: aya::programs::links::FdLink =
+            aya::programs::links::PinnedLink::from_pin(links.join(n))
+                .unwrap()
+                .into();
+        let info = l.info().unwrap();
+        (info.id(), info.program_id())
+    };
+    let (xdp_link, xdp_prog) = link_id("qr-t1_xdp");
+    assert!(
+        !ns.ip("link show dev qr-t1").contains("xdpgeneric"),
+        "native XDP"
+    );
+    drop(br);
+    assert!(ns.has_xdp("qr-t1") && ns.has_xdp("tapt1"));
+    assert_eq!(ns.tcx_count("qr-t1"), 1);
+
+    // A new run takes the links over instead of stacking new ones.
+    let mut br = BpfRouter::load("att", &pins.0, 100).unwrap();
+    br.attach(&ns.0, &devs, Hook::Xdp).unwrap();
+    assert_eq!(ns.tcx_count("qr-t1"), 1);
+    assert_eq!(br.links().len(), 4);
+    let (xdp_link2, xdp_prog2) = link_id("qr-t1_xdp");
+    assert_eq!(xdp_link2, xdp_link, "same link, taken over");
+    assert_ne!(xdp_prog2, xdp_prog, "new program swapped in");
+    let taps = vec![("tapt1".to_string(), tap)];
+    let br_ref = &mut br;
+    in_netns(&ns.0, move || br_ref.attach_taps(&taps))
+        .unwrap()
+        .unwrap();
+    assert_eq!(br.links().len(), 5);
+
+    // A device recreated (new ifindex): its defunct pinned link is replaced.
+    drop(br);
+    ns.ip("link del qr-t1");
+    ns.ip("link add qr-t1 type veth peer name qg-t1");
+    let qr2 = ns.ifindex("qr-t1");
+    let qg2 = ns.ifindex("qg-t1");
+    let devs2 = vec![("qr-t1".to_string(), qr2), ("qg-t1".to_string(), qg2)];
+    let mut br = BpfRouter::load("att", &pins.0, 100).unwrap();
+    br.attach(&ns.0, &devs2, Hook::Xdp).unwrap();
+    assert!(ns.has_xdp("qr-t1"));
+    assert_eq!(ns.tcx_count("qr-t1"), 1);
+
+    br.detach_and_unpin().unwrap();
+    assert!(!ns.has_xdp("qr-t1") && !ns.has_xdp("tapt1"));
+    assert_eq!(ns.tcx_count("qr-t1"), 0);
+    assert!(!pins.0.join("att").exists());
+}
+
+#[test]
+fn neighbours_mirror_the_kernel_table() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let ns = Ns::new();
+    ns.ip("link add qr-n1 type veth peer name qg-n1");
+    ns.ip("link set qr-n1 up");
+    ns.ip("addr add 10.1.0.1/24 dev qr-n1");
+    ns.ip("neigh replace 10.1.0.7 lladdr 02:00:00:00:00:07 dev qr-n1 nud permanent");
+    ns.ip("neigh replace 10.1.0.8 lladdr 02:00:00:00:00:08 dev qr-n1 nud stale");
+    ns.ip("neigh replace 10.1.0.9 dev qr-n1 nud failed");
+    let idx = ns.ifindex("qr-n1");
+    let mut br = BpfRouter::load("nb", &pins.0, 10).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = rt.block_on(br.sync_neighbours(&ns.0)).unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 0);
+    let dump = rt.block_on(dump_neighbours(&ns.0)).unwrap();
+    let k = router_common::port::NeighKey {
+        ifindex: idx,
+        addr: a("10.1.0.7"),
+    };
+    assert_eq!(dump[&k].mac, [2, 0, 0, 0, 0, 7]);
+    ns.ip("neigh del 10.1.0.8 dev qr-n1");
+    assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 1);
+    br.detach_and_unpin().unwrap();
+}
