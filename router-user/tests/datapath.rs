@@ -901,3 +901,112 @@ impl Router {
         }
     }
 }
+
+/// An ICMP error frame from `src` to `dst` quoting `quoted` (an IPv4 packet).
+fn icmp_error(
+    src: &str,
+    dst: &str,
+    ty: u8,
+    code: u8,
+    quoted: &[u8],
+    from: [u8; 6],
+    to: [u8; 6],
+) -> Vec<u8> {
+    let mut icmp = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let c = finish(sum16(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let tot = (20 + icmp.len()) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&tot.to_be_bytes());
+    h.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
+    h.extend_from_slice(&ip(src));
+    h.extend_from_slice(&ip(dst));
+    let c = finish(sum16(&h));
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&to);
+    f.extend_from_slice(&from);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn icmp_errors_about_translated_connections_reach_the_real_sender() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        // vm1's UDP datagram leaves SNATed; the server says "port unreachable".
+        let out = r.xdp(r.qr1, &Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53));
+        assert_eq!(out.ret, XDP_REDIRECT);
+        let err = icmp_error(
+            "192.168.1.15",
+            "192.168.1.110",
+            3,
+            3,
+            &out.frame[14..],
+            MAC_EXT,
+            MAC_QG,
+        );
+        for (hook, o) in [("xdp", r.raw_xdp(r.qg, &err)), ("tc", r.raw_tc(r.qg, &err))] {
+            assert!(
+                o.ret == XDP_REDIRECT || o.ret == TC_ACT_REDIRECT,
+                "{hook}: {}",
+                o.ret
+            );
+            let f = &o.frame;
+            assert_eq!(o.src().to_string(), "192.168.1.15", "{hook}");
+            assert_eq!(
+                o.dst().to_string(),
+                "81.1.180.12",
+                "{hook}: to the real sender"
+            );
+            assert_eq!(o.ttl(), 63);
+            assert_eq!(finish(sum16(&f[14..34])), 0, "{hook}: outer IPv4 checksum");
+            assert_eq!(finish(sum16(&f[34..])), 0, "{hook}: ICMP checksum");
+            let inner = &f[42..];
+            assert_eq!(&inner[12..16], &ip("81.1.180.12"), "{hook}: quoted source");
+            assert_eq!(
+                &inner[16..20],
+                &ip("192.168.1.15"),
+                "{hook}: quoted destination"
+            );
+            assert_eq!(
+                u16::from_be_bytes([inner[20], inner[21]]),
+                5000,
+                "{hook}: quoted source port"
+            );
+            assert_eq!(
+                u16::from_be_bytes([inner[22], inner[23]]),
+                53,
+                "{hook}: quoted destination port"
+            );
+            assert_eq!(
+                finish(sum16(&inner[..20])),
+                0,
+                "{hook}: quoted IPv4 checksum"
+            );
+            assert_eq!(
+                l4_sum(&inner[12..16], &inner[16..20], 17, &inner[20..]),
+                0,
+                "{hook}: quoted UDP checksum"
+            );
+        }
+        // About a connection the router does not translate: routed unchanged.
+        let plain = Frame::udp("91.1.180.14", 1, "81.1.180.12", 2).bytes();
+        let err = icmp_error(
+            "81.1.180.12",
+            "91.1.180.14",
+            3,
+            3,
+            &plain[14..],
+            MAC_VM1,
+            MAC_QR1,
+        );
+        let o = r.raw_xdp(r.qr1, &err);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(&o.frame[42..], &err[42..], "quoted packet untouched");
+        assert_eq!(finish(sum16(&o.frame[34..])), 0);
+    });
+}

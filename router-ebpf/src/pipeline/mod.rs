@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod csum;
+pub mod icmp_error;
 pub mod parse;
 pub mod rewrite;
 pub mod route;
@@ -43,9 +44,16 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
     if !P::TC && parse::partial_csum(p, &pkt) {
         return Verdict::ToTc;
     }
-    let flow = match track::track(&pkt, &ingress) {
-        Ok(f) => f,
-        Err(v) => return v,
+    let (flow, quoted) = if pkt.proto == parse::PROTO_ICMP && parse::is_icmp_error(pkt.flags) {
+        match icmp_error::plan(p, &pkt, &ingress) {
+            Ok(f) => f,
+            Err(v) => return v,
+        }
+    } else {
+        match track::track(&pkt, &ingress) {
+            Ok(f) => (f, None),
+            Err(v) => return v,
+        }
     };
     // Neighbour (XDP) and MTU checks before anything is written.
     let dst_mac = if P::TC {
@@ -56,6 +64,11 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             None => return Verdict::ToTc,
         }
     };
+    if let Some(q) = &quoted
+        && let Err(v) = icmp_error::apply(p, &pkt, q)
+    {
+        return v;
+    }
     if let Err(v) = rewrite::rewrite(p, &pkt, &flow, &dst_mac) {
         return v;
     }

@@ -23,6 +23,13 @@ pub const PROTO_UDP: u8 = 17;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAM_PROBLEM: u8 = 12;
+
+/// Where an ICMP error quotes the offending packet's IPv4 header.
+pub const INNER_IP: usize = L4_OFF + 8;
+pub const INNER_L4: usize = INNER_IP + 20;
 
 /// TCP flag bits (byte 13 of the header).
 pub const FLAG_FIN: u8 = 0x01;
@@ -130,8 +137,12 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
                 pkt.flags = (*i)[0];
+                if is_icmp_error(pkt.flags) {
+                    // The quoted packet is looked at by `icmp_error`.
+                    pkt.l4_csum = L4_OFF + 2;
+                    return Ok(pkt);
+                }
                 if pkt.flags != ICMP_ECHO_REQUEST && pkt.flags != ICMP_ECHO_REPLY {
-                    // Errors quoting a translated packet: the kernel, for now.
                     return Err(Verdict::Kernel(Outcome::KernelProto));
                 }
                 let id = *(p
@@ -145,6 +156,12 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
         }
         Ok(pkt)
     }
+}
+
+/// ICMP messages that quote the packet they are about.
+#[inline(always)]
+pub fn is_icmp_error(ty: u8) -> bool {
+    ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAM_PROBLEM
 }
 
 /// Whether a TCP/UDP checksum is only the pseudo-header sum the kernel

@@ -97,6 +97,22 @@ fn route_to(pkt: &Pkt, dst: u32) -> Result<(u32, u32, PortInfo), Verdict> {
     Ok((egress, nh, *port))
 }
 
+/// Where a packet goes once its addresses are `src` and `dst` (ports
+/// unchanged).
+#[inline(always)]
+pub fn route_translated(pkt: &Pkt, src: u32, dst: u32) -> Result<Flow, Verdict> {
+    let (egress, nexthop, port) = route_to(pkt, dst)?;
+    Ok(Flow {
+        src,
+        dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        egress,
+        nexthop,
+        egress_mac: port.mac,
+    })
+}
+
 #[inline(always)]
 pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);

@@ -1,0 +1,198 @@
+//! ICMP errors (unreachable, time exceeded, parameter problem) about a
+//! translated connection: found through the quoted header, whose addresses
+//! and ports are translated back, as are the outer addresses that match
+//! them, so the error reaches the real sender. Errors about connections the
+//! router does not translate are routed unchanged.
+
+use router_common::{
+    conntrack::{CtEntry, CtKey},
+    counters::Outcome,
+    port::PortInfo,
+};
+
+use super::{
+    Verdict,
+    parse::{ICMP_ECHO_REQUEST, INNER_IP, INNER_L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
+    track::{self, Flow},
+};
+use crate::{ctx::Packet, maps};
+
+const BAD: Verdict = Verdict::Drop(Outcome::DropMalformed);
+
+/// The quoted packet's tuple.
+struct Inner {
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+#[inline(always)]
+fn inner<P: Packet>(p: &P) -> Result<Inner, Verdict> {
+    let h: *mut [u8; 20] = p
+        .ptr(INNER_IP)
+        .ok_or(Verdict::Kernel(Outcome::KernelProto))?;
+    // SAFETY: bounds checked by ptr().
+    let h = unsafe { &*h };
+    if h[0] != 0x45 {
+        return Err(Verdict::Kernel(Outcome::KernelIpOptions));
+    }
+    let proto = h[9];
+    let l4: *mut [u8; 8] = p
+        .ptr(INNER_L4)
+        .ok_or(Verdict::Kernel(Outcome::KernelProto))?;
+    // SAFETY: as above.
+    let l4 = unsafe { &*l4 };
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => (
+            u16::from_ne_bytes([l4[0], l4[1]]),
+            u16::from_ne_bytes([l4[2], l4[3]]),
+        ),
+        PROTO_ICMP if l4[0] == ICMP_ECHO_REQUEST => {
+            let id = u16::from_ne_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ => return Err(Verdict::Kernel(Outcome::KernelProto)),
+    };
+    Ok(Inner {
+        src: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+        dst: u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+        sport,
+        dport,
+        proto,
+    })
+}
+
+/// Changes a quoted field and keeps the outer ICMP checksum right.
+#[inline(always)]
+fn set32<P: Packet>(
+    p: &mut P,
+    icmp_csum: usize,
+    off: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), Verdict> {
+    if old == new {
+        return Ok(());
+    }
+    let f = p.ptr::<u32>(off).ok_or(BAD)?;
+    // SAFETY: bounds checked.
+    unsafe { *f = new };
+    p.fix_l4(icmp_csum, old, new, 4, false, false)
+        .map_err(|_| BAD)
+}
+
+#[inline(always)]
+fn set16<P: Packet>(p: &mut P, icmp_csum: usize, off: usize, new: u16) -> Result<(), Verdict> {
+    let f = p.ptr::<u16>(off).ok_or(BAD)?;
+    // SAFETY: bounds checked.
+    let old = unsafe { *f };
+    if old == new {
+        return Ok(());
+    }
+    // SAFETY: bounds checked.
+    unsafe { *f = new };
+    p.fix_l4(icmp_csum, old as u32, new as u32, 2, false, false)
+        .map_err(|_| BAD)
+}
+
+/// Software update of a checksum inside the quoted packet (the hooks'
+/// helpers only know the outer headers).
+#[inline(always)]
+fn inner_csum<P: Packet>(
+    p: &mut P,
+    icmp_csum: usize,
+    off: usize,
+    old: u32,
+    new: u32,
+    size: u64,
+) -> Result<(), Verdict> {
+    let f = p.ptr::<u16>(off).ok_or(BAD)?;
+    // SAFETY: bounds checked.
+    let c = unsafe { *f };
+    let n = super::csum::replace(c, old, new, size);
+    set16(p, icmp_csum, off, n)
+}
+
+/// How to translate the quoted packet of an ICMP error.
+pub struct Plan {
+    q: Inner,
+    e: CtEntry,
+}
+
+/// Finds the connection an ICMP error is about, and where the error goes.
+/// Writes nothing, so XDP can still hand the packet to TC untouched.
+#[inline(always)]
+pub fn plan<P: Packet>(
+    p: &P,
+    pkt: &Pkt,
+    ingress: &PortInfo,
+) -> Result<(Flow, Option<Plan>), Verdict> {
+    let q = inner(p)?;
+    // The quoted packet went out translated: its reverse is the reply key.
+    let k = CtKey {
+        src: q.dst.to_ne_bytes(),
+        dst: q.src.to_ne_bytes(),
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain data.
+    let Some(e) = (unsafe { maps::XR_CT.get(&k) }) else {
+        // Not about a translated connection: route it as it is.
+        if let Some(v) = super::classify::for_router(pkt, ingress) {
+            return Err(v);
+        }
+        return Ok((track::route_translated(pkt, pkt.src, pkt.dst)?, None));
+    };
+    let e: CtEntry = *e;
+    let (orig_src, orig_dst) = (u32::from_ne_bytes(e.new_dst), u32::from_ne_bytes(e.new_src));
+    // The outer header: to the real sender, from what it talked to.
+    let src = if pkt.src == q.dst { orig_dst } else { pkt.src };
+    let dst = if pkt.dst == q.src { orig_src } else { pkt.dst };
+    Ok((track::route_translated(pkt, src, dst)?, Some(Plan { q, e })))
+}
+
+/// Rewrites the quoted packet back to what its sender sent.
+#[inline(always)]
+pub fn apply<P: Packet>(p: &mut P, pkt: &Pkt, plan: &Plan) -> Result<(), Verdict> {
+    let (q, e) = (&plan.q, &plan.e);
+    let (new_src, new_dst) = (u32::from_ne_bytes(e.new_dst), u32::from_ne_bytes(e.new_src));
+    let csum = pkt.l4_csum;
+
+    // Quoted addresses (inner IP checksum, and UDP's pseudo-header).
+    set32(p, csum, INNER_IP + 12, q.src, new_src)?;
+    if q.src != new_src {
+        inner_csum(p, csum, INNER_IP + 10, q.src, new_src, 4)?;
+    }
+    set32(p, csum, INNER_IP + 16, q.dst, new_dst)?;
+    if q.dst != new_dst {
+        inner_csum(p, csum, INNER_IP + 10, q.dst, new_dst, 4)?;
+    }
+    match q.proto {
+        PROTO_ICMP => {
+            if q.sport != e.new_dport {
+                set16(p, csum, INNER_L4 + 4, e.new_dport)?;
+                inner_csum(p, csum, INNER_L4 + 2, q.sport as u32, e.new_dport as u32, 2)?;
+            }
+        }
+        _ => {
+            set16(p, csum, INNER_L4, e.new_dport)?;
+            set16(p, csum, INNER_L4 + 2, e.new_sport)?;
+            // UDP's checksum is in the 8 quoted bytes; TCP's is not.
+            if q.proto == PROTO_UDP {
+                let c = p.ptr::<u16>(INNER_L4 + 6).ok_or(BAD)?;
+                // SAFETY: bounds checked.
+                if unsafe { *c } != 0 {
+                    inner_csum(p, csum, INNER_L4 + 6, q.src, new_src, 4)?;
+                    inner_csum(p, csum, INNER_L4 + 6, q.dst, new_dst, 4)?;
+                    inner_csum(p, csum, INNER_L4 + 6, q.sport as u32, e.new_dport as u32, 2)?;
+                    inner_csum(p, csum, INNER_L4 + 6, q.dport as u32, e.new_sport as u32, 2)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
