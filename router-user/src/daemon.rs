@@ -3,6 +3,7 @@
 //! Stopping leaves the routers forwarding, as Neutron's agent does.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -17,27 +18,44 @@ use crate::{
         routers,
     },
     control::{Reply, Request},
+    ebpf::{self, BpfRouter, Hook},
     model::Router,
+    netlink::Nl,
     reconcile::{Changes, Reconciler},
     state::State,
 };
 
-/// Picks the data plane actually used for a requested one.
+/// Picks the data plane actually used for a requested one, saying why in
+/// one log line. `auto` is XDP when the BPF object loads (the attach falls
+/// back to generic XDP per device where native XDP is missing), iptables
+/// when BPF cannot be used here.
 pub fn resolve_dataplane(want: Dataplane) -> Result<Dataplane> {
     match want {
-        Dataplane::Iptables => Ok(Dataplane::Iptables),
-        Dataplane::Auto => {
-            tracing::info!(
-                "data plane: iptables (auto: the eBPF data plane is not built yet in this version)"
-            );
+        Dataplane::Iptables => {
+            tracing::info!("data plane: iptables (as configured)");
             Ok(Dataplane::Iptables)
         }
+        Dataplane::Auto => match crate::bpf::load() {
+            Ok(_) => {
+                tracing::info!("data plane: xdp (auto: the BPF programs load on this kernel)");
+                Ok(Dataplane::Xdp)
+            }
+            Err(e) => {
+                tracing::warn!("data plane: iptables (auto: BPF cannot be used here: {e:#})");
+                Ok(Dataplane::Iptables)
+            }
+        },
         Dataplane::Xdp | Dataplane::Tc => {
-            bail!(
-                "--dataplane {want}: the eBPF data plane is not available in this version; use iptables or auto"
-            )
+            crate::bpf::load()
+                .with_context(|| format!("--dataplane {want}: BPF cannot be used here"))?;
+            tracing::info!("data plane: {want} (as configured)");
+            Ok(want)
         }
     }
+}
+
+fn is_bpf(d: Option<Dataplane>) -> bool {
+    matches!(d, Some(Dataplane::Xdp | Dataplane::Tc))
 }
 
 /// Reads and validates a routers file.
@@ -51,33 +69,146 @@ pub fn read_routers(path: &Path) -> Result<Vec<Router>> {
 pub struct Engine {
     pub node: NodeConfig,
     pub state: State,
+    /// Loaded BPF objects by router ID (eBPF data planes only).
+    pub bpf: BTreeMap<String, BpfRouter>,
 }
 
 impl Engine {
     pub fn new(node: NodeConfig, dataplane: Dataplane, routers_file: PathBuf) -> Result<Engine> {
         // Adopt what a previous run left, so removed routers are cleaned up.
         let mut state = State::load(&node.state_file())?;
+        if is_bpf(state.dataplane) && !is_bpf(Some(dataplane)) {
+            // Leaving eBPF: unpinning the links detaches the programs, so
+            // the kernel alone forwards (and translates) from here on.
+            for r in &state.routers {
+                if let Err(e) = ebpf::remove_pins(&node.pin_dir, &r.id) {
+                    tracing::warn!("router {}: removing BPF pins: {e:#}", r.id);
+                }
+            }
+            tracing::info!(
+                "switched from {} to {dataplane}: BPF programs detached",
+                state.dataplane.unwrap()
+            );
+        }
         state.dataplane = Some(dataplane);
         state.routers_file = Some(routers_file);
-        Ok(Engine { node, state })
+        Ok(Engine {
+            node,
+            state,
+            bpf: BTreeMap::new(),
+        })
+    }
+
+    fn hook(&self) -> Option<Hook> {
+        match self.state.dataplane {
+            Some(Dataplane::Xdp) => Some(Hook::Xdp),
+            Some(Dataplane::Tc) => Some(Hook::Tc),
+            _ => None,
+        }
+    }
+
+    /// Loads (or adopts) the router's BPF object, fills its maps from the
+    /// router and attaches it to the router's ports and their taps.
+    async fn apply_bpf(
+        &mut self,
+        r: &Router,
+        prev: Option<&Router>,
+        hook: Hook,
+        ch: &mut Changes,
+    ) -> Result<()> {
+        let ns = r.namespace();
+        if !self.bpf.contains_key(&r.id) {
+            let b = BpfRouter::load(&r.id, &self.node.pin_dir, self.node.conntrack_size)?;
+            ch.items.push(format!(
+                "{ns}: BPF object loaded ({} pinned maps reused)",
+                b.reused_maps().len()
+            ));
+            self.bpf.insert(r.id.clone(), b);
+        }
+        let b = self.bpf.get_mut(&r.id).expect("inserted above");
+        let nl = Nl::open(Some(&ns)).await?;
+        let links = nl.links().await?;
+        let ifindex: HashMap<String, u32> =
+            links.iter().map(|l| (l.name.clone(), l.index)).collect();
+        let n = b.sync(r, &self.node, &ifindex)?;
+        if n > 0 {
+            ch.items.push(format!("{ns}: {n} BPF map entries updated"));
+        }
+        let devices: Vec<(String, u32)> = r
+            .ports()
+            .filter_map(|p| ifindex.get(&p.device()).map(|i| (p.device(), *i)))
+            .collect();
+        b.attach(&ns, &devices, hook)?;
+        let host = Nl::open(None).await?;
+        let mut taps = Vec::new();
+        for p in r.ports() {
+            if let Some(t) = host.link(&p.tap()).await? {
+                taps.push((t.name, t.index));
+            }
+        }
+        b.attach_taps(&taps)?;
+        b.sync_neighbours(&ns).await?;
+        for ip in crate::reconcile::gone_addresses(prev, r) {
+            let n = b.flush_address(ip)?;
+            ch.items
+                .push(format!("{ns}: flushed {n} BPF connection entries of {ip}"));
+        }
+        Ok(())
+    }
+
+    /// Mirrors neighbour tables into the maps and collects expired
+    /// connections (every second).
+    pub async fn tick(&mut self, gc: bool) {
+        let now = ebpf::monotonic_ns();
+        for (id, b) in self.bpf.iter_mut() {
+            if let Err(e) = b.sync_neighbours(&crate::model::namespace_of(id)).await {
+                tracing::debug!("router {id}: neighbours: {e:#}");
+            }
+            if gc {
+                match b.gc(now) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::debug!("router {id}: {n} expired connection entries collected")
+                    }
+                    Err(e) => tracing::warn!("router {id}: connection GC: {e:#}"),
+                }
+            }
+        }
     }
 
     /// Applies `desired`. Routers that fail are reported; the others are applied.
     pub async fn apply(&mut self, desired: Vec<Router>) -> Result<Changes> {
         let mut ch = Changes::default();
-        let mut rec = Reconciler::new(&self.node).await?;
+        let node = self.node.clone();
+        let mut rec = Reconciler::new(&node).await?;
         let mut errors = Vec::new();
-        for old in &self.state.routers {
-            if !desired.iter().any(|r| r.id == old.id)
-                && let Err(e) = rec.remove_router(&old.id, &mut ch).await
-            {
+        let old_routers = self.state.routers.clone();
+        for old in &old_routers {
+            if desired.iter().any(|r| r.id == old.id) {
+                continue;
+            }
+            if let Err(e) = rec.remove_router(&old.id, &mut ch).await {
                 errors.push(format!("router {}: {e:#}", old.id));
             }
+            let unpinned = match self.bpf.remove(&old.id) {
+                Some(b) => b.detach_and_unpin(),
+                None => ebpf::remove_pins(&self.node.pin_dir, &old.id),
+            };
+            if let Err(e) = unpinned {
+                errors.push(format!("router {}: removing BPF objects: {e:#}", old.id));
+            }
         }
+        let hook = self.hook();
         for r in &desired {
-            let prev = self.state.routers.iter().find(|o| o.id == r.id);
+            let prev = old_routers.iter().find(|o| o.id == r.id);
             if let Err(e) = rec.apply_router(r, prev, &mut ch).await {
                 errors.push(format!("router {}: {e:#}", r.id));
+                continue;
+            }
+            if let Some(hook) = hook
+                && let Err(e) = self.apply_bpf(r, prev, hook, &mut ch).await
+            {
+                errors.push(format!("router {}: eBPF data plane: {e:#}", r.id));
             }
         }
         self.state.bridges.extend(rec.created_bridges);
@@ -150,6 +281,9 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     let period = Duration::from_secs(node.resync_interval.max(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fast = tokio::time::interval(Duration::from_secs(1));
+    fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
 
     loop {
         tokio::select! {
@@ -161,6 +295,10 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = fast.tick(), if !engine.bpf.is_empty() => {
+                ticks += 1;
+                engine.tick(ticks.is_multiple_of(5)).await;
+            }
             _ = tick.tick(), if node.resync_interval > 0 => {
                 if let Err(e) = engine.resync().await {
                     tracing::warn!("resync: {e:#}");
@@ -197,6 +335,7 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
     let mut ch = Changes::default();
     for r in &state.routers {
         rec.remove_router(&r.id, &mut ch).await?;
+        ebpf::remove_pins(&node.pin_dir, &r.id)?;
         for p in r.ports() {
             if let Some(t) = rec.host.link(&p.tap()).await? {
                 rec.host.del_link(t.index).await?;
@@ -216,6 +355,8 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         rec.host.del_link(br.index).await?;
         ch.items.push(format!("removed bridge {b}"));
     }
+    // The pin directory goes too once empty (it may be shared, so only then).
+    let _ = std::fs::remove_dir(&node.pin_dir);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

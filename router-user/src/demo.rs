@@ -153,7 +153,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
     std::fs::write(
         sb.config(),
         format!(
-            "state_dir = {:?}\npin_dir = \"/sys/fs/bpf/xrdemo-{tag}\"\ndataplane = \"{dataplane}\"\nresync_interval = 5\n",
+            "state_dir = {:?}\npin_dir = \"/sys/fs/bpf/xrdemo-{tag}\"\ndataplane = \"{dataplane}\"\nresync_interval = 5\nconntrack_size = 65536\n",
             dir.join("state")
         ),
     )?;

@@ -31,6 +31,26 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ShowWhat {
+    /// Routers, ports, addresses and floating IPs (the default).
+    Routers,
+    /// Connections tracked by the eBPF data plane: original and translated
+    /// tuples, state, age.
+    Flows {
+        /// Only this router.
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+    },
+    /// eBPF counters per router: forwarded (XDP, TC), to the kernel and
+    /// dropped, by reason.
+    Stats {
+        /// Only this router.
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon in the foreground: apply the routers and keep them so.
     ///
@@ -56,10 +76,16 @@ enum Cmd {
         routers: PathBuf,
     },
     /// Show the routers, ports, addresses and floating IPs xrouter manages.
+    ///
+    /// `xrouter show` lists routers; `show flows` the eBPF connection table;
+    /// `show stats` the eBPF counters (forwarded per hook, handed to the
+    /// kernel and dropped, per reason).
     Show {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
+        #[command(subcommand)]
+        what: Option<ShowWhat>,
     },
     /// Remove every namespace, port and bridge xrouter created.
     Cleanup,
@@ -131,12 +157,17 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let r = daemon::read_routers(&routers)?;
             println!("{}: {} routers, valid", routers.display(), r.len());
         }
-        Cmd::Show { json } => {
+        Cmd::Show { json, what } => {
             let state = State::load(&node.state_file())?;
-            if json {
-                println!("{}", show::json(&state));
-            } else {
-                print!("{}", show::table(&state));
+            match what.unwrap_or(ShowWhat::Routers) {
+                ShowWhat::Routers if json => println!("{}", show::json(&state)),
+                ShowWhat::Routers => print!("{}", show::table(&state)),
+                ShowWhat::Flows { router } => {
+                    print!("{}", show::flows(&state, &node, router.as_deref(), json)?)
+                }
+                ShowWhat::Stats { router } => {
+                    print!("{}", show::stats(&state, &node, router.as_deref(), json)?)
+                }
             }
         }
         Cmd::Cleanup => {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    config::node::Dataplane,
+    config::node::{Dataplane, NodeConfig},
     model::{Role, Router},
     netns,
     state::State,
@@ -119,4 +119,89 @@ pub fn table(state: &State) -> String {
         }
     }
     o
+}
+
+fn bpf_routers<'a>(state: &'a State, only: Option<&str>) -> anyhow::Result<Vec<&'a Router>> {
+    if !matches!(state.dataplane, Some(Dataplane::Xdp | Dataplane::Tc)) {
+        let dp = state
+            .dataplane
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "none".into());
+        anyhow::bail!("the data plane is {dp}: flows and counters exist only with xdp or tc");
+    }
+    let out: Vec<&Router> = state
+        .routers
+        .iter()
+        .filter(|r| only.is_none_or(|o| o == r.id))
+        .collect();
+    if let Some(o) = only
+        && out.is_empty()
+    {
+        anyhow::bail!("no router {o:?} (see `xrouter show`)");
+    }
+    Ok(out)
+}
+
+/// `show flows`: the connection table of each router.
+pub fn flows(
+    state: &State,
+    node: &NodeConfig,
+    only: Option<&str>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let mut o = String::new();
+    let mut all = serde_json::Map::new();
+    for r in bpf_routers(state, only)? {
+        let flows = crate::ebpf::pinned::flows(&node.pin_dir, &r.id)?;
+        if json {
+            all.insert(r.id.clone(), serde_json::to_value(&flows)?);
+            continue;
+        }
+        let _ = writeln!(o, "router {}: {} connections", r.id, flows.len());
+        for f in &flows {
+            let _ = writeln!(o, "  {f}");
+        }
+    }
+    if json {
+        o = serde_json::to_string_pretty(&all)? + "\n";
+    }
+    Ok(o)
+}
+
+/// `show stats`: the outcome counters of each router.
+pub fn stats(
+    state: &State,
+    node: &NodeConfig,
+    only: Option<&str>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let mut o = String::new();
+    let mut all = serde_json::Map::new();
+    for r in bpf_routers(state, only)? {
+        let counters = crate::ebpf::pinned::counters(&node.pin_dir, &r.id)?;
+        if json {
+            let m: serde_json::Map<String, serde_json::Value> = counters
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        k.name().to_string(),
+                        serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                    )
+                })
+                .collect();
+            all.insert(r.id.clone(), serde_json::Value::Object(m));
+            continue;
+        }
+        let _ = writeln!(o, "router {}", r.id);
+        let _ = writeln!(o, "  {:<32} {:>14} {:>16}", "OUTCOME", "PACKETS", "BYTES");
+        for (k, c) in &counters {
+            if c.packets > 0 {
+                let _ = writeln!(o, "  {:<32} {:>14} {:>16}", k.name(), c.packets, c.bytes);
+            }
+        }
+    }
+    if json {
+        o = serde_json::to_string_pretty(&all)? + "\n";
+    }
+    Ok(o)
 }

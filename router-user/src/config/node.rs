@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub resync_interval: u64,
     /// Send gratuitous ARP for new addresses.
     pub send_garp: bool,
+    /// Connections the eBPF connection table holds per router (an entry per
+    /// direction each). The table is preallocated: about 100 bytes per
+    /// connection.
+    pub conntrack_size: u32,
 }
 
 impl Default for NodeConfig {
@@ -65,6 +69,7 @@ impl Default for NodeConfig {
             state_dir: "/run/xrouter".into(),
             resync_interval: 10,
             send_garp: true,
+            conntrack_size: 1_000_000,
         }
     }
 }
@@ -81,6 +86,12 @@ impl NodeConfig {
             anyhow::bail!(
                 "node config {origin}: bridge_prefix: {:?} must be 1-4 characters (bridge names are at most 15)",
                 c.bridge_prefix
+            );
+        }
+        if c.conntrack_size < 1024 {
+            anyhow::bail!(
+                "node config {origin}: conntrack_size: {} is below the minimum of 1024",
+                c.conntrack_size
             );
         }
         for (net, br) in &c.bridge_mappings {

@@ -520,3 +520,54 @@ mod unit {
         assert!(c.expired(TIMEOUT_UDP_REPLIED + 6));
     }
 }
+
+/// Read-only views of a router's pinned maps, for `xrouter show` (which
+/// runs beside the daemon and must not load or attach anything).
+pub mod pinned {
+    use std::{collections::HashMap, path::Path};
+
+    use anyhow::{Context as _, Result};
+    use aya::maps::{Map, MapData, PerCpuArray};
+    use router_common::{
+        conntrack::{CtEntry, CtKey},
+        counters::{Counter, Outcome},
+    };
+
+    use super::{Flow, connections};
+    use crate::ebpf::{XR_COUNTERS, XR_CT, monotonic_ns};
+
+    fn open(pin_dir: &Path, router_id: &str, name: &str) -> Result<MapData> {
+        let p = pin_dir.join(router_id).join(name);
+        MapData::from_pin(&p).with_context(|| format!("opening pinned map {}", p.display()))
+    }
+
+    /// The tracked connections of a router, sorted by original tuple.
+    pub fn flows(pin_dir: &Path, router_id: &str) -> Result<Vec<Flow>> {
+        let m: aya::maps::HashMap<MapData, CtKey, CtEntry> =
+            aya::maps::HashMap::try_from(Map::LruHashMap(open(pin_dir, router_id, XR_CT)?))?;
+        let table: HashMap<CtKey, CtEntry> = m.iter().collect::<Result<_, _>>()?;
+        let now = monotonic_ns();
+        let mut out: Vec<Flow> = connections(&table)
+            .iter()
+            .filter_map(|c| Flow::of(c, now))
+            .collect();
+        out.sort_by(|a, b| (&a.proto, a.orig).cmp(&(&b.proto, b.orig)));
+        Ok(out)
+    }
+
+    /// The outcome counters of a router, summed over CPUs.
+    pub fn counters(pin_dir: &Path, router_id: &str) -> Result<Vec<(Outcome, Counter)>> {
+        let a: PerCpuArray<MapData, Counter> =
+            PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, router_id, XR_COUNTERS)?))?;
+        let mut out = Vec::new();
+        for o in Outcome::ALL {
+            let mut sum = Counter::default();
+            for c in a.get(&(o as u32), 0)?.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            out.push((o, sum));
+        }
+        Ok(out)
+    }
+}

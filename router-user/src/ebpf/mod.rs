@@ -44,7 +44,7 @@ use aya::Ebpf;
 use nix::sched::{CloneFlags, setns};
 
 pub use attach::Hook;
-pub use flows::{Flow, Tuple, timeout_ns};
+pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use neigh::dump_neighbours;
 pub use sync::{Desired, desired};
 
