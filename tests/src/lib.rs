@@ -28,11 +28,27 @@ pub use routers::{FipSpec, Network, PortSpec, RouterSpec, article, routers_json}
 
 /// Declares one `#[test]` per data plane under test for each scenario
 /// function (`fn(Dataplane)`) named, as `<plane>::<scenario>` (e.g.
-/// `iptables::hairpin`). Add the eBPF planes here when they land.
+/// `iptables::hairpin`, `xdp::hairpin`, `tc::hairpin`).
 #[macro_export]
 macro_rules! planes {
     ($($name:ident),* $(,)?) => {
         mod iptables {
+            $( #[test] fn $name() { super::$name($crate::Dataplane::Iptables) } )*
+        }
+        mod xdp {
+            $( #[test] fn $name() { super::$name($crate::Dataplane::Xdp) } )*
+        }
+        mod tc {
+            $( #[test] fn $name() { super::$name($crate::Dataplane::Tc) } )*
+        }
+    };
+}
+
+/// Declares the scenarios that only the iptables plane can show so far.
+#[macro_export]
+macro_rules! iptables_only {
+    ($($name:ident),* $(,)?) => {
+        mod iptables_only {
             $( #[test] fn $name() { super::$name($crate::Dataplane::Iptables) } )*
         }
     };

@@ -239,7 +239,7 @@ impl Rig {
 
     fn write_config(&self) {
         let text = format!(
-            "state_dir = \"{}\"\npin_dir = \"{}\"\nresync_interval = 1\ndataplane = \"{}\"\nsend_garp = {}\n",
+            "state_dir = \"{}\"\npin_dir = \"{}\"\nresync_interval = 1\nconntrack_size = 16384\ndataplane = \"{}\"\nsend_garp = {}\n",
             self.dir.display(),
             self.pin_dir.display(),
             self.plane,
@@ -554,5 +554,69 @@ impl Drop for Rig {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+impl Rig {
+    /// On the eBPF planes, proves the fast path carried the traffic so far:
+    /// the BPF counters (read through `xrouter show stats --json`, as an
+    /// operator would) show forwarded packets, TC-only mode forwarded none
+    /// by XDP, and the router namespace's kernel conntrack holds no NAT
+    /// entry. Does nothing on the iptables plane.
+    pub fn assert_fast_path(&self, c: &mut crate::Checks) {
+        if self.plane == Dataplane::Iptables {
+            return;
+        }
+        let out = self.xrouter(&["--config", &self.config_arg(), "show", "stats", "--json"]);
+        if !c.ok(out.success(), "xrouter show stats --json", out.describe()) {
+            return;
+        }
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        let stats = &v[&self.router().id];
+        let n = |k: &str| stats[k]["packets"].as_u64().unwrap_or(0);
+        c.ok(
+            n("forwarded/xdp") + n("forwarded/tc") > 0,
+            "packets forwarded by the BPF programs",
+            &out.stdout,
+        );
+        if self.plane == Dataplane::Tc {
+            c.eq("nothing forwarded by XDP in tc mode", n("forwarded/xdp"), 0);
+        }
+        let nat: Vec<String> = ["--src-nat", "--dst-nat"]
+            .iter()
+            .flat_map(|f| {
+                cmd::exec(&self.router_ns(), "conntrack", &["-L", f], cmd::CMD_TIMEOUT)
+                    .map(|o| o.stdout.lines().map(str::to_string).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        c.ok(
+            nat.is_empty(),
+            "kernel conntrack of the router holds no NAT entry",
+            &nat,
+        );
+    }
+}
+
+impl Rig {
+    /// Connections to or from `addr` that the data plane tracks: the kernel
+    /// conntrack of the router namespace, plus, on the eBPF planes, the BPF
+    /// connection table as `xrouter show flows --json` lists it.
+    pub fn connections_with(&self, addr: &str) -> Vec<String> {
+        let mut out = crate::conntrack_with(&self.router_ns(), addr).unwrap_or_default();
+        if self.plane != Dataplane::Iptables {
+            let o = self.xrouter(&["--config", &self.config_arg(), "show", "flows", "--json"]);
+            assert!(o.success(), "xrouter show flows: {}", o.describe());
+            let v: Value = serde_json::from_str(&o.stdout).expect("show flows --json");
+            let needle = format!("\"{addr}\"");
+            for f in v[&self.router().id].as_array().into_iter().flatten() {
+                let line = f.to_string();
+                if line.contains(&needle) {
+                    out.push(format!("bpf: {line}"));
+                }
+            }
+        }
+        out
     }
 }

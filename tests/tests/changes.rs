@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use tests::{
-    Checks, Dataplane, Rig, RouterSpec, TcpServer, TcpSession, addresses, article::*,
-    conntrack_with, link, link_exists, ping, sa, tcp_request, wait_until,
+    Checks, Dataplane, Rig, RouterSpec, TcpServer, TcpSession, addresses, article::*, link,
+    link_exists, ping, sa, tcp_request, wait_until,
 };
 
 const TCP: u16 = 8080;
@@ -53,7 +53,7 @@ fn fip_removal(plane: Dataplane) {
         "ext",
         FIP,
     );
-    let before = conntrack_with(&rns, FIP).unwrap();
+    let before = rig.connections_with(FIP);
     c.ok(
         !before.is_empty(),
         "before: conntrack has entries with the FIP",
@@ -66,7 +66,7 @@ fn fip_removal(plane: Dataplane) {
     // Checked first, before any probe can create new entries.
     let mut left = vec![];
     let gone = wait_until(Duration::from_secs(1), Duration::from_millis(100), || {
-        left = conntrack_with(&rns, FIP).unwrap();
+        left = rig.connections_with(FIP);
         left.is_empty()
     });
     c.ok(gone, "after: no conntrack entry to or from the FIP", &left);
@@ -477,7 +477,7 @@ fn gateway_ip_change(plane: Dataplane) {
     rig.apply();
     let mut left = vec![];
     let gone = wait_until(Duration::from_secs(1), Duration::from_millis(100), || {
-        left = conntrack_with(&rns, QG).unwrap();
+        left = rig.connections_with(QG);
         left.is_empty()
     });
     c.ok(

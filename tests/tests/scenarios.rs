@@ -76,6 +76,7 @@ fn east_west_unnated(plane: Dataplane) {
     );
     let p = ping(&vm2, VM1, &[]);
     c.ok(p.success(), "ping vm2 -> vm1", p.describe());
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -99,6 +100,7 @@ fn snat_to_gateway_ip(plane: Dataplane) {
     );
     let p = ping(&vm1, EXT_HOST, &[]);
     c.ok(p.success(), "ping vm1 -> ext", p.describe());
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -122,6 +124,7 @@ fn fip_egress(plane: Dataplane) {
     );
     let p = ping(&vm2, EXT_HOST, &[]);
     c.ok(p.success(), "ping vm2 -> ext", p.describe());
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -145,6 +148,7 @@ fn fip_ingress_real_client(plane: Dataplane) {
     );
     let p = ping(&ext, FIP, &[]);
     c.ok(p.success(), "ping ext -> FIP", p.describe());
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -248,6 +252,7 @@ fn no_snat_egress_unnated(plane: Dataplane) {
         "ext",
         FIP,
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -277,6 +282,7 @@ fn outside_to_fixed_ip(plane: Dataplane) {
         "vm1",
         EXT_HOST,
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -356,6 +362,7 @@ fn random_fully_same_source_port(plane: Dataplane) {
             );
         }
     }
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
