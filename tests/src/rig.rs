@@ -492,6 +492,17 @@ impl Rig {
         cmd::ip(&h.ns, "link set lo up")?;
         cmd::ip(&h.ns, &format!("addr add {cidr} dev eth0"))?;
         cmd::ip(&h.ns, "link set eth0 up")?;
+        if self.plane == Dataplane::Xdp {
+            // Complete checksums, as from a NIC: XDP forwards them itself
+            // (partial ones it hands to TC, which the tc plane exercises).
+            let o = cmd::exec(
+                &h.ns,
+                "ethtool",
+                &["-K", "eth0", "tx", "off"],
+                cmd::CMD_TIMEOUT,
+            )?;
+            anyhow::ensure!(o.success(), "ethtool: {}", o.describe());
+        }
         if let Some(gw) = gateway {
             cmd::ip(&h.ns, &format!("route add default via {gw}"))?;
         }
@@ -581,6 +592,22 @@ impl Rig {
         );
         if self.plane == Dataplane::Tc {
             c.eq("nothing forwarded by XDP in tc mode", n("forwarded/xdp"), 0);
+        }
+        if self.plane == Dataplane::Xdp && self.hosts.iter().any(|h| h.name == "vm1") {
+            // XDP forwards once the next hop's MAC is mirrored into the map
+            // (every second): a short ping train must see it happen.
+            let dst = crate::article::EXT_HOST;
+            let p = crate::ping(&self.ns("vm1"), dst, &["-c", "8", "-i", "0.2"]);
+            let out = self.xrouter(&["--config", &self.config_arg(), "show", "stats", "--json"]);
+            let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+            let xdp = v[&self.router().id]["forwarded/xdp"]["packets"]
+                .as_u64()
+                .unwrap_or(0);
+            c.ok(
+                p.success() && xdp > 0,
+                "XDP itself forwarded packets",
+                (p.describe(), &out.stdout),
+            );
         }
         let nat: Vec<String> = ["--src-nat", "--dst-nat"]
             .iter()
