@@ -1010,3 +1010,78 @@ fn icmp_errors_about_translated_connections_reach_the_real_sender() {
         assert_eq!(finish(sum16(&o.frame[34..])), 0);
     });
 }
+
+#[test]
+fn tcp_flag_combinations_are_translated_with_valid_checksums() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        // Liberal tracking: whatever the flags, a flow is translated, and
+        // one flow keeps one external port.
+        let mut port = None;
+        for flags in [
+            0x02u8, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x00, 0x3f, 0x29, 0xc2,
+        ] {
+            let f = Frame {
+                tcp_flags: flags,
+                ..Frame::tcp("81.1.180.12", 40123, "192.168.1.15", 443)
+            };
+            let o = r.xdp(r.qr1, &f);
+            assert_eq!(o.ret, XDP_REDIRECT, "flags {flags:#x}");
+            assert_eq!(o.src().to_string(), "192.168.1.110", "flags {flags:#x}");
+            assert_eq!(o.frame[47], flags, "flags kept");
+            assert_checksums(&o.frame);
+            assert_eq!(
+                *port.get_or_insert(o.sport()),
+                o.sport(),
+                "flags {flags:#x}: same external port"
+            );
+        }
+    });
+}
+
+#[test]
+fn no_fixed_address_leaves_the_gateway_port_of_a_natted_flow() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let mut seed = 0x1234_5678u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for _ in 0..600 {
+            let n = next();
+            let (src, mac, ingress) = if n & 1 == 0 {
+                (format!("81.1.180.{}", 2 + (n >> 8) % 250), MAC_VM1, r.qr1)
+            } else {
+                (format!("91.1.180.{}", 2 + (n >> 8) % 250), MAC_VM2, r.qr2)
+            };
+            let sport = (n >> 16) as u16 | 1;
+            let f = match (n >> 4) % 3 {
+                0 => Frame::tcp(&src, sport, "192.168.1.15", 80),
+                1 => Frame::udp(&src, sport, "192.168.1.15", 53),
+                _ => Frame::ping(&src, "192.168.1.15", sport, 8),
+            }
+            .from(mac, [0; 6]);
+            let ttl = (n >> 12) as u8 % 4;
+            let f = Frame {
+                ttl: if ttl == 0 { 1 } else { 64 },
+                ..f
+            };
+            for o in [r.xdp(ingress, &f), r.tc(ingress, &f)] {
+                let leaves_qg = (o.ret == XDP_REDIRECT || o.ret == TC_ACT_REDIRECT)
+                    && o.dst().to_string() == "192.168.1.15";
+                if leaves_qg {
+                    let s = o.src().octets();
+                    assert!(
+                        !(s[0] == 81 || s[0] == 91),
+                        "fixed source {} left qg-",
+                        o.src()
+                    );
+                    assert_checksums(&o.frame);
+                }
+            }
+        }
+    });
+}
