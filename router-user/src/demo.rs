@@ -15,6 +15,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 
+use router_common::counters::Outcome;
+
 use crate::{
     config::node::Dataplane,
     netlink::{Nl, Via, WantRoute},
@@ -253,6 +255,9 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         probe::ask(&sb.ns("vm1"), sa("91.1.180.14"), t),
     );
     drop(ext);
+    if let Some(line) = fast_path_summary(&sb, &tag) {
+        println!("\n{line}");
+    }
 
     if keep {
         sb.keep = true;
@@ -298,6 +303,48 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
     })
 }
 
+/// What the eBPF programs did, from their counters, and whether the kernel
+/// translated anything (it should not have): None on the iptables plane.
+fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xrdemo-{tag}"));
+    let counters = crate::ebpf::pinned::counters(&pin_dir, &format!("demo-{tag}")).ok()?;
+    let get = |o: Outcome| {
+        counters
+            .iter()
+            .find(|(k, _)| *k == o)
+            .map(|(_, c)| c.packets)
+            .unwrap_or(0)
+    };
+    let router_ns = crate::model::namespace_of(&format!("demo-{tag}"));
+    let mut nat = 0;
+    for flag in ["--src-nat", "--dst-nat"] {
+        let mut c = Command::new("conntrack");
+        c.args(["-L", flag])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if netns::command_in(&router_ns, &mut c).is_ok()
+            && let Ok(o) = c.output()
+        {
+            nat += String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count();
+        }
+    }
+    let _ = sb;
+    Some(format!(
+        "fast path: {} packets forwarded by XDP, {} by TC (first packets, until the next hop's MAC \
+         is mirrored), {} handed to the kernel (ARP, IPv6, ...); NAT entries in kernel conntrack: {nat}",
+        get(Outcome::FwdXdp),
+        get(Outcome::FwdTc),
+        counters
+            .iter()
+            .filter(|(k, _)| k.name().starts_with("kernel/"))
+            .map(|(_, c)| c.packets)
+            .sum::<u64>(),
+    ))
+}
+
 /// Creates a host namespace with `eth0` on the network's bridge.
 async fn attach_host(sb: &Sandbox, h: &Host) -> Result<()> {
     let ns = sb.ns(h.name);
@@ -325,6 +372,14 @@ async fn attach_host(sb: &Sandbox, h: &Host) -> Result<()> {
             nl.add_address(l.index, h.addr.parse::<IpNet>()?).await?;
         }
     }
+    // Hosts send complete checksums, as traffic from a NIC has them (XDP
+    // hands packets with offloaded, partial checksums to TC).
+    let mut c = Command::new("ethtool");
+    c.args(["-K", "eth0", "tx", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    netns::command_in(&ns, &mut c)?;
+    let _ = c.status();
     let gw: IpAddr = h.gw.parse()?;
     nl.replace_route(
         &WantRoute {
