@@ -71,6 +71,9 @@ pub struct Engine {
     pub state: State,
     /// Loaded BPF objects by router ID (eBPF data planes only).
     pub bpf: BTreeMap<String, BpfRouter>,
+    /// Neighbour event followers by router ID, with the inode of the
+    /// namespace they listen in (a rebuilt namespace needs a new one).
+    watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
 }
 
 impl Engine {
@@ -96,6 +99,7 @@ impl Engine {
             node,
             state,
             bpf: BTreeMap::new(),
+            watchers: BTreeMap::new(),
         })
     }
 
@@ -148,6 +152,18 @@ impl Engine {
         }
         b.attach_taps(&taps)?;
         b.sync_neighbours(&ns).await?;
+        let inode = std::fs::metadata(crate::netns::path(&ns))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        let fresh = self
+            .watchers
+            .get(&r.id)
+            .is_some_and(|(i, h)| *i == inode && !h.is_finished());
+        if !fresh {
+            let h = ebpf::watch_neighbours(&ns, &self.node.pin_dir, &r.id).await?;
+            if let Some((_, old)) = self.watchers.insert(r.id.clone(), (inode, h)) {
+                old.abort();
+            }
+        }
         for ip in crate::reconcile::gone_addresses(prev, r) {
             let n = b.flush_address(ip)?;
             ch.items
@@ -189,6 +205,9 @@ impl Engine {
             }
             if let Err(e) = rec.remove_router(&old.id, &mut ch).await {
                 errors.push(format!("router {}: {e:#}", old.id));
+            }
+            if let Some((_, h)) = self.watchers.remove(&old.id) {
+                h.abort();
             }
             let unpinned = match self.bpf.remove(&old.id) {
                 Some(b) => b.detach_and_unpin(),

@@ -45,7 +45,7 @@ use nix::sched::{CloneFlags, setns};
 
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
-pub use neigh::dump_neighbours;
+pub use neigh::{dump_neighbours, watch as watch_neighbours};
 pub use sync::{Desired, desired};
 
 /// Port range for gateway SNAT when the node config does not give one.

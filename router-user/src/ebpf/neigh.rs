@@ -2,14 +2,19 @@
 //! the XDP path (which cannot resolve a next hop itself; TC can, with
 //! `bpf_redirect_neigh`).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result};
-use futures::TryStreamExt as _;
+use aya::maps::{Map, MapData};
+use futures::{StreamExt as _, TryStreamExt as _};
 use router_common::port::{Neigh, NeighKey};
-use rtnetlink::packet_route::{
-    AddressFamily,
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+use rtnetlink::{
+    MulticastGroup,
+    packet_core::NetlinkPayload,
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    },
 };
 
 use super::{BpfRouter, XR_NEIGH, sync::sync_hash};
@@ -26,6 +31,20 @@ fn usable(state: NeighbourState) -> bool {
             | NeighbourState::Permanent
             | NeighbourState::Noarp
     )
+}
+
+/// The map key of an IPv4 neighbour message.
+fn key(m: &NeighbourMessage) -> Option<NeighKey> {
+    if m.header.family != AddressFamily::Inet {
+        return None;
+    }
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(NeighKey {
+            ifindex: m.header.ifindex,
+            addr: ip.octets(),
+        }),
+        _ => None,
+    })
 }
 
 /// The map entry of one neighbour message, if it is a usable IPv4 one.
@@ -101,4 +120,53 @@ impl BpfRouter {
             .with_context(|| format!("the BPF object has no map {XR_NEIGH}"))?;
         sync_hash(map, want).with_context(|| format!("router {}: {XR_NEIGH}", self.router_id))
     }
+}
+
+/// Follows the neighbour events of namespace `ns` and applies each to the
+/// router's pinned `XR_NEIGH` at once, so XDP takes over a flow as soon as
+/// the kernel has resolved its next hop (the periodic sync stays as a
+/// safety net for lost events). Aborting the returned task closes the
+/// netlink socket.
+pub async fn watch(
+    ns: &str,
+    pin_dir: &Path,
+    router_id: &str,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let rt = tokio::runtime::Handle::current();
+    let (conn, _handle, mut events) = crate::netns::run_in(Some(ns), move || {
+        let _guard = rt.enter();
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
+    })?
+    .with_context(|| format!("subscribing to neighbour events in {ns}"))?;
+    let path = pin_dir.join(router_id).join(XR_NEIGH);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut map: aya::maps::HashMap<MapData, NeighKey, Neigh> =
+        aya::maps::HashMap::try_from(Map::HashMap(data))?;
+    let ns = ns.to_string();
+    let follow = async move {
+        while let Some((msg, _)) = events.next().await {
+            let NetlinkPayload::InnerMessage(m) = msg.payload else {
+                continue;
+            };
+            let res = match m {
+                RouteNetlinkMessage::NewNeighbour(n) => match entry(&n) {
+                    Some((k, v)) => map.insert(k, v, 0),
+                    None => key(&n).map_or(Ok(()), |k| map.remove(&k).or(Ok(()))),
+                },
+                RouteNetlinkMessage::DelNeighbour(n) => {
+                    key(&n).map_or(Ok(()), |k| map.remove(&k).or(Ok(())))
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = res {
+                tracing::debug!("{ns}: neighbour event not applied: {e}");
+            }
+        }
+    };
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = conn => {}
+            _ = follow => {}
+        }
+    }))
 }
