@@ -26,9 +26,9 @@ use crate::{
 };
 
 /// Picks the data plane actually used for a requested one, saying why in
-/// one log line. `auto` is XDP when the BPF object loads (the attach falls
-/// back to generic XDP per device where native XDP is missing), iptables
-/// when BPF cannot be used here.
+/// one log line. `auto` is XDP when the BPF object loads (a device without
+/// native XDP is then served by TC alone), iptables when BPF cannot be used
+/// here.
 pub fn resolve_dataplane(want: Dataplane) -> Result<Dataplane> {
     match want {
         Dataplane::Iptables => {

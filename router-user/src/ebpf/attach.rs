@@ -98,8 +98,8 @@ impl BpfRouter {
     /// Attaches the router's programs to `devices` (name, ifindex), the
     /// qr-/qg- devices inside namespace `ns`: `xr_tc` on tcx ingress of each
     /// (first in the tcx chain), and with [`Hook::Xdp`] also `xr_xdp` in
-    /// native mode (falling back to generic XDP, with a warning, where the
-    /// driver has none). Work happens on a thread inside `ns`, where the
+    /// native mode; a device whose driver has no native XDP is served by TC
+    /// alone (said once in the log). Work happens on a thread inside `ns`, where the
     /// names and ifindexes belong.
     ///
     /// Idempotent: a device already attached with the same ifindex is left
@@ -178,6 +178,7 @@ impl BpfRouter {
             .into_iter()
             .filter(|(pin, _, ifindex, _)| {
                 self.links.get(pin).is_none_or(|l| l.ifindex != *ifindex)
+                    && !self.tc_only.contains(pin)
             })
             .collect();
         if todo.is_empty() {
@@ -192,7 +193,7 @@ impl BpfRouter {
         let ebpf = &mut self.ebpf;
         // Attaches in order and stops at the first error, handing back what
         // it attached before it.
-        let work = move || -> (Vec<(String, HeldLink)>, Option<anyhow::Error>) {
+        let work = move || -> (Vec<(String, Option<HeldLink>)>, Option<anyhow::Error>) {
             let mut done = Vec::new();
             for (pin, dev, ifindex, kind) in todo {
                 match attach_one(ebpf, &links_dir, &pin, &dev, ifindex, kind) {
@@ -212,7 +213,16 @@ impl BpfRouter {
             Some(ns) => in_netns(ns, work)?,
             None => work(),
         };
-        self.links.extend(done);
+        for (pin, l) in done {
+            match l {
+                Some(l) => {
+                    self.links.insert(pin, l);
+                }
+                None => {
+                    self.tc_only.insert(pin);
+                }
+            }
+        }
         match err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -229,7 +239,7 @@ fn attach_one(
     dev: &str,
     ifindex: u32,
     kind: Kind,
-) -> Result<HeldLink> {
+) -> Result<Option<HeldLink>> {
     let found =
         nix::net::if_::if_nametoindex(dev).with_context(|| format!("device {dev} not found"))?;
     if found != ifindex {
@@ -239,11 +249,11 @@ fn attach_one(
     if path.exists() {
         match take_over(ebpf, &path, kind) {
             Ok(link) => {
-                return Ok(HeldLink {
+                return Ok(Some(HeldLink {
                     ifindex,
                     link,
                     pin: Some(path),
-                });
+                }));
             }
             Err(e) => {
                 // Typically the device went away and the link is defunct.
@@ -259,9 +269,8 @@ fn attach_one(
             let id = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => id,
                 Err(e) if kind == Kind::Xdp => {
-                    tracing::warn!("{dev}: native XDP failed ({e}); using generic XDP");
-                    prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                        .context("generic XDP")?
+                    tracing::info!("{dev}: no native XDP ({e}); TC alone serves this device");
+                    return Ok(None);
                 }
                 Err(e) => return Err(e).context("native XDP"),
             };
@@ -282,11 +291,11 @@ fn attach_one(
     let pinned = link
         .pin(&path)
         .with_context(|| format!("pinning {}", path.display()))?;
-    Ok(HeldLink {
+    Ok(Some(HeldLink {
         ifindex,
         link: pinned.into(),
         pin: Some(path),
-    })
+    }))
 }
 
 /// Swaps our program into a pinned link of an earlier run. Fails (and the

@@ -165,6 +165,7 @@ impl BpfRouter {
             links: BTreeMap::new(),
             reused,
             snat_ports: DEFAULT_SNAT_PORTS,
+            tc_only: Default::default(),
         })
     }
 }

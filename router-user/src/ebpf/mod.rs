@@ -100,6 +100,9 @@ pub struct BpfRouter {
     reused: Vec<String>,
     /// Gateway SNAT port range (inclusive, host order).
     snat_ports: (u16, u16),
+    /// Devices without native XDP: TC alone serves them (generic XDP
+    /// would cost more than it saves). Pin names of their XDP links.
+    tc_only: std::collections::BTreeSet<String>,
 }
 
 impl BpfRouter {
