@@ -228,6 +228,10 @@ impl Engine {
                 && let Err(e) = self.apply_bpf(r, prev, hook, &mut ch).await
             {
                 errors.push(format!("router {}: eBPF data plane: {e:#}", r.id));
+                continue;
+            }
+            if let Err(e) = rec.publish_floating_ips(r, &mut ch).await {
+                errors.push(format!("router {}: {e:#}", r.id));
             }
         }
         self.state.bridges.extend(rec.created_bridges);
@@ -300,13 +304,29 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     let period = Duration::from_secs(node.resync_interval.max(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The routers file is watched too: a change on disk is a reload.
+    let routers_path = engine.state.routers_file.clone().unwrap_or_default();
+    let mut stamp = file_stamp(&routers_path);
+    let mut watch = tokio::time::interval(Duration::from_secs(1));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fast = tokio::time::interval(Duration::from_secs(1));
     fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
 
     loop {
         tokio::select! {
+            _ = watch.tick() => {
+                let now = file_stamp(&routers_path);
+                if now != stamp {
+                    stamp = now;
+                    match engine.reload().await {
+                        Ok(ch) => tracing::info!("routers file changed: {}", summary(&ch)),
+                        Err(e) => tracing::error!("routers file changed but was not applied, previous state kept: {e:#}"),
+                    }
+                }
+            }
             _ = hup.recv() => {
+                stamp = file_stamp(&routers_path);
                 match engine.reload().await {
                     Ok(ch) => tracing::info!("SIGHUP reload: {}", summary(&ch)),
                     Err(e) => tracing::error!("SIGHUP reload failed, previous state kept: {e:#}"),
@@ -328,10 +348,13 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                 let (r, mut w) = stream.into_split();
                 // Requests are served one at a time: applies never overlap.
                 let reply = match tokio::time::timeout(Duration::from_secs(5), crate::control::read_request(r)).await {
-                    Ok(Ok(Request::Reload)) => match engine.reload().await {
-                        Ok(ch) => Reply { ok: true, message: summary(&ch) },
-                        Err(e) => Reply { ok: false, message: format!("{e:#}") },
-                    },
+                    Ok(Ok(Request::Reload)) => {
+                        stamp = file_stamp(&routers_path);
+                        match engine.reload().await {
+                            Ok(ch) => Reply { ok: true, message: summary(&ch) },
+                            Err(e) => Reply { ok: false, message: format!("{e:#}") },
+                        }
+                    }
                     Ok(Err(e)) => Reply { ok: false, message: format!("{e:#}") },
                     Err(_) => Reply { ok: false, message: "timed out reading the request".into() },
                 };
@@ -344,6 +367,16 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped; routers keep forwarding (`xrouter cleanup` removes them)");
     Ok(())
+}
+
+/// What identifies a version of a file on disk (None: unreadable).
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.modified().ok()?,
+        m.len(),
+        std::os::unix::fs::MetadataExt::ino(&m),
+    ))
 }
 
 /// `xrouter cleanup`: removes every router, tap and bridge xrouter created.

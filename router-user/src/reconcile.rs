@@ -53,6 +53,9 @@ pub struct Reconciler<'a> {
     pub host: Nl,
     /// Bridges this reconciler created (recorded for `cleanup`).
     pub created_bridges: BTreeSet<String>,
+    /// Gratuitous ARPs to send once the router is published:
+    /// (namespace, device, MAC, address).
+    announce: Vec<(String, String, crate::model::Mac, Ipv4Addr)>,
 }
 
 impl<'a> Reconciler<'a> {
@@ -61,6 +64,7 @@ impl<'a> Reconciler<'a> {
             node,
             host: Nl::open(None).await?,
             created_bridges: BTreeSet::new(),
+            announce: Vec::new(),
         })
     }
 
@@ -93,18 +97,18 @@ impl<'a> Reconciler<'a> {
                 ch.note(format!("{ns}: removed port {}", l.name));
             }
         }
-        let mut announce = Vec::new();
+        // New floating IPs are published (their /32, hence proxy ARP) only
+        // by `publish_floating_ips`, once the data plane translates them.
         for p in r.ports() {
             self.ensure_port(&nl, &ns, p, ch).await?;
-            let mut want: Vec<IpNet> = p.addresses.clone();
-            if p.role == Role::Gateway {
-                for f in &r.floating_ips {
-                    want.push(IpNet::new(IpAddr::V4(f.floating_ip), 32).expect("/32"));
-                }
-            }
-            for added in ensure_addresses(&nl, &ns, p, &want, ch).await? {
+            let keep = if p.role == Role::Gateway {
+                floating_nets(r)
+            } else {
+                Vec::new()
+            };
+            for added in ensure_addresses(&nl, &ns, p, &p.addresses, &keep, ch).await? {
                 if let IpAddr::V4(v4) = added {
-                    announce.push((p.device(), p.mac, v4));
+                    self.announce.push((ns.clone(), p.device(), p.mac, v4));
                 }
             }
         }
@@ -127,9 +131,30 @@ impl<'a> Reconciler<'a> {
             ch.note(format!("{ns}: flushed {n} connections of {ip}"));
         }
 
+        Ok(())
+    }
+
+    /// Adds the /32 of every floating IP not yet on qg- (the last step of a
+    /// router's apply: from then on the kernel answers ARP for it, so it
+    /// must already be translated), then sends the gratuitous ARPs of
+    /// everything added.
+    pub async fn publish_floating_ips(&mut self, r: &Router, ch: &mut Changes) -> Result<()> {
+        let ns = r.namespace();
+        if let Some(g) = &r.gateway {
+            let nl = Nl::open(Some(&ns)).await?;
+            let mut want = g.port.addresses.clone();
+            want.extend(floating_nets(r));
+            for added in ensure_addresses(&nl, &ns, &g.port, &want, &[], ch).await? {
+                if let IpAddr::V4(v4) = added {
+                    self.announce
+                        .push((ns.clone(), g.port.device(), g.port.mac, v4));
+                }
+            }
+        }
+        let pending = std::mem::take(&mut self.announce);
         if self.node.send_garp {
-            for (dev, mac, ip) in announce {
-                garp::announce(ns.clone(), dev, mac, ip);
+            for (ns, dev, mac, ip) in pending {
+                garp::announce(ns, dev, mac, ip);
             }
         }
         Ok(())
@@ -225,12 +250,22 @@ impl<'a> Reconciler<'a> {
     }
 }
 
-/// Adds missing addresses and removes extra ones; returns those added.
+/// The floating IPs of a router as /32s.
+fn floating_nets(r: &Router) -> Vec<IpNet> {
+    r.floating_ips
+        .iter()
+        .map(|f| IpNet::new(IpAddr::V4(f.floating_ip), 32).expect("/32"))
+        .collect()
+}
+
+/// Adds the missing addresses of `want` and removes those in neither `want`
+/// nor `keep`; returns those added.
 async fn ensure_addresses(
     nl: &Nl,
     ns: &str,
     p: &Port,
     want: &[IpNet],
+    keep: &[IpNet],
     ch: &mut Changes,
 ) -> Result<Vec<IpAddr>> {
     let dev = p.device();
@@ -241,7 +276,7 @@ async fn ensure_addresses(
     let have = nl.addresses(link.index).await?;
     let mut added = Vec::new();
     for (net, msg) in have.iter().cloned() {
-        if !want.contains(&net) {
+        if !want.contains(&net) && !keep.contains(&net) {
             nl.del_address(msg).await?;
             ch.note(format!("{ns}: {dev} removed {net}"));
         }

@@ -22,6 +22,8 @@ tests::planes!(
     same_file_twice,
     garp_for_new_fip,
     daemon_stop_keeps_forwarding,
+    daemon_restart_keeps_sessions,
+    routers_file_change_applies,
 );
 
 fn tcp_servers(rig: &Rig, hosts: &[&str]) -> Vec<TcpServer> {
@@ -222,12 +224,40 @@ fn router_deleted(plane: Dataplane) {
             (),
         );
     }
+    let gone_pins = rig.pin_dir.join(&gone.id);
+    if plane != Dataplane::Iptables {
+        c.ok(
+            gone_pins.join("XR_CT").exists(),
+            "before: its BPF maps are pinned",
+            &gone_pins,
+        );
+        c.ok(
+            gone_pins
+                .join("links")
+                .read_dir()
+                .is_ok_and(|mut d| d.next().is_some()),
+            "before: its BPF links are pinned",
+            &gone_pins,
+        );
+    }
     rig.apply();
     c.ok(
         !router_user::netns::exists(&gone.namespace()),
         "after: its namespace is gone",
         gone.namespace(),
     );
+    c.ok(
+        !gone_pins.exists(),
+        "after: no pinned map or link of it is left",
+        &gone_pins,
+    );
+    if plane != Dataplane::Iptables {
+        c.ok(
+            rig.pin_dir.join(&kept.id).join("XR_CT").exists(),
+            "after: the other router's maps stay pinned",
+            (),
+        );
+    }
     for t in &taps {
         c.ok(
             !link_exists(&rig.node, t),
@@ -502,6 +532,110 @@ fn gateway_ip_change(plane: Dataplane) {
         "after: ext -> FIP still reaches vm2",
         tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
         "vm2",
+        EXT_HOST,
+    );
+    c.finish();
+}
+
+/// A restarted daemon adopts what it finds: established sessions through a
+/// floating IP and through gateway SNAT keep going, with the same translated
+/// address and port, and new connections work. On the eBPF planes the new
+/// daemon loads its programs anew and swaps them into the pinned links (a
+/// program upgrade), keeping the pinned connection table.
+fn daemon_restart_keeps_sessions(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm2", "ext"]);
+    let mut c = Checks::new("daemon_restart_keeps_sessions");
+    let mut inbound = TcpSession::open(&rig.ns("ext"), sa(FIP, TCP)).expect("ext -> FIP");
+    let mut outbound = TcpSession::open(&rig.ns("vm1"), sa(EXT_HOST, TCP)).expect("vm1 -> ext");
+    let a = c.reply(
+        "before: ext -> FIP session",
+        inbound.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    let b = c.reply(
+        "before: vm1 -> ext session, SNATed",
+        outbound.exchange(),
+        "ext",
+        QG,
+    );
+    let st = rig.stop_daemon();
+    c.ok(
+        st.is_some_and(|s| s.success()),
+        "daemon exits 0 on SIGTERM",
+        st,
+    );
+    c.reply(
+        "while stopped: ext -> FIP session",
+        inbound.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    c.reply(
+        "while stopped: vm1 -> ext session",
+        outbound.exchange(),
+        "ext",
+        QG,
+    );
+    rig.start();
+    let a2 = c.reply(
+        "after restart: ext -> FIP session",
+        inbound.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    let b2 = c.reply(
+        "after restart: vm1 -> ext session",
+        outbound.exchange(),
+        "ext",
+        QG,
+    );
+    c.eq(
+        "the FIP session keeps its peer",
+        a2.map(|r| r.peer),
+        a.map(|r| r.peer),
+    );
+    c.eq(
+        "the SNAT session keeps its external port",
+        b2.map(|r| r.peer),
+        b.map(|r| r.peer),
+    );
+    c.reply(
+        "after restart: a new vm1 -> ext connection",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    rig.assert_fast_path(&mut c);
+    c.finish();
+}
+
+/// Editing the routers file is enough: the daemon notices and applies it
+/// (no `reload`, no SIGHUP), as when Neutron's side rewrites it.
+fn routers_file_change_applies(plane: Dataplane) {
+    const NEW_FIP: &str = "192.168.1.105";
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm1"]);
+    let mut c = Checks::new("routers_file_change_applies");
+    rig.router_mut().add_fip(NEW_FIP, VM1);
+    rig.write_routers();
+    let rns = rig.router_ns();
+    let qg = rig.router().qg();
+    let mut have = vec![];
+    let added = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        have = addresses(&rns, &qg).unwrap_or_default();
+        have.contains(&format!("{NEW_FIP}/32"))
+    });
+    c.ok(
+        added,
+        "the new floating IP's /32 appears on qg- without a reload",
+        &have,
+    );
+    c.reply(
+        "ext -> the new floating IP reaches vm1",
+        tcp_request(&rig.ns("ext"), sa(NEW_FIP, TCP)),
+        "vm1",
         EXT_HOST,
     );
     c.finish();
