@@ -24,6 +24,8 @@ tests::planes!(
     daemon_stop_keeps_forwarding,
     daemon_restart_keeps_sessions,
     routers_file_change_applies,
+    subnet_and_routes_changed_live,
+    self_healing,
 );
 
 fn tcp_servers(rig: &Rig, hosts: &[&str]) -> Vec<TcpServer> {
@@ -638,5 +640,131 @@ fn routers_file_change_applies(plane: Dataplane) {
         "vm1",
         EXT_HOST,
     );
+    c.finish();
+}
+
+/// A router gains a subnet and extra routes, then loses the routes, while
+/// running: the new subnet's VM is routed and SNATed at once, the routes
+/// come and go, and traffic of the existing subnets is untouched.
+fn subnet_and_routes_changed_live(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm1", "ext"]);
+    let mut c = Checks::new("subnet_and_routes_changed_live");
+    let mut session = TcpSession::open(&rig.ns("vm2"), sa(EXT_HOST, TCP)).expect("vm2 -> ext");
+    c.reply("before: vm2 -> ext session", session.exchange(), "ext", FIP);
+
+    let net3 = rig.add_network("net3", "10.3.0.0/24", Some("10.3.0.1"));
+    rig.router_mut()
+        .interfaces
+        .push(tests::PortSpec::new(&net3, "10.3.0.1"));
+    rig.router_mut().add_route("172.31.0.0/16", "10.3.0.7");
+    rig.router_mut().add_route("172.31.0.0/16", "10.3.0.8");
+    rig.apply();
+    rig.vm("vm3", "net3", "10.3.0.5/24", "10.3.0.1");
+    c.reply(
+        "new subnet: vm3 -> ext SNATed",
+        tcp_request(&rig.ns("vm3"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    c.reply(
+        "new subnet: vm3 -> vm1 east-west",
+        tcp_request(&rig.ns("vm3"), sa(VM1, TCP)),
+        "vm1",
+        "10.3.0.5",
+    );
+    let routes = rig.router_ip("route show 172.31.0.0/16");
+    c.ok(
+        routes.contains("nexthop via 10.3.0.7") && routes.contains("nexthop via 10.3.0.8"),
+        "the extra routes form one ECMP route",
+        &routes,
+    );
+    c.reply(
+        "meanwhile: vm2 -> ext session",
+        session.exchange(),
+        "ext",
+        FIP,
+    );
+
+    rig.router_mut().routes.clear();
+    rig.apply();
+    let routes = rig.router_ip("route show 172.31.0.0/16");
+    c.ok(
+        routes.trim().is_empty(),
+        "the extra routes are gone",
+        &routes,
+    );
+    c.reply("after: vm2 -> ext session", session.exchange(), "ext", FIP);
+    c.reply(
+        "after: vm3 -> ext",
+        tcp_request(&rig.ns("vm3"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    rig.assert_fast_path(&mut c);
+    c.finish();
+}
+
+/// What is removed behind the daemon's back comes back within seconds: a
+/// port, an address, the default route, and (eBPF) the programs' links.
+fn self_healing(plane: Dataplane) {
+    let rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm2", "ext"]);
+    let rns = rig.router_ns();
+    let r = rig.router().clone();
+    let mut c = Checks::new("self_healing");
+    let qr1 = r.qr("net1");
+    tests::ip(&rns, &format!("link del {qr1}")).expect("deleting qr-");
+    tests::ip(&rns, &format!("addr del {FIP}/32 dev {}", r.qg())).expect("deleting the FIP /32");
+    tests::ip(&rns, "route del default").expect("deleting the default route");
+    if plane != Dataplane::Iptables {
+        // Detach the gateway port's programs, as an operator's bpftool would.
+        let links = rig.pin_dir.join(&r.id).join("links");
+        let mut detached = 0;
+        for e in std::fs::read_dir(&links).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(&r.qg()) {
+                let out = tests::cmd::run(
+                    std::process::Command::new("bpftool")
+                        .args(["link", "detach", "pinned"])
+                        .arg(e.path()),
+                    Duration::from_secs(5),
+                )
+                .expect("bpftool link detach");
+                c.ok(
+                    out.success(),
+                    &format!("bpftool detached {name}"),
+                    out.describe(),
+                );
+                detached += 1;
+            }
+        }
+        c.ok(
+            detached > 0,
+            "found the gateway port's pinned links",
+            &links,
+        );
+    }
+    let t0 = Instant::now();
+    let healed = wait_until(Duration::from_secs(8), Duration::from_millis(200), || {
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)).is_ok_and(|r| r.peer_ip().to_string() == QG)
+            && tcp_request(&rig.ns("ext"), sa(FIP, TCP))
+                .is_ok_and(|r| r.peer_ip().to_string() == EXT_HOST)
+    });
+    c.ok(healed, "traffic works again within 8 s", t0.elapsed());
+    c.ok(link_exists(&rns, &qr1), "the qr- port is back", ());
+    let qg = addresses(&rns, &r.qg()).unwrap_or_default();
+    c.ok(
+        qg.contains(&format!("{FIP}/32")),
+        "the FIP /32 is back",
+        &qg,
+    );
+    let routes = rig.router_ip("route show default");
+    c.ok(
+        routes.contains("via 192.168.1.1"),
+        "the default route is back",
+        &routes,
+    );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }

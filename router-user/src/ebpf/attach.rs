@@ -173,6 +173,27 @@ impl BpfRouter {
             }
         }
 
+        // Links detached behind our back (e.g. `bpftool link detach`) are
+        // dropped here and attached again below.
+        let dead: Vec<String> = self
+            .links
+            .iter()
+            .filter(|(k, l)| {
+                Kind::of_pin(k).is_some_and(|kind| kinds.contains(&kind))
+                    && l.pin.as_deref().is_some_and(|p| !link_attached(p))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in dead {
+            if let Some(l) = self.links.remove(&k) {
+                tracing::warn!(
+                    "router {}: link {k} was detached behind our back; attaching again",
+                    self.router_id
+                );
+                l.release()?;
+            }
+        }
+
         // Attach what is missing, or whose device changed.
         let todo: Vec<(String, String, u32, Kind)> = want
             .into_iter()
@@ -329,4 +350,41 @@ fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .with_context(|| format!("no program {PROG_TC}"))?
         .try_into()
         .with_context(|| format!("{PROG_TC} is not a TC classifier"))
+}
+
+/// Whether the BPF link pinned at `pin` is still attached to a device: a
+/// detached XDP or tcx link reports ifindex 0. (aya 0.14 does not expose
+/// the link's fd or ifindex, hence the two raw `bpf(2)` calls.)
+fn link_attached(pin: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let Ok(path) = std::ffi::CString::new(pin.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer with the path set.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128usize) };
+    if fd < 0 {
+        return false;
+    }
+    // struct bpf_link_info: type, id, prog_id, then the union (8-aligned)
+    // whose xdp and tcx members both start with the ifindex.
+    let mut info = [0u32; 32];
+    let mut attr = [0u64; 16];
+    attr[0] = (fd as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: as above; info is large enough for the kernel's answer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            128usize,
+        )
+    };
+    // SAFETY: fd came from the kernel above and is ours to close.
+    unsafe { libc::close(fd as i32) };
+    r == 0 && info[4] != 0
 }
