@@ -164,10 +164,13 @@ impl Engine {
                 old.abort();
             }
         }
-        for ip in crate::reconcile::gone_addresses(prev, r) {
-            let n = b.flush_address(ip)?;
-            ch.items
-                .push(format!("{ns}: flushed {n} BPF connection entries of {ip}"));
+        let gone = crate::reconcile::gone_addresses(prev, r);
+        if !gone.is_empty() {
+            let n = b.flush_addresses(&gone)?;
+            ch.items.push(format!(
+                "{ns}: flushed {n} BPF connection entries of {} released addresses",
+                gone.len()
+            ));
         }
         Ok(())
     }
@@ -224,13 +227,22 @@ impl Engine {
                 errors.push(format!("router {}: {e:#}", r.id));
                 continue;
             }
+            let t0 = std::time::Instant::now();
             if let Some(hook) = hook
                 && let Err(e) = self.apply_bpf(r, prev, hook, &mut ch).await
             {
                 errors.push(format!("router {}: eBPF data plane: {e:#}", r.id));
                 continue;
             }
-            if let Err(e) = rec.publish_floating_ips(r, &mut ch).await {
+            tracing::debug!("router {}: BPF maps and links in {:?}", r.id, t0.elapsed());
+            let t0 = std::time::Instant::now();
+            let published = rec.publish_floating_ips(r, &mut ch).await;
+            tracing::debug!(
+                "router {}: floating IPs published in {:?}",
+                r.id,
+                t0.elapsed()
+            );
+            if let Err(e) = published {
                 errors.push(format!("router {}: {e:#}", r.id));
             }
         }

@@ -98,9 +98,14 @@ impl Conn {
         now_ns.saturating_sub(self.last_seen()) > self.timeout()
     }
 
-    fn touches(&self, ip: [u8; 4]) -> bool {
-        self.entries()
-            .any(|(k, e)| k.src == ip || k.dst == ip || e.new_src == ip || e.new_dst == ip)
+    /// Whether any of its tuples has an address of `set`.
+    fn touches(&self, set: &std::collections::HashSet<[u8; 4]>) -> bool {
+        self.entries().any(|(k, e)| {
+            set.contains(&k.src)
+                || set.contains(&k.dst)
+                || set.contains(&e.new_src)
+                || set.contains(&e.new_dst)
+        })
     }
 }
 
@@ -358,10 +363,20 @@ impl BpfRouter {
     /// destination of its original or translated tuple — for a floating IP
     /// or gateway IP that went away. Returns the number of entries deleted.
     pub fn flush_address(&mut self, ip: Ipv4Addr) -> Result<usize> {
+        self.flush_addresses(&[ip])
+    }
+
+    /// [`Self::flush_address`] for many addresses in one scan of the table
+    /// (releasing thousands of floating IPs at once).
+    pub fn flush_addresses(&mut self, ips: &[Ipv4Addr]) -> Result<usize> {
+        if ips.is_empty() {
+            return Ok(0);
+        }
+        let set: std::collections::HashSet<[u8; 4]> = ips.iter().map(|i| i.octets()).collect();
         let table = self.ct_entries()?;
         let doomed: Vec<Conn> = connections(&table)
             .into_iter()
-            .filter(|c| c.touches(ip.octets()))
+            .filter(|c| c.touches(&set))
             .collect();
         // Unconditionally: a packet in between must not save it.
         let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
