@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+mod bench_changes;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -27,6 +29,16 @@ enum Cmd {
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Measure live changes per data plane: applying and releasing 1k and
+    /// 10k floating IPs, reload to first packet, loss across a restart.
+    BenchChanges {
+        /// Data planes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "iptables,xdp,tc")]
+        planes: Vec<String>,
+        /// The large number of floating IPs.
+        #[arg(long, default_value_t = 10_000)]
+        many: usize,
     },
     /// Build everything and run the whole test suite, with fmt and clippy.
     Test {
@@ -92,6 +104,11 @@ fn real_main() -> Result<()> {
             run(Command::new(root().join("target/debug/xrouter"))
                 .arg("demo")
                 .args(args))
+        }
+        Cmd::BenchChanges { planes, many } => {
+            setup()?;
+            run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
+            bench_changes::run(&root().join("target/release/xrouter"), &planes, many)
         }
         Cmd::Test { args } => {
             setup()?;
