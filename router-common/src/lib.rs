@@ -6,6 +6,7 @@
 //! in packets (`[u8; 4]`), ports likewise (`u16` read from the wire).
 #![no_std]
 
+pub mod bench;
 pub mod config;
 pub mod conntrack;
 pub mod counters;

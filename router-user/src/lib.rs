@@ -1,4 +1,5 @@
 //! xrouter's controller: config, control plane, data planes, daemon and CLI.
+pub mod bench;
 pub mod bpf;
 pub mod config;
 pub mod conntrack;

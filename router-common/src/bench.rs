@@ -1,0 +1,101 @@
+//! Types of the benchmark programs (`router-ebpf/src/bench.rs`): the
+//! live-frames generator, the counting sink, the bare redirect and the
+//! microbenchmark wrapper. Only `xrouter bench` uses them.
+
+/// Generator settings, index 0 of `XRB_GEN`. The program writes the whole
+/// Ethernet/IPv4/UDP header of every frame from these (live frames are
+/// recycled without their template being restored).
+///
+/// Flow `i` of `flows` (round robin, one per frame) has source port
+/// `sport + i % nports`, source address `src + i / nports` (the address
+/// taken as a big-endian integer) and destination port `dport + i / nports`
+/// (so many flows do not all compete for SNAT ports towards one
+/// destination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConfig {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// First source port (host order).
+    pub sport: u16,
+    /// Destination port (host order).
+    pub dport: u16,
+    /// Number of flows (>= 1).
+    pub flows: u32,
+    /// Source ports per source address (>= 1).
+    pub nports: u32,
+    /// Where the frames go: ifindex in the generator's namespace.
+    pub ifindex: u32,
+    /// Frame length without FCS (>= 42): IPv4 total length is this - 14.
+    pub frame_len: u16,
+    pub ttl: u8,
+    pub _pad: u8,
+    /// Pacing: nanoseconds between frames (0: as fast as possible). Frames
+    /// not yet due are dropped by the generator, never sent.
+    pub gap_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 48);
+const _: () = assert!(core::mem::align_of::<GenConfig>() == 8);
+
+/// Per-CPU generator state, index 0 of `XRB_GEN_STATE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenState {
+    /// Frames written (the flow index is derived from it).
+    pub seq: u64,
+    /// Frames redirected to the target.
+    pub sent: u64,
+    /// Frames dropped by the pacer (not yet due).
+    pub paced_out: u64,
+    /// When the next frame is due (bpf_ktime_get_ns).
+    pub next_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<GenState>() == 32);
+
+/// Per-CPU counters of the sink, index 0 of `XRB_SINK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkCounter {
+    /// IPv4/UDP frames (the generator's traffic, as forwarded).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Anything else (ARP, IPv6, ...), dropped as well.
+    pub other: u64,
+    pub _pad: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<SinkCounter>() == 32);
+
+/// Microbenchmark settings, index 0 of `XRB_MICRO`: the frame
+/// `xr_bench_micro` restores before each run of the pipeline.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MicroConfig {
+    /// The first [`MICRO_HDR`] bytes of the frame.
+    pub frame: [u8; MICRO_HDR],
+    /// 1: restore the frame only, skip the pipeline (the overhead to subtract).
+    pub restore_only: u32,
+    /// 1: a new UDP flow each run (source and destination port from a counter).
+    pub new_flow: u32,
+}
+
+/// Header bytes the microbenchmark restores (Ethernet + IPv4 + L4 header).
+pub const MICRO_HDR: usize = 64;
+
+const _: () = assert!(core::mem::size_of::<MicroConfig>() == MICRO_HDR + 8);
+
+impl Default for MicroConfig {
+    fn default() -> Self {
+        MicroConfig {
+            frame: [0; MICRO_HDR],
+            restore_only: 0,
+            new_flow: 0,
+        }
+    }
+}
+
+crate::pod!(GenConfig, GenState, SinkCounter, MicroConfig);

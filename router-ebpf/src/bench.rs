@@ -1,0 +1,221 @@
+//! Benchmark programs (`xrouter bench`), not part of the data path:
+//!
+//! - `xr_bench_gen`: an IPv4/UDP generator for BPF_PROG_TEST_RUN with
+//!   `BPF_F_TEST_XDP_LIVE_FRAMES` (the mechanism of xdp-trafficgen). The
+//!   kernel recycles live-frame pages without restoring the template, so the
+//!   program writes the whole Ethernet/IPv4/UDP header of every frame from
+//!   `XRB_GEN`, varying the source port (and address) over N flows, then
+//!   redirects it to the target device. Optional pacing drops frames that
+//!   are not yet due (they are never sent).
+//! - `xr_bench_sink`: counts per CPU and drops.
+//! - `xr_bench_redirect`: a bare XDP_REDIRECT to one device (the rig's
+//!   ceiling for an XDP forwarder).
+//! - `xr_bench_micro`: `xr_xdp`'s body behind a restore of the frame's
+//!   header, so BPF_PROG_TEST_RUN can repeat it a million times on the same
+//!   input (the pipeline rewrites packets in place; without the restore the
+//!   second run would see the first one's output).
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, PerCpuArray},
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use router_common::{
+    bench::{GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter},
+    counters::Outcome,
+};
+
+use crate::{maps, pipeline};
+
+/// Generator settings (index 0).
+#[btf_map]
+pub static XRB_GEN: Array<GenConfig, 1> = Array::new();
+
+/// Generator state per CPU (index 0).
+#[btf_map]
+pub static XRB_GEN_STATE: PerCpuArray<GenState, 1> = PerCpuArray::new();
+
+/// Sink counters per CPU (index 0).
+#[btf_map]
+pub static XRB_SINK: PerCpuArray<SinkCounter, 1> = PerCpuArray::new();
+
+/// Target ifindex of `xr_bench_redirect` (index 0).
+#[btf_map]
+pub static XRB_REDIRECT: Array<u32, 1> = Array::new();
+
+/// Microbenchmark frame and mode (index 0).
+#[btf_map]
+pub static XRB_MICRO: Array<MicroConfig, 1> = Array::new();
+
+/// Microbenchmark run counter per CPU (index 0), for new flows.
+#[btf_map]
+pub static XRB_MICRO_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Ethernet + IPv4 (no options) + UDP.
+const HDR: usize = 42;
+
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+/// Writes a whole header, returns XDP_REDIRECT to the target (or XDP_DROP
+/// when the pacer says the frame is not due yet).
+#[xdp]
+pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
+    let Some(cfg) = XRB_GEN.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Some(st) = XRB_GEN_STATE.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot; the test run does not migrate.
+    let st = unsafe { &mut *st };
+    if cfg.gap_ns != 0 {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now < st.next_ns {
+            st.paced_out += 1;
+            return xdp_action::XDP_DROP;
+        }
+        // After a stall, catch up with at most 32 frames back to back.
+        let floor = now.saturating_sub(cfg.gap_ns * 32);
+        let base = if st.next_ns > floor {
+            st.next_ns
+        } else {
+            floor
+        };
+        st.next_ns = base + cfg.gap_ns;
+    }
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + HDR > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    let len = (end - data) as u16;
+    let seq = st.seq;
+    st.seq = seq + 1;
+    let flows = if cfg.flows == 0 { 1 } else { cfg.flows as u64 };
+    let nports = if cfg.nports == 0 {
+        1
+    } else {
+        cfg.nports as u64
+    };
+    let i = seq % flows;
+    let sport = cfg.sport.wrapping_add((i % nports) as u16);
+    let hi = i / nports;
+    let src = u32::from_be_bytes(cfg.src).wrapping_add(hi as u32);
+    let dport = cfg.dport.wrapping_add(hi as u16);
+    let dst = u32::from_be_bytes(cfg.dst);
+    let tot = len - 14;
+    let ttl_proto = ((cfg.ttl as u32) << 8) | 17;
+    let sum = 0x4500u32
+        + tot as u32
+        + ttl_proto
+        + (src >> 16)
+        + (src & 0xffff)
+        + (dst >> 16)
+        + (dst & 0xffff);
+    let csum = fold(sum);
+
+    let mut h = [0u8; HDR];
+    h[0..6].copy_from_slice(&cfg.dst_mac);
+    h[6..12].copy_from_slice(&cfg.src_mac);
+    h[12] = 0x08;
+    h[13] = 0x00;
+    h[14] = 0x45;
+    h[16..18].copy_from_slice(&tot.to_be_bytes());
+    h[22] = cfg.ttl;
+    h[23] = 17;
+    h[24..26].copy_from_slice(&csum.to_be_bytes());
+    h[26..30].copy_from_slice(&src.to_be_bytes());
+    h[30..34].copy_from_slice(&cfg.dst);
+    h[34..36].copy_from_slice(&sport.to_be_bytes());
+    h[36..38].copy_from_slice(&dport.to_be_bytes());
+    h[38..40].copy_from_slice(&(tot - 20).to_be_bytes());
+    // SAFETY: data + HDR <= end was checked; byte-aligned write.
+    unsafe { core::ptr::write_unaligned(data as *mut [u8; HDR], h) };
+    st.sent += 1;
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(cfg.ifindex, 0) as u32 }
+}
+
+/// Counts IPv4/UDP frames (and bytes) and anything else apart; drops all.
+#[xdp]
+pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if let Some(c) = XRB_SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; reads are bounds-checked first.
+        unsafe {
+            let udp = data + 34 <= end
+                && *((data + 12) as *const u8) == 0x08
+                && *((data + 13) as *const u8) == 0x00
+                && *((data + 23) as *const u8) == 17;
+            if udp {
+                (*c).packets += 1;
+                (*c).bytes += (end - data) as u64;
+            } else {
+                (*c).other += 1;
+            }
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Redirects every frame, untouched, to `XRB_REDIRECT[0]`.
+#[xdp]
+pub fn xr_bench_redirect(_ctx: XdpContext) -> u32 {
+    match XRB_REDIRECT.get(0) {
+        // SAFETY: plain helper call.
+        Some(i) => unsafe { bpf_redirect(*i, 0) as u32 },
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// Restores the frame's header from `XRB_MICRO`, then runs exactly what
+/// `xr_xdp` runs.
+#[xdp]
+pub fn xr_bench_micro(mut ctx: XdpContext) -> u32 {
+    let Some(cfg) = XRB_MICRO.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let data = ctx.data();
+    if data + MICRO_HDR > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: bounds checked above; byte-aligned write.
+    unsafe { core::ptr::write_unaligned(data as *mut [u8; MICRO_HDR], cfg.frame) };
+    if cfg.new_flow != 0
+        && let Some(seq) = XRB_MICRO_SEQ.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot; offsets 34..38 are inside MICRO_HDR.
+        unsafe {
+            let n = *seq;
+            *seq = n + 1;
+            let sport = 1024u16.wrapping_add(n as u16);
+            let dport = 1024u16.wrapping_add((n >> 16) as u16);
+            core::ptr::write_unaligned((data + 34) as *mut [u8; 2], sport.to_be_bytes());
+            core::ptr::write_unaligned((data + 36) as *mut [u8; 2], dport.to_be_bytes());
+        }
+    }
+    if cfg.restore_only != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match pipeline::process(&mut ctx) {
+        pipeline::Verdict::Forward { ifindex, .. } => {
+            maps::count(Outcome::FwdXdp, len);
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect(ifindex, 0) as u32 }
+        }
+        _ => {
+            maps::count(Outcome::ToTc, len);
+            xdp_action::XDP_PASS
+        }
+    }
+}

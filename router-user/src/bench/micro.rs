@@ -1,0 +1,372 @@
+//! `xrouter bench --micro`: ns per packet of the data path alone, through
+//! BPF_PROG_TEST_RUN (a million repetitions per run), with the maps of the
+//! article's router filled by hand as `tests/datapath.rs` does.
+//!
+//! The pipeline rewrites packets in place and a repeated test run does not
+//! restore its input, so the measured program is `xr_bench_micro`: the
+//! frame's 64 header bytes restored from a map, then exactly `xr_xdp`'s body.
+//! The cost of the restore alone (same program, pipeline skipped) is
+//! measured too and subtracted.
+
+use std::{net::Ipv4Addr, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use router_common::{
+    bench::{MICRO_HDR, MicroConfig},
+    config::{Ipv4, RouterConfig},
+    port::{LocalAddr, Neigh, NeighKey, PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
+    route::Route,
+};
+use serde_json::json;
+
+use super::{Opts, progs::in_ns};
+use crate::{bpf::OBJECT, netns};
+
+const MAC_QR1: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
+const MAC_QR2: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 2];
+const MAC_QG: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 3];
+const MAC_VM1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+const MAC_VM2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
+const MAC_EXT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x15];
+const XDP_REDIRECT: u32 = 4;
+const REPEAT: u32 = 1_000_000;
+/// New flows: fewer runs, each creates a connection (two entries).
+const REPEAT_NEW: u32 = 200_000;
+const RUNS: usize = 5;
+
+fn ip(s: &str) -> [u8; 4] {
+    s.parse::<Ipv4Addr>().expect("literal address").octets()
+}
+
+fn csum(h: &[u8]) -> u16 {
+    let mut s: u32 = h
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// A 64-byte UDP frame (UDP checksum 0).
+fn udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(MICRO_HDR);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let tot = (MICRO_HDR - 14) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&tot.to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, 17, 0, 0]);
+    h.extend_from_slice(&ip(src));
+    h.extend_from_slice(&ip(dst));
+    let c = csum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&(tot - 20).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.resize(MICRO_HDR, 0xab);
+    f
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).with_context(|| format!("map {name}"))
+}
+
+/// The article's router in the maps (as `tests/datapath.rs` fills them).
+fn fill(ebpf: &mut Ebpf, [qr1, qr2, qg]: [u32; 3]) -> Result<()> {
+    let mut ports: HashMap<_, u32, PortInfo> = HashMap::try_from(map(ebpf, "XR_PORTS")?)?;
+    for (i, a, mac, role) in [
+        (qr1, "81.1.180.1", MAC_QR1, ROLE_INTERNAL),
+        (qr2, "91.1.180.1", MAC_QR2, ROLE_INTERNAL),
+        (qg, "192.168.1.110", MAC_QG, ROLE_GATEWAY),
+    ] {
+        let info = PortInfo {
+            addr: ip(a),
+            mac,
+            role,
+            _pad: 0,
+            mtu: 1500,
+        };
+        ports.insert(i, info, 0)?;
+    }
+    let mut local: HashMap<_, LocalAddr, u32> = HashMap::try_from(map(ebpf, "XR_LOCAL")?)?;
+    for (a, i) in [
+        ("81.1.180.1", qr1),
+        ("91.1.180.1", qr2),
+        ("192.168.1.110", qg),
+    ] {
+        local.insert(LocalAddr { addr: ip(a) }, i, 0)?;
+    }
+    let mut routes: LpmTrie<_, [u8; 4], Route> = LpmTrie::try_from(map(ebpf, "XR_ROUTES")?)?;
+    let route = |gw: [u8; 4], ifindex: u32| Route {
+        count: 1,
+        gateways: [gw, [0; 4], [0; 4], [0; 4]],
+        ifindexes: [ifindex, 0, 0, 0],
+    };
+    routes.insert(&Key::new(24, ip("81.1.180.0")), route([0; 4], qr1), 0)?;
+    routes.insert(&Key::new(24, ip("91.1.180.0")), route([0; 4], qr2), 0)?;
+    routes.insert(&Key::new(24, ip("192.168.1.0")), route([0; 4], qg), 0)?;
+    routes.insert(&Key::new(0, [0; 4]), route(ip("192.168.1.1"), qg), 0)?;
+    let mut neigh: HashMap<_, NeighKey, Neigh> = HashMap::try_from(map(ebpf, "XR_NEIGH")?)?;
+    for (i, a, mac) in [
+        (qr1, "81.1.180.12", MAC_VM1),
+        (qr2, "91.1.180.14", MAC_VM2),
+        (qg, "192.168.1.15", MAC_EXT),
+        (qg, "192.168.1.1", MAC_EXT),
+    ] {
+        let k = NeighKey {
+            ifindex: i,
+            addr: ip(a),
+        };
+        neigh.insert(k, Neigh { mac, _pad: [0; 2] }, 0)?;
+    }
+    let fixed = Ipv4 {
+        addr: ip("91.1.180.14"),
+    };
+    let floating = Ipv4 {
+        addr: ip("192.168.1.104"),
+    };
+    let mut fip: HashMap<_, Ipv4, Ipv4> = HashMap::try_from(map(ebpf, "XR_FIP")?)?;
+    fip.insert(fixed, floating, 0)?;
+    let mut rev: HashMap<_, Ipv4, Ipv4> = HashMap::try_from(map(ebpf, "XR_FIP_REV")?)?;
+    rev.insert(floating, fixed, 0)?;
+    let mut cfg: Array<_, RouterConfig> = Array::try_from(map(ebpf, "XR_CONFIG")?)?;
+    let rc = RouterConfig {
+        gw_addr: ip("192.168.1.110"),
+        gw_ifindex: qg,
+        enable_snat: 1,
+        port_min: 1024,
+        port_max: 65535,
+        metadata_port: 9697,
+        _pad: 0,
+    };
+    cfg.set(0, rc, 0)?;
+    Ok(())
+}
+
+struct MicroCase {
+    name: &'static str,
+    what: &'static str,
+    ingress: usize,
+    frame: Vec<u8>,
+    new_flow: bool,
+}
+
+fn cases() -> Vec<MicroCase> {
+    vec![
+        MicroCase {
+            name: "route-only",
+            what: "east-west, no NAT (connection tracked)",
+            ingress: 0,
+            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "91.1.180.14", 80),
+            new_flow: false,
+        },
+        MicroCase {
+            name: "snat-established",
+            what: "gateway SNAT, connection known",
+            ingress: 0,
+            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            new_flow: false,
+        },
+        MicroCase {
+            name: "snat-new",
+            what: "gateway SNAT, a new connection every packet",
+            ingress: 0,
+            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            new_flow: true,
+        },
+        MicroCase {
+            name: "dnat",
+            what: "floating IP inbound, connection known",
+            ingress: 2,
+            frame: udp(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
+            new_flow: false,
+        },
+        MicroCase {
+            name: "hairpin",
+            what: "VM to a floating IP from inside, connection known",
+            ingress: 0,
+            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40001, "192.168.1.104", 80),
+            new_flow: false,
+        },
+    ]
+}
+
+/// `struct xdp_md` for test runs: data_end = frame length, ingress ifindex.
+fn xdp_md(ingress: u32, len: usize) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    ctx
+}
+
+/// One test run: (return value, ns per repetition).
+fn run_once(ebpf: &Ebpf, ingress: u32, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+    let p: &Xdp = ebpf
+        .program("xr_bench_micro")
+        .context("no xr_bench_micro")?
+        .try_into()?;
+    let ctx = xdp_md(ingress, frame.len());
+    let mut out = vec![0u8; frame.len() + 64];
+    let mut ctx_out = [0u8; 24];
+    let r = p.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ctx_out: Some(&mut ctx_out),
+        repeat,
+        ..Default::default()
+    })?;
+    Ok((r.return_value, r.duration.as_nanos() as f64))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Row {
+    name: &'static str,
+    what: &'static str,
+    total: f64,
+    restore: f64,
+    verdict: u32,
+}
+
+fn measure(ifx: [u32; 3]) -> Result<Vec<Row>> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("XR_CT", 1 << 20)
+        .load(OBJECT)
+        .context("loading the BPF object")?;
+    let p: &mut Xdp = ebpf
+        .program_mut("xr_bench_micro")
+        .context("no xr_bench_micro")?
+        .try_into()?;
+    p.load().context("verifier rejected xr_bench_micro")?;
+    fill(&mut ebpf, ifx)?;
+    let mut rows = Vec::new();
+    for c in cases() {
+        if super::stopped() {
+            bail!("interrupted");
+        }
+        let mut frame = [0u8; MICRO_HDR];
+        frame.copy_from_slice(&c.frame);
+        let set = |ebpf: &mut Ebpf, restore_only: bool| -> Result<()> {
+            let mut m: Array<_, MicroConfig> = Array::try_from(map(ebpf, "XRB_MICRO")?)?;
+            let cfg = MicroConfig {
+                frame,
+                restore_only: restore_only as u32,
+                new_flow: c.new_flow as u32,
+            };
+            m.set(0, cfg, 0)?;
+            Ok(())
+        };
+        let ingress = ifx[c.ingress];
+        set(&mut ebpf, false)?;
+        // The first packet creates the connection: later ones find it.
+        let (verdict, _) = run_once(&ebpf, ingress, &c.frame, 1)?;
+        let repeat = if c.new_flow { REPEAT_NEW } else { REPEAT };
+        let mut total = Vec::new();
+        for _ in 0..RUNS {
+            total.push(run_once(&ebpf, ingress, &c.frame, repeat)?.1);
+        }
+        set(&mut ebpf, true)?;
+        let mut restore = Vec::new();
+        for _ in 0..RUNS {
+            restore.push(run_once(&ebpf, ingress, &c.frame, repeat)?.1);
+        }
+        rows.push(Row {
+            name: c.name,
+            what: c.what,
+            total: median(total),
+            restore: median(restore),
+            verdict,
+        });
+    }
+    Ok(rows)
+}
+
+pub fn run(opts: &Opts) -> Result<()> {
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = netns::delete(&self.0);
+        }
+    }
+    let ns = Ns(format!("xrb-micro-{}", std::process::id()));
+    netns::create(&ns.0)?;
+    for d in ["qr1", "qr2", "qg"] {
+        let st = Command::new("ip")
+            .args([
+                "-n", &ns.0, "link", "add", d, "type", "veth", "peer", "name",
+            ])
+            .arg(format!("{d}p"))
+            .status()?;
+        if !st.success() {
+            bail!("creating {d} in {}", ns.0);
+        }
+    }
+    let rows = in_ns(&ns.0, || -> Result<Vec<Row>> {
+        let idx = |d: &str| nix::net::if_::if_nametoindex(d).with_context(|| d.to_string());
+        measure([idx("qr1")?, idx("qr2")?, idx("qg")?])
+    })??;
+    println!(
+        "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs of \
+         {REPEAT} repetitions ({REPEAT_NEW} for new flows), 64-byte UDP frames"
+    );
+    println!(
+        "{:<18} {:>10} {:>12} {:>10}  {:<9} what",
+        "path", "ns/packet", "with restore", "restore", "verdict"
+    );
+    for r in &rows {
+        println!(
+            "{:<18} {:>10.1} {:>12.1} {:>10.1}  {:<9} {}",
+            r.name,
+            r.total - r.restore,
+            r.total,
+            r.restore,
+            if r.verdict == XDP_REDIRECT {
+                "redirect".to_string()
+            } else {
+                format!("ret {}", r.verdict)
+            },
+            r.what
+        );
+    }
+    if let Some(p) = &opts.json {
+        let v = json!({
+            "microbenchmark": rows.iter().map(|r| json!({
+                "path": r.name,
+                "what": r.what,
+                "ns_per_packet": r.total - r.restore,
+                "ns_with_restore": r.total,
+                "ns_restore_only": r.restore,
+                "redirected": r.verdict == XDP_REDIRECT,
+            })).collect::<Vec<_>>(),
+            "repeat": REPEAT,
+            "runs": RUNS,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&v)?)?;
+        println!("JSON: {}", p.display());
+    }
+    if rows.iter().any(|r| r.verdict != XDP_REDIRECT) {
+        bail!("a path was not forwarded by XDP (see the verdict column)");
+    }
+    Ok(())
+}

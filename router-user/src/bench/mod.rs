@@ -1,0 +1,388 @@
+//! `xrouter bench`: packet rate and cost per packet of each data plane, on
+//! an isolated rig of namespaces, with a built-in generator.
+//!
+//! The rig (per data plane, rebuilt every round, see `rig.rs`): a node
+//! namespace where `xrouter run` builds the router from a routers file, as in
+//! production; a generator that sends 64-byte UDP/IPv4 frames through
+//! BPF_PROG_TEST_RUN with live frames (`gen.rs`) straight into the tap of the
+//! router's ingress port; the sink, an XDP program on the tap of the egress
+//! port, counts and drops. The generator runs on one CPU, the router's and
+//! the sink's NAPI threads on another. Cases run in rounds (every case once
+//! per round) and the figures are medians with min and max (`report.rs`).
+//! `--micro` measures the data path alone (`micro.rs`).
+
+mod cpu;
+mod micro;
+mod progs;
+mod report;
+mod rig;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use serde::Serialize;
+
+pub use report::{CaseResult, Sample};
+
+/// Set on Ctrl-C / SIGTERM: every loop checks it and the run unwinds,
+/// tearing down what it built.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Sleeps `d`, waking early (with an error) when the run is interrupted.
+pub(crate) fn nap(d: Duration) -> Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        if stopped() {
+            bail!("interrupted");
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// Data planes under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Plane {
+    /// xrouter's XDP fast path (`dataplane = "xdp"`).
+    Xdp,
+    /// xrouter's TC path (`dataplane = "tc"`).
+    Tc,
+    /// Neutron's rule set and kernel forwarding (`dataplane = "iptables"`).
+    Iptables,
+    /// Plain kernel forwarding: the iptables plane's router with its
+    /// ruleset removed (no netfilter hooks, no conntrack, no NAT).
+    Kernel,
+}
+
+impl Plane {
+    pub const ALL: [Plane; 4] = [Plane::Xdp, Plane::Tc, Plane::Iptables, Plane::Kernel];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plane::Xdp => "xdp",
+            Plane::Tc => "tc",
+            Plane::Iptables => "iptables",
+            Plane::Kernel => "kernel",
+        }
+    }
+}
+
+/// Traffic cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Case {
+    /// Rig ceiling: the generator straight into the sink (no router).
+    Ceiling,
+    /// Rig ceiling for an XDP forwarder: a bare XDP_REDIRECT between two veths.
+    BareRedirect,
+    /// East-west routing between two internal networks, one flow.
+    EastWest,
+    /// East-west routing, 1k flows.
+    #[value(name = "east-west-1k")]
+    #[serde(rename = "east-west-1k")]
+    EastWest1k,
+    /// Gateway SNAT (VM without floating IP to an external host), one flow.
+    #[value(name = "snat-1")]
+    #[serde(rename = "snat-1")]
+    Snat1,
+    /// Gateway SNAT, 1k flows.
+    #[value(name = "snat-1k")]
+    #[serde(rename = "snat-1k")]
+    Snat1k,
+    /// Gateway SNAT, 64k flows (4 source addresses x 16k ports, 4
+    /// destination ports).
+    #[value(name = "snat-64k")]
+    #[serde(rename = "snat-64k")]
+    Snat64k,
+    /// Floating-IP DNAT inbound, 1k flows.
+    DnatIn,
+    /// Floating-IP SNAT outbound (the VM with the floating IP), 1k flows.
+    FipOut,
+}
+
+impl Case {
+    pub const ALL: [Case; 9] = [
+        Case::Ceiling,
+        Case::BareRedirect,
+        Case::EastWest,
+        Case::EastWest1k,
+        Case::Snat1,
+        Case::Snat1k,
+        Case::Snat64k,
+        Case::DnatIn,
+        Case::FipOut,
+    ];
+    /// What runs unless `--cases` says otherwise.
+    pub const DEFAULT: [Case; 7] = [
+        Case::Ceiling,
+        Case::BareRedirect,
+        Case::EastWest,
+        Case::Snat1k,
+        Case::Snat64k,
+        Case::DnatIn,
+        Case::FipOut,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Ceiling => "ceiling",
+            Case::BareRedirect => "bare-redirect",
+            Case::EastWest => "east-west",
+            Case::EastWest1k => "east-west-1k",
+            Case::Snat1 => "snat-1",
+            Case::Snat1k => "snat-1k",
+            Case::Snat64k => "snat-64k",
+            Case::DnatIn => "dnat-in",
+            Case::FipOut => "fip-out",
+        }
+    }
+
+    /// Cases of the rig alone (no router, no data plane).
+    pub fn is_rig(self) -> bool {
+        matches!(self, Case::Ceiling | Case::BareRedirect)
+    }
+
+    /// Whether the case means something on `plane` (plain forwarding has no
+    /// floating IP to DNAT: the packet would be delivered locally).
+    pub fn applies_to(self, plane: Plane) -> bool {
+        !(plane == Plane::Kernel && self == Case::DnatIn)
+    }
+}
+
+/// `xrouter bench` options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Opts {
+    /// Data planes to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Plane::ALL)]
+    pub planes: Vec<Plane>,
+    /// Traffic cases (default: all but east-west-1k and snat-1).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub cases: Vec<Case>,
+    /// Rounds: every case runs once per round; figures are medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Seconds each flooded measurement lasts (after a warm-up).
+    #[arg(long, default_value_t = 2.0)]
+    pub duration: f64,
+    /// Paced sweep: number of offered rates tried after the flooded run
+    /// (0: flooded only). Each step lasts a third of --duration.
+    #[arg(long, default_value_t = 5)]
+    pub sweep: u32,
+    /// Frame size in bytes, without FCS (60 = 64-byte frames on the wire).
+    #[arg(long, default_value_t = 60)]
+    pub frame: u16,
+    /// CPU of the generator.
+    #[arg(long, default_value_t = 0)]
+    pub gen_cpu: usize,
+    /// CPU of the router (the NAPI threads of its ports).
+    #[arg(long, default_value_t = 1)]
+    pub router_cpu: usize,
+    /// CPU of the sink (the NAPI threads of the taps it counts on); default:
+    /// the router's, as in the baseline of bench-method.md.
+    #[arg(long)]
+    pub sink_cpu: Option<usize>,
+    /// Write every sample and the medians as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a chart of Mpps per data plane per case (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Run the microbenchmark instead: ns per packet of the data path
+    /// through BPF_PROG_TEST_RUN, no rig.
+    #[arg(long)]
+    pub micro: bool,
+    /// The xrouter binary that runs the router (default: this one).
+    #[arg(long, value_name = "FILE")]
+    pub xrouter: Option<PathBuf>,
+}
+
+impl Opts {
+    pub fn sink_cpu(&self) -> usize {
+        self.sink_cpu.unwrap_or(self.router_cpu)
+    }
+}
+
+/// Runs the benchmark; Ctrl-C stops it and removes the rig.
+pub async fn run(opts: Opts) -> Result<ExitCode> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("xrouter bench needs root (namespaces, BPF)");
+    }
+    let sig = tokio::spawn(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\nxrouter bench: interrupted, tearing down");
+        STOP.store(true, Ordering::Relaxed);
+    });
+    let r = tokio::task::spawn_blocking(move || {
+        if opts.micro {
+            micro::run(&opts)
+        } else {
+            run_rig(&opts)
+        }
+    })
+    .await;
+    sig.abort();
+    r??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn xrouter_bin(opts: &Opts) -> Result<PathBuf> {
+    if let Some(p) = &opts.xrouter {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == "xrouter") {
+        return Ok(exe);
+    }
+    bail!("not running as the xrouter binary: say which with --xrouter")
+}
+
+fn run_rig(opts: &Opts) -> Result<()> {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if opts.gen_cpu >= ncpu || opts.router_cpu >= ncpu || opts.sink_cpu() >= ncpu {
+        bail!("--gen-cpu/--router-cpu/--sink-cpu must be below {ncpu}");
+    }
+    if opts.gen_cpu == opts.router_cpu {
+        eprintln!("warning: generator and router share CPU {}", opts.gen_cpu);
+    }
+    if opts.frame < 60 || opts.frame > 1500 {
+        bail!("--frame must be 60..=1500");
+    }
+    if !(0.2..=60.0).contains(&opts.duration) {
+        bail!("--duration must be 0.2..=60 seconds");
+    }
+    let cases: Vec<Case> = if opts.cases.is_empty() {
+        Case::DEFAULT.to_vec()
+    } else {
+        let mut c = opts.cases.clone();
+        c.sort();
+        c.dedup();
+        c
+    };
+    let mut planes = opts.planes.clone();
+    planes.sort();
+    planes.dedup();
+    let router_cases: Vec<Case> = cases.iter().copied().filter(|c| !c.is_rig()).collect();
+    let rig_cases: Vec<Case> = cases.iter().copied().filter(|c| c.is_rig()).collect();
+    let bin = if router_cases.is_empty() || planes.is_empty() {
+        None
+    } else {
+        Some(xrouter_bin(opts)?)
+    };
+
+    let per_round = rig_cases.len()
+        + planes
+            .iter()
+            .map(|p| router_cases.iter().filter(|c| c.applies_to(*p)).count())
+            .sum::<usize>();
+    let total = per_round as u32 * opts.rounds;
+    println!(
+        "xrouter bench: {} rounds of {} measurements; generator on CPU {}, router on CPU {}, sink on CPU {}; \
+         {}-byte frames, {:.1} s flooded{}",
+        opts.rounds,
+        per_round,
+        opts.gen_cpu,
+        opts.router_cpu,
+        opts.sink_cpu(),
+        opts.frame + 4,
+        opts.duration,
+        if opts.sweep > 0 {
+            format!(" + paced sweep of {} rates", opts.sweep)
+        } else {
+            String::new()
+        }
+    );
+    let mut progs = progs::Progs::load()?;
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut done = 0u32;
+    let t0 = Instant::now();
+    for round in 0..opts.rounds {
+        // Rotate the order of the data planes, so a slow phase of the host
+        // does not always hit the same one.
+        let mut order = planes.clone();
+        if !order.is_empty() {
+            let k = round as usize % order.len();
+            order.rotate_left(k);
+        }
+        if !rig_cases.is_empty() {
+            let mut raw = rig::RawRig::new(&mut progs, opts)?;
+            for &case in &rig_cases {
+                done += 1;
+                progress(done, total, t0, round, None, case);
+                let s = raw.measure(&mut progs, case, opts)?;
+                samples.push(Sample {
+                    round,
+                    plane: None,
+                    ..s
+                });
+            }
+            raw.teardown(&mut progs);
+        }
+        for &plane in &order {
+            let todo: Vec<Case> = router_cases
+                .iter()
+                .copied()
+                .filter(|c| c.applies_to(plane))
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let bin = bin.as_ref().expect("set when there are router cases");
+            let mut r = rig::RouterRig::new(&mut progs, plane, opts, bin)?;
+            for &case in &todo {
+                done += 1;
+                progress(done, total, t0, round, Some(plane), case);
+                // On error the rig is dropped, which removes it.
+                let s = r.measure(&mut progs, case, opts)?;
+                samples.push(Sample {
+                    round,
+                    plane: Some(plane),
+                    ..s
+                });
+            }
+            r.teardown(&mut progs);
+        }
+    }
+    eprint!("\r{:80}\r", "");
+    let results = report::summarize(&samples);
+    println!("{}", report::table(&results, opts));
+    if let Some(p) = &opts.json {
+        std::fs::write(p, report::json(&results, &samples, opts)?)?;
+        println!("JSON: {}", p.display());
+    }
+    if let Some(p) = &opts.svg {
+        std::fs::write(p, report::svg(&results))?;
+        println!("chart: {}", p.display());
+    }
+    Ok(())
+}
+
+fn progress(done: u32, total: u32, t0: Instant, round: u32, plane: Option<Plane>, case: Case) {
+    use std::io::Write as _;
+    eprint!(
+        "\r[{done}/{total}] {:>4.0} s  round {}  {:<9} {:<14}",
+        t0.elapsed().as_secs_f64(),
+        round + 1,
+        plane.map_or("rig", Plane::name),
+        case.name()
+    );
+    let _ = std::io::stderr().flush();
+}

@@ -1,0 +1,255 @@
+//! The bench's BPF programs, from the embedded object: the live-frames
+//! generator (`xr_bench_gen`, run on a thread of its own pinned to the
+//! generator's CPU) and what is attached to rig devices (`xr_bench_sink`,
+//! `xr_bench_redirect`, `xr_pass`).
+
+use std::{
+    os::fd::AsFd,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{
+        TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
+};
+use nix::{
+    sched::{CloneFlags, CpuSet, sched_setaffinity, setns},
+    unistd::Pid,
+};
+use router_common::bench::{GenConfig, GenState, SinkCounter};
+
+use crate::bpf::OBJECT;
+
+pub const PROG_GEN: &str = "xr_bench_gen";
+pub const PROG_SINK: &str = "xr_bench_sink";
+pub const PROG_REDIRECT: &str = "xr_bench_redirect";
+pub const PROG_PASS: &str = "xr_pass";
+
+/// Frames per BPF_PROG_TEST_RUN call: each call has a fixed sleeping cost,
+/// so calls must be long; this bounds a call to a fraction of a second.
+const REPEAT: u32 = 2_000_000;
+/// Frames per batch inside a call (the kernel's maximum is 256).
+const BATCH: u32 = 64;
+
+/// The programs and maps of a bench run.
+pub struct Progs {
+    /// Sink, redirect and pass: attached to rig devices.
+    att: Ebpf,
+    /// The generator's copy of the object; on the generator thread while
+    /// it runs.
+    generator: Option<Ebpf>,
+    gen_cfg: Array<MapData, GenConfig>,
+    gen_state: PerCpuArray<MapData, GenState>,
+    sink: PerCpuArray<MapData, SinkCounter>,
+    redirect: Array<MapData, u32>,
+    /// What we attached (program, link), detached by [`Progs::detach_all`].
+    links: Vec<(&'static str, XdpLinkId)>,
+}
+
+/// A running generator.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(Ebpf, Result<()>)>,
+}
+
+fn load_object() -> Result<Ebpf> {
+    // The router maps come with the object; keep the preallocated ones small.
+    EbpfLoader::new()
+        .map_max_entries("XR_CT", 1024)
+        .load(OBJECT)
+        .context("loading the BPF object")
+}
+
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not XDP"))
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let m = ebpf
+        .take_map(name)
+        .with_context(|| format!("no map {name}"))?;
+    T::try_from(m).with_context(|| format!("map {name}"))
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = crate::netns::open(ns)?;
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<T> {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {ns}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in {ns} panicked"))?
+    })
+}
+
+/// Pins the calling thread (0) or process `pid` to `cpu`.
+pub fn pin(pid: i32, cpu: usize) -> Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(pid), &set).with_context(|| format!("pinning {pid}"))
+}
+
+impl Progs {
+    pub fn load() -> Result<Progs> {
+        let mut att = load_object()?;
+        for p in [PROG_SINK, PROG_REDIRECT, PROG_PASS] {
+            xdp_mut(&mut att, p)?
+                .load()
+                .with_context(|| format!("verifier rejected {p}"))?;
+        }
+        let mut generator = load_object()?;
+        xdp_mut(&mut generator, PROG_GEN)?
+            .load()
+            .context("verifier rejected xr_bench_gen")?;
+        let gen_cfg = take(&mut generator, "XRB_GEN")?;
+        let gen_state = take(&mut generator, "XRB_GEN_STATE")?;
+        let sink = take(&mut att, "XRB_SINK")?;
+        let redirect = take(&mut att, "XRB_REDIRECT")?;
+        Ok(Progs {
+            att,
+            generator: Some(generator),
+            gen_cfg,
+            gen_state,
+            sink,
+            redirect,
+            links: Vec::new(),
+        })
+    }
+
+    /// Attaches `prog` (native XDP) to `dev` in namespace `ns`; detached by
+    /// [`Progs::detach_all`] (or when the device goes).
+    pub fn attach(&mut self, prog: &'static str, ns: &str, dev: &str) -> Result<()> {
+        let p = xdp_mut(&mut self.att, prog)?;
+        let dev_s = dev.to_string();
+        let id = in_ns(ns, move || -> Result<XdpLinkId> {
+            let idx = nix::net::if_::if_nametoindex(dev_s.as_str())
+                .with_context(|| format!("device {dev_s}"))?;
+            p.attach_to_if_index(idx, XdpMode::Driver)
+                .with_context(|| format!("attaching {prog} to {dev_s}"))
+        })??;
+        self.links.push((prog, id));
+        Ok(())
+    }
+
+    /// Swaps `prog` into the pinned XDP link at `pin` (one xrouter made).
+    pub fn take_over(&mut self, prog: &'static str, pin: &Path) -> Result<()> {
+        let fd: FdLink = PinnedLink::from_pin(pin)
+            .with_context(|| format!("{}", pin.display()))?
+            .into();
+        let link = XdpLink::try_from(fd).map_err(|e| anyhow!("{}: {e}", pin.display()))?;
+        let id = xdp_mut(&mut self.att, prog)?
+            .attach_to_link(link)
+            .with_context(|| format!("updating {} to {prog}", pin.display()))?;
+        self.links.push((prog, id));
+        Ok(())
+    }
+
+    /// Detaches everything [`Progs::attach`] and [`Progs::take_over`] did.
+    pub fn detach_all(&mut self) {
+        for (prog, id) in std::mem::take(&mut self.links) {
+            if let Ok(p) = xdp_mut(&mut self.att, prog) {
+                let _ = p.detach(id);
+            }
+        }
+    }
+
+    pub fn set_redirect(&mut self, ifindex: u32) -> Result<()> {
+        self.redirect.set(0, ifindex, 0)?;
+        Ok(())
+    }
+
+    pub fn set_gen(&mut self, cfg: &GenConfig) -> Result<()> {
+        self.gen_cfg.set(0, *cfg, 0)?;
+        Ok(())
+    }
+
+    /// The sink's counters, summed over CPUs.
+    pub fn sink(&self) -> Result<SinkCounter> {
+        let mut s = SinkCounter::default();
+        for c in self.sink.get(&0, 0)?.iter() {
+            s.packets += c.packets;
+            s.bytes += c.bytes;
+            s.other += c.other;
+        }
+        Ok(s)
+    }
+
+    /// The generator's counters, summed over CPUs.
+    pub fn gen_state(&self) -> Result<GenState> {
+        let mut s = GenState::default();
+        for c in self.gen_state.get(&0, 0)?.iter() {
+            s.seq += c.seq;
+            s.sent += c.sent;
+            s.paced_out += c.paced_out;
+        }
+        Ok(s)
+    }
+
+    /// Starts the generator on a thread in namespace `ns` pinned to `cpu`,
+    /// sending `frame`-byte frames as configured by [`Progs::set_gen`]
+    /// (which may change while it runs).
+    pub fn start(&mut self, ns: &str, cpu: usize, frame: u16) -> Result<Running> {
+        let mut ebpf = self.generator.take().context("generator already running")?;
+        let file = crate::netns::open(ns)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let r = (|| -> Result<()> {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
+                pin(0, cpu)?;
+                let prog = xdp_mut(&mut ebpf, PROG_GEN)?;
+                let data = vec![0u8; frame as usize];
+                while !stop2.load(Ordering::Relaxed) && !super::stopped() {
+                    prog.test_run(TestRunOptions {
+                        data_in: Some(&data),
+                        repeat: REPEAT,
+                        attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(BATCH),
+                        ..Default::default()
+                    })
+                    .context("BPF_PROG_TEST_RUN with live frames")?;
+                }
+                Ok(())
+            })();
+            (ebpf, r)
+        });
+        Ok(Running { stop, handle })
+    }
+
+    /// Stops the generator and takes its object back.
+    pub fn stop(&mut self, r: Running) -> Result<()> {
+        r.stop.store(true, Ordering::Relaxed);
+        let (ebpf, res) = r
+            .handle
+            .join()
+            .map_err(|_| anyhow!("generator thread panicked"))?;
+        self.generator = Some(ebpf);
+        res
+    }
+
+    /// Whether a running generator has failed already.
+    pub fn check(r: &Running) -> Result<()> {
+        if r.handle.is_finished() && !r.stop.load(Ordering::Relaxed) && !super::stopped() {
+            bail!("the generator stopped early");
+        }
+        Ok(())
+    }
+}

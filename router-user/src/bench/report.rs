@@ -1,0 +1,344 @@
+//! Samples, their medians, and the three outputs: a terminal table, JSON,
+//! and an SVG chart of Mpps per data plane per case.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Case, Opts, Plane};
+
+/// One measurement of one case on one data plane in one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub round: u32,
+    /// None: a rig case (no router).
+    pub plane: Option<Plane>,
+    pub case: Case,
+    /// Delivered at the sink, flooded.
+    pub mpps: f64,
+    /// Sent by the generator, flooded.
+    pub offered_mpps: f64,
+    /// Busy time of the router's CPU per delivered packet (flooded).
+    pub cpu_ns: Option<f64>,
+    /// Best delivered rate over the paced sweep.
+    pub paced_mpps: Option<f64>,
+    /// The paced sweep, step by step.
+    pub sweep: Vec<SweepStep>,
+    /// Frames at the sink that were not the generator's (ARP, IPv6, ...).
+    pub other_frames: u64,
+    /// eBPF planes: what the programs did during the flooded window, by
+    /// outcome (packets).
+    pub outcomes: Vec<(String, u64)>,
+}
+
+/// One rate of the paced sweep.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SweepStep {
+    /// The rate the generator was told to send.
+    pub target_mpps: f64,
+    /// What it sent (its pacer cannot catch up after a stall of more than
+    /// 32 frame gaps).
+    pub sent_mpps: f64,
+    /// Delivered at the sink.
+    pub mpps: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(v: &[f64]) -> Option<Stat> {
+        if v.is_empty() {
+            return None;
+        }
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let n = s.len();
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: s[0],
+            max: s[n - 1],
+        })
+    }
+}
+
+/// A case on a data plane over all rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    pub plane: Option<Plane>,
+    pub case: Case,
+    pub runs: usize,
+    pub mpps: Stat,
+    pub paced_mpps: Option<Stat>,
+    pub cpu_ns: Option<Stat>,
+    /// Outcomes other than forwarded, summed over rounds, as a share of
+    /// all the programs saw.
+    pub not_forwarded: Vec<(String, f64)>,
+}
+
+fn plane_name(p: Option<Plane>) -> &'static str {
+    p.map_or("rig", Plane::name)
+}
+
+pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
+    let mut keys: Vec<(Case, Option<Plane>)> = samples.iter().map(|s| (s.case, s.plane)).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|(case, plane)| {
+            let ss: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.case == case && s.plane == plane)
+                .collect();
+            let v = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
+                ss.iter().filter_map(|s| f(s)).collect()
+            };
+            let mut totals: Vec<(String, u64)> = Vec::new();
+            for s in &ss {
+                for (k, n) in &s.outcomes {
+                    match totals.iter_mut().find(|(t, _)| t == k) {
+                        Some(t) => t.1 += n,
+                        None => totals.push((k.clone(), *n)),
+                    }
+                }
+            }
+            let all: u64 = totals
+                .iter()
+                .filter(|(k, _)| k != "xdp->tc")
+                .map(|t| t.1)
+                .sum();
+            let not_forwarded = totals
+                .iter()
+                .filter(|(k, _)| !k.starts_with("forwarded/") && k != "xdp->tc")
+                .map(|(k, n)| (k.clone(), *n as f64 / all.max(1) as f64))
+                .collect();
+            CaseResult {
+                plane,
+                case,
+                runs: ss.len(),
+                mpps: Stat::of(&v(&|s| Some(s.mpps))).expect("at least one sample"),
+                paced_mpps: Stat::of(&v(&|s| s.paced_mpps)),
+                cpu_ns: Stat::of(&v(&|s| s.cpu_ns)),
+                not_forwarded,
+            }
+        })
+        .collect()
+}
+
+fn range(s: &Stat) -> String {
+    format!("{:.2} ({:.2}-{:.2})", s.median, s.min, s.max)
+}
+
+/// The terminal table.
+pub fn table(results: &[CaseResult], opts: &Opts) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nMpps delivered at the sink: median (min-max) of {} rounds; {}-byte frames; \
+         router CPU = busy time of CPU {} per packet",
+        opts.rounds,
+        opts.frame + 4,
+        opts.router_cpu
+    );
+    let _ = writeln!(
+        out,
+        "{:<14} {:<9} {:<22} {:<22} {:>12}  notes",
+        "case", "plane", "flooded Mpps", "paced best Mpps", "router CPU"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(92));
+    let mut last = None;
+    for r in results {
+        if last.is_some() && last != Some(r.case) {
+            let _ = writeln!(out);
+        }
+        last = Some(r.case);
+        let notes: Vec<String> = r
+            .not_forwarded
+            .iter()
+            .filter(|(_, f)| *f >= 0.001)
+            .map(|(k, f)| format!("{k} {:.1}%", f * 100.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<14} {:<9} {:<22} {:<22} {:>12}  {}",
+            r.case.name(),
+            plane_name(r.plane),
+            range(&r.mpps),
+            r.paced_mpps.as_ref().map_or("-".into(), range),
+            r.cpu_ns
+                .as_ref()
+                .map_or("-".into(), |c| format!("{:.0} ns/pkt", c.median)),
+            notes.join(", ")
+        );
+    }
+    out
+}
+
+/// Everything as JSON: the options, the medians and every sample.
+pub fn json(results: &[CaseResult], samples: &[Sample], opts: &Opts) -> Result<String> {
+    let v = json!({
+        "machine": {
+            "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default().trim(),
+        },
+        "options": {
+            "rounds": opts.rounds,
+            "duration_s": opts.duration,
+            "sweep_steps": opts.sweep,
+            "frame_bytes": opts.frame + 4,
+            "gen_cpu": opts.gen_cpu,
+            "router_cpu": opts.router_cpu,
+            "sink_cpu": opts.sink_cpu(),
+        },
+        "results": results,
+        "samples": samples,
+    });
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
+fn color(p: Option<Plane>) -> &'static str {
+    match p {
+        None => "#2ca02c",
+        Some(Plane::Xdp) => "#1f77b4",
+        Some(Plane::Tc) => "#ff7f0e",
+        Some(Plane::Iptables) => "#d62728",
+        Some(Plane::Kernel) => "#7f7f7f",
+    }
+}
+
+/// A grouped bar chart: one group per case, one bar per data plane (the
+/// flooded median, whiskers min-max), a dot for the paced median.
+pub fn svg(results: &[CaseResult]) -> String {
+    let mut cases: Vec<Case> = results.iter().map(|r| r.case).collect();
+    cases.dedup();
+    let bar = 22.0;
+    let gap = 26.0;
+    let (left, top, height) = (60.0, 40.0, 300.0);
+    let groups: Vec<(Case, Vec<&CaseResult>)> = cases
+        .iter()
+        .map(|c| (*c, results.iter().filter(|r| r.case == *c).collect()))
+        .collect();
+    let width: f64 = left
+        + groups
+            .iter()
+            .map(|(_, rs)| rs.len() as f64 * bar + gap)
+            .sum::<f64>()
+        + 20.0;
+    let ymax = results
+        .iter()
+        .map(|r| r.mpps.max.max(r.paced_mpps.map_or(0.0, |p| p.max)))
+        .fold(0.5f64, f64::max);
+    let ymax = (ymax * 1.1).ceil();
+    let y = |v: f64| top + height - v / ymax * height;
+    let mut s = String::new();
+    let total_w = width.max(420.0);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{total_w:.0}" height="{:.0}" font-family="sans-serif" font-size="11">"#,
+        top + height + 90.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="14">xrouter bench: Mpps delivered per data plane (bar: flooded median, whiskers: min-max, dot: paced best)</text>"#
+    );
+    let step = if ymax > 8.0 { 2.0 } else { 1.0 };
+    let mut t = 0.0;
+    while t <= ymax + 1e-9 {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{:.0}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{t}</text>"##,
+            width - 10.0,
+            y(t),
+            y(t),
+            left - 6.0,
+            y(t) + 4.0
+        );
+        t += step;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{:.0}" transform="rotate(-90 14 {:.0})" text-anchor="middle">Mpps</text>"#,
+        top + height / 2.0,
+        top + height / 2.0
+    );
+    let mut x = left + gap / 2.0;
+    for (case, rs) in &groups {
+        let gx = x;
+        for r in rs {
+            let c = color(r.plane);
+            let h = y(0.0) - y(r.mpps.median);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{c}"><title>{} {}: {:.2} Mpps ({:.2}-{:.2})</title></rect>"#,
+                y(r.mpps.median),
+                bar - 3.0,
+                plane_name(r.plane),
+                case.name(),
+                r.mpps.median,
+                r.mpps.min,
+                r.mpps.max
+            );
+            let cx = x + (bar - 3.0) / 2.0;
+            let _ = writeln!(
+                s,
+                r#"<line x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}" stroke="black"/>"#,
+                y(r.mpps.min),
+                y(r.mpps.max)
+            );
+            if let Some(p) = r.paced_mpps {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{cx:.1}" cy="{:.1}" r="3.5" fill="white" stroke="{c}" stroke-width="2"><title>paced best {:.2} Mpps</title></circle>"#,
+                    y(p.median),
+                    p.median
+                );
+            }
+            let _ = writeln!(
+                s,
+                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="9">{:.1}</text>"#,
+                y(r.mpps.median) - 4.0,
+                r.mpps.median
+            );
+            x += bar;
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            (gx + x) / 2.0,
+            top + height + 16.0,
+            case.name()
+        );
+        x += gap;
+    }
+    let mut lx = left;
+    let ly = top + height + 45.0;
+    let mut planes: Vec<Option<Plane>> = results.iter().map(|r| r.plane).collect();
+    planes.sort();
+    planes.dedup();
+    for p in planes {
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx:.0}" y="{:.0}" width="12" height="12" fill="{}"/><text x="{:.0}" y="{:.0}">{}</text>"#,
+            ly - 10.0,
+            color(p),
+            lx + 16.0,
+            ly,
+            plane_name(p)
+        );
+        lx += 90.0;
+    }
+    s.push_str("</svg>\n");
+    s
+}

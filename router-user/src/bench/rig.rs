@@ -1,0 +1,657 @@
+//! The rigs and one measurement.
+//!
+//! [`RouterRig`]: a node namespace where `xrouter run` builds the router
+//! from a routers file (as `tests/src/rig.rs` does): internal networks A
+//! (10.91.1.0/24) and B (10.91.2.0/24), external network 172.31.91.0/24
+//! (gateway 172.31.91.1, router 172.31.91.10, floating IP 172.31.91.100 ->
+//! 10.91.2.100). The generator, in the node namespace, redirects its frames
+//! straight into the tap of the ingress port (as a NIC hands frames to the
+//! port; the bridge is not crossed); the sink is an XDP program on the tap of
+//! the egress port (on the eBPF planes it takes over the `xr_pass` link
+//! xrouter pinned there). Next hops are permanent neighbour entries in the
+//! router namespace: nothing answers ARP, nothing leaves the rig.
+//!
+//! [`RawRig`]: the rig's own ceilings, without a router: generator straight
+//! into a veth whose peer is the sink, and a bare XDP_REDIRECT between two
+//! veths.
+//!
+//! Everything is removed in Drop, also on error and interruption.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use router_common::bench::GenConfig;
+
+use super::{
+    Case, Opts, Plane, Sample,
+    cpu::{self, busy_ns},
+    nap,
+    progs::{PROG_PASS, PROG_REDIRECT, PROG_SINK, Progs, in_ns},
+    report::SweepStep,
+};
+use crate::netns;
+
+const NET_A: &str = "10.91.1";
+const NET_B: &str = "10.91.2";
+const EXT: &str = "172.31.91";
+/// An external host, beyond the external gateway (never reached: the sink
+/// takes every frame at the tap).
+const REMOTE: [u8; 4] = [198, 18, 0, 1];
+const MAC_GW: &str = "02:00:00:00:91:01";
+const MAC_VM: &str = "02:00:00:00:92:14";
+const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x90, 0x01];
+
+fn ip4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>()
+        .expect("literal address")
+        .octets()
+}
+
+/// A unique tag per rig: the process id and a sequence number.
+fn tag() -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:04x}{:x}", std::process::id() & 0xffff, n & 0xf)
+}
+
+/// `ip ARGS` (with `-n NS` when given); error with its stderr.
+fn ip(ns: Option<&str>, args: &str) -> Result<()> {
+    let mut c = Command::new("ip");
+    if let Some(ns) = ns {
+        c.args(["-n", ns]);
+    }
+    c.args(args.split_whitespace()).stdin(Stdio::null());
+    let out = c.output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn ifindex(ns: &str, dev: &str) -> Result<u32> {
+    let d = dev.to_string();
+    in_ns(ns, move || nix::net::if_::if_nametoindex(d.as_str()))?
+        .with_context(|| format!("device {dev} in {ns}"))
+}
+
+/// What a measurement needs to know of the rig.
+struct Target<'a> {
+    /// Namespace the generator runs in (its target's).
+    ns: &'a str,
+    cfg: GenConfig,
+    /// Devices whose NAPI threads go to the router's CPU.
+    napi: &'a [String],
+    /// Devices whose NAPI threads go to the sink's CPU.
+    sink_napi: &'a [String],
+    /// For the eBPF planes: (pin dir, router id) of the outcome counters.
+    counters: Option<(&'a Path, &'a str)>,
+}
+
+#[derive(Default)]
+struct Snap {
+    t: Option<Instant>,
+    sink: u64,
+    other: u64,
+    sent: u64,
+    busy: u64,
+    outcomes: Vec<(String, u64)>,
+}
+
+fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
+    let outcomes = match t.counters {
+        Some((dir, id)) => crate::ebpf::pinned::counters(dir, id)?
+            .into_iter()
+            .map(|(o, c)| (o.name().to_string(), c.packets))
+            .collect(),
+        None => vec![],
+    };
+    let s = progs.sink()?;
+    Ok(Snap {
+        t: Some(Instant::now()),
+        sink: s.packets,
+        other: s.other,
+        sent: progs.gen_state()?.sent,
+        busy: busy_ns(cpu)?,
+        outcomes,
+    })
+}
+
+/// Delivered and offered packets per second, CPU ns per packet, outcomes.
+struct Window {
+    pps: f64,
+    offered: f64,
+    cpu_ns: Option<f64>,
+    other: u64,
+    outcomes: Vec<(String, u64)>,
+}
+
+fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window> {
+    let a = snap(progs, t, opts.router_cpu)?;
+    nap(d)?;
+    let b = snap(progs, t, opts.router_cpu)?;
+    let dt = (b.t.unwrap() - a.t.unwrap()).as_secs_f64();
+    let n = b.sink - a.sink;
+    let outcomes = b
+        .outcomes
+        .iter()
+        .zip(&a.outcomes)
+        .map(|((k, x), (_, y))| (k.clone(), x - y))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    Ok(Window {
+        pps: n as f64 / dt,
+        offered: (b.sent - a.sent) as f64 / dt,
+        cpu_ns: (n > 0).then(|| (b.busy - a.busy) as f64 / n as f64),
+        other: b.other - a.other,
+        outcomes,
+    })
+}
+
+fn pin_all(t: &Target, opts: &Opts) -> Result<()> {
+    cpu::pin_napi(t.napi, opts.router_cpu)?;
+    cpu::pin_napi(t.sink_napi, opts.sink_cpu())?;
+    Ok(())
+}
+
+/// Runs one case: warm-up, the flooded window, then the paced sweep.
+fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sample> {
+    let mut cfg = t.cfg;
+    cfg.gap_ns = 0;
+    progs.set_gen(&cfg)?;
+    pin_all(t, opts)?;
+    let run = progs.start(t.ns, opts.gen_cpu, opts.frame)?;
+    let r = (|| -> Result<Sample> {
+        nap(Duration::from_millis(400))?;
+        Progs::check(&run)?;
+        // The threads may have been re-created by the first frames.
+        pin_all(t, opts)?;
+        nap(Duration::from_millis(200))?;
+        let dur = Duration::from_secs_f64(opts.duration);
+        let w = window(progs, t, opts, dur)?;
+        Progs::check(&run)?;
+        let mut paced = Vec::new();
+        let n = opts.sweep;
+        if n > 0 && w.pps > 10_000.0 {
+            let step = dur / 3;
+            for k in 0..n {
+                let f = if n == 1 {
+                    1.0
+                } else {
+                    0.9 * (2.6f64 / 0.9).powf(k as f64 / (n - 1) as f64)
+                };
+                let rate = w.pps * f;
+                cfg.gap_ns = (1e9 / rate).max(1.0) as u64;
+                progs.set_gen(&cfg)?;
+                nap(Duration::from_millis(150))?;
+                let p = window(progs, t, opts, step)?;
+                paced.push(SweepStep {
+                    target_mpps: rate / 1e6,
+                    sent_mpps: p.offered / 1e6,
+                    mpps: p.pps / 1e6,
+                });
+            }
+        }
+        Ok(Sample {
+            round: 0,
+            plane: None,
+            case,
+            mpps: w.pps / 1e6,
+            offered_mpps: w.offered / 1e6,
+            cpu_ns: w.cpu_ns,
+            paced_mpps: paced
+                .iter()
+                .map(|p| p.mpps)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+            sweep: paced,
+            other_frames: w.other,
+            outcomes: w.outcomes,
+        })
+    })();
+    let stopped = progs.stop(run);
+    let s = r?;
+    stopped?;
+    Ok(s)
+}
+
+/// The rig's ceilings: no router.
+pub struct RawRig {
+    ns: String,
+    tag: String,
+    napi: Vec<String>,
+    sink_napi: Vec<String>,
+}
+
+impl RawRig {
+    pub fn new(progs: &mut Progs, opts: &Opts) -> Result<RawRig> {
+        let tag = tag();
+        let mut rig = RawRig {
+            ns: format!("xrb-{tag}-raw"),
+            tag: tag.clone(),
+            napi: vec![],
+            sink_napi: vec![],
+        };
+        netns::create(&rig.ns)?;
+        let ns = Some(rig.ns.as_str());
+        ip(ns, "link set lo up")?;
+        for (a, b) in [("c0", "c1"), ("b0", "b1"), ("b2", "b3")] {
+            ip(
+                ns,
+                &format!("link add {} type veth peer name {}", rig.dev(a), rig.dev(b)),
+            )?;
+            ip(ns, &format!("link set {} up", rig.dev(a)))?;
+            ip(ns, &format!("link set {} up", rig.dev(b)))?;
+        }
+        progs.attach(PROG_SINK, &rig.ns, &rig.dev("c1"))?;
+        progs.attach(PROG_SINK, &rig.ns, &rig.dev("b3"))?;
+        progs.attach(PROG_REDIRECT, &rig.ns, &rig.dev("b1"))?;
+        progs.set_redirect(ifindex(&rig.ns, &rig.dev("b2"))?)?;
+        rig.napi = vec![rig.dev("b1")];
+        rig.sink_napi = vec![rig.dev("c1"), rig.dev("b3")];
+        cpu::threaded(&rig.ns, &rig.napi)?;
+        cpu::threaded(&rig.ns, &rig.sink_napi)?;
+        cpu::pin_napi(&rig.napi, opts.router_cpu)?;
+        cpu::pin_napi(&rig.sink_napi, opts.sink_cpu())?;
+        Ok(rig)
+    }
+
+    fn dev(&self, d: &str) -> String {
+        format!("xb{}{d}", self.tag)
+    }
+
+    pub fn measure(&mut self, progs: &mut Progs, case: Case, opts: &Opts) -> Result<Sample> {
+        let into = match case {
+            Case::Ceiling => "c0",
+            Case::BareRedirect => "b0",
+            _ => bail!("{} is not a rig case", case.name()),
+        };
+        let cfg = GenConfig {
+            dst_mac: [0x02, 0, 0, 0, 0x91, 0x02],
+            src_mac: GEN_MAC,
+            src: ip4("10.90.0.1"),
+            dst: ip4("10.90.0.2"),
+            sport: 10000,
+            dport: 5001,
+            flows: 1,
+            nports: 1,
+            ifindex: ifindex(&self.ns, &self.dev(into))?,
+            frame_len: opts.frame,
+            ttl: 64,
+            _pad: 0,
+            gap_ns: 0,
+        };
+        let t = Target {
+            ns: &self.ns,
+            cfg,
+            napi: &self.napi,
+            sink_napi: &self.sink_napi,
+            counters: None,
+        };
+        measure(progs, &t, case, opts)
+    }
+
+    pub fn teardown(self, progs: &mut Progs) {
+        progs.detach_all();
+        drop(self);
+    }
+}
+
+impl Drop for RawRig {
+    fn drop(&mut self) {
+        let _ = netns::delete(&self.ns);
+    }
+}
+
+/// A router built by xrouter on one data plane.
+pub struct RouterRig {
+    plane: Plane,
+    tag: String,
+    node: String,
+    dir: PathBuf,
+    pin_dir: PathBuf,
+    bin: PathBuf,
+    daemon: Option<Child>,
+    napi: Vec<String>,
+    sink_napi: Vec<String>,
+}
+
+/// The router's ports: A and B internal, G the gateway.
+#[derive(Clone, Copy)]
+enum Port {
+    A,
+    B,
+    G,
+}
+
+impl RouterRig {
+    fn router_id(&self) -> String {
+        format!("xrb-{}", self.tag)
+    }
+    fn router_ns(&self) -> String {
+        crate::model::namespace_of(&self.router_id())
+    }
+    /// Port IDs start with 7 distinct characters: device names (qr-/qg-/tap
+    /// + 11 of the ID) then differ within the 10 that NAPI thread names keep.
+    fn port_id(&self, p: Port) -> String {
+        let c = match p {
+            Port::A => 'a',
+            Port::B => 'b',
+            Port::G => 'g',
+        };
+        format!("b{c}{}-0000-4000-8000-00000000000{c}", self.tag)
+    }
+    fn dev(&self, p: Port) -> String {
+        let id = self.port_id(p);
+        match p {
+            Port::G => format!("qg-{}", &id[..11]),
+            _ => format!("qr-{}", &id[..11]),
+        }
+    }
+    fn tap(&self, p: Port) -> String {
+        format!("tap{}", &self.port_id(p)[..11])
+    }
+    fn port_mac(p: Port) -> [u8; 6] {
+        match p {
+            Port::A => [0xfa, 0x16, 0x3e, 0x91, 0, 0x0a],
+            Port::B => [0xfa, 0x16, 0x3e, 0x91, 0, 0x0b],
+            Port::G => [0xfa, 0x16, 0x3e, 0x91, 0, 0x0c],
+        }
+    }
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    fn routers_json(&self) -> String {
+        let m = |p: Port| {
+            Self::port_mac(p)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let port = |p: Port, net: &str, addr: &str, cidr: &str, gw: &str| {
+            format!(
+                r#"{{"id": "{id}", "mac_address": "{mac}", "mtu": 1500, "network_id": "{net}-{tag}",
+  "fixed_ips": [{{"ip_address": "{addr}", "prefixlen": 24, "subnet_id": "s-{net}"}}],
+  "subnets": [{{"id": "s-{net}", "cidr": "{cidr}", "gateway_ip": "{gw}"}}], "extra_subnets": []}}"#,
+                id = self.port_id(p),
+                mac = m(p),
+                tag = self.tag,
+            )
+        };
+        format!(
+            r#"[{{"id": "{id}", "admin_state_up": true, "enable_snat": true, "routes": [],
+  "gw_port": {g},
+  "_interfaces": [{a}, {b}],
+  "_floatingips": [{{"id": "fip-{tag}", "floating_ip_address": "{EXT}.100",
+                     "fixed_ip_address": "{NET_B}.100", "status": "DOWN"}}]
+}}]"#,
+            id = self.router_id(),
+            tag = self.tag,
+            g = port(
+                Port::G,
+                "ne",
+                &format!("{EXT}.10"),
+                &format!("{EXT}.0/24"),
+                &format!("{EXT}.1")
+            ),
+            a = port(
+                Port::A,
+                "na",
+                &format!("{NET_A}.1"),
+                &format!("{NET_A}.0/24"),
+                &format!("{NET_A}.1")
+            ),
+            b = port(
+                Port::B,
+                "nb",
+                &format!("{NET_B}.1"),
+                &format!("{NET_B}.0/24"),
+                &format!("{NET_B}.1")
+            ),
+        )
+    }
+
+    pub fn new(progs: &mut Progs, plane: Plane, opts: &Opts, bin: &Path) -> Result<RouterRig> {
+        let tag = tag();
+        let dir = std::env::temp_dir().join(format!("xrouter-bench-{tag}"));
+        let mut rig = RouterRig {
+            plane,
+            node: format!("xrb-{tag}-node"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xrb-{tag}")),
+            dir,
+            tag,
+            bin: bin.to_path_buf(),
+            daemon: None,
+            napi: vec![],
+            sink_napi: vec![],
+        };
+        std::fs::create_dir_all(&rig.dir)?;
+        std::fs::write(rig.dir.join("routers.json"), rig.routers_json())?;
+        let dataplane = match plane {
+            Plane::Xdp => "xdp",
+            Plane::Tc => "tc",
+            Plane::Iptables | Plane::Kernel => "iptables",
+        };
+        std::fs::write(
+            rig.config_path(),
+            format!(
+                "state_dir = {:?}\npin_dir = {:?}\ndataplane = \"{dataplane}\"\n\
+                 resync_interval = 3600\nsend_garp = false\nconntrack_size = 262144\n",
+                rig.dir.join("state"),
+                rig.pin_dir,
+            ),
+        )?;
+        netns::create(&rig.node)?;
+        ip(Some(&rig.node), "link set lo up")?;
+        rig.start_daemon()?;
+        rig.prepare(progs, opts)
+            .with_context(|| format!("daemon log:\n{}", rig.log_tail()))?;
+        Ok(rig)
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn start_daemon(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("daemon.log"))?;
+        let mut c = Command::new(&self.bin);
+        c.arg("--config")
+            .arg(self.config_path())
+            .arg("run")
+            .arg("--routers")
+            .arg(self.dir.join("routers.json"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        netns::command_in(&self.node, &mut c)?;
+        self.daemon = Some(
+            c.spawn()
+                .with_context(|| format!("starting {}", self.bin.display()))?,
+        );
+        let sock = self.dir.join("state").join("xrouter.sock");
+        let t0 = Instant::now();
+        while !sock.exists() {
+            if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|d| d.try_wait()) {
+                self.daemon = None;
+                bail!("xrouter run exited ({st}):\n{}", self.log_tail());
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "xrouter run did not come up within 30 s:\n{}",
+                    self.log_tail()
+                );
+            }
+            nap(Duration::from_millis(50))?;
+        }
+        Ok(())
+    }
+
+    /// Neighbours, the ruleset of the kernel plane, programs, NAPI threads.
+    fn prepare(&mut self, progs: &mut Progs, opts: &Opts) -> Result<()> {
+        let rns = self.router_ns();
+        let ports = [Port::A, Port::B, Port::G];
+        for p in ports {
+            ifindex(&rns, &self.dev(p))?;
+            ifindex(&self.node, &self.tap(p))?;
+        }
+        if self.plane == Plane::Kernel {
+            // Neutron's rules gone: no netfilter hook, no conntrack (nft
+            // backend; iptables-legacy would keep its hooks).
+            let out = Command::new("ip")
+                .args(["netns", "exec", &rns, "nft", "flush", "ruleset"])
+                .stdin(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "nft flush ruleset: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        for (addr, dev, m) in [
+            (format!("{NET_B}.20"), self.dev(Port::B), MAC_VM),
+            (format!("{NET_B}.100"), self.dev(Port::B), MAC_VM),
+            (format!("{EXT}.1"), self.dev(Port::G), MAC_GW),
+        ] {
+            ip(
+                Some(&rns),
+                &format!("neigh replace {addr} lladdr {m} dev {dev} nud permanent"),
+            )?;
+        }
+        if self.plane != Plane::Xdp {
+            // Frames redirected into a veth need an XDP program on its peer
+            // (xr_xdp is that program on the xdp plane).
+            for p in ports {
+                progs.attach(PROG_PASS, &rns, &self.dev(p))?;
+            }
+        }
+        if matches!(self.plane, Plane::Xdp | Plane::Tc) {
+            // The daemon mirrors neighbours every second.
+            nap(Duration::from_millis(1500))?;
+        }
+        let links = self.pin_dir.join(self.router_id()).join("links");
+        for p in [Port::B, Port::G] {
+            let pin = links.join(format!("{}_pass", self.tap(p)));
+            if pin.exists() {
+                progs.take_over(PROG_SINK, &pin)?;
+            } else {
+                progs.attach(PROG_SINK, &self.node, &self.tap(p))?;
+            }
+        }
+        let routed: Vec<String> = ports.iter().map(|p| self.dev(*p)).collect();
+        cpu::threaded(&rns, &routed)?;
+        let sinks = vec![self.tap(Port::B), self.tap(Port::G)];
+        cpu::threaded(&self.node, &sinks)?;
+        cpu::pin_napi(&routed, opts.router_cpu)?;
+        cpu::pin_napi(&sinks, opts.sink_cpu())?;
+        self.napi = routed;
+        self.sink_napi = sinks;
+        Ok(())
+    }
+
+    pub fn measure(&mut self, progs: &mut Progs, case: Case, opts: &Opts) -> Result<Sample> {
+        // (ingress, source, destination, flows, ports per source address)
+        let vm_a = ip4(&format!("{NET_A}.10"));
+        let (into, src, dst, flows, nports) = match case {
+            Case::EastWest => (Port::A, vm_a, ip4(&format!("{NET_B}.20")), 1, 1),
+            Case::EastWest1k => (Port::A, vm_a, ip4(&format!("{NET_B}.20")), 1000, 1000),
+            Case::Snat1 => (Port::A, vm_a, REMOTE, 1, 1),
+            Case::Snat1k => (Port::A, vm_a, REMOTE, 1000, 1000),
+            Case::Snat64k => (Port::A, vm_a, REMOTE, 64000, 16000),
+            Case::DnatIn => (Port::G, REMOTE, ip4(&format!("{EXT}.100")), 1000, 1000),
+            Case::FipOut => (Port::B, ip4(&format!("{NET_B}.100")), REMOTE, 1000, 1000),
+            Case::Ceiling | Case::BareRedirect => bail!("{} is a rig case", case.name()),
+        };
+        let cfg = GenConfig {
+            dst_mac: Self::port_mac(into),
+            src_mac: GEN_MAC,
+            src,
+            dst,
+            sport: 10000,
+            dport: 5001,
+            flows,
+            nports,
+            ifindex: ifindex(&self.node, &self.tap(into))?,
+            frame_len: opts.frame,
+            ttl: 64,
+            _pad: 0,
+            gap_ns: 0,
+        };
+        let id = self.router_id();
+        let t = Target {
+            ns: &self.node,
+            cfg,
+            napi: &self.napi,
+            sink_napi: &self.sink_napi,
+            counters: matches!(self.plane, Plane::Xdp | Plane::Tc)
+                .then_some((self.pin_dir.as_path(), id.as_str())),
+        };
+        measure(progs, &t, case, opts)
+    }
+
+    pub fn teardown(self, progs: &mut Progs) {
+        progs.detach_all();
+        drop(self);
+    }
+
+    fn stop_daemon(&mut self) {
+        let Some(mut d) = self.daemon.take() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.id() as i32),
+            nix::sys::signal::SIGTERM,
+        );
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = d.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+}
+
+impl Drop for RouterRig {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        // `xrouter cleanup` in the node namespace, bounded.
+        let mut c = Command::new(&self.bin);
+        c.arg("--config")
+            .arg(self.config_path())
+            .arg("cleanup")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if netns::command_in(&self.node, &mut c).is_ok()
+            && let Ok(mut child) = c.spawn()
+        {
+            let t0 = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if t0.elapsed() > Duration::from_secs(20) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        let _ = netns::delete(&self.router_ns());
+        let _ = netns::delete(&self.node);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

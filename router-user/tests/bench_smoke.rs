@@ -1,0 +1,94 @@
+//! `xrouter bench` in its smallest configuration: one case (east-west on the
+//! xdp plane), one round, half a second, no sweep. Proves the rig, the
+//! generator, the sink and the outputs work; says nothing about speed.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+#[test]
+fn bench_runs_one_case_and_writes_json_and_svg() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: xrouter bench needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("xrb-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let svg = dir.join("bench.svg");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xrouter"))
+        .args([
+            "bench",
+            "--planes",
+            "xdp",
+            "--cases",
+            "east-west",
+            "--rounds",
+            "1",
+            "--duration",
+            "0.5",
+            "--sweep",
+            "0",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning xrouter bench");
+    // The rig's names carry the bench's process id (4 hex digits).
+    let tag = format!("{:04x}", child.id() & 0xffff);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("xrouter bench did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.success(),
+        "xrouter bench failed:\n{stdout}\n{stderr}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = &v["results"][0];
+    assert_eq!(r["case"], "east-west", "{v}");
+    assert_eq!(r["plane"], "xdp", "{v}");
+    assert!(
+        r["mpps"]["median"].as_f64().unwrap() > 0.0,
+        "nothing reached the sink: {v}"
+    );
+    let s = &v["samples"][0];
+    let fwd = s["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o[0] == "forwarded/xdp")
+        .and_then(|o| o[1].as_u64())
+        .unwrap_or(0);
+    assert!(fwd > 0, "XDP forwarded nothing: {s}");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    assert!(stdout.contains("east-west"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Nothing of the rig is left.
+    let left: Vec<String> = router_user::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| {
+            n.starts_with(&format!("xrb-{tag}")) || n.starts_with(&format!("qrouter-xrb-{tag}"))
+        })
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
