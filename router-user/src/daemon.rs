@@ -283,6 +283,8 @@ fn summary(ch: &Changes) -> String {
 
 /// Runs the daemon in the foreground.
 pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
+    // A bad routers file is refused before anything is created.
+    read_routers(&routers_file)?;
     let dataplane = resolve_dataplane(node.dataplane)?;
     let socket = node.socket_path();
     crate::state::ensure_private_dir(&node.state_dir)?;

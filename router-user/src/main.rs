@@ -92,7 +92,7 @@ enum Cmd {
     /// Build a sandbox with the article's topology, run its experiments,
     /// print what each showed, and tear it down.
     Demo {
-        /// Leave the sandbox in place for a look (remove it with --cleanup-demo).
+        /// Leave the sandbox in place for a look (it prints how to remove it).
         #[arg(long)]
         keep: bool,
         /// Data plane to demonstrate.
