@@ -16,7 +16,7 @@ use router_common::{
         TCP_FIN, TCP_NONE, TCP_SYN_SENT,
     },
     counters::Outcome,
-    port::{PortInfo, ROLE_GATEWAY},
+    port::{PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
 };
 
 use super::{
@@ -115,20 +115,48 @@ pub fn route_translated(pkt: &Pkt, src: u32, dst: u32) -> Result<Flow, Verdict> 
 
 #[inline(always)]
 pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
+    // From an inside port, route first: traffic between internal ports is
+    // never translated (Neutron's east-west rule), so it needs no state, and
+    // a known connection whose destination is not rewritten reuses the route.
+    let pre = if ingress.role == ROLE_INTERNAL {
+        route_to(pkt, pkt.dst).ok()
+    } else {
+        None
+    };
+    if let Some((egress, nexthop, port)) = pre
+        && port.role == ROLE_INTERNAL
+    {
+        if let Some(v) = super::classify::for_router(pkt, ingress) {
+            return Err(v);
+        }
+        return Ok(Flow {
+            src: pkt.src,
+            dst: pkt.dst,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            egress,
+            nexthop,
+            egress_mac: port.mac,
+        });
+    }
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(e) = maps::XR_CT.get_ptr_mut(&k) {
         // SAFETY: the entry stays valid while this program runs; concurrent
         // updates of last_seen/state are benign.
         let e = unsafe { &mut *e };
-        let (egress, nexthop, port) = route_to(pkt, u32::from_ne_bytes(e.new_dst))?;
+        let new_dst = u32::from_ne_bytes(e.new_dst);
+        let (egress, nexthop, port) = match pre {
+            Some(r) if new_dst == pkt.dst => r,
+            _ => route_to(pkt, new_dst)?,
+        };
         e.last_seen = now;
         if pkt.proto == PROTO_TCP {
             e.state = tcp_next(e.state, pkt.flags);
         }
         return Ok(Flow {
             src: u32::from_ne_bytes(e.new_src),
-            dst: u32::from_ne_bytes(e.new_dst),
+            dst: new_dst,
             sport: e.new_sport,
             dport: e.new_dport,
             egress,
