@@ -74,6 +74,8 @@ pub struct Engine {
     /// Neighbour event followers by router ID, with the inode of the
     /// namespace they listen in (a rebuilt namespace needs a new one).
     watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
+    /// The connection GC pass under way, if any.
+    gc_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Engine {
@@ -100,6 +102,7 @@ impl Engine {
             state,
             bpf: BTreeMap::new(),
             watchers: BTreeMap::new(),
+            gc_task: None,
         })
     }
 
@@ -175,23 +178,32 @@ impl Engine {
         Ok(())
     }
 
-    /// Mirrors neighbour tables into the maps and collects expired
-    /// connections (every second).
+    /// Mirrors neighbour tables into the maps (every second) and, when `gc`
+    /// (every ten), starts a pass collecting expired connections.
     pub async fn tick(&mut self, gc: bool) {
         let now = ebpf::monotonic_ns();
         for (id, b) in self.bpf.iter_mut() {
             if let Err(e) = b.sync_neighbours(&crate::model::namespace_of(id)).await {
                 tracing::debug!("router {id}: neighbours: {e:#}");
             }
-            if gc {
-                match b.gc(now) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::debug!("router {id}: {n} expired connection entries collected")
+        }
+        // GC walks whole tables (millions of entries on a busy node): it runs
+        // on a blocking thread, one pass at a time, never stalling reloads.
+        let idle = self.gc_task.as_ref().is_none_or(|t| t.is_finished());
+        if gc && idle {
+            let pin_dir = self.node.pin_dir.clone();
+            let ids: Vec<String> = self.bpf.keys().cloned().collect();
+            self.gc_task = Some(tokio::task::spawn_blocking(move || {
+                for id in ids {
+                    match ebpf::pinned::gc(&pin_dir, &id, now) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::debug!("router {id}: {n} expired connection entries collected")
+                        }
+                        Err(e) => tracing::warn!("router {id}: connection GC: {e:#}"),
                     }
-                    Err(e) => tracing::warn!("router {id}: connection GC: {e:#}"),
                 }
-            }
+            }));
         }
     }
 
@@ -350,7 +362,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             _ = int.recv() => break,
             _ = fast.tick(), if !engine.bpf.is_empty() => {
                 ticks += 1;
-                engine.tick(ticks.is_multiple_of(5)).await;
+                engine.tick(ticks.is_multiple_of(10)).await;
             }
             _ = tick.tick(), if node.resync_interval > 0 => {
                 if let Err(e) = engine.resync().await {

@@ -286,6 +286,31 @@ impl fmt::Display for Flow {
     }
 }
 
+/// Deletes the entries of `conns` whose `last_seen` did not move since
+/// the snapshot they come from.
+fn delete_idle<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    m: &mut aya::maps::HashMap<T, CtKey, CtEntry>,
+    conns: &[Conn],
+) -> Result<usize> {
+    let mut n = 0;
+    for c in conns {
+        let moved = c
+            .entries()
+            .any(|(k, e)| m.get(k, 0).is_ok_and(|now| now.last_seen != e.last_seen));
+        if moved {
+            continue;
+        }
+        for (k, _) in c.entries() {
+            match m.remove(k) {
+                Ok(()) => n += 1,
+                Err(e) if is_enoent(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(n)
+}
+
 impl BpfRouter {
     fn ct_map(&self) -> Result<&Map> {
         self.ebpf
@@ -313,23 +338,7 @@ impl BpfRouter {
     fn delete(&mut self, conns: &[Conn]) -> Result<usize> {
         let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
         let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-        let mut n = 0;
-        for c in conns {
-            let moved = c
-                .entries()
-                .any(|(k, e)| m.get(k, 0).is_ok_and(|now| now.last_seen != e.last_seen));
-            if moved {
-                continue;
-            }
-            for (k, _) in c.entries() {
-                match m.remove(k) {
-                    Ok(()) => n += 1,
-                    Err(e) if is_enoent(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(n)
+        delete_idle(&mut m, conns)
     }
 
     /// The tracked connections (those whose original-direction entry is
@@ -568,6 +577,20 @@ pub mod pinned {
             .collect();
         out.sort_by(|a, b| (&a.proto, a.orig).cmp(&(&b.proto, b.orig)));
         Ok(out)
+    }
+
+    /// Collects the expired connections of a router through its pinned
+    /// table (see `BpfRouter::gc`). Blocking and proportional to the table:
+    /// the daemon runs it off its event loop.
+    pub fn gc(pin_dir: &Path, router_id: &str, now_ns: u64) -> Result<usize> {
+        let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> =
+            aya::maps::HashMap::try_from(Map::LruHashMap(open(pin_dir, router_id, XR_CT)?))?;
+        let table: HashMap<CtKey, CtEntry> = m.iter().collect::<Result<_, _>>()?;
+        let doomed: Vec<_> = connections(&table)
+            .into_iter()
+            .filter(|c| c.expired(now_ns))
+            .collect();
+        super::delete_idle(&mut m, &doomed)
     }
 
     /// The outcome counters of a router, summed over CPUs.

@@ -486,6 +486,31 @@ fn gc_expires_idle_connections_only() {
     br.detach_and_unpin().unwrap();
 }
 
+/// The daemon's GC goes through the pinned table, off its event loop: same
+/// rules as `BpfRouter::gc`.
+#[test]
+fn gc_through_the_pinned_table() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut br = BpfRouter::load("gcpin", &pins.0, 100).unwrap();
+    let t0 = monotonic_ns();
+    let sec = 1_000_000_000;
+    let old = plain_pair("81.1.180.12", "192.168.1.15", 17, TCP_NONE, t0);
+    let fresh = plain_pair("81.1.180.13", "192.168.1.15", 17, TCP_NONE, t0 + 25 * sec);
+    for (k, e) in old.iter().chain(&fresh) {
+        br.ct_insert(k, e).unwrap();
+    }
+    assert_eq!(
+        super::pinned::gc(&pins.0, "gcpin", t0 + 31 * sec).unwrap(),
+        2
+    );
+    let left = br.ct_entries().unwrap();
+    assert!(left.contains_key(&fresh[0].0) && left.contains_key(&fresh[1].0) && left.len() == 2);
+    br.detach_and_unpin().unwrap();
+}
+
 #[test]
 fn flush_address_removes_its_connections() {
     if !can_run() {
