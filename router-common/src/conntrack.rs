@@ -54,4 +54,28 @@ pub struct CtEntry {
 
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 
-crate::pod!(CtKey, CtEntry);
+/// A fragmented datagram, by the fields every fragment carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// IPv4 identification, as on the wire.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The addresses the datagram's first fragment was translated to; the
+/// later fragments (no L4 header) get the same.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
+
+crate::pod!(CtKey, CtEntry, FragKey, FragEntry);

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use router_common::{
     config::{Ipv4, RouterConfig},
-    conntrack::{CtEntry, CtKey},
+    conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::{Counter, OUTCOME_COUNT, Outcome},
     port::{LocalAddr, Neigh, NeighKey, PortInfo},
     route::Route,
@@ -47,6 +47,11 @@ pub static XR_CONFIG: Array<RouterConfig, 1> = Array::new();
 /// at load time (default 2 x 1M connections).
 #[btf_map]
 pub static XR_CT: LruHashMap<CtKey, CtEntry, 65536> = LruHashMap::new();
+
+/// Fragmented datagrams in flight: the translation of their first fragment,
+/// for the later ones.
+#[btf_map]
+pub static XR_FRAG: LruHashMap<FragKey, FragEntry, 8192> = LruHashMap::new();
 
 /// Per-CPU packet and byte counters by outcome.
 #[btf_map]

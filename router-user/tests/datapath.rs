@@ -697,9 +697,9 @@ fn what_xdp_cannot_finish_goes_to_tc_and_the_kernel_untouched() {
                 },
             ),
             (
-                "fragment",
+                "fragment of a datagram whose first fragment was not seen",
                 Frame {
-                    frag: 0x2000,
+                    frag: 0x0003,
                     ..Frame::udp("81.1.180.12", 1, "192.168.1.15", 80)
                 },
             ),
@@ -1083,5 +1083,91 @@ fn no_fixed_address_leaves_the_gateway_port_of_a_natted_flow() {
                 }
             }
         }
+    });
+}
+
+/// Splits a frame's IPv4 datagram into two fragments at `at` bytes of
+/// payload (a multiple of 8), recomputing the IPv4 header checksums.
+fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
+    let (eth, ip_hdr, payload) = (&frame[..14], &frame[14..34], &frame[34..]);
+    let part = |data: &[u8], offset: usize, more: bool| {
+        let mut h = ip_hdr.to_vec();
+        h[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        let flags = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&flags.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let c = finish(sum16(&h));
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = eth.to_vec();
+        f.extend_from_slice(&h);
+        f.extend_from_slice(data);
+        f
+    };
+    (
+        part(&payload[..at], 0, true),
+        part(&payload[at..], at, false),
+    )
+}
+
+#[test]
+fn fragmented_datagrams_go_through_snat_and_dnat() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        for (ingress, f, want_src, want_dst) in [
+            (
+                r.qr1,
+                Frame::udp("81.1.180.12", 4000, "192.168.1.15", 53),
+                "192.168.1.110",
+                "192.168.1.15",
+            ),
+            (
+                r.qg,
+                Frame::udp("192.168.1.15", 4001, "192.168.1.104", 53).from(MAC_EXT, MAC_QG),
+                "192.168.1.15",
+                "91.1.180.14",
+            ),
+        ] {
+            let f = Frame {
+                payload: (0..40u8).collect(),
+                frag: 0,
+                ..f
+            };
+            let whole = f.bytes();
+            let (first, second) = fragments(&whole, 24);
+            let a = r.raw_xdp(ingress, &first);
+            let b = r.raw_xdp(ingress, &second);
+            assert_eq!((a.ret, b.ret), (XDP_REDIRECT, XDP_REDIRECT), "{want_dst}");
+            for o in [&a, &b] {
+                assert_eq!(o.src().to_string(), want_src);
+                assert_eq!(o.dst().to_string(), want_dst);
+                assert_eq!(o.ttl(), 63);
+                assert_eq!(finish(sum16(&o.frame[14..34])), 0, "IPv4 header checksum");
+            }
+            // The reassembled datagram's UDP checksum holds for the new addresses.
+            let mut udp = a.frame[34..].to_vec();
+            udp.extend_from_slice(&b.frame[34..]);
+            assert_eq!(
+                l4_sum(&a.frame[26..30], &a.frame[30..34], 17, &udp),
+                0,
+                "UDP checksum"
+            );
+            assert_eq!(&udp[8..], &f.payload[..], "payload intact");
+        }
+        // A later fragment of a datagram whose first was not seen: the kernel.
+        let f = Frame {
+            payload: (0..40u8).collect(),
+            ..Frame::udp("81.1.180.13", 4000, "192.168.1.15", 53)
+        };
+        let f = Frame { frag: 0, ..f }.bytes();
+        let mut lost = fragments(&f, 24).1;
+        lost[18] = 0x77; // another identification
+        let c = finish(sum16(&{
+            let mut h = lost[14..34].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        }));
+        lost[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(r.raw_xdp(r.qr1, &lost).ret, XDP_PASS);
     });
 }

@@ -44,7 +44,12 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
     if !P::TC && parse::partial_csum(p, &pkt) {
         return Verdict::ToTc;
     }
-    let (flow, quoted) = if pkt.proto == parse::PROTO_ICMP && parse::is_icmp_error(pkt.flags) {
+    let (flow, quoted) = if pkt.frag == parse::FRAG_LATER {
+        match track::fragment(&pkt) {
+            Ok(f) => (f, None),
+            Err(v) => return v,
+        }
+    } else if pkt.proto == parse::PROTO_ICMP && parse::is_icmp_error(pkt.flags) {
         match icmp_error::plan(p, &pkt, &ingress) {
             Ok(f) => f,
             Err(v) => return v,
@@ -64,6 +69,9 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             None => return Verdict::ToTc,
         }
     };
+    if pkt.frag == parse::FRAG_FIRST {
+        track::remember_fragments(&pkt, &flow);
+    }
     if let Some(q) = &quoted
         && let Err(v) = icmp_error::apply(p, &pkt, q)
     {

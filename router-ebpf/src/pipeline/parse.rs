@@ -52,9 +52,17 @@ pub struct Pkt {
     pub flags: u8,
     /// IPv4 total length (host order).
     pub tot_len: u16,
-    /// Offset of the L4 checksum field.
+    /// Offset of the L4 checksum field (0: none here, a later fragment).
     pub l4_csum: usize,
+    /// `FRAG_NONE`, `FRAG_FIRST` (offset 0, more to come) or `FRAG_LATER`.
+    pub frag: u8,
+    /// IPv4 identification (raw), for fragments.
+    pub ip_id: u16,
 }
+
+pub const FRAG_NONE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
 
 /// Parses the headers, or says what to do with a packet the fast path
 /// does not handle.
@@ -81,10 +89,13 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             return Err(Verdict::Drop(Outcome::DropMalformed));
         }
         let frag = u16::from_be_bytes([h[6], h[7]]);
-        if frag & 0x3fff != 0 {
-            // MF set or a non-zero offset: a fragment.
-            return Err(Verdict::Kernel(Outcome::KernelIpOptions));
-        }
+        let frag_kind = if frag & 0x1fff != 0 {
+            FRAG_LATER
+        } else if frag & 0x2000 != 0 {
+            FRAG_FIRST
+        } else {
+            FRAG_NONE
+        };
         let mut pkt = Pkt {
             src: *(p
                 .ptr::<u32>(IP_SRC)
@@ -99,7 +110,13 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             flags: 0,
             tot_len,
             l4_csum: 0,
+            frag: frag_kind,
+            ip_id: u16::from_ne_bytes([h[4], h[5]]),
         };
+        if frag_kind == FRAG_LATER {
+            // No L4 header: translated as its first fragment was.
+            return Ok(pkt);
+        }
         let l4_len = tot_len - 20;
         match pkt.proto {
             PROTO_TCP => {
@@ -137,12 +154,14 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
                 pkt.flags = (*i)[0];
-                if is_icmp_error(pkt.flags) {
+                if is_icmp_error(pkt.flags) && frag_kind == FRAG_NONE {
                     // The quoted packet is looked at by `icmp_error`.
                     pkt.l4_csum = L4_OFF + 2;
                     return Ok(pkt);
                 }
-                if pkt.flags != ICMP_ECHO_REQUEST && pkt.flags != ICMP_ECHO_REPLY {
+                if pkt.flags != ICMP_ECHO_REQUEST && pkt.flags != ICMP_ECHO_REPLY
+                    || is_icmp_error(pkt.flags)
+                {
                     return Err(Verdict::Kernel(Outcome::KernelProto));
                 }
                 let id = *(p
@@ -169,7 +188,9 @@ pub fn is_icmp_error(ty: u8) -> bool {
 /// for the receiver, so those packets take the TC path.
 #[inline(always)]
 pub fn partial_csum<P: Packet>(p: &P, pkt: &Pkt) -> bool {
-    if pkt.proto == PROTO_ICMP {
+    // Fragments always carry complete checksums (the kernel fragments only
+    // after computing them).
+    if pkt.proto == PROTO_ICMP || pkt.frag != FRAG_NONE {
         return false;
     }
     let Some(c) = p.ptr::<u16>(pkt.l4_csum) else {

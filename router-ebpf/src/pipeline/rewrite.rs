@@ -27,7 +27,8 @@ fn set_addr<P: Packet>(
     // SAFETY: bounds checked.
     unsafe { *f = new };
     p.fix_l3(IP_CSUM, old, new, 4).map_err(|_| BAD)?;
-    if pkt.proto != PROTO_ICMP {
+    // ICMP has no pseudo-header; a later fragment has no L4 header.
+    if pkt.proto != PROTO_ICMP && pkt.l4_csum != 0 {
         p.fix_l4(pkt.l4_csum, old, new, 4, true, pkt.proto == PROTO_UDP)
             .map_err(|_| BAD)?;
     }
@@ -68,7 +69,9 @@ pub fn rewrite<P: Packet>(
 ) -> Result<(), Verdict> {
     set_addr(p, pkt, IP_SRC, pkt.src, flow.src)?;
     set_addr(p, pkt, IP_DST, pkt.dst, flow.dst)?;
-    if pkt.proto == PROTO_ICMP {
+    if pkt.l4_csum == 0 {
+        // A later fragment: addresses only.
+    } else if pkt.proto == PROTO_ICMP {
         set_port(p, pkt, L4_OFF + 4, pkt.sport, flow.sport)?;
     } else {
         set_port(p, pkt, L4_OFF, pkt.sport, flow.sport)?;

@@ -12,8 +12,8 @@ use aya_ebpf::{
 use router_common::{
     config::{Ipv4, RouterConfig},
     conntrack::{
-        CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED,
-        TCP_FIN, TCP_NONE, TCP_SYN_SENT,
+        CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, FragEntry, FragKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED,
+        TCP_ESTABLISHED, TCP_FIN, TCP_NONE, TCP_SYN_SENT,
     },
     counters::Outcome,
     port::{PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
@@ -168,6 +168,45 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         return Err(v);
     }
     new_connection(pkt, ingress, now)
+}
+
+/// Records how a fragmented datagram's first fragment was translated.
+#[inline(always)]
+pub fn remember_fragments(pkt: &Pkt, flow: &Flow) {
+    let k = FragKey {
+        src: pkt.src.to_ne_bytes(),
+        dst: pkt.dst.to_ne_bytes(),
+        id: pkt.ip_id,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    let e = FragEntry {
+        new_src: flow.src.to_ne_bytes(),
+        new_dst: flow.dst.to_ne_bytes(),
+    };
+    let _ = maps::XR_FRAG.insert(&k, &e, BPF_ANY as u64);
+}
+
+/// A later fragment: the addresses its first fragment got. Unknown (the
+/// first went to the kernel, or has not arrived): the kernel reassembles.
+#[inline(always)]
+pub fn fragment(pkt: &Pkt) -> Result<Flow, Verdict> {
+    let k = FragKey {
+        src: pkt.src.to_ne_bytes(),
+        dst: pkt.dst.to_ne_bytes(),
+        id: pkt.ip_id,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    // SAFETY: plain data.
+    let Some(e) = (unsafe { maps::XR_FRAG.get(&k) }) else {
+        return Err(Verdict::Kernel(Outcome::KernelIpOptions));
+    };
+    route_translated(
+        pkt,
+        u32::from_ne_bytes(e.new_src),
+        u32::from_ne_bytes(e.new_dst),
+    )
 }
 
 #[inline(always)]

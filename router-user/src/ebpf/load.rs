@@ -11,7 +11,7 @@ use aya::{
 };
 use router_common::{
     config::{Ipv4, RouterConfig},
-    conntrack::{CtEntry, CtKey},
+    conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::Counter,
     port::{LocalAddr, Neigh, NeighKey, PortInfo},
     route::Route,
@@ -19,7 +19,7 @@ use router_common::{
 
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_XDP, XR_CONFIG,
-    XR_COUNTERS, XR_CT, XR_FIP, XR_FIP_REV, XR_LOCAL, XR_NEIGH, XR_PORTS, XR_ROUTES,
+    XR_COUNTERS, XR_CT, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL, XR_NEIGH, XR_PORTS, XR_ROUTES,
     remove_file_if_present, router_dir,
 };
 
@@ -43,6 +43,11 @@ fn shape(name: &str) -> Shape {
         XR_CONFIG => s(MapType::Array, 4, size_of::<RouterConfig>()),
         XR_CT => s(MapType::LruHash, size_of::<CtKey>(), size_of::<CtEntry>()),
         XR_COUNTERS => s(MapType::PerCpuArray, 4, size_of::<Counter>()),
+        XR_FRAG => s(
+            MapType::LruHash,
+            size_of::<FragKey>(),
+            size_of::<FragEntry>(),
+        ),
         _ => unreachable!("unknown map {name}"),
     }
 }

@@ -61,9 +61,10 @@ pub const XR_FIP_REV: &str = "XR_FIP_REV";
 pub const XR_CONFIG: &str = "XR_CONFIG";
 pub const XR_CT: &str = "XR_CT";
 pub const XR_COUNTERS: &str = "XR_COUNTERS";
+pub const XR_FRAG: &str = "XR_FRAG";
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     XR_PORTS,
     XR_LOCAL,
     XR_ROUTES,
@@ -73,6 +74,7 @@ pub const MAP_NAMES: [&str; 9] = [
     XR_CONFIG,
     XR_CT,
     XR_COUNTERS,
+    XR_FRAG,
 ];
 
 /// Program names of the object.
