@@ -398,51 +398,11 @@ impl Router {
     }
 
     fn xdp(&self, ingress: u32, f: &Frame) -> Out {
-        let data = f.bytes();
-        let mut out = vec![0u8; data.len() + 64];
-        let ctx = xdp_md(ingress, data.len());
-        let mut ctx_out = [0u8; 24];
-        let p: &Xdp = self.ebpf.program("xr_xdp").unwrap().try_into().unwrap();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(&data),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: Some(&mut ctx_out),
-                repeat: 1,
-                ..Default::default()
-            })
-            .expect("xdp test run");
-        out.truncate(r.data_size_out as usize);
-        Out {
-            ret: r.return_value,
-            frame: out,
-        }
+        self.raw_xdp(ingress, &f.bytes())
     }
 
     fn tc(&self, ingress: u32, f: &Frame) -> Out {
-        let data = f.bytes();
-        let mut out = vec![0u8; data.len() + 64];
-        // struct __sk_buff: ifindex at offset 40.
-        let mut ctx = [0u8; 192];
-        ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
-        let mut ctx_out = [0u8; 192];
-        let p: &SchedClassifier = self.ebpf.program("xr_tc").unwrap().try_into().unwrap();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(&data),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: Some(&mut ctx_out),
-                repeat: 1,
-                ..Default::default()
-            })
-            .expect("tc test run");
-        out.truncate(r.data_size_out as usize);
-        Out {
-            ret: r.return_value,
-            frame: out,
-        }
+        self.raw_tc(ingress, &f.bytes())
     }
 
     fn counter(&mut self, o: Outcome) -> u64 {
@@ -882,6 +842,7 @@ impl Router {
     }
     fn raw_tc(&self, ingress: u32, data: &[u8]) -> Out {
         let mut out = vec![0u8; data.len() + 64];
+        // struct __sk_buff: ifindex at offset 40.
         let mut ctx = [0u8; 192];
         ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
         let p: &SchedClassifier = self.ebpf.program("xr_tc").unwrap().try_into().unwrap();
