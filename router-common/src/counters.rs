@@ -36,10 +36,12 @@ pub enum Outcome {
     KernelNeigh = 14,
     /// To the kernel: DF packet over the egress MTU (the kernel answers).
     KernelMtu = 15,
+    /// Answered: an ARP request for a floating IP on the gateway port.
+    ArpReplied = 16,
 }
 
 /// Number of counter slots.
-pub const OUTCOME_COUNT: usize = 16;
+pub const OUTCOME_COUNT: usize = 17;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOME_COUNT] = [
@@ -59,6 +61,7 @@ impl Outcome {
         Outcome::DropCtFull,
         Outcome::KernelNeigh,
         Outcome::KernelMtu,
+        Outcome::ArpReplied,
     ];
 
     /// Short name for `xrouter show stats`.
@@ -80,6 +83,7 @@ impl Outcome {
             Outcome::DropCtFull => "drop/conntrack-full",
             Outcome::KernelNeigh => "kernel/neighbour",
             Outcome::KernelMtu => "kernel/mtu",
+            Outcome::ArpReplied => "arp/floating-ip-replied",
         }
     }
 }

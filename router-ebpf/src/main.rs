@@ -26,6 +26,10 @@ pub fn xr_xdp(mut ctx: XdpContext) -> u32 {
             maps::count(Outcome::FwdXdp, len);
             unsafe { bpf_redirect(ifindex, 0) as u32 }
         }
+        Verdict::Bounce => {
+            maps::count(Outcome::ArpReplied, len);
+            xdp_action::XDP_TX
+        }
         // TC runs the same pipeline and counts the final outcome.
         _ => {
             maps::count(Outcome::ToTc, len);
@@ -73,6 +77,11 @@ pub fn xr_tc(mut ctx: TcContext) -> i32 {
         Verdict::Kernel(why) | Verdict::Drop(why) => {
             maps::count(why, len);
             TC_ACT_OK
+        }
+        Verdict::Bounce => {
+            maps::count(Outcome::ArpReplied, len);
+            // Out of the device it came in on.
+            unsafe { bpf_redirect(ctx::Packet::ifindex(&ctx), 0) as i32 }
         }
         Verdict::ToTc => TC_ACT_OK,
     }

@@ -1132,3 +1132,63 @@ fn fragmented_datagrams_go_through_snat_and_dnat() {
         assert_eq!(r.raw_xdp(r.qr1, &lost).ret, XDP_PASS);
     });
 }
+
+/// An ARP request frame: `sha`/`spa` ask who has `tpa`.
+fn arp_request(sha: [u8; 6], spa: &str, tpa: &str) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&ip(spa));
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&ip(tpa));
+    f
+}
+
+#[test]
+fn arp_for_floating_ips_is_answered_on_the_gateway_port() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let req = arp_request(MAC_EXT, "192.168.1.15", "192.168.1.104");
+        let mut want = MAC_EXT.to_vec();
+        want.extend_from_slice(&MAC_QG);
+        want.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+        want.extend_from_slice(&MAC_QG);
+        want.extend_from_slice(&ip("192.168.1.104"));
+        want.extend_from_slice(&MAC_EXT);
+        want.extend_from_slice(&ip("192.168.1.15"));
+        let o = r.raw_xdp(r.qg, &req);
+        assert_eq!(o.ret, 3, "XDP_TX");
+        assert_eq!(o.frame, want, "byte-exact reply");
+        let o = r.raw_tc(r.qg, &req);
+        assert_eq!(o.ret, TC_ACT_REDIRECT);
+        assert_eq!(o.frame, want, "byte-exact reply (tc)");
+        assert_eq!(r.counter(Outcome::ArpReplied), 2);
+        // Not ours to answer: the gateway's own address (the kernel does),
+        // a floating IP asked on an internal port, a gratuitous request, a reply.
+        let mut reply = req.clone();
+        reply[21] = 2;
+        for (what, ingress, frame) in [
+            (
+                "gateway address",
+                r.qg,
+                arp_request(MAC_EXT, "192.168.1.15", "192.168.1.110"),
+            ),
+            (
+                "on an internal port",
+                r.qr1,
+                arp_request(MAC_VM1, "81.1.180.12", "192.168.1.104"),
+            ),
+            (
+                "gratuitous",
+                r.qg,
+                arp_request(MAC_EXT, "192.168.1.104", "192.168.1.104"),
+            ),
+            ("a reply", r.qg, reply),
+        ] {
+            let o = r.raw_xdp(ingress, &frame);
+            assert_eq!(o.ret, XDP_PASS, "{what}");
+            assert_eq!(o.frame, frame, "{what}: untouched");
+        }
+    });
+}

@@ -4,6 +4,7 @@
 //! Each stage returns a value to go on with, or a final [`Verdict`]; only the
 //! entry points act on verdicts and count them.
 
+pub mod arp;
 pub mod classify;
 pub mod csum;
 pub mod icmp_error;
@@ -28,11 +29,16 @@ pub enum Verdict {
     ToTc,
     /// Drop it, for this reason.
     Drop(Outcome),
+    /// Rewritten into an answer: send it back out of the port it came in on.
+    Bounce,
 }
 
 /// Runs the whole pipeline on a packet.
 #[inline(always)]
 pub fn process<P: Packet>(p: &mut P) -> Verdict {
+    if arp::answer(p) {
+        return Verdict::Bounce;
+    }
     let pkt = match parse::parse(p) {
         Ok(pkt) => pkt,
         Err(v) => return v,
