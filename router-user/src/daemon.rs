@@ -212,6 +212,7 @@ impl Engine {
         let mut ch = Changes::default();
         let node = self.node.clone();
         let mut rec = Reconciler::new(&node).await?;
+        rec.floating_addresses = !is_bpf(self.state.dataplane);
         let mut errors = Vec::new();
         let old_routers = self.state.routers.clone();
         for old in &old_routers {
@@ -248,7 +249,7 @@ impl Engine {
             }
             tracing::debug!("router {}: BPF maps and links in {:?}", r.id, t0.elapsed());
             let t0 = std::time::Instant::now();
-            let published = rec.publish_floating_ips(r, &mut ch).await;
+            let published = rec.publish_floating_ips(r, prev, &mut ch).await;
             tracing::debug!(
                 "router {}: floating IPs published in {:?}",
                 r.id,

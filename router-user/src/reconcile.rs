@@ -53,6 +53,9 @@ pub struct Reconciler<'a> {
     pub host: Nl,
     /// Bridges this reconciler created (recorded for `cleanup`).
     pub created_bridges: BTreeSet<String>,
+    /// Whether floating IPs are /32s on qg- (the iptables plane) or
+    /// answered by the BPF programs (the eBPF planes).
+    pub floating_addresses: bool,
     /// Gratuitous ARPs to send once the router is published:
     /// (namespace, device, MAC, address).
     announce: Vec<(String, String, crate::model::Mac, Ipv4Addr)>,
@@ -65,6 +68,7 @@ impl<'a> Reconciler<'a> {
             host: Nl::open(None).await?,
             created_bridges: BTreeSet::new(),
             announce: Vec::new(),
+            floating_addresses: true,
         })
     }
 
@@ -99,10 +103,11 @@ impl<'a> Reconciler<'a> {
             }
         }
         // New floating IPs are published (their /32, hence proxy ARP) only
-        // by `publish_floating_ips`, once the data plane translates them.
+        // by `publish_floating_ips`, once the data plane translates them. On
+        // the eBPF planes they get no /32 at all (the programs answer ARP).
         for p in r.ports() {
             self.ensure_port(&nl, &ns, p, ch).await?;
-            let keep = if p.role == Role::Gateway {
+            let keep = if p.role == Role::Gateway && self.floating_addresses {
                 floating_nets(r)
             } else {
                 Vec::new()
@@ -146,9 +151,33 @@ impl<'a> Reconciler<'a> {
     /// router's apply: from then on the kernel answers ARP for it, so it
     /// must already be translated), then sends the gratuitous ARPs of
     /// everything added.
-    pub async fn publish_floating_ips(&mut self, r: &Router, ch: &mut Changes) -> Result<()> {
+    pub async fn publish_floating_ips(
+        &mut self,
+        r: &Router,
+        prev: Option<&Router>,
+        ch: &mut Changes,
+    ) -> Result<()> {
         let ns = r.namespace();
-        if let Some(g) = &r.gateway {
+        if let Some(g) = &r.gateway
+            && !self.floating_addresses
+        {
+            // The programs answer ARP for them already; announce the new ones.
+            for f in &r.floating_ips {
+                let known = prev.is_some_and(|p| {
+                    p.floating_ips
+                        .iter()
+                        .any(|o| o.floating_ip == f.floating_ip)
+                });
+                let rebuilt = ch
+                    .items
+                    .iter()
+                    .any(|c| *c == format!("created namespace {ns}"));
+                if !known || rebuilt {
+                    self.announce
+                        .push((ns.clone(), g.port.device(), g.port.mac, f.floating_ip));
+                }
+            }
+        } else if let Some(g) = &r.gateway {
             let nl = Nl::open(Some(&ns)).await?;
             let mut want = g.port.addresses.clone();
             want.extend(floating_nets(r));

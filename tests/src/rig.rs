@@ -647,3 +647,56 @@ impl Rig {
         out
     }
 }
+
+impl Rig {
+    /// Whether floating IP `fip` is published on the gateway port, as each
+    /// plane does it: a /32 on qg- (iptables; the kernel answers ARP for
+    /// it), or an entry of the router's pinned `XR_FIP_REV` map (eBPF; the
+    /// programs answer ARP for it, and qg- has no /32 of it).
+    pub fn fip_published(&self, fip: &str) -> bool {
+        let qg = self.router().qg();
+        let on_qg = crate::addresses(&self.router_ns(), &qg)
+            .unwrap_or_default()
+            .contains(&format!("{fip}/32"));
+        if self.plane == Dataplane::Iptables {
+            return on_qg;
+        }
+        let path = self.pin_dir.join(&self.router().id).join("XR_FIP_REV");
+        let mut c = Command::new("bpftool");
+        c.args(["-j", "map", "dump", "pinned"]).arg(&path);
+        let Ok(out) = cmd::run(&mut c, CLI_TIMEOUT) else {
+            return false;
+        };
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        let want: Vec<u64> = fip.split('.').filter_map(|o| o.parse().ok()).collect();
+        let in_map = v.as_array().into_iter().flatten().any(|e| {
+            let addr: Vec<u64> = e["formatted"]["key"]["addr"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .collect();
+            addr == want
+        });
+        in_map && !on_qg
+    }
+
+    /// Removes floating IP `fip` from the data plane by hand, behind the
+    /// daemon's back (the /32, or the BPF map entry).
+    pub fn unpublish_fip_by_hand(&self, fip: &str) {
+        if self.plane == Dataplane::Iptables {
+            cmd::ip(
+                &self.router_ns(),
+                &format!("addr del {fip}/32 dev {}", self.router().qg()),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+            return;
+        }
+        let path = self.pin_dir.join(&self.router().id).join("XR_FIP_REV");
+        let mut c = Command::new("bpftool");
+        c.args(["map", "delete", "pinned"]).arg(&path).arg("key");
+        c.args(fip.split('.'));
+        let out = cmd::run(&mut c, CLI_TIMEOUT).expect("bpftool map delete");
+        assert!(out.success(), "bpftool map delete: {}", out.describe());
+    }
+}

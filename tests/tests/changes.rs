@@ -40,7 +40,7 @@ fn tcp_servers(rig: &Rig, hosts: &[&str]) -> Vec<TcpServer> {
 fn fip_removal(plane: Dataplane) {
     let mut rig = Rig::article(plane);
     let _s = tcp_servers(&rig, &["vm2", "ext"]);
-    let (vm2, ext, rns) = (rig.ns("vm2"), rig.ns("ext"), rig.router_ns());
+    let (vm2, ext) = (rig.ns("vm2"), rig.ns("ext"));
     let mut c = Checks::new("fip_removal");
 
     let mut inbound = TcpSession::open(&ext, sa(FIP, TCP)).expect("ext -> FIP session");
@@ -74,11 +74,10 @@ fn fip_removal(plane: Dataplane) {
         left.is_empty()
     });
     c.ok(gone, "after: no conntrack entry to or from the FIP", &left);
-    let qg = addresses(&rns, &rig.router().qg()).unwrap();
     c.ok(
-        !qg.iter().any(|a| a.starts_with(&format!("{FIP}/"))),
-        "after: the FIP /32 left qg-",
-        &qg,
+        !rig.fip_published(FIP),
+        "after: the FIP is no longer published on qg- (no /32, no BPF entry)",
+        (),
     );
     c.fails(
         "after: the established ext -> FIP session is dead",
@@ -336,7 +335,6 @@ fn namespace_rebuilt(plane: Dataplane) {
         (r.qr("net1"), format!("{QR1}/24")),
         (r.qr("net2"), format!("{QR2}/24")),
         (r.qg(), format!("{QG}/24")),
-        (r.qg(), format!("{FIP}/32")),
     ] {
         let got = addresses(&rns, &dev).unwrap_or_default();
         c.ok(
@@ -345,6 +343,11 @@ fn namespace_rebuilt(plane: Dataplane) {
             &got,
         );
     }
+    c.ok(
+        rig.fip_published(FIP),
+        "rebuilt: the FIP is published on qg-",
+        (),
+    );
     if plane == Dataplane::Iptables {
         let rules = tests::cmd::sh(&rns, "iptables-save", &[]).unwrap_or_default();
         c.ok(
@@ -622,17 +625,13 @@ fn routers_file_change_applies(plane: Dataplane) {
     let mut c = Checks::new("routers_file_change_applies");
     rig.router_mut().add_fip(NEW_FIP, VM1);
     rig.write_routers();
-    let rns = rig.router_ns();
-    let qg = rig.router().qg();
-    let mut have = vec![];
     let added = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-        have = addresses(&rns, &qg).unwrap_or_default();
-        have.contains(&format!("{NEW_FIP}/32"))
+        rig.fip_published(NEW_FIP)
     });
     c.ok(
         added,
-        "the new floating IP's /32 appears on qg- without a reload",
-        &have,
+        "the new floating IP is published on qg- without a reload",
+        (),
     );
     c.reply(
         "ext -> the new floating IP reaches vm1",
@@ -706,7 +705,8 @@ fn subnet_and_routes_changed_live(plane: Dataplane) {
 }
 
 /// What is removed behind the daemon's back comes back within seconds: a
-/// port, an address, the default route, and (eBPF) the programs' links.
+/// port, the floating IP (its /32, or its BPF map entry), the default
+/// route, and (eBPF) the programs' links.
 fn self_healing(plane: Dataplane) {
     let rig = Rig::article(plane);
     let _s = tcp_servers(&rig, &["vm2", "ext"]);
@@ -715,7 +715,7 @@ fn self_healing(plane: Dataplane) {
     let mut c = Checks::new("self_healing");
     let qr1 = r.qr("net1");
     tests::ip(&rns, &format!("link del {qr1}")).expect("deleting qr-");
-    tests::ip(&rns, &format!("addr del {FIP}/32 dev {}", r.qg())).expect("deleting the FIP /32");
+    rig.unpublish_fip_by_hand(FIP);
     tests::ip(&rns, "route del default").expect("deleting the default route");
     if plane != Dataplane::Iptables {
         // Detach the gateway port's programs, as an operator's bpftool would.
@@ -753,12 +753,7 @@ fn self_healing(plane: Dataplane) {
     });
     c.ok(healed, "traffic works again within 8 s", t0.elapsed());
     c.ok(link_exists(&rns, &qr1), "the qr- port is back", ());
-    let qg = addresses(&rns, &r.qg()).unwrap_or_default();
-    c.ok(
-        qg.contains(&format!("{FIP}/32")),
-        "the FIP /32 is back",
-        &qg,
-    );
+    c.ok(rig.fip_published(FIP), "the FIP is published again", ());
     let routes = rig.router_ip("route show default");
     c.ok(
         routes.contains("via 192.168.1.1"),
