@@ -84,3 +84,24 @@ pub fn pin_napi(devs: &[String], cpu: usize) -> Result<usize> {
     }
     Ok(n)
 }
+
+/// CPU time (user + system, all threads) of process `pid` since it started,
+/// in nanoseconds; 0 when it cannot be read (the process is gone).
+pub fn process_ns(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name may hold spaces: the fields start after its ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    f.iter().sum::<u64>() * (1_000_000_000 / hz)
+}

@@ -9,13 +9,15 @@
 //! port, counts and drops. The generator runs on one CPU, the router's and
 //! the sink's NAPI threads on another. Cases run in rounds (every case once
 //! per round) and the figures are medians with min and max (`report.rs`).
-//! `--micro` measures the data path alone (`micro.rs`).
+//! `--micro` measures the data path alone (`micro.rs`); `--scale` measures
+//! with the connection table pre-filled (`scale.rs`).
 
 mod cpu;
 mod micro;
 mod progs;
 mod report;
 mod rig;
+mod scale;
 
 use std::{
     path::PathBuf,
@@ -28,7 +30,7 @@ use anyhow::{Result, bail};
 use clap::ValueEnum;
 use serde::Serialize;
 
-pub use report::{CaseResult, Sample};
+pub use report::{CaseResult, Sample, ScaleInfo};
 
 /// Set on Ctrl-C / SIGTERM: every loop checks it and the run unwinds,
 /// tearing down what it built.
@@ -156,6 +158,15 @@ impl Case {
         matches!(self, Case::Ceiling | Case::BareRedirect)
     }
 
+    /// Flows (connections) the generator cycles through.
+    pub fn flows(self) -> u32 {
+        match self {
+            Case::Ceiling | Case::BareRedirect | Case::EastWest | Case::Snat1 => 1,
+            Case::EastWest1k | Case::Snat1k | Case::DnatIn | Case::FipOut => 1000,
+            Case::Snat64k => 64000,
+        }
+    }
+
     /// Whether the case means something on `plane` (plain forwarding has no
     /// floating IP to DNAT: the packet would be delivered locally).
     pub fn applies_to(self, plane: Plane) -> bool {
@@ -205,6 +216,21 @@ pub struct Opts {
     /// through BPF_PROG_TEST_RUN, no rig.
     #[arg(long)]
     pub micro: bool,
+    /// Scale: measure the cases (default: snat-1k) on the xdp and tc planes
+    /// with the router's connection table pre-filled with --connections live
+    /// connections, and report the maps' memory.
+    #[arg(long)]
+    pub scale: bool,
+    /// --scale: pre-filled connections, one measurement per entry (k and M
+    /// suffixes: 10k = 10,000; 1M = 1,000,000).
+    #[arg(long, value_delimiter = ',', value_parser = parse_count,
+          default_value = "0,10k,100k,1M", value_name = "N,...")]
+    pub connections: Vec<u32>,
+    /// --scale: leave the daemon running while measuring (its GC scans the
+    /// table every 10 s, on the CPUs of the generator and the router); by
+    /// default it is paused, so the figures are the data path's.
+    #[arg(long)]
+    pub with_gc: bool,
     /// The xrouter binary that runs the router (default: this one).
     #[arg(long, value_name = "FILE")]
     pub xrouter: Option<PathBuf>,
@@ -214,6 +240,27 @@ impl Opts {
     pub fn sink_cpu(&self) -> usize {
         self.sink_cpu.unwrap_or(self.router_cpu)
     }
+}
+
+/// `10000`, `10k`, `1M` (k = 1000, M = 1,000,000).
+fn parse_count(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1_000u64),
+        Some((i, 'm' | 'M')) => (&t[..i], 1_000_000u64),
+        _ => (t, 1u64),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: want a count such as 10000, 10k or 1M"))?;
+    let n = n.saturating_mul(mul);
+    if n > scale::MAX_CONNECTIONS as u64 {
+        return Err(format!(
+            "{s}: at most {} connections",
+            scale::MAX_CONNECTIONS
+        ));
+    }
+    Ok(n as u32)
 }
 
 /// Runs the benchmark; Ctrl-C stops it and removes the rig.
@@ -234,6 +281,8 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
     let r = tokio::task::spawn_blocking(move || {
         if opts.micro {
             micro::run(&opts)
+        } else if opts.scale {
+            scale::run(&opts)
         } else {
             run_rig(&opts)
         }
@@ -255,7 +304,8 @@ fn xrouter_bin(opts: &Opts) -> Result<PathBuf> {
     bail!("not running as the xrouter binary: say which with --xrouter")
 }
 
-fn run_rig(opts: &Opts) -> Result<()> {
+/// Checks the options every rig run shares.
+fn check_opts(opts: &Opts) -> Result<()> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     if opts.gen_cpu >= ncpu || opts.router_cpu >= ncpu || opts.sink_cpu() >= ncpu {
         bail!("--gen-cpu/--router-cpu/--sink-cpu must be below {ncpu}");
@@ -269,6 +319,14 @@ fn run_rig(opts: &Opts) -> Result<()> {
     if !(0.2..=60.0).contains(&opts.duration) {
         bail!("--duration must be 0.2..=60 seconds");
     }
+    Ok(())
+}
+
+/// The connection table of the ordinary rig, in connections.
+const RIG_CONNTRACK: u32 = 262_144;
+
+fn run_rig(opts: &Opts) -> Result<()> {
+    check_opts(opts)?;
     let cases: Vec<Case> = if opts.cases.is_empty() {
         Case::DEFAULT.to_vec()
     } else {
@@ -346,7 +404,7 @@ fn run_rig(opts: &Opts) -> Result<()> {
                 continue;
             }
             let bin = bin.as_ref().expect("set when there are router cases");
-            let mut r = rig::RouterRig::new(&mut progs, plane, opts, bin)?;
+            let mut r = rig::RouterRig::new(&mut progs, plane, opts, bin, RIG_CONNTRACK)?;
             for &case in &todo {
                 done += 1;
                 progress(done, total, t0, round, Some(plane), case);
@@ -373,6 +431,13 @@ fn run_rig(opts: &Opts) -> Result<()> {
         println!("chart: {}", p.display());
     }
     Ok(())
+}
+
+/// Replaces the progress line with `line`.
+fn say(line: &str) {
+    use std::io::Write as _;
+    eprint!("\r{line:<79}");
+    let _ = std::io::stderr().flush();
 }
 
 fn progress(done: u32, total: u32, t0: Instant, round: u32, plane: Option<Plane>, case: Case) {

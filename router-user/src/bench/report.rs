@@ -22,6 +22,10 @@ pub struct Sample {
     pub offered_mpps: f64,
     /// Busy time of the router's CPU per delivered packet (flooded).
     pub cpu_ns: Option<f64>,
+    /// CPU time of the router's daemon over the flooded window, in CPUs.
+    pub daemon_cpu: Option<f64>,
+    /// `--scale`: the connection table the case ran against.
+    pub scale: Option<ScaleInfo>,
     /// Best delivered rate over the paced sweep.
     pub paced_mpps: Option<f64>,
     /// The paced sweep, step by step.
@@ -31,6 +35,28 @@ pub struct Sample {
     /// eBPF planes: what the programs did during the flooded window, by
     /// outcome (packets).
     pub outcomes: Vec<(String, u64)>,
+}
+
+/// `--scale`: the pre-filled connection table of one measurement.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ScaleInfo {
+    /// Connections pre-filled (two entries each), beside the case's own.
+    pub connections: u32,
+    /// The table's size in entries (twice the node's `conntrack_size`).
+    pub ct_max_entries: u32,
+    /// Seconds the fill took.
+    pub fill_s: f64,
+    /// Memory of `XR_CT` and of all the router's maps (the kernel's
+    /// `memlock` figure of each map, from fdinfo).
+    pub ct_bytes: u64,
+    pub maps_bytes: u64,
+    /// Share of a sample of the pre-filled entries still present after the
+    /// measurement (1: GC and LRU eviction took none).
+    pub kept: f64,
+    /// One pass over the table the daemon's GC's way (every 10 s): seconds,
+    /// and the entries it read.
+    pub scan_s: f64,
+    pub scanned: usize,
 }
 
 /// One rate of the paced sweep.
@@ -82,24 +108,67 @@ pub struct CaseResult {
     pub mpps: Stat,
     pub paced_mpps: Option<Stat>,
     pub cpu_ns: Option<Stat>,
+    /// The daemon's CPU time over the flooded windows, in CPUs.
+    pub daemon_cpu: Option<Stat>,
+    /// `--scale`: pre-filled connections (None: an ordinary case).
+    pub connections: Option<u32>,
+    pub scale: Option<ScaleSummary>,
     /// Outcomes other than forwarded, summed over rounds, as a share of
     /// all the programs saw.
     pub not_forwarded: Vec<(String, f64)>,
+}
+
+/// `--scale` figures of a case over all rounds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ScaleSummary {
+    pub ct_max_entries: u32,
+    /// Memory of the maps (median over rounds; the same every round, the
+    /// maps being preallocated).
+    pub ct_bytes: u64,
+    pub maps_bytes: u64,
+    pub fill_s: Stat,
+    /// Seconds of one GC-like pass over the table.
+    pub scan_s: Stat,
+    /// The lowest share of probed pre-filled entries kept.
+    pub kept_min: f64,
 }
 
 fn plane_name(p: Option<Plane>) -> &'static str {
     p.map_or("rig", Plane::name)
 }
 
+fn connections(s: &Sample) -> Option<u32> {
+    s.scale.map(|x| x.connections)
+}
+
+/// `n` as 10k, 1M, 1.5M, or the plain number.
+pub fn count(n: u32) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(100_000) {
+        let m = n as f64 / 1e6;
+        format!("{m}M")
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
 pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
-    let mut keys: Vec<(Case, Option<Plane>)> = samples.iter().map(|s| (s.case, s.plane)).collect();
+    let mut keys: Vec<(Case, Option<Plane>, Option<u32>)> = samples
+        .iter()
+        .map(|s| (s.case, s.plane, connections(s)))
+        .collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .map(|(case, plane)| {
+        .map(|(case, plane, conns)| {
             let ss: Vec<&Sample> = samples
                 .iter()
-                .filter(|s| s.case == case && s.plane == plane)
+                .filter(|s| s.case == case && s.plane == plane && connections(s) == conns)
                 .collect();
             let v = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
                 ss.iter().filter_map(|s| f(s)).collect()
@@ -123,6 +192,24 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 .filter(|(k, _)| !k.starts_with("forwarded/") && k != "xdp->tc")
                 .map(|(k, n)| (k.clone(), *n as f64 / all.max(1) as f64))
                 .collect();
+            let sc: Vec<ScaleInfo> = ss.iter().filter_map(|s| s.scale).collect();
+            let scale = (!sc.is_empty()).then(|| {
+                let med = |f: &dyn Fn(&ScaleInfo) -> u64| -> u64 {
+                    let mut v: Vec<u64> = sc.iter().map(f).collect();
+                    v.sort();
+                    v[v.len() / 2]
+                };
+                ScaleSummary {
+                    ct_max_entries: sc[0].ct_max_entries,
+                    ct_bytes: med(&|x| x.ct_bytes),
+                    maps_bytes: med(&|x| x.maps_bytes),
+                    fill_s: Stat::of(&sc.iter().map(|x| x.fill_s).collect::<Vec<_>>())
+                        .expect("not empty"),
+                    scan_s: Stat::of(&sc.iter().map(|x| x.scan_s).collect::<Vec<_>>())
+                        .expect("not empty"),
+                    kept_min: sc.iter().map(|x| x.kept).fold(1.0, f64::min),
+                }
+            });
             CaseResult {
                 plane,
                 case,
@@ -130,6 +217,9 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 mpps: Stat::of(&v(&|s| Some(s.mpps))).expect("at least one sample"),
                 paced_mpps: Stat::of(&v(&|s| s.paced_mpps)),
                 cpu_ns: Stat::of(&v(&|s| s.cpu_ns)),
+                daemon_cpu: Stat::of(&v(&|s| s.daemon_cpu)),
+                connections: conns,
+                scale,
                 not_forwarded,
             }
         })
@@ -163,12 +253,6 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
             let _ = writeln!(out);
         }
         last = Some(r.case);
-        let notes: Vec<String> = r
-            .not_forwarded
-            .iter()
-            .filter(|(_, f)| *f >= 0.001)
-            .map(|(k, f)| format!("{k} {:.1}%", f * 100.0))
-            .collect();
         let _ = writeln!(
             out,
             "{:<14} {:<9} {:<22} {:<22} {:>12}  {}",
@@ -179,7 +263,109 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
             r.cpu_ns
                 .as_ref()
                 .map_or("-".into(), |c| format!("{:.0} ns/pkt", c.median)),
-            notes.join(", ")
+            notes(r)
+        );
+    }
+    out
+}
+
+fn notes(r: &CaseResult) -> String {
+    r.not_forwarded
+        .iter()
+        .filter(|(_, f)| *f >= 0.001)
+        .map(|(k, f)| format!("{k} {:.1}%", f * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The terminal table of `--scale`: per case and data plane, one row per
+/// pre-filled table, with its rate against the row without pre-filled
+/// connections, the maps' memory, the fill time and the daemon's CPU.
+pub fn scale_table(results: &[CaseResult], opts: &Opts) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nMpps delivered at the sink with the connection table pre-filled (+N live TCP \
+         connections, two entries each): median (min-max) of {} rounds; {}-byte frames; \
+         router CPU = busy time of CPU {} per packet; memory = the kernel's memlock figure; \
+         GC pass = one read of the table the daemon's way (it does one every 10 s); daemon = \
+         its CPU use while measuring ({})",
+        opts.rounds,
+        opts.frame + 4,
+        opts.router_cpu,
+        if opts.with_gc {
+            "--with-gc: running"
+        } else {
+            "paused"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:<9} {:<5} {:>6} {:<22} {:>6} {:>12} {:>6} {:>11} {:>11} {:>7} {:>7} {:>7}  notes",
+        "case",
+        "plane",
+        "+conns",
+        "flooded Mpps",
+        "vs +0",
+        "router CPU",
+        "paced",
+        "XR_CT",
+        "all maps",
+        "fill",
+        "GC pass",
+        "daemon"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(128));
+    let mut last = None;
+    for r in results {
+        let (Some(n), Some(sc)) = (r.connections, r.scale) else {
+            continue;
+        };
+        if last.is_some() && last != Some((r.case, r.plane)) {
+            let _ = writeln!(out);
+        }
+        last = Some((r.case, r.plane));
+        let base = results
+            .iter()
+            .find(|b| b.case == r.case && b.plane == r.plane && b.connections == Some(0));
+        let mut note = notes(r);
+        if sc.kept_min < 1.0 {
+            if !note.is_empty() {
+                note.push_str(", ");
+            }
+            let _ = write!(
+                note,
+                "pre-filled entries lost: {:.1}%",
+                (1.0 - sc.kept_min) * 100.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<9} {:<5} {:>6} {:<22} {:>6} {:>12} {:>6} {:>11} {:>11} {:>7} {:>7} {:>7}  {}",
+            r.case.name(),
+            plane_name(r.plane),
+            format!("+{}", count(n)),
+            range(&r.mpps),
+            base.map_or("-".into(), |b| format!(
+                "{:+.0}%",
+                (r.mpps.median / b.mpps.median - 1.0) * 100.0
+            )),
+            r.cpu_ns
+                .as_ref()
+                .map_or("-".into(), |c| format!("{:.0} ns/pkt", c.median)),
+            r.paced_mpps
+                .as_ref()
+                .map_or("-".into(), |p| format!("{:.2}", p.median)),
+            mib(sc.ct_bytes),
+            mib(sc.maps_bytes),
+            format!("{:.1} s", sc.fill_s.median),
+            format!("{:.2} s", sc.scan_s.median),
+            match &r.daemon_cpu {
+                Some(c) if opts.with_gc => format!("{:.0}%", c.median * 100.0),
+                Some(_) => "paused".into(),
+                None => "-".into(),
+            },
+            note
         );
     }
     out
@@ -201,6 +387,8 @@ pub fn json(results: &[CaseResult], samples: &[Sample], opts: &Opts) -> Result<S
             "gen_cpu": opts.gen_cpu,
             "router_cpu": opts.router_cpu,
             "sink_cpu": opts.sink_cpu(),
+            "scale_connections": opts.scale.then_some(&opts.connections),
+            "scale_with_gc": opts.scale.then_some(opts.with_gc),
         },
         "results": results,
         "samples": samples,
@@ -221,14 +409,26 @@ fn color(p: Option<Plane>) -> &'static str {
 /// A grouped bar chart: one group per case, one bar per data plane (the
 /// flooded median, whiskers min-max), a dot for the paced median.
 pub fn svg(results: &[CaseResult]) -> String {
-    let mut cases: Vec<Case> = results.iter().map(|r| r.case).collect();
+    let mut cases: Vec<(Case, Option<u32>)> =
+        results.iter().map(|r| (r.case, r.connections)).collect();
+    cases.sort();
     cases.dedup();
     let bar = 22.0;
     let gap = 26.0;
     let (left, top, height) = (60.0, 40.0, 300.0);
-    let groups: Vec<(Case, Vec<&CaseResult>)> = cases
+    let groups: Vec<(String, Vec<&CaseResult>)> = cases
         .iter()
-        .map(|c| (*c, results.iter().filter(|r| r.case == *c).collect()))
+        .map(|&(c, n)| {
+            let label = match n {
+                Some(n) => format!("{} +{}", c.name(), count(n)),
+                None => c.name().to_string(),
+            };
+            let rs = results
+                .iter()
+                .filter(|r| r.case == c && r.connections == n)
+                .collect();
+            (label, rs)
+        })
         .collect();
     let width: f64 = left
         + groups
@@ -274,7 +474,7 @@ pub fn svg(results: &[CaseResult]) -> String {
         top + height / 2.0
     );
     let mut x = left + gap / 2.0;
-    for (case, rs) in &groups {
+    for (label, rs) in &groups {
         let gx = x;
         for r in rs {
             let c = color(r.plane);
@@ -285,7 +485,7 @@ pub fn svg(results: &[CaseResult]) -> String {
                 y(r.mpps.median),
                 bar - 3.0,
                 plane_name(r.plane),
-                case.name(),
+                label,
                 r.mpps.median,
                 r.mpps.min,
                 r.mpps.max
@@ -318,7 +518,7 @@ pub fn svg(results: &[CaseResult]) -> String {
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             (gx + x) / 2.0,
             top + height + 16.0,
-            case.name()
+            label
         );
         x += gap;
     }

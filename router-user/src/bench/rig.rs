@@ -46,6 +46,11 @@ const MAC_GW: &str = "02:00:00:00:91:01";
 const MAC_VM: &str = "02:00:00:00:92:14";
 const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x90, 0x01];
 
+/// The router's address on the external network (its SNAT address).
+pub(super) fn gateway_ip() -> [u8; 4] {
+    ip4(&format!("{EXT}.10"))
+}
+
 fn ip4(s: &str) -> [u8; 4] {
     s.parse::<std::net::Ipv4Addr>()
         .expect("literal address")
@@ -90,6 +95,8 @@ struct Target<'a> {
     sink_napi: &'a [String],
     /// For the eBPF planes: (pin dir, router id) of the outcome counters.
     counters: Option<(&'a Path, &'a str)>,
+    /// The router's daemon, whose CPU time is measured too.
+    daemon: Option<u32>,
 }
 
 #[derive(Default)]
@@ -99,6 +106,7 @@ struct Snap {
     other: u64,
     sent: u64,
     busy: u64,
+    daemon_ns: u64,
     outcomes: Vec<(String, u64)>,
 }
 
@@ -117,6 +125,7 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
         other: s.other,
         sent: progs.gen_state()?.sent,
         busy: busy_ns(cpu)?,
+        daemon_ns: t.daemon.map_or(0, cpu::process_ns),
         outcomes,
     })
 }
@@ -126,6 +135,8 @@ struct Window {
     pps: f64,
     offered: f64,
     cpu_ns: Option<f64>,
+    /// The daemon's CPU time over the window, in CPUs.
+    daemon_cpu: Option<f64>,
     other: u64,
     outcomes: Vec<(String, u64)>,
 }
@@ -147,6 +158,9 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
         pps: n as f64 / dt,
         offered: (b.sent - a.sent) as f64 / dt,
         cpu_ns: (n > 0).then(|| (b.busy - a.busy) as f64 / n as f64),
+        daemon_cpu: t
+            .daemon
+            .map(|_| b.daemon_ns.saturating_sub(a.daemon_ns) as f64 / 1e9 / dt),
         other: b.other - a.other,
         outcomes,
     })
@@ -203,6 +217,8 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
             mpps: w.pps / 1e6,
             offered_mpps: w.offered / 1e6,
             cpu_ns: w.cpu_ns,
+            daemon_cpu: w.daemon_cpu,
+            scale: None,
             paced_mpps: paced
                 .iter()
                 .map(|p| p.mpps)
@@ -290,6 +306,7 @@ impl RawRig {
             napi: &self.napi,
             sink_napi: &self.sink_napi,
             counters: None,
+            daemon: None,
         };
         measure(progs, &t, case, opts)
     }
@@ -364,6 +381,14 @@ impl RouterRig {
     fn config_path(&self) -> PathBuf {
         self.dir.join("node.toml")
     }
+    /// Where the daemon pins the router's maps (`<pin_dir>/<router id>/`).
+    pub fn maps_dir(&self) -> PathBuf {
+        self.pin_dir.join(self.router_id())
+    }
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
 
     fn routers_json(&self) -> String {
         let m = |p: Port| {
@@ -416,7 +441,15 @@ impl RouterRig {
         )
     }
 
-    pub fn new(progs: &mut Progs, plane: Plane, opts: &Opts, bin: &Path) -> Result<RouterRig> {
+    /// `ct_conns`: the connection table's size in connections (the node
+    /// config's `conntrack_size`; two entries each).
+    pub fn new(
+        progs: &mut Progs,
+        plane: Plane,
+        opts: &Opts,
+        bin: &Path,
+        ct_conns: u32,
+    ) -> Result<RouterRig> {
         let tag = tag();
         let dir = std::env::temp_dir().join(format!("xrouter-bench-{tag}"));
         let mut rig = RouterRig {
@@ -441,7 +474,7 @@ impl RouterRig {
             rig.config_path(),
             format!(
                 "state_dir = {:?}\npin_dir = {:?}\ndataplane = \"{dataplane}\"\n\
-                 resync_interval = 3600\nsend_garp = false\nconntrack_size = 262144\n",
+                 resync_interval = 3600\nsend_garp = false\nconntrack_size = {ct_conns}\n",
                 rig.dir.join("state"),
                 rig.pin_dir,
             ),
@@ -593,6 +626,7 @@ impl RouterRig {
             sink_napi: &self.sink_napi,
             counters: matches!(self.plane, Plane::Xdp | Plane::Tc)
                 .then_some((self.pin_dir.as_path(), id.as_str())),
+            daemon: self.daemon_pid(),
         };
         measure(progs, &t, case, opts)
     }
