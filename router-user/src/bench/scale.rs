@@ -142,13 +142,19 @@ fn fill(maps: &Path, n: u32, what: &str) -> Result<Duration> {
     Ok(t0.elapsed())
 }
 
-/// One pass over the table as the daemon's GC reads it (every key and
-/// value into a hash map); returns its duration and the entries read.
+/// One GC pass exactly as the daemon runs it (batched read, pairing,
+/// expiry check; the entries are fresh, so nothing is deleted); returns its
+/// duration and the entries the table holds.
 fn scan(maps: &Path) -> Result<(Duration, usize)> {
-    let ct = open_ct(maps)?;
+    let (pin_dir, id) = (
+        maps.parent().context("pin dir")?,
+        maps.file_name().context("router id")?,
+    );
     let t0 = Instant::now();
-    let table: std::collections::HashMap<CtKey, CtEntry> = ct.iter().collect::<Result<_, _>>()?;
-    Ok((t0.elapsed(), table.len()))
+    crate::ebpf::pinned::gc(pin_dir, &id.to_string_lossy(), crate::ebpf::monotonic_ns())?;
+    let took = t0.elapsed();
+    let entries = open_ct(maps)?.keys().count();
+    Ok((took, entries))
 }
 
 /// Waits (at most a GC period and a second) until the daemon is busy, i.e.

@@ -286,6 +286,80 @@ impl fmt::Display for Flow {
     }
 }
 
+/// The whole connection table in a few syscalls (`BPF_MAP_LOOKUP_BATCH`,
+/// 4096 entries a call; aya 0.14 has no batch operations), or None when the
+/// kernel refuses batches (the caller then iterates).
+pub(super) fn read_batched(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> Result<Option<HashMap<CtKey, CtEntry>>> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const N: usize = 4096;
+    let mut keys = vec![CtKey::default(); N];
+    let mut values = vec![CtEntry::default(); N];
+    let mut out = HashMap::new();
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        // union bpf_attr, batch: in_batch, out_batch, keys, values, count,
+        // map_fd, elem_flags, flags.
+        let mut attr = [0u64; 8];
+        attr[0] = if first {
+            0
+        } else {
+            &mut token_in as *mut u64 as u64
+        };
+        attr[1] = &mut token_out as *mut u64 as u64;
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = (N as u64) | ((fd.as_raw_fd() as u64) << 32);
+        // SAFETY: attr describes buffers of N keys and N values that live
+        // across the call; the kernel writes at most `count` of each.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                attr.as_mut_ptr(),
+                56usize,
+            )
+        };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let count = (attr[4] & 0xffff_ffff) as usize;
+        if r < 0 && errno != libc::ENOENT {
+            if first
+                && (errno == libc::EINVAL || errno == libc::ENOTSUP || errno == libc::EOPNOTSUPP)
+            {
+                return Ok(None);
+            }
+            anyhow::bail!(
+                "reading the connection table: {}",
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+        for i in 0..count.min(N) {
+            out.insert(keys[i], values[i]);
+        }
+        if r < 0 {
+            // ENOENT: that was the last batch.
+            return Ok(Some(out));
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
+/// A snapshot of a connection table map, batched where the kernel can.
+fn table(map: &aya::maps::Map) -> Result<HashMap<CtKey, CtEntry>> {
+    use std::os::fd::AsFd as _;
+    if let aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) = map
+        && let Some(t) = read_batched(d.fd().as_fd())?
+    {
+        return Ok(t);
+    }
+    let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+    Ok(m.iter().collect::<Result<_, _>>()?)
+}
+
 /// Deletes the entries of `conns` whose `last_seen` did not move since
 /// the snapshot they come from.
 fn delete_idle<T: std::borrow::BorrowMut<aya::maps::MapData>>(
@@ -320,9 +394,7 @@ impl BpfRouter {
 
     /// A snapshot of the whole connection table.
     pub fn ct_entries(&self) -> Result<HashMap<CtKey, CtEntry>> {
-        let m: aya::maps::HashMap<_, CtKey, CtEntry> =
-            aya::maps::HashMap::try_from(self.ct_map()?)?;
-        Ok(m.iter().collect::<Result<_, _>>()?)
+        table(self.ct_map()?)
     }
 
     /// Inserts one connection table entry (tests, tools).
@@ -548,7 +620,7 @@ mod unit {
 /// Read-only views of a router's pinned maps, for `xrouter show` (which
 /// runs beside the daemon and must not load or attach anything).
 pub mod pinned {
-    use std::{collections::HashMap, path::Path};
+    use std::path::Path;
 
     use anyhow::{Context as _, Result};
     use aya::maps::{Map, MapData, PerCpuArray};
@@ -567,9 +639,7 @@ pub mod pinned {
 
     /// The tracked connections of a router, sorted by original tuple.
     pub fn flows(pin_dir: &Path, router_id: &str) -> Result<Vec<Flow>> {
-        let m: aya::maps::HashMap<MapData, CtKey, CtEntry> =
-            aya::maps::HashMap::try_from(Map::LruHashMap(open(pin_dir, router_id, XR_CT)?))?;
-        let table: HashMap<CtKey, CtEntry> = m.iter().collect::<Result<_, _>>()?;
+        let table = super::table(&Map::LruHashMap(open(pin_dir, router_id, XR_CT)?))?;
         let now = monotonic_ns();
         let mut out: Vec<Flow> = connections(&table)
             .iter()
@@ -583,9 +653,9 @@ pub mod pinned {
     /// table (see `BpfRouter::gc`). Blocking and proportional to the table:
     /// the daemon runs it off its event loop.
     pub fn gc(pin_dir: &Path, router_id: &str, now_ns: u64) -> Result<usize> {
-        let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> =
-            aya::maps::HashMap::try_from(Map::LruHashMap(open(pin_dir, router_id, XR_CT)?))?;
-        let table: HashMap<CtKey, CtEntry> = m.iter().collect::<Result<_, _>>()?;
+        let map = Map::LruHashMap(open(pin_dir, router_id, XR_CT)?);
+        let table = super::table(&map)?;
+        let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
         let doomed: Vec<_> = connections(&table)
             .into_iter()
             .filter(|c| c.expired(now_ns))

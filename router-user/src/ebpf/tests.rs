@@ -486,6 +486,36 @@ fn gc_expires_idle_connections_only() {
     br.detach_and_unpin().unwrap();
 }
 
+/// The table is read in batches (`BPF_MAP_LOOKUP_BATCH`), across several
+/// batches, exactly.
+#[test]
+fn connection_table_is_read_in_batches() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut br = BpfRouter::load("batch", &pins.0, 8192).unwrap();
+    let t = monotonic_ns();
+    let mut want = std::collections::HashMap::new();
+    for i in 0..10_000u32 {
+        let src = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        let (k, e) = plain_pair(&src, "192.168.1.15", 17, TCP_NONE, t)[0];
+        br.ct_insert(&k, &e).unwrap();
+        want.insert(k, e);
+    }
+    use std::os::fd::AsFd as _;
+    let map = br.ebpf_mut().map(super::XR_CT).unwrap();
+    let aya::maps::Map::LruHashMap(d) = map else {
+        panic!("XR_CT is an LRU hash")
+    };
+    let got = super::flows::read_batched(d.fd().as_fd())
+        .unwrap()
+        .expect("batches supported here");
+    assert_eq!(got, want);
+    assert_eq!(br.ct_entries().unwrap().len(), 10_000);
+    br.detach_and_unpin().unwrap();
+}
+
 /// The daemon's GC goes through the pinned table, off its event loop: same
 /// rules as `BpfRouter::gc`.
 #[test]
