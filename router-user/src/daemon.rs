@@ -76,6 +76,10 @@ pub struct Engine {
     watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
     /// The connection GC pass under way, if any.
     gc_task: Option<tokio::task::JoinHandle<()>>,
+    /// When the last GC pass started, and how long it took (nanoseconds,
+    /// written by the pass itself).
+    gc_last: Option<std::time::Instant>,
+    gc_took_ns: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Engine {
@@ -103,6 +107,8 @@ impl Engine {
             bpf: BTreeMap::new(),
             watchers: BTreeMap::new(),
             gc_task: None,
+            gc_last: None,
+            gc_took_ns: Default::default(),
         })
     }
 
@@ -178,9 +184,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Mirrors neighbour tables into the maps (every second) and, when `gc`
-    /// (every ten), starts a pass collecting expired connections.
-    pub async fn tick(&mut self, gc: bool) {
+    /// Mirrors neighbour tables into the maps (every second) and, when one
+    /// is due, starts a pass collecting expired connections.
+    pub async fn tick(&mut self) {
         let now = ebpf::monotonic_ns();
         for (id, b) in self.bpf.iter_mut() {
             if let Err(e) = b.sync_neighbours(&crate::model::namespace_of(id)).await {
@@ -188,12 +194,21 @@ impl Engine {
             }
         }
         // GC walks whole tables (millions of entries on a busy node): it runs
-        // on a blocking thread, one pass at a time, never stalling reloads.
+        // on a blocking thread, one pass at a time, never stalling reloads,
+        // and at most every ten times as long as the last pass took (so it
+        // stays near a tenth of a core however big the tables are).
         let idle = self.gc_task.as_ref().is_none_or(|t| t.is_finished());
-        if gc && idle {
+        let took = Duration::from_nanos(self.gc_took_ns.load(std::sync::atomic::Ordering::Relaxed));
+        let due = self
+            .gc_last
+            .is_none_or(|t| t.elapsed() >= (took * 10).max(Duration::from_secs(10)));
+        if idle && due {
             let pin_dir = self.node.pin_dir.clone();
             let ids: Vec<String> = self.bpf.keys().cloned().collect();
+            let took_ns = self.gc_took_ns.clone();
+            self.gc_last = Some(std::time::Instant::now());
             self.gc_task = Some(tokio::task::spawn_blocking(move || {
+                let t0 = std::time::Instant::now();
                 for id in ids {
                     match ebpf::pinned::gc(&pin_dir, &id, now) {
                         Ok(0) => {}
@@ -203,6 +218,10 @@ impl Engine {
                         Err(e) => tracing::warn!("router {id}: connection GC: {e:#}"),
                     }
                 }
+                took_ns.store(
+                    t0.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }));
         }
     }
@@ -338,7 +357,6 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fast = tokio::time::interval(Duration::from_secs(1));
     fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
 
     loop {
         tokio::select! {
@@ -362,8 +380,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = fast.tick(), if !engine.bpf.is_empty() => {
-                ticks += 1;
-                engine.tick(ticks.is_multiple_of(10)).await;
+                engine.tick().await;
             }
             _ = tick.tick(), if node.resync_interval > 0 => {
                 if let Err(e) = engine.resync().await {

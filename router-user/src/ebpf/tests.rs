@@ -496,7 +496,7 @@ fn connection_table_is_read_in_batches() {
     let pins = PinDir::new();
     let mut br = BpfRouter::load("batch", &pins.0, 8192).unwrap();
     let t = monotonic_ns();
-    let mut want = std::collections::HashMap::new();
+    let mut want = super::flows::HashMap::default();
     for i in 0..10_000u32 {
         let src = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
         let (k, e) = plain_pair(&src, "192.168.1.15", 17, TCP_NONE, t)[0];
