@@ -333,8 +333,8 @@ fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
     }
     let _ = sb;
     Some(format!(
-        "fast path: {} packets forwarded by XDP, {} by TC (first packets, until the next hop's MAC \
-         is mirrored), {} handed to the kernel (ARP, IPv6, ...); NAT entries in kernel conntrack: {nat}",
+        "fast path: {} packets forwarded by XDP, {} by TC, {} handed to the kernel (ARP, IPv6, ...); \
+         NAT entries in kernel conntrack: {nat}",
         get(Outcome::FwdXdp),
         get(Outcome::FwdTc),
         counters
