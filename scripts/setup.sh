@@ -14,8 +14,8 @@ need_root() {
 }
 
 # Debian packages the project and its tests use.
-PKGS=(iproute2 iptables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod)
-BINS=(ip iptables-restore conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe)
+PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod)
+BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe)
 
 packages() {
   local missing=0 b
