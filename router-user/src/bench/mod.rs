@@ -422,12 +422,17 @@ fn run_rig(opts: &Opts) -> Result<()> {
     eprint!("\r{:80}\r", "");
     let results = report::summarize(&samples);
     println!("{}", report::table(&results, opts));
+    write_files(&results, &samples, opts)
+}
+
+/// Writes the JSON and the chart, when asked for.
+fn write_files(results: &[report::CaseResult], samples: &[Sample], opts: &Opts) -> Result<()> {
     if let Some(p) = &opts.json {
-        std::fs::write(p, report::json(&results, &samples, opts)?)?;
+        std::fs::write(p, report::json(results, samples, opts)?)?;
         println!("JSON: {}", p.display());
     }
     if let Some(p) = &opts.svg {
-        std::fs::write(p, report::svg(&results))?;
+        std::fs::write(p, report::svg(results))?;
         println!("chart: {}", p.display());
     }
     Ok(())

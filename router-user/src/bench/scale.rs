@@ -388,15 +388,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     eprint!("\r{:100}\r", "");
     let results = report::summarize(&samples);
     println!("{}", report::scale_table(&results, opts));
-    if let Some(p) = &opts.json {
-        std::fs::write(p, report::json(&results, &samples, opts)?)?;
-        println!("JSON: {}", p.display());
-    }
-    if let Some(p) = &opts.svg {
-        std::fs::write(p, report::svg(&results))?;
-        println!("chart: {}", p.display());
-    }
-    Ok(())
+    super::write_files(&results, &samples, opts)
 }
 
 #[cfg(test)]

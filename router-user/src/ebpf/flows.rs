@@ -373,18 +373,43 @@ fn delete_idle<T: std::borrow::BorrowMut<aya::maps::MapData>>(
         let moved = c
             .entries()
             .any(|(k, e)| m.get(k, 0).is_ok_and(|now| now.last_seen != e.last_seen));
-        if moved {
-            continue;
-        }
-        for (k, _) in c.entries() {
-            match m.remove(k) {
-                Ok(()) => n += 1,
-                Err(e) if is_enoent(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
+        if !moved {
+            n += remove_conn(m, c)?;
         }
     }
     Ok(n)
+}
+
+/// Removes both entries of a connection; returns how many were there.
+fn remove_conn<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    m: &mut aya::maps::HashMap<T, CtKey, CtEntry>,
+    c: &Conn,
+) -> Result<usize> {
+    let mut n = 0;
+    for (k, _) in c.entries() {
+        match m.remove(k) {
+            Ok(()) => n += 1,
+            Err(e) if is_enoent(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+/// Per-CPU counters summed, in [`Outcome::ALL`] order.
+fn sum_counters<T: std::borrow::Borrow<aya::maps::MapData>>(
+    a: &PerCpuArray<T, Counter>,
+) -> Result<Vec<(Outcome, Counter)>> {
+    let mut out = Vec::with_capacity(Outcome::ALL.len());
+    for o in Outcome::ALL {
+        let mut sum = Counter::default();
+        for c in a.get(&(o as u32), 0)?.iter() {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        out.push((o, sum));
+    }
+    Ok(out)
 }
 
 impl BpfRouter {
@@ -466,13 +491,7 @@ impl BpfRouter {
         let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
         let mut n = 0;
         for c in &doomed {
-            for (k, _) in c.entries() {
-                match m.remove(k) {
-                    Ok(()) => n += 1,
-                    Err(e) if is_enoent(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            n += remove_conn(&mut m, c)?;
         }
         Ok(n)
     }
@@ -483,17 +502,7 @@ impl BpfRouter {
             .ebpf
             .map(XR_COUNTERS)
             .with_context(|| format!("the BPF object has no map {XR_COUNTERS}"))?;
-        let a: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
-        let mut out = Vec::with_capacity(Outcome::ALL.len());
-        for o in Outcome::ALL {
-            let mut sum = Counter::default();
-            for c in a.get(&(o as u32), 0)?.iter() {
-                sum.packets += c.packets;
-                sum.bytes += c.bytes;
-            }
-            out.push((o, sum));
-        }
-        Ok(out)
+        sum_counters(&PerCpuArray::try_from(map)?)
     }
 }
 
@@ -669,15 +678,6 @@ pub mod pinned {
     pub fn counters(pin_dir: &Path, router_id: &str) -> Result<Vec<(Outcome, Counter)>> {
         let a: PerCpuArray<MapData, Counter> =
             PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, router_id, XR_COUNTERS)?))?;
-        let mut out = Vec::new();
-        for o in Outcome::ALL {
-            let mut sum = Counter::default();
-            for c in a.get(&(o as u32), 0)?.iter() {
-                sum.packets += c.packets;
-                sum.bytes += c.bytes;
-            }
-            out.push((o, sum));
-        }
-        Ok(out)
+        super::sum_counters(&a)
     }
 }
