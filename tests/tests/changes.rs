@@ -97,6 +97,7 @@ fn fip_removal(plane: Dataplane) {
         "ext",
         QG,
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -141,6 +142,7 @@ fn fip_moved(plane: Dataplane) {
         "ext",
         QG,
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -189,6 +191,7 @@ fn gateway_and_fips_removed(plane: Dataplane) {
     }
     let qg = link(&rig.router_ns(), &qg_dev);
     c.ok(qg.is_none(), "after: no qg- device left", &qg);
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 

@@ -198,6 +198,7 @@ fn hairpin(plane: Dataplane) {
     );
     let p = ping(&rig.ns("vm3"), FIP, &[]);
     c.ok(p.success(), "ping vm3 -> FIP", p.describe());
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -222,6 +223,7 @@ fn hairpin_without_snat(plane: Dataplane) {
         "vm2",
         QG,
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -417,6 +419,7 @@ fn ttl_decrement(plane: Dataplane) {
             p.describe(),
         );
     }
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -477,6 +480,7 @@ fn icmp_error_through_nat(plane: Dataplane) {
             other => c.ok(false, &what, format!("{other:?}")),
         };
     }
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -511,6 +515,7 @@ fn extra_route_source_snat(plane: Dataplane) {
         "vm1",
         VM2,
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
