@@ -32,8 +32,6 @@ pub fn flush_ip(ns: &str, ip: Ipv4Addr) -> Result<u32> {
     Ok(total)
 }
 
-/// The conntrack table of namespace `ns`, as `conntrack -L -o extended`
-/// prints it (one entry a line).
 /// Deletes the connections of every address in `ips`, as [`flush_ip`]
 /// does, but lists the table once first and runs `conntrack -D` only for
 /// the addresses that appear in it: releasing thousands of floating IPs
@@ -61,6 +59,8 @@ pub fn flush_ips(ns: &str, ips: &[Ipv4Addr]) -> Result<u32> {
     Ok(n)
 }
 
+/// The conntrack table of namespace `ns`, as `conntrack -L -o extended`
+/// prints it (one entry a line).
 pub fn list(ns: &str) -> Result<String> {
     let out = conntrack(ns, &["-L", "-o", "extended"])?;
     if !out.status.success() {

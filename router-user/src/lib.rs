@@ -12,6 +12,7 @@ pub mod iptables;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod probe;
 pub mod reconcile;
 pub mod show;

@@ -189,3 +189,43 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     .with_context(|| format!("sysctl {key}={value} in {ns}"))?;
     Ok(())
 }
+
+/// Runs `program args` in namespace `ns`, feeding it `stdin`; returns its
+/// stdout, or an error naming the namespace with the tool's stderr.
+pub fn run_tool(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    use std::{io::Write as _, process::Stdio};
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command_in(ns, &mut cmd).with_context(|| format!("router namespace {ns}"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("router namespace {ns}: running {program}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A tool that fails early closes its stdin: its stderr says why.
+        match pipe.write_all(input.as_bytes()) {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                return Err(e)
+                    .with_context(|| format!("router namespace {ns}: writing to {program}"));
+            }
+            _ => {}
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("router namespace {ns}: waiting for {program}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} failed in router namespace {ns} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -16,7 +16,7 @@ use crate::{
     conntrack, garp, iptables,
     model::{Port, Role, Router},
     netlink::{Nl, Via, WantRoute},
-    netns,
+    netns, nft,
 };
 
 /// Sysctls Neutron sets in a router namespace. The conntrack one exists only
@@ -53,8 +53,10 @@ pub struct Reconciler<'a> {
     pub host: Nl,
     /// Bridges this reconciler created (recorded for `cleanup`).
     pub created_bridges: BTreeSet<String>,
-    /// Whether floating IPs are /32s on qg- (the iptables plane) or
-    /// answered by the BPF programs (the eBPF planes).
+    /// The iptables plane: floating IPs are /32s on qg- and Neutron's
+    /// per-FIP iptables rules. Otherwise (the eBPF planes) the programs
+    /// answer ARP for them and the kernel's copy of their translation is
+    /// the `nft` table.
     pub floating_addresses: bool,
     /// Gratuitous ARPs to send once the router is published:
     /// (namespace, device, MAC, address).
@@ -123,8 +125,24 @@ impl<'a> Reconciler<'a> {
         ensure_routes(&nl, &ns, r, ch).await?;
         tracing::debug!("{ns}: routes in {:?}", t0.elapsed());
 
-        if iptables::apply(&ns, r, self.node)? {
+        // The iptables plane keeps Neutron's rules as they are; the eBPF
+        // planes keep them for what the programs hand to the kernel, with
+        // the per-floating-IP rules as nftables maps (see `nft`).
+        let rules = if self.floating_addresses {
+            iptables::ruleset(r, self.node)
+        } else {
+            iptables::ruleset_without_fips(r, self.node)
+        };
+        if iptables::apply_text(&ns, &rules)? {
             ch.note(format!("{ns}: iptables rules updated"));
+        }
+        let fip_table = if self.floating_addresses {
+            nft::clear(&ns)?
+        } else {
+            nft::apply(&ns, r)?
+        };
+        if fip_table {
+            ch.note(format!("{ns}: floating-IP table (nft) updated"));
         }
         for (k, v) in SYSCTLS {
             if let Err(e) = netns::sysctl(&ns, k, v) {

@@ -524,9 +524,14 @@ impl Rig {
         cmd::ip(&self.router_ns(), args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// `iptables-save` in the first router's namespace.
-    pub fn router_iptables(&self) -> String {
-        cmd::sh(&self.router_ns(), "iptables-save", &[]).unwrap_or_else(|e| panic!("{e:#}"))
+    /// The kernel's NAT and filter rules in the first router's namespace:
+    /// `iptables-save`, then `nft list ruleset` (where the eBPF planes keep
+    /// the floating IPs' kernel translation).
+    pub fn router_kernel_rules(&self) -> String {
+        let ns = self.router_ns();
+        let mut s = cmd::sh(&ns, "iptables-save", &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        s += &cmd::sh(&ns, "nft", &["list", "ruleset"]).unwrap_or_else(|e| panic!("{e:#}"));
+        s
     }
 }
 

@@ -177,18 +177,16 @@ fn gateway_and_fips_removed(plane: Dataplane) {
         "vm2",
         VM1,
     );
-    if plane == Dataplane::Iptables {
-        let rules = rig.router_iptables();
-        let bad: Vec<&str> = rules
-            .lines()
-            .filter(|l| l.contains(FIP) || l.contains(QG))
-            .collect();
-        c.ok(
-            bad.is_empty(),
-            "no iptables rule mentions the old FIP or gateway IP",
-            bad,
-        );
-    }
+    let rules = rig.router_kernel_rules();
+    let bad: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.contains(FIP) || l.contains(QG))
+        .collect();
+    c.ok(
+        bad.is_empty(),
+        "no kernel rule or map mentions the old FIP or gateway IP",
+        bad,
+    );
     let qg = link(&rig.router_ns(), &qg_dev);
     c.ok(qg.is_none(), "after: no qg- device left", &qg);
     rig.assert_fast_path(&mut c);
@@ -351,14 +349,23 @@ fn namespace_rebuilt(plane: Dataplane) {
         "rebuilt: the FIP is published on qg-",
         (),
     );
-    if plane == Dataplane::Iptables {
-        let rules = tests::cmd::sh(&rns, "iptables-save", &[]).unwrap_or_default();
-        c.ok(
-            rules.contains(&format!("-d {FIP}/32 -j DNAT --to-destination {VM2}")),
-            "rebuilt namespace has the FIP's DNAT rule",
-            &rules,
-        );
-    }
+    let (rules, want) = if plane == Dataplane::Iptables {
+        (
+            tests::cmd::sh(&rns, "iptables-save", &[]),
+            format!("-d {FIP}/32 -j DNAT --to-destination {VM2}"),
+        )
+    } else {
+        (
+            tests::cmd::sh(&rns, "nft", &["list", "map", "ip", "xrouter", "fip-dnat"]),
+            format!("{FIP} : {VM2}"),
+        )
+    };
+    let rules = rules.unwrap_or_default();
+    c.ok(
+        rules.contains(&want),
+        "rebuilt namespace has the FIP's kernel DNAT",
+        &rules,
+    );
     c.reply(
         "after: vm1 -> ext",
         tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
