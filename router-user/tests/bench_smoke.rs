@@ -1,5 +1,5 @@
 //! `xrouter bench` in its smallest configuration: one case (east-west on the
-//! xdp plane), one round, half a second, no sweep. Proves the rig, the
+//! xdp and iptables planes), one round, half a second, no sweep. Proves the rig, the
 //! generator, the sink and the outputs work; says nothing about speed.
 
 use std::{
@@ -21,7 +21,7 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         .args([
             "bench",
             "--planes",
-            "xdp",
+            "xdp,iptables",
             "--cases",
             "east-west",
             "--rounds",
@@ -79,6 +79,27 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         .and_then(|o| o[1].as_u64())
         .unwrap_or(0);
     assert!(fwd > 0, "XDP forwarded nothing: {s}");
+    // Every plane says where what did not arrive was dropped: flooded, the
+    // loss is large, and the kernel's counters must account for most of it.
+    for r in v["results"].as_array().unwrap() {
+        let lost = r["lost"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&lost), "{r}");
+        let explained: f64 = r["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d[1].as_f64().unwrap())
+            .sum();
+        assert!(
+            lost < 0.05 || explained >= lost / 2.0,
+            "{} lost {lost} but the drop counters explain only {explained}: {r}",
+            r["plane"]
+        );
+    }
+    assert!(
+        v["results"].as_array().unwrap().iter().any(|r| r["plane"] == "iptables"),
+        "{v}"
+    );
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
     assert!(stdout.contains("east-west"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);

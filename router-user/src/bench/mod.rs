@@ -13,6 +13,7 @@
 //! with the connection table pre-filled (`scale.rs`).
 
 mod cpu;
+mod drops;
 mod micro;
 mod progs;
 mod report;

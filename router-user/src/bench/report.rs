@@ -35,6 +35,13 @@ pub struct Sample {
     /// eBPF planes: what the programs did during the flooded window, by
     /// outcome (packets).
     pub outcomes: Vec<(String, u64)>,
+    /// Sent by the generator and delivered at the sink in the flooded
+    /// window (packets).
+    pub sent: u64,
+    pub delivered: u64,
+    /// What the kernel counted as dropped in that window, by reason
+    /// (`bench::drops`), all planes.
+    pub drops: Vec<(String, u64)>,
 }
 
 /// `--scale`: the pre-filled connection table of one measurement.
@@ -116,6 +123,11 @@ pub struct CaseResult {
     /// Outcomes other than forwarded, summed over rounds, as a share of
     /// all the programs saw.
     pub not_forwarded: Vec<(String, f64)>,
+    /// Share of the generator's packets not delivered at the sink (flooded,
+    /// over all rounds), and the kernel's drop counters as shares of the
+    /// packets sent, largest first.
+    pub lost: f64,
+    pub drops: Vec<(String, f64)>,
 }
 
 /// `--scale` figures of a case over all rounds.
@@ -173,15 +185,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
             let v = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
                 ss.iter().filter_map(|s| f(s)).collect()
             };
-            let mut totals: Vec<(String, u64)> = Vec::new();
-            for s in &ss {
-                for (k, n) in &s.outcomes {
-                    match totals.iter_mut().find(|(t, _)| t == k) {
-                        Some(t) => t.1 += n,
-                        None => totals.push((k.clone(), *n)),
-                    }
-                }
-            }
+            let totals = sum_by_name(ss.iter().map(|s| &s.outcomes[..]));
             let all: u64 = totals
                 .iter()
                 .filter(|(k, _)| k != "xdp->tc")
@@ -192,6 +196,11 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 .filter(|(k, _)| !k.starts_with("forwarded/") && k != "xdp->tc")
                 .map(|(k, n)| (k.clone(), *n as f64 / all.max(1) as f64))
                 .collect();
+            let sent: u64 = ss.iter().map(|s| s.sent).sum();
+            let delivered: u64 = ss.iter().map(|s| s.delivered).sum();
+            let mut drops = pair_veth_drops(sum_by_name(ss.iter().map(|s| &s.drops[..])));
+            drops.sort_by_key(|d| std::cmp::Reverse(d.1));
+            let share = |n: u64| n as f64 / sent.max(1) as f64;
             let sc: Vec<ScaleInfo> = ss.iter().filter_map(|s| s.scale).collect();
             let scale = (!sc.is_empty()).then(|| {
                 let med = |f: &dyn Fn(&ScaleInfo) -> u64| -> u64 {
@@ -221,9 +230,53 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 connections: conns,
                 scale,
                 not_forwarded,
+                lost: share(sent.saturating_sub(delivered)),
+                drops: drops.into_iter().map(|(k, n)| (k, share(n))).collect(),
             }
         })
         .collect()
+}
+
+/// Counts of the same name added up, in order of first appearance.
+fn sum_by_name<'a>(lists: impl Iterator<Item = &'a [(String, u64)]>) -> Vec<(String, u64)> {
+    let mut totals: Vec<(String, u64)> = Vec::new();
+    for (k, n) in lists.flatten() {
+        match totals.iter_mut().find(|(t, _)| t == k) {
+            Some(t) => t.1 += n,
+            None => totals.push((k.clone(), *n)),
+        }
+    }
+    totals
+}
+
+/// A veth that cannot hand a packet to its peer counts it twice: as its
+/// own tx_drop and as the peer's rx_drop. Equal counts (within 1%) are
+/// shown once, as "A -> B".
+fn pair_veth_drops(drops: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut used = vec![false; drops.len()];
+    for (i, (tx, a)) in drops.iter().enumerate() {
+        let Some(from) = tx.strip_suffix(" tx_drop") else {
+            continue;
+        };
+        let peer = drops.iter().enumerate().position(|(j, (rx, b))| {
+            !used[j] && rx.ends_with(" rx_drop") && a.abs_diff(*b) * 100 <= (*a).max(*b)
+        });
+        if let Some(j) = peer {
+            used[i] = true;
+            used[j] = true;
+            let to = drops[j].0.trim_end_matches(" rx_drop");
+            out.push((format!("{from} -> {to}"), (*a).max(drops[j].1)));
+        }
+    }
+    out.extend(
+        drops
+            .into_iter()
+            .zip(used)
+            .filter(|(_, u)| !u)
+            .map(|(d, _)| d),
+    );
+    out
 }
 
 fn range(s: &Stat) -> String {
@@ -269,13 +322,31 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
     out
 }
 
+/// The programs' outcomes other than forwarded, then what did not arrive
+/// and the kernel's largest drop counts (shares of the packets sent).
 fn notes(r: &CaseResult) -> String {
-    r.not_forwarded
+    let pct = |(k, f): &(String, f64)| format!("{k} {:.1}%", f * 100.0);
+    let mut parts: Vec<String> = r
+        .not_forwarded
         .iter()
         .filter(|(_, f)| *f >= 0.001)
-        .map(|(k, f)| format!("{k} {:.1}%", f * 100.0))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(pct)
+        .collect();
+    if r.lost >= 0.001 {
+        let why: Vec<String> = r
+            .drops
+            .iter()
+            .filter(|(_, f)| *f >= 0.001)
+            .take(3)
+            .map(pct)
+            .collect();
+        parts.push(if why.is_empty() {
+            format!("lost {:.1}%", r.lost * 100.0)
+        } else {
+            format!("lost {:.1}% ({})", r.lost * 100.0, why.join(", "))
+        });
+    }
+    parts.join(", ")
 }
 
 /// The terminal table of `--scale`: per case and data plane, one row per
@@ -541,4 +612,28 @@ pub fn svg(results: &[CaseResult]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_drops_counted_once() {
+        let d = |k: &str, n| (k.to_string(), n);
+        let got = pair_veth_drops(vec![
+            d("node: tapA tx_drop", 1000),
+            d("router: qg tx_drop", 50),
+            d("router: qrA rx_drop", 1003),
+            d("cpu backlog full", 7),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                d("node: tapA -> router: qrA", 1003),
+                d("router: qg tx_drop", 50),
+                d("cpu backlog full", 7)
+            ]
+        );
+    }
 }

@@ -30,7 +30,7 @@ use router_common::bench::GenConfig;
 use super::{
     Case, Opts, Plane, Sample,
     cpu::{self, busy_ns},
-    nap,
+    drops, nap,
     progs::{PROG_PASS, PROG_REDIRECT, PROG_SINK, Progs, in_ns},
     report::SweepStep,
 };
@@ -97,6 +97,10 @@ struct Target<'a> {
     counters: Option<(&'a Path, &'a str)>,
     /// The router's daemon, whose CPU time is measured too.
     daemon: Option<u32>,
+    /// Namespaces whose kernel drop counters are read: (namespace, label).
+    drop_ns: Vec<(&'a str, &'static str)>,
+    /// Device names shown by role in the drop reasons: (device, role).
+    roles: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -108,6 +112,7 @@ struct Snap {
     busy: u64,
     daemon_ns: u64,
     outcomes: Vec<(String, u64)>,
+    drops: drops::Drops,
 }
 
 fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
@@ -118,6 +123,19 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
             .collect(),
         None => vec![],
     };
+    let mut drops = drops::softnet();
+    for (ns, label) in &t.drop_ns {
+        drops.extend(drops::snapshot(ns, label)?);
+    }
+    let drops = drops
+        .into_iter()
+        .map(|(mut k, v)| {
+            for (dev, role) in &t.roles {
+                k = k.replace(dev.as_str(), role);
+            }
+            (k, v)
+        })
+        .collect();
     let s = progs.sink()?;
     Ok(Snap {
         t: Some(Instant::now()),
@@ -127,6 +145,7 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
         busy: busy_ns(cpu)?,
         daemon_ns: t.daemon.map_or(0, cpu::process_ns),
         outcomes,
+        drops,
     })
 }
 
@@ -139,6 +158,9 @@ struct Window {
     daemon_cpu: Option<f64>,
     other: u64,
     outcomes: Vec<(String, u64)>,
+    sent: u64,
+    delivered: u64,
+    drops: drops::Drops,
 }
 
 fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window> {
@@ -163,6 +185,9 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
             .map(|_| b.daemon_ns.saturating_sub(a.daemon_ns) as f64 / 1e9 / dt),
         other: b.other - a.other,
         outcomes,
+        sent: b.sent - a.sent,
+        delivered: n,
+        drops: drops::delta(&a.drops, &b.drops),
     })
 }
 
@@ -226,6 +251,9 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
             sweep: paced,
             other_frames: w.other,
             outcomes: w.outcomes,
+            sent: w.sent,
+            delivered: w.delivered,
+            drops: w.drops.into_iter().collect(),
         })
     })();
     let stopped = progs.stop(run);
@@ -307,6 +335,8 @@ impl RawRig {
             sink_napi: &self.sink_napi,
             counters: None,
             daemon: None,
+            drop_ns: vec![(&self.ns, "rig")],
+            roles: vec![],
         };
         measure(progs, &t, case, opts)
     }
@@ -619,6 +649,7 @@ impl RouterRig {
             gap_ns: 0,
         };
         let id = self.router_id();
+        let router_ns = self.router_ns();
         let t = Target {
             ns: &self.node,
             cfg,
@@ -627,6 +658,16 @@ impl RouterRig {
             counters: matches!(self.plane, Plane::Xdp | Plane::Tc)
                 .then_some((self.pin_dir.as_path(), id.as_str())),
             daemon: self.daemon_pid(),
+            drop_ns: vec![(&self.node, "node"), (&router_ns, "router")],
+            roles: [(Port::A, "A"), (Port::B, "B"), (Port::G, "G")]
+                .into_iter()
+                .flat_map(|(p, n)| {
+                    [
+                        (self.dev(p), format!("port {n}")),
+                        (self.tap(p), format!("tap {n}")),
+                    ]
+                })
+                .collect(),
         };
         measure(progs, &t, case, opts)
     }
