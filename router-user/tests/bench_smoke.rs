@@ -97,7 +97,11 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         );
     }
     assert!(
-        v["results"].as_array().unwrap().iter().any(|r| r["plane"] == "iptables"),
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["plane"] == "iptables"),
         "{v}"
     );
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));

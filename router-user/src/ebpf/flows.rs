@@ -294,12 +294,24 @@ impl fmt::Display for Flow {
 pub(super) fn read_batched(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> Result<Option<HashMap<CtKey, CtEntry>>> {
+    let mut out = HashMap::default();
+    let done = visit_batched(fd, |k, e| {
+        out.insert(*k, *e);
+    })?;
+    Ok(done.then_some(out))
+}
+
+/// Hands every entry of the table to `f`, batch by batch, without keeping
+/// them; false when the kernel refuses batches (nothing was visited).
+fn visit_batched(
+    fd: std::os::fd::BorrowedFd<'_>,
+    mut f: impl FnMut(&CtKey, &CtEntry),
+) -> Result<bool> {
     use std::os::fd::AsRawFd as _;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const N: usize = 4096;
     let mut keys = vec![CtKey::default(); N];
     let mut values = vec![CtEntry::default(); N];
-    let mut out = HashMap::default();
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
     loop {
@@ -331,7 +343,7 @@ pub(super) fn read_batched(
             if first
                 && (errno == libc::EINVAL || errno == libc::ENOTSUP || errno == libc::EOPNOTSUPP)
             {
-                return Ok(None);
+                return Ok(false);
             }
             anyhow::bail!(
                 "reading the connection table: {}",
@@ -339,11 +351,11 @@ pub(super) fn read_batched(
             );
         }
         for i in 0..count.min(N) {
-            out.insert(keys[i], values[i]);
+            f(&keys[i], &values[i]);
         }
         if r < 0 {
             // ENOENT: that was the last batch.
-            return Ok(Some(out));
+            return Ok(true);
         }
         token_in = token_out;
         first = false;
@@ -360,6 +372,62 @@ fn table(map: &aya::maps::Map) -> Result<HashMap<CtKey, CtEntry>> {
     }
     let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
     Ok(m.iter().collect::<Result<_, _>>()?)
+}
+
+/// Hands every entry of a connection table map to `f`, batched where the
+/// kernel can.
+fn visit(map: &aya::maps::Map, mut f: impl FnMut(&CtKey, &CtEntry)) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    if let aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) = map
+        && visit_batched(d.fd().as_fd(), &mut f)?
+    {
+        return Ok(());
+    }
+    let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+    for kv in m.iter() {
+        let (k, e) = kv?;
+        f(&k, &e);
+    }
+    Ok(())
+}
+
+/// The shortest idle timeout any connection of `proto` can have: an entry
+/// idle for less cannot belong to an expired connection.
+fn min_timeout_ns(proto: u8) -> u64 {
+    [TCP_NONE, TCP_SYN_SENT, TCP_ESTABLISHED, TCP_FIN, TCP_CLOSED]
+        .iter()
+        .flat_map(|s| [false, true].map(|r| timeout_ns(proto, *s, r)))
+        .min()
+        .unwrap_or(0)
+}
+
+/// The expired connections of a table, read once without keeping it: only
+/// entries idle longer than their protocol's shortest timeout are kept and
+/// paired (with their partner, looked up in the map if it is not among
+/// them), so a pass over a busy table of a million connections allocates
+/// next to nothing.
+fn expired_connections<T: std::borrow::Borrow<aya::maps::MapData>>(
+    map: &aya::maps::Map,
+    lookup: &aya::maps::HashMap<T, CtKey, CtEntry>,
+    now_ns: u64,
+) -> Result<Vec<Conn>> {
+    let mut old: HashMap<CtKey, CtEntry> = HashMap::default();
+    visit(map, |k, e| {
+        if now_ns.saturating_sub(e.last_seen) > min_timeout_ns(k.proto) {
+            old.insert(*k, *e);
+        }
+    })?;
+    let partners: Vec<(CtKey, CtEntry)> = old
+        .iter()
+        .map(|(k, e)| partner(k, e))
+        .filter(|pk| !old.contains_key(pk))
+        .filter_map(|pk| lookup.get(&pk, 0).ok().map(|p| (pk, p)))
+        .collect();
+    old.extend(partners);
+    Ok(connections(&old)
+        .into_iter()
+        .filter(|c| c.expired(now_ns))
+        .collect())
 }
 
 /// Deletes the entries of `conns` whose `last_seen` did not move since
@@ -459,11 +527,9 @@ impl BpfRouter {
     /// go together. Returns the number of entries deleted (two per full
     /// connection).
     pub fn gc(&mut self, now_ns: u64) -> Result<usize> {
-        let table = self.ct_entries()?;
-        let doomed: Vec<Conn> = connections(&table)
-            .into_iter()
-            .filter(|c| c.expired(now_ns))
-            .collect();
+        let map = self.ct_map()?;
+        let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+        let doomed = expired_connections(map, &m, now_ns)?;
         self.delete(&doomed)
     }
 
@@ -665,12 +731,11 @@ pub mod pinned {
     /// the daemon runs it off its event loop.
     pub fn gc(pin_dir: &Path, router_id: &str, now_ns: u64) -> Result<usize> {
         let map = Map::LruHashMap(open(pin_dir, router_id, XR_CT)?);
-        let table = super::table(&map)?;
+        let lookup = Map::LruHashMap(open(pin_dir, router_id, XR_CT)?);
+        let lookup: aya::maps::HashMap<MapData, CtKey, CtEntry> =
+            aya::maps::HashMap::try_from(lookup)?;
+        let doomed = super::expired_connections(&map, &lookup, now_ns)?;
         let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-        let doomed: Vec<_> = connections(&table)
-            .into_iter()
-            .filter(|c| c.expired(now_ns))
-            .collect();
         super::delete_idle(&mut m, &doomed)
     }
 

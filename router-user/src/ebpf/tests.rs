@@ -461,13 +461,22 @@ fn gc_expires_idle_connections_only() {
     let old_udp = plain_pair("81.1.180.12", "192.168.1.15", 17, TCP_NONE, t0);
     let fresh_udp = plain_pair("81.1.180.13", "192.168.1.15", 17, TCP_NONE, t0 + 25 * sec);
     let old_tcp = plain_pair("81.1.180.14", "192.168.1.15", 6, TCP_ESTABLISHED, t0);
-    for (k, e) in old_udp.iter().chain(&fresh_udp).chain(&old_tcp) {
+    // Replied 25 s in: its original entry alone looks idle, the connection
+    // is not (the GC pairs an old entry with its fresh partner).
+    let mut half = plain_pair("81.1.180.16", "192.168.1.15", 17, TCP_NONE, t0);
+    half[1].1.last_seen = t0 + 25 * sec;
+    for (k, e) in old_udp
+        .iter()
+        .chain(&fresh_udp)
+        .chain(&old_tcp)
+        .chain(&half)
+    {
         br.ct_insert(k, e).unwrap();
     }
     // An orphan reply entry (its original was evicted), idle too long.
     let orphan = plain_pair("81.1.180.15", "192.168.1.15", 1, TCP_NONE, t0)[1];
     br.ct_insert(&orphan.0, &orphan.1).unwrap();
-    assert_eq!(br.flows().unwrap().len(), 3);
+    assert_eq!(br.flows().unwrap().len(), 4);
 
     assert_eq!(br.gc(t0 + 10 * sec).unwrap(), 0);
     assert_eq!(
@@ -476,11 +485,12 @@ fn gc_expires_idle_connections_only() {
         "old UDP pair and the orphan"
     );
     let left = br.ct_entries().unwrap();
-    assert_eq!(left.len(), 4);
+    assert_eq!(left.len(), 6);
     assert!(left.contains_key(&fresh_udp[0].0) && left.contains_key(&fresh_udp[1].0));
     assert!(left.contains_key(&old_tcp[0].0) && left.contains_key(&old_tcp[1].0));
-    // Established TCP lasts a day.
-    assert_eq!(br.gc(t0 + 3600 * sec).unwrap(), 2);
+    assert!(left.contains_key(&half[0].0) && left.contains_key(&half[1].0));
+    // Established TCP lasts a day; the replied UDP pair 60 s.
+    assert_eq!(br.gc(t0 + 3600 * sec).unwrap(), 4);
     assert_eq!(br.gc(t0 + 25 * 3600 * sec).unwrap(), 2);
     assert!(br.ct_entries().unwrap().is_empty());
     br.detach_and_unpin().unwrap();
