@@ -266,6 +266,9 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         println!("  ip netns | grep {tag}");
         println!("  ip netns exec qrouter-demo-{tag} iptables-save -t nat");
         println!(
+            "  ip netns exec qrouter-demo-{tag} nft list table ip xrouter   # eBPF planes: the kernel's floating-IP maps"
+        );
+        println!(
             "  {} --config {} show",
             exe.display(),
             sb.config().display()
