@@ -528,9 +528,9 @@ COMMIT
         assert_ne!(normalise(""), normalise(EXAMPLE));
     }
 
-    /// A scratch network namespace, deleted when dropped (even on panic).
     use std::process::Command;
 
+    /// A scratch network namespace, deleted when dropped (even on panic).
     pub(crate) struct ScratchNs(pub String);
 
     impl ScratchNs {

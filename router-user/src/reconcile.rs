@@ -128,19 +128,16 @@ impl<'a> Reconciler<'a> {
         // The iptables plane keeps Neutron's rules as they are; the eBPF
         // planes keep them for what the programs hand to the kernel, with
         // the per-floating-IP rules as nftables maps (see `nft`).
-        let rules = if self.floating_addresses {
-            iptables::ruleset(r, self.node)
+        let (rules_changed, fip_table) = if self.floating_addresses {
+            let rules = iptables::ruleset(r, self.node);
+            (iptables::apply_text(&ns, &rules)?, nft::clear(&ns)?)
         } else {
-            iptables::ruleset_without_fips(r, self.node)
+            let rules = iptables::ruleset_without_fips(r, self.node);
+            (iptables::apply_text(&ns, &rules)?, nft::apply(&ns, r)?)
         };
-        if iptables::apply_text(&ns, &rules)? {
+        if rules_changed {
             ch.note(format!("{ns}: iptables rules updated"));
         }
-        let fip_table = if self.floating_addresses {
-            nft::clear(&ns)?
-        } else {
-            nft::apply(&ns, r)?
-        };
         if fip_table {
             ch.note(format!("{ns}: floating-IP table (nft) updated"));
         }

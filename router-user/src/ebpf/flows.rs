@@ -288,22 +288,11 @@ impl fmt::Display for Flow {
     }
 }
 
-/// The whole connection table in a few syscalls (`BPF_MAP_LOOKUP_BATCH`,
-/// 4096 entries a call; aya 0.14 has no batch operations), or None when the
-/// kernel refuses batches (the caller then iterates).
-pub(super) fn read_batched(
-    fd: std::os::fd::BorrowedFd<'_>,
-) -> Result<Option<HashMap<CtKey, CtEntry>>> {
-    let mut out = HashMap::default();
-    let done = visit_batched(fd, |k, e| {
-        out.insert(*k, *e);
-    })?;
-    Ok(done.then_some(out))
-}
-
-/// Hands every entry of the table to `f`, batch by batch, without keeping
-/// them; false when the kernel refuses batches (nothing was visited).
-fn visit_batched(
+/// Hands every entry of the table to `f` in a few syscalls
+/// (`BPF_MAP_LOOKUP_BATCH`, 4096 entries a call; aya 0.14 has no batch
+/// operations), without keeping them; false when the kernel refuses
+/// batches (nothing was visited; the caller then iterates).
+pub(super) fn visit_batched(
     fd: std::os::fd::BorrowedFd<'_>,
     mut f: impl FnMut(&CtKey, &CtEntry),
 ) -> Result<bool> {
@@ -364,14 +353,11 @@ fn visit_batched(
 
 /// A snapshot of a connection table map, batched where the kernel can.
 fn table(map: &aya::maps::Map) -> Result<HashMap<CtKey, CtEntry>> {
-    use std::os::fd::AsFd as _;
-    if let aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) = map
-        && let Some(t) = read_batched(d.fd().as_fd())?
-    {
-        return Ok(t);
-    }
-    let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-    Ok(m.iter().collect::<Result<_, _>>()?)
+    let mut out = HashMap::default();
+    visit(map, |k, e| {
+        out.insert(*k, *e);
+    })?;
+    Ok(out)
 }
 
 /// Hands every entry of a connection table map to `f`, batched where the
@@ -411,9 +397,10 @@ fn expired_connections<T: std::borrow::Borrow<aya::maps::MapData>>(
     lookup: &aya::maps::HashMap<T, CtKey, CtEntry>,
     now_ns: u64,
 ) -> Result<Vec<Conn>> {
+    let floor: Vec<u64> = (0..=u8::MAX).map(min_timeout_ns).collect();
     let mut old: HashMap<CtKey, CtEntry> = HashMap::default();
     visit(map, |k, e| {
-        if now_ns.saturating_sub(e.last_seen) > min_timeout_ns(k.proto) {
+        if now_ns.saturating_sub(e.last_seen) > floor[k.proto as usize] {
             old.insert(*k, *e);
         }
     })?;
@@ -731,10 +718,10 @@ pub mod pinned {
     /// the daemon runs it off its event loop.
     pub fn gc(pin_dir: &Path, router_id: &str, now_ns: u64) -> Result<usize> {
         let map = Map::LruHashMap(open(pin_dir, router_id, XR_CT)?);
-        let lookup = Map::LruHashMap(open(pin_dir, router_id, XR_CT)?);
-        let lookup: aya::maps::HashMap<MapData, CtKey, CtEntry> =
-            aya::maps::HashMap::try_from(lookup)?;
-        let doomed = super::expired_connections(&map, &lookup, now_ns)?;
+        let doomed = {
+            let lookup: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(&map)?;
+            super::expired_connections(&map, &lookup, now_ns)?
+        };
         let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
         super::delete_idle(&mut m, &doomed)
     }
