@@ -16,9 +16,33 @@ pub struct RouterConfig {
     /// Metadata proxy port (host order).
     pub metadata_port: u16,
     pub _pad: u16,
+    /// New connections accepted per second and CPU (0: no limit); the rest
+    /// are dropped and counted before they cost a table insert.
+    pub new_conn_rate: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<RouterConfig>() == 20);
+const _: () = assert!(core::mem::size_of::<RouterConfig>() == 24);
+
+/// The packet mark's bits the programs use to tell the kernel how a packet
+/// they hand up must be treated (the low 16 bits are Neutron's, untouched).
+pub const MARK_MASK: u32 = 0xffff_0000;
+/// Already translated by the programs: the kernel must forward it (it
+/// fragments it, or processes its IP options) without tracking or
+/// translating it again.
+pub const MARK_TRANSLATED: u32 = 0x7872_0000;
+/// Untranslated, for the kernel to answer with an ICMP error (TTL, no
+/// route, fragmentation needed); it must never forward it.
+pub const MARK_ANSWER_ONLY: u32 = 0x7865_0000;
+
+/// Per-CPU state of the new-connection budget, index 0 of `XR_RATE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    /// Start of the current window (bpf_ktime_get_ns).
+    pub start_ns: u64,
+    /// New connections accepted in it.
+    pub count: u64,
+}
 
 /// Key and value of both floating IP maps (fixed -> floating and back).
 #[repr(C)]
@@ -27,4 +51,4 @@ pub struct Ipv4 {
     pub addr: [u8; 4],
 }
 
-crate::pod!(RouterConfig, Ipv4);
+crate::pod!(RouterConfig, Ipv4, RateWindow);

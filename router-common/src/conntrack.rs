@@ -26,11 +26,21 @@ pub const TCP_ESTABLISHED: u8 = 2;
 pub const TCP_FIN: u8 = 3;
 pub const TCP_CLOSED: u8 = 4;
 
+/// `CtEntry::flags`: a packet was seen in the reply direction (set on both
+/// entries).
+pub const CT_F_REPLIED: u8 = 1;
+
 /// NAT flags of a connection.
 pub const NAT_SNAT: u8 = 1;
 pub const NAT_DNAT: u8 = 2;
 
 /// Value: what to rewrite a packet matching the key into.
+///
+/// A connection lives in one of two tables: `XR_CT_NEW` (embryonic: an LRU
+/// table that a flood of new connections churns) until it is established
+/// — TCP: its handshake completed; UDP/ICMP: answered and still alive
+/// after [`ESTABLISH_AFTER_NS`] — then in `XR_CT` (established: a plain
+/// hash table nothing evicts; when full, connections stay embryonic).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
@@ -45,7 +55,8 @@ pub struct CtEntry {
     pub nat: u8,
     /// TCP state (`TCP_*`), shared meaning for both entries.
     pub state: u8,
-    pub _pad: u8,
+    /// `CT_F_*` bits.
+    pub flags: u8,
     /// Last packet, `bpf_ktime_get_ns` (CLOCK_MONOTONIC) nanoseconds.
     pub last_seen: u64,
     /// Connection start, same clock.
@@ -53,6 +64,11 @@ pub struct CtEntry {
 }
 
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+
+/// A UDP or ICMP connection counts as established once it has been
+/// answered and is still used this long after its first packet (as the
+/// kernel's conntrack marks UDP streams "assured").
+pub const ESTABLISH_AFTER_NS: u64 = 2_000_000_000;
 
 /// A fragmented datagram, by the fields every fragment carries.
 #[repr(C)]

@@ -1,6 +1,9 @@
-//! Per-CPU outcome counters, indexed by [`Outcome`].
+//! Per-CPU outcome counters, indexed by [`Outcome`], and connection-table
+//! event counters, indexed by [`CtEvent`].
 
-/// What happened to a packet seen by a BPF program. Only entry points count.
+/// What happened to a packet seen by a BPF program. Only entry points count,
+/// once per packet and hook (a packet XDP hands to TC counts `ToTc` there and
+/// its final outcome in TC).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -10,19 +13,24 @@ pub enum Outcome {
     FwdTc = 1,
     /// Handed up from XDP to TC (e.g. neighbour unknown).
     ToTc = 2,
-    /// To the kernel: not IPv4 (ARP, IPv6, VLAN).
+    /// To the kernel: not IPv4 (ARP, IPv6).
     KernelNotIpv4 = 3,
-    /// To the kernel: addressed to the router itself (incl. metadata).
+    /// To the kernel: addressed to the router itself (its addresses, a
+    /// subnet broadcast, multicast, metadata).
     KernelLocal = 4,
-    /// To the kernel: TTL expires here (the kernel sends time exceeded).
+    /// To the kernel, untranslated, never to be forwarded by it: TTL
+    /// expires here (the kernel answers "time exceeded").
     KernelTtl = 5,
-    /// To the kernel: IP options or a fragment.
-    KernelIpOptions = 6,
-    /// To the kernel: no route in the routes map.
+    /// To the kernel translated, never to be translated by it: IP options
+    /// (the kernel processes them while forwarding).
+    KernelOptions = 6,
+    /// To the kernel, never to be forwarded by it: no route (it answers
+    /// "unreachable").
     KernelNoRoute = 7,
     /// To the kernel: ingress device is not a router port.
     KernelNotPort = 8,
-    /// To the kernel: protocol the fast path does not translate.
+    /// To the kernel: a protocol the fast path does not translate (the
+    /// kernel owns such flows whole).
     KernelProto = 9,
     /// Dropped: truncated or malformed header.
     DropMalformed = 10,
@@ -34,14 +42,40 @@ pub enum Outcome {
     DropCtFull = 13,
     /// To the kernel: neighbour unknown to TC as well (`bpf_redirect_neigh` failed).
     KernelNeigh = 14,
-    /// To the kernel: DF packet over the egress MTU (the kernel answers).
+    /// To the kernel, untranslated, never to be forwarded by it: a DF
+    /// packet over the egress MTU (it answers "fragmentation needed").
     KernelMtu = 15,
     /// Answered: an ARP request for a floating IP on the gateway port.
     ArpReplied = 16,
+    /// To the kernel translated, never to be translated by it: over the
+    /// egress MTU without DF (the kernel fragments it).
+    KernelFragment = 17,
+    /// To the kernel: 802.1Q/802.1ad tagged (no VLAN is routed here; the
+    /// kernel drops tagged frames, strips priority tags).
+    KernelVlan = 18,
+    /// To the kernel: an ICMP error crossing the gateway port about no
+    /// connection the programs track (the kernel's own, or none).
+    KernelIcmpUntracked = 19,
+    /// Dropped: Ethernet destination is another host's unicast MAC.
+    DropOtherHost = 20,
+    /// Dropped: impossible source (0.0.0.0, 127/8, multicast, 255.255.255.255).
+    DropMartianSrc = 21,
+    /// Dropped: source is one of the router's own addresses (a port
+    /// address, a subnet broadcast, a floating IP).
+    DropSpoofedSrc = 22,
+    /// Dropped: impossible destination (0.0.0.0, 127/8).
+    DropMartianDst = 23,
+    /// Dropped: TCP flags that cannot open a connection (not SYN, not a
+    /// picked-up ACK), for which no connection exists.
+    DropTcpInvalid = 24,
+    /// Dropped: a fragment whose datagram's first fragment was not seen.
+    DropFragment = 25,
+    /// Dropped: over the router's budget of new connections per second.
+    DropNewRate = 26,
 }
 
 /// Number of counter slots.
-pub const OUTCOME_COUNT: usize = 17;
+pub const OUTCOME_COUNT: usize = 27;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOME_COUNT] = [
@@ -51,7 +85,7 @@ impl Outcome {
         Outcome::KernelNotIpv4,
         Outcome::KernelLocal,
         Outcome::KernelTtl,
-        Outcome::KernelIpOptions,
+        Outcome::KernelOptions,
         Outcome::KernelNoRoute,
         Outcome::KernelNotPort,
         Outcome::KernelProto,
@@ -62,6 +96,16 @@ impl Outcome {
         Outcome::KernelNeigh,
         Outcome::KernelMtu,
         Outcome::ArpReplied,
+        Outcome::KernelFragment,
+        Outcome::KernelVlan,
+        Outcome::KernelIcmpUntracked,
+        Outcome::DropOtherHost,
+        Outcome::DropMartianSrc,
+        Outcome::DropSpoofedSrc,
+        Outcome::DropMartianDst,
+        Outcome::DropTcpInvalid,
+        Outcome::DropFragment,
+        Outcome::DropNewRate,
     ];
 
     /// Short name for `xrouter show stats`.
@@ -73,7 +117,7 @@ impl Outcome {
             Outcome::KernelNotIpv4 => "kernel/not-ipv4",
             Outcome::KernelLocal => "kernel/local",
             Outcome::KernelTtl => "kernel/ttl",
-            Outcome::KernelIpOptions => "kernel/ip-options-or-fragment",
+            Outcome::KernelOptions => "kernel/ip-options",
             Outcome::KernelNoRoute => "kernel/no-route",
             Outcome::KernelNotPort => "kernel/not-a-port",
             Outcome::KernelProto => "kernel/protocol",
@@ -84,6 +128,16 @@ impl Outcome {
             Outcome::KernelNeigh => "kernel/neighbour",
             Outcome::KernelMtu => "kernel/mtu",
             Outcome::ArpReplied => "arp/floating-ip-replied",
+            Outcome::KernelFragment => "kernel/fragment",
+            Outcome::KernelVlan => "kernel/vlan",
+            Outcome::KernelIcmpUntracked => "kernel/icmp-error-untracked",
+            Outcome::DropOtherHost => "drop/other-host",
+            Outcome::DropMartianSrc => "drop/martian-source",
+            Outcome::DropSpoofedSrc => "drop/spoofed-source",
+            Outcome::DropMartianDst => "drop/martian-destination",
+            Outcome::DropTcpInvalid => "drop/tcp-invalid",
+            Outcome::DropFragment => "drop/fragment-out-of-order",
+            Outcome::DropNewRate => "drop/new-connection-rate",
         }
     }
 }
@@ -99,5 +153,33 @@ pub struct Counter {
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::align_of::<Counter>() == 8);
 const _: () = assert!(Outcome::ALL.len() == OUTCOME_COUNT);
+
+/// Connection-table events, counted per CPU (a `u64` each) beside the
+/// packet outcomes: how connections come and graduate.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtEvent {
+    /// A connection was created (in the embryonic table).
+    Created = 0,
+    /// A connection was established and moved to the main table.
+    Promoted = 1,
+    /// The main table was full: the connection stays embryonic.
+    PromoteFull = 2,
+}
+
+pub const CT_EVENT_COUNT: usize = 3;
+
+impl CtEvent {
+    pub const ALL: [CtEvent; CT_EVENT_COUNT] =
+        [CtEvent::Created, CtEvent::Promoted, CtEvent::PromoteFull];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CtEvent::Created => "conntrack/created",
+            CtEvent::Promoted => "conntrack/established",
+            CtEvent::PromoteFull => "conntrack/table-full-kept-embryonic",
+        }
+    }
+}
 
 crate::pod!(Counter);

@@ -18,13 +18,20 @@ pub struct PortInfo {
 
 const _: () = assert!(core::mem::size_of::<PortInfo>() == 16);
 
-/// Key of the local addresses map: every address the router owns (port
-/// addresses; floating IPs are not local, they are translated).
+/// Key of the local addresses map: every address the router owns, with its
+/// kind as value (`LOCAL_*`). Port addresses and subnet broadcasts are for
+/// the kernel; floating IPs are translated, and listed only so that a packet
+/// claiming one as its source is refused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LocalAddr {
     pub addr: [u8; 4],
 }
+
+/// `XR_LOCAL` values.
+pub const LOCAL_ADDRESS: u32 = 1;
+pub const LOCAL_BROADCAST: u32 = 2;
+pub const LOCAL_FLOATING: u32 = 3;
 
 /// Key of the neighbours map.
 #[repr(C)]

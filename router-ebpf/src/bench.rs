@@ -22,12 +22,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use router_common::{
-    bench::{GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter},
-    counters::Outcome,
-};
-
-use crate::{maps, pipeline};
+use router_common::bench::{GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter};
 
 /// Generator settings (index 0).
 #[btf_map]
@@ -206,16 +201,5 @@ pub fn xr_bench_micro(mut ctx: XdpContext) -> u32 {
     if cfg.restore_only != 0 {
         return xdp_action::XDP_DROP;
     }
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    match pipeline::process(&mut ctx) {
-        pipeline::Verdict::Forward { ifindex, .. } => {
-            maps::count(Outcome::FwdXdp, len);
-            // SAFETY: plain helper call.
-            unsafe { bpf_redirect(ifindex, 0) as u32 }
-        }
-        _ => {
-            maps::count(Outcome::ToTc, len);
-            xdp_action::XDP_PASS
-        }
-    }
+    crate::run_xdp(&mut ctx)
 }

@@ -19,6 +19,13 @@ pub trait Packet {
     /// Length of the whole packet (an skb may hold part of it outside the
     /// linear area).
     fn len(&self) -> usize;
+    /// Payload bytes per segment of an aggregated (GSO/GRO) skb, 0 for a
+    /// plain packet. Such a packet is not "over the MTU": its segments are
+    /// what goes on the wire.
+    fn gso_size(&self) -> u32;
+    /// Whether the frame carries an 802.1Q/802.1ad tag outside its data
+    /// (an skb's VLAN metadata; XDP sees tags in the frame itself).
+    fn vlan_tagged(&self) -> bool;
     /// Fixes the IPv4 header checksum at `off` for a `size`-byte field change.
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()>;
     /// Fixes an L4 checksum at `off`. `pseudo`: the field is in the
@@ -62,6 +69,14 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn len(&self) -> usize {
         self.data_end() - self.data()
+    }
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        0
+    }
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        false
     }
     #[inline(always)]
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()> {
@@ -114,6 +129,16 @@ impl Packet for TcContext {
     #[inline(always)]
     fn len(&self) -> usize {
         TcContext::len(self) as usize
+    }
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        // SAFETY: skb is the program's context.
+        unsafe { (*self.skb.skb).gso_size }
+    }
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).vlan_present != 0 }
     }
     #[inline(always)]
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()> {

@@ -15,13 +15,22 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use pipeline::Verdict;
-use router_common::counters::Outcome;
+use router_common::{
+    config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED},
+    counters::Outcome,
+};
 
 /// Fast path: forwards what it can finish, hands the rest to TC.
 #[xdp]
 pub fn xr_xdp(mut ctx: XdpContext) -> u32 {
+    run_xdp(&mut ctx)
+}
+
+/// `xr_xdp`'s body (also measured by `xr_bench_micro`).
+#[inline(always)]
+pub(crate) fn run_xdp(ctx: &mut XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    match pipeline::process(&mut ctx) {
+    match pipeline::process(ctx) {
         Verdict::Forward { ifindex, .. } => {
             maps::count(Outcome::FwdXdp, len);
             unsafe { bpf_redirect(ifindex, 0) as u32 }
@@ -29,6 +38,11 @@ pub fn xr_xdp(mut ctx: XdpContext) -> u32 {
         Verdict::Bounce => {
             maps::count(Outcome::ArpReplied, len);
             xdp_action::XDP_TX
+        }
+        // Shed here, at the lowest cost (floods, hostile frames).
+        Verdict::Drop(why) => {
+            maps::count(why, len);
+            xdp_action::XDP_DROP
         }
         // TC runs the same pipeline and counts the final outcome.
         _ => {
@@ -42,8 +56,9 @@ pub fn xr_xdp(mut ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn xr_tc(mut ctx: TcContext) -> i32 {
     let len = ctx.len() as u64;
-    // Headers must be linear and writable for direct access.
-    let _ = ctx.pull_data(core::cmp::min(len as u32, 64));
+    // Headers (IPv4 options and the quote of an ICMP error included) must
+    // be linear and writable for direct access.
+    let _ = ctx.pull_data(core::cmp::min(len as u32, 128));
     match pipeline::process(&mut ctx) {
         Verdict::Forward { ifindex, nexthop } => {
             let mut nh = bpf_redir_neigh {
@@ -62,19 +77,21 @@ pub fn xr_tc(mut ctx: TcContext) -> i32 {
             maps::count(Outcome::FwdTc, len);
             r as i32
         }
-        Verdict::Kernel(why) | Verdict::Drop(why)
-            if matches!(
-                why,
-                Outcome::DropMalformed
-                    | Outcome::DropNoPort
-                    | Outcome::DropMetadata
-                    | Outcome::DropCtFull
-            ) =>
-        {
+        Verdict::Drop(why) => {
             maps::count(why, len);
             TC_ACT_SHOT
         }
-        Verdict::Kernel(why) | Verdict::Drop(why) => {
+        Verdict::Kernel(why) => {
+            maps::count(why, len);
+            TC_ACT_OK
+        }
+        Verdict::Answer(why) => {
+            mark(&ctx, MARK_ANSWER_ONLY);
+            maps::count(why, len);
+            TC_ACT_OK
+        }
+        Verdict::Translated(why) => {
+            mark(&ctx, MARK_TRANSLATED);
             maps::count(why, len);
             TC_ACT_OK
         }
@@ -84,6 +101,20 @@ pub fn xr_tc(mut ctx: TcContext) -> i32 {
             unsafe { bpf_redirect(ctx::Packet::ifindex(&ctx), 0) as i32 }
         }
         Verdict::ToTc => TC_ACT_OK,
+    }
+}
+
+/// Tells the kernel how to treat a packet handed up (the nftables rules of
+/// the router namespace match it); Neutron's low 16 bits are kept.
+#[inline(always)]
+fn mark(ctx: &TcContext, m: u32) {
+    // SAFETY: skb is the program's context. Volatile and whole: the
+    // verifier accepts only 32-bit accesses to the mark, and the compiler
+    // would otherwise store just the changed half.
+    unsafe {
+        let p = &raw mut (*ctx.skb.skb).mark;
+        let old = core::ptr::read_volatile(p);
+        core::ptr::write_volatile(p, (old & !MARK_MASK) | m);
     }
 }
 

@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use router_common::{
-    config::{Ipv4, RouterConfig},
+    config::{Ipv4, RateWindow, RouterConfig},
     conntrack::{CtEntry, CtKey, FragEntry, FragKey},
-    counters::{Counter, OUTCOME_COUNT, Outcome},
+    counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
     port::{LocalAddr, Neigh, NeighKey, PortInfo},
     route::Route,
 };
@@ -19,9 +19,11 @@ use router_common::{
 #[btf_map]
 pub static XR_PORTS: HashMap<u32, PortInfo, 64> = HashMap::new();
 
-/// Addresses owned by the router itself: traffic to them goes to the kernel.
+/// Addresses owned by the router, with their kind (`LOCAL_*`): traffic to a
+/// port address or subnet broadcast goes to the kernel; none of them is a
+/// valid source. Size: router-user/src/ebpf/load.rs `LOCAL_ENTRIES`.
 #[btf_map]
-pub static XR_LOCAL: HashMap<LocalAddr, u32, 256> = HashMap::new();
+pub static XR_LOCAL: HashMap<LocalAddr, u32, 20480> = HashMap::new();
 
 /// IPv4 routes: connected subnets, extra routes (ECMP), default.
 #[btf_map]
@@ -43,10 +45,25 @@ pub static XR_FIP_REV: HashMap<Ipv4, Ipv4, 16384> = HashMap::new();
 #[btf_map]
 pub static XR_CONFIG: Array<RouterConfig, 1> = Array::new();
 
-/// Connection table, an entry per direction. Userspace sets the real size
-/// at load time (default 2 x 1M connections).
+/// Established connections, an entry per direction. Nothing evicts them
+/// (userspace expires idle ones); when it is full, new connections stay in
+/// `XR_CT_NEW`. Userspace sets the real size at load time (default 2 x 1M).
 #[btf_map]
-pub static XR_CT: LruHashMap<CtKey, CtEntry, 65536> = LruHashMap::new();
+pub static XR_CT: HashMap<CtKey, CtEntry, 65536> = HashMap::new();
+
+/// Embryonic connections (not yet established), an entry per direction: a
+/// flood of new connections evicts only its own kind here, never an
+/// established connection. Sized by userspace (a quarter of `XR_CT`).
+#[btf_map]
+pub static XR_CT_NEW: LruHashMap<CtKey, CtEntry, 16384> = LruHashMap::new();
+
+/// Per-CPU window of the new-connection budget (index 0).
+#[btf_map]
+pub static XR_RATE: PerCpuArray<RateWindow, 1> = PerCpuArray::new();
+
+/// Per-CPU connection-table event counters, by [`CtEvent`].
+#[btf_map]
+pub static XR_CT_EVENTS: PerCpuArray<u64, CT_EVENT_COUNT> = PerCpuArray::new();
 
 /// Fragmented datagrams in flight: the translation of their first fragment,
 /// for the later ones.
@@ -56,6 +73,14 @@ pub static XR_FRAG: LruHashMap<FragKey, FragEntry, 8192> = LruHashMap::new();
 /// Per-CPU packet and byte counters by outcome.
 #[btf_map]
 pub static XR_COUNTERS: PerCpuArray<Counter, OUTCOME_COUNT> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn event(ev: CtEvent) {
+    if let Some(c) = XR_CT_EVENTS.get_ptr_mut(ev as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
 
 #[inline(always)]
 pub fn count(outcome: Outcome, bytes: u64) {

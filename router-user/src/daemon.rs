@@ -156,6 +156,11 @@ impl Engine {
         let mut taps = Vec::new();
         for p in r.ports() {
             if let Some(t) = host.link(&p.tap()).await? {
+                // A VLAN tag must reach the programs in the frame itself.
+                if crate::ethtool::disable(&t.name, &crate::ethtool::VLAN_TX_OFFLOADS)? {
+                    ch.items
+                        .push(format!("{}: VLAN insertion moved to software", t.name));
+                }
                 taps.push((t.name, t.index));
             }
         }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod ebpf;
+pub mod ethtool;
 pub mod garp;
 pub mod iptables;
 pub mod model;

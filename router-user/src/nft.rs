@@ -1,12 +1,24 @@
-//! The kernel's floating-IP translation on the eBPF planes.
+//! The kernel's part on the eBPF planes: its floating-IP translation, and
+//! how it treats what the programs hand up.
 //!
-//! The programs hand some packets to the kernel (fragments that arrive
-//! before their first fragment, packets over the egress MTU, the router's
-//! own traffic), so the kernel must translate floating IPs too. Neutron does
-//! it with three iptables rules per floating IP; at 10,000 floating IPs
-//! `iptables-restore` spends most of a second on them. Here they are one
-//! nftables table per router namespace, `ip xrouter`, whose rules look the
-//! floating IP up in two maps; a change adds or deletes map elements only.
+//! The kernel translates what the programs leave to it whole (protocols
+//! they do not translate, the router's own traffic), and packets they hand
+//! up only to be answered (TTL, no route, "fragmentation needed" for a DF
+//! packet over the egress MTU: the DNAT of a floating IP tells the kernel
+//! where it was going). Neutron does it with three iptables rules per
+//! floating IP; at 10,000 floating IPs `iptables-restore` spends most of a
+//! second on them. Here they are one nftables table per router namespace,
+//! `ip xrouter`, whose rules look the floating IP up in two maps; a change
+//! adds or deletes map elements only.
+//!
+//! The same table holds the rules of the handoff (`router_common::config`'s
+//! marks): a packet the programs translated themselves skips connection
+//! tracking (before defragmentation, priority -450), so the kernel forwards
+//! it — fragmenting it, or processing its IP options — without translating
+//! it again; a packet handed up to be answered is dropped if the kernel
+//! would forward it instead; and, going beyond Neutron, no INVALID or
+//! untracked packet leaves qg- with a tenant's source address when SNAT
+//! applies to it (the kernel's NAT lets such packets through untranslated).
 //!
 //! Same semantics as Neutron's rules (`iptables::ruleset`): DNAT in
 //! PREROUTING and OUTPUT just before iptables' nat chains (the FIP rules
@@ -21,6 +33,9 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
+
+use ipnet::IpNet;
+use router_common::config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED};
 
 use crate::{model::Router, netns};
 
@@ -49,56 +64,117 @@ struct Rule {
     comment: String,
 }
 
-/// The base chains: name, hook, priority (one below iptables' nat chains).
-const CHAINS: [(&str, &str, &str); 3] = [
-    ("prerouting", "prerouting", "dstnat - 1"),
-    ("output", "output", "-101"),
-    ("postrouting", "postrouting", "srcnat - 1"),
+/// The base chains: name, type, hook, priority (the NAT ones one below
+/// iptables' nat chains; `handoff` before defragmentation and conntrack;
+/// `leaks` after every SNAT).
+const CHAINS: [(&str, &str, &str, &str); 6] = [
+    ("handoff", "filter", "prerouting", "-450"),
+    ("prerouting", "nat", "prerouting", "dstnat - 1"),
+    ("output", "nat", "output", "-101"),
+    ("postrouting", "nat", "postrouting", "srcnat - 1"),
+    ("answers", "filter", "forward", "filter"),
+    ("leaks", "filter", "postrouting", "300"),
 ];
 
-/// None: the router has no gateway, so no floating IP is translated (as in
-/// Neutron, whose FIP rules exist only with a gateway) and no table exists.
-fn want(router: &Router) -> Option<Want> {
-    let gw = router.gateway.as_ref()?;
-    let qg = gw.port.device();
-    let dnat: Pairs = router
-        .floating_ips
-        .iter()
-        .map(|f| (f.floating_ip, f.fixed_ip))
-        .collect();
-    let snat: Pairs = router
-        .floating_ips
-        .iter()
-        .map(|f| (f.fixed_ip, f.floating_ip))
-        .collect();
-    let rule = |chain, text: String, comment: String| Rule {
-        chain,
-        text,
-        comment,
+/// A short digest of a rule's text, in its comment: a rule changed behind
+/// our back (or by a new router dict) no longer matches its comment.
+fn digest(text: &str) -> String {
+    // FNV-1a, 32 bits: a change detector, not a security measure.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// `meta mark` test of the programs' marks (Neutron's low 16 bits aside).
+fn mark(op: &str, m: u32) -> String {
+    format!("meta mark & {MARK_MASK:#010x} {op} {m:#010x}")
+}
+
+/// What the table holds for a router. Without a gateway no floating IP is
+/// translated (as in Neutron, whose FIP rules exist only with a gateway):
+/// the maps stay empty, and the handoff rules are all there is.
+fn want(router: &Router) -> Want {
+    let fips = || {
+        router
+            .floating_ips
+            .iter()
+            .filter(|_| router.gateway.is_some())
     };
-    let rules = vec![
+    let dnat: Pairs = fips().map(|f| (f.floating_ip, f.fixed_ip)).collect();
+    let snat: Pairs = fips().map(|f| (f.fixed_ip, f.floating_ip)).collect();
+    let rule = |chain, text: String, label: &str| Rule {
+        chain,
+        comment: format!("{label} {}", digest(&text)),
+        text,
+    };
+    let mut rules = vec![
         rule(
-            "prerouting",
-            format!("dnat to ip daddr map @{DNAT_MAP}"),
-            "floating IP DNAT".into(),
+            "handoff",
+            format!("{} notrack", mark("==", MARK_TRANSLATED)),
+            "translated by the programs: forward untracked",
         ),
         rule(
-            "output",
-            format!("dnat to ip daddr map @{DNAT_MAP}"),
-            "floating IP DNAT, router's own traffic".into(),
-        ),
-        rule(
-            "postrouting",
-            format!("oifname != \"{qg}\" ct status & dnat == 0 accept"),
-            format!("east-west stays untranslated unless DNATed ({qg})"),
-        ),
-        rule(
-            "postrouting",
-            format!("snat to ip saddr map @{SNAT_MAP} fully-random"),
-            "floating IP SNAT".into(),
+            "answers",
+            format!("{} counter drop", mark("==", MARK_ANSWER_ONLY)),
+            "handed up to be answered: never forwarded",
         ),
     ];
-    Some(Want { rules, dnat, snat })
+    if let Some(gw) = router.gateway.as_ref() {
+        let qg = gw.port.device();
+        rules.extend([
+            rule(
+                "prerouting",
+                format!("dnat to ip daddr map @{DNAT_MAP}"),
+                "floating IP DNAT",
+            ),
+            rule(
+                "output",
+                format!("dnat to ip daddr map @{DNAT_MAP}"),
+                "floating IP DNAT, router's own traffic",
+            ),
+            rule(
+                "postrouting",
+                format!("oifname != \"{qg}\" ct status & dnat == 0 accept"),
+                "east-west stays untranslated unless DNATed",
+            ),
+            rule(
+                "postrouting",
+                format!("snat to ip saddr map @{SNAT_MAP} fully-random"),
+                "floating IP SNAT",
+            ),
+        ]);
+        // Sources SNAT applies to: every tenant address with gateway SNAT,
+        // else the fixed IPs that have a floating IP.
+        let tenant = if router.enable_snat {
+            let nets: Vec<String> = router
+                .interfaces
+                .iter()
+                .flat_map(|p| p.subnets.iter().map(|s| s.cidr))
+                .chain(router.routes.iter().map(|r| r.destination))
+                .filter(|n| matches!(n, IpNet::V4(_)))
+                .map(|n| n.trunc().to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            (!nets.is_empty()).then(|| format!("{{ {} }}", nets.join(", ")))
+        } else {
+            (!snat.is_empty()).then(|| format!("@{SNAT_MAP}"))
+        };
+        if let Some(set) = tenant {
+            rules.push(rule(
+                "leaks",
+                format!(
+                    "oifname \"{qg}\" ct state invalid,untracked {} ip saddr {set} counter drop",
+                    mark("!=", MARK_TRANSLATED)
+                ),
+                "no tenant address leaves untranslated",
+            ));
+        }
+    }
+    Want { rules, dnat, snat }
 }
 
 /// The elements of a map, as nft input: `a : b, c : d`.
@@ -123,10 +199,10 @@ fn full_table(w: &Want) -> String {
         }
         s.push_str(" }\n");
     }
-    for (chain, hook, prio) in CHAINS {
+    for (chain, kind, hook, prio) in CHAINS {
         let _ = writeln!(
             s,
-            "  chain {chain} {{\n    type nat hook {hook} priority {prio}; policy accept;"
+            "  chain {chain} {{\n    type {kind} hook {hook} priority {prio}; policy accept;"
         );
         for r in w.rules.iter().filter(|r| r.chain == chain) {
             let _ = writeln!(s, "    {} comment \"{}\"", r.text, r.comment);
@@ -175,7 +251,7 @@ fn parse(json: &str) -> Result<Have> {
 /// Whether the table's chains and rules are the wanted ones (elements
 /// aside).
 fn skeleton_matches(have: &Have, w: &Want) -> bool {
-    let chains_ok = CHAINS.iter().all(|(chain, _, _)| {
+    let chains_ok = CHAINS.iter().all(|(chain, _, _, _)| {
         let want: Vec<&str> = w
             .rules
             .iter()
@@ -238,9 +314,7 @@ fn read(ns: &str) -> Result<Option<Have>> {
 /// Only the difference is written, in one transaction. Returns whether
 /// anything changed.
 pub fn apply(ns: &str, router: &Router) -> Result<bool> {
-    let Some(w) = want(router) else {
-        return clear(ns);
-    };
+    let w = want(router);
     let script = match read(ns)? {
         Some(have) if skeleton_matches(&have, &w) => {
             let empty = Pairs::new();
@@ -281,16 +355,58 @@ mod tests {
     }
 
     #[test]
-    fn no_gateway_no_table() {
+    fn no_gateway_no_translation_but_the_handoff_rules() {
         let mut r = crate::iptables::tests::example();
         r.gateway = None;
-        assert_eq!(want(&r), None);
+        let w = want(&r);
+        assert!(w.dnat.is_empty() && w.snat.is_empty());
+        let chains: Vec<&str> = w.rules.iter().map(|r| r.chain).collect();
+        assert_eq!(chains, ["handoff", "answers"]);
+        let text = full_table(&w);
+        assert!(
+            text.contains("meta mark & 0xffff0000 == 0x78720000 notrack"),
+            "{text}"
+        );
+        assert!(
+            text.contains("type filter hook prerouting priority -450"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn leaks_guard_follows_enable_snat() {
+        let mut r = crate::iptables::tests::example();
+        let qg = r.gateway.as_ref().unwrap().port.device();
+        let guard = |r: &Router| {
+            want(r)
+                .rules
+                .into_iter()
+                .find(|x| x.chain == "leaks")
+                .map(|x| x.text)
+        };
+        r.enable_snat = true;
+        let g = guard(&r).unwrap();
+        assert!(
+            g.starts_with(&format!("oifname \"{qg}\" ct state invalid,untracked")),
+            "{g}"
+        );
+        for p in &r.interfaces {
+            for s in &p.subnets {
+                if s.cidr.addr().is_ipv4() {
+                    assert!(g.contains(&s.cidr.trunc().to_string()), "{g}");
+                }
+            }
+        }
+        r.enable_snat = false;
+        assert!(guard(&r).unwrap().contains("ip saddr @fip-snat"));
+        r.floating_ips.clear();
+        assert_eq!(guard(&r), None, "nothing is SNATed: nothing to guard");
     }
 
     #[test]
     fn maps_follow_the_floating_ips() {
         let r = crate::iptables::tests::example();
-        let w = want(&r).unwrap();
+        let w = want(&r);
         assert_eq!(w.dnat.len(), r.floating_ips.len());
         for f in &r.floating_ips {
             assert_eq!(w.dnat[&f.floating_ip], f.fixed_ip);
@@ -325,7 +441,7 @@ mod tests {
         assert!(apply(&ns.0, &r).unwrap(), "first apply creates the table");
         assert!(!apply(&ns.0, &r).unwrap(), "second apply is a no-op");
         let have = read(&ns.0).unwrap().unwrap();
-        let w = want(&r).unwrap();
+        let w = want(&r);
         assert!(skeleton_matches(&have, &w));
         assert_eq!(have.maps[DNAT_MAP], w.dnat);
 
@@ -334,8 +450,8 @@ mod tests {
         assert!(apply(&ns.0, &r).unwrap());
         assert!(!apply(&ns.0, &r).unwrap());
         let have = read(&ns.0).unwrap().unwrap();
-        assert_eq!(have.maps[DNAT_MAP], want(&r).unwrap().dnat);
-        assert_eq!(have.maps[SNAT_MAP], want(&r).unwrap().snat);
+        assert_eq!(have.maps[DNAT_MAP], want(&r).dnat);
+        assert_eq!(have.maps[SNAT_MAP], want(&r).snat);
 
         // A rule deleted behind our back brings the whole table back.
         netns::run_tool(
@@ -346,13 +462,15 @@ mod tests {
         )
         .unwrap();
         assert!(apply(&ns.0, &r).unwrap());
-        assert!(skeleton_matches(
-            &read(&ns.0).unwrap().unwrap(),
-            &want(&r).unwrap()
-        ));
+        assert!(skeleton_matches(&read(&ns.0).unwrap().unwrap(), &want(&r)));
 
         r.gateway = None;
-        assert!(apply(&ns.0, &r).unwrap(), "no gateway: table removed");
+        assert!(apply(&ns.0, &r).unwrap(), "no gateway: NAT rules removed");
+        assert!(!apply(&ns.0, &r).unwrap());
+        let have = read(&ns.0).unwrap().unwrap();
+        assert!(have.chains["prerouting"].is_empty());
+        assert_eq!(have.chains["handoff"].len(), 1);
+        assert!(clear(&ns.0).unwrap());
         assert!(read(&ns.0).unwrap().is_none());
         assert!(!clear(&ns.0).unwrap());
     }

@@ -141,7 +141,15 @@ impl<'a> Reconciler<'a> {
         if fip_table {
             ch.note(format!("{ns}: floating-IP table (nft) updated"));
         }
-        for (k, v) in SYSCTLS {
+        // The eBPF planes hand the kernel packets they translated already,
+        // SNATed to the gateway IP: a local source the kernel must accept
+        // from the ports (the programs drop any other packet claiming one).
+        let accept_local = if self.floating_addresses { "0" } else { "1" };
+        for (k, v) in SYSCTLS
+            .iter()
+            .copied()
+            .chain([("net.ipv4.conf.all.accept_local", accept_local)])
+        {
             if let Err(e) = netns::sysctl(&ns, k, v) {
                 tracing::warn!("{e:#}");
             }

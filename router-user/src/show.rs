@@ -179,8 +179,9 @@ pub fn stats(
     let mut all = serde_json::Map::new();
     for r in bpf_routers(state, only)? {
         let counters = crate::ebpf::pinned::counters(&node.pin_dir, &r.id)?;
+        let events = crate::ebpf::pinned::events(&node.pin_dir, &r.id)?;
         if json {
-            let m: serde_json::Map<String, serde_json::Value> = counters
+            let mut m: serde_json::Map<String, serde_json::Value> = counters
                 .iter()
                 .map(|(k, c)| {
                     (
@@ -189,6 +190,9 @@ pub fn stats(
                     )
                 })
                 .collect();
+            for (ev, n) in &events {
+                m.insert(ev.name().to_string(), serde_json::json!({ "count": n }));
+            }
             all.insert(r.id.clone(), serde_json::Value::Object(m));
             continue;
         }
@@ -198,6 +202,10 @@ pub fn stats(
             if c.packets > 0 {
                 let _ = writeln!(o, "  {:<32} {:>14} {:>16}", k.name(), c.packets, c.bytes);
             }
+        }
+        let _ = writeln!(o, "  {:<38} {:>14}", "CONNECTIONS", "COUNT");
+        for (ev, n) in &events {
+            let _ = writeln!(o, "  {:<38} {:>14}", ev.name(), n);
         }
     }
     if json {

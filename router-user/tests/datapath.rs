@@ -16,12 +16,16 @@ use aya::{
 use router_common::{
     config::{Ipv4, RouterConfig},
     conntrack::{CtEntry, CtKey},
-    counters::{Counter, Outcome},
-    port::{LocalAddr, Neigh, NeighKey, PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
+    counters::{Counter, CtEvent, Outcome},
+    port::{
+        LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, Neigh, NeighKey, PortInfo,
+        ROLE_GATEWAY, ROLE_INTERNAL,
+    },
     route::Route,
 };
 use router_user::{bpf::OBJECT, netns};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 const TC_ACT_OK: u32 = 0;
@@ -108,6 +112,8 @@ struct Frame {
     frag: u16,
     zero_udp_csum: bool,
     partial_csum: bool,
+    /// IPv4 options (a multiple of 4 bytes).
+    options: Vec<u8>,
 }
 
 impl Frame {
@@ -127,6 +133,7 @@ impl Frame {
             frag: 0x4000,
             zero_udp_csum: false,
             partial_csum: false,
+            options: Vec::new(),
         }
     }
     fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Frame {
@@ -198,14 +205,16 @@ impl Frame {
             };
             seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
-        let tot = (20 + seg.len()) as u16;
-        let mut h = vec![0x45, 0];
+        let hl = 20 + self.options.len();
+        let tot = (hl + seg.len()) as u16;
+        let mut h = vec![0x40 | (hl / 4) as u8, 0];
         h.extend_from_slice(&tot.to_be_bytes());
         h.extend_from_slice(&[0x12, 0x34]);
         h.extend_from_slice(&self.frag.to_be_bytes());
         h.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
         h.extend_from_slice(&self.src);
         h.extend_from_slice(&self.dst);
+        h.extend_from_slice(&self.options);
         let c = finish(sum16(&h));
         h[10..12].copy_from_slice(&c.to_be_bytes());
         let mut f = Vec::new();
@@ -278,9 +287,34 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut aya::maps::Map {
     ebpf.map_mut(name).unwrap_or_else(|| panic!("map {name}"))
 }
 
+/// Sizes and budget of a router under test.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// `XR_CT` entries (established, two per connection).
+    ct: u32,
+    /// `XR_CT_NEW` entries (embryonic).
+    ct_new: u32,
+    /// New connections per second and CPU (0: no limit).
+    rate: u32,
+}
+
+const ROOMY: Limits = Limits {
+    ct: 65536,
+    ct_new: 16384,
+    rate: 0,
+};
+
 impl Router {
     fn new(ifx: [u32; 3], port_min: u16, port_max: u16) -> Router {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).expect("load object");
+        Router::build(ifx, port_min, port_max, ROOMY)
+    }
+
+    fn build(ifx: [u32; 3], port_min: u16, port_max: u16, lim: Limits) -> Router {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("XR_CT", lim.ct)
+            .map_max_entries("XR_CT_NEW", lim.ct_new)
+            .load(OBJECT)
+            .expect("load object");
         let p: &mut Xdp = ebpf.program_mut("xr_xdp").unwrap().try_into().unwrap();
         p.load().expect("verifier");
         let p: &mut SchedClassifier = ebpf.program_mut("xr_tc").unwrap().try_into().unwrap();
@@ -311,12 +345,17 @@ impl Router {
         }
         let mut local: HashMap<_, LocalAddr, u32> =
             HashMap::try_from(map(&mut ebpf, "XR_LOCAL")).unwrap();
-        for (a, i) in [
-            ("81.1.180.1", qr1),
-            ("91.1.180.1", qr2),
-            ("192.168.1.110", qg),
+        // As userspace fills it: port addresses, subnet broadcasts, FIPs.
+        for (a, kind) in [
+            ("81.1.180.1", LOCAL_ADDRESS),
+            ("91.1.180.1", LOCAL_ADDRESS),
+            ("192.168.1.110", LOCAL_ADDRESS),
+            ("81.1.180.255", LOCAL_BROADCAST),
+            ("91.1.180.255", LOCAL_BROADCAST),
+            ("192.168.1.255", LOCAL_BROADCAST),
+            ("192.168.1.104", LOCAL_FLOATING),
         ] {
-            local.insert(LocalAddr { addr: ip(a) }, i, 0).unwrap();
+            local.insert(LocalAddr { addr: ip(a) }, kind, 0).unwrap();
         }
         let mut routes: LpmTrie<_, [u8; 4], Route> =
             LpmTrie::try_from(map(&mut ebpf, "XR_ROUTES")).unwrap();
@@ -390,6 +429,7 @@ impl Router {
                 port_max,
                 metadata_port: 9697,
                 _pad: 0,
+                new_conn_rate: lim.rate,
             },
             0,
         )
@@ -415,10 +455,17 @@ impl Router {
             .sum()
     }
 
-    fn ct_len(&self) -> usize {
+    /// Entries of one connection table (`XR_CT`: established,
+    /// `XR_CT_NEW`: embryonic).
+    fn table_len(&self, name: &str) -> usize {
         let ct: HashMap<&MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map("XR_CT").unwrap()).unwrap();
+            HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
         ct.keys().count()
+    }
+
+    /// Entries of both connection tables.
+    fn ct_len(&self) -> usize {
+        self.table_len("XR_CT") + self.table_len("XR_CT_NEW")
     }
 }
 
@@ -657,13 +704,6 @@ fn what_xdp_cannot_finish_goes_to_tc_and_the_kernel_untouched() {
                 },
             ),
             (
-                "fragment of a datagram whose first fragment was not seen",
-                Frame {
-                    frag: 0x0003,
-                    ..Frame::udp("81.1.180.12", 1, "192.168.1.15", 80)
-                },
-            ),
-            (
                 "metadata",
                 Frame::tcp("81.1.180.12", 1, "169.254.169.254", 80),
             ),
@@ -788,35 +828,26 @@ fn malformed_frames_are_never_forwarded() {
                 }
             }
         }
-        // Bad IHL, IP options, IPv6, ARP, VLAN: never forwarded.
+        // IPv6, ARP, VLAN: the kernel's, untouched. A bad IHL: dropped
+        // where it is seen first.
         let good = Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80).bytes();
-        let mut bad_ihl = good.clone();
-        bad_ihl[14] = 0x44;
-        let mut opts = good.clone();
-        opts[14] = 0x46;
         let mut v6 = good.clone();
         v6[12..14].copy_from_slice(&[0x86, 0xdd]);
         let mut arp = good.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         let mut vlan = good.clone();
         vlan[12..14].copy_from_slice(&[0x81, 0x00]);
-        for (what, data) in [
-            ("ihl 4", bad_ihl),
-            ("options", opts),
-            ("ipv6", v6),
-            ("arp", arp),
-            ("vlan", vlan),
-        ] {
+        for (what, data) in [("ipv6", v6), ("arp", arp), ("vlan", vlan)] {
             let o = r.raw_xdp(r.qr1, &data);
             assert_eq!(o.ret, XDP_PASS, "{what}");
             assert_eq!(o.frame, data, "{what}: unchanged");
         }
-        let before = r.counter(Outcome::DropMalformed);
         let mut bad_ihl = good.clone();
         bad_ihl[14] = 0x44;
-        let o = r.raw_tc(r.qr1, &bad_ihl);
-        assert_eq!(o.ret, TC_ACT_SHOT);
-        assert_eq!(r.counter(Outcome::DropMalformed), before + 1);
+        let before = r.counter(Outcome::DropMalformed);
+        assert_eq!(r.raw_xdp(r.qr1, &bad_ihl).ret, XDP_DROP);
+        assert_eq!(r.raw_tc(r.qr1, &bad_ihl).ret, TC_ACT_SHOT);
+        assert_eq!(r.counter(Outcome::DropMalformed), before + 2);
     });
 }
 
@@ -841,25 +872,49 @@ impl Router {
         }
     }
     fn raw_tc(&self, ingress: u32, data: &[u8]) -> Out {
+        self.raw_tc_skb(ingress, data, 0).0
+    }
+
+    /// A TC run of an skb aggregating segments of `gso_size` bytes (0: a
+    /// plain packet); also returns the skb's mark afterwards.
+    fn raw_tc_skb(&self, ingress: u32, data: &[u8], gso_size: u32) -> (Out, u32) {
         let mut out = vec![0u8; data.len() + 64];
-        // struct __sk_buff: ifindex at offset 40.
+        // struct __sk_buff: mark at 8, ifindex at 40, gso_segs at 164,
+        // gso_size at 176.
         let mut ctx = [0u8; 192];
         ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
+        if gso_size != 0 {
+            let segs = (data.len() as u32).div_ceil(gso_size);
+            ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+            ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+        }
+        let mut ctx_out = [0u8; 192];
         let p: &SchedClassifier = self.ebpf.program("xr_tc").unwrap().try_into().unwrap();
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(data),
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx),
+                ctx_out: Some(&mut ctx_out),
                 repeat: 1,
                 ..Default::default()
             })
             .expect("tc test run");
         out.truncate(r.data_size_out as usize);
-        Out {
-            ret: r.return_value,
-            frame: out,
-        }
+        let mark = u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap());
+        (
+            Out {
+                ret: r.return_value,
+                frame: out,
+            },
+            mark,
+        )
+    }
+
+    fn event(&self, ev: CtEvent) -> u64 {
+        let c: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("XR_CT_EVENTS").unwrap()).unwrap();
+        c.get(&(ev as u32), 0).unwrap().iter().sum()
     }
 }
 
@@ -1011,12 +1066,23 @@ fn no_fixed_address_leaves_the_gateway_port_of_a_natted_flow() {
             seed ^= seed << 5;
             seed
         };
+        let mut left = 0;
         for _ in 0..600 {
             let n = next();
-            let (src, mac, ingress) = if n & 1 == 0 {
-                (format!("81.1.180.{}", 2 + (n >> 8) % 250), MAC_VM1, r.qr1)
+            let (src, mac, port_mac, ingress) = if n & 1 == 0 {
+                (
+                    format!("81.1.180.{}", 2 + (n >> 8) % 250),
+                    MAC_VM1,
+                    MAC_QR1,
+                    r.qr1,
+                )
             } else {
-                (format!("91.1.180.{}", 2 + (n >> 8) % 250), MAC_VM2, r.qr2)
+                (
+                    format!("91.1.180.{}", 2 + (n >> 8) % 250),
+                    MAC_VM2,
+                    MAC_QR2,
+                    r.qr2,
+                )
             };
             let sport = (n >> 16) as u16 | 1;
             let f = match (n >> 4) % 3 {
@@ -1024,7 +1090,7 @@ fn no_fixed_address_leaves_the_gateway_port_of_a_natted_flow() {
                 1 => Frame::udp(&src, sport, "192.168.1.15", 53),
                 _ => Frame::ping(&src, "192.168.1.15", sport, 8),
             }
-            .from(mac, [0; 6]);
+            .from(mac, port_mac);
             let ttl = (n >> 12) as u8 % 4;
             let f = Frame {
                 ttl: if ttl == 0 { 1 } else { 64 },
@@ -1034,6 +1100,7 @@ fn no_fixed_address_leaves_the_gateway_port_of_a_natted_flow() {
                 let leaves_qg = (o.ret == XDP_REDIRECT || o.ret == TC_ACT_REDIRECT)
                     && o.dst().to_string() == "192.168.1.15";
                 if leaves_qg {
+                    left += 1;
                     let s = o.src().octets();
                     assert!(
                         !(s[0] == 81 || s[0] == 91),
@@ -1044,6 +1111,10 @@ fn no_fixed_address_leaves_the_gateway_port_of_a_natted_flow() {
                 }
             }
         }
+        assert!(
+            left > 300,
+            "only {left} packets left qg-: the test sent the wrong frames"
+        );
     });
 }
 
@@ -1073,7 +1144,7 @@ fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn fragmented_datagrams_go_through_snat_and_dnat() {
     with_devices(|ifx| {
-        let r = Router::new(ifx, 1024, 65535);
+        let mut r = Router::new(ifx, 1024, 65535);
         for (ingress, f, want_src, want_dst) in [
             (
                 r.qr1,
@@ -1114,7 +1185,8 @@ fn fragmented_datagrams_go_through_snat_and_dnat() {
             );
             assert_eq!(&udp[8..], &f.payload[..], "payload intact");
         }
-        // A later fragment of a datagram whose first was not seen: the kernel.
+        // A later fragment of a datagram whose first was not seen: dropped
+        // and counted (nothing could translate it as its datagram was).
         let f = Frame {
             payload: (0..40u8).collect(),
             ..Frame::udp("81.1.180.13", 4000, "192.168.1.15", 53)
@@ -1129,7 +1201,11 @@ fn fragmented_datagrams_go_through_snat_and_dnat() {
             h
         }));
         lost[24..26].copy_from_slice(&c.to_be_bytes());
+        // (XDP leaves it to TC: it runs ahead of TC, which may be about to
+        // record the datagram's first fragment.)
         assert_eq!(r.raw_xdp(r.qr1, &lost).ret, XDP_PASS);
+        assert_eq!(r.raw_tc(r.qr1, &lost).ret, TC_ACT_SHOT);
+        assert_eq!(r.counter(Outcome::DropFragment), 1);
     });
 }
 
@@ -1190,5 +1266,542 @@ fn arp_for_floating_ips_is_answered_on_the_gateway_port() {
             assert_eq!(o.ret, XDP_PASS, "{what}");
             assert_eq!(o.frame, frame, "{what}: untouched");
         }
+    });
+}
+
+// ---------- what the kernel drops, the programs drop ----------
+
+const MARK_MASK: u32 = 0xffff_0000;
+const MARK_TRANSLATED: u32 = 0x7872_0000;
+const MARK_ANSWER_ONLY: u32 = 0x7865_0000;
+
+/// Both hooks on one frame: XDP's verdict and TC's, with TC's mark.
+fn both(r: &Router, ingress: u32, f: &Frame) -> (Out, Out, u32) {
+    let x = r.xdp(ingress, f);
+    let (t, mark) = r.raw_tc_skb(ingress, &f.bytes(), 0);
+    (x, t, mark)
+}
+
+#[test]
+fn frames_for_other_hosts_are_dropped_broadcasts_left_to_the_kernel() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        // A bridge floods unknown unicast to every port: not ours, dropped.
+        let f = Frame::tcp("81.1.180.12", 1, "192.168.1.15", 80).from(MAC_VM1, MAC_VM2);
+        let (x, t, _) = both(&r, r.qr1, &f);
+        assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT));
+        assert_eq!(r.counter(Outcome::DropOtherHost), 2);
+        // Broadcast and multicast frames: never routed; the kernel's.
+        for mac in [[0xff; 6], [0x01, 0x00, 0x5e, 0, 0, 1]] {
+            let f = Frame::tcp("81.1.180.12", 1, "192.168.1.15", 80).from(MAC_VM1, mac);
+            let (x, t, _) = both(&r, r.qr1, &f);
+            assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK), "{mac:x?}");
+            assert_eq!(t.frame, f.bytes(), "{mac:x?}: untouched");
+        }
+        assert_eq!(r.counter(Outcome::KernelLocal), 2, "counted once, by TC");
+        assert_eq!(r.ct_len(), 0, "no state for any of them");
+    });
+}
+
+#[test]
+fn martian_and_spoofed_sources_are_dropped_as_the_kernel_drops_them() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let from_outside =
+            |src: &str, dst: &str| Frame::udp(src, 1000, dst, 53).from(MAC_EXT, MAC_QG);
+        for src in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.5",
+            "239.1.1.1",
+            "255.255.255.255",
+        ] {
+            let (x, t, _) = both(&r, r.qg, &from_outside(src, "91.1.180.14"));
+            assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "source {src}");
+        }
+        assert_eq!(r.counter(Outcome::DropMartianSrc), 10);
+        // The router's own addresses, a subnet broadcast and a floating IP
+        // as the source, from either side.
+        for (ingress, src) in [
+            (r.qg, "192.168.1.110"),
+            (r.qg, "192.168.1.104"),
+            (r.qg, "81.1.180.1"),
+            (r.qg, "91.1.180.255"),
+        ] {
+            let (x, t, _) = both(&r, ingress, &from_outside(src, "91.1.180.14"));
+            assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "source {src}");
+        }
+        let f = Frame::udp("192.168.1.104", 1, "91.1.180.14", 53);
+        let (x, t, _) = both(&r, r.qr1, &f);
+        assert_eq!(
+            (x.ret, t.ret),
+            (XDP_DROP, TC_ACT_SHOT),
+            "FIP as source inside"
+        );
+        assert_eq!(r.counter(Outcome::DropSpoofedSrc), 10);
+        for dst in ["0.0.0.0", "127.0.0.1"] {
+            let (x, t, _) = both(&r, r.qg, &from_outside("192.168.1.15", dst));
+            assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "destination {dst}");
+        }
+        assert_eq!(r.counter(Outcome::DropMartianDst), 4);
+        // Multicast, broadcast and a tenant subnet's directed broadcast:
+        // the kernel's (it forwards none of them).
+        for dst in ["224.0.0.5", "255.255.255.255", "91.1.180.255"] {
+            let f = from_outside("192.168.1.15", dst);
+            let (x, t, _) = both(&r, r.qg, &f);
+            assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK), "destination {dst}");
+            assert_eq!(t.frame, f.bytes(), "{dst}: untouched");
+        }
+        // What the kernel routes, the programs route: 240/4 and 0/8 but
+        // 0.0.0.0 as sources, through the floating IP and back.
+        for client in ["240.0.0.1", "0.1.2.3"] {
+            let f = Frame::tcp(client, 4000, "192.168.1.104", 22).from(MAC_EXT, MAC_QG);
+            let o = r.xdp(r.qg, &f);
+            assert_eq!(o.ret, XDP_REDIRECT, "{client}");
+            assert_eq!(o.dst().to_string(), "91.1.180.14");
+            // The VM's answer is translated by the programs, whatever the
+            // destination's class: one owner per flow.
+            let back = Frame {
+                tcp_flags: 0x12,
+                ..Frame::tcp("91.1.180.14", 22, client, 4000)
+            }
+            .from(MAC_VM2, MAC_QR2);
+            let (o, t, _) = (r.xdp(r.qr2, &back), r.tc(r.qr2, &back), ());
+            assert!(o.ret == XDP_REDIRECT || o.ret == XDP_PASS, "{client}");
+            assert_eq!(t.ret, TC_ACT_REDIRECT, "{client}: forwarded by TC");
+            assert_eq!(
+                t.src().to_string(),
+                "192.168.1.104",
+                "{client}: from the FIP"
+            );
+            assert_checksums(&t.frame);
+        }
+    });
+}
+
+#[test]
+fn tcp_segments_that_open_nothing_are_dropped_when_nat_applies() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        // FIN, RST, SYN-ACK, none, SYN+FIN, FIN-ACK, RST-ACK: INVALID as a
+        // first packet for the kernel, which lets them out untranslated.
+        for (i, flags) in [0x01u8, 0x04, 0x12, 0x00, 0x03, 0x11, 0x14]
+            .iter()
+            .enumerate()
+        {
+            let f = Frame {
+                tcp_flags: *flags,
+                ..Frame::tcp("81.1.180.12", 30000 + i as u16, "192.168.1.15", 443)
+            };
+            let (x, t, _) = both(&r, r.qr1, &f);
+            assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "flags {flags:#x}");
+        }
+        assert_eq!(r.counter(Outcome::DropTcpInvalid), 14);
+        assert_eq!(r.ct_len(), 0, "no state");
+        // SYN (with ECN bits) and a picked-up ACK open a connection.
+        for (i, flags) in [0x02u8, 0xc2, 0x10, 0x18].iter().enumerate() {
+            let f = Frame {
+                tcp_flags: *flags,
+                ..Frame::tcp("81.1.180.12", 31000 + i as u16, "192.168.1.15", 443)
+            };
+            let o = r.xdp(r.qr1, &f);
+            assert_eq!(o.ret, XDP_REDIRECT, "flags {flags:#x}");
+            assert_eq!(o.src().to_string(), "192.168.1.110");
+        }
+        // Nothing is translated from outside to a fixed IP: routed as the
+        // kernel routes it, without state.
+        let f = Frame {
+            tcp_flags: 0x01,
+            ..Frame::tcp("192.168.1.15", 443, "81.1.180.12", 40000)
+        }
+        .from(MAC_EXT, MAC_QG);
+        let o = r.xdp(r.qg, &f);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(o.src().to_string(), "192.168.1.15");
+        assert_eq!(r.ct_len(), 8, "only the four opened connections");
+    });
+}
+
+// ---------- the connection table under pressure ----------
+
+/// The three packets of a TCP handshake from `ingress` (`fwd`) and back
+/// (`back` builds the answer from the first packet's output); returns the
+/// output of the SYN.
+fn handshake(
+    r: &Router,
+    ingress: u32,
+    syn: Frame,
+    back_in: u32,
+    back: impl Fn(&Out) -> Frame,
+) -> Out {
+    let o = r.xdp(ingress, &syn);
+    assert_eq!(o.ret, XDP_REDIRECT, "SYN");
+    let synack = Frame {
+        tcp_flags: 0x12,
+        ..back(&o)
+    };
+    assert_eq!(r.xdp(back_in, &synack).ret, XDP_REDIRECT, "SYN-ACK");
+    let ack = Frame {
+        tcp_flags: 0x10,
+        ..syn
+    };
+    assert_eq!(r.xdp(ingress, &ack).ret, XDP_REDIRECT, "ACK");
+    o
+}
+
+fn snat_answer(o: &Out) -> Frame {
+    Frame::tcp("192.168.1.15", o.dport(), "192.168.1.110", o.sport()).from(MAC_EXT, MAC_QG)
+}
+
+#[test]
+fn connections_are_embryonic_until_established() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let syn = Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80);
+        let o = r.xdp(r.qr1, &syn);
+        assert_eq!((r.table_len("XR_CT_NEW"), r.table_len("XR_CT")), (2, 0));
+        let synack = Frame {
+            tcp_flags: 0x12,
+            ..snat_answer(&o)
+        };
+        r.xdp(r.qg, &synack);
+        assert_eq!(
+            (r.table_len("XR_CT_NEW"), r.table_len("XR_CT")),
+            (2, 0),
+            "answered, not yet established"
+        );
+        let ack = Frame {
+            tcp_flags: 0x10,
+            ..syn.clone()
+        };
+        let o2 = r.xdp(r.qr1, &ack);
+        assert_eq!(o2.sport(), o.sport());
+        assert_eq!(
+            (r.table_len("XR_CT_NEW"), r.table_len("XR_CT")),
+            (0, 2),
+            "the handshake's last ACK establishes it"
+        );
+        assert_eq!(r.event(CtEvent::Promoted), 1);
+        // Still the same translation, both ways, from the main table.
+        let o3 = r.xdp(
+            r.qr1,
+            &Frame {
+                tcp_flags: 0x18,
+                ..syn
+            },
+        );
+        assert_eq!(o3.sport(), o.sport());
+        let back = r.xdp(
+            r.qg,
+            &Frame {
+                tcp_flags: 0x10,
+                ..snat_answer(&o)
+            },
+        );
+        assert_eq!(back.dst().to_string(), "81.1.180.12");
+
+        // UDP: answered and still in use after two seconds.
+        let q = Frame::udp("81.1.180.12", 5353, "192.168.1.15", 53);
+        let o = r.xdp(r.qr1, &q);
+        let a = Frame::udp("192.168.1.15", 53, "192.168.1.110", o.sport()).from(MAC_EXT, MAC_QG);
+        assert_eq!(r.xdp(r.qg, &a).ret, XDP_REDIRECT);
+        r.xdp(r.qr1, &q);
+        assert_eq!(
+            r.table_len("XR_CT_NEW"),
+            2,
+            "a fresh exchange stays embryonic"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(r.xdp(r.qr1, &q).sport(), o.sport());
+        assert_eq!((r.table_len("XR_CT_NEW"), r.table_len("XR_CT")), (0, 4));
+        // A one-way flow never is.
+        let lone = Frame::udp("81.1.180.13", 5353, "192.168.1.15", 53);
+        r.xdp(r.qr1, &lone);
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        r.xdp(r.qr1, &lone);
+        assert_eq!(r.table_len("XR_CT_NEW"), 2);
+    });
+}
+
+#[test]
+fn a_flood_of_new_connections_never_evicts_established_ones() {
+    with_devices(|ifx| {
+        let lim = Limits {
+            ct: 1024,
+            ct_new: 128,
+            rate: 0,
+        };
+        let r = Router::build(ifx, 1024, 65535, lim);
+        // Established: one through SNAT, one to the floating IP.
+        let snat = handshake(
+            &r,
+            r.qr1,
+            Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80),
+            r.qg,
+            snat_answer,
+        );
+        let fip_syn = Frame::tcp("192.168.1.15", 5555, "192.168.1.104", 22).from(MAC_EXT, MAC_QG);
+        handshake(&r, r.qg, fip_syn.clone(), r.qr2, |_| {
+            Frame::tcp("91.1.180.14", 22, "192.168.1.15", 5555).from(MAC_VM2, MAC_QR2)
+        });
+        assert_eq!(r.table_len("XR_CT"), 4);
+        // 3,000 spoofed SYNs to the floating IP and 3,000 new UDP flows
+        // from a VM: 47 times the embryonic table.
+        for i in 0..3000u32 {
+            let client = format!("100.{}.{}.{}", 64 + (i >> 16) % 64, (i >> 8) & 255, i & 255);
+            let f = Frame::tcp(&client, 1024 + (i % 50000) as u16, "192.168.1.104", 22)
+                .from(MAC_EXT, MAC_QG);
+            assert_eq!(r.xdp(r.qg, &f).ret, XDP_REDIRECT);
+            let f = Frame::udp("81.1.180.13", 2000 + (i % 60000) as u16, "192.168.1.15", 9);
+            assert_eq!(r.xdp(r.qr1, &f).ret, XDP_REDIRECT);
+        }
+        assert!(r.table_len("XR_CT_NEW") <= 128);
+        assert_eq!(
+            r.table_len("XR_CT"),
+            4,
+            "the established connections are all there"
+        );
+        // ... and keep their translation.
+        let o = r.xdp(
+            r.qr1,
+            &Frame {
+                tcp_flags: 0x18,
+                ..Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80)
+            },
+        );
+        assert_eq!(o.sport(), snat.sport(), "same external port");
+        let o = r.xdp(
+            r.qg,
+            &Frame {
+                tcp_flags: 0x18,
+                ..fip_syn
+            },
+        );
+        assert_eq!(o.dst().to_string(), "91.1.180.14");
+        assert_eq!(
+            r.table_len("XR_CT_NEW"),
+            lim.ct_new as usize,
+            "the flood churns only here"
+        );
+    });
+}
+
+#[test]
+fn a_full_main_table_keeps_new_connections_embryonic() {
+    with_devices(|ifx| {
+        let lim = Limits {
+            ct: 4,
+            ct_new: 128,
+            rate: 0,
+        };
+        let r = Router::build(ifx, 1024, 65535, lim);
+        for sport in [40000, 40001] {
+            handshake(
+                &r,
+                r.qr1,
+                Frame::tcp("81.1.180.12", sport, "192.168.1.15", 80),
+                r.qg,
+                snat_answer,
+            );
+        }
+        assert_eq!(r.table_len("XR_CT"), 4);
+        let third = handshake(
+            &r,
+            r.qr1,
+            Frame::tcp("81.1.180.12", 40002, "192.168.1.15", 80),
+            r.qg,
+            snat_answer,
+        );
+        assert_eq!(r.event(CtEvent::PromoteFull), 1);
+        assert_eq!(r.table_len("XR_CT_NEW"), 2, "kept, embryonic");
+        // Working all the same, with its translation; no retry per packet.
+        let o = r.xdp(
+            r.qr1,
+            &Frame {
+                tcp_flags: 0x10,
+                ..Frame::tcp("81.1.180.12", 40002, "192.168.1.15", 80)
+            },
+        );
+        assert_eq!(o.sport(), third.sport());
+        assert_eq!(r.event(CtEvent::PromoteFull), 1);
+    });
+}
+
+/// Pins the calling thread to CPU 0: per-CPU budgets are per CPU.
+fn on_cpu0() {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+#[test]
+fn new_connections_beyond_the_budget_are_dropped_and_counted() {
+    with_devices(|ifx| {
+        on_cpu0();
+        // 10 a second: one per 100 ms window.
+        let lim = Limits { rate: 10, ..ROOMY };
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let first = Frame::udp("81.1.180.12", 7000, "192.168.1.15", 53);
+        let o = r.xdp(r.qr1, &first);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        let mut dropped = 0;
+        for i in 0..20u16 {
+            let f = Frame::udp("81.1.180.12", 7001 + i, "192.168.1.15", 53);
+            if r.xdp(r.qr1, &f).ret == XDP_DROP {
+                dropped += 1;
+            }
+        }
+        assert!(
+            dropped >= 18,
+            "only {dropped} of 20 over the budget dropped"
+        );
+        assert_eq!(r.counter(Outcome::DropNewRate), dropped);
+        // Known connections are not new: never limited.
+        for _ in 0..20 {
+            assert_eq!(r.xdp(r.qr1, &first).sport(), o.sport());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let f = Frame::udp("81.1.180.12", 7100, "192.168.1.15", 53);
+        assert_eq!(r.xdp(r.qr1, &f).ret, XDP_REDIRECT, "a new window");
+    });
+}
+
+// ---------- one owner per flow: what the programs hand up ----------
+
+fn big(f: Frame, len: usize) -> Frame {
+    Frame {
+        payload: vec![0x5a; len],
+        ..f
+    }
+}
+
+#[test]
+fn aggregated_segments_are_forwarded_not_handed_to_the_kernel() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        // A GRO'd upload of 3 x 1100 bytes through SNAT (qg- MTU 1500; a
+        // test run's packet must fit a page).
+        let f = big(Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80), 3300);
+        let (o, mark) = r.raw_tc_skb(r.qr1, &f.bytes(), 1100);
+        assert_eq!(o.ret, TC_ACT_REDIRECT);
+        assert_eq!(mark & MARK_MASK, 0);
+        assert_eq!(o.src().to_string(), "192.168.1.110");
+        assert_eq!(o.ttl(), 63);
+        // Segments that would not fit: the kernel answers, untranslated,
+        // and must not forward it.
+        let f = big(Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80), 2922);
+        let (o, mark) = r.raw_tc_skb(r.qr1, &f.bytes(), 1461);
+        assert_eq!(o.ret, TC_ACT_OK);
+        assert_eq!(mark & MARK_MASK, MARK_ANSWER_ONLY);
+        assert_eq!(o.frame, f.bytes(), "untouched");
+    });
+}
+
+#[test]
+fn oversized_packets_go_to_the_kernel_translated_or_to_be_answered() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        // DF, over qg-'s 1500: the kernel answers "fragmentation needed"
+        // about what the VM sent.
+        let df = big(Frame::udp("81.1.180.12", 6000, "192.168.1.15", 53), 1600);
+        let (x, t, mark) = both(&r, r.qr1, &df);
+        assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK));
+        assert_eq!(x.frame, df.bytes());
+        assert_eq!(t.frame, df.bytes(), "untouched");
+        assert_eq!(mark & MARK_MASK, MARK_ANSWER_ONLY);
+        assert_eq!(r.counter(Outcome::KernelMtu), 1);
+        // Without DF: translated here, fragmented by the kernel, which
+        // neither tracks nor translates it again. TTL and MACs are its job.
+        let nodf = Frame { frag: 0, ..df };
+        let (x, t, mark) = both(&r, r.qr1, &nodf);
+        assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK));
+        assert_eq!(x.frame, nodf.bytes(), "XDP leaves it to TC untouched");
+        assert_eq!(mark & MARK_MASK, MARK_TRANSLATED);
+        assert_eq!(t.src().to_string(), "192.168.1.110");
+        assert_eq!(t.ttl(), 64, "the kernel decrements it");
+        assert_eq!(&t.frame[..12], &nodf.bytes()[..12], "MACs untouched");
+        assert_checksums(&t.frame);
+        assert_eq!(r.counter(Outcome::KernelFragment), 1);
+        // Same flow, small: forwarded here with the same port.
+        let small = Frame::udp("81.1.180.12", 6000, "192.168.1.15", 53);
+        let o = r.xdp(r.qr1, &small);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(o.sport(), t.sport(), "one translation per flow");
+        // A reply's fragment too big for the VM's network (1450): translated
+        // and handed up, and the datagram's later fragments follow it.
+        let reply = Frame {
+            frag: 0x2000, // first fragment: MF, offset 0
+            ..big(
+                Frame::udp("192.168.1.15", 53, "192.168.1.110", o.sport()).from(MAC_EXT, MAC_QG),
+                1472,
+            )
+        };
+        let (t, mark) = r.raw_tc_skb(r.qg, &reply.bytes(), 0);
+        assert_eq!(t.ret, TC_ACT_OK);
+        assert_eq!(mark & MARK_MASK, MARK_TRANSLATED);
+        assert_eq!(t.dst().to_string(), "81.1.180.12");
+        assert_eq!(t.dport(), 6000);
+        assert_eq!(finish(sum16(&t.frame[14..34])), 0, "IPv4 header checksum");
+    });
+}
+
+#[test]
+fn ip_options_are_translated_and_forwarded_by_the_kernel() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let f = Frame {
+            options: vec![1, 1, 1, 0], // NOP NOP NOP EOL
+            ..Frame::udp("81.1.180.12", 8000, "192.168.1.15", 53)
+        };
+        let (x, t, mark) = both(&r, r.qr1, &f);
+        assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK));
+        assert_eq!(x.frame, f.bytes());
+        assert_eq!(mark & MARK_MASK, MARK_TRANSLATED);
+        let g = &t.frame;
+        assert_eq!(&g[26..30], &ip("192.168.1.110"));
+        assert_eq!(g[22], 64, "TTL is the kernel's to decrement");
+        assert_eq!(finish(sum16(&g[14..38])), 0, "IPv4 header checksum");
+        let port = u16::from_be_bytes([g[38], g[39]]);
+        assert!(port >= 1024);
+        assert_eq!(
+            l4_sum(&g[26..30], &g[30..34], 17, &g[38..]),
+            0,
+            "UDP checksum"
+        );
+        // The same flow without options: the same translation.
+        let o = r.xdp(r.qr1, &Frame::udp("81.1.180.12", 8000, "192.168.1.15", 53));
+        assert_eq!(o.sport(), port);
+    });
+}
+
+#[test]
+fn untracked_icmp_errors_across_the_gateway_are_the_kernels() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        // From a VM, about nothing the programs track, leaving through qg-:
+        // the kernel translates it if it is its own, else stops a leak.
+        let quoted = Frame::udp("192.168.1.15", 53, "81.1.180.12", 5000).bytes();
+        let err = icmp_error(
+            "81.1.180.12",
+            "192.168.1.15",
+            3,
+            3,
+            &quoted[14..],
+            MAC_VM1,
+            MAC_QR1,
+        );
+        let x = r.raw_xdp(r.qr1, &err);
+        let t = r.raw_tc(r.qr1, &err);
+        assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK));
+        assert_eq!(t.frame, err, "untouched");
+        assert_eq!(r.counter(Outcome::KernelIcmpUntracked), 1);
+        // TTL expiring: the kernel answers and must not forward.
+        let f = Frame {
+            ttl: 1,
+            ..Frame::udp("81.1.180.12", 1, "192.168.1.15", 53)
+        };
+        let (t, mark) = r.raw_tc_skb(r.qr1, &f.bytes(), 0);
+        assert_eq!(t.ret, TC_ACT_OK);
+        assert_eq!(mark & MARK_MASK, MARK_ANSWER_ONLY);
     });
 }

@@ -1,9 +1,11 @@
-//! classify: which router port the packet came in on, whether it can be
-//! forwarded at all, and whether it is for the router itself (the kernel's job).
+//! classify: which router port the packet came in on, whether it was sent
+//! to this router at all (its MAC), whether it can be forwarded (martian
+//! addresses, TTL), and whether it is for the router itself (the kernel's
+//! job). What the kernel drops, this drops, counted by reason.
 
 use router_common::{
     counters::Outcome,
-    port::{LocalAddr, PortInfo, ROLE_INTERNAL},
+    port::{LOCAL_FLOATING, LocalAddr, PortInfo, ROLE_INTERNAL},
 };
 
 use super::{
@@ -14,6 +16,7 @@ use crate::{ctx::Packet, maps};
 
 /// 169.254.169.254, raw network order.
 const METADATA_IP: u32 = u32::from_ne_bytes([169, 254, 169, 254]);
+const BROADCAST: u32 = u32::MAX;
 
 #[inline(always)]
 pub fn classify<P: Packet>(p: &P, pkt: &Pkt) -> Result<PortInfo, Verdict> {
@@ -23,20 +26,41 @@ pub fn classify<P: Packet>(p: &P, pkt: &Pkt) -> Result<PortInfo, Verdict> {
         return Err(Verdict::Kernel(Outcome::KernelNotPort));
     };
     let port = *port;
-    // Multicast, broadcast and loopback are not routed.
-    let first = pkt.dst.to_ne_bytes()[0];
-    if first >= 224 || first == 127 || first == 0 {
+    let mac: *mut [u8; 6] = p.ptr(0).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+    // SAFETY: bounds checked by ptr().
+    let mac = unsafe { &*mac };
+    if mac[0] & 1 != 0 {
+        // Broadcast or multicast frame: never forwarded by a router; the
+        // kernel takes what is for it.
+        return Err(Verdict::Kernel(Outcome::KernelLocal));
+    }
+    if *mac != port.mac {
+        // Another host's frame (a bridge floods unknown unicast).
+        return Err(Verdict::Drop(Outcome::DropOtherHost));
+    }
+    // Martians, as the kernel's route lookup has them (it routes 0/8 but
+    // 0.0.0.0, and 240/4 but 255.255.255.255).
+    let [s0, ..] = pkt.src.to_ne_bytes();
+    if pkt.src == 0 || s0 == 127 || (224..240).contains(&s0) || pkt.src == BROADCAST {
+        return Err(Verdict::Drop(Outcome::DropMartianSrc));
+    }
+    let [d0, ..] = pkt.dst.to_ne_bytes();
+    if pkt.dst == 0 || d0 == 127 {
+        return Err(Verdict::Drop(Outcome::DropMartianDst));
+    }
+    if (224..240).contains(&d0) || pkt.dst == BROADCAST {
         return Err(Verdict::Kernel(Outcome::KernelLocal));
     }
     if pkt.ttl <= 1 {
-        return Err(Verdict::Kernel(Outcome::KernelTtl));
+        return Err(Verdict::Answer(Outcome::KernelTtl));
     }
     Ok(port)
 }
 
 /// Whether a packet that belongs to no known connection is for the router
-/// itself: its own addresses, or metadata (redirected to the local proxy by
-/// the kernel). Replies to translated connections are checked before this,
+/// itself: its own addresses or subnet broadcasts (floating IPs are
+/// translated instead), or metadata (redirected to the local proxy by the
+/// kernel). Replies to translated connections are checked before this,
 /// since they are addressed to the gateway IP.
 #[inline(always)]
 pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
@@ -44,7 +68,9 @@ pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
         addr: pkt.dst.to_ne_bytes(),
     };
     // SAFETY: plain data.
-    if unsafe { maps::XR_LOCAL.get(&local) }.is_some() {
+    if let Some(kind) = unsafe { maps::XR_LOCAL.get(&local) }
+        && *kind != LOCAL_FLOATING
+    {
         return Some(Verdict::Kernel(Outcome::KernelLocal));
     }
     if ingress.role == ROLE_INTERNAL

@@ -1,13 +1,17 @@
 //! ICMP errors (unreachable, time exceeded, parameter problem) about a
 //! translated connection: found through the quoted header, whose addresses
 //! and ports are translated back, as are the outer addresses that match
-//! them, so the error reaches the real sender. Errors about connections the
-//! router does not translate are routed unchanged.
+//! them, so the error reaches the real sender. Errors about no connection
+//! the programs track are routed unchanged between internal ports; across
+//! the gateway port they go to the kernel, which translates them if the
+//! connection is its own (a protocol the programs leave to it) and otherwise
+//! finds them INVALID (the eBPF planes' nftables guard then keeps a tenant
+//! address from leaving through qg-).
 
 use router_common::{
     conntrack::{CtEntry, CtKey},
     counters::Outcome,
-    port::PortInfo,
+    port::{PortInfo, ROLE_GATEWAY},
 };
 
 use super::{
@@ -36,7 +40,8 @@ fn inner<P: Packet>(p: &P) -> Result<Inner, Verdict> {
     // SAFETY: bounds checked by ptr().
     let h = unsafe { &*h };
     if h[0] != 0x45 {
-        return Err(Verdict::Kernel(Outcome::KernelIpOptions));
+        // Quoted options move the quoted ports: the kernel's job.
+        return Err(Verdict::Kernel(Outcome::KernelIcmpUntracked));
     }
     let proto = h[9];
     let l4: *mut [u8; 8] = p
@@ -139,20 +144,29 @@ pub fn plan<P: Packet>(
         proto: q.proto,
         _pad: [0; 3],
     };
-    // SAFETY: plain data.
-    let Some(e) = (unsafe { maps::XR_CT.get(&k) }) else {
-        // Not about a translated connection: route it as it is.
+    let Some(e) = track::find(&k) else {
+        // Not about a connection of ours: routed as it is between internal
+        // ports; across the gateway, the kernel's.
         if let Some(v) = super::classify::for_router(pkt, ingress) {
             return Err(v);
         }
-        return Ok((track::route_translated(pkt, pkt.src, pkt.dst)?, None));
+        let flow = track::route_translated(pkt, pkt.src, pkt.dst)?;
+        if ingress.role == ROLE_GATEWAY || egress_is_gateway(flow.egress) {
+            return Err(Verdict::Kernel(Outcome::KernelIcmpUntracked));
+        }
+        return Ok((flow, None));
     };
-    let e: CtEntry = *e;
     let (orig_src, orig_dst) = (u32::from_ne_bytes(e.new_dst), u32::from_ne_bytes(e.new_src));
     // The outer header: to the real sender, from what it talked to.
     let src = if pkt.src == q.dst { orig_dst } else { pkt.src };
     let dst = if pkt.dst == q.src { orig_src } else { pkt.dst };
     Ok((track::route_translated(pkt, src, dst)?, Some(Plan { q, e })))
+}
+
+#[inline(always)]
+fn egress_is_gateway(ifindex: u32) -> bool {
+    // SAFETY: plain data.
+    unsafe { maps::XR_PORTS.get(&ifindex) }.is_some_and(|p| p.role == ROLE_GATEWAY)
 }
 
 /// Rewrites the quoted packet back to what its sender sent.

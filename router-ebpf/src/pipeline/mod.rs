@@ -3,6 +3,14 @@
 //!
 //! Each stage returns a value to go on with, or a final [`Verdict`]; only the
 //! entry points act on verdicts and count them.
+//!
+//! One owner per flow: a connection the programs track is translated by
+//! them, every packet of it. What they cannot send themselves goes to the
+//! kernel either already translated and marked so that the kernel forwards
+//! it without tracking or translating it again (it fragments it, or
+//! processes its IP options), or untranslated and marked so that the kernel
+//! only answers it (TTL, no route, fragmentation needed) and never forwards
+//! it. Only protocols the programs do not translate are the kernel's whole.
 
 pub mod arp;
 pub mod classify;
@@ -21,16 +29,39 @@ use crate::ctx::Packet;
 #[derive(Clone, Copy)]
 pub enum Verdict {
     /// Rewritten; send it out of `ifindex` towards next hop `nexthop`
-    /// (raw network-order address). `mac_done`: MACs are already set (XDP).
+    /// (raw network-order address). XDP has set the MACs; TC's redirect
+    /// sets them.
     Forward { ifindex: u32, nexthop: u32 },
-    /// Hand it to the kernel stack unchanged, for this reason.
+    /// Hand it to the kernel unchanged, for this reason.
     Kernel(Outcome),
-    /// XDP cannot finish it (neighbour unknown, partial checksum): TC will.
+    /// Hand it to the kernel unchanged, marked `MARK_ANSWER_ONLY`: the
+    /// kernel answers it with an ICMP error and must not forward it.
+    Answer(Outcome),
+    /// Translated (addresses and ports, not TTL or MACs); hand it to the
+    /// kernel marked `MARK_TRANSLATED`, to be forwarded untracked.
+    Translated(Outcome),
+    /// XDP cannot finish it (neighbour unknown, partial checksum, a mark
+    /// needed): TC will.
     ToTc,
     /// Drop it, for this reason.
     Drop(Outcome),
     /// Rewritten into an answer: send it back out of the port it came in on.
     Bounce,
+}
+
+/// Whether a packet is too big for a port of `mtu`. An aggregated (GSO/GRO)
+/// skb is not: what counts is the size of the segments it stands for.
+#[inline(always)]
+fn too_big<P: Packet>(p: &P, pkt: &parse::Pkt, mtu: u32) -> bool {
+    if pkt.tot_len as u32 <= mtu {
+        return false;
+    }
+    let gso = p.gso_size();
+    if gso != 0 {
+        let hdrs = (pkt.l4_off - parse::IP_OFF) as u32 + pkt.l4_hdr as u32;
+        return hdrs + gso > mtu;
+    }
+    true
 }
 
 /// Runs the whole pipeline on a packet.
@@ -53,6 +84,9 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
     let (flow, quoted) = if pkt.frag == parse::FRAG_LATER {
         match track::fragment(&pkt) {
             Ok(f) => (f, None),
+            // XDP runs a batch ahead of TC: the first fragment may be
+            // waiting there to be recorded. TC decides.
+            Err(Verdict::Drop(Outcome::DropFragment)) if !P::TC => return Verdict::ToTc,
             Err(v) => return v,
         }
     } else if pkt.proto == parse::PROTO_ICMP && parse::is_icmp_error(pkt.flags) {
@@ -66,7 +100,38 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             Err(v) => return v,
         }
     };
-    // Neighbour (XDP) and MTU checks before anything is written.
+    // What the programs cannot send themselves.
+    let handoff = if too_big(p, &pkt, flow.mtu) {
+        if pkt.df {
+            // The kernel answers "fragmentation needed" quoting what the
+            // sender sent, from the address it sent to.
+            return Verdict::Answer(Outcome::KernelMtu);
+        }
+        Some(Outcome::KernelFragment)
+    } else if pkt.options {
+        Some(Outcome::KernelOptions)
+    } else {
+        None
+    };
+    if let Some(why) = handoff {
+        // XDP cannot mark a packet: TC does all of it.
+        if !P::TC {
+            return Verdict::ToTc;
+        }
+        if pkt.frag == parse::FRAG_FIRST {
+            track::remember_fragments(&pkt, &flow);
+        }
+        if let Some(q) = &quoted
+            && let Err(v) = icmp_error::apply(p, &pkt, q)
+        {
+            return v;
+        }
+        if let Err(v) = rewrite::translate(p, &pkt, &flow) {
+            return v;
+        }
+        return Verdict::Translated(why);
+    }
+    // Neighbour (XDP) before anything is written.
     let dst_mac = if P::TC {
         [0u8; 6]
     } else {

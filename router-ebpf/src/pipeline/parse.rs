@@ -1,7 +1,9 @@
-//! parse: Ethernet, IPv4 without options, TCP/UDP/ICMP echo.
+//! parse: Ethernet (untagged), IPv4 (with or without options), TCP/UDP/ICMP
+//! echo and ICMP errors.
 //!
-//! Offsets are fixed (no VLAN, no IP options): what does not fit goes to the
-//! kernel, which keeps the verifier's job and the fast path simple.
+//! The L4 header follows the IPv4 header's length; packets with options are
+//! translated like any other but forwarded by the kernel (which processes
+//! the options), see `Pkt::options`.
 
 use router_common::counters::Outcome;
 
@@ -10,6 +12,7 @@ use crate::ctx::Packet;
 
 pub const ETH_LEN: usize = 14;
 pub const IP_OFF: usize = ETH_LEN;
+/// L4 offset of a packet without IP options.
 pub const L4_OFF: usize = ETH_LEN + 20;
 /// Offsets inside the IPv4 header.
 pub const IP_TTL: usize = IP_OFF + 8;
@@ -27,7 +30,8 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
 
-/// Where an ICMP error quotes the offending packet's IPv4 header.
+/// Where an ICMP error quotes the offending packet's IPv4 header (ICMP
+/// errors with IP options go to the kernel as they are).
 pub const INNER_IP: usize = L4_OFF + 8;
 pub const INNER_L4: usize = INNER_IP + 20;
 
@@ -52,6 +56,14 @@ pub struct Pkt {
     pub flags: u8,
     /// IPv4 total length (host order).
     pub tot_len: u16,
+    /// Offset of the L4 header (14 + the IPv4 header's length).
+    pub l4_off: usize,
+    /// Length of the L4 header (TCP data offset, 8 for UDP and ICMP).
+    pub l4_hdr: u16,
+    /// The IPv4 header has options.
+    pub options: bool,
+    /// Don't Fragment is set.
+    pub df: bool,
     /// Offset of the L4 checksum field (0: none here, a later fragment).
     pub l4_csum: usize,
     /// `FRAG_NONE`, `FRAG_FIRST` (offset 0, more to come) or `FRAG_LATER`.
@@ -71,23 +83,28 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
     let eth_type: *mut u16 = p.ptr(12).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
     // SAFETY: every read below is bounds-checked by ptr().
     unsafe {
-        if u16::from_be(*eth_type) != 0x0800 {
+        let ty = u16::from_be(*eth_type);
+        // A tag in the frame (XDP) or in the skb's metadata (TC, where the
+        // kernel has already moved it there): no VLAN is routed here.
+        if ty == 0x8100 || ty == 0x88a8 || p.vlan_tagged() {
+            return Err(Verdict::Kernel(Outcome::KernelVlan));
+        }
+        if ty != 0x0800 {
             return Err(Verdict::Kernel(Outcome::KernelNotIpv4));
         }
         let vihl: *mut u8 = p.ptr(IP_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
-        let ihl = *vihl & 0x0f;
+        let ihl = (*vihl & 0x0f) as usize;
         if *vihl >> 4 != 4 || ihl < 5 {
             return Err(Verdict::Drop(Outcome::DropMalformed));
-        }
-        if ihl != 5 {
-            return Err(Verdict::Kernel(Outcome::KernelIpOptions));
         }
         let hdr: *mut [u8; 20] = p.ptr(IP_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
         let h = &*hdr;
         let tot_len = u16::from_be_bytes([h[2], h[3]]);
-        if (tot_len as usize) < 20 || IP_OFF + tot_len as usize > p.len() {
+        let ip_len = ihl * 4;
+        if (tot_len as usize) < ip_len || IP_OFF + tot_len as usize > p.len() {
             return Err(Verdict::Drop(Outcome::DropMalformed));
         }
+        let l4_off = IP_OFF + ip_len;
         let frag = u16::from_be_bytes([h[6], h[7]]);
         let frag_kind = if frag & 0x1fff != 0 {
             FRAG_LATER
@@ -109,6 +126,10 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             ttl: h[8],
             flags: 0,
             tot_len,
+            l4_off,
+            l4_hdr: 0,
+            options: ihl != 5,
+            df: frag & 0x4000 != 0,
             l4_csum: 0,
             frag: frag_kind,
             ip_id: u16::from_ne_bytes([h[4], h[5]]),
@@ -117,44 +138,46 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             // No L4 header: translated as its first fragment was.
             return Ok(pkt);
         }
-        let l4_len = tot_len - 20;
+        let l4_len = tot_len as usize - ip_len;
         match pkt.proto {
             PROTO_TCP => {
                 let t: *mut [u8; 20] =
-                    p.ptr(L4_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                    p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
                 let t = &*t;
-                if (t[12] >> 4) < 5 || (l4_len as usize) < 20 {
+                let doff = (t[12] >> 4) as usize;
+                if doff < 5 || l4_len < 20 {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
-                pkt.sport = *(p
-                    .ptr::<u16>(L4_OFF)
-                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
-                pkt.dport = *(p
-                    .ptr::<u16>(L4_OFF + 2)
-                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
+                pkt.sport = u16::from_ne_bytes([t[0], t[1]]);
+                pkt.dport = u16::from_ne_bytes([t[2], t[3]]);
                 pkt.flags = t[13];
-                pkt.l4_csum = L4_OFF + 16;
+                pkt.l4_hdr = (doff * 4) as u16;
+                pkt.l4_csum = l4_off + 16;
             }
             PROTO_UDP => {
-                let _: *mut [u8; 8] = p.ptr(L4_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
-                if (l4_len as usize) < 8 {
+                let u: *mut [u8; 8] = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                let u = &*u;
+                if l4_len < 8 {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
-                pkt.sport = *(p
-                    .ptr::<u16>(L4_OFF)
-                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
-                pkt.dport = *(p
-                    .ptr::<u16>(L4_OFF + 2)
-                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
-                pkt.l4_csum = L4_OFF + 6;
+                pkt.sport = u16::from_ne_bytes([u[0], u[1]]);
+                pkt.dport = u16::from_ne_bytes([u[2], u[3]]);
+                pkt.l4_hdr = 8;
+                pkt.l4_csum = l4_off + 6;
             }
             PROTO_ICMP => {
-                let i: *mut [u8; 8] = p.ptr(L4_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
-                if (l4_len as usize) < 8 {
+                let i: *mut [u8; 8] = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                let i = &*i;
+                if l4_len < 8 {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
-                pkt.flags = (*i)[0];
+                pkt.flags = i[0];
+                pkt.l4_hdr = 8;
                 if is_icmp_error(pkt.flags) && frag_kind == FRAG_NONE {
+                    if pkt.options {
+                        // The quote sits at a fixed offset only without options.
+                        return Err(Verdict::Kernel(Outcome::KernelOptions));
+                    }
                     // The quoted packet is looked at by `icmp_error`.
                     pkt.l4_csum = L4_OFF + 2;
                     return Ok(pkt);
@@ -164,12 +187,10 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
                 {
                     return Err(Verdict::Kernel(Outcome::KernelProto));
                 }
-                let id = *(p
-                    .ptr::<u16>(L4_OFF + 4)
-                    .ok_or(Verdict::Drop(Outcome::DropMalformed))?);
+                let id = u16::from_ne_bytes([i[4], i[5]]);
                 pkt.sport = id;
                 pkt.dport = id;
-                pkt.l4_csum = L4_OFF + 2;
+                pkt.l4_csum = l4_off + 2;
             }
             _ => return Err(Verdict::Kernel(Outcome::KernelProto)),
         }
@@ -201,5 +222,6 @@ pub fn partial_csum<P: Packet>(p: &P, pkt: &Pkt) -> bool {
     if pkt.proto == PROTO_UDP && c == 0 {
         return false;
     }
-    c == csum::pseudo(pkt.src, pkt.dst, pkt.proto, pkt.tot_len - 20)
+    let ip_len = (pkt.l4_off - IP_OFF) as u16;
+    c == csum::pseudo(pkt.src, pkt.dst, pkt.proto, pkt.tot_len - ip_len)
 }

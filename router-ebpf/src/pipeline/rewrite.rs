@@ -1,11 +1,13 @@
-//! rewrite: addresses, ports (ICMP echo id), TTL and MACs, with incremental
-//! checksum updates through the hook (software in XDP, helpers in TC).
+//! rewrite: addresses, ports (ICMP echo id) — the translation — then TTL
+//! and MACs — the forwarding — with incremental checksum updates through
+//! the hook (software in XDP, helpers in TC). A packet handed to the kernel
+//! translated gets only the first half: the kernel forwards it.
 
 use router_common::counters::Outcome;
 
 use super::{
     Verdict,
-    parse::{ETH_LEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, L4_OFF, PROTO_ICMP, PROTO_UDP, Pkt},
+    parse::{ETH_LEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, PROTO_ICMP, PROTO_UDP, Pkt},
     track::Flow,
 };
 use crate::ctx::Packet;
@@ -60,6 +62,24 @@ fn set_port<P: Packet>(
     .map_err(|_| BAD)
 }
 
+/// Addresses and ports as the connection says.
+#[inline(always)]
+pub fn translate<P: Packet>(p: &mut P, pkt: &Pkt, flow: &Flow) -> Result<(), Verdict> {
+    set_addr(p, pkt, IP_SRC, pkt.src, flow.src)?;
+    set_addr(p, pkt, IP_DST, pkt.dst, flow.dst)?;
+    if pkt.l4_csum == 0 {
+        // A later fragment: addresses only.
+    } else if pkt.proto == PROTO_ICMP {
+        set_port(p, pkt, pkt.l4_off + 4, pkt.sport, flow.sport)?;
+    } else {
+        set_port(p, pkt, pkt.l4_off, pkt.sport, flow.sport)?;
+        set_port(p, pkt, pkt.l4_off + 2, pkt.dport, flow.dport)?;
+    }
+    Ok(())
+}
+
+/// Translation, then what a router does to a packet it sends: TTL down
+/// by one, MACs of the egress port and next hop.
 #[inline(always)]
 pub fn rewrite<P: Packet>(
     p: &mut P,
@@ -67,16 +87,7 @@ pub fn rewrite<P: Packet>(
     flow: &Flow,
     dst_mac: &[u8; 6],
 ) -> Result<(), Verdict> {
-    set_addr(p, pkt, IP_SRC, pkt.src, flow.src)?;
-    set_addr(p, pkt, IP_DST, pkt.dst, flow.dst)?;
-    if pkt.l4_csum == 0 {
-        // A later fragment: addresses only.
-    } else if pkt.proto == PROTO_ICMP {
-        set_port(p, pkt, L4_OFF + 4, pkt.sport, flow.sport)?;
-    } else {
-        set_port(p, pkt, L4_OFF, pkt.sport, flow.sport)?;
-        set_port(p, pkt, L4_OFF + 2, pkt.dport, flow.dport)?;
-    }
+    translate(p, pkt, flow)?;
 
     // TTL shares a 16-bit word with the protocol.
     let w = p.ptr::<u16>(IP_TTL).ok_or(BAD)?;

@@ -155,6 +155,8 @@ fn fill(ebpf: &mut Ebpf, [qr1, qr2, qg]: [u32; 3]) -> Result<()> {
         port_max: 65535,
         metadata_port: 9697,
         _pad: 0,
+        // The pipeline's cost, not its budget.
+        new_conn_rate: 0,
     };
     cfg.set(0, rc, 0)?;
     Ok(())

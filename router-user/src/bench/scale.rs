@@ -31,7 +31,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData};
-use router_common::conntrack::{CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, NAT_SNAT, TCP_ESTABLISHED};
+use router_common::conntrack::{
+    CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, NAT_SNAT, TCP_ESTABLISHED,
+};
 
 use super::{
     Case, Opts, Plane, Sample, ScaleInfo, check_opts, cpu,
@@ -86,7 +88,7 @@ fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2] {
         direction: CT_ORIGINAL,
         nat: NAT_SNAT,
         state: TCP_ESTABLISHED,
-        _pad: 0,
+        flags: CT_F_REPLIED,
         last_seen: now,
         created: now,
     };
@@ -107,7 +109,7 @@ fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2] {
 fn open_ct(maps: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
     let p = maps.join(crate::ebpf::XR_CT);
     let m = MapData::from_pin(&p).with_context(|| format!("opening {}", p.display()))?;
-    Ok(HashMap::try_from(Map::LruHashMap(m))?)
+    Ok(HashMap::try_from(Map::HashMap(m))?)
 }
 
 /// Inserts connections `0..n` (one syscall per entry); returns the time it

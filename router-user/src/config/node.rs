@@ -32,6 +32,9 @@ impl std::fmt::Display for Dataplane {
     }
 }
 
+/// Default of `new_connection_rate`.
+pub const DEFAULT_NEW_CONNECTION_RATE: u32 = 100_000;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
@@ -54,8 +57,15 @@ pub struct NodeConfig {
     pub send_garp: bool,
     /// Connections the eBPF connection table holds per router (an entry per
     /// direction each). The table is preallocated: about 100 bytes per
-    /// connection.
+    /// connection. New connections wait in a table a quarter this size
+    /// until established, so a flood of new ones never evicts established
+    /// ones.
     pub conntrack_size: u32,
+    /// New connections each router accepts per second on each CPU (0: no
+    /// limit); beyond it they are dropped and counted
+    /// (`drop/new-connection-rate`) before they cost anything more, so a
+    /// flood is shed cheaply.
+    pub new_connection_rate: u32,
 }
 
 impl Default for NodeConfig {
@@ -70,6 +80,7 @@ impl Default for NodeConfig {
             resync_interval: 10,
             send_garp: true,
             conntrack_size: 1_000_000,
+            new_connection_rate: DEFAULT_NEW_CONNECTION_RATE,
         }
     }
 }
@@ -92,6 +103,12 @@ impl NodeConfig {
             anyhow::bail!(
                 "node config {origin}: conntrack_size: {} is below the minimum of 1024",
                 c.conntrack_size
+            );
+        }
+        if c.new_connection_rate > 100_000_000 {
+            anyhow::bail!(
+                "node config {origin}: new_connection_rate: {} is above 100000000 (0 means no limit)",
+                c.new_connection_rate
             );
         }
         for (net, br) in &c.bridge_mappings {

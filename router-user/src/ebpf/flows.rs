@@ -1,7 +1,9 @@
-//! The connection table from userspace: listing, expiry and flushing, plus
-//! the outcome counters.
+//! The connection tables from userspace: listing, expiry and flushing, plus
+//! the outcome and event counters.
 //!
-//! `XR_CT` holds an entry per direction. Each entry's value is the packet's
+//! A connection lives in `XR_CT` once established, in `XR_CT_NEW` before
+//! (see router-common's `conntrack`); every function here covers both.
+//! A table holds an entry per direction. Each entry's value is the packet's
 //! tuple after translation, so the other direction's key is that tuple
 //! reversed ([`partner`]) — for either direction. Each entry keeps its own
 //! `last_seen` and TCP state (updated by packets of its direction only); a
@@ -17,11 +19,11 @@ use router_common::{
         CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN,
         TCP_NONE, TCP_SYN_SENT,
     },
-    counters::{Counter, Outcome},
+    counters::{Counter, CtEvent, Outcome},
 };
 use serde::Serialize;
 
-use super::{BpfRouter, XR_COUNTERS, XR_CT, monotonic_ns, sync::is_enoent};
+use super::{BpfRouter, CT_MAPS, XR_COUNTERS, XR_CT, XR_CT_EVENTS, monotonic_ns, sync::is_enoent};
 
 /// Maps keyed by packet tuples, which the network chooses: foldhash, seeded
 /// per process, is several times faster than SipHash on a million
@@ -183,6 +185,9 @@ pub struct Flow {
     pub dnat: bool,
     /// Whether the reply direction's entry is present.
     pub has_reply_entry: bool,
+    /// Established (in the main table; embryonic connections are the
+    /// ones a flood of new connections may evict).
+    pub established: bool,
     /// Seconds since the connection's first packet.
     pub age_secs: u64,
     /// Seconds since its last packet (either way).
@@ -228,7 +233,7 @@ fn tuple(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Tuple {
 }
 
 impl Flow {
-    fn of(c: &Conn, now_ns: u64) -> Option<Flow> {
+    fn of(c: &Conn, now_ns: u64, established: bool) -> Option<Flow> {
         let (k, e) = c.orig?;
         let idle = now_ns.saturating_sub(c.last_seen());
         Some(Flow {
@@ -239,6 +244,7 @@ impl Flow {
             snat: e.nat & NAT_SNAT != 0,
             dnat: e.nat & NAT_DNAT != 0,
             has_reply_entry: c.reply.is_some(),
+            established,
             age_secs: now_ns.saturating_sub(e.created) / SEC,
             idle_secs: idle / SEC,
             expires_secs: c.timeout().saturating_sub(idle) / SEC,
@@ -276,12 +282,13 @@ impl fmt::Display for Flow {
         };
         write!(
             f,
-            "{} {}  =>  {}  {} {}  age {}s idle {}s",
+            "{} {}  =>  {}  {} {}{}  age {}s idle {}s",
             self.proto,
             side(&self.orig),
             side(&self.translated),
             self.state,
             nat,
+            if self.established { "" } else { " embryonic" },
             self.age_secs,
             self.idle_secs
         )
@@ -467,19 +474,57 @@ fn sum_counters<T: std::borrow::Borrow<aya::maps::MapData>>(
     Ok(out)
 }
 
+/// The tracked connections of a snapshot of both tables, sorted by
+/// original tuple.
+fn flows_of(main: &HashMap<CtKey, CtEntry>, new: &HashMap<CtKey, CtEntry>) -> Vec<Flow> {
+    let now = monotonic_ns();
+    let mut all = new.clone();
+    all.extend(main.iter().map(|(k, e)| (*k, *e)));
+    let mut out: Vec<Flow> = connections(&all)
+        .iter()
+        .filter_map(|c| {
+            let established = c.orig.is_some_and(|(k, _)| main.contains_key(&k));
+            Flow::of(c, now, established)
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.proto, a.orig).cmp(&(&b.proto, b.orig)));
+    out
+}
+
+/// Per-CPU event counters summed, in [`CtEvent::ALL`] order.
+fn sum_events<T: std::borrow::Borrow<aya::maps::MapData>>(
+    a: &PerCpuArray<T, u64>,
+) -> Result<Vec<(CtEvent, u64)>> {
+    let mut out = Vec::with_capacity(CtEvent::ALL.len());
+    for ev in CtEvent::ALL {
+        out.push((ev, a.get(&(ev as u32), 0)?.iter().sum()));
+    }
+    Ok(out)
+}
+
 impl BpfRouter {
-    fn ct_map(&self) -> Result<&Map> {
+    fn ct_map(&self, name: &str) -> Result<&Map> {
         self.ebpf
-            .map(XR_CT)
-            .with_context(|| format!("the BPF object has no map {XR_CT}"))
+            .map(name)
+            .with_context(|| format!("the BPF object has no map {name}"))
     }
 
-    /// A snapshot of the whole connection table.
+    /// A snapshot of one connection table (`XR_CT` or `XR_CT_NEW`).
+    pub fn ct_table(&self, name: &str) -> Result<HashMap<CtKey, CtEntry>> {
+        table(self.ct_map(name)?)
+    }
+
+    /// A snapshot of both connection tables together.
     pub fn ct_entries(&self) -> Result<HashMap<CtKey, CtEntry>> {
-        table(self.ct_map()?)
+        let mut all = HashMap::default();
+        for name in CT_MAPS {
+            all.extend(self.ct_table(name)?);
+        }
+        Ok(all)
     }
 
-    /// Inserts one connection table entry (tests, tools).
+    /// Inserts one entry into the established connections' table (tests,
+    /// tools).
     pub fn ct_insert(&mut self, k: &CtKey, e: &CtEntry) -> Result<()> {
         let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
         let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
@@ -487,37 +532,33 @@ impl BpfRouter {
         Ok(())
     }
 
-    /// Deletes the entries of `conns` (both directions) whose `last_seen`
-    /// did not move since the snapshot (a packet in between saves it).
-    fn delete(&mut self, conns: &[Conn]) -> Result<usize> {
-        let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
-        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-        delete_idle(&mut m, conns)
-    }
-
     /// The tracked connections (those whose original-direction entry is
     /// present), sorted by original tuple.
     pub fn flows(&self) -> Result<Vec<Flow>> {
-        let now = monotonic_ns();
-        let table = self.ct_entries()?;
-        let mut out: Vec<Flow> = connections(&table)
-            .iter()
-            .filter_map(|c| Flow::of(c, now))
-            .collect();
-        out.sort_by(|a, b| (&a.proto, a.orig).cmp(&(&b.proto, b.orig)));
-        Ok(out)
+        Ok(flows_of(
+            &self.ct_table(XR_CT)?,
+            &self.ct_table(super::XR_CT_NEW)?,
+        ))
     }
 
     /// Deletes the connections idle longer than their timeout at `now_ns`
     /// ([`monotonic_ns`]): TCP ESTABLISHED 24 h, SYN_SENT/FIN/NONE 120 s,
     /// CLOSED 10 s; UDP 30 s, 60 s once replied; ICMP 30 s. Both directions
-    /// go together. Returns the number of entries deleted (two per full
-    /// connection).
+    /// go together, from both tables. Returns the number of entries deleted
+    /// (two per full connection).
     pub fn gc(&mut self, now_ns: u64) -> Result<usize> {
-        let map = self.ct_map()?;
-        let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-        let doomed = expired_connections(map, &m, now_ns)?;
-        self.delete(&doomed)
+        let mut n = 0;
+        for name in CT_MAPS {
+            let doomed = {
+                let map = self.ct_map(name)?;
+                let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+                expired_connections(map, &m, now_ns)?
+            };
+            let map = self.ebpf.map_mut(name).context(name)?;
+            let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+            n += delete_idle(&mut m, &doomed)?;
+        }
+        Ok(n)
     }
 
     /// Deletes every connection (both directions) with `ip` as source or
@@ -527,24 +568,26 @@ impl BpfRouter {
         self.flush_addresses(&[ip])
     }
 
-    /// [`Self::flush_address`] for many addresses in one scan of the table
+    /// [`Self::flush_address`] for many addresses in one scan of each table
     /// (releasing thousands of floating IPs at once).
     pub fn flush_addresses(&mut self, ips: &[Ipv4Addr]) -> Result<usize> {
         if ips.is_empty() {
             return Ok(0);
         }
         let set: std::collections::HashSet<[u8; 4]> = ips.iter().map(|i| i.octets()).collect();
-        let table = self.ct_entries()?;
-        let doomed: Vec<Conn> = connections(&table)
-            .into_iter()
-            .filter(|c| c.touches(&set))
-            .collect();
-        // Unconditionally: a packet in between must not save it.
-        let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
-        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
         let mut n = 0;
-        for c in &doomed {
-            n += remove_conn(&mut m, c)?;
+        for name in CT_MAPS {
+            let table = self.ct_table(name)?;
+            let doomed: Vec<Conn> = connections(&table)
+                .into_iter()
+                .filter(|c| c.touches(&set))
+                .collect();
+            // Unconditionally: a packet in between must not save it.
+            let map = self.ebpf.map_mut(name).context(name)?;
+            let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+            for c in &doomed {
+                n += remove_conn(&mut m, c)?;
+            }
         }
         Ok(n)
     }
@@ -556,6 +599,15 @@ impl BpfRouter {
             .map(XR_COUNTERS)
             .with_context(|| format!("the BPF object has no map {XR_COUNTERS}"))?;
         sum_counters(&PerCpuArray::try_from(map)?)
+    }
+
+    /// The connection-table events, summed over CPUs.
+    pub fn events(&self) -> Result<Vec<(CtEvent, u64)>> {
+        let map = self
+            .ebpf
+            .map(XR_CT_EVENTS)
+            .with_context(|| format!("the BPF object has no map {XR_CT_EVENTS}"))?;
+        sum_events(&PerCpuArray::try_from(map)?)
     }
 }
 
@@ -587,7 +639,7 @@ pub(super) fn snat_pair(
         direction: router_common::conntrack::CT_ORIGINAL,
         nat: NAT_SNAT,
         state: TCP_ESTABLISHED,
-        _pad: 0,
+        flags: 0,
         last_seen: t,
         created: t,
     };
@@ -640,11 +692,16 @@ mod unit {
         oe.last_seen = 11 * SEC;
         re.last_seen = 11 * SEC;
         let table: HashMap<_, _> = [(ok, oe), (rk, re)].into_iter().collect();
-        let f = Flow::of(&connections(&table)[0], 12 * SEC).unwrap();
+        let f = Flow::of(&connections(&table)[0], 12 * SEC, true).unwrap();
         assert_eq!(
             f.to_string(),
             "tcp 81.1.180.12:40000 -> 192.168.1.15:80  =>  192.168.1.110:51123 -> \
              192.168.1.15:80  ESTABLISHED snat  age 12s idle 1s"
+        );
+        let f = Flow::of(&connections(&table)[0], 12 * SEC, false).unwrap();
+        assert!(
+            f.to_string().contains("ESTABLISHED snat embryonic  age"),
+            "{f}"
         );
         let j = serde_json::to_value(&f).unwrap();
         assert_eq!(j["orig"]["src"], "81.1.180.12");
@@ -690,40 +747,56 @@ pub mod pinned {
     use aya::maps::{Map, MapData, PerCpuArray};
     use router_common::{
         conntrack::{CtEntry, CtKey},
-        counters::{Counter, Outcome},
+        counters::{Counter, CtEvent, Outcome},
     };
 
-    use super::{Flow, connections};
-    use crate::ebpf::{XR_COUNTERS, XR_CT, monotonic_ns};
+    use super::{Flow, HashMap};
+    use crate::ebpf::{CT_MAPS, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW};
 
     fn open(pin_dir: &Path, router_id: &str, name: &str) -> Result<MapData> {
         let p = pin_dir.join(router_id).join(name);
         MapData::from_pin(&p).with_context(|| format!("opening pinned map {}", p.display()))
     }
 
+    /// A connection table, as the map type it has.
+    fn ct(pin_dir: &Path, router_id: &str, name: &str) -> Result<Map> {
+        let d = open(pin_dir, router_id, name)?;
+        Ok(if name == XR_CT_NEW {
+            Map::LruHashMap(d)
+        } else {
+            Map::HashMap(d)
+        })
+    }
+
+    fn snapshot(pin_dir: &Path, router_id: &str, name: &str) -> Result<HashMap<CtKey, CtEntry>> {
+        super::table(&ct(pin_dir, router_id, name)?)
+    }
+
     /// The tracked connections of a router, sorted by original tuple.
     pub fn flows(pin_dir: &Path, router_id: &str) -> Result<Vec<Flow>> {
-        let table = super::table(&Map::LruHashMap(open(pin_dir, router_id, XR_CT)?))?;
-        let now = monotonic_ns();
-        let mut out: Vec<Flow> = connections(&table)
-            .iter()
-            .filter_map(|c| Flow::of(c, now))
-            .collect();
-        out.sort_by(|a, b| (&a.proto, a.orig).cmp(&(&b.proto, b.orig)));
-        Ok(out)
+        Ok(super::flows_of(
+            &snapshot(pin_dir, router_id, XR_CT)?,
+            &snapshot(pin_dir, router_id, XR_CT_NEW)?,
+        ))
     }
 
     /// Collects the expired connections of a router through its pinned
-    /// table (see `BpfRouter::gc`). Blocking and proportional to the table:
-    /// the daemon runs it off its event loop.
+    /// tables (see `BpfRouter::gc`). Blocking and proportional to the
+    /// tables: the daemon runs it off its event loop.
     pub fn gc(pin_dir: &Path, router_id: &str, now_ns: u64) -> Result<usize> {
-        let map = Map::LruHashMap(open(pin_dir, router_id, XR_CT)?);
-        let doomed = {
-            let lookup: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(&map)?;
-            super::expired_connections(&map, &lookup, now_ns)?
-        };
-        let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-        super::delete_idle(&mut m, &doomed)
+        let mut n = 0;
+        for name in CT_MAPS {
+            let map = ct(pin_dir, router_id, name)?;
+            let doomed = {
+                let lookup: aya::maps::HashMap<_, CtKey, CtEntry> =
+                    aya::maps::HashMap::try_from(&map)?;
+                super::expired_connections(&map, &lookup, now_ns)?
+            };
+            let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> =
+                aya::maps::HashMap::try_from(map)?;
+            n += super::delete_idle(&mut m, &doomed)?;
+        }
+        Ok(n)
     }
 
     /// The outcome counters of a router, summed over CPUs.
@@ -731,5 +804,12 @@ pub mod pinned {
         let a: PerCpuArray<MapData, Counter> =
             PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, router_id, XR_COUNTERS)?))?;
         super::sum_counters(&a)
+    }
+
+    /// The connection-table events of a router, summed over CPUs.
+    pub fn events(pin_dir: &Path, router_id: &str) -> Result<Vec<(CtEvent, u64)>> {
+        let a: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, router_id, XR_CT_EVENTS)?))?;
+        super::sum_events(&a)
     }
 }

@@ -10,7 +10,7 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use router_common::{
-    config::{Ipv4, RouterConfig},
+    config::{Ipv4, RateWindow, RouterConfig},
     conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::Counter,
     port::{LocalAddr, Neigh, NeighKey, PortInfo},
@@ -19,9 +19,19 @@ use router_common::{
 
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_XDP, XR_CONFIG,
-    XR_COUNTERS, XR_CT, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL, XR_NEIGH, XR_PORTS, XR_ROUTES,
-    remove_file_if_present, router_dir,
+    XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL, XR_NEIGH,
+    XR_PORTS, XR_RATE, XR_ROUTES, remove_file_if_present, router_dir,
 };
+
+/// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
+/// broadcasts and every floating IP.
+const LOCAL_ENTRIES: u32 = 20480;
+
+/// Embryonic connections per established one the tables hold: a quarter,
+/// and at least 1024.
+pub fn embryonic_connections(ct_connections: u32) -> u32 {
+    (ct_connections / 4).max(1024)
+}
 
 /// What a pinned map must look like to be reused by this build: the key and
 /// value types userspace reads it with (router-common), and the map type.
@@ -41,8 +51,11 @@ fn shape(name: &str) -> Shape {
         XR_NEIGH => s(MapType::Hash, size_of::<NeighKey>(), size_of::<Neigh>()),
         XR_FIP | XR_FIP_REV => s(MapType::Hash, size_of::<Ipv4>(), size_of::<Ipv4>()),
         XR_CONFIG => s(MapType::Array, 4, size_of::<RouterConfig>()),
-        XR_CT => s(MapType::LruHash, size_of::<CtKey>(), size_of::<CtEntry>()),
+        XR_CT => s(MapType::Hash, size_of::<CtKey>(), size_of::<CtEntry>()),
+        XR_CT_NEW => s(MapType::LruHash, size_of::<CtKey>(), size_of::<CtEntry>()),
         XR_COUNTERS => s(MapType::PerCpuArray, 4, size_of::<Counter>()),
+        XR_RATE => s(MapType::PerCpuArray, 4, size_of::<RateWindow>()),
+        XR_CT_EVENTS => s(MapType::PerCpuArray, 4, size_of::<u64>()),
         XR_FRAG => s(
             MapType::LruHash,
             size_of::<FragKey>(),
@@ -54,6 +67,14 @@ fn shape(name: &str) -> Shape {
 
 /// Why a pinned map cannot be reused, or None when it can.
 fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
+    // Sizes that matter: the connection tables' (configured) and the local
+    // addresses' (which earlier builds made smaller).
+    let entries = match name {
+        XR_CT => Some(ct_entries),
+        XR_CT_NEW => Some(2 * embryonic_connections(ct_entries / 2)),
+        XR_LOCAL => Some(LOCAL_ENTRIES),
+        _ => None,
+    };
     let want = shape(name);
     match info.map_type() {
         Ok(t) if t == want.kind => {}
@@ -69,22 +90,25 @@ fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
             want.value
         ));
     }
-    if name == XR_CT && info.max_entries() != ct_entries {
-        return Some(format!("{} entries, want {ct_entries}", info.max_entries()));
+    if let Some(want) = entries
+        && info.max_entries() != want
+    {
+        return Some(format!("{} entries, want {want}", info.max_entries()));
     }
     None
 }
 
 impl BpfRouter {
     /// Loads the embedded object ([`crate::bpf::OBJECT`]) for router
-    /// `router_id`: the connection table sized for `ct_connections`
-    /// connections (two entries each), every map pinned as
+    /// `router_id`: the established connections' table sized for
+    /// `ct_connections` connections (two entries each), the embryonic one
+    /// for a quarter as many ([`embryonic_connections`]), every map pinned as
     /// `<pin_dir>/<router_id>/<MAP_NAME>`, and the three programs loaded
     /// (verified) but not attached.
     ///
     /// Maps already pinned there by an earlier run are reused, contents and
     /// all, when their type and key/value sizes still match this build (and
-    /// for `XR_CT`, its size); a pin that does not fit is removed and the map
+    /// for the connection tables and `XR_LOCAL`, their size); a pin that does not fit is removed and the map
     /// created afresh (logged). `max_entries` of the other maps is not
     /// compared: they are rewritten by [`Self::sync`] anyway.
     pub fn load(router_id: &str, pin_dir: &Path, ct_connections: u32) -> Result<BpfRouter> {
@@ -130,6 +154,7 @@ impl BpfRouter {
 
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(XR_CT, ct_entries);
+        loader.map_max_entries(XR_CT_NEW, 2 * embryonic_connections(ct_connections));
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -60,11 +60,17 @@ pub const XR_FIP: &str = "XR_FIP";
 pub const XR_FIP_REV: &str = "XR_FIP_REV";
 pub const XR_CONFIG: &str = "XR_CONFIG";
 pub const XR_CT: &str = "XR_CT";
+pub const XR_CT_NEW: &str = "XR_CT_NEW";
 pub const XR_COUNTERS: &str = "XR_COUNTERS";
 pub const XR_FRAG: &str = "XR_FRAG";
+pub const XR_RATE: &str = "XR_RATE";
+pub const XR_CT_EVENTS: &str = "XR_CT_EVENTS";
+
+/// The two connection tables: established, then embryonic.
+pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 13] = [
     XR_PORTS,
     XR_LOCAL,
     XR_ROUTES,
@@ -73,8 +79,11 @@ pub const MAP_NAMES: [&str; 10] = [
     XR_FIP_REV,
     XR_CONFIG,
     XR_CT,
+    XR_CT_NEW,
     XR_COUNTERS,
     XR_FRAG,
+    XR_RATE,
+    XR_CT_EVENTS,
 ];
 
 /// Program names of the object.

@@ -15,7 +15,10 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net};
 use router_common::{
     config::{Ipv4, RouterConfig},
-    port::{LocalAddr, PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
+    port::{
+        LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, PortInfo, ROLE_GATEWAY,
+        ROLE_INTERNAL,
+    },
     route::{MAX_NEXTHOPS, Route},
 };
 
@@ -32,7 +35,8 @@ use crate::{
 pub struct Desired {
     /// `XR_PORTS`: ifindex -> port.
     pub ports: HashMap<u32, PortInfo>,
-    /// `XR_LOCAL`: every IPv4 address of every port -> its ifindex.
+    /// `XR_LOCAL`: every IPv4 address of every port, every subnet
+    /// broadcast of them, every floating IP -> its kind (`LOCAL_*`).
     pub local: HashMap<LocalAddr, u32>,
     /// `XR_ROUTES`: (prefix length, network address) -> next hops.
     pub routes: HashMap<(u32, [u8; 4]), Route>,
@@ -95,11 +99,21 @@ pub fn desired(
             },
         );
         for a in port.addresses.iter().filter_map(v4) {
-            d.local
-                .entry(LocalAddr {
+            d.local.insert(
+                LocalAddr {
                     addr: a.addr().octets(),
-                })
-                .or_insert(idx);
+                },
+                LOCAL_ADDRESS,
+            );
+            // A directed broadcast is the kernel's (it does not forward
+            // them); /31 and /32 have none.
+            if a.prefix_len() < 31 {
+                d.local
+                    .entry(LocalAddr {
+                        addr: a.broadcast().octets(),
+                    })
+                    .or_insert(LOCAL_BROADCAST);
+            }
             connected.push((a.trunc(), idx));
         }
     }
@@ -177,6 +191,11 @@ pub fn desired(
     for f in &router.floating_ips {
         d.fip.insert(ip(f.fixed_ip), ip(f.floating_ip));
         d.fip_rev.insert(ip(f.floating_ip), ip(f.fixed_ip));
+        d.local
+            .entry(LocalAddr {
+                addr: f.floating_ip.octets(),
+            })
+            .or_insert(LOCAL_FLOATING);
     }
 
     let gw = router.gateway.as_ref();
@@ -190,6 +209,7 @@ pub fn desired(
         port_max: snat_ports.1,
         metadata_port: node.metadata_port,
         _pad: 0,
+        new_conn_rate: node.new_connection_rate,
     };
     d
 }

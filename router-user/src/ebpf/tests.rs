@@ -18,7 +18,10 @@ use ipnet::IpNet;
 use router_common::{
     config::{Ipv4, RouterConfig},
     conntrack::{CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, NAT_DNAT, TCP_ESTABLISHED, TCP_NONE},
-    port::{LocalAddr, PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
+    port::{
+        LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, PortInfo, ROLE_GATEWAY,
+        ROLE_INTERNAL,
+    },
     route::Route,
 };
 
@@ -222,13 +225,22 @@ fn desired_state_of_the_article_router() {
     assert_eq!(d.ports.len(), 3);
     assert_eq!(d.ports[&103].role, ROLE_GATEWAY);
     assert_eq!(d.ports[&101].addr, a("81.1.180.1"));
+    let kind = |s: &str| d.local.get(&LocalAddr { addr: a(s) }).copied();
+    assert_eq!(kind("91.1.180.1"), Some(LOCAL_ADDRESS));
     assert_eq!(
-        d.local[&LocalAddr {
-            addr: a("91.1.180.1")
-        }],
-        102
+        kind("91.1.180.255"),
+        Some(LOCAL_BROADCAST),
+        "directed broadcast"
     );
-    assert_eq!(d.local.len(), 3);
+    assert_eq!(kind("192.168.1.110"), Some(LOCAL_ADDRESS));
+    for f in &r.floating_ips {
+        assert_eq!(
+            kind(&f.floating_ip.to_string()),
+            Some(LOCAL_FLOATING),
+            "a floating IP is never a source"
+        );
+    }
+    assert_eq!(d.local.len(), 6 + r.floating_ips.len());
     // Connected subnets, the default route, the ECMP route; the route whose
     // next hop is on no port is left out.
     let keys: Vec<_> = {
@@ -261,6 +273,7 @@ fn desired_state_of_the_article_router() {
             port_max: 65535,
             metadata_port: 9697,
             _pad: 0,
+            new_conn_rate: crate::config::node::DEFAULT_NEW_CONNECTION_RATE,
         }
     );
     // No gateway: no SNAT, no default route.
@@ -349,10 +362,11 @@ fn load_sync_read_back_and_unpin() {
         assert_eq!(cfg.get(&0, 0).unwrap().gw_ifindex, 103);
     }
 
-    // The floating IP goes: exactly its two entries change.
+    // The floating IP goes: exactly its three entries change (both ways,
+    // and as a local address).
     let mut r2 = r.clone();
     r2.floating_ips.clear();
-    assert_eq!(br.sync(&r2, &node, &ifx).unwrap(), 2);
+    assert_eq!(br.sync(&r2, &node, &ifx).unwrap(), 3);
     assert_eq!(br.sync(&r2, &node, &ifx).unwrap(), 0);
 
     let counters = br.counters().unwrap();
@@ -433,7 +447,7 @@ fn plain_pair(src: &str, dst: &str, proto: u8, state: u8, t: u64) -> [(CtKey, Ct
         direction: CT_ORIGINAL,
         nat: 0,
         state,
-        _pad: 0,
+        flags: 0,
         last_seen: t,
         created: t,
     };
@@ -515,8 +529,8 @@ fn connection_table_is_read_in_batches() {
     }
     use std::os::fd::AsFd as _;
     let map = br.ebpf_mut().map(super::XR_CT).unwrap();
-    let aya::maps::Map::LruHashMap(d) = map else {
-        panic!("XR_CT is an LRU hash")
+    let aya::maps::Map::HashMap(d) = map else {
+        panic!("XR_CT is a hash map")
     };
     let mut got = super::flows::HashMap::default();
     let batched = super::flows::visit_batched(d.fd().as_fd(), |k, e| {
@@ -572,7 +586,7 @@ fn flush_address_removes_its_connections() {
         direction: CT_ORIGINAL,
         nat: NAT_DNAT,
         state: TCP_ESTABLISHED,
-        _pad: 0,
+        flags: 0,
         last_seen: t,
         created: t,
     };
