@@ -9,8 +9,10 @@
 //!
 //! Needs root. The xrouter binary is `$XROUTER_BIN` or `target/<profile>/xrouter`.
 
+pub mod bulk;
 pub mod check;
 pub mod cmd;
+pub mod frames;
 pub mod names;
 pub mod probe;
 pub mod rig;
@@ -21,6 +23,7 @@ pub use cmd::{Out, ip, ip_json, wait_until};
 pub use probe::{
     Reply, TcpServer, TcpSession, UdpServer, addresses, conntrack, conntrack_with, link,
     link_exists, ping, sa, sysctl_get, tcp_request, tcp_request_from, udp_connected, udp_request,
+    udp_request_sized,
 };
 pub use rig::{Host, Rig, TempDir, xrouter_bin, xrouter_check};
 pub use router_user::config::node::Dataplane;
@@ -39,6 +42,20 @@ macro_rules! planes {
             $( #[test] fn $name() { super::$name($crate::Dataplane::Xdp) } )*
         }
         mod tc {
+            $( #[test] fn $name() { super::$name($crate::Dataplane::Tc) } )*
+        }
+    };
+}
+
+/// Declares scenarios of what only the eBPF planes have (e.g. their
+/// budget of new connections), one `#[test]` per eBPF plane.
+#[macro_export]
+macro_rules! ebpf_only {
+    ($($name:ident),* $(,)?) => {
+        mod ebpf_xdp {
+            $( #[test] fn $name() { super::$name($crate::Dataplane::Xdp) } )*
+        }
+        mod ebpf_tc {
             $( #[test] fn $name() { super::$name($crate::Dataplane::Tc) } )*
         }
     };

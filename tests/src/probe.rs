@@ -190,12 +190,21 @@ impl UdpServer {
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s, n) = (peers.clone(), stop.clone(), name.to_string());
         let thread = thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                if let Ok((len, peer)) = sock.recv_from(&mut buf) {
                     let peer = v4(peer);
                     p.lock().unwrap().push(peer);
-                    let _ = sock.send_to(format!("{n} {peer}\n").as_bytes(), peer);
+                    let mut answer = format!("{n} {peer}\n").into_bytes();
+                    // "size=N": the answer padded to N bytes (a large reply).
+                    if let Some(size) = std::str::from_utf8(&buf[..len])
+                        .ok()
+                        .and_then(|t| t.trim().strip_prefix("size="))
+                        .and_then(|v| v.parse::<usize>().ok())
+                    {
+                        answer.resize(size.clamp(answer.len(), 60_000), b'.');
+                    }
+                    let _ = sock.send_to(&answer, peer);
                 }
             }
         });
@@ -323,6 +332,12 @@ pub fn tcp_request_from(ns: &str, src: SocketAddrV4, dst: SocketAddrV4) -> Resul
     TcpSession::open_from(ns, Some(src), dst)?.exchange()
 }
 
+/// An unconnected UDP socket in `ns` on an ephemeral port.
+pub fn udp_socket(ns: &str) -> Result<UdpSocket> {
+    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    in_ns(ns, move || UdpSocket::bind(any))?.with_context(|| format!("UDP socket in {ns}"))
+}
+
 /// A connected UDP socket in `ns` (bound to `src` if given).
 pub fn udp_connected(ns: &str, src: Option<SocketAddrV4>, dst: SocketAddrV4) -> Result<UdpSocket> {
     let bind = src.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
@@ -343,6 +358,26 @@ pub fn udp_request(ns: &str, src: Option<SocketAddrV4>, dst: SocketAddrV4) -> Re
         Ok(n) => Reply::parse(&String::from_utf8_lossy(&buf[..n])),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
             bail!("UDP {ns} -> {dst}: no answer within {TIMEOUT:?}")
+        }
+        Err(e) => Err(e).with_context(|| format!("UDP {ns} -> {dst}")),
+    }
+}
+
+/// One UDP request from `ns` to an echo-who server at `dst` asking for an
+/// answer of `size` bytes; the reply and the size that arrived.
+pub fn udp_request_sized(ns: &str, dst: SocketAddrV4, size: usize) -> Result<(Reply, usize)> {
+    let sock = udp_connected(ns, None, dst)?;
+    sock.send(format!("size={size}").as_bytes())
+        .with_context(|| format!("UDP send from {ns} to {dst}"))?;
+    let mut buf = vec![0u8; 65536];
+    match sock.recv(&mut buf) {
+        Ok(n) => {
+            let line = String::from_utf8_lossy(&buf[..n]);
+            let first = line.lines().next().unwrap_or_default();
+            Ok((Reply::parse(first)?, n))
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            bail!("UDP {ns} -> {dst}: no {size}-byte answer within {TIMEOUT:?}")
         }
         Err(e) => Err(e).with_context(|| format!("UDP {ns} -> {dst}")),
     }

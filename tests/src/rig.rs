@@ -102,6 +102,20 @@ impl Host {
         cmd::ip(&self.ns, args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Turns the offloads a virtio NIC or veth has by default (checksum,
+    /// TSO/GSO, GRO) on or off on eth0.
+    pub fn offloads(&self, on: bool) {
+        let v = if on { "on" } else { "off" };
+        let out = cmd::exec(
+            &self.ns,
+            "ethtool",
+            &["-K", "eth0", "tx", v, "sg", v, "tso", v, "gso", v, "gro", v],
+            cmd::CMD_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(out.success(), "ethtool: {}", out.describe());
+    }
+
     /// Sets a sysctl inside the host; panics on failure.
     pub fn sysctl(&self, key: &str, value: &str) {
         netns::sysctl(&self.ns, key, value).unwrap_or_else(|e| panic!("{e:#}"));
@@ -122,6 +136,10 @@ pub struct Rig {
     /// What the next write of the routers file contains.
     pub routers: Vec<RouterSpec>,
     pub send_garp: bool,
+    /// The node config's `conntrack_size`.
+    pub conntrack_size: u32,
+    /// The node config's `new_connection_rate` (None: the default).
+    pub new_connection_rate: Option<u32>,
     pub hosts: Vec<Host>,
     namespaces: Vec<String>,
     router_ids: BTreeSet<String>,
@@ -146,6 +164,8 @@ impl Rig {
             networks: vec![],
             routers: vec![],
             send_garp: true,
+            conntrack_size: 16384,
+            new_connection_rate: None,
             hosts: vec![],
             namespaces: vec![],
             router_ids: BTreeSet::new(),
@@ -238,13 +258,17 @@ impl Rig {
     }
 
     fn write_config(&self) {
-        let text = format!(
-            "state_dir = \"{}\"\npin_dir = \"{}\"\nresync_interval = 1\nconntrack_size = 16384\ndataplane = \"{}\"\nsend_garp = {}\n",
+        let mut text = format!(
+            "state_dir = \"{}\"\npin_dir = \"{}\"\nresync_interval = 1\nconntrack_size = {}\ndataplane = \"{}\"\nsend_garp = {}\n",
             self.dir.display(),
             self.pin_dir.display(),
+            self.conntrack_size,
             self.plane,
             self.send_garp
         );
+        if let Some(r) = self.new_connection_rate {
+            text += &format!("new_connection_rate = {r}\n");
+        }
         std::fs::write(self.config_path(), text).expect("writing the node config");
     }
 
@@ -650,6 +674,70 @@ impl Rig {
 }
 
 impl Rig {
+    /// `xrouter show stats --json` of the first router (eBPF planes).
+    pub fn stats_json(&self) -> Value {
+        let out = self.xrouter(&["--config", &self.config_arg(), "show", "stats", "--json"]);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        v[&self.router().id].clone()
+    }
+
+    /// The first router's counter `name` (e.g. `drop/other-host`): packets.
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats_json()[name]["packets"].as_u64().unwrap_or(0)
+    }
+
+    /// The first router's connection event `name`: count.
+    pub fn stat_count(&self, name: &str) -> u64 {
+        self.stats_json()[name]["count"].as_u64().unwrap_or(0)
+    }
+
+    /// `xrouter show stats` as printed, for messages.
+    pub fn stats_text(&self) -> String {
+        self.xrouter(&["--config", &self.config_arg(), "show", "stats"])
+            .stdout
+    }
+
+    /// `n` SYNs to the floating IP from spoofed sources (100.64.0.0/10),
+    /// sent by host `ext` straight to the gateway port's MAC. Returns how
+    /// many were sent.
+    pub fn syn_flood(&self, n: u32) -> usize {
+        let qg_mac = crate::frames::mac_of(&self.router_ns(), &self.router().qg()).unwrap();
+        let ext_mac = crate::frames::mac_of(&self.ns("ext"), "eth0").unwrap();
+        let fip: std::net::Ipv4Addr = crate::article::FIP.parse().unwrap();
+        let frames: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let src = std::net::Ipv4Addr::new(
+                    100,
+                    64 + ((i >> 16) & 63) as u8,
+                    (i >> 8) as u8,
+                    i as u8,
+                );
+                crate::frames::tcp(
+                    (ext_mac, qg_mac),
+                    src,
+                    1024 + (i % 60000) as u16,
+                    fip,
+                    8080,
+                    0x02,
+                )
+            })
+            .collect();
+        crate::frames::send(&self.ns("ext"), "eth0", &frames).unwrap_or(0)
+    }
+
+    /// `n` new UDP flows from host `from` to `to` (one datagram each, to
+    /// ports 20000 and up). Returns how many were sent.
+    pub fn udp_flows(&self, from: &str, to: &str, n: u16) -> usize {
+        let sock = crate::probe::udp_socket(&self.ns(from)).expect("a UDP socket");
+        let dst: std::net::Ipv4Addr = to.parse().unwrap();
+        (0..n)
+            .filter(|i| {
+                sock.send_to(b"flow", std::net::SocketAddrV4::new(dst, 20000 + i))
+                    .is_ok()
+            })
+            .count()
+    }
+
     /// Connections to or from `addr` that the data plane tracks: the kernel
     /// conntrack of the router namespace, plus, on the eBPF planes, the BPF
     /// connection table as `xrouter show flows --json` lists it.

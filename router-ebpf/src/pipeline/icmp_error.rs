@@ -16,20 +16,21 @@ use router_common::{
 
 use super::{
     Verdict,
-    parse::{ICMP_ECHO_REQUEST, INNER_IP, INNER_L4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
+    parse::{ICMP_ECHO_REQUEST, INNER_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
     track::{self, Flow},
 };
 use crate::{ctx::Packet, maps};
 
 const BAD: Verdict = Verdict::Drop(Outcome::DropMalformed);
 
-/// The quoted packet's tuple.
+/// The quoted packet's tuple, and where its L4 header sits.
 struct Inner {
     src: u32,
     dst: u32,
     sport: u16,
     dport: u16,
     proto: u8,
+    l4: usize,
 }
 
 #[inline(always)]
@@ -39,14 +40,15 @@ fn inner<P: Packet>(p: &P) -> Result<Inner, Verdict> {
         .ok_or(Verdict::Kernel(Outcome::KernelProto))?;
     // SAFETY: bounds checked by ptr().
     let h = unsafe { &*h };
-    if h[0] != 0x45 {
-        // Quoted options move the quoted ports: the kernel's job.
-        return Err(Verdict::Kernel(Outcome::KernelIcmpUntracked));
+    let ihl = (h[0] & 0x0f) as usize;
+    if h[0] >> 4 != 4 || ihl < 5 {
+        return Err(BAD);
     }
+    // The quoted header keeps its options (a packet the programs
+    // translated and the kernel forwarded with them).
+    let l4_off = INNER_IP + ihl * 4;
     let proto = h[9];
-    let l4: *mut [u8; 8] = p
-        .ptr(INNER_L4)
-        .ok_or(Verdict::Kernel(Outcome::KernelProto))?;
+    let l4: *mut [u8; 8] = p.ptr(l4_off).ok_or(Verdict::Kernel(Outcome::KernelProto))?;
     // SAFETY: as above.
     let l4 = unsafe { &*l4 };
     let (sport, dport) = match proto {
@@ -66,6 +68,7 @@ fn inner<P: Packet>(p: &P) -> Result<Inner, Verdict> {
         sport,
         dport,
         proto,
+        l4: l4_off,
     })
 }
 
@@ -188,22 +191,22 @@ pub fn apply<P: Packet>(p: &mut P, pkt: &Pkt, plan: &Plan) -> Result<(), Verdict
     match q.proto {
         PROTO_ICMP => {
             if q.sport != e.new_dport {
-                set16(p, csum, INNER_L4 + 4, e.new_dport)?;
-                inner_csum(p, csum, INNER_L4 + 2, q.sport as u32, e.new_dport as u32, 2)?;
+                set16(p, csum, q.l4 + 4, e.new_dport)?;
+                inner_csum(p, csum, q.l4 + 2, q.sport as u32, e.new_dport as u32, 2)?;
             }
         }
         _ => {
-            set16(p, csum, INNER_L4, e.new_dport)?;
-            set16(p, csum, INNER_L4 + 2, e.new_sport)?;
+            set16(p, csum, q.l4, e.new_dport)?;
+            set16(p, csum, q.l4 + 2, e.new_sport)?;
             // UDP's checksum is in the 8 quoted bytes; TCP's is not.
             if q.proto == PROTO_UDP {
-                let c = p.ptr::<u16>(INNER_L4 + 6).ok_or(BAD)?;
+                let c = p.ptr::<u16>(q.l4 + 6).ok_or(BAD)?;
                 // SAFETY: bounds checked.
                 if unsafe { *c } != 0 {
-                    inner_csum(p, csum, INNER_L4 + 6, q.src, new_src, 4)?;
-                    inner_csum(p, csum, INNER_L4 + 6, q.dst, new_dst, 4)?;
-                    inner_csum(p, csum, INNER_L4 + 6, q.sport as u32, e.new_dport as u32, 2)?;
-                    inner_csum(p, csum, INNER_L4 + 6, q.dport as u32, e.new_sport as u32, 2)?;
+                    inner_csum(p, csum, q.l4 + 6, q.src, new_src, 4)?;
+                    inner_csum(p, csum, q.l4 + 6, q.dst, new_dst, 4)?;
+                    inner_csum(p, csum, q.l4 + 6, q.sport as u32, e.new_dport as u32, 2)?;
+                    inner_csum(p, csum, q.l4 + 6, q.dport as u32, e.new_sport as u32, 2)?;
                 }
             }
         }

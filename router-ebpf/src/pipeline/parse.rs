@@ -33,7 +33,6 @@ pub const ICMP_PARAM_PROBLEM: u8 = 12;
 /// Where an ICMP error quotes the offending packet's IPv4 header (ICMP
 /// errors with IP options go to the kernel as they are).
 pub const INNER_IP: usize = L4_OFF + 8;
-pub const INNER_L4: usize = INNER_IP + 20;
 
 /// TCP flag bits (byte 13 of the header).
 pub const FLAG_FIN: u8 = 0x01;

@@ -371,6 +371,12 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         return Err(Verdict::Kernel(Outcome::KernelNotPort));
     };
     let cfg: RouterConfig = *cfg;
+    // First, so a flood over the budget is shed before it costs more
+    // lookups. (The few packets that turn out to need no state, such as an
+    // unanswered echo reply, count against it too.)
+    if !admit(&cfg, now) {
+        return Err(Verdict::Drop(Outcome::DropNewRate));
+    }
 
     // DNAT: a floating IP, from anywhere.
     let mut nat = 0u8;
@@ -431,9 +437,6 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
             return Err(Verdict::Drop(Outcome::DropTcpInvalid));
         }
         return Ok(flow);
-    }
-    if !admit(&cfg, now) {
-        return Err(Verdict::Drop(Outcome::DropNewRate));
     }
 
     let state = if pkt.proto == PROTO_TCP {

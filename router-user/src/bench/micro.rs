@@ -19,7 +19,10 @@ use aya::{
 use router_common::{
     bench::{MICRO_HDR, MicroConfig},
     config::{Ipv4, RouterConfig},
-    port::{LocalAddr, Neigh, NeighKey, PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
+    port::{
+        LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, Neigh, NeighKey, PortInfo,
+        ROLE_GATEWAY, ROLE_INTERNAL,
+    },
     route::Route,
 };
 use serde_json::json;
@@ -33,6 +36,7 @@ const MAC_QG: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 3];
 const MAC_VM1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 const MAC_VM2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
 const MAC_EXT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x15];
+const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
 const REPEAT: u32 = 1_000_000;
 /// New flows: fewer runs, each creates a connection (two entries).
@@ -89,7 +93,8 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
 }
 
 /// The article's router in the maps (as `tests/datapath.rs` fills them).
-fn fill(ebpf: &mut Ebpf, [qr1, qr2, qg]: [u32; 3]) -> Result<()> {
+fn fill(ebpf: &mut Ebpf, ifx: [u32; 3]) -> Result<()> {
+    let [qr1, qr2, qg] = ifx;
     let mut ports: HashMap<_, u32, PortInfo> = HashMap::try_from(map(ebpf, "XR_PORTS")?)?;
     for (i, a, mac, role) in [
         (qr1, "81.1.180.1", MAC_QR1, ROLE_INTERNAL),
@@ -106,12 +111,16 @@ fn fill(ebpf: &mut Ebpf, [qr1, qr2, qg]: [u32; 3]) -> Result<()> {
         ports.insert(i, info, 0)?;
     }
     let mut local: HashMap<_, LocalAddr, u32> = HashMap::try_from(map(ebpf, "XR_LOCAL")?)?;
-    for (a, i) in [
-        ("81.1.180.1", qr1),
-        ("91.1.180.1", qr2),
-        ("192.168.1.110", qg),
+    for (a, kind) in [
+        ("81.1.180.1", LOCAL_ADDRESS),
+        ("91.1.180.1", LOCAL_ADDRESS),
+        ("192.168.1.110", LOCAL_ADDRESS),
+        ("81.1.180.255", LOCAL_BROADCAST),
+        ("91.1.180.255", LOCAL_BROADCAST),
+        ("192.168.1.255", LOCAL_BROADCAST),
+        ("192.168.1.104", LOCAL_FLOATING),
     ] {
-        local.insert(LocalAddr { addr: ip(a) }, i, 0)?;
+        local.insert(LocalAddr { addr: ip(a) }, kind, 0)?;
     }
     let mut routes: LpmTrie<_, [u8; 4], Route> = LpmTrie::try_from(map(ebpf, "XR_ROUTES")?)?;
     let route = |gw: [u8; 4], ifindex: u32| Route {
@@ -146,6 +155,12 @@ fn fill(ebpf: &mut Ebpf, [qr1, qr2, qg]: [u32; 3]) -> Result<()> {
     fip.insert(fixed, floating, 0)?;
     let mut rev: HashMap<_, Ipv4, Ipv4> = HashMap::try_from(map(ebpf, "XR_FIP_REV")?)?;
     rev.insert(floating, fixed, 0)?;
+    set_budget(ebpf, qg, 0)
+}
+
+/// The router's config with a budget of `rate` new connections a second
+/// (0: none, the pipeline's cost alone).
+fn set_budget(ebpf: &mut Ebpf, qg: u32, rate: u32) -> Result<()> {
     let mut cfg: Array<_, RouterConfig> = Array::try_from(map(ebpf, "XR_CONFIG")?)?;
     let rc = RouterConfig {
         gw_addr: ip("192.168.1.110"),
@@ -155,8 +170,7 @@ fn fill(ebpf: &mut Ebpf, [qr1, qr2, qg]: [u32; 3]) -> Result<()> {
         port_max: 65535,
         metadata_port: 9697,
         _pad: 0,
-        // The pipeline's cost, not its budget.
-        new_conn_rate: 0,
+        new_conn_rate: rate,
     };
     cfg.set(0, rc, 0)?;
     Ok(())
@@ -168,6 +182,8 @@ struct MicroCase {
     ingress: usize,
     frame: Vec<u8>,
     new_flow: bool,
+    /// Budget of new connections a second (0: none).
+    rate: u32,
 }
 
 fn cases() -> Vec<MicroCase> {
@@ -178,6 +194,7 @@ fn cases() -> Vec<MicroCase> {
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "91.1.180.14", 80),
             new_flow: false,
+            rate: 0,
         },
         MicroCase {
             name: "snat-established",
@@ -185,6 +202,7 @@ fn cases() -> Vec<MicroCase> {
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
             new_flow: false,
+            rate: 0,
         },
         MicroCase {
             name: "snat-new",
@@ -192,6 +210,16 @@ fn cases() -> Vec<MicroCase> {
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
             new_flow: true,
+            rate: 0,
+        },
+        MicroCase {
+            name: "snat-new-shed",
+            what: "a new connection every packet, over the budget: dropped and counted",
+            ingress: 0,
+            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            new_flow: true,
+            // One a second: the first run takes it, every later one is shed.
+            rate: 1,
         },
         MicroCase {
             name: "dnat",
@@ -199,6 +227,7 @@ fn cases() -> Vec<MicroCase> {
             ingress: 2,
             frame: udp(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
             new_flow: false,
+            rate: 0,
         },
         MicroCase {
             name: "hairpin",
@@ -206,6 +235,7 @@ fn cases() -> Vec<MicroCase> {
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40001, "192.168.1.104", 80),
             new_flow: false,
+            rate: 0,
         },
     ]
 }
@@ -254,6 +284,7 @@ struct Row {
 fn measure(ifx: [u32; 3]) -> Result<Vec<Row>> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("XR_CT", 1 << 20)
+        .map_max_entries("XR_CT_NEW", 1 << 20)
         .load(OBJECT)
         .context("loading the BPF object")?;
     let p: &mut Xdp = ebpf
@@ -280,9 +311,14 @@ fn measure(ifx: [u32; 3]) -> Result<Vec<Row>> {
             Ok(())
         };
         let ingress = ifx[c.ingress];
+        set_budget(&mut ebpf, ifx[2], c.rate)?;
         set(&mut ebpf, false)?;
-        // The first packet creates the connection: later ones find it.
-        let (verdict, _) = run_once(&ebpf, ingress, &c.frame, 1)?;
+        // The first packet creates the connection: later ones find it (or,
+        // over a budget, are shed).
+        let (mut verdict, _) = run_once(&ebpf, ingress, &c.frame, 1)?;
+        if c.rate != 0 {
+            verdict = run_once(&ebpf, ingress, &c.frame, 1)?.0;
+        }
         let repeat = if c.new_flow { REPEAT_NEW } else { REPEAT };
         let mut total = Vec::new();
         for _ in 0..RUNS {
@@ -345,6 +381,8 @@ pub fn run(opts: &Opts) -> Result<()> {
             r.restore,
             if r.verdict == XDP_REDIRECT {
                 "redirect".to_string()
+            } else if r.verdict == XDP_DROP {
+                "drop".to_string()
             } else {
                 format!("ret {}", r.verdict)
             },
@@ -360,6 +398,7 @@ pub fn run(opts: &Opts) -> Result<()> {
                 "ns_with_restore": r.total,
                 "ns_restore_only": r.restore,
                 "redirected": r.verdict == XDP_REDIRECT,
+                "dropped": r.verdict == XDP_DROP,
             })).collect::<Vec<_>>(),
             "repeat": REPEAT,
             "runs": RUNS,
@@ -367,8 +406,12 @@ pub fn run(opts: &Opts) -> Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&v)?)?;
         println!("JSON: {}", p.display());
     }
-    if rows.iter().any(|r| r.verdict != XDP_REDIRECT) {
-        bail!("a path was not forwarded by XDP (see the verdict column)");
+    let shed = |r: &&Row| r.name.ends_with("-shed");
+    if rows
+        .iter()
+        .any(|r| r.verdict != if shed(&r) { XDP_DROP } else { XDP_REDIRECT })
+    {
+        bail!("a path was not forwarded (or shed) by XDP as expected (see the verdict column)");
     }
     Ok(())
 }
