@@ -51,7 +51,8 @@ pub async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<Request>
         .take(64 * 1024)
         .read_line(&mut line)
         .await?;
-    serde_json::from_str(&line).with_context(|| format!("bad request {:?}", line.trim()))
+    serde_json::from_str(&line)
+        .with_context(|| format!("bad request {}", crate::text::quote(line.trim())))
 }
 
 use tokio::io::AsyncReadExt as _;

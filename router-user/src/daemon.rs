@@ -61,8 +61,8 @@ fn is_bpf(d: Option<Dataplane>) -> bool {
 /// Reads and validates a routers file.
 pub fn read_routers(path: &Path) -> Result<Vec<Router>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading routers file {}", path.display()))?;
-    routers::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        .with_context(|| format!("reading routers file {}", crate::text::path(path)))?;
+    routers::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", crate::text::path(path)))
 }
 
 /// The applied state and the means to change it.

@@ -9,6 +9,7 @@ use router_user::{
     control::{self, Request},
     daemon, show,
     state::State,
+    text,
 };
 
 /// Neutron-compatible virtual routers with an eBPF data plane.
@@ -123,9 +124,34 @@ fn init_logs() {
         .init();
 }
 
+/// Parses the command line; on an error, shows what the user typed escaped
+/// and cut, as every message does (clap would echo a value as it is).
+fn parse_cli() -> Cli {
+    use clap::error::{ContextKind, ContextValue};
+    let mut e = match Cli::try_parse() {
+        Ok(c) => return c,
+        Err(e) => e,
+    };
+    for kind in [
+        ContextKind::InvalidValue,
+        ContextKind::InvalidArg,
+        ContextKind::InvalidSubcommand,
+    ] {
+        let clean = match e.get(kind) {
+            Some(ContextValue::String(s)) => ContextValue::String(text::bare(s)),
+            Some(ContextValue::Strings(v)) => {
+                ContextValue::Strings(v.iter().map(|s| text::bare(s)).collect())
+            }
+            _ => continue,
+        };
+        e.insert(kind, clean);
+    }
+    e.exit()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_logs();
     match real_main(cli).await {
         Ok(code) => code,
@@ -159,7 +185,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Check { routers } => {
             let r = daemon::read_routers(&routers)?;
-            println!("{}: {} routers, valid", routers.display(), r.len());
+            println!("{}: {} routers, valid", text::path(&routers), r.len());
         }
         Cmd::Show { json, what } => {
             let state = State::load(&node.state_file())?;

@@ -137,7 +137,7 @@ fn bpf_routers<'a>(state: &'a State, only: Option<&str>) -> anyhow::Result<Vec<&
     if let Some(o) = only
         && out.is_empty()
     {
-        anyhow::bail!("no router {o:?} (see `xrouter show`)");
+        anyhow::bail!("no router {} (see `xrouter show`)", crate::text::quote(o));
     }
     Ok(out)
 }

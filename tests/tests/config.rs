@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 use tests::{
-    Checks, Dataplane, Rig, RouterSpec, TcpServer, article::*, names, routers_json, sa,
-    tcp_request, xrouter_check,
+    Checks, Dataplane, Rig, RouterSpec, TcpServer, TempDir, article::*, names, routers_json, sa,
+    tcp_request, xrouter_check, xrouter_plain,
 };
 
 tests::planes!(reload_rejects_invalid_and_keeps_state);
@@ -144,5 +144,133 @@ fn reload_rejects_invalid_and_keeps_state(plane: Dataplane) {
     let out = rig.reload();
     c.ok(out.success(), "a valid file reloads again", out.describe());
     c.eq("show --json as before", rig.show(), show);
+    c.finish();
+}
+
+/// The article's router alone, as a routers file's JSON value.
+fn article_value() -> Value {
+    let ext = tests::Network::new("ext", EXT, Some(EXT_GW));
+    let net1 = tests::Network::new("net1", NET1, Some(QR1));
+    let net2 = tests::Network::new("net2", NET2, Some(QR2));
+    routers_json(&[RouterSpec::article(&names::tag(), &ext, &net1, &net2)])
+}
+
+/// Whatever a file or the command line holds, `xrouter` reports it on one
+/// line of reasonable length: values are escaped (a newline cannot forge a
+/// second message) and cut (a 1 MB value is not echoed whole).
+#[test]
+fn errors_are_one_short_line() {
+    let mut c = Checks::new("errors_are_one_short_line");
+    let dir = TempDir::new(&format!("msg-{}", names::tag()));
+    let big = "f".repeat(1 << 20);
+    let routers = dir.path().join("routers.json");
+    let node = dir.path().join("node.toml");
+    let forged = "router 00000000-0000-0000-0000-000000000000: field x: forged";
+    // (what, routers file, node config, extra arguments, what stderr must contain)
+    let mut cases: Vec<(&str, Value, String, Vec<String>, &str)> = Vec::new();
+    let mut v = article_value();
+    v[0]["id"] = json!(format!("x\n{forged}"));
+    cases.push((
+        "newline in the router id",
+        v,
+        String::new(),
+        vec![],
+        r"x\nrouter",
+    ));
+    let mut v = article_value();
+    v[0]["_interfaces"][0]["id"] = json!(format!("p\r\n{forged}"));
+    cases.push((
+        "newline in a port id",
+        v,
+        String::new(),
+        vec![],
+        r"p\r\nrouter",
+    ));
+    let mut v = article_value();
+    v[0]["gw_port"]["mac_address"] = json!(big);
+    cases.push(("1 MB MAC", v, String::new(), vec![], "(1048576 bytes)"));
+    let mut v = article_value();
+    v[0]["_interfaces"][0]["mtu"] = json!(big);
+    cases.push(("1 MB string as MTU", v, String::new(), vec![], "mtu"));
+    cases.push((
+        "1 MB node config value",
+        article_value(),
+        format!("bridge_prefix = \"{big}\"\n"),
+        vec![],
+        "(1048576 bytes)",
+    ));
+    cases.push((
+        "newline in a node config key",
+        article_value(),
+        format!("\"a\\n{forged}\" = 1\n"),
+        vec![],
+        r"a\nrouter",
+    ));
+    for (what, text, config, extra, needle) in cases {
+        std::fs::write(&routers, serde_json::to_string(&text).unwrap()).unwrap();
+        let mut args: Vec<String> = vec![];
+        if !config.is_empty() {
+            std::fs::write(&node, &config).unwrap();
+            args.extend(["--config".into(), node.display().to_string()]);
+        }
+        args.extend([
+            "check".into(),
+            "--routers".into(),
+            routers.display().to_string(),
+        ]);
+        args.extend(extra);
+        let out = xrouter_plain(&args);
+        let err = out.stderr.trim_end();
+        c.ok(
+            !out.success() && !out.timed_out,
+            &format!("{what}: check fails"),
+            out.describe().chars().take(2000).collect::<String>(),
+        );
+        c.ok(
+            err.lines().count() == 1 && err.len() < 1000,
+            &format!("{what}: one line of under 1000 bytes"),
+            format!(
+                "{} lines, {} bytes: {}",
+                err.lines().count(),
+                err.len(),
+                err.chars().take(600).collect::<String>()
+            ),
+        );
+        c.ok(
+            err.contains(needle),
+            &format!("{what}: shows {needle}"),
+            err.chars().take(600).collect::<String>(),
+        );
+    }
+
+    // Command-line values clap echoes: escaped and cut too (clap's own
+    // message has several lines; none of them may come from the value).
+    let long = "9".repeat(100_000);
+    for (what, value, needle) in [
+        (
+            "newline in an option value",
+            format!("1\n{forged}"),
+            r"1\nrouter",
+        ),
+        ("100 kB option value", long, "(100000 bytes)"),
+    ] {
+        let out = xrouter_plain(&["bench", "--connections", &value]);
+        let err = out.stderr.as_str();
+        c.ok(
+            !out.success(),
+            &format!("{what}: refused"),
+            out.describe().chars().take(600).collect::<String>(),
+        );
+        c.ok(
+            !err.lines().any(|l| l.starts_with("router ")) && err.len() < 2000,
+            &format!("{what}: no forged line, under 2000 bytes"),
+            err.chars().take(600).collect::<String>(),
+        );
+        c.ok(
+            err.contains(needle),
+            &format!("{what}: shows {needle}"),
+            err.chars().take(600).collect::<String>(),
+        );
+    }
     c.finish();
 }

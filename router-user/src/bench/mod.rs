@@ -255,13 +255,10 @@ fn parse_count(s: &str) -> Result<u32, String> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: want a count such as 10000, 10k or 1M"))?;
+        .map_err(|_| "want a count such as 10000, 10k or 1M".to_string())?;
     let n = n.saturating_mul(mul);
     if n > scale::MAX_CONNECTIONS as u64 {
-        return Err(format!(
-            "{s}: at most {} connections",
-            scale::MAX_CONNECTIONS
-        ));
+        return Err(format!("at most {} connections", scale::MAX_CONNECTIONS));
     }
     Ok(n as u32)
 }

@@ -7,6 +7,8 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::{self, label, quote, tidy};
+
 /// Which data plane forwards packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -77,15 +79,16 @@ impl Default for NodeConfig {
 impl NodeConfig {
     /// Parses a node config, naming the file and the bad key on error.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<NodeConfig> {
-        let c: NodeConfig =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("node config {origin}: {e}"))?;
+        let origin = label(origin);
+        let c: NodeConfig = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("node config {origin}: {}", toml_problem(text, &e)))?;
         if c.metadata_port == 0 {
             anyhow::bail!("node config {origin}: metadata_port: 0 is not a usable port");
         }
         if c.bridge_prefix.is_empty() || c.bridge_prefix.len() > 4 {
             anyhow::bail!(
-                "node config {origin}: bridge_prefix: {:?} must be 1-4 characters (bridge names are at most 15)",
-                c.bridge_prefix
+                "node config {origin}: bridge_prefix: {} must be 1-4 characters (bridge names are at most 15)",
+                quote(&c.bridge_prefix)
             );
         }
         if c.conntrack_size < 1024 {
@@ -97,7 +100,9 @@ impl NodeConfig {
         for (net, br) in &c.bridge_mappings {
             if br.is_empty() || br.len() > 15 || br.contains(['/', ' ']) {
                 anyhow::bail!(
-                    "node config {origin}: bridge_mappings.{net}: {br:?} is not a valid interface name"
+                    "node config {origin}: bridge_mappings.{}: {} is not a valid interface name",
+                    label(net),
+                    quote(br)
                 );
             }
         }
@@ -110,8 +115,8 @@ impl NodeConfig {
             None => Ok(NodeConfig::default()),
             Some(p) => {
                 let text = std::fs::read_to_string(p)
-                    .map_err(|e| anyhow::anyhow!("node config {}: {e}", p.display()))?;
-                NodeConfig::parse(&text, &p.display().to_string())
+                    .map_err(|e| anyhow::anyhow!("node config {}: {e}", text::path(p)))?;
+                NodeConfig::parse(&text, &p.to_string_lossy())
             }
         }
     }
@@ -134,6 +139,18 @@ impl NodeConfig {
 
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
+    }
+}
+
+/// A TOML error as one line: where, and what (toml's own rendering quotes
+/// the whole offending line of the file, whatever its length).
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| text.bytes().take(s.start).filter(|b| *b == b'\n').count() + 1);
+    match line {
+        Some(l) => format!("line {l}: {}", tidy(e.message())),
+        None => tidy(e.message()),
     }
 }
 
@@ -174,5 +191,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bridge_mappings.x"), "{e}");
+    }
+
+    #[test]
+    fn messages_are_one_short_line_whatever_the_file_holds() {
+        let big = "b".repeat(1 << 20);
+        for text in [
+            format!("bridge_prefix = \"{big}\""),
+            format!("metadata_port = \"{big}\""),
+            format!("\"a\\nb{big}\" = 1"),
+            format!("[bridge_mappings]\n\"x\\ny\" = \"{big}\""),
+            format!("resync_interval = 1 {big}"),
+        ] {
+            let e = NodeConfig::parse(&text, "node\n.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(['\n', '\r']), "message spans lines: {e:.300}");
+            assert!(e.len() < 800, "message of {} bytes: {e:.300}", e.len());
+            assert!(e.starts_with(r#"node config "node\n.toml": "#), "{e:.300}");
+        }
     }
 }

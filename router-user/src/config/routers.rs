@@ -14,18 +14,22 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{ExtraRoute, FloatingIp, Gateway, Mac, Port, Role, Router, Subnet, short_id};
+use crate::{
+    model::{ExtraRoute, FloatingIp, Gateway, Mac, Port, Role, Router, Subnet, short_id},
+    text::{label, quote, tidy},
+};
 
-/// Why a router list was rejected.
+/// Why a router list was rejected. Every value in a message is escaped and
+/// cut (see [`crate::text`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("routers file is not valid JSON: {0}")]
+    #[error("routers file is not valid JSON: {}", tidy(.0))]
     Json(String),
     #[error("routers file must be a JSON list of routers or {{\"routers\": [...]}}, found {0}")]
     Shape(String),
     #[error("router #{index}: field id: {problem}")]
     NoId { index: usize, problem: String },
-    #[error("router {router}: field {field}: {problem}")]
+    #[error("router {}: field {field}: {problem}", label(.router))]
     Field {
         router: String,
         field: String,
@@ -145,7 +149,7 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
             Some(other) => {
                 return Err(ConfigError::NoId {
                     index,
-                    problem: format!("must be a string, found {other}"),
+                    problem: format!("must be a string, found {}", kind(other)),
                 });
             }
             None => {
@@ -160,7 +164,7 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
             field_err(
                 &id,
                 if path == "." { "(router)".into() } else { path },
-                e.into_inner().to_string(),
+                tidy(&e.into_inner().to_string()),
             )
         })?;
         let (router, up) = validate(raw)?;
@@ -168,7 +172,7 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
             return Err(field_err(
                 &router.id,
                 "id",
-                format!("duplicate router id {:?}", router.id),
+                format!("duplicate router id {}", quote(&router.id)),
             ));
         }
         for p in router.ports() {
@@ -178,8 +182,10 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
                     &router.id,
                     "port id",
                     format!(
-                        "port {:?} gives device name stem {stem:?}, already used by a port of router {owner}",
-                        p.id
+                        "port {} gives device name stem {}, already used by a port of router {}",
+                        quote(&p.id),
+                        quote(&stem),
+                        label(&owner)
                     ),
                 ));
             }
@@ -208,7 +214,10 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
         return Err(field_err(
             &rid,
             "id",
-            format!("{rid:?} must be 1-55 characters of letters, digits, '-', '_' or '.'"),
+            format!(
+                "{} must be 1-55 characters of letters, digits, '-', '_' or '.'",
+                quote(&rid)
+            ),
         ));
     }
     let enable_snat = raw
@@ -319,7 +328,10 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
             return Err(field_err(
                 &rid,
                 field,
-                format!("duplicate floating IP {fip} (also floating IP {:?})", o.id),
+                format!(
+                    "duplicate floating IP {fip} (also floating IP {})",
+                    quote(&o.id)
+                ),
             ));
         }
         if let Some(o) = floating_ips.iter().find(|o| o.fixed_ip == fixed) {
@@ -370,14 +382,14 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         return Err(field_err(
             rid,
             format!("{at}.id"),
-            format!("{:?} is not a usable port id", p.id),
+            format!("{} is not a usable port id", quote(&p.id)),
         ));
     }
     let mac: Mac = p.mac_address.parse().map_err(|_| {
         field_err(
             rid,
             format!("{at}.mac_address"),
-            format!("{:?} is not a MAC address", p.mac_address),
+            format!("{} is not a MAC address", quote(&p.mac_address)),
         )
     })?;
     if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
@@ -415,7 +427,7 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         return Err(field_err(
             rid,
             format!("{at}.fixed_ips"),
-            format!("port {} has no address", p.id),
+            format!("port {} has no address", quote(&p.id)),
         ));
     }
     let mut addresses = Vec::new();
@@ -466,18 +478,26 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
 
 fn ip(rid: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
     s.parse()
-        .map_err(|_| field_err(rid, field, format!("{s:?} is not an IP address")))
+        .map_err(|_| field_err(rid, field, format!("{} is not an IP address", quote(s))))
 }
 
 fn cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| field_err(rid, field, format!("{s:?} is not a CIDR (address/prefix)")))?;
+    let net: IpNet = s.parse().map_err(|_| {
+        field_err(
+            rid,
+            field,
+            format!("{} is not a CIDR (address/prefix)", quote(s)),
+        )
+    })?;
     if net.trunc() != net {
         return Err(field_err(
             rid,
             field,
-            format!("{s:?} has host bits set (did you mean {}?)", net.trunc()),
+            format!(
+                "{} has host bits set (did you mean {}?)",
+                quote(s),
+                net.trunc()
+            ),
         ));
     }
     Ok(net)
@@ -691,6 +711,70 @@ mod tests {
             {"id": "f1", "floating_ip_address": "192.168.1.104", "fixed_ip_address": "91.1.180.14"},
             {"id": "f2", "floating_ip_address": "192.168.1.104", "fixed_ip_address": "91.1.180.15"}]);
         rejects(v, "_floatingips[1].floating_ip_address", "192.168.1.104");
+    }
+
+    /// The message as the CLI prints it: one line, short, whatever the input.
+    fn one_short_line(e: &ConfigError) -> String {
+        let m = e.to_string();
+        assert!(
+            !m.contains(['\n', '\r', '\0']),
+            "message spans lines: {m:?}"
+        );
+        assert!(m.len() < 400, "message of {} bytes: {m:.400}", m.len());
+        m
+    }
+
+    #[test]
+    fn values_in_messages_are_escaped_and_cut() {
+        // A newline in the router id must not start a second line.
+        let mut v = article();
+        v["id"] = json!("r1\nrouter r2: field x: forged");
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(m.contains(r"r1\nrouter r2"), "{m}");
+
+        // A huge value is cut, with its size.
+        let big = "f".repeat(1 << 20);
+        let mut v = article();
+        v["gw_port"]["mac_address"] = json!(big);
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(
+            m.contains("gw_port.mac_address") && m.contains("(1048576 bytes)"),
+            "{m}"
+        );
+
+        // Also where serde reports a value of the wrong type.
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!(format!("{big}\n"));
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(m.contains("mtu") && m.contains("bytes)"), "{m}");
+        let mut v = article();
+        v["enable_snat"] = json!(big);
+        one_short_line(&parse_one(v).unwrap_err());
+
+        // A router id that is not a string is described, not echoed.
+        let e = parse(&format!("[{{\"id\": {{\"x\": \"{big}\"}}}}]")).unwrap_err();
+        let m = one_short_line(&e);
+        assert!(m.contains("an object"), "{m}");
+
+        // Quotes and control characters in a port id.
+        let mut v = article();
+        v["_interfaces"][0]["id"] = json!("a\"b\u{1b}[2J");
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(m.contains(r#""a\"b\u{1b}[2J""#), "{m}");
+    }
+
+    #[test]
+    fn macs_are_hex_digits_only() {
+        for bad in [
+            "+a:16:3e:00:00:01",
+            "fa:+6:3e:00:00:01",
+            "fa:16:3e:00:00:-1",
+            "fa:16:3e:0 :00:01",
+        ] {
+            let mut v = article();
+            v["gw_port"]["mac_address"] = json!(bad);
+            rejects(v, "gw_port.mac_address", bad);
+        }
     }
 
     #[test]
