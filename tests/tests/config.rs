@@ -274,3 +274,59 @@ fn errors_are_one_short_line() {
     }
     c.finish();
 }
+
+/// A number out of range in the node config is refused by `check` and by
+/// `run` alike, before anything is built, with the file, the key, the value
+/// and the range; `run` never gets as far as a panic.
+#[test]
+fn node_config_out_of_range_refused_by_check_and_run() {
+    let mut c = Checks::new("node_config_out_of_range_refused_by_check_and_run");
+    // Not started: the node namespace only, where `run` would build.
+    let rig = Rig::new(Dataplane::Iptables);
+    let routers = rig.dir.join("routers.json");
+    std::fs::write(&routers, "[]").unwrap();
+    let node = rig.dir.join("bad.toml");
+    let node_s = node.display().to_string();
+    let routers_s = routers.display().to_string();
+    for (key, value, range) in [
+        ("resync_interval", "9223372036854775807", "0..=86400"),
+        ("metadata_port", "70000", "1..=65535"),
+        ("conntrack_size", "4294967295", "1024..=16777216"),
+    ] {
+        std::fs::write(
+            &node,
+            format!(
+                "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"iptables\"\n{key} = {value}\n",
+                rig.dir.display(),
+                rig.pin_dir.display()
+            ),
+        )
+        .unwrap();
+        for cmd in [
+            vec!["--config", &node_s, "check", "--routers", &routers_s],
+            vec!["--config", &node_s, "run", "--routers", &routers_s],
+        ] {
+            let what = format!("{key} = {value}: xrouter {}", cmd[2]);
+            let out = rig.xrouter(&cmd);
+            c.eq(&format!("{what}: exits 1"), out.code, Some(1));
+            c.ok(
+                !out.stderr.contains("panicked"),
+                &format!("{what}: no panic"),
+                &out.stderr,
+            );
+            c.ok(
+                [node_s.as_str(), key, value, range]
+                    .iter()
+                    .all(|n| out.stderr.contains(n)),
+                &format!("{what}: names the file, key, value and range"),
+                &out.stderr,
+            );
+            c.ok(
+                !rig.socket_path().exists(),
+                &format!("{what}: no control socket"),
+                (),
+            );
+        }
+    }
+    c.finish();
+}

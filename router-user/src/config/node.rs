@@ -34,8 +34,8 @@ impl std::fmt::Display for Dataplane {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Parsed only by [`NodeConfig::parse`], which checks every key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeConfig {
     /// Port of the metadata proxy inside each router namespace.
     pub metadata_port: u16,
@@ -76,34 +76,144 @@ impl Default for NodeConfig {
     }
 }
 
+/// Allowed values of the numeric keys. Wide enough for any real node,
+/// narrow enough that nothing derived from them overflows.
+pub mod range {
+    use std::ops::RangeInclusive;
+    /// A TCP port.
+    pub const METADATA_PORT: RangeInclusive<i64> = 1..=65535;
+    /// Seconds; 0 disables the periodic resync, at most a day.
+    pub const RESYNC_INTERVAL: RangeInclusive<i64> = 0..=86_400;
+    /// Connections per router: the table is preallocated (224 bytes per
+    /// connection), so 16M is 3.5 GiB per router.
+    pub const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=16_777_216;
+}
+
+/// The keys a node config may hold.
+const KEYS: &[&str] = &[
+    "metadata_port",
+    "bridge_prefix",
+    "bridge_mappings",
+    "dataplane",
+    "pin_dir",
+    "state_dir",
+    "resync_interval",
+    "send_garp",
+    "conntrack_size",
+];
+
+/// A TOML value as messages show it.
+fn shown(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => quote(s),
+        toml::Value::Array(_) => "a list".into(),
+        toml::Value::Table(_) => "a table".into(),
+        other => other.to_string(),
+    }
+}
+
+/// An integer in `range`, or why not.
+fn int(v: &toml::Value, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
+    match v {
+        toml::Value::Integer(n) if range.contains(n) => Ok(*n),
+        toml::Value::Integer(n) => Err(format!(
+            "{n} is outside the allowed range {}..={}",
+            range.start(),
+            range.end()
+        )),
+        other => Err(format!("{} is not an integer", shown(other))),
+    }
+}
+
+fn string(v: &toml::Value) -> Result<&str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("{} is not a string", shown(v)))
+}
+
 impl NodeConfig {
-    /// Parses a node config, naming the file and the bad key on error.
+    /// Parses a node config, naming the file, the key, the value and what
+    /// is allowed on error. Every key is checked here, so `check` refuses
+    /// what `run` would refuse.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<NodeConfig> {
         let origin = label(origin);
-        let c: NodeConfig = toml::from_str(text)
+        let table: toml::Table = text
+            .parse()
             .map_err(|e| anyhow::anyhow!("node config {origin}: {}", toml_problem(text, &e)))?;
-        if c.metadata_port == 0 {
-            anyhow::bail!("node config {origin}: metadata_port: 0 is not a usable port");
-        }
-        if c.bridge_prefix.is_empty() || c.bridge_prefix.len() > 4 {
-            anyhow::bail!(
-                "node config {origin}: bridge_prefix: {} must be 1-4 characters (bridge names are at most 15)",
-                quote(&c.bridge_prefix)
-            );
-        }
-        if c.conntrack_size < 1024 {
-            anyhow::bail!(
-                "node config {origin}: conntrack_size: {} is below the minimum of 1024",
-                c.conntrack_size
-            );
-        }
-        for (net, br) in &c.bridge_mappings {
-            if br.is_empty() || br.len() > 15 || br.contains(['/', ' ']) {
-                anyhow::bail!(
-                    "node config {origin}: bridge_mappings.{}: {} is not a valid interface name",
-                    label(net),
-                    quote(br)
-                );
+        let mut c = NodeConfig::default();
+        for (key, v) in &table {
+            let bad = |problem: String| {
+                anyhow::anyhow!("node config {origin}: {}: {problem}", label(key))
+            };
+            match key.as_str() {
+                "metadata_port" => {
+                    c.metadata_port = int(v, range::METADATA_PORT).map_err(bad)? as u16;
+                }
+                "resync_interval" => {
+                    c.resync_interval = int(v, range::RESYNC_INTERVAL)
+                        .map_err(|p| bad(format!("{p} (seconds; 0 disables resyncs)")))?
+                        as u64;
+                }
+                "conntrack_size" => {
+                    c.conntrack_size = int(v, range::CONNTRACK_SIZE)
+                        .map_err(|p| bad(format!("{p} (connections per router)")))?
+                        as u32;
+                }
+                "send_garp" => {
+                    c.send_garp = v
+                        .as_bool()
+                        .ok_or_else(|| bad(format!("{} is not true or false", shown(v))))?;
+                }
+                "dataplane" => {
+                    c.dataplane = match string(v).map_err(bad)? {
+                        "auto" => Dataplane::Auto,
+                        "xdp" => Dataplane::Xdp,
+                        "tc" => Dataplane::Tc,
+                        "iptables" => Dataplane::Iptables,
+                        other => {
+                            return Err(bad(format!(
+                                "{} is not one of auto, xdp, tc, iptables",
+                                quote(other)
+                            )));
+                        }
+                    };
+                }
+                "bridge_prefix" => {
+                    let p = string(v).map_err(bad)?;
+                    if p.is_empty() || p.len() > 4 {
+                        return Err(bad(format!(
+                            "{} must be 1-4 characters (bridge names are at most 15)",
+                            quote(p)
+                        )));
+                    }
+                    c.bridge_prefix = p.to_string();
+                }
+                "pin_dir" => c.pin_dir = string(v).map_err(bad)?.into(),
+                "state_dir" => c.state_dir = string(v).map_err(bad)?.into(),
+                "bridge_mappings" => {
+                    let Some(map) = v.as_table() else {
+                        return Err(bad(format!(
+                            "{} is not a table of network id = bridge",
+                            shown(v)
+                        )));
+                    };
+                    for (net, br) in map {
+                        let key = format!("bridge_mappings.{}", label(net));
+                        let bad = |problem: String| {
+                            anyhow::anyhow!("node config {origin}: {key}: {problem}")
+                        };
+                        let br = string(br).map_err(bad)?;
+                        if br.is_empty() || br.len() > 15 || br.contains(['/', ' ']) {
+                            return Err(bad(format!(
+                                "{} is not a valid interface name",
+                                quote(br)
+                            )));
+                        }
+                        c.bridge_mappings.insert(net.clone(), br.to_string());
+                    }
+                }
+                _ => {
+                    return Err(bad(format!("unknown key (known: {})", KEYS.join(", "))));
+                }
             }
         }
         Ok(c)
@@ -191,6 +301,88 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bridge_mappings.x"), "{e}");
+    }
+
+    /// Asserts `text` is refused with a message naming the file, the key,
+    /// the value and what is allowed.
+    fn refused(text: &str, key: &str, value: &str, allowed: &str) {
+        let e = match NodeConfig::parse(text, "/etc/xrouter/node.toml") {
+            Ok(c) => panic!("{text:?} accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        };
+        for needle in ["node config /etc/xrouter/node.toml", key, value, allowed] {
+            assert!(
+                e.contains(needle),
+                "{text:?}: {e:?} does not name {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_number_has_a_range() {
+        // An interval that overflows a Duration once added to now.
+        refused(
+            "resync_interval = 9223372036854775807",
+            "resync_interval",
+            "9223372036854775807",
+            "0..=86400",
+        );
+        refused("resync_interval = -1", "resync_interval", "-1", "0..=86400");
+        refused(
+            "resync_interval = 86401",
+            "resync_interval",
+            "86401",
+            "0..=86400",
+        );
+        refused("resync_interval = 1.5", "resync_interval", "1.5", "integer");
+        refused(
+            "resync_interval = \"10\"",
+            "resync_interval",
+            "\"10\"",
+            "integer",
+        );
+        refused("metadata_port = 0", "metadata_port", "0", "1..=65535");
+        refused(
+            "metadata_port = 65536",
+            "metadata_port",
+            "65536",
+            "1..=65535",
+        );
+        refused(
+            "metadata_port = -9697",
+            "metadata_port",
+            "-9697",
+            "1..=65535",
+        );
+        refused(
+            "conntrack_size = 1023",
+            "conntrack_size",
+            "1023",
+            "1024..=16777216",
+        );
+        refused(
+            "conntrack_size = 4294967296",
+            "conntrack_size",
+            "4294967296",
+            "1024..=16777216",
+        );
+        refused("send_garp = 1", "send_garp", "1", "true or false");
+        refused("dataplane = 3", "dataplane", "3", "string");
+        let edges = "metadata_port = 65535\nresync_interval = 86400\nconntrack_size = 16777216\n";
+        let c = NodeConfig::parse(edges, "n").unwrap();
+        assert_eq!(
+            (c.metadata_port, c.resync_interval, c.conntrack_size),
+            (65535, 86400, 16_777_216)
+        );
+        let c = NodeConfig::parse(
+            "metadata_port = 1\nresync_interval = 0\nconntrack_size = 1024",
+            "n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.metadata_port, c.resync_interval, c.conntrack_size),
+            (1, 0, 1024)
+        );
     }
 
     #[test]

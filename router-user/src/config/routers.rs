@@ -80,7 +80,7 @@ struct RawRoute {
 struct RawPort {
     id: String,
     mac_address: String,
-    mtu: Option<u32>,
+    mtu: Option<Int>,
     #[serde(default)]
     network_id: String,
     #[serde(default)]
@@ -94,7 +94,7 @@ struct RawPort {
 #[derive(Deserialize)]
 struct RawFixedIp {
     ip_address: String,
-    prefixlen: Option<u8>,
+    prefixlen: Option<Int>,
     subnet_id: Option<String>,
 }
 
@@ -115,6 +115,64 @@ struct RawFloatingIp {
 
 /// Default MTU when the port dict has none (Neutron's global_physnet_mtu).
 pub const DEFAULT_MTU: u32 = 1500;
+
+/// Allowed MTUs: IPv4's minimum to a veth's maximum.
+pub const MTU: std::ops::RangeInclusive<i128> = 68..=65535;
+
+/// An integer field, read wide so that a value out of range is reported
+/// with the range rather than as a type error, and a string in its place
+/// is shown escaped and cut.
+#[derive(Clone, Copy, Debug)]
+struct Int(i128);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Int;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v.into()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
+                Ok(Int(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Int, E> {
+                Err(E::custom(format!("{v} is not an integer")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Int, E> {
+                Err(E::custom(format!("{} is not an integer", quote(v))))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `v` if it is in `range`, else an error naming the field, the value and
+/// the range.
+fn in_range(
+    rid: &str,
+    field: impl Into<String>,
+    v: Int,
+    range: std::ops::RangeInclusive<i128>,
+) -> Result<i128, ConfigError> {
+    if range.contains(&v.0) {
+        Ok(v.0)
+    } else {
+        Err(field_err(
+            rid,
+            field,
+            format!(
+                "{} is outside the allowed range {}..={}",
+                v.0,
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
 
 /// Parses and validates a routers file. Routers with `admin_state_up: false`
 /// are validated, then left out (the agent does not deploy them).
@@ -234,7 +292,9 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
                 .extra_subnets
                 .iter()
                 .enumerate()
-                .map(|(i, s)| cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr))
+                .map(|(i, s)| {
+                    subnet_cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let port = port(&rid, "gw_port", p, Role::Gateway)?;
             if port.ipv4().is_none() {
@@ -399,18 +459,14 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
             format!("{mac} is not a unicast MAC address"),
         ));
     }
-    let mtu = p.mtu.unwrap_or(DEFAULT_MTU);
-    if !(68..=65535).contains(&mtu) {
-        return Err(field_err(
-            rid,
-            format!("{at}.mtu"),
-            format!("{mtu} is outside 68..65535"),
-        ));
-    }
+    let mtu = match p.mtu {
+        Some(m) => in_range(rid, format!("{at}.mtu"), m, MTU)? as u32,
+        None => DEFAULT_MTU,
+    };
     let mut subnets = Vec::new();
     let mut subnet_ids = HashMap::new();
     for (i, s) in p.subnets.iter().enumerate() {
-        let c = cidr(rid, &format!("{at}.subnets[{i}].cidr"), &s.cidr)?;
+        let c = subnet_cidr(rid, &format!("{at}.subnets[{i}].cidr"), &s.cidr)?;
         let gateway_ip = match s.gateway_ip.as_deref() {
             Some(g) if !g.is_empty() => Some(ip(rid, &format!("{at}.subnets[{i}].gateway_ip"), g)?),
             _ => None,
@@ -435,31 +491,34 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         let field = format!("{at}.fixed_ips[{i}].ip_address");
         let addr = ip(rid, &field, &f.ip_address)?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        // Neutron's dicts carry prefixlen; older payloads only the subnet.
+        let plen_field = format!("{at}.fixed_ips[{i}].prefixlen");
+        // Neutron's dicts carry prefixlen; older payloads only the subnet,
+        // which must then hold the address (a subnet of the other family
+        // has prefix lengths this address cannot take).
         let plen = match f.prefixlen {
-            Some(l) if l <= max => l,
-            Some(l) => {
-                return Err(field_err(
-                    rid,
-                    format!("{at}.fixed_ips[{i}].prefixlen"),
-                    format!("{l} is over {max}"),
-                ));
-            }
+            Some(l) => in_range(rid, plen_field, l, 1..=max)? as u8,
             None => f
                 .subnet_id
                 .as_ref()
                 .and_then(|id| subnet_ids.get(id))
                 .or_else(|| subnets.iter().map(|s| &s.cidr).find(|c| c.contains(&addr)))
+                .filter(|c| c.contains(&addr))
                 .map(|c| c.prefix_len())
                 .ok_or_else(|| {
                     field_err(
                         rid,
-                        format!("{at}.fixed_ips[{i}].prefixlen"),
+                        plen_field,
                         format!("missing for {addr}, and no subnet of the port contains it"),
                     )
                 })?,
         };
-        let net = IpNet::new(addr, plen).expect("prefix length checked");
+        let net = IpNet::new(addr, plen).map_err(|_| {
+            field_err(
+                rid,
+                format!("{at}.fixed_ips[{i}].prefixlen"),
+                format!("{plen} is not a prefix length of {addr}"),
+            )
+        })?;
         if addresses.contains(&net) {
             return Err(field_err(rid, field, format!("duplicate address {addr}")));
         }
@@ -479,6 +538,20 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
 fn ip(rid: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
     s.parse()
         .map_err(|_| field_err(rid, field, format!("{} is not an IP address", quote(s))))
+}
+
+/// A subnet's CIDR: as [`cidr`], and not a /0 (an address on a port with
+/// a /0 would make every destination on-link).
+fn subnet_cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
+    let net = cidr(rid, field, s)?;
+    if net.prefix_len() == 0 {
+        return Err(field_err(
+            rid,
+            field,
+            format!("{} is not a subnet (prefix length 0)", quote(s)),
+        ));
+    }
+    Ok(net)
 }
 
 fn cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
@@ -761,6 +834,57 @@ mod tests {
         v["_interfaces"][0]["id"] = json!("a\"b\u{1b}[2J");
         let m = one_short_line(&parse_one(v).unwrap_err());
         assert!(m.contains(r#""a\"b\u{1b}[2J""#), "{m}");
+    }
+
+    #[test]
+    fn numbers_have_ranges() {
+        for (mtu, shown) in [
+            (json!(67), "67"),
+            (json!(65536), "65536"),
+            (json!(1u64 << 40), "1099511627776"),
+            (json!(-1), "-1"),
+            (json!(u64::MAX), "18446744073709551615"),
+        ] {
+            let mut v = article();
+            v["_interfaces"][0]["mtu"] = mtu;
+            rejects(v.clone(), "_interfaces[0].mtu", shown);
+            rejects(v, "_interfaces[0].mtu", "68..=65535");
+        }
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!(1500.5);
+        rejects(v, "_interfaces[0].mtu", "1500.5");
+        for (plen, shown) in [
+            (json!(0), "0"),
+            (json!(33), "33"),
+            (json!(300), "300"),
+            (json!(-24), "-24"),
+        ] {
+            let mut v = article();
+            v["gw_port"]["fixed_ips"][0]["prefixlen"] = plen;
+            rejects(v.clone(), "gw_port.fixed_ips[0].prefixlen", shown);
+            rejects(v, "gw_port.fixed_ips[0].prefixlen", "1..=32");
+        }
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!(65535);
+        v["gw_port"]["fixed_ips"][0]["prefixlen"] = json!(32);
+        assert!(parse_one(v).is_ok());
+    }
+
+    #[test]
+    fn a_prefix_length_is_never_taken_from_a_subnet_that_does_not_hold_the_address() {
+        // An IPv6 subnet's /64 for an IPv4 address would not make an IpNet.
+        let mut v = article();
+        v["_interfaces"][0]["subnets"] = json!([
+            {"id": "s6", "cidr": "2001:db8::/64", "gateway_ip": null}]);
+        v["_interfaces"][0]["fixed_ips"] = json!([{"ip_address": "81.1.180.1", "subnet_id": "s6"}]);
+        rejects(v, "_interfaces[0].fixed_ips[0].prefixlen", "81.1.180.1");
+        // A /0 subnet would make every destination on-link.
+        let mut v = article();
+        v["gw_port"]["extra_subnets"][0]["cidr"] = json!("0.0.0.0/0");
+        rejects(v, "gw_port.extra_subnets[0].cidr", "0.0.0.0/0");
+        let mut v = article();
+        v["_interfaces"][0]["subnets"][0]["cidr"] = json!("0.0.0.0/0");
+        rejects(v, "_interfaces[0].subnets[0].cidr", "0.0.0.0/0");
     }
 
     #[test]
