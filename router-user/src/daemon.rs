@@ -58,11 +58,11 @@ fn is_bpf(d: Option<Dataplane>) -> bool {
     matches!(d, Some(Dataplane::Xdp | Dataplane::Tc))
 }
 
-/// Reads and validates a routers file.
-pub fn read_routers(path: &Path) -> Result<Vec<Router>> {
+/// Reads and validates a routers file for this node.
+pub fn read_routers(path: &Path, node: &NodeConfig) -> Result<Vec<Router>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading routers file {}", crate::text::path(path)))?;
-    routers::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", crate::text::path(path)))
+    routers::parse_for(&text, node).map_err(|e| anyhow::anyhow!("{}: {e}", crate::text::path(path)))
 }
 
 /// The applied state and the means to change it.
@@ -294,7 +294,7 @@ impl Engine {
     /// validate changes nothing.
     pub async fn reload(&mut self) -> Result<Changes> {
         let path = self.state.routers_file.clone().context("no routers file")?;
-        let desired = read_routers(&path)?;
+        let desired = read_routers(&path, &self.node)?;
         self.apply(desired).await
     }
 
@@ -316,7 +316,7 @@ fn summary(ch: &Changes) -> String {
 /// Runs the daemon in the foreground.
 pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     // A bad routers file is refused before anything is created.
-    read_routers(&routers_file)?;
+    read_routers(&routers_file, &node)?;
     let dataplane = resolve_dataplane(node.dataplane)?;
     let socket = node.socket_path();
     crate::state::ensure_private_dir(&node.state_dir)?;
@@ -326,7 +326,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             socket.display()
         );
     }
-    let desired = read_routers(&routers_file)?;
+    let desired = read_routers(&routers_file, &node)?;
     let mut engine = Engine::new(node.clone(), dataplane, routers_file)?;
     match engine.apply(desired).await {
         Ok(ch) => tracing::info!(

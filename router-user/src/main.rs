@@ -109,6 +109,9 @@ enum Cmd {
 fn node_config(cli: &Cli) -> Result<NodeConfig> {
     let mut node = NodeConfig::load(cli.config.as_deref())?;
     if let Some(d) = &cli.state_dir {
+        if let Some(why) = router_user::config::node::dir_problem(d) {
+            anyhow::bail!("--state-dir: {} {why}", text::quote(&d.to_string_lossy()));
+        }
         node.state_dir = d.clone();
     }
     Ok(node)
@@ -184,7 +187,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", reply.message);
         }
         Cmd::Check { routers } => {
-            let r = daemon::read_routers(&routers)?;
+            let r = daemon::read_routers(&routers, &node)?;
             println!("{}: {} routers, valid", text::path(&routers), r.len());
         }
         Cmd::Show { json, what } => {

@@ -1,6 +1,6 @@
 //! The validated desired state of a router: what the control plane builds.
 //!
-//! Produced only by [`crate::config::routers::parse`], so every value here has
+//! Produced only by [`crate::config::routers::parse_for`], so every value here has
 //! been checked: addresses parse, floating IPs sit in an external subnet, IDs
 //! are unique.
 

@@ -32,6 +32,16 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
         p.id = names::uuid();
     }
     let dup_text = serde_json::to_string_pretty(&routers_json(&[router.clone(), dup])).unwrap();
+    // Another router on the same external network, given the same gateway IP.
+    let mut other = RouterSpec::empty(&names::tag());
+    let mut gw = router
+        .gateway
+        .clone()
+        .expect("the article's router has a gateway");
+    gw.id = names::uuid();
+    other.gateway = Some(gw);
+    let two_gateways =
+        serde_json::to_string_pretty(&routers_json(&[router.clone(), other])).unwrap();
     vec![
         Bad {
             what: "bad CIDR",
@@ -57,6 +67,58 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
             what: "port without fixed_ips",
             text: edit(&|r| r["_interfaces"][0]["fixed_ips"] = json!([])),
             needles: vec![id.clone(), "fixed_ips".into(), port0.clone()],
+        },
+        Bad {
+            what: "floating IP is the external network's address",
+            text: edit(&|r| r["_floatingips"][0]["floating_ip_address"] = json!("192.168.1.0")),
+            needles: vec![
+                id.clone(),
+                "floating_ip_address".into(),
+                "192.168.1.0".into(),
+                "network address".into(),
+            ],
+        },
+        Bad {
+            what: "floating IP is the gateway IP",
+            text: edit(&|r| r["_floatingips"][0]["floating_ip_address"] = json!(QG)),
+            needles: vec![id.clone(), "floating_ip_address".into(), QG.into()],
+        },
+        Bad {
+            what: "fixed IP reachable only through an extra route",
+            text: edit(&|r| {
+                r["routes"] = json!([{"destination": "172.16.0.0/16", "nexthop": VM1}]);
+                r["_floatingips"][0]["fixed_ip_address"] = json!("172.16.0.5");
+            }),
+            needles: vec![id.clone(), "fixed_ip_address".into(), "172.16.0.5".into()],
+        },
+        Bad {
+            what: "fixed IP is the router's own",
+            text: edit(&|r| r["_floatingips"][0]["fixed_ip_address"] = json!(QR2)),
+            needles: vec![id.clone(), "fixed_ip_address".into(), QR2.into()],
+        },
+        Bad {
+            what: "router id not a UUID",
+            text: edit(&|r| r["id"] = json!("r1")),
+            needles: vec!["router #0".into(), "id".into(), "\"r1\"".into()],
+        },
+        Bad {
+            what: "port id climbing out of a directory",
+            text: edit(&|r| r["_interfaces"][0]["id"] = json!("../../x")),
+            needles: vec![id.clone(), "_interfaces[0].id".into(), "../../x".into()],
+        },
+        Bad {
+            what: "network id with a space",
+            text: edit(&|r| r["gw_port"]["network_id"] = json!("ext net")),
+            needles: vec![id.clone(), "gw_port.network_id".into(), "ext net".into()],
+        },
+        Bad {
+            what: "two routers with one gateway IP on one network",
+            text: two_gateways,
+            needles: vec![
+                "gw_port.fixed_ips[0].ip_address".into(),
+                QG.into(),
+                id.clone(),
+            ],
         },
         Bad {
             what: "unparseable JSON",
@@ -328,5 +390,72 @@ fn node_config_out_of_range_refused_by_check_and_run() {
             );
         }
     }
+    c.finish();
+}
+
+/// Node config values that cannot name a device or a directory are refused
+/// by `check`, naming the file, the key and the value; so is a relative
+/// `--state-dir`.
+#[test]
+fn node_config_names_and_directories_refused() {
+    let mut c = Checks::new("node_config_names_and_directories_refused");
+    let dir = TempDir::new(&format!("names-{}", names::tag()));
+    let routers = dir.path().join("routers.json");
+    std::fs::write(&routers, "[]").unwrap();
+    let node = dir.path().join("node.toml");
+    for (line, key, value) in [
+        ("bridge_prefix = \"b/\"", "bridge_prefix", "\"b/\""),
+        ("bridge_prefix = \"tap\"", "bridge_prefix", "\"tap\""),
+        (
+            "[bridge_mappings]\nnet1 = \"br ex\"",
+            "bridge_mappings.net1",
+            "\"br ex\"",
+        ),
+        (
+            "[bridge_mappings]\nnet1 = \"..\"",
+            "bridge_mappings.net1",
+            "\"..\"",
+        ),
+        ("pin_dir = \"xrouter\"", "pin_dir", "\"xrouter\""),
+        (
+            "state_dir = \"/run/../etc\"",
+            "state_dir",
+            "\"/run/../etc\"",
+        ),
+        ("state_dir = \"/run/x\\ny\"", "state_dir", r#""/run/x\ny""#),
+    ] {
+        std::fs::write(&node, line).unwrap();
+        let out = xrouter_plain(&[
+            "--config".as_ref(),
+            node.as_os_str(),
+            "check".as_ref(),
+            "--routers".as_ref(),
+            routers.as_os_str(),
+        ]);
+        c.ok(
+            !out.success() && !out.timed_out,
+            &format!("{line}: refused"),
+            out.describe(),
+        );
+        let named = [node.to_str().unwrap(), key, value]
+            .iter()
+            .all(|n| out.stderr.contains(n));
+        c.ok(
+            named,
+            &format!("{line}: names file, key and value"),
+            &out.stderr,
+        );
+    }
+    let out = xrouter_plain(&["--state-dir", "run/xrouter", "show"]);
+    c.ok(
+        !out.success(),
+        "--state-dir run/xrouter: refused",
+        out.describe(),
+    );
+    c.ok(
+        out.stderr.contains("--state-dir") && out.stderr.contains("run/xrouter"),
+        "--state-dir run/xrouter: named",
+        &out.stderr,
+    );
     c.finish();
 }

@@ -3,7 +3,10 @@
 //! Every key is optional; unknown keys are an error, since a typo in an
 //! operator's file should not silently fall back to a default.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -179,16 +182,22 @@ impl NodeConfig {
                 }
                 "bridge_prefix" => {
                     let p = string(v).map_err(bad)?;
-                    if p.is_empty() || p.len() > 4 {
-                        return Err(bad(format!(
-                            "{} must be 1-4 characters (bridge names are at most 15)",
-                            quote(p)
-                        )));
+                    if let Some(why) = prefix_problem(p) {
+                        return Err(bad(format!("{} {why}", quote(p))));
                     }
                     c.bridge_prefix = p.to_string();
                 }
-                "pin_dir" => c.pin_dir = string(v).map_err(bad)?.into(),
-                "state_dir" => c.state_dir = string(v).map_err(bad)?.into(),
+                "pin_dir" | "state_dir" => {
+                    let d = string(v).map_err(bad)?;
+                    if let Some(why) = dir_problem(Path::new(d)) {
+                        return Err(bad(format!("{} {why}", quote(d))));
+                    }
+                    if key == "pin_dir" {
+                        c.pin_dir = d.into();
+                    } else {
+                        c.state_dir = d.into();
+                    }
+                }
                 "bridge_mappings" => {
                     let Some(map) = v.as_table() else {
                         return Err(bad(format!(
@@ -201,10 +210,13 @@ impl NodeConfig {
                         let bad = |problem: String| {
                             anyhow::anyhow!("node config {origin}: {key}: {problem}")
                         };
+                        if net.is_empty() {
+                            return Err(bad("a network id must not be empty".into()));
+                        }
                         let br = string(br).map_err(bad)?;
-                        if br.is_empty() || br.len() > 15 || br.contains(['/', ' ']) {
+                        if let Some(why) = ifname_problem(br) {
                             return Err(bad(format!(
-                                "{} is not a valid interface name",
+                                "{} is not a valid interface name: {why}",
                                 quote(br)
                             )));
                         }
@@ -249,6 +261,62 @@ impl NodeConfig {
 
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
+    }
+}
+
+/// Why `name` cannot name a network device, if it cannot. Linux takes 1-15
+/// bytes other than "." and "..", without '/', ':' or whitespace; printable
+/// ASCII only, so that every tool (and iptables rule) shows it as it is.
+pub fn ifname_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 15 {
+        Some("it must be 1-15 bytes")
+    } else if name == "." || name == ".." {
+        Some("it must not be \".\" or \"..\"")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+    {
+        Some("it must be printable ASCII without '/', ':' or whitespace")
+    } else {
+        None
+    }
+}
+
+/// Why `prefix` cannot start bridge names `<prefix><network id[:11]>`.
+fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    if prefix.is_empty() || prefix.len() > 4 {
+        return Some(
+            "must be 1-4 bytes (with 11 characters of the network id, bridge names are at most 15)",
+        );
+    }
+    if ifname_problem(prefix).is_some() {
+        return Some("must be printable ASCII without '/', ':' or whitespace");
+    }
+    // Those name xrouter's own devices, which it creates and deletes.
+    if ["tap", "qr-", "qg-"].contains(&prefix) {
+        return Some("is a prefix of xrouter's own devices (tap, qr-, qg-)");
+    }
+    None
+}
+
+/// Why `dir` cannot be the pin or state directory, if it cannot: it must be
+/// an absolute path below the root, without ".." or control characters
+/// (a newline would break every message naming it).
+pub fn dir_problem(dir: &Path) -> Option<&'static str> {
+    let text = dir.to_string_lossy();
+    if !dir.is_absolute() {
+        Some("is not an absolute path")
+    } else if text.chars().any(char::is_control) {
+        Some("holds a control character")
+    } else if dir
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        Some("has a '..' component")
+    } else if dir.parent().is_none() {
+        Some("is the root directory")
+    } else {
+        None
     }
 }
 
@@ -383,6 +451,61 @@ mod tests {
             (c.metadata_port, c.resync_interval, c.conntrack_size),
             (1, 0, 1024)
         );
+    }
+
+    #[test]
+    fn names_and_directories_are_usable() {
+        for bad in [
+            "", "brqxy", "b/", "a:", "b q", "b\\tq", "tap", "qr-", "qg-", "é", ".",
+        ] {
+            let text = format!("bridge_prefix = \"{bad}\"");
+            let e = NodeConfig::parse(&text, "n").unwrap_err().to_string();
+            assert!(e.contains("bridge_prefix"), "{bad:?}: {e}");
+        }
+        assert_eq!(
+            NodeConfig::parse("bridge_prefix = \"br-\"", "n")
+                .unwrap()
+                .bridge_for("9c9436d4-2b7c-4a1e"),
+            "br-9c9436d4-2b"
+        );
+        for bad in [
+            "",
+            "br ex",
+            "br:1",
+            ".",
+            "..",
+            "a/b",
+            "sixteen-bytes-xx",
+            "bré",
+            "br\\n",
+        ] {
+            let text = format!("[bridge_mappings]\nnet = \"{bad}\"");
+            let e = NodeConfig::parse(&text, "n").unwrap_err().to_string();
+            assert!(
+                e.contains("bridge_mappings.net") && e.contains("interface name"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = NodeConfig::parse("[bridge_mappings]\n\"\" = \"br-ex\"", "n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must not be empty"), "{e}");
+        assert!(NodeConfig::parse("[bridge_mappings]\nnet = \"fifteen-bytes-x\"", "n").is_ok());
+        for key in ["pin_dir", "state_dir"] {
+            for (bad, why) in [
+                ("run/xrouter", "absolute"),
+                ("", "absolute"),
+                ("/", "root"),
+                ("/run/../etc", ".."),
+                ("/run/x\\nrouter", "control"),
+                ("/run/x\\u0000y", "control"),
+            ] {
+                let text = format!("{key} = \"{bad}\"");
+                let e = NodeConfig::parse(&text, "n").unwrap_err().to_string();
+                assert!(e.contains(key) && e.contains(why), "{key} = {bad:?}: {e}");
+            }
+            assert!(NodeConfig::parse(&format!("{key} = \"/var/lib/x r\""), "n").is_ok());
+        }
     }
 
     #[test]
