@@ -22,6 +22,11 @@ pub enum Request {
 pub struct Reply {
     pub ok: bool,
     pub message: String,
+    /// Routers whose apply failed (they keep their previous state); empty
+    /// when the whole request failed (e.g. a file that does not validate)
+    /// or succeeded.
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 /// Sends a request to the daemon and waits for its answer.

@@ -69,7 +69,9 @@ enum Cmd {
     /// Make the running daemon re-read its routers file and apply it.
     ///
     /// Returns once the new state is applied; on a validation error exits
-    /// non-zero and the daemon keeps the previous state.
+    /// non-zero and the daemon keeps the previous state. When some routers
+    /// cannot be applied, the others are, and it exits non-zero naming
+    /// those that failed (they keep their previous state).
     Reload,
     /// Check a routers file without applying anything.
     Check {
@@ -177,6 +179,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Reload => {
             let reply = control::call(&node.socket_path(), &Request::Reload).await?;
+            if !reply.ok && !reply.failed.is_empty() {
+                // Applied, but not every router: the message names them.
+                eprintln!("xrouter: reload: {}", reply.message);
+                return Ok(ExitCode::FAILURE);
+            }
             if !reply.ok {
                 eprintln!(
                     "xrouter: reload failed, previous state kept:\n{}",

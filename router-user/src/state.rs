@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, io::Write as _, os::unix::fs::PermissionsExt as
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::node::Dataplane, model::Router};
+use crate::{config::node::Dataplane, model::Router, reconcile::NatAddresses};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -14,13 +14,51 @@ pub struct State {
     pub dataplane: Option<Dataplane>,
     /// The routers file the daemon follows.
     pub routers_file: Option<std::path::PathBuf>,
-    /// Routers as last applied.
+    /// Routers as last applied successfully (a router whose apply failed
+    /// keeps its entry from before; a new one has none until it succeeds).
     pub routers: Vec<Router>,
+    /// Routers whose last apply failed: what was attempted may be partly in
+    /// place, so the next apply retries it, a release flushes what it may
+    /// have published, and removal and `cleanup` cover it too.
+    #[serde(default)]
+    pub failed: Vec<Failed>,
     /// Bridges xrouter created (removed by `cleanup` once empty).
     pub bridges: BTreeSet<String>,
 }
 
+/// A router whose last apply failed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Failed {
+    /// The router as last attempted.
+    pub router: Router,
+    /// Why it failed.
+    pub error: String,
+    /// Every floating IP and gateway address that the applied state and
+    /// the failed attempts since may have put in place.
+    pub live: NatAddresses,
+}
+
 impl State {
+    /// IDs of every router xrouter may have built something of: applied,
+    /// or attempted and failed.
+    pub fn router_ids(&self) -> std::collections::BTreeSet<String> {
+        self.routers
+            .iter()
+            .map(|r| r.id.clone())
+            .chain(self.failed.iter().map(|f| f.router.id.clone()))
+            .collect()
+    }
+
+    /// The router `id` as last applied successfully.
+    pub fn applied(&self, id: &str) -> Option<&Router> {
+        self.routers.iter().find(|r| r.id == id)
+    }
+
+    /// The failed attempt of router `id`, if its last apply failed.
+    pub fn failure(&self, id: &str) -> Option<&Failed> {
+        self.failed.iter().find(|f| f.router.id == id)
+    }
+
     pub fn load(path: &Path) -> Result<State> {
         match std::fs::read_to_string(path) {
             Ok(t) => serde_json::from_str(&t)
