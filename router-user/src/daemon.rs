@@ -118,7 +118,7 @@ impl Applied {
             return summary(&self.changes);
         }
         let mut out = format!(
-            "{} of {} routers failed and keep their previous state; the others are applied ({} changes):",
+            "{} router(s) failed; the other routers of the file ({} in all) are applied ({} changes):",
             self.failures.len(),
             self.routers,
             self.changes.len()
