@@ -22,6 +22,11 @@ pub enum Request {
 pub struct Reply {
     pub ok: bool,
     pub message: String,
+    /// Routers whose apply failed (they keep their previous state); empty
+    /// when the whole request failed (e.g. a file that does not validate)
+    /// or succeeded.
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 /// Sends a request to the daemon and waits for its answer.
@@ -51,7 +56,8 @@ pub async fn read_request(r: tokio::net::unix::OwnedReadHalf) -> Result<Request>
         .take(64 * 1024)
         .read_line(&mut line)
         .await?;
-    serde_json::from_str(&line).with_context(|| format!("bad request {:?}", line.trim()))
+    serde_json::from_str(&line)
+        .with_context(|| format!("bad request {}", crate::text::quote(line.trim())))
 }
 
 use tokio::io::AsyncReadExt as _;

@@ -21,8 +21,8 @@ use crate::{
     ebpf::{self, BpfRouter, Hook},
     model::Router,
     netlink::Nl,
-    reconcile::{Changes, Reconciler},
-    state::State,
+    reconcile::{Changes, NatAddresses, Reconciler},
+    state::{Failed, State},
 };
 
 /// Picks the data plane actually used for a requested one, saying why in
@@ -58,17 +58,85 @@ fn is_bpf(d: Option<Dataplane>) -> bool {
     matches!(d, Some(Dataplane::Xdp | Dataplane::Tc))
 }
 
-/// Reads and validates a routers file.
-pub fn read_routers(path: &Path) -> Result<Vec<Router>> {
+/// Reads and validates a routers file for this node.
+pub fn read_routers(path: &Path, node: &NodeConfig) -> Result<Vec<Router>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading routers file {}", path.display()))?;
-    routers::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        .with_context(|| format!("reading routers file {}", crate::text::path(path)))?;
+    routers::parse_for(&text, node).map_err(|e| anyhow::anyhow!("{}: {e}", crate::text::path(path)))
+}
+
+/// A router that the last apply could not bring to its desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub router: String,
+    /// A removal (the router left the file) rather than an apply.
+    pub removal: bool,
+    /// It had never been applied: nothing of it is recorded as applied.
+    pub new: bool,
+    pub error: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = crate::text::label(&self.router);
+        if self.removal {
+            write!(
+                f,
+                "router {id}: removal failed, it stays recorded and is retried: {}",
+                self.error
+            )
+        } else if self.new {
+            write!(
+                f,
+                "router {id}: apply failed; it is new, so it is not recorded as applied (retried at the next resync): {}",
+                self.error
+            )
+        } else {
+            write!(
+                f,
+                "router {id}: apply failed, it keeps its previous state (retried at the next resync): {}",
+                self.error
+            )
+        }
+    }
+}
+
+/// What one apply did: the changes, and the routers it could not apply
+/// (the others are applied and recorded).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub changes: Changes,
+    pub failures: Vec<Failure>,
+    /// Routers the routers file holds.
+    pub routers: usize,
+}
+
+impl Applied {
+    /// What `reload` answers and the logs say.
+    pub fn report(&self) -> String {
+        if self.failures.is_empty() {
+            return summary(&self.changes);
+        }
+        let mut out = format!(
+            "{} router(s) failed; the other routers of the file ({} in all) are applied ({} changes):",
+            self.failures.len(),
+            self.routers,
+            self.changes.len()
+        );
+        for f in &self.failures {
+            out.push_str(&format!("\n  {f}"));
+        }
+        out
+    }
 }
 
 /// The applied state and the means to change it.
 pub struct Engine {
     pub node: NodeConfig,
     pub state: State,
+    /// The routers as the routers file last said (validated): what every
+    /// apply and resync aims at, also for routers whose last apply failed.
+    pub desired: Vec<Router>,
     /// Loaded BPF objects by router ID (eBPF data planes only).
     pub bpf: BTreeMap<String, BpfRouter>,
     /// Neighbour event followers by router ID, with the inode of the
@@ -89,9 +157,9 @@ impl Engine {
         if is_bpf(state.dataplane) && !is_bpf(Some(dataplane)) {
             // Leaving eBPF: unpinning the links detaches the programs, so
             // the kernel alone forwards (and translates) from here on.
-            for r in &state.routers {
-                if let Err(e) = ebpf::remove_pins(&node.pin_dir, &r.id) {
-                    tracing::warn!("router {}: removing BPF pins: {e:#}", r.id);
+            for id in state.router_ids() {
+                if let Err(e) = ebpf::remove_pins(&node.pin_dir, &id) {
+                    tracing::warn!("router {id}: removing BPF pins: {e:#}");
                 }
             }
             tracing::info!(
@@ -103,6 +171,7 @@ impl Engine {
         state.routers_file = Some(routers_file);
         Ok(Engine {
             node,
+            desired: state.routers.clone(),
             state,
             bpf: BTreeMap::new(),
             watchers: BTreeMap::new(),
@@ -125,7 +194,7 @@ impl Engine {
     async fn apply_bpf(
         &mut self,
         r: &Router,
-        prev: Option<&Router>,
+        before: &NatAddresses,
         hook: Hook,
         ch: &mut Changes,
     ) -> Result<()> {
@@ -178,7 +247,7 @@ impl Engine {
                 old.abort();
             }
         }
-        let gone = crate::reconcile::gone_addresses(prev, r);
+        let gone = before.gone(r);
         if !gone.is_empty() {
             let n = b.flush_addresses(&gone)?;
             ch.items.push(format!(
@@ -231,81 +300,144 @@ impl Engine {
         }
     }
 
-    /// Applies `desired`. Routers that fail are reported; the others are applied.
-    pub async fn apply(&mut self, desired: Vec<Router>) -> Result<Changes> {
+    /// Applies `desired` router by router and records each router that
+    /// succeeded. A router that fails keeps its recorded state (a new one
+    /// gets none) and is remembered as failed, with everything it may have
+    /// put in place, so the next pass retries it and a later release still
+    /// flushes its connections. Errors only when nothing could be tried.
+    pub async fn apply(&mut self, desired: Vec<Router>) -> Result<Applied> {
         let mut ch = Changes::default();
+        let mut failures = Vec::new();
         let node = self.node.clone();
         let mut rec = Reconciler::new(&node).await?;
         rec.floating_addresses = !is_bpf(self.state.dataplane);
-        let mut errors = Vec::new();
-        let old_routers = self.state.routers.clone();
-        for old in &old_routers {
-            if desired.iter().any(|r| r.id == old.id) {
+        let wanted: std::collections::BTreeSet<&str> =
+            desired.iter().map(|r| r.id.as_str()).collect();
+        for id in self.state.router_ids() {
+            if wanted.contains(id.as_str()) {
                 continue;
             }
-            if let Err(e) = rec.remove_router(&old.id, &mut ch).await {
-                errors.push(format!("router {}: {e:#}", old.id));
+            let mut errors = Vec::new();
+            if let Err(e) = rec.remove_router(&id, &mut ch).await {
+                errors.push(format!("{e:#}"));
             }
-            if let Some((_, h)) = self.watchers.remove(&old.id) {
+            if let Some((_, h)) = self.watchers.remove(&id) {
                 h.abort();
             }
-            let unpinned = match self.bpf.remove(&old.id) {
+            let unpinned = match self.bpf.remove(&id) {
                 Some(b) => b.detach_and_unpin(),
-                None => ebpf::remove_pins(&self.node.pin_dir, &old.id),
+                None => ebpf::remove_pins(&self.node.pin_dir, &id),
             };
             if let Err(e) = unpinned {
-                errors.push(format!("router {}: removing BPF objects: {e:#}", old.id));
+                errors.push(format!("removing BPF objects: {e:#}"));
+            }
+            if errors.is_empty() {
+                self.state.routers.retain(|r| r.id != id);
+                self.state.failed.retain(|f| f.router.id != id);
+            } else {
+                failures.push(Failure {
+                    router: id,
+                    removal: true,
+                    new: false,
+                    error: errors.join("; "),
+                });
             }
         }
         let hook = self.hook();
         for r in &desired {
-            let prev = old_routers.iter().find(|o| o.id == r.id);
-            if let Err(e) = rec.apply_router(r, prev, &mut ch).await {
-                errors.push(format!("router {}: {e:#}", r.id));
-                continue;
-            }
-            let t0 = std::time::Instant::now();
-            if let Some(hook) = hook
-                && let Err(e) = self.apply_bpf(r, prev, hook, &mut ch).await
+            let prev = self.state.applied(&r.id).cloned();
+            let before = match self.state.failure(&r.id) {
+                Some(f) => f.live.clone(),
+                None => prev.as_ref().map(NatAddresses::of).unwrap_or_default(),
+            };
+            match self
+                .apply_one(&mut rec, r, prev.as_ref(), &before, hook, &mut ch)
+                .await
             {
-                errors.push(format!("router {}: eBPF data plane: {e:#}", r.id));
-                continue;
-            }
-            tracing::debug!("router {}: BPF maps and links in {:?}", r.id, t0.elapsed());
-            let t0 = std::time::Instant::now();
-            let published = rec.publish_floating_ips(r, prev, &mut ch).await;
-            tracing::debug!(
-                "router {}: floating IPs published in {:?}",
-                r.id,
-                t0.elapsed()
-            );
-            if let Err(e) = published {
-                errors.push(format!("router {}: {e:#}", r.id));
+                Ok(()) => {
+                    match self.state.routers.iter_mut().find(|o| o.id == r.id) {
+                        Some(o) => *o = r.clone(),
+                        None => self.state.routers.push(r.clone()),
+                    }
+                    self.state.failed.retain(|f| f.router.id != r.id);
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    let mut live = before;
+                    live.extend(&NatAddresses::of(r));
+                    self.state.failed.retain(|f| f.router.id != r.id);
+                    self.state.failed.push(Failed {
+                        router: r.clone(),
+                        error: error.clone(),
+                        live,
+                    });
+                    failures.push(Failure {
+                        router: r.id.clone(),
+                        removal: false,
+                        new: prev.is_none(),
+                        error,
+                    });
+                }
             }
         }
         self.state.bridges.extend(rec.created_bridges);
-        self.state.routers = desired;
         self.state.save(&self.node.state_file())?;
         for c in &ch.items {
             tracing::info!("{c}");
         }
-        if !errors.is_empty() {
-            bail!("{}", errors.join("\n"));
+        for f in &failures {
+            tracing::error!("{f}");
         }
-        Ok(ch)
+        Ok(Applied {
+            changes: ch,
+            failures,
+            routers: desired.len(),
+        })
+    }
+
+    /// One router: namespace, ports, rules, then (eBPF) the programs and
+    /// their maps, then its floating IPs published.
+    async fn apply_one(
+        &mut self,
+        rec: &mut Reconciler<'_>,
+        r: &Router,
+        prev: Option<&Router>,
+        before: &NatAddresses,
+        hook: Option<Hook>,
+        ch: &mut Changes,
+    ) -> Result<()> {
+        rec.apply_router(r, before, ch).await?;
+        let t0 = std::time::Instant::now();
+        if let Some(hook) = hook {
+            self.apply_bpf(r, before, hook, ch)
+                .await
+                .context("eBPF data plane")?;
+        }
+        tracing::debug!("router {}: BPF maps and links in {:?}", r.id, t0.elapsed());
+        let t0 = std::time::Instant::now();
+        rec.publish_floating_ips(r, prev, ch).await?;
+        tracing::debug!(
+            "router {}: floating IPs published in {:?}",
+            r.id,
+            t0.elapsed()
+        );
+        Ok(())
     }
 
     /// Re-reads the routers file and applies it; a file that does not
-    /// validate changes nothing.
-    pub async fn reload(&mut self) -> Result<Changes> {
+    /// validate changes nothing (an error), one that does becomes what
+    /// every later pass aims at.
+    pub async fn reload(&mut self) -> Result<Applied> {
         let path = self.state.routers_file.clone().context("no routers file")?;
-        let desired = read_routers(&path)?;
+        let desired = read_routers(&path, &self.node)?;
+        self.desired = desired.clone();
         self.apply(desired).await
     }
 
-    /// Re-applies the current state, repairing what changed behind our back.
-    pub async fn resync(&mut self) -> Result<Changes> {
-        let desired = self.state.routers.clone();
+    /// Re-applies the routers file's routers, repairing what changed behind
+    /// our back and retrying the routers that failed.
+    pub async fn resync(&mut self) -> Result<Applied> {
+        let desired = self.desired.clone();
         self.apply(desired).await
     }
 }
@@ -321,7 +453,7 @@ fn summary(ch: &Changes) -> String {
 /// Runs the daemon in the foreground.
 pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     // A bad routers file is refused before anything is created.
-    read_routers(&routers_file)?;
+    read_routers(&routers_file, &node)?;
     let dataplane = resolve_dataplane(node.dataplane)?;
     let socket = node.socket_path();
     crate::state::ensure_private_dir(&node.state_dir)?;
@@ -331,15 +463,17 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             socket.display()
         );
     }
-    let desired = read_routers(&routers_file)?;
+    let desired = read_routers(&routers_file, &node)?;
     let mut engine = Engine::new(node.clone(), dataplane, routers_file)?;
+    engine.desired = desired.clone();
     match engine.apply(desired).await {
-        Ok(ch) => tracing::info!(
+        Ok(a) if a.failures.is_empty() => tracing::info!(
             "{} routers up, {} changes",
             engine.state.routers.len(),
-            ch.len()
+            a.changes.len()
         ),
-        // Partial failures are retried by the periodic resync.
+        // Failed routers are retried by the periodic resync.
+        Ok(a) => tracing::error!("initial apply: {}", a.report()),
         Err(e) => tracing::error!("initial apply: {e:#}"),
     }
 
@@ -370,7 +504,8 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                 if now != stamp {
                     stamp = now;
                     match engine.reload().await {
-                        Ok(ch) => tracing::info!("routers file changed: {}", summary(&ch)),
+                        Ok(a) if a.failures.is_empty() => tracing::info!("routers file changed: {}", a.report()),
+                        Ok(a) => tracing::error!("routers file changed: {}", a.report()),
                         Err(e) => tracing::error!("routers file changed but was not applied, previous state kept: {e:#}"),
                     }
                 }
@@ -378,7 +513,8 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             _ = hup.recv() => {
                 stamp = file_stamp(&routers_path);
                 match engine.reload().await {
-                    Ok(ch) => tracing::info!("SIGHUP reload: {}", summary(&ch)),
+                    Ok(a) if a.failures.is_empty() => tracing::info!("SIGHUP reload: {}", a.report()),
+                    Ok(a) => tracing::error!("SIGHUP reload: {}", a.report()),
                     Err(e) => tracing::error!("SIGHUP reload failed, previous state kept: {e:#}"),
                 }
             }
@@ -388,8 +524,10 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                 engine.tick().await;
             }
             _ = tick.tick(), if node.resync_interval > 0 => {
-                if let Err(e) = engine.resync().await {
-                    tracing::warn!("resync: {e:#}");
+                match engine.resync().await {
+                    Ok(a) if a.failures.is_empty() => {}
+                    Ok(a) => tracing::warn!("resync: {}", a.report()),
+                    Err(e) => tracing::warn!("resync: {e:#}"),
                 }
             }
             conn = listener.accept() => {
@@ -400,12 +538,16 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                     Ok(Ok(Request::Reload)) => {
                         stamp = file_stamp(&routers_path);
                         match engine.reload().await {
-                            Ok(ch) => Reply { ok: true, message: summary(&ch) },
-                            Err(e) => Reply { ok: false, message: format!("{e:#}") },
+                            Ok(a) => Reply {
+                                ok: a.failures.is_empty(),
+                                message: a.report(),
+                                failed: a.failures.iter().map(|f| f.router.clone()).collect(),
+                            },
+                            Err(e) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
                         }
                     }
-                    Ok(Err(e)) => Reply { ok: false, message: format!("{e:#}") },
-                    Err(_) => Reply { ok: false, message: "timed out reading the request".into() },
+                    Ok(Err(e)) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
+                    Err(_) => Reply { ok: false, message: "timed out reading the request".into(), failed: vec![] },
                 };
                 let mut line = serde_json::to_string(&reply)?;
                 line.push('\n');
@@ -434,7 +576,12 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
     let state = State::load(&path)?;
     let mut rec = Reconciler::new(node).await?;
     let mut ch = Changes::default();
-    for r in &state.routers {
+    // Routers whose apply failed may have left something too.
+    let routers = state
+        .routers
+        .iter()
+        .chain(state.failed.iter().map(|f| &f.router));
+    for r in routers {
         rec.remove_router(&r.id, &mut ch).await?;
         ebpf::remove_pins(&node.pin_dir, &r.id)?;
         for p in r.ports() {

@@ -23,19 +23,22 @@ use crate::{
     netns, probe,
 };
 
-/// The article's router, with IDs made unique per run by `{tag}`.
+/// The article's router, with IDs (UUIDs, as Neutron's) made unique per run
+/// by `{tag}` (5 hex digits).
 const ROUTERS: &str = r#"[{
-  "id": "demo-{tag}", "admin_state_up": true, "enable_snat": true, "routes": [],
-  "gw_port": {"id": "qg{tag}-9712", "mac_address": "fa:16:3e:2e:5b:23", "mtu": 1500,
-    "network_id": "x{tag}-ext",
+  "id": "{tag}de0-0000-4000-8000-000000000000", "admin_state_up": true, "enable_snat": true, "routes": [],
+  "gw_port": {"id": "{tag}a00-9712-4000-8000-000000000001", "mac_address": "fa:16:3e:2e:5b:23", "mtu": 1500,
+    "network_id": "{tag}e00-0000-4000-8000-000000000000",
     "fixed_ips": [{"ip_address": "192.168.1.110", "prefixlen": 24, "subnet_id": "ext-sub"}],
     "subnets": [{"id": "ext-sub", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1"}],
     "extra_subnets": []},
   "_interfaces": [
-    {"id": "q1{tag}-c1aa", "mac_address": "fa:16:3e:87:40:f3", "mtu": 1450, "network_id": "x{tag}-n81",
+    {"id": "{tag}a01-c1aa-4000-8000-000000000002", "mac_address": "fa:16:3e:87:40:f3", "mtu": 1450,
+     "network_id": "{tag}e81-0000-4000-8000-000000000000",
      "fixed_ips": [{"ip_address": "81.1.180.1", "prefixlen": 24, "subnet_id": "s81"}],
      "subnets": [{"id": "s81", "cidr": "81.1.180.0/24", "gateway_ip": "81.1.180.1"}]},
-    {"id": "q2{tag}-c1bb", "mac_address": "fa:16:3e:87:40:f4", "mtu": 1450, "network_id": "x{tag}-n91",
+    {"id": "{tag}a02-c1bb-4000-8000-000000000003", "mac_address": "fa:16:3e:87:40:f4", "mtu": 1450,
+     "network_id": "{tag}e91-0000-4000-8000-000000000000",
      "fixed_ips": [{"ip_address": "91.1.180.1", "prefixlen": 24, "subnet_id": "s91"}],
      "subnets": [{"id": "s91", "cidr": "91.1.180.0/24", "gateway_ip": "91.1.180.1"}]}
   ],
@@ -43,7 +46,13 @@ const ROUTERS: &str = r#"[{
                     "fixed_ip_address": "91.1.180.14", "status": "DOWN"}]
 }]"#;
 
-/// A host of the sandbox: namespace suffix, network, address, default gateway.
+/// The router's ID in the sandbox tagged `tag`.
+fn router_id(tag: &str) -> String {
+    format!("{tag}de0-0000-4000-8000-000000000000")
+}
+
+/// A host of the sandbox: namespace suffix, network (the 3 hex digits that
+/// follow the tag in its ID), address, default gateway.
 struct Host {
     name: &'static str,
     network: &'static str,
@@ -55,21 +64,21 @@ struct Host {
 const HOSTS: &[Host] = &[
     Host {
         name: "vm1",
-        network: "n81",
+        network: "e81",
         addr: "81.1.180.12/24",
         gw: "81.1.180.1",
         mtu: 1450,
     },
     Host {
         name: "vm2",
-        network: "n91",
+        network: "e91",
         addr: "91.1.180.14/24",
         gw: "91.1.180.1",
         mtu: 1450,
     },
     Host {
         name: "ext",
-        network: "ext",
+        network: "e00",
         addr: "192.168.1.15/24",
         gw: "192.168.1.1",
         mtu: 1500,
@@ -125,7 +134,7 @@ impl Sandbox {
             let _ = netns::delete(&self.ns(h.name));
         }
         let _ = netns::delete(&self.node());
-        let _ = netns::delete(&crate::model::namespace_of(&format!("demo-{}", self.tag)));
+        let _ = netns::delete(&crate::model::namespace_of(&router_id(&self.tag)));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -195,7 +204,8 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         None
     };
     println!(
-        "router qrouter-demo-{tag} is up; {}",
+        "router {} is up; {}",
+        crate::model::namespace_of(&router_id(&tag)),
         used.unwrap_or_else(|| format!("data plane: {dataplane}"))
     );
 
@@ -264,9 +274,10 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         let exe = std::env::current_exe()?;
         println!("\nsandbox kept. Look around:");
         println!("  ip netns | grep {tag}");
-        println!("  ip netns exec qrouter-demo-{tag} iptables-save -t nat");
+        let rns = crate::model::namespace_of(&router_id(&tag));
+        println!("  ip netns exec {rns} iptables-save -t nat");
         println!(
-            "  ip netns exec qrouter-demo-{tag} nft list table ip xrouter   # eBPF planes: the kernel's floating-IP maps"
+            "  ip netns exec {rns} nft list table ip xrouter   # eBPF planes: the kernel's floating-IP maps"
         );
         println!(
             "  {} --config {} show",
@@ -310,7 +321,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
 /// translated anything (it should not have): None on the iptables plane.
 fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xrdemo-{tag}"));
-    let counters = crate::ebpf::pinned::counters(&pin_dir, &format!("demo-{tag}")).ok()?;
+    let counters = crate::ebpf::pinned::counters(&pin_dir, &router_id(tag)).ok()?;
     let get = |o: Outcome| {
         counters
             .iter()
@@ -318,7 +329,7 @@ fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
             .map(|(_, c)| c.packets)
             .unwrap_or(0)
     };
-    let router_ns = crate::model::namespace_of(&format!("demo-{tag}"));
+    let router_ns = crate::model::namespace_of(&router_id(tag));
     let mut nat = 0;
     for flag in ["--src-nat", "--dst-nat"] {
         let mut c = Command::new("conntrack");
@@ -353,7 +364,8 @@ async fn attach_host(sb: &Sandbox, h: &Host) -> Result<()> {
     let ns = sb.ns(h.name);
     netns::create(&ns)?;
     let node = Nl::open(Some(&sb.node())).await?;
-    let bridge_name = format!("brqx{}-{}", sb.tag, h.network);
+    // brq<network id[:11]>: the tag, the network's 3 digits, "-00".
+    let bridge_name = format!("brq{}{}-00", sb.tag, h.network);
     let bridge = node
         .link(&bridge_name)
         .await?
@@ -394,4 +406,29 @@ async fn attach_host(sb: &Sandbox, h: &Host) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_routers_file_is_valid_and_names_what_the_demo_uses() {
+        let tag = "0a1b2";
+        let routers = crate::config::routers::parse(&ROUTERS.replace("{tag}", tag)).unwrap();
+        assert_eq!(routers[0].id, router_id(tag));
+        for h in HOSTS {
+            let bridge = format!("brq{tag}{}-00", h.network);
+            assert!(
+                routers[0]
+                    .ports()
+                    .any(
+                        |p| crate::config::node::NodeConfig::default().bridge_for(&p.network_id)
+                            == bridge
+                    ),
+                "no port on bridge {bridge} for host {}",
+                h.name
+            );
+        }
+    }
 }

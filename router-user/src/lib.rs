@@ -18,3 +18,4 @@ pub mod probe;
 pub mod reconcile;
 pub mod show;
 pub mod state;
+pub mod text;

@@ -9,6 +9,7 @@ use router_user::{
     control::{self, Request},
     daemon, show,
     state::State,
+    text,
 };
 
 /// Neutron-compatible virtual routers with an eBPF data plane.
@@ -68,7 +69,9 @@ enum Cmd {
     /// Make the running daemon re-read its routers file and apply it.
     ///
     /// Returns once the new state is applied; on a validation error exits
-    /// non-zero and the daemon keeps the previous state.
+    /// non-zero and the daemon keeps the previous state. When some routers
+    /// cannot be applied, the others are, and it exits non-zero naming
+    /// those that failed (they keep their previous state).
     Reload,
     /// Check a routers file without applying anything.
     Check {
@@ -108,6 +111,9 @@ enum Cmd {
 fn node_config(cli: &Cli) -> Result<NodeConfig> {
     let mut node = NodeConfig::load(cli.config.as_deref())?;
     if let Some(d) = &cli.state_dir {
+        if let Some(why) = router_user::config::node::dir_problem(d) {
+            anyhow::bail!("--state-dir: {} {why}", text::quote(&d.to_string_lossy()));
+        }
         node.state_dir = d.clone();
     }
     Ok(node)
@@ -123,9 +129,34 @@ fn init_logs() {
         .init();
 }
 
+/// Parses the command line; on an error, shows what the user typed escaped
+/// and cut, as every message does (clap would echo a value as it is).
+fn parse_cli() -> Cli {
+    use clap::error::{ContextKind, ContextValue};
+    let mut e = match Cli::try_parse() {
+        Ok(c) => return c,
+        Err(e) => e,
+    };
+    for kind in [
+        ContextKind::InvalidValue,
+        ContextKind::InvalidArg,
+        ContextKind::InvalidSubcommand,
+    ] {
+        let clean = match e.get(kind) {
+            Some(ContextValue::String(s)) => ContextValue::String(text::bare(s)),
+            Some(ContextValue::Strings(v)) => {
+                ContextValue::Strings(v.iter().map(|s| text::bare(s)).collect())
+            }
+            _ => continue,
+        };
+        e.insert(kind, clean);
+    }
+    e.exit()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_logs();
     match real_main(cli).await {
         Ok(code) => code,
@@ -148,6 +179,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Reload => {
             let reply = control::call(&node.socket_path(), &Request::Reload).await?;
+            if !reply.ok && !reply.failed.is_empty() {
+                // Applied, but not every router: the message names them.
+                eprintln!("xrouter: reload: {}", reply.message);
+                return Ok(ExitCode::FAILURE);
+            }
             if !reply.ok {
                 eprintln!(
                     "xrouter: reload failed, previous state kept:\n{}",
@@ -158,8 +194,8 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}", reply.message);
         }
         Cmd::Check { routers } => {
-            let r = daemon::read_routers(&routers)?;
-            println!("{}: {} routers, valid", routers.display(), r.len());
+            let r = daemon::read_routers(&routers, &node)?;
+            println!("{}: {} routers, valid", text::path(&routers), r.len());
         }
         Cmd::Show { json, what } => {
             let state = State::load(&node.state_file())?;

@@ -1,6 +1,6 @@
 //! The validated desired state of a router: what the control plane builds.
 //!
-//! Produced only by [`crate::config::routers::parse`], so every value here has
+//! Produced only by [`crate::config::routers::parse_for`], so every value here has
 //! been checked: addresses parse, floating IPs sit in an external subnet, IDs
 //! are unique.
 
@@ -34,7 +34,8 @@ impl FromStr for Mac {
         let mut parts = s.split([':', '-']);
         for b in out.iter_mut() {
             let p = parts.next().ok_or(())?;
-            if p.is_empty() || p.len() > 2 {
+            // Hex digits only: from_str_radix alone would take a sign ("+a").
+            if p.is_empty() || p.len() > 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(());
             }
             *b = u8::from_str_radix(p, 16).map_err(|_| ())?;
@@ -66,8 +67,9 @@ impl Serialize for Mac {
 impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|_| serde::de::Error::custom(format!("bad MAC address {s:?}")))
+        s.parse().map_err(|_| {
+            serde::de::Error::custom(format!("bad MAC address {}", crate::text::quote(&s)))
+        })
     }
 }
 
@@ -198,3 +200,30 @@ pub fn namespace_of(router_id: &str) -> String {
 
 /// Prefix of every router namespace.
 pub const NAMESPACE_PREFIX: &str = "qrouter-";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses_hex_pairs_only() {
+        assert_eq!(
+            "fa:16:3e:2e:5b:23".parse::<Mac>(),
+            Ok(Mac([0xfa, 0x16, 0x3e, 0x2e, 0x5b, 0x23]))
+        );
+        assert_eq!(
+            "FA-16-3E-2E-5B-2".parse::<Mac>(),
+            Ok(Mac([0xfa, 0x16, 0x3e, 0x2e, 0x5b, 0x02]))
+        );
+        for bad in [
+            "+a:16:3e:00:00:01",
+            "-0:16:3e:00:00:01",
+            "fa:16:3e:00:00",
+            "fa:16:3e:00:00:01:02",
+            "fa:16:3e:00::01",
+            "fa:16:3e:00:00:1g",
+        ] {
+            assert_eq!(bad.parse::<Mac>(), Err(()), "{bad} accepted");
+        }
+    }
+}

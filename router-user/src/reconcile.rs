@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
+use rtnetlink::packet_route::link::InfoKind;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::node::NodeConfig,
@@ -74,12 +76,13 @@ impl<'a> Reconciler<'a> {
         })
     }
 
-    /// Brings one router to its desired state. `prev` is what was applied
-    /// last time (to find floating IPs and gateway addresses that went away).
+    /// Brings one router to its desired state. `before` is what earlier
+    /// applies may have left in place (to flush the connections of floating
+    /// IPs and gateway addresses that went away).
     pub async fn apply_router(
         &mut self,
         r: &Router,
-        prev: Option<&Router>,
+        before: &NatAddresses,
         ch: &mut Changes,
     ) -> Result<()> {
         let t0 = std::time::Instant::now();
@@ -158,7 +161,7 @@ impl<'a> Reconciler<'a> {
         // Connections of what went away die with it, as in Neutron (only
         // after the rules changed, so no new packet re-creates them).
         tracing::debug!("{ns}: iptables and sysctls in {:?}", t0.elapsed());
-        let gone = gone_addresses(prev, r);
+        let gone = before.gone(r);
         if !gone.is_empty() {
             let n = conntrack::flush_ips(&ns, &gone)?;
             ch.note(format!(
@@ -173,7 +176,8 @@ impl<'a> Reconciler<'a> {
     /// Adds the /32 of every floating IP not yet on qg- (the last step of a
     /// router's apply: from then on the kernel answers ARP for it, so it
     /// must already be translated), then sends the gratuitous ARPs of
-    /// everything added.
+    /// everything added. `prev` is the router as last applied successfully
+    /// (whose floating IPs were announced then).
     pub async fn publish_floating_ips(
         &mut self,
         r: &Router,
@@ -275,6 +279,15 @@ impl<'a> Reconciler<'a> {
     async fn ensure_bridge(&mut self, network_id: &str, ch: &mut Changes) -> Result<u32> {
         let name = self.node.bridge_for(network_id);
         if let Some(b) = self.host.link(&name).await? {
+            // Not ours to remove, and no port can be enslaved to it.
+            if !matches!(b.kind, Some(InfoKind::Bridge)) {
+                anyhow::bail!(
+                    "the bridge of network {} is to be {name}, but a device of that name exists and is not a bridge ({})",
+                    crate::text::label(network_id),
+                    b.kind
+                        .map_or("no kind".to_string(), |k| format!("{k:?}").to_lowercase())
+                );
+            }
             if !b.up {
                 self.host.set_up(b.index).await?;
             }
@@ -445,25 +458,116 @@ async fn ensure_routes(nl: &Nl, ns: &str, r: &Router, ch: &mut Changes) -> Resul
     Ok(())
 }
 
-/// Floating IPs and gateway addresses present in `prev` but not in `now`.
-pub fn gone_addresses(prev: Option<&Router>, now: &Router) -> Vec<Ipv4Addr> {
-    let Some(prev) = prev else { return Vec::new() };
-    let mut out = Vec::new();
-    for f in &prev.floating_ips {
-        let still = now
-            .floating_ips
-            .iter()
-            .any(|n| n.floating_ip == f.floating_ip);
-        if !still {
-            out.push(f.floating_ip);
+/// The addresses of a router whose connections die when it releases them:
+/// its floating IPs and its gateway (SNAT) address. Kept for a router whose
+/// apply failed, as the union of everything it may have in place, so that
+/// the next release still flushes what an unfinished apply left behind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatAddresses {
+    pub floating: BTreeSet<Ipv4Addr>,
+    pub gateway: BTreeSet<Ipv4Addr>,
+}
+
+impl NatAddresses {
+    pub fn of(r: &Router) -> NatAddresses {
+        NatAddresses {
+            floating: r.floating_ips.iter().map(|f| f.floating_ip).collect(),
+            gateway: r
+                .gateway
+                .as_ref()
+                .and_then(|g| g.snat_ip())
+                .into_iter()
+                .collect(),
         }
     }
-    let old_gw = prev.gateway.as_ref().and_then(|g| g.snat_ip());
-    let new_gw = now.gateway.as_ref().and_then(|g| g.snat_ip());
-    if let Some(o) = old_gw
-        && old_gw != new_gw
-    {
-        out.push(o);
+
+    /// Adds `other`'s addresses.
+    pub fn extend(&mut self, other: &NatAddresses) {
+        self.floating.extend(&other.floating);
+        self.gateway.extend(&other.gateway);
     }
-    out
+
+    /// Of these, the addresses `now` no longer has in the same role: a
+    /// floating IP it no longer has, a gateway address that is no longer
+    /// its gateway's.
+    pub fn gone(&self, now: &Router) -> Vec<Ipv4Addr> {
+        let keep = NatAddresses::of(now);
+        let mut out: Vec<Ipv4Addr> = self.floating.difference(&keep.floating).copied().collect();
+        for g in self.gateway.difference(&keep.gateway) {
+            if !out.contains(g) {
+                out.push(*g);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FloatingIp, Gateway, Mac, Port, Role, Subnet};
+
+    fn router(gw: &str, fips: &[&str]) -> Router {
+        Router {
+            id: "5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b".into(),
+            enable_snat: true,
+            gateway: Some(Gateway {
+                port: Port {
+                    id: "3c8d6a68-9712-4b5e-8c1d-0a1b2c3d4e5f".into(),
+                    role: Role::Gateway,
+                    mac: Mac([0xfa, 0x16, 0x3e, 0, 0, 1]),
+                    mtu: 1500,
+                    network_id: "9c9436d4-2b7c-4a1e-9d8f-0123456789ab".into(),
+                    addresses: vec![format!("{gw}/24").parse().unwrap()],
+                    subnets: vec![Subnet {
+                        cidr: "192.168.1.0/24".parse().unwrap(),
+                        gateway_ip: None,
+                    }],
+                },
+                extra_subnets: vec![],
+            }),
+            interfaces: vec![],
+            routes: vec![],
+            floating_ips: fips
+                .iter()
+                .map(|f| FloatingIp {
+                    id: String::new(),
+                    floating_ip: f.parse().unwrap(),
+                    fixed_ip: "10.0.0.5".parse().unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ips(v: &[&str]) -> Vec<Ipv4Addr> {
+        v.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn gone_is_what_was_or_may_be_in_place_and_is_no_longer_wanted() {
+        let applied = router("192.168.1.110", &["192.168.1.104", "192.168.1.105"]);
+        let now = router("192.168.1.111", &["192.168.1.105"]);
+        assert_eq!(
+            NatAddresses::of(&applied).gone(&now),
+            ips(&["192.168.1.104", "192.168.1.110"])
+        );
+        // A failed attempt's addresses may be in place too: releasing them
+        // later flushes them, though they were never recorded as applied.
+        let mut live = NatAddresses::of(&applied);
+        live.extend(&NatAddresses::of(&router(
+            "192.168.1.110",
+            &["192.168.1.104", "192.168.1.106"],
+        )));
+        assert_eq!(
+            live.gone(&now),
+            ips(&["192.168.1.104", "192.168.1.106", "192.168.1.110"])
+        );
+        // A floating IP that becomes the gateway address still changes role.
+        let swapped = router("192.168.1.104", &["192.168.1.110"]);
+        assert_eq!(
+            NatAddresses::of(&applied).gone(&swapped),
+            ips(&["192.168.1.104", "192.168.1.105", "192.168.1.110"])
+        );
+        assert!(NatAddresses::default().gone(&now).is_empty());
+    }
 }

@@ -14,7 +14,18 @@ use crate::{
 #[derive(Serialize)]
 pub struct Shown<'a> {
     pub dataplane: Option<Dataplane>,
+    /// Routers as last applied successfully.
     pub routers: Vec<ShownRouter<'a>>,
+    /// Routers whose last apply failed (retried at every resync).
+    pub failed: Vec<ShownFailure<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ShownFailure<'a> {
+    pub id: &'a str,
+    pub error: &'a str,
+    /// Whether `routers` holds its previous state (else it is new).
+    pub has_previous_state: bool,
 }
 
 #[derive(Serialize)]
@@ -38,6 +49,15 @@ pub fn view(state: &State) -> Shown<'_> {
                 present: netns::exists(&r.namespace()),
             })
             .collect(),
+        failed: state
+            .failed
+            .iter()
+            .map(|f| ShownFailure {
+                id: &f.router.id,
+                error: &f.error,
+                has_previous_state: state.applied(&f.router.id).is_some(),
+            })
+            .collect(),
     }
 }
 
@@ -52,6 +72,19 @@ pub fn table(state: &State) -> String {
         .dataplane
         .map(|d| d.to_string())
         .unwrap_or_else(|| "-".into());
+    for f in &state.failed {
+        let _ = writeln!(
+            o,
+            "router {}: last apply FAILED ({}; retried at every resync): {}",
+            f.router.id,
+            if state.applied(&f.router.id).is_some() {
+                "shown below as it was before"
+            } else {
+                "new, not applied"
+            },
+            f.error
+        );
+    }
     if state.routers.is_empty() {
         let _ = writeln!(o, "no routers (data plane: {dp})");
         return o;
@@ -137,7 +170,7 @@ fn bpf_routers<'a>(state: &'a State, only: Option<&str>) -> anyhow::Result<Vec<&
     if let Some(o) = only
         && out.is_empty()
     {
-        anyhow::bail!("no router {o:?} (see `xrouter show`)");
+        anyhow::bail!("no router {} (see `xrouter show`)", crate::text::quote(o));
     }
     Ok(out)
 }

@@ -112,7 +112,7 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         .unwrap()
         .into_iter()
         .filter(|n| {
-            n.starts_with(&format!("xrb-{tag}")) || n.starts_with(&format!("qrouter-xrb-{tag}"))
+            n.starts_with(&format!("xrb-{tag}")) || n.starts_with(&format!("qrouter-{tag}"))
         })
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");

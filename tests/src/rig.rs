@@ -84,6 +84,14 @@ pub fn xrouter_check(text: &str) -> Out {
     cmd::run(&mut c, CLI_TIMEOUT).expect("running xrouter check")
 }
 
+/// `xrouter ARGS` outside any namespace of a rig (for commands that build
+/// nothing: `check`, argument errors).
+pub fn xrouter_plain<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Out {
+    let mut c = Command::new(require_bin());
+    c.args(args);
+    cmd::run(&mut c, CLI_TIMEOUT).expect("running xrouter")
+}
+
 /// A host: a namespace with `eth0` plugged into a bridge of the node.
 #[derive(Clone, Debug)]
 pub struct Host {

@@ -26,6 +26,7 @@ tests::planes!(
     routers_file_change_applies,
     subnet_and_routes_changed_live,
     self_healing,
+    failed_router_keeps_previous_state,
 );
 
 fn tcp_servers(rig: &Rig, hosts: &[&str]) -> Vec<TcpServer> {
@@ -771,5 +772,160 @@ fn self_healing(plane: Dataplane) {
         &routes,
     );
     rig.assert_fast_path(&mut c);
+    c.finish();
+}
+
+/// The router `id` as `xrouter show --json` lists it among the applied
+/// routers (Null if it is not there).
+fn shown_router(show: &serde_json::Value, id: &str) -> serde_json::Value {
+    show["routers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"] == id))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A reload in which one router cannot be applied: the other is applied;
+/// the failed one keeps its previous recorded state (`show --json`), and
+/// `reload` says which failed; once the obstacle is gone the next resync
+/// applies it, and the floating IP that update released has its
+/// connections flushed then (an established session through it dies), as
+/// if the apply had never failed.
+///
+/// The obstacle: a veth in the node namespace holding the name of the
+/// bridge a new port of the router needs (a port cannot be enslaved to a
+/// veth), which the daemon does not remove since it is not its own.
+fn failed_router_keeps_previous_state(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    let net3 = rig.add_network("net3", "10.3.0.0/24", Some("10.3.0.1"));
+    let net4 = rig.add_network("net4", "10.4.0.0/24", Some("10.4.0.1"));
+    let net5 = rig.add_network("net5", "10.5.0.0/24", Some("10.5.0.1"));
+    let mut other = RouterSpec::empty(&rig.tag);
+    other
+        .interfaces
+        .push(tests::PortSpec::new(&net3, "10.3.0.1"));
+    rig.routers.push(other);
+    rig.start();
+    rig.article_hosts(&[]);
+    let _s = tcp_servers(&rig, &["vm2"]);
+    let (a_id, b_id) = (rig.routers[0].id.clone(), rig.routers[1].id.clone());
+    let mut c = Checks::new("failed_router_keeps_previous_state");
+    let mut session = TcpSession::open(&rig.ns("ext"), sa(FIP, TCP)).expect("ext -> FIP session");
+    c.reply(
+        "before: ext -> FIP session",
+        session.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    let before = rig.show();
+    let a_before = shown_router(&before, &a_id);
+    c.ok(
+        !a_before.is_null(),
+        "before: show lists the article's router",
+        &before,
+    );
+
+    let obstacle = net5.bridge();
+    tests::ip(
+        &rig.node,
+        &format!("link add {obstacle} type veth peer name xo{}", rig.tag),
+    )
+    .expect("a veth named as net5's bridge");
+    // The article's router gains a port on net5 and releases its floating
+    // IP; the other router gains a port on net4.
+    rig.routers[0]
+        .interfaces
+        .push(tests::PortSpec::new(&net5, "10.5.0.1"));
+    rig.routers[0].remove_fip(FIP);
+    rig.routers[1]
+        .interfaces
+        .push(tests::PortSpec::new(&net4, "10.4.0.1"));
+    let out = rig.reload();
+    println!("reload: {}", out.stderr.trim());
+    c.ok(
+        !out.success() && !out.timed_out,
+        "reload exits non-zero",
+        out.describe(),
+    );
+    c.ok(
+        out.stderr.contains(&a_id) && out.stderr.contains("keeps its previous state"),
+        "reload names the failed router and says it keeps its previous state",
+        &out.stderr,
+    );
+    c.ok(
+        !out.stderr.contains(&b_id),
+        "reload does not name the other router",
+        &out.stderr,
+    );
+    let show = rig.show();
+    c.eq(
+        "show --json: the failed router's recorded state is the previous one",
+        shown_router(&show, &a_id),
+        a_before.clone(),
+    );
+    c.ok(
+        show["failed"]
+            .as_array()
+            .is_some_and(|f| f.len() == 1 && f[0]["id"] == a_id.as_str()),
+        "show --json lists it as failed",
+        &show["failed"],
+    );
+    let b_ports = shown_router(&show, &b_id)["interfaces"]
+        .as_array()
+        .map_or(0, Vec::len);
+    c.eq(
+        "show --json: the other router is applied (2 ports)",
+        b_ports,
+        2,
+    );
+    let b_qr4 = rig.routers[1].qr("net4");
+    c.ok(
+        link_exists(&rig.routers[1].namespace(), &b_qr4),
+        "the other router's new port exists",
+        &b_qr4,
+    );
+    // Nothing of the release has happened yet (the router failed before
+    // its rules): the session still works, so what kills it below is the
+    // release's flush.
+    c.reply(
+        "after the failed reload: the ext -> FIP session still works",
+        session.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+
+    tests::ip(&rig.node, &format!("link del {obstacle}")).expect("removing the obstacle");
+    let t0 = Instant::now();
+    let mut show = serde_json::Value::Null;
+    let applied = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        show = rig.show();
+        let a = shown_router(&show, &a_id);
+        a["interfaces"].as_array().map_or(0, Vec::len) == 3
+            && a["floating_ips"].as_array().is_some_and(Vec::is_empty)
+            && show["failed"].as_array().is_some_and(Vec::is_empty)
+    });
+    c.ok(
+        applied,
+        "once the obstacle is gone, a resync applies the router within 10 s",
+        (t0.elapsed(), &show),
+    );
+    let mut left = vec![];
+    let gone = wait_until(Duration::from_secs(1), Duration::from_millis(100), || {
+        left = rig.connections_with(FIP);
+        left.is_empty()
+    });
+    c.ok(
+        gone,
+        "then no conntrack entry to or from the released FIP",
+        &left,
+    );
+    c.fails(
+        "then the established ext -> FIP session is dead",
+        session.exchange(),
+    );
+    c.fails(
+        "then a new connection ext -> FIP fails",
+        tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
+    );
     c.finish();
 }

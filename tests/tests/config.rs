@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 use tests::{
-    Checks, Dataplane, Rig, RouterSpec, TcpServer, article::*, names, routers_json, sa,
-    tcp_request, xrouter_check,
+    Checks, Dataplane, Rig, RouterSpec, TcpServer, TempDir, article::*, names, routers_json, sa,
+    tcp_request, xrouter_check, xrouter_plain,
 };
 
 tests::planes!(reload_rejects_invalid_and_keeps_state);
@@ -32,6 +32,16 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
         p.id = names::uuid();
     }
     let dup_text = serde_json::to_string_pretty(&routers_json(&[router.clone(), dup])).unwrap();
+    // Another router on the same external network, given the same gateway IP.
+    let mut other = RouterSpec::empty(&names::tag());
+    let mut gw = router
+        .gateway
+        .clone()
+        .expect("the article's router has a gateway");
+    gw.id = names::uuid();
+    other.gateway = Some(gw);
+    let two_gateways =
+        serde_json::to_string_pretty(&routers_json(&[router.clone(), other])).unwrap();
     vec![
         Bad {
             what: "bad CIDR",
@@ -57,6 +67,58 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
             what: "port without fixed_ips",
             text: edit(&|r| r["_interfaces"][0]["fixed_ips"] = json!([])),
             needles: vec![id.clone(), "fixed_ips".into(), port0.clone()],
+        },
+        Bad {
+            what: "floating IP is the external network's address",
+            text: edit(&|r| r["_floatingips"][0]["floating_ip_address"] = json!("192.168.1.0")),
+            needles: vec![
+                id.clone(),
+                "floating_ip_address".into(),
+                "192.168.1.0".into(),
+                "network address".into(),
+            ],
+        },
+        Bad {
+            what: "floating IP is the gateway IP",
+            text: edit(&|r| r["_floatingips"][0]["floating_ip_address"] = json!(QG)),
+            needles: vec![id.clone(), "floating_ip_address".into(), QG.into()],
+        },
+        Bad {
+            what: "fixed IP reachable only through an extra route",
+            text: edit(&|r| {
+                r["routes"] = json!([{"destination": "172.16.0.0/16", "nexthop": VM1}]);
+                r["_floatingips"][0]["fixed_ip_address"] = json!("172.16.0.5");
+            }),
+            needles: vec![id.clone(), "fixed_ip_address".into(), "172.16.0.5".into()],
+        },
+        Bad {
+            what: "fixed IP is the router's own",
+            text: edit(&|r| r["_floatingips"][0]["fixed_ip_address"] = json!(QR2)),
+            needles: vec![id.clone(), "fixed_ip_address".into(), QR2.into()],
+        },
+        Bad {
+            what: "router id not a UUID",
+            text: edit(&|r| r["id"] = json!("r1")),
+            needles: vec!["router #0".into(), "id".into(), "\"r1\"".into()],
+        },
+        Bad {
+            what: "port id climbing out of a directory",
+            text: edit(&|r| r["_interfaces"][0]["id"] = json!("../../x")),
+            needles: vec![id.clone(), "_interfaces[0].id".into(), "../../x".into()],
+        },
+        Bad {
+            what: "network id with a space",
+            text: edit(&|r| r["gw_port"]["network_id"] = json!("ext net")),
+            needles: vec![id.clone(), "gw_port.network_id".into(), "ext net".into()],
+        },
+        Bad {
+            what: "two routers with one gateway IP on one network",
+            text: two_gateways,
+            needles: vec![
+                "gw_port.fixed_ips[0].ip_address".into(),
+                QG.into(),
+                id.clone(),
+            ],
         },
         Bad {
             what: "unparseable JSON",
@@ -144,5 +206,256 @@ fn reload_rejects_invalid_and_keeps_state(plane: Dataplane) {
     let out = rig.reload();
     c.ok(out.success(), "a valid file reloads again", out.describe());
     c.eq("show --json as before", rig.show(), show);
+    c.finish();
+}
+
+/// The article's router alone, as a routers file's JSON value.
+fn article_value() -> Value {
+    let ext = tests::Network::new("ext", EXT, Some(EXT_GW));
+    let net1 = tests::Network::new("net1", NET1, Some(QR1));
+    let net2 = tests::Network::new("net2", NET2, Some(QR2));
+    routers_json(&[RouterSpec::article(&names::tag(), &ext, &net1, &net2)])
+}
+
+/// Whatever a file or the command line holds, `xrouter` reports it on one
+/// line of reasonable length: values are escaped (a newline cannot forge a
+/// second message) and cut (a 1 MB value is not echoed whole).
+#[test]
+fn errors_are_one_short_line() {
+    let mut c = Checks::new("errors_are_one_short_line");
+    let dir = TempDir::new(&format!("msg-{}", names::tag()));
+    let big = "f".repeat(1 << 20);
+    let routers = dir.path().join("routers.json");
+    let node = dir.path().join("node.toml");
+    let forged = "router 00000000-0000-0000-0000-000000000000: field x: forged";
+    // (what, routers file, node config, extra arguments, what stderr must contain)
+    let mut cases: Vec<(&str, Value, String, Vec<String>, &str)> = Vec::new();
+    let mut v = article_value();
+    v[0]["id"] = json!(format!("x\n{forged}"));
+    cases.push((
+        "newline in the router id",
+        v,
+        String::new(),
+        vec![],
+        r"x\nrouter",
+    ));
+    let mut v = article_value();
+    v[0]["_interfaces"][0]["id"] = json!(format!("p\r\n{forged}"));
+    cases.push((
+        "newline in a port id",
+        v,
+        String::new(),
+        vec![],
+        r"p\r\nrouter",
+    ));
+    let mut v = article_value();
+    v[0]["gw_port"]["mac_address"] = json!(big);
+    cases.push(("1 MB MAC", v, String::new(), vec![], "(1048576 bytes)"));
+    let mut v = article_value();
+    v[0]["_interfaces"][0]["mtu"] = json!(big);
+    cases.push(("1 MB string as MTU", v, String::new(), vec![], "mtu"));
+    cases.push((
+        "1 MB node config value",
+        article_value(),
+        format!("bridge_prefix = \"{big}\"\n"),
+        vec![],
+        "(1048576 bytes)",
+    ));
+    cases.push((
+        "newline in a node config key",
+        article_value(),
+        format!("\"a\\n{forged}\" = 1\n"),
+        vec![],
+        r"a\nrouter",
+    ));
+    for (what, text, config, extra, needle) in cases {
+        std::fs::write(&routers, serde_json::to_string(&text).unwrap()).unwrap();
+        let mut args: Vec<String> = vec![];
+        if !config.is_empty() {
+            std::fs::write(&node, &config).unwrap();
+            args.extend(["--config".into(), node.display().to_string()]);
+        }
+        args.extend([
+            "check".into(),
+            "--routers".into(),
+            routers.display().to_string(),
+        ]);
+        args.extend(extra);
+        let out = xrouter_plain(&args);
+        let err = out.stderr.trim_end();
+        c.ok(
+            !out.success() && !out.timed_out,
+            &format!("{what}: check fails"),
+            out.describe().chars().take(2000).collect::<String>(),
+        );
+        c.ok(
+            err.lines().count() == 1 && err.len() < 1000,
+            &format!("{what}: one line of under 1000 bytes"),
+            format!(
+                "{} lines, {} bytes: {}",
+                err.lines().count(),
+                err.len(),
+                err.chars().take(600).collect::<String>()
+            ),
+        );
+        c.ok(
+            err.contains(needle),
+            &format!("{what}: shows {needle}"),
+            err.chars().take(600).collect::<String>(),
+        );
+    }
+
+    // Command-line values clap echoes: escaped and cut too (clap's own
+    // message has several lines; none of them may come from the value).
+    let long = "9".repeat(100_000);
+    for (what, value, needle) in [
+        (
+            "newline in an option value",
+            format!("1\n{forged}"),
+            r"1\nrouter",
+        ),
+        ("100 kB option value", long, "(100000 bytes)"),
+    ] {
+        let out = xrouter_plain(&["bench", "--connections", &value]);
+        let err = out.stderr.as_str();
+        c.ok(
+            !out.success(),
+            &format!("{what}: refused"),
+            out.describe().chars().take(600).collect::<String>(),
+        );
+        c.ok(
+            !err.lines().any(|l| l.starts_with("router ")) && err.len() < 2000,
+            &format!("{what}: no forged line, under 2000 bytes"),
+            err.chars().take(600).collect::<String>(),
+        );
+        c.ok(
+            err.contains(needle),
+            &format!("{what}: shows {needle}"),
+            err.chars().take(600).collect::<String>(),
+        );
+    }
+    c.finish();
+}
+
+/// A number out of range in the node config is refused by `check` and by
+/// `run` alike, before anything is built, with the file, the key, the value
+/// and the range; `run` never gets as far as a panic.
+#[test]
+fn node_config_out_of_range_refused_by_check_and_run() {
+    let mut c = Checks::new("node_config_out_of_range_refused_by_check_and_run");
+    // Not started: the node namespace only, where `run` would build.
+    let rig = Rig::new(Dataplane::Iptables);
+    let routers = rig.dir.join("routers.json");
+    std::fs::write(&routers, "[]").unwrap();
+    let node = rig.dir.join("bad.toml");
+    let node_s = node.display().to_string();
+    let routers_s = routers.display().to_string();
+    for (key, value, range) in [
+        ("resync_interval", "9223372036854775807", "0..=86400"),
+        ("metadata_port", "70000", "1..=65535"),
+        ("conntrack_size", "4294967295", "1024..=16777216"),
+    ] {
+        std::fs::write(
+            &node,
+            format!(
+                "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"iptables\"\n{key} = {value}\n",
+                rig.dir.display(),
+                rig.pin_dir.display()
+            ),
+        )
+        .unwrap();
+        for cmd in [
+            vec!["--config", &node_s, "check", "--routers", &routers_s],
+            vec!["--config", &node_s, "run", "--routers", &routers_s],
+        ] {
+            let what = format!("{key} = {value}: xrouter {}", cmd[2]);
+            let out = rig.xrouter(&cmd);
+            c.eq(&format!("{what}: exits 1"), out.code, Some(1));
+            c.ok(
+                !out.stderr.contains("panicked"),
+                &format!("{what}: no panic"),
+                &out.stderr,
+            );
+            c.ok(
+                [node_s.as_str(), key, value, range]
+                    .iter()
+                    .all(|n| out.stderr.contains(n)),
+                &format!("{what}: names the file, key, value and range"),
+                &out.stderr,
+            );
+            c.ok(
+                !rig.socket_path().exists(),
+                &format!("{what}: no control socket"),
+                (),
+            );
+        }
+    }
+    c.finish();
+}
+
+/// Node config values that cannot name a device or a directory are refused
+/// by `check`, naming the file, the key and the value; so is a relative
+/// `--state-dir`.
+#[test]
+fn node_config_names_and_directories_refused() {
+    let mut c = Checks::new("node_config_names_and_directories_refused");
+    let dir = TempDir::new(&format!("names-{}", names::tag()));
+    let routers = dir.path().join("routers.json");
+    std::fs::write(&routers, "[]").unwrap();
+    let node = dir.path().join("node.toml");
+    for (line, key, value) in [
+        ("bridge_prefix = \"b/\"", "bridge_prefix", "\"b/\""),
+        ("bridge_prefix = \"tap\"", "bridge_prefix", "\"tap\""),
+        (
+            "[bridge_mappings]\nnet1 = \"br ex\"",
+            "bridge_mappings.net1",
+            "\"br ex\"",
+        ),
+        (
+            "[bridge_mappings]\nnet1 = \"..\"",
+            "bridge_mappings.net1",
+            "\"..\"",
+        ),
+        ("pin_dir = \"xrouter\"", "pin_dir", "\"xrouter\""),
+        (
+            "state_dir = \"/run/../etc\"",
+            "state_dir",
+            "\"/run/../etc\"",
+        ),
+        ("state_dir = \"/run/x\\ny\"", "state_dir", r#""/run/x\ny""#),
+    ] {
+        std::fs::write(&node, line).unwrap();
+        let out = xrouter_plain(&[
+            "--config".as_ref(),
+            node.as_os_str(),
+            "check".as_ref(),
+            "--routers".as_ref(),
+            routers.as_os_str(),
+        ]);
+        c.ok(
+            !out.success() && !out.timed_out,
+            &format!("{line}: refused"),
+            out.describe(),
+        );
+        let named = [node.to_str().unwrap(), key, value]
+            .iter()
+            .all(|n| out.stderr.contains(n));
+        c.ok(
+            named,
+            &format!("{line}: names file, key and value"),
+            &out.stderr,
+        );
+    }
+    let out = xrouter_plain(&["--state-dir", "run/xrouter", "show"]);
+    c.ok(
+        !out.success(),
+        "--state-dir run/xrouter: refused",
+        out.describe(),
+    );
+    c.ok(
+        out.stderr.contains("--state-dir") && out.stderr.contains("run/xrouter"),
+        "--state-dir run/xrouter: named",
+        &out.stderr,
+    );
     c.finish();
 }

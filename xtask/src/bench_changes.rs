@@ -57,9 +57,9 @@ fn routers(id: &str, tag: &str, n: usize) -> String {
         })
         .collect();
     format!(
-        r#"[{{"id":"{id}","gw_port":{{"id":"g{tag}-port","mac_address":"fa:16:3e:00:00:01","mtu":1500,"network_id":"e{tag}-net",
+        r#"[{{"id":"{id}","gw_port":{{"id":"{tag}a0e-0000-4000-8000-000000000001","mac_address":"fa:16:3e:00:00:01","mtu":1500,"network_id":"{tag}e0e-0000-4000-8000-000000000000",
 "fixed_ips":[{{"ip_address":"10.200.255.1","prefixlen":16}}],"subnets":[{{"cidr":"10.200.0.0/16","gateway_ip":"10.200.255.254"}}]}},
-"_interfaces":[{{"id":"i{tag}-port","mac_address":"fa:16:3e:00:00:02","mtu":1500,"network_id":"i{tag}-net",
+"_interfaces":[{{"id":"{tag}a01-0000-4000-8000-000000000002","mac_address":"fa:16:3e:00:00:02","mtu":1500,"network_id":"{tag}e01-0000-4000-8000-000000000000",
 "fixed_ips":[{{"ip_address":"10.100.255.1","prefixlen":16}}],"subnets":[{{"cidr":"10.100.0.0/16","gateway_ip":"10.100.255.1"}}]}}],
 "_floatingips":[{}]}}]"#,
         fips.join(",")
@@ -75,8 +75,9 @@ struct Sandbox {
 }
 
 impl Sandbox {
+    /// The router's ID: a UUID, as Neutron's, starting with the tag.
     fn id(&self) -> String {
-        format!("bench-{}", self.tag)
+        format!("{}c00-0000-4000-8000-000000000000", self.tag)
     }
     fn node(&self) -> String {
         format!("xrbc-{}-node", self.tag)
@@ -252,7 +253,14 @@ struct Row {
 }
 
 fn bench_plane(bin: &Path, plane: &str, n_big: usize) -> Result<Row> {
-    let tag = format!("{:x}{}", std::process::id() & 0xffff, &plane[..1]);
+    // Five hex digits: they start the router's, ports' and networks' UUIDs.
+    let plane_digit = match plane {
+        "iptables" => 1,
+        "xdp" => 2,
+        "tc" => 3,
+        _ => 0,
+    };
+    let tag = format!("{:04x}{plane_digit}", std::process::id() & 0xffff);
     let dir = std::env::temp_dir().join(format!("xrbc-{tag}"));
     std::fs::create_dir_all(&dir)?;
     let mut sb = Sandbox {
@@ -275,13 +283,13 @@ fn bench_plane(bin: &Path, plane: &str, n_big: usize) -> Result<Row> {
     sb.start()?;
     let ext = sb.host(
         "ext",
-        &format!("brqe{tag}-net"),
+        &format!("brq{tag}e0e-00"),
         "10.200.255.100/16",
         "10.200.255.254",
     )?;
     sb.host(
         "vm",
-        &format!("brqi{tag}-net"),
+        &format!("brq{tag}e01-00"),
         "10.100.0.2/16",
         "10.100.255.1",
     )?;

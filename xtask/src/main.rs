@@ -36,8 +36,10 @@ enum Cmd {
         /// Data planes to measure.
         #[arg(long, value_delimiter = ',', default_value = "iptables,xdp,tc")]
         planes: Vec<String>,
-        /// The large number of floating IPs.
-        #[arg(long, default_value_t = 10_000)]
+        /// The large number of floating IPs (at most what the eBPF planes'
+        /// floating-IP map holds).
+        #[arg(long, default_value_t = 10_000,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384))]
         many: usize,
     },
     /// Build everything and run the whole test suite, with fmt and clippy.

@@ -187,27 +187,33 @@ pub struct Opts {
     /// Rounds: every case runs once per round; figures are medians (five,
     /// as in the reference method: this host's rates fall into fast and slow
     /// modes, and three rounds too often take their median from one mode).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(range::ROUNDS))]
     pub rounds: u32,
-    /// Seconds each flooded measurement lasts (after a warm-up).
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds each flooded measurement lasts (after a warm-up), 0.2 to 60.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
     pub duration: f64,
     /// Paced sweep: number of offered rates tried after the flooded run
     /// (0: flooded only). Each step lasts a third of --duration.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(range::SWEEP))]
     pub sweep: u32,
     /// Frame size in bytes, without FCS (60 = 64-byte frames on the wire).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60,
+          value_parser = clap::value_parser!(u16).range(range::FRAME))]
     pub frame: u16,
     /// CPU of the generator.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
     pub gen_cpu: usize,
     /// CPU of the router (the NAPI threads of its ports).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
     pub router_cpu: usize,
     /// CPU of the sink (the NAPI threads of the taps it counts on); default:
     /// the router's, as in the baseline of bench-method.md.
-    #[arg(long)]
+    #[arg(long,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
     pub sink_cpu: Option<usize>,
     /// Write every sample and the medians as JSON.
     #[arg(long, value_name = "FILE")]
@@ -245,6 +251,38 @@ impl Opts {
     }
 }
 
+/// Allowed values of the numeric options: what a measurement can use, and
+/// small enough that nothing derived from them overflows.
+pub mod range {
+    use std::ops::RangeInclusive;
+    pub const ROUNDS: RangeInclusive<i64> = 1..=100;
+    /// Seconds of a flooded window.
+    pub const DURATION: RangeInclusive<f64> = 0.2..=60.0;
+    pub const SWEEP: RangeInclusive<i64> = 0..=20;
+    /// Ethernet frame without FCS, from the minimum (what the generator's
+    /// buffer holds).
+    pub const FRAME: RangeInclusive<i64> = 60..=1500;
+    /// Checked against the CPUs of this machine when the bench starts.
+    pub const CPU: RangeInclusive<u64> = 0..=4095;
+}
+
+/// Seconds as a decimal number within [`range::DURATION`].
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "want seconds, such as 2 or 0.5".to_string())?;
+    // NaN is in no range, so this also refuses it.
+    if !range::DURATION.contains(&v) {
+        return Err(format!(
+            "outside the allowed range {}..={} seconds",
+            range::DURATION.start(),
+            range::DURATION.end()
+        ));
+    }
+    Ok(v)
+}
+
 /// `10000`, `10k`, `1M` (k = 1000, M = 1,000,000).
 fn parse_count(s: &str) -> Result<u32, String> {
     let t = s.trim();
@@ -255,13 +293,10 @@ fn parse_count(s: &str) -> Result<u32, String> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: want a count such as 10000, 10k or 1M"))?;
+        .map_err(|_| "want a count such as 10000, 10k or 1M".to_string())?;
     let n = n.saturating_mul(mul);
     if n > scale::MAX_CONNECTIONS as u64 {
-        return Err(format!(
-            "{s}: at most {} connections",
-            scale::MAX_CONNECTIONS
-        ));
+        return Err(format!("at most {} connections", scale::MAX_CONNECTIONS));
     }
     Ok(n as u32)
 }
@@ -316,11 +351,19 @@ fn check_opts(opts: &Opts) -> Result<()> {
     if opts.gen_cpu == opts.router_cpu {
         eprintln!("warning: generator and router share CPU {}", opts.gen_cpu);
     }
-    if opts.frame < 60 || opts.frame > 1500 {
-        bail!("--frame must be 60..=1500");
+    // The command line checks these; options built in code are checked too.
+    if !range::FRAME.contains(&opts.frame.into()) {
+        bail!("--frame must be {:?}", range::FRAME);
     }
-    if !(0.2..=60.0).contains(&opts.duration) {
-        bail!("--duration must be 0.2..=60 seconds");
+    if !range::DURATION.contains(&opts.duration) {
+        bail!("--duration must be {:?} seconds", range::DURATION);
+    }
+    if !range::ROUNDS.contains(&opts.rounds.into()) || !range::SWEEP.contains(&opts.sweep.into()) {
+        bail!(
+            "--rounds must be {:?} and --sweep {:?}",
+            range::ROUNDS,
+            range::SWEEP
+        );
     }
     Ok(())
 }
@@ -458,4 +501,69 @@ fn progress(done: u32, total: u32, t0: Instant, round: u32, plane: Option<Plane>
         case.name()
     );
     let _ = std::io::stderr().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Opts,
+    }
+
+    fn parse(args: &[&str]) -> Result<Opts, String> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .map(|c| c.opts)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_number_has_a_range() {
+        for (args, allowed) in [
+            (&["--rounds", "0"][..], "1..=100"),
+            (&["--rounds", "4294967295"], "1..=100"),
+            (&["--duration", "9e18"], "0.2..=60"),
+            (&["--duration", "NaN"], "0.2..=60"),
+            (&["--duration", "0.1"], "0.2..=60"),
+            (&["--duration", "inf"], "0.2..=60"),
+            (&["--sweep", "1000000"], "0..=20"),
+            (&["--frame", "59"], "60..=1500"),
+            (&["--frame", "9000"], "60..=1500"),
+            (&["--gen-cpu", "18446744073709551615"], "0..=4095"),
+            (&["--router-cpu", "4096"], "0..=4095"),
+            (&["--sink-cpu", "99999"], "0..=4095"),
+            (&["--connections", "5M"], "4000000"),
+            (&["--connections", "99999999999999999999k"], "want a count"),
+        ] {
+            let e = match parse(args) {
+                Ok(o) => panic!("{args:?} accepted: {o:?}"),
+                Err(e) => e,
+            };
+            assert!(
+                e.contains(args[0]) && e.contains(args[1]) && e.contains(allowed),
+                "{args:?}: {e}"
+            );
+        }
+        let o = parse(&[
+            "--rounds",
+            "100",
+            "--duration",
+            "0.2",
+            "--sweep",
+            "20",
+            "--frame",
+            "1500",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.rounds, o.duration, o.sweep, o.frame),
+            (100, 0.2, 20, 1500)
+        );
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.rounds, o.duration, o.sweep, o.frame), (5, 2.0, 5, 60));
+    }
 }

@@ -375,8 +375,9 @@ enum Port {
 }
 
 impl RouterRig {
+    /// IDs are UUIDs, as Neutron's, starting with the rig's tag.
     fn router_id(&self) -> String {
-        format!("xrb-{}", self.tag)
+        format!("{}f00-0000-4000-8000-000000000000", self.tag)
     }
     fn router_ns(&self) -> String {
         crate::model::namespace_of(&self.router_id())
@@ -387,9 +388,9 @@ impl RouterRig {
         let c = match p {
             Port::A => 'a',
             Port::B => 'b',
-            Port::G => 'g',
+            Port::G => 'c',
         };
-        format!("b{c}{}-0000-4000-8000-00000000000{c}", self.tag)
+        format!("b{c}{}0-0000-4000-8000-00000000000{c}", self.tag)
     }
     fn dev(&self, p: Port) -> String {
         let id = self.port_id(p);
@@ -430,7 +431,7 @@ impl RouterRig {
         };
         let port = |p: Port, net: &str, addr: &str, cidr: &str, gw: &str| {
             format!(
-                r#"{{"id": "{id}", "mac_address": "{mac}", "mtu": 1500, "network_id": "{net}-{tag}",
+                r#"{{"id": "{id}", "mac_address": "{mac}", "mtu": 1500, "network_id": "{tag}{net}-0000-4000-8000-000000000000",
   "fixed_ips": [{{"ip_address": "{addr}", "prefixlen": 24, "subnet_id": "s-{net}"}}],
   "subnets": [{{"id": "s-{net}", "cidr": "{cidr}", "gateway_ip": "{gw}"}}], "extra_subnets": []}}"#,
                 id = self.port_id(p),
@@ -449,21 +450,21 @@ impl RouterRig {
             tag = self.tag,
             g = port(
                 Port::G,
-                "ne",
+                "e0e",
                 &format!("{EXT}.10"),
                 &format!("{EXT}.0/24"),
                 &format!("{EXT}.1")
             ),
             a = port(
                 Port::A,
-                "na",
+                "e0a",
                 &format!("{NET_A}.1"),
                 &format!("{NET_A}.0/24"),
                 &format!("{NET_A}.1")
             ),
             b = port(
                 Port::B,
-                "nb",
+                "e0b",
                 &format!("{NET_B}.1"),
                 &format!("{NET_B}.0/24"),
                 &format!("{NET_B}.1")

@@ -3,9 +3,14 @@
 //! Every key is optional; unknown keys are an error, since a typo in an
 //! operator's file should not silently fall back to a default.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
+
+use crate::text::{self, label, quote, tidy};
 
 /// Which data plane forwards packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -35,8 +40,8 @@ impl std::fmt::Display for Dataplane {
 /// Default of `new_connection_rate`.
 pub const DEFAULT_NEW_CONNECTION_RATE: u32 = 100_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Parsed only by [`NodeConfig::parse`], which checks every key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeConfig {
     /// Port of the metadata proxy inside each router namespace.
     pub metadata_port: u16,
@@ -85,37 +90,163 @@ impl Default for NodeConfig {
     }
 }
 
+/// Allowed values of the numeric keys. Wide enough for any real node,
+/// narrow enough that nothing derived from them overflows.
+pub mod range {
+    use std::ops::RangeInclusive;
+    /// A TCP port.
+    pub const METADATA_PORT: RangeInclusive<i64> = 1..=65535;
+    /// Seconds; 0 disables the periodic resync, at most a day.
+    pub const RESYNC_INTERVAL: RangeInclusive<i64> = 0..=86_400;
+    /// Connections per router: the table is preallocated (224 bytes per
+    /// connection), so 16M is 3.5 GiB per router.
+    pub const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=16_777_216;
+    /// New connections a second per router and CPU; 0: no limit.
+    pub const NEW_CONNECTION_RATE: RangeInclusive<i64> = 0..=100_000_000;
+}
+
+/// The keys a node config may hold.
+const KEYS: &[&str] = &[
+    "metadata_port",
+    "bridge_prefix",
+    "bridge_mappings",
+    "dataplane",
+    "pin_dir",
+    "state_dir",
+    "resync_interval",
+    "send_garp",
+    "conntrack_size",
+    "new_connection_rate",
+];
+
+/// A TOML value as messages show it.
+fn shown(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => quote(s),
+        toml::Value::Array(_) => "a list".into(),
+        toml::Value::Table(_) => "a table".into(),
+        other => other.to_string(),
+    }
+}
+
+/// An integer in `range`, or why not.
+fn int(v: &toml::Value, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
+    match v {
+        toml::Value::Integer(n) if range.contains(n) => Ok(*n),
+        toml::Value::Integer(n) => Err(format!(
+            "{n} is outside the allowed range {}..={}",
+            range.start(),
+            range.end()
+        )),
+        other => Err(format!("{} is not an integer", shown(other))),
+    }
+}
+
+fn string(v: &toml::Value) -> Result<&str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("{} is not a string", shown(v)))
+}
+
 impl NodeConfig {
-    /// Parses a node config, naming the file and the bad key on error.
+    /// Parses a node config, naming the file, the key, the value and what
+    /// is allowed on error. Every key is checked here, so `check` refuses
+    /// what `run` would refuse.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<NodeConfig> {
-        let c: NodeConfig =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("node config {origin}: {e}"))?;
-        if c.metadata_port == 0 {
-            anyhow::bail!("node config {origin}: metadata_port: 0 is not a usable port");
-        }
-        if c.bridge_prefix.is_empty() || c.bridge_prefix.len() > 4 {
-            anyhow::bail!(
-                "node config {origin}: bridge_prefix: {:?} must be 1-4 characters (bridge names are at most 15)",
-                c.bridge_prefix
-            );
-        }
-        if c.conntrack_size < 1024 {
-            anyhow::bail!(
-                "node config {origin}: conntrack_size: {} is below the minimum of 1024",
-                c.conntrack_size
-            );
-        }
-        if c.new_connection_rate > 100_000_000 {
-            anyhow::bail!(
-                "node config {origin}: new_connection_rate: {} is above 100000000 (0 means no limit)",
-                c.new_connection_rate
-            );
-        }
-        for (net, br) in &c.bridge_mappings {
-            if br.is_empty() || br.len() > 15 || br.contains(['/', ' ']) {
-                anyhow::bail!(
-                    "node config {origin}: bridge_mappings.{net}: {br:?} is not a valid interface name"
-                );
+        let origin = label(origin);
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("node config {origin}: {}", toml_problem(text, &e)))?;
+        let mut c = NodeConfig::default();
+        for (key, v) in &table {
+            let bad = |problem: String| {
+                anyhow::anyhow!("node config {origin}: {}: {problem}", label(key))
+            };
+            match key.as_str() {
+                "metadata_port" => {
+                    c.metadata_port = int(v, range::METADATA_PORT).map_err(bad)? as u16;
+                }
+                "resync_interval" => {
+                    c.resync_interval = int(v, range::RESYNC_INTERVAL)
+                        .map_err(|p| bad(format!("{p} (seconds; 0 disables resyncs)")))?
+                        as u64;
+                }
+                "conntrack_size" => {
+                    c.conntrack_size = int(v, range::CONNTRACK_SIZE)
+                        .map_err(|p| bad(format!("{p} (connections per router)")))?
+                        as u32;
+                }
+                "new_connection_rate" => {
+                    c.new_connection_rate = int(v, range::NEW_CONNECTION_RATE).map_err(|p| {
+                        bad(format!(
+                            "{p} (per router and CPU, a second; 0 means no limit)"
+                        ))
+                    })? as u32;
+                }
+                "send_garp" => {
+                    c.send_garp = v
+                        .as_bool()
+                        .ok_or_else(|| bad(format!("{} is not true or false", shown(v))))?;
+                }
+                "dataplane" => {
+                    c.dataplane = match string(v).map_err(bad)? {
+                        "auto" => Dataplane::Auto,
+                        "xdp" => Dataplane::Xdp,
+                        "tc" => Dataplane::Tc,
+                        "iptables" => Dataplane::Iptables,
+                        other => {
+                            return Err(bad(format!(
+                                "{} is not one of auto, xdp, tc, iptables",
+                                quote(other)
+                            )));
+                        }
+                    };
+                }
+                "bridge_prefix" => {
+                    let p = string(v).map_err(bad)?;
+                    if let Some(why) = prefix_problem(p) {
+                        return Err(bad(format!("{} {why}", quote(p))));
+                    }
+                    c.bridge_prefix = p.to_string();
+                }
+                "pin_dir" | "state_dir" => {
+                    let d = string(v).map_err(bad)?;
+                    if let Some(why) = dir_problem(Path::new(d)) {
+                        return Err(bad(format!("{} {why}", quote(d))));
+                    }
+                    if key == "pin_dir" {
+                        c.pin_dir = d.into();
+                    } else {
+                        c.state_dir = d.into();
+                    }
+                }
+                "bridge_mappings" => {
+                    let Some(map) = v.as_table() else {
+                        return Err(bad(format!(
+                            "{} is not a table of network id = bridge",
+                            shown(v)
+                        )));
+                    };
+                    for (net, br) in map {
+                        let key = format!("bridge_mappings.{}", label(net));
+                        let bad = |problem: String| {
+                            anyhow::anyhow!("node config {origin}: {key}: {problem}")
+                        };
+                        if net.is_empty() {
+                            return Err(bad("a network id must not be empty".into()));
+                        }
+                        let br = string(br).map_err(bad)?;
+                        if let Some(why) = ifname_problem(br) {
+                            return Err(bad(format!(
+                                "{} is not a valid interface name: {why}",
+                                quote(br)
+                            )));
+                        }
+                        c.bridge_mappings.insert(net.clone(), br.to_string());
+                    }
+                }
+                _ => {
+                    return Err(bad(format!("unknown key (known: {})", KEYS.join(", "))));
+                }
             }
         }
         Ok(c)
@@ -127,8 +258,8 @@ impl NodeConfig {
             None => Ok(NodeConfig::default()),
             Some(p) => {
                 let text = std::fs::read_to_string(p)
-                    .map_err(|e| anyhow::anyhow!("node config {}: {e}", p.display()))?;
-                NodeConfig::parse(&text, &p.display().to_string())
+                    .map_err(|e| anyhow::anyhow!("node config {}: {e}", text::path(p)))?;
+                NodeConfig::parse(&text, &p.to_string_lossy())
             }
         }
     }
@@ -151,6 +282,74 @@ impl NodeConfig {
 
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
+    }
+}
+
+/// Why `name` cannot name a network device, if it cannot. Linux takes 1-15
+/// bytes other than "." and "..", without '/', ':' or whitespace; printable
+/// ASCII only, so that every tool (and iptables rule) shows it as it is.
+pub fn ifname_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 15 {
+        Some("it must be 1-15 bytes")
+    } else if name == "." || name == ".." {
+        Some("it must not be \".\" or \"..\"")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+    {
+        Some("it must be printable ASCII without '/', ':' or whitespace")
+    } else {
+        None
+    }
+}
+
+/// Why `prefix` cannot start bridge names `<prefix><network id[:11]>`.
+fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    if prefix.is_empty() || prefix.len() > 4 {
+        return Some(
+            "must be 1-4 bytes (with 11 characters of the network id, bridge names are at most 15)",
+        );
+    }
+    if ifname_problem(prefix).is_some() {
+        return Some("must be printable ASCII without '/', ':' or whitespace");
+    }
+    // Those name xrouter's own devices, which it creates and deletes.
+    if ["tap", "qr-", "qg-"].contains(&prefix) {
+        return Some("is a prefix of xrouter's own devices (tap, qr-, qg-)");
+    }
+    None
+}
+
+/// Why `dir` cannot be the pin or state directory, if it cannot: it must be
+/// an absolute path below the root, without ".." or control characters
+/// (a newline would break every message naming it).
+pub fn dir_problem(dir: &Path) -> Option<&'static str> {
+    let text = dir.to_string_lossy();
+    if !dir.is_absolute() {
+        Some("is not an absolute path")
+    } else if text.chars().any(char::is_control) {
+        Some("holds a control character")
+    } else if dir
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        Some("has a '..' component")
+    } else if dir.parent().is_none() {
+        Some("is the root directory")
+    } else {
+        None
+    }
+}
+
+/// A TOML error as one line: where, and what (toml's own rendering quotes
+/// the whole offending line of the file, whatever its length).
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| text.bytes().take(s.start).filter(|b| *b == b'\n').count() + 1);
+    match line {
+        Some(l) => format!("line {l}: {}", tidy(e.message())),
+        None => tidy(e.message()),
     }
 }
 
@@ -191,5 +390,180 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bridge_mappings.x"), "{e}");
+    }
+
+    /// Asserts `text` is refused with a message naming the file, the key,
+    /// the value and what is allowed.
+    fn refused(text: &str, key: &str, value: &str, allowed: &str) {
+        let e = match NodeConfig::parse(text, "/etc/xrouter/node.toml") {
+            Ok(c) => panic!("{text:?} accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        };
+        for needle in ["node config /etc/xrouter/node.toml", key, value, allowed] {
+            assert!(
+                e.contains(needle),
+                "{text:?}: {e:?} does not name {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_number_has_a_range() {
+        // An interval that overflows a Duration once added to now.
+        refused(
+            "resync_interval = 9223372036854775807",
+            "resync_interval",
+            "9223372036854775807",
+            "0..=86400",
+        );
+        refused("resync_interval = -1", "resync_interval", "-1", "0..=86400");
+        refused(
+            "resync_interval = 86401",
+            "resync_interval",
+            "86401",
+            "0..=86400",
+        );
+        refused("resync_interval = 1.5", "resync_interval", "1.5", "integer");
+        refused(
+            "resync_interval = \"10\"",
+            "resync_interval",
+            "\"10\"",
+            "integer",
+        );
+        refused("metadata_port = 0", "metadata_port", "0", "1..=65535");
+        refused(
+            "metadata_port = 65536",
+            "metadata_port",
+            "65536",
+            "1..=65535",
+        );
+        refused(
+            "metadata_port = -9697",
+            "metadata_port",
+            "-9697",
+            "1..=65535",
+        );
+        refused(
+            "conntrack_size = 1023",
+            "conntrack_size",
+            "1023",
+            "1024..=16777216",
+        );
+        refused(
+            "conntrack_size = 4294967296",
+            "conntrack_size",
+            "4294967296",
+            "1024..=16777216",
+        );
+        refused(
+            "new_connection_rate = 100000001",
+            "new_connection_rate",
+            "100000001",
+            "0..=100000000",
+        );
+        refused(
+            "new_connection_rate = -1",
+            "new_connection_rate",
+            "-1",
+            "0..=100000000",
+        );
+        assert_eq!(
+            NodeConfig::parse("new_connection_rate = 0", "n")
+                .unwrap()
+                .new_connection_rate,
+            0,
+            "0: no limit"
+        );
+        refused("send_garp = 1", "send_garp", "1", "true or false");
+        refused("dataplane = 3", "dataplane", "3", "string");
+        let edges = "metadata_port = 65535\nresync_interval = 86400\nconntrack_size = 16777216\n";
+        let c = NodeConfig::parse(edges, "n").unwrap();
+        assert_eq!(
+            (c.metadata_port, c.resync_interval, c.conntrack_size),
+            (65535, 86400, 16_777_216)
+        );
+        let c = NodeConfig::parse(
+            "metadata_port = 1\nresync_interval = 0\nconntrack_size = 1024",
+            "n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.metadata_port, c.resync_interval, c.conntrack_size),
+            (1, 0, 1024)
+        );
+    }
+
+    #[test]
+    fn names_and_directories_are_usable() {
+        for bad in [
+            "", "brqxy", "b/", "a:", "b q", "b\\tq", "tap", "qr-", "qg-", "é", ".",
+        ] {
+            let text = format!("bridge_prefix = \"{bad}\"");
+            let e = NodeConfig::parse(&text, "n").unwrap_err().to_string();
+            assert!(e.contains("bridge_prefix"), "{bad:?}: {e}");
+        }
+        assert_eq!(
+            NodeConfig::parse("bridge_prefix = \"br-\"", "n")
+                .unwrap()
+                .bridge_for("9c9436d4-2b7c-4a1e"),
+            "br-9c9436d4-2b"
+        );
+        for bad in [
+            "",
+            "br ex",
+            "br:1",
+            ".",
+            "..",
+            "a/b",
+            "sixteen-bytes-xx",
+            "bré",
+            "br\\n",
+        ] {
+            let text = format!("[bridge_mappings]\nnet = \"{bad}\"");
+            let e = NodeConfig::parse(&text, "n").unwrap_err().to_string();
+            assert!(
+                e.contains("bridge_mappings.net") && e.contains("interface name"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = NodeConfig::parse("[bridge_mappings]\n\"\" = \"br-ex\"", "n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must not be empty"), "{e}");
+        assert!(NodeConfig::parse("[bridge_mappings]\nnet = \"fifteen-bytes-x\"", "n").is_ok());
+        for key in ["pin_dir", "state_dir"] {
+            for (bad, why) in [
+                ("run/xrouter", "absolute"),
+                ("", "absolute"),
+                ("/", "root"),
+                ("/run/../etc", ".."),
+                ("/run/x\\nrouter", "control"),
+                ("/run/x\\u0000y", "control"),
+            ] {
+                let text = format!("{key} = \"{bad}\"");
+                let e = NodeConfig::parse(&text, "n").unwrap_err().to_string();
+                assert!(e.contains(key) && e.contains(why), "{key} = {bad:?}: {e}");
+            }
+            assert!(NodeConfig::parse(&format!("{key} = \"/var/lib/x r\""), "n").is_ok());
+        }
+    }
+
+    #[test]
+    fn messages_are_one_short_line_whatever_the_file_holds() {
+        let big = "b".repeat(1 << 20);
+        for text in [
+            format!("bridge_prefix = \"{big}\""),
+            format!("metadata_port = \"{big}\""),
+            format!("\"a\\nb{big}\" = 1"),
+            format!("[bridge_mappings]\n\"x\\ny\" = \"{big}\""),
+            format!("resync_interval = 1 {big}"),
+        ] {
+            let e = NodeConfig::parse(&text, "node\n.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(['\n', '\r']), "message spans lines: {e:.300}");
+            assert!(e.len() < 800, "message of {} bytes: {e:.300}", e.len());
+            assert!(e.starts_with(r#"node config "node\n.toml": "#), "{e:.300}");
+        }
     }
 }

@@ -14,18 +14,24 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{ExtraRoute, FloatingIp, Gateway, Mac, Port, Role, Router, Subnet, short_id};
+use crate::{
+    config::node::NodeConfig,
+    model::{ExtraRoute, FloatingIp, Gateway, Mac, Port, Role, Router, Subnet, short_id},
+    text::{label, quote, tidy},
+};
 
-/// Why a router list was rejected.
+/// Why a router list was rejected. Every value in a message is escaped and
+/// cut (see [`crate::text`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("routers file is not valid JSON: {0}")]
+    #[error("routers file is not valid JSON: {}", tidy(.0))]
     Json(String),
     #[error("routers file must be a JSON list of routers or {{\"routers\": [...]}}, found {0}")]
     Shape(String),
-    #[error("router #{index}: field id: {problem}")]
-    NoId { index: usize, problem: String },
-    #[error("router {router}: field {field}: {problem}")]
+    /// A router that cannot be named by its ID (it has none, or a bad one).
+    #[error("router #{index}: {problem}")]
+    Index { index: usize, problem: String },
+    #[error("router {}: field {field}: {problem}", label(.router))]
     Field {
         router: String,
         field: String,
@@ -76,7 +82,7 @@ struct RawRoute {
 struct RawPort {
     id: String,
     mac_address: String,
-    mtu: Option<u32>,
+    mtu: Option<Int>,
     #[serde(default)]
     network_id: String,
     #[serde(default)]
@@ -90,7 +96,7 @@ struct RawPort {
 #[derive(Deserialize)]
 struct RawFixedIp {
     ip_address: String,
-    prefixlen: Option<u8>,
+    prefixlen: Option<Int>,
     subnet_id: Option<String>,
 }
 
@@ -112,10 +118,85 @@ struct RawFloatingIp {
 /// Default MTU when the port dict has none (Neutron's global_physnet_mtu).
 pub const DEFAULT_MTU: u32 = 1500;
 
-/// Parses and validates a routers file. Routers with `admin_state_up: false`
-/// are validated, then left out (the agent does not deploy them).
+/// Allowed MTUs: IPv4's minimum to a veth's maximum.
+pub const MTU: std::ops::RangeInclusive<i128> = 68..=65535;
+
+/// An integer field, read wide so that a value out of range is reported
+/// with the range rather than as a type error, and a string in its place
+/// is shown escaped and cut.
+#[derive(Clone, Copy, Debug)]
+struct Int(i128);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Int;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v.into()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
+                Ok(Int(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Int, E> {
+                Err(E::custom(format!("{v} is not an integer")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Int, E> {
+                Err(E::custom(format!("{} is not an integer", quote(v))))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `v` if it is in `range`, else an error naming the field, the value and
+/// the range.
+fn in_range(
+    rid: &str,
+    field: impl Into<String>,
+    v: Int,
+    range: std::ops::RangeInclusive<i128>,
+) -> Result<i128, ConfigError> {
+    if range.contains(&v.0) {
+        Ok(v.0)
+    } else {
+        Err(field_err(
+            rid,
+            field,
+            format!(
+                "{} is outside the allowed range {}..={}",
+                v.0,
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// Parses and validates a routers file with the node's default config
+/// (no bridge mappings). Routers with `admin_state_up: false` are
+/// validated, then left out (the agent does not deploy them).
 pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
-    let v: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+    parse_for(text, &NodeConfig::default())
+}
+
+/// A validated router with where its external addresses came from, for
+/// the checks across routers.
+struct Checked {
+    router: Router,
+    up: bool,
+    /// Index in `_floatingips` of each of `router.floating_ips`.
+    fip_index: Vec<usize>,
+}
+
+/// Parses and validates a routers file for a node: a network that
+/// `node.bridge_mappings` maps needs no UUID (its ID names no bridge).
+pub fn parse_for(text: &str, node: &NodeConfig) -> Result<Vec<Router>, ConfigError> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| ConfigError::Json(tidy(&e.to_string())))?;
     let list = match v {
         Value::Array(a) => a,
         Value::Object(mut o) => match o.remove("routers") {
@@ -133,26 +214,31 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
     // Port IDs and their device-name stems must be unique on the node: the
     // tap devices of all routers share one namespace.
     let mut seen_ports: HashMap<String, String> = HashMap::new();
+    // Addresses on each external network: (network, address) -> (router,
+    // what). Two routers answering ARP for one address break both.
+    let mut external: HashMap<(String, IpAddr), (String, &'static str)> = HashMap::new();
     for (index, raw) in list.into_iter().enumerate() {
+        let bad_id = |problem: String| ConfigError::Index { index, problem };
         let id = match raw.get("id") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(Value::String(_)) => {
-                return Err(ConfigError::NoId {
-                    index,
-                    problem: "is empty".into(),
-                });
+            Some(Value::String(s)) if is_uuid_like(s) => s.clone(),
+            Some(Value::String(s)) => {
+                return Err(bad_id(format!(
+                    "field id: {} is not a UUID ({UUID_FORM})",
+                    quote(s)
+                )));
             }
             Some(other) => {
-                return Err(ConfigError::NoId {
-                    index,
-                    problem: format!("must be a string, found {other}"),
-                });
+                return Err(bad_id(format!(
+                    "field id: must be a string, found {}",
+                    kind(other)
+                )));
             }
+            None if raw.is_object() => return Err(bad_id("field id: is missing".into())),
             None => {
-                return Err(ConfigError::NoId {
-                    index,
-                    problem: "is missing".into(),
-                });
+                return Err(bad_id(format!(
+                    "must be an object (a router dict), found {}",
+                    kind(&raw)
+                )));
             }
         };
         let raw: RawRouter = serde_path_to_error::deserialize(raw).map_err(|e| {
@@ -160,15 +246,19 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
             field_err(
                 &id,
                 if path == "." { "(router)".into() } else { path },
-                e.into_inner().to_string(),
+                tidy(&e.into_inner().to_string()),
             )
         })?;
-        let (router, up) = validate(raw)?;
+        let Checked {
+            router,
+            up,
+            fip_index,
+        } = validate(raw, node)?;
         if !seen_routers.insert(router.id.clone()) {
             return Err(field_err(
                 &router.id,
                 "id",
-                format!("duplicate router id {:?}", router.id),
+                format!("duplicate router id {}", quote(&router.id)),
             ));
         }
         for p in router.ports() {
@@ -178,10 +268,43 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
                     &router.id,
                     "port id",
                     format!(
-                        "port {:?} gives device name stem {stem:?}, already used by a port of router {owner}",
-                        p.id
+                        "port {} gives device name stem {}, already used by a port of router {}",
+                        quote(&p.id),
+                        quote(&stem),
+                        label(&owner)
                     ),
                 ));
+            }
+        }
+        if let Some(g) = &router.gateway {
+            let net = &g.port.network_id;
+            let mut claim = |addr: IpAddr, what: &'static str, field: String| match external
+                .insert((net.clone(), addr), (router.id.clone(), what))
+            {
+                Some((owner, theirs)) => Err(field_err(
+                    &router.id,
+                    field,
+                    format!(
+                        "{addr} is also the {theirs} of router {} on network {}",
+                        label(&owner),
+                        label(net)
+                    ),
+                )),
+                None => Ok(()),
+            };
+            for (i, a) in g.port.addresses.iter().enumerate() {
+                claim(
+                    a.addr(),
+                    "gateway IP",
+                    format!("gw_port.fixed_ips[{i}].ip_address"),
+                )?;
+            }
+            for (f, i) in router.floating_ips.iter().zip(&fip_index) {
+                claim(
+                    IpAddr::V4(f.floating_ip),
+                    "floating IP",
+                    format!("_floatingips[{i}].floating_ip_address"),
+                )?;
             }
         }
         if up {
@@ -202,15 +325,48 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
-    let rid = raw.id.clone();
-    if !valid_router_id(&rid) {
-        return Err(field_err(
-            &rid,
-            "id",
-            format!("{rid:?} must be 1-55 characters of letters, digits, '-', '_' or '.'"),
-        ));
+/// What [`is_uuid_like`] accepts, for messages.
+const UUID_FORM: &str = "32 hex digits, plain or as 8-4-4-4-12";
+
+/// Whether `s` is a UUID as Neutron writes its IDs: 32 hex digits, plain or
+/// in the canonical dashed 8-4-4-4-12 form, either case (oslo's
+/// is_uuid_like in spirit, without its braces and urn: prefixes). Router,
+/// port and network IDs name namespaces, pin directories and devices, so
+/// nothing else (no '/', "..", whitespace, NUL, non-ASCII) may reach them.
+pub fn is_uuid_like(s: &str) -> bool {
+    let b = s.as_bytes();
+    match b.len() {
+        32 => b.iter().all(u8::is_ascii_hexdigit),
+        36 => b.iter().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        }),
+        _ => false,
     }
+}
+
+/// The network and broadcast addresses of the IPv4 subnets in `nets` that
+/// contain `a` (a /31 or /32 has neither): Neutron never allocates them.
+fn network_or_broadcast<'a>(
+    a: std::net::Ipv4Addr,
+    nets: impl IntoIterator<Item = &'a IpNet>,
+) -> Option<String> {
+    nets.into_iter().find_map(|n| match n {
+        IpNet::V4(n) if n.prefix_len() < 31 && a == n.network() => {
+            Some(format!("the network address of {n}"))
+        }
+        IpNet::V4(n) if n.prefix_len() < 31 && a == n.broadcast() => {
+            Some(format!("the broadcast address of {n}"))
+        }
+        _ => None,
+    })
+}
+
+fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
+    let rid = raw.id.clone();
     let enable_snat = raw
         .enable_snat
         .or(raw
@@ -225,9 +381,11 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
                 .extra_subnets
                 .iter()
                 .enumerate()
-                .map(|(i, s)| cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr))
+                .map(|(i, s)| {
+                    subnet_cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            let port = port(&rid, "gw_port", p, Role::Gateway)?;
+            let port = port(&rid, "gw_port", p, Role::Gateway, node)?;
             if port.ipv4().is_none() {
                 return Err(field_err(
                     &rid,
@@ -245,7 +403,13 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
 
     let mut interfaces = Vec::new();
     for (i, p) in raw.interfaces.unwrap_or_default().into_iter().enumerate() {
-        interfaces.push(port(&rid, &format!("_interfaces[{i}]"), p, Role::Internal)?);
+        interfaces.push(port(
+            &rid,
+            &format!("_interfaces[{i}]"),
+            p,
+            Role::Internal,
+            node,
+        )?);
     }
 
     let mut routes = Vec::new();
@@ -265,29 +429,57 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
         });
     }
 
+    // The router's own addresses (qr- and qg-), which no floating IP or
+    // fixed IP may be, and its internal subnets, one of which a fixed IP
+    // must be on: Neutron associates a floating IP only with a port on a
+    // subnet attached to the router (l3_db get_router_for_floatingip), not
+    // with one merely reachable through an extra route.
+    let own: HashMap<IpAddr, String> = interfaces
+        .iter()
+        .chain(gateway.as_ref().map(|g| &g.port))
+        .flat_map(|p| p.addresses.iter().map(move |a| (a.addr(), p.device())))
+        .collect();
+    let internal: Vec<IpNet> = interfaces
+        .iter()
+        .flat_map(|p| {
+            p.subnets
+                .iter()
+                .map(|s| s.cidr)
+                .chain(p.addresses.iter().map(|a| a.trunc()))
+        })
+        .collect();
+    let external: Vec<IpNet> = gateway
+        .iter()
+        .flat_map(|g| {
+            g.port
+                .subnets
+                .iter()
+                .map(|s| s.cidr)
+                .chain(g.port.addresses.iter().map(|a| a.trunc()))
+                .chain(g.extra_subnets.iter().copied())
+        })
+        .collect();
+
     let mut floating_ips: Vec<FloatingIp> = Vec::new();
+    let mut fip_index = Vec::new();
+    let mut by_fip: HashMap<std::net::Ipv4Addr, String> = HashMap::new();
+    let mut by_fixed: HashMap<std::net::Ipv4Addr, std::net::Ipv4Addr> = HashMap::new();
     for (i, f) in raw.floatingips.unwrap_or_default().iter().enumerate() {
         let field = format!("_floatingips[{i}].floating_ip_address");
         let fip = match ip(&rid, &field, &f.floating_ip_address)? {
             IpAddr::V4(v4) => v4,
             IpAddr::V6(v6) => return Err(field_err(&rid, field, format!("{v6} is not IPv4"))),
         };
-        let Some(gw) = &gateway else {
+        if gateway.is_none() {
             return Err(field_err(
                 &rid,
                 field,
                 format!("{fip}: the router has no gateway port (gw_port)"),
             ));
-        };
-        let ext: Vec<IpNet> = gw
-            .port
-            .subnets
-            .iter()
-            .map(|s| s.cidr)
-            .chain(gw.extra_subnets.iter().copied())
-            .collect();
-        if !ext.iter().any(|n| n.contains(&IpAddr::V4(fip))) {
-            let list: Vec<String> = ext.iter().map(|n| n.to_string()).collect();
+        }
+        if !external.iter().any(|n| n.contains(&IpAddr::V4(fip))) {
+            let mut list: Vec<String> = external.iter().map(|n| n.to_string()).collect();
+            list.dedup();
             return Err(field_err(
                 &rid,
                 field,
@@ -295,6 +487,16 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
                     "{fip} is outside the external subnets ({})",
                     list.join(", ")
                 ),
+            ));
+        }
+        if let Some(what) = network_or_broadcast(fip, &external) {
+            return Err(field_err(&rid, field, format!("{fip} is {what}")));
+        }
+        if let Some(dev) = own.get(&IpAddr::V4(fip)) {
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{fip} is the router's own address (port {dev})"),
             ));
         }
         let fixed_field = format!("_floatingips[{i}].fixed_ip_address");
@@ -308,27 +510,52 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
                 return Err(field_err(&rid, fixed_field, format!("{v6} is not IPv4")));
             }
         };
-        if gw.snat_ip() == Some(fip) {
-            return Err(field_err(
-                &rid,
-                field,
-                format!("{fip} is the gateway port's own address"),
-            ));
-        }
-        if let Some(o) = floating_ips.iter().find(|o| o.floating_ip == fip) {
-            return Err(field_err(
-                &rid,
-                field,
-                format!("duplicate floating IP {fip} (also floating IP {:?})", o.id),
-            ));
-        }
-        if let Some(o) = floating_ips.iter().find(|o| o.fixed_ip == fixed) {
+        if !internal.iter().any(|n| n.contains(&IpAddr::V4(fixed))) {
+            let mut list: Vec<String> = internal.iter().map(|n| n.to_string()).collect();
+            list.dedup();
             return Err(field_err(
                 &rid,
                 fixed_field,
-                format!("fixed IP {fixed} already has floating IP {}", o.floating_ip),
+                format!(
+                    "{fixed} is on none of the router's internal subnets ({})",
+                    if list.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                ),
             ));
         }
+        if let Some(what) = network_or_broadcast(fixed, &internal) {
+            return Err(field_err(&rid, fixed_field, format!("{fixed} is {what}")));
+        }
+        if let Some(dev) = own.get(&IpAddr::V4(fixed)) {
+            return Err(field_err(
+                &rid,
+                fixed_field,
+                format!("{fixed} is the router's own address (port {dev})"),
+            ));
+        }
+        if let Some(other) = by_fip.get(&fip) {
+            return Err(field_err(
+                &rid,
+                field,
+                format!(
+                    "duplicate floating IP {fip} (also floating IP {})",
+                    quote(other)
+                ),
+            ));
+        }
+        if let Some(other) = by_fixed.get(&fixed) {
+            return Err(field_err(
+                &rid,
+                fixed_field,
+                format!("fixed IP {fixed} already has floating IP {other}"),
+            ));
+        }
+        by_fip.insert(fip, f.id.clone());
+        by_fixed.insert(fixed, fip);
+        fip_index.push(i);
         floating_ips.push(FloatingIp {
             id: f.id.clone(),
             floating_ip: fip,
@@ -336,8 +563,8 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
         });
     }
 
-    Ok((
-        Router {
+    Ok(Checked {
+        router: Router {
             id: rid,
             enable_snat,
             gateway,
@@ -345,39 +572,42 @@ fn validate(raw: RawRouter) -> Result<(Router, bool), ConfigError> {
             routes,
             floating_ips,
         },
-        raw.admin_state_up,
-    ))
+        up: raw.admin_state_up,
+        fip_index,
+    })
 }
 
-fn valid_router_id(id: &str) -> bool {
-    // The namespace name becomes a file under /run/netns.
-    !id.is_empty()
-        && id.len() <= 55
-        && id != "."
-        && id != ".."
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError> {
-    if p.id.is_empty()
-        || !p
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+fn port(
+    rid: &str,
+    at: &str,
+    p: RawPort,
+    role: Role,
+    node: &NodeConfig,
+) -> Result<Port, ConfigError> {
+    // The ID names the devices qr-/qg-/tap<id[:11]>.
+    if !is_uuid_like(&p.id) {
         return Err(field_err(
             rid,
             format!("{at}.id"),
-            format!("{:?} is not a usable port id", p.id),
+            format!("{} is not a UUID ({UUID_FORM})", quote(&p.id)),
+        ));
+    }
+    // The network ID names the bridge <prefix><id[:11]>, unless mapped.
+    if !node.bridge_mappings.contains_key(&p.network_id) && !is_uuid_like(&p.network_id) {
+        return Err(field_err(
+            rid,
+            format!("{at}.network_id"),
+            format!(
+                "{} is not a UUID ({UUID_FORM}) and bridge_mappings does not map it",
+                quote(&p.network_id)
+            ),
         ));
     }
     let mac: Mac = p.mac_address.parse().map_err(|_| {
         field_err(
             rid,
             format!("{at}.mac_address"),
-            format!("{:?} is not a MAC address", p.mac_address),
+            format!("{} is not a MAC address", quote(&p.mac_address)),
         )
     })?;
     if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
@@ -387,18 +617,14 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
             format!("{mac} is not a unicast MAC address"),
         ));
     }
-    let mtu = p.mtu.unwrap_or(DEFAULT_MTU);
-    if !(68..=65535).contains(&mtu) {
-        return Err(field_err(
-            rid,
-            format!("{at}.mtu"),
-            format!("{mtu} is outside 68..65535"),
-        ));
-    }
+    let mtu = match p.mtu {
+        Some(m) => in_range(rid, format!("{at}.mtu"), m, MTU)? as u32,
+        None => DEFAULT_MTU,
+    };
     let mut subnets = Vec::new();
     let mut subnet_ids = HashMap::new();
     for (i, s) in p.subnets.iter().enumerate() {
-        let c = cidr(rid, &format!("{at}.subnets[{i}].cidr"), &s.cidr)?;
+        let c = subnet_cidr(rid, &format!("{at}.subnets[{i}].cidr"), &s.cidr)?;
         let gateway_ip = match s.gateway_ip.as_deref() {
             Some(g) if !g.is_empty() => Some(ip(rid, &format!("{at}.subnets[{i}].gateway_ip"), g)?),
             _ => None,
@@ -415,7 +641,7 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         return Err(field_err(
             rid,
             format!("{at}.fixed_ips"),
-            format!("port {} has no address", p.id),
+            format!("port {} has no address", quote(&p.id)),
         ));
     }
     let mut addresses = Vec::new();
@@ -423,31 +649,34 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
         let field = format!("{at}.fixed_ips[{i}].ip_address");
         let addr = ip(rid, &field, &f.ip_address)?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        // Neutron's dicts carry prefixlen; older payloads only the subnet.
+        let plen_field = format!("{at}.fixed_ips[{i}].prefixlen");
+        // Neutron's dicts carry prefixlen; older payloads only the subnet,
+        // which must then hold the address (a subnet of the other family
+        // has prefix lengths this address cannot take).
         let plen = match f.prefixlen {
-            Some(l) if l <= max => l,
-            Some(l) => {
-                return Err(field_err(
-                    rid,
-                    format!("{at}.fixed_ips[{i}].prefixlen"),
-                    format!("{l} is over {max}"),
-                ));
-            }
+            Some(l) => in_range(rid, plen_field, l, 1..=max)? as u8,
             None => f
                 .subnet_id
                 .as_ref()
                 .and_then(|id| subnet_ids.get(id))
                 .or_else(|| subnets.iter().map(|s| &s.cidr).find(|c| c.contains(&addr)))
+                .filter(|c| c.contains(&addr))
                 .map(|c| c.prefix_len())
                 .ok_or_else(|| {
                     field_err(
                         rid,
-                        format!("{at}.fixed_ips[{i}].prefixlen"),
+                        plen_field,
                         format!("missing for {addr}, and no subnet of the port contains it"),
                     )
                 })?,
         };
-        let net = IpNet::new(addr, plen).expect("prefix length checked");
+        let net = IpNet::new(addr, plen).map_err(|_| {
+            field_err(
+                rid,
+                format!("{at}.fixed_ips[{i}].prefixlen"),
+                format!("{plen} is not a prefix length of {addr}"),
+            )
+        })?;
         if addresses.contains(&net) {
             return Err(field_err(rid, field, format!("duplicate address {addr}")));
         }
@@ -466,18 +695,40 @@ fn port(rid: &str, at: &str, p: RawPort, role: Role) -> Result<Port, ConfigError
 
 fn ip(rid: &str, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
     s.parse()
-        .map_err(|_| field_err(rid, field, format!("{s:?} is not an IP address")))
+        .map_err(|_| field_err(rid, field, format!("{} is not an IP address", quote(s))))
+}
+
+/// A subnet's CIDR: as [`cidr`], and not a /0 (an address on a port with
+/// a /0 would make every destination on-link).
+fn subnet_cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
+    let net = cidr(rid, field, s)?;
+    if net.prefix_len() == 0 {
+        return Err(field_err(
+            rid,
+            field,
+            format!("{} is not a subnet (prefix length 0)", quote(s)),
+        ));
+    }
+    Ok(net)
 }
 
 fn cidr(rid: &str, field: &str, s: &str) -> Result<IpNet, ConfigError> {
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| field_err(rid, field, format!("{s:?} is not a CIDR (address/prefix)")))?;
+    let net: IpNet = s.parse().map_err(|_| {
+        field_err(
+            rid,
+            field,
+            format!("{} is not a CIDR (address/prefix)", quote(s)),
+        )
+    })?;
     if net.trunc() != net {
         return Err(field_err(
             rid,
             field,
-            format!("{s:?} has host bits set (did you mean {}?)", net.trunc()),
+            format!(
+                "{} has host bits set (did you mean {}?)",
+                quote(s),
+                net.trunc()
+            ),
         ));
     }
     Ok(net)
@@ -488,20 +739,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const R1: &str = "5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b";
+    const R2: &str = "6d8f04b2-3e5c-4f90-8b7d-2c3e4f5a6b7c";
+    const EXT_NET: &str = "9c9436d4-2b7c-4a1e-9d8f-0123456789ab";
+
     /// The article's router as Neutron hands it over.
     fn article() -> Value {
         json!({
-            "id": "r1", "admin_state_up": true, "enable_snat": true, "ha": false, "distributed": false,
+            "id": R1, "admin_state_up": true, "enable_snat": true, "ha": false, "distributed": false,
             "routes": [{"destination": "172.16.0.0/16", "nexthop": "81.1.180.50"}],
-            "gw_port": {"id": "3c8d6a68-9712-4b", "mac_address": "fa:16:3e:2e:5b:23", "mtu": 1500,
-                "network_id": "9c9436d4-2b7c", "device_owner": "network:router_gateway",
+            "gw_port": {"id": "3c8d6a68-9712-4b5e-8c1d-0a1b2c3d4e5f", "mac_address": "fa:16:3e:2e:5b:23", "mtu": 1500,
+                "network_id": EXT_NET, "device_owner": "network:router_gateway",
                 "fixed_ips": [{"ip_address": "192.168.1.110", "prefixlen": 24, "subnet_id": "se"}],
                 "subnets": [{"id": "se", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1"}],
                 "extra_subnets": [{"id": "sx", "cidr": "192.168.9.0/24", "gateway_ip": null}]},
-            "_interfaces": [{"id": "a5c6ed86-c1ff", "mac_address": "fa:16:3e:87:40:f3", "mtu": 1450,
-                "network_id": "n81", "admin_state_up": true,
+            "_interfaces": [{"id": "a5c6ed86-c1ff-4a2b-9c3d-4e5f6a7b8c9d", "mac_address": "fa:16:3e:87:40:f3", "mtu": 1450,
+                "network_id": "1e2f3a4b-5c6d-4e7f-8a9b-0c1d2e3f4a5b", "admin_state_up": true,
                 "fixed_ips": [{"ip_address": "81.1.180.1", "prefixlen": 24, "subnet_id": "s81"}],
-                "subnets": [{"id": "s81", "cidr": "81.1.180.0/24", "gateway_ip": "81.1.180.1"}]}],
+                "subnets": [{"id": "s81", "cidr": "81.1.180.0/24", "gateway_ip": "81.1.180.1"}]},
+                {"id": "b7d8e9f0-1a2b-4c3d-8e9f-0a1b2c3d4e5f", "mac_address": "fa:16:3e:87:40:f4", "mtu": 1450,
+                "network_id": "2f3a4b5c-6d7e-4f80-9bac-1d2e3f4a5b6c", "admin_state_up": true,
+                "fixed_ips": [{"ip_address": "91.1.180.1", "prefixlen": 24, "subnet_id": "s91"}],
+                "subnets": [{"id": "s91", "cidr": "91.1.180.0/24", "gateway_ip": "91.1.180.1"}]}],
             "_floatingips": [{"id": "f1", "floating_ip_address": "192.168.1.104",
                 "fixed_ip_address": "91.1.180.14", "port_id": "p", "status": "DOWN"}]
         })
@@ -519,7 +778,7 @@ mod tests {
                 field: f,
                 problem,
             }) => {
-                assert_eq!(router, "r1");
+                assert_eq!(router, R1);
                 assert!(f.contains(field), "field {f:?} should name {field:?}");
                 assert!(
                     problem.contains(value),
@@ -533,7 +792,7 @@ mod tests {
     #[test]
     fn accepts_the_article_router_and_ignores_unknown_fields() {
         let r = &parse_one(article()).unwrap()[0];
-        assert_eq!(r.namespace(), "qrouter-r1");
+        assert_eq!(r.namespace(), format!("qrouter-{R1}"));
         let g = r.gateway.as_ref().unwrap();
         assert_eq!(g.port.device(), "qg-3c8d6a68-97");
         assert_eq!(g.port.tap(), "tap3c8d6a68-97");
@@ -578,7 +837,7 @@ mod tests {
 
     #[test]
     fn null_gateway_and_missing_lists() {
-        let v = json!({"id": "r1", "gw_port": null});
+        let v = json!({"id": R1, "gw_port": null});
         let r = &parse_one(v).unwrap()[0];
         assert!(r.gateway.is_none() && r.interfaces.is_empty() && r.floating_ips.is_empty());
     }
@@ -673,24 +932,333 @@ mod tests {
         let text = serde_json::to_string(&json!([article(), article()])).unwrap();
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.contains("router r1") && e.contains("duplicate router id"),
+            e.contains(&format!("router {R1}")) && e.contains("duplicate router id"),
             "{e}"
         );
 
         let mut other = article();
-        other["id"] = json!("r2");
-        other["_interfaces"][0]["id"] = json!("a5c6ed86-c1ff-different-tail");
-        other["gw_port"]["id"] = json!("another-gw");
+        other["id"] = json!(R2);
+        other["_interfaces"][0]["id"] = json!("a5c6ed86-c1aa-4b2c-8d3e-5f6a7b8c9d0e");
+        other["gw_port"]["id"] = json!("4d9e7b79-a823-4c6f-9d2e-1b2c3d4e5f60");
         let e = parse(&serde_json::to_string(&json!([article(), other])).unwrap())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("router r2") && e.contains("a5c6ed86-c1"), "{e}");
+        assert!(
+            e.contains(&format!("router {R2}")) && e.contains("a5c6ed86-c1"),
+            "{e}"
+        );
 
         let mut v = article();
         v["_floatingips"] = json!([
             {"id": "f1", "floating_ip_address": "192.168.1.104", "fixed_ip_address": "91.1.180.14"},
             {"id": "f2", "floating_ip_address": "192.168.1.104", "fixed_ip_address": "91.1.180.15"}]);
         rejects(v, "_floatingips[1].floating_ip_address", "192.168.1.104");
+    }
+
+    /// The message as the CLI prints it: one line, short, whatever the input.
+    fn one_short_line(e: &ConfigError) -> String {
+        let m = e.to_string();
+        assert!(
+            !m.contains(['\n', '\r', '\0']),
+            "message spans lines: {m:?}"
+        );
+        assert!(m.len() < 400, "message of {} bytes: {m:.400}", m.len());
+        m
+    }
+
+    #[test]
+    fn values_in_messages_are_escaped_and_cut() {
+        // A newline in the router id must not start a second line.
+        let mut v = article();
+        v["id"] = json!("r1\nrouter r2: field x: forged");
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(m.contains(r"r1\nrouter r2"), "{m}");
+
+        // A huge value is cut, with its size.
+        let big = "f".repeat(1 << 20);
+        let mut v = article();
+        v["gw_port"]["mac_address"] = json!(big);
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(
+            m.contains("gw_port.mac_address") && m.contains("(1048576 bytes)"),
+            "{m}"
+        );
+
+        // Also where serde reports a value of the wrong type.
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!(format!("{big}\n"));
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(m.contains("mtu") && m.contains("bytes)"), "{m}");
+        let mut v = article();
+        v["enable_snat"] = json!(big);
+        one_short_line(&parse_one(v).unwrap_err());
+
+        // A router id that is not a string is described, not echoed.
+        let e = parse(&format!("[{{\"id\": {{\"x\": \"{big}\"}}}}]")).unwrap_err();
+        let m = one_short_line(&e);
+        assert!(m.contains("an object"), "{m}");
+
+        // Quotes and control characters in a port id.
+        let mut v = article();
+        v["_interfaces"][0]["id"] = json!("a\"b\u{1b}[2J");
+        let m = one_short_line(&parse_one(v).unwrap_err());
+        assert!(m.contains(r#""a\"b\u{1b}[2J""#), "{m}");
+    }
+
+    #[test]
+    fn numbers_have_ranges() {
+        for (mtu, shown) in [
+            (json!(67), "67"),
+            (json!(65536), "65536"),
+            (json!(1u64 << 40), "1099511627776"),
+            (json!(-1), "-1"),
+            (json!(u64::MAX), "18446744073709551615"),
+        ] {
+            let mut v = article();
+            v["_interfaces"][0]["mtu"] = mtu;
+            rejects(v.clone(), "_interfaces[0].mtu", shown);
+            rejects(v, "_interfaces[0].mtu", "68..=65535");
+        }
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!(1500.5);
+        rejects(v, "_interfaces[0].mtu", "1500.5");
+        for (plen, shown) in [
+            (json!(0), "0"),
+            (json!(33), "33"),
+            (json!(300), "300"),
+            (json!(-24), "-24"),
+        ] {
+            let mut v = article();
+            v["gw_port"]["fixed_ips"][0]["prefixlen"] = plen;
+            rejects(v.clone(), "gw_port.fixed_ips[0].prefixlen", shown);
+            rejects(v, "gw_port.fixed_ips[0].prefixlen", "1..=32");
+        }
+        let mut v = article();
+        v["_interfaces"][0]["mtu"] = json!(65535);
+        v["gw_port"]["fixed_ips"][0]["prefixlen"] = json!(32);
+        assert!(parse_one(v).is_ok());
+    }
+
+    #[test]
+    fn a_prefix_length_is_never_taken_from_a_subnet_that_does_not_hold_the_address() {
+        // An IPv6 subnet's /64 for an IPv4 address would not make an IpNet.
+        let mut v = article();
+        v["_interfaces"][0]["subnets"] = json!([
+            {"id": "s6", "cidr": "2001:db8::/64", "gateway_ip": null}]);
+        v["_interfaces"][0]["fixed_ips"] = json!([{"ip_address": "81.1.180.1", "subnet_id": "s6"}]);
+        rejects(v, "_interfaces[0].fixed_ips[0].prefixlen", "81.1.180.1");
+        // A /0 subnet would make every destination on-link.
+        let mut v = article();
+        v["gw_port"]["extra_subnets"][0]["cidr"] = json!("0.0.0.0/0");
+        rejects(v, "gw_port.extra_subnets[0].cidr", "0.0.0.0/0");
+        let mut v = article();
+        v["_interfaces"][0]["subnets"][0]["cidr"] = json!("0.0.0.0/0");
+        rejects(v, "_interfaces[0].subnets[0].cidr", "0.0.0.0/0");
+    }
+
+    #[test]
+    fn macs_are_hex_digits_only() {
+        for bad in [
+            "+a:16:3e:00:00:01",
+            "fa:+6:3e:00:00:01",
+            "fa:16:3e:00:00:-1",
+            "fa:16:3e:0 :00:01",
+        ] {
+            let mut v = article();
+            v["gw_port"]["mac_address"] = json!(bad);
+            rejects(v, "gw_port.mac_address", bad);
+        }
+    }
+
+    #[test]
+    fn ids_that_name_devices_namespaces_or_files_are_uuids() {
+        let dashed = "0a1B2c3D-4e5F-6a7b-8C9d-0E1f2A3b4C5d";
+        let plain = "0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d";
+        for good in [dashed, plain] {
+            assert!(is_uuid_like(good), "{good}");
+        }
+        for bad in [
+            "",
+            "r1",
+            "..",
+            "../../etc",
+            "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d/x",
+            "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5",
+            "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5dd",
+            "0a1b2c3d4-e5f-6a7b-8c9d-0e1f2a3b4c5d",
+            "{0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d}",
+            "urn:uuid:0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d",
+            "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5\0",
+            "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5 ",
+            "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4cü",
+            "0a1b2c3d 4e5f-6a7b-8c9d-0e1f2a3b4c5d",
+            "0x1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d",
+        ] {
+            assert!(!is_uuid_like(bad), "{bad:?}");
+            let mut v = article();
+            v["id"] = json!(bad);
+            match parse_one(v) {
+                Err(ConfigError::Index { index: 0, problem }) => {
+                    assert!(
+                        problem.contains("field id") && problem.contains("UUID"),
+                        "{problem}"
+                    )
+                }
+                other => panic!("router id {bad:?}: {other:?}"),
+            }
+            let mut v = article();
+            v["_interfaces"][1]["id"] = json!(bad);
+            rejects(v, "_interfaces[1].id", "UUID");
+            let mut v = article();
+            v["gw_port"]["network_id"] = json!(bad);
+            rejects(v, "gw_port.network_id", "UUID");
+        }
+        let mut v = article();
+        v["id"] = json!(plain);
+        v["gw_port"]["id"] = json!(dashed);
+        assert_eq!(
+            parse_one(v).unwrap()[0].namespace(),
+            format!("qrouter-{plain}")
+        );
+        // A mapped network names no bridge by its ID: any ID will do.
+        let mut v = article();
+        v["gw_port"]["network_id"] = json!("public");
+        assert!(parse_one(v.clone()).is_err());
+        let mut node = NodeConfig::default();
+        node.bridge_mappings.insert("public".into(), "br-ex".into());
+        let text = serde_json::to_string(&json!([v])).unwrap();
+        assert_eq!(
+            parse_for(&text, &node).unwrap()[0]
+                .gateway
+                .as_ref()
+                .unwrap()
+                .port
+                .network_id,
+            "public"
+        );
+    }
+
+    #[test]
+    fn floating_ips_neutron_could_not_allocate_are_rejected() {
+        let fip = "_floatingips[0].floating_ip_address";
+        for (addr, why) in [
+            ("192.168.1.110", "own address"),
+            ("192.168.1.0", "network address of 192.168.1.0/24"),
+            ("192.168.1.255", "broadcast address of 192.168.1.0/24"),
+            ("192.168.9.0", "network address of 192.168.9.0/24"),
+            ("192.168.9.255", "broadcast address of 192.168.9.0/24"),
+        ] {
+            let mut v = article();
+            v["_floatingips"][0]["floating_ip_address"] = json!(addr);
+            rejects(v.clone(), fip, addr);
+            rejects(v, fip, why);
+        }
+        // A second address of the gateway port is its own too.
+        let mut v = article();
+        v["gw_port"]["fixed_ips"] = json!([
+            {"ip_address": "192.168.1.110", "prefixlen": 24},
+            {"ip_address": "192.168.1.111", "prefixlen": 24}]);
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.1.111");
+        rejects(v, fip, "own address");
+        // A /31 or /32 has no network or broadcast address to keep free.
+        for (cidr, addr) in [
+            ("192.168.9.0/31", "192.168.9.0"),
+            ("192.168.9.1/32", "192.168.9.1"),
+        ] {
+            let mut v = article();
+            v["gw_port"]["extra_subnets"][0]["cidr"] = json!(cidr);
+            v["_floatingips"][0]["floating_ip_address"] = json!(addr);
+            assert!(parse_one(v).is_ok(), "{addr} in {cidr}");
+        }
+    }
+
+    #[test]
+    fn fixed_ips_must_be_hosts_of_an_internal_subnet_and_not_the_router() {
+        let fixed = "_floatingips[0].fixed_ip_address";
+        for (addr, why) in [
+            // Reachable through the extra route 172.16.0.0/16 only.
+            ("172.16.0.5", "none of the router's internal subnets"),
+            ("192.168.1.15", "none of the router's internal subnets"),
+            ("81.1.180.1", "own address (port qr-a5c6ed86-c1)"),
+            ("91.1.180.1", "own address"),
+            ("81.1.180.0", "network address of 81.1.180.0/24"),
+            ("91.1.180.255", "broadcast address of 91.1.180.0/24"),
+        ] {
+            let mut v = article();
+            v["_floatingips"][0]["fixed_ip_address"] = json!(addr);
+            rejects(v.clone(), fixed, addr);
+            rejects(v, fixed, why);
+        }
+        let mut v = article();
+        v["_interfaces"] = json!([]);
+        rejects(v, fixed, "it has none");
+        let mut v = article();
+        v["_floatingips"][0]["fixed_ip_address"] = json!("81.1.180.254");
+        assert!(parse_one(v).is_ok());
+    }
+
+    #[test]
+    fn routers_on_one_external_network_share_no_address() {
+        /// A second router on the external network, with other ports.
+        fn other(gw_ip: &str, fip: &str) -> Value {
+            let mut o = article();
+            o["id"] = json!(R2);
+            o["gw_port"]["id"] = json!("4d9e7b79-a823-4c6f-9d2e-1b2c3d4e5f60");
+            o["gw_port"]["fixed_ips"][0]["ip_address"] = json!(gw_ip);
+            o["_interfaces"][0]["id"] = json!("c1d2e3f4-a5b6-4c7d-8e9f-a0b1c2d3e4f5");
+            o["_interfaces"][1]["id"] = json!("d2e3f4a5-b6c7-4d8e-9fa0-b1c2d3e4f5a6");
+            o["_floatingips"][0]["floating_ip_address"] = json!(fip);
+            o
+        }
+        let two = |o: Value| parse(&serde_json::to_string(&json!([article(), o])).unwrap());
+        assert_eq!(
+            two(other("192.168.1.111", "192.168.1.105")).unwrap().len(),
+            2
+        );
+        for (o, field, needle) in [
+            (
+                other("192.168.1.111", "192.168.1.104"),
+                "_floatingips[0].floating_ip_address",
+                "192.168.1.104 is also the floating IP of router",
+            ),
+            (
+                other("192.168.1.111", "192.168.1.110"),
+                "_floatingips[0].floating_ip_address",
+                "192.168.1.110 is also the gateway IP of router",
+            ),
+            (
+                other("192.168.1.104", "192.168.1.105"),
+                "gw_port.fixed_ips[0].ip_address",
+                "192.168.1.104 is also the floating IP of router",
+            ),
+            (
+                other("192.168.1.110", "192.168.1.105"),
+                "gw_port.fixed_ips[0].ip_address",
+                "192.168.1.110 is also the gateway IP of router",
+            ),
+        ] {
+            match two(o) {
+                Err(ConfigError::Field {
+                    router,
+                    field: f,
+                    problem,
+                }) => {
+                    assert_eq!(router, R2);
+                    assert_eq!(f, field);
+                    assert!(
+                        problem.contains(needle)
+                            && problem.contains(R1)
+                            && problem.contains(EXT_NET),
+                        "{problem}"
+                    );
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // The same addresses on another external network are another L2.
+        let mut o = other("192.168.1.110", "192.168.1.104");
+        o["gw_port"]["network_id"] = json!("e3f4a5b6-c7d8-4e9f-a0b1-c2d3e4f5a6b7");
+        assert_eq!(two(o).unwrap().len(), 2);
     }
 
     #[test]
@@ -701,6 +1269,6 @@ mod tests {
             assert!(parse_one(v).is_err(), "{bad:?} accepted");
         }
         let e = parse("[{\"gw_port\": null}]").unwrap_err();
-        assert!(matches!(e, ConfigError::NoId { index: 0, .. }));
+        assert!(matches!(e, ConfigError::Index { index: 0, .. }));
     }
 }
