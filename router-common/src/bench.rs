@@ -35,9 +35,17 @@ pub struct GenConfig {
     /// Pacing: nanoseconds between frames (0: as fast as possible). Frames
     /// not yet due are dropped by the generator, never sent.
     pub gap_ns: u64,
+    /// A flood beside the flows (0: none): every `flood_every`-th frame is
+    /// a new flow, from a source of 100.64.0.0/10 never used before (a
+    /// spoofed client), to port [`FLOOD_DPORT`] of the destination.
+    pub flood_every: u32,
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 48);
+/// Destination port of the flood's frames (the sink counts them apart).
+pub const FLOOD_DPORT: u16 = 9;
+
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 56);
 const _: () = assert!(core::mem::align_of::<GenConfig>() == 8);
 
 /// Per-CPU generator state, index 0 of `XRB_GEN_STATE`.
@@ -65,7 +73,8 @@ pub struct SinkCounter {
     pub bytes: u64,
     /// Anything else (ARP, IPv6, ...), dropped as well.
     pub other: u64,
-    pub _pad: u64,
+    /// Of `packets`, those to [`FLOOD_DPORT`] (a flood's frames let through).
+    pub flood: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<SinkCounter>() == 32);

@@ -22,7 +22,9 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use router_common::bench::{GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter};
+use router_common::bench::{
+    FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter,
+};
 
 /// Generator settings (index 0).
 #[btf_map]
@@ -101,10 +103,17 @@ pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
         cfg.nports as u64
     };
     let i = seq % flows;
-    let sport = cfg.sport.wrapping_add((i % nports) as u16);
+    let mut sport = cfg.sport.wrapping_add((i % nports) as u16);
     let hi = i / nports;
-    let src = u32::from_be_bytes(cfg.src).wrapping_add(hi as u32);
-    let dport = cfg.dport.wrapping_add(hi as u16);
+    let mut src = u32::from_be_bytes(cfg.src).wrapping_add(hi as u32);
+    let mut dport = cfg.dport.wrapping_add(hi as u16);
+    if cfg.flood_every != 0 && seq % cfg.flood_every as u64 == 0 {
+        // A client never seen: 100.64.0.0/10 and a port, 2^37 of them.
+        let n = seq / cfg.flood_every as u64;
+        src = 0x6440_0000 | (n as u32 & 0x003f_ffff);
+        sport = 1024 + ((n >> 22) as u16 & 0x7fff);
+        dport = FLOOD_DPORT;
+    }
     let dst = u32::from_be_bytes(cfg.dst);
     let tot = len - 14;
     let ttl_proto = ((cfg.ttl as u32) << 8) | 17;
@@ -154,6 +163,11 @@ pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
             if udp {
                 (*c).packets += 1;
                 (*c).bytes += (end - data) as u64;
+                if data + 38 <= end
+                    && u16::from_be_bytes(*((data + 36) as *const [u8; 2])) == FLOOD_DPORT
+                {
+                    (*c).flood += 1;
+                }
             } else {
                 (*c).other += 1;
             }

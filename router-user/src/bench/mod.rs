@@ -115,10 +115,14 @@ pub enum Case {
     DnatIn,
     /// Floating-IP SNAT outbound (the VM with the floating IP), 1k flows.
     FipOut,
+    /// `dnat-in` under a flood: every other frame a new client (a spoofed
+    /// source never seen) to the floating IP. Reported: the 1k flows'
+    /// rate, and the flood's let through.
+    DnatFlood,
 }
 
 impl Case {
-    pub const ALL: [Case; 9] = [
+    pub const ALL: [Case; 10] = [
         Case::Ceiling,
         Case::BareRedirect,
         Case::EastWest,
@@ -128,9 +132,10 @@ impl Case {
         Case::Snat64k,
         Case::DnatIn,
         Case::FipOut,
+        Case::DnatFlood,
     ];
     /// What runs unless `--cases` says otherwise.
-    pub const DEFAULT: [Case; 7] = [
+    pub const DEFAULT: [Case; 8] = [
         Case::Ceiling,
         Case::BareRedirect,
         Case::EastWest,
@@ -138,6 +143,7 @@ impl Case {
         Case::Snat64k,
         Case::DnatIn,
         Case::FipOut,
+        Case::DnatFlood,
     ];
 
     pub fn name(self) -> &'static str {
@@ -151,6 +157,7 @@ impl Case {
             Case::Snat64k => "snat-64k",
             Case::DnatIn => "dnat-in",
             Case::FipOut => "fip-out",
+            Case::DnatFlood => "dnat-flood",
         }
     }
 
@@ -163,7 +170,9 @@ impl Case {
     pub fn flows(self) -> u32 {
         match self {
             Case::Ceiling | Case::BareRedirect | Case::EastWest | Case::Snat1 => 1,
-            Case::EastWest1k | Case::Snat1k | Case::DnatIn | Case::FipOut => 1000,
+            Case::EastWest1k | Case::Snat1k | Case::DnatIn | Case::FipOut | Case::DnatFlood => {
+                1000
+            }
             Case::Snat64k => 64000,
         }
     }
@@ -171,7 +180,7 @@ impl Case {
     /// Whether the case means something on `plane` (plain forwarding has no
     /// floating IP to DNAT: the packet would be delivered locally).
     pub fn applies_to(self, plane: Plane) -> bool {
-        !(plane == Plane::Kernel && self == Case::DnatIn)
+        !(plane == Plane::Kernel && matches!(self, Case::DnatIn | Case::DnatFlood))
     }
 }
 

@@ -189,6 +189,7 @@ impl Progs {
             s.packets += c.packets;
             s.bytes += c.bytes;
             s.other += c.other;
+            s.flood += c.flood;
         }
         Ok(s)
     }

@@ -16,8 +16,10 @@ pub struct Sample {
     /// None: a rig case (no router).
     pub plane: Option<Plane>,
     pub case: Case,
-    /// Delivered at the sink, flooded.
+    /// Delivered at the sink, flooded (a flood's own frames aside).
     pub mpps: f64,
+    /// A case with a flood: its frames delivered at the sink (let through).
+    pub flood_mpps: Option<f64>,
     /// Sent by the generator, flooded.
     pub offered_mpps: f64,
     /// Busy time of the router's CPU per delivered packet (flooded).
@@ -113,6 +115,8 @@ pub struct CaseResult {
     pub case: Case,
     pub runs: usize,
     pub mpps: Stat,
+    /// A case with a flood: its frames let through.
+    pub flood_mpps: Option<Stat>,
     pub paced_mpps: Option<Stat>,
     pub cpu_ns: Option<Stat>,
     /// The daemon's CPU time over the flooded windows, in CPUs.
@@ -224,6 +228,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 case,
                 runs: ss.len(),
                 mpps: Stat::of(&v(&|s| Some(s.mpps))).expect("at least one sample"),
+                flood_mpps: Stat::of(&v(&|s| s.flood_mpps)),
                 paced_mpps: Stat::of(&v(&|s| s.paced_mpps)),
                 cpu_ns: Stat::of(&v(&|s| s.cpu_ns)),
                 daemon_cpu: Stat::of(&v(&|s| s.daemon_cpu)),
@@ -326,12 +331,16 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
 /// and the kernel's largest drop counts (shares of the packets sent).
 fn notes(r: &CaseResult) -> String {
     let pct = |(k, f): &(String, f64)| format!("{k} {:.1}%", f * 100.0);
-    let mut parts: Vec<String> = r
-        .not_forwarded
-        .iter()
-        .filter(|(_, f)| *f >= 0.001)
-        .map(pct)
-        .collect();
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(f) = &r.flood_mpps {
+        parts.push(format!("flood let through {:.2} Mpps", f.median));
+    }
+    parts.extend(
+        r.not_forwarded
+            .iter()
+            .filter(|(_, f)| *f >= 0.001)
+            .map(pct),
+    );
     if r.lost >= 0.001 {
         let why: Vec<String> = r
             .drops

@@ -106,7 +106,10 @@ struct Target<'a> {
 #[derive(Default)]
 struct Snap {
     t: Option<Instant>,
+    /// The flows' frames delivered (a flood's aside).
     sink: u64,
+    /// A flood's frames delivered.
+    flood: u64,
     other: u64,
     sent: u64,
     busy: u64,
@@ -139,7 +142,8 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
     let s = progs.sink()?;
     Ok(Snap {
         t: Some(Instant::now()),
-        sink: s.packets,
+        sink: s.packets - s.flood,
+        flood: s.flood,
         other: s.other,
         sent: progs.gen_state()?.sent,
         busy: busy_ns(cpu)?,
@@ -152,6 +156,8 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
 /// Delivered and offered packets per second, CPU ns per packet, outcomes.
 struct Window {
     pps: f64,
+    /// A flood's frames delivered a second.
+    flood_pps: f64,
     offered: f64,
     cpu_ns: Option<f64>,
     /// The daemon's CPU time over the window, in CPUs.
@@ -176,8 +182,10 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
         .map(|((k, x), (_, y))| (k.clone(), x - y))
         .filter(|(_, v)| *v > 0)
         .collect();
+    let flood = b.flood - a.flood;
     Ok(Window {
         pps: n as f64 / dt,
+        flood_pps: flood as f64 / dt,
         offered: (b.sent - a.sent) as f64 / dt,
         cpu_ns: (n > 0).then(|| (b.busy - a.busy) as f64 / n as f64),
         daemon_cpu: t
@@ -186,7 +194,7 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
         other: b.other - a.other,
         outcomes,
         sent: b.sent - a.sent,
-        delivered: n,
+        delivered: n + flood,
         drops: drops::delta(&a.drops, &b.drops),
     })
 }
@@ -240,6 +248,7 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
             plane: None,
             case,
             mpps: w.pps / 1e6,
+            flood_mpps: (cfg.flood_every != 0).then_some(w.flood_pps / 1e6),
             offered_mpps: w.offered / 1e6,
             cpu_ns: w.cpu_ns,
             daemon_cpu: w.daemon_cpu,
@@ -327,6 +336,8 @@ impl RawRig {
             ttl: 64,
             _pad: 0,
             gap_ns: 0,
+            flood_every: 0,
+            _pad2: 0,
         };
         let t = Target {
             ns: &self.ns,
@@ -630,7 +641,9 @@ impl RouterRig {
             Case::Snat1 => (Port::A, vm_a, REMOTE, 1, 1),
             Case::Snat1k => (Port::A, vm_a, REMOTE, 1000, 1000),
             Case::Snat64k => (Port::A, vm_a, REMOTE, 64000, 16000),
-            Case::DnatIn => (Port::G, REMOTE, ip4(&format!("{EXT}.100")), 1000, 1000),
+            Case::DnatIn | Case::DnatFlood => {
+                (Port::G, REMOTE, ip4(&format!("{EXT}.100")), 1000, 1000)
+            }
             Case::FipOut => (Port::B, ip4(&format!("{NET_B}.100")), REMOTE, 1000, 1000),
             Case::Ceiling | Case::BareRedirect => bail!("{} is a rig case", case.name()),
         };
@@ -648,6 +661,9 @@ impl RouterRig {
             ttl: 64,
             _pad: 0,
             gap_ns: 0,
+            // Every other frame a new client.
+            flood_every: if case == Case::DnatFlood { 2 } else { 0 },
+            _pad2: 0,
         };
         let id = self.router_id();
         let router_ns = self.router_ns();
