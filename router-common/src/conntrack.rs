@@ -16,6 +16,20 @@ pub struct CtKey {
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 
+impl CtKey {
+    /// A key from raw (network-order) addresses and ports.
+    pub const fn new(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey {
+        CtKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 pub const CT_ORIGINAL: u8 = 0;
 pub const CT_REPLY: u8 = 1;
 
@@ -64,6 +78,21 @@ pub struct CtEntry {
 }
 
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+
+impl CtEntry {
+    /// The key of the other direction of the connection `(k, self)`
+    /// belongs to: an entry holds its packets' translated tuple, whose
+    /// reverse that key is (for either direction).
+    pub const fn partner(&self, k: &CtKey) -> CtKey {
+        CtKey::new(
+            self.new_dst,
+            self.new_src,
+            self.new_dport,
+            self.new_sport,
+            k.proto,
+        )
+    }
+}
 
 /// A UDP or ICMP connection counts as established once it has been
 /// answered and is still used this long after its first packet (as the

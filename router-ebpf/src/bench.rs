@@ -22,9 +22,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use router_common::bench::{
-    FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter,
-};
+use router_common::bench::{FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter};
 
 /// Generator settings (index 0).
 #[btf_map]

@@ -262,6 +262,29 @@ fn new_connection_floods_are_shed_by_the_budget(plane: Dataplane) {
     c.finish();
 }
 
+/// The MACs raw frames need in the article's world.
+struct Macs {
+    qg: [u8; 6],
+    qr1: [u8; 6],
+    ext: [u8; 6],
+    vm1: [u8; 6],
+}
+
+/// The MACs of the gateway port, vm1's router port, ext and vm1 — with the
+/// neighbours known first, so no frame waits on ARP.
+fn macs(rig: &Rig) -> Macs {
+    let rns = rig.router_ns();
+    for (h, to) in [("ext", VM2), ("vm1", EXT_HOST)] {
+        ping(&rig.ns(h), to, &[]);
+    }
+    Macs {
+        qg: frames::mac_of(&rns, &rig.router().qg()).unwrap(),
+        qr1: frames::mac_of(&rns, &rig.router().qr("net1")).unwrap(),
+        ext: frames::mac_of(&rig.ns("ext"), "eth0").unwrap(),
+        vm1: frames::mac_of(&rig.ns("vm1"), "eth0").unwrap(),
+    }
+}
+
 /// One hostile frame, its UDP destination port (the marker looked for
 /// where it should arrive; SNAT keeps it) and whether the kernel's router
 /// forwards it.
@@ -279,15 +302,12 @@ struct Probe {
 fn hostile_frames_are_dropped_as_the_kernel_drops_them(plane: Dataplane) {
     let rig = Rig::article(plane);
     let mut c = Checks::new("hostile_frames_are_dropped_as_the_kernel_drops_them");
-    let rns = rig.router_ns();
-    let qg_mac = frames::mac_of(&rns, &rig.router().qg()).unwrap();
-    let qr1_mac = frames::mac_of(&rns, &rig.router().qr("net1")).unwrap();
-    let ext_mac = frames::mac_of(&rig.ns("ext"), "eth0").unwrap();
-    let vm1_mac = frames::mac_of(&rig.ns("vm1"), "eth0").unwrap();
-    // Neighbours known first, so nothing waits on ARP.
-    for (h, to) in [("ext", VM2), ("vm1", EXT_HOST)] {
-        ping(&rig.ns(h), to, &[]);
-    }
+    let Macs {
+        qg: qg_mac,
+        qr1: qr1_mac,
+        ext: ext_mac,
+        vm1: vm1_mac,
+    } = macs(&rig);
 
     let mut port = 20000u16;
     let mut probe = |what, macs: ([u8; 6], [u8; 6]), src: &str, dst: &str, forwarded| {
@@ -438,14 +458,12 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
         .ip(&format!("addr add {EXT_GW}/24 dev eth0"));
     let _t = TcpServer::start(&rig.ns("vm2"), "vm2", TCP).unwrap();
     let mut c = Checks::new("no_tenant_address_leaves_untranslated");
-    let rns = rig.router_ns();
-    let qg_mac = frames::mac_of(&rns, &rig.router().qg()).unwrap();
-    let qr1_mac = frames::mac_of(&rns, &rig.router().qr("net1")).unwrap();
-    let ext_mac = frames::mac_of(&rig.ns("ext"), "eth0").unwrap();
-    let vm1_mac = frames::mac_of(&rig.ns("vm1"), "eth0").unwrap();
-    for (h, to) in [("ext", VM2), ("vm1", EXT_HOST)] {
-        ping(&rig.ns(h), to, &[]);
-    }
+    let Macs {
+        qg: qg_mac,
+        qr1: qr1_mac,
+        ext: ext_mac,
+        vm1: vm1_mac,
+    } = macs(&rig);
     let tenant = |a: Ipv4Addr| {
         let o = a.octets();
         (o[0] == 81 || o[0] == 91) && o[1] == 1 && o[2] == 180

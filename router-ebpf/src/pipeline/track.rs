@@ -59,28 +59,7 @@ pub struct Flow {
 
 #[inline(always)]
 fn key(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        src: src.to_ne_bytes(),
-        dst: dst.to_ne_bytes(),
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    }
-}
-
-/// The key of the other direction of the connection `(k, e)` belongs to:
-/// an entry holds its packets' translated tuple, whose reverse it is.
-#[inline(always)]
-fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
-    CtKey {
-        src: e.new_dst,
-        dst: e.new_src,
-        sport: e.new_dport,
-        dport: e.new_sport,
-        proto: k.proto,
-        _pad: [0; 3],
-    }
+    CtKey::new(src.to_ne_bytes(), dst.to_ne_bytes(), sport, dport, proto)
 }
 
 #[inline(always)]
@@ -250,7 +229,7 @@ fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
         e.flags |= CT_F_REPLIED;
         // The original direction's entry learns it too (TCP promotes on
         // the handshake's last ACK, which travels that way).
-        if let Some(o) = maps::XR_CT_NEW.get_ptr_mut(&partner(k, e)) {
+        if let Some(o) = maps::XR_CT_NEW.get_ptr_mut(&e.partner(k)) {
             // SAFETY: as in `track`.
             unsafe { (*o).flags |= CT_F_REPLIED };
         }
@@ -266,7 +245,7 @@ fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
     if !ready {
         return;
     }
-    let pk = partner(k, e);
+    let pk = e.partner(k);
     // SAFETY: plain data, copied out.
     let Some(pe) = (unsafe { maps::XR_CT_NEW.get(&pk) }).copied() else {
         return;

@@ -170,9 +170,7 @@ impl Case {
     pub fn flows(self) -> u32 {
         match self {
             Case::Ceiling | Case::BareRedirect | Case::EastWest | Case::Snat1 => 1,
-            Case::EastWest1k | Case::Snat1k | Case::DnatIn | Case::FipOut | Case::DnatFlood => {
-                1000
-            }
+            Case::EastWest1k | Case::Snat1k | Case::DnatIn | Case::FipOut | Case::DnatFlood => 1000,
             Case::Snat64k => 64000,
         }
     }

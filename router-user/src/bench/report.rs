@@ -335,12 +335,7 @@ fn notes(r: &CaseResult) -> String {
     if let Some(f) = &r.flood_mpps {
         parts.push(format!("flood let through {:.2} Mpps", f.median));
     }
-    parts.extend(
-        r.not_forwarded
-            .iter()
-            .filter(|(_, f)| *f >= 0.001)
-            .map(pct),
-    );
+    parts.extend(r.not_forwarded.iter().filter(|(_, f)| *f >= 0.001).map(pct));
     if r.lost >= 0.001 {
         let why: Vec<String> = r
             .drops

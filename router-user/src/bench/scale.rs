@@ -72,13 +72,8 @@ fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2] {
     let remote = [100, 64, (i >> 8) as u8, i as u8];
     let dport = 443u16;
     let port = (1024 + (i >> 16)) as u16;
-    let key = |src, sport: u16, dst, dport: u16| CtKey {
-        src,
-        dst,
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto: PROTO_TCP,
-        _pad: [0; 3],
+    let key = |src, sport: u16, dst, dport: u16| {
+        CtKey::new(src, dst, sport.to_be(), dport.to_be(), PROTO_TCP)
     };
     let orig = CtEntry {
         new_src: gw,
@@ -399,14 +394,7 @@ mod unit {
 
     /// The other direction's key, as `ebpf::flows` pairs entries.
     fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
-        CtKey {
-            src: e.new_dst,
-            dst: e.new_src,
-            sport: e.new_dport,
-            dport: e.new_sport,
-            proto: k.proto,
-            _pad: [0; 3],
-        }
+        e.partner(k)
     }
 
     #[test]

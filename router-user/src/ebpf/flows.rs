@@ -50,14 +50,7 @@ pub const TIMEOUT_ICMP: u64 = 30 * SEC;
 
 /// The key of the other direction of the connection `(k, e)` belongs to.
 pub fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
-    CtKey {
-        src: e.new_dst,
-        dst: e.new_src,
-        sport: e.new_dport,
-        dport: e.new_sport,
-        proto: k.proto,
-        _pad: [0; 3],
-    }
+    e.partner(k)
 }
 
 /// One connection as found in the table: either direction may be missing
