@@ -43,10 +43,7 @@ mod tests {
     /// crafted frame comes back XDP_PASS, unchanged, and is counted.
     #[test]
     fn embedded_object_loads_and_runs() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: loading BPF needs root");
-            return;
-        }
+        crate::testing::require_root();
         let mut ebpf = super::load().expect("load");
         let prog: &Xdp = ebpf.program("xr_pass").unwrap().try_into().unwrap();
         let frame: Vec<u8> = (0..64u8).collect();

@@ -116,14 +116,13 @@ mod tests {
         let Some(ns) = ScratchNs::new("ct", "conntrack") else {
             return;
         };
-        if Command::new("iptables-restore")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: iptables-restore not found");
-            return;
-        }
+        assert!(
+            Command::new("iptables-restore")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "iptables-restore not found: `cargo xtask test` installs it"
+        );
         let mut lo = Command::new("ip");
         lo.args(["link", "set", "lo", "up"]);
         netns::command_in(&ns.0, &mut lo).unwrap();

@@ -125,9 +125,7 @@ mod tests {
     /// default, and turned off.
     #[test]
     fn vlan_insertion_goes_to_software() {
-        if !nix::unistd::Uid::effective().is_root() {
-            return;
-        }
+        crate::testing::require_root();
         let ns = format!("xrt-eth-{}", std::process::id());
         crate::netns::create(&ns).unwrap();
         struct Gone(String);

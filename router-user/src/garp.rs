@@ -276,10 +276,7 @@ mod tests {
 
     #[test]
     fn send_round_live() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping send_round_live: needs root");
-            return;
-        }
+        crate::testing::require_root();
         let rand = std::hash::BuildHasher::hash_one(
             &std::collections::hash_map::RandomState::new(),
             std::time::SystemTime::now(),

@@ -534,18 +534,15 @@ COMMIT
     pub(crate) struct ScratchNs(pub String);
 
     impl ScratchNs {
-        /// Creates `xrt-<tag>-<pid>-<random>`, or None (with a note) when the
-        /// test cannot run here: not root, or `tool` is missing.
+        /// Creates `xrt-<tag>-<pid>-<random>`. A test that cannot run here
+        /// (not root, `tool` missing) fails rather than passing unseen.
         pub(crate) fn new(tag: &str, tool: &str) -> Option<ScratchNs> {
             use std::hash::{BuildHasher as _, Hasher as _};
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("skipped: needs root");
-                return None;
-            }
-            if Command::new(tool).arg("--version").output().is_err() {
-                eprintln!("skipped: {tool} not found");
-                return None;
-            }
+            crate::testing::require_root();
+            assert!(
+                Command::new(tool).arg("--version").output().is_ok(),
+                "{tool} not found: `cargo xtask test` installs it"
+            );
             let random = std::collections::hash_map::RandomState::new()
                 .build_hasher()
                 .finish();

@@ -18,4 +18,6 @@ pub mod probe;
 pub mod reconcile;
 pub mod show;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod text;

@@ -9,10 +9,10 @@ use std::{
 
 #[test]
 fn bench_runs_one_case_and_writes_json_and_svg() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: xrouter bench needs root");
-        return;
-    }
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "xrouter bench needs root: run the tests as root (`cargo xtask test`)"
+    );
     let dir = std::env::temp_dir().join(format!("xrb-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");

@@ -31,18 +31,17 @@ use crate::{
     model::{ExtraRoute, FloatingIp, Gateway, Mac, Port, Role, Router, Subnet},
 };
 
-/// Whether the kernel-facing tests can run here.
+/// The kernel-facing tests need root and bpffs: without them they fail
+/// rather than pass unseen (always true, for the callers' `if`).
 fn can_run() -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root");
-        return false;
-    }
+    crate::testing::require_root();
     let bpffs =
         nix::sys::statfs::statfs("/sys/fs/bpf").is_ok_and(|s| s.filesystem_type().0 == 0xcafe4a11);
-    if !bpffs {
-        eprintln!("skipped: bpffs is not mounted at /sys/fs/bpf");
-    }
-    bpffs
+    assert!(
+        bpffs,
+        "bpffs is not mounted at /sys/fs/bpf: `cargo xtask test` mounts it"
+    );
+    true
 }
 
 /// `xrt-ebpf-<pid>-<tag><n>-<rand>`: unique across tests and runs.
