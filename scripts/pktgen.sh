@@ -1,7 +1,7 @@
 #!/bin/sh
 # Kernel pktgen traffic for an xrouter benchmark on a host that has pktgen
 # (CONFIG_NET_PKTGEN; Debian's kernels build it as a module). The usual tool
-# on network nodes; `xrouter bench` uses its built-in XDP generator instead,
+# on network nodes; `cargo xtask bench` uses its built-in XDP generator instead,
 # for kernels without it.
 #
 # Sends UDP/IPv4 frames out of DEV towards a router port (DST_MAC: the MAC of
@@ -59,7 +59,7 @@ if [ ! -d /proc/net/pktgen ]; then
 fi
 [ -d /proc/net/pktgen ] || {
     echo "pktgen.sh: no /proc/net/pktgen: this kernel has no pktgen (CONFIG_NET_PKTGEN);" \
-         "use \`xrouter bench\` instead" >&2
+         "use \`cargo xtask bench\` instead" >&2
     exit 1
 }
 

@@ -1,6 +1,6 @@
 //! Types of the benchmark programs (`router-ebpf/src/bench.rs`): the
 //! live-frames generator, the counting sink, the bare redirect and the
-//! microbenchmark wrapper. Only `xrouter bench` uses them.
+//! microbenchmark wrapper. Only `xrouter-bench` uses them.
 
 /// Generator settings, index 0 of `XRB_GEN`. The program writes the whole
 /// Ethernet/IPv4/UDP header of every frame from these (live frames are

@@ -79,4 +79,17 @@ mod tests {
             .sum();
         assert_eq!(total, 3);
     }
+
+    /// The router's object holds the router's programs and maps and
+    /// nothing else (the benchmark's are another object).
+    #[test]
+    fn the_object_holds_only_the_router() {
+        crate::testing::require_root();
+        let ebpf = super::load().expect("load");
+        let mut progs: Vec<&str> = ebpf.programs().map(|(n, _)| n).collect();
+        progs.sort();
+        assert_eq!(progs, ["xr_pass", "xr_tc", "xr_xdp"]);
+        let maps: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();
+        assert!(maps.iter().all(|m| m.starts_with("XR_")), "{maps:?}");
+    }
 }

@@ -1,5 +1,4 @@
 //! xrouter's controller: config, control plane, data planes, daemon and CLI.
-pub mod bench;
 pub mod bpf;
 pub mod config;
 pub mod conntrack;

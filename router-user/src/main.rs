@@ -102,10 +102,6 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "auto")]
         dataplane: Dataplane,
     },
-    /// Measure packet rate and cost per packet of each data plane on a rig
-    /// of namespaces (built-in live-frames generator, XDP sink); `--micro`
-    /// measures the data path alone. Needs root; tears everything down.
-    Bench(router_user::bench::Opts),
 }
 
 fn node_config(cli: &Cli) -> Result<NodeConfig> {
@@ -217,7 +213,6 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Demo { keep, dataplane } => {
             return router_user::demo::run(dataplane, keep).await;
         }
-        Cmd::Bench(opts) => return router_user::bench::run(opts).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -316,7 +316,7 @@ fn errors_are_one_short_line() {
         ),
         ("100 kB option value", long, "(100000 bytes)"),
     ] {
-        let out = xrouter_plain(&["bench", "--connections", &value]);
+        let out = xrouter_plain(&["run", "--routers", "/nonexistent", "--dataplane", &value]);
         let err = out.stderr.as_str();
         c.ok(
             !out.success(),

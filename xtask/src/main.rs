@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | bench-changes`.
 //!
 //! Each task first runs the idempotent setup (packages, nightly with
 //! rust-src, bpf-linker, bpffs), so the README's commands work on a fresh
@@ -27,6 +27,12 @@ enum Cmd {
     Setup,
     /// Build xrouter and run its demo (arguments go to `xrouter demo`).
     Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build xrouter and its benchmark (release) and run the benchmark
+    /// (arguments go to `xrouter-bench`, e.g. `--micro` or `--cases ...`).
+    Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -107,6 +113,19 @@ fn real_main() -> Result<()> {
                 .arg("demo")
                 .args(args))
         }
+        Cmd::Bench { args } => {
+            setup()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "router-user",
+                "-p",
+                "xrouter-bench",
+            ]))?;
+            run(Command::new(root().join("target/release/xrouter-bench")).args(args))
+        }
         Cmd::BenchChanges { planes, many } => {
             setup()?;
             run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
@@ -125,8 +144,15 @@ fn real_main() -> Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            // The integration tests run the xrouter binary: build it first.
-            run(cargo().args(["build", "-p", "router-user", "--bins"]))?;
+            // The integration tests run the binaries: build them first.
+            run(cargo().args([
+                "build",
+                "-p",
+                "router-user",
+                "-p",
+                "xrouter-bench",
+                "--bins",
+            ]))?;
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "router-ebpf"])
                 .args(args))

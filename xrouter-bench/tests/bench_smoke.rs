@@ -1,4 +1,4 @@
-//! `xrouter bench` in its smallest configuration: one case (east-west on the
+//! `xrouter-bench` in its smallest configuration: one case (east-west on the
 //! xdp and iptables planes), one round, half a second, no sweep. Proves the rig, the
 //! generator, the sink and the outputs work; says nothing about speed.
 
@@ -11,15 +11,16 @@ use std::{
 fn bench_runs_one_case_and_writes_json_and_svg() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
-        "xrouter bench needs root: run the tests as root (`cargo xtask test`)"
+        "xrouter-bench needs root: run the tests as root (`cargo xtask test`)"
     );
     let dir = std::env::temp_dir().join(format!("xrb-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     let svg = dir.join("bench.svg");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xrouter"))
+    // xrouter itself is found beside xrouter-bench (`cargo xtask test`
+    // builds both).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xrouter-bench"))
         .args([
-            "bench",
             "--planes",
             "xdp,iptables",
             "--cases",
@@ -39,7 +40,7 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawning xrouter bench");
+        .expect("spawning xrouter-bench");
     // The rig's names carry the bench's process id (4 hex digits).
     let tag = format!("{:04x}", child.id() & 0xffff);
     let t0 = Instant::now();
@@ -50,7 +51,7 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         if t0.elapsed() > Duration::from_secs(90) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("xrouter bench did not finish within 90 s");
+            panic!("xrouter-bench did not finish within 90 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -59,7 +60,7 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         status.success(),
-        "xrouter bench failed:\n{stdout}\n{stderr}"
+        "xrouter-bench failed:\n{stdout}\n{stderr}"
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

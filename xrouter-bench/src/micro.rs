@@ -1,4 +1,4 @@
-//! `xrouter bench --micro`: ns per packet of the data path alone, through
+//! `xrouter-bench --micro`: ns per packet of the data path alone, through
 //! BPF_PROG_TEST_RUN (a million repetitions per run), with the maps of the
 //! article's router filled by hand as `tests/datapath.rs` does.
 //!
@@ -28,7 +28,8 @@ use router_common::{
 use serde_json::json;
 
 use super::{Opts, progs::in_ns};
-use crate::{bpf::OBJECT, netns};
+use crate::OBJECT;
+use router_user::netns;
 
 const MAC_QR1: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
 const MAC_QR2: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 2];

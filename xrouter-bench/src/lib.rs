@@ -1,5 +1,7 @@
-//! `xrouter bench`: packet rate and cost per packet of each data plane, on
-//! an isolated rig of namespaces, with a built-in generator.
+//! `xrouter-bench` (`cargo xtask bench`): packet rate and cost per packet of
+//! each data plane, on an isolated rig of namespaces, with a built-in
+//! generator. Its BPF programs are its own object ([`OBJECT`]); the router's
+//! object holds none of them.
 //!
 //! The rig (per data plane, rebuilt every round, see `rig.rs`): a node
 //! namespace where `xrouter run` builds the router from a routers file, as in
@@ -32,6 +34,11 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 pub use report::{CaseResult, Sample, ScaleInfo};
+
+/// The benchmark's BPF object built by `build.rs`: the generator, sink,
+/// bare redirect, microbenchmark wrapper, and the pipeline they measure.
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xrouter-bench-ebpf"));
 
 /// Set on Ctrl-C / SIGTERM: every loop checks it and the run unwinds,
 /// tearing down what it built.
@@ -182,7 +189,7 @@ impl Case {
     }
 }
 
-/// `xrouter bench` options.
+/// `xrouter-bench` options.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Opts {
     /// Data planes to measure.
@@ -311,7 +318,7 @@ fn parse_count(s: &str) -> Result<u32, String> {
 /// Runs the benchmark; Ctrl-C stops it and removes the rig.
 pub async fn run(opts: Opts) -> Result<ExitCode> {
     if !nix::unistd::Uid::effective().is_root() {
-        bail!("xrouter bench needs root (namespaces, BPF)");
+        bail!("xrouter-bench needs root (namespaces, BPF)");
     }
     let sig = tokio::spawn(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -320,7 +327,7 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("\nxrouter bench: interrupted, tearing down");
+        eprintln!("\nxrouter-bench: interrupted, tearing down");
         STOP.store(true, Ordering::Relaxed);
     });
     let r = tokio::task::spawn_blocking(move || {
@@ -342,11 +349,16 @@ fn xrouter_bin(opts: &Opts) -> Result<PathBuf> {
     if let Some(p) = &opts.xrouter {
         return Ok(p.clone());
     }
+    // Built together (`cargo xtask bench`): xrouter sits beside us.
     let exe = std::env::current_exe()?;
-    if exe.file_name().is_some_and(|n| n == "xrouter") {
-        return Ok(exe);
+    let beside = exe.with_file_name("xrouter");
+    if beside.is_file() {
+        return Ok(beside);
     }
-    bail!("not running as the xrouter binary: say which with --xrouter")
+    bail!(
+        "no xrouter binary beside {}: say which with --xrouter",
+        exe.display()
+    )
 }
 
 /// Checks the options every rig run shares.
@@ -406,7 +418,7 @@ fn run_rig(opts: &Opts) -> Result<()> {
             .sum::<usize>();
     let total = per_round as u32 * opts.rounds;
     println!(
-        "xrouter bench: {} rounds of {} measurements; generator on CPU {}, router on CPU {}, sink on CPU {}; \
+        "xrouter-bench: {} rounds of {} measurements; generator on CPU {}, router on CPU {}, sink on CPU {}; \
          {}-byte frames, {:.1} s flooded{}",
         opts.rounds,
         per_round,

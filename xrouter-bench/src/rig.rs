@@ -34,7 +34,7 @@ use super::{
     progs::{PROG_PASS, PROG_REDIRECT, PROG_SINK, Progs, in_ns},
     report::SweepStep,
 };
-use crate::netns;
+use router_user::netns;
 
 const NET_A: &str = "10.91.1";
 const NET_B: &str = "10.91.2";
@@ -120,7 +120,7 @@ struct Snap {
 
 fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
     let outcomes = match t.counters {
-        Some((dir, id)) => crate::ebpf::pinned::counters(dir, id)?
+        Some((dir, id)) => router_user::ebpf::pinned::counters(dir, id)?
             .into_iter()
             .map(|(o, c)| (o.name().to_string(), c.packets))
             .collect(),
@@ -391,7 +391,7 @@ impl RouterRig {
         format!("{}f00-0000-4000-8000-000000000000", self.tag)
     }
     fn router_ns(&self) -> String {
-        crate::model::namespace_of(&self.router_id())
+        router_user::model::namespace_of(&self.router_id())
     }
     /// Port IDs start with 7 distinct characters: device names (qr-/qg-/tap
     /// + 11 of the ID) then differ within the 10 that NAPI thread names keep.

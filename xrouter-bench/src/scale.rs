@@ -1,4 +1,4 @@
-//! `xrouter bench --scale`: the packet rate with the router's connection
+//! `xrouter-bench --scale`: the packet rate with the router's connection
 //! table pre-filled, and the memory of its maps.
 //!
 //! For every pre-filled size (`--connections`), on the xdp and tc planes, a
@@ -102,7 +102,7 @@ fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2] {
 }
 
 fn open_ct(maps: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
-    let p = maps.join(crate::ebpf::XR_CT);
+    let p = maps.join(router_user::ebpf::XR_CT);
     let m = MapData::from_pin(&p).with_context(|| format!("opening {}", p.display()))?;
     Ok(HashMap::try_from(Map::HashMap(m))?)
 }
@@ -112,7 +112,7 @@ fn open_ct(maps: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
 fn fill(maps: &Path, n: u32, what: &str) -> Result<Duration> {
     let mut ct = open_ct(maps)?;
     let gw = rig::gateway_ip();
-    let now = crate::ebpf::monotonic_ns();
+    let now = router_user::ebpf::monotonic_ns();
     let t0 = Instant::now();
     for i in 0..n {
         if i % 16_384 == 0 {
@@ -148,7 +148,11 @@ fn scan(maps: &Path) -> Result<(Duration, usize)> {
         maps.file_name().context("router id")?,
     );
     let t0 = Instant::now();
-    crate::ebpf::pinned::gc(pin_dir, &id.to_string_lossy(), crate::ebpf::monotonic_ns())?;
+    router_user::ebpf::pinned::gc(
+        pin_dir,
+        &id.to_string_lossy(),
+        router_user::ebpf::monotonic_ns(),
+    )?;
     let took = t0.elapsed();
     let entries = open_ct(maps)?.keys().count();
     Ok((took, entries))
@@ -232,7 +236,7 @@ fn memory(maps: &Path) -> Result<(u64, u32, u64)> {
         };
         let b = memlock(&m)?;
         all += b;
-        if e.file_name() == crate::ebpf::XR_CT {
+        if e.file_name() == router_user::ebpf::XR_CT {
             ct = b;
             entries = m.info()?.max_entries();
         }
@@ -273,7 +277,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     let per_round = (planes.len() * levels.len() * cases.len()) as u32;
     let total = per_round * opts.rounds;
     println!(
-        "xrouter bench --scale: {} rounds of {} measurements ({} on {} with +{} connections; \
+        "xrouter-bench --scale: {} rounds of {} measurements ({} on {} with +{} connections; \
          table sized +{} connections; daemon {}); generator on CPU {}, router on CPU {}, sink on \
          CPU {}; {}-byte frames, {:.1} s flooded{}",
         opts.rounds,
@@ -419,7 +423,7 @@ mod unit {
 
     #[test]
     fn counts_parse_and_print() {
-        use crate::bench::parse_count;
+        use crate::parse_count;
         assert_eq!(parse_count("0"), Ok(0));
         assert_eq!(parse_count("10k"), Ok(10_000));
         assert_eq!(parse_count("1M"), Ok(1_000_000));

@@ -1,4 +1,4 @@
-//! Benchmark programs (`xrouter bench`), not part of the data path:
+//! The benchmark's BPF object (`xrouter-bench`), never loaded by a router:
 //!
 //! - `xr_bench_gen`: an IPv4/UDP generator for BPF_PROG_TEST_RUN with
 //!   `BPF_F_TEST_XDP_LIVE_FRAMES` (the mechanism of xdp-trafficgen). The
@@ -10,10 +10,14 @@
 //! - `xr_bench_sink`: counts per CPU and drops.
 //! - `xr_bench_redirect`: a bare XDP_REDIRECT to one device (the rig's
 //!   ceiling for an XDP forwarder).
+//! - `xr_pass`: XDP_PASS for the router ports of the planes without XDP.
 //! - `xr_bench_micro`: `xr_xdp`'s body behind a restore of the frame's
 //!   header, so BPF_PROG_TEST_RUN can repeat it a million times on the same
 //!   input (the pipeline rewrites packets in place; without the restore the
 //!   second run would see the first one's output).
+
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -213,5 +217,12 @@ pub fn xr_bench_micro(mut ctx: XdpContext) -> u32 {
     if cfg.restore_only != 0 {
         return xdp_action::XDP_DROP;
     }
-    crate::run_xdp(&mut ctx)
+    router_ebpf::hooks::xdp(&mut ctx)
+}
+
+/// XDP_PASS, for the router ports of the planes without XDP (a frame
+/// redirected into a veth is dropped unless the peer runs an XDP program).
+#[xdp]
+pub fn xr_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }

@@ -526,7 +526,7 @@ pub fn svg(results: &[CaseResult]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="14">xrouter bench: Mpps delivered per data plane (bar: flooded median, whiskers: min-max, dot: paced best)</text>"#
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="20" font-size="14">xrouter-bench: Mpps delivered per data plane (bar: flooded median, whiskers: min-max, dot: paced best)</text>"#
     );
     let step = if ymax > 8.0 { 2.0 } else { 1.0 };
     let mut t = 0.0;

@@ -1,0 +1,113 @@
+//! The entry points' bodies: a pipeline verdict turned into the hook's
+//! action, counted once. The programs (`xr_xdp`, `xr_tc`, and the
+//! benchmark's `xr_bench_micro`) are one-line wrappers around these.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh, xdp_action},
+    helpers::{bpf_redirect, bpf_redirect_neigh},
+    programs::{TcContext, XdpContext},
+};
+use router_common::{
+    config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED},
+    counters::Outcome,
+};
+
+use crate::{
+    ctx::Packet,
+    maps,
+    pipeline::{self, Verdict},
+};
+
+/// XDP: forwards what the pipeline finished, drops what it drops, hands
+/// the rest to TC (which counts its final outcome).
+#[inline(always)]
+pub fn xdp(ctx: &mut XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match pipeline::process(ctx) {
+        Verdict::Forward { ifindex, .. } => {
+            maps::count(Outcome::FwdXdp, len);
+            unsafe { bpf_redirect(ifindex, 0) as u32 }
+        }
+        Verdict::Bounce => {
+            maps::count(Outcome::ArpReplied, len);
+            xdp_action::XDP_TX
+        }
+        // Shed here, at the lowest cost (floods, hostile frames).
+        Verdict::Drop(why) => {
+            maps::count(why, len);
+            xdp_action::XDP_DROP
+        }
+        // TC runs the same pipeline and counts the final outcome.
+        _ => {
+            maps::count(Outcome::ToTc, len);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// TC: the same pipeline on skbs (what XDP handed up, or devices without
+/// XDP); packets handed to the kernel carry the mark that tells it how.
+#[inline(always)]
+pub fn tc(ctx: &mut TcContext) -> i32 {
+    let len = ctx.len() as u64;
+    // Headers (IPv4 options and the quote of an ICMP error included) must
+    // be linear and writable for direct access.
+    let _ = ctx.pull_data(core::cmp::min(len as u32, 128));
+    match pipeline::process(ctx) {
+        Verdict::Forward { ifindex, nexthop } => {
+            let mut nh = bpf_redir_neigh {
+                nh_family: 2,
+                __bindgen_anon_1: unsafe { core::mem::zeroed() },
+            };
+            nh.__bindgen_anon_1.ipv4_nh = nexthop;
+            let r = unsafe {
+                bpf_redirect_neigh(
+                    ifindex,
+                    &mut nh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            };
+            maps::count(Outcome::FwdTc, len);
+            r as i32
+        }
+        Verdict::Drop(why) => {
+            maps::count(why, len);
+            TC_ACT_SHOT
+        }
+        Verdict::Kernel(why) => {
+            maps::count(why, len);
+            TC_ACT_OK
+        }
+        Verdict::Answer(why) => {
+            mark(ctx, MARK_ANSWER_ONLY);
+            maps::count(why, len);
+            TC_ACT_OK
+        }
+        Verdict::Translated(why) => {
+            mark(ctx, MARK_TRANSLATED);
+            maps::count(why, len);
+            TC_ACT_OK
+        }
+        Verdict::Bounce => {
+            maps::count(Outcome::ArpReplied, len);
+            // Out of the device it came in on.
+            unsafe { bpf_redirect(Packet::ifindex(ctx), 0) as i32 }
+        }
+        Verdict::ToTc => TC_ACT_OK,
+    }
+}
+
+/// Tells the kernel how to treat a packet handed up (the nftables rules of
+/// the router namespace match it); Neutron's low 16 bits are kept.
+#[inline(always)]
+fn mark(ctx: &TcContext, m: u32) {
+    // SAFETY: skb is the program's context. Volatile and whole: the
+    // verifier accepts only 32-bit accesses to the mark, and the compiler
+    // would otherwise store just the changed half.
+    unsafe {
+        let p = &raw mut (*ctx.skb.skb).mark;
+        let old = core::ptr::read_volatile(p);
+        core::ptr::write_volatile(p, (old & !MARK_MASK) | m);
+    }
+}

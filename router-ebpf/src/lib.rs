@@ -1,0 +1,17 @@
+//! xrouter's data path, shared by the BPF objects built from this crate:
+//! the forwarding pipeline (`pipeline/`), what differs between the XDP and
+//! TC hooks (`ctx`), the router's maps (`maps`) and the entry points'
+//! bodies (`hooks`). The router's object is `src/main.rs`; the benchmark's
+//! (`--features bench`) is `src/bin/xrouter-bench-ebpf.rs`.
+#![no_std]
+
+pub mod ctx;
+pub mod hooks;
+pub mod maps;
+pub mod pipeline;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
