@@ -13,14 +13,16 @@ use anyhow::{Context as _, Result, bail};
 use tokio::{io::AsyncWriteExt as _, net::UnixListener, signal::unix::SignalKind};
 
 use crate::{
+    backend::{
+        bpf::{self as ebpf, BpfRouter, Hook},
+        netlink::Nl,
+    },
     config::{
         node::{Dataplane, NodeConfig},
         routers,
     },
     control::{Reply, Request},
-    ebpf::{self, BpfRouter, Hook},
     model::Router,
-    netlink::Nl,
     reconcile::{Changes, NatAddresses, Reconciler},
     state::{Failed, State},
 };
@@ -35,7 +37,7 @@ pub fn resolve_dataplane(want: Dataplane) -> Result<Dataplane> {
             tracing::info!("data plane: iptables (as configured)");
             Ok(Dataplane::Iptables)
         }
-        Dataplane::Auto => match crate::bpf::load() {
+        Dataplane::Auto => match crate::backend::bpf::object::load() {
             Ok(_) => {
                 tracing::info!("data plane: xdp (auto: the BPF programs load on this kernel)");
                 Ok(Dataplane::Xdp)
@@ -46,7 +48,7 @@ pub fn resolve_dataplane(want: Dataplane) -> Result<Dataplane> {
             }
         },
         Dataplane::Xdp | Dataplane::Tc => {
-            crate::bpf::load()
+            crate::backend::bpf::object::load()
                 .with_context(|| format!("--dataplane {want}: BPF cannot be used here"))?;
             tracing::info!("data plane: {want} (as configured)");
             Ok(want)
@@ -226,7 +228,10 @@ impl Engine {
         for p in r.ports() {
             if let Some(t) = host.link(&p.tap()).await? {
                 // A VLAN tag must reach the programs in the frame itself.
-                if crate::ethtool::disable(&t.name, &crate::ethtool::VLAN_TX_OFFLOADS)? {
+                if crate::backend::ethtool::disable(
+                    &t.name,
+                    &crate::backend::ethtool::VLAN_TX_OFFLOADS,
+                )? {
                     ch.items
                         .push(format!("{}: VLAN insertion moved to software", t.name));
                 }
@@ -235,7 +240,7 @@ impl Engine {
         }
         b.attach_taps(&taps)?;
         b.sync_neighbours(&ns).await?;
-        let inode = std::fs::metadata(crate::netns::path(&ns))
+        let inode = std::fs::metadata(crate::backend::netns::path(&ns))
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
         let fresh = self
             .watchers

@@ -18,9 +18,12 @@ use ipnet::IpNet;
 use router_common::counters::Outcome;
 
 use crate::{
+    backend::{
+        netlink::{Nl, Via, WantRoute},
+        netns,
+    },
     config::node::Dataplane,
-    netlink::{Nl, Via, WantRoute},
-    netns, probe,
+    probe,
 };
 
 /// The article's router, with IDs (UUIDs, as Neutron's) made unique per run
@@ -321,7 +324,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
 /// translated anything (it should not have): None on the iptables plane.
 fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xrdemo-{tag}"));
-    let counters = crate::ebpf::pinned::counters(&pin_dir, &router_id(tag)).ok()?;
+    let counters = crate::backend::bpf::pinned::counters(&pin_dir, &router_id(tag)).ok()?;
     let get = |o: Outcome| {
         counters
             .iter()

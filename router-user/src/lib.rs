@@ -1,18 +1,20 @@
-//! xrouter's controller: config, control plane, data planes, daemon and CLI.
-pub mod bpf;
+//! xrouter's controller, in layers:
+//!
+//! - `config` reads the routers file and the node config into `model`
+//!   (validated routers);
+//! - `desired` states what one router must be, on a data plane (pure);
+//! - `plan` compares that with what the kernel has and lists the actions
+//!   (pure);
+//! - `backend` carries actions out and reads the kernel back;
+//! - `engine` runs observe → plan → execute per router and records what was
+//!   applied; `daemon` drives it (reloads, resyncs, the control socket);
+//! - `show`, `control`, `demo` and the CLI serve the operator.
+pub mod backend;
 pub mod config;
-pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod demo;
-pub mod ebpf;
-pub mod ethtool;
-pub mod garp;
-pub mod iptables;
 pub mod model;
-pub mod netlink;
-pub mod netns;
-pub mod nft;
 pub mod probe;
 pub mod reconcile;
 pub mod show;

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::netns;
+use crate::backend::netns;
 
 /// A server in a namespace answering each connection with "<peer ip>\n".
 pub struct Server {

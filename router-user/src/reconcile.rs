@@ -14,11 +14,13 @@ use rtnetlink::packet_route::link::InfoKind;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    backend::{
+        conntrack, garp, iptables,
+        netlink::{Nl, Via, WantRoute},
+        netns, nft,
+    },
     config::node::NodeConfig,
-    conntrack, garp, iptables,
     model::{Port, Role, Router},
-    netlink::{Nl, Via, WantRoute},
-    netns, nft,
 };
 
 /// Sysctls Neutron sets in a router namespace. The conntrack one exists only

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
+    backend::netns,
     config::node::{Dataplane, NodeConfig},
     model::{Role, Router},
-    netns,
     state::State,
 };
 
@@ -185,7 +185,7 @@ pub fn flows(
     let mut o = String::new();
     let mut all = serde_json::Map::new();
     for r in bpf_routers(state, only)? {
-        let flows = crate::ebpf::pinned::flows(&node.pin_dir, &r.id)?;
+        let flows = crate::backend::bpf::pinned::flows(&node.pin_dir, &r.id)?;
         if json {
             all.insert(r.id.clone(), serde_json::to_value(&flows)?);
             continue;
@@ -211,8 +211,8 @@ pub fn stats(
     let mut o = String::new();
     let mut all = serde_json::Map::new();
     for r in bpf_routers(state, only)? {
-        let counters = crate::ebpf::pinned::counters(&node.pin_dir, &r.id)?;
-        let events = crate::ebpf::pinned::events(&node.pin_dir, &r.id)?;
+        let counters = crate::backend::bpf::pinned::counters(&node.pin_dir, &r.id)?;
+        let events = crate::backend::bpf::pinned::events(&node.pin_dir, &r.id)?;
         if json {
             let mut m: serde_json::Map<String, serde_json::Value> = counters
                 .iter()

@@ -23,7 +23,7 @@ use router_common::{
     },
     route::Route,
 };
-use router_user::{bpf::OBJECT, netns};
+use router_user::backend::{bpf::object::OBJECT, netns};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -36,8 +36,9 @@ impl BulkServer {
     /// Listens on `0.0.0.0:port` in `ns`.
     pub fn start(ns: &str, port: u16) -> Result<BulkServer> {
         let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-        let listener = router_user::netns::run_in(Some(ns), move || TcpListener::bind(addr))?
-            .with_context(|| format!("binding TCP {addr} in {ns}"))?;
+        let listener =
+            router_user::backend::netns::run_in(Some(ns), move || TcpListener::bind(addr))?
+                .with_context(|| format!("binding TCP {addr} in {ns}"))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();

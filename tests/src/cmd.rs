@@ -118,7 +118,7 @@ pub fn command(ns: Option<&str>, program: &str, args: &[&str]) -> Result<Command
     let mut cmd = Command::new(program);
     cmd.args(args);
     if let Some(ns) = ns {
-        router_user::netns::command_in(ns, &mut cmd)?;
+        router_user::backend::netns::command_in(ns, &mut cmd)?;
     }
     Ok(cmd)
 }

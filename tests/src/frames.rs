@@ -150,7 +150,7 @@ pub fn truncated(frame: &[u8], l4_bytes: usize) -> Vec<u8> {
 fn packet_socket(ns: &str, dev: &str) -> Result<OwnedFd> {
     let dev = dev.to_string();
     let ns2 = ns.to_string();
-    router_user::netns::run_in(Some(ns), move || -> Result<OwnedFd> {
+    router_user::backend::netns::run_in(Some(ns), move || -> Result<OwnedFd> {
         // SAFETY: plain socket(2); the fd is owned right away.
         let fd = unsafe {
             libc::socket(

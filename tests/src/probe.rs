@@ -76,7 +76,7 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 }
 
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    router_user::netns::run_in(Some(ns), f)
+    router_user::backend::netns::run_in(Some(ns), f)
 }
 
 /// A TCP echo-who server in a namespace, stopped on drop.

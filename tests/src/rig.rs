@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Result;
 use nix::{sys::signal, unistd::Pid};
-use router_user::{config::node::Dataplane, netns};
+use router_user::{backend::netns, config::node::Dataplane};
 use serde_json::Value;
 
 use crate::{

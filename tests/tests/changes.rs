@@ -210,7 +210,7 @@ fn router_deleted(plane: Dataplane) {
     let gone = rig.routers.remove(0);
     let kept = rig.routers[0].clone();
     c.ok(
-        router_user::netns::exists(&gone.namespace()),
+        router_user::backend::netns::exists(&gone.namespace()),
         "before: first router's namespace exists",
         (),
     );
@@ -245,7 +245,7 @@ fn router_deleted(plane: Dataplane) {
     }
     rig.apply();
     c.ok(
-        !router_user::netns::exists(&gone.namespace()),
+        !router_user::backend::netns::exists(&gone.namespace()),
         "after: its namespace is gone",
         gone.namespace(),
     );
@@ -269,7 +269,7 @@ fn router_deleted(plane: Dataplane) {
         );
     }
     c.ok(
-        router_user::netns::exists(&kept.namespace()),
+        router_user::backend::netns::exists(&kept.namespace()),
         "after: the other router's namespace stays",
         (),
     );
@@ -317,14 +317,14 @@ fn namespace_rebuilt(plane: Dataplane) {
         .unwrap();
     assert!(out.status.success(), "ip netns del: {out:?}");
     assert!(
-        !router_user::netns::exists(&rns),
+        !router_user::backend::netns::exists(&rns),
         "{rns} still there after ip netns del"
     );
     let t0 = Instant::now();
     // The deleted namespace may live on unnamed while something holds it
     // (and forward meanwhile), so wait for the named one first.
     let back = wait_until(Duration::from_secs(8), Duration::from_millis(100), || {
-        router_user::netns::exists(&rns)
+        router_user::backend::netns::exists(&rns)
     });
     c.ok(back, "the namespace is back within 8 s", t0.elapsed());
     let works = wait_until(Duration::from_secs(5), Duration::from_millis(200), || {

@@ -109,7 +109,7 @@ fn hosts_on_a_bridge_talk() {
         c.finish();
     }
     for ns in [&node, &a_ns, &b_ns] {
-        assert!(!router_user::netns::exists(ns), "{ns} left behind");
+        assert!(!router_user::backend::netns::exists(ns), "{ns} left behind");
     }
 }
 
@@ -128,5 +128,8 @@ fn teardown_after_panic() {
     assert!(r.is_err());
     let node = node.lock().unwrap().clone();
     assert!(!node.is_empty());
-    assert!(!router_user::netns::exists(&node), "{node} left behind");
+    assert!(
+        !router_user::backend::netns::exists(&node),
+        "{node} left behind"
+    );
 }

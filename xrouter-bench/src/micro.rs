@@ -29,7 +29,7 @@ use serde_json::json;
 
 use super::{Opts, progs::in_ns};
 use crate::OBJECT;
-use router_user::netns;
+use router_user::backend::netns;
 
 const MAC_QR1: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
 const MAC_QR2: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 2];

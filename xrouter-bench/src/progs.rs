@@ -90,7 +90,7 @@ where
 
 /// Runs `f` on a thread inside namespace `ns`.
 pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = router_user::netns::open(ns)?;
+    let file = router_user::backend::netns::open(ns)?;
     std::thread::scope(|s| {
         s.spawn(move || -> Result<T> {
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {ns}"))?;
@@ -210,7 +210,7 @@ impl Progs {
     /// (which may change while it runs).
     pub fn start(&mut self, ns: &str, cpu: usize, frame: u16) -> Result<Running> {
         let mut ebpf = self.generator.take().context("generator already running")?;
-        let file = router_user::netns::open(ns)?;
+        let file = router_user::backend::netns::open(ns)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let handle = std::thread::spawn(move || {

@@ -34,7 +34,7 @@ use super::{
     progs::{PROG_PASS, PROG_REDIRECT, PROG_SINK, Progs, in_ns},
     report::SweepStep,
 };
-use router_user::netns;
+use router_user::backend::netns;
 
 const NET_A: &str = "10.91.1";
 const NET_B: &str = "10.91.2";
@@ -120,7 +120,7 @@ struct Snap {
 
 fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
     let outcomes = match t.counters {
-        Some((dir, id)) => router_user::ebpf::pinned::counters(dir, id)?
+        Some((dir, id)) => router_user::backend::bpf::pinned::counters(dir, id)?
             .into_iter()
             .map(|(o, c)| (o.name().to_string(), c.packets))
             .collect(),

@@ -102,7 +102,7 @@ fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2] {
 }
 
 fn open_ct(maps: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
-    let p = maps.join(router_user::ebpf::XR_CT);
+    let p = maps.join(router_user::backend::bpf::XR_CT);
     let m = MapData::from_pin(&p).with_context(|| format!("opening {}", p.display()))?;
     Ok(HashMap::try_from(Map::HashMap(m))?)
 }
@@ -112,7 +112,7 @@ fn open_ct(maps: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
 fn fill(maps: &Path, n: u32, what: &str) -> Result<Duration> {
     let mut ct = open_ct(maps)?;
     let gw = rig::gateway_ip();
-    let now = router_user::ebpf::monotonic_ns();
+    let now = router_user::backend::bpf::monotonic_ns();
     let t0 = Instant::now();
     for i in 0..n {
         if i % 16_384 == 0 {
@@ -148,10 +148,10 @@ fn scan(maps: &Path) -> Result<(Duration, usize)> {
         maps.file_name().context("router id")?,
     );
     let t0 = Instant::now();
-    router_user::ebpf::pinned::gc(
+    router_user::backend::bpf::pinned::gc(
         pin_dir,
         &id.to_string_lossy(),
-        router_user::ebpf::monotonic_ns(),
+        router_user::backend::bpf::monotonic_ns(),
     )?;
     let took = t0.elapsed();
     let entries = open_ct(maps)?.keys().count();
@@ -236,7 +236,7 @@ fn memory(maps: &Path) -> Result<(u64, u32, u64)> {
         };
         let b = memlock(&m)?;
         all += b;
-        if e.file_name() == router_user::ebpf::XR_CT {
+        if e.file_name() == router_user::backend::bpf::XR_CT {
             ct = b;
             entries = m.info()?.max_entries();
         }

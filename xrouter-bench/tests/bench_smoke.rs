@@ -109,7 +109,7 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
     assert!(stdout.contains("east-west"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
     // Nothing of the rig is left.
-    let left: Vec<String> = router_user::netns::list()
+    let left: Vec<String> = router_user::backend::netns::list()
         .unwrap()
         .into_iter()
         .filter(|n| {

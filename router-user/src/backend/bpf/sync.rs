@@ -24,9 +24,9 @@ use router_common::{
 
 use super::{BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_LOCAL, XR_PORTS, XR_ROUTES};
 use crate::{
+    backend::netlink::Via,
     config::node::NodeConfig,
     model::{Role, Router},
-    netlink::Via,
     reconcile::wanted_routes,
 };
 

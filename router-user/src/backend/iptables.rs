@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-use crate::{config::node::NodeConfig, model::Router, netns};
+use crate::{backend::netns, config::node::NodeConfig, model::Router};
 
 /// Neutron's wrapped-chain prefix (`neutron-<binary name>-`).
 const PREFIX: &str = "neutron-l3-agent-";
@@ -107,7 +107,7 @@ pub fn ruleset(router: &Router, node: &NodeConfig) -> String {
 }
 
 /// The kernel's copy of the rules on the eBPF planes: Neutron's rule set
-/// without the per-floating-IP rules, which [`crate::nft`] keeps as two
+/// without the per-floating-IP rules, which [`crate::backend::nft`] keeps as two
 /// maps instead (30,000 rules for 10,000 floating IPs cost iptables-restore
 /// most of a second; map elements cost almost nothing).
 pub fn ruleset_without_fips(router: &Router, node: &NodeConfig) -> String {

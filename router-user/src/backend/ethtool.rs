@@ -127,19 +127,19 @@ mod tests {
     fn vlan_insertion_goes_to_software() {
         crate::testing::require_root();
         let ns = format!("xrt-eth-{}", std::process::id());
-        crate::netns::create(&ns).unwrap();
+        crate::backend::netns::create(&ns).unwrap();
         struct Gone(String);
         impl Drop for Gone {
             fn drop(&mut self) {
-                let _ = crate::netns::delete(&self.0);
+                let _ = crate::backend::netns::delete(&self.0);
             }
         }
         let _g = Gone(ns.clone());
         let mut c = std::process::Command::new("ip");
         c.args(["link", "add", "a0", "type", "veth", "peer", "name", "a1"]);
-        crate::netns::command_in(&ns, &mut c).unwrap();
+        crate::backend::netns::command_in(&ns, &mut c).unwrap();
         assert!(c.status().unwrap().success());
-        let r = crate::netns::run_in(Some(&ns), || {
+        let r = crate::backend::netns::run_in(Some(&ns), || {
             let before = active("a0", &VLAN_TX_OFFLOADS).unwrap();
             let changed = disable("a0", &VLAN_TX_OFFLOADS).unwrap();
             let after = active("a0", &VLAN_TX_OFFLOADS).unwrap();

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{model::Mac, netns};
+use crate::{backend::netns, model::Mac};
 
 /// Number of announcement rounds.
 pub const ROUNDS: u32 = 3;

@@ -744,7 +744,7 @@ pub mod pinned {
     };
 
     use super::{Flow, HashMap};
-    use crate::ebpf::{CT_MAPS, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW};
+    use crate::backend::bpf::{CT_MAPS, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW};
 
     fn open(pin_dir: &Path, router_id: &str, name: &str) -> Result<MapData> {
         let p = pin_dir.join(router_id).join(name);

@@ -99,7 +99,7 @@ fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
 }
 
 impl BpfRouter {
-    /// Loads the embedded object ([`crate::bpf::OBJECT`]) for router
+    /// Loads the embedded object ([`crate::backend::bpf::object::OBJECT`]) for router
     /// `router_id`: the established connections' table sized for
     /// `ct_connections` connections (two entries each), the embryonic one
     /// for a quarter as many ([`embryonic_connections`]), every map pinned as
@@ -159,7 +159,7 @@ impl BpfRouter {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .load(crate::bpf::OBJECT)
+            .load(crate::backend::bpf::object::OBJECT)
             .with_context(|| format!("router {router_id}: loading the BPF object"))?;
         for name in MAP_NAMES {
             if ebpf.map(name).is_none() {

@@ -18,7 +18,7 @@ use rtnetlink::{
 };
 
 use super::{BpfRouter, XR_NEIGH, sync::sync_hash};
-use crate::netlink::Nl;
+use crate::backend::netlink::Nl;
 
 /// Whether a neighbour in `state` has a MAC worth forwarding to.
 fn usable(state: NeighbourState) -> bool {
@@ -133,7 +133,7 @@ pub async fn watch(
     router_id: &str,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let rt = tokio::runtime::Handle::current();
-    let (conn, _handle, mut events) = crate::netns::run_in(Some(ns), move || {
+    let (conn, _handle, mut events) = crate::backend::netns::run_in(Some(ns), move || {
         let _guard = rt.enter();
         rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
     })?

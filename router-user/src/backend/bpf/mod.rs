@@ -22,11 +22,13 @@
 //! - `sync.rs`: the router's desired state into the maps.
 //! - `neigh.rs`: the kernel neighbour table into `XR_NEIGH`.
 //! - `flows.rs`: connection table (listing, expiry, flush) and counters.
+//! - `object.rs`: the embedded BPF object and a check that it loads.
 
 mod attach;
 mod flows;
 mod load;
 mod neigh;
+pub mod object;
 mod sync;
 
 #[cfg(test)]
@@ -217,10 +219,10 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Runs `f` on a scoped thread that joined network namespace `ns`, so `f`
-/// may borrow from the caller (unlike [`crate::netns::run_in`]). Device
+/// may borrow from the caller (unlike [`crate::backend::netns::run_in`]). Device
 /// names and ifindexes (BPF link creation included) resolve in `ns` there.
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = crate::netns::open(ns)?;
+    let file = crate::backend::netns::open(ns)?;
     std::thread::scope(|s| {
         s.spawn(move || -> Result<T> {
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET)

@@ -37,7 +37,7 @@ use serde_json::Value;
 use ipnet::IpNet;
 use router_common::config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED};
 
-use crate::{model::Router, netns};
+use crate::{backend::netns, model::Router};
 
 /// The table's name (family `ip`).
 pub const TABLE: &str = "xrouter";
@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn no_gateway_no_translation_but_the_handoff_rules() {
-        let mut r = crate::iptables::tests::example();
+        let mut r = crate::backend::iptables::tests::example();
         r.gateway = None;
         let w = want(&r);
         assert!(w.dnat.is_empty() && w.snat.is_empty());
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn leaks_guard_follows_enable_snat() {
-        let mut r = crate::iptables::tests::example();
+        let mut r = crate::backend::iptables::tests::example();
         let qg = r.gateway.as_ref().unwrap().port.device();
         let guard = |r: &Router| {
             want(r)
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn maps_follow_the_floating_ips() {
-        let r = crate::iptables::tests::example();
+        let r = crate::backend::iptables::tests::example();
         let w = want(&r);
         assert_eq!(w.dnat.len(), r.floating_ips.len());
         for f in &r.floating_ips {
@@ -434,10 +434,10 @@ mod tests {
     /// namespace; a second apply of the same router changes nothing.
     #[test]
     fn apply_in_namespace() {
-        let Some(ns) = crate::iptables::tests::ScratchNs::new("nft", "nft") else {
+        let Some(ns) = crate::backend::iptables::tests::ScratchNs::new("nft", "nft") else {
             return;
         };
-        let mut r = crate::iptables::tests::example();
+        let mut r = crate::backend::iptables::tests::example();
         assert!(apply(&ns.0, &r).unwrap(), "first apply creates the table");
         assert!(!apply(&ns.0, &r).unwrap(), "second apply is a no-op");
         let have = read(&ns.0).unwrap().unwrap();

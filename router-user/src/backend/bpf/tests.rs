@@ -75,7 +75,7 @@ struct Ns(String);
 impl Ns {
     fn new() -> Ns {
         let name = unique("ns");
-        crate::netns::create(&name).unwrap();
+        crate::backend::netns::create(&name).unwrap();
         Ns(name)
     }
 
@@ -121,7 +121,7 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = crate::netns::delete(&self.0);
+        let _ = crate::backend::netns::delete(&self.0);
     }
 }
 

@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::netns;
+use crate::backend::netns;
 
 /// Deletes every conntrack entry to or from `ip` in namespace `ns`; returns
 /// how many were deleted.
@@ -93,7 +93,7 @@ fn deleted(stderr: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iptables::tests::ScratchNs;
+    use crate::backend::iptables::tests::ScratchNs;
 
     #[test]
     fn parses_summary() {
@@ -128,8 +128,8 @@ mod tests {
         netns::command_in(&ns.0, &mut lo).unwrap();
         assert!(lo.status().unwrap().success());
         // The NAT rules make the namespace track connections.
-        let router = crate::iptables::tests::example();
-        crate::iptables::apply(&ns.0, &router, &Default::default()).unwrap();
+        let router = crate::backend::iptables::tests::example();
+        crate::backend::iptables::apply(&ns.0, &router, &Default::default()).unwrap();
 
         let send = |dst: &'static str| {
             netns::run_in(Some(&ns.0), move || {

@@ -39,7 +39,7 @@ impl Nl {
     /// thread that joined it, and stays there).
     pub async fn open(ns: Option<&str>) -> Result<Nl> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = crate::netns::run_in(ns, move || {
+        let (conn, handle, _) = crate::backend::netns::run_in(ns, move || {
             let _guard = rt.enter();
             rtnetlink::new_connection()
         })??;
@@ -98,7 +98,7 @@ impl Nl {
 
     /// Moves a link into the namespace `target`.
     pub async fn move_to(&self, index: u32, target: &str) -> Result<()> {
-        let f = crate::netns::open(target)?;
+        let f = crate::backend::netns::open(target)?;
         self.handle
             .link()
             .set(
