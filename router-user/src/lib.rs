@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod desired;
 pub mod model;
 pub mod probe;
 pub mod reconcile;

@@ -4,7 +4,7 @@
 //! changes nothing and a resync repairs what was removed behind our back.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     backend::{
         conntrack, garp, iptables,
-        netlink::{Nl, Via, WantRoute},
+        netlink::{Nl, Via},
         netns, nft,
     },
     config::node::NodeConfig,
@@ -134,11 +134,14 @@ impl<'a> Reconciler<'a> {
         // planes keep them for what the programs hand to the kernel, with
         // the per-floating-IP rules as nftables maps (see `nft`).
         let (rules_changed, fip_table) = if self.floating_addresses {
-            let rules = iptables::ruleset(r, self.node);
+            let rules = crate::desired::iptables::ruleset(r, self.node);
             (iptables::apply_text(&ns, &rules)?, nft::clear(&ns)?)
         } else {
-            let rules = iptables::ruleset_without_fips(r, self.node);
-            (iptables::apply_text(&ns, &rules)?, nft::apply(&ns, r)?)
+            let rules = crate::desired::iptables::ruleset_without_fips(r, self.node);
+            (
+                iptables::apply_text(&ns, &rules)?,
+                nft::apply(&ns, &crate::desired::nft::want(r))?,
+            )
         };
         if rules_changed {
             ch.note(format!("{ns}: iptables rules updated"));
@@ -366,73 +369,13 @@ async fn ensure_addresses(
     Ok(added)
 }
 
-/// The routes a router wants, as Neutron builds them.
-pub fn wanted_routes(r: &Router) -> Vec<WantRoute> {
-    let mut out = Vec::new();
-    if let Some(g) = &r.gateway {
-        let qg = g.port.device();
-        let connected: Vec<IpNet> = g.port.addresses.iter().map(|a| a.trunc()).collect();
-        for net in &g.extra_subnets {
-            out.push(WantRoute {
-                dst: *net,
-                via: Via::Device,
-                dev: Some(qg.clone()),
-            });
-        }
-        for gw in g.default_gateways() {
-            // A gateway outside the port's subnets gets an on-link host route.
-            if !connected.iter().any(|c| c.contains(&gw))
-                && !g.extra_subnets.iter().any(|c| c.contains(&gw))
-            {
-                let host =
-                    IpNet::new(gw, if gw.is_ipv4() { 32 } else { 128 }).expect("host prefix");
-                out.push(WantRoute {
-                    dst: host,
-                    via: Via::Device,
-                    dev: Some(qg.clone()),
-                });
-            }
-            let any = if gw.is_ipv4() {
-                IpNet::V4(Default::default())
-            } else {
-                IpNet::V6(Default::default())
-            };
-            out.push(WantRoute {
-                dst: any,
-                via: Via::Gateways(vec![gw]),
-                dev: Some(qg.clone()),
-            });
-        }
-    }
-    // Extra routes sharing a destination become one ECMP route.
-    let mut by_dst: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
-    for e in &r.routes {
-        let hops = by_dst.entry(e.destination).or_default();
-        if !hops.contains(&e.nexthop) {
-            hops.push(e.nexthop);
-        }
-    }
-    for (dst, mut hops) in by_dst {
-        hops.sort();
-        // An extra route for the default destination would fight the
-        // gateway's; Neutron lets the extra route win, and so do we.
-        out.retain(|w| w.dst != dst);
-        out.push(WantRoute {
-            dst,
-            via: Via::Gateways(hops),
-            dev: None,
-        });
-    }
-    out
-}
-
 async fn ensure_routes(nl: &Nl, ns: &str, r: &Router, ch: &mut Changes) -> Result<()> {
     let links = nl.links().await?;
     let index_of = |dev: &Option<String>| {
         dev.as_ref()
             .and_then(|d| links.iter().find(|l| &l.name == d).map(|l| l.index))
     };
-    let want = wanted_routes(r);
+    let want = crate::desired::routes::wanted_routes(r);
     let want_keys: Vec<_> = want.iter().map(|w| w.key(index_of(&w.dev))).collect();
     let have = nl.static_routes().await?;
     for (key, msg) in &have {

@@ -93,7 +93,7 @@ fn deleted(stderr: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::iptables::tests::ScratchNs;
+    use crate::testing::ScratchNs;
 
     #[test]
     fn parses_summary() {
@@ -128,8 +128,12 @@ mod tests {
         netns::command_in(&ns.0, &mut lo).unwrap();
         assert!(lo.status().unwrap().success());
         // The NAT rules make the namespace track connections.
-        let router = crate::backend::iptables::tests::example();
-        crate::backend::iptables::apply(&ns.0, &router, &Default::default()).unwrap();
+        let router = crate::testing::example();
+        crate::backend::iptables::apply_text(
+            &ns.0,
+            &crate::desired::iptables::ruleset(&router, &Default::default()),
+        )
+        .unwrap();
 
         let send = |dst: &'static str| {
             netns::run_in(Some(&ns.0), move || {

@@ -4,6 +4,8 @@
 use std::{collections::BTreeSet, net::IpAddr, os::fd::AsRawFd};
 
 use anyhow::{Context as _, Result, anyhow};
+
+pub use crate::desired::routes::{Via, WantRoute};
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use rtnetlink::{
@@ -323,39 +325,6 @@ fn link_of(m: &LinkMessage) -> Link {
         }
     }
     l
-}
-
-/// How a route reaches its destination.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Via {
-    /// On-link through the route's device.
-    Device,
-    /// Through one or more (ECMP) gateways.
-    Gateways(Vec<IpAddr>),
-}
-
-/// A route as the control plane wants it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct WantRoute {
-    pub dst: IpNet,
-    pub via: Via,
-    /// Device name for on-link routes and the default route.
-    pub dev: Option<String>,
-}
-
-impl std::fmt::Display for WantRoute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.dst)?;
-        if let Via::Gateways(g) = &self.via {
-            for g in g {
-                write!(f, " via {g}")?;
-            }
-        }
-        if let Some(d) = &self.dev {
-            write!(f, " dev {d}")?;
-        }
-        Ok(())
-    }
 }
 
 /// Comparable identity of an installed route: destination, gateways (sorted)

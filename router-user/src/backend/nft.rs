@@ -29,153 +29,15 @@
 //! wins, so iptables' gateway SNAT only sees what this table left alone.
 //! The iptables plane keeps Neutron's own rules and no such table.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use ipnet::IpNet;
-use router_common::config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED};
-
-use crate::{backend::netns, model::Router};
-
-/// The table's name (family `ip`).
-pub const TABLE: &str = "xrouter";
-const DNAT_MAP: &str = "fip-dnat";
-const SNAT_MAP: &str = "fip-snat";
-
-/// Floating IP -> fixed IP, and back.
-type Pairs = BTreeMap<Ipv4Addr, Ipv4Addr>;
-
-/// What the table must hold for one router.
-#[derive(Debug, PartialEq)]
-struct Want {
-    rules: Vec<Rule>,
-    dnat: Pairs,
-    snat: Pairs,
-}
-
-/// One rule: its chain, its text, and the comment that identifies it when
-/// read back (the comment names everything the rule depends on).
-#[derive(Debug, PartialEq)]
-struct Rule {
-    chain: &'static str,
-    text: String,
-    comment: String,
-}
-
-/// The base chains: name, type, hook, priority (the NAT ones one below
-/// iptables' nat chains; `handoff` before defragmentation and conntrack;
-/// `leaks` after every SNAT).
-const CHAINS: [(&str, &str, &str, &str); 6] = [
-    ("handoff", "filter", "prerouting", "-450"),
-    ("prerouting", "nat", "prerouting", "dstnat - 1"),
-    ("output", "nat", "output", "-101"),
-    ("postrouting", "nat", "postrouting", "srcnat - 1"),
-    ("answers", "filter", "forward", "filter"),
-    ("leaks", "filter", "postrouting", "300"),
-];
-
-/// A short digest of a rule's text, in its comment: a rule changed behind
-/// our back (or by a new router dict) no longer matches its comment.
-fn digest(text: &str) -> String {
-    // FNV-1a, 32 bits: a change detector, not a security measure.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in text.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
-}
-
-/// `meta mark` test of the programs' marks (Neutron's low 16 bits aside).
-fn mark(op: &str, m: u32) -> String {
-    format!("meta mark & {MARK_MASK:#010x} {op} {m:#010x}")
-}
-
-/// What the table holds for a router. Without a gateway no floating IP is
-/// translated (as in Neutron, whose FIP rules exist only with a gateway):
-/// the maps stay empty, and the handoff rules are all there is.
-fn want(router: &Router) -> Want {
-    let fips = || {
-        router
-            .floating_ips
-            .iter()
-            .filter(|_| router.gateway.is_some())
-    };
-    let dnat: Pairs = fips().map(|f| (f.floating_ip, f.fixed_ip)).collect();
-    let snat: Pairs = fips().map(|f| (f.fixed_ip, f.floating_ip)).collect();
-    let rule = |chain, text: String, label: &str| Rule {
-        chain,
-        comment: format!("{label} {}", digest(&text)),
-        text,
-    };
-    let mut rules = vec![
-        rule(
-            "handoff",
-            format!("{} notrack", mark("==", MARK_TRANSLATED)),
-            "translated by the programs: forward untracked",
-        ),
-        rule(
-            "answers",
-            format!("{} counter drop", mark("==", MARK_ANSWER_ONLY)),
-            "handed up to be answered: never forwarded",
-        ),
-    ];
-    if let Some(gw) = router.gateway.as_ref() {
-        let qg = gw.port.device();
-        rules.extend([
-            rule(
-                "prerouting",
-                format!("dnat to ip daddr map @{DNAT_MAP}"),
-                "floating IP DNAT",
-            ),
-            rule(
-                "output",
-                format!("dnat to ip daddr map @{DNAT_MAP}"),
-                "floating IP DNAT, router's own traffic",
-            ),
-            rule(
-                "postrouting",
-                format!("oifname != \"{qg}\" ct status & dnat == 0 accept"),
-                "east-west stays untranslated unless DNATed",
-            ),
-            rule(
-                "postrouting",
-                format!("snat to ip saddr map @{SNAT_MAP} fully-random"),
-                "floating IP SNAT",
-            ),
-        ]);
-        // Sources SNAT applies to: every tenant address with gateway SNAT,
-        // else the fixed IPs that have a floating IP.
-        let tenant = if router.enable_snat {
-            let nets: Vec<String> = router
-                .interfaces
-                .iter()
-                .flat_map(|p| p.subnets.iter().map(|s| s.cidr))
-                .chain(router.routes.iter().map(|r| r.destination))
-                .filter(|n| matches!(n, IpNet::V4(_)))
-                .map(|n| n.trunc().to_string())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            (!nets.is_empty()).then(|| format!("{{ {} }}", nets.join(", ")))
-        } else {
-            (!snat.is_empty()).then(|| format!("@{SNAT_MAP}"))
-        };
-        if let Some(set) = tenant {
-            rules.push(rule(
-                "leaks",
-                format!(
-                    "oifname \"{qg}\" ct state invalid,untracked {} ip saddr {set} counter drop",
-                    mark("!=", MARK_TRANSLATED)
-                ),
-                "no tenant address leaves untranslated",
-            ));
-        }
-    }
-    Want { rules, dnat, snat }
-}
+use crate::{
+    backend::netns,
+    desired::nft::{CHAINS, DNAT_MAP, Pairs, SNAT_MAP, TABLE, Want},
+};
 
 /// The elements of a map, as nft input: `a : b, c : d`.
 fn elements(pairs: &Pairs) -> String {
@@ -313,10 +175,9 @@ fn read(ns: &str) -> Result<Option<Have>> {
 /// Makes the `ip xrouter` table of `ns` translate `router`'s floating IPs.
 /// Only the difference is written, in one transaction. Returns whether
 /// anything changed.
-pub fn apply(ns: &str, router: &Router) -> Result<bool> {
-    let w = want(router);
+pub fn apply(ns: &str, w: &Want) -> Result<bool> {
     let script = match read(ns)? {
-        Some(have) if skeleton_matches(&have, &w) => {
+        Some(have) if skeleton_matches(&have, w) => {
             let empty = Pairs::new();
             let get = |m| have.maps.get(m).unwrap_or(&empty);
             // SNAT elements go first when removed and last when added, so
@@ -325,7 +186,7 @@ pub fn apply(ns: &str, router: &Router) -> Result<bool> {
             element_diff(SNAT_MAP, get(SNAT_MAP), &w.snat)
                 + &element_diff(DNAT_MAP, get(DNAT_MAP), &w.dnat)
         }
-        _ => full_table(&w),
+        _ => full_table(w),
     };
     if script.is_empty() {
         return Ok(false);
@@ -347,6 +208,7 @@ pub fn clear(ns: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{desired::nft::want, testing::example};
 
     fn pairs(p: &[(&str, &str)]) -> Pairs {
         p.iter()
@@ -355,57 +217,8 @@ mod tests {
     }
 
     #[test]
-    fn no_gateway_no_translation_but_the_handoff_rules() {
-        let mut r = crate::backend::iptables::tests::example();
-        r.gateway = None;
-        let w = want(&r);
-        assert!(w.dnat.is_empty() && w.snat.is_empty());
-        let chains: Vec<&str> = w.rules.iter().map(|r| r.chain).collect();
-        assert_eq!(chains, ["handoff", "answers"]);
-        let text = full_table(&w);
-        assert!(
-            text.contains("meta mark & 0xffff0000 == 0x78720000 notrack"),
-            "{text}"
-        );
-        assert!(
-            text.contains("type filter hook prerouting priority -450"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn leaks_guard_follows_enable_snat() {
-        let mut r = crate::backend::iptables::tests::example();
-        let qg = r.gateway.as_ref().unwrap().port.device();
-        let guard = |r: &Router| {
-            want(r)
-                .rules
-                .into_iter()
-                .find(|x| x.chain == "leaks")
-                .map(|x| x.text)
-        };
-        r.enable_snat = true;
-        let g = guard(&r).unwrap();
-        assert!(
-            g.starts_with(&format!("oifname \"{qg}\" ct state invalid,untracked")),
-            "{g}"
-        );
-        for p in &r.interfaces {
-            for s in &p.subnets {
-                if s.cidr.addr().is_ipv4() {
-                    assert!(g.contains(&s.cidr.trunc().to_string()), "{g}");
-                }
-            }
-        }
-        r.enable_snat = false;
-        assert!(guard(&r).unwrap().contains("ip saddr @fip-snat"));
-        r.floating_ips.clear();
-        assert_eq!(guard(&r), None, "nothing is SNATed: nothing to guard");
-    }
-
-    #[test]
     fn maps_follow_the_floating_ips() {
-        let r = crate::backend::iptables::tests::example();
+        let r = example();
         let w = want(&r);
         assert_eq!(w.dnat.len(), r.floating_ips.len());
         for f in &r.floating_ips {
@@ -434,12 +247,15 @@ mod tests {
     /// namespace; a second apply of the same router changes nothing.
     #[test]
     fn apply_in_namespace() {
-        let Some(ns) = crate::backend::iptables::tests::ScratchNs::new("nft", "nft") else {
+        let Some(ns) = crate::testing::ScratchNs::new("nft", "nft") else {
             return;
         };
-        let mut r = crate::backend::iptables::tests::example();
-        assert!(apply(&ns.0, &r).unwrap(), "first apply creates the table");
-        assert!(!apply(&ns.0, &r).unwrap(), "second apply is a no-op");
+        let mut r = example();
+        assert!(
+            apply(&ns.0, &want(&r)).unwrap(),
+            "first apply creates the table"
+        );
+        assert!(!apply(&ns.0, &want(&r)).unwrap(), "second apply is a no-op");
         let have = read(&ns.0).unwrap().unwrap();
         let w = want(&r);
         assert!(skeleton_matches(&have, &w));
@@ -447,8 +263,8 @@ mod tests {
 
         // Move one floating IP to another fixed IP: elements change only.
         r.floating_ips[0].fixed_ip = "10.0.0.77".parse().unwrap();
-        assert!(apply(&ns.0, &r).unwrap());
-        assert!(!apply(&ns.0, &r).unwrap());
+        assert!(apply(&ns.0, &want(&r)).unwrap());
+        assert!(!apply(&ns.0, &want(&r)).unwrap());
         let have = read(&ns.0).unwrap().unwrap();
         assert_eq!(have.maps[DNAT_MAP], want(&r).dnat);
         assert_eq!(have.maps[SNAT_MAP], want(&r).snat);
@@ -461,12 +277,15 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(apply(&ns.0, &r).unwrap());
+        assert!(apply(&ns.0, &want(&r)).unwrap());
         assert!(skeleton_matches(&read(&ns.0).unwrap().unwrap(), &want(&r)));
 
         r.gateway = None;
-        assert!(apply(&ns.0, &r).unwrap(), "no gateway: NAT rules removed");
-        assert!(!apply(&ns.0, &r).unwrap());
+        assert!(
+            apply(&ns.0, &want(&r)).unwrap(),
+            "no gateway: NAT rules removed"
+        );
+        assert!(!apply(&ns.0, &want(&r)).unwrap());
         let have = read(&ns.0).unwrap().unwrap();
         assert!(have.chains["prerouting"].is_empty());
         assert_eq!(have.chains["handoff"].len(), 1);

@@ -1,33 +1,25 @@
-//! The router's desired state as map contents, and writing it: every map
-//! is read first and only differing entries are written or deleted.
+//! Writing a router's map contents (`desired::bpf`) into its maps, devices
+//! resolved to ifindexes: every map is read first and only differing
+//! entries are written or deleted.
 
-use std::{
-    collections::HashMap,
-    hash::Hash,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::HashMap, hash::Hash};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Pod,
     maps::{Array, Map, MapError, lpm_trie::Key, lpm_trie::LpmTrie},
 };
-use ipnet::{IpNet, Ipv4Net};
 use router_common::{
     config::{Ipv4, RouterConfig},
-    port::{
-        LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, PortInfo, ROLE_GATEWAY,
-        ROLE_INTERNAL,
-    },
+    port::{LocalAddr, PortInfo},
     route::{MAX_NEXTHOPS, Route},
 };
 
 use super::{BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_LOCAL, XR_PORTS, XR_ROUTES};
 use crate::{
-    backend::netlink::Via,
     config::node::NodeConfig,
-    model::{Role, Router},
-    reconcile::wanted_routes,
+    desired::bpf::{Maps, maps},
+    model::Router,
 };
 
 /// What the maps of a router should hold (all addresses network order).
@@ -48,176 +40,62 @@ pub struct Desired {
     pub config: RouterConfig,
 }
 
-fn v4(a: &IpNet) -> Option<Ipv4Net> {
-    match a {
-        IpNet::V4(n) => Some(*n),
-        IpNet::V6(_) => None,
+/// The maps' contents with devices resolved: `ifindex` maps device names
+/// inside the router namespace to their ifindex. A port whose device is
+/// missing is left out, and so are the next hops through it (a route left
+/// without one goes too).
+pub fn resolve(m: &Maps, ifindex: &HashMap<String, u32>) -> Desired {
+    let mut d = Desired {
+        local: m.local.clone(),
+        fip: m.fip.clone(),
+        fip_rev: m.fip_rev.clone(),
+        config: m.config,
+        ..Default::default()
+    };
+    for (dev, info) in &m.ports {
+        match ifindex.get(dev) {
+            Some(&i) => {
+                d.ports.insert(i, *info);
+            }
+            None => tracing::debug!("no ifindex for {dev}; port left out"),
+        }
     }
+    for (key, hops) in &m.routes {
+        if d.routes.contains_key(key) {
+            continue;
+        }
+        let mut r = Route::default();
+        for (gw, dev) in hops {
+            let Some(&i) = ifindex.get(dev) else { continue };
+            let n = r.count as usize;
+            if n == MAX_NEXTHOPS {
+                break;
+            }
+            r.gateways[n] = *gw;
+            r.ifindexes[n] = i;
+            r.count += 1;
+        }
+        if r.count > 0 {
+            d.routes.insert(*key, r);
+        }
+    }
+    d.config.gw_ifindex = m
+        .gw_dev
+        .as_ref()
+        .and_then(|g| ifindex.get(g).copied())
+        .unwrap_or(0);
+    d
 }
 
-fn ip(a: Ipv4Addr) -> Ipv4 {
-    Ipv4 { addr: a.octets() }
-}
-
-/// Computes a router's map contents. `ifindex` maps device names inside the
-/// router namespace to their ifindex; ports whose device is missing from it
-/// are left out (and so is what depends on them). `snat_ports` is the
-/// gateway SNAT port range (inclusive).
-///
-/// Routes: the connected subnet of each port address (on-link), then the
-/// IPv4 routes of [`wanted_routes`]: on-link ones through their device,
-/// gateway ones through the port whose connected subnet (or, failing that,
-/// on-link route) holds each next hop — next hops on no port are skipped
-/// (logged at debug), at most [`MAX_NEXTHOPS`] are kept. A connected subnet
-/// wins over a wanted route with the same destination.
+/// A router's map contents for the devices of `ifindex` (see
+/// [`crate::desired::bpf::maps`] and [`resolve`]).
 pub fn desired(
     router: &Router,
     node: &NodeConfig,
     ifindex: &HashMap<String, u32>,
     snat_ports: (u16, u16),
 ) -> Desired {
-    let mut d = Desired::default();
-    // (connected subnet, ifindex), in port order.
-    let mut connected: Vec<(Ipv4Net, u32)> = Vec::new();
-    for port in router.ports() {
-        let dev = port.device();
-        let Some(&idx) = ifindex.get(&dev) else {
-            tracing::debug!("router {}: no ifindex for {dev}; port left out", router.id);
-            continue;
-        };
-        d.ports.insert(
-            idx,
-            PortInfo {
-                addr: port.ipv4().map_or([0; 4], |a| a.octets()),
-                mac: port.mac.0,
-                role: match port.role {
-                    Role::Internal => ROLE_INTERNAL,
-                    Role::Gateway => ROLE_GATEWAY,
-                },
-                _pad: 0,
-                mtu: port.mtu,
-            },
-        );
-        for a in port.addresses.iter().filter_map(v4) {
-            d.local.insert(
-                LocalAddr {
-                    addr: a.addr().octets(),
-                },
-                LOCAL_ADDRESS,
-            );
-            // A directed broadcast is the kernel's (it does not forward
-            // them); /31 and /32 have none.
-            if a.prefix_len() < 31 {
-                d.local
-                    .entry(LocalAddr {
-                        addr: a.broadcast().octets(),
-                    })
-                    .or_insert(LOCAL_BROADCAST);
-            }
-            connected.push((a.trunc(), idx));
-        }
-    }
-    let on_link = |net: Ipv4Net, idx: u32| {
-        let mut r = Route {
-            count: 1,
-            ..Default::default()
-        };
-        r.ifindexes[0] = idx;
-        keyed(net, r)
-    };
-    let mut routes: Vec<((u32, [u8; 4]), Route)> =
-        connected.iter().map(|&(n, i)| on_link(n, i)).collect();
-
-    let wanted = wanted_routes(router);
-    // On-link wanted routes (IPv4) with their device's ifindex, for next
-    // hops outside every connected subnet.
-    let onlink: Vec<(Ipv4Net, u32)> = wanted
-        .iter()
-        .filter(|w| w.via == Via::Device)
-        .filter_map(|w| Some((v4(&w.dst)?, *ifindex.get(w.dev.as_ref()?)?)))
-        .collect();
-    let port_of = |hop: Ipv4Addr| -> Option<u32> {
-        let best = |set: &[(Ipv4Net, u32)]| {
-            set.iter()
-                .filter(|(n, _)| n.contains(&hop))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map(|&(_, i)| i)
-        };
-        best(&connected).or_else(|| best(&onlink))
-    };
-    for w in &wanted {
-        let Some(dst) = v4(&w.dst) else { continue };
-        match &w.via {
-            Via::Device => {
-                let Some(&idx) = w.dev.as_ref().and_then(|d| ifindex.get(d)) else {
-                    tracing::debug!("router {}: route {w}: device unknown; skipped", router.id);
-                    continue;
-                };
-                routes.push(on_link(dst, idx));
-            }
-            Via::Gateways(hops) => {
-                let mut r = Route::default();
-                for hop in hops {
-                    let IpAddr::V4(hop) = *hop else { continue };
-                    let Some(idx) = port_of(hop) else {
-                        tracing::debug!(
-                            "router {}: route {w}: next hop {hop} is on no port; skipped",
-                            router.id
-                        );
-                        continue;
-                    };
-                    let n = r.count as usize;
-                    if n == MAX_NEXTHOPS {
-                        tracing::debug!(
-                            "router {}: route {w}: more than {MAX_NEXTHOPS} next hops; {hop} dropped",
-                            router.id
-                        );
-                        continue;
-                    }
-                    r.gateways[n] = hop.octets();
-                    r.ifindexes[n] = idx;
-                    r.count += 1;
-                }
-                if r.count > 0 {
-                    routes.push(keyed(dst, r));
-                }
-            }
-        }
-    }
-    for (k, r) in routes {
-        d.routes.entry(k).or_insert(r);
-    }
-
-    for f in &router.floating_ips {
-        d.fip.insert(ip(f.fixed_ip), ip(f.floating_ip));
-        d.fip_rev.insert(ip(f.floating_ip), ip(f.fixed_ip));
-        d.local
-            .entry(LocalAddr {
-                addr: f.floating_ip.octets(),
-            })
-            .or_insert(LOCAL_FLOATING);
-    }
-
-    let gw = router.gateway.as_ref();
-    d.config = RouterConfig {
-        gw_addr: gw.and_then(|g| g.snat_ip()).map_or([0; 4], |a| a.octets()),
-        gw_ifindex: gw
-            .and_then(|g| ifindex.get(&g.port.device()).copied())
-            .unwrap_or(0),
-        enable_snat: u32::from(router.enable_snat && gw.is_some()),
-        port_min: snat_ports.0,
-        port_max: snat_ports.1,
-        metadata_port: node.metadata_port,
-        _pad: 0,
-        new_conn_rate: node.new_connection_rate,
-    };
-    d
-}
-
-/// A route keyed by its (truncated) destination.
-fn keyed(net: Ipv4Net, r: Route) -> ((u32, [u8; 4]), Route) {
-    let net = net.trunc();
-    ((u32::from(net.prefix_len()), net.network().octets()), r)
+    resolve(&maps(router, node, snat_ports), ifindex)
 }
 
 /// Whether a map error is "no such entry" (a delete racing another).
