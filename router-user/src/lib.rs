@@ -15,10 +15,12 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod desired;
+pub mod engine;
 pub mod model;
+pub mod plan;
 pub mod probe;
-pub mod reconcile;
 pub mod show;
+pub mod source;
 pub mod state;
 #[cfg(test)]
 mod testing;

@@ -74,9 +74,20 @@ enum Cmd {
     /// those that failed (they keep their previous state).
     Reload,
     /// Check a routers file without applying anything.
+    ///
+    /// With `--plan`, also print what an apply of it would change on this
+    /// node now, router by router (reads the kernel: needs root; changes
+    /// nothing).
     Check {
         #[arg(long, value_name = "FILE")]
         routers: PathBuf,
+        /// Print the plan against the running state.
+        #[arg(long)]
+        plan: bool,
+        /// Data plane to plan for (default: the one the daemon records,
+        /// else the node config's).
+        #[arg(long, value_enum, requires = "plan")]
+        dataplane: Option<Dataplane>,
     },
     /// Show the routers, ports, addresses and floating IPs xrouter manages.
     ///
@@ -189,9 +200,19 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             println!("{}", reply.message);
         }
-        Cmd::Check { routers } => {
-            let r = daemon::read_routers(&routers, &node)?;
+        Cmd::Check {
+            routers,
+            plan,
+            dataplane,
+        } => {
+            let r = router_user::source::read_routers(&routers, &node)?;
             println!("{}: {} routers, valid", text::path(&routers), r.len());
+            if plan {
+                let recorded = State::load(&node.state_file())?.dataplane;
+                let want = dataplane.or(recorded).unwrap_or(node.dataplane);
+                let plane = router_user::engine::plane_of(daemon::resolve_dataplane(want)?);
+                print!("{}", router_user::engine::dry_run(&node, plane, &r).await?);
+            }
         }
         Cmd::Show { json, what } => {
             let state = State::load(&node.state_file())?;
@@ -207,7 +228,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Cleanup => {
-            let ch = daemon::cleanup(&node).await?;
+            let ch = router_user::engine::cleanup(&node).await?;
             println!("cleanup: {} items removed", ch.len());
         }
         Cmd::Demo { keep, dataplane } => {

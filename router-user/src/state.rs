@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, io::Write as _, os::unix::fs::PermissionsExt as
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::node::Dataplane, model::Router, reconcile::NatAddresses};
+use crate::{config::node::Dataplane, desired::NatAddresses, model::Router};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {

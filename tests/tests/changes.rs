@@ -27,6 +27,7 @@ tests::planes!(
     subnet_and_routes_changed_live,
     self_healing,
     failed_router_keeps_previous_state,
+    check_plan_shows_and_changes_nothing,
 );
 
 fn tcp_servers(rig: &Rig, hosts: &[&str]) -> Vec<TcpServer> {
@@ -926,6 +927,63 @@ fn failed_router_keeps_previous_state(plane: Dataplane) {
     c.fails(
         "then a new connection ext -> FIP fails",
         tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
+    );
+    c.finish();
+}
+
+/// `xrouter check --plan` prints what an apply would change against the
+/// running router, and changes nothing: nothing for the applied file; a
+/// floating IP more; what was removed behind the daemon's back.
+fn check_plan_shows_and_changes_nothing(plane: Dataplane) {
+    const FIP2: &str = "192.168.1.106";
+    let mut rig = Rig::article(plane);
+    // The resync would repair what the test breaks: stop the daemon; the
+    // router keeps forwarding and the plan reads the kernel alone.
+    rig.stop_daemon();
+    let mut c = Checks::new("check_plan_shows_and_changes_nothing");
+    let routers = rig.routers_path().display().to_string();
+    let cfg = rig.config_path().display().to_string();
+    let plan = |rig: &Rig, file: &str| {
+        let out = rig.xrouter(&["--config", &cfg, "check", "--routers", file, "--plan"]);
+        assert!(out.success(), "{}", out.describe());
+        out.stdout
+    };
+    let p = plan(&rig, &routers);
+    c.ok(p.contains("nothing to change"), "the applied file: nothing to change", &p);
+
+    rig.router_mut().add_fip(FIP2, VM1);
+    let text = serde_json::to_string(&tests::routers_json(&rig.routers)).unwrap();
+    let other = rig.dir.join("planned.json");
+    std::fs::write(&other, text).unwrap();
+    let p = plan(&rig, &other.display().to_string());
+    c.ok(
+        p.contains(&format!("gratuitous ARP for {FIP2}")),
+        "a floating IP more: announced",
+        &p,
+    );
+    if plane == Dataplane::Iptables {
+        c.ok(p.contains("load the iptables rules"), "a floating IP more: rules", &p);
+        c.ok(p.contains(&format!("add address {FIP2}/32")), "a floating IP more: its /32", &p);
+    } else {
+        c.ok(p.contains("nft: add element"), "a floating IP more: nft elements", &p);
+        c.ok(p.contains("BPF: maps"), "a floating IP more: BPF maps", &p);
+    }
+    c.ok(!rig.fip_published(FIP2), "planning published nothing", ());
+
+    let qr = rig.router().qr("net1");
+    rig.router_ip(&format!("addr del {QR1}/24 dev {qr}"));
+    let p = plan(&rig, &routers);
+    c.ok(
+        p.contains(&format!("{qr}: add address {QR1}/24")),
+        "an address removed behind our back: put back",
+        &p,
+    );
+    c.ok(
+        !addresses(&rig.router_ns(), &qr)
+            .unwrap()
+            .contains(&format!("{QR1}/24")),
+        "planning changed nothing",
+        (),
     );
     c.finish();
 }

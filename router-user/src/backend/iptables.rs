@@ -11,12 +11,28 @@ use crate::{backend::netns, desired::iptables::TABLES};
 /// Makes the nat, mangle and filter tables of `ns` equal to `want`
 /// (iptables-restore input). Returns whether anything had to change.
 pub fn apply_text(ns: &str, want: &str) -> Result<bool> {
-    let have = run(ns, "iptables-save", None)?;
-    if normalise(&have) == normalise(want) {
+    let have = read(ns)?;
+    if equivalent(&have, want) {
         return Ok(false);
     }
-    run(ns, "iptables-restore", Some(want))?;
+    load(ns, want)?;
     Ok(true)
+}
+
+/// What `iptables-save` prints in `ns`.
+pub fn read(ns: &str) -> Result<String> {
+    run(ns, "iptables-save", None)
+}
+
+/// Loads `rules` (`iptables-restore` input: nat, mangle, filter) in `ns`.
+pub fn load(ns: &str, rules: &str) -> Result<()> {
+    run(ns, "iptables-restore", Some(rules))?;
+    Ok(())
+}
+
+/// Whether two rule sets handle packets alike (iptables-save's noise aside).
+pub fn equivalent(a: &str, b: &str) -> bool {
+    normalise(a) == normalise(b)
 }
 
 /// Empties the nat, mangle and filter tables of `ns`: builtin chains stay

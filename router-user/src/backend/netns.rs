@@ -6,6 +6,7 @@
 //! Sockets opened there stay bound to that namespace after the thread ends.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io,
     os::fd::AsFd,
@@ -188,6 +189,21 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     })?
     .with_context(|| format!("sysctl {key}={value} in {ns}"))?;
     Ok(())
+}
+
+/// The values of sysctls `keys` as seen inside `ns` (a key that does not
+/// exist there is left out).
+pub fn read_sysctls(ns: &str, keys: &[&str]) -> Result<BTreeMap<String, String>> {
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    run_in(Some(ns), move || {
+        keys.into_iter()
+            .filter_map(|k| {
+                let p = format!("/proc/sys/{}", k.replace('.', "/"));
+                let v = std::fs::read_to_string(p).ok()?;
+                Some((k, v.trim().to_string()))
+            })
+            .collect()
+    })
 }
 
 /// Runs `program args` in namespace `ns`, feeding it `stdin`; returns its

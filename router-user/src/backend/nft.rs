@@ -77,10 +77,30 @@ fn full_table(w: &Want) -> String {
 
 /// What is in the kernel: each chain's rule comments in order, each map's
 /// elements (None for a missing map).
-#[derive(Debug, Default)]
-struct Have {
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Have {
     chains: BTreeMap<String, Vec<String>>,
     maps: BTreeMap<String, Pairs>,
+}
+
+impl Have {
+    /// The table exactly as `w` wants it (what a successful load leaves).
+    pub fn of(w: &Want) -> Have {
+        let mut have = Have::default();
+        for (chain, ..) in CHAINS {
+            have.chains.insert(
+                chain.to_string(),
+                w.rules
+                    .iter()
+                    .filter(|r| r.chain == chain)
+                    .map(|r| r.comment.clone())
+                    .collect(),
+            );
+        }
+        have.maps.insert(DNAT_MAP.into(), w.dnat.clone());
+        have.maps.insert(SNAT_MAP.into(), w.snat.clone());
+        have
+    }
 }
 
 fn parse(json: &str) -> Result<Have> {
@@ -158,7 +178,7 @@ fn element_diff(map: &str, have: &Pairs, want: &Pairs) -> String {
 }
 
 /// The table as it is in namespace `ns` (None: there is none).
-fn read(ns: &str) -> Result<Option<Have>> {
+pub fn read(ns: &str) -> Result<Option<Have>> {
     let tables = netns::run_tool(ns, "nft", &["-j", "list", "tables", "ip"], None)?;
     let exists = serde_json::from_str::<Value>(&tables)?["nftables"]
         .as_array()
@@ -172,12 +192,12 @@ fn read(ns: &str) -> Result<Option<Have>> {
     parse(&json).map(Some)
 }
 
-/// Makes the `ip xrouter` table of `ns` translate `router`'s floating IPs.
-/// Only the difference is written, in one transaction. Returns whether
-/// anything changed.
-pub fn apply(ns: &str, w: &Want) -> Result<bool> {
-    let script = match read(ns)? {
-        Some(have) if skeleton_matches(&have, w) => {
+/// The nft input that turns the table `have` (None: none) into `w`: the
+/// element changes when the rules are the wanted ones, else the whole table
+/// anew, in one transaction; empty when nothing differs.
+pub fn script(have: Option<&Have>, w: &Want) -> String {
+    match have {
+        Some(have) if skeleton_matches(have, w) => {
             let empty = Pairs::new();
             let get = |m| have.maps.get(m).unwrap_or(&empty);
             // SNAT elements go first when removed and last when added, so
@@ -187,12 +207,24 @@ pub fn apply(ns: &str, w: &Want) -> Result<bool> {
                 + &element_diff(DNAT_MAP, get(DNAT_MAP), &w.dnat)
         }
         _ => full_table(w),
-    };
-    if script.is_empty() {
+    }
+}
+
+/// Loads an nft script (see [`script`]) into namespace `ns`.
+pub fn load(ns: &str, script: &str) -> Result<()> {
+    netns::run_tool(ns, "nft", &["-f", "-"], Some(script))
+        .context("loading the xrouter table (nft)")?;
+    Ok(())
+}
+
+/// Makes the `ip xrouter` table of `ns` what `w` says; only the difference
+/// is written, in one transaction. Returns whether anything changed.
+pub fn apply(ns: &str, w: &Want) -> Result<bool> {
+    let s = script(read(ns)?.as_ref(), w);
+    if s.is_empty() {
         return Ok(false);
     }
-    netns::run_tool(ns, "nft", &["-f", "-"], Some(&script))
-        .context("loading the floating-IP table (nft)")?;
+    load(ns, &s)?;
     Ok(true)
 }
 

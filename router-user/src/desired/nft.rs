@@ -20,7 +20,7 @@ pub const SNAT_MAP: &str = "fip-snat";
 pub type Pairs = BTreeMap<Ipv4Addr, Ipv4Addr>;
 
 /// What the table must hold for one router.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Want {
     pub rules: Vec<Rule>,
     pub dnat: Pairs,
@@ -29,7 +29,7 @@ pub struct Want {
 
 /// One rule: its chain, its text, and the comment that identifies it when
 /// read back (the comment names everything the rule depends on).
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub chain: &'static str,
     pub text: String,

@@ -353,21 +353,60 @@ fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 }
 
 /// Whether the BPF link pinned at `pin` is still attached to a device: a
-/// detached XDP or tcx link reports ifindex 0. (aya 0.14 does not expose
-/// the link's fd or ifindex, hence the two raw `bpf(2)` calls.)
+/// detached XDP or tcx link reports ifindex 0.
 fn link_attached(pin: &Path) -> bool {
+    link_ifindex(pin).is_some_and(|i| i != 0)
+}
+
+/// Whether the router's links pinned under `links_dir` are what `hook`
+/// wants: every port device (name, ifindex in the router namespace) has
+/// its TC link (and with XDP its XDP link) attached to that very device,
+/// every tap (name, ifindex in the node namespace) its XDP_PASS link, and
+/// nothing else is pinned. Read-only: for the plan.
+pub(crate) fn links_in_place(
+    links_dir: &Path,
+    devices: &[(String, u32)],
+    taps: &[(String, u32)],
+    hook: Hook,
+) -> bool {
+    let mut want: Vec<(String, u32)> = Vec::new();
+    for (dev, i) in devices {
+        want.push((pin_name(dev, Kind::Tc), *i));
+        if hook == Hook::Xdp {
+            want.push((pin_name(dev, Kind::Xdp), *i));
+        }
+    }
+    for (tap, i) in taps {
+        want.push((pin_name(tap, Kind::Pass), *i));
+    }
+    let pinned: BTreeSet<String> = std::fs::read_dir(links_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    pinned.len() == want.len()
+        && want
+            .iter()
+            .all(|(pin, i)| link_ifindex(&links_dir.join(pin)) == Some(*i))
+}
+
+/// The ifindex the BPF link pinned at `pin` is attached to (0: detached;
+/// None: no such link). aya 0.14 does not expose a link's fd or ifindex,
+/// hence the two raw `bpf(2)` calls.
+fn link_ifindex(pin: &Path) -> Option<u32> {
     use std::os::unix::ffi::OsStrExt as _;
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let Ok(path) = std::ffi::CString::new(pin.as_os_str().as_bytes()) else {
-        return false;
+        return None;
     };
     let mut attr = [0u64; 16];
     attr[0] = path.as_ptr() as u64;
     // SAFETY: attr is a zeroed bpf_attr-sized buffer with the path set.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 128usize) };
     if fd < 0 {
-        return false;
+        return None;
     }
     // struct bpf_link_info: type, id, prog_id, then the union (8-aligned)
     // whose xdp and tcx members both start with the ifindex.
@@ -386,5 +425,5 @@ fn link_attached(pin: &Path) -> bool {
     };
     // SAFETY: fd came from the kernel above and is ours to close.
     unsafe { libc::close(fd as i32) };
-    r == 0 && info[4] != 0
+    (r == 0).then_some(info[4])
 }

@@ -48,7 +48,35 @@ use nix::sched::{CloneFlags, setns};
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use neigh::{dump_neighbours, watch as watch_neighbours};
-pub use sync::{Desired, desired};
+pub use sync::{Desired, desired, resolve};
+
+/// What the kernel has of a router's BPF data path, read through its pins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BpfState {
+    /// The maps' contents.
+    pub maps: Desired,
+    /// The programs are attached where `hook` wants them, to the devices of
+    /// now (see `attach::links_in_place`).
+    pub in_place: bool,
+}
+
+/// A router's BPF state through its pins under `pin_dir` (None: it has no
+/// usable pins). `devices`: (name, ifindex) of its ports in its namespace;
+/// `taps`: of their peers in the node namespace.
+pub fn observe(
+    pin_dir: &Path,
+    router_id: &str,
+    devices: &[(String, u32)],
+    taps: &[(String, u32)],
+    hook: Hook,
+) -> Option<BpfState> {
+    let dir = router_dir(pin_dir, router_id).ok()?;
+    let maps = sync::read_pinned(pin_dir, router_id).ok()?;
+    Some(BpfState {
+        maps,
+        in_place: attach::links_in_place(&dir.join(LINKS_DIR), devices, taps, hook),
+    })
+}
 
 /// Port range for gateway SNAT when the node config does not give one.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);

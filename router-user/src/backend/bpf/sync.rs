@@ -153,6 +153,43 @@ fn sync_routes(map: &mut Map, want: &HashMap<(u32, [u8; 4]), Route>) -> Result<u
     Ok(n)
 }
 
+/// What a hash map holds.
+fn read_hash<K, V>(map: &Map) -> Result<HashMap<K, V>>
+where
+    K: Pod + Eq + Hash,
+    V: Pod,
+{
+    let m: aya::maps::HashMap<_, K, V> = aya::maps::HashMap::try_from(map)?;
+    Ok(m.iter().collect::<Result<_, _>>()?)
+}
+
+/// What a router's maps hold, read through their pins (read-only: for the
+/// plan, beside a running daemon or none).
+pub fn read_pinned(pin_dir: &std::path::Path, router_id: &str) -> Result<Desired> {
+    use aya::maps::MapData;
+    let open = |name: &str| -> Result<MapData> {
+        let p = pin_dir.join(router_id).join(name);
+        MapData::from_pin(&p).with_context(|| format!("opening pinned map {}", p.display()))
+    };
+    let mut d = Desired {
+        ports: read_hash(&Map::HashMap(open(XR_PORTS)?))?,
+        local: read_hash(&Map::HashMap(open(XR_LOCAL)?))?,
+        fip: read_hash(&Map::HashMap(open(XR_FIP)?))?,
+        fip_rev: read_hash(&Map::HashMap(open(XR_FIP_REV)?))?,
+        ..Default::default()
+    };
+    let routes = Map::LpmTrie(open(XR_ROUTES)?);
+    let m: LpmTrie<_, [u8; 4], Route> = LpmTrie::try_from(&routes)?;
+    for kv in m.iter() {
+        let (k, v) = kv?;
+        d.routes.insert((k.prefix_len(), k.data()), v);
+    }
+    let cfg = Map::Array(open(XR_CONFIG)?);
+    let a: Array<_, RouterConfig> = Array::try_from(&cfg)?;
+    d.config = a.get(&0, 0)?;
+    Ok(d)
+}
+
 impl BpfRouter {
     fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
         self.ebpf

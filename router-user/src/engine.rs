@@ -1,0 +1,812 @@
+//! The engine: for each router, observe (the backends read the kernel) →
+//! plan (pure: [`crate::plan`]) → execute (the backends carry each action
+//! out), and record the router as applied only when every action
+//! succeeded. A router whose apply failed keeps its previous record and is
+//! remembered with everything it may have put in place, so the next pass
+//! retries it and a later release still flushes its connections.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    backend::{
+        bpf::{self as ebpf, BpfRouter, DEFAULT_SNAT_PORTS, Hook},
+        conntrack, ethtool, garp, iptables,
+        netlink::Nl,
+        netns, nft,
+    },
+    config::node::{Dataplane, NodeConfig},
+    desired::{DesiredRouter, NatAddresses, Plane, desired},
+    model::Router,
+    plan::{Action, Dev, History, HostDev, Observed, RouteId, plan},
+    state::{Failed, State},
+};
+
+/// What one apply did, for logs and for `reload`'s answer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub items: Vec<String>,
+}
+
+impl Changes {
+    fn note(&mut self, what: impl Into<String>) {
+        self.items.push(what.into());
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// A router that the last apply could not bring to its desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub router: String,
+    /// A removal (the router left the file) rather than an apply.
+    pub removal: bool,
+    /// It had never been applied: nothing of it is recorded as applied.
+    pub new: bool,
+    pub error: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = crate::text::label(&self.router);
+        if self.removal {
+            write!(
+                f,
+                "router {id}: removal failed, it stays recorded and is retried: {}",
+                self.error
+            )
+        } else if self.new {
+            write!(
+                f,
+                "router {id}: apply failed; it is new, so it is not recorded as applied (retried at the next resync): {}",
+                self.error
+            )
+        } else {
+            write!(
+                f,
+                "router {id}: apply failed, it keeps its previous state (retried at the next resync): {}",
+                self.error
+            )
+        }
+    }
+}
+
+/// What one apply did: the changes, and the routers it could not apply
+/// (the others are applied and recorded).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub changes: Changes,
+    pub failures: Vec<Failure>,
+    /// Routers the routers file holds.
+    pub routers: usize,
+}
+
+impl Applied {
+    /// What `reload` answers and the logs say.
+    pub fn report(&self) -> String {
+        if self.failures.is_empty() {
+            return summary(&self.changes);
+        }
+        let mut out = format!(
+            "{} router(s) failed; the other routers of the file ({} in all) are applied ({} changes):",
+            self.failures.len(),
+            self.routers,
+            self.changes.len()
+        );
+        for f in &self.failures {
+            out.push_str(&format!("\n  {f}"));
+        }
+        out
+    }
+}
+
+fn summary(ch: &Changes) -> String {
+    if ch.is_empty() {
+        "applied: no changes".to_string()
+    } else {
+        format!("applied: {} changes\n  {}", ch.len(), ch.items.join("\n  "))
+    }
+}
+
+/// The data plane of a resolved `dataplane` (never `auto`).
+pub fn plane_of(d: Dataplane) -> Plane {
+    match d {
+        Dataplane::Xdp => Plane::Xdp,
+        Dataplane::Tc => Plane::Tc,
+        Dataplane::Iptables | Dataplane::Auto => Plane::Iptables,
+    }
+}
+
+fn hook_of(p: Plane) -> Option<Hook> {
+    match p {
+        Plane::Xdp => Some(Hook::Xdp),
+        Plane::Tc => Some(Hook::Tc),
+        Plane::Iptables => None,
+    }
+}
+
+/// What the kernel has of router `d` (the part the plan compares).
+pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
+    let mut o = Observed::default();
+    let host = Nl::open(None).await?;
+    let host_links = host.links().await?;
+    let name_of: HashMap<u32, &str> = host_links
+        .iter()
+        .map(|l| (l.index, l.name.as_str()))
+        .collect();
+    let mut host_index: HashMap<String, u32> = HashMap::new();
+    for p in &d.ports {
+        for name in [&p.tap, &p.bridge] {
+            if let Some(l) = host_links.iter().find(|l| &l.name == name) {
+                host_index.insert(name.clone(), l.index);
+                o.host.insert(
+                    name.clone(),
+                    HostDev {
+                        kind: l.kind.as_ref().map(|k| format!("{k:?}").to_lowercase()),
+                        mtu: l.mtu,
+                        up: l.up,
+                        controller: l
+                            .controller
+                            .and_then(|c| name_of.get(&c).map(|n| n.to_string())),
+                    },
+                );
+            }
+        }
+    }
+    let ns = d.namespace.as_str();
+    if !netns::exists(ns) {
+        return Ok(o);
+    }
+    o.namespace = true;
+    let nl = Nl::open(Some(ns)).await?;
+    let links = nl.links().await?;
+    for l in &links {
+        o.ifindex.insert(l.name.clone(), l.index);
+        if l.name == "lo" {
+            o.lo_up = l.up;
+        }
+        if l.name.starts_with("qr-") || l.name.starts_with("qg-") {
+            let addresses = nl
+                .addresses(l.index)
+                .await?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            o.ports.insert(
+                l.name.clone(),
+                Dev {
+                    mac: l.mac.clone(),
+                    mtu: l.mtu,
+                    up: l.up,
+                    addresses,
+                },
+            );
+        }
+    }
+    let dev_of: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    for (k, _) in nl.static_routes().await? {
+        o.routes.insert(RouteId {
+            dst: k.dst,
+            gateways: k.gateways,
+            dev: k.oif.and_then(|i| dev_of.get(&i).map(|n| n.to_string())),
+        });
+    }
+    o.iptables = iptables::read(ns)?;
+    o.nft = nft::read(ns)?;
+    let keys: Vec<&str> = d.sysctls.iter().map(|(k, _)| *k).collect();
+    o.sysctls = netns::read_sysctls(ns, &keys)?;
+    if let Some(hook) = hook_of(d.plane) {
+        let devices: Vec<(String, u32)> = d
+            .ports
+            .iter()
+            .filter_map(|p| Some((p.dev.clone(), *o.ifindex.get(&p.dev)?)))
+            .collect();
+        let taps: Vec<(String, u32)> = d
+            .ports
+            .iter()
+            .filter_map(|p| Some((p.tap.clone(), *host_index.get(&p.tap)?)))
+            .collect();
+        o.bpf = ebpf::observe(&node.pin_dir, &d.id, &devices, &taps, hook).map(|mut b| {
+            // The taps must put VLAN tags into the frames (see `ethtool`).
+            b.in_place &= taps.iter().all(|(t, _)| {
+                ethtool::active(t, &ethtool::VLAN_TX_OFFLOADS)
+                    .is_ok_and(|a| !a.contains(&Some(true)))
+            });
+            b
+        });
+    }
+    Ok(o)
+}
+
+/// The applied state and the means to change it.
+pub struct Engine {
+    pub node: NodeConfig,
+    pub state: State,
+    /// The routers as their source last said (validated): what every apply
+    /// and resync aims at, also for routers whose last apply failed.
+    pub desired: Vec<Router>,
+    /// Loaded BPF objects by router ID (eBPF data planes only).
+    pub bpf: BTreeMap<String, BpfRouter>,
+    /// Neighbour event followers by router ID, with the inode of the
+    /// namespace they listen in (a rebuilt namespace needs a new one).
+    watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
+    /// The connection GC pass under way, if any.
+    gc_task: Option<tokio::task::JoinHandle<()>>,
+    /// When the last GC pass started, and how long it took (nanoseconds,
+    /// written by the pass itself).
+    gc_last: Option<std::time::Instant>,
+    gc_took_ns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Engine {
+    /// An engine on `dataplane` (resolved: not `auto`) following
+    /// `routers_file`, adopting what a previous run recorded.
+    pub fn new(node: NodeConfig, dataplane: Dataplane, routers_file: PathBuf) -> Result<Engine> {
+        let mut state = State::load(&node.state_file())?;
+        let was_bpf = state.dataplane.is_some_and(|d| plane_of(d).is_bpf());
+        if was_bpf && !plane_of(dataplane).is_bpf() {
+            // Leaving eBPF: unpinning the links detaches the programs, so
+            // the kernel alone forwards (and translates) from here on.
+            for id in state.router_ids() {
+                if let Err(e) = ebpf::remove_pins(&node.pin_dir, &id) {
+                    tracing::warn!("router {id}: removing BPF pins: {e:#}");
+                }
+            }
+            tracing::info!(
+                "switched from {} to {dataplane}: BPF programs detached",
+                state.dataplane.unwrap()
+            );
+        }
+        state.dataplane = Some(dataplane);
+        state.routers_file = Some(routers_file);
+        Ok(Engine {
+            node,
+            desired: state.routers.clone(),
+            state,
+            bpf: BTreeMap::new(),
+            watchers: BTreeMap::new(),
+            gc_task: None,
+            gc_last: None,
+            gc_took_ns: Default::default(),
+        })
+    }
+
+    pub fn plane(&self) -> Plane {
+        plane_of(self.state.dataplane.unwrap_or(Dataplane::Iptables))
+    }
+
+    /// What `r` must be on this engine's data plane.
+    pub fn desired_of(&self, r: &Router) -> DesiredRouter {
+        desired(r, &self.node, self.plane(), DEFAULT_SNAT_PORTS)
+    }
+
+    /// What router `id` was (see [`history`]).
+    pub fn history(&self, id: &str) -> History {
+        history(&self.state, id)
+    }
+
+    /// The plan for `r` against the kernel as it is now.
+    pub async fn plan(&self, r: &Router) -> Result<(DesiredRouter, Vec<Action>)> {
+        let d = self.desired_of(r);
+        let o = observe(&self.node, &d).await?;
+        let actions = plan(&o, &d, &self.history(&r.id))?;
+        Ok((d, actions))
+    }
+
+    /// Brings one router to its desired state: observe, plan, execute.
+    async fn apply_router(&mut self, r: &Router, ch: &mut Changes) -> Result<Vec<String>> {
+        let (d, actions) = self.plan(r).await?;
+        let mut created = Vec::new();
+        self.execute(&d, actions, ch, &mut created).await?;
+        Ok(created)
+    }
+
+    /// Carries `actions` out, in order; stops at the first that fails.
+    /// `created`: bridges made (recorded for `cleanup`).
+    async fn execute(
+        &mut self,
+        d: &DesiredRouter,
+        actions: Vec<Action>,
+        ch: &mut Changes,
+        created: &mut Vec<String>,
+    ) -> Result<()> {
+        let ns = d.namespace.as_str();
+        let host = Nl::open(None).await?;
+        let mut nl = if netns::exists(ns) {
+            Some(Nl::open(Some(ns)).await?)
+        } else {
+            None
+        };
+        let mut announce = Vec::new();
+        for a in actions {
+            let what = a.to_string();
+            match a {
+                Action::CreateNamespace => {
+                    netns::create(ns)?;
+                    let n = Nl::open(Some(ns)).await?;
+                    let lo = index(&n, "lo").await?;
+                    n.set_up(lo).await?;
+                    nl = Some(n);
+                    ch.note(format!("created namespace {ns}"));
+                    continue;
+                }
+                Action::Announce { dev, mac, ip } => {
+                    announce.push((dev, mac, ip));
+                    continue;
+                }
+                Action::Bpf { flush } => {
+                    let hook = hook_of(d.plane).context("BPF on the iptables plane")?;
+                    self.apply_bpf(d, &flush, hook, ch)
+                        .await
+                        .context("eBPF data plane")?;
+                    continue;
+                }
+                _ => {}
+            }
+            let n = nl
+                .as_ref()
+                .with_context(|| format!("namespace {ns} missing"))?;
+            match a {
+                Action::LoUp => n.set_up(index(n, "lo").await?).await?,
+                Action::DeletePort(dev) => n.del_link(index(n, &dev).await?).await?,
+                Action::CreateBridge(b) => {
+                    host.add_bridge(&b).await?;
+                    host.set_up(index(&host, &b).await?).await?;
+                    created.push(b);
+                }
+                Action::DeleteTap(t) => host.del_link(index(&host, &t).await?).await?,
+                Action::CreatePort { dev, tap } => {
+                    host.add_veth(&dev, &tap).await?;
+                    host.move_to(index(&host, &dev).await?, ns).await?;
+                }
+                Action::SetMac { dev, mac } => n.set_mac(index(n, &dev).await?, &mac.0).await?,
+                Action::SetMtu { dev, mtu } => n.set_mtu(index(n, &dev).await?, mtu).await?,
+                Action::SetUp { dev } => n.set_up(index(n, &dev).await?).await?,
+                Action::SetHostMtu { dev, mtu } => {
+                    host.set_mtu(index(&host, &dev).await?, mtu).await?
+                }
+                Action::SetHostUp { dev } => host.set_up(index(&host, &dev).await?).await?,
+                Action::Enslave { tap, bridge } => {
+                    let b = index(&host, &bridge).await?;
+                    host.set_controller(index(&host, &tap).await?, b).await?
+                }
+                Action::DelAddress { dev, net } => {
+                    let i = index(n, &dev).await?;
+                    if let Some((_, msg)) =
+                        n.addresses(i).await?.into_iter().find(|(a, _)| *a == net)
+                    {
+                        n.del_address(msg).await?;
+                    }
+                }
+                Action::AddAddress { dev, net } => {
+                    n.add_address(index(n, &dev).await?, net).await?
+                }
+                Action::DelRoute(id) => {
+                    let links = n.links().await?;
+                    let dev_of: HashMap<u32, &str> =
+                        links.iter().map(|l| (l.index, l.name.as_str())).collect();
+                    for (k, msg) in n.static_routes().await? {
+                        let dev = k.oif.and_then(|i| dev_of.get(&i).map(|s| s.to_string()));
+                        if k.dst == id.dst && k.gateways == id.gateways && dev == id.dev {
+                            n.del_route(msg).await?;
+                        }
+                    }
+                }
+                Action::AddRoute(w) => {
+                    let oif = match &w.dev {
+                        Some(dev) => Some(index(n, dev).await?),
+                        None => None,
+                    };
+                    // A next hop not reachable yet is not fatal (Neutron
+                    // logs it too); the next pass tries again.
+                    if let Err(e) = n.replace_route(&w, oif).await {
+                        tracing::warn!("{e:#}");
+                        continue;
+                    }
+                }
+                Action::LoadIptables => iptables::load(ns, &d.iptables)?,
+                Action::Nft(script) => nft::load(ns, &script)?,
+                Action::NftClear => {
+                    nft::clear(ns)?;
+                }
+                Action::Sysctl { key, value } => {
+                    // A sysctl that does not exist yet (the conntrack one
+                    // before the rules load conntrack) is set next pass.
+                    if let Err(e) = netns::sysctl(ns, &key, &value) {
+                        tracing::warn!("{e:#}");
+                        continue;
+                    }
+                }
+                Action::FlushConntrack(ips) => {
+                    let k = conntrack::flush_ips(ns, &ips)?;
+                    ch.note(format!(
+                        "{ns}: flushed {k} kernel connection entries of {} released addresses",
+                        ips.len()
+                    ));
+                    continue;
+                }
+                Action::CreateNamespace | Action::Announce { .. } | Action::Bpf { .. } => {
+                    unreachable!("handled above")
+                }
+            }
+            ch.note(format!("{ns}: {what}"));
+        }
+        if self.node.send_garp {
+            for (dev, mac, ip) in announce {
+                garp::announce(ns.to_string(), dev, mac, ip);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads (or adopts) the router's BPF object, fills its maps, attaches
+    /// it to the router's ports and their taps, follows the neighbours, and
+    /// deletes the connections of `flush`.
+    async fn apply_bpf(
+        &mut self,
+        d: &DesiredRouter,
+        flush: &[Ipv4Addr],
+        hook: Hook,
+        ch: &mut Changes,
+    ) -> Result<()> {
+        let ns = d.namespace.as_str();
+        if !self.bpf.contains_key(&d.id) {
+            let b = BpfRouter::load(&d.id, &self.node.pin_dir, self.node.conntrack_size)?;
+            ch.note(format!(
+                "{ns}: BPF object loaded ({} pinned maps reused)",
+                b.reused_maps().len()
+            ));
+            self.bpf.insert(d.id.clone(), b);
+        }
+        let b = self.bpf.get_mut(&d.id).expect("inserted above");
+        let nl = Nl::open(Some(ns)).await?;
+        let ifindex: HashMap<String, u32> = nl
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.index))
+            .collect();
+        let maps = d.bpf.as_ref().context("no BPF maps wanted")?;
+        let n = b
+            .write(&ebpf::resolve(maps, &ifindex))
+            .with_context(|| format!("router {}: writing BPF maps", d.id))?;
+        if n > 0 {
+            ch.note(format!("{ns}: {n} BPF map entries updated"));
+        }
+        let devices: Vec<(String, u32)> = d
+            .ports
+            .iter()
+            .filter_map(|p| ifindex.get(&p.dev).map(|i| (p.dev.clone(), *i)))
+            .collect();
+        b.attach(ns, &devices, hook)?;
+        let host = Nl::open(None).await?;
+        let mut taps = Vec::new();
+        for p in &d.ports {
+            if let Some(t) = host.link(&p.tap).await? {
+                // A VLAN tag must reach the programs in the frame itself.
+                if ethtool::disable(&t.name, &ethtool::VLAN_TX_OFFLOADS)? {
+                    ch.note(format!("{}: VLAN insertion moved to software", t.name));
+                }
+                taps.push((t.name, t.index));
+            }
+        }
+        b.attach_taps(&taps)?;
+        b.sync_neighbours(ns).await?;
+        let inode =
+            std::fs::metadata(netns::path(ns)).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        let fresh = self
+            .watchers
+            .get(&d.id)
+            .is_some_and(|(i, h)| *i == inode && !h.is_finished());
+        if !fresh {
+            let h = ebpf::watch_neighbours(ns, &self.node.pin_dir, &d.id).await?;
+            if let Some((_, old)) = self.watchers.insert(d.id.clone(), (inode, h)) {
+                old.abort();
+            }
+        }
+        if !flush.is_empty() {
+            let n = b.flush_addresses(flush)?;
+            ch.note(format!(
+                "{ns}: flushed {n} BPF connection entries of {} released addresses",
+                flush.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes router `id`: its ports (and so their taps), its namespace,
+    /// its BPF objects.
+    async fn remove_router(&mut self, id: &str, ch: &mut Changes) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = remove_namespace(id, ch).await {
+            errors.push(format!("{e:#}"));
+        }
+        if let Some((_, h)) = self.watchers.remove(id) {
+            h.abort();
+        }
+        let unpinned = match self.bpf.remove(id) {
+            Some(b) => b.detach_and_unpin(),
+            None => ebpf::remove_pins(&self.node.pin_dir, id),
+        };
+        if let Err(e) = unpinned {
+            errors.push(format!("removing BPF objects: {e:#}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errors.join("; "))
+        }
+    }
+
+    /// Mirrors neighbour tables into the maps (every second) and, when one
+    /// is due, starts a pass collecting expired connections.
+    pub async fn tick(&mut self) {
+        let now = ebpf::monotonic_ns();
+        for (id, b) in self.bpf.iter_mut() {
+            if let Err(e) = b.sync_neighbours(&crate::model::namespace_of(id)).await {
+                tracing::debug!("router {id}: neighbours: {e:#}");
+            }
+        }
+        // GC walks whole tables (millions of entries on a busy node): it runs
+        // on a blocking thread, one pass at a time, never stalling reloads,
+        // and at most every ten times as long as the last pass took (so it
+        // stays near a tenth of a core however big the tables are).
+        let idle = self.gc_task.as_ref().is_none_or(|t| t.is_finished());
+        let took = Duration::from_nanos(self.gc_took_ns.load(std::sync::atomic::Ordering::Relaxed));
+        let due = self
+            .gc_last
+            .is_none_or(|t| t.elapsed() >= (took * 10).max(Duration::from_secs(10)));
+        if idle && due {
+            let pin_dir = self.node.pin_dir.clone();
+            let ids: Vec<String> = self.bpf.keys().cloned().collect();
+            let took_ns = self.gc_took_ns.clone();
+            self.gc_last = Some(std::time::Instant::now());
+            self.gc_task = Some(tokio::task::spawn_blocking(move || {
+                let t0 = std::time::Instant::now();
+                for id in ids {
+                    match ebpf::pinned::gc(&pin_dir, &id, now) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::debug!("router {id}: {n} expired connection entries collected")
+                        }
+                        Err(e) => tracing::warn!("router {id}: connection GC: {e:#}"),
+                    }
+                }
+                took_ns.store(
+                    t0.elapsed().as_nanos() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }));
+        }
+    }
+
+    /// Applies `desired` router by router and records each router that
+    /// succeeded; routers no longer wanted are removed. Errors only when
+    /// nothing could be tried.
+    pub async fn apply(&mut self, desired: Vec<Router>) -> Result<Applied> {
+        let mut ch = Changes::default();
+        let mut failures = Vec::new();
+        let wanted: BTreeSet<&str> = desired.iter().map(|r| r.id.as_str()).collect();
+        for id in self.state.router_ids() {
+            if wanted.contains(id.as_str()) {
+                continue;
+            }
+            match self.remove_router(&id, &mut ch).await {
+                Ok(()) => {
+                    self.state.routers.retain(|r| r.id != id);
+                    self.state.failed.retain(|f| f.router.id != id);
+                }
+                Err(e) => failures.push(Failure {
+                    router: id,
+                    removal: true,
+                    new: false,
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
+        for r in &desired {
+            if let Err(f) = self.update(r, &mut ch).await {
+                failures.push(f);
+            }
+        }
+        self.state.save(&self.node.state_file())?;
+        for c in &ch.items {
+            tracing::info!("{c}");
+        }
+        for f in &failures {
+            tracing::error!("{f}");
+        }
+        Ok(Applied {
+            changes: ch,
+            failures,
+            routers: desired.len(),
+        })
+    }
+
+    /// Applies one router and records the outcome (not saved to disk):
+    /// applied, or failed with what it may have put in place.
+    pub async fn update(&mut self, r: &Router, ch: &mut Changes) -> Result<(), Failure> {
+        let prev = self.state.applied(&r.id).is_some();
+        let before = self.history(&r.id).nat;
+        match self.apply_router(r, ch).await {
+            Ok(bridges) => {
+                self.state.bridges.extend(bridges);
+                match self.state.routers.iter_mut().find(|o| o.id == r.id) {
+                    Some(o) => *o = r.clone(),
+                    None => self.state.routers.push(r.clone()),
+                }
+                self.state.failed.retain(|f| f.router.id != r.id);
+                Ok(())
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                let mut live = before;
+                live.extend(&NatAddresses::of(r));
+                self.state.failed.retain(|f| f.router.id != r.id);
+                self.state.failed.push(Failed {
+                    router: r.clone(),
+                    error: error.clone(),
+                    live,
+                });
+                Err(Failure {
+                    router: r.id.clone(),
+                    removal: false,
+                    new: !prev,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// Re-reads the routers file and applies it; a file that does not
+    /// validate changes nothing (an error), one that does becomes what
+    /// every later pass aims at.
+    pub async fn reload(&mut self) -> Result<Applied> {
+        let path = self.state.routers_file.clone().context("no routers file")?;
+        let desired = crate::source::read_routers(&path, &self.node)?;
+        self.desired = desired.clone();
+        self.apply(desired).await
+    }
+
+    /// Re-applies the source's routers, repairing what changed behind our
+    /// back and retrying the routers that failed.
+    pub async fn resync(&mut self) -> Result<Applied> {
+        let desired = self.desired.clone();
+        self.apply(desired).await
+    }
+}
+
+/// What router `id` was by the record: the addresses it may hold (its last
+/// applied state's and any failed attempt's since), the floating IPs
+/// announced.
+pub fn history(state: &State, id: &str) -> History {
+    let prev = state.applied(id);
+    History {
+        nat: match state.failure(id) {
+            Some(f) => f.live.clone(),
+            None => prev.map(NatAddresses::of).unwrap_or_default(),
+        },
+        announced: prev
+            .map(|p| p.floating_ips.iter().map(|f| f.floating_ip).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// What applying `routers` on `plane` would do now, printed router by
+/// router (read-only: observes and plans, changes nothing).
+pub async fn dry_run(node: &NodeConfig, plane: Plane, routers: &[Router]) -> Result<String> {
+    use std::fmt::Write as _;
+    let state = State::load(&node.state_file())?;
+    let mut out = String::new();
+    for r in routers {
+        let d = desired(r, node, plane, DEFAULT_SNAT_PORTS);
+        let o = observe(node, &d).await?;
+        let _ = writeln!(
+            out,
+            "router {} ({}):",
+            crate::text::label(&r.id),
+            d.namespace
+        );
+        match plan(&o, &d, &history(&state, &r.id)) {
+            Ok(actions) if actions.is_empty() => {
+                let _ = writeln!(out, "  nothing to change");
+            }
+            Ok(actions) => {
+                for a in actions {
+                    let _ = writeln!(out, "  {a}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  cannot apply: {e}");
+            }
+        }
+    }
+    let wanted: BTreeSet<&str> = routers.iter().map(|r| r.id.as_str()).collect();
+    for id in state.router_ids() {
+        if !wanted.contains(id.as_str()) {
+            let _ = writeln!(out, "router {}: remove", crate::text::label(&id));
+        }
+    }
+    Ok(out)
+}
+
+/// The ifindex of device `name` through `nl`.
+async fn index(nl: &Nl, name: &str) -> Result<u32> {
+    Ok(nl
+        .link(name)
+        .await?
+        .with_context(|| format!("no device {name} in {}", nl.ns))?
+        .index)
+}
+
+/// Removes a router's namespace: its ports first (so their taps vanish at
+/// once), then the namespace.
+async fn remove_namespace(id: &str, ch: &mut Changes) -> Result<()> {
+    let ns = crate::model::namespace_of(id);
+    if netns::exists(&ns) {
+        let nl = Nl::open(Some(&ns)).await?;
+        for l in nl.links().await? {
+            if l.name.starts_with("qr-") || l.name.starts_with("qg-") {
+                nl.del_link(l.index).await?;
+            }
+        }
+        drop(nl);
+        netns::delete(&ns)?;
+        ch.note(format!("removed router {id}"));
+    }
+    Ok(())
+}
+
+/// `xrouter cleanup`: removes every router, tap and bridge xrouter created.
+pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
+    let path = node.state_file();
+    let state = State::load(&path)?;
+    let host = Nl::open(None).await?;
+    let mut ch = Changes::default();
+    // Routers whose apply failed may have left something too.
+    let routers = state
+        .routers
+        .iter()
+        .chain(state.failed.iter().map(|f| &f.router));
+    for r in routers {
+        remove_namespace(&r.id, &mut ch).await?;
+        ebpf::remove_pins(&node.pin_dir, &r.id)?;
+        for p in r.ports() {
+            if let Some(t) = host.link(&p.tap()).await? {
+                host.del_link(t.index).await?;
+            }
+        }
+    }
+    let links = host.links().await?;
+    for b in &state.bridges {
+        let Some(br) = links.iter().find(|l| &l.name == b) else {
+            continue;
+        };
+        // A bridge that still has other ports belongs to someone else too.
+        if links.iter().any(|l| l.controller == Some(br.index)) {
+            tracing::warn!("bridge {b} still has ports; left in place");
+            continue;
+        }
+        host.del_link(br.index).await?;
+        ch.note(format!("removed bridge {b}"));
+    }
+    // The pin directory goes too once empty (it may be shared, so only then).
+    let _ = std::fs::remove_dir(&node.pin_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    Ok(ch)
+}
