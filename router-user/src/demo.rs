@@ -23,39 +23,25 @@ use crate::{
         netns,
     },
     config::node::Dataplane,
+    fixtures::{Network, RouterSpec, article, routers_json},
     probe,
 };
 
-/// The article's router, with IDs (UUIDs, as Neutron's) made unique per run
-/// by `{tag}` (5 hex digits).
-const ROUTERS: &str = r#"[{
-  "id": "{tag}de0-0000-4000-8000-000000000000", "admin_state_up": true, "enable_snat": true, "routes": [],
-  "gw_port": {"id": "{tag}a00-9712-4000-8000-000000000001", "mac_address": "fa:16:3e:2e:5b:23", "mtu": 1500,
-    "network_id": "{tag}e00-0000-4000-8000-000000000000",
-    "fixed_ips": [{"ip_address": "192.168.1.110", "prefixlen": 24, "subnet_id": "ext-sub"}],
-    "subnets": [{"id": "ext-sub", "cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1"}],
-    "extra_subnets": []},
-  "_interfaces": [
-    {"id": "{tag}a01-c1aa-4000-8000-000000000002", "mac_address": "fa:16:3e:87:40:f3", "mtu": 1450,
-     "network_id": "{tag}e81-0000-4000-8000-000000000000",
-     "fixed_ips": [{"ip_address": "81.1.180.1", "prefixlen": 24, "subnet_id": "s81"}],
-     "subnets": [{"id": "s81", "cidr": "81.1.180.0/24", "gateway_ip": "81.1.180.1"}]},
-    {"id": "{tag}a02-c1bb-4000-8000-000000000003", "mac_address": "fa:16:3e:87:40:f4", "mtu": 1450,
-     "network_id": "{tag}e91-0000-4000-8000-000000000000",
-     "fixed_ips": [{"ip_address": "91.1.180.1", "prefixlen": 24, "subnet_id": "s91"}],
-     "subnets": [{"id": "s91", "cidr": "91.1.180.0/24", "gateway_ip": "91.1.180.1"}]}
-  ],
-  "_floatingips": [{"id": "fip-1", "floating_ip_address": "192.168.1.104",
-                    "fixed_ip_address": "91.1.180.14", "status": "DOWN"}]
-}]"#;
-
-/// The router's ID in the sandbox tagged `tag`.
-fn router_id(tag: &str) -> String {
-    format!("{tag}de0-0000-4000-8000-000000000000")
+/// The article's router: internal networks with MTU 1450 (VXLAN tenant
+/// networks), the external one 1500; its ID starts with `tag`.
+fn article_router(tag: &str) -> RouterSpec {
+    let ext = Network::new("ext", article::EXT, Some(article::EXT_GW));
+    let net1 = Network::new("net1", article::NET1, Some(article::QR1));
+    let net2 = Network::new("net2", article::NET2, Some(article::QR2));
+    let mut r = RouterSpec::article(tag, &ext, &net1, &net2);
+    for p in &mut r.interfaces {
+        p.mtu = 1450;
+    }
+    r
 }
 
-/// A host of the sandbox: namespace suffix, network (the 3 hex digits that
-/// follow the tag in its ID), address, default gateway.
+/// A host of the sandbox: namespace suffix, network (by its name in the
+/// router spec), address, default gateway.
 struct Host {
     name: &'static str,
     network: &'static str,
@@ -67,29 +53,41 @@ struct Host {
 const HOSTS: &[Host] = &[
     Host {
         name: "vm1",
-        network: "e81",
+        network: "net1",
         addr: "81.1.180.12/24",
         gw: "81.1.180.1",
         mtu: 1450,
     },
     Host {
         name: "vm2",
-        network: "e91",
+        network: "net2",
         addr: "91.1.180.14/24",
         gw: "91.1.180.1",
         mtu: 1450,
     },
     Host {
         name: "ext",
-        network: "e00",
+        network: "ext",
         addr: "192.168.1.15/24",
         gw: "192.168.1.1",
         mtu: 1500,
     },
 ];
 
+/// The bridge host `h` plugs into: its network's.
+fn bridge_of(router: &RouterSpec, h: &Host) -> String {
+    router
+        .gateway
+        .iter()
+        .chain(&router.interfaces)
+        .find(|p| p.network.name == h.network)
+        .map(|p| p.network.bridge())
+        .unwrap_or_else(|| panic!("the router has no port on {}", h.network))
+}
+
 struct Sandbox {
     tag: String,
+    router: RouterSpec,
     dir: PathBuf,
     daemon: Option<Child>,
     keep: bool,
@@ -137,7 +135,7 @@ impl Sandbox {
             let _ = netns::delete(&self.ns(h.name));
         }
         let _ = netns::delete(&self.node());
-        let _ = netns::delete(&crate::model::namespace_of(&router_id(&self.tag)));
+        let _ = netns::delete(&self.router.namespace());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -157,13 +155,17 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
     std::fs::create_dir_all(&dir)?;
     let mut sb = Sandbox {
         tag: tag.clone(),
+        router: article_router(&tag),
         dir: dir.clone(),
         daemon: None,
         keep: false,
     };
 
     println!("xrouter demo: the article's router in a sandbox of namespaces (tag {tag})");
-    std::fs::write(dir.join("routers.json"), ROUTERS.replace("{tag}", &tag))?;
+    std::fs::write(
+        dir.join("routers.json"),
+        serde_json::to_string_pretty(&routers_json(std::slice::from_ref(&sb.router)))?,
+    )?;
     std::fs::write(
         sb.config(),
         format!(
@@ -208,7 +210,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
     };
     println!(
         "router {} is up; {}",
-        crate::model::namespace_of(&router_id(&tag)),
+        sb.router.namespace(),
         used.unwrap_or_else(|| format!("data plane: {dataplane}"))
     );
 
@@ -268,7 +270,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         probe::ask(&sb.ns("vm1"), sa("91.1.180.14"), t),
     );
     drop(ext);
-    if let Some(line) = fast_path_summary(&sb, &tag) {
+    if let Some(line) = fast_path_summary(&sb) {
         println!("\n{line}");
     }
 
@@ -277,7 +279,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         let exe = std::env::current_exe()?;
         println!("\nsandbox kept. Look around:");
         println!("  ip netns | grep {tag}");
-        let rns = crate::model::namespace_of(&router_id(&tag));
+        let rns = sb.router.namespace();
         println!("  ip netns exec {rns} iptables-save -t nat");
         println!(
             "  ip netns exec {rns} nft list table ip xrouter   # eBPF planes: the kernel's floating-IP maps"
@@ -322,9 +324,9 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
 
 /// What the eBPF programs did, from their counters, and whether the kernel
 /// translated anything (it should not have): None on the iptables plane.
-fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xrdemo-{tag}"));
-    let counters = crate::backend::bpf::pinned::counters(&pin_dir, &router_id(tag)).ok()?;
+fn fast_path_summary(sb: &Sandbox) -> Option<String> {
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xrdemo-{}", sb.tag));
+    let counters = crate::backend::bpf::pinned::counters(&pin_dir, &sb.router.id).ok()?;
     let get = |o: Outcome| {
         counters
             .iter()
@@ -332,7 +334,7 @@ fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
             .map(|(_, c)| c.packets)
             .unwrap_or(0)
     };
-    let router_ns = crate::model::namespace_of(&router_id(tag));
+    let router_ns = sb.router.namespace();
     let mut nat = 0;
     for flag in ["--src-nat", "--dst-nat"] {
         let mut c = Command::new("conntrack");
@@ -348,7 +350,6 @@ fn fast_path_summary(sb: &Sandbox, tag: &str) -> Option<String> {
                 .count();
         }
     }
-    let _ = sb;
     Some(format!(
         "fast path: {} packets forwarded by XDP, {} by TC, {} handed to the kernel (ARP, IPv6, ...); \
          NAT entries in kernel conntrack: {nat}",
@@ -367,8 +368,7 @@ async fn attach_host(sb: &Sandbox, h: &Host) -> Result<()> {
     let ns = sb.ns(h.name);
     netns::create(&ns)?;
     let node = Nl::open(Some(&sb.node())).await?;
-    // brq<network id[:11]>: the tag, the network's 3 digits, "-00".
-    let bridge_name = format!("brq{}{}-00", sb.tag, h.network);
+    let bridge_name = bridge_of(&sb.router, h);
     let bridge = node
         .link(&bridge_name)
         .await?
@@ -417,18 +417,17 @@ mod tests {
 
     #[test]
     fn the_sandbox_routers_file_is_valid_and_names_what_the_demo_uses() {
-        let tag = "0a1b2";
-        let routers = crate::config::routers::parse(&ROUTERS.replace("{tag}", tag)).unwrap();
-        assert_eq!(routers[0].id, router_id(tag));
+        let router = article_router("0a1b2");
+        let text = routers_json(std::slice::from_ref(&router)).to_string();
+        let routers = crate::config::routers::parse(&text).unwrap();
+        assert!(routers[0].id.starts_with("0a1b2"));
+        let node = crate::config::node::NodeConfig::default();
         for h in HOSTS {
-            let bridge = format!("brq{tag}{}-00", h.network);
+            let bridge = bridge_of(&router, h);
             assert!(
                 routers[0]
                     .ports()
-                    .any(
-                        |p| crate::config::node::NodeConfig::default().bridge_for(&p.network_id)
-                            == bridge
-                    ),
+                    .any(|p| node.bridge_for(&p.network_id) == bridge),
                 "no port on bridge {bridge} for host {}",
                 h.name
             );

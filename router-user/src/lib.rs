@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo;
 pub mod desired;
 pub mod engine;
+pub mod fixtures;
 pub mod model;
 pub mod plan;
 pub mod probe;

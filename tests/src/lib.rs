@@ -13,10 +13,8 @@ pub mod bulk;
 pub mod check;
 pub mod cmd;
 pub mod frames;
-pub mod names;
 pub mod probe;
 pub mod rig;
-pub mod routers;
 
 pub use check::Checks;
 pub use cmd::{Out, ip, ip_json, wait_until};
@@ -27,7 +25,9 @@ pub use probe::{
 };
 pub use rig::{Host, Rig, TempDir, xrouter_bin, xrouter_check, xrouter_plain};
 pub use router_user::config::node::Dataplane;
-pub use routers::{FipSpec, Network, PortSpec, RouterSpec, article, routers_json};
+pub use router_user::fixtures::{
+    FipSpec, Network, PortSpec, RouterSpec, article, ids as names, routers_json,
+};
 
 /// Declares one `#[test]` per data plane under test for each scenario
 /// function (`fn(Dataplane)`) named, as `<plane>::<scenario>` (e.g.

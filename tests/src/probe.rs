@@ -75,7 +75,7 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
     }
 }
 
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
     router_user::backend::netns::run_in(Some(ns), f)
 }
 

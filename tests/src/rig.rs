@@ -14,14 +14,14 @@ use std::{
 
 use anyhow::Result;
 use nix::{sys::signal, unistd::Pid};
-use router_user::{backend::netns, config::node::Dataplane};
+use router_user::{
+    backend::netns,
+    config::node::Dataplane,
+    fixtures::{Network, RouterSpec, article, ids as names, routers_json},
+};
 use serde_json::Value;
 
-use crate::{
-    cmd::{self, Out},
-    names,
-    routers::{Network, RouterSpec, article, routers_json},
-};
+use crate::cmd::{self, Out};
 
 /// How long the daemon may take for its first apply.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);

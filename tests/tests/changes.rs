@@ -949,7 +949,11 @@ fn check_plan_shows_and_changes_nothing(plane: Dataplane) {
         out.stdout
     };
     let p = plan(&rig, &routers);
-    c.ok(p.contains("nothing to change"), "the applied file: nothing to change", &p);
+    c.ok(
+        p.contains("nothing to change"),
+        "the applied file: nothing to change",
+        &p,
+    );
 
     rig.router_mut().add_fip(FIP2, VM1);
     let text = serde_json::to_string(&tests::routers_json(&rig.routers)).unwrap();
@@ -962,10 +966,22 @@ fn check_plan_shows_and_changes_nothing(plane: Dataplane) {
         &p,
     );
     if plane == Dataplane::Iptables {
-        c.ok(p.contains("load the iptables rules"), "a floating IP more: rules", &p);
-        c.ok(p.contains(&format!("add address {FIP2}/32")), "a floating IP more: its /32", &p);
+        c.ok(
+            p.contains("load the iptables rules"),
+            "a floating IP more: rules",
+            &p,
+        );
+        c.ok(
+            p.contains(&format!("add address {FIP2}/32")),
+            "a floating IP more: its /32",
+            &p,
+        );
     } else {
-        c.ok(p.contains("nft: add element"), "a floating IP more: nft elements", &p);
+        c.ok(
+            p.contains("nft: add element"),
+            "a floating IP more: nft elements",
+            &p,
+        );
         c.ok(p.contains("BPF: maps"), "a floating IP more: BPF maps", &p);
     }
     c.ok(!rig.fip_published(FIP2), "planning published nothing", ());

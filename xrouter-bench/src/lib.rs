@@ -14,6 +14,7 @@
 //! `--micro` measures the data path alone (`micro.rs`); `--scale` measures
 //! with the connection table pre-filled (`scale.rs`).
 
+mod changes;
 mod cpu;
 mod drops;
 mod micro;
@@ -254,7 +255,19 @@ pub struct Opts {
     /// default it is paused, so the figures are the data path's.
     #[arg(long)]
     pub with_gc: bool,
-    /// The xrouter binary that runs the router (default: this one).
+    /// Measure live changes instead: per data plane (xdp, tc, iptables of
+    /// --planes), the time to apply and release 1,000 and --many floating
+    /// IPs, from reload to the first packet through a new one, and the
+    /// packets a ping flow loses across a daemon restart.
+    #[arg(long)]
+    pub changes: bool,
+    /// --changes: the large number of floating IPs (at most what the eBPF
+    /// planes' floating-IP map holds).
+    #[arg(long, default_value_t = 10_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384))]
+    pub many: usize,
+    /// The xrouter binary that runs the router (default: the one beside
+    /// this program).
     #[arg(long, value_name = "FILE")]
     pub xrouter: Option<PathBuf>,
 }
@@ -335,6 +348,14 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
             micro::run(&opts)
         } else if opts.scale {
             scale::run(&opts)
+        } else if opts.changes {
+            let planes: Vec<String> = opts
+                .planes
+                .iter()
+                .filter(|p| **p != Plane::Kernel)
+                .map(|p| p.name().to_string())
+                .collect();
+            changes::run(&xrouter_bin(&opts)?, &planes, opts.many)
         } else {
             run_rig(&opts)
         }

@@ -90,15 +90,7 @@ where
 
 /// Runs `f` on a thread inside namespace `ns`.
 pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = router_user::backend::netns::open(ns)?;
-    std::thread::scope(|s| {
-        s.spawn(move || -> Result<T> {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {ns}"))?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow!("thread in {ns} panicked"))?
-    })
+    router_user::backend::netns::run_in(Some(ns), f)
 }
 
 /// Pins the calling thread (0) or process `pid` to `cpu`.

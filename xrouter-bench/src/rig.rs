@@ -34,7 +34,10 @@ use super::{
     progs::{PROG_PASS, PROG_REDIRECT, PROG_SINK, Progs, in_ns},
     report::SweepStep,
 };
-use router_user::backend::netns;
+use router_user::{
+    backend::netns,
+    fixtures::{Network, PortSpec, RouterSpec, routers_json},
+};
 
 const NET_A: &str = "10.91.1";
 const NET_B: &str = "10.91.2";
@@ -367,7 +370,7 @@ impl Drop for RawRig {
 /// A router built by xrouter on one data plane.
 pub struct RouterRig {
     plane: Plane,
-    tag: String,
+    router: RouterSpec,
     node: String,
     dir: PathBuf,
     pin_dir: PathBuf,
@@ -385,33 +388,66 @@ enum Port {
     G,
 }
 
+/// The rig's router: ports A and B on two internal networks, G on the
+/// external one, one floating IP for `NET_B.100`. IDs are random UUIDs that
+/// start with the rig's tag; port IDs differ in their first characters, so
+/// device names (and the NAPI thread names that keep 10 of them) differ.
+fn rig_router(tag: &str) -> RouterSpec {
+    let net = |name: &str, prefix: &str, gw: &str| {
+        Network::new(
+            name,
+            &format!("{prefix}.0/24"),
+            Some(&format!("{prefix}.{gw}")),
+        )
+    };
+    let (a, b, ext) = (
+        net("a", NET_A, "1"),
+        net("b", NET_B, "1"),
+        net("ext", EXT, "1"),
+    );
+    let mut r = RouterSpec::empty(tag);
+    let port = |n: &Network, ip: String, p: Port| {
+        let mut spec = PortSpec::new(n, &ip);
+        spec.mac = RouterRig::port_mac(p)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        spec
+    };
+    r.gateway = Some(port(&ext, format!("{EXT}.10"), Port::G));
+    r.interfaces.push(port(&a, format!("{NET_A}.1"), Port::A));
+    r.interfaces.push(port(&b, format!("{NET_B}.1"), Port::B));
+    r.add_fip(&format!("{EXT}.100"), &format!("{NET_B}.100"));
+    r
+}
+
 impl RouterRig {
-    /// IDs are UUIDs, as Neutron's, starting with the rig's tag.
     fn router_id(&self) -> String {
-        format!("{}f00-0000-4000-8000-000000000000", self.tag)
+        self.router.id.clone()
     }
     fn router_ns(&self) -> String {
-        router_user::model::namespace_of(&self.router_id())
+        self.router.namespace()
     }
-    /// Port IDs start with 7 distinct characters: device names (qr-/qg-/tap
-    /// + 11 of the ID) then differ within the 10 that NAPI thread names keep.
-    fn port_id(&self, p: Port) -> String {
-        let c = match p {
-            Port::A => 'a',
-            Port::B => 'b',
-            Port::G => 'c',
-        };
-        format!("b{c}{}0-0000-4000-8000-00000000000{c}", self.tag)
+    fn port(&self, p: Port) -> &PortSpec {
+        match p {
+            Port::A => self.router.interface("a"),
+            Port::B => self.router.interface("b"),
+            Port::G => self
+                .router
+                .gateway
+                .as_ref()
+                .expect("the rig's router has a gateway"),
+        }
     }
     fn dev(&self, p: Port) -> String {
-        let id = self.port_id(p);
         match p {
-            Port::G => format!("qg-{}", &id[..11]),
-            _ => format!("qr-{}", &id[..11]),
+            Port::G => self.port(p).qg(),
+            _ => self.port(p).qr(),
         }
     }
     fn tap(&self, p: Port) -> String {
-        format!("tap{}", &self.port_id(p)[..11])
+        self.port(p).tap()
     }
     fn port_mac(p: Port) -> [u8; 6] {
         match p {
@@ -432,57 +468,6 @@ impl RouterRig {
         self.daemon.as_ref().map(Child::id)
     }
 
-    fn routers_json(&self) -> String {
-        let m = |p: Port| {
-            Self::port_mac(p)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        let port = |p: Port, net: &str, addr: &str, cidr: &str, gw: &str| {
-            format!(
-                r#"{{"id": "{id}", "mac_address": "{mac}", "mtu": 1500, "network_id": "{tag}{net}-0000-4000-8000-000000000000",
-  "fixed_ips": [{{"ip_address": "{addr}", "prefixlen": 24, "subnet_id": "s-{net}"}}],
-  "subnets": [{{"id": "s-{net}", "cidr": "{cidr}", "gateway_ip": "{gw}"}}], "extra_subnets": []}}"#,
-                id = self.port_id(p),
-                mac = m(p),
-                tag = self.tag,
-            )
-        };
-        format!(
-            r#"[{{"id": "{id}", "admin_state_up": true, "enable_snat": true, "routes": [],
-  "gw_port": {g},
-  "_interfaces": [{a}, {b}],
-  "_floatingips": [{{"id": "fip-{tag}", "floating_ip_address": "{EXT}.100",
-                     "fixed_ip_address": "{NET_B}.100", "status": "DOWN"}}]
-}}]"#,
-            id = self.router_id(),
-            tag = self.tag,
-            g = port(
-                Port::G,
-                "e0e",
-                &format!("{EXT}.10"),
-                &format!("{EXT}.0/24"),
-                &format!("{EXT}.1")
-            ),
-            a = port(
-                Port::A,
-                "e0a",
-                &format!("{NET_A}.1"),
-                &format!("{NET_A}.0/24"),
-                &format!("{NET_A}.1")
-            ),
-            b = port(
-                Port::B,
-                "e0b",
-                &format!("{NET_B}.1"),
-                &format!("{NET_B}.0/24"),
-                &format!("{NET_B}.1")
-            ),
-        )
-    }
-
     /// `ct_conns`: the connection table's size in connections (the node
     /// config's `conntrack_size`; two entries each).
     pub fn new(
@@ -499,14 +484,17 @@ impl RouterRig {
             node: format!("xrb-{tag}-node"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/xrb-{tag}")),
             dir,
-            tag,
+            router: rig_router(&tag),
             bin: bin.to_path_buf(),
             daemon: None,
             napi: vec![],
             sink_napi: vec![],
         };
         std::fs::create_dir_all(&rig.dir)?;
-        std::fs::write(rig.dir.join("routers.json"), rig.routers_json())?;
+        std::fs::write(
+            rig.dir.join("routers.json"),
+            routers_json(std::slice::from_ref(&rig.router)).to_string(),
+        )?;
         let dataplane = match plane {
             Plane::Xdp => "xdp",
             Plane::Tc => "tc",

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench | bench-changes`.
+//! Project tasks: `cargo xtask setup | demo | test | bench`.
 //!
 //! Each task first runs the idempotent setup (packages, nightly with
 //! rust-src, bpf-linker, bpffs), so the README's commands work on a fresh
@@ -11,7 +11,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-mod bench_changes;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -31,22 +30,11 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Build xrouter and its benchmark (release) and run the benchmark
-    /// (arguments go to `xrouter-bench`, e.g. `--micro` or `--cases ...`).
+    /// (arguments go to `xrouter-bench`, e.g. `--micro`, `--changes` or
+    /// `--cases ...`).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
-    },
-    /// Measure live changes per data plane: applying and releasing 1k and
-    /// 10k floating IPs, reload to first packet, loss across a restart.
-    BenchChanges {
-        /// Data planes to measure.
-        #[arg(long, value_delimiter = ',', default_value = "iptables,xdp,tc")]
-        planes: Vec<String>,
-        /// The large number of floating IPs (at most what the eBPF planes'
-        /// floating-IP map holds).
-        #[arg(long, default_value_t = 10_000,
-              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384))]
-        many: usize,
     },
     /// Build everything and run the whole test suite, with fmt and clippy.
     Test {
@@ -125,11 +113,6 @@ fn real_main() -> Result<()> {
                 "xrouter-bench",
             ]))?;
             run(Command::new(root().join("target/release/xrouter-bench")).args(args))
-        }
-        Cmd::BenchChanges { planes, many } => {
-            setup()?;
-            run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
-            bench_changes::run(&root().join("target/release/xrouter"), &planes, many)
         }
         Cmd::Test { args } => {
             setup()?;

@@ -146,19 +146,20 @@ pub fn delete(name: &str) -> Result<()> {
 
 /// Runs `f` on a thread that has joined namespace `ns` (None: the caller's
 /// own namespace, still on a fresh thread so the behaviour is the same).
-pub fn run_in<T: Send + 'static>(
-    ns: Option<&str>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
+/// The thread is scoped: `f` may borrow from the caller.
+pub fn run_in<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T> {
     let file = ns.map(open).transpose()?;
-    std::thread::spawn(move || -> Result<T> {
-        if let Some(file) = file {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).context("setns")?;
-        }
-        Ok(f())
+    std::thread::scope(|s| {
+        s.spawn(move || -> Result<T> {
+            if let Some(file) = file {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("setns into {}", ns.unwrap_or_default()))?;
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
 }
 
 /// Makes `cmd` run inside namespace `ns` (network namespace only, like

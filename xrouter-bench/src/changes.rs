@@ -1,5 +1,5 @@
-//! `cargo xtask bench-changes`: how fast live changes take effect, per data
-//! plane (issue 4's figures). It drives the real `xrouter` binary in a
+//! `xrouter-bench --changes`: how fast live changes take effect, per data
+//! plane. It drives the real `xrouter` binary in a
 //! sandbox of namespaces, as production does, and prints:
 //!
 //! - time to apply 1,000 and 10,000 floating IPs on one router (`xrouter
@@ -20,6 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use router_user::fixtures::{Network, PortSpec, RouterSpec, routers_json};
 
 fn sh(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -36,38 +37,40 @@ fn ip(args: &str) -> Result<String> {
     sh(Command::new("ip").args(args.split_whitespace()))
 }
 
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}")).arg(prog).args(args);
-    c
+/// `prog args` in namespace `ns`; an error if `ns` is gone (never runs it
+/// outside the sandbox).
+fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<Command> {
+    let mut c = Command::new(prog);
+    c.args(args);
+    router_user::backend::netns::command_in(ns, &mut c)?;
+    Ok(c)
 }
 
-/// A router with `n` floating IPs 10.200.x.y -> 10.100.x.y (the first
-/// fixed IP, 10.100.0.2, is the sandbox's VM).
-fn routers(id: &str, tag: &str, n: usize) -> String {
-    let fips: Vec<String> = (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"id":"f{i}","floating_ip_address":"10.200.{}.{}","fixed_ip_address":"10.100.{}.{}"}}"#,
-                i / 250,
-                i % 250 + 2,
-                i / 250,
-                i % 250 + 2
-            )
-        })
-        .collect();
-    format!(
-        r#"[{{"id":"{id}","gw_port":{{"id":"{tag}a0e-0000-4000-8000-000000000001","mac_address":"fa:16:3e:00:00:01","mtu":1500,"network_id":"{tag}e0e-0000-4000-8000-000000000000",
-"fixed_ips":[{{"ip_address":"10.200.255.1","prefixlen":16}}],"subnets":[{{"cidr":"10.200.0.0/16","gateway_ip":"10.200.255.254"}}]}},
-"_interfaces":[{{"id":"{tag}a01-0000-4000-8000-000000000002","mac_address":"fa:16:3e:00:00:02","mtu":1500,"network_id":"{tag}e01-0000-4000-8000-000000000000",
-"fixed_ips":[{{"ip_address":"10.100.255.1","prefixlen":16}}],"subnets":[{{"cidr":"10.100.0.0/16","gateway_ip":"10.100.255.1"}}]}}],
-"_floatingips":[{}]}}]"#,
-        fips.join(",")
-    )
+/// The sandbox's router: gateway 10.200.255.1/16, one internal network
+/// 10.100.0.0/16; the VM is 10.100.0.2, the external host 10.200.255.100.
+fn base_router(tag: &str) -> RouterSpec {
+    let ext = Network::new("ext", "10.200.0.0/16", Some("10.200.255.254"));
+    let net = Network::new("net", "10.100.0.0/16", Some("10.100.255.1"));
+    let mut r = RouterSpec::empty(tag);
+    r.gateway = Some(PortSpec::new(&ext, "10.200.255.1"));
+    r.interfaces.push(PortSpec::new(&net, "10.100.255.1"));
+    r
+}
+
+/// The router with `n` floating IPs 10.200.x.y -> 10.100.x.y (the first,
+/// 10.200.0.2, is the sandbox VM's).
+fn with_fips(base: &RouterSpec, n: usize) -> RouterSpec {
+    let mut r = base.clone();
+    for i in 0..n {
+        let (x, y) = (i / 250, i % 250 + 2);
+        r.add_fip(&format!("10.200.{x}.{y}"), &format!("10.100.{x}.{y}"));
+    }
+    r
 }
 
 struct Sandbox {
     tag: String,
+    router: RouterSpec,
     dir: PathBuf,
     bin: PathBuf,
     daemon: Option<Child>,
@@ -75,10 +78,6 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    /// The router's ID: a UUID, as Neutron's, starting with the tag.
-    fn id(&self) -> String {
-        format!("{}c00-0000-4000-8000-000000000000", self.tag)
-    }
     fn node(&self) -> String {
         format!("xrbc-{}-node", self.tag)
     }
@@ -91,7 +90,10 @@ impl Sandbox {
 
     fn write_routers(&self, n: usize) -> Result<()> {
         let tmp = self.dir.join("routers.json.tmp");
-        std::fs::write(&tmp, routers(&self.id(), &self.tag, n))?;
+        std::fs::write(
+            &tmp,
+            routers_json(&[with_fips(&self.router, n)]).to_string(),
+        )?;
         std::fs::rename(&tmp, self.routers())?;
         Ok(())
     }
@@ -111,7 +113,7 @@ impl Sandbox {
                 "--routers",
                 self.routers().to_str().unwrap(),
             ],
-        )
+        )?
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -154,7 +156,7 @@ impl Sandbox {
             &self.node(),
             self.bin.to_str().unwrap(),
             &["--config", self.config().to_str().unwrap(), "reload"],
-        ))?;
+        )?)?;
         Ok(t0.elapsed())
     }
 
@@ -183,18 +185,17 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop();
-        let _ = in_ns(
+        if let Ok(mut c) = in_ns(
             &self.node(),
             self.bin.to_str().unwrap(),
             &["--config", self.config().to_str().unwrap(), "cleanup"],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+        ) {
+            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
         for ns in self.namespaces.iter().rev() {
             let _ = ip(&format!("netns del {ns}"));
         }
-        let _ = ip(&format!("netns del qrouter-{}", self.id()));
+        let _ = ip(&format!("netns del {}", self.router.namespace()));
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xrbc-{}", self.tag));
     }
@@ -205,7 +206,7 @@ impl Drop for Sandbox {
 fn first_reply(ns: &str, dst: &str) -> Result<Option<Duration>> {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(5) {
-        let ok = in_ns(ns, "ping", &["-n", "-c", "1", "-W", "0.05", dst])
+        let ok = in_ns(ns, "ping", &["-n", "-c", "1", "-W", "0.05", dst])?
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()?
@@ -223,7 +224,7 @@ fn loss_across(ns: &str, dst: &str, during: impl FnOnce() -> Result<()>) -> Resu
         ns,
         "ping",
         &["-n", "-q", "-i", "0.001", "-W", "1", "-c", "6000", dst],
-    )
+    )?
     .stdout(Stdio::piped())
     .stderr(Stdio::null())
     .spawn()?;
@@ -265,6 +266,7 @@ fn bench_plane(bin: &Path, plane: &str, n_big: usize) -> Result<Row> {
     std::fs::create_dir_all(&dir)?;
     let mut sb = Sandbox {
         tag: tag.clone(),
+        router: base_router(&tag),
         dir,
         bin: bin.into(),
         daemon: None,
@@ -281,18 +283,16 @@ fn bench_plane(bin: &Path, plane: &str, n_big: usize) -> Result<Row> {
     sb.namespaces.push(sb.node());
     sb.write_routers(0)?;
     sb.start()?;
-    let ext = sb.host(
-        "ext",
-        &format!("brq{tag}e0e-00"),
-        "10.200.255.100/16",
-        "10.200.255.254",
-    )?;
-    sb.host(
-        "vm",
-        &format!("brq{tag}e01-00"),
-        "10.100.0.2/16",
-        "10.100.255.1",
-    )?;
+    let (ext_bridge, vm_bridge) = (
+        sb.router
+            .gateway
+            .as_ref()
+            .map(|g| g.network.bridge())
+            .unwrap_or_default(),
+        sb.router.interface("net").network.bridge(),
+    );
+    let ext = sb.host("ext", &ext_bridge, "10.200.255.100/16", "10.200.255.254")?;
+    sb.host("vm", &vm_bridge, "10.100.0.2/16", "10.100.255.1")?;
 
     let apply_1k = sb.reload_to(1000)?;
     let release_1k = sb.reload_to(0)?;
@@ -304,7 +304,7 @@ fn bench_plane(bin: &Path, plane: &str, n_big: usize) -> Result<Row> {
         &sb.node(),
         bin.to_str().unwrap(),
         &["--config", sb.config().to_str().unwrap(), "reload"],
-    ))?;
+    )?)?;
     let first_packet = first_reply(&ext, "10.200.0.2")?;
     let restart = loss_across(&ext, "10.200.0.2", || {
         sb.stop();
@@ -324,7 +324,7 @@ fn bench_plane(bin: &Path, plane: &str, n_big: usize) -> Result<Row> {
 pub fn run(bin: &Path, planes: &[String], n_big: usize) -> Result<()> {
     let mut rows = Vec::new();
     for p in planes {
-        eprintln!("bench-changes: {p} ...");
+        eprintln!("xrouter-bench --changes: {p} ...");
         rows.push(bench_plane(bin, p, n_big).with_context(|| format!("data plane {p}"))?);
     }
     let mut o = String::new();
