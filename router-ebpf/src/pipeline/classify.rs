@@ -82,3 +82,20 @@ pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
     }
     None
 }
+
+/// A source the router itself owns (a port address, a subnet broadcast, a
+/// floating IP): the kernel drops such packets as martians (its own
+/// addresses, and on the iptables plane the floating IPs, are local), so
+/// the programs do too. Only checked where no connection exists: a
+/// connection was created by a packet that passed this check.
+#[inline(always)]
+pub fn spoofed_source(pkt: &Pkt) -> Result<(), Verdict> {
+    let a = LocalAddr {
+        addr: pkt.src.to_ne_bytes(),
+    };
+    // SAFETY: plain data.
+    if unsafe { maps::XR_LOCAL.get(&a) }.is_some() {
+        return Err(Verdict::Drop(Outcome::DropSpoofedSrc));
+    }
+    Ok(())
+}

@@ -15,9 +15,9 @@ use router_common::{
 };
 
 use super::{
-    Verdict,
+    Verdict, conntrack,
     parse::{ICMP_ECHO_REQUEST, INNER_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
-    track::{self, Flow},
+    route::{self, Flow},
 };
 use crate::{ctx::Packet, maps};
 
@@ -147,13 +147,13 @@ pub fn plan<P: Packet>(
         proto: q.proto,
         _pad: [0; 3],
     };
-    let Some(e) = track::find(&k) else {
+    let Some(e) = conntrack::find(&k) else {
         // Not about a connection of ours: routed as it is between internal
         // ports; across the gateway, the kernel's.
         if let Some(v) = super::classify::for_router(pkt, ingress) {
             return Err(v);
         }
-        let flow = track::route_translated(pkt, pkt.src, pkt.dst)?;
+        let flow = route::translated(pkt, pkt.src, pkt.dst)?;
         if ingress.role == ROLE_GATEWAY || egress_is_gateway(flow.egress) {
             return Err(Verdict::Kernel(Outcome::KernelIcmpUntracked));
         }
@@ -163,7 +163,7 @@ pub fn plan<P: Packet>(
     // The outer header: to the real sender, from what it talked to.
     let src = if pkt.src == q.dst { orig_dst } else { pkt.src };
     let dst = if pkt.dst == q.src { orig_src } else { pkt.dst };
-    Ok((track::route_translated(pkt, src, dst)?, Some(Plan { q, e })))
+    Ok((route::translated(pkt, src, dst)?, Some(Plan { q, e })))
 }
 
 #[inline(always)]

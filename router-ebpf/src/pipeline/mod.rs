@@ -1,5 +1,7 @@
 //! The forwarding pipeline shared by the XDP and TC programs:
-//! parse → classify → track → translate → route → rewrite → send.
+//! parse → classify → conntrack → nat → route → rewrite → send
+//! (fragments and ICMP errors take the place of conntrack for the packets
+//! that belong to a connection without carrying its ports).
 //!
 //! Each stage returns a value to go on with, or a final [`Verdict`]; only the
 //! entry points act on verdicts and count them.
@@ -14,12 +16,14 @@
 
 pub mod arp;
 pub mod classify;
+pub mod conntrack;
 pub mod csum;
+pub mod fragments;
 pub mod icmp_error;
+pub mod nat;
 pub mod parse;
 pub mod rewrite;
 pub mod route;
-pub mod track;
 
 use router_common::counters::Outcome;
 
@@ -82,7 +86,7 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
         return Verdict::ToTc;
     }
     let (flow, quoted) = if pkt.frag == parse::FRAG_LATER {
-        match track::fragment(&pkt) {
+        match fragments::later(&pkt) {
             Ok(f) => (f, None),
             // XDP runs a batch ahead of TC: the first fragment may be
             // waiting there to be recorded. TC decides.
@@ -95,7 +99,7 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             Err(v) => return v,
         }
     } else {
-        match track::track(&pkt, &ingress) {
+        match conntrack::track(&pkt, &ingress) {
             Ok(f) => (f, None),
             Err(v) => return v,
         }
@@ -119,7 +123,7 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             return Verdict::ToTc;
         }
         if pkt.frag == parse::FRAG_FIRST {
-            track::remember_fragments(&pkt, &flow);
+            fragments::remember(&pkt, &flow);
         }
         if let Some(q) = &quoted
             && let Err(v) = icmp_error::apply(p, &pkt, q)
@@ -141,7 +145,7 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
         }
     };
     if pkt.frag == parse::FRAG_FIRST {
-        track::remember_fragments(&pkt, &flow);
+        fragments::remember(&pkt, &flow);
     }
     if let Some(q) = &quoted
         && let Err(v) = icmp_error::apply(p, &pkt, q)

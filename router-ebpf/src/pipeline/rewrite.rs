@@ -8,7 +8,7 @@ use router_common::counters::Outcome;
 use super::{
     Verdict,
     parse::{ETH_LEN, IP_CSUM, IP_DST, IP_SRC, IP_TTL, PROTO_ICMP, PROTO_UDP, Pkt},
-    track::Flow,
+    route::Flow,
 };
 use crate::ctx::Packet;
 

@@ -1,10 +1,75 @@
 //! route: longest-prefix match in the router's routes trie (ECMP by flow
-//! hash), and the next hop's MAC from the neighbours map.
+//! hash), the egress port, and the next hop's MAC from the neighbours map.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use router_common::{port::NeighKey, route::MAX_NEXTHOPS};
+use router_common::{
+    counters::Outcome,
+    port::{NeighKey, PortInfo},
+    route::MAX_NEXTHOPS,
+};
 
+use super::{Verdict, parse::Pkt};
 use crate::maps;
+
+/// A packet's translation and where it goes.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub egress: u32,
+    pub nexthop: u32,
+    pub egress_mac: [u8; 6],
+    /// MTU of the egress port.
+    pub mtu: u32,
+}
+
+impl Flow {
+    /// The flow of a packet whose addresses and ports become these, sent
+    /// by way of `r` (an [`egress`] result).
+    #[inline(always)]
+    pub fn via(src: u32, dst: u32, sport: u16, dport: u16, r: (u32, u32, PortInfo)) -> Flow {
+        Flow {
+            src,
+            dst,
+            sport,
+            dport,
+            egress: r.0,
+            nexthop: r.1,
+            egress_mac: r.2.mac,
+            mtu: r.2.mtu,
+        }
+    }
+}
+
+#[inline(always)]
+fn flow_hash(pkt: &Pkt) -> u32 {
+    let h = pkt.src ^ pkt.dst.rotate_left(13) ^ ((pkt.sport as u32) << 16 | pkt.dport as u32);
+    h ^ (h >> 16)
+}
+
+/// The egress port of `dst`. No route: the kernel answers (it has no route
+/// either, or the maps are behind it; either way it must not forward).
+#[inline(always)]
+pub fn egress(pkt: &Pkt, dst: u32) -> Result<(u32, u32, PortInfo), Verdict> {
+    let Some((egress, nh)) = lookup(dst, flow_hash(pkt)) else {
+        return Err(Verdict::Answer(Outcome::KernelNoRoute));
+    };
+    // SAFETY: plain data.
+    let Some(port) = (unsafe { maps::XR_PORTS.get(&egress) }) else {
+        return Err(Verdict::Answer(Outcome::KernelNoRoute));
+    };
+    Ok((egress, nh, *port))
+}
+
+/// Where a packet goes once its addresses are `src` and `dst` (ports
+/// unchanged).
+#[inline(always)]
+pub fn translated(pkt: &Pkt, src: u32, dst: u32) -> Result<Flow, Verdict> {
+    let r = egress(pkt, dst)?;
+    Ok(Flow::via(src, dst, pkt.sport, pkt.dport, r))
+}
 
 /// Egress device and next hop (raw network order) for `dst`.
 #[inline(always)]

@@ -1,9 +1,7 @@
-//! track + translate: the connection table and the NAT decision of a
-//! connection's first packet, in Neutron's order of precedence:
-//! DNAT of a floating IP; then, leaving through qg-, the source's floating
-//! IP or the gateway IP (if `enable_snat`); hairpin (DNATed, not arrived on
-//! qg-) SNAT to the source's floating IP or the gateway IP; nothing
-//! east-west. Both directions get an entry, so replies are translated back.
+//! conntrack: the connection table. Both directions of a translated
+//! connection (or one that crosses the gateway port) get an entry, so
+//! replies are translated back; a known connection is translated as its
+//! first packet was, by [`super::nat`].
 //!
 //! A connection starts in the embryonic table `XR_CT_NEW` (LRU: a flood of
 //! new connections evicts only embryonic ones) and moves to `XR_CT`, which
@@ -13,29 +11,23 @@
 //! per second (`RouterConfig::new_conn_rate`); the rest are dropped and
 //! counted before they cost an insert.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use router_common::{
-    config::{Ipv4, RouterConfig},
+    config::RouterConfig,
     conntrack::{
-        CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, ESTABLISH_AFTER_NS, FragEntry,
-        FragKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN, TCP_NONE, TCP_SYN_SENT,
+        CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, ESTABLISH_AFTER_NS, NAT_SNAT,
+        TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN, TCP_NONE, TCP_SYN_SENT,
     },
     counters::{CtEvent, Outcome},
     port::{PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
 };
 
 use super::{
-    Verdict,
+    Verdict, classify, nat,
     parse::{FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, ICMP_ECHO_REPLY, PROTO_ICMP, PROTO_TCP, Pkt},
-    route,
+    route::{self, Flow},
 };
 use crate::maps;
-
-/// Random ports tried before a new SNAT connection is dropped.
-const PORT_PROBES: u32 = 16;
 
 /// `CtEntry::flags`: promotion failed (main table full); not retried.
 const CT_F_STAY: u8 = 0x80;
@@ -43,29 +35,9 @@ const CT_F_STAY: u8 = 0x80;
 /// Length of a window of the new-connection budget.
 const RATE_WINDOW_NS: u64 = 100_000_000;
 
-/// A packet's translation and where it goes.
-#[derive(Clone, Copy)]
-pub struct Flow {
-    pub src: u32,
-    pub dst: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub egress: u32,
-    pub nexthop: u32,
-    pub egress_mac: [u8; 6],
-    /// MTU of the egress port.
-    pub mtu: u32,
-}
-
 #[inline(always)]
-fn key(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+pub fn key(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
     CtKey::new(src.to_ne_bytes(), dst.to_ne_bytes(), sport, dport, proto)
-}
-
-#[inline(always)]
-fn flow_hash(pkt: &Pkt) -> u32 {
-    let h = pkt.src ^ pkt.dst.rotate_left(13) ^ ((pkt.sport as u32) << 16 | pkt.dport as u32);
-    h ^ (h >> 16)
 }
 
 /// The TCP state after a packet with `flags` in a connection in `state`.
@@ -98,59 +70,6 @@ fn tcp_opens(flags: u8) -> bool {
     f == FLAG_SYN || f == FLAG_ACK
 }
 
-/// The egress port of `dst`. No route: the kernel answers (it has no route
-/// either, or the maps are behind it; either way it must not forward).
-#[inline(always)]
-fn route_to(pkt: &Pkt, dst: u32) -> Result<(u32, u32, PortInfo), Verdict> {
-    let Some((egress, nh)) = route::lookup(dst, flow_hash(pkt)) else {
-        return Err(Verdict::Answer(Outcome::KernelNoRoute));
-    };
-    // SAFETY: plain data.
-    let Some(port) = (unsafe { maps::XR_PORTS.get(&egress) }) else {
-        return Err(Verdict::Answer(Outcome::KernelNoRoute));
-    };
-    Ok((egress, nh, *port))
-}
-
-#[inline(always)]
-fn flow_via(src: u32, dst: u32, sport: u16, dport: u16, r: (u32, u32, PortInfo)) -> Flow {
-    Flow {
-        src,
-        dst,
-        sport,
-        dport,
-        egress: r.0,
-        nexthop: r.1,
-        egress_mac: r.2.mac,
-        mtu: r.2.mtu,
-    }
-}
-
-/// Where a packet goes once its addresses are `src` and `dst` (ports
-/// unchanged).
-#[inline(always)]
-pub fn route_translated(pkt: &Pkt, src: u32, dst: u32) -> Result<Flow, Verdict> {
-    let r = route_to(pkt, dst)?;
-    Ok(flow_via(src, dst, pkt.sport, pkt.dport, r))
-}
-
-/// A source the router itself owns (a port address, a subnet broadcast, a
-/// floating IP): the kernel drops such packets as martians (its own
-/// addresses, and on the iptables plane the floating IPs, are local), so
-/// the programs do too. Only checked where no connection exists: a
-/// connection was created by a packet that passed this check.
-#[inline(always)]
-pub fn check_source(pkt: &Pkt) -> Result<(), Verdict> {
-    let a = router_common::port::LocalAddr {
-        addr: pkt.src.to_ne_bytes(),
-    };
-    // SAFETY: plain data.
-    if unsafe { maps::XR_LOCAL.get(&a) }.is_some() {
-        return Err(Verdict::Drop(Outcome::DropSpoofedSrc));
-    }
-    Ok(())
-}
-
 /// The connection entry for `k`: established, then embryonic (true).
 #[inline(always)]
 fn lookup(k: &CtKey) -> Option<(*mut CtEntry, bool)> {
@@ -173,18 +92,18 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     // never translated (Neutron's east-west rule), so it needs no state, and
     // a known connection whose destination is not rewritten reuses the route.
     let pre = if ingress.role == ROLE_INTERNAL {
-        route_to(pkt, pkt.dst).ok()
+        route::egress(pkt, pkt.dst).ok()
     } else {
         None
     };
     if let Some(r) = pre
         && r.2.role == ROLE_INTERNAL
     {
-        check_source(pkt)?;
-        if let Some(v) = super::classify::for_router(pkt, ingress) {
+        classify::spoofed_source(pkt)?;
+        if let Some(v) = classify::for_router(pkt, ingress) {
             return Err(v);
         }
-        return Ok(flow_via(pkt.src, pkt.dst, pkt.sport, pkt.dport, r));
+        return Ok(Flow::via(pkt.src, pkt.dst, pkt.sport, pkt.dport, r));
     }
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
     // SAFETY: helper without arguments.
@@ -196,13 +115,13 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         let new_dst = u32::from_ne_bytes(e.new_dst);
         let r = match pre {
             Some(r) if new_dst == pkt.dst => r,
-            _ => route_to(pkt, new_dst)?,
+            _ => route::egress(pkt, new_dst)?,
         };
         e.last_seen = now;
         if pkt.proto == PROTO_TCP {
             e.state = tcp_next(e.state, pkt.flags);
         }
-        let flow = flow_via(
+        let flow = Flow::via(
             u32::from_ne_bytes(e.new_src),
             new_dst,
             e.new_sport,
@@ -214,8 +133,8 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         }
         return Ok(flow);
     }
-    check_source(pkt)?;
-    if let Some(v) = super::classify::for_router(pkt, ingress) {
+    classify::spoofed_source(pkt)?;
+    if let Some(v) = classify::for_router(pkt, ingress) {
         return Err(v);
     }
     new_connection(pkt, ingress, now)
@@ -269,58 +188,6 @@ fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
     maps::event(CtEvent::Promoted);
 }
 
-/// Records how a fragmented datagram's first fragment was translated.
-#[inline(always)]
-pub fn remember_fragments(pkt: &Pkt, flow: &Flow) {
-    let k = FragKey {
-        src: pkt.src.to_ne_bytes(),
-        dst: pkt.dst.to_ne_bytes(),
-        id: pkt.ip_id,
-        proto: pkt.proto,
-        _pad: 0,
-    };
-    let e = FragEntry {
-        new_src: flow.src.to_ne_bytes(),
-        new_dst: flow.dst.to_ne_bytes(),
-    };
-    let _ = maps::XR_FRAG.insert(&k, &e, BPF_ANY as u64);
-}
-
-/// A later fragment: the addresses its first fragment got. Unknown (the
-/// first has not come through the programs): dropped, since nothing can
-/// translate it as the rest of its datagram was (the kernel, reassembling
-/// it, would translate it on its own, differently).
-#[inline(always)]
-pub fn fragment(pkt: &Pkt) -> Result<Flow, Verdict> {
-    let k = FragKey {
-        src: pkt.src.to_ne_bytes(),
-        dst: pkt.dst.to_ne_bytes(),
-        id: pkt.ip_id,
-        proto: pkt.proto,
-        _pad: 0,
-    };
-    // SAFETY: plain data.
-    let Some(e) = (unsafe { maps::XR_FRAG.get(&k) }) else {
-        return Err(Verdict::Drop(Outcome::DropFragment));
-    };
-    route_translated(
-        pkt,
-        u32::from_ne_bytes(e.new_src),
-        u32::from_ne_bytes(e.new_dst),
-    )
-}
-
-#[inline(always)]
-fn floating_of(fixed: u32) -> Option<u32> {
-    // SAFETY: plain data.
-    unsafe {
-        maps::XR_FIP.get(&Ipv4 {
-            addr: fixed.to_ne_bytes(),
-        })
-    }
-    .map(|f| u32::from_ne_bytes(f.addr))
-}
-
 /// Whether one more new connection fits this CPU's budget.
 #[inline(always)]
 fn admit(cfg: &RouterConfig, now: u64) -> bool {
@@ -357,46 +224,11 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         return Err(Verdict::Drop(Outcome::DropNewRate));
     }
 
-    // DNAT: a floating IP, from anywhere.
-    let mut nat = 0u8;
-    let mut dst = pkt.dst;
-    // SAFETY: plain data.
-    if let Some(fixed) = unsafe {
-        maps::XR_FIP_REV.get(&Ipv4 {
-            addr: pkt.dst.to_ne_bytes(),
-        })
-    } {
-        dst = u32::from_ne_bytes(fixed.addr);
-        nat |= NAT_DNAT;
-    }
-    // Opaque to the optimiser: it would otherwise derive `nat` from the
-    // map lookup's pointer and OR pointers, which the verifier refuses.
-    // SAFETY: a local.
-    let nat = unsafe { core::ptr::read_volatile(&nat) };
-    let (egress, nexthop, port) = route_to(pkt, dst)?;
+    let (dst, nat) = nat::destination(pkt);
+    let (egress, nexthop, port) = route::egress(pkt, dst)?;
+    let snat_to = nat::source(pkt, ingress, &cfg, egress, nat);
 
-    // SNAT address, by Neutron's rules.
-    let has_gw = cfg.gw_ifindex != 0;
-    let gw_addr = u32::from_ne_bytes(cfg.gw_addr);
-    let snat_to = if !has_gw {
-        None
-    } else if nat & NAT_DNAT != 0 {
-        match floating_of(pkt.src) {
-            Some(f) => Some(f),
-            None if ingress.role != ROLE_GATEWAY => Some(gw_addr),
-            None => None,
-        }
-    } else if egress == cfg.gw_ifindex {
-        match floating_of(pkt.src) {
-            Some(f) => Some(f),
-            None if cfg.enable_snat != 0 => Some(gw_addr),
-            None => None,
-        }
-    } else {
-        None
-    };
-
-    let mut flow = flow_via(pkt.src, dst, pkt.sport, pkt.dport, (egress, nexthop, port));
+    let mut flow = Flow::via(pkt.src, dst, pkt.sport, pkt.dport, (egress, nexthop, port));
     let translated = nat != 0 || snat_to.is_some();
     let touches_gw = ingress.role == ROLE_GATEWAY || port.role == ROLE_GATEWAY;
     if !translated && !touches_gw {
@@ -439,37 +271,7 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
     let reply_key = match snat_to {
         Some(addr) => {
             flow.src = addr;
-            let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
-            let mut claimed = None;
-            for _ in 0..PORT_PROBES {
-                let port = ((cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16)
-                    .to_be();
-                let rk = if icmp {
-                    key(dst, addr, port, port, pkt.proto)
-                } else {
-                    key(dst, addr, pkt.dport, port, pkt.proto)
-                };
-                // SAFETY: plain data.
-                if unsafe { maps::XR_CT.get(&rk) }.is_some() {
-                    continue;
-                }
-                // NOEXIST makes the claim atomic across CPUs; the second
-                // look at the main table catches a connection promoted
-                // from the embryonic one in between.
-                if maps::XR_CT_NEW
-                    .insert(&rk, &reply, BPF_NOEXIST as u64)
-                    .is_ok()
-                {
-                    // SAFETY: plain data.
-                    if unsafe { maps::XR_CT.get(&rk) }.is_some() {
-                        let _ = maps::XR_CT_NEW.remove(&rk);
-                        continue;
-                    }
-                    claimed = Some((rk, port));
-                    break;
-                }
-            }
-            let Some((rk, port)) = claimed else {
+            let Some((rk, port)) = nat::claim_port(&cfg, pkt, dst, addr, &reply) else {
                 return Err(Verdict::Drop(Outcome::DropNoPort));
             };
             flow.sport = port;

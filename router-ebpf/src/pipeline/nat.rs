@@ -1,0 +1,125 @@
+//! nat: Neutron's translation of a connection's first packet, in its order
+//! of precedence: DNAT of a floating IP (from anywhere); then, leaving
+//! through qg-, SNAT to the source's floating IP or to the gateway IP (if
+//! `enable_snat`); hairpin (DNATed, not arrived on qg-) SNAT to the
+//! source's floating IP or the gateway IP; nothing east-west. Gateway SNAT
+//! picks a random free port in the configured range.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use router_common::{
+    config::{Ipv4, RouterConfig},
+    conntrack::{CtEntry, CtKey, NAT_DNAT},
+    port::{PortInfo, ROLE_GATEWAY},
+};
+
+use super::{conntrack::key, parse::Pkt};
+use crate::maps;
+
+/// Random ports tried before a new SNAT connection is dropped.
+const PORT_PROBES: u32 = 16;
+
+#[inline(always)]
+fn floating_of(fixed: u32) -> Option<u32> {
+    // SAFETY: plain data.
+    unsafe {
+        maps::XR_FIP.get(&Ipv4 {
+            addr: fixed.to_ne_bytes(),
+        })
+    }
+    .map(|f| u32::from_ne_bytes(f.addr))
+}
+
+/// The destination after DNAT, and `NAT_DNAT` if a floating IP applied.
+#[inline(always)]
+pub fn destination(pkt: &Pkt) -> (u32, u8) {
+    let mut nat = 0u8;
+    let mut dst = pkt.dst;
+    // SAFETY: plain data.
+    if let Some(fixed) = unsafe {
+        maps::XR_FIP_REV.get(&Ipv4 {
+            addr: pkt.dst.to_ne_bytes(),
+        })
+    } {
+        dst = u32::from_ne_bytes(fixed.addr);
+        nat |= NAT_DNAT;
+    }
+    // Opaque to the optimiser: it would otherwise derive `nat` from the
+    // map lookup's pointer and OR pointers, which the verifier refuses.
+    // SAFETY: a local.
+    (dst, unsafe { core::ptr::read_volatile(&nat) })
+}
+
+/// The address to SNAT to, by Neutron's rules, for a connection leaving by
+/// `egress` with DNAT flags `nat`; None: the source stays.
+#[inline(always)]
+pub fn source(
+    pkt: &Pkt,
+    ingress: &PortInfo,
+    cfg: &RouterConfig,
+    egress: u32,
+    nat: u8,
+) -> Option<u32> {
+    if cfg.gw_ifindex == 0 {
+        return None;
+    }
+    let gw_addr = u32::from_ne_bytes(cfg.gw_addr);
+    if nat & NAT_DNAT != 0 {
+        match floating_of(pkt.src) {
+            Some(f) => Some(f),
+            None if ingress.role != ROLE_GATEWAY => Some(gw_addr),
+            None => None,
+        }
+    } else if egress == cfg.gw_ifindex {
+        match floating_of(pkt.src) {
+            Some(f) => Some(f),
+            None if cfg.enable_snat != 0 => Some(gw_addr),
+            None => None,
+        }
+    } else {
+        None
+    }
+}
+
+/// Claims a free source port for a connection to `dst` SNATed to `addr`
+/// by inserting its reply entry `reply` into the embryonic table: the
+/// reply's key and the port (network order). ICMP uses the echo id as
+/// both ports. None: no free port within `PORT_PROBES` tries.
+#[inline(always)]
+pub fn claim_port(
+    cfg: &RouterConfig,
+    pkt: &Pkt,
+    dst: u32,
+    addr: u32,
+    reply: &CtEntry,
+) -> Option<(CtKey, u16)> {
+    let icmp = pkt.proto == super::parse::PROTO_ICMP;
+    let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
+    for _ in 0..PORT_PROBES {
+        // SAFETY: helper without arguments.
+        let port = ((cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be();
+        let rk = if icmp {
+            key(dst, addr, port, port, pkt.proto)
+        } else {
+            key(dst, addr, pkt.dport, port, pkt.proto)
+        };
+        // SAFETY: plain data.
+        if unsafe { maps::XR_CT.get(&rk) }.is_some() {
+            continue;
+        }
+        // NOEXIST makes the claim atomic across CPUs; the second look at
+        // the main table catches a connection promoted from the embryonic
+        // one in between.
+        if maps::XR_CT_NEW
+            .insert(&rk, reply, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            // SAFETY: plain data.
+            if unsafe { maps::XR_CT.get(&rk) }.is_some() {
+                let _ = maps::XR_CT_NEW.remove(&rk);
+                continue;
+            }
+            return Some((rk, port));
+        }
+    }
+    None
+}
