@@ -33,6 +33,12 @@ pub const MARK_TRANSLATED: u32 = 0x7872_0000;
 /// Untranslated, for the kernel to answer with an ICMP error (TTL, no
 /// route, fragmentation needed); it must never forward it.
 pub const MARK_ANSWER_ONLY: u32 = 0x7865_0000;
+/// A packet of a translated connection whose destination the programs have
+/// translated back (a reply to a SNATed connection, a packet to a floating
+/// IP), for the kernel to answer (TTL, fragmentation needed): untracked, never
+/// forwarded. The kernel's ICMP error quotes the translated packet; the
+/// egress program translates the quote back on its way out.
+pub const MARK_TRANSLATED_ANSWER: u32 = 0x7861_0000;
 
 /// Per-CPU state of the new-connection budget, index 0 of `XR_RATE`.
 #[repr(C)]

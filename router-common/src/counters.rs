@@ -18,8 +18,9 @@ pub enum Outcome {
     /// To the kernel: addressed to the router itself (its addresses, a
     /// subnet broadcast, multicast, metadata).
     KernelLocal = 4,
-    /// To the kernel, untranslated, never to be forwarded by it: TTL
-    /// expires here (the kernel answers "time exceeded").
+    /// To the kernel, never to be forwarded by it: TTL expires here (the
+    /// kernel answers "time exceeded"). Untranslated, or, when the
+    /// programs rewrite only its destination, with that translated.
     KernelTtl = 5,
     /// To the kernel translated, never to be translated by it: IP options
     /// (the kernel processes them while forwarding).
@@ -36,22 +37,27 @@ pub enum Outcome {
     DropMalformed = 10,
     /// Dropped: no free SNAT port.
     DropNoPort = 11,
-    /// Dropped: direct connection to the metadata proxy port.
-    DropMetadata = 12,
+    /// An ICMP error the kernel sent about a packet handed up with its
+    /// destination translated (see `KernelTtl`, `KernelMtu`): its quote
+    /// translated back on the way out, so it reaches the sender as
+    /// the sender expects it.
+    KernelErrorTranslated = 12,
     /// Dropped: the connection table refused an entry.
     DropCtFull = 13,
     /// To the kernel: neighbour unknown to TC as well (`bpf_redirect_neigh` failed).
     KernelNeigh = 14,
-    /// To the kernel, untranslated, never to be forwarded by it: a DF
-    /// packet over the egress MTU (it answers "fragmentation needed").
+    /// To the kernel, never to be forwarded by it: a DF packet over the
+    /// egress MTU (it answers "fragmentation needed"). Translated as
+    /// `KernelTtl` is.
     KernelMtu = 15,
     /// Answered: an ARP request for a floating IP on the gateway port.
     ArpReplied = 16,
     /// To the kernel translated, never to be translated by it: over the
     /// egress MTU without DF (the kernel fragments it).
     KernelFragment = 17,
-    /// To the kernel: 802.1Q/802.1ad tagged (no VLAN is routed here; the
-    /// kernel drops tagged frames, strips priority tags).
+    /// To the kernel: 802.1Q/802.1ad tagged with a VLAN id (no VLAN is
+    /// routed here; priority tags, VLAN 0, are removed and the frame
+    /// handled as untagged, as the kernel does).
     KernelVlan = 18,
     /// To the kernel: an ICMP error crossing the gateway port about no
     /// connection the programs track (the kernel's own, or none).
@@ -61,7 +67,7 @@ pub enum Outcome {
     /// Dropped: impossible source (0.0.0.0, 127/8, multicast, 255.255.255.255).
     DropMartianSrc = 21,
     /// Dropped: source is one of the router's own addresses (a port
-    /// address, a subnet broadcast, a floating IP).
+    /// address or a floating IP).
     DropSpoofedSrc = 22,
     /// Dropped: impossible destination (0.0.0.0, 127/8).
     DropMartianDst = 23,
@@ -91,7 +97,7 @@ impl Outcome {
         Outcome::KernelProto,
         Outcome::DropMalformed,
         Outcome::DropNoPort,
-        Outcome::DropMetadata,
+        Outcome::KernelErrorTranslated,
         Outcome::DropCtFull,
         Outcome::KernelNeigh,
         Outcome::KernelMtu,
@@ -123,7 +129,7 @@ impl Outcome {
             Outcome::KernelProto => "kernel/protocol",
             Outcome::DropMalformed => "drop/malformed",
             Outcome::DropNoPort => "drop/no-snat-port",
-            Outcome::DropMetadata => "drop/metadata-port",
+            Outcome::KernelErrorTranslated => "kernel/icmp-error-translated",
             Outcome::DropCtFull => "drop/conntrack-full",
             Outcome::KernelNeigh => "kernel/neighbour",
             Outcome::KernelMtu => "kernel/mtu",

@@ -5,6 +5,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::{bpf_skb_vlan_pop, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 
@@ -26,6 +27,10 @@ pub trait Packet {
     /// Whether the frame carries an 802.1Q/802.1ad tag outside its data
     /// (an skb's VLAN metadata; XDP sees tags in the frame itself).
     fn vlan_tagged(&self) -> bool;
+    /// Removes an 802.1p priority tag (802.1Q, VLAN 0) in front of IPv4:
+    /// the kernel handles such frames as untagged, so the programs do too.
+    /// Err: the frame could not be changed.
+    fn pop_priority_tag(&mut self) -> Result<(), ()>;
     /// Fixes the IPv4 header checksum at `off` for a `size`-byte field change.
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()>;
     /// Fixes an L4 checksum at `off`. `pseudo`: the field is in the
@@ -77,6 +82,26 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn vlan_tagged(&self) -> bool {
         false
+    }
+    #[inline(always)]
+    fn pop_priority_tag(&mut self) -> Result<(), ()> {
+        let Some(h) = self.ptr::<[u8; 18]>(0) else {
+            return Ok(());
+        };
+        // SAFETY: bounds checked by ptr().
+        let h = unsafe { &mut *h };
+        if !is_priority_tag(h) {
+            return Ok(());
+        }
+        // The MACs move 4 bytes on, over the tag; the head follows them.
+        for i in (0..12).rev() {
+            h[i + 4] = h[i];
+        }
+        // SAFETY: ctx is the program's context.
+        if unsafe { bpf_xdp_adjust_head(self.ctx, 4) } != 0 {
+            return Err(());
+        }
+        Ok(())
     }
     #[inline(always)]
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()> {
@@ -141,6 +166,29 @@ impl Packet for TcContext {
         unsafe { (*self.skb.skb).vlan_present != 0 }
     }
     #[inline(always)]
+    fn pop_priority_tag(&mut self) -> Result<(), ()> {
+        // SAFETY: skb is the program's context.
+        let skb = unsafe { &*self.skb.skb };
+        // Usually the kernel has moved the tag into the skb's metadata
+        // already; in the frame it is popped the same way.
+        let tagged = if skb.vlan_present != 0 {
+            skb.vlan_proto == 0x8100u16.to_be() as u32
+                && skb.vlan_tci & 0x0fff == 0
+                && skb.protocol == 0x0800u16.to_be() as u32
+        } else {
+            match self.ptr::<[u8; 18]>(0) {
+                // SAFETY: bounds checked by ptr().
+                Some(h) => is_priority_tag(unsafe { &*h }),
+                None => false,
+            }
+        };
+        // SAFETY: skb is the program's context.
+        if tagged && unsafe { bpf_skb_vlan_pop(self.skb.skb as *mut _) } != 0 {
+            return Err(());
+        }
+        Ok(())
+    }
+    #[inline(always)]
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()> {
         self.l3_csum_replace(off, old as u64, new as u64, size)
             .map_err(|_| ())
@@ -165,4 +213,10 @@ impl Packet for TcContext {
         self.l4_csum_replace(off, old as u64, new as u64, flags)
             .map_err(|_| ())
     }
+}
+
+/// An 802.1Q tag with VLAN id 0 (any priority) in front of IPv4.
+#[inline(always)]
+fn is_priority_tag(h: &[u8; 18]) -> bool {
+    h[12] == 0x81 && h[13] == 0 && h[14] & 0x0f == 0 && h[15] == 0 && h[16] == 8 && h[17] == 0
 }

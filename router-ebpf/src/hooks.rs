@@ -1,6 +1,6 @@
 //! The entry points' bodies: a pipeline verdict turned into the hook's
-//! action, counted once. The programs (`xr_xdp`, `xr_tc`, and the
-//! benchmark's `xr_bench_micro`) are one-line wrappers around these.
+//! action, counted once. The programs (`xr_xdp`, `xr_tc`, `xr_tc_out`, and
+//! the benchmark's `xr_bench_micro`) are one-line wrappers around these.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh, xdp_action},
@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use router_common::{
-    config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED},
+    config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER},
     counters::Outcome,
 };
 
@@ -52,7 +52,7 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
     let len = ctx.len() as u64;
     // Headers (IPv4 options and the quote of an ICMP error included) must
     // be linear and writable for direct access.
-    let _ = ctx.pull_data(core::cmp::min(len as u32, 128));
+    let _ = ctx.pull_data(core::cmp::min(len as u32, HEADERS));
     match pipeline::process(ctx) {
         Verdict::Forward { ifindex, nexthop } => {
             let mut nh = bpf_redir_neigh {
@@ -89,6 +89,11 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
             maps::count(why, len);
             TC_ACT_OK
         }
+        Verdict::TranslatedAnswer(why) => {
+            mark(ctx, MARK_TRANSLATED_ANSWER);
+            maps::count(why, len);
+            TC_ACT_OK
+        }
         Verdict::Bounce => {
             maps::count(Outcome::ArpReplied, len);
             // Out of the device it came in on.
@@ -97,6 +102,27 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
         Verdict::ToTc => TC_ACT_OK,
     }
 }
+
+/// TC egress of the router's ports: only the router's own packets (a
+/// forwarded one came in on a device) are looked at, for ICMP errors to
+/// translate back. Never drops.
+#[inline(always)]
+pub fn tc_out(ctx: &mut TcContext) -> i32 {
+    // SAFETY: skb is the program's context.
+    if unsafe { (*ctx.skb.skb).ingress_ifindex } != 0 {
+        return TC_ACT_OK;
+    }
+    let len = ctx.len() as u64;
+    let _ = ctx.pull_data(core::cmp::min(len as u32, HEADERS));
+    if pipeline::local_error(ctx) {
+        maps::count(Outcome::KernelErrorTranslated, len);
+    }
+    TC_ACT_OK
+}
+
+/// Bytes TC makes linear and writable: Ethernet, IPv4 with options, and an
+/// ICMP error's quote with its own options.
+const HEADERS: u32 = 14 + 60 + 8 + 60 + 8;
 
 /// Tells the kernel how to treat a packet handed up (the nftables rules of
 /// the router namespace match it); Neutron's low 16 bits are kept.

@@ -212,11 +212,15 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
             .iter()
             .filter_map(|p| Some((p.dev.clone(), *o.ifindex.get(&p.dev)?)))
             .collect();
-        let taps: Vec<(String, u32)> = d
-            .ports
-            .iter()
-            .filter_map(|p| Some((p.tap.clone(), *host_index.get(&p.tap)?)))
-            .collect();
+        // Taps carry `xr_pass` only under XDP (see `apply_bpf`).
+        let taps: Vec<(String, u32)> = if hook == Hook::Xdp {
+            d.ports
+                .iter()
+                .filter_map(|p| Some((p.tap.clone(), *host_index.get(&p.tap)?)))
+                .collect()
+        } else {
+            vec![]
+        };
         o.bpf = ebpf::observe(&node.pin_dir, &d.id, &devices, &taps, hook).map(|mut b| {
             // The taps must put VLAN tags into the frames (see `ethtool`).
             b.in_place &= taps.iter().all(|(t, _)| {
@@ -490,9 +494,14 @@ impl Engine {
             .filter_map(|p| ifindex.get(&p.dev).map(|i| (p.dev.clone(), *i)))
             .collect();
         b.attach(ns, &devices, hook)?;
+        // Only XDP needs the taps: a frame `xr_xdp` redirects into a veth
+        // is dropped unless the peer has an XDP program, and XDP sees VLAN
+        // tags only in the frame. Under TC the taps stay as they are (an
+        // XDP program on a veth turns off TSO on its peer, the router's
+        // port).
         let host = Nl::open(None).await?;
         let mut taps = Vec::new();
-        for p in &d.ports {
+        for p in d.ports.iter().filter(|_| hook == Hook::Xdp) {
             if let Some(t) = host.link(&p.tap).await? {
                 // A VLAN tag must reach the programs in the frame itself.
                 if ethtool::disable(&t.name, &ethtool::VLAN_TX_OFFLOADS)? {

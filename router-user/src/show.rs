@@ -246,3 +246,24 @@ pub fn stats(
     }
     Ok(o)
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use router_common::counters::{CtEvent, Outcome};
+
+    /// Every counter `show stats` can print is explained to operators.
+    #[test]
+    fn every_counter_is_documented() {
+        let doc = include_str!("../../docs/dataplane.md");
+        let names = Outcome::ALL
+            .iter()
+            .map(|o| o.name())
+            .chain(CtEvent::ALL.iter().map(|e| e.name()));
+        for name in names {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/dataplane.md does not explain `{name}`"
+            );
+        }
+    }
+}

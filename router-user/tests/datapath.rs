@@ -1,5 +1,5 @@
-//! Data-path tests through BPF_PROG_TEST_RUN: crafted frames into `xr_xdp`
-//! and `xr_tc` with the maps of the article's router filled by hand, and the
+//! Data-path tests through BPF_PROG_TEST_RUN: crafted frames into `xr_xdp`,
+//! `xr_tc` and `xr_tc_out` with the maps of the article's router filled by hand, and the
 //! output checked byte by byte, checksums recomputed here independently.
 //!
 //! The programs look up the ingress device, which the kernel resolves in the
@@ -317,8 +317,10 @@ impl Router {
             .expect("load object");
         let p: &mut Xdp = ebpf.program_mut("xr_xdp").unwrap().try_into().unwrap();
         p.load().expect("verifier");
-        let p: &mut SchedClassifier = ebpf.program_mut("xr_tc").unwrap().try_into().unwrap();
-        p.load().expect("verifier");
+        for name in ["xr_tc", "xr_tc_out"] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().expect("verifier");
+        }
         let [qr1, qr2, qg] = ifx;
 
         let mut ports: HashMap<_, u32, PortInfo> =
@@ -911,6 +913,31 @@ impl Router {
         )
     }
 
+    /// `xr_tc_out` (egress of a port) on a packet the router itself sends
+    /// (`ingress` 0) or one it forwards.
+    fn tc_out(&self, ifindex: u32, ingress: u32, data: &[u8]) -> Out {
+        let mut out = vec![0u8; data.len() + 64];
+        // struct __sk_buff: ingress_ifindex at 36, ifindex at 40.
+        let mut ctx = [0u8; 192];
+        ctx[36..40].copy_from_slice(&ingress.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let p: &SchedClassifier = self.ebpf.program("xr_tc_out").unwrap().try_into().unwrap();
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(data),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("tc egress test run");
+        out.truncate(r.data_size_out as usize);
+        Out {
+            ret: r.return_value,
+            frame: out,
+        }
+    }
+
     fn event(&self, ev: CtEvent) -> u64 {
         let c: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("XR_CT_EVENTS").unwrap()).unwrap();
@@ -1274,6 +1301,7 @@ fn arp_for_floating_ips_is_answered_on_the_gateway_port() {
 const MARK_MASK: u32 = 0xffff_0000;
 const MARK_TRANSLATED: u32 = 0x7872_0000;
 const MARK_ANSWER_ONLY: u32 = 0x7865_0000;
+const MARK_TRANSLATED_ANSWER: u32 = 0x7861_0000;
 
 /// Both hooks on one frame: XDP's verdict and TC's, with TC's mark.
 fn both(r: &Router, ingress: u32, f: &Frame) -> (Out, Out, u32) {
@@ -1320,13 +1348,12 @@ fn martian_and_spoofed_sources_are_dropped_as_the_kernel_drops_them() {
             assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "source {src}");
         }
         assert_eq!(r.counter(Outcome::DropMartianSrc), 10);
-        // The router's own addresses, a subnet broadcast and a floating IP
-        // as the source, from either side.
+        // The router's own addresses and a floating IP as the source, from
+        // either side.
         for (ingress, src) in [
             (r.qg, "192.168.1.110"),
             (r.qg, "192.168.1.104"),
             (r.qg, "81.1.180.1"),
-            (r.qg, "91.1.180.255"),
         ] {
             let (x, t, _) = both(&r, ingress, &from_outside(src, "91.1.180.14"));
             assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "source {src}");
@@ -1338,7 +1365,12 @@ fn martian_and_spoofed_sources_are_dropped_as_the_kernel_drops_them() {
             (XDP_DROP, TC_ACT_SHOT),
             "FIP as source inside"
         );
-        assert_eq!(r.counter(Outcome::DropSpoofedSrc), 10);
+        assert_eq!(r.counter(Outcome::DropSpoofedSrc), 8);
+        // A subnet's broadcast address as source is not the router's: the
+        // kernel forwards it, so do the programs.
+        let t = r.tc(r.qg, &from_outside("91.1.180.255", "91.1.180.14"));
+        assert_eq!(t.ret, TC_ACT_REDIRECT, "subnet broadcast as source");
+        assert_eq!(t.src().to_string(), "91.1.180.255");
         for dst in ["0.0.0.0", "127.0.0.1"] {
             let (x, t, _) = both(&r, r.qg, &from_outside("192.168.1.15", dst));
             assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "destination {dst}");
@@ -1578,10 +1610,11 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
             },
         );
         assert_eq!(o.dst().to_string(), "91.1.180.14");
-        assert_eq!(
-            r.table_len("XR_CT_NEW"),
-            lim.ct_new as usize,
-            "the flood churns only here"
+        // (How full an LRU map stays depends on the CPUs' free lists.)
+        let churned = r.table_len("XR_CT_NEW");
+        assert!(
+            churned > 0 && churned <= lim.ct_new as usize,
+            "the flood churns only here: {churned}"
         );
     });
 }
@@ -1803,5 +1836,211 @@ fn untracked_icmp_errors_across_the_gateway_are_the_kernels() {
         let (t, mark) = r.raw_tc_skb(r.qr1, &f.bytes(), 0);
         assert_eq!(t.ret, TC_ACT_OK);
         assert_eq!(mark & MARK_MASK, MARK_ANSWER_ONLY);
+    });
+}
+
+/// A priority tag (802.1Q, VLAN 0) is no VLAN: the frame is handled as the
+/// untagged one, and forwarded untagged; a VLAN id leaves it to the kernel.
+#[test]
+fn priority_tagged_frames_are_handled_as_untagged() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let plain = Frame::udp("192.168.1.15", 4000, "192.168.1.104", 53)
+            .from(MAC_EXT, MAC_QG)
+            .bytes();
+        let tag = |tci: [u8; 2]| {
+            let mut f = plain[..12].to_vec();
+            f.extend_from_slice(&[0x81, 0x00, tci[0], tci[1]]);
+            f.extend_from_slice(&plain[12..]);
+            f
+        };
+        // Priority 5, VLAN 0.
+        let tagged = tag([0xa0, 0x00]);
+        let x = r.raw_xdp(r.qg, &tagged);
+        assert_eq!(x.ret, XDP_REDIRECT);
+        let y = r.raw_xdp(r.qg, &plain);
+        assert_eq!(x.frame, y.frame, "XDP: forwarded as the untagged frame");
+        let t = r.raw_tc(r.qg, &tagged);
+        assert_eq!(t.ret, TC_ACT_REDIRECT);
+        assert_eq!(&t.frame[12..14], &[0x08, 0x00], "TC: forwarded untagged");
+        assert_eq!(t.dst().to_string(), "91.1.180.14");
+        assert_checksums(&t.frame);
+        // VLAN 5: not routed here.
+        let vlan = tag([0x00, 0x05]);
+        let x = r.raw_xdp(r.qg, &vlan);
+        assert_eq!((x.ret, &x.frame), (XDP_PASS, &vlan), "VLAN 5 untouched");
+    });
+}
+
+/// What the kernel must answer (TTL runs out, DF over the MTU) for a host
+/// behind the router: a reply to a SNATed connection goes up with its
+/// destination translated back and marked to be answered, never forwarded
+/// (XDP leaves it to TC); the kernel's ICMP error then gets its quote
+/// translated back by `xr_tc_out`, from the address the sender used. A
+/// packet whose source the programs translate goes up untouched.
+#[test]
+fn answers_for_hosts_behind_nat_are_handed_up_translated() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let out = r.xdp(r.qr1, &Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53));
+        assert_eq!(out.ret, XDP_REDIRECT);
+        let port = out.sport();
+        let reply = |ttl: u8, len: usize| {
+            Frame {
+                ttl,
+                payload: vec![7; len],
+                ..Frame::udp("192.168.1.15", 53, "192.168.1.110", port)
+            }
+            .from(MAC_EXT, MAC_QG)
+            .bytes()
+        };
+        for (what, f, why) in [
+            ("TTL 1", reply(1, 5), Outcome::KernelTtl),
+            (
+                "DF over the VM network's MTU",
+                reply(64, 1444),
+                Outcome::KernelMtu,
+            ),
+        ] {
+            let x = r.raw_xdp(r.qg, &f);
+            assert_eq!(
+                (x.ret, &x.frame),
+                (XDP_PASS, &f),
+                "{what}: XDP leaves it to TC"
+            );
+            let before = r.counter(why);
+            let (t, mark) = r.raw_tc_skb(r.qg, &f, 0);
+            assert_eq!(t.ret, TC_ACT_OK, "{what}");
+            assert_eq!(mark, MARK_TRANSLATED_ANSWER, "{what}");
+            assert_eq!(t.src().to_string(), "192.168.1.15", "{what}");
+            assert_eq!(t.dst().to_string(), "81.1.180.12", "{what}");
+            assert_eq!((t.sport(), t.dport()), (53, 5000), "{what}");
+            assert_eq!(t.ttl(), f[22], "{what}: TTL left to the kernel");
+            assert_checksums(&t.frame);
+            assert_eq!(r.counter(why), before + 1, "{what}: counted");
+
+            // The kernel's answer, quoting the translated packet, leaves qg-.
+            let (ty, code) = if why == Outcome::KernelTtl {
+                (11, 0)
+            } else {
+                (3, 4)
+            };
+            let err = icmp_error(
+                "192.168.1.110",
+                "192.168.1.15",
+                ty,
+                code,
+                &t.frame[14..42],
+                MAC_QG,
+                MAC_EXT,
+            );
+            // Forwarded packets (they came in on a device) are not looked at.
+            let o = r.tc_out(r.qg, r.qr1, &err);
+            assert_eq!((o.ret, &o.frame), (TC_ACT_OK, &err), "{what}: forwarded");
+            let o = r.tc_out(r.qg, 0, &err);
+            assert_eq!(o.ret, TC_ACT_OK, "{what}");
+            let e = &o.frame;
+            assert_eq!(
+                o.src().to_string(),
+                "192.168.1.110",
+                "{what}: from the SNAT address"
+            );
+            assert_eq!(o.dst().to_string(), "192.168.1.15", "{what}");
+            assert_eq!(finish(sum16(&e[14..34])), 0, "{what}: outer IPv4 checksum");
+            assert_eq!(finish(sum16(&e[34..])), 0, "{what}: ICMP checksum");
+            let q = &e[42..];
+            assert_eq!(&q[12..16], &ip("192.168.1.15"), "{what}: quoted source");
+            assert_eq!(
+                &q[16..20],
+                &ip("192.168.1.110"),
+                "{what}: quoted destination"
+            );
+            assert_eq!(u16::from_be_bytes([q[20], q[21]]), 53, "{what}");
+            assert_eq!(
+                u16::from_be_bytes([q[22], q[23]]),
+                port,
+                "{what}: quoted SNAT port"
+            );
+            assert_eq!(finish(sum16(&q[..20])), 0, "{what}: quoted IPv4 checksum");
+            assert_eq!(&q[20..28], &f[34..42], "{what}: the quote is what ext sent");
+        }
+        assert_eq!(r.counter(Outcome::KernelErrorTranslated), 2);
+
+        // The source translated (vm1 -> ext): up as it is, to be answered
+        // to vm1.
+        let f = Frame {
+            ttl: 1,
+            ..Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53)
+        }
+        .bytes();
+        let (t, mark) = r.raw_tc_skb(r.qr1, &f, 0);
+        assert_eq!((t.ret, mark), (TC_ACT_OK, MARK_ANSWER_ONLY));
+        assert_eq!(t.frame, f, "untouched");
+        // A new connection that expires here makes no state.
+        let n = r.ct_len();
+        let f = Frame {
+            ttl: 1,
+            ..Frame::udp("192.168.1.15", 7000, "192.168.1.104", 53)
+        }
+        .from(MAC_EXT, MAC_QG)
+        .bytes();
+        let (t, mark) = r.raw_tc_skb(r.qg, &f, 0);
+        assert_eq!((t.ret, mark), (TC_ACT_OK, MARK_ANSWER_ONLY));
+        assert_eq!(t.frame, f, "untouched: the kernel translates it itself");
+        assert_eq!(r.ct_len(), n, "no connection for a packet not forwarded");
+    });
+}
+
+/// An ICMP error whose own header carries options (a host echoes Record
+/// Route) about a translated connection: translated like any error, outer
+/// and quote, and handed to the kernel marked translated (it processes the
+/// options).
+#[test]
+fn icmp_errors_with_ip_options_are_translated() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let rr = vec![7, 7, 4, 0, 0, 0, 0, 0];
+        let req = Frame {
+            options: rr.clone(),
+            ..Frame::udp("192.168.1.15", 4000, "192.168.1.104", 9)
+        }
+        .from(MAC_EXT, MAC_QG);
+        let (t, mark) = r.raw_tc_skb(r.qg, &req.bytes(), 0);
+        assert_eq!((t.ret, mark), (TC_ACT_OK, MARK_TRANSLATED));
+        // vm2's answer: its header echoes the option, the quote keeps it.
+        let quoted = &t.frame[14..14 + 28 + 8];
+        let mut err = icmp_error(
+            "91.1.180.14",
+            "192.168.1.15",
+            3,
+            3,
+            quoted,
+            MAC_VM2,
+            MAC_QR2,
+        );
+        let mut with_opts = err[..34].to_vec();
+        with_opts.extend_from_slice(&rr);
+        with_opts.extend_from_slice(&err[34..]);
+        with_opts[14] = 0x47;
+        let tot = u16::from_be_bytes([with_opts[16], with_opts[17]]) + 8;
+        with_opts[16..18].copy_from_slice(&tot.to_be_bytes());
+        with_opts[24..26].copy_from_slice(&[0, 0]);
+        let c = finish(sum16(&with_opts[14..42]));
+        with_opts[24..26].copy_from_slice(&c.to_be_bytes());
+        err = with_opts;
+        let x = r.raw_xdp(r.qr2, &err);
+        assert_eq!((x.ret, &x.frame), (XDP_PASS, &err), "XDP leaves it to TC");
+        let (t, mark) = r.raw_tc_skb(r.qr2, &err, 0);
+        assert_eq!((t.ret, mark), (TC_ACT_OK, MARK_TRANSLATED));
+        let e = &t.frame;
+        assert_eq!(t.src().to_string(), "192.168.1.104", "from the floating IP");
+        assert_eq!(t.dst().to_string(), "192.168.1.15");
+        assert_eq!(finish(sum16(&e[14..42])), 0, "outer IPv4 checksum");
+        assert_eq!(finish(sum16(&e[42..])), 0, "ICMP checksum");
+        let q = &e[50..];
+        assert_eq!(q[0], 0x47, "the quote keeps its options");
+        assert_eq!(&q[16..20], &ip("192.168.1.104"), "quoted destination");
+        assert_eq!(u16::from_be_bytes([q[30], q[31]]), 9);
+        assert_eq!(finish(sum16(&q[..28])), 0, "quoted IPv4 checksum");
     });
 }

@@ -130,6 +130,66 @@ pub fn with_ip_options(frame: &[u8], opts: &[u8]) -> Vec<u8> {
     f
 }
 
+/// `frame` with its IPv4 TTL and Don't Fragment bit as given.
+pub fn with_ttl_df(frame: &[u8], ttl: u8, df: bool) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[22] = ttl;
+    f[20] = if df { f[20] | 0x40 } else { f[20] & !0x40 };
+    fix_ip_checksum(&mut f);
+    f
+}
+
+/// An ICMP error as captured: who sent it, what it says, and the packet it
+/// quotes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorSeen {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ty: u8,
+    pub code: u8,
+    /// Next-hop MTU of "fragmentation needed".
+    pub mtu: u16,
+    pub quoted_src: Ipv4Addr,
+    pub quoted_dst: Ipv4Addr,
+    pub quoted_proto: u8,
+    /// Ports (TCP, UDP) of the quoted packet.
+    pub quoted_sport: u16,
+    pub quoted_dport: u16,
+}
+
+impl ErrorSeen {
+    /// An ICMP error (unreachable, time exceeded) in an untagged frame.
+    pub fn parse(frame: &[u8]) -> Option<ErrorSeen> {
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[23] != 1 {
+            return None;
+        }
+        let icmp = 14 + ((frame[14] & 0x0f) as usize) * 4;
+        let ty = *frame.get(icmp)?;
+        if ty != 3 && ty != 11 {
+            return None;
+        }
+        let q = icmp + 8;
+        let ql4 = q + ((*frame.get(q)? & 0x0f) as usize) * 4;
+        let ip = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
+        let port = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
+        if frame.len() < ql4 + 4 {
+            return None;
+        }
+        Some(ErrorSeen {
+            src: ip(26),
+            dst: ip(30),
+            ty,
+            code: frame[icmp + 1],
+            mtu: port(icmp + 6),
+            quoted_src: ip(q + 12),
+            quoted_dst: ip(q + 16),
+            quoted_proto: frame[q + 9],
+            quoted_sport: port(ql4),
+            quoted_dport: port(ql4 + 2),
+        })
+    }
+}
+
 /// `frame` with an 802.1Q tag of `vid` after its MACs.
 pub fn with_vlan(frame: &[u8], vid: u16) -> Vec<u8> {
     let mut f = frame[..12].to_vec();
@@ -228,7 +288,9 @@ impl Capture {
             tv_sec: 0,
             tv_usec: 50_000,
         };
-        // SAFETY: a valid timeval option.
+        // Room for a burst of thousands of frames while the thread copies.
+        let rcvbuf: libc::c_int = 32 << 20;
+        // SAFETY: valid timeval and int options.
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -236,6 +298,13 @@ impl Capture {
                 libc::SO_RCVTIMEO,
                 &tv as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::timeval>() as u32,
+            );
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &rcvbuf as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
             );
         }
         let frames = Arc::new(Mutex::new(Vec::new()));

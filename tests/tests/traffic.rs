@@ -11,7 +11,7 @@ use tests::{
     Checks, Dataplane, Rig, TcpServer, TcpSession, UdpServer,
     article::*,
     bulk::{BulkServer, transfer},
-    frames::{self, Capture, Seen},
+    frames::{self, Capture, ErrorSeen, Seen},
     ping, sa, udp_request_sized,
 };
 
@@ -28,6 +28,9 @@ tests::planes!(
     floods_do_not_kill_established_sessions,
     hostile_frames_are_dropped_as_the_kernel_drops_them,
     no_tenant_address_leaves_untranslated,
+    answers_reach_the_sender_as_the_kernel_s_nat_gives_them,
+    priority_tagged_frames_are_untagged_frames,
+    a_burst_of_new_flows_keeps_its_translations,
 );
 
 tests::ebpf_only!(new_connection_floods_are_shed_by_the_budget);
@@ -67,6 +70,17 @@ fn bulk_tcp_with_offloads(plane: Dataplane) {
         }
     }
     rig.assert_fast_path(&mut c);
+    if plane != Dataplane::Xdp {
+        // Only XDP needs a program on the taps, which turns TSO off on the
+        // router's ports (their peers).
+        let k = tests::cmd::sh(&rig.router_ns(), "ethtool", &["-k", &rig.router().qg()])
+            .unwrap_or_default();
+        c.ok(
+            k.contains("tcp-segmentation-offload: on"),
+            "the gateway port keeps TSO",
+            k.lines().find(|l| l.contains("tcp-segmentation")),
+        );
+    }
     c.finish();
 }
 
@@ -331,6 +345,13 @@ fn hostile_frames_are_dropped_as_the_kernel_drops_them(plane: Dataplane) {
             true,
         ),
         probe("source 0.1.2.3", outside, "0.1.2.3", VM2, true),
+        probe(
+            "source a tenant subnet's broadcast",
+            outside,
+            "81.1.180.255",
+            VM2,
+            true,
+        ),
         probe("source the gateway IP", outside, QG, VM2, false),
         probe("source the floating IP", outside, FIP, VM2, false),
         probe("source a port address", outside, QR1, VM2, false),
@@ -370,9 +391,19 @@ fn hostile_frames_are_dropped_as_the_kernel_drops_them(plane: Dataplane) {
     let mut tagged = probe("802.1Q tag", outside, EXT_HOST, VM2, false);
     tagged.frame = frames::with_vlan(&tagged.frame, 5);
     from_ext.push(tagged);
+    let mut priority = probe("priority tag (VLAN 0)", outside, EXT_HOST, VM2, true);
+    priority.frame = frames::with_vlan(&priority.frame, 0);
+    from_ext.push(priority);
     let inside = (vm1_mac, qr1_mac);
     let from_vm = vec![
         probe("from a VM: a plain datagram", inside, VM1, EXT_HOST, true),
+        probe(
+            "from a VM: source its subnet's broadcast",
+            inside,
+            "81.1.180.255",
+            EXT_HOST,
+            true,
+        ),
         probe(
             "from a VM: source the floating IP",
             inside,
@@ -477,7 +508,13 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
         &frames::udp(outside, ip(EXT_HOST), 40405, ip(FIP), 9, b"options"),
         &[1, 1, 1, 0],
     );
-    frames::send(&rig.ns("ext"), "eth0", &[syn, opts]).unwrap();
+    // Record Route: the VM's answer echoes it, in its own header and in
+    // the quote.
+    let record_route = frames::with_ip_options(
+        &frames::udp(outside, ip(EXT_HOST), 40406, ip(FIP), 9, b"rr"),
+        &[7, 7, 4, 0, 0, 0, 0, 0],
+    );
+    frames::send(&rig.ns("ext"), "eth0", &[syn, opts, record_route]).unwrap();
     // Packets the kernel's conntrack finds INVALID, from vm1, no connection.
     let quoted = frames::udp((ext_mac, vm1_mac), ip(EXT_HOST), 53, ip(VM1), 5000, b"q");
     let invalid = vec![
@@ -519,6 +556,18 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
         "datagram with IP options: port unreachable from the floating IP",
         &unreach,
     );
+    let errors: Vec<ErrorSeen> = cap
+        .frames()
+        .iter()
+        .filter_map(|f| ErrorSeen::parse(f))
+        .collect();
+    c.ok(
+        errors.iter().any(|e| {
+            e.src == ip(FIP) && e.ty == 3 && e.quoted_dst == ip(FIP) && e.quoted_sport == 40406
+        }),
+        "datagram with Record Route: the VM's answer (options echoed) comes from the floating IP, quoting it",
+        &errors,
+    );
     let leaked: Vec<&Seen> = seen.iter().filter(|s| tenant(s.src)).collect();
     if plane == Dataplane::Iptables {
         c.ok(
@@ -534,5 +583,266 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
             rig.stats_text(),
         );
     }
+    c.finish();
+}
+
+/// What the kernel answers for a host behind the router reaches the sender
+/// as the kernel's NAT gives it on the iptables plane: to a datagram that
+/// is too big for the VM network (MTU 1450) with DF, or whose TTL runs out
+/// here, sent to a live SNAT port or to the floating IP, "fragmentation
+/// needed" (MTU 1450) or "time exceeded" from the address the sender used,
+/// quoting what it sent; never the router's own answer (port unreachable,
+/// a reset). And a download to a VM that advertises a larger MSS than its
+/// network carries completes through SNAT (path-MTU discovery).
+fn answers_reach_the_sender_as_the_kernel_s_nat_gives_them(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    rig.router_mut().interface_mut("net1").mtu = 1450;
+    rig.router_mut().interface_mut("net2").mtu = 1450;
+    rig.start();
+    rig.article_hosts(&[]);
+    let _u = [
+        UdpServer::start(&rig.ns("ext"), "ext", UDP).unwrap(),
+        UdpServer::start(&rig.ns("vm2"), "vm2", UDP).unwrap(),
+    ];
+    let _b = BulkServer::start(&rig.ns("ext"), BULK).unwrap();
+    let mut c = Checks::new("answers_reach_the_sender_as_the_kernel_s_nat_gives_them");
+    let Macs {
+        qg: qg_mac,
+        ext: ext_mac,
+        ..
+    } = macs(&rig);
+    let outside = (ext_mac, qg_mac);
+
+    // A live SNAT port: vm1 asks ext.
+    let snat_port = match udp_request_sized(&rig.ns("vm1"), sa(EXT_HOST, UDP), 100) {
+        Ok((r, _)) => r.peer.port(),
+        Err(e) => panic!("vm1 -> ext through SNAT: {e:#}"),
+    };
+    let big = vec![0u8; 1444];
+    let cap = Capture::start(&rig.ns("ext"), "eth0").unwrap();
+    let sent = [
+        frames::with_ttl_df(
+            &frames::udp(outside, ip(EXT_HOST), UDP, ip(QG), snat_port, &big),
+            64,
+            true,
+        ),
+        frames::with_ttl_df(
+            &frames::udp(outside, ip(EXT_HOST), UDP, ip(QG), snat_port, b"ttl"),
+            1,
+            false,
+        ),
+        frames::with_ttl_df(
+            &frames::udp(outside, ip(EXT_HOST), 40501, ip(FIP), UDP, &big),
+            64,
+            true,
+        ),
+        frames::with_ttl_df(
+            &frames::udp(outside, ip(EXT_HOST), 40502, ip(FIP), UDP, b"ttl"),
+            1,
+            false,
+        ),
+    ];
+    frames::send(&rig.ns("ext"), "eth0", &sent).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let errors: Vec<ErrorSeen> = cap
+        .frames()
+        .iter()
+        .filter_map(|f| ErrorSeen::parse(f))
+        .collect();
+    let about = |e: &ErrorSeen, to: &str, port: u16| {
+        e.quoted_dst == ip(to) && e.quoted_dport == port && e.quoted_proto == 17
+    };
+    for (what, to, port, ty, code) in [
+        ("too big, DF, to the SNAT port", QG, snat_port, 3, 4),
+        ("TTL 1 to the SNAT port", QG, snat_port, 11, 0),
+        ("too big, DF, to the floating IP", FIP, UDP, 3, 4),
+        ("TTL 1 to the floating IP", FIP, UDP, 11, 0),
+    ] {
+        c.ok(
+            errors.iter().any(|e| {
+                e.src == ip(to)
+                    && e.ty == ty
+                    && e.code == code
+                    && (ty != 3 || e.mtu == 1450)
+                    && about(e, to, port)
+            }),
+            &format!("{what}: answered ({ty}/{code}) from {to}, quoting what ext sent"),
+            &errors,
+        );
+    }
+    c.ok(
+        !errors
+            .iter()
+            .any(|e| e.ty == 3 && e.code == 3 && about(e, QG, snat_port)),
+        "no port unreachable from the router for the SNAT port",
+        &errors,
+    );
+    if plane != Dataplane::Iptables {
+        c.ok(
+            rig.stat("kernel/icmp-error-translated") >= 2,
+            "the programs translated the kernel's answers back",
+            rig.stats_text(),
+        );
+    }
+
+    // A VM that believes in 1500 (MSS 1460) downloads through SNAT: the
+    // router's "fragmentation needed" must reach ext for ext to lower it.
+    rig.host("vm1").ip("link set eth0 mtu 1500");
+    match transfer(&rig.ns("vm1"), sa(EXT_HOST, BULK), 0, 2 << 20) {
+        Ok(t) => {
+            c.eq(
+                "download to vm1 (MSS 1460) through SNAT: server saw",
+                t.peer.ip().to_string(),
+                QG.to_string(),
+            );
+        }
+        Err(e) => {
+            c.ok(
+                false,
+                "download to vm1 (MSS 1460) through SNAT completes",
+                format!("{e:#}"),
+            );
+        }
+    }
+    c.finish();
+}
+
+/// Frames with an 802.1p priority tag (VLAN 0) are the kernel's untagged
+/// frames: to the floating IP (TCP, UDP) and from a VM through SNAT, the
+/// answers come back translated as for untagged frames.
+fn priority_tagged_frames_are_untagged_frames(plane: Dataplane) {
+    let rig = Rig::article(plane);
+    let _t = TcpServer::start(&rig.ns("vm2"), "vm2", TCP).unwrap();
+    let _u = [
+        UdpServer::start(&rig.ns("vm2"), "vm2", UDP).unwrap(),
+        UdpServer::start(&rig.ns("ext"), "ext", UDP).unwrap(),
+    ];
+    let mut c = Checks::new("priority_tagged_frames_are_untagged_frames");
+    let Macs {
+        qg: qg_mac,
+        qr1: qr1_mac,
+        ext: ext_mac,
+        vm1: vm1_mac,
+    } = macs(&rig);
+    let tag0 = |f: Vec<u8>| frames::with_vlan(&f, 0);
+
+    let at_ext = Capture::start(&rig.ns("ext"), "eth0").unwrap();
+    let at_vm1 = Capture::start(&rig.ns("vm1"), "eth0").unwrap();
+    frames::send(
+        &rig.ns("ext"),
+        "eth0",
+        &[
+            tag0(frames::tcp(
+                (ext_mac, qg_mac),
+                ip(EXT_HOST),
+                40601,
+                ip(FIP),
+                TCP,
+                0x02,
+            )),
+            tag0(frames::udp(
+                (ext_mac, qg_mac),
+                ip(EXT_HOST),
+                40602,
+                ip(FIP),
+                UDP,
+                b"who",
+            )),
+        ],
+    )
+    .unwrap();
+    frames::send(
+        &rig.ns("vm1"),
+        "eth0",
+        &[tag0(frames::udp(
+            (vm1_mac, qr1_mac),
+            ip(VM1),
+            40603,
+            ip(EXT_HOST),
+            UDP,
+            b"who",
+        ))],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let ext_saw = at_ext.packets();
+    c.ok(
+        ext_saw.iter().any(|s| {
+            s.proto == 6
+                && s.src == ip(FIP)
+                && s.sport == TCP
+                && s.dport == 40601
+                && s.flags & 0x12 == 0x12
+        }),
+        "tagged SYN to the floating IP: SYN-ACK from the floating IP",
+        &ext_saw,
+    );
+    c.ok(
+        ext_saw
+            .iter()
+            .any(|s| s.proto == 17 && s.src == ip(FIP) && s.sport == UDP && s.dport == 40602),
+        "tagged datagram to the floating IP: answer from the floating IP's port",
+        &ext_saw,
+    );
+    c.ok(
+        ext_saw
+            .iter()
+            .any(|s| s.proto == 17 && s.src == ip(QG) && s.dport == UDP),
+        "tagged datagram from vm1: leaves from the gateway IP",
+        &ext_saw,
+    );
+    let vm1_saw = at_vm1.packets();
+    c.ok(
+        vm1_saw
+            .iter()
+            .any(|s| s.proto == 17 && s.src == ip(EXT_HOST) && s.sport == UDP && s.dport == 40603),
+        "tagged datagram from vm1: ext's answer comes back to its port",
+        &vm1_saw,
+    );
+    c.finish();
+}
+
+/// A burst of new flows as large as the connection table is sized for
+/// keeps every flow's translation: with `conntrack_size` 2048, 1500 UDP
+/// flows from a VM, sent twice, leave by the same SNAT port both times.
+fn a_burst_of_new_flows_keeps_its_translations(plane: Dataplane) {
+    const FLOWS: u16 = 1500;
+    let mut rig = Rig::new(plane);
+    rig.conntrack_size = 2048;
+    rig.start();
+    rig.article_hosts(&[]);
+    let mut c = Checks::new("a_burst_of_new_flows_keeps_its_translations");
+    let sock = tests::probe::udp_socket(&rig.ns("vm1")).unwrap();
+    let cap = Capture::start(&rig.ns("ext"), "eth0").unwrap();
+    let base = 21000u16;
+    for round in 0..2 {
+        for i in 0..FLOWS {
+            let _ = sock.send_to(b"flow", std::net::SocketAddrV4::new(ip(EXT_HOST), base + i));
+        }
+        if round == 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ports: std::collections::BTreeMap<u16, BTreeSet<u16>> = Default::default();
+    let mut seen = std::collections::BTreeMap::<u16, usize>::new();
+    for s in cap.packets() {
+        if s.proto == 17 && s.src == ip(QG) && (base..base + FLOWS).contains(&s.dport) {
+            ports.entry(s.dport).or_default().insert(s.sport);
+            *seen.entry(s.dport).or_default() += 1;
+        }
+    }
+    let twice = seen.values().filter(|n| **n >= 2).count();
+    c.ok(
+        twice >= FLOWS as usize * 9 / 10,
+        "most flows seen at ext in both rounds",
+        (twice, FLOWS),
+    );
+    let moved: Vec<(&u16, &BTreeSet<u16>)> = ports.iter().filter(|(_, p)| p.len() > 1).collect();
+    c.ok(
+        moved.is_empty(),
+        "every flow kept its SNAT port",
+        (moved.len(), moved.iter().take(5).collect::<Vec<_>>()),
+    );
     c.finish();
 }

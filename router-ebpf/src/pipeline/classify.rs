@@ -1,11 +1,12 @@
 //! classify: which router port the packet came in on, whether it was sent
 //! to this router at all (its MAC), whether it can be forwarded (martian
-//! addresses, TTL), and whether it is for the router itself (the kernel's
-//! job). What the kernel drops, this drops, counted by reason.
+//! addresses), and whether it is for the router itself (the kernel's job).
+//! What the kernel drops, this drops, counted by reason. (TTL is checked
+//! once the connection is known: the kernel's answer depends on it.)
 
 use router_common::{
     counters::Outcome,
-    port::{LOCAL_FLOATING, LocalAddr, PortInfo, ROLE_INTERNAL},
+    port::{LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, PortInfo, ROLE_INTERNAL},
 };
 
 use super::{
@@ -51,9 +52,6 @@ pub fn classify<P: Packet>(p: &P, pkt: &Pkt) -> Result<PortInfo, Verdict> {
     if (224..240).contains(&d0) || pkt.dst == BROADCAST {
         return Err(Verdict::Kernel(Outcome::KernelLocal));
     }
-    if pkt.ttl <= 1 {
-        return Err(Verdict::Answer(Outcome::KernelTtl));
-    }
     Ok(port)
 }
 
@@ -83,19 +81,20 @@ pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
     None
 }
 
-/// A source the router itself owns (a port address, a subnet broadcast, a
-/// floating IP): the kernel drops such packets as martians (its own
-/// addresses, and on the iptables plane the floating IPs, are local), so
-/// the programs do too. Only checked where no connection exists: a
-/// connection was created by a packet that passed this check.
+/// A source the router itself owns (a port address, a floating IP): the
+/// kernel drops such packets as martians (its own addresses, and on the
+/// iptables plane the floating IPs, are local), so the programs do too. A
+/// subnet's broadcast address as source is not one: the kernel forwards it.
+/// Only checked where no connection exists: a connection was created by a
+/// packet that passed this check.
 #[inline(always)]
 pub fn spoofed_source(pkt: &Pkt) -> Result<(), Verdict> {
     let a = LocalAddr {
         addr: pkt.src.to_ne_bytes(),
     };
     // SAFETY: plain data.
-    if unsafe { maps::XR_LOCAL.get(&a) }.is_some() {
-        return Err(Verdict::Drop(Outcome::DropSpoofedSrc));
+    match unsafe { maps::XR_LOCAL.get(&a) } {
+        Some(kind) if *kind != LOCAL_BROADCAST => Err(Verdict::Drop(Outcome::DropSpoofedSrc)),
+        _ => Ok(()),
     }
-    Ok(())
 }

@@ -137,6 +137,10 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     if let Some(v) = classify::for_router(pkt, ingress) {
         return Err(v);
     }
+    // Not forwarded, so no connection: the kernel answers it as it is.
+    if pkt.ttl <= 1 {
+        return Err(Verdict::Answer(Outcome::KernelTtl));
+    }
     new_connection(pkt, ingress, now)
 }
 

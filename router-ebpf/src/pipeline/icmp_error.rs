@@ -7,6 +7,10 @@
 //! connection is its own (a protocol the programs leave to it) and otherwise
 //! finds them INVALID (the eBPF planes' nftables guard then keeps a tenant
 //! address from leaving through qg-).
+//!
+//! The router's own errors (the kernel's answer to a packet handed up with
+//! its destination translated back, see `MARK_TRANSLATED_ANSWER`) quote
+//! that translated packet; [`local`] translates the quote on the way out.
 
 use router_common::{
     conntrack::{CtEntry, CtKey},
@@ -16,15 +20,18 @@ use router_common::{
 
 use super::{
     Verdict, conntrack,
-    parse::{ICMP_ECHO_REQUEST, INNER_IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
+    parse::{
+        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_CSUM, IP_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt,
+    },
     route::{self, Flow},
 };
 use crate::{ctx::Packet, maps};
 
 const BAD: Verdict = Verdict::Drop(Outcome::DropMalformed);
 
-/// The quoted packet's tuple, and where its L4 header sits.
+/// The quoted packet's tuple, and where its IP and L4 headers sit.
 struct Inner {
+    ip: usize,
     src: u32,
     dst: u32,
     sport: u16,
@@ -34,10 +41,11 @@ struct Inner {
 }
 
 #[inline(always)]
-fn inner<P: Packet>(p: &P) -> Result<Inner, Verdict> {
-    let h: *mut [u8; 20] = p
-        .ptr(INNER_IP)
-        .ok_or(Verdict::Kernel(Outcome::KernelProto))?;
+fn inner<P: Packet>(p: &P, pkt: &Pkt) -> Result<Inner, Verdict> {
+    // After the ICMP header; the outer header may have options (an error
+    // echoes those of the packet it is about).
+    let ip = pkt.l4_off + 8;
+    let h: *mut [u8; 20] = p.ptr(ip).ok_or(Verdict::Kernel(Outcome::KernelProto))?;
     // SAFETY: bounds checked by ptr().
     let h = unsafe { &*h };
     let ihl = (h[0] & 0x0f) as usize;
@@ -46,7 +54,7 @@ fn inner<P: Packet>(p: &P) -> Result<Inner, Verdict> {
     }
     // The quoted header keeps its options (a packet the programs
     // translated and the kernel forwarded with them).
-    let l4_off = INNER_IP + ihl * 4;
+    let l4_off = ip + ihl * 4;
     let proto = h[9];
     let l4: *mut [u8; 8] = p.ptr(l4_off).ok_or(Verdict::Kernel(Outcome::KernelProto))?;
     // SAFETY: as above.
@@ -56,13 +64,14 @@ fn inner<P: Packet>(p: &P) -> Result<Inner, Verdict> {
             u16::from_ne_bytes([l4[0], l4[1]]),
             u16::from_ne_bytes([l4[2], l4[3]]),
         ),
-        PROTO_ICMP if l4[0] == ICMP_ECHO_REQUEST => {
+        PROTO_ICMP if l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY => {
             let id = u16::from_ne_bytes([l4[4], l4[5]]);
             (id, id)
         }
         _ => return Err(Verdict::Kernel(Outcome::KernelProto)),
     };
     Ok(Inner {
+        ip,
         src: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
         dst: u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
         sport,
@@ -137,7 +146,7 @@ pub fn plan<P: Packet>(
     pkt: &Pkt,
     ingress: &PortInfo,
 ) -> Result<(Flow, Option<Plan>), Verdict> {
-    let q = inner(p)?;
+    let q = inner(p, pkt)?;
     // The quoted packet went out translated: its reverse is the reply key.
     let k = CtKey {
         src: q.dst.to_ne_bytes(),
@@ -180,13 +189,13 @@ pub fn apply<P: Packet>(p: &mut P, pkt: &Pkt, plan: &Plan) -> Result<(), Verdict
     let csum = pkt.l4_csum;
 
     // Quoted addresses (inner IP checksum, and UDP's pseudo-header).
-    set32(p, csum, INNER_IP + 12, q.src, new_src)?;
+    set32(p, csum, q.ip + 12, q.src, new_src)?;
     if q.src != new_src {
-        inner_csum(p, csum, INNER_IP + 10, q.src, new_src, 4)?;
+        inner_csum(p, csum, q.ip + 10, q.src, new_src, 4)?;
     }
-    set32(p, csum, INNER_IP + 16, q.dst, new_dst)?;
+    set32(p, csum, q.ip + 16, q.dst, new_dst)?;
     if q.dst != new_dst {
-        inner_csum(p, csum, INNER_IP + 10, q.dst, new_dst, 4)?;
+        inner_csum(p, csum, q.ip + 10, q.dst, new_dst, 4)?;
     }
     match q.proto {
         PROTO_ICMP => {
@@ -212,4 +221,38 @@ pub fn apply<P: Packet>(p: &mut P, pkt: &Pkt, plan: &Plan) -> Result<(), Verdict
         }
     }
     Ok(())
+}
+
+/// An ICMP error the router itself sends (TC egress): if it quotes a packet
+/// whose destination the programs translated back, the quote becomes what
+/// the sender sent and the error comes from the address the sender talked
+/// to, as the kernel's NAT does on the iptables plane. Whether it did.
+#[inline(always)]
+pub fn local<P: Packet>(p: &mut P, pkt: &Pkt) -> Result<bool, Verdict> {
+    let q = inner(p, pkt)?;
+    let k = CtKey {
+        src: q.dst.to_ne_bytes(),
+        dst: q.src.to_ne_bytes(),
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    let Some(e) = conntrack::find(&k) else {
+        return Ok(false);
+    };
+    let talked_to = u32::from_ne_bytes(e.new_src);
+    // Only a destination translated back: the sender's own address is in
+    // the quote as it sent it (the kernel answers it there).
+    if talked_to == q.dst || u32::from_ne_bytes(e.new_dst) != q.src {
+        return Ok(false);
+    }
+    apply(p, pkt, &Plan { q, e })?;
+    if pkt.src != talked_to {
+        let f = p.ptr::<u32>(IP_SRC).ok_or(BAD)?;
+        // SAFETY: bounds checked.
+        unsafe { *f = talked_to };
+        p.fix_l3(IP_CSUM, pkt.src, talked_to, 4).map_err(|_| BAD)?;
+    }
+    Ok(true)
 }

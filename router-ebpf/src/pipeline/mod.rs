@@ -44,6 +44,9 @@ pub enum Verdict {
     /// Translated (addresses and ports, not TTL or MACs); hand it to the
     /// kernel marked `MARK_TRANSLATED`, to be forwarded untracked.
     Translated(Outcome),
+    /// Its destination translated back; hand it to the kernel marked
+    /// `MARK_TRANSLATED_ANSWER`: answered (untracked), never forwarded.
+    TranslatedAnswer(Outcome),
     /// XDP cannot finish it (neighbour unknown, partial checksum, a mark
     /// needed): TC will.
     ToTc,
@@ -68,11 +71,54 @@ fn too_big<P: Packet>(p: &P, pkt: &parse::Pkt, mtu: u32) -> bool {
     true
 }
 
+/// A packet the kernel must answer (TTL expired, fragmentation needed).
+/// The kernel's ICMP error quotes what it is given and goes to its source:
+/// a packet whose destination the programs rewrite (a reply to a SNATed
+/// connection, a packet to a floating IP) is handed up with that
+/// translated, so the kernel answers for the host behind it, and its error
+/// is translated back on the way out (`icmp_error::local`). Anything else
+/// goes up as it came.
+#[inline(always)]
+fn answer<P: Packet>(p: &mut P, pkt: &parse::Pkt, flow: &route::Flow, why: Outcome) -> Verdict {
+    let same_source =
+        flow.src == pkt.src && (pkt.proto == parse::PROTO_ICMP || flow.sport == pkt.sport);
+    if flow.dst == pkt.dst || !same_source || pkt.frag == parse::FRAG_LATER {
+        return Verdict::Answer(why);
+    }
+    // XDP cannot mark a packet.
+    if !P::TC {
+        return Verdict::ToTc;
+    }
+    if let Err(v) = rewrite::translate(p, pkt, flow) {
+        return v;
+    }
+    Verdict::TranslatedAnswer(why)
+}
+
+/// The router's own ICMP errors on their way out (TC egress): whether one
+/// was translated (see [`answer`]).
+#[inline(always)]
+pub fn local_error<P: Packet>(p: &mut P) -> bool {
+    let Ok(pkt) = parse::parse(p) else {
+        return false;
+    };
+    if pkt.proto != parse::PROTO_ICMP
+        || !parse::is_icmp_error(pkt.flags)
+        || pkt.frag != parse::FRAG_NONE
+    {
+        return false;
+    }
+    icmp_error::local(p, &pkt).unwrap_or(false)
+}
+
 /// Runs the whole pipeline on a packet.
 #[inline(always)]
 pub fn process<P: Packet>(p: &mut P) -> Verdict {
     if arp::answer(p) {
         return Verdict::Bounce;
+    }
+    if p.pop_priority_tag().is_err() {
+        return Verdict::Drop(Outcome::DropMalformed);
     }
     let pkt = match parse::parse(p) {
         Ok(pkt) => pkt,
@@ -104,12 +150,20 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             Err(v) => return v,
         }
     };
+    if pkt.ttl <= 1 {
+        if quoted.is_some() {
+            // An error about an error is not sent.
+            return Verdict::Answer(Outcome::KernelTtl);
+        }
+        return answer(p, &pkt, &flow, Outcome::KernelTtl);
+    }
     // What the programs cannot send themselves.
     let handoff = if too_big(p, &pkt, flow.mtu) {
         if pkt.df {
-            // The kernel answers "fragmentation needed" quoting what the
-            // sender sent, from the address it sent to.
-            return Verdict::Answer(Outcome::KernelMtu);
+            if quoted.is_some() {
+                return Verdict::Answer(Outcome::KernelMtu);
+            }
+            return answer(p, &pkt, &flow, Outcome::KernelMtu);
         }
         Some(Outcome::KernelFragment)
     } else if pkt.options {

@@ -30,10 +30,6 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
 
-/// Where an ICMP error quotes the offending packet's IPv4 header (ICMP
-/// errors with IP options go to the kernel as they are).
-pub const INNER_IP: usize = L4_OFF + 8;
-
 /// TCP flag bits (byte 13 of the header).
 pub const FLAG_FIN: u8 = 0x01;
 pub const FLAG_SYN: u8 = 0x02;
@@ -173,12 +169,9 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
                 pkt.flags = i[0];
                 pkt.l4_hdr = 8;
                 if is_icmp_error(pkt.flags) && frag_kind == FRAG_NONE {
-                    if pkt.options {
-                        // The quote sits at a fixed offset only without options.
-                        return Err(Verdict::Kernel(Outcome::KernelOptions));
-                    }
-                    // The quoted packet is looked at by `icmp_error`.
-                    pkt.l4_csum = L4_OFF + 2;
+                    // The quoted packet (8 bytes on) is looked at by
+                    // `icmp_error`.
+                    pkt.l4_csum = l4_off + 2;
                     return Ok(pkt);
                 }
                 if pkt.flags != ICMP_ECHO_REQUEST && pkt.flags != ICMP_ECHO_REPLY

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
-use router_common::config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED};
+use router_common::config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER};
 
 use crate::model::Router;
 
@@ -89,9 +89,19 @@ pub fn want(router: &Router) -> Want {
             "translated by the programs: forward untracked",
         ),
         rule(
+            "handoff",
+            format!("{} notrack", mark("==", MARK_TRANSLATED_ANSWER)),
+            "destination translated back by the programs: answer untracked",
+        ),
+        rule(
             "answers",
             format!("{} counter drop", mark("==", MARK_ANSWER_ONLY)),
             "handed up to be answered: never forwarded",
+        ),
+        rule(
+            "answers",
+            format!("{} counter drop", mark("==", MARK_TRANSLATED_ANSWER)),
+            "handed up translated to be answered: never forwarded",
         ),
     ];
     if let Some(gw) = router.gateway.as_ref() {
@@ -161,7 +171,7 @@ mod tests {
         let w = want(&r);
         assert!(w.dnat.is_empty() && w.snat.is_empty());
         let chains: Vec<&str> = w.rules.iter().map(|r| r.chain).collect();
-        assert_eq!(chains, ["handoff", "answers"]);
+        assert_eq!(chains, ["handoff", "handoff", "answers", "answers"]);
         assert_eq!(
             w.rules[0].text,
             "meta mark & 0xffff0000 == 0x78720000 notrack"

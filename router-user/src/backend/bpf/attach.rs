@@ -1,5 +1,6 @@
-//! Attaching the programs: `xr_tc` (tcx ingress) and `xr_xdp` (native XDP)
-//! on the router's qr-/qg- devices, `xr_pass` on their tap peers. Every
+//! Attaching the programs: `xr_tc` (tcx ingress), `xr_tc_out` (tcx egress)
+//! and `xr_xdp` (native XDP) on the router's qr-/qg- devices, `xr_pass` on
+//! their tap peers (XDP only). Every
 //! attachment is a BPF link pinned under `<router dir>/links/`, so it
 //! outlives the daemon; a later run takes the pinned link over and swaps its
 //! own program in (`bpf_link_update`), which neither stacks a duplicate nor
@@ -21,7 +22,10 @@ use aya::{
     },
 };
 
-use super::{BpfRouter, LINKS_DIR, PROG_PASS, PROG_TC, PROG_XDP, in_netns, remove_file_if_present};
+use super::{
+    BpfRouter, LINKS_DIR, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP, in_netns,
+    remove_file_if_present,
+};
 
 /// Which hook carries the fast path of a router's devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +42,7 @@ pub enum Hook {
 enum Kind {
     Xdp,
     Tc,
+    TcOut,
     Pass,
 }
 
@@ -46,6 +51,7 @@ impl Kind {
         match self {
             Kind::Xdp => "xdp",
             Kind::Tc => "tc",
+            Kind::TcOut => "out",
             Kind::Pass => "pass",
         }
     }
@@ -54,6 +60,7 @@ impl Kind {
         match self {
             Kind::Xdp => PROG_XDP,
             Kind::Tc => PROG_TC,
+            Kind::TcOut => PROG_TC_OUT,
             Kind::Pass => PROG_PASS,
         }
     }
@@ -61,7 +68,7 @@ impl Kind {
     /// The kind of a pin name (`<dev>_<suffix>`).
     fn of_pin(name: &str) -> Option<Kind> {
         let (_, suffix) = name.rsplit_once('_')?;
-        [Kind::Xdp, Kind::Tc, Kind::Pass]
+        [Kind::Xdp, Kind::Tc, Kind::TcOut, Kind::Pass]
             .into_iter()
             .find(|k| k.suffix() == suffix)
     }
@@ -111,11 +118,17 @@ impl BpfRouter {
         for (dev, ifindex) in devices {
             // TC first, so XDP never hands up to a TC that is not there yet.
             want.push((pin_name(dev, Kind::Tc), dev.clone(), *ifindex, Kind::Tc));
+            want.push((
+                pin_name(dev, Kind::TcOut),
+                dev.clone(),
+                *ifindex,
+                Kind::TcOut,
+            ));
             if mode == Hook::Xdp {
                 want.push((pin_name(dev, Kind::Xdp), dev.clone(), *ifindex, Kind::Xdp));
             }
         }
-        self.reconcile_links(Some(ns), want, &[Kind::Xdp, Kind::Tc])
+        self.reconcile_links(Some(ns), want, &[Kind::Xdp, Kind::Tc, Kind::TcOut])
     }
 
     /// Attaches `xr_pass` (XDP, native mode) to each tap (name, ifindex) in
@@ -299,13 +312,15 @@ fn attach_one(
             FdLink::try_from(link)
                 .context("XDP went through netlink, not a BPF link; it cannot be pinned")?
         }
-        Kind::Tc => {
-            let prog = tc(ebpf)?;
-            let id = prog.attach_with_options(
-                dev,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::first()),
-            )?;
+        Kind::Tc | Kind::TcOut => {
+            let prog = tc(ebpf, kind.program())?;
+            let at = if kind == Kind::Tc {
+                TcAttachType::Ingress
+            } else {
+                TcAttachType::Egress
+            };
+            let id =
+                prog.attach_with_options(dev, at, TcAttachOptions::TcxOrder(LinkOrder::first()))?;
             FdLink::try_from(prog.take_link(id)?)?
         }
     };
@@ -330,8 +345,8 @@ fn take_over(ebpf: &mut Ebpf, path: &Path, kind: Kind) -> Result<FdLink> {
             let id = prog.attach_to_link(XdpLink::try_from(fd)?)?;
             FdLink::try_from(prog.take_link(id)?)?
         }
-        Kind::Tc => {
-            let prog = tc(ebpf)?;
+        Kind::Tc | Kind::TcOut => {
+            let prog = tc(ebpf, kind.program())?;
             let id = prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
             FdLink::try_from(prog.take_link(id)?)?
         }
@@ -345,11 +360,11 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .with_context(|| format!("{name} is not an XDP program"))
 }
 
-fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    ebpf.program_mut(PROG_TC)
-        .with_context(|| format!("no program {PROG_TC}"))?
+fn tc<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("no program {name}"))?
         .try_into()
-        .with_context(|| format!("{PROG_TC} is not a TC classifier"))
+        .with_context(|| format!("{name} is not a TC classifier"))
 }
 
 /// Whether the BPF link pinned at `pin` is still attached to a device: a
@@ -372,6 +387,7 @@ pub(crate) fn links_in_place(
     let mut want: Vec<(String, u32)> = Vec::new();
     for (dev, i) in devices {
         want.push((pin_name(dev, Kind::Tc), *i));
+        want.push((pin_name(dev, Kind::TcOut), *i));
         if hook == Hook::Xdp {
             want.push((pin_name(dev, Kind::Xdp), *i));
         }

@@ -18,19 +18,26 @@ use router_common::{
 };
 
 use super::{
-    BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_XDP, XR_CONFIG,
-    XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL, XR_NEIGH,
-    XR_PORTS, XR_RATE, XR_ROUTES, remove_file_if_present, router_dir,
+    BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
+    XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL,
+    XR_NEIGH, XR_PORTS, XR_RATE, XR_ROUTES, remove_file_if_present, router_dir,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
 /// broadcasts and every floating IP.
 const LOCAL_ENTRIES: u32 = 20480;
 
-/// Embryonic connections per established one the tables hold: a quarter,
-/// and at least 1024.
+/// Connections the embryonic table holds for `ct_connections` established
+/// ones: as many, up to 65536 (a burst of new connections as large as the
+/// table is sized for must not evict itself); beyond, a quarter, at least
+/// 65536 (memory: the tables are preallocated per router).
 pub fn embryonic_connections(ct_connections: u32) -> u32 {
-    (ct_connections / 4).max(1024)
+    const ALL_UP_TO: u32 = 65536;
+    if ct_connections <= ALL_UP_TO {
+        ct_connections
+    } else {
+        (ct_connections / 4).max(ALL_UP_TO)
+    }
 }
 
 /// What a pinned map must look like to be reused by this build: the key and
@@ -175,13 +182,15 @@ impl BpfRouter {
             p.load()
                 .with_context(|| format!("router {router_id}: verifier rejected {name}"))?;
         }
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(PROG_TC)
-            .with_context(|| format!("the BPF object has no program {PROG_TC}"))?
-            .try_into()
-            .with_context(|| format!("{PROG_TC} is not a TC classifier"))?;
-        p.load()
-            .with_context(|| format!("router {router_id}: verifier rejected {PROG_TC}"))?;
+        for name in [PROG_TC, PROG_TC_OUT] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the BPF object has no program {name}"))?
+                .try_into()
+                .with_context(|| format!("{name} is not a TC classifier"))?;
+            p.load()
+                .with_context(|| format!("router {router_id}: verifier rejected {name}"))?;
+        }
         if !reused.is_empty() {
             tracing::info!(
                 "router {router_id}: reusing pinned maps {}",

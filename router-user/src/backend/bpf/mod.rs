@@ -120,6 +120,8 @@ pub const MAP_NAMES: [&str; 13] = [
 pub const PROG_XDP: &str = "xr_xdp";
 pub const PROG_TC: &str = "xr_tc";
 pub const PROG_PASS: &str = "xr_pass";
+/// TC egress of the router's ports: the router's own ICMP errors.
+pub const PROG_TC_OUT: &str = "xr_tc_out";
 
 /// Sub-directory of a router's pin directory that holds its link pins.
 pub const LINKS_DIR: &str = "links";

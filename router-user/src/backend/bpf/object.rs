@@ -22,12 +22,15 @@ pub fn load() -> Result<Ebpf> {
         prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;
     }
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut("xr_tc")
-        .context("program xr_tc missing from the BPF object")?
-        .try_into()
-        .context("xr_tc is not a classifier")?;
-    tc.load().context("verifier rejected xr_tc")?;
+    for name in ["xr_tc", "xr_tc_out"] {
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the BPF object"))?
+            .try_into()
+            .with_context(|| format!("{name} is not a classifier"))?;
+        tc.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
+    }
     Ok(ebpf)
 }
 
@@ -88,7 +91,7 @@ mod tests {
         let ebpf = super::load().expect("load");
         let mut progs: Vec<&str> = ebpf.programs().map(|(n, _)| n).collect();
         progs.sort();
-        assert_eq!(progs, ["xr_pass", "xr_tc", "xr_xdp"]);
+        assert_eq!(progs, ["xr_pass", "xr_tc", "xr_tc_out", "xr_xdp"]);
         let maps: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();
         assert!(maps.iter().all(|m| m.starts_with("XR_")), "{maps:?}");
     }

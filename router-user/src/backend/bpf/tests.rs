@@ -104,9 +104,13 @@ impl Ns {
 
     /// Programs on tcx ingress of `dev`.
     fn tcx_count(&self, dev: &str) -> usize {
+        self.tcx_count_at(dev, TcAttachType::Ingress)
+    }
+
+    fn tcx_count_at(&self, dev: &str, at: TcAttachType) -> usize {
         let d = dev.to_string();
         in_netns(&self.0, move || {
-            SchedClassifier::query_tcx(&d, TcAttachType::Ingress)
+            SchedClassifier::query_tcx(&d, at)
                 .map(|(_, progs)| progs.len())
                 .unwrap_or(0)
         })
@@ -651,18 +655,27 @@ fn attach_is_idempotent_pinned_and_taken_over() {
     let names = |br: &BpfRouter| br.links().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
     assert_eq!(
         names(&br),
-        ["qg-t1_tc", "qg-t1_xdp", "qr-t1_tc", "qr-t1_xdp"]
+        [
+            "qg-t1_out",
+            "qg-t1_tc",
+            "qg-t1_xdp",
+            "qr-t1_out",
+            "qr-t1_tc",
+            "qr-t1_xdp"
+        ]
     );
     for n in names(&br) {
         assert!(links.join(&n).exists(), "{n} pinned");
     }
     assert!(ns.has_xdp("qr-t1") && ns.has_xdp("qg-t1"));
     assert_eq!(ns.tcx_count("qr-t1"), 1);
+    assert_eq!(ns.tcx_count_at("qr-t1", TcAttachType::Egress), 1);
 
     // Twice: nothing stacks.
     br.attach(&ns.0, &devs, Hook::Xdp).unwrap();
     assert_eq!(ns.tcx_count("qr-t1"), 1);
-    assert_eq!(br.links().len(), 4);
+    assert_eq!(ns.tcx_count_at("qr-t1", TcAttachType::Egress), 1);
+    assert_eq!(br.links().len(), 6);
 
     // A wrong ifindex is refused.
     let bad = vec![("qr-t1".to_string(), qr + 1000)];
@@ -670,9 +683,10 @@ fn attach_is_idempotent_pinned_and_taken_over() {
 
     // TC only, one device: the rest is detached and unpinned.
     br.attach(&ns.0, &devs[..1], Hook::Tc).unwrap();
-    assert_eq!(names(&br), ["qr-t1_tc"]);
+    assert_eq!(names(&br), ["qr-t1_out", "qr-t1_tc"]);
     assert!(!ns.has_xdp("qr-t1") && !ns.has_xdp("qg-t1"));
     assert_eq!(ns.tcx_count("qg-t1"), 0);
+    assert_eq!(ns.tcx_count_at("qg-t1", TcAttachType::Egress), 0);
     assert!(!links.join("qg-t1_tc").exists() && !links.join("qr-t1_xdp").exists());
 
     // Taps: attach_taps works in the caller's namespace, here the test one.
@@ -707,7 +721,7 @@ fn attach_is_idempotent_pinned_and_taken_over() {
     let mut br = BpfRouter::load("att", &pins.0, 100).unwrap();
     br.attach(&ns.0, &devs, Hook::Xdp).unwrap();
     assert_eq!(ns.tcx_count("qr-t1"), 1);
-    assert_eq!(br.links().len(), 4);
+    assert_eq!(br.links().len(), 6);
     let (xdp_link2, xdp_prog2) = link_id("qr-t1_xdp");
     assert_eq!(xdp_link2, xdp_link, "same link, taken over");
     assert_ne!(xdp_prog2, xdp_prog, "new program swapped in");
@@ -716,7 +730,7 @@ fn attach_is_idempotent_pinned_and_taken_over() {
     in_netns(&ns.0, move || br_ref.attach_taps(&taps))
         .unwrap()
         .unwrap();
-    assert_eq!(br.links().len(), 5);
+    assert_eq!(br.links().len(), 7);
 
     // A device recreated (new ifindex): its defunct pinned link is replaced.
     drop(br);
@@ -733,6 +747,7 @@ fn attach_is_idempotent_pinned_and_taken_over() {
     br.detach_and_unpin().unwrap();
     assert!(!ns.has_xdp("qr-t1") && !ns.has_xdp("tapt1"));
     assert_eq!(ns.tcx_count("qr-t1"), 0);
+    assert_eq!(ns.tcx_count_at("qr-t1", TcAttachType::Egress), 0);
     assert!(!pins.0.join("att").exists());
 }
 
