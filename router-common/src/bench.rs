@@ -12,7 +12,7 @@
 /// (so many flows do not all compete for SNAT ports towards one
 /// destination).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GenConfig {
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
@@ -50,7 +50,7 @@ const _: () = assert!(core::mem::align_of::<GenConfig>() == 8);
 
 /// Per-CPU generator state, index 0 of `XRB_GEN_STATE`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GenState {
     /// Frames written (the flow index is derived from it).
     pub seq: u64,
@@ -66,7 +66,7 @@ const _: () = assert!(core::mem::size_of::<GenState>() == 32);
 
 /// Per-CPU counters of the sink, index 0 of `XRB_SINK`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SinkCounter {
     /// IPv4/UDP frames (the generator's traffic, as forwarded).
     pub packets: u64,
@@ -82,7 +82,7 @@ const _: () = assert!(core::mem::size_of::<SinkCounter>() == 32);
 /// Microbenchmark settings, index 0 of `XRB_MICRO`: the frame
 /// `xr_bench_micro` restores before each run of the pipeline.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct MicroConfig {
     /// The first [`MICRO_HDR`] bytes of the frame.
     pub frame: [u8; MICRO_HDR],

@@ -2,7 +2,7 @@
 
 /// The single entry (index 0) of the router config array.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct RouterConfig {
     /// Gateway port address used for SNAT (zeros: no gateway).
     pub gw_addr: [u8; 4],
@@ -42,7 +42,7 @@ pub const MARK_TRANSLATED_ANSWER: u32 = 0x7861_0000;
 
 /// Per-CPU state of the new-connection budget, index 0 of `XR_RATE`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct RateWindow {
     /// Start of the current window (bpf_ktime_get_ns).
     pub start_ns: u64,
@@ -52,7 +52,7 @@ pub struct RateWindow {
 
 /// Key and value of both floating IP maps (fixed -> floating and back).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Ipv4 {
     pub addr: [u8; 4],
 }

@@ -3,7 +3,7 @@
 /// A connection's tuple as seen in one direction. For ICMP echo the id is in
 /// both `sport` and `dport` (the reply carries the same id).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtKey {
     pub src: [u8; 4],
     pub dst: [u8; 4],
@@ -56,7 +56,7 @@ pub const NAT_DNAT: u8 = 2;
 /// after [`ESTABLISH_AFTER_NS`] — then in `XR_CT` (established: a plain
 /// hash table nothing evicts; when full, connections stay embryonic).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtEntry {
     /// The packet's tuple after translation.
     pub new_src: [u8; 4],
@@ -101,7 +101,7 @@ pub const ESTABLISH_AFTER_NS: u64 = 2_000_000_000;
 
 /// A fragmented datagram, by the fields every fragment carries.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragKey {
     pub src: [u8; 4],
     pub dst: [u8; 4],
@@ -114,7 +114,7 @@ pub struct FragKey {
 /// The addresses the datagram's first fragment was translated to; the
 /// later fragments (no L4 header) get the same.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragEntry {
     pub new_src: [u8; 4],
     pub new_dst: [u8; 4],

@@ -150,7 +150,7 @@ impl Outcome {
 
 /// One slot of the per-CPU counters map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,

@@ -18,9 +18,15 @@ pub mod route;
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => {
         $(
+            // The derived bytemuck::Pod proves the layout at compile time:
+            // repr(C), no padding, every field plain data.
+            const _: fn() = || {
+                fn is_pod<T: bytemuck::Pod>() {}
+                is_pod::<$t>();
+            };
             #[cfg(feature = "user")]
-            // SAFETY: repr(C) plain data without padding (asserted next to
-            // each type); every bit pattern is a valid value.
+            // SAFETY: bytemuck::Pod (checked above): every bit pattern is a
+            // valid value and there are no padding bytes to leak.
             unsafe impl aya::Pod for $t {}
         )+
     };

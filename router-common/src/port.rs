@@ -5,7 +5,7 @@ pub const ROLE_GATEWAY: u8 = 2;
 
 /// Value of the ports map, keyed by the device's ifindex (u32).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortInfo {
     /// First IPv4 address of the port.
     pub addr: [u8; 4],
@@ -23,7 +23,7 @@ const _: () = assert!(core::mem::size_of::<PortInfo>() == 16);
 /// the kernel; floating IPs are translated, and listed only so that a packet
 /// claiming one as its source is refused.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LocalAddr {
     pub addr: [u8; 4],
 }
@@ -35,7 +35,7 @@ pub const LOCAL_FLOATING: u32 = 3;
 
 /// Key of the neighbours map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NeighKey {
     pub ifindex: u32,
     pub addr: [u8; 4],
@@ -43,7 +43,7 @@ pub struct NeighKey {
 
 /// Value of the neighbours map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Neigh {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],

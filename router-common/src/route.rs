@@ -6,7 +6,7 @@ pub const MAX_NEXTHOPS: usize = 4;
 /// Value of the routes trie. The key is `Key<[u8; 4]>` (prefix length and
 /// network-order address).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Route {
     /// Number of valid entries in `gateways`/`ifindexes` (1..=MAX_NEXTHOPS).
     pub count: u32,
