@@ -12,6 +12,7 @@
 //! its destination translated back, see `MARK_TRANSLATED_ANSWER`) quote
 //! that translated packet; [`local`] translates the quote on the way out.
 
+use network_types::ip::Ipv4Hdr;
 use router_common::{
     conntrack::{CtEntry, CtKey},
     counters::Outcome,
@@ -45,21 +46,21 @@ fn inner<P: Packet>(p: &P, pkt: &Pkt) -> Result<Inner, Verdict> {
     // After the ICMP header; the outer header may have options (an error
     // echoes those of the packet it is about).
     let ip = pkt.l4_off + 8;
-    let h: *mut [u8; 20] = p.ptr(ip).ok_or(Verdict::Kernel(Outcome::KernelProto))?;
+    let h: *mut Ipv4Hdr = p.ptr(ip).ok_or(Verdict::Kernel(Outcome::KernelProto))?;
     // SAFETY: bounds checked by ptr().
     let h = unsafe { &*h };
-    let ihl = (h[0] & 0x0f) as usize;
-    if h[0] >> 4 != 4 || ihl < 5 {
+    let ihl = (h.vihl & 0x0f) as usize;
+    if h.vihl >> 4 != 4 || ihl < 5 {
         return Err(BAD);
     }
     // The quoted header keeps its options (a packet the programs
     // translated and the kernel forwarded with them).
     let l4_off = ip + ihl * 4;
-    let proto = h[9];
+    // The 8 bytes every error quotes: ports (TCP, UDP) or type and id.
     let l4: *mut [u8; 8] = p.ptr(l4_off).ok_or(Verdict::Kernel(Outcome::KernelProto))?;
     // SAFETY: as above.
     let l4 = unsafe { &*l4 };
-    let (sport, dport) = match proto {
+    let (sport, dport) = match h.proto {
         PROTO_TCP | PROTO_UDP => (
             u16::from_ne_bytes([l4[0], l4[1]]),
             u16::from_ne_bytes([l4[2], l4[3]]),
@@ -72,11 +73,11 @@ fn inner<P: Packet>(p: &P, pkt: &Pkt) -> Result<Inner, Verdict> {
     };
     Ok(Inner {
         ip,
-        src: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
-        dst: u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+        src: u32::from_ne_bytes(h.src_addr),
+        dst: u32::from_ne_bytes(h.dst_addr),
         sport,
         dport,
-        proto,
+        proto: h.proto,
         l4: l4_off,
     })
 }

@@ -4,7 +4,12 @@
 //! The L4 header follows the IPv4 header's length; packets with options are
 //! translated like any other but forwarded by the kernel (which processes
 //! the options), see `Pkt::options`.
+//!
+//! Headers are read through `network-types` structs (byte arrays, no
+//! alignment assumed); addresses and ports stay raw, in network order, as
+//! the maps key them.
 
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use router_common::counters::Outcome;
 
 use super::{Verdict, csum};
@@ -75,10 +80,10 @@ pub const FRAG_LATER: u8 = 2;
 /// does not handle.
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
-    let eth_type: *mut u16 = p.ptr(12).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+    let eth: *mut EthHdr = p.ptr(0).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
     // SAFETY: every read below is bounds-checked by ptr().
     unsafe {
-        let ty = u16::from_be(*eth_type);
+        let ty = u16::from_be((*eth).ether_type);
         // A tag in the frame (XDP) or in the skb's metadata (TC, where the
         // kernel has already moved it there): no VLAN is routed here.
         if ty == 0x8100 || ty == 0x88a8 || p.vlan_tagged() {
@@ -92,15 +97,15 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
         if *vihl >> 4 != 4 || ihl < 5 {
             return Err(Verdict::Drop(Outcome::DropMalformed));
         }
-        let hdr: *mut [u8; 20] = p.ptr(IP_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+        let hdr: *mut Ipv4Hdr = p.ptr(IP_OFF).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
         let h = &*hdr;
-        let tot_len = u16::from_be_bytes([h[2], h[3]]);
+        let tot_len = h.tot_len();
         let ip_len = ihl * 4;
         if (tot_len as usize) < ip_len || IP_OFF + tot_len as usize > p.len() {
             return Err(Verdict::Drop(Outcome::DropMalformed));
         }
         let l4_off = IP_OFF + ip_len;
-        let frag = u16::from_be_bytes([h[6], h[7]]);
+        let frag = u16::from_be_bytes(h.frags);
         let frag_kind = if frag & 0x1fff != 0 {
             FRAG_LATER
         } else if frag & 0x2000 != 0 {
@@ -109,16 +114,12 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             FRAG_NONE
         };
         let mut pkt = Pkt {
-            src: *(p
-                .ptr::<u32>(IP_SRC)
-                .ok_or(Verdict::Drop(Outcome::DropMalformed))?),
-            dst: *(p
-                .ptr::<u32>(IP_DST)
-                .ok_or(Verdict::Drop(Outcome::DropMalformed))?),
+            src: u32::from_ne_bytes(h.src_addr),
+            dst: u32::from_ne_bytes(h.dst_addr),
             sport: 0,
             dport: 0,
-            proto: h[9],
-            ttl: h[8],
+            proto: h.proto,
+            ttl: h.ttl,
             flags: 0,
             tot_len,
             l4_off,
@@ -127,7 +128,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             df: frag & 0x4000 != 0,
             l4_csum: 0,
             frag: frag_kind,
-            ip_id: u16::from_ne_bytes([h[4], h[5]]),
+            ip_id: u16::from_ne_bytes(h.id),
         };
         if frag_kind == FRAG_LATER {
             // No L4 header: translated as its first fragment was.
@@ -136,37 +137,39 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
         let l4_len = tot_len as usize - ip_len;
         match pkt.proto {
             PROTO_TCP => {
-                let t: *mut [u8; 20] =
-                    p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                let t: *mut TcpHdr = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
                 let t = &*t;
-                let doff = (t[12] >> 4) as usize;
+                let doff = t.doff() as usize;
                 if doff < 5 || l4_len < 20 {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
-                pkt.sport = u16::from_ne_bytes([t[0], t[1]]);
-                pkt.dport = u16::from_ne_bytes([t[2], t[3]]);
-                pkt.flags = t[13];
+                pkt.sport = u16::from_ne_bytes(t.source);
+                pkt.dport = u16::from_ne_bytes(t.dest);
+                // The flags byte whole (the struct has them bit by bit),
+                // through the checked header pointer.
+                pkt.flags = *(t as *const TcpHdr as *const u8).add(13);
                 pkt.l4_hdr = (doff * 4) as u16;
                 pkt.l4_csum = l4_off + 16;
             }
             PROTO_UDP => {
-                let u: *mut [u8; 8] = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                let u: *mut UdpHdr = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
                 let u = &*u;
                 if l4_len < 8 {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
-                pkt.sport = u16::from_ne_bytes([u[0], u[1]]);
-                pkt.dport = u16::from_ne_bytes([u[2], u[3]]);
+                pkt.sport = u16::from_ne_bytes(u.src);
+                pkt.dport = u16::from_ne_bytes(u.dst);
                 pkt.l4_hdr = 8;
                 pkt.l4_csum = l4_off + 6;
             }
             PROTO_ICMP => {
-                let i: *mut [u8; 8] = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
+                let i: *mut Icmpv4Hdr =
+                    p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
                 let i = &*i;
                 if l4_len < 8 {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
-                pkt.flags = i[0];
+                pkt.flags = i.type_;
                 pkt.l4_hdr = 8;
                 if is_icmp_error(pkt.flags) && frag_kind == FRAG_NONE {
                     // The quoted packet (8 bytes on) is looked at by
@@ -179,7 +182,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
                 {
                     return Err(Verdict::Kernel(Outcome::KernelProto));
                 }
-                let id = u16::from_ne_bytes([i[4], i[5]]);
+                let id = u16::from_ne_bytes([i.data[0], i.data[1]]);
                 pkt.sport = id;
                 pkt.dport = id;
                 pkt.l4_csum = l4_off + 2;
