@@ -15,9 +15,17 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("router-ebpf manifest has no parent"))?;
+    // `bpf-log` builds the programs with their debug log lines.
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_BPF_LOG");
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BPF_LOG").is_some() {
+        &["log"]
+    } else {
+        &[]
+    };
     let pkg = aya_build::Package {
         name: ebpf.name.as_str(),
         root_dir: root.as_str(),
+        features,
         ..Default::default()
     };
     aya_build::build_ebpf([pkg], aya_build::Toolchain::default())

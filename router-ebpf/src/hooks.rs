@@ -18,6 +18,15 @@ use crate::{
     pipeline::{self, Verdict},
 };
 
+/// A debug log line about a packet's outcome (the `log` feature's builds
+/// only; otherwise nothing is compiled in).
+macro_rules! log_outcome {
+    ($ctx:expr, $what:literal, $why:expr) => {
+        #[cfg(feature = "log")]
+        aya_log_ebpf::debug!($ctx, $what, $why as u32);
+    };
+}
+
 /// XDP: forwards what the pipeline finished, drops what it drops, hands
 /// the rest to TC (which counts its final outcome).
 #[inline(always)]
@@ -35,6 +44,7 @@ pub fn xdp(ctx: &mut XdpContext) -> u32 {
         // Shed here, at the lowest cost (floods, hostile frames).
         Verdict::Drop(why) => {
             maps::count(why, len);
+            log_outcome!(ctx, "xdp: drop, outcome {}", why);
             xdp_action::XDP_DROP
         }
         // TC runs the same pipeline and counts the final outcome.
@@ -73,25 +83,30 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
         }
         Verdict::Drop(why) => {
             maps::count(why, len);
+            log_outcome!(ctx, "tc: drop, outcome {}", why);
             TC_ACT_SHOT
         }
         Verdict::Kernel(why) => {
             maps::count(why, len);
+            log_outcome!(ctx, "tc: to the kernel, outcome {}", why);
             TC_ACT_OK
         }
         Verdict::Answer(why) => {
             mark(ctx, MARK_ANSWER_ONLY);
             maps::count(why, len);
+            log_outcome!(ctx, "tc: to be answered, outcome {}", why);
             TC_ACT_OK
         }
         Verdict::Translated(why) => {
             mark(ctx, MARK_TRANSLATED);
             maps::count(why, len);
+            log_outcome!(ctx, "tc: translated, to the kernel, outcome {}", why);
             TC_ACT_OK
         }
         Verdict::TranslatedAnswer(why) => {
             mark(ctx, MARK_TRANSLATED_ANSWER);
             maps::count(why, len);
+            log_outcome!(ctx, "tc: translated back, to be answered, outcome {}", why);
             TC_ACT_OK
         }
         Verdict::Bounce => {

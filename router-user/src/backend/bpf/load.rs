@@ -197,6 +197,8 @@ impl BpfRouter {
                 reused.join(",")
             );
         }
+        #[cfg(feature = "bpf-log")]
+        let log = super::log::Forwarder::start(router_id, &mut ebpf);
         Ok(BpfRouter {
             router_id: router_id.to_string(),
             dir,
@@ -205,6 +207,8 @@ impl BpfRouter {
             reused,
             snat_ports: DEFAULT_SNAT_PORTS,
             tc_only: Default::default(),
+            #[cfg(feature = "bpf-log")]
+            _log: log,
         })
     }
 }

@@ -27,6 +27,8 @@
 mod attach;
 mod flows;
 mod load;
+#[cfg(feature = "bpf-log")]
+mod log;
 mod neigh;
 pub mod object;
 mod sync;
@@ -146,6 +148,9 @@ pub struct BpfRouter {
     /// Devices without native XDP: TC alone serves them (generic XDP
     /// would cost more than it saves). Pin names of their XDP links.
     tc_only: std::collections::BTreeSet<String>,
+    /// Forwards the programs' debug log lines (`bpf-log` builds only).
+    #[cfg(feature = "bpf-log")]
+    _log: Option<log::Forwarder>,
 }
 
 impl BpfRouter {
