@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use router_user::{
     config::node::{Dataplane, NodeConfig},
     control::{self, Request},
-    daemon, show,
+    daemon, errln, out, outln, show,
     state::State,
     text,
 };
@@ -168,7 +168,7 @@ async fn main() -> ExitCode {
     match real_main(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("xrouter: {e:#}");
+            errln!("xrouter: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -188,17 +188,17 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let reply = control::call(&node.socket_path(), &Request::Reload).await?;
             if !reply.ok && !reply.failed.is_empty() {
                 // Applied, but not every router: the message names them.
-                eprintln!("xrouter: reload: {}", reply.message);
+                errln!("xrouter: reload: {}", reply.message);
                 return Ok(ExitCode::FAILURE);
             }
             if !reply.ok {
-                eprintln!(
+                errln!(
                     "xrouter: reload failed, previous state kept:\n{}",
                     reply.message
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            println!("{}", reply.message);
+            outln!("{}", reply.message)?;
         }
         Cmd::Check {
             routers,
@@ -206,30 +206,30 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             dataplane,
         } => {
             let r = router_user::source::read_routers(&routers, &node)?;
-            println!("{}: {} routers, valid", text::path(&routers), r.len());
+            outln!("{}: {} routers, valid", text::path(&routers), r.len())?;
             if plan {
                 let recorded = State::load(&node.state_file())?.dataplane;
                 let want = dataplane.or(recorded).unwrap_or(node.dataplane);
                 let plane = router_user::engine::plane_of(daemon::resolve_dataplane(want)?);
-                print!("{}", router_user::engine::dry_run(&node, plane, &r).await?);
+                out!("{}", router_user::engine::dry_run(&node, plane, &r).await?)?;
             }
         }
         Cmd::Show { json, what } => {
             let state = State::load(&node.state_file())?;
             match what.unwrap_or(ShowWhat::Routers) {
-                ShowWhat::Routers if json => println!("{}", show::json(&state)),
-                ShowWhat::Routers => print!("{}", show::table(&state)),
+                ShowWhat::Routers if json => outln!("{}", show::json(&state))?,
+                ShowWhat::Routers => out!("{}", show::table(&state))?,
                 ShowWhat::Flows { router } => {
-                    print!("{}", show::flows(&state, &node, router.as_deref(), json)?)
+                    out!("{}", show::flows(&state, &node, router.as_deref(), json)?)?
                 }
                 ShowWhat::Stats { router } => {
-                    print!("{}", show::stats(&state, &node, router.as_deref(), json)?)
+                    out!("{}", show::stats(&state, &node, router.as_deref(), json)?)?
                 }
             }
         }
         Cmd::Cleanup => {
             let ch = router_user::engine::cleanup(&node).await?;
-            println!("cleanup: {} items removed", ch.len());
+            outln!("cleanup: {} items removed", ch.len())?;
         }
         Cmd::Demo { keep, dataplane } => {
             return router_user::demo::run(dataplane, keep).await;
