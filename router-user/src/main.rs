@@ -1,119 +1,17 @@
 //! `xrouter`: the daemon and its command line.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use router_user::{
-    config::node::{Dataplane, NodeConfig},
+    cli::{Cli, Cmd, ShowWhat},
+    config::node::NodeConfig,
     control::{self, Request},
     daemon, errln, out, outln, show,
     state::State,
     text,
 };
-
-/// Neutron-compatible virtual routers with an eBPF data plane.
-///
-/// xrouter reads the routers Neutron's server hands an L3 agent (the
-/// `sync_routers` payload, as JSON) and builds each as Neutron's legacy agent
-/// does: a `qrouter-<id>` namespace, `qr-`/`qg-` ports, addresses, routes,
-/// floating IPs and NAT.
-#[derive(Parser)]
-#[command(name = "xrouter", version, propagate_version = true)]
-struct Cli {
-    /// Node config (TOML): metadata port, bridges, data plane, directories.
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Directory of the state file and control socket (overrides the config).
-    #[arg(long, global = true, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum ShowWhat {
-    /// Routers, ports, addresses and floating IPs (the default).
-    Routers,
-    /// Connections tracked by the eBPF data plane: original and translated
-    /// tuples, state, age.
-    Flows {
-        /// Only this router.
-        #[arg(long, value_name = "ID")]
-        router: Option<String>,
-    },
-    /// eBPF counters per router: forwarded (XDP, TC), to the kernel and
-    /// dropped, by reason.
-    Stats {
-        /// Only this router.
-        #[arg(long, value_name = "ID")]
-        router: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the daemon in the foreground: apply the routers and keep them so.
-    ///
-    /// Reloads on SIGHUP and on `xrouter reload`; repairs what is removed
-    /// behind its back every `resync_interval` seconds. Stopping it
-    /// (SIGTERM, Ctrl-C) leaves the routers forwarding.
-    Run {
-        /// The routers file: a JSON list of router dicts or {"routers": [...]}.
-        #[arg(long, value_name = "FILE")]
-        routers: PathBuf,
-        /// Data plane (overrides the node config).
-        #[arg(long, value_enum)]
-        dataplane: Option<Dataplane>,
-    },
-    /// Make the running daemon re-read its routers file and apply it.
-    ///
-    /// Returns once the new state is applied; on a validation error exits
-    /// non-zero and the daemon keeps the previous state. When some routers
-    /// cannot be applied, the others are, and it exits non-zero naming
-    /// those that failed (they keep their previous state).
-    Reload,
-    /// Check a routers file without applying anything.
-    ///
-    /// With `--plan`, also print what an apply of it would change on this
-    /// node now, router by router (reads the kernel: needs root; changes
-    /// nothing).
-    Check {
-        #[arg(long, value_name = "FILE")]
-        routers: PathBuf,
-        /// Print the plan against the running state.
-        #[arg(long)]
-        plan: bool,
-        /// Data plane to plan for (default: the one the daemon records,
-        /// else the node config's).
-        #[arg(long, value_enum, requires = "plan")]
-        dataplane: Option<Dataplane>,
-    },
-    /// Show the routers, ports, addresses and floating IPs xrouter manages.
-    ///
-    /// `xrouter show` lists routers; `show flows` the eBPF connection table;
-    /// `show stats` the eBPF counters (forwarded per hook, handed to the
-    /// kernel and dropped, per reason).
-    Show {
-        /// Print JSON instead of a table.
-        #[arg(long, global = true)]
-        json: bool,
-        #[command(subcommand)]
-        what: Option<ShowWhat>,
-    },
-    /// Remove every namespace, port and bridge xrouter created.
-    Cleanup,
-    /// Build a sandbox with the article's topology, run its experiments,
-    /// print what each showed, and tear it down.
-    Demo {
-        /// Leave the sandbox in place for a look (it prints how to remove it).
-        #[arg(long)]
-        keep: bool,
-        /// Data plane to demonstrate.
-        #[arg(long, value_enum, default_value = "auto")]
-        dataplane: Dataplane,
-    },
-}
 
 fn node_config(cli: &Cli) -> Result<NodeConfig> {
     let mut node = NodeConfig::load(cli.config.as_deref())?;

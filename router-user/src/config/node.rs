@@ -16,13 +16,13 @@ use crate::text::{self, label, quote, tidy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Dataplane {
-    /// eBPF where possible, iptables otherwise.
+    /// xdp where the BPF programs load on this kernel, iptables otherwise.
     Auto,
-    /// eBPF, XDP hook.
+    /// eBPF programs at the XDP hook of every router port, TC behind them.
     Xdp,
-    /// eBPF, TC (tcx) hook.
+    /// eBPF programs at the TC (tcx) hook alone.
     Tc,
-    /// Neutron's iptables rule set and the kernel's forwarding.
+    /// The kernel forwards, with Neutron's iptables rule set.
     Iptables,
 }
 
