@@ -61,9 +61,9 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     engine.desired = desired.clone();
     match engine.apply(desired).await {
         Ok(a) if a.failures.is_empty() => tracing::info!(
-            "{} routers up, {} changes",
-            engine.state.routers.len(),
-            a.changes.len()
+            "{} up, {}",
+            crate::text::count(engine.state.routers.len(), "router"),
+            crate::text::count(a.changes.len(), "change")
         ),
         // Failed routers are retried by the periodic resync.
         Ok(a) => tracing::error!("initial apply: {}", a.report()),

@@ -104,7 +104,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             dataplane,
         } => {
             let r = router_user::source::read_routers(&routers, &node)?;
-            outln!("{}: {} routers, valid", text::path(&routers), r.len())?;
+            outln!(
+                "{}: {}, valid",
+                text::path(&routers),
+                text::count(r.len(), "router")
+            )?;
             if plan {
                 let recorded = State::load(&node.state_file())?.dataplane;
                 let want = dataplane.or(recorded).unwrap_or(node.dataplane);
