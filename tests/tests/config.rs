@@ -354,6 +354,12 @@ fn node_config_out_of_range_refused_by_check_and_run() {
         ("resync_interval", "9223372036854775807", "0..=86400"),
         ("metadata_port", "70000", "1..=65535"),
         ("conntrack_size", "4294967295", "1024..=16777216"),
+        // Too large for TOML itself (64 bits): named all the same.
+        (
+            "conntrack_size",
+            "99999999999999999999999",
+            "1024..=16777216",
+        ),
     ] {
         std::fs::write(
             &node,
