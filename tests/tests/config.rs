@@ -26,6 +26,9 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
         f(&mut v[0]);
         serde_json::to_string_pretty(&v).unwrap()
     };
+    // A number as written: JSON libraries would rewrite 1e3 as 1000.0.
+    let edit_number =
+        |f: &dyn Fn(&mut Value), number: &str| edit(f).replacen("\"NUMBER\"", number, 1);
     let port0 = router.interfaces[0].id.clone();
     let mut dup = router.clone();
     for p in dup.interfaces.iter_mut().chain(dup.gateway.as_mut()) {
@@ -52,6 +55,27 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
             what: "bad MAC",
             text: edit(&|r| r["_interfaces"][1]["mac_address"] = json!("fa:16:3e:zz:00:01")),
             needles: vec![id.clone(), "mac_address".into(), "fa:16:3e:zz:00:01".into()],
+        },
+        Bad {
+            what: "MTU beyond 64 bits",
+            text: edit_number(
+                &|r| r["_interfaces"][0]["mtu"] = json!("NUMBER"),
+                "18446744073709551616",
+            ),
+            needles: vec![
+                id.clone(),
+                "_interfaces[0].mtu".into(),
+                "18446744073709551616 is outside the allowed range 68..=65535".into(),
+            ],
+        },
+        Bad {
+            what: "MTU with an exponent",
+            text: edit_number(&|r| r["_interfaces"][0]["mtu"] = json!("NUMBER"), "1e3"),
+            needles: vec![
+                id.clone(),
+                "_interfaces[0].mtu".into(),
+                "1e3 is not an integer".into(),
+            ],
         },
         Bad {
             what: "floating IP outside the external subnet",

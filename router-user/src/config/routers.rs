@@ -125,7 +125,13 @@ pub const MTU: std::ops::RangeInclusive<i128> = 68..=65535;
 /// with the range rather than as a type error, and a string in its place
 /// is shown escaped and cut.
 #[derive(Clone, Copy, Debug)]
-struct Int(i128);
+enum Int {
+    Fits(i128),
+    /// A number JSON gives as a float: written with a fraction or an
+    /// exponent, or an integer beyond 64 bits. [`in_range`] tells which
+    /// from the text.
+    Float(f64),
+}
 
 impl<'de> Deserialize<'de> for Int {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -136,13 +142,13 @@ impl<'de> Deserialize<'de> for Int {
                 f.write_str("an integer")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
-                Ok(Int(v.into()))
+                Ok(Int::Fits(v.into()))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
-                Ok(Int(v.into()))
+                Ok(Int::Fits(v.into()))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Int, E> {
-                Err(E::custom(format!("{v} is not an integer")))
+                Ok(Int::Float(v))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Int, E> {
                 Err(E::custom(format!("{} is not an integer", quote(v))))
@@ -152,28 +158,86 @@ impl<'de> Deserialize<'de> for Int {
     }
 }
 
-/// `v` if it is in `range`, else an error naming the field, the value and
-/// the range.
+/// A router's values as the file writes them, by field path
+/// (`_interfaces[0].mtu`): what messages show of a number, where JSON
+/// would give `1e3` as 1000 and 18446744073709551616 as a float.
+struct Written<'a> {
+    file: &'a str,
+    /// The router's index in the file's list.
+    index: usize,
+}
+
+impl<'a> Written<'a> {
+    /// The text of the value at `field`, if the file has one there.
+    fn at(&self, field: &str) -> Option<&'a str> {
+        use serde_json::value::RawValue;
+        fn member<'a>(v: &'a RawValue, key: &str) -> Option<&'a RawValue> {
+            let m: HashMap<&str, &'a RawValue> = serde_json::from_str(v.get()).ok()?;
+            m.get(key).copied()
+        }
+        fn element(v: &RawValue, i: usize) -> Option<&RawValue> {
+            let l: Vec<&RawValue> = serde_json::from_str(v.get()).ok()?;
+            l.get(i).copied()
+        }
+        let top: &RawValue = serde_json::from_str(self.file).ok()?;
+        let list = member(top, "routers").unwrap_or(top);
+        let mut at = element(list, self.index)?;
+        for part in field.split('.') {
+            let (key, indices) = part.split_once('[').unwrap_or((part, ""));
+            if !key.is_empty() {
+                at = member(at, key)?;
+            }
+            for i in indices.split('[') {
+                if let Some(i) = i.strip_suffix(']') {
+                    at = element(at, i.parse().ok()?)?;
+                }
+            }
+        }
+        Some(at.get())
+    }
+}
+
+/// `v` if it is in `range`, else an error naming the field, the value as
+/// the file writes it and the range; a number with a fraction or an
+/// exponent is not an integer (with how to write it when it is whole).
 fn in_range(
     rid: &str,
     field: impl Into<String>,
     v: Int,
     range: std::ops::RangeInclusive<i128>,
+    written: &Written,
 ) -> Result<i128, ConfigError> {
-    if range.contains(&v.0) {
-        Ok(v.0)
-    } else {
-        Err(field_err(
-            rid,
-            field,
-            format!(
-                "{} is outside the allowed range {}..={}",
-                v.0,
-                range.start(),
-                range.end()
-            ),
-        ))
+    let field = field.into();
+    if let Int::Fits(n) = v
+        && range.contains(&n)
+    {
+        return Ok(n);
     }
+    let text = written
+        .at(&field)
+        .filter(|t| t.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
+        .map(str::to_string)
+        .unwrap_or_else(|| match v {
+            Int::Fits(n) => n.to_string(),
+            Int::Float(f) => format!("{f:?}"),
+        });
+    let shown = crate::text::bare(&text);
+    let digits = text.strip_prefix('-').unwrap_or(&text);
+    let problem = if digits.bytes().all(|b| b.is_ascii_digit()) {
+        format!(
+            "{shown} is outside the allowed range {}..={}",
+            range.start(),
+            range.end()
+        )
+    } else {
+        match v {
+            Int::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => {
+                format!("{shown} is not an integer (write {f:.0})")
+            }
+            _ => format!("{shown} is not an integer"),
+        }
+    };
+    Err(field_err(rid, field, problem))
 }
 
 /// Parses and validates a routers file with the node's default config
@@ -253,7 +317,7 @@ pub fn parse_for(text: &str, node: &NodeConfig) -> Result<Vec<Router>, ConfigErr
             router,
             up,
             fip_index,
-        } = validate(raw, node)?;
+        } = validate(raw, node, &Written { file: text, index })?;
         if !seen_routers.insert(router.id.clone()) {
             return Err(field_err(
                 &router.id,
@@ -365,7 +429,7 @@ fn network_or_broadcast<'a>(
     })
 }
 
-fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
+fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, ConfigError> {
     let rid = raw.id.clone();
     let enable_snat = raw
         .enable_snat
@@ -385,7 +449,7 @@ fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
                     subnet_cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let port = port(&rid, "gw_port", p, Role::Gateway, node)?;
+            let port = port(&rid, "gw_port", p, Role::Gateway, node, w)?;
             if port.ipv4().is_none() {
                 return Err(field_err(
                     &rid,
@@ -409,6 +473,7 @@ fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
             p,
             Role::Internal,
             node,
+            w,
         )?);
     }
 
@@ -583,6 +648,7 @@ fn port(
     p: RawPort,
     role: Role,
     node: &NodeConfig,
+    w: &Written,
 ) -> Result<Port, ConfigError> {
     // The ID names the devices qr-/qg-/tap<id[:11]>.
     if !is_uuid_like(&p.id) {
@@ -618,7 +684,7 @@ fn port(
         ));
     }
     let mtu = match p.mtu {
-        Some(m) => in_range(rid, format!("{at}.mtu"), m, MTU)? as u32,
+        Some(m) => in_range(rid, format!("{at}.mtu"), m, MTU, w)? as u32,
         None => DEFAULT_MTU,
     };
     let mut subnets = Vec::new();
@@ -654,7 +720,7 @@ fn port(
         // which must then hold the address (a subnet of the other family
         // has prefix lengths this address cannot take).
         let plen = match f.prefixlen {
-            Some(l) => in_range(rid, plen_field, l, 1..=max)? as u8,
+            Some(l) => in_range(rid, plen_field, l, 1..=max, w)? as u8,
             None => f
                 .subnet_id
                 .as_ref()
@@ -1022,6 +1088,92 @@ mod tests {
         let mut v = article();
         v["_interfaces"][0]["mtu"] = json!(1500.5);
         rejects(v, "_interfaces[0].mtu", "1500.5");
+    }
+
+    /// Replaces `"XX"` in the article's file with `number` as written, so
+    /// that no JSON library rewrites it.
+    fn with_number(field: &[&str], number: &str) -> Result<Vec<Router>, ConfigError> {
+        let mut v = article();
+        let mut at = &mut v;
+        for f in field {
+            at = match f.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*f],
+            };
+        }
+        *at = json!("XX");
+        let text = serde_json::to_string(&json!([v])).unwrap();
+        parse(&text.replacen("\"XX\"", number, 1))
+    }
+
+    #[test]
+    fn numbers_are_shown_as_written_with_the_right_reason() {
+        let mtu = ["_interfaces", "0", "mtu"];
+        for (number, problem) in [
+            (
+                "18446744073709551616",
+                "18446744073709551616 is outside the allowed range 68..=65535",
+            ),
+            (
+                "-18446744073709551616",
+                "-18446744073709551616 is outside the allowed range 68..=65535",
+            ),
+            (
+                "100000000000000000000000000000000000000000",
+                "100000000000000000000000000000000000000000 is outside the allowed range 68..=65535",
+            ),
+            ("1e3", "1e3 is not an integer (write 1000)"),
+            ("1E3", "1E3 is not an integer (write 1000)"),
+            ("1500.0", "1500.0 is not an integer (write 1500)"),
+            ("15e2", "15e2 is not an integer (write 1500)"),
+            ("1500.5", "1500.5 is not an integer"),
+            ("1.5e300", "1.5e300 is not an integer"),
+            ("1e41", "1e41 is not an integer"),
+            ("-2.5E-3", "-2.5E-3 is not an integer"),
+        ] {
+            match with_number(&mtu, number) {
+                Err(ConfigError::Field {
+                    router,
+                    field,
+                    problem: p,
+                }) => {
+                    assert_eq!(router, R1);
+                    assert_eq!(field, "_interfaces[0].mtu", "{number}");
+                    assert_eq!(p, problem, "{number}");
+                }
+                other => panic!("mtu {number}: {other:?}"),
+            }
+        }
+        match with_number(&["gw_port", "fixed_ips", "0", "prefixlen"], "2.4e1") {
+            Err(ConfigError::Field { field, problem, .. }) => {
+                assert_eq!(field, "gw_port.fixed_ips[0].prefixlen");
+                assert_eq!(problem, "2.4e1 is not an integer (write 24)");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Integers as written still parse, whatever their size in JSON.
+        assert_eq!(
+            with_number(&mtu, "1450").unwrap()[0].interfaces[0].mtu,
+            1450
+        );
+        assert_eq!(
+            with_number(&mtu, "65535").unwrap()[0].interfaces[0].mtu,
+            65535
+        );
+        // Beyond what a float holds, JSON itself refuses it, saying where.
+        match with_number(&mtu, "1e400") {
+            Err(ConfigError::Json(m)) => {
+                assert!(m.contains("number out of range at line 1"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A long number is cut, as every value.
+        let big = format!("1{}", "0".repeat(299));
+        let m = one_short_line(&with_number(&mtu, &big).unwrap_err());
+        assert!(
+            m.contains("(300 bytes) is outside the allowed range"),
+            "{m}"
+        );
         for (plen, shown) in [
             (json!(0), "0"),
             (json!(33), "33"),
