@@ -121,6 +121,60 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
             needles: vec![id.clone(), "fixed_ip_address".into(), QR2.into()],
         },
         Bad {
+            what: "port address is its subnet's network address",
+            text: edit(&|r| {
+                r["_interfaces"][0]["fixed_ips"][0]["ip_address"] = json!("81.1.180.0")
+            }),
+            needles: vec![
+                id.clone(),
+                "_interfaces[0].fixed_ips[0].ip_address".into(),
+                "81.1.180.0 is the network address".into(),
+            ],
+        },
+        Bad {
+            what: "floating IP is the external subnet's gateway",
+            text: edit(&|r| r["_floatingips"][0]["floating_ip_address"] = json!(EXT_GW)),
+            needles: vec![
+                id.clone(),
+                "_floatingips[0].floating_ip_address".into(),
+                format!("{EXT_GW} is the gateway_ip"),
+            ],
+        },
+        Bad {
+            what: "two internal subnets overlap",
+            text: edit(&|r| {
+                r["_interfaces"][1]["subnets"][0]["cidr"] = json!(NET1);
+                r["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.180.2");
+            }),
+            needles: vec![
+                id.clone(),
+                "_interfaces[1].subnets[0].cidr".into(),
+                format!("{NET1} overlaps"),
+            ],
+        },
+        Bad {
+            what: "extra route through no neighbour",
+            text: edit(&|r| {
+                r["routes"] = json!([{"destination": "172.16.0.0/16", "nexthop": "10.9.9.9"}])
+            }),
+            needles: vec![
+                id.clone(),
+                "routes[0].nexthop".into(),
+                "10.9.9.9 is on none of the router's subnets".into(),
+            ],
+        },
+        Bad {
+            what: "extra route through the router itself",
+            text: edit(&|r| {
+                r["routes"] = json!([{"destination": "172.16.0.0/16", "nexthop": QR1}])
+            }),
+            needles: vec![
+                id.clone(),
+                "routes[0].nexthop".into(),
+                format!("{QR1} is the router's own address"),
+            ],
+        },
+        Bad {
             what: "router id not a UUID",
             text: edit(&|r| r["id"] = json!("r1")),
             needles: vec!["router #0".into(), "id".into(), "\"r1\"".into()],

@@ -429,6 +429,51 @@ fn network_or_broadcast<'a>(
     })
 }
 
+/// Why `a` can be no port's address, if it cannot.
+fn unusable(a: IpAddr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("the unspecified address")
+    } else if a.is_loopback() {
+        Some("a loopback address")
+    } else if a.is_multicast() {
+        Some("a multicast address")
+    } else if a == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        Some("the limited broadcast address")
+    } else {
+        None
+    }
+}
+
+/// A subnet a router port is on, and the field of the file that gives it.
+struct Attached {
+    field: String,
+    cidr: IpNet,
+}
+
+/// The subnets port `p` (at `at` in the file) is on: those it lists, and
+/// for an address on none of them, the one its prefix length makes.
+fn attached(p: &Port, at: &str) -> Vec<Attached> {
+    let listed = p.subnets.iter().enumerate().map(|(j, s)| Attached {
+        field: format!("{at}.subnets[{j}].cidr"),
+        cidr: s.cidr,
+    });
+    let implied = p
+        .addresses
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !p.subnets.iter().any(|s| s.cidr.contains(&a.addr())))
+        .map(|(k, a)| Attached {
+            field: format!("{at}.fixed_ips[{k}].ip_address"),
+            cidr: a.trunc(),
+        });
+    listed.chain(implied).collect()
+}
+
+/// Whether two networks share an address.
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, ConfigError> {
     let rid = raw.id.clone();
     let enable_snat = raw
@@ -439,17 +484,26 @@ fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, C
             .and_then(|g| g.enable_snat))
         .unwrap_or(true);
 
+    // The gateway_ip of each external subnet: Neutron never allocates it
+    // as a floating IP.
+    let mut ext_gateway_ips: HashMap<IpAddr, IpNet> = HashMap::new();
     let gateway = match raw.gw_port {
         Some(p) => {
-            let extra = p
-                .extra_subnets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    subnet_cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut extra = Vec::new();
+            for (i, s) in p.extra_subnets.iter().enumerate() {
+                let c = subnet_cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr)?;
+                if let Some(g) = s.gateway_ip.as_deref().filter(|g| !g.is_empty()) {
+                    let g = ip(&rid, &format!("gw_port.extra_subnets[{i}].gateway_ip"), g)?;
+                    ext_gateway_ips.insert(g, c);
+                }
+                extra.push(c);
+            }
             let port = port(&rid, "gw_port", p, Role::Gateway, node, w)?;
+            for s in &port.subnets {
+                if let Some(g) = s.gateway_ip {
+                    ext_gateway_ips.insert(g, s.cidr);
+                }
+            }
             if port.ipv4().is_none() {
                 return Err(field_err(
                     &rid,
@@ -525,6 +579,79 @@ fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, C
         })
         .collect();
 
+    // The subnets the router's ports are on (Neutron's check of a router
+    // interface: its subnet overlaps none of the router's others, the
+    // external ones included).
+    let on_gateway = gateway
+        .as_ref()
+        .map(|g| attached(&g.port, "gw_port"))
+        .unwrap_or_default();
+    let mut connected: Vec<(usize, Attached)> = Vec::new();
+    for (i, p) in interfaces.iter().enumerate() {
+        for a in attached(p, &format!("_interfaces[{i}]")) {
+            if let Some(e) = on_gateway.iter().find(|e| overlap(&e.cidr, &a.cidr)) {
+                return Err(field_err(
+                    &rid,
+                    &a.field,
+                    format!(
+                        "{} overlaps the external subnet {} ({})",
+                        a.cidr, e.cidr, e.field
+                    ),
+                ));
+            }
+            // A port may list one subnet twice; two ports may not.
+            if let Some((_, o)) = connected
+                .iter()
+                .find(|(j, o)| overlap(&o.cidr, &a.cidr) && !(*j == i && o.cidr == a.cidr))
+            {
+                return Err(field_err(
+                    &rid,
+                    &a.field,
+                    format!(
+                        "{} overlaps {} ({}), another subnet of the router",
+                        a.cidr, o.cidr, o.field
+                    ),
+                ));
+            }
+            connected.push((i, a));
+        }
+    }
+    let connected: Vec<IpNet> = connected
+        .into_iter()
+        .map(|(_, a)| a.cidr)
+        .chain(on_gateway.into_iter().map(|a| a.cidr))
+        .collect();
+
+    // Neutron's check of extra routes: the next hop is on a subnet of the
+    // router's ports, and is not the router itself.
+    for (i, r) in routes.iter().enumerate() {
+        let field = format!("routes[{i}].nexthop");
+        let hop = r.nexthop;
+        if let Some(dev) = own.get(&hop) {
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{hop} is the router's own address (port {dev})"),
+            ));
+        }
+        if !connected.iter().any(|n| n.contains(&hop)) {
+            let mut list: Vec<String> = connected.iter().map(|n| n.to_string()).collect();
+            list.dedup();
+            return Err(field_err(
+                &rid,
+                field,
+                format!(
+                    "{hop} is on none of the router's subnets ({})",
+                    if list.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+
     let mut floating_ips: Vec<FloatingIp> = Vec::new();
     let mut fip_index = Vec::new();
     let mut by_fip: HashMap<std::net::Ipv4Addr, String> = HashMap::new();
@@ -556,6 +683,13 @@ fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, C
         }
         if let Some(what) = network_or_broadcast(fip, &external) {
             return Err(field_err(&rid, field, format!("{fip} is {what}")));
+        }
+        if let Some(subnet) = ext_gateway_ips.get(&IpAddr::V4(fip)) {
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{fip} is the gateway_ip of external subnet {subnet}"),
+            ));
         }
         if let Some(dev) = own.get(&IpAddr::V4(fip)) {
             return Err(field_err(
@@ -743,6 +877,45 @@ fn port(
                 format!("{plen} is not a prefix length of {addr}"),
             )
         })?;
+        if let Some(what) = unusable(addr) {
+            return Err(field_err(rid, field, format!("{addr} is {what}")));
+        }
+        // The address lies in its subnet (by subnet_id, else one of the
+        // port's subnets of its family; a port that lists none has the
+        // one its prefix length makes), and is no network or broadcast
+        // address there: Neutron allocates neither.
+        let family: Vec<IpNet> = subnets
+            .iter()
+            .map(|s| s.cidr)
+            .filter(|c| c.addr().is_ipv4() == addr.is_ipv4())
+            .collect();
+        let subnet = match f.subnet_id.as_ref().and_then(|id| subnet_ids.get(id)) {
+            Some(c) if c.contains(&addr) => *c,
+            Some(c) => {
+                return Err(field_err(
+                    rid,
+                    field,
+                    format!("{addr} is outside its subnet {c}"),
+                ));
+            }
+            None if family.is_empty() => net.trunc(),
+            None => match family.iter().find(|c| c.contains(&addr)) {
+                Some(c) => *c,
+                None => {
+                    let list: Vec<String> = family.iter().map(|c| c.to_string()).collect();
+                    return Err(field_err(
+                        rid,
+                        field,
+                        format!("{addr} is outside the port's subnets ({})", list.join(", ")),
+                    ));
+                }
+            },
+        };
+        if let IpAddr::V4(a4) = addr
+            && let Some(what) = network_or_broadcast(a4, [&subnet])
+        {
+            return Err(field_err(rid, field, format!("{addr} is {what}")));
+        }
         if addresses.contains(&net) {
             return Err(field_err(rid, field, format!("duplicate address {addr}")));
         }
@@ -1343,10 +1516,172 @@ mod tests {
         }
         let mut v = article();
         v["_interfaces"] = json!([]);
+        // Its extra route would have no next hop on the router's subnets.
+        v["routes"] = json!([]);
         rejects(v, fixed, "it has none");
         let mut v = article();
         v["_floatingips"][0]["fixed_ip_address"] = json!("81.1.180.254");
         assert!(parse_one(v).is_ok());
+    }
+
+    #[test]
+    fn port_addresses_are_hosts_of_their_subnets() {
+        let qr = "_interfaces[0].fixed_ips[0].ip_address";
+        for (addr, why) in [
+            ("81.1.180.0", "the network address of 81.1.180.0/24"),
+            ("81.1.180.255", "the broadcast address of 81.1.180.0/24"),
+            ("81.1.181.1", "outside its subnet 81.1.180.0/24"),
+            ("127.0.0.1", "a loopback address"),
+            ("224.0.0.5", "a multicast address"),
+            ("0.0.0.0", "the unspecified address"),
+            ("255.255.255.255", "the limited broadcast address"),
+        ] {
+            let mut v = article();
+            v["_interfaces"][0]["fixed_ips"][0]["ip_address"] = json!(addr);
+            rejects(v.clone(), qr, addr);
+            rejects(v, qr, why);
+        }
+        // Without subnet_id: one of the port's subnets must hold it.
+        let mut v = article();
+        v["_interfaces"][0]["fixed_ips"] = json!([{"ip_address": "10.0.0.1", "prefixlen": 24}]);
+        rejects(
+            v,
+            qr,
+            "10.0.0.1 is outside the port's subnets (81.1.180.0/24)",
+        );
+        // A port that lists no subnet: the one its prefix length makes.
+        let mut v = article();
+        v["gw_port"]["subnets"] = json!([]);
+        v["gw_port"]["fixed_ips"][0]["ip_address"] = json!("192.168.1.255");
+        rejects(
+            v,
+            "gw_port.fixed_ips[0].ip_address",
+            "192.168.1.255 is the broadcast address of 192.168.1.0/24",
+        );
+        let mut v = article();
+        v["gw_port"]["fixed_ips"][0]["ip_address"] = json!("::1");
+        v["gw_port"]["fixed_ips"][0]["prefixlen"] = json!(128);
+        rejects(
+            v,
+            "gw_port.fixed_ips[0].ip_address",
+            "::1 is a loopback address",
+        );
+        // A /31 has no network or broadcast address.
+        let mut v = article();
+        v["_interfaces"][1]["subnets"][0]["cidr"] = json!("91.1.180.0/31");
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("91.1.180.0");
+        v["_interfaces"][1]["fixed_ips"][0]["prefixlen"] = json!(31);
+        v["_floatingips"][0]["fixed_ip_address"] = json!("81.1.180.14");
+        assert!(parse_one(v).is_ok());
+    }
+
+    #[test]
+    fn floating_ips_are_not_an_external_gateway() {
+        let fip = "_floatingips[0].floating_ip_address";
+        let mut v = article();
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.1.1");
+        rejects(
+            v,
+            fip,
+            "192.168.1.1 is the gateway_ip of external subnet 192.168.1.0/24",
+        );
+        let mut v = article();
+        v["gw_port"]["extra_subnets"][0]["gateway_ip"] = json!("192.168.9.1");
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.9.1");
+        rejects(
+            v.clone(),
+            fip,
+            "192.168.9.1 is the gateway_ip of external subnet 192.168.9.0/24",
+        );
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.9.2");
+        assert!(parse_one(v.clone()).is_ok());
+        v["gw_port"]["extra_subnets"][0]["gateway_ip"] = json!("192.168.9.x");
+        rejects(v, "gw_port.extra_subnets[0].gateway_ip", "192.168.9.x");
+    }
+
+    #[test]
+    fn internal_subnets_overlap_nothing_else_of_the_router() {
+        let mut v = article();
+        v["_interfaces"][1]["subnets"][0]["cidr"] = json!("81.1.0.0/16");
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.1.1");
+        v["_interfaces"][1]["fixed_ips"][0]["prefixlen"] = json!(16);
+        rejects(
+            v,
+            "_interfaces[1].subnets[0].cidr",
+            "81.1.0.0/16 overlaps 81.1.180.0/24 (_interfaces[0].subnets[0].cidr), another subnet",
+        );
+        // The same subnet on two ports.
+        let mut v = article();
+        v["_interfaces"][1]["subnets"][0]["cidr"] = json!("81.1.180.0/24");
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.180.2");
+        rejects(
+            v,
+            "_interfaces[1].subnets[0].cidr",
+            "81.1.180.0/24 overlaps",
+        );
+        // A port without subnets: the one its address makes.
+        let mut v = article();
+        v["_interfaces"][1]["subnets"] = json!([]);
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.180.7");
+        rejects(
+            v,
+            "_interfaces[1].fixed_ips[0].ip_address",
+            "81.1.180.0/24 overlaps 81.1.180.0/24",
+        );
+        // The external subnet.
+        let mut v = article();
+        v["_interfaces"][0]["subnets"][0]["cidr"] = json!("192.168.1.128/25");
+        v["_interfaces"][0]["fixed_ips"][0]["ip_address"] = json!("192.168.1.129");
+        v["_interfaces"][0]["fixed_ips"][0]["prefixlen"] = json!(25);
+        rejects(
+            v,
+            "_interfaces[0].subnets[0].cidr",
+            "192.168.1.128/25 overlaps the external subnet 192.168.1.0/24 \
+             (gw_port.subnets[0].cidr)",
+        );
+        // Another router's subnets may overlap (tenants' address spaces do).
+        let mut other = article();
+        other["id"] = json!(R2);
+        other["gw_port"] = Value::Null;
+        other["_floatingips"] = json!([]);
+        other["_interfaces"][0]["id"] = json!("c1d2e3f4-a5b6-4c7d-8e9f-a0b1c2d3e4f5");
+        other["_interfaces"][1]["id"] = json!("d2e3f4a5-b6c7-4d8e-9fa0-b1c2d3e4f5a6");
+        let text = serde_json::to_string(&json!([article(), other])).unwrap();
+        assert_eq!(parse(&text).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn extra_routes_go_through_a_neighbour_on_the_routers_subnets() {
+        let hop = "routes[0].nexthop";
+        for (addr, why) in [
+            (
+                "10.9.9.9",
+                "10.9.9.9 is on none of the router's subnets (81.1.180.0/24, 91.1.180.0/24, \
+                 192.168.1.0/24)",
+            ),
+            // An extra subnet is on-link, but no port of the router is on it.
+            ("192.168.9.5", "none of the router's subnets"),
+            (
+                "81.1.180.1",
+                "81.1.180.1 is the router's own address (port qr-a5c6ed86-c1)",
+            ),
+            ("192.168.1.110", "own address (port qg-3c8d6a68-97)"),
+        ] {
+            let mut v = article();
+            v["routes"][0]["nexthop"] = json!(addr);
+            rejects(v.clone(), hop, addr);
+            rejects(v, hop, why);
+        }
+        let mut v = article();
+        v["routes"] = json!([
+            {"destination": "172.16.0.0/16", "nexthop": "192.168.1.1"},
+            {"destination": "172.17.0.0/16", "nexthop": "91.1.180.20"}]);
+        assert_eq!(parse_one(v).unwrap()[0].routes.len(), 2);
+        let mut v = article();
+        v["_interfaces"] = json!([]);
+        v["gw_port"] = Value::Null;
+        v["_floatingips"] = json!([]);
+        rejects(v, hop, "(it has none)");
     }
 
     #[test]
