@@ -89,7 +89,7 @@ pub enum Cmd {
     /// `nsenter --net=/run/netns/NAME xrouter run ...`. Not with `ip netns
     /// exec`: it runs the daemon in a mount namespace of its own with /sys
     /// mounted anew, which hides the bpffs at /sys/fs/bpf that the eBPF data
-    /// planes pin to, and keeps the router
+    /// planes pin to (they refuse to start), and keeps the router
     /// namespaces the daemon creates from the rest of the system.
     Run {
         /// The routers file to apply and follow.

@@ -2,6 +2,8 @@
 //! with a message naming the router, the field and the value, and a failed
 //! reload leaves the running state in force.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tests::{
     Checks, Dataplane, Rig, RouterSpec, TcpServer, TempDir, article::*, names, routers_json, sa,
@@ -541,5 +543,72 @@ fn node_config_names_and_directories_refused() {
         "--state-dir run/xrouter: named",
         &out.stderr,
     );
+    c.finish();
+}
+
+/// `ip netns exec` runs a command in a mount namespace of its own with
+/// /sys mounted anew, where /sys/fs/bpf is no bpffs. `run` on an eBPF data
+/// plane (xdp, tc, or auto choosing eBPF) refuses to start there, naming
+/// pin_dir and saying to use `nsenter --net` instead, before it creates
+/// anything: no router namespace, no bridge, no state.
+#[test]
+fn run_under_ip_netns_exec_refuses_ebpf_before_building() {
+    let mut c = Checks::new("run_under_ip_netns_exec_refuses_ebpf_before_building");
+    for dataplane in ["xdp", "tc", "auto"] {
+        let mut rig = Rig::new(Dataplane::Iptables);
+        rig.write_routers();
+        let state = rig.dir.join("state");
+        let node = rig.dir.join("ebpf.toml");
+        std::fs::write(
+            &node,
+            format!(
+                "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"{dataplane}\"\n",
+                state.display(),
+                rig.pin_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &rig.node])
+            .arg(tests::xrouter_bin())
+            .arg("--config")
+            .arg(&node)
+            .arg("run")
+            .arg("--routers")
+            .arg(rig.routers_path());
+        let out = tests::cmd::run(&mut cmd, Duration::from_secs(20)).expect("ip netns exec");
+        let what = format!("dataplane {dataplane}");
+        c.eq(&format!("{what}: exits 1"), out.code, Some(1));
+        let pin_dir = format!("pin_dir {}", rig.pin_dir.display());
+        for needle in [
+            pin_dir.as_str(),
+            "not on a bpffs",
+            "`ip netns exec`",
+            "nsenter --net=/run/netns/NAME",
+        ] {
+            c.ok(
+                out.stderr.contains(needle),
+                &format!("{what}: says {needle:?}"),
+                out.describe(),
+            );
+        }
+        let ns = rig.router().namespace();
+        c.ok(
+            !std::path::Path::new("/run/netns").join(&ns).exists(),
+            &format!("{what}: no router namespace, not even its file"),
+            &ns,
+        );
+        let bridges = tests::ip_json(&rig.node, "link show type bridge").unwrap();
+        c.eq(
+            &format!("{what}: no bridge in the node namespace"),
+            bridges.as_array().map_or(0, Vec::len),
+            0,
+        );
+        c.ok(
+            !state.exists(),
+            &format!("{what}: no state directory"),
+            &state,
+        );
+    }
     c.finish();
 }
