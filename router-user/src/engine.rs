@@ -324,11 +324,15 @@ impl Engine {
     }
 
     /// Brings one router to its desired state: observe, plan, execute.
-    async fn apply_router(&mut self, r: &Router, ch: &mut Changes) -> Result<Vec<String>> {
+    /// `created`: the bridges made, also when a later action fails.
+    async fn apply_router(
+        &mut self,
+        r: &Router,
+        ch: &mut Changes,
+        created: &mut Vec<String>,
+    ) -> Result<()> {
         let (d, actions) = self.plan(r).await?;
-        let mut created = Vec::new();
-        self.execute(&d, actions, ch, &mut created).await?;
-        Ok(created)
+        self.execute(&d, actions, ch, created).await
     }
 
     /// Carries `actions` out, in order; stops at the first that fails.
@@ -658,9 +662,13 @@ impl Engine {
     pub async fn update(&mut self, r: &Router, ch: &mut Changes) -> Result<(), Failure> {
         let prev = self.state.applied(&r.id).is_some();
         let before = self.history(&r.id).nat;
-        match self.apply_router(r, ch).await {
-            Ok(bridges) => {
-                self.state.bridges.extend(bridges);
+        let mut bridges = Vec::new();
+        let outcome = self.apply_router(r, ch, &mut bridges).await;
+        // A bridge made before a failure is xrouter's all the same:
+        // `cleanup` removes it.
+        self.state.bridges.extend(bridges);
+        match outcome {
+            Ok(()) => {
                 match self.state.routers.iter_mut().find(|o| o.id == r.id) {
                     Some(o) => *o = r.clone(),
                     None => self.state.routers.push(r.clone()),
@@ -770,7 +778,10 @@ async fn index(nl: &Nl, name: &str) -> Result<u32> {
 }
 
 /// Removes a router's namespace: its ports first (so their taps vanish at
-/// once), then the namespace.
+/// once), then the namespace. A leftover file of it in /run/netns that is
+/// no namespace goes too: what a daemon leaves that ran in a mount
+/// namespace of its own (`ip netns exec`), whose namespaces ended with it
+/// and left only their files here.
 async fn remove_namespace(id: &str, ch: &mut Changes) -> Result<()> {
     let ns = crate::model::namespace_of(id);
     if netns::exists(&ns) {
@@ -783,6 +794,12 @@ async fn remove_namespace(id: &str, ch: &mut Changes) -> Result<()> {
         drop(nl);
         netns::delete(&ns)?;
         ch.note(format!("removed router {id}"));
+    } else if netns::path(&ns).exists() {
+        netns::delete(&ns)?;
+        ch.note(format!(
+            "removed {}, the leftover file of router {id}'s namespace",
+            netns::path(&ns).display()
+        ));
     }
     Ok(())
 }
@@ -800,10 +817,16 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         .chain(state.failed.iter().map(|f| &f.router));
     for r in routers {
         remove_namespace(&r.id, &mut ch).await?;
+        let pins = node.pin_dir.join(&r.id);
+        let pinned = pins.exists();
         ebpf::remove_pins(&node.pin_dir, &r.id)?;
+        if pinned {
+            ch.note(format!("removed the BPF pins {}", pins.display()));
+        }
         for p in r.ports() {
             if let Some(t) = host.link(&p.tap()).await? {
                 host.del_link(t.index).await?;
+                ch.note(format!("removed tap {}", t.name));
             }
         }
     }

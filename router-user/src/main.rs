@@ -131,7 +131,10 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Cleanup => {
             let ch = router_user::engine::cleanup(&node).await?;
-            outln!("cleanup: {} items removed", ch.len())?;
+            outln!("cleanup: {} removed", text::count(ch.len(), "item"))?;
+            for item in &ch.items {
+                outln!("  {item}")?;
+            }
         }
         Cmd::Demo { keep, dataplane } => {
             return router_user::demo::run(dataplane, keep).await;
