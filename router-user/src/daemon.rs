@@ -2,7 +2,11 @@
 //! request (control socket, SIGHUP), repair on a timer — until stopped.
 //! Stopping leaves the routers forwarding, as Neutron's agent does.
 
-use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use tokio::{io::AsyncWriteExt as _, net::UnixListener, signal::unix::SignalKind};
@@ -43,11 +47,78 @@ pub fn resolve_dataplane(want: Dataplane) -> Result<Dataplane> {
     }
 }
 
+/// Why the eBPF data planes cannot pin their maps and programs under
+/// `pin_dir`, if they cannot: the nearest existing directory of it must be
+/// on a bpffs (the rest is created there).
+pub fn pin_dir_problem(pin_dir: &Path) -> Option<String> {
+    use nix::sys::statfs::{self, statfs};
+    let mut dir = pin_dir;
+    let fs = loop {
+        match statfs(dir) {
+            Ok(s) => break s.filesystem_type(),
+            Err(nix::errno::Errno::ENOENT) => dir = dir.parent()?,
+            Err(e) => return Some(format!("cannot be examined ({}: {e})", dir.display())),
+        }
+    };
+    if fs == statfs::BPF_FS_MAGIC {
+        return None;
+    }
+    let name = [
+        (statfs::SYSFS_MAGIC, "sysfs"),
+        (statfs::TMPFS_MAGIC, "tmpfs"),
+        (statfs::EXT4_SUPER_MAGIC, "ext4"),
+        (statfs::XFS_SUPER_MAGIC, "xfs"),
+        (statfs::BTRFS_SUPER_MAGIC, "btrfs"),
+        (statfs::OVERLAYFS_SUPER_MAGIC, "overlayfs"),
+        (statfs::PROC_SUPER_MAGIC, "procfs"),
+    ]
+    .iter()
+    .find(|(m, _)| *m == fs)
+    .map_or_else(
+        || format!("a filesystem of type {:#x}", fs.0),
+        |(_, n)| n.to_string(),
+    );
+    Some(if dir == pin_dir {
+        format!("is on {name}, not on a bpffs")
+    } else {
+        format!("is not on a bpffs ({} is on {name})", dir.display())
+    })
+}
+
 /// Runs the daemon in the foreground.
 pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     // A bad routers file is refused before anything is created.
     read_routers(&routers_file, &node)?;
     let dataplane = resolve_dataplane(node.dataplane)?;
+    // So is a data plane that cannot pin what it loads: it would fail
+    // each router after building its namespace.
+    if crate::engine::plane_of(dataplane).is_bpf()
+        && let Some(why) = pin_dir_problem(&node.pin_dir)
+    {
+        let chosen = if node.dataplane == Dataplane::Auto {
+            " (chosen by auto: the BPF programs load on this kernel)"
+        } else {
+            ""
+        };
+        bail!(
+            "pin_dir {} {why}: the {dataplane} data plane{chosen} pins its BPF maps and \
+             programs there. `ip netns exec` mounts /sys anew, which hides the bpffs at \
+             /sys/fs/bpf: to run the daemon in a network namespace, use \
+             `nsenter --net=/run/netns/NAME xrouter run ...` instead. Otherwise mount a bpffs \
+             (`mount -t bpf bpf /sys/fs/bpf`), set pin_dir to a directory on one, or choose \
+             the iptables data plane",
+            crate::text::path(&node.pin_dir)
+        );
+    }
+    if crate::backend::netns::created_namespaces_stay_private() {
+        tracing::warn!(
+            "this process has a mount namespace of its own (as under `ip netns exec`) whose {} \
+             does not propagate back to the node: the router namespaces the daemon creates are \
+             visible to it alone and vanish when it stops. Run it with \
+             `nsenter --net=/run/netns/NAME` instead",
+            crate::backend::netns::NETNS_DIR
+        );
+    }
     let socket = node.socket_path();
     crate::state::ensure_private_dir(&node.state_dir)?;
     if tokio::net::UnixStream::connect(&socket).await.is_ok() {
@@ -61,9 +132,9 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     engine.desired = desired.clone();
     match engine.apply(desired).await {
         Ok(a) if a.failures.is_empty() => tracing::info!(
-            "{} routers up, {} changes",
-            engine.state.routers.len(),
-            a.changes.len()
+            "{} up, {}",
+            crate::text::count(engine.state.routers.len(), "router"),
+            crate::text::count(a.changes.len(), "change")
         ),
         // Failed routers are retried by the periodic resync.
         Ok(a) => tracing::error!("initial apply: {}", a.report()),
@@ -151,4 +222,31 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped; routers keep forwarding (`xrouter cleanup` removes them)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_dir_off_bpffs_is_named_with_the_filesystem_it_is_on() {
+        assert_eq!(
+            pin_dir_problem(Path::new("/proc/xrouter-none/pins")).as_deref(),
+            Some("is not on a bpffs (/proc is on procfs)")
+        );
+        assert_eq!(
+            pin_dir_problem(Path::new("/proc")).as_deref(),
+            Some("is on procfs, not on a bpffs")
+        );
+        // Where a bpffs is mounted (as `cargo xtask test` does), a pin
+        // directory still to be made below it will do.
+        if nix::sys::statfs::statfs("/sys/fs/bpf")
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        {
+            assert_eq!(
+                pin_dir_problem(Path::new("/sys/fs/bpf/xrouter-none/x")),
+                None
+            );
+        }
+    }
 }

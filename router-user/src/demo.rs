@@ -27,6 +27,13 @@ use crate::{
     probe,
 };
 
+/// Prints a line of the demo's report; a closed standard output
+/// (`xrouter demo | head`) drops it, and the demo goes on to remove its
+/// sandbox.
+macro_rules! say {
+    ($($arg:tt)*) => { let _ = crate::outln!($($arg)*); };
+}
+
 /// The article's router: internal networks with MTU 1450 (VXLAN tenant
 /// networks), the external one 1500; its ID starts with `tag`.
 fn article_router(tag: &str) -> RouterSpec {
@@ -161,7 +168,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         keep: false,
     };
 
-    println!("xrouter demo: the article's router in a sandbox of namespaces (tag {tag})");
+    say!("xrouter demo: the article's router in a sandbox of namespaces (tag {tag})");
     std::fs::write(
         dir.join("routers.json"),
         serde_json::to_string_pretty(&routers_json(std::slice::from_ref(&sb.router)))?,
@@ -208,7 +215,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
     } else {
         None
     };
-    println!(
+    say!(
         "router {} is up; {}",
         sb.router.namespace(),
         used.unwrap_or_else(|| format!("data plane: {dataplane}"))
@@ -219,7 +226,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
             .await
             .with_context(|| format!("attaching {}", h.name))?;
     }
-    println!(
+    say!(
         "hosts: vm1 81.1.180.12, vm2 91.1.180.14 (floating IP 192.168.1.104), external 192.168.1.15\n"
     );
 
@@ -236,7 +243,7 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
             Err(e) => (format!("no answer ({e:#})"), false),
         };
         ok &= good;
-        println!(
+        say!(
             "{} {what}\n    server saw {seen} (expected {expect})",
             if good { "[ok]  " } else { "[FAIL]" }
         );
@@ -271,43 +278,43 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
     );
     drop(ext);
     if let Some(line) = fast_path_summary(&sb) {
-        println!("\n{line}");
+        say!("\n{line}");
     }
 
     if keep {
         sb.keep = true;
         let exe = std::env::current_exe()?;
-        println!("\nsandbox kept. Look around:");
-        println!("  ip netns | grep {tag}");
+        say!("\nsandbox kept. Look around:");
+        say!("  ip netns | grep {tag}");
         let rns = sb.router.namespace();
-        println!("  ip netns exec {rns} iptables-save -t nat");
-        println!(
+        say!("  ip netns exec {rns} iptables-save -t nat");
+        say!(
             "  ip netns exec {rns} nft list table ip xrouter   # eBPF planes: the kernel's floating-IP maps"
         );
-        println!(
+        say!(
             "  {} --config {} show",
             exe.display(),
             sb.config().display()
         );
-        println!("remove it:");
+        say!("remove it:");
         if let Some(d) = &sb.daemon {
-            println!("  kill {}", d.id());
+            say!("  kill {}", d.id());
         }
-        println!(
+        say!(
             "  nsenter --net=/run/netns/{} {} --config {} cleanup",
             sb.node(),
             exe.display(),
             sb.config().display()
         );
         for h in HOSTS {
-            println!("  ip netns del {}", sb.ns(h.name));
+            say!("  ip netns del {}", sb.ns(h.name));
         }
-        println!("  ip netns del {}; rm -r {}", sb.node(), dir.display());
+        say!("  ip netns del {}; rm -r {}", sb.node(), dir.display());
     } else {
         sb.teardown();
-        println!("\nsandbox removed.");
+        say!("\nsandbox removed.");
     }
-    println!(
+    say!(
         "{}",
         if ok {
             "all experiments behaved as in the article."

@@ -93,17 +93,27 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// What `reload` answers and the logs say.
+    /// What `reload` answers and the logs say: the changes; or, when some
+    /// routers failed, which, what became of the others, and a line per
+    /// failed router with what it keeps and why it failed.
     pub fn report(&self) -> String {
         if self.failures.is_empty() {
             return summary(&self.changes);
         }
-        let mut out = format!(
-            "{} router(s) failed; the other routers of the file ({} in all) are applied ({} changes):",
-            self.failures.len(),
-            self.routers,
-            self.changes.len()
-        );
+        let failed = match self.failures.as_slice() {
+            [f] => format!("router {} failed", crate::text::label(&f.router)),
+            fs => format!("{} routers failed", fs.len()),
+        };
+        // A removal that failed is of a router the file no longer has.
+        let in_file = self.failures.iter().filter(|f| !f.removal).count();
+        let applied = self.routers.saturating_sub(in_file);
+        let other = if in_file > 0 { "other " } else { "" };
+        let rest = match applied {
+            0 => format!("the file holds no {other}router"),
+            1 => format!("the {other}router of the file is applied"),
+            n => format!("the {other}{n} routers of the file are applied"),
+        };
+        let mut out = format!("{failed}; {rest} ({}):", changes(self.changes.len()));
         for f in &self.failures {
             out.push_str(&format!("\n  {f}"));
         }
@@ -111,11 +121,20 @@ impl Applied {
     }
 }
 
+/// "no changes", "1 change", "2 changes".
+fn changes(n: usize) -> String {
+    crate::text::count(n, "change")
+}
+
 fn summary(ch: &Changes) -> String {
     if ch.is_empty() {
         "applied: no changes".to_string()
     } else {
-        format!("applied: {} changes\n  {}", ch.len(), ch.items.join("\n  "))
+        format!(
+            "applied: {}\n  {}",
+            changes(ch.len()),
+            ch.items.join("\n  ")
+        )
     }
 }
 
@@ -309,11 +328,15 @@ impl Engine {
     }
 
     /// Brings one router to its desired state: observe, plan, execute.
-    async fn apply_router(&mut self, r: &Router, ch: &mut Changes) -> Result<Vec<String>> {
+    /// `created`: the bridges made, also when a later action fails.
+    async fn apply_router(
+        &mut self,
+        r: &Router,
+        ch: &mut Changes,
+        created: &mut Vec<String>,
+    ) -> Result<()> {
         let (d, actions) = self.plan(r).await?;
-        let mut created = Vec::new();
-        self.execute(&d, actions, ch, &mut created).await?;
-        Ok(created)
+        self.execute(&d, actions, ch, created).await
     }
 
     /// Carries `actions` out, in order; stops at the first that fails.
@@ -648,9 +671,13 @@ impl Engine {
     pub async fn update(&mut self, r: &Router, ch: &mut Changes) -> Result<(), Failure> {
         let prev = self.state.applied(&r.id).is_some();
         let before = self.history(&r.id).nat;
-        match self.apply_router(r, ch).await {
-            Ok(bridges) => {
-                self.state.bridges.extend(bridges);
+        let mut bridges = Vec::new();
+        let outcome = self.apply_router(r, ch, &mut bridges).await;
+        // A bridge made before a failure is xrouter's all the same:
+        // `cleanup` removes it.
+        self.state.bridges.extend(bridges);
+        match outcome {
+            Ok(()) => {
                 match self.state.routers.iter_mut().find(|o| o.id == r.id) {
                     Some(o) => *o = r.clone(),
                     None => self.state.routers.push(r.clone()),
@@ -760,7 +787,10 @@ async fn index(nl: &Nl, name: &str) -> Result<u32> {
 }
 
 /// Removes a router's namespace: its ports first (so their taps vanish at
-/// once), then the namespace.
+/// once), then the namespace. A leftover file of it in /run/netns that is
+/// no namespace goes too: what a daemon leaves that ran in a mount
+/// namespace of its own (`ip netns exec`), whose namespaces ended with it
+/// and left only their files here.
 async fn remove_namespace(id: &str, ch: &mut Changes) -> Result<()> {
     let ns = crate::model::namespace_of(id);
     if netns::exists(&ns) {
@@ -773,6 +803,12 @@ async fn remove_namespace(id: &str, ch: &mut Changes) -> Result<()> {
         drop(nl);
         netns::delete(&ns)?;
         ch.note(format!("removed router {id}"));
+    } else if netns::path(&ns).exists() {
+        netns::delete(&ns)?;
+        ch.note(format!(
+            "removed {}, the leftover file of router {id}'s namespace",
+            netns::path(&ns).display()
+        ));
     }
     Ok(())
 }
@@ -790,10 +826,16 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         .chain(state.failed.iter().map(|f| &f.router));
     for r in routers {
         remove_namespace(&r.id, &mut ch).await?;
+        let pins = node.pin_dir.join(&r.id);
+        let pinned = pins.exists();
         ebpf::remove_pins(&node.pin_dir, &r.id)?;
+        if pinned {
+            ch.note(format!("removed the BPF pins {}", pins.display()));
+        }
         for p in r.ports() {
             if let Some(t) = host.link(&p.tap()).await? {
                 host.del_link(t.index).await?;
+                ch.note(format!("removed tap {}", t.name));
             }
         }
     }
@@ -818,4 +860,92 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
     }
     Ok(ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b";
+    const B: &str = "6d8f04b2-3e5c-4f90-8b7d-2c3e4f5a6b7c";
+
+    fn failure(router: &str, removal: bool, new: bool) -> Failure {
+        Failure {
+            router: router.into(),
+            removal,
+            new,
+            error: "no device brq0 in the node namespace".into(),
+        }
+    }
+
+    fn applied(failures: Vec<Failure>, routers: usize, changes: usize) -> Applied {
+        Applied {
+            changes: Changes {
+                items: (0..changes).map(|i| format!("change {i}")).collect(),
+            },
+            failures,
+            routers,
+        }
+    }
+
+    #[test]
+    fn a_report_of_failed_routers_reads_well_for_one_and_for_many() {
+        let header = |a: &Applied| a.report().lines().next().unwrap().to_string();
+        let one = applied(vec![failure(A, false, false)], 2, 3);
+        assert_eq!(
+            header(&one),
+            format!("router {A} failed; the other router of the file is applied (3 changes):")
+        );
+        assert_eq!(
+            one.report().lines().nth(1).unwrap(),
+            format!(
+                "  router {A}: apply failed, it keeps its previous state (retried at the next \
+                 resync): no device brq0 in the node namespace"
+            )
+        );
+        assert_eq!(
+            header(&applied(vec![failure(A, false, true)], 4, 1)),
+            format!("router {A} failed; the other 3 routers of the file are applied (1 change):")
+        );
+        assert_eq!(
+            header(&applied(vec![failure(A, false, false)], 1, 0)),
+            format!("router {A} failed; the file holds no other router (no changes):")
+        );
+        let two = applied(
+            vec![failure(A, false, false), failure(B, false, true)],
+            5,
+            7,
+        );
+        assert_eq!(
+            header(&two),
+            "2 routers failed; the other 3 routers of the file are applied (7 changes):"
+        );
+        assert_eq!(two.report().lines().count(), 3);
+        // A router whose removal failed is no longer in the file.
+        assert_eq!(
+            header(&applied(vec![failure(B, true, false)], 1, 2)),
+            format!("router {B} failed; the router of the file is applied (2 changes):")
+        );
+        assert_eq!(
+            header(&applied(vec![failure(B, true, false)], 3, 2)),
+            format!("router {B} failed; the 3 routers of the file are applied (2 changes):")
+        );
+        for a in [one, two] {
+            assert!(!a.report().contains("(s)"), "{}", a.report());
+        }
+    }
+
+    #[test]
+    fn a_report_of_changes_counts_them_in_words() {
+        assert_eq!(applied(vec![], 1, 0).report(), "applied: no changes");
+        assert_eq!(
+            applied(vec![], 1, 1).report(),
+            "applied: 1 change\n  change 0"
+        );
+        assert!(
+            applied(vec![], 1, 2)
+                .report()
+                .starts_with("applied: 2 changes\n")
+        );
+    }
 }

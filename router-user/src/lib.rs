@@ -8,8 +8,9 @@
 //! - `backend` carries actions out and reads the kernel back;
 //! - `engine` runs observe → plan → execute per router and records what was
 //!   applied; `daemon` drives it (reloads, resyncs, the control socket);
-//! - `show`, `control`, `demo` and the CLI serve the operator.
+//! - `show`, `control`, `demo` and the CLI (`cli`) serve the operator.
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

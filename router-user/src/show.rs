@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use router_common::counters::{Counter, CtEvent, Outcome};
 use serde::Serialize;
 
 use crate::{
@@ -201,6 +202,10 @@ pub fn flows(
     Ok(o)
 }
 
+/// What `show stats` shows of one router: its outcome counters and its
+/// connection events.
+type RouterStats = (String, Vec<(Outcome, Counter)>, Vec<(CtEvent, u64)>);
+
 /// `show stats`: the outcome counters of each router.
 pub fn stats(
     state: &State,
@@ -208,43 +213,106 @@ pub fn stats(
     only: Option<&str>,
     json: bool,
 ) -> anyhow::Result<String> {
-    let mut o = String::new();
-    let mut all = serde_json::Map::new();
+    let mut all: Vec<RouterStats> = Vec::new();
     for r in bpf_routers(state, only)? {
         let counters = crate::backend::bpf::pinned::counters(&node.pin_dir, &r.id)?;
         let events = crate::backend::bpf::pinned::events(&node.pin_dir, &r.id)?;
-        if json {
-            let mut m: serde_json::Map<String, serde_json::Value> = counters
-                .iter()
-                .map(|(k, c)| {
-                    (
-                        k.name().to_string(),
-                        serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
-                    )
-                })
-                .collect();
-            for (ev, n) in &events {
-                m.insert(ev.name().to_string(), serde_json::json!({ "count": n }));
-            }
-            all.insert(r.id.clone(), serde_json::Value::Object(m));
-            continue;
+        all.push((r.id.clone(), counters, events));
+    }
+    Ok(if json {
+        stats_json(&all)? + "\n"
+    } else {
+        stats_tables(&all)
+    })
+}
+
+/// Every counter of every router, zeros included, by router ID.
+fn stats_json(all: &[RouterStats]) -> anyhow::Result<String> {
+    let mut out = serde_json::Map::new();
+    for (id, counters, events) in all {
+        let mut m: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.name().to_string(),
+                    serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                )
+            })
+            .collect();
+        for (ev, n) in events {
+            m.insert(ev.name().to_string(), serde_json::json!({ "count": n }));
         }
-        let _ = writeln!(o, "router {}", r.id);
+        out.insert(id.clone(), serde_json::Value::Object(m));
+    }
+    Ok(serde_json::to_string_pretty(&out)?)
+}
+
+/// The line under `show stats`' tables.
+pub const STATS_ZEROS_HIDDEN: &str = "counters at zero are not shown; --json lists all";
+
+/// A table per router: the outcomes that counted packets (the others are
+/// left out, as the line under the tables says), then the connection
+/// events.
+fn stats_tables(all: &[RouterStats]) -> String {
+    let mut o = String::new();
+    for (id, counters, events) in all {
+        let _ = writeln!(o, "router {id}");
         let _ = writeln!(o, "  {:<32} {:>14} {:>16}", "OUTCOME", "PACKETS", "BYTES");
-        for (k, c) in &counters {
+        for (k, c) in counters {
             if c.packets > 0 {
                 let _ = writeln!(o, "  {:<32} {:>14} {:>16}", k.name(), c.packets, c.bytes);
             }
         }
         let _ = writeln!(o, "  {:<38} {:>14}", "CONNECTIONS", "COUNT");
-        for (ev, n) in &events {
+        for (ev, n) in events {
             let _ = writeln!(o, "  {:<38} {:>14}", ev.name(), n);
         }
     }
-    if json {
-        o = serde_json::to_string_pretty(&all)? + "\n";
+    if !all.is_empty() {
+        let _ = writeln!(o, "{STATS_ZEROS_HIDDEN}");
     }
-    Ok(o)
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A router whose first outcome counted 7 packets, every other counter
+    /// at zero.
+    fn one_counter(id: &str) -> RouterStats {
+        let counters = Outcome::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let packets = if i == 0 { 7 } else { 0 };
+                (
+                    *k,
+                    Counter {
+                        packets,
+                        bytes: packets * 100,
+                    },
+                )
+            })
+            .collect();
+        let events = CtEvent::ALL.iter().map(|e| (*e, 0)).collect();
+        (id.to_string(), counters, events)
+    }
+
+    #[test]
+    fn the_stats_tables_say_that_they_leave_zeros_out() {
+        let o = stats_tables(&[one_counter("r1"), one_counter("r2")]);
+        assert!(o.contains(Outcome::ALL[0].name()), "{o}");
+        assert!(!o.contains(Outcome::ALL[1].name()), "{o}");
+        assert_eq!(o.lines().last(), Some(STATS_ZEROS_HIDDEN), "{o}");
+        assert_eq!(o.matches(STATS_ZEROS_HIDDEN).count(), 1, "{o}");
+        assert_eq!(stats_tables(&[]), "");
+        // JSON lists them all.
+        let j: serde_json::Value =
+            serde_json::from_str(&stats_json(&[one_counter("r1")]).unwrap()).unwrap();
+        assert_eq!(j["r1"][Outcome::ALL[1].name()]["packets"], 0);
+        assert_eq!(j["r1"][Outcome::ALL[0].name()]["packets"], 7);
+    }
 }
 
 #[cfg(test)]

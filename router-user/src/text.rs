@@ -123,9 +123,26 @@ fn push_visible(out: &mut String, c: char) {
     }
 }
 
+/// `n` things in words: "no changes", "1 change", "2 changes" (`what` is
+/// the singular; the plural adds an s).
+pub fn count(n: usize, what: &str) -> String {
+    match n {
+        0 => format!("no {what}s"),
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_in_words() {
+        assert_eq!(count(0, "change"), "no changes");
+        assert_eq!(count(1, "router"), "1 router");
+        assert_eq!(count(12, "router"), "12 routers");
+    }
 
     #[test]
     fn quote_escapes_control_characters_and_quotes() {

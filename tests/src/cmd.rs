@@ -62,16 +62,32 @@ impl Out {
 /// Runs `cmd` to completion, killing it after `timeout`. Standard input is
 /// empty; output is captured.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Out> {
+    run_with_stdout(cmd, timeout, Stdio::piped())
+}
+
+/// Runs `cmd` as [`run`] does, its standard output a pipe nobody reads
+/// (its reading end closed before the command starts), as in `cmd | head`
+/// once `head` has exited: every write to it fails with EPIPE.
+pub fn run_stdout_closed(cmd: &mut Command, timeout: Duration) -> Result<Out> {
+    let (reader, writer) = nix::unistd::pipe().context("pipe")?;
+    drop(reader);
+    run_with_stdout(cmd, timeout, Stdio::from(writer))
+}
+
+/// [`run`] with `stdout` as standard output (captured only if piped).
+fn run_with_stdout(cmd: &mut Command, timeout: Duration, stdout: Stdio) -> Result<Out> {
     let what = describe(cmd);
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("spawning `{what}`"))?;
-    let mut so = child.stdout.take().expect("piped");
+    let so = child.stdout.take();
     let mut se = child.stderr.take().expect("piped");
     let t_out = thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
+        if let Some(mut so) = so {
+            let _ = so.read_to_end(&mut v);
+        }
         v
     });
     let t_err = thread::spawn(move || {

@@ -23,7 +23,7 @@ pub use probe::{
     link_exists, ping, sa, sysctl_get, tcp_request, tcp_request_from, udp_connected, udp_request,
     udp_request_sized,
 };
-pub use rig::{Host, Rig, TempDir, xrouter_bin, xrouter_check, xrouter_plain};
+pub use rig::{Host, Launch, Rig, TempDir, xrouter_bin, xrouter_check, xrouter_plain};
 pub use router_user::config::node::Dataplane;
 pub use router_user::fixtures::{
     FipSpec, Network, PortSpec, RouterSpec, article, ids as names, routers_json,

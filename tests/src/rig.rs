@@ -130,6 +130,16 @@ impl Host {
     }
 }
 
+/// How the daemon enters the node namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// The network namespace alone, as `nsenter --net=/run/netns/NODE`.
+    Nsenter,
+    /// `ip netns exec NODE`: a mount namespace of its own too, with /sys
+    /// mounted anew.
+    IpNetnsExec,
+}
+
 /// One test's topology and daemon.
 pub struct Rig {
     pub plane: Dataplane,
@@ -299,6 +309,11 @@ impl Rig {
     /// Writes the files and starts `xrouter run` in the node namespace;
     /// returns once its control socket exists (first apply done).
     pub fn start(&mut self) {
+        self.start_with(Launch::Nsenter)
+    }
+
+    /// [`Rig::start`], the daemon entering the node namespace as `how` says.
+    pub fn start_with(&mut self, how: Launch) {
         assert!(self.daemon.is_none(), "daemon already running");
         let bin = require_bin();
         self.write_config();
@@ -308,7 +323,14 @@ impl Rig {
             .append(true)
             .open(self.log_path())
             .expect("creating the daemon log");
-        let mut c = Command::new(bin);
+        let mut c = match how {
+            Launch::Nsenter => Command::new(bin),
+            Launch::IpNetnsExec => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.node]).arg(bin);
+                c
+            }
+        };
         c.arg("run")
             .arg("--routers")
             .arg(self.routers_path())
@@ -320,7 +342,9 @@ impl Rig {
         if std::env::var_os("RUST_LOG").is_none() {
             c.env("RUST_LOG", "debug");
         }
-        netns::command_in(&self.node, &mut c).expect("node namespace");
+        if how == Launch::Nsenter {
+            netns::command_in(&self.node, &mut c).expect("node namespace");
+        }
         self.started = true;
         let t0 = Instant::now();
         self.daemon = Some(c.spawn().expect("spawning xrouter run"));

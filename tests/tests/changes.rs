@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use tests::{
-    Checks, Dataplane, Rig, RouterSpec, TcpServer, TcpSession, addresses, article::*, link,
+    Checks, Dataplane, Launch, Rig, RouterSpec, TcpServer, TcpSession, addresses, article::*, link,
     link_exists, ping, sa, tcp_request, wait_until,
 };
 
@@ -28,7 +28,10 @@ tests::planes!(
     self_healing,
     failed_router_keeps_previous_state,
     check_plan_shows_and_changes_nothing,
+    failed_new_router_leaves_nothing_after_cleanup,
 );
+
+tests::iptables_only!(cleanup_after_ip_netns_exec_leaves_nothing);
 
 fn tcp_servers(rig: &Rig, hosts: &[&str]) -> Vec<TcpServer> {
     hosts
@@ -1001,5 +1004,109 @@ fn check_plan_shows_and_changes_nothing(plane: Dataplane) {
         "planning changed nothing",
         (),
     );
+    c.finish();
+}
+
+/// A new router whose first apply fails halfway, started as `how` says:
+/// `xrouter cleanup` (the daemon stopped) leaves nothing of it, neither
+/// its namespace (nor its file in /run/netns), nor its taps, nor the
+/// bridges made for it before the failure, nor BPF pins.
+///
+/// The obstacle: a device in the node namespace with the name of the
+/// router's port on net2, so creating that port fails once the namespace,
+/// the net1 port and the bridges of net1 and net2 exist. The device is not
+/// xrouter's and stays.
+fn failed_first_apply_then_cleanup(plane: Dataplane, how: Launch, c: &mut Checks) {
+    let mut rig = Rig::new(plane);
+    let r = rig.router().clone();
+    let obstacle = r.qr("net2");
+    tests::ip(
+        &rig.node,
+        &format!("link add {obstacle} type veth peer name xo{}", rig.tag),
+    )
+    .expect("a veth named as the router's port on net2");
+    rig.start_with(how);
+    let show = rig.show();
+    c.ok(
+        show["failed"]
+            .as_array()
+            .is_some_and(|f| f.len() == 1 && f[0]["id"] == r.id.as_str())
+            && show["routers"].as_array().is_some_and(Vec::is_empty),
+        "the router's first apply failed",
+        &show,
+    );
+    let made = [rig.network("net1").bridge(), rig.network("net2").bridge()];
+    for b in &made {
+        c.ok(
+            link_exists(&rig.node, b),
+            &format!("{b} was made before the failure"),
+            (),
+        );
+    }
+    let file = std::path::Path::new(router_user::backend::netns::NETNS_DIR).join(r.namespace());
+    c.ok(file.exists(), "the router's namespace was made", &file);
+    if how == Launch::IpNetnsExec {
+        c.ok(
+            !router_user::backend::netns::exists(&r.namespace()),
+            "under ip netns exec, the node sees only its file",
+            &file,
+        );
+        c.ok(
+            rig.daemon_log().contains("mount namespace of its own"),
+            "the daemon warned that its namespaces stay in its mount namespace",
+            rig.daemon_log(),
+        );
+    }
+    rig.stop_daemon();
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["--config", &cfg, "cleanup"]);
+    println!("cleanup: {}", out.stdout.trim());
+    c.ok(out.success(), "cleanup succeeds", out.describe());
+    c.ok(
+        !out.stdout.contains("cleanup: no items removed")
+            && out.stdout.contains(&format!("removed bridge {}", made[0])),
+        "cleanup says it removed something",
+        &out.stdout,
+    );
+    c.ok(
+        !file.exists(),
+        "no namespace of the router is left, not even its file",
+        &file,
+    );
+    for p in r.interfaces.iter().chain(r.gateway.as_ref()) {
+        c.ok(
+            !link_exists(&rig.node, &p.tap()),
+            &format!("no tap {} is left", p.tap()),
+            (),
+        );
+    }
+    for b in &made {
+        c.ok(!link_exists(&rig.node, b), &format!("{b} is removed"), ());
+    }
+    c.ok(
+        link_exists(&rig.node, &obstacle),
+        "the device that was not xrouter's stays",
+        (),
+    );
+    c.ok(
+        !rig.pin_dir.join(&r.id).exists(),
+        "no BPF pins of the router are left",
+        &rig.pin_dir,
+    );
+}
+
+fn failed_new_router_leaves_nothing_after_cleanup(plane: Dataplane) {
+    let mut c = Checks::new("failed_new_router_leaves_nothing_after_cleanup");
+    failed_first_apply_then_cleanup(plane, Launch::Nsenter, &mut c);
+    c.finish();
+}
+
+/// Under `ip netns exec` the router namespaces the daemon creates live in
+/// its own mount namespace and end with it, leaving their files in
+/// /run/netns: `cleanup` removes those too (and what else the failed
+/// first apply built).
+fn cleanup_after_ip_netns_exec_leaves_nothing(plane: Dataplane) {
+    let mut c = Checks::new("cleanup_after_ip_netns_exec_leaves_nothing");
+    failed_first_apply_then_cleanup(plane, Launch::IpNetnsExec, &mut c);
     c.finish();
 }

@@ -2,6 +2,8 @@
 //! with a message naming the router, the field and the value, and a failed
 //! reload leaves the running state in force.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tests::{
     Checks, Dataplane, Rig, RouterSpec, TcpServer, TempDir, article::*, names, routers_json, sa,
@@ -26,6 +28,9 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
         f(&mut v[0]);
         serde_json::to_string_pretty(&v).unwrap()
     };
+    // A number as written: JSON libraries would rewrite 1e3 as 1000.0.
+    let edit_number =
+        |f: &dyn Fn(&mut Value), number: &str| edit(f).replacen("\"NUMBER\"", number, 1);
     let port0 = router.interfaces[0].id.clone();
     let mut dup = router.clone();
     for p in dup.interfaces.iter_mut().chain(dup.gateway.as_mut()) {
@@ -52,6 +57,27 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
             what: "bad MAC",
             text: edit(&|r| r["_interfaces"][1]["mac_address"] = json!("fa:16:3e:zz:00:01")),
             needles: vec![id.clone(), "mac_address".into(), "fa:16:3e:zz:00:01".into()],
+        },
+        Bad {
+            what: "MTU beyond 64 bits",
+            text: edit_number(
+                &|r| r["_interfaces"][0]["mtu"] = json!("NUMBER"),
+                "18446744073709551616",
+            ),
+            needles: vec![
+                id.clone(),
+                "_interfaces[0].mtu".into(),
+                "18446744073709551616 is outside the allowed range 68..=65535".into(),
+            ],
+        },
+        Bad {
+            what: "MTU with an exponent",
+            text: edit_number(&|r| r["_interfaces"][0]["mtu"] = json!("NUMBER"), "1e3"),
+            needles: vec![
+                id.clone(),
+                "_interfaces[0].mtu".into(),
+                "1e3 is not an integer".into(),
+            ],
         },
         Bad {
             what: "floating IP outside the external subnet",
@@ -95,6 +121,60 @@ fn bad_files(router: &RouterSpec) -> Vec<Bad> {
             what: "fixed IP is the router's own",
             text: edit(&|r| r["_floatingips"][0]["fixed_ip_address"] = json!(QR2)),
             needles: vec![id.clone(), "fixed_ip_address".into(), QR2.into()],
+        },
+        Bad {
+            what: "port address is its subnet's network address",
+            text: edit(&|r| {
+                r["_interfaces"][0]["fixed_ips"][0]["ip_address"] = json!("81.1.180.0")
+            }),
+            needles: vec![
+                id.clone(),
+                "_interfaces[0].fixed_ips[0].ip_address".into(),
+                "81.1.180.0 is the network address".into(),
+            ],
+        },
+        Bad {
+            what: "floating IP is the external subnet's gateway",
+            text: edit(&|r| r["_floatingips"][0]["floating_ip_address"] = json!(EXT_GW)),
+            needles: vec![
+                id.clone(),
+                "_floatingips[0].floating_ip_address".into(),
+                format!("{EXT_GW} is the gateway_ip"),
+            ],
+        },
+        Bad {
+            what: "two internal subnets overlap",
+            text: edit(&|r| {
+                r["_interfaces"][1]["subnets"][0]["cidr"] = json!(NET1);
+                r["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.180.2");
+            }),
+            needles: vec![
+                id.clone(),
+                "_interfaces[1].subnets[0].cidr".into(),
+                format!("{NET1} overlaps"),
+            ],
+        },
+        Bad {
+            what: "extra route through no neighbour",
+            text: edit(&|r| {
+                r["routes"] = json!([{"destination": "172.16.0.0/16", "nexthop": "10.9.9.9"}])
+            }),
+            needles: vec![
+                id.clone(),
+                "routes[0].nexthop".into(),
+                "10.9.9.9 is on none of the router's subnets".into(),
+            ],
+        },
+        Bad {
+            what: "extra route through the router itself",
+            text: edit(&|r| {
+                r["routes"] = json!([{"destination": "172.16.0.0/16", "nexthop": QR1}])
+            }),
+            needles: vec![
+                id.clone(),
+                "routes[0].nexthop".into(),
+                format!("{QR1} is the router's own address"),
+            ],
         },
         Bad {
             what: "router id not a UUID",
@@ -354,6 +434,12 @@ fn node_config_out_of_range_refused_by_check_and_run() {
         ("resync_interval", "9223372036854775807", "0..=86400"),
         ("metadata_port", "70000", "1..=65535"),
         ("conntrack_size", "4294967295", "1024..=16777216"),
+        // Too large for TOML itself (64 bits): named all the same.
+        (
+            "conntrack_size",
+            "99999999999999999999999",
+            "1024..=16777216",
+        ),
     ] {
         std::fs::write(
             &node,
@@ -457,5 +543,72 @@ fn node_config_names_and_directories_refused() {
         "--state-dir run/xrouter: named",
         &out.stderr,
     );
+    c.finish();
+}
+
+/// `ip netns exec` runs a command in a mount namespace of its own with
+/// /sys mounted anew, where /sys/fs/bpf is no bpffs. `run` on an eBPF data
+/// plane (xdp, tc, or auto choosing eBPF) refuses to start there, naming
+/// pin_dir and saying to use `nsenter --net` instead, before it creates
+/// anything: no router namespace, no bridge, no state.
+#[test]
+fn run_under_ip_netns_exec_refuses_ebpf_before_building() {
+    let mut c = Checks::new("run_under_ip_netns_exec_refuses_ebpf_before_building");
+    for dataplane in ["xdp", "tc", "auto"] {
+        let mut rig = Rig::new(Dataplane::Iptables);
+        rig.write_routers();
+        let state = rig.dir.join("state");
+        let node = rig.dir.join("ebpf.toml");
+        std::fs::write(
+            &node,
+            format!(
+                "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"{dataplane}\"\n",
+                state.display(),
+                rig.pin_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &rig.node])
+            .arg(tests::xrouter_bin())
+            .arg("--config")
+            .arg(&node)
+            .arg("run")
+            .arg("--routers")
+            .arg(rig.routers_path());
+        let out = tests::cmd::run(&mut cmd, Duration::from_secs(20)).expect("ip netns exec");
+        let what = format!("dataplane {dataplane}");
+        c.eq(&format!("{what}: exits 1"), out.code, Some(1));
+        let pin_dir = format!("pin_dir {}", rig.pin_dir.display());
+        for needle in [
+            pin_dir.as_str(),
+            "not on a bpffs",
+            "`ip netns exec`",
+            "nsenter --net=/run/netns/NAME",
+        ] {
+            c.ok(
+                out.stderr.contains(needle),
+                &format!("{what}: says {needle:?}"),
+                out.describe(),
+            );
+        }
+        let ns = rig.router().namespace();
+        c.ok(
+            !std::path::Path::new("/run/netns").join(&ns).exists(),
+            &format!("{what}: no router namespace, not even its file"),
+            &ns,
+        );
+        let bridges = tests::ip_json(&rig.node, "link show type bridge").unwrap();
+        c.eq(
+            &format!("{what}: no bridge in the node namespace"),
+            bridges.as_array().map_or(0, Vec::len),
+            0,
+        );
+        c.ok(
+            !state.exists(),
+            &format!("{what}: no state directory"),
+            &state,
+        );
+    }
     c.finish();
 }

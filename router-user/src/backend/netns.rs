@@ -66,6 +66,37 @@ pub fn list() -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Whether the namespaces this process creates stay out of reach of the
+/// rest of the node: the mount holding /run/netns is a slave (`master:` in
+/// /proc/self/mountinfo), as in the mount namespace of its own that `ip
+/// netns exec` gives a process (or a service's private mounts). Mounts made
+/// there do not propagate back to the master, and go when the last process
+/// of that mount namespace ends.
+pub fn created_namespaces_stay_private() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| slave_holds(&m, NETNS_DIR))
+}
+
+/// Whether, by `mountinfo`, the mount that holds `path` is a slave (mount
+/// points are compared component-wise; of the longest, the last mounted is
+/// the one seen).
+fn slave_holds(mountinfo: &str, path: &str) -> bool {
+    let mut best: Option<(usize, bool)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4) else { continue };
+        if !Path::new(path).starts_with(point) || best.is_some_and(|(len, _)| point.len() < len) {
+            continue;
+        }
+        let slave = fields
+            .iter()
+            .skip(6)
+            .take_while(|f| **f != "-")
+            .any(|t| t.starts_with("master:"));
+        best = Some((point.len(), slave));
+    }
+    best.is_some_and(|(_, slave)| slave)
+}
+
 /// Makes /run/netns a shared mount point, as iproute2 does, so namespaces
 /// created here are visible to `ip netns` in other mount namespaces too.
 fn prepare_dir() -> Result<()> {
@@ -245,4 +276,32 @@ pub fn run_tool(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> 
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slave_mount_of_run_netns_keeps_namespaces_private() {
+        let host = "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    43 27 254:0 /run/netns /run/netns rw,relatime shared:5 - ext4 /dev/vda rw\n";
+        assert!(!slave_holds(host, NETNS_DIR));
+        // Under `ip netns exec`: / made a slave, /run/netns with it.
+        let exec = "47 46 254:0 / / rw,relatime master:1 - ext4 /dev/vda rw\n\
+                    68 47 254:0 /run/netns /run/netns rw,relatime master:5 - ext4 /dev/vda rw\n";
+        assert!(slave_holds(exec, NETNS_DIR));
+        // /run/netns not a mount point: the mount holding it decides.
+        let root_only = "47 46 254:0 / / rw,relatime master:1 - ext4 /dev/vda rw\n\
+                         50 47 0:40 / /run rw shared:9 - tmpfs tmpfs rw\n";
+        assert!(!slave_holds(root_only, NETNS_DIR));
+        assert!(slave_holds(
+            &root_only.replace("shared:9", "master:9"),
+            NETNS_DIR
+        ));
+        // "/run/net" holds no /run/netns.
+        let prefix =
+            "1 0 0:1 / / rw shared:1 - ext4 a rw\n2 1 0:2 / /run/net rw master:2 - tmpfs b rw\n";
+        assert!(!slave_holds(prefix, NETNS_DIR));
+    }
 }

@@ -16,13 +16,13 @@ use crate::text::{self, label, quote, tidy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Dataplane {
-    /// eBPF where possible, iptables otherwise.
+    /// xdp where the BPF programs load on this kernel, iptables otherwise.
     Auto,
-    /// eBPF, XDP hook.
+    /// eBPF programs at the XDP hook of every router port, TC behind them.
     Xdp,
-    /// eBPF, TC (tcx) hook.
+    /// eBPF programs at the TC (tcx) hook alone.
     Tc,
-    /// Neutron's iptables rule set and the kernel's forwarding.
+    /// The kernel forwards, with Neutron's iptables rule set.
     Iptables,
 }
 
@@ -119,22 +119,54 @@ const KEYS: &[&str] = &[
     "new_connection_rate",
 ];
 
-/// A TOML value as messages show it.
-fn shown(v: &toml::Value) -> String {
+/// A value of the file: as TOML read it, or an integer too large for
+/// TOML's 64 bits, as written (the TOML parser refuses the whole file for
+/// one; [`NodeConfig::parse`] puts a marker in its place to learn its key).
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Toml(&'a toml::Value),
+    TooBig(&'a str),
+}
+
+/// What stands in for an integer too large for TOML while its key is
+/// looked for.
+const TOO_BIG: &str = "xrouter:integer-too-large:5f3e0c9a";
+
+impl<'a> Val<'a> {
+    /// `v`, or the integer too large `too_big` if `v` is its marker.
+    fn of(v: &'a toml::Value, too_big: Option<&'a str>) -> Val<'a> {
+        match (v, too_big) {
+            (toml::Value::String(s), Some(n)) if s == TOO_BIG => Val::TooBig(n),
+            _ => Val::Toml(v),
+        }
+    }
+
+    fn toml(self) -> Option<&'a toml::Value> {
+        match self {
+            Val::Toml(v) => Some(v),
+            Val::TooBig(_) => None,
+        }
+    }
+}
+
+/// A value as messages show it.
+fn shown(v: Val) -> String {
     match v {
-        toml::Value::String(s) => quote(s),
-        toml::Value::Array(_) => "a list".into(),
-        toml::Value::Table(_) => "a table".into(),
-        other => other.to_string(),
+        Val::Toml(toml::Value::String(s)) => quote(s),
+        Val::Toml(toml::Value::Array(_)) => "a list".into(),
+        Val::Toml(toml::Value::Table(_)) => "a table".into(),
+        Val::Toml(other) => other.to_string(),
+        Val::TooBig(n) => text::bare(n),
     }
 }
 
 /// An integer in `range`, or why not.
-fn int(v: &toml::Value, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
+fn int(v: Val, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
     match v {
-        toml::Value::Integer(n) if range.contains(n) => Ok(*n),
-        toml::Value::Integer(n) => Err(format!(
-            "{n} is outside the allowed range {}..={}",
+        Val::Toml(toml::Value::Integer(n)) if range.contains(n) => Ok(*n),
+        Val::Toml(toml::Value::Integer(_)) | Val::TooBig(_) => Err(format!(
+            "{} is outside the allowed range {}..={}",
+            shown(v),
             range.start(),
             range.end()
         )),
@@ -142,8 +174,9 @@ fn int(v: &toml::Value, range: std::ops::RangeInclusive<i64>) -> Result<i64, Str
     }
 }
 
-fn string(v: &toml::Value) -> Result<&str, String> {
-    v.as_str()
+fn string(v: Val<'_>) -> Result<&str, String> {
+    v.toml()
+        .and_then(toml::Value::as_str)
         .ok_or_else(|| format!("{} is not a string", shown(v)))
 }
 
@@ -153,11 +186,24 @@ impl NodeConfig {
     /// what `run` would refuse.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<NodeConfig> {
         let origin = label(origin);
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e| anyhow::anyhow!("node config {origin}: {}", toml_problem(text, &e)))?;
+        match text.parse::<toml::Table>() {
+            Ok(table) => Self::from_table(&table, &origin, None),
+            Err(e) => Err(too_big(text, &e, &origin).unwrap_or_else(|| {
+                anyhow::anyhow!("node config {origin}: {}", toml_problem(text, &e))
+            })),
+        }
+    }
+
+    /// The config a parsed file gives, or the first problem of its keys.
+    /// `too_big`: the integer that [`TOO_BIG`] stands for.
+    fn from_table(
+        table: &toml::Table,
+        origin: &str,
+        too_big: Option<&str>,
+    ) -> anyhow::Result<NodeConfig> {
         let mut c = NodeConfig::default();
-        for (key, v) in &table {
+        for (key, v) in table {
+            let v = Val::of(v, too_big);
             let bad = |problem: String| {
                 anyhow::anyhow!("node config {origin}: {}: {problem}", label(key))
             };
@@ -184,7 +230,8 @@ impl NodeConfig {
                 }
                 "send_garp" => {
                     c.send_garp = v
-                        .as_bool()
+                        .toml()
+                        .and_then(toml::Value::as_bool)
                         .ok_or_else(|| bad(format!("{} is not true or false", shown(v))))?;
                 }
                 "dataplane" => {
@@ -220,7 +267,7 @@ impl NodeConfig {
                     }
                 }
                 "bridge_mappings" => {
-                    let Some(map) = v.as_table() else {
+                    let Some(map) = v.toml().and_then(toml::Value::as_table) else {
                         return Err(bad(format!(
                             "{} is not a table of network id = bridge",
                             shown(v)
@@ -234,7 +281,7 @@ impl NodeConfig {
                         if net.is_empty() {
                             return Err(bad("a network id must not be empty".into()));
                         }
-                        let br = string(br).map_err(bad)?;
+                        let br = string(Val::of(br, too_big)).map_err(bad)?;
                         if let Some(why) = ifname_problem(br) {
                             return Err(bad(format!(
                                 "{} is not a valid interface name: {why}",
@@ -339,6 +386,30 @@ pub fn dir_problem(dir: &Path) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// The error for a file that TOML refuses because an integer in it does
+/// not fit in 64 bits, naming the key, the value as written and what the
+/// key allows (TOML's own message names neither): the file is read again
+/// with a marker in the integer's place, and the key holding it is checked.
+fn too_big(text: &str, e: &toml::de::Error, origin: &str) -> Option<anyhow::Error> {
+    if !e.message().starts_with("number too large") && !e.message().starts_with("number too small")
+    {
+        return None;
+    }
+    // The error's span starts at the number (and may cover no more).
+    let start = e.span()?.start;
+    let len = text
+        .get(start..)?
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "_+-.".contains(c)))
+        .unwrap_or(text.len() - start);
+    let number = &text[start..start + len];
+    let marked = format!("{}\"{TOO_BIG}\"{}", &text[..start], &text[start + len..]);
+    let table: toml::Table = marked.parse().ok()?;
+    // Only the key that holds the marker: its problem is the one to name.
+    let holds = |v: &toml::Value| v.to_string().contains(TOO_BIG);
+    let only: toml::Table = table.into_iter().filter(|(_, v)| holds(v)).collect();
+    NodeConfig::from_table(&only, origin, Some(number)).err()
 }
 
 /// A TOML error as one line: where, and what (toml's own rendering quotes
@@ -491,6 +562,80 @@ mod tests {
             (c.metadata_port, c.resync_interval, c.conntrack_size),
             (1, 0, 1024)
         );
+    }
+
+    #[test]
+    fn integers_too_large_for_toml_name_their_key_and_range() {
+        let big = "99999999999999999999999";
+        refused(
+            &format!("conntrack_size = {big}"),
+            "conntrack_size",
+            big,
+            "1024..=16777216",
+        );
+        refused(
+            &format!("send_garp = true\nmetadata_port = -{big}\n"),
+            "metadata_port",
+            &format!("-{big}"),
+            "1..=65535",
+        );
+        // As written: underscores, hex.
+        refused(
+            "resync_interval = 1_000_000_000_000_000_000_000",
+            "resync_interval",
+            "1_000_000_000_000_000_000_000",
+            "0..=86400",
+        );
+        refused(
+            "x = 1\nnew_connection_rate = 0x7FFFFFFFFFFFFFFFFF",
+            "new_connection_rate",
+            "0x7FFFFFFFFFFFFFFFFF",
+            "0..=100000000",
+        );
+        // Quoted keys, and the other keys of the file do not get in first.
+        refused(
+            &format!("bridge_prefix = \"\"\n\"conntrack_size\" = {big}"),
+            "conntrack_size",
+            big,
+            "1024..=16777216",
+        );
+        // Keys that take no integer say what they take.
+        refused(
+            &format!("send_garp = {big}"),
+            "send_garp",
+            big,
+            "true or false",
+        );
+        refused(
+            &format!("dataplane = {big}"),
+            "dataplane",
+            big,
+            "not a string",
+        );
+        refused(
+            &format!("[bridge_mappings]\nnet = {big}"),
+            "bridge_mappings.net",
+            big,
+            "not a string",
+        );
+        refused(
+            &format!("bridge_mappings = {{ net = {big} }}"),
+            "bridge_mappings.net",
+            big,
+            "not a string",
+        );
+        refused(
+            &format!("metadata_port = [1, {big}]"),
+            "metadata_port",
+            "a list",
+            "not an integer",
+        );
+        refused(&format!("speed = {big}"), "speed", "speed", "unknown key");
+        // A huge number is cut, as every value in a message.
+        let e = NodeConfig::parse(&format!("conntrack_size = {}", "9".repeat(100_000)), "n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 300 && e.contains("(100000 bytes)"), "{e}");
     }
 
     #[test]

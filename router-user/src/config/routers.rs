@@ -125,7 +125,13 @@ pub const MTU: std::ops::RangeInclusive<i128> = 68..=65535;
 /// with the range rather than as a type error, and a string in its place
 /// is shown escaped and cut.
 #[derive(Clone, Copy, Debug)]
-struct Int(i128);
+enum Int {
+    Fits(i128),
+    /// A number JSON gives as a float: written with a fraction or an
+    /// exponent, or an integer beyond 64 bits. [`in_range`] tells which
+    /// from the text.
+    Float(f64),
+}
 
 impl<'de> Deserialize<'de> for Int {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -136,13 +142,13 @@ impl<'de> Deserialize<'de> for Int {
                 f.write_str("an integer")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
-                Ok(Int(v.into()))
+                Ok(Int::Fits(v.into()))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
-                Ok(Int(v.into()))
+                Ok(Int::Fits(v.into()))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Int, E> {
-                Err(E::custom(format!("{v} is not an integer")))
+                Ok(Int::Float(v))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Int, E> {
                 Err(E::custom(format!("{} is not an integer", quote(v))))
@@ -152,28 +158,86 @@ impl<'de> Deserialize<'de> for Int {
     }
 }
 
-/// `v` if it is in `range`, else an error naming the field, the value and
-/// the range.
+/// A router's values as the file writes them, by field path
+/// (`_interfaces[0].mtu`): what messages show of a number, where JSON
+/// would give `1e3` as 1000 and 18446744073709551616 as a float.
+struct Written<'a> {
+    file: &'a str,
+    /// The router's index in the file's list.
+    index: usize,
+}
+
+impl<'a> Written<'a> {
+    /// The text of the value at `field`, if the file has one there.
+    fn at(&self, field: &str) -> Option<&'a str> {
+        use serde_json::value::RawValue;
+        fn member<'a>(v: &'a RawValue, key: &str) -> Option<&'a RawValue> {
+            let m: HashMap<&str, &'a RawValue> = serde_json::from_str(v.get()).ok()?;
+            m.get(key).copied()
+        }
+        fn element(v: &RawValue, i: usize) -> Option<&RawValue> {
+            let l: Vec<&RawValue> = serde_json::from_str(v.get()).ok()?;
+            l.get(i).copied()
+        }
+        let top: &RawValue = serde_json::from_str(self.file).ok()?;
+        let list = member(top, "routers").unwrap_or(top);
+        let mut at = element(list, self.index)?;
+        for part in field.split('.') {
+            let (key, indices) = part.split_once('[').unwrap_or((part, ""));
+            if !key.is_empty() {
+                at = member(at, key)?;
+            }
+            for i in indices.split('[') {
+                if let Some(i) = i.strip_suffix(']') {
+                    at = element(at, i.parse().ok()?)?;
+                }
+            }
+        }
+        Some(at.get())
+    }
+}
+
+/// `v` if it is in `range`, else an error naming the field, the value as
+/// the file writes it and the range; a number with a fraction or an
+/// exponent is not an integer (with how to write it when it is whole).
 fn in_range(
     rid: &str,
     field: impl Into<String>,
     v: Int,
     range: std::ops::RangeInclusive<i128>,
+    written: &Written,
 ) -> Result<i128, ConfigError> {
-    if range.contains(&v.0) {
-        Ok(v.0)
-    } else {
-        Err(field_err(
-            rid,
-            field,
-            format!(
-                "{} is outside the allowed range {}..={}",
-                v.0,
-                range.start(),
-                range.end()
-            ),
-        ))
+    let field = field.into();
+    if let Int::Fits(n) = v
+        && range.contains(&n)
+    {
+        return Ok(n);
     }
+    let text = written
+        .at(&field)
+        .filter(|t| t.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
+        .map(str::to_string)
+        .unwrap_or_else(|| match v {
+            Int::Fits(n) => n.to_string(),
+            Int::Float(f) => format!("{f:?}"),
+        });
+    let shown = crate::text::bare(&text);
+    let digits = text.strip_prefix('-').unwrap_or(&text);
+    let problem = if digits.bytes().all(|b| b.is_ascii_digit()) {
+        format!(
+            "{shown} is outside the allowed range {}..={}",
+            range.start(),
+            range.end()
+        )
+    } else {
+        match v {
+            Int::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => {
+                format!("{shown} is not an integer (write {f:.0})")
+            }
+            _ => format!("{shown} is not an integer"),
+        }
+    };
+    Err(field_err(rid, field, problem))
 }
 
 /// Parses and validates a routers file with the node's default config
@@ -253,7 +317,7 @@ pub fn parse_for(text: &str, node: &NodeConfig) -> Result<Vec<Router>, ConfigErr
             router,
             up,
             fip_index,
-        } = validate(raw, node)?;
+        } = validate(raw, node, &Written { file: text, index })?;
         if !seen_routers.insert(router.id.clone()) {
             return Err(field_err(
                 &router.id,
@@ -365,7 +429,52 @@ fn network_or_broadcast<'a>(
     })
 }
 
-fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
+/// Why `a` can be no port's address, if it cannot.
+fn unusable(a: IpAddr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("the unspecified address")
+    } else if a.is_loopback() {
+        Some("a loopback address")
+    } else if a.is_multicast() {
+        Some("a multicast address")
+    } else if a == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        Some("the limited broadcast address")
+    } else {
+        None
+    }
+}
+
+/// A subnet a router port is on, and the field of the file that gives it.
+struct Attached {
+    field: String,
+    cidr: IpNet,
+}
+
+/// The subnets port `p` (at `at` in the file) is on: those it lists, and
+/// for an address on none of them, the one its prefix length makes.
+fn attached(p: &Port, at: &str) -> Vec<Attached> {
+    let listed = p.subnets.iter().enumerate().map(|(j, s)| Attached {
+        field: format!("{at}.subnets[{j}].cidr"),
+        cidr: s.cidr,
+    });
+    let implied = p
+        .addresses
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !p.subnets.iter().any(|s| s.cidr.contains(&a.addr())))
+        .map(|(k, a)| Attached {
+            field: format!("{at}.fixed_ips[{k}].ip_address"),
+            cidr: a.trunc(),
+        });
+    listed.chain(implied).collect()
+}
+
+/// Whether two networks share an address.
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, ConfigError> {
     let rid = raw.id.clone();
     let enable_snat = raw
         .enable_snat
@@ -375,17 +484,26 @@ fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
             .and_then(|g| g.enable_snat))
         .unwrap_or(true);
 
+    // The gateway_ip of each external subnet: Neutron never allocates it
+    // as a floating IP.
+    let mut ext_gateway_ips: HashMap<IpAddr, IpNet> = HashMap::new();
     let gateway = match raw.gw_port {
         Some(p) => {
-            let extra = p
-                .extra_subnets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    subnet_cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let port = port(&rid, "gw_port", p, Role::Gateway, node)?;
+            let mut extra = Vec::new();
+            for (i, s) in p.extra_subnets.iter().enumerate() {
+                let c = subnet_cidr(&rid, &format!("gw_port.extra_subnets[{i}].cidr"), &s.cidr)?;
+                if let Some(g) = s.gateway_ip.as_deref().filter(|g| !g.is_empty()) {
+                    let g = ip(&rid, &format!("gw_port.extra_subnets[{i}].gateway_ip"), g)?;
+                    ext_gateway_ips.insert(g, c);
+                }
+                extra.push(c);
+            }
+            let port = port(&rid, "gw_port", p, Role::Gateway, node, w)?;
+            for s in &port.subnets {
+                if let Some(g) = s.gateway_ip {
+                    ext_gateway_ips.insert(g, s.cidr);
+                }
+            }
             if port.ipv4().is_none() {
                 return Err(field_err(
                     &rid,
@@ -409,6 +527,7 @@ fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
             p,
             Role::Internal,
             node,
+            w,
         )?);
     }
 
@@ -460,6 +579,79 @@ fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
         })
         .collect();
 
+    // The subnets the router's ports are on (Neutron's check of a router
+    // interface: its subnet overlaps none of the router's others, the
+    // external ones included).
+    let on_gateway = gateway
+        .as_ref()
+        .map(|g| attached(&g.port, "gw_port"))
+        .unwrap_or_default();
+    let mut connected: Vec<(usize, Attached)> = Vec::new();
+    for (i, p) in interfaces.iter().enumerate() {
+        for a in attached(p, &format!("_interfaces[{i}]")) {
+            if let Some(e) = on_gateway.iter().find(|e| overlap(&e.cidr, &a.cidr)) {
+                return Err(field_err(
+                    &rid,
+                    &a.field,
+                    format!(
+                        "{} overlaps the external subnet {} ({})",
+                        a.cidr, e.cidr, e.field
+                    ),
+                ));
+            }
+            // A port may list one subnet twice; two ports may not.
+            if let Some((_, o)) = connected
+                .iter()
+                .find(|(j, o)| overlap(&o.cidr, &a.cidr) && !(*j == i && o.cidr == a.cidr))
+            {
+                return Err(field_err(
+                    &rid,
+                    &a.field,
+                    format!(
+                        "{} overlaps {} ({}), another subnet of the router",
+                        a.cidr, o.cidr, o.field
+                    ),
+                ));
+            }
+            connected.push((i, a));
+        }
+    }
+    let connected: Vec<IpNet> = connected
+        .into_iter()
+        .map(|(_, a)| a.cidr)
+        .chain(on_gateway.into_iter().map(|a| a.cidr))
+        .collect();
+
+    // Neutron's check of extra routes: the next hop is on a subnet of the
+    // router's ports, and is not the router itself.
+    for (i, r) in routes.iter().enumerate() {
+        let field = format!("routes[{i}].nexthop");
+        let hop = r.nexthop;
+        if let Some(dev) = own.get(&hop) {
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{hop} is the router's own address (port {dev})"),
+            ));
+        }
+        if !connected.iter().any(|n| n.contains(&hop)) {
+            let mut list: Vec<String> = connected.iter().map(|n| n.to_string()).collect();
+            list.dedup();
+            return Err(field_err(
+                &rid,
+                field,
+                format!(
+                    "{hop} is on none of the router's subnets ({})",
+                    if list.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+
     let mut floating_ips: Vec<FloatingIp> = Vec::new();
     let mut fip_index = Vec::new();
     let mut by_fip: HashMap<std::net::Ipv4Addr, String> = HashMap::new();
@@ -491,6 +683,13 @@ fn validate(raw: RawRouter, node: &NodeConfig) -> Result<Checked, ConfigError> {
         }
         if let Some(what) = network_or_broadcast(fip, &external) {
             return Err(field_err(&rid, field, format!("{fip} is {what}")));
+        }
+        if let Some(subnet) = ext_gateway_ips.get(&IpAddr::V4(fip)) {
+            return Err(field_err(
+                &rid,
+                field,
+                format!("{fip} is the gateway_ip of external subnet {subnet}"),
+            ));
         }
         if let Some(dev) = own.get(&IpAddr::V4(fip)) {
             return Err(field_err(
@@ -583,6 +782,7 @@ fn port(
     p: RawPort,
     role: Role,
     node: &NodeConfig,
+    w: &Written,
 ) -> Result<Port, ConfigError> {
     // The ID names the devices qr-/qg-/tap<id[:11]>.
     if !is_uuid_like(&p.id) {
@@ -618,7 +818,7 @@ fn port(
         ));
     }
     let mtu = match p.mtu {
-        Some(m) => in_range(rid, format!("{at}.mtu"), m, MTU)? as u32,
+        Some(m) => in_range(rid, format!("{at}.mtu"), m, MTU, w)? as u32,
         None => DEFAULT_MTU,
     };
     let mut subnets = Vec::new();
@@ -654,7 +854,7 @@ fn port(
         // which must then hold the address (a subnet of the other family
         // has prefix lengths this address cannot take).
         let plen = match f.prefixlen {
-            Some(l) => in_range(rid, plen_field, l, 1..=max)? as u8,
+            Some(l) => in_range(rid, plen_field, l, 1..=max, w)? as u8,
             None => f
                 .subnet_id
                 .as_ref()
@@ -677,6 +877,45 @@ fn port(
                 format!("{plen} is not a prefix length of {addr}"),
             )
         })?;
+        if let Some(what) = unusable(addr) {
+            return Err(field_err(rid, field, format!("{addr} is {what}")));
+        }
+        // The address lies in its subnet (by subnet_id, else one of the
+        // port's subnets of its family; a port that lists none has the
+        // one its prefix length makes), and is no network or broadcast
+        // address there: Neutron allocates neither.
+        let family: Vec<IpNet> = subnets
+            .iter()
+            .map(|s| s.cidr)
+            .filter(|c| c.addr().is_ipv4() == addr.is_ipv4())
+            .collect();
+        let subnet = match f.subnet_id.as_ref().and_then(|id| subnet_ids.get(id)) {
+            Some(c) if c.contains(&addr) => *c,
+            Some(c) => {
+                return Err(field_err(
+                    rid,
+                    field,
+                    format!("{addr} is outside its subnet {c}"),
+                ));
+            }
+            None if family.is_empty() => net.trunc(),
+            None => match family.iter().find(|c| c.contains(&addr)) {
+                Some(c) => *c,
+                None => {
+                    let list: Vec<String> = family.iter().map(|c| c.to_string()).collect();
+                    return Err(field_err(
+                        rid,
+                        field,
+                        format!("{addr} is outside the port's subnets ({})", list.join(", ")),
+                    ));
+                }
+            },
+        };
+        if let IpAddr::V4(a4) = addr
+            && let Some(what) = network_or_broadcast(a4, [&subnet])
+        {
+            return Err(field_err(rid, field, format!("{addr} is {what}")));
+        }
         if addresses.contains(&net) {
             return Err(field_err(rid, field, format!("duplicate address {addr}")));
         }
@@ -1022,6 +1261,92 @@ mod tests {
         let mut v = article();
         v["_interfaces"][0]["mtu"] = json!(1500.5);
         rejects(v, "_interfaces[0].mtu", "1500.5");
+    }
+
+    /// Replaces `"XX"` in the article's file with `number` as written, so
+    /// that no JSON library rewrites it.
+    fn with_number(field: &[&str], number: &str) -> Result<Vec<Router>, ConfigError> {
+        let mut v = article();
+        let mut at = &mut v;
+        for f in field {
+            at = match f.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*f],
+            };
+        }
+        *at = json!("XX");
+        let text = serde_json::to_string(&json!([v])).unwrap();
+        parse(&text.replacen("\"XX\"", number, 1))
+    }
+
+    #[test]
+    fn numbers_are_shown_as_written_with_the_right_reason() {
+        let mtu = ["_interfaces", "0", "mtu"];
+        for (number, problem) in [
+            (
+                "18446744073709551616",
+                "18446744073709551616 is outside the allowed range 68..=65535",
+            ),
+            (
+                "-18446744073709551616",
+                "-18446744073709551616 is outside the allowed range 68..=65535",
+            ),
+            (
+                "100000000000000000000000000000000000000000",
+                "100000000000000000000000000000000000000000 is outside the allowed range 68..=65535",
+            ),
+            ("1e3", "1e3 is not an integer (write 1000)"),
+            ("1E3", "1E3 is not an integer (write 1000)"),
+            ("1500.0", "1500.0 is not an integer (write 1500)"),
+            ("15e2", "15e2 is not an integer (write 1500)"),
+            ("1500.5", "1500.5 is not an integer"),
+            ("1.5e300", "1.5e300 is not an integer"),
+            ("1e41", "1e41 is not an integer"),
+            ("-2.5E-3", "-2.5E-3 is not an integer"),
+        ] {
+            match with_number(&mtu, number) {
+                Err(ConfigError::Field {
+                    router,
+                    field,
+                    problem: p,
+                }) => {
+                    assert_eq!(router, R1);
+                    assert_eq!(field, "_interfaces[0].mtu", "{number}");
+                    assert_eq!(p, problem, "{number}");
+                }
+                other => panic!("mtu {number}: {other:?}"),
+            }
+        }
+        match with_number(&["gw_port", "fixed_ips", "0", "prefixlen"], "2.4e1") {
+            Err(ConfigError::Field { field, problem, .. }) => {
+                assert_eq!(field, "gw_port.fixed_ips[0].prefixlen");
+                assert_eq!(problem, "2.4e1 is not an integer (write 24)");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Integers as written still parse, whatever their size in JSON.
+        assert_eq!(
+            with_number(&mtu, "1450").unwrap()[0].interfaces[0].mtu,
+            1450
+        );
+        assert_eq!(
+            with_number(&mtu, "65535").unwrap()[0].interfaces[0].mtu,
+            65535
+        );
+        // Beyond what a float holds, JSON itself refuses it, saying where.
+        match with_number(&mtu, "1e400") {
+            Err(ConfigError::Json(m)) => {
+                assert!(m.contains("number out of range at line 1"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A long number is cut, as every value.
+        let big = format!("1{}", "0".repeat(299));
+        let m = one_short_line(&with_number(&mtu, &big).unwrap_err());
+        assert!(
+            m.contains("(300 bytes) is outside the allowed range"),
+            "{m}"
+        );
         for (plen, shown) in [
             (json!(0), "0"),
             (json!(33), "33"),
@@ -1191,10 +1516,172 @@ mod tests {
         }
         let mut v = article();
         v["_interfaces"] = json!([]);
+        // Its extra route would have no next hop on the router's subnets.
+        v["routes"] = json!([]);
         rejects(v, fixed, "it has none");
         let mut v = article();
         v["_floatingips"][0]["fixed_ip_address"] = json!("81.1.180.254");
         assert!(parse_one(v).is_ok());
+    }
+
+    #[test]
+    fn port_addresses_are_hosts_of_their_subnets() {
+        let qr = "_interfaces[0].fixed_ips[0].ip_address";
+        for (addr, why) in [
+            ("81.1.180.0", "the network address of 81.1.180.0/24"),
+            ("81.1.180.255", "the broadcast address of 81.1.180.0/24"),
+            ("81.1.181.1", "outside its subnet 81.1.180.0/24"),
+            ("127.0.0.1", "a loopback address"),
+            ("224.0.0.5", "a multicast address"),
+            ("0.0.0.0", "the unspecified address"),
+            ("255.255.255.255", "the limited broadcast address"),
+        ] {
+            let mut v = article();
+            v["_interfaces"][0]["fixed_ips"][0]["ip_address"] = json!(addr);
+            rejects(v.clone(), qr, addr);
+            rejects(v, qr, why);
+        }
+        // Without subnet_id: one of the port's subnets must hold it.
+        let mut v = article();
+        v["_interfaces"][0]["fixed_ips"] = json!([{"ip_address": "10.0.0.1", "prefixlen": 24}]);
+        rejects(
+            v,
+            qr,
+            "10.0.0.1 is outside the port's subnets (81.1.180.0/24)",
+        );
+        // A port that lists no subnet: the one its prefix length makes.
+        let mut v = article();
+        v["gw_port"]["subnets"] = json!([]);
+        v["gw_port"]["fixed_ips"][0]["ip_address"] = json!("192.168.1.255");
+        rejects(
+            v,
+            "gw_port.fixed_ips[0].ip_address",
+            "192.168.1.255 is the broadcast address of 192.168.1.0/24",
+        );
+        let mut v = article();
+        v["gw_port"]["fixed_ips"][0]["ip_address"] = json!("::1");
+        v["gw_port"]["fixed_ips"][0]["prefixlen"] = json!(128);
+        rejects(
+            v,
+            "gw_port.fixed_ips[0].ip_address",
+            "::1 is a loopback address",
+        );
+        // A /31 has no network or broadcast address.
+        let mut v = article();
+        v["_interfaces"][1]["subnets"][0]["cidr"] = json!("91.1.180.0/31");
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("91.1.180.0");
+        v["_interfaces"][1]["fixed_ips"][0]["prefixlen"] = json!(31);
+        v["_floatingips"][0]["fixed_ip_address"] = json!("81.1.180.14");
+        assert!(parse_one(v).is_ok());
+    }
+
+    #[test]
+    fn floating_ips_are_not_an_external_gateway() {
+        let fip = "_floatingips[0].floating_ip_address";
+        let mut v = article();
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.1.1");
+        rejects(
+            v,
+            fip,
+            "192.168.1.1 is the gateway_ip of external subnet 192.168.1.0/24",
+        );
+        let mut v = article();
+        v["gw_port"]["extra_subnets"][0]["gateway_ip"] = json!("192.168.9.1");
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.9.1");
+        rejects(
+            v.clone(),
+            fip,
+            "192.168.9.1 is the gateway_ip of external subnet 192.168.9.0/24",
+        );
+        v["_floatingips"][0]["floating_ip_address"] = json!("192.168.9.2");
+        assert!(parse_one(v.clone()).is_ok());
+        v["gw_port"]["extra_subnets"][0]["gateway_ip"] = json!("192.168.9.x");
+        rejects(v, "gw_port.extra_subnets[0].gateway_ip", "192.168.9.x");
+    }
+
+    #[test]
+    fn internal_subnets_overlap_nothing_else_of_the_router() {
+        let mut v = article();
+        v["_interfaces"][1]["subnets"][0]["cidr"] = json!("81.1.0.0/16");
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.1.1");
+        v["_interfaces"][1]["fixed_ips"][0]["prefixlen"] = json!(16);
+        rejects(
+            v,
+            "_interfaces[1].subnets[0].cidr",
+            "81.1.0.0/16 overlaps 81.1.180.0/24 (_interfaces[0].subnets[0].cidr), another subnet",
+        );
+        // The same subnet on two ports.
+        let mut v = article();
+        v["_interfaces"][1]["subnets"][0]["cidr"] = json!("81.1.180.0/24");
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.180.2");
+        rejects(
+            v,
+            "_interfaces[1].subnets[0].cidr",
+            "81.1.180.0/24 overlaps",
+        );
+        // A port without subnets: the one its address makes.
+        let mut v = article();
+        v["_interfaces"][1]["subnets"] = json!([]);
+        v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = json!("81.1.180.7");
+        rejects(
+            v,
+            "_interfaces[1].fixed_ips[0].ip_address",
+            "81.1.180.0/24 overlaps 81.1.180.0/24",
+        );
+        // The external subnet.
+        let mut v = article();
+        v["_interfaces"][0]["subnets"][0]["cidr"] = json!("192.168.1.128/25");
+        v["_interfaces"][0]["fixed_ips"][0]["ip_address"] = json!("192.168.1.129");
+        v["_interfaces"][0]["fixed_ips"][0]["prefixlen"] = json!(25);
+        rejects(
+            v,
+            "_interfaces[0].subnets[0].cidr",
+            "192.168.1.128/25 overlaps the external subnet 192.168.1.0/24 \
+             (gw_port.subnets[0].cidr)",
+        );
+        // Another router's subnets may overlap (tenants' address spaces do).
+        let mut other = article();
+        other["id"] = json!(R2);
+        other["gw_port"] = Value::Null;
+        other["_floatingips"] = json!([]);
+        other["_interfaces"][0]["id"] = json!("c1d2e3f4-a5b6-4c7d-8e9f-a0b1c2d3e4f5");
+        other["_interfaces"][1]["id"] = json!("d2e3f4a5-b6c7-4d8e-9fa0-b1c2d3e4f5a6");
+        let text = serde_json::to_string(&json!([article(), other])).unwrap();
+        assert_eq!(parse(&text).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn extra_routes_go_through_a_neighbour_on_the_routers_subnets() {
+        let hop = "routes[0].nexthop";
+        for (addr, why) in [
+            (
+                "10.9.9.9",
+                "10.9.9.9 is on none of the router's subnets (81.1.180.0/24, 91.1.180.0/24, \
+                 192.168.1.0/24)",
+            ),
+            // An extra subnet is on-link, but no port of the router is on it.
+            ("192.168.9.5", "none of the router's subnets"),
+            (
+                "81.1.180.1",
+                "81.1.180.1 is the router's own address (port qr-a5c6ed86-c1)",
+            ),
+            ("192.168.1.110", "own address (port qg-3c8d6a68-97)"),
+        ] {
+            let mut v = article();
+            v["routes"][0]["nexthop"] = json!(addr);
+            rejects(v.clone(), hop, addr);
+            rejects(v, hop, why);
+        }
+        let mut v = article();
+        v["routes"] = json!([
+            {"destination": "172.16.0.0/16", "nexthop": "192.168.1.1"},
+            {"destination": "172.17.0.0/16", "nexthop": "91.1.180.20"}]);
+        assert_eq!(parse_one(v).unwrap()[0].routes.len(), 2);
+        let mut v = article();
+        v["_interfaces"] = json!([]);
+        v["gw_port"] = Value::Null;
+        v["_floatingips"] = json!([]);
+        rejects(v, hop, "(it has none)");
     }
 
     #[test]

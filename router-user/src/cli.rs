@@ -1,0 +1,302 @@
+//! The command line: its commands and options (with the help they show),
+//! and how commands print.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::node::Dataplane;
+
+/// Neutron-compatible virtual routers with an eBPF data plane.
+///
+/// xrouter reads the routers Neutron's server hands an L3 agent (the
+/// `sync_routers` payload, as JSON) and builds each as Neutron's legacy agent
+/// does: a `qrouter-<id>` namespace, `qr-`/`qg-` ports, addresses, routes,
+/// floating IPs and NAT. It needs root.
+///
+/// A first look: `xrouter check --routers routers.json` validates a file;
+/// `xrouter run --config node.toml --routers routers.json` runs the daemon;
+/// `xrouter show` lists what it built. `xrouter help COMMAND` explains each
+/// command.
+#[derive(Parser)]
+#[command(name = "xrouter", version, propagate_version = true)]
+pub struct Cli {
+    /// Node config file (TOML): data plane, bridges, directories, limits.
+    ///
+    /// Every key is optional. Without this option every key has its default:
+    /// data plane auto, state and control socket in /run/xrouter, BPF pins
+    /// in /sys/fs/bpf/xrouter. Give every command the daemon's file, so that
+    /// they find its state.
+    ///
+    /// Example: --config /etc/xrouter/node.toml
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the state file and the control socket.
+    ///
+    /// Overrides the node config's state_dir (default: /run/xrouter). An
+    /// absolute path. `reload`, `show` and `cleanup` must be given the
+    /// daemon's.
+    ///
+    /// Example: --state-dir /run/xrouter-lab
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum ShowWhat {
+    /// Routers, ports, addresses and floating IPs (the default).
+    Routers,
+    /// Connections tracked by the eBPF data plane: original and translated
+    /// tuples, state, age.
+    Flows {
+        /// Only the router with this ID (default: every router).
+        ///
+        /// The ID as `xrouter show` lists it.
+        ///
+        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+    },
+    /// eBPF counters per router: packets forwarded (XDP, TC), handed to the
+    /// kernel and dropped, by reason; connection events.
+    ///
+    /// The table leaves out counters at zero; --json lists them all.
+    Stats {
+        /// Only the router with this ID (default: every router).
+        ///
+        /// The ID as `xrouter show` lists it.
+        ///
+        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon in the foreground: apply the routers, then keep them so.
+    ///
+    /// Reloads on `xrouter reload`, on SIGHUP and when the routers file
+    /// changes on disk; every `resync_interval` seconds it repairs what was
+    /// removed behind its back and retries the routers that failed.
+    /// Stopping it (SIGTERM, Ctrl-C) leaves the routers forwarding; `xrouter
+    /// cleanup` removes them.
+    ///
+    /// To run it in another network namespace, enter that namespace alone:
+    /// `nsenter --net=/run/netns/NAME xrouter run ...`. Not with `ip netns
+    /// exec`: it runs the daemon in a mount namespace of its own with /sys
+    /// mounted anew, which hides the bpffs at /sys/fs/bpf that the eBPF data
+    /// planes pin to (they refuse to start), and keeps the router
+    /// namespaces the daemon creates from the rest of the system.
+    Run {
+        /// The routers file to apply and follow.
+        ///
+        /// Neutron's `sync_routers` payload as JSON: a list of router dicts,
+        /// or {"routers": [...]}. It is validated before anything is built;
+        /// once the daemon runs, a change of it on disk is a reload.
+        ///
+        /// Example: --routers /var/lib/xrouter/routers.json
+        #[arg(long, value_name = "FILE")]
+        routers: PathBuf,
+        /// Data plane, instead of the node config's `dataplane` (default
+        /// there: auto).
+        #[arg(long, value_enum, value_name = "PLANE")]
+        dataplane: Option<Dataplane>,
+    },
+    /// Make the running daemon re-read its routers file and apply it.
+    ///
+    /// Returns once the new state is applied, printing what changed. Exits
+    /// non-zero when the file does not validate (nothing of it is applied:
+    /// the daemon keeps its state) and when some routers cannot be applied
+    /// (the others are; those that failed keep their previous state and are
+    /// retried at every resync). Talks to the daemon through
+    /// <state_dir>/xrouter.sock: give it the daemon's --config or
+    /// --state-dir.
+    Reload,
+    /// Check a routers file without applying anything.
+    ///
+    /// Prints "FILE: N routers, valid" and exits 0, or names the first
+    /// problem (router, field, value) and exits 1. The file is checked for
+    /// the node config given (its bridge_mappings), as `run` would check
+    /// it. With --plan, also prints what an apply of it would change on this
+    /// node now, router by router.
+    Check {
+        /// The routers file to check: Neutron's `sync_routers` payload as
+        /// JSON.
+        ///
+        /// A list of router dicts, or {"routers": [...]}.
+        ///
+        /// Example: --routers routers.json
+        #[arg(long, value_name = "FILE")]
+        routers: PathBuf,
+        /// Also print what an apply would change on this node now, router
+        /// by router.
+        ///
+        /// Compares the file with what the kernel holds (the daemon need not
+        /// run) and lists the actions: namespaces, ports, addresses, routes,
+        /// rules, BPF map entries, and the routers the file no longer has.
+        /// Reads the kernel, so needs root; changes nothing.
+        #[arg(long)]
+        plan: bool,
+        /// Data plane to plan for, with --plan (default: the one the daemon
+        /// recorded, else the node config's).
+        #[arg(long, value_enum, value_name = "PLANE", requires = "plan")]
+        dataplane: Option<Dataplane>,
+    },
+    /// Show the routers, ports, addresses and floating IPs xrouter manages.
+    ///
+    /// `xrouter show` lists the routers as last applied, and those whose
+    /// last apply failed, with why; `show flows` the eBPF connection table;
+    /// `show stats` the eBPF counters (forwarded per hook, handed to the
+    /// kernel and dropped, per reason). Reads the daemon's state: give it
+    /// the daemon's --config or --state-dir.
+    Show {
+        /// Print JSON instead of a table (for scripts).
+        ///
+        /// `show stats --json` lists every counter, zeros included.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        what: Option<ShowWhat>,
+    },
+    /// Remove every namespace, port, bridge and BPF pin xrouter created.
+    ///
+    /// Works from the daemon's state file (the routers applied, and those
+    /// whose apply failed): give it the daemon's --config or --state-dir,
+    /// and run it in the network namespace the daemon ran in. Stop the
+    /// daemon first, or its next resync builds the routers again.
+    Cleanup,
+    /// Show what a Neutron router does, in a sandbox that is removed after.
+    ///
+    /// Builds a sandbox of namespaces (a router with two tenant networks,
+    /// a floating IP, two VMs and an external host) with a daemon of its
+    /// own, runs four experiments (gateway SNAT, a floating IP from outside
+    /// and from inside, east-west), prints what each server saw, and removes
+    /// the sandbox. The demo makes its own node config: --config and
+    /// --state-dir do not apply.
+    Demo {
+        /// Leave the sandbox in place for a look; it prints how to remove it.
+        #[arg(long)]
+        keep: bool,
+        /// Data plane to demonstrate.
+        ///
+        /// With auto, the demo says which plane it picked.
+        #[arg(long, value_enum, value_name = "PLANE", default_value = "auto")]
+        dataplane: Dataplane,
+    },
+}
+
+/// Writes `args` to standard output. A closed standard output
+/// (`xrouter show | head`) is not an error: what is left to print is
+/// dropped, and the command finishes what it was doing (the demo still
+/// removes its sandbox) and exits as it would have. Any other write error
+/// (say a full disk) is returned.
+pub fn stdout(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    match o.write_fmt(args).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
+    }
+}
+
+/// Writes `args` and a newline to standard error, ignoring any error: a
+/// message that cannot be shown must not turn into a panic.
+pub fn stderr(args: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
+/// `print!` through [`stdout`]: a closed standard output is not an error.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`stdout`]: a closed standard output is not an error.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::cli::stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!` through [`stderr`]: never panics.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::cli::stderr(format_args!($($arg)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every command and option of `c` and its subcommands, with the path
+    /// of commands leading to it.
+    fn walk(c: &clap::Command, path: &str, f: &mut dyn FnMut(&str, &clap::Command)) {
+        let path = format!("{path} {}", c.get_name()).trim().to_string();
+        f(&path, c);
+        for s in c.get_subcommands() {
+            walk(s, &path, f);
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_and_option_has_help_that_says_its_default() {
+        let mut problems = Vec::new();
+        walk(&Cli::command(), "", &mut |path, c| {
+            if path != "xrouter help"
+                && !path.starts_with("xrouter help ")
+                && c.get_about().is_none()
+            {
+                problems.push(format!("{path}: no help"));
+            }
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = a
+                    .get_long_help()
+                    .or(a.get_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if help.trim().is_empty() {
+                    problems.push(format!("{path} --{id}: no help"));
+                    continue;
+                }
+                // An optional value must say what happens without it.
+                let optional_value = !a.is_required_set()
+                    && a.get_num_args().is_none_or(|n| n.takes_values())
+                    && !matches!(
+                        a.get_action(),
+                        clap::ArgAction::SetTrue | clap::ArgAction::Count
+                    )
+                    && a.get_default_values().is_empty();
+                if optional_value && !help.to_lowercase().contains("default") {
+                    problems.push(format!("{path} --{id}: does not say its default: {help}"));
+                }
+            }
+        });
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn check_help_explains_routers() {
+        let mut cmd = Cli::command();
+        let check = cmd.find_subcommand_mut("check").unwrap();
+        let help = check.render_long_help().to_string();
+        let mut lines = help.lines().skip_while(|l| l.trim() != "--routers <FILE>");
+        let text = lines.nth(1).unwrap_or_default().trim();
+        assert!(text.starts_with("The routers file"), "{help}");
+    }
+}

@@ -1,0 +1,66 @@
+//! The command line as an operator meets it: output piped into a command
+//! that stops reading, and the help of every command.
+
+use std::process::Command;
+
+use tests::{Checks, RouterSpec, TempDir, article::*, names, routers_json, xrouter_bin};
+
+/// Every command that prints exits quietly when its standard output is
+/// closed (`xrouter show | head`): status 0, or killed by SIGPIPE as other
+/// tools are, and never a panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let mut c = Checks::new("closed_stdout_is_not_a_panic");
+    let dir = TempDir::new(&format!("pipe-{}", names::tag()));
+    let state = dir.path().join("state");
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"iptables\"\n",
+            state.display(),
+            dir.path().join("pins").display()
+        ),
+    )
+    .unwrap();
+    let routers = dir.path().join("routers.json");
+    let ext = tests::Network::new("ext", EXT, Some(EXT_GW));
+    let net1 = tests::Network::new("net1", NET1, Some(QR1));
+    let net2 = tests::Network::new("net2", NET2, Some(QR2));
+    let router = RouterSpec::article(&names::tag(), &ext, &net1, &net2);
+    std::fs::write(
+        &routers,
+        serde_json::to_string(&routers_json(&[router])).unwrap(),
+    )
+    .unwrap();
+    let (node, routers) = (node.to_str().unwrap(), routers.to_str().unwrap());
+    for args in [
+        vec!["--config", node, "show"],
+        vec!["--config", node, "show", "--json"],
+        vec!["--config", node, "check", "--routers", routers],
+        // Reads the kernel (here: the test's namespace) and changes nothing.
+        vec!["--config", node, "check", "--routers", routers, "--plan"],
+        // Nothing recorded: removes nothing, still prints its count.
+        vec!["--config", node, "cleanup"],
+        vec!["--help"],
+        vec!["check", "--help"],
+        vec!["--version"],
+    ] {
+        let what = format!("xrouter {}", args.join(" "));
+        let mut cmd = Command::new(xrouter_bin());
+        cmd.args(&args);
+        let out = tests::cmd::run_stdout_closed(&mut cmd, tests::cmd::CMD_TIMEOUT)
+            .expect("running xrouter");
+        c.ok(
+            out.code == Some(0) || out.code.is_none() && !out.timed_out,
+            &format!("{what} | head: exits 0 (or on SIGPIPE)"),
+            out.describe(),
+        );
+        c.ok(
+            !out.stderr.contains("panicked") && !out.stderr.contains("Broken pipe"),
+            &format!("{what} | head: no panic, no error"),
+            &out.stderr,
+        );
+    }
+    c.finish();
+}
