@@ -1,6 +1,9 @@
 //! Data-path tests through BPF_PROG_TEST_RUN: crafted frames into `xr_xdp`,
-//! `xr_tc` and `xr_tc_out` with the maps of the article's router filled by hand, and the
-//! output checked byte by byte, checksums recomputed here independently.
+//! `xr_tc` and `xr_tc_out` with the maps the daemon writes for the article's
+//! router (`fixtures::article_router`, through `desired` and the backend's
+//! `write_maps`; only the neighbours, the kernel's, are filled here), and
+//! the output checked byte by byte, checksums recomputed here
+//! independently.
 //!
 //! The programs look up the ingress device, which the kernel resolves in the
 //! caller's namespace: each test runs on a thread inside a scratch namespace
@@ -10,20 +13,22 @@ use std::{collections::HashSet, net::Ipv4Addr, process::Command};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
-    config::{Ipv4, RouterConfig},
     conntrack::{CtEntry, CtKey},
     counters::{Counter, CtEvent, Outcome},
-    port::{
-        LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, Neigh, NeighKey, PortInfo,
-        ROLE_GATEWAY, ROLE_INTERNAL,
-    },
-    route::Route,
+    port::{Neigh, NeighKey},
 };
-use router_user::backend::{bpf::object::OBJECT, netns};
+use router_user::{
+    backend::{
+        bpf::{object::OBJECT, write_maps},
+        netns,
+    },
+    config::node::NodeConfig,
+    fixtures,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -323,61 +328,14 @@ impl Router {
         }
         let [qr1, qr2, qg] = ifx;
 
-        let mut ports: HashMap<_, u32, PortInfo> =
-            HashMap::try_from(map(&mut ebpf, "XR_PORTS")).unwrap();
-        for (i, a, mac, role) in [
-            (qr1, "81.1.180.1", MAC_QR1, ROLE_INTERNAL),
-            (qr2, "91.1.180.1", MAC_QR2, ROLE_INTERNAL),
-            (qg, "192.168.1.110", MAC_QG, ROLE_GATEWAY),
-        ] {
-            let mtu = if role == ROLE_GATEWAY { 1500 } else { 1450 };
-            ports
-                .insert(
-                    i,
-                    PortInfo {
-                        addr: ip(a),
-                        mac,
-                        role,
-                        _pad: 0,
-                        mtu,
-                    },
-                    0,
-                )
-                .unwrap();
-        }
-        let mut local: HashMap<_, LocalAddr, u32> =
-            HashMap::try_from(map(&mut ebpf, "XR_LOCAL")).unwrap();
-        // As userspace fills it: port addresses, subnet broadcasts, FIPs.
-        for (a, kind) in [
-            ("81.1.180.1", LOCAL_ADDRESS),
-            ("91.1.180.1", LOCAL_ADDRESS),
-            ("192.168.1.110", LOCAL_ADDRESS),
-            ("81.1.180.255", LOCAL_BROADCAST),
-            ("91.1.180.255", LOCAL_BROADCAST),
-            ("192.168.1.255", LOCAL_BROADCAST),
-            ("192.168.1.104", LOCAL_FLOATING),
-        ] {
-            local.insert(LocalAddr { addr: ip(a) }, kind, 0).unwrap();
-        }
-        let mut routes: LpmTrie<_, [u8; 4], Route> =
-            LpmTrie::try_from(map(&mut ebpf, "XR_ROUTES")).unwrap();
-        let route = |gw: [u8; 4], ifindex: u32| Route {
-            count: 1,
-            gateways: [gw, [0; 4], [0; 4], [0; 4]],
-            ifindexes: [ifindex, 0, 0, 0],
+        // The maps a router of the article's topology gets from the daemon.
+        let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
+        let node = NodeConfig {
+            new_connection_rate: lim.rate,
+            ..NodeConfig::default()
         };
-        routes
-            .insert(&Key::new(24, ip("81.1.180.0")), route([0; 4], qr1), 0)
-            .unwrap();
-        routes
-            .insert(&Key::new(24, ip("91.1.180.0")), route([0; 4], qr2), 0)
-            .unwrap();
-        routes
-            .insert(&Key::new(24, ip("192.168.1.0")), route([0; 4], qg), 0)
-            .unwrap();
-        routes
-            .insert(&Key::new(0, [0; 4]), route(ip("192.168.1.1"), qg), 0)
-            .unwrap();
+        let want = fixtures::bpf_maps(&spec, &node, (port_min, port_max), ifx);
+        write_maps(&mut ebpf, &want).expect("writing the router's maps");
         let mut neigh: HashMap<_, NeighKey, Neigh> =
             HashMap::try_from(map(&mut ebpf, "XR_NEIGH")).unwrap();
         for (i, a, mac) in [
@@ -397,45 +355,6 @@ impl Router {
                 )
                 .unwrap();
         }
-        let mut fip: HashMap<_, Ipv4, Ipv4> = HashMap::try_from(map(&mut ebpf, "XR_FIP")).unwrap();
-        fip.insert(
-            Ipv4 {
-                addr: ip("91.1.180.14"),
-            },
-            Ipv4 {
-                addr: ip("192.168.1.104"),
-            },
-            0,
-        )
-        .unwrap();
-        let mut rev: HashMap<_, Ipv4, Ipv4> =
-            HashMap::try_from(map(&mut ebpf, "XR_FIP_REV")).unwrap();
-        rev.insert(
-            Ipv4 {
-                addr: ip("192.168.1.104"),
-            },
-            Ipv4 {
-                addr: ip("91.1.180.14"),
-            },
-            0,
-        )
-        .unwrap();
-        let mut cfg: Array<_, RouterConfig> = Array::try_from(map(&mut ebpf, "XR_CONFIG")).unwrap();
-        cfg.set(
-            0,
-            RouterConfig {
-                gw_addr: ip("192.168.1.110"),
-                gw_ifindex: qg,
-                enable_snat: 1,
-                port_min,
-                port_max,
-                metadata_port: 9697,
-                _pad: 0,
-                new_conn_rate: lim.rate,
-            },
-            0,
-        )
-        .unwrap();
         Router { ebpf, qr1, qr2, qg }
     }
 
@@ -2042,5 +1961,255 @@ fn icmp_errors_with_ip_options_are_translated() {
         assert_eq!(&q[16..20], &ip("192.168.1.104"), "quoted destination");
         assert_eq!(u16::from_be_bytes([q[30], q[31]]), 9);
         assert_eq!(finish(sum16(&q[..28])), 0, "quoted IPv4 checksum");
+    });
+}
+
+// ---------- single packets, as a table ----------
+
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
+/// What must come out besides the verdict.
+#[derive(Debug)]
+enum Expect {
+    /// The frame exactly as it went in.
+    Untouched,
+    /// Forwarded: these addresses (ports unchecked: SNAT picks them), TTL
+    /// one less, checksums right.
+    Addresses(&'static str, &'static str),
+    /// Handed up with these addresses and checksums right (TTL kept).
+    HandedUp(&'static str, &'static str),
+}
+
+/// One frame into one hook of a fresh router: verdict, TC mark, output.
+struct Case {
+    name: &'static str,
+    hook: Hook,
+    /// 0: qr (net1), 1: qr (net2), 2: qg.
+    ingress: usize,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// The mark TC leaves (None: XDP).
+    mark: Option<u32>,
+    expect: Expect,
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::*;
+    use Hook::*;
+    let ext = |f: Frame| f.from(MAC_EXT, MAC_QG).bytes();
+    let vm1 = |f: Frame| f.bytes();
+    let vm2 = |f: Frame| f.from(MAC_VM2, MAC_QR2).bytes();
+    let big = || vec![0u8; 1444];
+    let mut vlan5 = ext(Frame::udp("192.168.1.15", 2009, "192.168.1.104", 53));
+    vlan5.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    let (_, later) = fragments(
+        &ext(Frame {
+            frag: 0x2000,
+            payload: vec![1; 64],
+            ..Frame::udp("192.168.1.15", 2013, "192.168.1.104", 53)
+        }),
+        40,
+    );
+    vec![
+        Case {
+            name: "east-west: routed untranslated",
+            hook: Xdp,
+            ingress: 0,
+            frame: vm1(Frame::udp("81.1.180.12", 2001, "91.1.180.14", 53)),
+            verdict: XDP_REDIRECT,
+            mark: None,
+            expect: Addresses("81.1.180.12", "91.1.180.14"),
+        },
+        Case {
+            name: "gateway SNAT",
+            hook: Xdp,
+            ingress: 0,
+            frame: vm1(Frame::udp("81.1.180.12", 2002, "192.168.1.15", 53)),
+            verdict: XDP_REDIRECT,
+            mark: None,
+            expect: Addresses("192.168.1.110", "192.168.1.15"),
+        },
+        Case {
+            name: "floating IP in (DNAT)",
+            hook: Tc,
+            ingress: 2,
+            frame: ext(Frame::tcp("192.168.1.15", 2003, "192.168.1.104", 22)),
+            verdict: TC_ACT_REDIRECT,
+            mark: Some(0),
+            expect: Addresses("192.168.1.15", "91.1.180.14"),
+        },
+        Case {
+            name: "floating IP out (SNAT to it)",
+            hook: Xdp,
+            ingress: 1,
+            frame: vm2(Frame::udp("91.1.180.14", 2004, "192.168.1.15", 53)),
+            verdict: XDP_REDIRECT,
+            mark: None,
+            expect: Addresses("192.168.1.104", "192.168.1.15"),
+        },
+        Case {
+            name: "another host's MAC: dropped",
+            hook: Xdp,
+            ingress: 2,
+            frame: Frame::udp("192.168.1.15", 2005, "192.168.1.104", 53)
+                .from(MAC_EXT, [0xfa, 0x16, 0x3e, 0, 0, 0x99])
+                .bytes(),
+            verdict: XDP_DROP,
+            mark: None,
+            expect: Untouched,
+        },
+        Case {
+            name: "broadcast MAC: the kernel's",
+            hook: Tc,
+            ingress: 2,
+            frame: Frame::udp("192.168.1.15", 2006, "192.168.1.255", 53)
+                .from(MAC_EXT, [0xff; 6])
+                .bytes(),
+            verdict: TC_ACT_OK,
+            mark: Some(0),
+            expect: Untouched,
+        },
+        Case {
+            name: "loopback source: dropped",
+            hook: Xdp,
+            ingress: 2,
+            frame: ext(Frame::udp("127.0.0.1", 2007, "192.168.1.104", 53)),
+            verdict: XDP_DROP,
+            mark: None,
+            expect: Untouched,
+        },
+        Case {
+            name: "the gateway IP as source: dropped",
+            hook: Tc,
+            ingress: 2,
+            frame: ext(Frame::udp("192.168.1.110", 2008, "91.1.180.14", 53)),
+            verdict: TC_ACT_SHOT,
+            mark: Some(0),
+            expect: Untouched,
+        },
+        Case {
+            name: "VLAN 5: the kernel's",
+            hook: Tc,
+            ingress: 2,
+            frame: vlan5,
+            verdict: TC_ACT_OK,
+            mark: Some(0),
+            expect: Untouched,
+        },
+        Case {
+            name: "TTL 1 east-west: answered by the kernel, untranslated",
+            hook: Tc,
+            ingress: 0,
+            frame: vm1(Frame {
+                ttl: 1,
+                ..Frame::udp("81.1.180.12", 2010, "91.1.180.14", 53)
+            }),
+            verdict: TC_ACT_OK,
+            mark: Some(MARK_ANSWER_ONLY),
+            expect: Untouched,
+        },
+        Case {
+            name: "metadata from inside: the kernel's",
+            hook: Tc,
+            ingress: 0,
+            frame: vm1(Frame::tcp("81.1.180.12", 2011, "169.254.169.254", 80)),
+            verdict: TC_ACT_OK,
+            mark: Some(0),
+            expect: Untouched,
+        },
+        Case {
+            name: "a FIN opening nothing where NAT applies: dropped",
+            hook: Xdp,
+            ingress: 0,
+            frame: vm1(Frame {
+                tcp_flags: 0x01,
+                ..Frame::tcp("81.1.180.12", 2012, "192.168.1.15", 80)
+            }),
+            verdict: XDP_DROP,
+            mark: None,
+            expect: Untouched,
+        },
+        Case {
+            name: "a later fragment without its first: dropped",
+            hook: Tc,
+            ingress: 2,
+            frame: later,
+            verdict: TC_ACT_SHOT,
+            mark: Some(0),
+            expect: Untouched,
+        },
+        Case {
+            name: "DF over the VM network's MTU to the floating IP: XDP leaves it to TC",
+            hook: Xdp,
+            ingress: 2,
+            frame: ext(Frame {
+                payload: big(),
+                ..Frame::udp("192.168.1.15", 2014, "192.168.1.104", 53)
+            }),
+            verdict: XDP_PASS,
+            mark: None,
+            expect: Untouched,
+        },
+        Case {
+            name: "DF over the VM network's MTU to the floating IP: up translated, to be answered",
+            hook: Tc,
+            ingress: 2,
+            frame: ext(Frame {
+                payload: big(),
+                ..Frame::udp("192.168.1.15", 2015, "192.168.1.104", 53)
+            }),
+            verdict: TC_ACT_OK,
+            mark: Some(MARK_TRANSLATED_ANSWER),
+            expect: HandedUp("192.168.1.15", "91.1.180.14"),
+        },
+    ]
+}
+
+#[test]
+fn single_packets() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let mut failed = Vec::new();
+        for c in cases() {
+            let ingress = ifx[c.ingress];
+            let (out, mark) = match c.hook {
+                Hook::Xdp => (r.raw_xdp(ingress, &c.frame), None),
+                Hook::Tc => {
+                    let (o, m) = r.raw_tc_skb(ingress, &c.frame, 0);
+                    (o, Some(m))
+                }
+            };
+            let mut why = Vec::new();
+            if out.ret != c.verdict {
+                why.push(format!("verdict {} (want {})", out.ret, c.verdict));
+            }
+            if mark != c.mark {
+                why.push(format!("mark {mark:x?} (want {:x?})", c.mark));
+            }
+            let addrs = |src: &str, dst: &str| {
+                (out.src().to_string(), out.dst().to_string()) == (src.to_string(), dst.to_string())
+            };
+            match c.expect {
+                Expect::Untouched if out.frame != c.frame => why.push("frame changed".into()),
+                Expect::Addresses(src, dst) if !addrs(src, dst) || out.ttl() != c.frame[22] - 1 => {
+                    why.push(format!("{} -> {} ttl {}", out.src(), out.dst(), out.ttl()))
+                }
+                Expect::HandedUp(src, dst) if !addrs(src, dst) || out.ttl() != c.frame[22] => {
+                    why.push(format!("{} -> {} ttl {}", out.src(), out.dst(), out.ttl()))
+                }
+                _ => {}
+            }
+            if matches!(c.expect, Expect::Addresses(..) | Expect::HandedUp(..)) {
+                assert_checksums(&out.frame);
+            }
+            if !why.is_empty() {
+                failed.push(format!("{} ({:?}): {}", c.name, c.hook, why.join("; ")));
+            }
+        }
+        assert!(failed.is_empty(), "\n{}", failed.join("\n"));
     });
 }

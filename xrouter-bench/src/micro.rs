@@ -1,6 +1,6 @@
 //! `xrouter-bench --micro`: ns per packet of the data path alone, through
-//! BPF_PROG_TEST_RUN (a million repetitions per run), with the maps of the
-//! article's router filled by hand as `tests/datapath.rs` does.
+//! BPF_PROG_TEST_RUN (a million repetitions per run), with the maps the
+//! daemon writes for the article's router, as `tests/datapath.rs` has them.
 //!
 //! The pipeline rewrites packets in place and a repeated test run does not
 //! restore its input, so the measured program is `xr_bench_micro`: the
@@ -13,23 +13,22 @@ use std::{net::Ipv4Addr, process::Command};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
     bench::{MICRO_HDR, MicroConfig},
-    config::{Ipv4, RouterConfig},
-    port::{
-        LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, Neigh, NeighKey, PortInfo,
-        ROLE_GATEWAY, ROLE_INTERNAL,
-    },
-    route::Route,
+    port::{Neigh, NeighKey},
 };
 use serde_json::json;
 
 use super::{Opts, progs::in_ns};
 use crate::OBJECT;
-use router_user::backend::netns;
+use router_user::{
+    backend::{bpf::write_maps, netns},
+    config::node::NodeConfig,
+    fixtures::{self, RouterSpec},
+};
 
 const MAC_QR1: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
 const MAC_QR2: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 2];
@@ -93,46 +92,22 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).with_context(|| format!("map {name}"))
 }
 
-/// The article's router in the maps (as `tests/datapath.rs` fills them).
-fn fill(ebpf: &mut Ebpf, ifx: [u32; 3]) -> Result<()> {
-    let [qr1, qr2, qg] = ifx;
-    let mut ports: HashMap<_, u32, PortInfo> = HashMap::try_from(map(ebpf, "XR_PORTS")?)?;
-    for (i, a, mac, role) in [
-        (qr1, "81.1.180.1", MAC_QR1, ROLE_INTERNAL),
-        (qr2, "91.1.180.1", MAC_QR2, ROLE_INTERNAL),
-        (qg, "192.168.1.110", MAC_QG, ROLE_GATEWAY),
-    ] {
-        let info = PortInfo {
-            addr: ip(a),
-            mac,
-            role,
-            _pad: 0,
-            mtu: 1500,
-        };
-        ports.insert(i, info, 0)?;
-    }
-    let mut local: HashMap<_, LocalAddr, u32> = HashMap::try_from(map(ebpf, "XR_LOCAL")?)?;
-    for (a, kind) in [
-        ("81.1.180.1", LOCAL_ADDRESS),
-        ("91.1.180.1", LOCAL_ADDRESS),
-        ("192.168.1.110", LOCAL_ADDRESS),
-        ("81.1.180.255", LOCAL_BROADCAST),
-        ("91.1.180.255", LOCAL_BROADCAST),
-        ("192.168.1.255", LOCAL_BROADCAST),
-        ("192.168.1.104", LOCAL_FLOATING),
-    ] {
-        local.insert(LocalAddr { addr: ip(a) }, kind, 0)?;
-    }
-    let mut routes: LpmTrie<_, [u8; 4], Route> = LpmTrie::try_from(map(ebpf, "XR_ROUTES")?)?;
-    let route = |gw: [u8; 4], ifindex: u32| Route {
-        count: 1,
-        gateways: [gw, [0; 4], [0; 4], [0; 4]],
-        ifindexes: [ifindex, 0, 0, 0],
+/// The maps the daemon writes for the article's router (the same fixture
+/// and path as `router-user/tests/datapath.rs`), with a budget of `rate`
+/// new connections a second (0: none, the pipeline's cost alone).
+fn write_router(ebpf: &mut Ebpf, ifx: [u32; 3], spec: &RouterSpec, rate: u32) -> Result<()> {
+    let node = NodeConfig {
+        new_connection_rate: rate,
+        ..NodeConfig::default()
     };
-    routes.insert(&Key::new(24, ip("81.1.180.0")), route([0; 4], qr1), 0)?;
-    routes.insert(&Key::new(24, ip("91.1.180.0")), route([0; 4], qr2), 0)?;
-    routes.insert(&Key::new(24, ip("192.168.1.0")), route([0; 4], qg), 0)?;
-    routes.insert(&Key::new(0, [0; 4]), route(ip("192.168.1.1"), qg), 0)?;
+    write_maps(ebpf, &fixtures::bpf_maps(spec, &node, (1024, 65535), ifx))?;
+    Ok(())
+}
+
+/// The next hops' MACs: the kernel's neighbour table, which the daemon
+/// mirrors.
+fn neighbours(ebpf: &mut Ebpf, ifx: [u32; 3]) -> Result<()> {
+    let [qr1, qr2, qg] = ifx;
     let mut neigh: HashMap<_, NeighKey, Neigh> = HashMap::try_from(map(ebpf, "XR_NEIGH")?)?;
     for (i, a, mac) in [
         (qr1, "81.1.180.12", MAC_VM1),
@@ -146,34 +121,6 @@ fn fill(ebpf: &mut Ebpf, ifx: [u32; 3]) -> Result<()> {
         };
         neigh.insert(k, Neigh { mac, _pad: [0; 2] }, 0)?;
     }
-    let fixed = Ipv4 {
-        addr: ip("91.1.180.14"),
-    };
-    let floating = Ipv4 {
-        addr: ip("192.168.1.104"),
-    };
-    let mut fip: HashMap<_, Ipv4, Ipv4> = HashMap::try_from(map(ebpf, "XR_FIP")?)?;
-    fip.insert(fixed, floating, 0)?;
-    let mut rev: HashMap<_, Ipv4, Ipv4> = HashMap::try_from(map(ebpf, "XR_FIP_REV")?)?;
-    rev.insert(floating, fixed, 0)?;
-    set_budget(ebpf, qg, 0)
-}
-
-/// The router's config with a budget of `rate` new connections a second
-/// (0: none, the pipeline's cost alone).
-fn set_budget(ebpf: &mut Ebpf, qg: u32, rate: u32) -> Result<()> {
-    let mut cfg: Array<_, RouterConfig> = Array::try_from(map(ebpf, "XR_CONFIG")?)?;
-    let rc = RouterConfig {
-        gw_addr: ip("192.168.1.110"),
-        gw_ifindex: qg,
-        enable_snat: 1,
-        port_min: 1024,
-        port_max: 65535,
-        metadata_port: 9697,
-        _pad: 0,
-        new_conn_rate: rate,
-    };
-    cfg.set(0, rc, 0)?;
     Ok(())
 }
 
@@ -293,7 +240,9 @@ fn measure(ifx: [u32; 3]) -> Result<Vec<Row>> {
         .context("no xr_bench_micro")?
         .try_into()?;
     p.load().context("verifier rejected xr_bench_micro")?;
-    fill(&mut ebpf, ifx)?;
+    let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
+    write_router(&mut ebpf, ifx, &spec, 0)?;
+    neighbours(&mut ebpf, ifx)?;
     let mut rows = Vec::new();
     for c in cases() {
         if super::stopped() {
@@ -312,7 +261,7 @@ fn measure(ifx: [u32; 3]) -> Result<Vec<Row>> {
             Ok(())
         };
         let ingress = ifx[c.ingress];
-        set_budget(&mut ebpf, ifx[2], c.rate)?;
+        write_router(&mut ebpf, ifx, &spec, c.rate)?;
         set(&mut ebpf, false)?;
         // The first packet creates the connection: later ones find it (or,
         // over a budget, are shed).

@@ -50,7 +50,7 @@ use nix::sched::{CloneFlags, setns};
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use neigh::{dump_neighbours, watch as watch_neighbours};
-pub use sync::{Desired, desired, resolve};
+pub use sync::{Desired, desired, resolve, write_maps};
 
 /// What the kernel has of a router's BPF data path, read through its pins.
 #[derive(Clone, Debug, PartialEq, Eq)]

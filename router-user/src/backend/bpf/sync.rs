@@ -6,7 +6,7 @@ use std::{collections::HashMap, hash::Hash};
 
 use anyhow::{Context as _, Result};
 use aya::{
-    Pod,
+    Ebpf, Pod,
     maps::{Array, Map, MapError, lpm_trie::Key, lpm_trie::LpmTrie},
 };
 use router_common::{
@@ -190,13 +190,35 @@ pub fn read_pinned(pin_dir: &std::path::Path, router_id: &str) -> Result<Desired
     Ok(d)
 }
 
-impl BpfRouter {
-    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
-        self.ebpf
-            .map_mut(name)
-            .with_context(|| format!("the BPF object has no map {name}"))
-    }
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .with_context(|| format!("the BPF object has no map {name}"))
+}
 
+/// Makes the maps of a loaded object hold `d` (stale entries deleted);
+/// returns the entries changed. [`BpfRouter::write`] for a router's object;
+/// also what the packet tests and the microbenchmark seed their own
+/// instances with, so they run on the maps a router gets.
+pub fn write_maps(ebpf: &mut Ebpf, d: &Desired) -> Result<usize> {
+    let mut n = 0;
+    // Config and ports first: a route to a port the program does not
+    // know yet only sends packets to the kernel.
+    {
+        let mut cfg: Array<_, RouterConfig> = Array::try_from(map_mut(ebpf, XR_CONFIG)?)?;
+        if cfg.get(&0, 0)? != d.config {
+            cfg.set(0, d.config, 0)?;
+            n += 1;
+        }
+    }
+    n += sync_hash(map_mut(ebpf, XR_PORTS)?, &d.ports).context(XR_PORTS)?;
+    n += sync_hash(map_mut(ebpf, XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
+    n += sync_hash(map_mut(ebpf, XR_FIP)?, &d.fip).context(XR_FIP)?;
+    n += sync_hash(map_mut(ebpf, XR_FIP_REV)?, &d.fip_rev).context(XR_FIP_REV)?;
+    n += sync_routes(map_mut(ebpf, XR_ROUTES)?, &d.routes).context(XR_ROUTES)?;
+    Ok(n)
+}
+
+impl BpfRouter {
     /// Makes the maps hold `router`'s desired state (see [`desired`]):
     /// `XR_PORTS`, `XR_LOCAL`, `XR_ROUTES`, `XR_FIP`, `XR_FIP_REV` and
     /// `XR_CONFIG`. Stale entries are deleted. Returns the number of map
@@ -217,21 +239,6 @@ impl BpfRouter {
 
     /// Makes the maps hold `d`; returns the entries changed.
     pub fn write(&mut self, d: &Desired) -> Result<usize> {
-        let mut n = 0;
-        // Config and ports first: a route to a port the program does not
-        // know yet only sends packets to the kernel.
-        {
-            let mut cfg: Array<_, RouterConfig> = Array::try_from(self.map_mut(XR_CONFIG)?)?;
-            if cfg.get(&0, 0)? != d.config {
-                cfg.set(0, d.config, 0)?;
-                n += 1;
-            }
-        }
-        n += sync_hash(self.map_mut(XR_PORTS)?, &d.ports).context(XR_PORTS)?;
-        n += sync_hash(self.map_mut(XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
-        n += sync_hash(self.map_mut(XR_FIP)?, &d.fip).context(XR_FIP)?;
-        n += sync_hash(self.map_mut(XR_FIP_REV)?, &d.fip_rev).context(XR_FIP_REV)?;
-        n += sync_routes(self.map_mut(XR_ROUTES)?, &d.routes).context(XR_ROUTES)?;
-        Ok(n)
+        write_maps(&mut self.ebpf, d)
     }
 }
