@@ -27,9 +27,12 @@ fn node_config(cli: &Cli) -> Result<NodeConfig> {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("XROUTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .init();
 }

@@ -654,6 +654,13 @@ fn routers_file_change_applies(plane: Dataplane) {
         "vm1",
         EXT_HOST,
     );
+    // The daemon's log goes to a file here: plain text, no colour codes.
+    let log = rig.daemon_log();
+    c.ok(
+        !log.is_empty() && !log.contains('\u{1b}'),
+        "the daemon's log to a file has no terminal escapes",
+        log.lines().take(2).collect::<Vec<_>>(),
+    );
     c.finish();
 }
 
