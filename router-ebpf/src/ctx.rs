@@ -27,10 +27,12 @@ pub trait Packet {
     /// Whether the frame carries an 802.1Q/802.1ad tag outside its data
     /// (an skb's VLAN metadata; XDP sees tags in the frame itself).
     fn vlan_tagged(&self) -> bool;
-    /// Removes an 802.1p priority tag (802.1Q, VLAN 0) in front of IPv4:
-    /// the kernel handles such frames as untagged, so the programs do too.
-    /// Err: the frame could not be changed.
-    fn pop_priority_tag(&mut self) -> Result<(), ()>;
+    /// Removes priority tags (802.1Q or 802.1ad with VLAN id 0, stacked up
+    /// to [`PRIORITY_TAGS`] deep): the kernel strips them and handles the
+    /// frame as untagged, so the programs do too. A tag with a VLAN id
+    /// stays (the frame is the kernel's). Err: the frame could not be
+    /// changed.
+    fn pop_priority_tags(&mut self) -> Result<(), ()>;
     /// Fixes the IPv4 header checksum at `off` for a `size`-byte field change.
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()>;
     /// Fixes an L4 checksum at `off`. `pseudo`: the field is in the
@@ -84,22 +86,24 @@ impl Packet for XdpContext {
         false
     }
     #[inline(always)]
-    fn pop_priority_tag(&mut self) -> Result<(), ()> {
-        let Some(h) = self.ptr::<[u8; 18]>(0) else {
-            return Ok(());
-        };
-        // SAFETY: bounds checked by ptr().
-        let h = unsafe { &mut *h };
-        if !is_priority_tag(h) {
-            return Ok(());
-        }
-        // The MACs move 4 bytes on, over the tag; the head follows them.
-        for i in (0..12).rev() {
-            h[i + 4] = h[i];
-        }
-        // SAFETY: ctx is the program's context.
-        if unsafe { bpf_xdp_adjust_head(self.ctx, 4) } != 0 {
-            return Err(());
+    fn pop_priority_tags(&mut self) -> Result<(), ()> {
+        for _ in 0..PRIORITY_TAGS {
+            let Some(h) = self.ptr::<[u8; 16]>(0) else {
+                return Ok(());
+            };
+            // SAFETY: bounds checked by ptr().
+            let h = unsafe { &mut *h };
+            if !is_priority_tag(h) {
+                return Ok(());
+            }
+            // The MACs move 4 bytes on, over the tag; the head follows.
+            for i in (0..12).rev() {
+                h[i + 4] = h[i];
+            }
+            // SAFETY: ctx is the program's context.
+            if unsafe { bpf_xdp_adjust_head(self.ctx, 4) } != 0 {
+                return Err(());
+            }
         }
         Ok(())
     }
@@ -166,25 +170,29 @@ impl Packet for TcContext {
         unsafe { (*self.skb.skb).vlan_present != 0 }
     }
     #[inline(always)]
-    fn pop_priority_tag(&mut self) -> Result<(), ()> {
-        // SAFETY: skb is the program's context.
-        let skb = unsafe { &*self.skb.skb };
-        // Usually the kernel has moved the tag into the skb's metadata
-        // already; in the frame it is popped the same way.
-        let tagged = if skb.vlan_present != 0 {
-            skb.vlan_proto == 0x8100u16.to_be() as u32
-                && skb.vlan_tci & 0x0fff == 0
-                && skb.protocol == 0x0800u16.to_be() as u32
-        } else {
-            match self.ptr::<[u8; 18]>(0) {
-                // SAFETY: bounds checked by ptr().
-                Some(h) => is_priority_tag(unsafe { &*h }),
-                None => false,
+    fn pop_priority_tags(&mut self) -> Result<(), ()> {
+        for _ in 0..PRIORITY_TAGS {
+            // SAFETY: skb is the program's context.
+            let skb = unsafe { &*self.skb.skb };
+            // Usually the kernel has moved the outer tag into the skb's
+            // metadata already; one in the frame is popped the same way
+            // (bpf_skb_vlan_pop then moves the next tag, if any, there).
+            let tagged = if skb.vlan_present != 0 {
+                is_vlan(skb.vlan_proto as u16) && skb.vlan_tci & 0x0fff == 0
+            } else {
+                match self.ptr::<[u8; 16]>(0) {
+                    // SAFETY: bounds checked by ptr().
+                    Some(h) => is_priority_tag(unsafe { &*h }),
+                    None => false,
+                }
+            };
+            if !tagged {
+                return Ok(());
             }
-        };
-        // SAFETY: skb is the program's context.
-        if tagged && unsafe { bpf_skb_vlan_pop(self.skb.skb as *mut _) } != 0 {
-            return Err(());
+            // SAFETY: skb is the program's context.
+            if unsafe { bpf_skb_vlan_pop(self.skb.skb as *mut _) } != 0 {
+                return Err(());
+            }
         }
         Ok(())
     }
@@ -215,8 +223,20 @@ impl Packet for TcContext {
     }
 }
 
-/// An 802.1Q tag with VLAN id 0 (any priority) in front of IPv4.
+/// Priority tags popped at most, stacked (the kernel strips them one by
+/// one; deeper stacks stay the kernel's).
+pub const PRIORITY_TAGS: usize = 3;
+
+/// An 802.1Q or 802.1ad TPID, as the skb's `vlan_proto` (network order).
 #[inline(always)]
-fn is_priority_tag(h: &[u8; 18]) -> bool {
-    h[12] == 0x81 && h[13] == 0 && h[14] & 0x0f == 0 && h[15] == 0 && h[16] == 8 && h[17] == 0
+fn is_vlan(proto_be: u16) -> bool {
+    proto_be == 0x8100u16.to_be() || proto_be == 0x88a8u16.to_be()
+}
+
+/// A frame whose first tag is 802.1Q or 802.1ad with VLAN id 0.
+#[inline(always)]
+fn is_priority_tag(h: &[u8; 16]) -> bool {
+    ((h[12] == 0x81 && h[13] == 0) || (h[12] == 0x88 && h[13] == 0xa8))
+        && h[14] & 0x0f == 0
+        && h[15] == 0
 }

@@ -1758,8 +1758,9 @@ fn untracked_icmp_errors_across_the_gateway_are_the_kernels() {
     });
 }
 
-/// A priority tag (802.1Q, VLAN 0) is no VLAN: the frame is handled as the
-/// untagged one, and forwarded untagged; a VLAN id leaves it to the kernel.
+/// Priority tags (802.1Q or 802.1ad with VLAN 0, stacked too) are no VLAN:
+/// the frame is handled as the untagged one and forwarded untagged, an ARP
+/// request answered untagged; a VLAN id leaves the frame to the kernel.
 #[test]
 fn priority_tagged_frames_are_handled_as_untagged() {
     with_devices(|ifx| {
@@ -1767,27 +1768,54 @@ fn priority_tagged_frames_are_handled_as_untagged() {
         let plain = Frame::udp("192.168.1.15", 4000, "192.168.1.104", 53)
             .from(MAC_EXT, MAC_QG)
             .bytes();
-        let tag = |tci: [u8; 2]| {
-            let mut f = plain[..12].to_vec();
-            f.extend_from_slice(&[0x81, 0x00, tci[0], tci[1]]);
-            f.extend_from_slice(&plain[12..]);
-            f
+        let tag = |f: &[u8], tpid: u16, tci: [u8; 2]| {
+            let mut t = f[..12].to_vec();
+            t.extend_from_slice(&tpid.to_be_bytes());
+            t.extend_from_slice(&tci);
+            t.extend_from_slice(&f[12..]);
+            t
         };
-        // Priority 5, VLAN 0.
-        let tagged = tag([0xa0, 0x00]);
-        let x = r.raw_xdp(r.qg, &tagged);
-        assert_eq!(x.ret, XDP_REDIRECT);
-        let y = r.raw_xdp(r.qg, &plain);
-        assert_eq!(x.frame, y.frame, "XDP: forwarded as the untagged frame");
-        let t = r.raw_tc(r.qg, &tagged);
-        assert_eq!(t.ret, TC_ACT_REDIRECT);
-        assert_eq!(&t.frame[12..14], &[0x08, 0x00], "TC: forwarded untagged");
-        assert_eq!(t.dst().to_string(), "91.1.180.14");
-        assert_checksums(&t.frame);
-        // VLAN 5: not routed here.
-        let vlan = tag([0x00, 0x05]);
-        let x = r.raw_xdp(r.qg, &vlan);
-        assert_eq!((x.ret, &x.frame), (XDP_PASS, &vlan), "VLAN 5 untouched");
+        let untagged = r.raw_xdp(r.qg, &plain);
+        assert_eq!(untagged.ret, XDP_REDIRECT);
+        for (what, tagged) in [
+            ("802.1Q, priority 5", tag(&plain, 0x8100, [0xa0, 0x00])),
+            ("802.1ad", tag(&plain, 0x88a8, [0x00, 0x00])),
+            (
+                "two stacked 802.1Q",
+                tag(&tag(&plain, 0x8100, [0, 0]), 0x8100, [0x20, 0]),
+            ),
+        ] {
+            let x = r.raw_xdp(r.qg, &tagged);
+            assert_eq!(x.ret, XDP_REDIRECT, "{what}");
+            assert_eq!(x.frame, untagged.frame, "{what}: XDP forwards it untagged");
+            let t = r.raw_tc(r.qg, &tagged);
+            assert_eq!(t.ret, TC_ACT_REDIRECT, "{what}");
+            assert_eq!(
+                &t.frame[12..14],
+                &[0x08, 0x00],
+                "{what}: TC forwards it untagged"
+            );
+            assert_eq!(t.dst().to_string(), "91.1.180.14", "{what}");
+            assert_checksums(&t.frame);
+        }
+        // An ARP request for the floating IP: answered untagged.
+        let arp = arp_request(MAC_EXT, "192.168.1.15", "192.168.1.104");
+        let a = r.raw_xdp(r.qg, &arp);
+        let x = r.raw_xdp(r.qg, &tag(&arp, 0x8100, [0xa0, 0]));
+        assert_eq!(
+            (x.ret, &x.frame),
+            (a.ret, &a.frame),
+            "ARP: the untagged answer"
+        );
+        // VLAN 5, and VLAN 5 behind a priority tag: not routed here.
+        for vlan in [
+            tag(&plain, 0x8100, [0x00, 0x05]),
+            tag(&tag(&plain, 0x8100, [0x00, 0x05]), 0x8100, [0, 0]),
+        ] {
+            let x = r.raw_xdp(r.qg, &vlan);
+            assert_eq!(x.ret, XDP_PASS, "VLAN 5: the kernel's");
+            assert_eq!(&x.frame[12..16], &[0x81, 0x00, 0x00, 0x05], "VLAN 5 kept");
+        }
     });
 }
 

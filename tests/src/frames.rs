@@ -192,8 +192,14 @@ impl ErrorSeen {
 
 /// `frame` with an 802.1Q tag of `vid` after its MACs.
 pub fn with_vlan(frame: &[u8], vid: u16) -> Vec<u8> {
+    with_tag(frame, 0x8100, vid)
+}
+
+/// `frame` with a tag of TPID `tpid` (0x8100: 802.1Q, 0x88a8: 802.1ad)
+/// and `vid` after its MACs, in front of any tag it has.
+pub fn with_tag(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
     let mut f = frame[..12].to_vec();
-    f.extend_from_slice(&[0x81, 0x00]);
+    f.extend_from_slice(&tpid.to_be_bytes());
     f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
     f.extend_from_slice(&frame[12..]);
     f

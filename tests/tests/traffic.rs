@@ -748,6 +748,21 @@ fn priority_tagged_frames_are_untagged_frames(plane: Dataplane) {
                 UDP,
                 b"who",
             )),
+            // 802.1ad with VLAN 0, and two stacked 802.1Q VLAN 0 tags: the
+            // kernel strips those too.
+            frames::with_tag(
+                &frames::udp((ext_mac, qg_mac), ip(EXT_HOST), 40604, ip(FIP), UDP, b"who"),
+                0x88a8,
+                0,
+            ),
+            tag0(tag0(frames::udp(
+                (ext_mac, qg_mac),
+                ip(EXT_HOST),
+                40605,
+                ip(FIP),
+                UDP,
+                b"who",
+            ))),
         ],
     )
     .unwrap();
@@ -777,13 +792,19 @@ fn priority_tagged_frames_are_untagged_frames(plane: Dataplane) {
         "tagged SYN to the floating IP: SYN-ACK from the floating IP",
         &ext_saw,
     );
-    c.ok(
-        ext_saw
-            .iter()
-            .any(|s| s.proto == 17 && s.src == ip(FIP) && s.sport == UDP && s.dport == 40602),
-        "tagged datagram to the floating IP: answer from the floating IP's port",
-        &ext_saw,
-    );
+    for (what, port) in [
+        ("802.1Q VLAN 0", 40602),
+        ("802.1ad VLAN 0", 40604),
+        ("two stacked VLAN 0 tags", 40605),
+    ] {
+        c.ok(
+            ext_saw
+                .iter()
+                .any(|s| s.proto == 17 && s.src == ip(FIP) && s.sport == UDP && s.dport == port),
+            &format!("datagram to the floating IP with {what}: answer from the floating IP's port"),
+            &ext_saw,
+        );
+    }
     c.ok(
         ext_saw
             .iter()

@@ -114,11 +114,13 @@ pub fn local_error<P: Packet>(p: &mut P) -> bool {
 /// Runs the whole pipeline on a packet.
 #[inline(always)]
 pub fn process<P: Packet>(p: &mut P) -> Verdict {
+    // First: an ARP request with a priority tag is answered untagged, as
+    // the kernel answers it.
+    if p.pop_priority_tags().is_err() {
+        return Verdict::Drop(Outcome::DropMalformed);
+    }
     if arp::answer(p) {
         return Verdict::Bounce;
-    }
-    if p.pop_priority_tag().is_err() {
-        return Verdict::Drop(Outcome::DropMalformed);
     }
     let pkt = match parse::parse(p) {
         Ok(pkt) => pkt,
