@@ -56,7 +56,7 @@ pub enum Outcome {
     /// egress MTU without DF (the kernel fragments it).
     KernelFragment = 17,
     /// To the kernel: 802.1Q/802.1ad tagged with a VLAN id (no VLAN is
-    /// routed here; priority tags, VLAN 0, up to three stacked, are removed
+    /// routed here; priority tags, VLAN 0, up to eight stacked, are removed
     /// and the frame handled as untagged, as the kernel does).
     KernelVlan = 18,
     /// To the kernel: an ICMP error crossing the gateway port about no

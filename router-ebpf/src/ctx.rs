@@ -31,7 +31,8 @@ pub trait Packet {
     /// to [`PRIORITY_TAGS`] deep): the kernel strips them and handles the
     /// frame as untagged, so the programs do too. A tag with a VLAN id
     /// stays (the frame is the kernel's). Err: the frame could not be
-    /// changed.
+    /// changed, or has more priority tags than that (it must not go to the
+    /// kernel, which would strip them all and translate it on its own).
     fn pop_priority_tags(&mut self) -> Result<(), ()>;
     /// Fixes the IPv4 header checksum at `off` for a `size`-byte field change.
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()>;
@@ -105,7 +106,11 @@ impl Packet for XdpContext {
                 return Err(());
             }
         }
-        Ok(())
+        match self.ptr::<[u8; 16]>(0) {
+            // SAFETY: bounds checked by ptr().
+            Some(h) if is_priority_tag(unsafe { &*h }) => Err(()),
+            _ => Ok(()),
+        }
     }
     #[inline(always)]
     fn fix_l3(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), ()> {
@@ -137,6 +142,28 @@ impl Packet for XdpContext {
             *p = c;
         }
         Ok(())
+    }
+}
+
+trait SkbTags {
+    fn priority_tagged(&self) -> bool;
+}
+
+impl SkbTags for TcContext {
+    /// Whether the outer tag, in the skb's metadata or in the frame, has
+    /// VLAN id 0.
+    #[inline(always)]
+    fn priority_tagged(&self) -> bool {
+        // SAFETY: skb is the program's context.
+        let skb = unsafe { &*self.skb.skb };
+        if skb.vlan_present != 0 {
+            return is_vlan(skb.vlan_proto as u16) && skb.vlan_tci & 0x0fff == 0;
+        }
+        match self.ptr::<[u8; 16]>(0) {
+            // SAFETY: bounds checked by ptr().
+            Some(h) => is_priority_tag(unsafe { &*h }),
+            None => false,
+        }
     }
 }
 
@@ -172,27 +199,19 @@ impl Packet for TcContext {
     #[inline(always)]
     fn pop_priority_tags(&mut self) -> Result<(), ()> {
         for _ in 0..PRIORITY_TAGS {
-            // SAFETY: skb is the program's context.
-            let skb = unsafe { &*self.skb.skb };
             // Usually the kernel has moved the outer tag into the skb's
             // metadata already; one in the frame is popped the same way
             // (bpf_skb_vlan_pop then moves the next tag, if any, there).
-            let tagged = if skb.vlan_present != 0 {
-                is_vlan(skb.vlan_proto as u16) && skb.vlan_tci & 0x0fff == 0
-            } else {
-                match self.ptr::<[u8; 16]>(0) {
-                    // SAFETY: bounds checked by ptr().
-                    Some(h) => is_priority_tag(unsafe { &*h }),
-                    None => false,
-                }
-            };
-            if !tagged {
+            if !self.priority_tagged() {
                 return Ok(());
             }
             // SAFETY: skb is the program's context.
             if unsafe { bpf_skb_vlan_pop(self.skb.skb as *mut _) } != 0 {
                 return Err(());
             }
+        }
+        if self.priority_tagged() {
+            return Err(());
         }
         Ok(())
     }
@@ -223,9 +242,9 @@ impl Packet for TcContext {
     }
 }
 
-/// Priority tags popped at most, stacked (the kernel strips them one by
-/// one; deeper stacks stay the kernel's).
-pub const PRIORITY_TAGS: usize = 3;
+/// Priority tags popped at most, stacked (the kernel strips any number; a
+/// deeper stack is dropped as malformed rather than left to it).
+pub const PRIORITY_TAGS: usize = 8;
 
 /// An 802.1Q or 802.1ad TPID, as the skb's `vlan_proto` (network order).
 #[inline(always)]

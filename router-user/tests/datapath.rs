@@ -1798,6 +1798,21 @@ fn priority_tagged_frames_are_handled_as_untagged() {
             assert_eq!(t.dst().to_string(), "91.1.180.14", "{what}");
             assert_checksums(&t.frame);
         }
+        // Four tags (deeper than Linux senders go, within the programs'
+        // reach): forwarded untagged; nine: dropped, never left to the
+        // kernel to translate on its own.
+        let mut four = plain.clone();
+        for _ in 0..4 {
+            four = tag(&four, 0x8100, [0, 0]);
+        }
+        assert_eq!(r.raw_xdp(r.qg, &four).frame, untagged.frame, "four tags");
+        assert_eq!(r.raw_tc(r.qg, &four).ret, TC_ACT_REDIRECT, "four tags");
+        let mut nine = plain.clone();
+        for _ in 0..9 {
+            nine = tag(&nine, 0x8100, [0, 0]);
+        }
+        assert_eq!(r.raw_xdp(r.qg, &nine).ret, XDP_DROP, "nine tags");
+        assert_eq!(r.raw_tc(r.qg, &nine).ret, TC_ACT_SHOT, "nine tags");
         // An ARP request for the floating IP: answered untagged.
         let arp = arp_request(MAC_EXT, "192.168.1.15", "192.168.1.104");
         let a = r.raw_xdp(r.qg, &arp);

@@ -130,6 +130,50 @@ pub fn with_ip_options(frame: &[u8], opts: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A broadcast ARP request from `sha`/`spa` for `tpa`.
+pub fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa.octets());
+    f
+}
+
+/// An ARP reply as captured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArpReply {
+    /// Who answers (the address asked for) and with which MAC.
+    pub sender_ip: Ipv4Addr,
+    pub sender_mac: [u8; 6],
+    /// Who asked.
+    pub target_ip: Ipv4Addr,
+    /// Whether the frame carried a VLAN tag.
+    pub tagged: bool,
+}
+
+impl ArpReply {
+    pub fn parse(f: &[u8]) -> Option<ArpReply> {
+        let (tagged, a) = match f.get(12..14)? {
+            [0x08, 0x06] => (false, 14),
+            [0x81, 0x00] | [0x88, 0xa8] if f.get(16..18)? == [0x08, 0x06] => (true, 18),
+            _ => return None,
+        };
+        let arp = f.get(a..a + 28)?;
+        if arp[7] != 2 {
+            return None;
+        }
+        Some(ArpReply {
+            sender_ip: Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]),
+            sender_mac: arp[8..14].try_into().ok()?,
+            target_ip: Ipv4Addr::new(arp[24], arp[25], arp[26], arp[27]),
+            tagged,
+        })
+    }
+}
+
 /// `frame` with its IPv4 TTL and Don't Fragment bit as given.
 pub fn with_ttl_df(frame: &[u8], ttl: u8, df: bool) -> Vec<u8> {
     let mut f = frame.to_vec();

@@ -763,6 +763,21 @@ fn priority_tagged_frames_are_untagged_frames(plane: Dataplane) {
                 UDP,
                 b"who",
             ))),
+            tag0(tag0(tag0(tag0(frames::udp(
+                (ext_mac, qg_mac),
+                ip(EXT_HOST),
+                40606,
+                ip(FIP),
+                UDP,
+                b"who",
+            ))))),
+            // ARP for the floating IP: behind a priority tag it is asked
+            // here; on VLAN 100 it is not.
+            tag0(frames::arp_request(ext_mac, ip("192.168.1.180"), ip(FIP))),
+            frames::with_vlan(
+                &frames::arp_request(ext_mac, ip("192.168.1.181"), ip(FIP)),
+                100,
+            ),
         ],
     )
     .unwrap();
@@ -796,6 +811,7 @@ fn priority_tagged_frames_are_untagged_frames(plane: Dataplane) {
         ("802.1Q VLAN 0", 40602),
         ("802.1ad VLAN 0", 40604),
         ("two stacked VLAN 0 tags", 40605),
+        ("four stacked VLAN 0 tags", 40606),
     ] {
         c.ok(
             ext_saw
@@ -811,6 +827,26 @@ fn priority_tagged_frames_are_untagged_frames(plane: Dataplane) {
             .any(|s| s.proto == 17 && s.src == ip(QG) && s.dport == UDP),
         "tagged datagram from vm1: leaves from the gateway IP",
         &ext_saw,
+    );
+    // Replies to 192.168.1.180 (asked behind a priority tag) and .181 (on
+    // VLAN 100), told apart by the sender's MAC they are sent to.
+    let replies: Vec<frames::ArpReply> = at_ext
+        .frames()
+        .iter()
+        .filter_map(|f| frames::ArpReply::parse(f))
+        .filter(|r| r.sender_ip == ip(FIP))
+        .collect();
+    c.ok(
+        replies
+            .iter()
+            .any(|r| r.target_ip == ip("192.168.1.180") && !r.tagged),
+        "ARP for the floating IP behind a priority tag: answered, untagged",
+        &replies,
+    );
+    c.ok(
+        !replies.iter().any(|r| r.target_ip == ip("192.168.1.181")),
+        "ARP for the floating IP on VLAN 100: not answered",
+        &replies,
     );
     let vm1_saw = at_vm1.packets();
     c.ok(

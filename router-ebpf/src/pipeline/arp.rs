@@ -16,6 +16,11 @@ const ARP_LEN: usize = 14 + 28;
 /// IPs; if so it is now the reply. Anything else is left untouched.
 #[inline(always)]
 pub fn answer<P: Packet>(p: &mut P) -> bool {
+    // A request on a VLAN (its tag in the skb's metadata, where the
+    // kernel moved it) is not for this router.
+    if p.vlan_tagged() {
+        return false;
+    }
     let Some(f) = p.ptr::<[u8; ARP_LEN]>(0) else {
         return false;
     };
