@@ -799,9 +799,7 @@ impl Router {
     /// A TC run of an skb aggregating segments of `gso_size` bytes (0: a
     /// plain packet); also returns the skb's mark afterwards.
     fn raw_tc_skb(&self, ingress: u32, data: &[u8], gso_size: u32) -> (Out, u32) {
-        let mut out = vec![0u8; data.len() + 64];
-        // struct __sk_buff: mark at 8, ifindex at 40, gso_segs at 164,
-        // gso_size at 176.
+        // struct __sk_buff: ifindex at 40, gso_segs at 164, gso_size at 176.
         let mut ctx = [0u8; 192];
         ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
         if gso_size != 0 {
@@ -809,18 +807,35 @@ impl Router {
             ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
             ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
         }
+        self.skb_run("xr_tc", &ctx, data)
+    }
+
+    /// `xr_tc_out` (egress of a port) on a packet the router itself sends
+    /// (`ingress` 0) or one it forwards.
+    fn tc_out(&self, ifindex: u32, ingress: u32, data: &[u8]) -> Out {
+        // struct __sk_buff: ingress_ifindex at 36, ifindex at 40.
+        let mut ctx = [0u8; 192];
+        ctx[36..40].copy_from_slice(&ingress.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        self.skb_run("xr_tc_out", &ctx, data).0
+    }
+
+    /// One test run of TC program `prog` on `data` with `ctx` (a struct
+    /// __sk_buff); the output and the skb's mark (at 8) afterwards.
+    fn skb_run(&self, prog: &str, ctx: &[u8; 192], data: &[u8]) -> (Out, u32) {
+        let mut out = vec![0u8; data.len() + 64];
         let mut ctx_out = [0u8; 192];
-        let p: &SchedClassifier = self.ebpf.program("xr_tc").unwrap().try_into().unwrap();
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(data),
                 data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
+                ctx_in: Some(ctx),
                 ctx_out: Some(&mut ctx_out),
                 repeat: 1,
                 ..Default::default()
             })
-            .expect("tc test run");
+            .unwrap_or_else(|e| panic!("{prog} test run: {e}"));
         out.truncate(r.data_size_out as usize);
         let mark = u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap());
         (
@@ -830,31 +845,6 @@ impl Router {
             },
             mark,
         )
-    }
-
-    /// `xr_tc_out` (egress of a port) on a packet the router itself sends
-    /// (`ingress` 0) or one it forwards.
-    fn tc_out(&self, ifindex: u32, ingress: u32, data: &[u8]) -> Out {
-        let mut out = vec![0u8; data.len() + 64];
-        // struct __sk_buff: ingress_ifindex at 36, ifindex at 40.
-        let mut ctx = [0u8; 192];
-        ctx[36..40].copy_from_slice(&ingress.to_ne_bytes());
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        let p: &SchedClassifier = self.ebpf.program("xr_tc_out").unwrap().try_into().unwrap();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(data),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
-            .expect("tc egress test run");
-        out.truncate(r.data_size_out as usize);
-        Out {
-            ret: r.return_value,
-            frame: out,
-        }
     }
 
     fn event(&self, ev: CtEvent) -> u64 {

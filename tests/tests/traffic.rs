@@ -856,6 +856,7 @@ fn priority_tagged_frames_are_untagged_frames(plane: Dataplane) {
         "tagged datagram from vm1: ext's answer comes back to its port",
         &vm1_saw,
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }
 
@@ -901,5 +902,6 @@ fn a_burst_of_new_flows_keeps_its_translations(plane: Dataplane) {
         "every flow kept its SNAT port",
         (moved.len(), moved.iter().take(5).collect::<Vec<_>>()),
     );
+    rig.assert_fast_path(&mut c);
     c.finish();
 }

@@ -21,9 +21,7 @@ use router_common::{
 
 use super::{
     Verdict, conntrack,
-    parse::{
-        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_CSUM, IP_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt,
-    },
+    parse::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
     route::{self, Flow},
 };
 use crate::{ctx::Packet, maps};
@@ -39,6 +37,15 @@ struct Inner {
     dport: u16,
     proto: u8,
     l4: usize,
+}
+
+impl Inner {
+    /// The quoted packet went out translated: its reverse is the key of
+    /// the connection's other direction.
+    #[inline(always)]
+    fn reverse_key(&self) -> CtKey {
+        conntrack::key(self.dst, self.src, self.dport, self.sport, self.proto)
+    }
 }
 
 #[inline(always)]
@@ -148,16 +155,7 @@ pub fn plan<P: Packet>(
     ingress: &PortInfo,
 ) -> Result<(Flow, Option<Plan>), Verdict> {
     let q = inner(p, pkt)?;
-    // The quoted packet went out translated: its reverse is the reply key.
-    let k = CtKey {
-        src: q.dst.to_ne_bytes(),
-        dst: q.src.to_ne_bytes(),
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad: [0; 3],
-    };
-    let Some(e) = conntrack::find(&k) else {
+    let Some(e) = conntrack::find(&q.reverse_key()) else {
         // Not about a connection of ours: routed as it is between internal
         // ports; across the gateway, the kernel's.
         if let Some(v) = super::classify::for_router(pkt, ingress) {
@@ -231,15 +229,7 @@ pub fn apply<P: Packet>(p: &mut P, pkt: &Pkt, plan: &Plan) -> Result<(), Verdict
 #[inline(always)]
 pub fn local<P: Packet>(p: &mut P, pkt: &Pkt) -> Result<bool, Verdict> {
     let q = inner(p, pkt)?;
-    let k = CtKey {
-        src: q.dst.to_ne_bytes(),
-        dst: q.src.to_ne_bytes(),
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad: [0; 3],
-    };
-    let Some(e) = conntrack::find(&k) else {
+    let Some(e) = conntrack::find(&q.reverse_key()) else {
         return Ok(false);
     };
     let talked_to = u32::from_ne_bytes(e.new_src);
@@ -249,11 +239,6 @@ pub fn local<P: Packet>(p: &mut P, pkt: &Pkt) -> Result<bool, Verdict> {
         return Ok(false);
     }
     apply(p, pkt, &Plan { q, e })?;
-    if pkt.src != talked_to {
-        let f = p.ptr::<u32>(IP_SRC).ok_or(BAD)?;
-        // SAFETY: bounds checked.
-        unsafe { *f = talked_to };
-        p.fix_l3(IP_CSUM, pkt.src, talked_to, 4).map_err(|_| BAD)?;
-    }
+    super::rewrite::set_addr(p, pkt, IP_SRC, pkt.src, talked_to)?;
     Ok(true)
 }

@@ -17,8 +17,6 @@ use crate::ctx::Packet;
 
 pub const ETH_LEN: usize = 14;
 pub const IP_OFF: usize = ETH_LEN;
-/// L4 offset of a packet without IP options.
-pub const L4_OFF: usize = ETH_LEN + 20;
 /// Offsets inside the IPv4 header.
 pub const IP_TTL: usize = IP_OFF + 8;
 pub const IP_CSUM: usize = IP_OFF + 10;

@@ -14,8 +14,9 @@ use crate::ctx::Packet;
 
 const BAD: Verdict = Verdict::Drop(Outcome::DropMalformed);
 
+/// Sets an address of the IPv4 header and fixes the checksums it is in.
 #[inline(always)]
-fn set_addr<P: Packet>(
+pub(super) fn set_addr<P: Packet>(
     p: &mut P,
     pkt: &Pkt,
     off: usize,
