@@ -85,12 +85,12 @@ pub fn pin_dir_problem(pin_dir: &Path) -> Option<String> {
     })
 }
 
-/// Runs the daemon in the foreground.
-pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
-    // A bad routers file is refused before anything is created.
-    read_routers(&routers_file, &node)?;
+/// What `run` and `agent` check before building anything: the data plane
+/// (resolved), where BPF objects are pinned, the namespace the daemon runs
+/// in, its state directory, and that no other daemon runs on it.
+pub async fn preflight(node: &NodeConfig) -> Result<Dataplane> {
     let dataplane = resolve_dataplane(node.dataplane)?;
-    // So is a data plane that cannot pin what it loads: it would fail
+    // A data plane that cannot pin what it loads is refused: it would fail
     // each router after building its namespace.
     if crate::engine::plane_of(dataplane).is_bpf()
         && let Some(why) = pin_dir_problem(&node.pin_dir)
@@ -127,8 +127,26 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             socket.display()
         );
     }
+    Ok(dataplane)
+}
+
+/// Binds the control socket, reachable by root only.
+pub fn bind_control(node: &NodeConfig) -> Result<UnixListener> {
+    let socket = node.socket_path();
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Runs the daemon in the foreground.
+pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
+    // A bad routers file is refused before anything is created.
+    read_routers(&routers_file, &node)?;
+    let dataplane = preflight(&node).await?;
     let desired = read_routers(&routers_file, &node)?;
-    let mut engine = Engine::new(node.clone(), dataplane, routers_file)?;
+    let mut engine = Engine::new(node.clone(), dataplane, Some(routers_file))?;
     engine.desired = desired.clone();
     match engine.apply(desired).await {
         Ok(a) if a.failures.is_empty() => tracing::info!(
@@ -141,10 +159,8 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
         Err(e) => tracing::error!("initial apply: {e:#}"),
     }
 
-    let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let socket = node.socket_path();
+    let listener = bind_control(&node)?;
     tracing::info!("ready; control socket {}", socket.display());
 
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;

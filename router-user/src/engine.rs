@@ -274,8 +274,13 @@ pub struct Engine {
 
 impl Engine {
     /// An engine on `dataplane` (resolved: not `auto`) following
-    /// `routers_file`, adopting what a previous run recorded.
-    pub fn new(node: NodeConfig, dataplane: Dataplane, routers_file: PathBuf) -> Result<Engine> {
+    /// `routers_file` (None: routers come from Neutron over RPC), adopting
+    /// what a previous run recorded.
+    pub fn new(
+        node: NodeConfig,
+        dataplane: Dataplane,
+        routers_file: Option<PathBuf>,
+    ) -> Result<Engine> {
         let mut state = State::load(&node.state_file())?;
         let was_bpf = state.dataplane.is_some_and(|d| plane_of(d).is_bpf());
         if was_bpf && !plane_of(dataplane).is_bpf() {
@@ -292,7 +297,7 @@ impl Engine {
             );
         }
         state.dataplane = Some(dataplane);
-        state.routers_file = Some(routers_file);
+        state.routers_file = routers_file;
         Ok(Engine {
             node,
             desired: state.routers.clone(),
@@ -703,6 +708,57 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// Applies some routers and removes others, leaving every other router
+    /// as it is (agent mode: a notification names the routers it is about).
+    /// What is wanted from then on (`desired`) follows.
+    pub async fn apply_changes(
+        &mut self,
+        updated: Vec<Router>,
+        removed: &[String],
+    ) -> Result<Applied> {
+        let mut ch = Changes::default();
+        let mut failures = Vec::new();
+        for id in removed {
+            self.desired.retain(|r| &r.id != id);
+            if self.state.applied(id).is_none() && self.state.failure(id).is_none() {
+                continue;
+            }
+            match self.remove_router(id, &mut ch).await {
+                Ok(()) => {
+                    self.state.routers.retain(|r| &r.id != id);
+                    self.state.failed.retain(|f| &f.router.id != id);
+                }
+                Err(e) => failures.push(Failure {
+                    router: id.clone(),
+                    removal: true,
+                    new: false,
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
+        for r in &updated {
+            match self.desired.iter_mut().find(|d| d.id == r.id) {
+                Some(d) => *d = r.clone(),
+                None => self.desired.push(r.clone()),
+            }
+            if let Err(f) = self.update(r, &mut ch).await {
+                failures.push(f);
+            }
+        }
+        self.state.save(&self.node.state_file())?;
+        for c in &ch.items {
+            tracing::info!("{c}");
+        }
+        for f in &failures {
+            tracing::error!("{f}");
+        }
+        Ok(Applied {
+            changes: ch,
+            failures,
+            routers: self.desired.len(),
+        })
     }
 
     /// Re-reads the routers file and applies it; a file that does not

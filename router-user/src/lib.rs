@@ -9,6 +9,7 @@
 //! - `engine` runs observe → plan → execute per router and records what was
 //!   applied; `daemon` drives it (reloads, resyncs, the control socket);
 //! - `show`, `control`, `demo` and the CLI (`cli`) serve the operator.
+pub mod agent;
 pub mod backend;
 pub mod cli;
 pub mod config;

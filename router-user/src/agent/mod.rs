@@ -1,0 +1,541 @@
+//! `xrouter agent`: take `neutron-l3-agent`'s place. Routers come from
+//! neutron-server over its RPC (oslo.messaging on RabbitMQ) instead of a
+//! file, and go through the same engine.
+//!
+//! Life: connect (every broker of the URL in turn, with backoff); ask
+//! `get_host_ha_router_count` until the server answers; serve the
+//! `l3_agent` topic (and the network updates); report state every
+//! `report_interval`; full sync; then follow notifications, each followed
+//! by `sync_routers` of the routers named and the floating IP statuses of
+//! each router applied. A lost broker, or a server saying "revived", means
+//! a full sync once back. The data plane keeps forwarding whatever happens
+//! to the connection or the process.
+
+pub mod fip_status;
+pub mod plugin;
+pub mod report;
+pub mod work;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Result;
+use oslo_rpc::{Endpoint, Incoming, Rpc, Settings};
+use serde_json::Value;
+use tokio::{io::AsyncWriteExt as _, signal::unix::SignalKind, sync::mpsc};
+
+use crate::{
+    config::{node::NodeConfig, routers},
+    control::{Reply, Request},
+    engine::Engine,
+    model::Router,
+};
+
+use self::{
+    fip_status::Reported,
+    plugin::{CHUNK_MAX, Plugin},
+    report::{Counts, Identity},
+    work::Pending,
+};
+
+/// Everything the agent needs besides the node config.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub rpc: Settings,
+    pub identity: Identity,
+    /// `rpc_response_timeout`.
+    pub rpc_timeout: Duration,
+    /// `[AGENT] report_interval` (None: no reports).
+    pub report_interval: Option<Duration>,
+    /// Reconnection backoff: first delay, factor, longest delay.
+    pub retry: (Duration, u32, Duration),
+}
+
+/// What the connection task hands the main loop.
+enum Link {
+    Up(Arc<Rpc>, mpsc::Receiver<Incoming>),
+}
+
+/// What the report task tells the main loop.
+enum Heard {
+    /// The server answered a report with "revived": resync.
+    Revived,
+}
+
+/// Connects and serves, retrying with backoff until it works.
+async fn connect(s: AgentSettings) -> Link {
+    let (first, factor, max) = s.retry;
+    let mut delay = first;
+    let url = s.rpc.url.redacted();
+    loop {
+        match open(&s).await {
+            Ok(link) => return link,
+            Err(e) => {
+                tracing::warn!("message bus {url}: {e:#}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * factor).min(max);
+            }
+        }
+    }
+}
+
+async fn open(s: &AgentSettings) -> Result<Link> {
+    let rpc = Arc::new(Rpc::connect(&s.rpc).await?);
+    tracing::info!("connected to the message bus at {}", rpc.broker);
+    // Neutron's agent waits for the server before anything else.
+    let plugin = Plugin {
+        rpc: &rpc,
+        host: &s.identity.host,
+        timeout: s.rpc_timeout,
+    };
+    loop {
+        match plugin.get_host_ha_router_count().await {
+            Ok(_) => break,
+            Err(oslo_rpc::CallError::Timeout { .. }) => {
+                tracing::warn!("neutron-server does not answer yet (get_host_ha_router_count)");
+            }
+            Err(oslo_rpc::CallError::Remote { failure, .. }) => {
+                // An answer all the same: the server is there.
+                tracing::warn!("get_host_ha_router_count: {failure}");
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !rpc.is_connected() {
+            anyhow::bail!("connection lost");
+        }
+    }
+    let endpoint = Endpoint {
+        version: work::L3_AGENT_VERSION.into(),
+        namespace: None,
+        methods: work::METHODS.iter().map(|m| m.to_string()).collect(),
+    };
+    let (tx, rx) = mpsc::channel(4096);
+    for topic in ["l3_agent", "q-agent-notifier-network-update"] {
+        let mut r = rpc
+            .serve(topic, &s.identity.host, endpoint.clone())
+            .await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(i) = r.recv().await {
+                if tx.send(i).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(Link::Up(rpc, rx))
+}
+
+/// Reports state every interval until the connection goes.
+async fn reporter(
+    rpc: Arc<Rpc>,
+    s: AgentSettings,
+    counts: Arc<Mutex<Counts>>,
+    first: Arc<std::sync::atomic::AtomicBool>,
+    heard: mpsc::Sender<Heard>,
+) {
+    let Some(interval) = s.report_interval else {
+        return;
+    };
+    let plugin = Plugin {
+        rpc: &rpc,
+        host: &s.identity.host,
+        timeout: s.rpc_timeout,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let c = *counts.lock().unwrap();
+        let start = first.load(std::sync::atomic::Ordering::Relaxed);
+        let uuid = oslo_rpc::envelope::unique_id();
+        let state = report::agent_state(&s.identity, c, start, &uuid);
+        match plugin.report_state(state, interval).await {
+            Ok(answer) => {
+                first.store(false, std::sync::atomic::Ordering::Relaxed);
+                if s.identity.log_agent_heartbeats {
+                    tracing::info!("state reported ({answer})");
+                } else {
+                    tracing::debug!("state reported ({answer})");
+                }
+                if answer == "revived" {
+                    tracing::info!("the server had taken this agent for dead: full sync");
+                    let _ = heard.send(Heard::Revived).await;
+                }
+            }
+            Err(e) => tracing::warn!("reporting state: {e}"),
+        }
+    }
+}
+
+/// The agent's own record besides the engine's.
+struct Agent {
+    settings: AgentSettings,
+    engine: Engine,
+    pending: Pending,
+    reported: Reported,
+    chunk: usize,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl Agent {
+    fn update_counts(&self) {
+        *self.counts.lock().unwrap() = Counts::of(&self.engine.desired);
+    }
+
+    fn take(&mut self, i: &Incoming) {
+        let r = &i.request;
+        let desired = &self.engine.desired;
+        // Routers with a port on a network.
+        let networks = |n: &str| {
+            desired
+                .iter()
+                .filter(|r| r.ports().any(|p| p.network_id == n))
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        match self.pending.take(r, networks) {
+            Ok(()) => tracing::debug!("{} via {}", r.method, i.via),
+            Err(e) => tracing::warn!("notification ignored: {e}"),
+        }
+    }
+
+    /// Does the pending work. Fails (leaving the work pending) when the
+    /// server could not be asked.
+    async fn work(&mut self, rpc: &Rpc) -> Result<()> {
+        let p = std::mem::take(&mut self.pending);
+        let out = self.work_on(rpc, &p).await;
+        if out.is_err() {
+            // Nothing of it is lost: merged back with what came since.
+            self.pending.full |= p.full;
+            self.pending.update.extend(p.update);
+            self.pending.remove.extend(p.remove);
+        }
+        self.update_counts();
+        out
+    }
+
+    async fn work_on(&mut self, rpc: &Rpc, p: &Pending) -> Result<()> {
+        let s = self.settings.clone();
+        let plugin = Plugin {
+            rpc,
+            host: &s.identity.host,
+            timeout: s.rpc_timeout,
+        };
+        let t0 = std::time::Instant::now();
+        if p.full {
+            let ids = plugin.get_router_ids().await?;
+            let dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
+            let checked = self.check(dicts);
+            // Routers the server no longer gives this host go, as with
+            // the routers file; those it gives that fail validation keep
+            // what they had.
+            let mut wanted = checked.routers.clone();
+            for id in &checked.keep {
+                if let Some(r) = self.engine.state.applied(id) {
+                    wanted.push(r.clone());
+                }
+            }
+            let gone: Vec<String> = self
+                .engine
+                .state
+                .router_ids()
+                .into_iter()
+                .filter(|id| !wanted.iter().any(|r| &r.id == id))
+                .collect();
+            self.engine.desired = wanted.clone();
+            let applied = self.engine.apply(wanted).await?;
+            for id in &gone {
+                self.reported.forget(id);
+            }
+            self.report_fips(&plugin, &checked, &applied).await;
+            tracing::info!(
+                "full sync: {} from the server in {:.1?}: {}",
+                crate::text::count(ids.len(), "router"),
+                t0.elapsed(),
+                applied.report()
+            );
+            return Ok(());
+        }
+        let mut removed: Vec<String> = p.remove.iter().cloned().collect();
+        let mut checked = Checked::default();
+        if !p.update.is_empty() {
+            let ids: Vec<String> = p.update.iter().cloned().collect();
+            let dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
+            let got: BTreeSet<String> = dicts
+                .iter()
+                .filter_map(|d| d.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            // Named but not given: deleted or scheduled elsewhere.
+            removed.extend(ids.iter().filter(|id| !got.contains(*id)).cloned());
+            checked = self.check(dicts);
+            removed.extend(checked.not_here.iter().cloned());
+        }
+        let applied = self
+            .engine
+            .apply_changes(checked.routers.clone(), &removed)
+            .await?;
+        for id in &removed {
+            self.reported.forget(id);
+        }
+        self.report_fips(&plugin, &checked, &applied).await;
+        tracing::info!("{} in {:.1?}", applied.report(), t0.elapsed());
+        Ok(())
+    }
+
+    /// Router dicts from the server, validated one by one.
+    fn check(&self, dicts: Vec<Value>) -> Checked {
+        let mut c = Checked::default();
+        for d in dicts {
+            let id = d.get("id").and_then(Value::as_str).map(str::to_string);
+            let flag = |k: &str| d.get(k).and_then(Value::as_bool).unwrap_or(false);
+            if let Some(id) = &id {
+                if flag("ha") || flag("distributed") {
+                    tracing::warn!("router {id} not handled: HA and distributed routers are not supported");
+                    c.not_here.push(id.clone());
+                    continue;
+                }
+            }
+            let fips: Vec<String> = d
+                .get("_floatingips")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|f| f.get("id").and_then(Value::as_str).map(str::to_string)).collect())
+                .unwrap_or_default();
+            match routers::parse_for(&Value::Array(vec![d]).to_string(), &self.engine.node) {
+                Ok(mut v) => match v.pop() {
+                    Some(r) => c.routers.push(r),
+                    None => c.not_here.extend(id),
+                },
+                Err(e) => {
+                    tracing::error!("router not applied: {e}");
+                    if let Some(id) = id {
+                        c.keep.push(id.clone());
+                        c.errors.insert(id, fips);
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    /// Sends each router's floating IP status changes.
+    async fn report_fips(&mut self, plugin: &Plugin<'_>, c: &Checked, a: &crate::engine::Applied) {
+        let failed: BTreeSet<&str> = a.failures.iter().map(|f| f.router.as_str()).collect();
+        let mut todo: Vec<(String, BTreeSet<String>, &'static str)> = Vec::new();
+        for r in &c.routers {
+            let fips = r.floating_ips.iter().map(|f| f.id.clone()).collect();
+            let status = if failed.contains(r.id.as_str()) {
+                fip_status::ERROR
+            } else {
+                fip_status::ACTIVE
+            };
+            todo.push((r.id.clone(), fips, status));
+        }
+        for (id, fips) in &c.errors {
+            todo.push((id.clone(), fips.iter().cloned().collect(), fip_status::ERROR));
+        }
+        for (id, fips, status) in todo {
+            let changes = self.reported.changes(&id, &fips, status);
+            if changes.is_empty() {
+                continue;
+            }
+            match plugin.update_floatingip_statuses(&id, &changes).await {
+                Ok(()) => self.reported.record(&id, &changes),
+                Err(e) => tracing::warn!("router {id}: floating IP statuses: {e}"),
+            }
+        }
+    }
+}
+
+/// Router dicts sorted out.
+#[derive(Default)]
+struct Checked {
+    /// Valid: to apply.
+    routers: Vec<Router>,
+    /// Invalid, with an ID: they keep what they had; their floating IPs
+    /// are in ERROR.
+    keep: Vec<String>,
+    errors: BTreeMap<String, Vec<String>>,
+    /// Not for this agent (HA, DVR, administratively down): removed.
+    not_here: Vec<String>,
+}
+
+/// Runs the agent in the foreground until SIGTERM or SIGINT.
+pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
+    let dataplane = crate::daemon::preflight(&node).await?;
+    let engine = Engine::new(node.clone(), dataplane, None)?;
+    if !engine.state.routers.is_empty() {
+        tracing::info!(
+            "{} kept from the last run: forwarding goes on while the agent syncs",
+            crate::text::count(engine.state.routers.len(), "router")
+        );
+    }
+    let listener = crate::daemon::bind_control(&node)?;
+    tracing::info!(
+        "agent for host {} ({}); control socket {}",
+        settings.identity.host,
+        settings.rpc.url.redacted(),
+        node.socket_path().display()
+    );
+    let mut agent = Agent {
+        settings: settings.clone(),
+        engine,
+        pending: Pending {
+            full: true,
+            ..Default::default()
+        },
+        reported: Reported::default(),
+        chunk: CHUNK_MAX,
+        counts: Default::default(),
+    };
+    agent.update_counts();
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let period = Duration::from_secs(node.resync_interval.max(1));
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fast = tokio::time::interval(Duration::from_secs(1));
+    fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A failed sync (server unreachable, timeouts) is retried this often.
+    let mut retry = tokio::time::interval(Duration::from_secs(2));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let first_report = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (heard_tx, mut heard) = mpsc::channel(8);
+    let mut connecting = Some(tokio::spawn(connect(settings.clone())));
+    // The connection, its requests and its reporter, while connected.
+    let mut rpc: Option<Arc<Rpc>> = None;
+    let mut rx: Option<mpsc::Receiver<Incoming>> = None;
+    let mut rep: Option<tokio::task::JoinHandle<()>> = None;
+    let mut failed_work = false;
+
+    loop {
+        // Work is done between events, once every message that had
+        // arrived is taken in: a burst collapses into one sync.
+        if let (Some(conn), Some(rx)) = (rpc.clone(), rx.as_mut()) {
+            while let Ok(i) = rx.try_recv() {
+                agent.take(&i);
+                answer(&i).await;
+            }
+            if !agent.pending.is_empty() && !failed_work {
+                if let Err(e) = agent.work(&conn).await {
+                    tracing::warn!("sync with neutron-server failed, retried shortly: {e:#}");
+                    failed_work = true;
+                }
+                continue;
+            }
+        }
+        let closed = {
+            let conn = rpc.clone();
+            async move {
+                match conn {
+                    Some(c) => c.closed().await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let next = async {
+            match rx.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: full sync");
+                agent.pending.full = true;
+            }
+            up = async { connecting.as_mut().unwrap().await }, if connecting.is_some() => {
+                connecting = None;
+                if let Ok(Link::Up(conn, requests)) = up {
+                    rep = Some(tokio::spawn(reporter(
+                        conn.clone(),
+                        settings.clone(),
+                        agent.counts.clone(),
+                        first_report.clone(),
+                        heard_tx.clone(),
+                    )));
+                    // Whatever was missed while away: a full sync.
+                    agent.pending.full = true;
+                    failed_work = false;
+                    rpc = Some(conn);
+                    rx = Some(requests);
+                }
+            }
+            _ = closed => {
+                rpc = None;
+                rx = None;
+                if let Some(r) = rep.take() {
+                    r.abort();
+                }
+                tracing::warn!("message bus connection lost; reconnecting (routers keep forwarding)");
+                connecting = Some(tokio::spawn(connect(settings.clone())));
+            }
+            Some(i) = next => {
+                agent.take(&i);
+                answer(&i).await;
+            }
+            Some(h) = heard.recv() => match h {
+                Heard::Revived => agent.pending.full = true,
+            },
+            _ = retry.tick(), if failed_work => failed_work = false,
+            _ = fast.tick(), if !agent.engine.bpf.is_empty() => agent.engine.tick().await,
+            _ = resync.tick(), if node.resync_interval > 0 => {
+                match agent.engine.resync().await {
+                    Ok(a) if a.failures.is_empty() => {}
+                    Ok(a) => tracing::warn!("resync: {}", a.report()),
+                    Err(e) => tracing::warn!("resync: {e:#}"),
+                }
+            }
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let (r, mut w) = stream.into_split();
+                let reply = match tokio::time::timeout(Duration::from_secs(5), crate::control::read_request(r)).await {
+                    // In agent mode a reload is a full sync with the server.
+                    Ok(Ok(Request::Reload)) => match rpc.clone() {
+                        Some(conn) => {
+                            agent.pending.full = true;
+                            match agent.work(&conn).await {
+                                Ok(()) => Reply { ok: true, message: "full sync with neutron-server done".into(), failed: agent.engine.state.failed.iter().map(|f| f.router.id.clone()).collect() },
+                                Err(e) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
+                            }
+                        }
+                        None => Reply { ok: false, message: "not connected to the message bus; a full sync follows the reconnection".into(), failed: vec![] },
+                    },
+                    Ok(Err(e)) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
+                    Err(_) => Reply { ok: false, message: "timed out reading the request".into(), failed: vec![] },
+                };
+                let mut line = serde_json::to_string(&reply)?;
+                line.push('\n');
+                let _ = w.write_all(line.as_bytes()).await;
+            }
+        }
+    }
+    if let Some(r) = rep.take() {
+        r.abort();
+    }
+    if let Some(conn) = rpc.take() {
+        conn.close().await;
+    }
+    let _ = std::fs::remove_file(node.socket_path());
+    tracing::info!("stopped; routers keep forwarding (`xrouter cleanup` removes them)");
+    Ok(())
+}
+
+/// Answers a call at once (`router_added_to_agent`: the server waits, and
+/// retries without an answer); the work follows.
+async fn answer(i: &Incoming) {
+    if i.is_call()
+        && let Err(e) = i.reply(Ok(Value::Null)).await
+    {
+        tracing::warn!("answering {}: {e}", i.request.method);
+    }
+}
