@@ -119,6 +119,21 @@ const KEYS: &[&str] = &[
     "new_connection_rate",
 ];
 
+/// What is wrong with one key of a node config: the key as messages name
+/// it (`bridge_mappings.<network>` for one mapping) and the problem, which
+/// names the value and what is allowed. The caller adds where it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProblem {
+    pub key: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
 /// A value of the file: as TOML read it, or an integer too large for
 /// TOML's 64 bits, as written (the TOML parser refuses the whole file for
 /// one; [`NodeConfig::parse`] puts a marker in its place to learn its key).
@@ -203,100 +218,146 @@ impl NodeConfig {
     ) -> anyhow::Result<NodeConfig> {
         let mut c = NodeConfig::default();
         for (key, v) in table {
-            let v = Val::of(v, too_big);
-            let bad = |problem: String| {
-                anyhow::anyhow!("node config {origin}: {}: {problem}", label(key))
-            };
-            match key.as_str() {
-                "metadata_port" => {
-                    c.metadata_port = int(v, range::METADATA_PORT).map_err(bad)? as u16;
-                }
-                "resync_interval" => {
-                    c.resync_interval = int(v, range::RESYNC_INTERVAL)
-                        .map_err(|p| bad(format!("{p} (seconds; 0 disables resyncs)")))?
-                        as u64;
-                }
-                "conntrack_size" => {
-                    c.conntrack_size = int(v, range::CONNTRACK_SIZE)
-                        .map_err(|p| bad(format!("{p} (connections per router)")))?
-                        as u32;
-                }
-                "new_connection_rate" => {
-                    c.new_connection_rate = int(v, range::NEW_CONNECTION_RATE).map_err(|p| {
-                        bad(format!(
-                            "{p} (per router and CPU, a second; 0 means no limit)"
-                        ))
-                    })? as u32;
-                }
-                "send_garp" => {
-                    c.send_garp = v
-                        .toml()
-                        .and_then(toml::Value::as_bool)
-                        .ok_or_else(|| bad(format!("{} is not true or false", shown(v))))?;
-                }
-                "dataplane" => {
-                    c.dataplane = match string(v).map_err(bad)? {
-                        "auto" => Dataplane::Auto,
-                        "xdp" => Dataplane::Xdp,
-                        "tc" => Dataplane::Tc,
-                        "iptables" => Dataplane::Iptables,
-                        other => {
-                            return Err(bad(format!(
-                                "{} is not one of auto, xdp, tc, iptables",
-                                quote(other)
-                            )));
-                        }
-                    };
-                }
-                "bridge_prefix" => {
-                    let p = string(v).map_err(bad)?;
-                    if let Some(why) = prefix_problem(p) {
-                        return Err(bad(format!("{} {why}", quote(p))));
-                    }
-                    c.bridge_prefix = p.to_string();
-                }
-                "pin_dir" | "state_dir" => {
-                    let d = string(v).map_err(bad)?;
-                    if let Some(why) = dir_problem(Path::new(d)) {
-                        return Err(bad(format!("{} {why}", quote(d))));
-                    }
-                    if key == "pin_dir" {
-                        c.pin_dir = d.into();
-                    } else {
-                        c.state_dir = d.into();
-                    }
-                }
-                "bridge_mappings" => {
-                    let Some(map) = v.toml().and_then(toml::Value::as_table) else {
-                        return Err(bad(format!(
-                            "{} is not a table of network id = bridge",
-                            shown(v)
-                        )));
-                    };
-                    for (net, br) in map {
-                        let key = format!("bridge_mappings.{}", label(net));
-                        let bad = |problem: String| {
-                            anyhow::anyhow!("node config {origin}: {key}: {problem}")
-                        };
-                        if net.is_empty() {
-                            return Err(bad("a network id must not be empty".into()));
-                        }
-                        let br = string(Val::of(br, too_big)).map_err(bad)?;
-                        if let Some(why) = ifname_problem(br) {
-                            return Err(bad(format!(
-                                "{} is not a valid interface name: {why}",
-                                quote(br)
-                            )));
-                        }
-                        c.bridge_mappings.insert(net.clone(), br.to_string());
-                    }
-                }
-                _ => {
-                    return Err(bad(format!("unknown key (known: {})", KEYS.join(", "))));
-                }
-            }
+            c.set(key, Val::of(v, too_big), too_big)
+                .map_err(|p| anyhow::anyhow!("node config {origin}: {p}"))?;
         }
         Ok(c)
+    }
+
+    /// Sets `key` from a value of oslo.config's INI syntax (an
+    /// `[xrouter]` section of an agent's config files), checked exactly as
+    /// the TOML value it stands for: `123` an integer, oslo's booleans
+    /// (`true`/`yes`/`on`/`1` and their opposites, any case) true or false,
+    /// `bridge_mappings` a dict `net-id:bridge,net2:bridge2`, anything else
+    /// a string.
+    pub fn set_ini(&mut self, key: &str, value: &str) -> Result<(), KeyProblem> {
+        let big;
+        let v = match key {
+            "metadata_port" | "resync_interval" | "conntrack_size" | "new_connection_rate" => {
+                match python_int(value) {
+                    Some(Ok(n)) => toml::Value::Integer(n),
+                    Some(Err(())) => {
+                        big = value.trim().to_string();
+                        return self.set(key, Val::TooBig(&big), None);
+                    }
+                    None => toml::Value::String(value.into()),
+                }
+            }
+            "send_garp" => match oslo_bool(value) {
+                Some(b) => toml::Value::Boolean(b),
+                None => toml::Value::String(value.into()),
+            },
+            "bridge_mappings" => {
+                toml::Value::Table(oslo_dict(value).map_err(|problem| KeyProblem {
+                    key: key.into(),
+                    problem: format!(
+                        "{} {problem} (write network-id:bridge pairs separated by commas)",
+                        quote(value)
+                    ),
+                })?)
+            }
+            _ => toml::Value::String(value.into()),
+        };
+        self.set(key, Val::Toml(&v), None)
+    }
+
+    /// Sets one key, checking its value; both the TOML and the INI form
+    /// of the node config come through here. `too_big`: as in
+    /// [`NodeConfig::from_table`].
+    fn set(&mut self, key: &str, v: Val, too_big: Option<&str>) -> Result<(), KeyProblem> {
+        let bad = |problem: String| KeyProblem {
+            key: label(key),
+            problem,
+        };
+        match key {
+            "metadata_port" => {
+                self.metadata_port = int(v, range::METADATA_PORT).map_err(bad)? as u16;
+            }
+            "resync_interval" => {
+                self.resync_interval = int(v, range::RESYNC_INTERVAL)
+                    .map_err(|p| bad(format!("{p} (seconds; 0 disables resyncs)")))?
+                    as u64;
+            }
+            "conntrack_size" => {
+                self.conntrack_size = int(v, range::CONNTRACK_SIZE)
+                    .map_err(|p| bad(format!("{p} (connections per router)")))?
+                    as u32;
+            }
+            "new_connection_rate" => {
+                self.new_connection_rate = int(v, range::NEW_CONNECTION_RATE).map_err(|p| {
+                    bad(format!(
+                        "{p} (per router and CPU, a second; 0 means no limit)"
+                    ))
+                })? as u32;
+            }
+            "send_garp" => {
+                self.send_garp = v
+                    .toml()
+                    .and_then(toml::Value::as_bool)
+                    .ok_or_else(|| bad(format!("{} is not true or false", shown(v))))?;
+            }
+            "dataplane" => {
+                self.dataplane = match string(v).map_err(bad)? {
+                    "auto" => Dataplane::Auto,
+                    "xdp" => Dataplane::Xdp,
+                    "tc" => Dataplane::Tc,
+                    "iptables" => Dataplane::Iptables,
+                    other => {
+                        return Err(bad(format!(
+                            "{} is not one of auto, xdp, tc, iptables",
+                            quote(other)
+                        )));
+                    }
+                };
+            }
+            "bridge_prefix" => {
+                let p = string(v).map_err(bad)?;
+                if let Some(why) = prefix_problem(p) {
+                    return Err(bad(format!("{} {why}", quote(p))));
+                }
+                self.bridge_prefix = p.to_string();
+            }
+            "pin_dir" | "state_dir" => {
+                let d = string(v).map_err(bad)?;
+                if let Some(why) = dir_problem(Path::new(d)) {
+                    return Err(bad(format!("{} {why}", quote(d))));
+                }
+                if key == "pin_dir" {
+                    self.pin_dir = d.into();
+                } else {
+                    self.state_dir = d.into();
+                }
+            }
+            "bridge_mappings" => {
+                let Some(map) = v.toml().and_then(toml::Value::as_table) else {
+                    return Err(bad(format!(
+                        "{} is not a table of network id = bridge",
+                        shown(v)
+                    )));
+                };
+                for (net, br) in map {
+                    let bad = |problem: String| KeyProblem {
+                        key: format!("bridge_mappings.{}", label(net)),
+                        problem,
+                    };
+                    if net.is_empty() {
+                        return Err(bad("a network id must not be empty".into()));
+                    }
+                    let br = string(Val::of(br, too_big)).map_err(bad)?;
+                    if let Some(why) = ifname_problem(br) {
+                        return Err(bad(format!(
+                            "{} is not a valid interface name: {why}",
+                            quote(br)
+                        )));
+                    }
+                    self.bridge_mappings.insert(net.clone(), br.to_string());
+                }
+            }
+            _ => {
+                return Err(bad(format!("unknown key (known: {})", KEYS.join(", "))));
+            }
+        }
+        Ok(())
     }
 
     /// Reads a node config file, or the defaults when `path` is None.
@@ -330,6 +391,59 @@ impl NodeConfig {
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
     }
+}
+
+/// An integer as oslo.config reads one (Python's `int()`): surrounding
+/// whitespace, an optional sign, decimal digits with single underscores
+/// between them. None if `s` is not one; `Some(Err)` if it is one too
+/// large for 64 bits.
+pub fn python_int(s: &str) -> Option<Result<i64, ()>> {
+    let t = s.trim();
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let ok = !digits.is_empty()
+        && !digits.starts_with('_')
+        && !digits.ends_with('_')
+        && !digits.contains("__")
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    if !ok {
+        return None;
+    }
+    Some(t.replace('_', "").parse::<i64>().map_err(|_| ()))
+}
+
+/// A boolean as oslo.config reads one: true/yes/on/1 or false/no/off/0,
+/// any case.
+pub fn oslo_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// A dict as oslo.config writes one: `key:value` pairs separated by
+/// commas, each side stripped; empty text is an empty dict. The values
+/// are strings, checked by the caller.
+fn oslo_dict(s: &str) -> Result<toml::Table, String> {
+    let mut t = toml::Table::new();
+    if s.trim().is_empty() {
+        return Ok(t);
+    }
+    for pair in s.split(',') {
+        let Some((k, v)) = pair.split_once(':') else {
+            return Err(format!("has {} without ':'", quote(pair.trim())));
+        };
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("has {} with an empty key", quote(pair.trim())));
+        }
+        if t.insert(k.to_string(), toml::Value::String(v.trim().into()))
+            .is_some()
+        {
+            return Err(format!("names {} twice", quote(k)));
+        }
+    }
+    Ok(t)
 }
 
 /// Why `name` cannot name a network device, if it cannot. Linux takes 1-15

@@ -2,8 +2,11 @@
 //! [`crate::model::Router`]s.
 //!
 //! Unknown fields are ignored, as the agent does. Every rejected value yields
-//! an error naming the router, the field and the value; nothing is applied
-//! from a list that has any error.
+//! an error naming the router, the field and the value. A routers file
+//! ([`parse_for`]) is all or nothing: nothing is applied from a file that
+//! has any error. Router dicts received over RPC ([`parse_each`]) go through
+//! the same checks one router at a time: the good ones are kept, each bad
+//! one is refused alone.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,7 +25,7 @@ use crate::{
 
 /// Why a router list was rejected. Every value in a message is escaped and
 /// cut (see [`crate::text`]).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("routers file is not valid JSON: {}", tidy(.0))]
     Json(String),
@@ -158,18 +161,19 @@ impl<'de> Deserialize<'de> for Int {
     }
 }
 
-/// A router's values as the file writes them, by field path
-/// (`_interfaces[0].mtu`): what messages show of a number, where JSON
-/// would give `1e3` as 1000 and 18446744073709551616 as a float.
-struct Written<'a> {
-    file: &'a str,
-    /// The router's index in the file's list.
-    index: usize,
+/// A router's values as written, by field path (`_interfaces[0].mtu`):
+/// what messages show of a number, where JSON would give `1e3` as 1000
+/// and 18446744073709551616 as a float.
+enum Written<'a> {
+    /// A routers file, and the router's index in its list.
+    File { file: &'a str, index: usize },
+    /// A router dict as received (over RPC): numbers as it holds them.
+    Dict(&'a Value),
 }
 
-impl<'a> Written<'a> {
-    /// The text of the value at `field`, if the file has one there.
-    fn at(&self, field: &str) -> Option<&'a str> {
+impl Written<'_> {
+    /// The text of the value at `field`, if the router has one there.
+    fn at(&self, field: &str) -> Option<String> {
         use serde_json::value::RawValue;
         fn member<'a>(v: &'a RawValue, key: &str) -> Option<&'a RawValue> {
             let m: HashMap<&str, &'a RawValue> = serde_json::from_str(v.get()).ok()?;
@@ -179,21 +183,46 @@ impl<'a> Written<'a> {
             let l: Vec<&RawValue> = serde_json::from_str(v.get()).ok()?;
             l.get(i).copied()
         }
-        let top: &RawValue = serde_json::from_str(self.file).ok()?;
-        let list = member(top, "routers").unwrap_or(top);
-        let mut at = element(list, self.index)?;
-        for part in field.split('.') {
-            let (key, indices) = part.split_once('[').unwrap_or((part, ""));
-            if !key.is_empty() {
-                at = member(at, key)?;
-            }
-            for i in indices.split('[') {
-                if let Some(i) = i.strip_suffix(']') {
-                    at = element(at, i.parse().ok()?)?;
+        /// The path's steps: member names and list indices.
+        fn steps(field: &str) -> Option<Vec<Result<&str, usize>>> {
+            let mut out = Vec::new();
+            for part in field.split('.') {
+                let (key, indices) = part.split_once('[').unwrap_or((part, ""));
+                if !key.is_empty() {
+                    out.push(Ok(key));
+                }
+                for i in indices.split('[') {
+                    if let Some(i) = i.strip_suffix(']') {
+                        out.push(Err(i.parse().ok()?));
+                    }
                 }
             }
+            Some(out)
         }
-        Some(at.get())
+        match self {
+            Written::File { file, index } => {
+                let top: &RawValue = serde_json::from_str(file).ok()?;
+                let list = member(top, "routers").unwrap_or(top);
+                let mut at = element(list, *index)?;
+                for step in steps(field)? {
+                    at = match step {
+                        Ok(key) => member(at, key)?,
+                        Err(i) => element(at, i)?,
+                    };
+                }
+                Some(at.get().to_string())
+            }
+            Written::Dict(router) => {
+                let mut at = *router;
+                for step in steps(field)? {
+                    at = match step {
+                        Ok(key) => at.get(key)?,
+                        Err(i) => at.get(i)?,
+                    };
+                }
+                Some(at.to_string())
+            }
+        }
     }
 }
 
@@ -216,7 +245,6 @@ fn in_range(
     let text = written
         .at(&field)
         .filter(|t| t.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
-        .map(str::to_string)
         .unwrap_or_else(|| match v {
             Int::Fits(n) => n.to_string(),
             Int::Float(f) => format!("{f:?}"),
@@ -249,15 +277,53 @@ pub fn parse(text: &str) -> Result<Vec<Router>, ConfigError> {
 
 /// A validated router with where its external addresses came from, for
 /// the checks across routers.
-struct Checked {
+struct Validated {
     router: Router,
     up: bool,
     /// Index in `_floatingips` of each of `router.floating_ips`.
     fip_index: Vec<usize>,
 }
 
+/// A list of router dicts sorted out by [`parse_each`].
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// The valid routers to deploy, in list order.
+    pub routers: Vec<Router>,
+    /// The IDs of valid routers with `admin_state_up: false`: not wanted
+    /// on the node (the agent does not deploy them).
+    pub down: Vec<String>,
+    /// Routers of a kind xrouter does not handle: not built.
+    pub unsupported: Vec<Unsupported>,
+    /// Routers refused, and why.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A router xrouter does not handle (HA or distributed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub id: String,
+    /// What it is, for "router <id> not handled: <reason>".
+    pub reason: &'static str,
+    /// The IDs of its floating IPs.
+    pub floating_ip_ids: Vec<String>,
+}
+
+/// A router refused by [`parse_each`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its ID, if it has a valid one.
+    pub id: Option<String>,
+    /// Why (names the router, the field and the value).
+    pub error: ConfigError,
+    /// The (valid) IDs of its floating IPs, which the caller can report as
+    /// in error: none of them is set up.
+    pub floating_ip_ids: Vec<String>,
+}
+
 /// Parses and validates a routers file for a node: a network that
 /// `node.bridge_mappings` maps needs no UUID (its ID names no bridge).
+/// Any router refused or not handled refuses the whole file: nothing is
+/// applied from a file that has an error.
 pub fn parse_for(text: &str, node: &NodeConfig) -> Result<Vec<Router>, ConfigError> {
     let v: Value =
         serde_json::from_str(text).map_err(|e| ConfigError::Json(tidy(&e.to_string())))?;
@@ -272,110 +338,214 @@ pub fn parse_for(text: &str, node: &NodeConfig) -> Result<Vec<Router>, ConfigErr
         },
         other => return Err(ConfigError::Shape(kind(&other).into())),
     };
-
+    let mut seen = Seen::default();
     let mut routers = Vec::new();
-    let mut seen_routers = HashSet::new();
-    // Port IDs and their device-name stems must be unique on the node: the
-    // tap devices of all routers share one namespace.
-    let mut seen_ports: HashMap<String, String> = HashMap::new();
-    // Addresses on each external network: (network, address) -> (router,
-    // what). Two routers answering ARP for one address break both.
-    let mut external: HashMap<(String, IpAddr), (String, &'static str)> = HashMap::new();
-    for (index, raw) in list.into_iter().enumerate() {
-        let bad_id = |problem: String| ConfigError::Index { index, problem };
-        let id = match raw.get("id") {
-            Some(Value::String(s)) if is_uuid_like(s) => s.clone(),
-            Some(Value::String(s)) => {
-                return Err(bad_id(format!(
-                    "field id: {} is not a UUID ({UUID_FORM})",
-                    quote(s)
-                )));
-            }
-            Some(other) => {
-                return Err(bad_id(format!(
-                    "field id: must be a string, found {}",
-                    kind(other)
-                )));
-            }
-            None if raw.is_object() => return Err(bad_id("field id: is missing".into())),
-            None => {
-                return Err(bad_id(format!(
-                    "must be an object (a router dict), found {}",
-                    kind(&raw)
-                )));
-            }
-        };
-        let raw: RawRouter = serde_path_to_error::deserialize(raw).map_err(|e| {
-            let path = e.path().to_string();
-            field_err(
-                &id,
-                if path == "." { "(router)".into() } else { path },
-                tidy(&e.into_inner().to_string()),
-            )
-        })?;
-        let Checked {
-            router,
-            up,
-            fip_index,
-        } = validate(raw, node, &Written { file: text, index })?;
-        if !seen_routers.insert(router.id.clone()) {
-            return Err(field_err(
-                &router.id,
-                "id",
-                format!("duplicate router id {}", quote(&router.id)),
-            ));
-        }
-        for p in router.ports() {
-            let stem = short_id(&p.id).to_string();
-            if let Some(owner) = seen_ports.insert(stem.clone(), router.id.clone()) {
+    for (index, raw) in list.iter().enumerate() {
+        match check_one(
+            index,
+            raw,
+            node,
+            &Written::File { file: text, index },
+            &mut seen,
+        )? {
+            One::Valid(v) if v.up => routers.push(v.router),
+            One::Valid(_) => {}
+            One::Unsupported(u) => {
+                let field = if raw.get("ha") == Some(&Value::Bool(true)) {
+                    "ha"
+                } else {
+                    "distributed"
+                };
                 return Err(field_err(
-                    &router.id,
-                    "port id",
-                    format!(
-                        "port {} gives device name stem {}, already used by a port of router {}",
-                        quote(&p.id),
-                        quote(&stem),
-                        label(&owner)
-                    ),
+                    &u.id,
+                    field,
+                    format!("true: {} are not supported", u.reason),
                 ));
             }
         }
-        if let Some(g) = &router.gateway {
-            let net = &g.port.network_id;
-            let mut claim = |addr: IpAddr, what: &'static str, field: String| match external
-                .insert((net.clone(), addr), (router.id.clone(), what))
-            {
+    }
+    Ok(routers)
+}
+
+/// Validates router dicts one by one, as `sync_routers` returns them:
+/// the good ones are kept, each bad one is refused alone. A clash with an
+/// earlier router (same router ID, port device-name stem or external
+/// address) refuses the later router only.
+pub fn parse_each(list: Vec<Value>, node: &NodeConfig) -> Checked {
+    let mut seen = Seen::default();
+    let mut out = Checked::default();
+    for (index, raw) in list.iter().enumerate() {
+        match check_one(index, raw, node, &Written::Dict(raw), &mut seen) {
+            Ok(One::Valid(v)) if v.up => out.routers.push(v.router),
+            Ok(One::Valid(v)) => out.down.push(v.router.id),
+            Ok(One::Unsupported(u)) => out.unsupported.push(u),
+            Err(error) => out.rejected.push(Rejected {
+                id: match &error {
+                    ConfigError::Field { router, .. } => Some(router.clone()),
+                    _ => None,
+                },
+                error,
+                floating_ip_ids: fip_ids(raw),
+            }),
+        }
+    }
+    out
+}
+
+/// The IDs of a router dict's floating IPs that are UUIDs.
+fn fip_ids(raw: &Value) -> Vec<String> {
+    raw.get("_floatingips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.get("id")?.as_str())
+        .filter(|id| is_uuid_like(id))
+        .map(str::to_string)
+        .collect()
+}
+
+/// One router dict, checked.
+enum One {
+    Valid(Box<Validated>),
+    Unsupported(Unsupported),
+}
+
+/// What the checks across routers know of the routers accepted so far.
+#[derive(Default)]
+struct Seen {
+    routers: HashSet<String>,
+    /// Port IDs and their device-name stems must be unique on the node:
+    /// the tap devices of all routers share one namespace. Stem -> router.
+    ports: HashMap<String, String>,
+    /// Addresses on each external network: (network, address) -> (router,
+    /// what). Two routers answering ARP for one address break both.
+    external: HashMap<(String, IpAddr), (String, &'static str)>,
+}
+
+/// Checks router dict `raw`, the `index`th of its list, against the
+/// routers accepted before it (`seen`), which it joins if valid.
+fn check_one(
+    index: usize,
+    raw: &Value,
+    node: &NodeConfig,
+    written: &Written,
+    seen: &mut Seen,
+) -> Result<One, ConfigError> {
+    let bad_id = |problem: String| ConfigError::Index { index, problem };
+    let id = match raw.get("id") {
+        Some(Value::String(s)) if is_uuid_like(s) => s.clone(),
+        Some(Value::String(s)) => {
+            return Err(bad_id(format!(
+                "field id: {} is not a UUID ({UUID_FORM})",
+                quote(s)
+            )));
+        }
+        Some(other) => {
+            return Err(bad_id(format!(
+                "field id: must be a string, found {}",
+                kind(other)
+            )));
+        }
+        None if raw.is_object() => return Err(bad_id("field id: is missing".into())),
+        None => {
+            return Err(bad_id(format!(
+                "must be an object (a router dict), found {}",
+                kind(raw)
+            )));
+        }
+    };
+    // Neutron's HA routers run keepalived, its distributed ones live on
+    // every compute node: xrouter builds neither.
+    let reason = if raw.get("ha") == Some(&Value::Bool(true)) {
+        Some("HA routers (\"ha\": true)")
+    } else if raw.get("distributed") == Some(&Value::Bool(true)) {
+        Some("distributed routers (\"distributed\": true)")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        return Ok(One::Unsupported(Unsupported {
+            id,
+            reason,
+            floating_ip_ids: fip_ids(raw),
+        }));
+    }
+    let parsed: RawRouter = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        field_err(
+            &id,
+            if path == "." { "(router)".into() } else { path },
+            tidy(&e.into_inner().to_string()),
+        )
+    })?;
+    let v = validate(parsed, node, written)?;
+    let router = &v.router;
+    if seen.routers.contains(&router.id) {
+        return Err(field_err(
+            &router.id,
+            "id",
+            format!("duplicate router id {}", quote(&router.id)),
+        ));
+    }
+    // The router's own claims, checked against each other too; kept only
+    // if all are free.
+    let mut ports: HashMap<String, String> = HashMap::new();
+    for p in router.ports() {
+        let stem = short_id(&p.id).to_string();
+        if let Some(owner) = seen.ports.get(&stem).or(ports.get(&stem)) {
+            return Err(field_err(
+                &router.id,
+                "port id",
+                format!(
+                    "port {} gives device name stem {}, already used by a port of router {}",
+                    quote(&p.id),
+                    quote(&stem),
+                    label(owner)
+                ),
+            ));
+        }
+        ports.insert(stem, router.id.clone());
+    }
+    let mut external: HashMap<(String, IpAddr), (String, &'static str)> = HashMap::new();
+    if let Some(g) = &router.gateway {
+        let net = &g.port.network_id;
+        let mut claim = |addr: IpAddr, what: &'static str, field: String| {
+            let at = (net.clone(), addr);
+            match seen.external.get(&at).or(external.get(&at)) {
                 Some((owner, theirs)) => Err(field_err(
                     &router.id,
                     field,
                     format!(
                         "{addr} is also the {theirs} of router {} on network {}",
-                        label(&owner),
+                        label(owner),
                         label(net)
                     ),
                 )),
-                None => Ok(()),
-            };
-            for (i, a) in g.port.addresses.iter().enumerate() {
-                claim(
-                    a.addr(),
-                    "gateway IP",
-                    format!("gw_port.fixed_ips[{i}].ip_address"),
-                )?;
+                None => {
+                    external.insert(at, (router.id.clone(), what));
+                    Ok(())
+                }
             }
-            for (f, i) in router.floating_ips.iter().zip(&fip_index) {
-                claim(
-                    IpAddr::V4(f.floating_ip),
-                    "floating IP",
-                    format!("_floatingips[{i}].floating_ip_address"),
-                )?;
-            }
+        };
+        for (i, a) in g.port.addresses.iter().enumerate() {
+            claim(
+                a.addr(),
+                "gateway IP",
+                format!("gw_port.fixed_ips[{i}].ip_address"),
+            )?;
         }
-        if up {
-            routers.push(router);
+        for (f, i) in router.floating_ips.iter().zip(&v.fip_index) {
+            claim(
+                IpAddr::V4(f.floating_ip),
+                "floating IP",
+                format!("_floatingips[{i}].floating_ip_address"),
+            )?;
         }
     }
-    Ok(routers)
+    seen.routers.insert(router.id.clone());
+    seen.ports.extend(ports);
+    seen.external.extend(external);
+    Ok(One::Valid(Box::new(v)))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -474,7 +644,7 @@ fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, ConfigError> {
+fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Validated, ConfigError> {
     let rid = raw.id.clone();
     let enable_snat = raw
         .enable_snat
@@ -762,7 +932,7 @@ fn validate(raw: RawRouter, node: &NodeConfig, w: &Written) -> Result<Checked, C
         });
     }
 
-    Ok(Checked {
+    Ok(Validated {
         router: Router {
             id: rid,
             enable_snat,
@@ -1757,5 +1927,161 @@ mod tests {
         }
         let e = parse("[{\"gw_port\": null}]").unwrap_err();
         assert!(matches!(e, ConfigError::Index { index: 0, .. }));
+    }
+
+    const R3: &str = "7e9a15c3-4f6d-4a01-9c8e-3d4f5a6b7c8d";
+    const FIP1: &str = "0f1e2d3c-4b5a-4968-8776-655443322110";
+
+    /// A router with ports and addresses of its own (on the article's
+    /// external network), floating IP `fip` with ID [`FIP1`].
+    fn another(id: &str, n: u8, fip: &str) -> Value {
+        let mut o = article();
+        o["id"] = json!(id);
+        o["gw_port"]["id"] = json!(format!("4d9e7b79-a823-4c6f-9d2e-1b2c3d4e5f{n:02}"));
+        o["gw_port"]["fixed_ips"][0]["ip_address"] = json!(format!("192.168.1.{}", 120 + n));
+        o["_interfaces"][0]["id"] = json!(format!("c1d2e3f4-a5b6-4c7d-8e9f-a0b1c2d3e4{n:02}"));
+        o["_interfaces"][1]["id"] = json!(format!("d2e3f4a5-b6c7-4d8e-9fa0-b1c2d3e4f5{n:02}"));
+        o["_floatingips"][0]["floating_ip_address"] = json!(fip);
+        o["_floatingips"][0]["id"] = json!(FIP1);
+        o
+    }
+
+    fn ids(routers: &[Router]) -> Vec<&str> {
+        routers.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn each_router_is_checked_alone() {
+        let mut bad = another(R2, 2, "192.168.1.105");
+        bad["_interfaces"][1]["mtu"] = json!(1e3);
+        let list = vec![article(), bad, another(R3, 3, "192.168.1.106")];
+        let c = parse_each(list.clone(), &NodeConfig::default());
+        assert_eq!(ids(&c.routers), [R1, R3]);
+        assert!(c.down.is_empty() && c.unsupported.is_empty());
+        assert_eq!(c.rejected.len(), 1);
+        let r = &c.rejected[0];
+        assert_eq!(r.id.as_deref(), Some(R2));
+        assert_eq!(r.floating_ip_ids, [FIP1]);
+        // As over RPC, a number is shown as the dict holds it.
+        assert_eq!(
+            r.error.to_string(),
+            format!("router {R2}: field _interfaces[1].mtu: 1000.0 is not an integer (write 1000)")
+        );
+        // The file form of the same list is refused whole, with that error.
+        let text = serde_json::to_string(&list).unwrap();
+        assert_eq!(parse(&text).unwrap_err(), r.error);
+    }
+
+    #[test]
+    fn a_clash_across_routers_refuses_the_later_router_only() {
+        // R2 claims R1's floating IP; R3 reuses R2's ports, which R2's
+        // refusal left free.
+        let mut r3 = another(R2, 2, "192.168.1.106");
+        r3["id"] = json!(R3);
+        let list = vec![article(), another(R2, 2, "192.168.1.104"), r3];
+        let c = parse_each(list.clone(), &NodeConfig::default());
+        assert_eq!(ids(&c.routers), [R1, R3]);
+        assert_eq!(c.rejected.len(), 1);
+        let r = &c.rejected[0];
+        assert_eq!(r.id.as_deref(), Some(R2));
+        assert_eq!(r.floating_ip_ids, [FIP1]);
+        match &r.error {
+            ConfigError::Field {
+                router,
+                field,
+                problem,
+            } => {
+                assert_eq!(router, R2);
+                assert_eq!(field, "_floatingips[0].floating_ip_address");
+                assert!(
+                    problem.contains("192.168.1.104 is also the floating IP of router"),
+                    "{problem}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The file form refuses the list with the same error.
+        let text = serde_json::to_string(&list).unwrap();
+        assert_eq!(parse(&text).unwrap_err(), r.error);
+        // A duplicate router ID and a port stem clash, likewise.
+        let mut dup = another(R1, 4, "192.168.1.107");
+        dup["_floatingips"][0]["id"] = json!("not-a-uuid");
+        let mut stem = another(R3, 5, "192.168.1.108");
+        stem["_interfaces"][0]["id"] = article()["_interfaces"][0]["id"].clone();
+        let c = parse_each(vec![article(), dup, stem], &NodeConfig::default());
+        assert_eq!(ids(&c.routers), [R1]);
+        let errors: Vec<String> = c.rejected.iter().map(|r| r.error.to_string()).collect();
+        assert!(errors[0].contains("duplicate router id"), "{errors:?}");
+        assert!(
+            errors[1].contains("already used by a port of router"),
+            "{errors:?}"
+        );
+        // Only IDs that are UUIDs are handed back.
+        assert!(c.rejected[0].floating_ip_ids.is_empty());
+    }
+
+    #[test]
+    fn ha_and_distributed_routers_are_not_handled() {
+        let mut ha = another(R2, 2, "192.168.1.105");
+        ha["ha"] = json!(true);
+        let mut dvr = another(R3, 3, "192.168.1.106");
+        dvr["distributed"] = json!(true);
+        let c = parse_each(vec![ha.clone(), article(), dvr], &NodeConfig::default());
+        assert_eq!(ids(&c.routers), [R1]);
+        assert!(c.rejected.is_empty());
+        assert_eq!(
+            c.unsupported,
+            [
+                Unsupported {
+                    id: R2.into(),
+                    reason: "HA routers (\"ha\": true)",
+                    floating_ip_ids: vec![FIP1.into()],
+                },
+                Unsupported {
+                    id: R3.into(),
+                    reason: "distributed routers (\"distributed\": true)",
+                    floating_ip_ids: vec![FIP1.into()],
+                },
+            ]
+        );
+        // A routers file with one is refused, naming it.
+        let e = parse(&serde_json::to_string(&json!([article(), ha])).unwrap()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("router {R2}: field ha: true: HA routers (\"ha\": true) are not supported")
+        );
+    }
+
+    #[test]
+    fn refused_routers_hand_back_their_floating_ips_and_down_ones_their_ids() {
+        let mut no_id = another(R2, 2, "192.168.1.105");
+        no_id["id"] = json!("r2");
+        let mut down = another(R3, 3, "192.168.1.106");
+        down["admin_state_up"] = json!(false);
+        let c = parse_each(
+            vec![no_id, json!(7), down, article()],
+            &NodeConfig::default(),
+        );
+        assert_eq!(ids(&c.routers), [R1]);
+        assert_eq!(c.down, [R3]);
+        assert_eq!(c.rejected.len(), 2);
+        assert_eq!(c.rejected[0].id, None);
+        assert_eq!(c.rejected[0].floating_ip_ids, [FIP1]);
+        assert!(
+            c.rejected[0]
+                .error
+                .to_string()
+                .starts_with("router #0: field id: \"r2\" is not a UUID"),
+            "{}",
+            c.rejected[0].error
+        );
+        assert_eq!(c.rejected[1].id, None);
+        assert!(c.rejected[1].floating_ip_ids.is_empty());
+        assert!(
+            c.rejected[1]
+                .error
+                .to_string()
+                .starts_with("router #1: must be an object")
+        );
     }
 }
