@@ -650,7 +650,7 @@ fn answer_itself(endpoint: &Endpoint, r: &Request) -> Option<Result<Value, Failu
         || !version::compatible(&endpoint.version, &r.version)
     {
         Failure::unsupported_version(&r.version, &r.method)
-    } else if !endpoint.methods.iter().any(|m| *m == r.method) {
+    } else if !endpoint.methods.contains(&r.method) {
         Failure::no_such_method(&r.method)
     } else {
         return None;

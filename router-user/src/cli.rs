@@ -41,6 +41,19 @@ pub struct Cli {
     /// Example: --state-dir /run/xrouter-lab
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// An oslo.config file of Neutron's (neutron.conf, l3_agent.ini...),
+    /// as `neutron-l3-agent` takes them; repeat it, later files override
+    /// earlier ones.
+    ///
+    /// `agent` reads Neutron's options from them, and every command the
+    /// node settings of their `[xrouter]` section (same keys as the node
+    /// config, which --config may still give as the base). Give `show`,
+    /// `reload` and `cleanup` the agent's files so that they find its
+    /// state.
+    ///
+    /// Example: --config-file /etc/neutron/neutron.conf --config-file /etc/neutron/l3_agent.ini
+    #[arg(long = "config-file", global = true, value_name = "FILE")]
+    pub config_files: Vec<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -103,6 +116,27 @@ pub enum Cmd {
         routers: PathBuf,
         /// Data plane, instead of the node config's `dataplane` (default
         /// there: auto).
+        #[arg(long, value_enum, value_name = "PLANE")]
+        dataplane: Option<Dataplane>,
+    },
+    /// Run as Neutron's L3 agent: routers come from neutron-server over
+    /// RPC (RabbitMQ), not from a file.
+    ///
+    /// Started like `neutron-l3-agent`, with the same files:
+    /// `xrouter agent --config-file /etc/neutron/neutron.conf --config-file
+    /// /etc/neutron/l3_agent.ini`. It reads [DEFAULT] transport_url, host,
+    /// control_exchange, rpc_response_timeout, [AGENT] report_interval and
+    /// the [oslo_messaging_rabbit] queue and TLS options; xrouter's own
+    /// settings go in an [xrouter] section. It registers as an L3 agent for
+    /// its host, builds the routers the server schedules to it (legacy
+    /// routers; HA and distributed ones are logged as not handled), follows
+    /// every notification and reports floating IP statuses. A lost message
+    /// bus is retried on every broker of the URL while the routers keep
+    /// forwarding; `xrouter reload` asks for a full sync. Stopping it
+    /// leaves the routers forwarding.
+    Agent {
+        /// Data plane, instead of the configured `dataplane` (default:
+        /// auto).
         #[arg(long, value_enum, value_name = "PLANE")]
         dataplane: Option<Dataplane>,
     },

@@ -14,7 +14,11 @@ use router_user::{
 };
 
 fn node_config(cli: &Cli) -> Result<NodeConfig> {
-    let mut node = NodeConfig::load(cli.config.as_deref())?;
+    let mut node = if cli.config_files.is_empty() {
+        NodeConfig::load(cli.config.as_deref())?
+    } else {
+        router_user::config::agent::load_node(&cli.config_files, cli.config.as_deref())?
+    };
     if let Some(d) = &cli.state_dir {
         if let Some(why) = router_user::config::node::dir_problem(d) {
             anyhow::bail!("--state-dir: {} {why}", text::quote(&d.to_string_lossy()));
@@ -84,6 +88,14 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             let routers = std::path::absolute(&routers)?;
             daemon::run(node, routers).await?;
+        }
+        Cmd::Agent { dataplane } => {
+            let cfg = router_user::config::agent::load(&cli.config_files, cli.config.as_deref())?;
+            if let Some(d) = dataplane {
+                node.dataplane = d;
+            }
+            let settings = router_user::agent::AgentSettings::from_config(&cfg.neutron)?;
+            router_user::agent::run(node, settings).await?;
         }
         Cmd::Reload => {
             let reply = control::call(&node.socket_path(), &Request::Reload).await?;

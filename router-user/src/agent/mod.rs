@@ -54,6 +54,61 @@ pub struct AgentSettings {
     pub retry: (Duration, u32, Duration),
 }
 
+impl AgentSettings {
+    /// The agent's settings from Neutron's options; a transport URL that
+    /// does not parse, or an agent mode other than legacy, is refused.
+    pub fn from_config(n: &crate::config::agent::NeutronSettings) -> Result<AgentSettings> {
+        use crate::config::agent::AgentMode;
+        if n.agent_mode != AgentMode::Legacy {
+            anyhow::bail!(
+                "[DEFAULT] agent_mode = {}: xrouter serves legacy routers only (agent_mode = legacy)",
+                n.agent_mode.as_str()
+            );
+        }
+        let url = oslo_rpc::TransportUrl::parse(n.transport_url.expose())
+            .map_err(|e| anyhow::anyhow!("[DEFAULT] {e}"))?;
+        let r = &n.rabbit;
+        let tls = r.ssl.then(|| oslo_rpc::Tls {
+            ca_file: r.ssl_ca_file.clone(),
+            cert_file: r.ssl_cert_file.clone(),
+            key_file: r.ssl_key_file.clone(),
+        });
+        Ok(AgentSettings {
+            rpc: Settings {
+                url,
+                exchange: n.control_exchange.clone(),
+                queues: oslo_rpc::QueueOptions {
+                    amqp_durable_queues: r.amqp_durable_queues,
+                    amqp_auto_delete: r.amqp_auto_delete,
+                    rabbit_quorum_queue: r.rabbit_quorum_queue,
+                    rabbit_transient_quorum_queue: r.rabbit_transient_quorum_queue,
+                    rabbit_stream_fanout: r.rabbit_stream_fanout,
+                    rabbit_transient_queues_ttl: r.rabbit_transient_queues_ttl,
+                },
+                tls,
+                heartbeat: r.heartbeat_timeout_threshold,
+                prefetch: r.rabbit_qos_prefetch_count,
+                client_name: format!("xrouter-agent:{}", n.host),
+            },
+            identity: Identity {
+                host: n.host.clone(),
+                availability_zone: n.availability_zone.clone(),
+                agent_mode: n.agent_mode.as_str().into(),
+                handle_internal_only_routers: n.handle_internal_only_routers,
+                interface_driver: Some(n.interface_driver.clone()),
+                log_agent_heartbeats: n.log_agent_heartbeats,
+            },
+            rpc_timeout: Duration::from_secs(u64::from(n.rpc_response_timeout.max(1))),
+            report_interval: n.report_interval,
+            retry: (
+                Duration::from_secs(u64::from(r.rabbit_retry_interval.max(1))),
+                r.rabbit_retry_backoff.max(1),
+                Duration::from_secs(u64::from(r.rabbit_interval_max.max(1))),
+            ),
+        })
+    }
+}
+
 /// What the connection task hands the main loop.
 enum Link {
     Up(Arc<Rpc>, mpsc::Receiver<Incoming>),
@@ -115,9 +170,7 @@ async fn open(s: &AgentSettings) -> Result<Link> {
     };
     let (tx, rx) = mpsc::channel(4096);
     for topic in ["l3_agent", "q-agent-notifier-network-update"] {
-        let mut r = rpc
-            .serve(topic, &s.identity.host, endpoint.clone())
-            .await?;
+        let mut r = rpc.serve(topic, &s.identity.host, endpoint.clone()).await?;
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(i) = r.recv().await {
@@ -287,37 +340,25 @@ impl Agent {
         Ok(())
     }
 
-    /// Router dicts from the server, validated one by one.
+    /// Router dicts from the server, validated one by one: one bad router
+    /// does not stop the others.
     fn check(&self, dicts: Vec<Value>) -> Checked {
-        let mut c = Checked::default();
-        for d in dicts {
-            let id = d.get("id").and_then(Value::as_str).map(str::to_string);
-            let flag = |k: &str| d.get(k).and_then(Value::as_bool).unwrap_or(false);
-            if let Some(id) = &id {
-                if flag("ha") || flag("distributed") {
-                    tracing::warn!("router {id} not handled: HA and distributed routers are not supported");
-                    c.not_here.push(id.clone());
-                    continue;
-                }
+        let parsed = routers::parse_each(dicts, &self.engine.node);
+        let mut c = Checked {
+            routers: parsed.routers,
+            not_here: parsed.down,
+            ..Default::default()
+        };
+        for r in parsed.rejected {
+            tracing::error!("router not applied: {}", r.error);
+            if let Some(id) = r.id {
+                c.keep.push(id.clone());
+                c.errors.insert(id, r.floating_ip_ids);
             }
-            let fips: Vec<String> = d
-                .get("_floatingips")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|f| f.get("id").and_then(Value::as_str).map(str::to_string)).collect())
-                .unwrap_or_default();
-            match routers::parse_for(&Value::Array(vec![d]).to_string(), &self.engine.node) {
-                Ok(mut v) => match v.pop() {
-                    Some(r) => c.routers.push(r),
-                    None => c.not_here.extend(id),
-                },
-                Err(e) => {
-                    tracing::error!("router not applied: {e}");
-                    if let Some(id) = id {
-                        c.keep.push(id.clone());
-                        c.errors.insert(id, fips);
-                    }
-                }
-            }
+        }
+        for u in parsed.unsupported {
+            tracing::warn!("router {} not handled: {}", u.id, u.reason);
+            c.not_here.push(u.id);
         }
         c
     }
@@ -336,7 +377,11 @@ impl Agent {
             todo.push((r.id.clone(), fips, status));
         }
         for (id, fips) in &c.errors {
-            todo.push((id.clone(), fips.iter().cloned().collect(), fip_status::ERROR));
+            todo.push((
+                id.clone(),
+                fips.iter().cloned().collect(),
+                fip_status::ERROR,
+            ));
         }
         for (id, fips, status) in todo {
             let changes = self.reported.changes(&id, &fips, status);

@@ -82,8 +82,12 @@ impl Plugin<'_> {
     }
 
     pub async fn get_host_ha_router_count(&self) -> Result<Value, CallError> {
-        self.l3("get_host_ha_router_count", "1.11", json!({"host": self.host}))
-            .await
+        self.l3(
+            "get_host_ha_router_count",
+            "1.11",
+            json!({"host": self.host}),
+        )
+        .await
     }
 
     /// IDs of the routers scheduled to this host (the server schedules

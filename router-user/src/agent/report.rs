@@ -104,7 +104,10 @@ mod tests {
     fn times_are_neutrons_format() {
         assert_eq!(iso_time(0, 0), "1970-01-01T00:00:00.000000");
         assert_eq!(iso_time(951_782_400, 5), "2000-02-29T00:00:00.000005");
-        assert_eq!(iso_time(1_795_950_245, 123_456), "2026-11-29T09:04:05.123456");
+        assert_eq!(
+            iso_time(1_795_950_245, 123_456),
+            "2026-11-29T11:04:05.123456"
+        );
         assert_eq!(utc_now().len(), 26);
     }
 

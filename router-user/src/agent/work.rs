@@ -136,21 +136,33 @@ mod tests {
     fn a_burst_is_one_sync_per_router_and_the_last_word_wins() {
         let mut p = Pending::default();
         for _ in 0..10 {
-            p.take(&req("routers_updated", json!({"routers": ["a", "b"]})), none)
-                .unwrap();
+            p.take(
+                &req("routers_updated", json!({"routers": ["a", "b"]})),
+                none,
+            )
+            .unwrap();
         }
         p.take(&req("router_deleted", json!({"router_id": "b"})), none)
             .unwrap();
-        p.take(&req("router_added_to_agent", json!({"payload": ["c"]})), none)
-            .unwrap();
         p.take(
-            &req("router_removed_from_agent", json!({"payload": {"router_id": "d"}})),
+            &req("router_added_to_agent", json!({"payload": ["c"]})),
+            none,
+        )
+        .unwrap();
+        p.take(
+            &req(
+                "router_removed_from_agent",
+                json!({"payload": {"router_id": "d"}}),
+            ),
             none,
         )
         .unwrap();
         // Older servers name routers by dict.
-        p.take(&req("routers_updated", json!({"routers": [{"id": "e"}]})), none)
-            .unwrap();
+        p.take(
+            &req("routers_updated", json!({"routers": [{"id": "e"}]})),
+            none,
+        )
+        .unwrap();
         assert_eq!(
             p,
             Pending {
@@ -169,13 +181,22 @@ mod tests {
     fn network_updates_name_the_routers_on_the_network_and_agent_updates_resync() {
         let mut p = Pending::default();
         p.take(
-            &req("network_update", json!({"network": {"id": "n1", "mtu": 1400}})),
+            &req(
+                "network_update",
+                json!({"network": {"id": "n1", "mtu": 1400}}),
+            ),
             |n| if n == "n1" { vec!["r1".into()] } else { vec![] },
         )
         .unwrap();
         assert_eq!(p.update, ["r1".to_string()].into());
-        p.take(&req("agent_updated", json!({"payload": {"admin_state_up": true}})), none)
-            .unwrap();
+        p.take(
+            &req(
+                "agent_updated",
+                json!({"payload": {"admin_state_up": true}}),
+            ),
+            none,
+        )
+        .unwrap();
         assert!(p.full);
     }
 
@@ -183,7 +204,10 @@ mod tests {
     fn malformed_requests_are_named_and_change_nothing() {
         let mut p = Pending::default();
         let e = p
-            .take(&req("router_removed_from_agent", json!({"payload": {}})), none)
+            .take(
+                &req("router_removed_from_agent", json!({"payload": {}})),
+                none,
+            )
             .unwrap_err();
         assert_eq!(e, "router_removed_from_agent: payload has no router_id");
         let e = p

@@ -316,19 +316,38 @@ pub fn from_ini(ini: &Ini, mut node: NodeConfig, host: &str) -> anyhow::Result<A
         rabbit,
     };
 
-    // The node config: Neutron's metadata_port, then [xrouter], which
-    // may set it too.
+    node_settings(&r, &mut node)?;
+    Ok(AgentConfig { node, neutron })
+}
+
+/// The node config alone from the files (what `show`, `reload` and
+/// `cleanup` need to find an agent's state): no Neutron option is required.
+pub fn load_node(files: &[PathBuf], node_toml: Option<&Path>) -> anyhow::Result<NodeConfig> {
+    let ini = Ini::read(files)?;
+    let mut node = NodeConfig::load(node_toml)?;
+    let host = hostname();
+    node_settings(
+        &Reader {
+            ini: &ini,
+            host: &host,
+        },
+        &mut node,
+    )?;
+    Ok(node)
+}
+
+/// Neutron's metadata_port, then `[xrouter]`, which may set it too.
+fn node_settings(r: &Reader<'_>, node: &mut NodeConfig) -> anyhow::Result<()> {
     if let Some(port) = r.value(DEFAULT, "metadata_port")? {
         node.set_ini("metadata_port", &port)
             .map_err(|p| r.bad(DEFAULT, "metadata_port", &p.problem))?;
     }
-    for (key, e) in ini.section(XROUTER) {
+    for (key, e) in r.ini.section(XROUTER) {
         let v = r.substituted(XROUTER, key, e)?;
         node.set_ini(key, &v)
             .map_err(|p| anyhow::anyhow!("{}: [{XROUTER}] {p}", text::path(&e.file)))?;
     }
-
-    Ok(AgentConfig { node, neutron })
+    Ok(())
 }
 
 /// Reads typed options from the files, naming file, section, key and
