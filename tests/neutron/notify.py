@@ -24,7 +24,10 @@ request context. Also a generic call/cast for the RPC library's tests.
 
 A call prints its reply as one JSON line on stdout. Exit codes: 0 sent (or
 answered), 2 the call timed out, 3 the peer answered with an error (then
-stdout holds {"error": class, "exc_type": remote class, "message": ...}).
+stdout holds {"error": class, "exc_type": remote class, "message": ...}),
+4 not delivered after --retry connection retries (default: retry forever,
+as Neutron does; a call's reply queue is connected with endless retries
+whatever --retry says, so bound a call to a dead broker from outside).
 """
 
 import argparse
@@ -44,6 +47,8 @@ def parse():
     p.add_argument("--exchange", default="neutron")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds a call waits for its reply")
+    p.add_argument("--retry", type=int, default=None,
+                   help="connection retries (default: forever, as Neutron)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("routers_updated")
     s.add_argument("host")
@@ -79,10 +84,21 @@ def parse():
 def main():
     a = parse()
     transport = kit.transport(a.url, a.exchange)
+    try:
+        rc = send(a, transport)
+    except messaging.MessageDeliveryFailure as e:
+        print(f"not delivered: {e}", file=sys.stderr)
+        rc = 4
+    transport.cleanup()
+    sys.exit(rc)
+
+
+def send(a, transport):
+    """Sends what the command says; the exit code."""
     ctxt = kit.admin_context()
     l3 = messaging.get_rpc_client(
         transport, messaging.Target(topic=L3_AGENT, version="1.0"),
-        timeout=a.timeout)
+        timeout=a.timeout, retry=a.retry)
 
     def call(client, method, **kwargs):
         try:
@@ -90,6 +106,8 @@ def main():
         except messaging.MessagingTimeout as e:
             print(f"timed out: {e}", file=sys.stderr)
             return 2
+        except messaging.MessageDeliveryFailure:
+            raise
         except Exception as e:
             print(json.dumps({"error": type(e).__name__,
                               "exc_type": getattr(e, "exc_type", None),
@@ -98,10 +116,10 @@ def main():
         print(json.dumps(reply), flush=True)
         return 0
 
-    rc = 0
     if a.cmd == "routers_updated":
         if a.fanout:
-            l3.prepare(fanout=True).cast(ctxt, "routers_updated", routers=a.ids)
+            l3.prepare(fanout=True).cast(ctxt, "routers_updated",
+                                         routers=a.ids)
         else:
             cctxt = l3.prepare(server=a.host, version="1.1")
             for rid in a.ids:
@@ -112,8 +130,8 @@ def main():
         l3.prepare(server=a.host).cast(ctxt, "router_removed_from_agent",
                                        payload={"router_id": a.id})
     elif a.cmd == "router_added_to_agent":
-        rc = call(l3.prepare(server=a.host), "router_added_to_agent",
-                  payload=a.ids)
+        return call(l3.prepare(server=a.host), "router_added_to_agent",
+                    payload=a.ids)
     elif a.cmd == "agent_updated":
         l3.prepare(server=a.host).cast(
             ctxt, "agent_updated",
@@ -122,19 +140,17 @@ def main():
         l3.prepare(topic=NETWORK_UPDATE, fanout=True, version="1.4").cast(
             ctxt, "network_update", network=a.network)
     elif a.cmd == "ping":
-        rc = call(l3.prepare(server=a.host), "oslo_rpc_server_ping")
+        return call(l3.prepare(server=a.host), "oslo_rpc_server_ping")
     else:
         client = messaging.get_rpc_client(
             transport,
             messaging.Target(topic=a.topic, server=a.server, fanout=a.fanout,
                              version=a.version, namespace=a.namespace),
-            timeout=a.timeout)
+            timeout=a.timeout, retry=a.retry)
         if a.cmd == "call":
-            rc = call(client, a.method, **a.args)
-        else:
-            client.cast(ctxt, a.method, **a.args)
-    transport.cleanup()
-    sys.exit(rc)
+            return call(client, a.method, **a.args)
+        client.cast(ctxt, a.method, **a.args)
+    return 0
 
 
 if __name__ == "__main__":

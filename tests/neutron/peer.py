@@ -46,7 +46,8 @@ def main():
     p.add_argument("--log", required=True)
     a = p.parse_args()
 
-    transport = kit.transport(a.url, a.exchange, ping=True)
+    transport = kit.transport(a.url, a.exchange, ping=True,
+                               fast_reconnect=True)
     server = messaging.get_rpc_server(
         transport, messaging.Target(topic=a.topic, server=a.server),
         [TestEndpoint()],

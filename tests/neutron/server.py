@@ -24,7 +24,8 @@ Files in --dir (all optional; re-read on every call):
   report_state (default: "new" the first time per agent host, then
   "alive"); {"sleep": {"sync_routers": 5}} makes a method sleep that many
   seconds before it answers; {"fail": {"get_host_ha_router_count": 2}}
-  makes the first 2 calls of a method since the server started raise;
+  makes the next 2 calls of a method raise (counted from when the entry
+  last changed: {"n": 2, "serial": 7} re-arms with the same count);
   {"networks": [...]} is what get_networks answers.
 * calls.jsonl (written): one JSON line per message received (see
   kit.Recorder), before it is dispatched.
@@ -56,7 +57,8 @@ class State:
     def __init__(self, directory):
         self.dir = directory
         self.lock = threading.Lock()
-        self.counts = collections.Counter()
+        self.armed = {}
+        self.failed = collections.Counter()
         self.agents = set()
         self.start_time = datetime.datetime.utcnow()
 
@@ -76,14 +78,22 @@ class State:
     def enter(self, method):
         """Counts a call of `method`, sleeps and fails as control.json says."""
         control = self.control()
+        fail = control.get("fail", {}).get(method, 0)
         with self.lock:
-            self.counts[method] += 1
-            n = self.counts[method]
+            # A new "fail" entry for the method arms it anew.
+            if self.armed.get(method) != fail:
+                self.armed[method] = fail
+                self.failed[method] = 0
+            n = fail["n"] if isinstance(fail, dict) else int(fail)
+            failing = self.failed[method] < n
+            if failing:
+                self.failed[method] += 1
+            k = self.failed[method]
         delay = control.get("sleep", {}).get(method)
         if delay:
             time.sleep(float(delay))
-        if n <= int(control.get("fail", {}).get(method, 0)):
-            raise RuntimeError(f"stand-in failure of {method} (call {n})")
+        if failing:
+            raise RuntimeError(f"stand-in failure of {method} ({k} of {n})")
         return control
 
 
@@ -181,7 +191,7 @@ def main():
                    help="the server's own host name (its <topic>.<host> queues)")
     a = p.parse_args()
 
-    transport = kit.transport(a.url, a.exchange)
+    transport = kit.transport(a.url, a.exchange, fast_reconnect=True)
     state = State(a.dir)
     recorder = kit.Recorder(os.path.join(a.dir, "calls.jsonl"))
     servers = []
