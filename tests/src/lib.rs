@@ -7,6 +7,11 @@
 //! All names carry a random tag, so tests run in parallel; everything goes
 //! away in `Drop`, also after a panic. Probes ([`probe`]) are bounded in time.
 //!
+//! The agent tests add a RabbitMQ broker of their own inside a namespace of
+//! the test ([`Broker`], normally in [`Rig::node`]) and stand-ins for
+//! neutron-server on real oslo.messaging ([`NeutronServer`], [`notify`],
+//! [`Peer`]; tests/neutron/, in the venv scripts/setup.sh makes).
+//!
 //! Needs root. The xrouter binary is `$XROUTER_BIN` or `target/<profile>/xrouter`.
 
 pub mod broker;
