@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One-time (idempotent, quick when done) set-up of everything xrouter needs on a
 # fresh Debian 12 machine of this kind: Debian packages, the nightly toolchain
-# with rust-src, bpf-linker linked against the nightly's own LLVM, and bpffs.
+# with rust-src, bpf-linker linked against the nightly's own LLVM, bpffs, and
+# the kit of the agent tests: RabbitMQ (its Debian service kept stopped: the
+# tests run their own brokers inside their namespaces) and a Python venv with
+# oslo.messaging for the stand-in neutron-server (tests/neutron/).
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -14,19 +17,78 @@ need_root() {
 }
 
 # Debian packages the project and its tests use.
-PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod)
-BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe)
+PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod
+  rabbitmq-server python3-venv)
+BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe
+  /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py)
 
 packages() {
-  local missing=0 b
+  local missing=0 b own_policy=0
   for b in "${BINS[@]}"; do
-    command -v "$b" >/dev/null 2>&1 || { missing=1; break; }
+    if [ "${b#/}" != "$b" ]; then
+      [ -e "$b" ] || { missing=1; break; }
+    else
+      command -v "$b" >/dev/null 2>&1 || { missing=1; break; }
+    fi
   done
   if [ "$missing" -eq 1 ]; then
     log "installing Debian packages: ${PKGS[*]}"
+    # policy-rc.d exit 101: no package may start its service (rabbitmq-server
+    # and epmd would otherwise listen in the root namespace).
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      own_policy=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PKGS[@]}" >/dev/null
+    [ "$own_policy" -eq 0 ] || rm -f /usr/sbin/policy-rc.d
   fi
+}
+
+# The tests start brokers of their own inside their namespaces; the Debian
+# service must never run in the root namespace (nothing of the tests may
+# listen there). Disabled under systemd (its epmd socket unit too); its
+# processes, if any (user rabbitmq or epmd), are stopped by pid.
+no_root_broker() {
+  local pid
+  if [ -d /run/systemd/system ]; then
+    if systemctl is-enabled --quiet rabbitmq-server 2>/dev/null ||
+      systemctl is-active --quiet rabbitmq-server epmd.socket epmd 2>/dev/null; then
+      log "disabling the rabbitmq-server and epmd services"
+      systemctl disable --now rabbitmq-server epmd.socket epmd >/dev/null 2>&1 || true
+    fi
+  elif [ -x /etc/init.d/rabbitmq-server ] && ls /etc/rc2.d/S*rabbitmq-server >/dev/null 2>&1; then
+    log "disabling the rabbitmq-server init script"
+    update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
+  fi
+  for pid in $(pgrep -u rabbitmq,epmd 2>/dev/null || true); do
+    log "stopping process $pid ($(cat "/proc/$pid/comm" 2>/dev/null)) of the Debian broker"
+    kill "$pid" 2>/dev/null || true
+  done
+}
+
+# The Python venv of the stand-in neutron-server and its notifier
+# (tests/neutron/*.py): Debian's python3 with the pinned
+# tests/neutron/requirements.txt (oslo.messaging and its dependencies, as pip
+# resolved them; regenerate with `pip freeze` from a fresh venv). Rebuilt only
+# when that file changes (a stamp holds its hash). The tests find it at
+# $XROUTER_VENV, default /opt/xrouter-venv.
+VENV="${XROUTER_VENV:-/opt/xrouter-venv}"
+
+venv() {
+  local req stamp hash
+  req="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/neutron/requirements.txt"
+  stamp="$VENV/.requirements.sha256"
+  hash=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
+    return
+  fi
+  log "creating the Python venv $VENV from $req"
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-input -r "$req"
+  echo "$hash" > "$stamp"
 }
 
 nightly() {
@@ -69,6 +131,8 @@ bpffs() {
 
 need_root
 packages
+no_root_broker
+venv
 nightly
 bpf_linker
 bpffs

@@ -7,17 +7,26 @@
 //! All names carry a random tag, so tests run in parallel; everything goes
 //! away in `Drop`, also after a panic. Probes ([`probe`]) are bounded in time.
 //!
+//! The agent tests add a RabbitMQ broker of their own inside a namespace of
+//! the test ([`Broker`], normally in [`Rig::node`]) and stand-ins for
+//! neutron-server on real oslo.messaging ([`NeutronServer`], [`notify`],
+//! [`Peer`]; tests/neutron/, in the venv scripts/setup.sh makes).
+//!
 //! Needs root. The xrouter binary is `$XROUTER_BIN` or `target/<profile>/xrouter`.
 
+pub mod broker;
 pub mod bulk;
 pub mod check;
 pub mod cmd;
 pub mod frames;
+pub mod neutron;
 pub mod probe;
 pub mod rig;
 
+pub use broker::{Broker, Netns};
 pub use check::Checks;
 pub use cmd::{Out, ip, ip_json, wait_until};
+pub use neutron::{NeutronServer, Peer, notify};
 pub use probe::{
     Reply, TcpServer, TcpSession, UdpServer, addresses, conntrack, conntrack_with, link,
     link_exists, ping, sa, sysctl_get, tcp_request, tcp_request_from, udp_connected, udp_request,
