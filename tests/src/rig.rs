@@ -163,6 +163,10 @@ pub struct Rig {
     router_ids: BTreeSet<String>,
     daemon: Option<Child>,
     started: bool,
+    /// Agent mode: the broker and the stand-in neutron-server, in the node
+    /// namespace.
+    pub broker: Option<crate::Broker>,
+    pub neutron: Option<crate::NeutronServer>,
 }
 
 impl Rig {
@@ -189,6 +193,8 @@ impl Rig {
             router_ids: BTreeSet::new(),
             daemon: None,
             started: false,
+            broker: None,
+            neutron: None,
         };
         std::fs::create_dir_all(&dir).expect("creating the state dir");
         netns::create(&node).unwrap_or_else(|e| panic!("creating {node}: {e:#}"));
@@ -314,10 +320,100 @@ impl Rig {
 
     /// [`Rig::start`], the daemon entering the node namespace as `how` says.
     pub fn start_with(&mut self, how: Launch) {
-        assert!(self.daemon.is_none(), "daemon already running");
-        let bin = require_bin();
         self.write_config();
         self.write_routers();
+        let args: Vec<String> = vec![
+            "run".into(),
+            "--routers".into(),
+            self.routers_path().display().to_string(),
+            "--config".into(),
+            self.config_arg(),
+        ];
+        self.spawn(how, &args);
+    }
+
+    /// The agent's host name (`[DEFAULT] host`).
+    pub fn agent_host(&self) -> String {
+        format!("xrt-{}", self.tag)
+    }
+
+    /// Agent mode: starts a broker and the stand-in neutron-server in the
+    /// node namespace (serving `routers`), writes neutron.conf and
+    /// l3_agent.ini (node settings in its `[xrouter]` section) and starts
+    /// `xrouter agent` with them; returns once its control socket exists
+    /// (the routers come after: wait for them).
+    pub fn start_agent(&mut self) {
+        if self.broker.is_none() {
+            self.broker = Some(crate::Broker::start(&self.node));
+        }
+        if self.neutron.is_none() {
+            let dir = self.dir.join("neutron");
+            std::fs::create_dir_all(&dir).expect("creating the server's dir");
+            self.neutron = Some(crate::NeutronServer::start(
+                &self.node,
+                self.broker.as_ref().unwrap(),
+                crate::neutron::EXCHANGE,
+                &dir,
+            ));
+        }
+        self.write_config();
+        self.write_routers();
+        self.serve_routers();
+        let url = self.broker.as_ref().unwrap().url();
+        std::fs::write(
+            self.dir.join("neutron.conf"),
+            format!(
+                "[DEFAULT]\n# as a deployment writes it\ntransport_url = {url}\nhost = {}\n\
+                 rpc_response_timeout = 10\ncore_plugin = ml2\n\n[oslo_messaging_rabbit]\n\
+                 rabbit_transient_queues_ttl = 600\n",
+                self.agent_host()
+            ),
+        )
+        .expect("writing neutron.conf");
+        // The node config is given again as [xrouter]: the agent reads it
+        // from there, `show` and `cleanup` from node.toml.
+        let node = std::fs::read_to_string(self.config_path()).unwrap();
+        let xr: String = node
+            .lines()
+            .map(|l| l.replace('"', ""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(
+            self.dir.join("l3_agent.ini"),
+            format!(
+                "[DEFAULT]\ninterface_driver = linuxbridge\n\n[AGENT]\nreport_interval = 1\n\n[xrouter]\n{xr}"
+            ),
+        )
+        .expect("writing l3_agent.ini");
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--config-file".into(),
+            self.dir.join("neutron.conf").display().to_string(),
+            "--config-file".into(),
+            self.dir.join("l3_agent.ini").display().to_string(),
+        ];
+        self.spawn(Launch::Nsenter, &args);
+    }
+
+    /// The stand-in neutron-server (agent mode).
+    pub fn server(&self) -> &crate::NeutronServer {
+        self.neutron
+            .as_ref()
+            .expect("agent mode: no neutron-server")
+    }
+
+    /// Agent mode: makes the server serve `routers` (not notified).
+    pub fn serve_routers(&mut self) {
+        for r in &self.routers {
+            self.router_ids.insert(r.id.clone());
+        }
+        let v = routers_json(&self.routers);
+        self.server().set_routers(&v);
+    }
+
+    fn spawn(&mut self, how: Launch, args: &[String]) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let bin = require_bin();
         let log = File::options()
             .create(true)
             .append(true)
@@ -331,11 +427,7 @@ impl Rig {
                 c
             }
         };
-        c.arg("run")
-            .arg("--routers")
-            .arg(self.routers_path())
-            .arg("--config")
-            .arg(self.config_path())
+        c.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -347,7 +439,7 @@ impl Rig {
         }
         self.started = true;
         let t0 = Instant::now();
-        self.daemon = Some(c.spawn().expect("spawning xrouter run"));
+        self.daemon = Some(c.spawn().expect("spawning xrouter"));
         loop {
             if self.socket_path().exists() {
                 break;
@@ -355,13 +447,15 @@ impl Rig {
             if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
                 self.daemon = None;
                 panic!(
-                    "xrouter run exited ({st}) before creating its socket; log:\n{}",
+                    "xrouter {} exited ({st}) before creating its socket; log:\n{}",
+                    args[0],
                     self.daemon_log()
                 );
             }
             if t0.elapsed() > START_TIMEOUT {
                 panic!(
-                    "xrouter run did not create {} within {START_TIMEOUT:?}; log:\n{}",
+                    "xrouter {} did not create {} within {START_TIMEOUT:?}; log:\n{}",
+                    args[0],
                     self.socket_path().display(),
                     self.daemon_log()
                 );
@@ -606,6 +700,10 @@ impl Drop for Rig {
                 tail.join("\n")
             );
         }
+        // The stand-in server and the broker live in the node namespace:
+        // stopped (by pid) before it goes.
+        drop(self.neutron.take());
+        drop(self.broker.take());
         if self.started && xrouter_bin().is_file() {
             let cfg = self.config_arg();
             let out = self.xrouter(&["cleanup", "--config", &cfg]);

@@ -1,0 +1,522 @@
+//! Agent mode against a real RabbitMQ and a stand-in neutron-server on real
+//! oslo.messaging, both in the test's node namespace: what the server sees
+//! of the agent (registration, reports, floating IP statuses) and what the
+//! VMs see of the routers it builds, on every data plane.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::{
+    Checks, Dataplane, Rig, TcpServer, TcpSession, UdpServer, article::*, ping, sa, tcp_request,
+    udp_request, wait_until,
+};
+
+const TCP: u16 = 8080;
+const UDP: u16 = 8081;
+/// Bound for the agent to act on something (a sync, a report).
+const ACT: Duration = Duration::from_secs(30);
+
+tests::planes!(
+    registers_builds_and_reports,
+    follows_every_notification,
+    broker_restart_revived_and_agent_restart_keep_sessions,
+    burst_of_updates_is_coalesced,
+);
+
+/// The statuses of update_floatingip_statuses calls, merged in order.
+fn fip_statuses(rig: &Rig) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for c in rig.server().calls("update_floatingip_statuses") {
+        if let Some(s) = c["args"]["fip_statuses"].as_object() {
+            m.extend(s.clone());
+        }
+    }
+    m
+}
+
+fn wait_fip(rig: &Rig, id: &str, status: &str) -> bool {
+    wait_until(ACT, Duration::from_millis(100), || {
+        fip_statuses(rig).get(id).and_then(Value::as_str) == Some(status)
+    })
+}
+
+/// The methods the server received, in order (for messages).
+fn methods(rig: &Rig) -> Vec<String> {
+    rig.server()
+        .all_calls()
+        .iter()
+        .filter_map(|c| c["method"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn namespace_exists(ns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(ns).exists()
+}
+
+/// The article's router from the server, and its hosts; waits until its
+/// floating IP is reported ACTIVE (the router is applied).
+fn agent_article(plane: Dataplane) -> Rig {
+    let mut rig = Rig::new(plane);
+    rig.start_agent();
+    let fip = rig.router().fips[0].id.clone();
+    assert!(
+        wait_fip(&rig, &fip, "ACTIVE"),
+        "floating IP {fip} never reported ACTIVE; calls: {:?}\nlog:\n{}",
+        methods(&rig),
+        rig.daemon_log()
+    );
+    rig.article_hosts(&[]);
+    rig
+}
+
+/// Registration, reports with Neutron's fields, the routers built from
+/// sync_routers forwarding as the file-fed daemon's do, FIP ACTIVE.
+fn registers_builds_and_reports(plane: Dataplane) {
+    let rig = agent_article(plane);
+    let host = rig.agent_host();
+    let srv = rig.server();
+    let mut c = Checks::new("registers_builds_and_reports");
+
+    // The handshake before anything else, then a full sync.
+    let names: Vec<String> = srv
+        .all_calls()
+        .iter()
+        .filter_map(|c| c["method"].as_str().map(str::to_string))
+        .collect();
+    let pos = |m: &str| names.iter().position(|n| n == m);
+    c.ok(
+        pos("get_host_ha_router_count") == Some(0),
+        "get_host_ha_router_count comes first",
+        format!("{names:?}"),
+    );
+    c.ok(
+        pos("get_router_ids").is_some() && pos("sync_routers") > pos("get_router_ids"),
+        "full sync: get_router_ids then sync_routers",
+        format!("{names:?}"),
+    );
+    for call in srv.calls("sync_routers") {
+        c.ok(
+            call["args"]["host"] == host && call["version"] == "1.0",
+            "sync_routers names the host, version 1.0",
+            call.to_string(),
+        );
+    }
+    // Reports: the first with start_flag, later ones without, counts right.
+    let reports_ok = wait_until(ACT, Duration::from_millis(200), || {
+        srv.calls("report_state").len() >= 3
+    });
+    c.ok(reports_ok, "periodic reports (report_interval 1 s)", "");
+    let reports = srv.calls("report_state");
+    if let Some(first) = reports.first() {
+        let s = &first["args"]["agent_state"]["agent_state"];
+        c.ok(
+            s["start_flag"] == true,
+            "first report has start_flag",
+            s.to_string(),
+        );
+        for (k, v) in [
+            ("binary", json!("neutron-l3-agent")),
+            ("agent_type", json!("L3 agent")),
+            ("topic", json!("l3_agent")),
+            ("host", json!(host)),
+            ("availability_zone", json!("nova")),
+        ] {
+            c.ok(s[k] == v, &format!("agent_state.{k} = {v}"), s.to_string());
+        }
+        let conf = &s["configurations"];
+        for (k, v) in [
+            ("agent_mode", json!("legacy")),
+            ("interface_driver", json!("linuxbridge")),
+            ("handle_internal_only_routers", json!(true)),
+        ] {
+            c.ok(
+                conf[k] == v,
+                &format!("configurations.{k} = {v}"),
+                conf.to_string(),
+            );
+        }
+        c.ok(
+            first["version"] == "1.4" && first["call"] == true,
+            "report_state is a call, version 1.4",
+            first.to_string(),
+        );
+        c.ok(
+            first["args"]["time"]
+                .as_str()
+                .is_some_and(|t| t.len() == 26),
+            "report time in Neutron's format",
+            first["args"]["time"].to_string(),
+        );
+    }
+    if let Some(last) = reports.last() {
+        let s = &last["args"]["agent_state"]["agent_state"];
+        c.ok(
+            s.get("start_flag").is_none(),
+            "later reports have no start_flag",
+            s.to_string(),
+        );
+        let conf = &s["configurations"];
+        c.ok(
+            conf["routers"] == 1
+                && conf["ex_gw_ports"] == 1
+                && conf["interfaces"] == 2
+                && conf["floating_ips"] == 1,
+            "report counts routers, gateway ports, interfaces, floating IPs",
+            conf.to_string(),
+        );
+        c.ok(
+            s["uuid"].as_str().is_some_and(|u| u.len() >= 32),
+            "each report has a uuid",
+            s.to_string(),
+        );
+    }
+    // The router forwards as Neutron's would.
+    let _t = [
+        TcpServer::start(&rig.ns("ext"), "ext", TCP).unwrap(),
+        TcpServer::start(&rig.ns("vm2"), "vm2", TCP).unwrap(),
+        TcpServer::start(&rig.ns("vm1"), "vm1", TCP).unwrap(),
+    ];
+    let _u = UdpServer::start(&rig.ns("ext"), "ext", UDP).unwrap();
+    c.reply(
+        "SNAT: vm1 -> ext as the gateway IP",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    c.reply(
+        "UDP SNAT",
+        udp_request(&rig.ns("vm1"), None, sa(EXT_HOST, UDP)),
+        "ext",
+        QG,
+    );
+    c.reply(
+        "FIP out: vm2 -> ext as the FIP",
+        tcp_request(&rig.ns("vm2"), sa(EXT_HOST, TCP)),
+        "ext",
+        FIP,
+    );
+    c.reply(
+        "FIP in: ext -> FIP reaches vm2",
+        tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
+        "vm2",
+        EXT_HOST,
+    );
+    c.reply(
+        "east-west unNATed",
+        tcp_request(&rig.ns("vm1"), sa(VM2, TCP)),
+        "vm2",
+        VM1,
+    );
+    rig.assert_fast_path(&mut c);
+    // The operator's commands find the agent's state.
+    let show = rig.show();
+    c.ok(
+        show.to_string().contains(&rig.router().id),
+        "xrouter show lists the router",
+        show.to_string(),
+    );
+    c.finish();
+}
+
+/// Every notification type, and floating IP statuses ACTIVE, DOWN, ERROR.
+fn follows_every_notification(plane: Dataplane) {
+    let mut rig = agent_article(plane);
+    let host = rig.agent_host();
+    let id = rig.router().id.clone();
+    let ns = rig.router_ns();
+    let mut c = Checks::new("follows_every_notification");
+    let _t = TcpServer::start(&rig.ns("vm1"), "vm1", TCP).unwrap();
+    let _e = TcpServer::start(&rig.ns("ext"), "ext", TCP).unwrap();
+
+    // routers_updated: a new floating IP for vm1, ACTIVE, reachable.
+    let fip2 = "192.168.1.105";
+    rig.router_mut().add_fip(fip2, VM1);
+    rig.serve_routers();
+    let fip2_id = rig.router().fips.last().unwrap().id.clone();
+    let out = rig.server().notify(&["routers_updated", &host, &id]);
+    c.ok(out.success(), "routers_updated cast", out.describe());
+    c.ok(
+        wait_fip(&rig, &fip2_id, "ACTIVE"),
+        "new FIP reported ACTIVE",
+        "",
+    );
+    c.reply(
+        "new FIP reaches vm1",
+        tcp_request(&rig.ns("ext"), sa(fip2, TCP)),
+        "vm1",
+        EXT_HOST,
+    );
+
+    // Released: DOWN, and no longer reachable.
+    rig.router_mut().remove_fip(fip2);
+    rig.serve_routers();
+    rig.server().notify(&["routers_updated", &host, &id]);
+    c.ok(
+        wait_fip(&rig, &fip2_id, "DOWN"),
+        "released FIP reported DOWN",
+        "",
+    );
+    c.ok(
+        tcp_request(&rig.ns("ext"), sa(fip2, TCP)).is_err(),
+        "released FIP no longer reaches vm1",
+        "",
+    );
+
+    // A router dict that fails validation: its FIPs ERROR, it keeps its
+    // state, a good router in the same sync is applied.
+    let fip1_id = rig.router().fips[0].id.clone();
+    let mut bad = tests::routers_json(&rig.routers);
+    bad[0]["_interfaces"][0]["mtu"] = json!(10);
+    rig.server().set_routers(&bad);
+    rig.server().notify(&["routers_updated", &host, &id]);
+    c.ok(
+        wait_fip(&rig, &fip1_id, "ERROR"),
+        "invalid router: its FIP ERROR",
+        "",
+    );
+    let log_ok = wait_until(ACT, Duration::from_millis(100), || {
+        let l = rig.daemon_log();
+        l.contains(&id) && l.contains("mtu")
+    });
+    c.ok(log_ok, "the log names the router and the field", "");
+    c.reply(
+        "it keeps forwarding as before",
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+        "ext",
+        QG,
+    );
+    rig.serve_routers();
+    rig.server().notify(&["routers_updated", &host, &id]);
+    c.ok(
+        wait_fip(&rig, &fip1_id, "ACTIVE"),
+        "fixed: ACTIVE again",
+        "",
+    );
+
+    // network_update: an MTU change of net1 reaches the router's port.
+    rig.router_mut().interface_mut("net1").mtu = 1400;
+    rig.serve_routers();
+    let net1 = rig.router().interface("net1").network.id.clone();
+    let qr1 = rig.router().qr("net1");
+    let out = rig.server().notify(&[
+        "network_update",
+        &json!({"id": net1, "mtu": 1400}).to_string(),
+    ]);
+    c.ok(out.success(), "network_update fanout", out.describe());
+    let mtu_ok = wait_until(ACT, Duration::from_millis(100), || {
+        rig.router_ip(&format!("-o link show {qr1}"))
+            .contains("mtu 1400")
+    });
+    c.ok(mtu_ok, "network_update: the port's new MTU applied", "");
+
+    // agent_updated: a full sync.
+    let before = rig.server().calls("get_router_ids").len();
+    let out = rig.server().notify(&["agent_updated", &host, "true"]);
+    c.ok(out.success(), "agent_updated cast", out.describe());
+    let full = wait_until(ACT, Duration::from_millis(100), || {
+        rig.server().calls("get_router_ids").len() > before
+    });
+    c.ok(full, "agent_updated: a full sync follows", "");
+
+    // router_removed_from_agent: gone; router_added_to_agent (a call): back.
+    rig.server().set_routers(&json!([]));
+    let out = rig
+        .server()
+        .notify(&["router_removed_from_agent", &host, &id]);
+    c.ok(
+        out.success(),
+        "router_removed_from_agent cast",
+        out.describe(),
+    );
+    let gone = wait_until(ACT, Duration::from_millis(100), || !namespace_exists(&ns));
+    c.ok(gone, "router_removed_from_agent: namespace removed", "");
+    rig.serve_routers();
+    let out = rig.server().notify(&["router_added_to_agent", &host, &id]);
+    c.ok(
+        out.success(),
+        "router_added_to_agent is answered (a call)",
+        out.describe(),
+    );
+    let back = wait_until(ACT, Duration::from_millis(100), || namespace_exists(&ns));
+    c.ok(back, "router_added_to_agent: router built again", "");
+    let fwd = wait_until(ACT, Duration::from_millis(200), || {
+        tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)).is_ok()
+    });
+    c.ok(fwd, "and forwarding again", "");
+
+    // router_deleted (fanout): gone.
+    rig.server().set_routers(&json!([]));
+    let out = rig.server().notify(&["router_deleted", &id]);
+    c.ok(out.success(), "router_deleted fanout", out.describe());
+    let gone = wait_until(ACT, Duration::from_millis(100), || !namespace_exists(&ns));
+    c.ok(gone, "router_deleted: namespace removed", "");
+
+    // An HA router is not handled: logged, not built.
+    rig.serve_routers();
+    let mut ha = tests::routers_json(&rig.routers);
+    ha[0]["ha"] = json!(true);
+    rig.server().set_routers(&ha);
+    rig.server().notify(&["routers_updated", &host, &id]);
+    let logged = wait_until(ACT, Duration::from_millis(100), || {
+        rig.daemon_log().contains("not handled")
+    });
+    c.ok(logged, "HA router logged as not handled", "");
+    c.ok(!namespace_exists(&ns), "HA router not built", "");
+    // oslo's health probe.
+    let out = rig.server().notify(&["ping", &host]);
+    c.ok(
+        out.success() && out.stdout.contains("pong"),
+        "oslo_rpc_server_ping answered pong",
+        out.describe(),
+    );
+    c.finish();
+}
+
+/// A broker restart and a "revived" answer each bring a full sync; a
+/// restart of the agent resyncs; an established session survives all.
+fn broker_restart_revived_and_agent_restart_keep_sessions(plane: Dataplane) {
+    let mut rig = agent_article(plane);
+    let mut c = Checks::new("broker_restart_revived_and_agent_restart_keep_sessions");
+    let _t = TcpServer::start(&rig.ns("vm2"), "vm2", TCP).unwrap();
+    let mut session = TcpSession::open(&rig.ns("ext"), sa(FIP, TCP)).expect("session to the FIP");
+    c.reply("session up", session.exchange(), "vm2", EXT_HOST);
+
+    let syncs = |rig: &Rig| rig.server().calls("get_router_ids").len();
+    let before = syncs(&rig);
+    let t0 = Instant::now();
+    rig.broker.as_mut().unwrap().restart();
+    // The stand-in server reconnects on its own; the agent must too.
+    let resynced = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        syncs(&rig) > before
+    });
+    c.ok(
+        resynced,
+        "after a broker restart the agent reconnects and resyncs",
+        format!("{:?}", t0.elapsed()),
+    );
+    c.reply(
+        "session survives the broker restart",
+        session.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+
+    let before = syncs(&rig);
+    rig.server().set_report_answer(Some("revived"));
+    let resynced = wait_until(ACT, Duration::from_millis(100), || syncs(&rig) > before);
+    c.ok(resynced, "'revived' brings a full sync", "");
+    rig.server().set_report_answer(None);
+
+    let status = rig.stop_daemon();
+    c.ok(
+        status.is_some_and(|s| s.success()),
+        "agent stops cleanly",
+        format!("{status:?}"),
+    );
+    c.reply(
+        "routers forward with the agent stopped",
+        session.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    let before = syncs(&rig);
+    rig.start_agent();
+    let resynced = wait_until(ACT, Duration::from_millis(100), || syncs(&rig) > before);
+    c.ok(resynced, "restarted agent resyncs", "");
+    let first = rig
+        .server()
+        .calls("report_state")
+        .into_iter()
+        .filter(|r| r["args"]["agent_state"]["agent_state"]["start_flag"] == true)
+        .count();
+    c.ok(
+        first >= 2,
+        "the restarted agent's first report has start_flag",
+        format!("{first}"),
+    );
+    c.reply(
+        "session survives the agent restart",
+        session.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    let p = ping(&rig.ns("vm1"), EXT_HOST, &[]);
+    c.ok(p.success(), "new traffic after the restart", p.describe());
+    c.finish();
+}
+
+/// 1,000 routers_updated naming 100 routers: all applied, in far fewer
+/// syncs than notifications.
+fn burst_of_updates_is_coalesced(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    rig.routers.clear();
+    let mut ids = Vec::new();
+    for i in 0..100u32 {
+        let (a, b) = (100 + i / 250, i % 250);
+        let gw = format!("10.{a}.{b}.1");
+        let net = rig.add_network(&format!("n{i}"), &format!("10.{a}.{b}.0/24"), Some(&gw));
+        let mut r = tests::RouterSpec::empty(&rig.tag);
+        r.interfaces.push(tests::PortSpec::new(&net, &gw));
+        ids.push(r.id.clone());
+        rig.routers.push(r);
+    }
+    rig.start_agent();
+    let host = rig.agent_host();
+    let mut c = Checks::new("burst_of_updates_is_coalesced");
+    let all_built = || {
+        ids.iter()
+            .all(|id| namespace_exists(&format!("qrouter-{id}")))
+    };
+    c.ok(
+        wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+            all_built()
+        }),
+        "100 routers from the full sync",
+        "",
+    );
+    let syncs_before = rig.server().calls("sync_routers").len();
+    // Ten rounds, each naming every router.
+    let t0 = Instant::now();
+    for _ in 0..10 {
+        let mut args = vec!["routers_updated".to_string(), host.clone()];
+        args.extend(ids.iter().cloned());
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = rig.server().notify(&a);
+        c.ok(out.success(), "100 routers_updated casts", out.describe());
+    }
+    let received = |rig: &Rig| {
+        rig.server()
+            .calls("sync_routers")
+            .iter()
+            .skip(syncs_before)
+            .flat_map(|s| {
+                s["args"]["router_ids"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let caught_up = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        received(&rig) == 100
+    });
+    let syncs = rig.server().calls("sync_routers").len() - syncs_before;
+    println!(
+        "1000 notifications for 100 routers: {syncs} sync_routers calls, caught up in {:?}",
+        t0.elapsed()
+    );
+    c.ok(
+        caught_up,
+        "every router re-synced",
+        format!("{} of 100", received(&rig)),
+    );
+    c.ok(
+        syncs <= 100,
+        "a burst collapses (at most one sync_routers per notification round per router)",
+        format!("{syncs} calls"),
+    );
+    c.ok(all_built(), "all 100 routers still there", "");
+    c.finish();
+}
