@@ -33,6 +33,7 @@ whatever --retry says, so bound a call to a dead broker from outside).
 import argparse
 import json
 import sys
+import time
 
 import kit  # first: it silences the eventlet warning oslo imports give
 import oslo_messaging as messaging
@@ -124,6 +125,8 @@ def send(a, transport):
             cctxt = l3.prepare(server=a.host, version="1.1")
             for rid in a.ids:
                 cctxt.cast(ctxt, "routers_updated", routers=[rid])
+        # When the last cast left, for latency figures.
+        print(json.dumps({"sent": time.time()}), flush=True)
     elif a.cmd == "router_deleted":
         l3.prepare(fanout=True).cast(ctxt, "router_deleted", router_id=a.id)
     elif a.cmd == "router_removed_from_agent":

@@ -31,7 +31,8 @@ enum Cmd {
     },
     /// Build xrouter and its benchmark (release) and run the benchmark
     /// (arguments go to `xrouter-bench`, e.g. `--micro`, `--changes` or
-    /// `--cases ...`).
+    /// `--cases ...`); `--agent` runs the agent-mode figures instead
+    /// (RabbitMQ and the stand-in neutron-server in namespaces).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -100,6 +101,23 @@ fn real_main() -> Result<()> {
             run(Command::new(root().join("target/debug/xrouter"))
                 .arg("demo")
                 .args(args))
+        }
+        Cmd::Bench { args } if args.iter().any(|a| a == "--agent") => {
+            setup()?;
+            run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
+            run(cargo().args([
+                "test",
+                "--release",
+                "-p",
+                "tests",
+                "--test",
+                "agent_bench",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ]))
         }
         Cmd::Bench { args } => {
             setup()?;
