@@ -358,6 +358,12 @@ impl Rpc {
         }
     }
 
+    /// This connection's reply queue (`reply_<uuid>`), where the results
+    /// of its calls arrive.
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
     pub fn is_connected(&self) -> bool {
         !*self.lost.borrow() && self.conn.status().connected()
     }
