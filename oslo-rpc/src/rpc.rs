@@ -341,6 +341,9 @@ impl Rpc {
                     Err(e) => tracing::warn!("unreadable reply dropped: {e}"),
                 }
             }
+            // No reply can come any more: the calls waiting fail now
+            // rather than at their timeouts.
+            fail_pending(&pending);
             let _ = lost.send(true);
         });
         Ok(())
@@ -659,6 +662,12 @@ impl Rpc {
     }
 }
 
+/// Ends every call waiting for a reply: dropping their senders makes them
+/// fail with "connection lost while waiting for the reply".
+fn fail_pending(pending: &Pending) {
+    pending.lock().unwrap().clear();
+}
+
 /// The answer the server gives without its owner: the ping, or oslo's
 /// dispatcher errors. A cast with such an error is dropped (logged).
 fn answer_itself(endpoint: &Endpoint, r: &Request) -> Option<Result<Value, Failure>> {
@@ -689,6 +698,19 @@ mod tests {
 
     fn req(method: &str, version: &str) -> Request {
         Request::new(method, Object::new(), version, Object::new())
+    }
+
+    #[test]
+    fn waiting_calls_fail_once_replies_cannot_come() {
+        let pending: Pending = Default::default();
+        let (tx, mut rx) = oneshot::channel();
+        pending.lock().unwrap().insert("m1".into(), tx);
+        fail_pending(&pending);
+        assert!(pending.lock().unwrap().is_empty());
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
     }
 
     #[test]
