@@ -119,7 +119,9 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, Failure>>
 /// A live connection.
 pub struct Rpc {
     conn: Connection,
-    chan: Channel,
+    /// The channel calls and casts publish on. A refused declaration
+    /// (PRECONDITION_FAILED) closes it: the next publish opens another.
+    chan: tokio::sync::Mutex<Channel>,
     settings: Settings,
     /// The broker connected to, as `host:port`.
     pub broker: String,
@@ -284,14 +286,10 @@ impl Rpc {
             None => Connection::connect_uri(uri, props).await.map_err(err)?,
         };
         let chan = conn.create_channel().await.map_err(err)?;
-        if settings.prefetch > 0 {
-            chan.basic_qos(settings.prefetch, BasicQosOptions::default())
-                .await?;
-        }
         let (lost_tx, lost) = watch::channel(false);
         let mut rpc = Rpc {
             conn,
-            chan,
+            chan: tokio::sync::Mutex::new(chan),
             settings: settings.clone(),
             broker,
             reply_queue: format!("reply_{}", unique_id()),
@@ -343,6 +341,9 @@ impl Rpc {
                     Err(e) => tracing::warn!("unreadable reply dropped: {e}"),
                 }
             }
+            // No reply can come any more: the calls waiting fail now
+            // rather than at their timeouts.
+            fail_pending(&pending);
             let _ = lost.send(true);
         });
         Ok(())
@@ -360,6 +361,12 @@ impl Rpc {
         }
     }
 
+    /// This connection's reply queue (`reply_<uuid>`), where the results
+    /// of its calls arrive.
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
     pub fn is_connected(&self) -> bool {
         !*self.lost.borrow() && self.conn.status().connected()
     }
@@ -369,25 +376,36 @@ impl Rpc {
         let _ = self.conn.close(200, "bye".into()).await;
     }
 
+    /// The publishing channel, opened again if the broker closed it (a
+    /// channel error ends the channel, not the connection).
+    async fn channel(&self) -> Result<Channel, Error> {
+        let mut chan = self.chan.lock().await;
+        if !chan.status().connected() && self.conn.status().connected() {
+            tracing::debug!("publishing channel closed; opening another");
+            *chan = self.conn.create_channel().await?;
+        }
+        Ok(chan.clone())
+    }
+
     async fn declare_exchange(
         &self,
+        chan: &Channel,
         name: &str,
         kind: ExchangeKind,
         durable: bool,
         auto_delete: bool,
     ) -> Result<(), Error> {
-        self.chan
-            .exchange_declare(
-                name.into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable,
-                    auto_delete,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        chan.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable,
+                auto_delete,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -398,14 +416,22 @@ impl Rpc {
         expiration: Option<Duration>,
     ) -> Result<(), Error> {
         let q = &self.settings.queues;
+        let chan = self.channel().await?;
         let (exchange, key) = if target.fanout {
             let ex = format!("{}_fanout", target.topic);
-            self.declare_exchange(&ex, ExchangeKind::Fanout, q.fanout_exchange_durable(), true)
-                .await?;
+            self.declare_exchange(
+                &chan,
+                &ex,
+                ExchangeKind::Fanout,
+                q.fanout_exchange_durable(),
+                true,
+            )
+            .await?;
             (ex, target.topic.clone())
         } else {
             let t = q.topic();
             self.declare_exchange(
+                &chan,
                 &self.settings.exchange,
                 ExchangeKind::Topic,
                 t.durable,
@@ -418,15 +444,14 @@ impl Rpc {
             };
             (self.settings.exchange.clone(), key)
         };
-        self.chan
-            .basic_publish(
-                exchange.as_str().into(),
-                key.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties(expiration),
-            )
-            .await?;
+        chan.basic_publish(
+            exchange.as_str().into(),
+            key.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            properties(expiration),
+        )
+        .await?;
         Ok(())
     }
 
@@ -637,6 +662,12 @@ impl Rpc {
     }
 }
 
+/// Ends every call waiting for a reply: dropping their senders makes them
+/// fail with "connection lost while waiting for the reply".
+fn fail_pending(pending: &Pending) {
+    pending.lock().unwrap().clear();
+}
+
 /// The answer the server gives without its owner: the ping, or oslo's
 /// dispatcher errors. A cast with such an error is dropped (logged).
 fn answer_itself(endpoint: &Endpoint, r: &Request) -> Option<Result<Value, Failure>> {
@@ -667,6 +698,19 @@ mod tests {
 
     fn req(method: &str, version: &str) -> Request {
         Request::new(method, Object::new(), version, Object::new())
+    }
+
+    #[test]
+    fn waiting_calls_fail_once_replies_cannot_come() {
+        let pending: Pending = Default::default();
+        let (tx, mut rx) = oneshot::channel();
+        pending.lock().unwrap().insert("m1".into(), tx);
+        fail_pending(&pending);
+        assert!(pending.lock().unwrap().is_empty());
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
     }
 
     #[test]

@@ -23,25 +23,31 @@ warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 from oslo_config import cfg  # noqa: E402
 import oslo_messaging as messaging  # noqa: E402
+from oslo_messaging._drivers import amqp as rpc_amqp  # noqa: E402
 from oslo_messaging._drivers import impl_rabbit  # noqa: E402
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher  # noqa: E402
 
 
-def transport(url, exchange, ping=False, fast_reconnect=False):
+def transport(url, exchange, ping=False, fast_reconnect=False, rabbit=None):
     """An RPC transport to `url` whose default exchange is `exchange`
     (Neutron's control_exchange, "neutron"). `ping` makes RPC servers built
     on it answer oslo_rpc_server_ping, as rpc_ping_enabled does.
     `fast_reconnect`: after losing the broker, try again every second
     (instead of backing off up to 30 s), so that a stand-in is back soon
-    after a broker restart."""
+    after a broker restart. `rabbit`: more [oslo_messaging_rabbit] options,
+    e.g. {"amqp_durable_queues": True} (they shape the declarations)."""
     messaging.set_transport_defaults(control_exchange=exchange)
     conf = cfg.CONF
     conf([], project="xrouter-kit", default_config_files=[])
+    group = "oslo_messaging_rabbit"
+    overrides = dict(rabbit or {})
     if fast_reconnect:
-        group = "oslo_messaging_rabbit"
+        overrides.update(rabbit_retry_backoff=0, rabbit_interval_max=1)
+    if overrides:
         conf.register_opts(impl_rabbit.rabbit_opts, group=group)
-        conf.set_override("rabbit_retry_backoff", 0, group=group)
-        conf.set_override("rabbit_interval_max", 1, group=group)
+        conf.register_opts(rpc_amqp.amqp_opts, group=group)
+        for name, value in overrides.items():
+            conf.set_override(name, value, group=group)
     if ping:
         conf.register_opts(rpc_dispatcher._dispatcher_opts)
         conf.set_override("rpc_ping_enabled", True)

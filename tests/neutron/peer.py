@@ -14,6 +14,10 @@ appended as a JSON line to --log (see kit.Recorder). Prints "ready" once it
 consumes; stops cleanly on SIGTERM.
 
     peer.py --url URL [--exchange neutron] --topic T --server S --log FILE
+            [--durable] [--quorum]
+
+--durable and --quorum set [oslo_messaging_rabbit] amqp_durable_queues and
+rabbit_quorum_queue, to check that other clients declare the same queues.
 """
 
 import argparse
@@ -44,10 +48,19 @@ def main():
     p.add_argument("--topic", required=True)
     p.add_argument("--server", required=True)
     p.add_argument("--log", required=True)
+    p.add_argument("--durable", action="store_true",
+                   help="amqp_durable_queues = true")
+    p.add_argument("--quorum", action="store_true",
+                   help="rabbit_quorum_queue = true")
     a = p.parse_args()
 
+    rabbit = {}
+    if a.durable:
+        rabbit["amqp_durable_queues"] = True
+    if a.quorum:
+        rabbit["rabbit_quorum_queue"] = True
     transport = kit.transport(a.url, a.exchange, ping=True,
-                               fast_reconnect=True)
+                               fast_reconnect=True, rabbit=rabbit)
     server = messaging.get_rpc_server(
         transport, messaging.Target(topic=a.topic, server=a.server),
         [TestEndpoint()],

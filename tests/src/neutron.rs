@@ -384,6 +384,20 @@ impl Peer {
         server: &str,
         dir: &Path,
     ) -> Peer {
+        Self::start_with(ns, broker, exchange, topic, server, dir, &[])
+    }
+
+    /// [`Peer::start`] with more peer.py options: `--durable`
+    /// (amqp_durable_queues) and/or `--quorum` (rabbit_quorum_queue).
+    pub fn start_with(
+        ns: &str,
+        broker: &Broker,
+        exchange: &str,
+        topic: &str,
+        server: &str,
+        dir: &Path,
+        options: &[&str],
+    ) -> Peer {
         let stem = format!("peer-{topic}-{server}");
         let log = dir.join(format!("{stem}.jsonl"));
         let _ = std::fs::remove_file(&log);
@@ -401,6 +415,7 @@ impl Peer {
             "--log",
             &l,
         ];
+        let args: Vec<&str> = args.iter().chain(options).copied().collect();
         let script = Script::start(ns, "peer.py", &args, dir, &stem);
         Peer {
             ns: ns.to_string(),
