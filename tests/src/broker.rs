@@ -32,6 +32,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The AMQP port, in the broker's namespace.
 pub const PORT: u16 = 5672;
+/// The TLS listener's port (127.0.0.1, inside the namespace).
+pub const TLS_PORT: u16 = 5671;
 /// The default user, its password and the virtual host it owns.
 pub const USER: &str = "xrouter";
 pub const PASSWORD: &str = "secret";
@@ -190,9 +192,93 @@ impl Broker {
     /// Kills everything and removes the directory (what Drop does).
     pub fn stop(self) {}
 
+    /// The CA that signed the TLS listener's certificate (PEM), for
+    /// `[oslo_messaging_rabbit] ssl_ca_file`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `amqps` through the TLS listener (its certificate names 127.0.0.1).
+    pub fn tls_port(&self) -> u16 {
+        TLS_PORT
+    }
+
+    /// A CA and a server certificate for 127.0.0.1 signed by it.
+    fn make_certificates(&self) {
+        let d = |f: &str| self.dir.join(f).display().to_string();
+        let steps: [Vec<String>; 3] = [
+            [
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=xrouter test CA",
+                "-keyout",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([d("ca.key"), "-out".into(), d("ca.pem")])
+            .collect(),
+            [
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([d("server.key"), "-out".into(), d("server.csr")])
+            .collect(),
+            ["x509", "-req", "-days", "2", "-extfile"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    d("san.cnf"),
+                    "-in".into(),
+                    d("server.csr"),
+                    "-CA".into(),
+                    d("ca.pem"),
+                    "-CAkey".into(),
+                    d("ca.key"),
+                    "-CAcreateserial".into(),
+                    "-out".into(),
+                    d("server.pem"),
+                ])
+                .collect(),
+        ];
+        std::fs::write(self.dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n")
+            .expect("writing san.cnf");
+        for args in steps {
+            let out = std::process::Command::new("openssl")
+                .args(&args)
+                .output()
+                .expect("running openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     fn write_config(&self) {
+        self.make_certificates();
+        let dir = self.dir.display();
         let conf = format!(
             "listeners.tcp.1 = 127.0.0.1:{PORT}\n\
+             listeners.ssl.1 = 127.0.0.1:{TLS_PORT}\n\
+             ssl_options.cacertfile = {dir}/ca.pem\n\
+             ssl_options.certfile = {dir}/server.pem\n\
+             ssl_options.keyfile = {dir}/server.key\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n\
              default_user = {USER}\n\
              default_pass = {PASSWORD}\n\
              default_vhost = {VHOST}\n\

@@ -359,7 +359,13 @@ impl Rig {
         self.write_config();
         self.write_routers();
         self.serve_routers();
-        let url = self.broker.as_ref().unwrap().url();
+        // A cluster URL whose first broker is down (nothing listens on
+        // 5673): the agent must go on to the next.
+        let url = self.broker.as_ref().unwrap().url().replacen(
+            "127.0.0.1:",
+            "127.0.0.1:5673,127.0.0.1:",
+            1,
+        );
         std::fs::write(
             self.dir.join("neutron.conf"),
             format!(

@@ -916,3 +916,120 @@ fn a_lost_connection_is_noticed() {
     });
     c.finish();
 }
+
+/// `[oslo_messaging_rabbit] ssl = true` with the operator's CA: the
+/// connection goes through the broker's TLS listener, and a CA that did not
+/// sign its certificate is refused. A cluster URL whose first broker is
+/// down is served by the next.
+#[test]
+fn tls_and_a_dead_first_broker() {
+    let ns = Netns::new("rpctls");
+    let b = Broker::start(ns.name());
+    let mut c = Checks::new("tls and failover");
+    let ep = Endpoint {
+        version: "1.0".into(),
+        namespace: None,
+        methods: vec![],
+    };
+    let tls_url = format!(
+        "rabbit://{}:{}@127.0.0.1:{}/{}",
+        tests::broker::USER,
+        tests::broker::PASSWORD,
+        b.tls_port(),
+        tests::broker::VHOST
+    );
+    let mut tls = settings(&b, EXCHANGE, QueueOptions::default());
+    tls.url = TransportUrl::parse(&tls_url).unwrap();
+    tls.tls = Some(oslo_rpc::Tls {
+        ca_file: Some(b.ca_file()),
+        cert_file: None,
+        key_file: None,
+    });
+    // A CA of its own, which signed nothing the broker has.
+    let other = tests::TempDir::new(&format!("ca-{}", tests::names::tag()));
+    let other_ca = other.path().join("ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(other.path().join("ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let mut wrong = tls.clone();
+    wrong.tls = Some(oslo_rpc::Tls {
+        ca_file: Some(other_ca),
+        cert_file: None,
+        key_file: None,
+    });
+    let mut failover = settings(&b, EXCHANGE, QueueOptions::default());
+    failover.url = TransportUrl::parse(&b.url().replacen(
+        "127.0.0.1:",
+        "127.0.0.1:5679,127.0.0.1:",
+        1,
+    ))
+    .unwrap();
+    let c_ = &mut c;
+    in_ns(ns.name(), move || async move {
+        let c = c_;
+        match Rpc::connect(&tls).await {
+            Ok(rpc) => {
+                let served = rpc.serve("tls", "h1", ep.clone()).await;
+                c.ok(served.is_ok(), "serving over TLS", served.as_ref().err());
+                let pong = rpc
+                    .call(
+                        &Target::server("tls", "h1"),
+                        "oslo_rpc_server_ping",
+                        Object::new(),
+                        "1.0",
+                        Object::new(),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                c.ok(
+                    matches!(&pong, Ok(v) if v == "pong"),
+                    "a call through the TLS listener",
+                    pong.as_ref().err(),
+                );
+                c.ok(
+                    rpc.broker.ends_with(":5671"),
+                    "connected to the TLS port",
+                    &rpc.broker,
+                );
+            }
+            Err(e) => {
+                c.ok(false, "connecting with TLS and the broker's CA", e);
+            }
+        }
+        let refused = Rpc::connect(&wrong).await;
+        c.ok(
+            refused.is_err(),
+            "a certificate the configured CA did not sign is refused",
+            refused.as_ref().err(),
+        );
+        match Rpc::connect(&failover).await {
+            Ok(rpc) => {
+                c.ok(
+                    rpc.broker == "127.0.0.1:5672",
+                    "the first broker down: the second one serves",
+                    &rpc.broker,
+                );
+            }
+            Err(e) => {
+                c.ok(false, "a dead first broker in the URL", e);
+            }
+        }
+    });
+    c.finish();
+}
