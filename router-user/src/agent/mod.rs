@@ -280,13 +280,13 @@ impl Agent {
             timeout: s.rpc_timeout,
         };
         let t0 = std::time::Instant::now();
-        if p.full {
+        let (checked, removed) = if p.full {
             let ids = plugin.get_router_ids().await?;
             let dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
             let checked = self.check(dicts);
-            // Routers the server no longer gives this host go, as with
-            // the routers file; those it gives that fail validation keep
-            // what they had.
+            // Routers the server no longer gives this host go, as with the
+            // routers file; those it gives that fail validation keep what
+            // they had.
             let mut wanted = checked.routers.clone();
             for id in &checked.keep {
                 if let Some(r) = self.engine.state.applied(id) {
@@ -300,42 +300,78 @@ impl Agent {
                 .into_iter()
                 .filter(|id| !wanted.iter().any(|r| &r.id == id))
                 .collect();
-            self.engine.desired = wanted.clone();
-            let applied = self.engine.apply(wanted).await?;
-            for id in &gone {
+            self.engine.desired = wanted;
+            tracing::info!(
+                "full sync: {} from the server in {:.1?}",
+                crate::text::count(ids.len(), "router"),
+                t0.elapsed()
+            );
+            (checked, gone)
+        } else {
+            let mut removed: Vec<String> = p.remove.iter().cloned().collect();
+            let mut checked = Checked::default();
+            if !p.update.is_empty() {
+                let ids: Vec<String> = p.update.iter().cloned().collect();
+                let dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
+                let got: BTreeSet<String> = dicts
+                    .iter()
+                    .filter_map(|d| d.get("id").and_then(Value::as_str).map(str::to_string))
+                    .collect();
+                // Named but not given: deleted or scheduled elsewhere.
+                removed.extend(ids.iter().filter(|id| !got.contains(*id)).cloned());
+                checked = self.check(dicts);
+            }
+            (checked, removed)
+        };
+        let mut removed = removed;
+        removed.extend(checked.not_here.iter().cloned());
+        let mut failures = Vec::new();
+        let mut changes = crate::engine::Changes::default();
+        if !removed.is_empty() {
+            let a = self.engine.apply_changes(vec![], &removed).await?;
+            failures.extend(a.failures);
+            changes.items.extend(a.changes.items);
+            for id in &removed {
                 self.reported.forget(id);
             }
-            self.report_fips(&plugin, &checked, &applied).await;
-            tracing::info!(
-                "full sync: {} from the server in {:.1?}: {}",
-                crate::text::count(ids.len(), "router"),
-                t0.elapsed(),
-                applied.report()
-            );
-            return Ok(());
         }
-        let mut removed: Vec<String> = p.remove.iter().cloned().collect();
-        let mut checked = Checked::default();
-        if !p.update.is_empty() {
-            let ids: Vec<String> = p.update.iter().cloned().collect();
-            let dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
-            let got: BTreeSet<String> = dicts
-                .iter()
-                .filter_map(|d| d.get("id").and_then(Value::as_str).map(str::to_string))
-                .collect();
-            // Named but not given: deleted or scheduled elsewhere.
-            removed.extend(ids.iter().filter(|id| !got.contains(*id)).cloned());
-            checked = self.check(dicts);
-            removed.extend(checked.not_here.iter().cloned());
+        // Router by router, each followed by its floating IP statuses: the
+        // first routers of a long sync need not wait for the last.
+        for (i, r) in checked.routers.iter().enumerate() {
+            match self.engine.desired.iter_mut().find(|d| d.id == r.id) {
+                Some(d) => *d = r.clone(),
+                None => self.engine.desired.push(r.clone()),
+            }
+            let mut ch = crate::engine::Changes::default();
+            let outcome = self.engine.update(r, &mut ch).await;
+            for item in &ch.items {
+                tracing::info!("{item}");
+            }
+            let status = match outcome {
+                Ok(()) => fip_status::ACTIVE,
+                Err(f) => {
+                    tracing::error!("{f}");
+                    failures.push(f);
+                    fip_status::ERROR
+                }
+            };
+            changes.items.extend(ch.items);
+            let fips = r.floating_ips.iter().map(|f| f.id.clone()).collect();
+            self.report_fips(&plugin, &r.id, &fips, status).await;
+            if i % 32 == 31 {
+                self.engine.state.save(&self.engine.node.state_file())?;
+            }
         }
-        let applied = self
-            .engine
-            .apply_changes(checked.routers.clone(), &removed)
-            .await?;
-        for id in &removed {
-            self.reported.forget(id);
+        self.engine.state.save(&self.engine.node.state_file())?;
+        for (id, fips) in &checked.errors {
+            let fips = fips.iter().cloned().collect();
+            self.report_fips(&plugin, id, &fips, fip_status::ERROR).await;
         }
-        self.report_fips(&plugin, &checked, &applied).await;
+        let applied = crate::engine::Applied {
+            changes,
+            failures,
+            routers: self.engine.desired.len(),
+        };
         tracing::info!("{} in {:.1?}", applied.report(), t0.elapsed());
         Ok(())
     }
@@ -363,35 +399,22 @@ impl Agent {
         c
     }
 
-    /// Sends each router's floating IP status changes.
-    async fn report_fips(&mut self, plugin: &Plugin<'_>, c: &Checked, a: &crate::engine::Applied) {
-        let failed: BTreeSet<&str> = a.failures.iter().map(|f| f.router.as_str()).collect();
-        let mut todo: Vec<(String, BTreeSet<String>, &'static str)> = Vec::new();
-        for r in &c.routers {
-            let fips = r.floating_ips.iter().map(|f| f.id.clone()).collect();
-            let status = if failed.contains(r.id.as_str()) {
-                fip_status::ERROR
-            } else {
-                fip_status::ACTIVE
-            };
-            todo.push((r.id.clone(), fips, status));
+    /// Sends a router's floating IP status changes (its floating IPs now
+    /// `fips`, all in `status`).
+    async fn report_fips(
+        &mut self,
+        plugin: &Plugin<'_>,
+        id: &str,
+        fips: &BTreeSet<String>,
+        status: &'static str,
+    ) {
+        let changes = self.reported.changes(id, fips, status);
+        if changes.is_empty() {
+            return;
         }
-        for (id, fips) in &c.errors {
-            todo.push((
-                id.clone(),
-                fips.iter().cloned().collect(),
-                fip_status::ERROR,
-            ));
-        }
-        for (id, fips, status) in todo {
-            let changes = self.reported.changes(&id, &fips, status);
-            if changes.is_empty() {
-                continue;
-            }
-            match plugin.update_floatingip_statuses(&id, &changes).await {
-                Ok(()) => self.reported.record(&id, &changes),
-                Err(e) => tracing::warn!("router {id}: floating IP statuses: {e}"),
-            }
+        match plugin.update_floatingip_statuses(id, &changes).await {
+            Ok(()) => self.reported.record(id, &changes),
+            Err(e) => tracing::warn!("router {id}: floating IP statuses: {e}"),
         }
     }
 }
