@@ -23,6 +23,8 @@ tests::planes!(
     burst_of_updates_is_coalesced,
 );
 
+tests::iptables_only!(sync_timeouts_and_routers_no_longer_listed);
+
 /// The statuses of update_floatingip_statuses calls, merged in order.
 fn fip_statuses(rig: &Rig) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
@@ -208,13 +210,40 @@ fn registers_builds_and_reports(plane: Dataplane) {
         VM1,
     );
     rig.assert_fast_path(&mut c);
-    // The operator's commands find the agent's state.
-    let show = rig.show();
-    c.ok(
-        show.to_string().contains(&rig.router().id),
-        "xrouter show lists the router",
-        show.to_string(),
-    );
+    // The operator's commands find the agent's state through its files.
+    let conf = rig.dir.join("neutron.conf").display().to_string();
+    let ini = rig.dir.join("l3_agent.ini").display().to_string();
+    for what in [
+        &["show", "--json"][..],
+        &["show", "stats", "--json"],
+        &["show", "flows", "--json"],
+    ] {
+        let mut args: Vec<&str> = what.to_vec();
+        args.extend(["--config-file", &conf, "--config-file", &ini]);
+        let out = rig.xrouter(&args);
+        let label = format!("xrouter {} with the agent's --config-file", what.join(" "));
+        if plane == Dataplane::Iptables && what.len() == 3 {
+            // Flows and counters are the eBPF planes'; the message says so.
+            c.ok(
+                out.stderr.contains("the data plane is iptables"),
+                &label,
+                out.describe(),
+            );
+            continue;
+        }
+        c.ok(
+            out.success() && serde_json::from_str::<Value>(&out.stdout).is_ok(),
+            &label,
+            out.describe(),
+        );
+        if what.len() == 2 {
+            c.ok(
+                out.stdout.contains(&rig.router().id),
+                "xrouter show lists the router",
+                &out.stdout,
+            );
+        }
+    }
     c.finish();
 }
 
@@ -518,5 +547,41 @@ fn burst_of_updates_is_coalesced(plane: Dataplane) {
         format!("{syncs} calls"),
     );
     c.ok(all_built(), "all 100 routers still there", "");
+    c.finish();
+}
+
+/// A sync_routers that times out halves the chunk and is retried; a full
+/// sync removes the routers the server no longer lists for this host.
+/// (The data plane plays no part: iptables alone.)
+fn sync_timeouts_and_routers_no_longer_listed(plane: Dataplane) {
+    let mut rig = agent_article(plane);
+    let host = rig.agent_host();
+    let id = rig.router().id.clone();
+    let ns = rig.router_ns();
+    let mut c = Checks::new("sync_timeouts_and_routers_no_longer_listed");
+    // rpc_response_timeout is 10 s in the rig: an 11 s answer times out.
+    rig.server().set_sleep("sync_routers", 11.0);
+    let before = rig.server().calls("sync_routers").len();
+    rig.server().notify(&["routers_updated", &host, &id]);
+    let halved = wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+        rig.daemon_log().contains("chunk size now 128")
+    });
+    c.ok(
+        halved,
+        "a timed-out sync_routers halves the chunk (256 -> 128)",
+        "",
+    );
+    rig.server().set_sleep("sync_routers", 0.0);
+    let retried = wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+        rig.server().calls("sync_routers").len() >= before + 2
+    });
+    c.ok(retried, "and the sync is retried", "");
+    c.ok(namespace_exists(&ns), "the router stays meanwhile", "");
+    // The server no longer lists the router: the next full sync removes it.
+    rig.server().set_routers(&json!([]));
+    rig.server().notify(&["agent_updated", &host, "true"]);
+    let gone = wait_until(ACT, Duration::from_millis(100), || !namespace_exists(&ns));
+    c.ok(gone, "a full sync removes a router no longer listed", "");
+    let _ = &mut rig;
     c.finish();
 }

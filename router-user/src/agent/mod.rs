@@ -365,7 +365,8 @@ impl Agent {
         self.engine.state.save(&self.engine.node.state_file())?;
         for (id, fips) in &checked.errors {
             let fips = fips.iter().cloned().collect();
-            self.report_fips(&plugin, id, &fips, fip_status::ERROR).await;
+            self.report_fips(&plugin, id, &fips, fip_status::ERROR)
+                .await;
         }
         let applied = crate::engine::Applied {
             changes,
