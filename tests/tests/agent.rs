@@ -577,6 +577,19 @@ fn sync_timeouts_and_routers_no_longer_listed(plane: Dataplane) {
     });
     c.ok(retried, "and the sync is retried", "");
     c.ok(namespace_exists(&ns), "the router stays meanwhile", "");
+    // `xrouter reload` is a full sync with the server, answered once done.
+    let before = rig.server().calls("get_router_ids").len();
+    let out = rig.reload();
+    c.ok(
+        out.success() && out.stdout.contains("full sync"),
+        "xrouter reload: a full sync",
+        out.describe(),
+    );
+    c.ok(
+        rig.server().calls("get_router_ids").len() > before,
+        "reload asked the server for the routers",
+        "",
+    );
     // The server no longer lists the router: the next full sync removes it.
     rig.server().set_routers(&json!([]));
     rig.server().notify(&["agent_updated", &host, "true"]);
