@@ -114,6 +114,9 @@ impl Target {
     }
 }
 
+/// How long one broker may take to accept a connection (TCP, TLS, AMQP).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, Failure>>>>>;
 
 /// A live connection.
@@ -233,13 +236,19 @@ impl Rpc {
     pub async fn connect(settings: &Settings) -> Result<Rpc, Error> {
         let mut last = None;
         for h in &settings.url.hosts {
-            match Self::connect_to(settings, h).await {
-                Ok(r) => return Ok(r),
-                Err(e) => {
-                    tracing::debug!("{e}");
-                    last = Some(e);
-                }
-            }
+            // A broker that drops packets would hold the connect for the
+            // kernel's SYN timeout (minutes): each gets CONNECT_TIMEOUT.
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_to(settings, h));
+            let e = match attempt.await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => e,
+                Err(_) => Error::Connect {
+                    host: host_port(h),
+                    error: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                },
+            };
+            tracing::warn!("{e}");
+            last = Some(e);
         }
         Err(last.unwrap_or(Error::Connect {
             host: "-".into(),
@@ -270,7 +279,7 @@ impl Rpc {
             vhost: settings.url.vhost.clone(),
             query: AMQPQueryString {
                 heartbeat: Some(settings.heartbeat),
-                connection_timeout: Some(5000),
+                connection_timeout: Some(CONNECT_TIMEOUT.as_millis() as u64),
                 ..Default::default()
             },
         };
@@ -688,6 +697,8 @@ fn answer_itself(endpoint: &Endpoint, r: &Request) -> Option<Result<Value, Failu
     };
     if r.reply_to.is_none() {
         tracing::warn!("cast dropped: {}", failure.message);
+    } else {
+        tracing::warn!("call answered with {}: {}", failure.class, failure.message);
     }
     Some(Err(failure))
 }

@@ -49,7 +49,7 @@ pub struct Cli {
     /// node settings of their `[xrouter]` section (same keys as the node
     /// config, which --config may still give as the base). Give `show`,
     /// `reload` and `cleanup` the agent's files so that they find its
-    /// state.
+    /// state. Default: none (the node config alone; `agent` needs them).
     ///
     /// Example: --config-file /etc/neutron/neutron.conf --config-file /etc/neutron/l3_agent.ini
     #[arg(long = "config-file", global = true, value_name = "FILE")]
@@ -132,8 +132,14 @@ pub enum Cmd {
     /// routers; HA and distributed ones are logged as not handled), follows
     /// every notification and reports floating IP statuses. A lost message
     /// bus is retried on every broker of the URL while the routers keep
-    /// forwarding; `xrouter reload` asks for a full sync. Stopping it
-    /// leaves the routers forwarding.
+    /// forwarding; `xrouter reload` asks for a full sync (non-zero when a
+    /// router was rejected or failed). Stopping it leaves the routers
+    /// forwarding.
+    ///
+    /// Also read: [DEFAULT] agent_mode (legacy only), interface_driver,
+    /// handle_internal_only_routers, metadata_port, state_path; [AGENT]
+    /// availability_zone, log_agent_heartbeats. Every option:
+    /// docs/agent.md.
     Agent {
         /// Data plane, instead of the configured `dataplane` (default:
         /// auto).

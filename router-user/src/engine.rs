@@ -121,6 +121,19 @@ impl Applied {
     }
 }
 
+/// One line for a log: the counts, not each change (each was logged as it
+/// was made).
+pub fn summary_line(a: &Applied) -> String {
+    let mut out = changes(a.changes.len());
+    if !a.failures.is_empty() {
+        out.push_str(&format!(
+            ", {} failed",
+            crate::text::count(a.failures.len(), "router")
+        ));
+    }
+    out
+}
+
 /// "no changes", "1 change", "2 changes".
 fn changes(n: usize) -> String {
     crate::text::count(n, "change")

@@ -30,7 +30,10 @@ fn node_config(cli: &Cli) -> Result<NodeConfig> {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("XROUTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // lapin logs its own reconnection attempts as errors (and claims
+        // to give up while the agent goes on retrying): the agent says
+        // what happens to the message bus itself.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
     // Colours only for a terminal: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -145,6 +148,19 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Cleanup => {
+            // A running daemon would build everything again at its next
+            // resync: it must be stopped first.
+            if tokio::net::UnixStream::connect(node.socket_path())
+                .await
+                .is_ok()
+            {
+                errln!(
+                    "xrouter: cleanup: a daemon is running on {} (its control socket answers): \
+                     stop it first, or it rebuilds the routers at its next resync",
+                    node.socket_path().display()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             let ch = router_user::engine::cleanup(&node).await?;
             outln!("cleanup: {} removed", text::count(ch.len(), "item"))?;
             for item in &ch.items {

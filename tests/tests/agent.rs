@@ -577,6 +577,53 @@ fn sync_timeouts_and_routers_no_longer_listed(plane: Dataplane) {
     });
     c.ok(retried, "and the sync is retried", "");
     c.ok(namespace_exists(&ns), "the router stays meanwhile", "");
+    // A second router holds 192.168.1.150; the first one taking it too is
+    // refused (its new floating IP ERROR), the holder keeps it.
+    let ext = rig.network("ext").clone();
+    let net3 = rig.add_network("net3", "71.1.180.0/24", Some("71.1.180.1"));
+    let mut holder = tests::RouterSpec::empty(&rig.tag);
+    holder.gateway = Some(tests::PortSpec::new(&ext, "192.168.1.111"));
+    holder
+        .interfaces
+        .push(tests::PortSpec::new(&net3, "71.1.180.1"));
+    holder.add_fip("192.168.1.150", "71.1.180.5");
+    let holder_id = holder.id.clone();
+    let holder_fip = holder.fips[0].id.clone();
+    rig.routers.push(holder);
+    rig.serve_routers();
+    rig.server().notify(&["routers_updated", &host, &holder_id]);
+    c.ok(
+        wait_fip(&rig, &holder_fip, "ACTIVE"),
+        "a second router holds 192.168.1.150",
+        "",
+    );
+    rig.router_mut().add_fip("192.168.1.150", VM1);
+    let taker_fip = rig.router().fips.last().unwrap().id.clone();
+    rig.serve_routers();
+    rig.server().notify(&["routers_updated", &host, &id]);
+    c.ok(
+        wait_fip(&rig, &taker_fip, "ERROR"),
+        "a router taking an address another holds: its floating IPs ERROR",
+        "",
+    );
+    let holder_ns = format!("qrouter-{holder_id}");
+    let qg_holder = tests::ip(&holder_ns, "-o addr show").unwrap_or_default();
+    let qg_taker = rig.router_ip("-o addr show");
+    c.ok(
+        qg_holder.contains("192.168.1.150/32") && !qg_taker.contains("192.168.1.150"),
+        "the holder keeps the address, the other router does not get it",
+        format!("holder: {qg_holder}\ntaker: {qg_taker}"),
+    );
+    rig.router_mut().remove_fip("192.168.1.150");
+    rig.serve_routers();
+    // cleanup refuses while the agent runs (it would be undone).
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["cleanup", "--config", &cfg]);
+    c.ok(
+        !out.success() && out.stderr.contains("stop it first") && namespace_exists(&ns),
+        "cleanup refuses while the agent runs",
+        out.describe(),
+    );
     // `xrouter reload` is a full sync with the server, answered once done.
     let before = rig.server().calls("get_router_ids").len();
     let out = rig.reload();

@@ -11,6 +11,7 @@
 //! a full sync once back. The data plane keeps forwarding whatever happens
 //! to the connection or the process.
 
+pub mod clash;
 pub mod fip_status;
 pub mod plugin;
 pub mod report;
@@ -59,15 +60,54 @@ impl AgentSettings {
     /// does not parse, or an agent mode other than legacy, is refused.
     pub fn from_config(n: &crate::config::agent::NeutronSettings) -> Result<AgentSettings> {
         use crate::config::agent::AgentMode;
+        let files: Vec<String> = n.files.iter().map(|f| crate::text::path(f)).collect();
+        let files = files.join(", ");
         if n.agent_mode != AgentMode::Legacy {
             anyhow::bail!(
-                "[DEFAULT] agent_mode = {}: xrouter serves legacy routers only (agent_mode = legacy)",
+                "{files}: [DEFAULT] agent_mode: {:?}: xrouter serves legacy routers only \
+                 (agent_mode = legacy)",
                 n.agent_mode.as_str()
             );
         }
+        // The URL holds a password: the message names the problem, not
+        // the value.
         let url = oslo_rpc::TransportUrl::parse(n.transport_url.expose())
-            .map_err(|e| anyhow::anyhow!("[DEFAULT] {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{files}: [DEFAULT] {e}"))?;
         let r = &n.rabbit;
+        if r.ssl {
+            for (key, file) in [
+                ("ssl_ca_file", &r.ssl_ca_file),
+                ("ssl_cert_file", &r.ssl_cert_file),
+                ("ssl_key_file", &r.ssl_key_file),
+            ] {
+                let Some(file) = file else { continue };
+                let text = std::fs::read(file).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{files}: [oslo_messaging_rabbit] {key}: {}: {e}",
+                        crate::text::path(file)
+                    )
+                })?;
+                if !text.windows(11).any(|w| w == b"-----BEGIN ") {
+                    anyhow::bail!(
+                        "{files}: [oslo_messaging_rabbit] {key}: {} is not a PEM file",
+                        crate::text::path(file)
+                    );
+                }
+            }
+            if r.ssl_cert_file.is_some() != r.ssl_key_file.is_some() {
+                anyhow::bail!(
+                    "{files}: [oslo_messaging_rabbit] ssl_cert_file and ssl_key_file go together \
+                     (a client certificate and its key)"
+                );
+            }
+        }
+        if n.interface_driver != "linuxbridge" {
+            tracing::warn!(
+                "[DEFAULT] interface_driver = {}: xrouter plugs router ports into Linux bridges \
+                 (brq<network>, or bridge_mappings); Open vSwitch plugging is not supported yet",
+                n.interface_driver
+            );
+        }
         let tls = r.ssl.then(|| oslo_rpc::Tls {
             ca_file: r.ssl_ca_file.clone(),
             cert_file: r.ssl_cert_file.clone(),
@@ -233,6 +273,9 @@ struct Agent {
     reported: Reported,
     chunk: usize,
     counts: Arc<Mutex<Counts>>,
+    /// Routers the last sync could not apply (rejected or failed), for
+    /// `xrouter reload`'s answer.
+    not_applied: Vec<String>,
 }
 
 impl Agent {
@@ -283,7 +326,8 @@ impl Agent {
         let (checked, removed) = if p.full {
             let ids = plugin.get_router_ids().await?;
             let dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
-            let checked = self.check(dicts);
+            let mut checked = self.check(dicts);
+            self.hold_incumbents(&mut checked, true);
             // Routers the server no longer gives this host go, as with the
             // routers file; those it gives that fail validation keep what
             // they had.
@@ -320,6 +364,7 @@ impl Agent {
                 // Named but not given: deleted or scheduled elsewhere.
                 removed.extend(ids.iter().filter(|id| !got.contains(*id)).cloned());
                 checked = self.check(dicts);
+                self.hold_incumbents(&mut checked, false);
             }
             (checked, removed)
         };
@@ -368,13 +413,70 @@ impl Agent {
             self.report_fips(&plugin, id, &fips, fip_status::ERROR)
                 .await;
         }
+        self.not_applied = failures
+            .iter()
+            .map(|f| f.router.clone())
+            .chain(checked.errors.keys().cloned())
+            .collect();
         let applied = crate::engine::Applied {
             changes,
             failures,
             routers: self.engine.desired.len(),
         };
-        tracing::info!("{} in {:.1?}", applied.report(), t0.elapsed());
+        tracing::info!(
+            "applied: {}{} in {:.1?}",
+            crate::engine::summary_line(&applied),
+            match checked.errors.len() {
+                0 => String::new(),
+                n => format!(
+                    "; {} not applied (see above)",
+                    crate::text::count(n, "router")
+                ),
+            },
+            t0.elapsed()
+        );
         Ok(())
+    }
+
+    /// Refuses a router that would take an address or device name another
+    /// router holds: the holder keeps it. In a full sync the holders are
+    /// the routers kept as they were (rejected ones); otherwise every
+    /// router of the node not in this batch.
+    fn hold_incumbents(&self, c: &mut Checked, full: bool) {
+        loop {
+            let mut holders: Vec<Router> = if full {
+                c.keep
+                    .iter()
+                    .filter_map(|id| self.engine.state.applied(id).cloned())
+                    .collect()
+            } else {
+                self.engine
+                    .desired
+                    .iter()
+                    .filter(|d| !c.routers.iter().any(|r| r.id == d.id))
+                    .cloned()
+                    .collect()
+            };
+            if !full {
+                holders.retain(|h| !c.not_here.contains(&h.id));
+            }
+            let Some((i, why)) = c
+                .routers
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| clash::clash(r, &holders).map(|w| (i, w)))
+            else {
+                return;
+            };
+            let r = c.routers.remove(i);
+            tracing::error!("router not applied: router {}: {why}", r.id);
+            c.errors.insert(
+                r.id.clone(),
+                r.floating_ips.iter().map(|f| f.id.clone()).collect(),
+            );
+            // It keeps what it had (in a full sync, a holder from now on).
+            c.keep.push(r.id.clone());
+        }
     }
 
     /// Router dicts from the server, validated one by one: one bad router
@@ -395,6 +497,8 @@ impl Agent {
         }
         for u in parsed.unsupported {
             tracing::warn!("router {} not handled: {}", u.id, u.reason);
+            // Nothing serves its floating IPs here.
+            c.errors.insert(u.id.clone(), u.floating_ip_ids);
             c.not_here.push(u.id);
         }
         c
@@ -460,6 +564,7 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
         reported: Reported::default(),
         chunk: CHUNK_MAX,
         counts: Default::default(),
+        not_applied: Vec::new(),
     };
     agent.update_counts();
 
@@ -573,11 +678,19 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                         Some(conn) => {
                             agent.pending.full = true;
                             match agent.work(&conn).await {
-                                Ok(()) => Reply { ok: true, message: "full sync with neutron-server done".into(), failed: agent.engine.state.failed.iter().map(|f| f.router.id.clone()).collect() },
+                                Ok(()) if agent.not_applied.is_empty() => Reply { ok: true, message: "full sync with neutron-server done".into(), failed: vec![] },
+                                Ok(()) => Reply {
+                                    ok: false,
+                                    message: format!(
+                                        "full sync with neutron-server done; not applied (the daemon's log says why): {}",
+                                        agent.not_applied.join(", ")
+                                    ),
+                                    failed: agent.not_applied.clone(),
+                                },
                                 Err(e) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
                             }
                         }
-                        None => Reply { ok: false, message: "not connected to the message bus; a full sync follows the reconnection".into(), failed: vec![] },
+                        None => Reply { ok: false, message: "not connected to neutron-server yet (the message bus, or the server's first answer, is awaited); a full sync follows".into(), failed: vec![] },
                     },
                     Ok(Err(e)) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
                     Err(_) => Reply { ok: false, message: "timed out reading the request".into(), failed: vec![] },

@@ -61,31 +61,38 @@ impl Pending {
         networks_of: impl Fn(&str) -> Vec<String>,
     ) -> Result<(), String> {
         let arg = |k: &str| r.args.get(k).unwrap_or(&Value::Null);
+        let shown = |v: &Value| crate::text::tidy(&v.to_string());
         let id_of = |v: &Value| -> Result<String, String> {
-            match v {
-                Value::String(s) => Ok(s.clone()),
+            let s = match v {
+                Value::String(s) => s,
                 // Older servers sent router dicts.
                 Value::Object(o) => match o.get("id") {
-                    Some(Value::String(s)) => Ok(s.clone()),
-                    _ => Err(format!("a router without an id: {v}")),
+                    Some(Value::String(s)) => s,
+                    _ => return Err(format!("a router without an id: {}", shown(v))),
                 },
-                _ => Err(format!("not a router id: {v}")),
+                _ => return Err(format!("not a router id: {}", shown(v))),
+            };
+            // IDs name namespaces and pin directories: nothing else passes.
+            if crate::config::routers::is_uuid_like(s) {
+                Ok(s.clone())
+            } else {
+                Err(format!("not a router id: {}", shown(v)))
             }
         };
-        let ids = |v: &Value| -> Result<Vec<String>, String> {
+        let ids = |v: &Value, what: &str| -> Result<Vec<String>, String> {
             match v {
-                Value::Array(a) => a.iter().map(id_of).collect(),
-                Value::Null => Ok(vec![]),
+                Value::Array(a) if !a.is_empty() => a.iter().map(id_of).collect(),
+                Value::Array(_) | Value::Null => Err(format!("{what} names no router")),
                 other => Ok(vec![id_of(other)?]),
             }
         };
         let bad = |e: String| format!("{}: {e}", r.method);
         match r.method.as_str() {
-            "routers_updated" => ids(arg("routers"))
+            "routers_updated" => ids(arg("routers"), "routers")
                 .map_err(bad)?
                 .into_iter()
                 .for_each(|id| self.update(id)),
-            "router_added_to_agent" => ids(arg("payload"))
+            "router_added_to_agent" => ids(arg("payload"), "payload")
                 .map_err(bad)?
                 .into_iter()
                 .for_each(|id| self.update(id)),
@@ -119,6 +126,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A router ID for tests: `a` -> 32 hex digits of a's.
+    fn id(c: &str) -> String {
+        let h = match c {
+            "a" => "a",
+            "b" => "b",
+            "c" => "c",
+            "d" => "d",
+            "e" => "e",
+            _ => "f",
+        };
+        h.repeat(32)
+    }
+
     fn req(method: &str, args: Value) -> Request {
         Request::new(
             method,
@@ -134,32 +154,27 @@ mod tests {
 
     #[test]
     fn a_burst_is_one_sync_per_router_and_the_last_word_wins() {
+        let (a, b, c, d, e) = (id("a"), id("b"), id("c"), id("d"), id("e"));
         let mut p = Pending::default();
         for _ in 0..10 {
-            p.take(
-                &req("routers_updated", json!({"routers": ["a", "b"]})),
-                none,
-            )
-            .unwrap();
+            p.take(&req("routers_updated", json!({"routers": [a, b]})), none)
+                .unwrap();
         }
-        p.take(&req("router_deleted", json!({"router_id": "b"})), none)
+        p.take(&req("router_deleted", json!({"router_id": b})), none)
             .unwrap();
-        p.take(
-            &req("router_added_to_agent", json!({"payload": ["c"]})),
-            none,
-        )
-        .unwrap();
+        p.take(&req("router_added_to_agent", json!({"payload": [c]})), none)
+            .unwrap();
         p.take(
             &req(
                 "router_removed_from_agent",
-                json!({"payload": {"router_id": "d"}}),
+                json!({"payload": {"router_id": d}}),
             ),
             none,
         )
         .unwrap();
         // Older servers name routers by dict.
         p.take(
-            &req("routers_updated", json!({"routers": [{"id": "e"}]})),
+            &req("routers_updated", json!({"routers": [{"id": e}]})),
             none,
         )
         .unwrap();
@@ -167,14 +182,14 @@ mod tests {
             p,
             Pending {
                 full: false,
-                update: ["a", "c", "e"].map(String::from).into(),
-                remove: ["b", "d"].map(String::from).into(),
+                update: [a.clone(), c.clone(), e.clone()].into(),
+                remove: [b.clone(), d.clone()].into(),
             }
         );
         // Deleted, then updated again: fetched (the server decides).
-        p.take(&req("routers_updated", json!({"routers": ["b"]})), none)
+        p.take(&req("routers_updated", json!({"routers": [b]})), none)
             .unwrap();
-        assert!(p.update.contains("b") && !p.remove.contains("b"));
+        assert!(p.update.contains(&b) && !p.remove.contains(&b));
     }
 
     #[test]
@@ -185,10 +200,10 @@ mod tests {
                 "network_update",
                 json!({"network": {"id": "n1", "mtu": 1400}}),
             ),
-            |n| if n == "n1" { vec!["r1".into()] } else { vec![] },
+            |n| if n == "n1" { vec![id("a")] } else { vec![] },
         )
         .unwrap();
-        assert_eq!(p.update, ["r1".to_string()].into());
+        assert_eq!(p.update, [id("a")].into());
         p.take(
             &req(
                 "agent_updated",
@@ -203,17 +218,40 @@ mod tests {
     #[test]
     fn malformed_requests_are_named_and_change_nothing() {
         let mut p = Pending::default();
-        let e = p
-            .take(
-                &req("router_removed_from_agent", json!({"payload": {}})),
-                none,
-            )
-            .unwrap_err();
-        assert_eq!(e, "router_removed_from_agent: payload has no router_id");
-        let e = p
-            .take(&req("routers_updated", json!({"routers": [1]})), none)
-            .unwrap_err();
-        assert_eq!(e, "routers_updated: not a router id: 1");
+        for (method, args, error) in [
+            (
+                "router_removed_from_agent",
+                json!({"payload": {}}),
+                "router_removed_from_agent: payload has no router_id",
+            ),
+            (
+                "routers_updated",
+                json!({"routers": [1]}),
+                "routers_updated: not a router id: 1",
+            ),
+            (
+                "routers_updated",
+                json!({"routers": ["../etc"]}),
+                "routers_updated: not a router id: \"../etc\"",
+            ),
+            (
+                "routers_updated",
+                json!({"routers": "notalist"}),
+                "routers_updated: not a router id: \"notalist\"",
+            ),
+            (
+                "routers_updated",
+                json!({}),
+                "routers_updated: routers names no router",
+            ),
+            (
+                "router_added_to_agent",
+                json!({"payload": []}),
+                "router_added_to_agent: payload names no router",
+            ),
+        ] {
+            assert_eq!(p.take(&req(method, args), none).unwrap_err(), error);
+        }
         assert!(p.is_empty());
     }
 }
