@@ -57,26 +57,44 @@ What is NOT the real agent here (so the figures favour Neutron):
 Isolation and cleanup
 ---------------------
 The script (the "outer" process) creates a private network namespace
-xnb-<marker> and re-runs itself inside it (`ip netns exec`), so the
-bridges and taps live there, never in the root namespace. Router ids start
-with <marker> (8 random hex digits, starting with "b0"), so Neutron's
-namespaces are qrouter-<marker>-...; nothing else is touched. Whatever
-happens (error, timeout, Ctrl-C), the outer process kills the processes in
-those namespaces and the inner process group, deletes qrouter-<marker>-*
-and xnb-<marker> and the state directory /tmp/xnb-<marker>. If the outer
+xnb-<marker> and runs itself again (the "inner" process, the agent) in it:
+setns(2) of the network namespace only, so the bridges and taps live there,
+never in the root namespace, while the qrouter-* namespaces Neutron creates
+are bind-mounted in the host's /run/netns as a real agent's are. Router ids
+start with <marker> (8 random hex digits, starting with "b0"), so Neutron's
+namespaces are qrouter-<marker>-...; nothing else is touched (the agent's
+stale-namespace cleanup, which would delete every other qrouter-* on the
+host, is not run). Whatever happens (error, timeout, Ctrl-C, SIGTERM), the
+outer process kills the inner process group and every process in those
+namespaces (privsep daemons, arping), deletes qrouter-<marker>-* and
+xnb-<marker> and the state directory /tmp/xnb-<marker>. If the outer
 process itself was killed with SIGKILL, run `l3_bench.py --cleanup MARKER`.
 
+What is measured
+----------------
 CPU time is that of the agent process (all threads), of the commands it
-ran (reaped children: ip, iptables-save/restore, sysctl) and of its
-privsep daemons (with the commands they ran: arping), measured as deltas
-around each step. Kernel work done outside those processes (softirq,
-kworkers, namespace teardown) is not counted.
+ran itself (reaped children) and of its privsep daemons with the commands
+they ran (in Neutron 29 nearly everything goes through privsep.default:
+addresses, iptables-save/iptables-restore, sysctl, arping), measured as
+deltas around each step. Kernel work done outside those processes
+(softirq, kworkers, namespace teardown) is not counted.
 
 The full sync's `wall_s` ends when the last router's processing has
 returned (what the agent logs as "Finished a router update"); the
-gratuitous ARPs it started (3 x arping -U and -A per address, 2 s apart,
-in threads) go on after that: `garp_settled_wall_s` is when the last of
-them has finished, and the CPU figures are taken then too.
+gratuitous ARPs it started go on after that: `garp_settled_wall_s` is when
+the last of them has finished, and the `cpu_s` figures are taken then
+(`cpu_s_at_built` at `wall_s`).
+
+Gratuitous ARP dominates. For every address it adds (each floating IP,
+each gateway and internal port address) a legacy router starts a thread
+that runs `arping -U` and `arping -A` (each one about 1 s: it waits for
+replies) three times, 2 s apart, each through the privsep.default daemon,
+whose thread pool ([privsep] thread_pool_size) defaults to the number of
+CPUs. The router's own privileged calls (one per floating IP address) queue
+behind those arpings in the same pool, so the figures depend heavily on
+that pool size: --privsep-threads sets it (the JSON says which was used).
+--no-garp skips the gratuitous ARPs altogether -- not what Neutron does --
+to give a lower bound of the rest of its work.
 
 Install and run (as root)
 -------------------------
@@ -166,6 +184,7 @@ def cleanup(marker, pgid=None):
 def outer(args):
     if os.geteuid() != 0:
         sys.exit("l3_bench: run as root")
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     marker = "b0" + secrets.token_hex(3)
     nsname = "xnb-" + marker
     state = os.path.join(STATE_ROOT, nsname)
@@ -175,13 +194,14 @@ def outer(args):
         os.makedirs(state, mode=0o700)
         run(["ip", "netns", "add", nsname])
         run(["ip", "-n", nsname, "link", "set", "lo", "up"])
-        cmd = ["ip", "netns", "exec", nsname, sys.executable,
-               os.path.abspath(__file__), "--inner", "--marker", marker,
+        cmd = [sys.executable, os.path.abspath(__file__), "--inner",
+               "--netns", nsname, "--marker", marker,
                "--state", state, "--routers", str(args.routers),
                "--fips", str(args.fips), "--adds", str(args.adds),
                "--timeout", str(args.timeout),
                "--privsep-threads", str(args.privsep_threads)] + (
-                   ["--debug"] if args.debug else [])
+                   ["--debug"] if args.debug else []) + (
+                   ["--no-garp"] if args.no_garp else [])
         env = dict(os.environ)
         env["PATH"] = (os.path.dirname(sys.executable) + ":" +
                        env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
@@ -621,11 +641,31 @@ def check_router(router):
     return missing
 
 
+def enter_netns(name):
+    """setns(2) into network namespace `name`, network only: unlike
+    `ip netns exec` it keeps the mount namespace, so the qrouter-*
+    namespaces Neutron bind-mounts under /run/netns are visible (and
+    removable) from the host, like a real agent's."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:   # CLONE_NEWNET
+            err = ctypes.get_errno()
+            raise OSError(err, "setns %s: %s" % (name, os.strerror(err)))
+    finally:
+        os.close(fd)
+
+
 def inner(args):
+    # First, before any thread: every thread and child inherits it.
+    enter_netns(args.netns)
     os.environ["PATH"] = (os.path.dirname(sys.executable) + ":" +
                           os.environ.get("PATH", ""))
     _inner_imports()
     sys.modules["__main__"].BenchBridgeInterfaceDriver = _make_driver_class()
+    if args.no_garp:
+        ip_lib.send_ip_addr_adv_notif = lambda *a, **k: None
     import neutron
     from importlib import metadata
     deadline = time.monotonic() + args.timeout
@@ -635,6 +675,8 @@ def inner(args):
               "fips_total": args.routers * args.fips,
               "privsep_thread_pool_size": (args.privsep_threads or
                                            os.cpu_count()),
+              "garp": ("skipped (--no-garp): not Neutron's behaviour"
+                       if args.no_garp else "as Neutron does"),
               "machine": {"cpus": os.cpu_count(),
                           "cpu": cpu_model(),
                           "kernel": platform.release(),
@@ -780,12 +822,17 @@ def main():
     p.add_argument("--privsep-threads", type=int, default=0,
                    help="[privsep] thread_pool_size (default: oslo.privsep's,"
                    " the number of CPUs)")
+    p.add_argument("--no-garp", action="store_true",
+                   help="NOT what Neutron does: skip its gratuitous ARPs "
+                   "(ip_lib.send_ip_addr_adv_notif made a no-op), for a "
+                   "lower bound of the rest of its work")
     p.add_argument("--debug", action="store_true",
                    help="agent log at DEBUG (slower; not for figures)")
     p.add_argument("--cleanup", metavar="MARKER",
                    help="only delete what a killed run MARKER left")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--marker", help=argparse.SUPPRESS)
+    p.add_argument("--netns", help=argparse.SUPPRESS)
     p.add_argument("--state", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cleanup:
