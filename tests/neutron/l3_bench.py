@@ -96,6 +96,28 @@ that pool size: --privsep-threads sets it (the JSON says which was used).
 --no-garp skips the gratuitous ARPs altogether -- not what Neutron does --
 to give a lower bound of the rest of its work.
 
+Measured here (2026-11-29)
+--------------------------
+2-core AMD EPYC VM, kernel 6.18, iptables 1.8.9 (nf_tables), Python
+3.11.7, neutron 29.0.0; other jobs shared the machine (load average noted).
+Wall times; CPU is agent + privsep daemons + their commands.
+
+* 10 x 10, privsep pool 128, with GARP (load ~1.5): full sync 11.8 s
+  (19.0 CPU-s), its GARPs done at 21.9 s; one floating IP added to a
+  router with 10: 0.22 s median of 5 (0.17 CPU-s), GARPs done ~10.3 s.
+* 10 x 10, privsep pool 2 (the default here), with GARP (load ~1.5):
+  full sync 364 s (18.8 CPU-s: it waits on arping); one floating IP added:
+  0.21 s.
+* 100 x 100, privsep pool 128, with GARP (load 9-24 from other jobs):
+  full sync 803 s (1,110 CPU-s), 10,000 floating IPs reported ACTIVE,
+  GARPs done at 813 s; one floating IP added to a router with 100: 0.26 s
+  median of 5 (0.25 CPU-s).
+* 100 x 100, privsep pool 2, --no-garp (lower bound, load ~4): full sync
+  362 s (466 CPU-s); one floating IP added: 0.22 s (0.17 CPU-s).
+* 100 x 100, privsep pool 2, with GARP: not run; extrapolated from the
+  10 x 10 run (about 6 s of arping per address through 2 threads), about
+  10,200 addresses x 3 s = 8.5 hours.
+
 Install and run (as root)
 -------------------------
     python3.11 -m venv /opt/xrouter-neutron-venv
