@@ -337,11 +337,16 @@ fn namespace_rebuilt(plane: Dataplane) {
     });
     c.ok(works, "traffic works again", t0.elapsed());
     println!("rebuilt and forwarding after {:?}", t0.elapsed());
+    // Traffic may still go through the old namespace (alive while held):
+    // the new one gets its ports and rules within the resync that made it.
     for (dev, want) in [
         (r.qr("net1"), format!("{QR1}/24")),
         (r.qr("net2"), format!("{QR2}/24")),
         (r.qg(), format!("{QG}/24")),
     ] {
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            addresses(&rns, &dev).is_ok_and(|a| a.contains(&want))
+        });
         let got = addresses(&rns, &dev).unwrap_or_default();
         c.ok(
             got.contains(&want),
@@ -365,7 +370,17 @@ fn namespace_rebuilt(plane: Dataplane) {
             format!("{FIP} : {VM2}"),
         )
     };
-    let rules = rules.unwrap_or_default();
+    let mut rules = rules.unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rules.contains(&want) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        rules = if plane == Dataplane::Iptables {
+            tests::cmd::sh(&rns, "iptables-save", &[])
+        } else {
+            tests::cmd::sh(&rns, "nft", &["list", "map", "ip", "xrouter", "fip-dnat"])
+        }
+        .unwrap_or_default();
+    }
     c.ok(
         rules.contains(&want),
         "rebuilt namespace has the FIP's kernel DNAT",
