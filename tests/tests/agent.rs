@@ -614,6 +614,23 @@ fn sync_timeouts_and_routers_no_longer_listed(plane: Dataplane) {
         "the holder keeps the address, the other router does not get it",
         format!("holder: {qg_holder}\ntaker: {qg_taker}"),
     );
+    // A full sync too: the holder (listed after the claimant) keeps it and
+    // stays ACTIVE; only the claimant is named as not applied.
+    let out = rig.xrouter(&[
+        "reload",
+        "--config",
+        &rig.config_path().display().to_string(),
+    ]);
+    c.ok(
+        !out.success() && out.stderr.contains(&id) && !out.stderr.contains(&holder_id),
+        "full sync: only the claimant is refused",
+        out.describe(),
+    );
+    c.ok(
+        fip_statuses(&rig).get(&holder_fip).and_then(Value::as_str) == Some("ACTIVE"),
+        "full sync: the holder's floating IP stays ACTIVE",
+        format!("{:?}", fip_statuses(&rig).get(&holder_fip)),
+    );
     rig.router_mut().remove_fip("192.168.1.150");
     rig.serve_routers();
     // cleanup refuses while the agent runs (it would be undone).
@@ -642,6 +659,22 @@ fn sync_timeouts_and_routers_no_longer_listed(plane: Dataplane) {
     rig.server().notify(&["agent_updated", &host, "true"]);
     let gone = wait_until(ACT, Duration::from_millis(100), || !namespace_exists(&ns));
     c.ok(gone, "a full sync removes a router no longer listed", "");
-    let _ = &mut rig;
+    // A stop does not wait for a sync the server is slow to answer.
+    rig.server().set_sleep("sync_routers", 30.0);
+    rig.serve_routers();
+    let before = rig.server().calls("sync_routers").len();
+    rig.server().notify(&["routers_updated", &host, &id]);
+    let asked = wait_until(ACT, Duration::from_millis(100), || {
+        rig.server().calls("sync_routers").len() > before
+    });
+    c.ok(asked, "a sync_routers the server sits on", "");
+    let t0 = Instant::now();
+    let status = rig.stop_daemon();
+    c.ok(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM stops the agent cleanly, without waiting out rpc_response_timeout",
+        format!("{status:?} after {:?}", t0.elapsed()),
+    );
+    rig.server().set_sleep("sync_routers", 0.0);
     c.finish();
 }

@@ -101,11 +101,22 @@ impl AgentSettings {
                 );
             }
         }
-        if n.interface_driver != "linuxbridge" {
+        let driver = n.interface_driver.as_str();
+        let linux_bridge = [
+            "linuxbridge",
+            "neutron.agent.linux.interface.BridgeInterfaceDriver",
+        ];
+        if driver.contains("openvswitch") || driver.contains("OVSInterfaceDriver") {
             tracing::warn!(
-                "[DEFAULT] interface_driver = {}: xrouter plugs router ports into Linux bridges \
-                 (brq<network>, or bridge_mappings); Open vSwitch plugging is not supported yet",
-                n.interface_driver
+                "[DEFAULT] interface_driver = {driver}: xrouter plugs router ports into Linux \
+                 bridges (brq<network>, or bridge_mappings); Open vSwitch plugging is not \
+                 supported yet"
+            );
+        } else if !linux_bridge.contains(&driver) {
+            tracing::warn!(
+                "[DEFAULT] interface_driver = {driver}: not a driver xrouter knows; it plugs \
+                 router ports into Linux bridges (brq<network>, or bridge_mappings), as \
+                 linuxbridge does"
             );
         }
         let tls = r.ssl.then(|| oslo_rpc::Tls {
@@ -185,6 +196,7 @@ async fn open(s: &AgentSettings) -> Result<Link> {
         rpc: &rpc,
         host: &s.identity.host,
         timeout: s.rpc_timeout,
+        stop: None,
     };
     loop {
         match plugin.get_host_ha_router_count().await {
@@ -238,6 +250,7 @@ async fn reporter(
         rpc: &rpc,
         host: &s.identity.host,
         timeout: s.rpc_timeout,
+        stop: None,
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,6 +289,8 @@ struct Agent {
     /// Routers the last sync could not apply (rejected or failed), for
     /// `xrouter reload`'s answer.
     not_applied: Vec<String>,
+    /// True once SIGTERM or SIGINT came.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Agent {
@@ -321,11 +336,16 @@ impl Agent {
             rpc,
             host: &s.identity.host,
             timeout: s.rpc_timeout,
+            stop: Some(self.stop.clone()),
         };
         let t0 = std::time::Instant::now();
         let (checked, removed) = if p.full {
             let ids = plugin.get_router_ids().await?;
-            let dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
+            let mut dicts = plugin.sync_routers_chunked(&ids, &mut self.chunk).await?;
+            // Where two routers claim one address, the one holding it keeps
+            // it: routers asking for nothing new come first (the checks
+            // across routers refuse the later claimant).
+            dicts.sort_by_key(|d| !self.claims_nothing_new(d));
             let mut checked = self.check(dicts);
             self.hold_incumbents(&mut checked, true);
             // Routers the server no longer gives this host go, as with the
@@ -436,6 +456,43 @@ impl Agent {
             t0.elapsed()
         );
         Ok(())
+    }
+
+    /// Whether a router dict's external addresses (gateway, floating IPs)
+    /// are all held by its applied state already.
+    fn claims_nothing_new(&self, d: &Value) -> bool {
+        let Some(prev) = d
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| self.engine.state.applied(id))
+        else {
+            return false;
+        };
+        let held: BTreeSet<String> = prev
+            .floating_ips
+            .iter()
+            .map(|f| f.floating_ip.to_string())
+            .chain(
+                prev.gateway
+                    .iter()
+                    .flat_map(|g| g.port.addresses.iter().map(|a| a.addr().to_string())),
+            )
+            .collect();
+        let strings = |v: Option<&Value>, key: &str| -> Vec<String> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.get(key).and_then(Value::as_str).map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut wanted = strings(d.get("_floatingips"), "floating_ip_address");
+        wanted.extend(strings(
+            d.get("gw_port").and_then(|g| g.get("fixed_ips")),
+            "ip_address",
+        ));
+        wanted.iter().all(|a| held.contains(a))
     }
 
     /// Refuses a router that would take an address or device name another
@@ -565,11 +622,23 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
         chunk: CHUNK_MAX,
         counts: Default::default(),
         not_applied: Vec::new(),
+        stop: tokio::sync::watch::channel(false).1,
     };
     agent.update_counts();
 
+    // Signals are watched by a task of their own: a stop must not wait for
+    // a sync waiting on neutron-server.
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let (stop_tx, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    agent.stop = stopped.clone();
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let period = Duration::from_secs(node.resync_interval.max(1));
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -597,7 +666,7 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                 agent.take(&i);
                 answer(&i).await;
             }
-            if !agent.pending.is_empty() && !failed_work {
+            if !agent.pending.is_empty() && !failed_work && !*stopped.borrow() {
                 if let Err(e) = agent.work(&conn).await {
                     tracing::warn!("sync with neutron-server failed, retried shortly: {e:#}");
                     failed_work = true;
@@ -621,8 +690,7 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
             }
         };
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = stopped.wait_for(|s| *s) => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: full sync");
                 agent.pending.full = true;
@@ -687,7 +755,10 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                                     ),
                                     failed: agent.not_applied.clone(),
                                 },
-                                Err(e) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
+                                Err(e) => {
+                                    tracing::warn!("xrouter reload: full sync failed: {e:#}");
+                                    Reply { ok: false, message: format!("{e:#}"), failed: vec![] }
+                                }
                             }
                         }
                         None => Reply { ok: false, message: "not connected to neutron-server yet (the message bus, or the server's first answer, is awaited); a full sync follows".into(), failed: vec![] },

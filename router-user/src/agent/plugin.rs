@@ -65,20 +65,30 @@ pub struct Plugin<'a> {
     pub host: &'a str,
     /// `rpc_response_timeout`.
     pub timeout: Duration,
+    /// Set when the agent stops: a call waiting for the server gives up
+    /// (a stop never waits out rpc_response_timeout).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Plugin<'_> {
     async fn l3(&self, method: &str, version: &str, a: Value) -> Result<Value, CallError> {
-        self.rpc
-            .call(
-                &Target::topic(L3_PLUGIN),
-                method,
-                args(a),
-                version,
-                context(),
-                self.timeout,
-            )
-            .await
+        let target = Target::topic(L3_PLUGIN);
+        let call = self
+            .rpc
+            .call(&target, method, args(a), version, context(), self.timeout);
+        let Some(mut stop) = self.stop.clone() else {
+            return call.await;
+        };
+        tokio::select! {
+            r = call => r,
+            _ = stop.wait_for(|s| *s) => Err(CallError::Transport {
+                method: method.into(),
+                error: oslo_rpc::Error::Connect {
+                    host: self.rpc.broker.clone(),
+                    error: "abandoned: the agent is stopping".into(),
+                },
+            }),
+        }
     }
 
     pub async fn get_host_ha_router_count(&self) -> Result<Value, CallError> {
