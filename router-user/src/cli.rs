@@ -206,8 +206,9 @@ pub enum Cmd {
     ///
     /// Works from the daemon's state file (the routers applied, and those
     /// whose apply failed): give it the daemon's --config or --state-dir,
-    /// and run it in the network namespace the daemon ran in. Stop the
-    /// daemon first, or its next resync builds the routers again.
+    /// and run it in the network namespace the daemon ran in. It refuses
+    /// while the daemon (`run` or `agent`) answers on its control socket:
+    /// stop it first, or its next resync would build the routers again.
     Cleanup,
     /// Show what a Neutron router does, in a sandbox that is removed after.
     ///
