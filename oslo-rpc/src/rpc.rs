@@ -314,16 +314,8 @@ impl Rpc {
     async fn start_replies(&mut self) -> Result<(), Error> {
         let d = self.settings.queues.reply();
         let chan = self.conn.create_channel().await?;
-        chan.queue_declare(
-            self.reply_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: d.durable,
-                auto_delete: d.auto_delete,
-                ..Default::default()
-            },
-            d.table(),
-        )
-        .await?;
+        // On the default exchange: no binding.
+        declare_queue(&chan, &self.reply_queue, &d, None).await?;
         let mut consumer = chan
             .basic_consume(
                 self.reply_queue.as_str().into(),
@@ -542,75 +534,30 @@ impl Rpc {
                 .await?;
         }
         let t = q.topic();
-        chan.exchange_declare(
-            self.settings.exchange.as_str().into(),
+        let exchange = self.settings.exchange.as_str();
+        self.declare_exchange(
+            &chan,
+            exchange,
             ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: t.durable,
-                auto_delete: t.auto_delete,
-                ..Default::default()
-            },
-            FieldTable::default(),
+            t.durable,
+            t.auto_delete,
         )
         .await?;
         let mut queues = Vec::new();
         for name in [topic.to_string(), format!("{topic}.{server}")] {
-            chan.queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: t.durable,
-                    auto_delete: t.auto_delete,
-                    ..Default::default()
-                },
-                t.table(),
-            )
-            .await?;
-            chan.queue_bind(
-                name.as_str().into(),
-                self.settings.exchange.as_str().into(),
-                name.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            declare_queue(&chan, &name, &t, Some((exchange, &name))).await?;
             queues.push(name);
         }
-        let f = q.fanout();
         let fanout_ex = format!("{topic}_fanout");
         let fanout_q = if q.rabbit_stream_fanout {
             fanout_ex.clone()
         } else {
             format!("{topic}_fanout_{}", unique_id())
         };
-        chan.exchange_declare(
-            fanout_ex.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: q.fanout_exchange_durable(),
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-        chan.queue_declare(
-            fanout_q.as_str().into(),
-            QueueDeclareOptions {
-                durable: f.durable,
-                auto_delete: f.auto_delete,
-                ..Default::default()
-            },
-            f.table(),
-        )
-        .await?;
-        chan.queue_bind(
-            fanout_q.as_str().into(),
-            fanout_ex.as_str().into(),
-            topic.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        let durable = q.fanout_exchange_durable();
+        self.declare_exchange(&chan, &fanout_ex, ExchangeKind::Fanout, durable, true)
+            .await?;
+        declare_queue(&chan, &fanout_q, &q.fanout(), Some((&fanout_ex, topic))).await?;
         queues.push(fanout_q);
 
         let (tx, rx) = mpsc::channel(1024);
@@ -675,6 +622,36 @@ impl Rpc {
 /// fail with "connection lost while waiting for the reply".
 fn fail_pending(pending: &Pending) {
     pending.lock().unwrap().clear();
+}
+
+/// Declares queue `name` as `d` says and binds it to `(exchange, key)`.
+async fn declare_queue(
+    chan: &Channel,
+    name: &str,
+    d: &crate::options::Declaration,
+    bind: Option<(&str, &str)>,
+) -> Result<(), Error> {
+    chan.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: d.durable,
+            auto_delete: d.auto_delete,
+            ..Default::default()
+        },
+        d.table(),
+    )
+    .await?;
+    if let Some((exchange, key)) = bind {
+        chan.queue_bind(
+            name.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The answer the server gives without its owner: the ping, or oslo's

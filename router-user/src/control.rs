@@ -29,6 +29,45 @@ pub struct Reply {
     pub failed: Vec<String>,
 }
 
+impl Reply {
+    /// A request that failed as a whole.
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            message: message.into(),
+            failed: vec![],
+        }
+    }
+}
+
+/// One connection to the daemon: its request (read within 5 s), or the
+/// answer that it could not be read; then [`Connection::answer`].
+pub struct Connection {
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// Takes a connection in: the request, or the reply saying why there is
+/// none, and the connection to answer on.
+pub async fn receive(stream: UnixStream) -> (Result<Request, Reply>, Connection) {
+    let (r, w) = stream.into_split();
+    let req = match tokio::time::timeout(std::time::Duration::from_secs(5), read_request(r)).await {
+        Ok(Ok(req)) => Ok(req),
+        Ok(Err(e)) => Err(Reply::error(format!("{e:#}"))),
+        Err(_) => Err(Reply::error("timed out reading the request")),
+    };
+    (req, Connection { w })
+}
+
+impl Connection {
+    /// Writes the answer line (a client gone meanwhile is no error).
+    pub async fn answer(mut self, reply: &Reply) -> Result<()> {
+        let mut line = serde_json::to_string(reply)?;
+        line.push('\n');
+        let _ = self.w.write_all(line.as_bytes()).await;
+        Ok(())
+    }
+}
+
 /// Sends a request to the daemon and waits for its answer.
 pub async fn call(socket: &Path, req: &Request) -> Result<Reply> {
     let s = UnixStream::connect(socket).await.with_context(|| {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::{io::AsyncWriteExt as _, net::UnixListener, signal::unix::SignalKind};
+use tokio::{net::UnixListener, signal::unix::SignalKind};
 
 use crate::{
     config::node::{Dataplane, NodeConfig},
@@ -212,10 +212,10 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             }
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let (r, mut w) = stream.into_split();
                 // Requests are served one at a time: applies never overlap.
-                let reply = match tokio::time::timeout(Duration::from_secs(5), crate::control::read_request(r)).await {
-                    Ok(Ok(Request::Reload)) => {
+                let (req, conn) = crate::control::receive(stream).await;
+                let reply = match req {
+                    Ok(Request::Reload) => {
                         stamp = file_stamp(&routers_path);
                         match engine.reload().await {
                             Ok(a) => Reply {
@@ -223,15 +223,12 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                                 message: a.report(),
                                 failed: a.failures.iter().map(|f| f.router.clone()).collect(),
                             },
-                            Err(e) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
+                            Err(e) => Reply::error(format!("{e:#}")),
                         }
                     }
-                    Ok(Err(e)) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
-                    Err(_) => Reply { ok: false, message: "timed out reading the request".into(), failed: vec![] },
+                    Err(reply) => reply,
                 };
-                let mut line = serde_json::to_string(&reply)?;
-                line.push('\n');
-                let _ = w.write_all(line.as_bytes()).await;
+                conn.answer(&reply).await?;
             }
         }
     }

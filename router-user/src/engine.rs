@@ -648,23 +648,13 @@ impl Engine {
         let mut ch = Changes::default();
         let mut failures = Vec::new();
         let wanted: BTreeSet<&str> = desired.iter().map(|r| r.id.as_str()).collect();
-        for id in self.state.router_ids() {
-            if wanted.contains(id.as_str()) {
-                continue;
-            }
-            match self.remove_router(&id, &mut ch).await {
-                Ok(()) => {
-                    self.state.routers.retain(|r| r.id != id);
-                    self.state.failed.retain(|f| f.router.id != id);
-                }
-                Err(e) => failures.push(Failure {
-                    router: id,
-                    removal: true,
-                    new: false,
-                    error: format!("{e:#}"),
-                }),
-            }
-        }
+        let gone: Vec<String> = self
+            .state
+            .router_ids()
+            .into_iter()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .collect();
+        self.remove_each(&gone, &mut ch, &mut failures).await;
         for r in &desired {
             if let Err(f) = self.update(r, &mut ch).await {
                 failures.push(f);
@@ -723,43 +713,19 @@ impl Engine {
         }
     }
 
-    /// Applies some routers and removes others, leaving every other router
-    /// as it is (agent mode: a notification names the routers it is about).
-    /// What is wanted from then on (`desired`) follows.
-    pub async fn apply_changes(
-        &mut self,
-        updated: Vec<Router>,
-        removed: &[String],
-    ) -> Result<Applied> {
+    /// Removes routers `ids` it has a record of (agent mode: a notification
+    /// or a full sync says they go), leaving the others as they are; what
+    /// is wanted from then on (`desired`) follows.
+    pub async fn remove(&mut self, ids: &[String]) -> Result<Applied> {
         let mut ch = Changes::default();
         let mut failures = Vec::new();
-        for id in removed {
-            self.desired.retain(|r| &r.id != id);
-            if self.state.applied(id).is_none() && self.state.failure(id).is_none() {
-                continue;
-            }
-            match self.remove_router(id, &mut ch).await {
-                Ok(()) => {
-                    self.state.routers.retain(|r| &r.id != id);
-                    self.state.failed.retain(|f| &f.router.id != id);
-                }
-                Err(e) => failures.push(Failure {
-                    router: id.clone(),
-                    removal: true,
-                    new: false,
-                    error: format!("{e:#}"),
-                }),
-            }
-        }
-        for r in &updated {
-            match self.desired.iter_mut().find(|d| d.id == r.id) {
-                Some(d) => *d = r.clone(),
-                None => self.desired.push(r.clone()),
-            }
-            if let Err(f) = self.update(r, &mut ch).await {
-                failures.push(f);
-            }
-        }
+        self.desired.retain(|r| !ids.contains(&r.id));
+        let known: Vec<String> = ids
+            .iter()
+            .filter(|id| self.state.applied(id).is_some() || self.state.failure(id).is_some())
+            .cloned()
+            .collect();
+        self.remove_each(&known, &mut ch, &mut failures).await;
         self.state.save(&self.node.state_file())?;
         for c in &ch.items {
             tracing::info!("{c}");
@@ -772,6 +738,34 @@ impl Engine {
             failures,
             routers: self.desired.len(),
         })
+    }
+
+    /// Makes `r` what every later resync aims at (agent mode: one router
+    /// at a time).
+    pub fn want(&mut self, r: &Router) {
+        match self.desired.iter_mut().find(|d| d.id == r.id) {
+            Some(d) => *d = r.clone(),
+            None => self.desired.push(r.clone()),
+        }
+    }
+
+    /// Removes each router of `ids` and forgets it; a failure is recorded
+    /// and the router kept in the record.
+    async fn remove_each(&mut self, ids: &[String], ch: &mut Changes, failures: &mut Vec<Failure>) {
+        for id in ids {
+            match self.remove_router(id, ch).await {
+                Ok(()) => {
+                    self.state.routers.retain(|r| &r.id != id);
+                    self.state.failed.retain(|f| &f.router.id != id);
+                }
+                Err(e) => failures.push(Failure {
+                    router: id.clone(),
+                    removal: true,
+                    new: false,
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
     }
 
     /// Re-reads the routers file and applies it; a file that does not

@@ -26,7 +26,7 @@ use std::{
 use anyhow::Result;
 use oslo_rpc::{Endpoint, Incoming, Rpc, Settings};
 use serde_json::Value;
-use tokio::{io::AsyncWriteExt as _, signal::unix::SignalKind, sync::mpsc};
+use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
     config::{node::NodeConfig, routers},
@@ -393,7 +393,7 @@ impl Agent {
         let mut failures = Vec::new();
         let mut changes = crate::engine::Changes::default();
         if !removed.is_empty() {
-            let a = self.engine.apply_changes(vec![], &removed).await?;
+            let a = self.engine.remove(&removed).await?;
             failures.extend(a.failures);
             changes.items.extend(a.changes.items);
             for id in &removed {
@@ -403,10 +403,7 @@ impl Agent {
         // Router by router, each followed by its floating IP statuses: the
         // first routers of a long sync need not wait for the last.
         for (i, r) in checked.routers.iter().enumerate() {
-            match self.engine.desired.iter_mut().find(|d| d.id == r.id) {
-                Some(d) => *d = r.clone(),
-                None => self.engine.desired.push(r.clone()),
-            }
+            self.engine.want(r);
             let mut ch = crate::engine::Changes::default();
             let outcome = self.engine.update(r, &mut ch).await;
             for item in &ch.items {
@@ -739,13 +736,13 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
             }
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let (r, mut w) = stream.into_split();
-                let reply = match tokio::time::timeout(Duration::from_secs(5), crate::control::read_request(r)).await {
+                let (req, conn) = crate::control::receive(stream).await;
+                let reply = match req {
                     // In agent mode a reload is a full sync with the server.
-                    Ok(Ok(Request::Reload)) => match rpc.clone() {
-                        Some(conn) => {
+                    Ok(Request::Reload) => match rpc.clone() {
+                        Some(c) => {
                             agent.pending.full = true;
-                            match agent.work(&conn).await {
+                            match agent.work(&c).await {
                                 Ok(()) if agent.not_applied.is_empty() => Reply { ok: true, message: "full sync with neutron-server done".into(), failed: vec![] },
                                 Ok(()) => Reply {
                                     ok: false,
@@ -757,18 +754,15 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                                 },
                                 Err(e) => {
                                     tracing::warn!("xrouter reload: full sync failed: {e:#}");
-                                    Reply { ok: false, message: format!("{e:#}"), failed: vec![] }
+                                    Reply::error(format!("{e:#}"))
                                 }
                             }
                         }
-                        None => Reply { ok: false, message: "not connected to neutron-server yet (the message bus, or the server's first answer, is awaited); a full sync follows".into(), failed: vec![] },
+                        None => Reply::error("not connected to neutron-server yet (the message bus, or the server's first answer, is awaited); a full sync follows"),
                     },
-                    Ok(Err(e)) => Reply { ok: false, message: format!("{e:#}"), failed: vec![] },
-                    Err(_) => Reply { ok: false, message: "timed out reading the request".into(), failed: vec![] },
+                    Err(reply) => reply,
                 };
-                let mut line = serde_json::to_string(&reply)?;
-                line.push('\n');
-                let _ = w.write_all(line.as_bytes()).await;
+                conn.answer(&reply).await?;
             }
         }
     }
