@@ -205,67 +205,39 @@ impl Broker {
 
     /// A CA and a server certificate for 127.0.0.1 signed by it.
     fn make_certificates(&self) {
+        make_ca(&self.dir, "xrouter test CA");
         let d = |f: &str| self.dir.join(f).display().to_string();
-        let steps: [Vec<String>; 3] = [
-            [
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=xrouter test CA",
-                "-keyout",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([d("ca.key"), "-out".into(), d("ca.pem")])
-            .collect(),
-            [
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([d("server.key"), "-out".into(), d("server.csr")])
-            .collect(),
-            ["x509", "-req", "-days", "2", "-extfile"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([
-                    d("san.cnf"),
-                    "-in".into(),
-                    d("server.csr"),
-                    "-CA".into(),
-                    d("ca.pem"),
-                    "-CAkey".into(),
-                    d("ca.key"),
-                    "-CAcreateserial".into(),
-                    "-out".into(),
-                    d("server.pem"),
-                ])
-                .collect(),
-        ];
         std::fs::write(self.dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n")
             .expect("writing san.cnf");
-        for args in steps {
-            let out = std::process::Command::new("openssl")
-                .args(&args)
-                .output()
-                .expect("running openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &d("server.key"),
+            "-out",
+            &d("server.csr"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-extfile",
+            &d("san.cnf"),
+            "-in",
+            &d("server.csr"),
+            "-CA",
+            &d("ca.pem"),
+            "-CAkey",
+            &d("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &d("server.pem"),
+        ]);
     }
 
     fn write_config(&self) {
@@ -438,6 +410,39 @@ fn descendants(pid: i32) -> Vec<i32> {
 }
 
 /// Whether process `pid` is gone (or only a zombie left for its parent).
+/// Makes a self-signed CA in `dir` (`ca.pem`, `ca.key`); its certificate.
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    let (key, pem) = (dir.join("ca.key"), dir.join("ca.pem"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &key.display().to_string(),
+        "-out",
+        &pem.display().to_string(),
+    ]);
+    pem
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,

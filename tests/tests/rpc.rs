@@ -947,26 +947,7 @@ fn tls_and_a_dead_first_broker() {
     });
     // A CA of its own, which signed nothing the broker has.
     let other = tests::TempDir::new(&format!("ca-{}", tests::names::tag()));
-    let other_ca = other.path().join("ca.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
-        .arg("-keyout")
-        .arg(other.path().join("ca.key"))
-        .arg("-out")
-        .arg(&other_ca)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success());
+    let other_ca = tests::broker::make_ca(other.path(), "other");
     let mut wrong = tls.clone();
     wrong.tls = Some(oslo_rpc::Tls {
         ca_file: Some(other_ca),
