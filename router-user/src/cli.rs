@@ -210,6 +210,18 @@ pub enum Cmd {
     /// while the daemon (`run` or `agent`) answers on its control socket:
     /// stop it first, or its next resync would build the routers again.
     Cleanup,
+    /// Holds the metadata listeners between two runs of the daemon (started
+    /// by a stopping daemon, not by hand).
+    #[command(hide = true)]
+    MetadataHold {
+        /// The unix socket the next daemon takes the listeners from (no
+        /// default: the daemon always gives it).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// A listener as ROUTER:NETNS-INODE:FD (repeated; default: none).
+        #[arg(long = "listener", value_name = "ROUTER:INODE:FD")]
+        listeners: Vec<String>,
+    },
     /// Show what a Neutron router does, in a sandbox that is removed after.
     ///
     /// Builds a sandbox of namespaces (a router with two tenant networks,

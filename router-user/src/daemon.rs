@@ -147,6 +147,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     let dataplane = preflight(&node).await?;
     let desired = read_routers(&routers_file, &node)?;
     let mut engine = Engine::new(node.clone(), dataplane, Some(routers_file))?;
+    engine.resume_metadata();
     engine.desired = desired.clone();
     match engine.apply(desired).await {
         Ok(a) if a.failures.is_empty() => tracing::info!(
@@ -232,6 +233,9 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             }
         }
     }
+    // Until the metadata listeners are handed over and their requests
+    // done, the control socket still says a daemon runs.
+    engine.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped; routers keep forwarding (`xrouter cleanup` removes them)");
     Ok(())

@@ -283,6 +283,10 @@ pub struct Engine {
     /// written by the pass itself).
     gc_last: Option<std::time::Instant>,
     gc_took_ns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Every router's metadata proxy.
+    pub metadata: crate::metadata::Proxies,
+    /// The last metadata listener error per router (logged once each).
+    metadata_errors: BTreeMap<String, String>,
 }
 
 impl Engine {
@@ -312,6 +316,12 @@ impl Engine {
         state.dataplane = Some(dataplane);
         state.routers_file = routers_file;
         Ok(Engine {
+            metadata: crate::metadata::Proxies::new(
+                node.metadata.clone(),
+                node.metadata_port,
+                &node.state_dir,
+            ),
+            metadata_errors: BTreeMap::new(),
             node,
             desired: state.routers.clone(),
             state,
@@ -321,6 +331,44 @@ impl Engine {
             gc_last: None,
             gc_took_ns: Default::default(),
         })
+    }
+
+    /// Serves the metadata of the routers recorded by the last run right
+    /// away: the listeners it handed over (with the connections queued on
+    /// them), new ones for the rest.
+    pub fn resume_metadata(&mut self) {
+        let ids = self.state.router_ids();
+        self.metadata.resume(&ids);
+        for id in &ids {
+            if netns::exists(&crate::model::namespace_of(id)) {
+                self.ensure_metadata(id);
+            }
+        }
+    }
+
+    /// Gives router `id` its metadata listener; a failure (the port taken
+    /// by another program) is logged once, and retried at every pass.
+    fn ensure_metadata(&mut self, id: &str) {
+        match self.metadata.ensure(id) {
+            Ok(()) => {
+                if self.metadata_errors.remove(id).is_some() {
+                    tracing::info!("router {id}: metadata proxy listening");
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.metadata_errors.get(id) != Some(&e) {
+                    tracing::warn!("router {id}: {e} (VMs get no metadata; retried)");
+                    self.metadata_errors.insert(id.to_string(), e);
+                }
+            }
+        }
+    }
+
+    /// On stop: the metadata listeners go to a holder for the next run;
+    /// the data plane stays as it is.
+    pub async fn shutdown(&mut self) {
+        self.metadata.hand_over().await;
     }
 
     pub fn plane(&self) -> Plane {
@@ -579,6 +627,8 @@ impl Engine {
     /// its BPF objects.
     async fn remove_router(&mut self, id: &str, ch: &mut Changes) -> Result<()> {
         let mut errors = Vec::new();
+        self.metadata.remove(id);
+        self.metadata_errors.remove(id);
         if let Err(e) = remove_namespace(id, ch).await {
             errors.push(format!("{e:#}"));
         }
@@ -686,6 +736,7 @@ impl Engine {
         self.state.bridges.extend(bridges);
         match outcome {
             Ok(()) => {
+                self.ensure_metadata(&r.id);
                 match self.state.routers.iter_mut().find(|o| o.id == r.id) {
                     Some(o) => *o = r.clone(),
                     None => self.state.routers.push(r.clone()),
@@ -882,6 +933,15 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
     let state = State::load(&path)?;
     let host = Nl::open(None).await?;
     let mut ch = Changes::default();
+    // Metadata listeners a stopped daemon left to a holder go first (they
+    // keep their namespaces alive).
+    let released = crate::metadata::release(&node.state_dir)?;
+    if released > 0 {
+        ch.note(format!(
+            "closed {}",
+            crate::text::count(released, "held metadata listener")
+        ));
+    }
     // Routers whose apply failed may have left something too.
     let routers = state
         .routers

@@ -8,6 +8,7 @@
 //! - `backend` carries actions out and reads the kernel back;
 //! - `engine` runs observe → plan → execute per router and records what was
 //!   applied; `daemon` drives it (reloads, resyncs, the control socket);
+//! - `metadata` is the metadata proxy every router namespace listens with;
 //! - `show`, `control`, `demo` and the CLI (`cli`) serve the operator.
 pub mod agent;
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod demo;
 pub mod desired;
 pub mod engine;
 pub mod fixtures;
+pub mod metadata;
 pub mod model;
 pub mod plan;
 pub mod probe;

@@ -83,8 +83,17 @@ async fn main() -> ExitCode {
 }
 
 async fn real_main(cli: Cli) -> Result<ExitCode> {
+    if let Cmd::MetadataHold { socket, listeners } = &cli.cmd {
+        let held = listeners
+            .iter()
+            .map(|l| router_user::metadata::parse_listener(l))
+            .collect::<Result<Vec<_>>>()?;
+        router_user::metadata::hold(socket, held, router_user::metadata::HOLD_FOR)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut node = node_config(&cli)?;
     match cli.cmd {
+        Cmd::MetadataHold { .. } => unreachable!("handled above"),
         Cmd::Run { routers, dataplane } => {
             if let Some(d) = dataplane {
                 node.dataplane = d;

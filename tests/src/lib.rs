@@ -19,6 +19,7 @@ pub mod bulk;
 pub mod check;
 pub mod cmd;
 pub mod frames;
+pub mod metadata_agent;
 pub mod neutron;
 pub mod probe;
 pub mod rig;
@@ -26,6 +27,7 @@ pub mod rig;
 pub use broker::{Broker, Netns};
 pub use check::Checks;
 pub use cmd::{Out, ip, ip_json, wait_until};
+pub use metadata_agent::{MetadataAgent, header_values};
 pub use neutron::{NeutronServer, Peer, notify};
 pub use probe::{
     Reply, TcpServer, TcpSession, UdpServer, addresses, conntrack, conntrack_with, link,

@@ -158,6 +158,8 @@ pub struct Rig {
     pub conntrack_size: u32,
     /// The node config's `new_connection_rate` (None: the default).
     pub new_connection_rate: Option<u32>,
+    /// More lines for the node config (e.g. metadata proxy settings).
+    pub extra_config: Vec<String>,
     pub hosts: Vec<Host>,
     namespaces: Vec<String>,
     router_ids: BTreeSet<String>,
@@ -188,6 +190,7 @@ impl Rig {
             send_garp: true,
             conntrack_size: 16384,
             new_connection_rate: None,
+            extra_config: vec![],
             hosts: vec![],
             namespaces: vec![],
             router_ids: BTreeSet::new(),
@@ -281,6 +284,11 @@ impl Rig {
         self.dir.join("xrouter.sock")
     }
 
+    /// Where the metadata proxy finds the metadata agent.
+    pub fn metadata_socket(&self) -> PathBuf {
+        self.dir.join("metadata_proxy")
+    }
+
     fn write_config(&self) {
         let mut text = format!(
             "state_dir = \"{}\"\npin_dir = \"{}\"\nresync_interval = 1\nconntrack_size = {}\ndataplane = \"{}\"\nsend_garp = {}\n",
@@ -292,6 +300,15 @@ impl Rig {
         );
         if let Some(r) = self.new_connection_rate {
             text += &format!("new_connection_rate = {r}\n");
+        }
+        // The metadata agent's socket is the test's own.
+        text += &format!(
+            "metadata_proxy_socket = \"{}\"\n",
+            self.metadata_socket().display()
+        );
+        for l in &self.extra_config {
+            text += l;
+            text += "\n";
         }
         std::fs::write(self.config_path(), text).expect("writing the node config");
     }

@@ -6,8 +6,11 @@
 use std::io::ErrorKind;
 
 use tests::{
-    Checks, Dataplane, Rig, TcpServer, UdpServer, article::*, ping, sa, tcp_request,
-    tcp_request_from, udp_connected, udp_request,
+    Checks, Dataplane, MetadataAgent, Rig, TcpServer, UdpServer,
+    article::*,
+    header_values,
+    metadata_agent::{METADATA_URL, curl},
+    ping, sa, tcp_request, tcp_request_from, udp_connected, udp_request,
 };
 
 const TCP: u16 = 8080;
@@ -368,24 +371,41 @@ fn random_fully_same_source_port(plane: Dataplane) {
     c.finish();
 }
 
-/// Semantics #8: Metadata: 169.254.169.254:80 from a VM reaches the router's port 9697;
-/// 9697 itself is closed from inside and outside.
+/// Semantics #8: Metadata: 169.254.169.254:80 from a VM reaches the
+/// router's metadata proxy on port 9697, which forwards it to the metadata
+/// agent saying which router and which VM ask; 9697 itself is closed from
+/// inside and outside.
 fn metadata_redirect(plane: Dataplane) {
     let rig = Rig::article(plane);
-    let md = TcpServer::start(&rig.router_ns(), "metadata", 9697).unwrap();
+    let agent = MetadataAgent::start(&rig.metadata_socket());
     let mut c = Checks::new("metadata_redirect");
-    c.reply(
-        "TCP vm1 -> 169.254.169.254:80 reaches the router's :9697",
-        tcp_request(&rig.ns("vm1"), sa("169.254.169.254", 80)),
-        "metadata",
-        VM1,
-    );
-    c.reply(
-        "TCP vm2 -> 169.254.169.254:80 reaches the router's :9697",
-        tcp_request(&rig.ns("vm2"), sa("169.254.169.254", 80)),
-        "metadata",
-        VM2,
-    );
+    for (vm, ip) in [("vm1", VM1), ("vm2", VM2)] {
+        let f = curl(&rig.ns(vm), METADATA_URL, &[]);
+        if c.eq(
+            &format!("{vm}: curl {METADATA_URL} answered"),
+            f.status,
+            200,
+        ) {
+            let e = f.echo();
+            c.eq(
+                &format!("{vm}: path forwarded"),
+                e["path"].as_str(),
+                Some("/latest/meta-data/"),
+            );
+            c.eq(
+                &format!("{vm}: X-Forwarded-For is its fixed IP"),
+                header_values(&e, "X-Forwarded-For"),
+                vec![ip.to_string()],
+            );
+            c.eq(
+                &format!("{vm}: X-Neutron-Router-ID is the router"),
+                header_values(&e, "X-Neutron-Router-ID"),
+                vec![rig.router().id.clone()],
+            );
+        } else {
+            c.ok(false, "curl output", f.out.describe());
+        }
+    }
     c.fails(
         "TCP vm1 -> 81.1.180.1:9697 directly is dropped",
         tcp_request(&rig.ns("vm1"), sa(QR1, 9697)),
@@ -395,8 +415,8 @@ fn metadata_redirect(plane: Dataplane) {
         tcp_request(&rig.ns("ext"), sa(QG, 9697)),
     );
     c.eq(
-        "the listener saw only the two redirected connections",
-        md.peers().len(),
+        "the metadata agent answered only the two redirected requests",
+        agent.answered(),
         2,
     );
     c.finish();

@@ -594,7 +594,8 @@ struct Checked {
 /// Runs the agent in the foreground until SIGTERM or SIGINT.
 pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
     let dataplane = crate::daemon::preflight(&node).await?;
-    let engine = Engine::new(node.clone(), dataplane, None)?;
+    let mut engine = Engine::new(node.clone(), dataplane, None)?;
+    engine.resume_metadata();
     if !engine.state.routers.is_empty() {
         tracing::info!(
             "{} kept from the last run: forwarding goes on while the agent syncs",
@@ -772,6 +773,7 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
     if let Some(conn) = rpc.take() {
         conn.close().await;
     }
+    agent.engine.shutdown().await;
     let _ = std::fs::remove_file(node.socket_path());
     tracing::info!("stopped; routers keep forwarding (`xrouter cleanup` removes them)");
     Ok(())

@@ -152,6 +152,8 @@ pub struct RabbitSettings {
 const AGENT: &str = "AGENT";
 const RABBIT: &str = "oslo_messaging_rabbit";
 const XROUTER: &str = "xrouter";
+const HAPROXY: &str = "metadata_haproxy";
+const RATE: &str = "metadata_rate_limiting";
 
 /// Defaults of the options read, as oslo has them (`$name` substituted
 /// at use); `host` is the machine's host name.
@@ -336,11 +338,47 @@ pub fn load_node(files: &[PathBuf], node_toml: Option<&Path>) -> anyhow::Result<
     Ok(node)
 }
 
-/// Neutron's metadata_port, then `[xrouter]`, which may set it too.
+/// Neutron's options that are node settings (as node keys), read when a
+/// file sets them.
+const NEUTRON_NODE_OPTIONS: &[(&str, &str, &str)] = &[
+    (DEFAULT, "metadata_port", "metadata_port"),
+    (DEFAULT, "enable_metadata_proxy", "enable_metadata_proxy"),
+    (HAPROXY, "timeout_connect", "metadata_timeout_connect"),
+    (HAPROXY, "timeout_client", "metadata_timeout_client"),
+    (HAPROXY, "timeout_server", "metadata_timeout_server"),
+    (
+        HAPROXY,
+        "timeout_http_request",
+        "metadata_timeout_http_request",
+    ),
+    (
+        HAPROXY,
+        "timeout_http_keep_alive",
+        "metadata_timeout_http_keep_alive",
+    ),
+    (RATE, "rate_limit_enabled", "metadata_rate_limit"),
+    (RATE, "base_window_duration", "metadata_base_window"),
+    (RATE, "base_query_rate_limit", "metadata_base_rate_limit"),
+    (RATE, "burst_window_duration", "metadata_burst_window"),
+    (RATE, "burst_query_rate_limit", "metadata_burst_rate_limit"),
+];
+
+/// Neutron's options that are node settings, then `[xrouter]`, which may
+/// set them too.
 fn node_settings(r: &Reader<'_>, node: &mut NodeConfig) -> anyhow::Result<()> {
-    if let Some(port) = r.value(DEFAULT, "metadata_port")? {
-        node.set_ini("metadata_port", &port)
-            .map_err(|p| r.bad(DEFAULT, "metadata_port", &p.problem))?;
+    for (section, key, node_key) in NEUTRON_NODE_OPTIONS {
+        if let Some(v) = r.value(section, key)? {
+            node.set_ini(node_key, &v)
+                .map_err(|p| r.bad(section, key, &p.problem))?;
+        }
+    }
+    // The socket follows `state_path` unless set itself, as in Neutron.
+    if r.ini.get(DEFAULT, "metadata_proxy_socket").is_some()
+        || r.ini.get(DEFAULT, "state_path").is_some()
+    {
+        let v = r.value_or_default(DEFAULT, "metadata_proxy_socket")?;
+        node.set_ini("metadata_proxy_socket", &v)
+            .map_err(|p| r.bad(DEFAULT, "metadata_proxy_socket", &p.problem))?;
     }
     for (key, e) in r.ini.section(XROUTER) {
         let v = r.substituted(XROUTER, key, e)?;

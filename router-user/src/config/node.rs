@@ -71,6 +71,71 @@ pub struct NodeConfig {
     /// (`drop/new-connection-rate`) before they cost anything more, so a
     /// flood is shed cheaply.
     pub new_connection_rate: u32,
+    /// The metadata proxy the daemon runs in every router namespace.
+    pub metadata: MetadataConfig,
+}
+
+/// The metadata proxy: what Neutron's per-router haproxy does, with
+/// Neutron's option names and defaults (`[metadata_haproxy]`,
+/// `[metadata_rate_limiting]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MetadataConfig {
+    /// Listen on `metadata_port` in every router namespace.
+    pub enabled: bool,
+    /// The metadata agent's unix socket requests are forwarded to.
+    pub socket: PathBuf,
+    /// Seconds to connect to the metadata agent's socket.
+    pub timeout_connect: u64,
+    /// Seconds a VM may stay silent in the middle of a request.
+    pub timeout_client: u64,
+    /// Seconds the metadata agent may take to answer.
+    pub timeout_server: u64,
+    /// Seconds a VM has to send a whole request head.
+    pub timeout_http_request: u64,
+    /// Seconds an idle keep-alive connection is kept.
+    pub timeout_http_keep_alive: u64,
+    /// Limit each source address's request rate (off: Neutron's default).
+    pub rate_limit: bool,
+    /// The limit, when on.
+    pub rate: RateLimit,
+}
+
+/// Requests one source address may make: at most `base_limit` in any
+/// `base_window` seconds and `burst_limit` in any `burst_window` seconds;
+/// beyond, 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    pub base_window: u64,
+    pub base_limit: u64,
+    pub burst_window: u64,
+    pub burst_limit: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            base_window: 10,
+            base_limit: 10,
+            burst_window: 10,
+            burst_limit: 10,
+        }
+    }
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            enabled: true,
+            socket: "/var/lib/neutron/metadata_proxy".into(),
+            timeout_connect: 30,
+            timeout_client: 32,
+            timeout_server: 32,
+            timeout_http_request: 30,
+            timeout_http_keep_alive: 30,
+            rate_limit: false,
+            rate: RateLimit::default(),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -86,6 +151,7 @@ impl Default for NodeConfig {
             send_garp: true,
             conntrack_size: 1_000_000,
             new_connection_rate: DEFAULT_NEW_CONNECTION_RATE,
+            metadata: MetadataConfig::default(),
         }
     }
 }
@@ -103,6 +169,10 @@ pub mod range {
     pub const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=16_777_216;
     /// New connections a second per router and CPU; 0: no limit.
     pub const NEW_CONNECTION_RATE: RangeInclusive<i64> = 0..=100_000_000;
+    /// Seconds, for the metadata proxy's timeouts and rate windows.
+    pub const METADATA_SECONDS: RangeInclusive<i64> = 1..=86_400;
+    /// Requests per rate window.
+    pub const METADATA_RATE: RangeInclusive<i64> = 1..=1_000_000;
 }
 
 /// The keys a node config may hold.
@@ -117,6 +187,31 @@ const KEYS: &[&str] = &[
     "send_garp",
     "conntrack_size",
     "new_connection_rate",
+    "enable_metadata_proxy",
+    "metadata_proxy_socket",
+    "metadata_timeout_connect",
+    "metadata_timeout_client",
+    "metadata_timeout_server",
+    "metadata_timeout_http_request",
+    "metadata_timeout_http_keep_alive",
+    "metadata_rate_limit",
+    "metadata_base_window",
+    "metadata_base_rate_limit",
+    "metadata_burst_window",
+    "metadata_burst_rate_limit",
+];
+
+/// The integer keys of the metadata proxy (seconds or requests).
+const METADATA_INTS: &[&str] = &[
+    "metadata_timeout_connect",
+    "metadata_timeout_client",
+    "metadata_timeout_server",
+    "metadata_timeout_http_request",
+    "metadata_timeout_http_keep_alive",
+    "metadata_base_window",
+    "metadata_base_rate_limit",
+    "metadata_burst_window",
+    "metadata_burst_rate_limit",
 ];
 
 /// What is wrong with one key of a node config: the key as messages name
@@ -231,32 +326,35 @@ impl NodeConfig {
     /// `bridge_mappings` a dict `net-id:bridge,net2:bridge2`, anything else
     /// a string.
     pub fn set_ini(&mut self, key: &str, value: &str) -> Result<(), KeyProblem> {
-        let big;
-        let v = match key {
-            "metadata_port" | "resync_interval" | "conntrack_size" | "new_connection_rate" => {
-                match python_int(value) {
-                    Some(Ok(n)) => toml::Value::Integer(n),
-                    Some(Err(())) => {
-                        big = value.trim().to_string();
-                        return self.set(key, Val::TooBig(&big), None);
-                    }
-                    None => toml::Value::String(value.into()),
-                }
-            }
-            "send_garp" => match oslo_bool(value) {
-                Some(b) => toml::Value::Boolean(b),
+        let is_int = matches!(
+            key,
+            "metadata_port" | "resync_interval" | "conntrack_size" | "new_connection_rate"
+        ) || METADATA_INTS.contains(&key);
+        let v = if is_int {
+            match python_int(value) {
+                Some(Ok(n)) => toml::Value::Integer(n),
+                Some(Err(())) => return self.set(key, Val::TooBig(value.trim()), None),
                 None => toml::Value::String(value.into()),
-            },
-            "bridge_mappings" => {
-                toml::Value::Table(oslo_dict(value).map_err(|problem| KeyProblem {
-                    key: key.into(),
-                    problem: format!(
-                        "{} {problem} (write network-id:bridge pairs separated by commas)",
-                        quote(value)
-                    ),
-                })?)
             }
-            _ => toml::Value::String(value.into()),
+        } else {
+            match key {
+                "send_garp" | "enable_metadata_proxy" | "metadata_rate_limit" => {
+                    match oslo_bool(value) {
+                        Some(b) => toml::Value::Boolean(b),
+                        None => toml::Value::String(value.into()),
+                    }
+                }
+                "bridge_mappings" => {
+                    toml::Value::Table(oslo_dict(value).map_err(|problem| KeyProblem {
+                        key: key.into(),
+                        problem: format!(
+                            "{} {problem} (write network-id:bridge pairs separated by commas)",
+                            quote(value)
+                        ),
+                    })?)
+                }
+                _ => toml::Value::String(value.into()),
+            }
         };
         self.set(key, Val::Toml(&v), None)
     }
@@ -290,11 +388,44 @@ impl NodeConfig {
                     ))
                 })? as u32;
             }
-            "send_garp" => {
-                self.send_garp = v
+            "send_garp" | "enable_metadata_proxy" | "metadata_rate_limit" => {
+                let b = v
                     .toml()
                     .and_then(toml::Value::as_bool)
                     .ok_or_else(|| bad(format!("{} is not true or false", shown(v))))?;
+                match key {
+                    "send_garp" => self.send_garp = b,
+                    "enable_metadata_proxy" => self.metadata.enabled = b,
+                    _ => self.metadata.rate_limit = b,
+                }
+            }
+            k if METADATA_INTS.contains(&k) => {
+                let is_rate = k.ends_with("_rate_limit");
+                let (r, what) = if is_rate {
+                    (range::METADATA_RATE, "requests")
+                } else {
+                    (range::METADATA_SECONDS, "seconds")
+                };
+                let n = int(v, r).map_err(|p| bad(format!("{p} ({what})")))? as u64;
+                let m = &mut self.metadata;
+                match k {
+                    "metadata_timeout_connect" => m.timeout_connect = n,
+                    "metadata_timeout_client" => m.timeout_client = n,
+                    "metadata_timeout_server" => m.timeout_server = n,
+                    "metadata_timeout_http_request" => m.timeout_http_request = n,
+                    "metadata_timeout_http_keep_alive" => m.timeout_http_keep_alive = n,
+                    "metadata_base_window" => m.rate.base_window = n,
+                    "metadata_base_rate_limit" => m.rate.base_limit = n,
+                    "metadata_burst_window" => m.rate.burst_window = n,
+                    _ => m.rate.burst_limit = n,
+                }
+            }
+            "metadata_proxy_socket" => {
+                let d = string(v).map_err(bad)?;
+                if let Some(why) = dir_problem(Path::new(d)) {
+                    return Err(bad(format!("{} {why}", quote(d))));
+                }
+                self.metadata.socket = d.into();
             }
             "dataplane" => {
                 self.dataplane = match string(v).map_err(bad)? {
