@@ -590,6 +590,44 @@ mod tests {
     }
 
     #[test]
+    fn neutrons_metadata_options_set_the_proxy() {
+        let c = load_str(&[
+            ("neutron.conf", URL),
+            (
+                "l3_agent.ini",
+                "[DEFAULT]\nstate_path = /srv/neutron\nmetadata_port = 9698\n\
+                 [metadata_haproxy]\ntimeout_server = 64\ntimeout_connect = 5\n\
+                 [metadata_rate_limiting]\nrate_limit_enabled = True\n\
+                 base_query_rate_limit = 20\nburst_window_duration = 2\n",
+            ),
+        ])
+        .unwrap();
+        let m = &c.node.metadata;
+        assert_eq!(c.node.metadata_port, 9698);
+        assert_eq!(m.socket, Path::new("/srv/neutron/metadata_proxy"));
+        assert_eq!((m.timeout_server, m.timeout_connect), (64, 5));
+        assert!(m.rate_limit);
+        assert_eq!(
+            (m.rate.base_limit, m.rate.burst_window, m.rate.base_window),
+            (20, 2, 10)
+        );
+        let e = error(&[
+            ("neutron.conf", URL),
+            (
+                "l3_agent.ini",
+                "[metadata_haproxy]\ntimeout_client = soon\n",
+            ),
+        ]);
+        for needle in [
+            "l3_agent.ini",
+            "[metadata_haproxy] timeout_client",
+            "\"soon\"",
+        ] {
+            assert!(e.contains(needle), "{e:?} does not name {needle:?}");
+        }
+    }
+
+    #[test]
     fn defaults_are_oslos() {
         let c = load_str(&[("neutron.conf", URL)]).unwrap();
         let n = &c.neutron;

@@ -710,6 +710,38 @@ mod tests {
 
     /// Asserts `text` is refused with a message naming the file, the key,
     /// the value and what is allowed.
+    #[test]
+    fn metadata_keys_are_checked() {
+        let c = NodeConfig::parse(
+            "metadata_proxy_socket = \"/run/neutron/md.sock\"\nmetadata_rate_limit = true\n\
+             metadata_base_rate_limit = 5\nmetadata_timeout_client = 3\nenable_metadata_proxy = false\n",
+            "t",
+        )
+        .unwrap();
+        let m = &c.metadata;
+        assert_eq!(m.socket, Path::new("/run/neutron/md.sock"));
+        assert!(m.rate_limit && !m.enabled);
+        assert_eq!((m.rate.base_limit, m.timeout_client), (5, 3));
+        refused(
+            "metadata_timeout_server = 0",
+            "metadata_timeout_server",
+            "0",
+            "1..=86400",
+        );
+        refused(
+            "metadata_proxy_socket = \"relative/sock\"",
+            "metadata_proxy_socket",
+            "relative/sock",
+            "absolute",
+        );
+        refused(
+            "metadata_rate_limit = \"yes please\"",
+            "metadata_rate_limit",
+            "yes please",
+            "true or false",
+        );
+    }
+
     fn refused(text: &str, key: &str, value: &str, allowed: &str) {
         let e = match NodeConfig::parse(text, "/etc/xrouter/node.toml") {
             Ok(c) => panic!("{text:?} accepted: {c:?}"),

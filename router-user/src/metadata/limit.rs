@@ -112,9 +112,11 @@ mod tests {
         assert!(!l.allow(a, t0 + Duration::from_secs(3)), "4th in 10 s");
         // Another source is not affected.
         assert!(l.allow(ip("10.0.0.6"), t0 + Duration::from_secs(3)));
-        // Refused requests count: at 11 s the window holds 2, 3 and 11.
-        assert!(!l.allow(a, t0 + Duration::from_secs(11)));
-        // At 20 s the window [10.x, 20] holds 11 and 20 only.
+        assert!(!l.allow(a, t0 + Duration::from_secs(4)));
+        // Refused requests count: at 11.5 s the window holds 2, 3, 4 and
+        // 11.5 (2 and 11.5 alone if refused ones did not count).
+        assert!(!l.allow(a, t0 + Duration::from_millis(11_500)));
+        // At 20 s it holds 11.5 and 20 only.
         assert!(l.allow(a, t0 + Duration::from_secs(20)));
     }
 
