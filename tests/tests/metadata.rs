@@ -68,6 +68,21 @@ fn headers_cannot_be_spoofed(plane: Dataplane) {
         header_values(&e, "X-Neutron-Network-ID"),
         Vec::<String>::new(),
     );
+    // Bounded requests: a head over 16 KiB, a body over 1 MiB.
+    let big = format!("X-Big: {}", "a".repeat(20_000));
+    c.eq(
+        "a request head over 16 KiB: 431",
+        curl(&rig.ns("vm1"), METADATA_URL, &["-H", &big]).status,
+        431,
+    );
+    let body = rig.dir.join("body");
+    std::fs::write(&body, vec![b'x'; 2 << 20]).unwrap();
+    let at = format!("@{}", body.display());
+    c.eq(
+        "a body over 1 MiB: 413",
+        curl(&rig.ns("vm1"), METADATA_URL, &["--data-binary", &at]).status,
+        413,
+    );
     // Two requests on one connection: the second reuses it.
     let out = cmd::exec(
         &rig.ns("vm1"),
