@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::{
-    Checks, Dataplane, Rig, TcpServer, TcpSession, UdpServer, article::*, ping, sa, tcp_request,
-    udp_request, wait_until,
+    Checks, Dataplane, MetadataAgent, Rig, TcpServer, TcpSession, UdpServer,
+    article::*,
+    header_values,
+    metadata_agent::{METADATA_URL, curl},
+    ping, sa, tcp_request, udp_request, wait_until,
 };
 
 const TCP: u16 = 8080;
@@ -210,6 +213,15 @@ fn registers_builds_and_reports(plane: Dataplane) {
         VM1,
     );
     rig.assert_fast_path(&mut c);
+    // Metadata through the agent's proxy, to the socket of its files.
+    let _md = MetadataAgent::start(&rig.metadata_socket());
+    let f = curl(&rig.ns("vm1"), METADATA_URL, &[]);
+    c.eq("metadata: vm1 is answered", f.status, 200);
+    c.eq(
+        "metadata: the request names the router",
+        header_values(&f.echo(), "X-Neutron-Router-ID"),
+        vec![rig.router().id.clone()],
+    );
     // The operator's commands find the agent's state through its files.
     let conf = rig.dir.join("neutron.conf").display().to_string();
     let ini = rig.dir.join("l3_agent.ini").display().to_string();
@@ -448,8 +460,20 @@ fn broker_restart_revived_and_agent_restart_keep_sessions(plane: Dataplane) {
         "vm2",
         EXT_HOST,
     );
+    // A VM asking for metadata while the agent is down is answered once
+    // it is back.
+    let _md = MetadataAgent::start(&rig.metadata_socket());
+    let vm1 = rig.ns("vm1");
+    let asking = std::thread::spawn(move || curl(&vm1, METADATA_URL, &[]));
+    std::thread::sleep(Duration::from_millis(300));
     let before = syncs(&rig);
     rig.start_agent();
+    let f = asking.join().unwrap();
+    c.eq(
+        "metadata asked while the agent was down is answered",
+        f.status,
+        200,
+    );
     let resynced = wait_until(ACT, Duration::from_millis(100), || syncs(&rig) > before);
     c.ok(resynced, "restarted agent resyncs", "");
     let first = rig
