@@ -69,9 +69,11 @@ no_root_broker() {
 }
 
 # The Python venv of the stand-in neutron-server and its notifier
-# (tests/neutron/*.py): Debian's python3 with the pinned
-# tests/neutron/requirements.txt (oslo.messaging and its dependencies, as pip
-# resolved them; regenerate with `pip freeze` from a fresh venv). Rebuilt only
+# (tests/neutron/*.py), of Neutron's own metadata agent the tests run, and
+# of the benchmarks against Neutron's code: Debian's python3 with the pinned
+# tests/neutron/requirements.txt (neutron, oslo.messaging and their
+# dependencies, as pip resolved them; regenerate with `pip freeze` from a
+# fresh venv after `pip install neutron`; about 40 s to build). Rebuilt only
 # when that file changes (a stamp holds its hash). The tests find it at
 # $XROUTER_VENV, default /opt/xrouter-venv.
 VENV="${XROUTER_VENV:-/opt/xrouter-venv}"

@@ -120,13 +120,11 @@ Wall times; CPU is agent + privsep daemons + their commands.
 
 Install and run (as root)
 -------------------------
-    python3.11 -m venv /opt/xrouter-neutron-venv
-    /opt/xrouter-neutron-venv/bin/pip install \\
-        -r tests/neutron/l3_bench-requirements.txt
-    /opt/xrouter-neutron-venv/bin/python tests/neutron/l3_bench.py \\
+    scripts/setup.sh    # the venv /opt/xrouter-venv, with Neutron
+    /opt/xrouter-venv/bin/python tests/neutron/l3_bench.py \\
         --routers 10 --fips 10
 
-or tests/neutron/l3_bench.sh [ARGS], which creates the venv if missing.
+or tests/neutron/l3_bench.sh [ARGS].
 Needs: iproute2, iptables, arping (iputils-arping), conntrack.
 """
 
