@@ -73,24 +73,26 @@ no_root_broker() {
 # of the benchmarks against Neutron's code: Debian's python3 with the pinned
 # tests/neutron/requirements.txt (neutron, oslo.messaging and their
 # dependencies, as pip resolved them; regenerate with `pip freeze` from a
-# fresh venv after `pip install neutron`; about 40 s to build). Rebuilt only
-# when that file changes (a stamp holds its hash). The tests find it at
+# fresh venv after `pip install neutron`; about 40 s to build). Installed only
+# when that file changes (a stamp names its hash). The tests find it at
 # $XROUTER_VENV, default /opt/xrouter-venv.
 VENV="${XROUTER_VENV:-/opt/xrouter-venv}"
 
 venv() {
-  local req stamp hash
+  local req hash stamp
   req="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/neutron/requirements.txt"
-  stamp="$VENV/.requirements.sha256"
   hash=$(sha256sum "$req" | cut -d' ' -f1)
-  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
+  # One stamp per requirements file installed: checkouts of other versions
+  # of the project share the venv without rebuilding it in turn (pip only
+  # adds or changes what the pins say).
+  stamp="$VENV/.installed-$hash"
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ]; then
     return
   fi
-  log "creating the Python venv $VENV from $req"
-  rm -rf "$VENV"
-  /usr/bin/python3 -m venv "$VENV"
+  log "installing $req into the Python venv $VENV"
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-input -r "$req"
-  echo "$hash" > "$stamp"
+  touch "$stamp"
 }
 
 nightly() {

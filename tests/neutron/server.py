@@ -11,6 +11,9 @@ neutron-server's RPC consumers serve to an L3 agent:
 * topic `q-reports-plugin`, as neutron.db.agents_db.AgentExtRpcCallback
   (target version 1.4): report_state, has_alive_neutron_server,
   delete_agent.
+* topic `q-plugin`, as neutron.api.rpc.handlers.metadata_rpc
+  .MetadataRpcCallback (target version 1.0): get_ports, what Neutron's
+  metadata agent asks to find the instance behind a request.
 
 Each topic is consumed as Neutron's n_rpc.Connection.create_consumer does:
 queues `<topic>` and `<topic>.<host>` and the `<topic>_fanout` exchange.
@@ -20,6 +23,9 @@ Files in --dir (all optional; re-read on every call):
 * routers.json: a JSON list of router dicts (xrouter's routers file
   format). get_router_ids answers all their ids; sync_routers those whose
   id is in router_ids, or all when router_ids is None.
+* ports.json: a JSON list of port dicts (VMs' ports: id, network_id,
+  device_id, device_owner, project_id, mac_address, fixed_ips); get_ports
+  searches them and the routers' interface ports.
 * control.json: {"report_state": "revived"} answers that to every
   report_state (default: "new" the first time per agent host, then
   "alive"); {"sleep": {"sync_routers": 5}} makes a method sleep that many
@@ -151,6 +157,40 @@ class L3PluginEndpoint:
         self._dvr_only("delete_agent_gateway_port")
 
 
+def port_matches(port, filters):
+    """Neutron's get_ports filter semantics: each key a list of allowed
+    values; `fixed_ips` a dict of lists matched against any fixed IP."""
+    for key, allowed in filters.items():
+        if key == "fixed_ips":
+            ips = [f.get("ip_address") for f in port.get("fixed_ips", [])]
+            wanted = allowed.get("ip_address", [])
+            if wanted and not any(ip in wanted for ip in ips):
+                return False
+        elif port.get(key) not in list(allowed):
+            return False
+    return True
+
+
+class MetadataEndpoint:
+    """neutron.api.rpc.handlers.metadata_rpc.MetadataRpcCallback, topic
+    q-plugin."""
+
+    target = messaging.Target(version="1.0")
+
+    def __init__(self, state):
+        self.state = state
+
+    def get_ports(self, context, filters):
+        self.state.enter("get_ports")
+        ports = list(self.state._json("ports.json", []))
+        for r in self.state.routers():
+            for i in r.get("_interfaces", []):
+                ports.append(dict(i, device_id=r["id"],
+                                  device_owner="network:router_interface",
+                                  project_id=r.get("project_id", "")))
+        return [p for p in ports if port_matches(p, filters)]
+
+
 class ReportsEndpoint:
     """neutron.db.agents_db.AgentExtRpcCallback, topic q-reports-plugin."""
 
@@ -196,7 +236,8 @@ def main():
     recorder = kit.Recorder(os.path.join(a.dir, "calls.jsonl"))
     servers = []
     for topic, endpoint in (("q-l3-plugin", L3PluginEndpoint(state)),
-                            ("q-reports-plugin", ReportsEndpoint(state))):
+                            ("q-reports-plugin", ReportsEndpoint(state)),
+                            ("q-plugin", MetadataEndpoint(state))):
         target = messaging.Target(topic=topic, server=a.host)
         server = messaging.get_rpc_server(
             transport, target, [endpoint],

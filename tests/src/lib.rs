@@ -28,7 +28,7 @@ pub use broker::{Broker, Netns};
 pub use check::Checks;
 pub use cmd::{Out, ip, ip_json, wait_until};
 pub use metadata_agent::{MetadataAgent, header_values};
-pub use neutron::{NeutronServer, Peer, notify};
+pub use neutron::{NeutronMetadataAgent, NeutronServer, Peer, notify};
 pub use probe::{
     Reply, TcpServer, TcpSession, UdpServer, addresses, conntrack, conntrack_with, link,
     link_exists, ping, sa, sysctl_get, tcp_request, tcp_request_from, udp_connected, udp_request,

@@ -6,6 +6,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
     os::unix::net::{UnixListener, UnixStream},
     path::{Path, PathBuf},
     sync::{
@@ -34,14 +35,39 @@ impl MetadataAgent {
         let l =
             UnixListener::bind(path).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
         l.set_nonblocking(true).unwrap();
+        Self::serve(path.to_path_buf(), move || {
+            let (c, _) = l.accept()?;
+            c.set_nonblocking(false)?;
+            Ok(Box::new(c) as Box<dyn Stream>)
+        })
+    }
+
+    /// The same echo on TCP `addr` inside namespace `ns` (a stand-in for
+    /// Nova's metadata API behind Neutron's metadata agent).
+    pub fn start_tcp(ns: &str, addr: std::net::SocketAddr) -> MetadataAgent {
+        let l = router_user::backend::netns::run_in(Some(ns), || TcpListener::bind(addr))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("binding {addr} in {ns}: {e}"));
+        l.set_nonblocking(true).unwrap();
+        Self::serve(PathBuf::new(), move || {
+            let (c, _) = l.accept()?;
+            c.set_nonblocking(false)?;
+            Ok(Box::new(c) as Box<dyn Stream>)
+        })
+    }
+
+    fn serve(
+        path: PathBuf,
+        accept: impl Fn() -> std::io::Result<Box<dyn Stream>> + Send + 'static,
+    ) -> MetadataAgent {
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (s, a, d) = (stop.clone(), answered.clone(), delay_ms.clone());
         let thread = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
+                match accept() {
+                    Ok(c) => {
                         let (a, d) = (a.clone(), d.clone());
                         thread::spawn(move || {
                             if answer(c, &d).is_ok() {
@@ -54,7 +80,7 @@ impl MetadataAgent {
             }
         });
         MetadataAgent {
-            path: path.to_path_buf(),
+            path,
             stop,
             answered,
             delay_ms,
@@ -79,14 +105,33 @@ impl Drop for MetadataAgent {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A connection the echo answers on.
+pub trait Stream: Read + Write + Send {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Stream for UnixStream {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        UnixStream::set_read_timeout(self, d)
+    }
+}
+
+impl Stream for TcpStream {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, d)
     }
 }
 
 /// Reads one request and answers it with its echo; the connection closes.
-fn answer(c: UnixStream, delay_ms: &AtomicU64) -> std::io::Result<()> {
+fn answer(mut c: Box<dyn Stream>, delay_ms: &AtomicU64) -> std::io::Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut r = BufReader::new(c.try_clone()?);
+    let mut r = BufReader::new(&mut c);
     let mut line = String::new();
     r.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -123,7 +168,8 @@ fn answer(c: UnixStream, delay_ms: &AtomicU64) -> std::io::Result<()> {
         "body": String::from_utf8_lossy(&body),
     })
     .to_string();
-    let mut w = c;
+    drop(r);
+    let w = &mut c;
     write!(
         w,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{echo}",

@@ -296,6 +296,11 @@ impl NeutronServer {
         self.update_control(|c| c["fail"][method] = json!({"n": n, "serial": serial}));
     }
 
+    /// The VMs' ports get_ports searches (with the routers' own).
+    pub fn set_ports(&self, ports: &Value) {
+        write_json(&self.dir.join("ports.json"), ports);
+    }
+
     /// What get_networks answers.
     pub fn set_networks(&self, networks: &Value) {
         self.update_control(|c| c["networks"] = networks.clone());
@@ -451,5 +456,96 @@ impl Peer {
 
     pub fn stop(mut self) {
         self.script.stop();
+    }
+}
+
+/// Neutron's own metadata agent (`neutron-metadata-agent` of the venv),
+/// inside `ns`: it listens on `socket` for the proxy's requests, asks the
+/// server over `broker` which instance has the requester's address on the
+/// router's networks (`get_ports`), and passes the request to Nova's
+/// metadata API at 127.0.0.1:`nova_port` of `ns`, signed with `secret`.
+pub struct NeutronMetadataAgent {
+    what: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NeutronMetadataAgent {
+    pub fn start(
+        ns: &str,
+        broker: &Broker,
+        dir: &Path,
+        socket: &Path,
+        nova_port: u16,
+        secret: &str,
+    ) -> NeutronMetadataAgent {
+        let conf = dir.join("metadata_agent.ini");
+        let log = dir.join("metadata-agent.log");
+        std::fs::write(
+            &conf,
+            format!(
+                "[DEFAULT]\ntransport_url = {}\ncontrol_exchange = {EXCHANGE}\n\
+                 metadata_proxy_socket = {}\nstate_path = {}\n\
+                 nova_metadata_host = 127.0.0.1\nnova_metadata_port = {nova_port}\n\
+                 metadata_proxy_shared_secret = {secret}\nmetadata_workers = 1\n\
+                 debug = true\n\n[AGENT]\nreport_interval = 0\n",
+                broker.url(),
+                socket.display(),
+                dir.display(),
+            ),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(socket);
+        let bin = python().with_file_name("neutron-metadata-agent");
+        let mut c = Command::new(&bin);
+        c.arg("--config-file")
+            .arg(&conf)
+            .arg("--log-file")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        netns::command_in(ns, &mut c).unwrap_or_else(|e| panic!("namespace {ns}: {e:#}"));
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let mut a = NeutronMetadataAgent {
+            what: format!("neutron-metadata-agent [{ns}]"),
+            log,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !socket.exists() {
+            let exited = a
+                .child
+                .as_mut()
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited || Instant::now() >= deadline {
+                panic!(
+                    "{} did not open {}; its log:\n{}",
+                    a.what,
+                    socket.display(),
+                    a.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NeutronMetadataAgent {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("[{}] log:\n{}", self.what, self.log());
+        }
+        if let Some(c) = self.child.take() {
+            kill_tree(c, Signal::SIGTERM, STOP_TIMEOUT, &self.what);
+        }
     }
 }

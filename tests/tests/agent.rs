@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tests::{
-    Checks, Dataplane, MetadataAgent, Rig, TcpServer, TcpSession, UdpServer,
+    Checks, Dataplane, MetadataAgent, NeutronMetadataAgent, Rig, TcpServer, TcpSession, UdpServer,
     article::*,
     header_values,
     metadata_agent::{METADATA_URL, curl},
-    ping, sa, tcp_request, udp_request, wait_until,
+    names, ping, sa, tcp_request, udp_request, wait_until,
 };
 
 const TCP: u16 = 8080;
@@ -213,15 +213,7 @@ fn registers_builds_and_reports(plane: Dataplane) {
         VM1,
     );
     rig.assert_fast_path(&mut c);
-    // Metadata through the agent's proxy, to the socket of its files.
-    let _md = MetadataAgent::start(&rig.metadata_socket());
-    let f = curl(&rig.ns("vm1"), METADATA_URL, &[]);
-    c.eq("metadata: vm1 is answered", f.status, 200);
-    c.eq(
-        "metadata: the request names the router",
-        header_values(&f.echo(), "X-Neutron-Router-ID"),
-        vec![rig.router().id.clone()],
-    );
+    metadata_through_neutrons_agent(&rig, &mut c);
     // The operator's commands find the agent's state through its files.
     let conf = rig.dir.join("neutron.conf").display().to_string();
     let ini = rig.dir.join("l3_agent.ini").display().to_string();
@@ -257,6 +249,97 @@ fn registers_builds_and_reports(plane: Dataplane) {
         }
     }
     c.finish();
+}
+
+/// Metadata as a VM gets it on a real node: xrouter's proxy, Neutron's own
+/// metadata agent (asking the stand-in server which instance has the VM's
+/// address on the router's networks), and Nova's metadata API (an echo of
+/// what it received): each VM's request reaches Nova as its own instance's,
+/// signed with the shared secret.
+fn metadata_through_neutrons_agent(rig: &Rig, c: &mut Checks) {
+    const SECRET: &str = "metadata-s3cret";
+    let nova = MetadataAgent::start_tcp(&rig.node, "127.0.0.1:8775".parse().unwrap());
+    let project = names::uuid();
+    let vms = [("vm1", "net1", VM1), ("vm2", "net2", VM2)];
+    let instances: Vec<String> = vms.iter().map(|_| names::uuid()).collect();
+    let ports: Vec<Value> = vms
+        .iter()
+        .zip(&instances)
+        .map(|((_, net, ip), inst)| {
+            let n = rig.network(net);
+            json!({
+                "id": names::uuid(), "network_id": n.id, "device_id": inst,
+                "device_owner": "compute:nova", "project_id": project,
+                "tenant_id": project, "mac_address": names::mac(),
+                "fixed_ips": [{"ip_address": ip, "subnet_id": n.subnet_id}],
+            })
+        })
+        .collect();
+    rig.server().set_ports(&json!(ports));
+    let _agent = NeutronMetadataAgent::start(
+        &rig.node,
+        rig.broker.as_ref().unwrap(),
+        rig.server().dir(),
+        &rig.metadata_socket(),
+        8775,
+        SECRET,
+    );
+    for ((vm, _, ip), inst) in vms.iter().zip(&instances) {
+        let f = curl(&rig.ns(vm), METADATA_URL, &[]);
+        if !c.eq(&format!("metadata: {vm} is answered"), f.status, 200) {
+            c.ok(false, "curl", f.out.describe());
+            continue;
+        }
+        let e = f.echo();
+        c.eq(
+            &format!("metadata: Nova gets {vm}'s instance"),
+            header_values(&e, "X-Instance-ID"),
+            vec![inst.clone()],
+        );
+        c.eq(
+            &format!("metadata: Nova gets {vm}'s project"),
+            header_values(&e, "X-Tenant-ID"),
+            vec![project.clone()],
+        );
+        c.eq(
+            &format!("metadata: Nova gets {vm}'s address"),
+            header_values(&e, "X-Forwarded-For"),
+            vec![ip.to_string()],
+        );
+        c.eq(
+            &format!("metadata: {vm}'s instance ID signed with the shared secret"),
+            header_values(&e, "X-Instance-ID-Signature"),
+            vec![hmac_sha256_hex(SECRET, inst)],
+        );
+    }
+    let asked = rig.server().calls("get_ports");
+    c.ok(
+        asked
+            .iter()
+            .any(|m| m["args"]["filters"]["device_id"] == json!([rig.router().id])),
+        "the agent found the router's networks by its X-Neutron-Router-ID",
+        &asked,
+    );
+    c.eq("Nova answered both", nova.answered(), 2);
+}
+
+/// HMAC-SHA256 of `msg` under `key`, in hex (openssl computes it).
+fn hmac_sha256_hex(key: &str, msg: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf %s \"$1\" | openssl dgst -sha256 -hmac \"$2\" -r",
+            "sh",
+            msg,
+            key,
+        ])
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Every notification type, and floating IP statuses ACTIVE, DOWN, ERROR.
