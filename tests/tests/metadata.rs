@@ -31,6 +31,7 @@ tests::planes!(
     rate_limit_answers_429,
     restart_loses_no_request,
     rebuilt_namespace_gets_its_listener_back,
+    port_change_across_a_restart,
 );
 
 /// A VM's own X-Neutron-Router-ID, X-Neutron-Network-ID and
@@ -377,5 +378,30 @@ fn rebuilt_namespace_gets_its_listener_back(plane: Dataplane) {
         "answered again after the namespace is rebuilt",
         rig.daemon_log(),
     );
+    c.finish();
+}
+
+/// The metadata port changed while the daemon was stopped: the listeners
+/// handed over on the old port are closed, new ones listen on the new
+/// port, where the redirect now goes.
+fn port_change_across_a_restart(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let _agent = MetadataAgent::start(&rig.metadata_socket());
+    let mut c = Checks::new("port_change_across_a_restart");
+    c.eq("answered", curl(&rig.ns("vm1"), METADATA_URL, &[]).status, 200);
+    rig.stop_daemon();
+    rig.extra_config.push("metadata_port = 9700".into());
+    rig.start();
+    c.eq(
+        "answered on the new port",
+        curl(&rig.ns("vm1"), METADATA_URL, &[]).status,
+        200,
+    );
+    let ss = cmd::sh(&rig.router_ns(), "ss", &["-Hltn"]).unwrap();
+    let ports: Vec<&str> = ss
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next())
+        .collect();
+    c.eq("only the new port listens in the router", ports, vec!["9700"]);
     c.finish();
 }
