@@ -388,7 +388,11 @@ fn port_change_across_a_restart(plane: Dataplane) {
     let mut rig = Rig::article(plane);
     let _agent = MetadataAgent::start(&rig.metadata_socket());
     let mut c = Checks::new("port_change_across_a_restart");
-    c.eq("answered", curl(&rig.ns("vm1"), METADATA_URL, &[]).status, 200);
+    c.eq(
+        "answered",
+        curl(&rig.ns("vm1"), METADATA_URL, &[]).status,
+        200,
+    );
     rig.stop_daemon();
     rig.extra_config.push("metadata_port = 9700".into());
     rig.start();
@@ -402,6 +406,10 @@ fn port_change_across_a_restart(plane: Dataplane) {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next())
         .collect();
-    c.eq("only the new port listens in the router", ports, vec!["9700"]);
+    c.eq(
+        "only the new port listens in the router",
+        ports,
+        vec!["9700"],
+    );
     c.finish();
 }

@@ -372,6 +372,20 @@ fn node_settings(r: &Reader<'_>, node: &mut NodeConfig) -> anyhow::Result<()> {
                 .map_err(|p| r.bad(section, key, &p.problem))?;
         }
     }
+    // The limit applies to the IP versions listed; the proxy serves IPv4.
+    if let Some(v) = r.value(RATE, "ip_versions")? {
+        let versions: Vec<&str> = v.split(',').map(str::trim).collect();
+        if !versions.iter().all(|x| *x == "4" || *x == "6") {
+            return Err(r.bad(
+                RATE,
+                "ip_versions",
+                &format!("{} is not a list of 4 and 6", quote(&v)),
+            ));
+        }
+        if !versions.contains(&"4") {
+            node.metadata.rate_limit = false;
+        }
+    }
     // The socket follows `state_path` unless set itself, as in Neutron.
     if r.ini.get(DEFAULT, "metadata_proxy_socket").is_some()
         || r.ini.get(DEFAULT, "state_path").is_some()
@@ -625,6 +639,27 @@ mod tests {
         ] {
             assert!(e.contains(needle), "{e:?} does not name {needle:?}");
         }
+    }
+
+    #[test]
+    fn a_rate_limit_for_ipv6_alone_leaves_ipv4_unlimited() {
+        let c = load_str(&[
+            ("neutron.conf", URL),
+            (
+                "l3_agent.ini",
+                "[metadata_rate_limiting]\nrate_limit_enabled = true\nip_versions = 6\n",
+            ),
+        ])
+        .unwrap();
+        assert!(!c.node.metadata.rate_limit);
+        let e = error(&[
+            ("neutron.conf", URL),
+            (
+                "l3_agent.ini",
+                "[metadata_rate_limiting]\nip_versions = 4,5\n",
+            ),
+        ]);
+        assert!(e.contains("ip_versions") && e.contains("\"4,5\""), "{e}");
     }
 
     #[test]

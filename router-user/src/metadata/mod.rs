@@ -122,10 +122,9 @@ impl Proxies {
         for h in held {
             let current = netns_inode(&namespace_of(&h.router));
             // A socket on another port (the setting changed) is closed.
-            let port = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(
-                h.fd.as_raw_fd(),
-            )
-            .map(|a| a.port());
+            let port =
+                nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(h.fd.as_raw_fd())
+                    .map(|a| a.port());
             if !self.settings.enabled
                 || !routers.contains(&h.router)
                 || current != Some(h.netns)
