@@ -19,9 +19,9 @@ use crate::{
         bpf::{self as ebpf, BpfRouter, DEFAULT_SNAT_PORTS, Hook},
         conntrack, ethtool, garp, iptables,
         netlink::Nl,
-        netns, nft,
+        netns, nft, ovs,
     },
-    config::node::{Dataplane, NodeConfig},
+    config::node::{Dataplane, InterfaceDriver, NodeConfig},
     desired::{DesiredRouter, NatAddresses, Plane, desired},
     model::Router,
     plan::{Action, Dev, History, HostDev, Observed, RouteId, plan},
@@ -196,6 +196,10 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
             }
         }
     }
+    if d.driver == InterfaceDriver::OpenVSwitch {
+        let taps: Vec<String> = d.ports.iter().map(|p| p.tap.clone()).collect();
+        o.ovs = Some(ovs::observe(&node.ovsdb_connection, &taps)?);
+    }
     let ns = d.namespace.as_str();
     if !netns::exists(ns) {
         return Ok(o);
@@ -311,6 +315,16 @@ impl Engine {
         }
         state.dataplane = Some(dataplane);
         state.routers_file = routers_file;
+        match node.driver() {
+            InterfaceDriver::OpenVSwitch => tracing::info!(
+                "plugging router ports into Open vSwitch bridge {} (ovsdb {})",
+                node.ovs_integration_bridge,
+                node.ovsdb_connection
+            ),
+            InterfaceDriver::LinuxBridge => {
+                tracing::info!("plugging router ports into Linux bridges")
+            }
+        }
         Ok(Engine {
             node,
             desired: state.routers.clone(),
@@ -426,6 +440,16 @@ impl Engine {
                     let b = index(&host, &bridge).await?;
                     host.set_controller(index(&host, &tap).await?, b).await?
                 }
+                Action::Release { tap, .. } => host.set_nomaster(index(&host, &tap).await?).await?,
+                Action::OvsAddPort {
+                    tap,
+                    bridge,
+                    external_ids,
+                } => ovs::replace_port(&self.node.ovsdb_connection, &bridge, &tap, &external_ids)?,
+                Action::OvsSetIds { tap, external_ids } => {
+                    ovs::set_external_ids(&self.node.ovsdb_connection, &tap, &external_ids)?
+                }
+                Action::OvsDelPort(tap) => ovs::del_ports(&self.node.ovsdb_connection, &[tap])?,
                 Action::DelAddress { dev, net } => {
                     let i = index(n, &dev).await?;
                     if let Some((_, msg)) =
@@ -580,6 +604,16 @@ impl Engine {
     async fn remove_router(&mut self, id: &str, ch: &mut Changes) -> Result<()> {
         let mut errors = Vec::new();
         if let Err(e) = remove_namespace(id, ch).await {
+            errors.push(format!("{e:#}"));
+        }
+        // Its taps went with the namespace; their OVS ports go too.
+        let router = self
+            .state
+            .applied(id)
+            .or_else(|| self.state.failure(id).map(|f| &f.router));
+        if let Some(r) = router
+            && let Err(e) = remove_ovs_ports(&self.node, r, ch)
+        {
             errors.push(format!("{e:#}"));
         }
         if let Some((_, h)) = self.watchers.remove(id) {
@@ -876,6 +910,22 @@ async fn remove_namespace(id: &str, ch: &mut Changes) -> Result<()> {
     Ok(())
 }
 
+/// With openvswitch plugging, removes router `r`'s taps from OVS.
+fn remove_ovs_ports(node: &NodeConfig, r: &Router, ch: &mut Changes) -> Result<()> {
+    if node.driver() != InterfaceDriver::OpenVSwitch {
+        return Ok(());
+    }
+    let taps: Vec<String> = r.ports().map(|p| p.tap()).collect();
+    ovs::del_ports(&node.ovsdb_connection, &taps)
+        .with_context(|| format!("removing router {}'s ports from OVS", r.id))?;
+    ch.note(format!(
+        "removed {} of router {} from OVS",
+        crate::text::count(taps.len(), "port"),
+        r.id
+    ));
+    Ok(())
+}
+
 /// `xrouter cleanup`: removes every router, tap and bridge xrouter created.
 pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
     let path = node.state_file();
@@ -895,6 +945,7 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         if pinned {
             ch.note(format!("removed the BPF pins {}", pins.display()));
         }
+        remove_ovs_ports(node, r, &mut ch)?;
         for p in r.ports() {
             if let Some(t) = host.link(&p.tap()).await? {
                 host.del_link(t.index).await?;
