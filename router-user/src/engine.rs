@@ -207,6 +207,12 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
     o.namespace = true;
     let nl = Nl::open(Some(ns)).await?;
     let links = nl.links().await?;
+    // Offloads matter only towards a userspace-datapath OVS bridge.
+    let userspace = o.ovs.as_ref().is_some_and(|h| {
+        d.ports
+            .first()
+            .is_some_and(|p| h.bridges.get(&p.bridge).is_some_and(|t| t == "netdev"))
+    });
     for l in &links {
         o.ifindex.insert(l.name.clone(), l.index);
         if l.name == "lo" {
@@ -219,6 +225,15 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect();
+            let tx_offload = if userspace {
+                let name = l.name.clone();
+                netns::run_in(Some(ns), move || {
+                    ethtool::active(&name, &ethtool::CHECKSUM_AND_SEGMENTATION)
+                })??
+                .contains(&Some(true))
+            } else {
+                false
+            };
             o.ports.insert(
                 l.name.clone(),
                 Dev {
@@ -226,6 +241,7 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
                     mtu: l.mtu,
                     up: l.up,
                     addresses,
+                    tx_offload,
                 },
             );
         }
@@ -432,6 +448,11 @@ impl Engine {
                 Action::SetMac { dev, mac } => n.set_mac(index(n, &dev).await?, &mac.0).await?,
                 Action::SetMtu { dev, mtu } => n.set_mtu(index(n, &dev).await?, mtu).await?,
                 Action::SetUp { dev } => n.set_up(index(n, &dev).await?).await?,
+                Action::SoftwareTx { dev } => {
+                    netns::run_in(Some(ns), move || {
+                        ethtool::disable(&dev, &ethtool::CHECKSUM_AND_SEGMENTATION)
+                    })??;
+                }
                 Action::SetHostMtu { dev, mtu } => {
                     host.set_mtu(index(&host, &dev).await?, mtu).await?
                 }

@@ -26,6 +26,9 @@ pub struct Dev {
     pub mtu: u32,
     pub up: bool,
     pub addresses: Vec<IpNet>,
+    /// Some checksum or segmentation offload is on (read only for a port
+    /// on a userspace-datapath OVS bridge; false otherwise).
+    pub tx_offload: bool,
 }
 
 /// A device in the node namespace (a tap or a bridge).
@@ -148,6 +151,11 @@ pub enum Action {
     SetUp {
         dev: String,
     },
+    /// Turns the port's checksum and segmentation offloads off (a
+    /// userspace-datapath OVS bridge reads its peer).
+    SoftwareTx {
+        dev: String,
+    },
     /// In the node namespace.
     SetHostMtu {
         dev: String,
@@ -230,6 +238,10 @@ impl fmt::Display for Action {
             SetMac { dev, mac } => write!(f, "{dev}: MAC {mac}"),
             SetMtu { dev, mtu } => write!(f, "{dev}: MTU {mtu}"),
             SetUp { dev } => write!(f, "{dev}: up"),
+            SoftwareTx { dev } => write!(
+                f,
+                "{dev}: checksums and segmentation in software (OVS userspace datapath)"
+            ),
             SetHostMtu { dev, mtu } => write!(f, "{dev}: MTU {mtu}"),
             SetHostUp { dev } => write!(f, "{dev}: up"),
             Enslave { tap, bridge } => write!(f, "{tap}: into bridge {bridge}"),
@@ -391,6 +403,14 @@ pub fn plan(o: &Observed, d: &DesiredRouter, h: &History) -> Result<Vec<Action>,
         }
         if have.is_none_or(|h| !h.up) {
             out.push(Action::SetUp { dev: p.dev.clone() });
+        }
+        let userspace = on_ovs
+            && ovs_have
+                .bridges
+                .get(&p.bridge)
+                .is_some_and(|t| t == "netdev");
+        if userspace && have.is_none_or(|h| h.tx_offload) {
+            out.push(Action::SoftwareTx { dev: p.dev.clone() });
         }
         let tap = have.and_then(|_| o.host.get(&p.tap));
         if tap.is_none_or(|t| t.mtu != p.mtu) {
@@ -593,6 +613,7 @@ mod tests {
                     mtu: p.mtu,
                     up: true,
                     addresses,
+                    tx_offload: false,
                 },
             );
             o.ifindex.insert(p.dev.clone(), 10 + i as u32);
@@ -708,6 +729,12 @@ mod tests {
             let made = pos(&|x| matches!(x, Action::CreatePort { .. }));
             let plugged = pos(&|x| matches!(x, Action::OvsAddPort { .. }));
             assert!(made < plugged);
+            // A netdev bridge: every port finishes its checksums itself.
+            let soft = a
+                .iter()
+                .filter(|x| matches!(x, Action::SoftwareTx { .. }))
+                .count();
+            assert_eq!(soft, d.ports.len(), "{a:?}");
         }
     }
 
@@ -724,6 +751,23 @@ mod tests {
             matches!(a.as_slice(), [Action::OvsAddPort { tap: t, .. }] if *t == tap),
             "{a:?}"
         );
+        // Its offloads turned on again.
+        let mut o = applied(&d);
+        o.ports.get_mut(&d.ports[0].dev).unwrap().tx_offload = true;
+        let a = plan(&o, &d, &history(&r)).unwrap();
+        assert_eq!(
+            a,
+            [Action::SoftwareTx {
+                dev: d.ports[0].dev.clone()
+            }]
+        );
+        // On the kernel datapath, they stay.
+        o.ovs
+            .as_mut()
+            .unwrap()
+            .bridges
+            .insert("br-int".into(), "system".into());
+        assert!(plan(&o, &d, &history(&r)).unwrap().is_empty());
         // Moved to another bridge.
         let mut o = applied(&d);
         o.ovs.as_mut().unwrap().ports.get_mut(&tap).unwrap().bridge = Some("br-ex".into());
