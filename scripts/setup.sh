@@ -4,7 +4,9 @@
 # with rust-src, bpf-linker linked against the nightly's own LLVM, bpffs, and
 # the kit of the agent tests: RabbitMQ (its Debian service kept stopped: the
 # tests run their own brokers inside their namespaces) and a Python venv with
-# oslo.messaging for the stand-in neutron-server (tests/neutron/).
+# oslo.messaging for the stand-in neutron-server (tests/neutron/); Open vSwitch
+# (the tests run a private one inside their namespaces) and haproxy, their
+# Debian services kept stopped and disabled too.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -18,9 +20,10 @@ need_root() {
 
 # Debian packages the project and its tests use.
 PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod curl openssl
-  rabbitmq-server python3-venv)
+  rabbitmq-server python3-venv openvswitch-switch haproxy)
 BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe curl openssl
-  /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py)
+  /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py
+  ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool ovs-ofctl /usr/share/openvswitch/vswitch.ovsschema haproxy)
 
 packages() {
   local missing=0 b own_policy=0
@@ -34,7 +37,8 @@ packages() {
   if [ "$missing" -eq 1 ]; then
     log "installing Debian packages: ${PKGS[*]}"
     # policy-rc.d exit 101: no package may start its service (rabbitmq-server
-    # and epmd would otherwise listen in the root namespace).
+    # and epmd would otherwise listen in the root namespace, Open vSwitch
+    # run a switch there, haproxy listen).
     if [ ! -e /usr/sbin/policy-rc.d ]; then
       printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
       chmod +x /usr/sbin/policy-rc.d
@@ -65,6 +69,34 @@ no_root_broker() {
   for pid in $(pgrep -u rabbitmq,epmd 2>/dev/null || true); do
     log "stopping process $pid ($(cat "/proc/$pid/comm" 2>/dev/null)) of the Debian broker"
     kill "$pid" 2>/dev/null || true
+  done
+}
+
+# Open vSwitch and haproxy: the tests start their own (OVS in each test's
+# node namespace, with its own database and sockets); the Debian services
+# must neither run nor start at boot. Disabled (systemd or init scripts);
+# their processes, if any, stopped by pid.
+no_root_services() {
+  local svc pid
+  for svc in openvswitch-switch haproxy; do
+    if [ -d /run/systemd/system ]; then
+      if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
+        log "disabling the $svc service"
+        systemctl disable --now "$svc" >/dev/null 2>&1 || true
+      fi
+    elif [ -x "/etc/init.d/$svc" ] && ls /etc/rc2.d/S*"$svc" >/dev/null 2>&1; then
+      log "disabling the $svc init script"
+      update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+  done
+  # The Debian services' own pidfiles only: a test's OVS keeps its pidfile
+  # in its own directory, and is left alone.
+  for pid in $(cat /run/openvswitch/ovsdb-server.pid /run/openvswitch/ovs-vswitchd.pid \
+    /run/haproxy.pid 2>/dev/null || true); do
+    if kill -0 "$pid" 2>/dev/null; then
+      log "stopping process $pid ($(cat "/proc/$pid/comm" 2>/dev/null)) of a Debian service"
+      kill "$pid" 2>/dev/null || true
+    fi
   done
 }
 
@@ -136,6 +168,7 @@ bpffs() {
 need_root
 packages
 no_root_broker
+no_root_services
 venv
 nightly
 bpf_linker

@@ -136,8 +136,10 @@ pub enum Cmd {
     /// router was rejected or failed). Stopping it leaves the routers
     /// forwarding.
     ///
-    /// Also read: [DEFAULT] agent_mode (legacy only), interface_driver,
-    /// handle_internal_only_routers, metadata_port, state_path; [AGENT]
+    /// Also read: [DEFAULT] agent_mode (legacy only), interface_driver
+    /// (how ports are plugged), handle_internal_only_routers,
+    /// metadata_port, state_path; [OVS] integration_bridge,
+    /// ovsdb_connection; [AGENT]
     /// availability_zone, log_agent_heartbeats. Every option:
     /// docs/agent.md.
     Agent {

@@ -19,9 +19,9 @@ use crate::{
         bpf::{self as ebpf, BpfRouter, DEFAULT_SNAT_PORTS, Hook},
         conntrack, ethtool, garp, iptables,
         netlink::Nl,
-        netns, nft,
+        netns, nft, ovs,
     },
-    config::node::{Dataplane, NodeConfig},
+    config::node::{Dataplane, InterfaceDriver, NodeConfig},
     desired::{DesiredRouter, NatAddresses, Plane, desired},
     model::Router,
     plan::{Action, Dev, History, HostDev, Observed, RouteId, plan},
@@ -196,6 +196,10 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
             }
         }
     }
+    if d.driver == InterfaceDriver::OpenVSwitch {
+        let taps: Vec<String> = d.ports.iter().map(|p| p.tap.clone()).collect();
+        o.ovs = Some(ovs::observe(&node.ovsdb_connection, &taps)?);
+    }
     let ns = d.namespace.as_str();
     if !netns::exists(ns) {
         return Ok(o);
@@ -203,6 +207,12 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
     o.namespace = true;
     let nl = Nl::open(Some(ns)).await?;
     let links = nl.links().await?;
+    // Offloads matter only towards a userspace-datapath OVS bridge.
+    let userspace = o.ovs.as_ref().is_some_and(|h| {
+        d.ports
+            .first()
+            .is_some_and(|p| h.bridges.get(&p.bridge).is_some_and(|t| t == "netdev"))
+    });
     for l in &links {
         o.ifindex.insert(l.name.clone(), l.index);
         if l.name == "lo" {
@@ -215,6 +225,15 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect();
+            let tx_offload = if userspace {
+                let name = l.name.clone();
+                netns::run_in(Some(ns), move || {
+                    ethtool::active(&name, &ethtool::CHECKSUM_AND_SEGMENTATION)
+                })??
+                .contains(&Some(true))
+            } else {
+                false
+            };
             o.ports.insert(
                 l.name.clone(),
                 Dev {
@@ -222,6 +241,7 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
                     mtu: l.mtu,
                     up: l.up,
                     addresses,
+                    tx_offload,
                 },
             );
         }
@@ -315,6 +335,16 @@ impl Engine {
         }
         state.dataplane = Some(dataplane);
         state.routers_file = routers_file;
+        match node.driver() {
+            InterfaceDriver::OpenVSwitch => tracing::info!(
+                "plugging router ports into Open vSwitch bridge {} (ovsdb {})",
+                node.ovs_integration_bridge,
+                node.ovsdb_connection
+            ),
+            InterfaceDriver::LinuxBridge => {
+                tracing::info!("plugging router ports into Linux bridges")
+            }
+        }
         Ok(Engine {
             metadata: crate::metadata::Proxies::new(
                 node.metadata.clone(),
@@ -466,6 +496,11 @@ impl Engine {
                 Action::SetMac { dev, mac } => n.set_mac(index(n, &dev).await?, &mac.0).await?,
                 Action::SetMtu { dev, mtu } => n.set_mtu(index(n, &dev).await?, mtu).await?,
                 Action::SetUp { dev } => n.set_up(index(n, &dev).await?).await?,
+                Action::SoftwareTx { dev } => {
+                    netns::run_in(Some(ns), move || {
+                        ethtool::disable(&dev, &ethtool::CHECKSUM_AND_SEGMENTATION)
+                    })??;
+                }
                 Action::SetHostMtu { dev, mtu } => {
                     host.set_mtu(index(&host, &dev).await?, mtu).await?
                 }
@@ -474,6 +509,16 @@ impl Engine {
                     let b = index(&host, &bridge).await?;
                     host.set_controller(index(&host, &tap).await?, b).await?
                 }
+                Action::Release { tap, .. } => host.set_nomaster(index(&host, &tap).await?).await?,
+                Action::OvsAddPort {
+                    tap,
+                    bridge,
+                    external_ids,
+                } => ovs::replace_port(&self.node.ovsdb_connection, &bridge, &tap, &external_ids)?,
+                Action::OvsSetIds { tap, external_ids } => {
+                    ovs::set_external_ids(&self.node.ovsdb_connection, &tap, &external_ids)?
+                }
+                Action::OvsDelPort(tap) => ovs::del_ports(&self.node.ovsdb_connection, &[tap])?,
                 Action::DelAddress { dev, net } => {
                     let i = index(n, &dev).await?;
                     if let Some((_, msg)) =
@@ -630,6 +675,16 @@ impl Engine {
         self.metadata.remove(id);
         self.metadata_errors.remove(id);
         if let Err(e) = remove_namespace(id, ch).await {
+            errors.push(format!("{e:#}"));
+        }
+        // Its taps went with the namespace; their OVS ports go too.
+        let router = self
+            .state
+            .applied(id)
+            .or_else(|| self.state.failure(id).map(|f| &f.router));
+        if let Some(r) = router
+            && let Err(e) = remove_ovs_ports(&self.node, r, ch)
+        {
             errors.push(format!("{e:#}"));
         }
         if let Some((_, h)) = self.watchers.remove(id) {
@@ -927,6 +982,22 @@ async fn remove_namespace(id: &str, ch: &mut Changes) -> Result<()> {
     Ok(())
 }
 
+/// With openvswitch plugging, removes router `r`'s taps from OVS.
+fn remove_ovs_ports(node: &NodeConfig, r: &Router, ch: &mut Changes) -> Result<()> {
+    if node.driver() != InterfaceDriver::OpenVSwitch {
+        return Ok(());
+    }
+    let taps: Vec<String> = r.ports().map(|p| p.tap()).collect();
+    ovs::del_ports(&node.ovsdb_connection, &taps)
+        .with_context(|| format!("removing router {}'s ports from OVS", r.id))?;
+    ch.note(format!(
+        "removed {} of router {} from OVS",
+        crate::text::count(taps.len(), "port"),
+        r.id
+    ));
+    Ok(())
+}
+
 /// `xrouter cleanup`: removes every router, tap and bridge xrouter created.
 pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
     let path = node.state_file();
@@ -955,6 +1026,7 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         if pinned {
             ch.note(format!("removed the BPF pins {}", pins.display()));
         }
+        remove_ovs_ports(node, r, &mut ch)?;
         for p in r.ports() {
             if let Some(t) = host.link(&p.tap()).await? {
                 host.del_link(t.index).await?;

@@ -13,7 +13,8 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    backend::{bpf, iptables, nft},
+    backend::{bpf, iptables, nft, ovs},
+    config::node::InterfaceDriver,
     desired::{DesiredRouter, NatAddresses, routes::Via, routes::WantRoute},
     model::Mac,
 };
@@ -25,6 +26,9 @@ pub struct Dev {
     pub mtu: u32,
     pub up: bool,
     pub addresses: Vec<IpNet>,
+    /// Some checksum or segmentation offload is on (read only for a port
+    /// on a userspace-datapath OVS bridge; false otherwise).
+    pub tx_offload: bool,
 }
 
 /// A device in the node namespace (a tap or a bridge).
@@ -102,6 +106,9 @@ pub struct Observed {
     pub ifindex: HashMap<String, u32>,
     /// The BPF data path, through its pins (None: none there).
     pub bpf: Option<bpf::BpfState>,
+    /// openvswitch plugging: the bridges and what OVSDB has of the
+    /// router's taps (None with linuxbridge).
+    pub ovs: Option<ovs::Have>,
 }
 
 /// What the engine knows beyond the kernel: what the router was before.
@@ -144,6 +151,11 @@ pub enum Action {
     SetUp {
         dev: String,
     },
+    /// Turns the port's checksum and segmentation offloads off (a
+    /// userspace-datapath OVS bridge reads its peer).
+    SoftwareTx {
+        dev: String,
+    },
     /// In the node namespace.
     SetHostMtu {
         dev: String,
@@ -156,6 +168,26 @@ pub enum Action {
         tap: String,
         bridge: String,
     },
+    /// Takes a tap out of the Linux bridge it is enslaved to (its port
+    /// moves to OVS).
+    Release {
+        tap: String,
+        bridge: String,
+    },
+    /// Makes the tap a port of the OVS bridge anew, with these Interface
+    /// `external_ids` (on the dead VLAN until the OVS agent binds it).
+    OvsAddPort {
+        tap: String,
+        bridge: String,
+        external_ids: Vec<(String, String)>,
+    },
+    /// Sets these `external_ids` of the tap's OVS Interface.
+    OvsSetIds {
+        tap: String,
+        external_ids: Vec<(String, String)>,
+    },
+    /// Removes the tap's port from OVS (if there).
+    OvsDelPort(String),
     DelAddress {
         dev: String,
         net: IpNet,
@@ -206,9 +238,27 @@ impl fmt::Display for Action {
             SetMac { dev, mac } => write!(f, "{dev}: MAC {mac}"),
             SetMtu { dev, mtu } => write!(f, "{dev}: MTU {mtu}"),
             SetUp { dev } => write!(f, "{dev}: up"),
+            SoftwareTx { dev } => write!(
+                f,
+                "{dev}: checksums and segmentation in software (OVS userspace datapath)"
+            ),
             SetHostMtu { dev, mtu } => write!(f, "{dev}: MTU {mtu}"),
             SetHostUp { dev } => write!(f, "{dev}: up"),
             Enslave { tap, bridge } => write!(f, "{tap}: into bridge {bridge}"),
+            Release { tap, bridge } => write!(f, "{tap}: out of bridge {bridge}"),
+            OvsAddPort {
+                tap,
+                bridge,
+                external_ids,
+            } => write!(
+                f,
+                "{tap}: add to OVS bridge {bridge} ({})",
+                ids(external_ids)
+            ),
+            OvsSetIds { tap, external_ids } => {
+                write!(f, "{tap}: set OVS external_ids {}", ids(external_ids))
+            }
+            OvsDelPort(tap) => write!(f, "{tap}: delete from OVS"),
             DelAddress { dev, net } => write!(f, "{dev}: remove address {net}"),
             AddAddress { dev, net } => write!(f, "{dev}: add address {net}"),
             DelRoute(r) => write!(f, "remove route {r}"),
@@ -237,6 +287,13 @@ impl fmt::Display for Action {
     }
 }
 
+fn ids(ids: &[(String, String)]) -> String {
+    ids.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn list(ips: &[Ipv4Addr]) -> String {
     ips.iter()
         .map(|i| i.to_string())
@@ -255,6 +312,11 @@ pub enum PlanError {
         bridge: String,
         kind: String,
     },
+    #[error(
+        "the Open vSwitch integration bridge {bridge} does not exist (the OVS agent creates it; \
+         ovs_integration_bridge names it)"
+    )]
+    NoIntegrationBridge { bridge: String },
 }
 
 /// The actions that bring `o` to `d`, in the order they must run: the
@@ -270,15 +332,33 @@ pub fn plan(o: &Observed, d: &DesiredRouter, h: &History) -> Result<Vec<Action>,
     } else if !o.lo_up {
         out.push(Action::LoUp);
     }
+    let on_ovs = d.driver == InterfaceDriver::OpenVSwitch;
+    let no_ovs = ovs::Have::default();
+    let ovs_have = o.ovs.as_ref().unwrap_or(&no_ovs);
+    if on_ovs {
+        // One bridge for every port; the OVS agent owns it.
+        if let Some(p) = d.ports.first()
+            && !ovs_have.bridges.contains_key(&p.bridge)
+        {
+            return Err(PlanError::NoIntegrationBridge {
+                bridge: p.bridge.clone(),
+            });
+        }
+    }
     let wanted: BTreeSet<&str> = d.ports.iter().map(|p| p.dev.as_str()).collect();
     for dev in o.ports.keys() {
         if !wanted.contains(dev.as_str()) {
             out.push(Action::DeletePort(dev.clone()));
+            if on_ovs {
+                // Its tap went with it; its Port row stays unless removed.
+                out.push(Action::OvsDelPort(format!("tap{}", &dev[3..])));
+            }
         }
     }
     let mut bridges_made = BTreeSet::new();
     for p in &d.ports {
         match o.host.get(&p.bridge) {
+            _ if on_ovs => {}
             Some(b) if b.kind.as_deref() != Some("bridge") => {
                 return Err(PlanError::NotABridge {
                     network: crate::text::label(&p.network_id),
@@ -324,6 +404,14 @@ pub fn plan(o: &Observed, d: &DesiredRouter, h: &History) -> Result<Vec<Action>,
         if have.is_none_or(|h| !h.up) {
             out.push(Action::SetUp { dev: p.dev.clone() });
         }
+        let userspace = on_ovs
+            && ovs_have
+                .bridges
+                .get(&p.bridge)
+                .is_some_and(|t| t == "netdev");
+        if userspace && have.is_none_or(|h| h.tx_offload) {
+            out.push(Action::SoftwareTx { dev: p.dev.clone() });
+        }
         let tap = have.and_then(|_| o.host.get(&p.tap));
         if tap.is_none_or(|t| t.mtu != p.mtu) {
             out.push(Action::SetHostMtu {
@@ -331,7 +419,37 @@ pub fn plan(o: &Observed, d: &DesiredRouter, h: &History) -> Result<Vec<Action>,
                 mtu: p.mtu,
             });
         }
-        if tap.is_none_or(|t| t.controller.as_deref() != Some(p.bridge.as_str())) {
+        if on_ovs {
+            // A Linux bridge's tap (the router was plugged by linuxbridge)
+            // leaves it; `ovs-system` is the kernel datapath's own.
+            if let Some(b) = tap
+                .and_then(|t| t.controller.as_deref())
+                .filter(|c| *c != "ovs-system")
+            {
+                out.push(Action::Release {
+                    tap: p.tap.clone(),
+                    bridge: b.to_string(),
+                });
+            }
+            match ovs::differ(ovs_have, &p.tap, &p.bridge, &p.external_ids) {
+                // A tap made anew is plugged anew, as Neutron's replace_port.
+                _ if tap.is_none() => out.push(Action::OvsAddPort {
+                    tap: p.tap.clone(),
+                    bridge: p.bridge.clone(),
+                    external_ids: p.external_ids.clone(),
+                }),
+                ovs::PortState::Missing => out.push(Action::OvsAddPort {
+                    tap: p.tap.clone(),
+                    bridge: p.bridge.clone(),
+                    external_ids: p.external_ids.clone(),
+                }),
+                ovs::PortState::WrongIds => out.push(Action::OvsSetIds {
+                    tap: p.tap.clone(),
+                    external_ids: p.external_ids.clone(),
+                }),
+                ovs::PortState::Right => {}
+            }
+        } else if tap.is_none_or(|t| t.controller.as_deref() != Some(p.bridge.as_str())) {
             out.push(Action::Enslave {
                 tap: p.tap.clone(),
                 bridge: p.bridge.clone(),
@@ -495,6 +613,7 @@ mod tests {
                     mtu: p.mtu,
                     up: true,
                     addresses,
+                    tx_offload: false,
                 },
             );
             o.ifindex.insert(p.dev.clone(), 10 + i as u32);
@@ -529,7 +648,220 @@ mod tests {
             maps: bpf::resolve(m, &o.ifindex),
             in_place: true,
         });
+        if d.driver == InterfaceDriver::OpenVSwitch {
+            let mut have = ovs::Have::default();
+            for p in &d.ports {
+                // OVS reads the tap itself: no kernel bridge (netdev).
+                o.host.get_mut(&p.tap).unwrap().controller = None;
+                o.host.remove(&p.bridge);
+                have.bridges.insert(p.bridge.clone(), "netdev".into());
+                have.ports.insert(
+                    p.tap.clone(),
+                    ovs::Port {
+                        bridge: Some(p.bridge.clone()),
+                        external_ids: p
+                            .external_ids
+                            .iter()
+                            .cloned()
+                            .chain([("other".to_string(), "kept".to_string())])
+                            .collect(),
+                    },
+                );
+            }
+            o.ovs = Some(have);
+        }
         o
+    }
+
+    fn ovs_node() -> NodeConfig {
+        NodeConfig::parse("interface_driver = \"openvswitch\"", "t").unwrap()
+    }
+
+    fn want_ovs(r: &Router, plane: Plane) -> DesiredRouter {
+        desired(r, &ovs_node(), plane, DEFAULT_SNAT_PORTS)
+    }
+
+    #[test]
+    fn ovs_plugging_is_idempotent_and_plugs_each_tap_with_neutron_s_ids() {
+        let r = example();
+        for plane in PLANES {
+            let d = want_ovs(&r, plane);
+            assert!(d.ports.iter().all(|p| p.bridge == "br-int"));
+            let a = plan(&applied(&d), &d, &history(&r)).unwrap();
+            assert!(a.is_empty(), "{plane:?}: {a:?}");
+            // A new router: its taps on br-int, no Linux bridge made.
+            let mut o = Observed {
+                ovs: applied(&d).ovs,
+                ..Default::default()
+            };
+            o.ovs.as_mut().unwrap().ports.clear();
+            let a = plan(&o, &d, &History::default()).unwrap();
+            assert!(
+                !a.iter()
+                    .any(|x| matches!(x, Action::CreateBridge(_) | Action::Enslave { .. })),
+                "{a:?}"
+            );
+            let adds: Vec<&Action> = a
+                .iter()
+                .filter(|x| matches!(x, Action::OvsAddPort { .. }))
+                .collect();
+            assert_eq!(adds.len(), d.ports.len(), "{a:?}");
+            let g = r.gateway.as_ref().unwrap();
+            assert!(a.contains(&Action::OvsAddPort {
+                tap: g.port.tap(),
+                bridge: "br-int".into(),
+                external_ids: vec![
+                    ("iface-id".into(), g.port.id.clone()),
+                    ("iface-status".into(), "active".into()),
+                    ("attached-mac".into(), g.port.mac.to_string()),
+                ],
+            }));
+            let line = adds[0].to_string();
+            assert!(
+                line.starts_with("tap")
+                    && line.contains(": add to OVS bridge br-int (iface-id=")
+                    && line.contains("iface-status=active attached-mac=")
+                    && !line.contains('\n'),
+                "{line}"
+            );
+            // The tap must be made before it is plugged and then set up.
+            let pos = |f: &dyn Fn(&Action) -> bool| a.iter().position(f).unwrap();
+            let made = pos(&|x| matches!(x, Action::CreatePort { .. }));
+            let plugged = pos(&|x| matches!(x, Action::OvsAddPort { .. }));
+            assert!(made < plugged);
+            // A netdev bridge: every port finishes its checksums itself.
+            let soft = a
+                .iter()
+                .filter(|x| matches!(x, Action::SoftwareTx { .. }))
+                .count();
+            assert_eq!(soft, d.ports.len(), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn an_ovs_port_changed_behind_our_back_is_repaired() {
+        let r = example();
+        let d = want_ovs(&r, Plane::Xdp);
+        let tap = d.ports[0].tap.clone();
+        // Deleted from the bridge.
+        let mut o = applied(&d);
+        o.ovs.as_mut().unwrap().ports.remove(&tap);
+        let a = plan(&o, &d, &history(&r)).unwrap();
+        assert!(
+            matches!(a.as_slice(), [Action::OvsAddPort { tap: t, .. }] if *t == tap),
+            "{a:?}"
+        );
+        // Its offloads turned on again.
+        let mut o = applied(&d);
+        o.ports.get_mut(&d.ports[0].dev).unwrap().tx_offload = true;
+        let a = plan(&o, &d, &history(&r)).unwrap();
+        assert_eq!(
+            a,
+            [Action::SoftwareTx {
+                dev: d.ports[0].dev.clone()
+            }]
+        );
+        // On the kernel datapath, they stay.
+        o.ovs
+            .as_mut()
+            .unwrap()
+            .bridges
+            .insert("br-int".into(), "system".into());
+        assert!(plan(&o, &d, &history(&r)).unwrap().is_empty());
+        // Moved to another bridge.
+        let mut o = applied(&d);
+        o.ovs.as_mut().unwrap().ports.get_mut(&tap).unwrap().bridge = Some("br-ex".into());
+        let a = plan(&o, &d, &history(&r)).unwrap();
+        assert!(matches!(a.as_slice(), [Action::OvsAddPort { .. }]), "{a:?}");
+        // Its external_ids changed: set, the port stays (its VLAN tag too).
+        let mut o = applied(&d);
+        let ids = &mut o
+            .ovs
+            .as_mut()
+            .unwrap()
+            .ports
+            .get_mut(&tap)
+            .unwrap()
+            .external_ids;
+        ids.insert("iface-status".into(), "down".into());
+        let a = plan(&o, &d, &history(&r)).unwrap();
+        assert_eq!(
+            a,
+            [Action::OvsSetIds {
+                tap: tap.clone(),
+                external_ids: d.ports[0].external_ids.clone()
+            }]
+        );
+        // A tap made anew is plugged anew.
+        let mut o = applied(&d);
+        o.ports.remove(&d.ports[0].dev);
+        o.host.remove(&tap);
+        let a = plan(&o, &d, &history(&r)).unwrap();
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, Action::OvsAddPort { tap: t, .. } if *t == tap)),
+            "{a:?}"
+        );
+        // A port the router no longer has leaves OVS with its device.
+        let mut r2 = r.clone();
+        let gone = r2.interfaces.remove(0);
+        let a = plan(&applied(&d), &want_ovs(&r2, Plane::Xdp), &history(&r)).unwrap();
+        let i = a
+            .iter()
+            .position(|x| *x == Action::DeletePort(gone.device()))
+            .unwrap();
+        assert_eq!(a[i + 1], Action::OvsDelPort(gone.tap()), "{a:?}");
+        assert_eq!(
+            a[i + 1].to_string(),
+            format!("{}: delete from OVS", gone.tap())
+        );
+    }
+
+    #[test]
+    fn a_missing_integration_bridge_stops_the_plan_naming_it() {
+        let r = example();
+        let d = want_ovs(&r, Plane::Iptables);
+        let mut o = applied(&d);
+        o.ovs.as_mut().unwrap().bridges.clear();
+        let e = plan(&o, &d, &history(&r)).unwrap_err().to_string();
+        assert!(
+            e.contains("integration bridge br-int does not exist"),
+            "{e}"
+        );
+        assert!(plan(&Observed::default(), &d, &History::default()).is_err());
+    }
+
+    #[test]
+    fn a_router_moves_from_linux_bridges_to_ovs() {
+        let r = example();
+        let lb = want(&r, Plane::Tc);
+        let mut o = applied(&lb);
+        let d = want_ovs(&r, Plane::Tc);
+        let mut have = ovs::Have::default();
+        have.bridges.insert("br-int".into(), String::new());
+        o.ovs = Some(have);
+        let a = plan(&o, &d, &history(&r)).unwrap();
+        for p in &lb.ports {
+            let rel = a
+                .iter()
+                .position(|x| {
+                    *x == Action::Release {
+                        tap: p.tap.clone(),
+                        bridge: p.bridge.clone(),
+                    }
+                })
+                .unwrap_or_else(|| panic!("{a:?}"));
+            let add = a
+                .iter()
+                .position(|x| matches!(x, Action::OvsAddPort { tap, .. } if *tap == p.tap))
+                .unwrap();
+            assert!(rel < add);
+        }
+        assert_eq!(
+            a.len(),
+            2 * lb.ports.len(),
+            "only the plugging changes: {a:?}"
+        );
     }
 
     fn history(r: &Router) -> History {

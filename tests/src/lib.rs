@@ -21,6 +21,7 @@ pub mod cmd;
 pub mod frames;
 pub mod metadata_agent;
 pub mod neutron;
+pub mod ovs;
 pub mod probe;
 pub mod rig;
 
@@ -34,7 +35,9 @@ pub use probe::{
     link_exists, ping, sa, sysctl_get, tcp_request, tcp_request_from, udp_connected, udp_request,
     udp_request_sized,
 };
-pub use rig::{Host, Launch, Rig, TempDir, xrouter_bin, xrouter_check, xrouter_plain};
+pub use rig::{
+    Host, Launch, Plugging, Rig, TempDir, set_plugging, xrouter_bin, xrouter_check, xrouter_plain,
+};
 pub use router_user::config::node::Dataplane;
 pub use router_user::fixtures::{
     FipSpec, Network, PortSpec, RouterSpec, article, ids as names, routers_json,
@@ -54,6 +57,34 @@ macro_rules! planes {
         }
         mod tc {
             $( #[test] fn $name() { super::$name($crate::Dataplane::Tc) } )*
+        }
+    };
+}
+
+/// Declares one `#[test]` per data plane with Open vSwitch plugging for
+/// each scenario function (`fn(Dataplane)`) named, as
+/// `ovs_<plane>::<scenario>`: the rig of each such test runs a private OVS
+/// and plugs router ports and hosts into its integration bridge.
+#[macro_export]
+macro_rules! ovs_planes {
+    ($($name:ident),* $(,)?) => {
+        mod ovs_iptables {
+            $( #[test] fn $name() {
+                $crate::set_plugging($crate::Plugging::Ovs);
+                super::$name($crate::Dataplane::Iptables)
+            } )*
+        }
+        mod ovs_xdp {
+            $( #[test] fn $name() {
+                $crate::set_plugging($crate::Plugging::Ovs);
+                super::$name($crate::Dataplane::Xdp)
+            } )*
+        }
+        mod ovs_tc {
+            $( #[test] fn $name() {
+                $crate::set_plugging($crate::Plugging::Ovs);
+                super::$name($crate::Dataplane::Tc)
+            } )*
         }
     };
 }

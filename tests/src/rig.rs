@@ -23,6 +23,26 @@ use serde_json::Value;
 
 use crate::cmd::{self, Out};
 
+/// How the rig plugs router ports and hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Plugging {
+    /// Linux bridges `brq<network>` (xrouter's `linuxbridge`).
+    #[default]
+    LinuxBridge,
+    /// A private Open vSwitch's integration bridge (`openvswitch`).
+    Ovs,
+}
+
+thread_local! {
+    static PLUGGING: std::cell::Cell<Plugging> = const { std::cell::Cell::new(Plugging::LinuxBridge) };
+}
+
+/// Makes every [`Rig`] this thread creates from now on plug as `p` (each
+/// test runs in a thread of its own).
+pub fn set_plugging(p: Plugging) {
+    PLUGGING.with(|c| c.set(p));
+}
+
 /// How long the daemon may take for its first apply.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound for one `xrouter` CLI call.
@@ -169,6 +189,10 @@ pub struct Rig {
     /// namespace.
     pub broker: Option<crate::Broker>,
     pub neutron: Option<crate::NeutronServer>,
+    /// How ports are plugged (from [`set_plugging`] when made).
+    pub plugging: Plugging,
+    /// The private OVS (OVS plugging).
+    pub ovs: Option<crate::ovs::Ovs>,
 }
 
 impl Rig {
@@ -198,11 +222,19 @@ impl Rig {
             started: false,
             broker: None,
             neutron: None,
+            plugging: PLUGGING.with(|c| c.get()),
+            ovs: None,
         };
         std::fs::create_dir_all(&dir).expect("creating the state dir");
         netns::create(&node).unwrap_or_else(|e| panic!("creating {node}: {e:#}"));
         rig.namespaces.push(node.clone());
         cmd::ip(&node, "link set lo up").expect("lo up in the node namespace");
+        if rig.plugging == Plugging::Ovs {
+            rig.ovs = Some(
+                crate::ovs::Ovs::start(&node, &dir.join("ovs"))
+                    .unwrap_or_else(|e| panic!("starting OVS in {node}: {e:#}")),
+            );
+        }
         let ext = rig.add_network("ext", article::EXT, Some(article::EXT_GW));
         let net1 = rig.add_network("net1", article::NET1, Some(article::QR1));
         let net2 = rig.add_network("net2", article::NET2, Some(article::QR2));
@@ -301,6 +333,13 @@ impl Rig {
         if let Some(r) = self.new_connection_rate {
             text += &format!("new_connection_rate = {r}\n");
         }
+        if let Some(o) = &self.ovs {
+            text += &format!(
+                "interface_driver = \"openvswitch\"\novs_integration_bridge = \"{}\"\novsdb_connection = \"{}\"\n",
+                crate::ovs::BRIDGE,
+                o.db()
+            );
+        }
         // The metadata agent's socket is the test's own.
         text += &format!(
             "metadata_proxy_socket = \"{}\"\n",
@@ -347,6 +386,41 @@ impl Rig {
             self.config_arg(),
         ];
         self.spawn(how, &args);
+        self.bind_ovs();
+    }
+
+    /// OVS plugging: the VLAN tag of network `id` (one per network).
+    pub fn vlan_of(&self, network_id: &str) -> u16 {
+        let mut ids: Vec<&str> = self.networks.iter().map(|n| n.id.as_str()).collect();
+        for r in &self.routers {
+            for p in r.interfaces.iter().chain(r.gateway.as_ref()) {
+                if !ids.contains(&p.network.id.as_str()) {
+                    ids.push(&p.network.id);
+                }
+            }
+        }
+        let i = ids
+            .iter()
+            .position(|i| *i == network_id)
+            .unwrap_or(ids.len());
+        100 + i as u16
+    }
+
+    /// OVS plugging: plays the OVS agent, once: every router port xrouter
+    /// plugged (found by its `iface-id`) gets its network's VLAN tag.
+    /// Returns the port IDs not (yet) on the bridge. Nothing without OVS.
+    pub fn bind_ovs(&self) -> Vec<String> {
+        let Some(o) = &self.ovs else {
+            return vec![];
+        };
+        let tags = self
+            .routers
+            .iter()
+            .flat_map(|r| r.interfaces.iter().chain(r.gateway.as_ref()))
+            .map(|p| (p.id.clone(), self.vlan_of(&p.network.id)))
+            .collect();
+        o.bind(&tags)
+            .unwrap_or_else(|e| panic!("tagging router ports: {e:#}"))
     }
 
     /// The agent's host name (`[DEFAULT] host`).
@@ -536,14 +610,18 @@ impl Rig {
     pub fn reload(&mut self) -> Out {
         self.write_routers();
         let cfg = self.config_arg();
-        self.xrouter(&["reload", "--config", &cfg])
+        let out = self.xrouter(&["reload", "--config", &cfg]);
+        self.bind_ovs();
+        out
     }
 
     /// Writes `text` as the routers file and runs `xrouter reload`.
     pub fn reload_text(&self, text: &str) -> Out {
         self.write_routers_text(text);
         let cfg = self.config_arg();
-        self.xrouter(&["reload", "--config", &cfg])
+        let out = self.xrouter(&["reload", "--config", &cfg]);
+        self.bind_ovs();
+        out
     }
 
     /// [`Rig::reload`], panicking unless it succeeded; its stdout.
@@ -642,13 +720,15 @@ impl Rig {
         netns::create(&h.ns)?;
         self.namespaces.push(h.ns.clone());
         let node = self.node.clone();
-        let found = cmd::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            crate::probe::link_exists(&node, bridge)
-        });
-        anyhow::ensure!(
-            found,
-            "bridge {bridge} did not appear in {node} within 10 s"
-        );
+        if self.ovs.is_none() {
+            let found = cmd::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+                crate::probe::link_exists(&node, bridge)
+            });
+            anyhow::ensure!(
+                found,
+                "bridge {bridge} did not appear in {node} within 10 s"
+            );
+        }
         cmd::ip(
             &node,
             &format!(
@@ -656,16 +736,46 @@ impl Rig {
                 h.node_dev, h.ns
             ),
         )?;
-        cmd::ip(
-            &node,
-            &format!("link set {} master {bridge} up", h.node_dev),
-        )?;
+        if let Some(o) = &self.ovs {
+            // The host's network is the one whose Linux bridge `bridge` is.
+            let net = self
+                .networks
+                .iter()
+                .find(|n| n.bridge() == bridge)
+                .map(|n| n.id.clone())
+                .unwrap_or_else(|| bridge.to_string());
+            o.add_host_port(&h.node_dev, self.vlan_of(&net))?;
+            // OVS's userspace datapath reads and writes the node end with
+            // AF_PACKET: it takes neither GSO super-frames nor partial
+            // checksums, so neither end may hand it one.
+            let o = cmd::exec(
+                &node,
+                "ethtool",
+                &["-K", &h.node_dev, "tx", "off", "tso", "off", "gso", "off"],
+                cmd::CMD_TIMEOUT,
+            )?;
+            anyhow::ensure!(o.success(), "ethtool: {}", o.describe());
+            cmd::ip(&node, &format!("link set {} up", h.node_dev))?;
+        } else {
+            cmd::ip(
+                &node,
+                &format!("link set {} master {bridge} up", h.node_dev),
+            )?;
+        }
         netns::sysctl(&h.ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
         netns::sysctl(&h.ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
         cmd::ip(&h.ns, "link set lo up")?;
         cmd::ip(&h.ns, &format!("addr add {cidr} dev eth0"))?;
         cmd::ip(&h.ns, "link set eth0 up")?;
-        if self.plane == Dataplane::Xdp {
+        if self.ovs.is_some() {
+            let o = cmd::exec(
+                &h.ns,
+                "ethtool",
+                &["-K", "eth0", "tx", "off", "tso", "off", "gso", "off"],
+                cmd::CMD_TIMEOUT,
+            )?;
+            anyhow::ensure!(o.success(), "ethtool: {}", o.describe());
+        } else if self.plane == Dataplane::Xdp {
             // Complete checksums, as from a NIC: XDP forwards them itself
             // (partial ones it hands to TC, which the tc plane exercises).
             let o = cmd::exec(
@@ -733,6 +843,10 @@ impl Drop for Rig {
             if !out.success() {
                 eprintln!("[rig {}] cleanup failed: {}", self.tag, out.describe());
             }
+        }
+        // After cleanup, which removes the router ports from OVS.
+        if let Some(mut o) = self.ovs.take() {
+            o.stop();
         }
         for id in &self.router_ids {
             let ns = format!("qrouter-{id}");

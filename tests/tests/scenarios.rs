@@ -34,6 +34,25 @@ tests::planes!(
     ecmp_routes,
     router_namespace_layout,
 );
+// With Open vSwitch plugging too; router_namespace_layout checks the
+// taps' Linux bridges (tests/tests/ovs.rs checks the OVS layout).
+tests::ovs_planes!(
+    east_west_unnated,
+    snat_to_gateway_ip,
+    fip_egress,
+    fip_ingress_real_client,
+    hairpin,
+    hairpin_without_snat,
+    no_snat_egress_unnated,
+    outside_to_fixed_ip,
+    random_fully_same_source_port,
+    metadata_redirect,
+    ttl_decrement,
+    pmtu_and_fragments,
+    icmp_error_through_nat,
+    extra_route_source_snat,
+    ecmp_routes,
+);
 
 /// Servers on port TCP and UDP of every host, named after the host.
 fn servers(rig: &Rig, hosts: &[&str]) -> (Vec<TcpServer>, Vec<UdpServer>) {

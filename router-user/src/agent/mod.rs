@@ -101,24 +101,6 @@ impl AgentSettings {
                 );
             }
         }
-        let driver = n.interface_driver.as_str();
-        let linux_bridge = [
-            "linuxbridge",
-            "neutron.agent.linux.interface.BridgeInterfaceDriver",
-        ];
-        if driver.contains("openvswitch") || driver.contains("OVSInterfaceDriver") {
-            tracing::warn!(
-                "[DEFAULT] interface_driver = {driver}: xrouter plugs router ports into Linux \
-                 bridges (brq<network>, or bridge_mappings); Open vSwitch plugging is not \
-                 supported yet"
-            );
-        } else if !linux_bridge.contains(&driver) {
-            tracing::warn!(
-                "[DEFAULT] interface_driver = {driver}: not a driver xrouter knows; it plugs \
-                 router ports into Linux bridges (brq<network>, or bridge_mappings), as \
-                 linuxbridge does"
-            );
-        }
         let tls = r.ssl.then(|| oslo_rpc::Tls {
             ca_file: r.ssl_ca_file.clone(),
             cert_file: r.ssl_cert_file.clone(),

@@ -21,6 +21,24 @@ const ETH_GSTRING_LEN: usize = 32;
 /// The features whose tag stays outside the frame: 802.1Q and 802.1ad.
 pub const VLAN_TX_OFFLOADS: [&str; 2] = ["tx-vlan-hw-insert", "tx-vlan-stag-hw-insert"];
 
+/// What a router port hands its peer that a userspace-datapath OVS
+/// (`datapath_type=netdev`), reading the tap with AF_PACKET, cannot take:
+/// partial checksums (forwarded with the checksum unfinished) and GSO
+/// super-frames (larger than the MTU). Off, the kernel finishes both
+/// before the frame crosses the pair.
+pub const CHECKSUM_AND_SEGMENTATION: [&str; 10] = [
+    "tx-checksum-ip-generic",
+    "tx-checksum-sctp",
+    "tx-tcp-segmentation",
+    "tx-tcp-ecn-segmentation",
+    "tx-tcp-mangleid-segmentation",
+    "tx-tcp6-segmentation",
+    "tx-tcp-accecn-segmentation",
+    "tx-generic-segmentation",
+    "tx-udp-segmentation",
+    "tx-gso-list",
+];
+
 #[repr(C)]
 struct IfReq {
     name: [libc::c_char; libc::IFNAMSIZ],

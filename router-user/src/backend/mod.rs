@@ -10,6 +10,7 @@
 //! - `conntrack`: flushing the kernel's connections of an address.
 //! - `garp`: gratuitous ARP on a packet socket.
 //! - `ethtool`: device offload features.
+//! - `ovs`: the taps as ports of the Open vSwitch integration bridge.
 
 pub mod bpf;
 pub mod conntrack;
@@ -19,3 +20,4 @@ pub mod iptables;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod ovs;

@@ -143,6 +143,15 @@ impl Nl {
         .await
     }
 
+    /// Takes a device out of the bridge it is enslaved to.
+    pub async fn set_nomaster(&self, index: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).nocontroller().build(),
+            "no bridge",
+        )
+        .await
+    }
+
     async fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {
         let index = msg.header.index;
         self.handle

@@ -154,6 +154,7 @@ const RABBIT: &str = "oslo_messaging_rabbit";
 const XROUTER: &str = "xrouter";
 const HAPROXY: &str = "metadata_haproxy";
 const RATE: &str = "metadata_rate_limiting";
+const OVS: &str = "OVS";
 
 /// Defaults of the options read, as oslo has them (`$name` substituted
 /// at use); `host` is the machine's host name.
@@ -363,8 +364,10 @@ const NEUTRON_NODE_OPTIONS: &[(&str, &str, &str)] = &[
     (RATE, "burst_query_rate_limit", "metadata_burst_rate_limit"),
 ];
 
-/// Neutron's options that are node settings, then `[xrouter]`, which may
-/// set them too.
+/// Neutron's options xrouter's node config has too (the metadata proxy's,
+/// `interface_driver`, the OVS integration bridge and OVSDB connection),
+/// then `[xrouter]`, which may set each of them as well. With no
+/// interface driver anywhere, Neutron's default: openvswitch.
 fn node_settings(r: &Reader<'_>, node: &mut NodeConfig) -> anyhow::Result<()> {
     for (section, key, node_key) in NEUTRON_NODE_OPTIONS {
         if let Some(v) = r.value(section, key)? {
@@ -394,10 +397,43 @@ fn node_settings(r: &Reader<'_>, node: &mut NodeConfig) -> anyhow::Result<()> {
         node.set_ini("metadata_proxy_socket", &v)
             .map_err(|p| r.bad(DEFAULT, "metadata_proxy_socket", &p.problem))?;
     }
+    if let Some(d) = r.value(DEFAULT, "interface_driver")? {
+        node.interface_driver = Some(node::InterfaceDriver::from_neutron(&d).ok_or_else(|| {
+            r.bad(
+                DEFAULT,
+                "interface_driver",
+                &format!(
+                    "{} is not a driver xrouter plugs with (openvswitch, linuxbridge, \
+                     neutron.agent.linux.interface.OVSInterfaceDriver, \
+                     neutron.agent.linux.interface.BridgeInterfaceDriver)",
+                    quote(&d)
+                ),
+            )
+        })?);
+    }
+    // `[DEFAULT] ovs_integration_bridge` is the deprecated name of
+    // `[OVS] integration_bridge`.
+    let bridge = match r.value(OVS, "integration_bridge")? {
+        Some(b) => Some((OVS, "integration_bridge", b)),
+        None => r
+            .value(DEFAULT, "ovs_integration_bridge")?
+            .map(|b| (DEFAULT, "ovs_integration_bridge", b)),
+    };
+    if let Some((section, key, b)) = bridge {
+        node.set_ini("ovs_integration_bridge", &b)
+            .map_err(|p| r.bad(section, key, &p.problem))?;
+    }
+    if let Some(c) = r.value(OVS, "ovsdb_connection")? {
+        node.set_ini("ovsdb_connection", &c)
+            .map_err(|p| r.bad(OVS, "ovsdb_connection", &p.problem))?;
+    }
     for (key, e) in r.ini.section(XROUTER) {
         let v = r.substituted(XROUTER, key, e)?;
         node.set_ini(key, &v)
             .map_err(|p| anyhow::anyhow!("{}: [{XROUTER}] {p}", text::path(&e.file)))?;
+    }
+    if node.interface_driver.is_none() {
+        node.interface_driver = Some(node::InterfaceDriver::OpenVSwitch);
     }
     Ok(())
 }
@@ -707,7 +743,14 @@ mod tests {
                 rabbit_interval_max: 30,
             }
         );
-        assert_eq!(c.node, NodeConfig::default());
+        // Neutron's default interface driver: openvswitch.
+        assert_eq!(
+            c.node,
+            NodeConfig {
+                interface_driver: Some(node::InterfaceDriver::OpenVSwitch),
+                ..NodeConfig::default()
+            }
+        );
         assert_eq!(n.files, [PathBuf::from("neutron.conf")]);
     }
 
@@ -1008,6 +1051,102 @@ mod tests {
     }
 
     #[test]
+    fn plugging_comes_from_neutron_s_options() {
+        use node::InterfaceDriver::*;
+        let driver = |files: &[(&str, &str)], base: NodeConfig| {
+            load_on(files, base).map(|c| {
+                (
+                    c.node.driver(),
+                    c.node.ovs_integration_bridge,
+                    c.node.ovsdb_connection,
+                )
+            })
+        };
+        let d = NodeConfig::default;
+        let sock = "unix:/var/run/openvswitch/db.sock".to_string();
+        // Neutron's default is openvswitch, into br-int.
+        assert_eq!(
+            driver(&[("f", URL)], d()).unwrap(),
+            (OpenVSwitch, "br-int".into(), sock.clone())
+        );
+        for (v, want) in [
+            ("openvswitch", OpenVSwitch),
+            (
+                "neutron.agent.linux.interface.OVSInterfaceDriver",
+                OpenVSwitch,
+            ),
+            ("linuxbridge", LinuxBridge),
+            (
+                " neutron.agent.linux.interface.BridgeInterfaceDriver",
+                LinuxBridge,
+            ),
+        ] {
+            let f = format!("{URL}interface_driver = {v}\n");
+            assert_eq!(driver(&[("f", &f)], d()).unwrap().0, want, "{v}");
+        }
+        // [OVS] (any case), the deprecated [DEFAULT] name, [xrouter] last.
+        let f = format!(
+            "{URL}ovs_integration_bridge = br-old\n[ovs]\nintegration_bridge = br-new\n\
+             ovsdb_connection = tcp:127.0.0.1:6640\n"
+        );
+        assert_eq!(
+            driver(&[("f", &f)], d()).unwrap(),
+            (OpenVSwitch, "br-new".into(), "tcp:127.0.0.1:6640".into())
+        );
+        let f = format!("{URL}ovs_integration_bridge = br-old\n");
+        assert_eq!(driver(&[("f", &f)], d()).unwrap().1, "br-old");
+        let f = format!(
+            "{URL}interface_driver = openvswitch\n[OVS]\nintegration_bridge = br-new\n\
+             [xrouter]\ninterface_driver = linuxbridge\novs_integration_bridge = br-x\n\
+             ovsdb_connection = unix:/run/ovs.sock\n"
+        );
+        assert_eq!(
+            driver(&[("f", &f)], d()).unwrap(),
+            (LinuxBridge, "br-x".into(), "unix:/run/ovs.sock".into())
+        );
+        // A node TOML's driver holds unless the files name one.
+        let lb = NodeConfig::parse("interface_driver = \"linuxbridge\"", "node.toml").unwrap();
+        assert_eq!(driver(&[("f", URL)], lb.clone()).unwrap().0, LinuxBridge);
+        let f = format!("{URL}interface_driver = openvswitch\n");
+        assert_eq!(driver(&[("f", &f)], lb).unwrap().0, OpenVSwitch);
+
+        for (file, expected) in [
+            (
+                "[DEFAULT]\ninterface_driver = ovs\n",
+                "l3_agent.ini: [DEFAULT] interface_driver: \"ovs\" is not a driver xrouter \
+                 plugs with (openvswitch, linuxbridge, neutron.agent.linux.interface.OVSInterfaceDriver, \
+                 neutron.agent.linux.interface.BridgeInterfaceDriver)",
+            ),
+            (
+                "[DEFAULT]\ninterface_driver = neutron.agent.linux.interface.NullDriver\n",
+                "l3_agent.ini: [DEFAULT] interface_driver: \"neutron.agent.linux.interface.NullDriver\" \
+                 is not a driver",
+            ),
+            (
+                "[OVS]\nintegration_bridge = br-integration-x\n",
+                "l3_agent.ini: [OVS] integration_bridge: \"br-integration-x\" is not a valid \
+                 bridge name: it must be 1-15 bytes",
+            ),
+            (
+                "[DEFAULT]\novs_integration_bridge = br int\n",
+                "l3_agent.ini: [DEFAULT] ovs_integration_bridge: \"br int\" is not a valid",
+            ),
+            (
+                "[ovs]\novsdb_connection = ssl:10.0.0.1:6640\n",
+                "l3_agent.ini: [OVS] ovsdb_connection: \"ssl:10.0.0.1:6640\" is an ssl: connection",
+            ),
+            (
+                "[xrouter]\ninterface_driver = neutron.agent.linux.interface.OVSInterfaceDriver\n",
+                "l3_agent.ini: [xrouter] interface_driver: \"neutron.agent.linux.interface.\
+                 OVSInterfaceDriver\" is not one of linuxbridge, openvswitch",
+            ),
+        ] {
+            let e = error(&[("neutron.conf", URL), ("l3_agent.ini", file)]);
+            assert!(e.starts_with(expected), "{file}:\n{e}\n{expected}");
+        }
+    }
+
+    #[test]
     fn the_node_toml_is_the_base() {
         let base = NodeConfig::parse(
             "conntrack_size = 2048\nmetadata_port = 1000\nbridge_prefix = \"br-\"\n",
@@ -1015,7 +1154,13 @@ mod tests {
         )
         .unwrap();
         let c = load_on(&[("f", URL)], base.clone()).unwrap();
-        assert_eq!(c.node, base);
+        assert_eq!(
+            c.node,
+            NodeConfig {
+                interface_driver: Some(node::InterfaceDriver::OpenVSwitch),
+                ..base.clone()
+            }
+        );
         let c = load_on(
             &[(
                 "f",

@@ -37,6 +37,52 @@ impl std::fmt::Display for Dataplane {
     }
 }
 
+/// How router ports are plugged into the node's networks (Neutron's
+/// `interface_driver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceDriver {
+    /// The tap is enslaved to the Linux bridge of its network
+    /// (`brq<network[:11]>` or `bridge_mappings`), created if missing.
+    LinuxBridge,
+    /// The tap is a port of the Open vSwitch integration bridge, with the
+    /// Interface `external_ids` Neutron sets; the OVS agent tags it.
+    OpenVSwitch,
+}
+
+impl InterfaceDriver {
+    /// The names a node config accepts.
+    pub const NAMES: [&str; 2] = ["linuxbridge", "openvswitch"];
+
+    /// The driver Neutron's `interface_driver` option names: its alias
+    /// or its class path. None for anything else.
+    pub fn from_neutron(s: &str) -> Option<InterfaceDriver> {
+        match s.trim() {
+            "linuxbridge" | "neutron.agent.linux.interface.BridgeInterfaceDriver" => {
+                Some(InterfaceDriver::LinuxBridge)
+            }
+            "openvswitch" | "neutron.agent.linux.interface.OVSInterfaceDriver" => {
+                Some(InterfaceDriver::OpenVSwitch)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for InterfaceDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InterfaceDriver::LinuxBridge => "linuxbridge",
+            InterfaceDriver::OpenVSwitch => "openvswitch",
+        })
+    }
+}
+
+/// Default of `ovs_integration_bridge` (Neutron's `[OVS] integration_bridge`).
+pub const DEFAULT_OVS_INTEGRATION_BRIDGE: &str = "br-int";
+/// Default of `ovsdb_connection`: the local ovsdb-server's socket.
+pub const DEFAULT_OVSDB_CONNECTION: &str = "unix:/var/run/openvswitch/db.sock";
+
 /// Default of `new_connection_rate`.
 pub const DEFAULT_NEW_CONNECTION_RATE: u32 = 100_000;
 
@@ -71,6 +117,15 @@ pub struct NodeConfig {
     /// (`drop/new-connection-rate`) before they cost anything more, so a
     /// flood is shed cheaply.
     pub new_connection_rate: u32,
+    /// How router ports are plugged. None: not set, which is linuxbridge
+    /// for `xrouter run` and, in agent mode, `[DEFAULT] interface_driver`
+    /// (Neutron's default openvswitch); see [`NodeConfig::driver`].
+    pub interface_driver: Option<InterfaceDriver>,
+    /// The OVS bridge router ports are added to (openvswitch plugging).
+    pub ovs_integration_bridge: String,
+    /// How `ovs-vsctl` reaches ovsdb-server (`unix:PATH` or
+    /// `tcp:HOST:PORT`).
+    pub ovsdb_connection: String,
     /// The metadata proxy the daemon runs in every router namespace.
     pub metadata: MetadataConfig,
 }
@@ -151,6 +206,9 @@ impl Default for NodeConfig {
             send_garp: true,
             conntrack_size: 1_000_000,
             new_connection_rate: DEFAULT_NEW_CONNECTION_RATE,
+            interface_driver: None,
+            ovs_integration_bridge: DEFAULT_OVS_INTEGRATION_BRIDGE.into(),
+            ovsdb_connection: DEFAULT_OVSDB_CONNECTION.into(),
             metadata: MetadataConfig::default(),
         }
     }
@@ -187,6 +245,9 @@ const KEYS: &[&str] = &[
     "send_garp",
     "conntrack_size",
     "new_connection_rate",
+    "interface_driver",
+    "ovs_integration_bridge",
+    "ovsdb_connection",
     "enable_metadata_proxy",
     "metadata_proxy_socket",
     "metadata_timeout_connect",
@@ -441,6 +502,37 @@ impl NodeConfig {
                     }
                 };
             }
+            "interface_driver" => {
+                let d = string(v).map_err(bad)?;
+                self.interface_driver = Some(match d {
+                    "linuxbridge" => InterfaceDriver::LinuxBridge,
+                    "openvswitch" => InterfaceDriver::OpenVSwitch,
+                    other => {
+                        return Err(bad(format!(
+                            "{} is not one of {}",
+                            quote(other),
+                            InterfaceDriver::NAMES.join(", ")
+                        )));
+                    }
+                });
+            }
+            "ovs_integration_bridge" => {
+                let b = string(v).map_err(bad)?;
+                if let Some(why) = ifname_problem(b) {
+                    return Err(bad(format!(
+                        "{} is not a valid bridge name: {why}",
+                        quote(b)
+                    )));
+                }
+                self.ovs_integration_bridge = b.to_string();
+            }
+            "ovsdb_connection" => {
+                let c = string(v).map_err(bad)?;
+                if let Some(why) = ovsdb_connection_problem(c) {
+                    return Err(bad(format!("{} {why}", quote(c))));
+                }
+                self.ovsdb_connection = c.to_string();
+            }
             "bridge_prefix" => {
                 let p = string(v).map_err(bad)?;
                 if let Some(why) = prefix_problem(p) {
@@ -503,7 +595,23 @@ impl NodeConfig {
         }
     }
 
-    /// The bridge a network's tap devices are enslaved to.
+    /// How router ports are plugged: `interface_driver`, linuxbridge
+    /// when not set.
+    pub fn driver(&self) -> InterfaceDriver {
+        self.interface_driver
+            .unwrap_or(InterfaceDriver::LinuxBridge)
+    }
+
+    /// The bridge a network's tap devices are plugged into: the
+    /// integration bridge (openvswitch), else the network's Linux bridge.
+    pub fn plug_bridge_for(&self, network_id: &str) -> String {
+        match self.driver() {
+            InterfaceDriver::OpenVSwitch => self.ovs_integration_bridge.clone(),
+            InterfaceDriver::LinuxBridge => self.bridge_for(network_id),
+        }
+    }
+
+    /// The Linux bridge of a network (linuxbridge plugging).
     pub fn bridge_for(&self, network_id: &str) -> String {
         if let Some(b) = self.bridge_mappings.get(network_id) {
             return b.clone();
@@ -593,6 +701,31 @@ pub fn ifname_problem(name: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Why `c` cannot be an OVSDB connection string for `ovs-vsctl --db`:
+/// `unix:PATH` (absolute) or `tcp:HOST:PORT` (`ssl:` needs certificates
+/// xrouter does not take).
+pub fn ovsdb_connection_problem(c: &str) -> Option<&'static str> {
+    if c.is_empty() || c.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+        return Some("must be non-empty, without whitespace or control characters");
+    }
+    if let Some(path) = c.strip_prefix("unix:") {
+        return (!path.starts_with('/'))
+            .then_some("must be unix:<absolute path of ovsdb-server's socket>");
+    }
+    if let Some(hp) = c.strip_prefix("tcp:") {
+        let ok = hp
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        return (!ok).then_some("must be tcp:<host>:<port>");
+    }
+    if c.starts_with("ssl:") {
+        return Some(
+            "is an ssl: connection, which xrouter does not support (use unix:<socket> or tcp:<host>:<port>)",
+        );
+    }
+    Some("is not unix:<socket path> or tcp:<host>:<port>")
 }
 
 /// Why `prefix` cannot start bridge names `<prefix><network id[:11]>`.
@@ -968,6 +1101,82 @@ mod tests {
             }
             assert!(NodeConfig::parse(&format!("{key} = \"/var/lib/x r\""), "n").is_ok());
         }
+    }
+
+    #[test]
+    fn plugging_settings_are_checked() {
+        let c = NodeConfig::parse("", "n").unwrap();
+        assert_eq!(
+            c.driver(),
+            InterfaceDriver::LinuxBridge,
+            "default linuxbridge"
+        );
+        assert_eq!(c.interface_driver, None);
+        assert_eq!(c.ovs_integration_bridge, "br-int");
+        assert_eq!(c.ovsdb_connection, "unix:/var/run/openvswitch/db.sock");
+        assert_eq!(c.plug_bridge_for("9c9436d4-2b7c-4a"), "brq9c9436d4-2b");
+        let c = NodeConfig::parse(
+            "interface_driver = \"openvswitch\"\novs_integration_bridge = \"br-int2\"\n\
+             ovsdb_connection = \"tcp:127.0.0.1:6640\"\n",
+            "n",
+        )
+        .unwrap();
+        assert_eq!(c.driver(), InterfaceDriver::OpenVSwitch);
+        assert_eq!(c.plug_bridge_for("9c9436d4-2b7c-4a"), "br-int2");
+        assert_eq!(c.ovsdb_connection, "tcp:127.0.0.1:6640");
+        let c = NodeConfig::parse("interface_driver = \"linuxbridge\"", "n").unwrap();
+        assert_eq!(c.interface_driver, Some(InterfaceDriver::LinuxBridge));
+        refused(
+            "interface_driver = \"ovs\"",
+            "interface_driver",
+            "\"ovs\"",
+            "is not one of linuxbridge, openvswitch",
+        );
+        // Class paths are Neutron's ini syntax, not the node config's.
+        refused(
+            "interface_driver = \"neutron.agent.linux.interface.OVSInterfaceDriver\"",
+            "interface_driver",
+            "OVSInterfaceDriver",
+            "linuxbridge, openvswitch",
+        );
+        refused("interface_driver = 1", "interface_driver", "1", "string");
+        refused(
+            "ovs_integration_bridge = \"br-integration-x\"",
+            "ovs_integration_bridge",
+            "br-integration-x",
+            "1-15 bytes",
+        );
+        refused(
+            "ovs_integration_bridge = \"\"",
+            "ovs_integration_bridge",
+            "\"\"",
+            "not a valid bridge name",
+        );
+        refused(
+            "ovs_integration_bridge = \"br int\"",
+            "ovs_integration_bridge",
+            "br int",
+            "whitespace",
+        );
+        assert!(NodeConfig::parse("ovs_integration_bridge = \"fifteen-bytes-x\"", "n").is_ok());
+        for (bad, why) in [
+            ("", "non-empty"),
+            ("/run/openvswitch/db.sock", "not unix:<socket path> or tcp:"),
+            ("unix:db.sock", "absolute path"),
+            ("tcp:127.0.0.1", "tcp:<host>:<port>"),
+            ("tcp:127.0.0.1:0", "tcp:<host>:<port>"),
+            ("tcp::6640", "tcp:<host>:<port>"),
+            ("ssl:127.0.0.1:6640", "does not support"),
+            ("unix:/run/a b", "whitespace"),
+        ] {
+            refused(
+                &format!("ovsdb_connection = \"{bad}\""),
+                "ovsdb_connection",
+                &format!("\"{bad}"),
+                why,
+            );
+        }
+        assert!(NodeConfig::parse("ovsdb_connection = \"tcp:[::1]:6640\"", "n").is_ok());
     }
 
     #[test]

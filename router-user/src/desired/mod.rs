@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::node::NodeConfig,
+    config::node::{InterfaceDriver, NodeConfig},
     model::{Mac, Role, Router},
 };
 use routes::WantRoute;
@@ -42,7 +42,12 @@ impl Plane {
 pub struct DesiredPort {
     pub dev: String,
     pub tap: String,
+    /// The Linux bridge of the network (linuxbridge), or the OVS
+    /// integration bridge (openvswitch).
     pub bridge: String,
+    /// openvswitch: the tap's Interface `external_ids`, as Neutron's
+    /// OVSInterfaceDriver sets them (empty with linuxbridge).
+    pub external_ids: Vec<(String, String)>,
     pub network_id: String,
     pub role: Role,
     pub mac: Mac,
@@ -57,6 +62,8 @@ pub struct DesiredPort {
 pub struct DesiredRouter {
     pub id: String,
     pub plane: Plane,
+    /// How its ports are plugged.
+    pub driver: InterfaceDriver,
     pub namespace: String,
     /// Internal ports, then the gateway port.
     pub ports: Vec<DesiredPort>,
@@ -105,7 +112,15 @@ pub fn desired(
         .map(|p| DesiredPort {
             dev: p.device(),
             tap: p.tap(),
-            bridge: node.bridge_for(&p.network_id),
+            bridge: node.plug_bridge_for(&p.network_id),
+            external_ids: match node.driver() {
+                InterfaceDriver::OpenVSwitch => vec![
+                    ("iface-id".into(), p.id.clone()),
+                    ("iface-status".into(), "active".into()),
+                    ("attached-mac".into(), p.mac.to_string()),
+                ],
+                InterfaceDriver::LinuxBridge => vec![],
+            },
             network_id: p.network_id.clone(),
             role: p.role,
             mac: p.mac,
@@ -128,6 +143,7 @@ pub fn desired(
     DesiredRouter {
         id: router.id.clone(),
         plane,
+        driver: node.driver(),
         namespace: router.namespace(),
         ports,
         floating: if bpf {
