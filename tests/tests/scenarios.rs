@@ -34,8 +34,7 @@ tests::planes!(
     ecmp_routes,
     router_namespace_layout,
 );
-// With Open vSwitch plugging too; router_namespace_layout checks the
-// taps' Linux bridges (tests/tests/ovs.rs checks the OVS layout).
+// With Open vSwitch plugging too.
 tests::ovs_planes!(
     east_west_unnated,
     snat_to_gateway_ip,
@@ -52,6 +51,7 @@ tests::ovs_planes!(
     icmp_error_through_nat,
     extra_route_source_snat,
     ecmp_routes,
+    router_namespace_layout,
 );
 
 /// Servers on port TCP and UDP of every host, named after the host.
@@ -633,11 +633,24 @@ fn router_namespace_layout(plane: Dataplane) {
             }
         }
         let tap = tests::link(&rig.node, &p.tap());
-        c.eq(
-            &format!("{} is enslaved to {}", p.tap(), p.network.bridge()),
-            tap.as_ref().and_then(|l| l["master"].as_str()),
-            Some(p.network.bridge().as_str()),
-        );
+        match &rig.ovs {
+            None => c.eq(
+                &format!("{} is enslaved to {}", p.tap(), p.network.bridge()),
+                tap.as_ref().and_then(|l| l["master"].as_str()),
+                Some(p.network.bridge().as_str()),
+            ),
+            Some(o) => {
+                let ifaces = o.interfaces().unwrap_or_default();
+                c.eq(
+                    &format!("{} is on the integration bridge as port {}", p.tap(), p.id),
+                    ifaces
+                        .get(&p.tap())
+                        .and_then(|ids| ids.get("iface-id"))
+                        .map(String::as_str),
+                    Some(p.id.as_str()),
+                )
+            }
+        };
     }
     c.ok(
         rig.fip_published(FIP),
