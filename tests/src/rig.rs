@@ -469,17 +469,31 @@ impl Rig {
         .expect("writing neutron.conf");
         // The node config is given again as [xrouter]: the agent reads it
         // from there, `show` and `cleanup` from node.toml.
+        // Plugging is set with Neutron's own options.
         let node = std::fs::read_to_string(self.config_path()).unwrap();
+        let plugging = [
+            "interface_driver",
+            "ovs_integration_bridge",
+            "ovsdb_connection",
+        ];
         let xr: String = node
             .lines()
+            .filter(|l| !plugging.iter().any(|k| l.starts_with(k)))
             .map(|l| l.replace('"', ""))
             .map(|l| format!("{l}\n"))
             .collect();
+        let neutron_plugging = match &self.ovs {
+            None => "[DEFAULT]\ninterface_driver = linuxbridge\n".to_string(),
+            Some(o) => format!(
+                "[DEFAULT]\ninterface_driver = openvswitch\n\n[OVS]\nintegration_bridge = {}\n\
+                 ovsdb_connection = {}\n",
+                crate::ovs::BRIDGE,
+                o.db()
+            ),
+        };
         std::fs::write(
             self.dir.join("l3_agent.ini"),
-            format!(
-                "[DEFAULT]\ninterface_driver = linuxbridge\n\n[AGENT]\nreport_interval = 1\n\n[xrouter]\n{xr}"
-            ),
+            format!("{neutron_plugging}\n[AGENT]\nreport_interval = 1\n\n[xrouter]\n{xr}"),
         )
         .expect("writing l3_agent.ini");
         let args: Vec<String> = vec![

@@ -28,6 +28,9 @@ tests::planes!(
 
 tests::iptables_only!(sync_timeouts_and_routers_no_longer_listed);
 
+// Plugged into Open vSwitch, as Neutron's options say.
+tests::ovs_planes!(registers_builds_and_reports);
+
 /// The statuses of update_floatingip_statuses calls, merged in order.
 fn fip_statuses(rig: &Rig) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
@@ -70,6 +73,8 @@ fn agent_article(plane: Dataplane) -> Rig {
         methods(&rig),
         rig.daemon_log()
     );
+    // The OVS agent's part: the router's ports get their networks' tags.
+    rig.bind_ovs();
     rig.article_hosts(&[]);
     rig
 }
@@ -131,7 +136,14 @@ fn registers_builds_and_reports(plane: Dataplane) {
         let conf = &s["configurations"];
         for (k, v) in [
             ("agent_mode", json!("legacy")),
-            ("interface_driver", json!("linuxbridge")),
+            (
+                "interface_driver",
+                json!(if rig.ovs.is_some() {
+                    "openvswitch"
+                } else {
+                    "linuxbridge"
+                }),
+            ),
             ("handle_internal_only_routers", json!(true)),
         ] {
             c.ok(
