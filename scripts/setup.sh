@@ -18,9 +18,9 @@ need_root() {
 
 # Debian packages the project and its tests use.
 PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod
-  rabbitmq-server python3-venv)
+  rabbitmq-server python3-venv wrk)
 BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe
-  /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py)
+  /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py wrk)
 
 packages() {
   local missing=0 b own_policy=0
