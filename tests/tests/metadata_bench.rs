@@ -473,6 +473,16 @@ fn machine() -> String {
     )
 }
 
+/// Restarts the daemon with its proxies on (the default); returns after
+/// its first apply. A daemon killed after ignoring SIGTERM leaves its
+/// control socket: removed first, so that the wait is for the new one.
+fn restart_with_proxies(rig: &mut Rig) {
+    rig.stop_daemon();
+    let _ = std::fs::remove_file(rig.socket_path());
+    rig.extra_config.clear();
+    rig.start();
+}
+
 #[test]
 #[ignore = "benchmark: cargo xtask bench --metadata"]
 fn throughput_vs_haproxy() {
@@ -500,9 +510,7 @@ fn throughput_vs_haproxy() {
         hx.stop();
         let log_lines = hx.log_lines();
         // xrouter's turn: the same router, VM and agent.
-        rig.stop_daemon();
-        rig.extra_config.clear();
-        rig.start();
+        restart_with_proxies(&mut rig);
         let t0 = Instant::now();
         while curl(&vm.ns, METADATA_URL, &["-o", "/dev/null"]).status != 200
             && t0.elapsed() < Duration::from_secs(10)
@@ -571,30 +579,36 @@ fn pss_rss(pid: i32) -> (u64, u64) {
     (field("Pss:"), field("Rss:"))
 }
 
-/// One request to each router's proxy from inside its namespace (so each
-/// has served once); how many got 200.
-fn warm(ids: &[String], port: u16) -> usize {
-    let url = format!("http://127.0.0.1:{port}/latest/meta-data/");
-    ids.iter()
-        .filter(|id| {
+/// One request through each router's proxy from its VM (the proxy port
+/// itself is closed to all but the redirect, as in Neutron); how many got
+/// 200.
+fn warm(vms: &[String]) -> usize {
+    vms.iter()
+        .filter(|ns| {
             let out = cmd::exec(
-                &format!("qrouter-{id}"),
+                ns,
                 "curl",
                 &[
                     "-s",
                     "-o",
                     "/dev/null",
                     "-m",
-                    "5",
+                    "3",
                     "-w",
                     "%{http_code}",
-                    &url,
+                    METADATA_URL,
                 ],
-                Duration::from_secs(10),
+                Duration::from_secs(6),
             );
             out.is_ok_and(|o| o.stdout.trim() == "200")
         })
         .count()
+}
+
+fn sum(pids: &[i32]) -> (u64, u64) {
+    pids.iter()
+        .map(|&p| pss_rss(p))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 #[test]
@@ -605,15 +619,12 @@ fn memory_100_routers() {
     rig.send_garp = false;
     rig.routers.clear();
     let mut ids = vec![];
+    let net = |i: u32| format!("10.{}.{}", 100 + i / 250, i % 250);
     for i in 0..ROUTERS {
-        let gw = format!("10.{}.{}.1", 100 + i / 250, i % 250);
-        let net = rig.add_network(
-            &format!("n{i}"),
-            &format!("10.{}.{}.0/24", 100 + i / 250, i % 250),
-            Some(&gw),
-        );
+        let gw = format!("{}.1", net(i));
+        let n = rig.add_network(&format!("n{i}"), &format!("{}.0/24", net(i)), Some(&gw));
         let mut r = RouterSpec::empty(&rig.tag);
-        r.interfaces.push(PortSpec::new(&net, &gw));
+        r.interfaces.push(PortSpec::new(&n, &gw));
         ids.push(r.id.clone());
         rig.routers.push(r);
     }
@@ -622,73 +633,76 @@ fn memory_100_routers() {
     let t0 = Instant::now();
     rig.start();
     println!("{ROUTERS} routers up in {:.1?}", t0.elapsed());
+    // One VM per router, to make one request through each proxy.
+    let vms: Vec<String> = (0..ROUTERS)
+        .map(|i| {
+            let (cidr, gw) = (format!("{}.5/24", net(i)), format!("{}.1", net(i)));
+            rig.vm(&format!("v{i}"), &format!("n{i}"), &cidr, &gw).ns
+        })
+        .collect();
     let _agent = FastAgent::start(&rig.metadata_socket());
     thread::sleep(Duration::from_secs(2));
     let off = pss_rss(rig.daemon_pid().unwrap() as i32);
 
     // Neutron: one haproxy per router namespace.
-    let (hx_pss, hx_rss, hx_n, source) = {
+    let (hx_idle, hx_warm, hx_n, source) = {
         let mut hx = Haproxies::new(&rig.dir.join("haproxy"));
         hx.configure(&ids, &rig.metadata_socket(), 9697);
         for id in &ids {
             hx.start(id);
         }
-        let ok = warm(&ids, 9697);
-        assert_eq!(ok, ids.len(), "haproxy: every router answered once");
         thread::sleep(Duration::from_secs(1));
-        let (p, r) = hx
-            .pids
-            .iter()
-            .map(|&p| pss_rss(p))
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        (p, r, hx.pids.len(), hx.source)
+        let idle = sum(&hx.pids);
+        assert_eq!(warm(&vms[..1]), 1, "haproxy: the first router answers");
+        assert_eq!(warm(&vms), vms.len(), "haproxy: every router answered");
+        thread::sleep(Duration::from_secs(1));
+        (idle, sum(&hx.pids), hx.pids.len(), hx.source)
     };
 
     // xrouter: the same daemon, its proxies on.
-    rig.stop_daemon();
-    rig.extra_config.clear();
-    rig.start();
+    restart_with_proxies(&mut rig);
+    thread::sleep(Duration::from_secs(2));
+    let pid = rig.daemon_pid().unwrap() as i32;
+    let on_idle = pss_rss(pid);
     let t1 = Instant::now();
-    let mut ok = warm(&ids, 9697);
-    while ok < ids.len() && t1.elapsed() < Duration::from_secs(20) {
-        thread::sleep(Duration::from_millis(500));
-        ok = warm(&ids, 9697);
+    while warm(&vms[..1]) != 1 && t1.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(ok, ids.len(), "xrouter: every router answered once");
+    assert_eq!(warm(&vms), vms.len(), "xrouter: every router answered");
     thread::sleep(Duration::from_secs(1));
-    let on = pss_rss(rig.daemon_pid().unwrap() as i32);
+    let on = pss_rss(pid);
 
     let n = ROUTERS as f64;
     println!(
-        "\nmemory for {ROUTERS} routers' metadata proxies (one internal port each; each proxy has \
-         answered one request; kB from /proc/<pid>/smaps_rollup)\nhaproxy config {source}"
+        "\nmemory for {ROUTERS} routers' metadata proxies (one internal port each; kB from \
+         /proc/<pid>/smaps_rollup; idle: listening, none served yet; warm: each has answered \
+         one request from its router's VM)\nhaproxy config {source}"
     );
     println!(
-        "{:<44} {:>10} {:>10} {:>12} {:>12}",
-        "", "Pss kB", "Rss kB", "Pss/router", "Rss/router"
+        "{:<40} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "", "idle Pss", "idle Rss", "warm Pss", "warm Rss", "Pss/router"
     );
-    let row = |what: &str, p: u64, r: u64| {
+    let row = |what: &str, i: (i64, i64), w: (i64, i64)| {
         println!(
-            "{what:<44} {p:>10} {r:>10} {:>12.0} {:>12.0}",
-            p as f64 / n,
-            r as f64 / n
+            "{what:<40} {:>9} {:>9} {:>9} {:>9} {:>11.0}",
+            i.0,
+            i.1,
+            w.0,
+            w.1,
+            w.0 as f64 / n
         )
     };
+    let s = |x: (u64, u64)| (x.0 as i64, x.1 as i64);
     row(
         &format!("Neutron: {hx_n} haproxy processes (sum)"),
-        hx_pss,
-        hx_rss,
+        s(hx_idle),
+        s(hx_warm),
     );
-    row("xrouter daemon, proxies on", on.0, on.1);
+    row("xrouter daemon, proxies on", s(on_idle), s(on));
     println!(
-        "{:<44} {:>10} {:>10}",
+        "{:<40} {:>9} {:>9}",
         "xrouter daemon, proxies off", off.0, off.1
     );
-    let (dp, dr) = (on.0 as i64 - off.0 as i64, on.1 as i64 - off.1 as i64);
-    println!(
-        "{:<44} {dp:>10} {dr:>10} {:>12.0} {:>12.0}",
-        "xrouter: the proxies' cost (on - off)",
-        dp as f64 / n,
-        dr as f64 / n
-    );
+    let d = |a: (u64, u64)| (a.0 as i64 - off.0 as i64, a.1 as i64 - off.1 as i64);
+    row("xrouter: the proxies' cost (on - off)", d(on_idle), d(on));
 }
