@@ -576,6 +576,11 @@ impl Rig {
         println!("[rig {}] daemon up in {:?}", self.tag, t0.elapsed());
     }
 
+    /// The running daemon's process id.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Whether the daemon is still running.
     pub fn daemon_alive(&mut self) -> bool {
         match self.daemon.as_mut() {

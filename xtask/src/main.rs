@@ -32,7 +32,8 @@ enum Cmd {
     /// Build xrouter and its benchmark (release) and run the benchmark
     /// (arguments go to `xrouter-bench`, e.g. `--micro`, `--changes` or
     /// `--cases ...`); `--agent` runs the agent-mode figures instead
-    /// (RabbitMQ and the stand-in neutron-server in namespaces).
+    /// (RabbitMQ and the stand-in neutron-server in namespaces);
+    /// `--metadata` the metadata proxy against Neutron's haproxy.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -112,6 +113,23 @@ fn real_main() -> Result<()> {
                 "tests",
                 "--test",
                 "agent_bench",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ]))
+        }
+        Cmd::Bench { args } if args.iter().any(|a| a == "--metadata") => {
+            setup()?;
+            run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
+            run(cargo().args([
+                "test",
+                "--release",
+                "-p",
+                "tests",
+                "--test",
+                "metadata_bench",
                 "--",
                 "--ignored",
                 "--nocapture",
