@@ -510,7 +510,24 @@ fn throughput_vs_haproxy() {
         hx.configure(std::slice::from_ref(&id), &rig.metadata_socket(), 9697);
         hx.start(&id);
         check_proxy(&vm.ns, &vm.ip, &id, "haproxy");
-        let neutron: Vec<Load> = loads().iter().map(|&(k, c)| wrk(&vm.ns, c, k)).collect();
+        // Each run from a VM of its own (a new address): the connections a
+        // run closes linger in TIME_WAIT (sockets and conntrack entries of
+        // the redirect) and would meet the next run's reused ports.
+        let mut fresh = 0u32;
+        let mut run_from_new_vm = |rig: &mut Rig, k: bool, c: u32| {
+            fresh += 1;
+            let v = rig.vm(
+                &format!("v{fresh}"),
+                "n0",
+                &format!("10.77.0.{}/24", 10 + fresh),
+                "10.77.0.1",
+            );
+            wrk(&v.ns, c, k)
+        };
+        let neutron: Vec<Load> = loads()
+            .iter()
+            .map(|&(k, c)| run_from_new_vm(&mut rig, k, c))
+            .collect();
         hx.stop();
         let log_lines = hx.log_lines();
         // xrouter's turn: the same router, VM and agent.
@@ -522,7 +539,10 @@ fn throughput_vs_haproxy() {
             thread::sleep(Duration::from_millis(100));
         }
         check_proxy(&vm.ns, &vm.ip, &id, "xrouter");
-        let xr: Vec<Load> = loads().iter().map(|&(k, c)| wrk(&vm.ns, c, k)).collect();
+        let xr: Vec<Load> = loads()
+            .iter()
+            .map(|&(k, c)| run_from_new_vm(&mut rig, k, c))
+            .collect();
 
         println!(
             "\nmetadata proxy, plane {plane}: VM -> 169.254.169.254:80 -> REDIRECT :9697 -> proxy -> agent \
