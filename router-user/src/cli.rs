@@ -96,7 +96,15 @@ pub enum Cmd {
     /// changes on disk; every `resync_interval` seconds it repairs what was
     /// removed behind its back and retries the routers that failed.
     /// Stopping it (SIGTERM, Ctrl-C) leaves the routers forwarding; `xrouter
-    /// cleanup` removes them.
+    /// cleanup` removes them. The node config is read at start: restart
+    /// the daemon to change it.
+    ///
+    /// Each router namespace gets the metadata proxy VMs reach at
+    /// 169.254.169.254 (port metadata_port, forwarding to the metadata
+    /// agent's socket metadata_proxy_socket). A stopping daemon hands its
+    /// listeners to a holder process (`xrouter metadata-hold`) that the next
+    /// daemon takes them from, so no VM connection is refused in between;
+    /// under systemd use KillMode=process. docs/metadata.md.
     ///
     /// To run it in another network namespace, enter that namespace alone:
     /// `nsenter --net=/run/netns/NAME xrouter run ...`. Not with `ip netns
@@ -138,10 +146,11 @@ pub enum Cmd {
     ///
     /// Also read: [DEFAULT] agent_mode (legacy only), interface_driver
     /// (how ports are plugged), handle_internal_only_routers,
-    /// metadata_port, state_path; [OVS] integration_bridge,
-    /// ovsdb_connection; [AGENT]
-    /// availability_zone, log_agent_heartbeats. Every option:
-    /// docs/agent.md.
+    /// metadata_port, enable_metadata_proxy, metadata_proxy_socket,
+    /// state_path; [OVS] integration_bridge, ovsdb_connection;
+    /// [metadata_haproxy] and [metadata_rate_limiting] (the metadata proxy,
+    /// as in `run`); [AGENT] availability_zone, log_agent_heartbeats. Every
+    /// option: docs/agent.md.
     Agent {
         /// Data plane, instead of the configured `dataplane` (default:
         /// auto).

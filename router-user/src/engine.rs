@@ -923,7 +923,12 @@ pub async fn dry_run(node: &NodeConfig, plane: Plane, routers: &[Router]) -> Res
             crate::text::label(&r.id),
             d.namespace
         );
-        match plan(&o, &d, &history(&state, &r.id)) {
+        // Announcements are made only with send_garp (see `execute`).
+        let plan = plan(&o, &d, &history(&state, &r.id)).map(|mut a| {
+            a.retain(|a| node.send_garp || !matches!(a, Action::Announce { .. }));
+            a
+        });
+        match plan {
             Ok(actions) if actions.is_empty() => {
                 let _ = writeln!(out, "  nothing to change");
             }

@@ -170,7 +170,14 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            let ch = router_user::engine::cleanup(&node).await?;
+            let mut ch = router_user::engine::cleanup(&node).await?;
+            // Left by a daemon that was killed: nothing answers on it.
+            if std::fs::remove_file(node.socket_path()).is_ok() {
+                ch.items.push(format!(
+                    "removed the stale control socket {}",
+                    node.socket_path().display()
+                ));
+            }
             outln!("cleanup: {} removed", text::count(ch.len(), "item"))?;
             for item in &ch.items {
                 outln!("  {item}")?;

@@ -68,6 +68,15 @@ fn cargo() -> Command {
     c
 }
 
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR` (relative to the
+/// workspace) or the workspace's `target/`.
+fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/setup.sh")))
 }
@@ -99,7 +108,7 @@ fn real_main() -> Result<()> {
         Cmd::Demo { args } => {
             setup()?;
             run(cargo().args(["build", "--quiet", "-p", "router-user"]))?;
-            run(Command::new(root().join("target/debug/xrouter"))
+            run(Command::new(target_dir().join("debug/xrouter"))
                 .arg("demo")
                 .args(args))
         }
@@ -148,7 +157,7 @@ fn real_main() -> Result<()> {
                 "-p",
                 "xrouter-bench",
             ]))?;
-            run(Command::new(root().join("target/release/xrouter-bench")).args(args))
+            run(Command::new(target_dir().join("release/xrouter-bench")).args(args))
         }
         Cmd::Test { args } => {
             setup()?;

@@ -60,8 +60,14 @@ fn vsctl(db: &str, args: &[String]) -> Result<String> {
         .with_context(|| format!("running `{shown}` (is Open vSwitch installed?)"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
+        // The usual cause names the setting to look at.
+        let hint = if err.contains("database connection failed") {
+            format!(" (is ovsdb-server listening at ovsdb_connection {db}?)")
+        } else {
+            String::new()
+        };
         bail!(
-            "`{shown}` failed ({}): {}",
+            "`{shown}` failed ({}): {}{hint}",
             out.status,
             crate::text::tidy(err.trim())
         );

@@ -55,7 +55,13 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub fn spawn_holder(state_dir: &Path, held: &[Held]) -> Result<()> {
     let path = socket_path(state_dir);
     let _ = std::fs::remove_file(&path);
-    let mut cmd = std::process::Command::new("/proc/self/exe");
+    // By its path, so that it shows as `xrouter` (pgrep, ps); through
+    // /proc/self/exe when the binary was replaced since (an upgrade).
+    let exe = std::env::current_exe()
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "/proc/self/exe".into());
+    let mut cmd = std::process::Command::new(exe);
     cmd.arg("metadata-hold").arg("--socket").arg(&path);
     let fds: Vec<RawFd> = held.iter().map(|h| h.fd.as_raw_fd()).collect();
     for h in held {

@@ -66,9 +66,11 @@ pub async fn serve(
     let head_timeout = Duration::from_secs(s.timeout_http_request.min(s.timeout_http_keep_alive));
     let io = TokioIo::new(Stalling::new(stream, Duration::from_secs(s.timeout_client)));
     let p = proxy.clone();
+    let (asked, mut first) = tokio::sync::watch::channel(false);
     let svc = hyper::service::service_fn(move |req| {
         let p = p.clone();
         let limiter = limiter.clone();
+        asked.send_replace(true);
         async move { Ok::<_, Infallible>(handle(req, peer, &p, limiter.as_deref()).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -76,16 +78,31 @@ pub async fn serve(
         .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEAD)
         .keep_alive(true)
+        // A VM may close its side once its request is sent.
+        .half_close(true)
         .serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = super::stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        _ = conn.as_mut() => return,
+        _ = super::stopped(&mut stop) => {}
+    }
+    // Stopping. A connection accepted but whose request has not been read
+    // yet is not idle: its request is on its way. It gets a moment to
+    // arrive before the connection is closed after its answer.
+    if !*first.borrow() {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = first.wait_for(|f| *f) => {}
+            _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
         }
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
+
+/// How long a stopping proxy waits for the first request of a connection
+/// it accepted.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 /// One request: limited, rewritten, forwarded, answered.
 async fn handle(
@@ -138,8 +155,25 @@ fn rewrite(req: Request<Incoming>, peer: SocketAddr, router: &str) -> Request<Bo
     for name in HOP_BY_HOP {
         h.remove(*name);
     }
-    h.remove(&X_NEUTRON_NETWORK_ID);
-    h.remove(&X_FORWARDED_FOR);
+    // A WSGI server reads `X_Forwarded_For` as `X-Forwarded-For`: every
+    // spelling of the three headers the proxy vouches for goes.
+    let vouched: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let n = k.as_str().replace('_', "-");
+            [
+                &X_FORWARDED_FOR,
+                &X_NEUTRON_ROUTER_ID,
+                &X_NEUTRON_NETWORK_ID,
+            ]
+            .iter()
+            .any(|v| v.as_str() == n)
+        })
+        .cloned()
+        .collect();
+    for k in vouched {
+        h.remove(k);
+    }
     let ip = peer.ip().to_canonical();
     h.insert(
         X_FORWARDED_FOR,
@@ -167,23 +201,20 @@ async fn forward(
     let s = &proxy.settings;
     let socket = &s.socket;
     let unavailable = |e: String| (StatusCode::SERVICE_UNAVAILABLE, e);
-    let stream = tokio::time::timeout(
-        Duration::from_secs(s.timeout_connect),
-        UnixStream::connect(socket),
-    )
-    .await
-    .map_err(|_| {
-        unavailable(format!(
-            "connecting to the metadata agent at {} timed out",
-            socket.display()
-        ))
-    })?
-    .map_err(|e| {
-        unavailable(format!(
-            "the metadata agent at {} is unreachable: {e}",
-            socket.display()
-        ))
-    })?;
+    let stream = tokio::time::timeout(Duration::from_secs(s.timeout_connect), connect(socket))
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "connecting to the metadata agent at {} timed out",
+                socket.display()
+            ))
+        })?
+        .map_err(|e| {
+            unavailable(format!(
+                "the metadata agent at {} is unreachable: {e}",
+                socket.display()
+            ))
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| (StatusCode::BAD_GATEWAY, format!("metadata agent: {e}")))?;
@@ -208,7 +239,7 @@ async fn forward(
     .map_err(|e| {
         (
             StatusCode::BAD_GATEWAY,
-            format!("the metadata agent's answer was broken: {e}"),
+            format!("the exchange with the metadata agent failed: {e}"),
         )
     })?;
     let (mut parts, body) = resp.into_parts();
@@ -219,6 +250,22 @@ async fn forward(
         .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
         .boxed();
     Ok(Response::from_parts(parts, body))
+}
+
+/// Connects to the metadata agent's socket; while its queue of pending
+/// connections is full (a burst), tries again (the caller bounds it with
+/// `timeout_connect`). Missing or refusing: an error at once.
+async fn connect(socket: &std::path::Path) -> std::io::Result<UnixStream> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match UnixStream::connect(socket).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn message(status: StatusCode) -> &'static str {

@@ -163,7 +163,9 @@ impl Proxies {
         let port = self.port;
         let socket = netns::run_in(Some(&ns), move || listen_socket(port))?
             .with_context(|| format!("metadata proxy: listening on 0.0.0.0:{port} in {ns}"))?;
-        self.serve(id, inode, socket)
+        self.serve(id, inode, socket)?;
+        tracing::info!("{ns}: metadata proxy listening on 0.0.0.0:{port}");
+        Ok(())
     }
 
     /// Starts serving `socket` for router `id`.
