@@ -36,18 +36,50 @@ pub struct ShownRouter<'a> {
     pub namespace: String,
     /// Whether the router's namespace exists right now.
     pub present: bool,
+    /// The metadata proxy's port if something listens on it in the
+    /// namespace right now (None: nothing does, or the proxy is off).
+    pub metadata_listening: Option<u16>,
 }
 
-pub fn view(state: &State) -> Shown<'_> {
+/// Whether a TCP socket listens on `port` in namespace `ns` (the kernel's
+/// own table of that namespace).
+fn listening(ns: &str, port: u16) -> bool {
+    let table = netns::run_in(Some(ns), || {
+        std::fs::read_to_string("/proc/thread-self/net/tcp")
+    });
+    let Ok(Ok(table)) = table else {
+        return false;
+    };
+    // `sl local_address rem_address st ...`: 0A is LISTEN.
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3
+            && f[3] == "0A"
+            && f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+    })
+}
+
+pub fn view<'a>(state: &'a State, node: &NodeConfig) -> Shown<'a> {
     Shown {
         dataplane: state.dataplane,
         routers: state
             .routers
             .iter()
-            .map(|r| ShownRouter {
-                router: r,
-                namespace: r.namespace(),
-                present: netns::exists(&r.namespace()),
+            .map(|r| {
+                let present = netns::exists(&r.namespace());
+                ShownRouter {
+                    router: r,
+                    namespace: r.namespace(),
+                    present,
+                    metadata_listening: (present
+                        && node.metadata.enabled
+                        && listening(&r.namespace(), node.metadata_port))
+                    .then_some(node.metadata_port),
+                }
             })
             .collect(),
         failed: state
@@ -62,12 +94,12 @@ pub fn view(state: &State) -> Shown<'_> {
     }
 }
 
-pub fn json(state: &State) -> String {
-    serde_json::to_string_pretty(&view(state)).expect("serialisable")
+pub fn json(state: &State, node: &NodeConfig) -> String {
+    serde_json::to_string_pretty(&view(state, node)).expect("serialisable")
 }
 
 /// A terminal table per router.
-pub fn table(state: &State) -> String {
+pub fn table(state: &State, node: &NodeConfig) -> String {
     let mut o = String::new();
     let dp = state
         .dataplane
@@ -91,7 +123,7 @@ pub fn table(state: &State) -> String {
         return o;
     }
     let _ = writeln!(o, "data plane: {dp}   routers: {}", state.routers.len());
-    for s in view(state).routers {
+    for s in view(state, node).routers {
         let r = s.router;
         let _ = writeln!(o);
         let gw = match &r.gateway {
@@ -116,9 +148,14 @@ pub fn table(state: &State) -> String {
             s.namespace,
             if s.present { "" } else { "  (MISSING)" }
         );
+        let metadata = match (node.metadata.enabled, s.metadata_listening) {
+            (false, _) => "off".to_string(),
+            (true, Some(p)) => format!("listening on :{p}"),
+            (true, None) => format!("NOT listening on :{}", node.metadata_port),
+        };
         let _ = writeln!(
             o,
-            "  gateway {gw}   snat {}",
+            "  gateway {gw}   snat {}   metadata {metadata}",
             if r.enable_snat { "on" } else { "off" }
         );
         let _ = writeln!(

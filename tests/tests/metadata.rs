@@ -454,5 +454,10 @@ fn port_change_across_a_restart(plane: Dataplane) {
         ports,
         vec!["9700"],
     );
+    c.eq(
+        "xrouter show: the proxy listening on the new port",
+        rig.show()["routers"][0]["metadata_listening"].as_u64(),
+        Some(9700),
+    );
     c.finish();
 }
