@@ -36,31 +36,81 @@ pub struct ShownRouter<'a> {
     pub namespace: String,
     /// Whether the router's namespace exists right now.
     pub present: bool,
-    /// The metadata proxy's port if something listens on it in the
-    /// namespace right now (None: nothing does, or the proxy is off).
+    /// The metadata proxy's port if xrouter listens on it in the namespace
+    /// right now (None: it does not, or the proxy is off).
     pub metadata_listening: Option<u16>,
+    /// Who else holds the metadata port (a haproxy left behind...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_port_taken_by: Option<String>,
 }
 
-/// Whether a TCP socket listens on `port` in namespace `ns` (the kernel's
-/// own table of that namespace).
-fn listening(ns: &str, port: u16) -> bool {
+/// Who listens on TCP `port` in namespace `ns`, by the kernel's table of
+/// that namespace: None if nobody, else the owning processes' names and
+/// pids (`xrouter 812`) as far as /proc tells.
+fn listener_of(ns: &str, port: u16) -> Option<Vec<(String, u32)>> {
     let table = netns::run_in(Some(ns), || {
         std::fs::read_to_string("/proc/thread-self/net/tcp")
     });
     let Ok(Ok(table)) = table else {
-        return false;
+        return None;
     };
-    // `sl local_address rem_address st ...`: 0A is LISTEN.
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3
-            && f[3] == "0A"
-            && f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                == Some(port)
-    })
+    // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout
+    // inode`: 0A is LISTEN.
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let p = f.get(1)?.rsplit(':').next()?;
+            (f.get(3) == Some(&"0A") && u16::from_str_radix(p, 16).ok() == Some(port))
+                .then(|| f.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut owners = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let holds = std::fs::read_dir(e.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+            });
+        if holds {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            owners.push((comm.trim().to_string(), pid));
+        }
+    }
+    Some(owners)
+}
+
+/// The metadata proxy of a router as found: xrouter's listener, another
+/// program's, or none.
+fn metadata_of(ns: &str, node: &NodeConfig) -> (Option<u16>, Option<String>) {
+    if !node.metadata.enabled {
+        return (None, None);
+    }
+    match listener_of(ns, node.metadata_port) {
+        None => (None, None),
+        // The daemon, or the holder keeping its listeners over a restart.
+        Some(o) if o.iter().any(|(c, _)| c == "xrouter") => (Some(node.metadata_port), None),
+        Some(o) => {
+            let who: Vec<String> = o.iter().map(|(c, p)| format!("{c} (pid {p})")).collect();
+            let who = if who.is_empty() {
+                "another program".to_string()
+            } else {
+                who.join(", ")
+            };
+            (None, Some(who))
+        }
+    }
 }
 
 pub fn view<'a>(state: &'a State, node: &NodeConfig) -> Shown<'a> {
@@ -71,14 +121,17 @@ pub fn view<'a>(state: &'a State, node: &NodeConfig) -> Shown<'a> {
             .iter()
             .map(|r| {
                 let present = netns::exists(&r.namespace());
+                let (listening, taken) = if present {
+                    metadata_of(&r.namespace(), node)
+                } else {
+                    (None, None)
+                };
                 ShownRouter {
                     router: r,
                     namespace: r.namespace(),
                     present,
-                    metadata_listening: (present
-                        && node.metadata.enabled
-                        && listening(&r.namespace(), node.metadata_port))
-                    .then_some(node.metadata_port),
+                    metadata_listening: listening,
+                    metadata_port_taken_by: taken,
                 }
             })
             .collect(),
@@ -148,10 +201,17 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
             s.namespace,
             if s.present { "" } else { "  (MISSING)" }
         );
-        let metadata = match (node.metadata.enabled, s.metadata_listening) {
-            (false, _) => "off".to_string(),
-            (true, Some(p)) => format!("listening on :{p}"),
-            (true, None) => format!("NOT listening on :{}", node.metadata_port),
+        let metadata = match (
+            node.metadata.enabled,
+            s.metadata_listening,
+            &s.metadata_port_taken_by,
+        ) {
+            (false, ..) => "off".to_string(),
+            (true, Some(p), _) => format!("listening on :{p}"),
+            (true, None, Some(who)) => {
+                format!("NOT listening: :{} is held by {who}", node.metadata_port)
+            }
+            (true, None, None) => format!("NOT listening on :{}", node.metadata_port),
         };
         let _ = writeln!(
             o,

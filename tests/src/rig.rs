@@ -591,17 +591,22 @@ impl Rig {
 
     /// Stops the daemon: SIGTERM, then SIGKILL after 5 s. Its exit status.
     pub fn stop_daemon(&mut self) -> Option<ExitStatus> {
+        self.stop_daemon_within(Duration::from_secs(5))
+    }
+
+    /// Stops the daemon: SIGTERM, then SIGKILL after `patience`.
+    pub fn stop_daemon_within(&mut self, patience: Duration) -> Option<ExitStatus> {
         let mut child = self.daemon.take()?;
         let _ = signal::kill(Pid::from_raw(child.id() as i32), signal::Signal::SIGTERM);
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
+        while t0.elapsed() < patience {
             if let Ok(Some(st)) = child.try_wait() {
                 return Some(st);
             }
             thread::sleep(Duration::from_millis(20));
         }
         eprintln!(
-            "[rig {}] daemon ignored SIGTERM for 5 s; killing it",
+            "[rig {}] daemon ignored SIGTERM for {patience:?}; killing it",
             self.tag
         );
         let _ = child.kill();

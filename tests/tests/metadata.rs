@@ -32,6 +32,8 @@ tests::planes!(
     restart_loses_no_request,
     rebuilt_namespace_gets_its_listener_back,
     port_change_across_a_restart,
+    port_held_by_another_program,
+    stop_answers_requests_the_agent_sits_on,
 );
 
 // Through Open vSwitch (a userspace datapath: slower, more in flight).
@@ -458,6 +460,82 @@ fn port_change_across_a_restart(plane: Dataplane) {
         "xrouter show: the proxy listening on the new port",
         rig.show()["routers"][0]["metadata_listening"].as_u64(),
         Some(9700),
+    );
+    c.finish();
+}
+
+/// A program left listening on the metadata port (a haproxy of Neutron's
+/// agent): xrouter builds the router all the same, logs once, `show` names
+/// the holder, and the listener comes once the port is free.
+fn port_held_by_another_program(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    rig.extra_config
+        .push("enable_metadata_proxy = false".into());
+    rig.start();
+    rig.article_hosts(&[]);
+    let squatter = tests::TcpServer::start(&rig.router_ns(), "squatter", 9697).unwrap();
+    rig.stop_daemon();
+    rig.extra_config.clear();
+    rig.start();
+    let _agent = MetadataAgent::start(&rig.metadata_socket());
+    let mut c = Checks::new("port_held_by_another_program");
+    let show = rig.show();
+    let r = &show["routers"][0];
+    c.eq(
+        "show: xrouter does not listen",
+        r["metadata_listening"].as_u64(),
+        None,
+    );
+    c.ok(
+        r["metadata_port_taken_by"]
+            .as_str()
+            .is_some_and(|w| w.contains(&format!("pid {}", std::process::id()))),
+        "show: names the program holding the port",
+        r.to_string(),
+    );
+    c.ok(
+        rig.daemon_log().contains("VMs get no metadata; retried"),
+        "the log says why",
+        (),
+    );
+    drop(squatter);
+    let back = tests::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        curl(&rig.ns("vm1"), METADATA_URL, &["-m", "2"]).status == 200
+    });
+    c.ok(back, "once the port is free, the proxy answers", ());
+    c.eq(
+        "show: listening",
+        rig.show()["routers"][0]["metadata_listening"].as_u64(),
+        Some(9697),
+    );
+    c.finish();
+}
+
+/// A stopping daemon waits 10 s for the requests under way; one the
+/// metadata agent still sits on then is answered 503, not cut.
+fn stop_answers_requests_the_agent_sits_on(plane: Dataplane) {
+    let mut rig = Rig::article(plane);
+    let agent = MetadataAgent::start(&rig.metadata_socket());
+    agent.set_delay(Duration::from_secs(15));
+    let vm1 = rig.ns("vm1");
+    let asking = thread::spawn(move || curl(&vm1, METADATA_URL, &["-m", "30"]));
+    thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let st = rig.stop_daemon_within(Duration::from_secs(20));
+    let mut c = Checks::new("stop_answers_requests_the_agent_sits_on");
+    c.ok(st.is_some_and(|s| s.success()), "stopped cleanly", st);
+    c.ok(
+        t0.elapsed() < Duration::from_secs(14),
+        "stopped after the 10 s drain, not the agent's 15 s",
+        t0.elapsed(),
+    );
+    let f = asking.join().unwrap();
+    c.eq("the request is answered 503", f.status, 503);
+    c.ok(
+        rig.daemon_log()
+            .contains("1 request still waiting for the metadata agent"),
+        "the log counts it",
+        (),
     );
     c.finish();
 }

@@ -71,7 +71,11 @@ pub async fn serve(
         let p = p.clone();
         let limiter = limiter.clone();
         asked.send_replace(true);
-        async move { Ok::<_, Infallible>(handle(req, peer, &p, limiter.as_deref()).await) }
+        async move {
+            let r = handle(req, peer, &p, limiter.as_deref()).await;
+            p.stats.answered.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(r)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -135,7 +139,15 @@ async fn handle(
         );
     }
     let req = rewrite(req, peer, &proxy.router);
-    match forward(req, proxy).await {
+    let mut cut_off = proxy.cut_off.subscribe();
+    let forwarded = tokio::select! {
+        r = forward(req, proxy) => r,
+        _ = cut_off.wait_for(|c| *c) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the proxy stopped before the metadata agent answered".to_string(),
+        )),
+    };
+    match forwarded {
         Ok(resp) => resp,
         Err((status, why)) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -46,6 +46,16 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Refused before forwarding (a body too large).
     pub refused: AtomicU64,
+    /// Answered so far (any status).
+    pub answered: AtomicU64,
+}
+
+impl Stats {
+    /// Requests taken in and not answered yet.
+    pub fn waiting(&self) -> u64 {
+        let r = self.requests.load(std::sync::atomic::Ordering::Relaxed);
+        r.saturating_sub(self.answered.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// What one router's connections share.
@@ -54,6 +64,9 @@ pub struct RouterProxy {
     pub settings: MetadataConfig,
     pub stats: Stats,
     last_complaint: Mutex<Option<Instant>>,
+    /// Turned true when a stopping daemon has waited long enough: requests
+    /// still waiting for the agent are answered 503 at once.
+    pub cut_off: watch::Sender<bool>,
 }
 
 impl RouterProxy {
@@ -178,6 +191,7 @@ impl Proxies {
             settings: self.settings.clone(),
             stats: Stats::default(),
             last_complaint: Mutex::new(None),
+            cut_off: watch::Sender::new(false),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, proxy.clone(), stopped));
@@ -235,14 +249,28 @@ impl Proxies {
             Err(e) => tracing::warn!("metadata listeners not handed over: {e:#}"),
         }
         drop(held);
-        let tasks: Vec<_> = std::mem::take(&mut self.listeners)
+        let (tasks, proxies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners)
             .into_values()
             .map(|l| {
                 let _ = l.stop.send(true);
-                l.task
+                (l.task, l.proxy)
             })
-            .collect();
-        let _ = tokio::time::timeout(DRAIN, futures::future::join_all(tasks)).await;
+            .unzip();
+        let all = futures::future::join_all(tasks);
+        tokio::pin!(all);
+        if tokio::time::timeout(DRAIN, &mut all).await.is_err() {
+            // Still waiting for the agent: answered 503 rather than cut.
+            let waiting: u64 = proxies.iter().map(|p| p.stats.waiting()).sum();
+            tracing::warn!(
+                "{} still waiting for the metadata agent after {} s: answered 503",
+                crate::text::count(waiting as usize, "request"),
+                DRAIN.as_secs()
+            );
+            for p in &proxies {
+                p.cut_off.send_replace(true);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
+        }
     }
 }
 
