@@ -89,6 +89,16 @@ macro_rules! ovs_planes {
     };
 }
 
+/// [`planes!`] and [`ovs_planes!`] for the same scenarios: every plane,
+/// with Linux bridges and with Open vSwitch.
+#[macro_export]
+macro_rules! planes_and_plugging {
+    ($($name:ident),* $(,)?) => {
+        $crate::planes!($($name),*);
+        $crate::ovs_planes!($($name),*);
+    };
+}
+
 /// Declares scenarios of what only the eBPF planes have (e.g. their
 /// budget of new connections), one `#[test]` per eBPF plane.
 #[macro_export]

@@ -16,26 +16,8 @@ use tests::{
 const TCP: u16 = 8080;
 const UDP: u16 = 8081;
 
-tests::planes!(
-    east_west_unnated,
-    snat_to_gateway_ip,
-    fip_egress,
-    fip_ingress_real_client,
-    hairpin,
-    hairpin_without_snat,
-    no_snat_egress_unnated,
-    outside_to_fixed_ip,
-    random_fully_same_source_port,
-    metadata_redirect,
-    ttl_decrement,
-    pmtu_and_fragments,
-    icmp_error_through_nat,
-    extra_route_source_snat,
-    ecmp_routes,
-    router_namespace_layout,
-);
-// With Open vSwitch plugging too.
-tests::ovs_planes!(
+// Every scenario on every plane, with Linux bridges and with Open vSwitch.
+tests::planes_and_plugging!(
     east_west_unnated,
     snat_to_gateway_ip,
     fip_egress,

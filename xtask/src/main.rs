@@ -77,6 +77,26 @@ fn target_dir() -> std::path::PathBuf {
     }
 }
 
+/// A benchmark kept as an ignored test of the `tests` crate (it needs the
+/// rig): release build, run alone, its output shown.
+fn ignored_bench(test: &str) -> Result<()> {
+    setup()?;
+    run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
+    run(cargo().args([
+        "test",
+        "--release",
+        "-p",
+        "tests",
+        "--test",
+        test,
+        "--",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]))
+}
+
 fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/setup.sh")))
 }
@@ -112,39 +132,9 @@ fn real_main() -> Result<()> {
                 .arg("demo")
                 .args(args))
         }
-        Cmd::Bench { args } if args.iter().any(|a| a == "--agent") => {
-            setup()?;
-            run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
-            run(cargo().args([
-                "test",
-                "--release",
-                "-p",
-                "tests",
-                "--test",
-                "agent_bench",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ]))
-        }
+        Cmd::Bench { args } if args.iter().any(|a| a == "--agent") => ignored_bench("agent_bench"),
         Cmd::Bench { args } if args.iter().any(|a| a == "--metadata") => {
-            setup()?;
-            run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
-            run(cargo().args([
-                "test",
-                "--release",
-                "-p",
-                "tests",
-                "--test",
-                "metadata_bench",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ]))
+            ignored_bench("metadata_bench")
         }
         Cmd::Bench { args } => {
             setup()?;
