@@ -311,6 +311,14 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
             let _ = writeln!(out);
         }
         last = Some(r.case);
+        let mut notes = notes(r);
+        if let Some(above) = above_ceiling(r, results) {
+            notes = if notes.is_empty() {
+                above
+            } else {
+                format!("{above}; {notes}")
+            };
+        }
         let _ = writeln!(
             out,
             "{:<14} {:<9} {:<22} {:<22} {:>12}  {}",
@@ -321,10 +329,30 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
             r.cpu_ns
                 .as_ref()
                 .map_or("-".into(), |c| format!("{:.0} ns/pkt", c.median)),
-            notes(r)
+            notes
         );
     }
     out
+}
+
+/// The ceiling a router case is bound by: the bare XDP redirect for the
+/// XDP plane (a router does that and more), the generator straight into
+/// the sink for every plane. A router case above one is a rig error (the
+/// ceiling ran under other conditions): said so, loudly.
+fn above_ceiling(r: &CaseResult, results: &[CaseResult]) -> Option<String> {
+    if r.case.is_rig() {
+        return None;
+    }
+    let median = |c: Case| results.iter().find(|x| x.case == c).map(|x| x.mpps.median);
+    let mut bounds = vec![(Case::Ceiling, median(Case::Ceiling))];
+    if r.plane == Some(Plane::Xdp) {
+        bounds.push((Case::BareRedirect, median(Case::BareRedirect)));
+    }
+    bounds
+        .into_iter()
+        .filter_map(|(c, m)| Some((c, m?)))
+        .find(|(_, m)| r.mpps.median > *m)
+        .map(|(c, m)| format!("RIG ERROR: above the {} ceiling ({m:.2} Mpps)", c.name()))
 }
 
 /// The programs' outcomes other than forwarded, then what did not arrive
@@ -621,6 +649,56 @@ pub fn svg(results: &[CaseResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result(case: Case, plane: Option<Plane>, median: f64) -> CaseResult {
+        CaseResult {
+            plane,
+            case,
+            runs: 1,
+            mpps: Stat {
+                median,
+                min: median,
+                max: median,
+            },
+            flood_mpps: None,
+            paced_mpps: None,
+            cpu_ns: None,
+            daemon_cpu: None,
+            connections: None,
+            scale: None,
+            not_forwarded: vec![],
+            lost: 0.0,
+            drops: vec![],
+        }
+    }
+
+    #[test]
+    fn a_router_case_above_its_ceiling_is_flagged_as_a_rig_error() {
+        let results = vec![
+            result(Case::Ceiling, None, 3.0),
+            result(Case::BareRedirect, None, 1.31),
+            result(Case::EastWest, Some(Plane::Xdp), 1.84),
+            result(Case::EastWest, Some(Plane::Tc), 1.2),
+            result(Case::Snat1, Some(Plane::Iptables), 3.5),
+        ];
+        let flag = |i: usize| above_ceiling(&results[i], &results);
+        assert_eq!(flag(0), None, "a ceiling is not measured against itself");
+        assert!(flag(2).is_some_and(|f| f.contains("bare-redirect ceiling (1.31 Mpps)")));
+        assert_eq!(
+            flag(3),
+            None,
+            "tc is bound by the generator-sink ceiling only"
+        );
+        assert!(flag(4).is_some_and(|f| f.contains("RIG ERROR") && f.contains("ceiling (3.00")));
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            opts: Opts,
+        }
+        let opts = <Cli as clap::Parser>::parse_from(["bench"]).opts;
+        let t = table(&results, &opts);
+        assert!(t.contains("RIG ERROR"), "{t}");
+    }
 
     #[test]
     fn veth_drops_counted_once() {
