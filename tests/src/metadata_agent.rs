@@ -161,21 +161,21 @@ fn answer(mut c: Box<dyn Stream>, delay_ms: &AtomicU64) -> std::io::Result<()> {
     if d > 0 {
         thread::sleep(Duration::from_millis(d));
     }
-    let echo = json!({
-        "method": method,
-        "path": path,
-        "headers": headers,
-        "body": String::from_utf8_lossy(&body),
-    })
-    .to_string();
     drop(r);
-    let w = &mut c;
-    write!(
-        w,
+    c.write_all(echo_answer(&method, &path, headers, &String::from_utf8_lossy(&body)).as_bytes())?;
+    c.flush()
+}
+
+/// The stand-in agent's whole answer to a request: 200, and as JSON what
+/// it received (`headers` as `[name, value]` pairs); the connection closes,
+/// as the metadata agent's does.
+pub fn echo_answer(method: &str, path: &str, headers: Vec<Value>, body: &str) -> String {
+    let echo =
+        json!({"method": method, "path": path, "headers": headers, "body": body}).to_string();
+    format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{echo}",
         echo.len()
-    )?;
-    w.flush()
+    )
 }
 
 /// The values of header `name` (any case) in an echo.

@@ -133,11 +133,7 @@ async fn echo(mut c: tokio::net::UnixStream) -> std::io::Result<()> {
         .filter_map(|h| h.split_once(':'))
         .map(|(k, v)| json!([k.trim(), v.trim()]))
         .collect();
-    let body = json!({"method": method, "path": path, "headers": headers, "body": ""}).to_string();
-    let resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let resp = tests::metadata_agent::echo_answer(method, path, headers, "");
     c.write_all(resp.as_bytes()).await?;
     c.shutdown().await
 }

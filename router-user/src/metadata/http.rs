@@ -6,9 +6,10 @@
 
 use std::{
     convert::Infallible,
+    future::Future as _,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -72,9 +73,8 @@ pub async fn serve(
         let limiter = limiter.clone();
         asked.send_replace(true);
         async move {
-            let r = handle(req, peer, &p, limiter.as_deref()).await;
-            p.stats.answered.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, Infallible>(r)
+            let _counted = p.in_flight.enter();
+            Ok::<_, Infallible>(handle(req, peer, &p, limiter.as_deref()).await)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -115,12 +115,9 @@ async fn handle(
     proxy: &RouterProxy,
     limiter: Option<&Mutex<Limiter>>,
 ) -> Response<Body> {
-    let stats = &proxy.stats;
-    stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(l) = limiter
         && !l.lock().unwrap().allow(peer.ip(), Instant::now())
     {
-        stats.rate_limited.fetch_add(1, Ordering::Relaxed);
         return page(
             StatusCode::TOO_MANY_REQUESTS,
             "You have sent too many requests in a given amount of time.",
@@ -132,7 +129,6 @@ async fn handle(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .is_some_and(|n| n > MAX_BODY as u64);
     if too_long {
-        stats.refused.fetch_add(1, Ordering::Relaxed);
         return page(
             StatusCode::PAYLOAD_TOO_LARGE,
             "The request body is too large.",
@@ -150,7 +146,6 @@ async fn handle(
     match forwarded {
         Ok(resp) => resp,
         Err((status, why)) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
             proxy.complain(&why);
             page(status, message(status))
         }
@@ -378,5 +373,3 @@ impl AsyncWrite for Stalling {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
-use std::future::Future as _;

@@ -36,25 +36,29 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// A failing metadata agent is logged at most this often per router.
 const COMPLAIN_EVERY: Duration = Duration::from_secs(60);
 
-/// Counts of one router's proxy.
+/// Requests of one router's proxy taken in and not answered yet (what a
+/// stopping daemon reports it cut off).
 #[derive(Default, Debug)]
-pub struct Stats {
-    pub requests: AtomicU64,
-    /// Answered 502/503/504: the metadata agent failed.
-    pub failed: AtomicU64,
-    /// Answered 429.
-    pub rate_limited: AtomicU64,
-    /// Refused before forwarding (a body too large).
-    pub refused: AtomicU64,
-    /// Answered so far (any status).
-    pub answered: AtomicU64,
+pub struct InFlight(AtomicU64);
+
+impl InFlight {
+    /// Counts a request until the guard goes (answered, or its connection
+    /// dropped).
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlightGuard(&self.0)
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
-impl Stats {
-    /// Requests taken in and not answered yet.
-    pub fn waiting(&self) -> u64 {
-        let r = self.requests.load(std::sync::atomic::Ordering::Relaxed);
-        r.saturating_sub(self.answered.load(std::sync::atomic::Ordering::Relaxed))
+pub struct InFlightGuard<'a>(&'a AtomicU64);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -62,7 +66,7 @@ impl Stats {
 pub struct RouterProxy {
     pub router: String,
     pub settings: MetadataConfig,
-    pub stats: Stats,
+    pub in_flight: InFlight,
     last_complaint: Mutex<Option<Instant>>,
     /// Turned true when a stopping daemon has waited long enough: requests
     /// still waiting for the agent are answered 503 at once.
@@ -189,7 +193,7 @@ impl Proxies {
         let proxy = Arc::new(RouterProxy {
             router: id.to_string(),
             settings: self.settings.clone(),
-            stats: Stats::default(),
+            in_flight: InFlight::default(),
             last_complaint: Mutex::new(None),
             cut_off: watch::Sender::new(false),
         });
@@ -214,13 +218,6 @@ impl Proxies {
         if let Some(l) = self.listeners.remove(id) {
             let _ = l.stop.send(true);
         }
-    }
-
-    /// The routers served, with their counts.
-    pub fn stats(&self) -> impl Iterator<Item = (&str, &Stats)> {
-        self.listeners
-            .iter()
-            .map(|(id, l)| (id.as_str(), &l.proxy.stats))
     }
 
     /// On stop: hands every listener to a holder for the next daemon, lets
@@ -260,7 +257,7 @@ impl Proxies {
         tokio::pin!(all);
         if tokio::time::timeout(DRAIN, &mut all).await.is_err() {
             // Still waiting for the agent: answered 503 rather than cut.
-            let waiting: u64 = proxies.iter().map(|p| p.stats.waiting()).sum();
+            let waiting: u64 = proxies.iter().map(|p| p.in_flight.get()).sum();
             tracing::warn!(
                 "{} still waiting for the metadata agent after {} s: answered 503",
                 crate::text::count(waiting as usize, "request"),
