@@ -431,13 +431,13 @@ pub fn plan(o: &Observed, d: &DesiredRouter, h: &History) -> Result<Vec<Action>,
                     bridge: b.to_string(),
                 });
             }
-            match ovs::differ(ovs_have, &p.tap, &p.bridge, &p.external_ids) {
-                // A tap made anew is plugged anew, as Neutron's replace_port.
-                _ if tap.is_none() => out.push(Action::OvsAddPort {
-                    tap: p.tap.clone(),
-                    bridge: p.bridge.clone(),
-                    external_ids: p.external_ids.clone(),
-                }),
+            // A tap made anew is plugged anew, as Neutron's replace_port.
+            let state = if tap.is_none() {
+                ovs::PortState::Missing
+            } else {
+                ovs::differ(ovs_have, &p.tap, &p.bridge, &p.external_ids)
+            };
+            match state {
                 ovs::PortState::Missing => out.push(Action::OvsAddPort {
                     tap: p.tap.clone(),
                     bridge: p.bridge.clone(),
