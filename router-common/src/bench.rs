@@ -86,11 +86,28 @@ const _: () = assert!(core::mem::size_of::<SinkCounter>() == 32);
 pub struct MicroConfig {
     /// The first [`MICRO_HDR`] bytes of the frame.
     pub frame: [u8; MICRO_HDR],
-    /// 1: restore the frame only, skip the pipeline (the overhead to subtract).
-    pub restore_only: u32,
+    /// Where the run stops: one of the `STAGE_*` values (the pipeline's
+    /// stages, cumulative; [`STAGE_FULL`] runs all of it).
+    pub stage: u32,
     /// 1: a new UDP flow each run (source and destination port from a counter).
     pub new_flow: u32,
 }
+
+/// `MicroConfig::stage`: the whole pipeline, as `xr_xdp` runs it.
+pub const STAGE_FULL: u32 = 0;
+/// Nothing: the program returns at once (the cost of a test run itself).
+pub const STAGE_EMPTY: u32 = 1;
+/// The frame's header restored, nothing else (the wrapper's own cost).
+pub const STAGE_RESTORE: u32 = 2;
+/// ... then priority tags, ARP and the headers parsed.
+pub const STAGE_PARSE: u32 = 3;
+/// ... then the ingress port and the martian checks (classify).
+pub const STAGE_CLASSIFY: u32 = 4;
+/// ... then the connection: lookup or creation, NAT, route (conntrack).
+pub const STAGE_CONNTRACK: u32 = 5;
+/// ... then the next hop's MAC (neighbour); after it, STAGE_FULL adds the
+/// rewrite, the counter and the redirect.
+pub const STAGE_NEIGHBOUR: u32 = 6;
 
 /// Header bytes the microbenchmark restores (Ethernet + IPv4 + L4 header).
 pub const MICRO_HDR: usize = 64;
@@ -101,7 +118,7 @@ impl Default for MicroConfig {
     fn default() -> Self {
         MicroConfig {
             frame: [0; MICRO_HDR],
-            restore_only: 0,
+            stage: STAGE_FULL,
             new_flow: 0,
         }
     }

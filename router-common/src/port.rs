@@ -18,6 +18,15 @@ pub struct PortInfo {
 
 const _: () = assert!(core::mem::size_of::<PortInfo>() == 16);
 
+/// Ports whose ifindex is below this are also in the array `XR_PORT_SLOTS`
+/// at their ifindex (a slot with role 0 is empty): an array lookup costs
+/// the programs a few instructions, a hash lookup ~20 ns, and every
+/// forwarded packet needs two (ingress and egress). Devices of a router
+/// namespace are numbered from 1 up, so only a namespace that has seen
+/// hundreds of devices come and go has ports beyond; those are found in
+/// `XR_PORTS`, which holds every port.
+pub const PORT_SLOTS: u32 = 256;
+
 /// Key of the local addresses map: every address the router owns, with its
 /// kind as value (`LOCAL_*`). Port addresses and subnet broadcasts are for
 /// the kernel; floating IPs are translated, and listed only so that a packet

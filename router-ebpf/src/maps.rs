@@ -11,13 +11,18 @@ use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
     conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
-    port::{LocalAddr, Neigh, NeighKey, PortInfo},
+    port::{LocalAddr, Neigh, NeighKey, PORT_SLOTS, PortInfo},
     route::Route,
 };
 
 /// ifindex (u32) -> port (qr-/qg-) of this router.
 #[btf_map]
 pub static XR_PORTS: HashMap<u32, PortInfo, 64> = HashMap::new();
+
+/// The same ports at their ifindex, for ifindexes below `PORT_SLOTS`
+/// (role 0: no port); see [`port`].
+#[btf_map]
+pub static XR_PORT_SLOTS: Array<PortInfo, { PORT_SLOTS as usize }> = Array::new();
 
 /// Addresses owned by the router, with their kind (`LOCAL_*`): traffic to a
 /// port address or subnet broadcast goes to the kernel; none of them is a
@@ -73,6 +78,19 @@ pub static XR_FRAG: LruHashMap<FragKey, FragEntry, 8192> = LruHashMap::new();
 /// Per-CPU packet and byte counters by outcome.
 #[btf_map]
 pub static XR_COUNTERS: PerCpuArray<Counter, OUTCOME_COUNT> = PerCpuArray::new();
+
+/// The router's port on device `ifindex`: from the array when the
+/// ifindex is small (inlined by the verifier, no hash), else the hash.
+#[inline(always)]
+pub fn port(ifindex: u32) -> Option<PortInfo> {
+    if ifindex < PORT_SLOTS {
+        // SAFETY: plain data, copied out.
+        let p = unsafe { XR_PORT_SLOTS.get(ifindex) }.copied()?;
+        return if p.role != 0 { Some(p) } else { None };
+    }
+    // SAFETY: plain data, copied out.
+    unsafe { XR_PORTS.get(&ifindex) }.copied()
+}
 
 #[inline(always)]
 pub fn event(ev: CtEvent) {

@@ -17,12 +17,16 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
-    bench::{MICRO_HDR, MicroConfig},
+    bench::{
+        MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK, STAGE_EMPTY, STAGE_FULL,
+        STAGE_NEIGHBOUR, STAGE_PARSE, STAGE_RESTORE,
+    },
+    conntrack::{CtEntry, CtKey},
     port::{Neigh, NeighKey},
 };
 use serde_json::json;
 
-use super::{Opts, progs::in_ns};
+use super::{Opts, progs::in_ns, scale};
 use crate::OBJECT;
 use router_user::{
     backend::{bpf::write_maps, netns},
@@ -102,6 +106,51 @@ fn write_router(ebpf: &mut Ebpf, ifx: [u32; 3], spec: &RouterSpec, rate: u32) ->
     };
     write_maps(ebpf, &fixtures::bpf_maps(spec, &node, (1024, 65535), ifx))?;
     Ok(())
+}
+
+/// The report: per table state, per case the pipeline's ns per packet and
+/// each stage's share, with the empty program's and the restore's cost.
+fn table(rows: &[Row]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs of \
+         {REPEAT} repetitions ({REPEAT_NEW} for new flows), 64-byte UDP frames; ns/packet is \
+         the whole pipeline less the wrapper's header restore; stages are cumulative \
+         differences"
+    );
+    let (ct, ct_new) = table_sizes();
+    let mut last = "";
+    for r in rows {
+        if r.table != last {
+            last = r.table;
+            let _ = writeln!(
+                out,
+                "\nconnection table {} (XR_CT sized {ct}, XR_CT_NEW {ct_new}); an empty program \
+                 costs {:.0} ns, the restore {:.0} more",
+                r.table,
+                r.at(STAGE_EMPTY),
+                r.at(STAGE_RESTORE) - r.at(STAGE_EMPTY)
+            );
+            let _ = write!(out, "{:<18} {:>9}", "path", "ns/packet");
+            for (name, _) in r.deltas() {
+                let _ = write!(out, " {name:>12}");
+            }
+            let _ = writeln!(out, "  {:<9}", "verdict");
+        }
+        let _ = write!(out, "{:<18} {:>9.1}", r.name, r.ns());
+        for (_, v) in r.deltas() {
+            let _ = write!(out, " {v:>12.1}");
+        }
+        let verdict = match r.verdict {
+            XDP_REDIRECT => "redirect".to_string(),
+            XDP_DROP => "drop".to_string(),
+            v => format!("ret {v}"),
+        };
+        let _ = writeln!(out, "  {verdict:<9} {}", r.what);
+    }
+    out
 }
 
 /// The next hops' MACs: the kernel's neighbour table, which the daemon
@@ -197,10 +246,16 @@ fn xdp_md(ingress: u32, len: usize) -> [u8; 24] {
 }
 
 /// One test run: (return value, ns per repetition).
-fn run_once(ebpf: &Ebpf, ingress: u32, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+fn run_once(
+    ebpf: &Ebpf,
+    prog: &str,
+    ingress: u32,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<(u32, f64)> {
     let p: &Xdp = ebpf
-        .program("xr_bench_micro")
-        .context("no xr_bench_micro")?
+        .program(prog)
+        .with_context(|| format!("no {prog}"))?
         .try_into()?;
     let ctx = xdp_md(ingress, frame.len());
     let mut out = vec![0u8; frame.len() + 64];
@@ -221,40 +276,127 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The stages measured, cumulative, in order: (name, `MicroConfig::stage`).
+const STAGES: [(&str, u32); 7] = [
+    ("empty", STAGE_EMPTY),
+    ("restore", STAGE_RESTORE),
+    ("parse", STAGE_PARSE),
+    ("classify", STAGE_CLASSIFY),
+    ("conntrack", STAGE_CONNTRACK),
+    ("neighbour", STAGE_NEIGHBOUR),
+    ("rewrite+send", STAGE_FULL),
+];
+
+/// The program of the whole pipeline (and of the empty and restore-only
+/// runs), and the one that stops after a stage.
+const MICRO: &str = "xr_bench_micro";
+const STAGED: &str = "xr_bench_stage";
+
+fn is_staged(stage: u32) -> bool {
+    !matches!(stage, STAGE_EMPTY | STAGE_RESTORE | STAGE_FULL)
+}
+
+/// Connection-table states measured: entries pre-filled in `XR_CT`.
+const TABLES: [(&str, u32); 2] = [("empty", 0), ("1M entries", 1_000_000)];
+
+/// Table sizes as the daemon loads them for its default `conntrack_size`.
+fn table_sizes() -> (u32, u32) {
+    let conns = NodeConfig::default().conntrack_size;
+    (
+        2 * conns,
+        2 * router_user::backend::bpf::embryonic_connections(conns),
+    )
+}
+
 struct Row {
+    table: &'static str,
     name: &'static str,
     what: &'static str,
-    total: f64,
-    restore: f64,
+    /// Median ns per run, cumulative, per entry of [`STAGES`].
+    stages: Vec<f64>,
     verdict: u32,
 }
 
-fn measure(ifx: [u32; 3]) -> Result<Vec<Row>> {
+impl Row {
+    fn at(&self, stage: u32) -> f64 {
+        let i = STAGES
+            .iter()
+            .position(|(_, s)| *s == stage)
+            .expect("a measured stage");
+        self.stages[i]
+    }
+    /// The pipeline's cost: the whole run less the wrapper's restore.
+    fn ns(&self) -> f64 {
+        self.at(STAGE_FULL) - self.at(STAGE_RESTORE)
+    }
+    /// Each pipeline stage's share: the difference to the stage before.
+    fn deltas(&self) -> Vec<(&'static str, f64)> {
+        STAGES[2..]
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (*name, self.stages[i + 2] - self.stages[i + 1]))
+            .collect()
+    }
+}
+
+/// Fills `XR_CT` with `entries` live entries (gateway-SNATed TCP
+/// connections, both directions, on addresses the cases never use).
+fn fill(ebpf: &mut Ebpf, entries: u32) -> Result<()> {
+    let mut ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
+    let now = router_user::backend::bpf::monotonic_ns();
+    for i in 0..entries / 2 {
+        if i % 65_536 == 0 && super::stopped() {
+            bail!("interrupted");
+        }
+        for (k, e) in scale::connection(i, ip("192.168.1.100"), now) {
+            ct.insert(k, e, 0)
+                .with_context(|| format!("filling XR_CT: entry {}", 2 * i))?;
+        }
+    }
+    Ok(())
+}
+
+fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>> {
+    let (ct, ct_new) = table_sizes();
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries("XR_CT", 1 << 20)
-        .map_max_entries("XR_CT_NEW", 1 << 20)
+        .map_max_entries("XR_CT", ct)
+        .map_max_entries("XR_CT_NEW", ct_new)
         .load(OBJECT)
         .context("loading the BPF object")?;
-    let p: &mut Xdp = ebpf
-        .program_mut("xr_bench_micro")
-        .context("no xr_bench_micro")?
-        .try_into()?;
-    p.load().context("verifier rejected xr_bench_micro")?;
+    for prog in [MICRO, STAGED] {
+        let p: &mut Xdp = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("no {prog}"))?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("verifier rejected {prog}"))?;
+    }
     let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
     write_router(&mut ebpf, ifx, &spec, 0)?;
     neighbours(&mut ebpf, ifx)?;
+    if prefill != 0 {
+        super::say(&format!("micro: filling XR_CT with {prefill} entries"));
+        fill(&mut ebpf, prefill)?;
+    }
     let mut rows = Vec::new();
     for c in cases() {
+        // One case only, for profiling it (perf record -- xrouter-bench --micro).
+        if let Ok(only) = std::env::var("XRB_MICRO_CASE")
+            && only != c.name
+        {
+            continue;
+        }
         if super::stopped() {
             bail!("interrupted");
         }
+        super::say(&format!("micro: {table}: {}", c.name));
         let mut frame = [0u8; MICRO_HDR];
         frame.copy_from_slice(&c.frame);
-        let set = |ebpf: &mut Ebpf, restore_only: bool| -> Result<()> {
+        let set = |ebpf: &mut Ebpf, stage: u32| -> Result<()> {
             let mut m: Array<_, MicroConfig> = Array::try_from(map(ebpf, "XRB_MICRO")?)?;
             let cfg = MicroConfig {
                 frame,
-                restore_only: restore_only as u32,
+                stage,
                 new_flow: c.new_flow as u32,
             };
             m.set(0, cfg, 0)?;
@@ -262,28 +404,37 @@ fn measure(ifx: [u32; 3]) -> Result<Vec<Row>> {
         };
         let ingress = ifx[c.ingress];
         write_router(&mut ebpf, ifx, &spec, c.rate)?;
-        set(&mut ebpf, false)?;
+        set(&mut ebpf, STAGE_FULL)?;
         // The first packet creates the connection: later ones find it (or,
         // over a budget, are shed).
-        let (mut verdict, _) = run_once(&ebpf, ingress, &c.frame, 1)?;
+        let (mut verdict, _) = run_once(&ebpf, MICRO, ingress, &c.frame, 1)?;
         if c.rate != 0 {
-            verdict = run_once(&ebpf, ingress, &c.frame, 1)?.0;
+            verdict = run_once(&ebpf, MICRO, ingress, &c.frame, 1)?.0;
         }
         let repeat = if c.new_flow { REPEAT_NEW } else { REPEAT };
-        let mut total = Vec::new();
-        for _ in 0..RUNS {
-            total.push(run_once(&ebpf, ingress, &c.frame, repeat)?.1);
-        }
-        set(&mut ebpf, true)?;
-        let mut restore = Vec::new();
-        for _ in 0..RUNS {
-            restore.push(run_once(&ebpf, ingress, &c.frame, repeat)?.1);
+        let mut stages = Vec::new();
+        for (name, stage) in STAGES {
+            set(&mut ebpf, stage)?;
+            let mut runs = Vec::new();
+            for _ in 0..RUNS {
+                let prog = if is_staged(stage) { STAGED } else { MICRO };
+                let (ret, ns) = run_once(&ebpf, prog, ingress, &c.frame, repeat)?;
+                if stage != STAGE_FULL && ret != XDP_DROP {
+                    bail!(
+                        "micro case {}: the packet left the pipeline before stage {name} \
+                         (return {ret})",
+                        c.name
+                    );
+                }
+                runs.push(ns);
+            }
+            stages.push(median(runs));
         }
         rows.push(Row {
+            table,
             name: c.name,
             what: c.what,
-            total: median(total),
-            restore: median(restore),
+            stages,
             verdict,
         });
     }
@@ -312,41 +463,26 @@ pub fn run(opts: &Opts) -> Result<()> {
     }
     let rows = in_ns(&ns.0, || -> Result<Vec<Row>> {
         let idx = |d: &str| nix::net::if_::if_nametoindex(d).with_context(|| d.to_string());
-        measure([idx("qr1")?, idx("qr2")?, idx("qg")?])
+        let ifx = [idx("qr1")?, idx("qr2")?, idx("qg")?];
+        let mut rows = Vec::new();
+        for (table, prefill) in TABLES {
+            rows.extend(measure(ifx, table, prefill)?);
+        }
+        Ok(rows)
     })??;
-    println!(
-        "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs of \
-         {REPEAT} repetitions ({REPEAT_NEW} for new flows), 64-byte UDP frames"
-    );
-    println!(
-        "{:<18} {:>10} {:>12} {:>10}  {:<9} what",
-        "path", "ns/packet", "with restore", "restore", "verdict"
-    );
-    for r in &rows {
-        println!(
-            "{:<18} {:>10.1} {:>12.1} {:>10.1}  {:<9} {}",
-            r.name,
-            r.total - r.restore,
-            r.total,
-            r.restore,
-            if r.verdict == XDP_REDIRECT {
-                "redirect".to_string()
-            } else if r.verdict == XDP_DROP {
-                "drop".to_string()
-            } else {
-                format!("ret {}", r.verdict)
-            },
-            r.what
-        );
-    }
+    print!("{}", table(&rows));
     if let Some(p) = &opts.json {
         let v = json!({
             "microbenchmark": rows.iter().map(|r| json!({
+                "table": r.table,
                 "path": r.name,
                 "what": r.what,
-                "ns_per_packet": r.total - r.restore,
-                "ns_with_restore": r.total,
-                "ns_restore_only": r.restore,
+                "ns_per_packet": r.ns(),
+                "ns_empty_program": r.at(STAGE_EMPTY),
+                "ns_restore_only": r.at(STAGE_RESTORE),
+                "ns_per_stage": r.deltas().into_iter()
+                    .map(|(n, v)| (n.to_string(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>(),
                 "redirected": r.verdict == XDP_REDIRECT,
                 "dropped": r.verdict == XDP_DROP,
             })).collect::<Vec<_>>(),

@@ -66,7 +66,7 @@ fn headroom(cases: &[Case]) -> u32 {
 
 /// The `i`-th pre-filled connection, both entries, as track.rs writes a
 /// gateway-SNATed TCP connection (see the module's comment for addresses).
-fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2] {
+pub(crate) fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2] {
     let inside = [10, 91, 1, 32 + (i / 50_000) as u8];
     let sport = (10_000 + i % 50_000) as u16;
     let remote = [100, 64, (i >> 8) as u8, i as u8];

@@ -15,6 +15,8 @@
 //!   header, so BPF_PROG_TEST_RUN can repeat it a million times on the same
 //!   input (the pipeline rewrites packets in place; without the restore the
 //!   second run would see the first one's output).
+//! - `xr_bench_stage`: the same restore, then the pipeline up to one of its
+//!   stages (the per-stage profile).
 
 #![no_std]
 #![no_main]
@@ -26,7 +28,10 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use router_common::bench::{FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter};
+use router_common::bench::{
+    FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK,
+    STAGE_EMPTY, STAGE_PARSE, STAGE_RESTORE, SinkCounter,
+};
 
 /// Generator settings (index 0).
 #[btf_map]
@@ -188,19 +193,30 @@ pub fn xr_bench_redirect(_ctx: XdpContext) -> u32 {
     }
 }
 
-/// Restores the frame's header from `XRB_MICRO`, then runs exactly what
-/// `xr_xdp` runs.
-#[xdp]
-pub fn xr_bench_micro(mut ctx: XdpContext) -> u32 {
+/// Restores the frame's header from `XRB_MICRO` (and, for new flows, gives
+/// it new ports); the stage to run to, or None if nothing is to run.
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> Result<u32, u32> {
     let Some(cfg) = XRB_MICRO.get(0) else {
-        return xdp_action::XDP_ABORTED;
+        return Err(xdp_action::XDP_ABORTED);
     };
+    let stage = cfg.stage;
+    if stage == STAGE_EMPTY {
+        return Err(xdp_action::XDP_DROP);
+    }
     let data = ctx.data();
     if data + MICRO_HDR > ctx.data_end() {
-        return xdp_action::XDP_ABORTED;
+        return Err(xdp_action::XDP_ABORTED);
     }
-    // SAFETY: bounds checked above; byte-aligned write.
-    unsafe { core::ptr::write_unaligned(data as *mut [u8; MICRO_HDR], cfg.frame) };
+    // Eight-byte stores: test runs place the frame 8-aligned, and a byte
+    // array copy would be a byte loop here (a call to memmove).
+    for i in 0..MICRO_HDR / 8 {
+        // SAFETY: bounds checked above; the map value is 8-aligned.
+        unsafe {
+            let w = core::ptr::read_unaligned((cfg.frame.as_ptr() as *const u64).add(i));
+            (data as *mut u64).add(i).write(w);
+        }
+    }
     if cfg.new_flow != 0
         && let Some(seq) = XRB_MICRO_SEQ.get_ptr_mut(0)
     {
@@ -214,10 +230,72 @@ pub fn xr_bench_micro(mut ctx: XdpContext) -> u32 {
             core::ptr::write_unaligned((data + 36) as *mut [u8; 2], dport.to_be_bytes());
         }
     }
-    if cfg.restore_only != 0 {
+    if stage == STAGE_RESTORE {
+        return Err(xdp_action::XDP_DROP);
+    }
+    Ok(stage)
+}
+
+/// The frame restored, then exactly what `xr_xdp` runs.
+#[xdp]
+pub fn xr_bench_micro(mut ctx: XdpContext) -> u32 {
+    match restore(&ctx) {
+        Ok(_) => router_ebpf::hooks::xdp(&mut ctx),
+        Err(ret) => ret,
+    }
+}
+
+/// The frame restored, then the pipeline up to a stage
+/// (`MicroConfig::stage`).
+#[xdp]
+pub fn xr_bench_stage(mut ctx: XdpContext) -> u32 {
+    match restore(&ctx) {
+        Ok(stage) => staged(&mut ctx, stage),
+        Err(ret) => ret,
+    }
+}
+
+/// The pipeline's stages as `pipeline::process` runs them for a packet it
+/// forwards, up to `stage`; XDP_DROP when the stage was reached, XDP_ABORTED
+/// if the packet took another way (the bench then reports the case as
+/// broken).
+#[inline(always)]
+fn staged(ctx: &mut XdpContext, stage: u32) -> u32 {
+    use router_ebpf::{
+        ctx::Packet as _,
+        pipeline::{Verdict, arp, classify, conntrack, parse, route},
+    };
+    if ctx.pop_priority_tags().is_err() || arp::answer(ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Ok(pkt) = parse::parse(ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if stage == STAGE_PARSE {
         return xdp_action::XDP_DROP;
     }
-    router_ebpf::hooks::xdp(&mut ctx)
+    let Ok(ingress) = classify::classify(ctx, &pkt) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if parse::partial_csum(ctx, &pkt) {
+        return xdp_action::XDP_ABORTED;
+    }
+    if stage == STAGE_CLASSIFY {
+        return xdp_action::XDP_DROP;
+    }
+    let flow = match conntrack::track(&pkt, &ingress) {
+        Ok(f) => f,
+        // Shed (over the new-connection budget): that is the end of it.
+        Err(Verdict::Drop(_)) => return xdp_action::XDP_DROP,
+        Err(_) => return xdp_action::XDP_ABORTED,
+    };
+    if stage == STAGE_CONNTRACK {
+        return xdp_action::XDP_DROP;
+    }
+    match route::neighbour(flow.egress, flow.nexthop) {
+        Some(_) => xdp_action::XDP_DROP,
+        None => xdp_action::XDP_ABORTED,
+    }
 }
 
 /// XDP_PASS, for the router ports of the planes without XDP (a frame

@@ -2,10 +2,7 @@
 //! (Neutron's "proxy ARP"), without the kernel: the request is turned into
 //! the reply in place and sent back out of the port it came in on.
 
-use router_common::{
-    config::Ipv4,
-    port::{PortInfo, ROLE_GATEWAY},
-};
+use router_common::{config::Ipv4, port::ROLE_GATEWAY};
 
 use crate::{ctx::Packet, maps};
 
@@ -31,11 +28,9 @@ pub fn answer<P: Packet>(p: &mut P) -> bool {
         return false;
     }
     let ifindex = p.ifindex();
-    // SAFETY: plain data.
-    let Some(port) = (unsafe { maps::XR_PORTS.get(&ifindex) }) else {
+    let Some(port) = maps::port(ifindex) else {
         return false;
     };
-    let port: PortInfo = *port;
     if port.role != ROLE_GATEWAY {
         return false;
     }

@@ -22,11 +22,9 @@ const BROADCAST: u32 = u32::MAX;
 #[inline(always)]
 pub fn classify<P: Packet>(p: &P, pkt: &Pkt) -> Result<PortInfo, Verdict> {
     let ifindex = p.ifindex();
-    // SAFETY: map values are plain data.
-    let Some(port) = (unsafe { maps::XR_PORTS.get(&ifindex) }) else {
+    let Some(port) = maps::port(ifindex) else {
         return Err(Verdict::Kernel(Outcome::KernelNotPort));
     };
-    let port = *port;
     let mac: *mut [u8; 6] = p.ptr(0).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
     // SAFETY: bounds checked by ptr().
     let mac = unsafe { &*mac };

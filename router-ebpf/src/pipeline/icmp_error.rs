@@ -176,8 +176,7 @@ pub fn plan<P: Packet>(
 
 #[inline(always)]
 fn egress_is_gateway(ifindex: u32) -> bool {
-    // SAFETY: plain data.
-    unsafe { maps::XR_PORTS.get(&ifindex) }.is_some_and(|p| p.role == ROLE_GATEWAY)
+    maps::port(ifindex).is_some_and(|p| p.role == ROLE_GATEWAY)
 }
 
 /// Rewrites the quoted packet back to what its sender sent.

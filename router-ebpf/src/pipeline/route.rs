@@ -56,11 +56,10 @@ pub fn egress(pkt: &Pkt, dst: u32) -> Result<(u32, u32, PortInfo), Verdict> {
     let Some((egress, nh)) = lookup(dst, flow_hash(pkt)) else {
         return Err(Verdict::Answer(Outcome::KernelNoRoute));
     };
-    // SAFETY: plain data.
-    let Some(port) = (unsafe { maps::XR_PORTS.get(&egress) }) else {
+    let Some(port) = maps::port(egress) else {
         return Err(Verdict::Answer(Outcome::KernelNoRoute));
     };
-    Ok((egress, nh, *port))
+    Ok((egress, nh, port))
 }
 
 /// Where a packet goes once its addresses are `src` and `dst` (ports

@@ -20,7 +20,7 @@ use router_common::{
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
     XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL,
-    XR_NEIGH, XR_PORTS, XR_RATE, XR_ROUTES, remove_file_if_present, router_dir,
+    XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES, remove_file_if_present, router_dir,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
@@ -52,6 +52,7 @@ fn shape(name: &str) -> Shape {
     let s = |kind, key, value| Shape { kind, key, value };
     match name {
         XR_PORTS => s(MapType::Hash, size_of::<u32>(), size_of::<PortInfo>()),
+        XR_PORT_SLOTS => s(MapType::Array, 4, size_of::<PortInfo>()),
         XR_LOCAL => s(MapType::Hash, size_of::<LocalAddr>(), size_of::<u32>()),
         // LPM key: u32 prefix length + address.
         XR_ROUTES => s(MapType::LpmTrie, 4 + 4, size_of::<Route>()),

@@ -49,6 +49,7 @@ use nix::sched::{CloneFlags, setns};
 
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
+pub use load::embryonic_connections;
 pub use neigh::{dump_neighbours, watch as watch_neighbours};
 pub use sync::{Desired, desired, resolve, write_maps};
 
@@ -85,6 +86,7 @@ pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);
 
 /// Map names: the contract with `router-ebpf/src/maps.rs`.
 pub const XR_PORTS: &str = "XR_PORTS";
+pub const XR_PORT_SLOTS: &str = "XR_PORT_SLOTS";
 pub const XR_LOCAL: &str = "XR_LOCAL";
 pub const XR_ROUTES: &str = "XR_ROUTES";
 pub const XR_NEIGH: &str = "XR_NEIGH";
@@ -102,8 +104,9 @@ pub const XR_CT_EVENTS: &str = "XR_CT_EVENTS";
 pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 14] = [
     XR_PORTS,
+    XR_PORT_SLOTS,
     XR_LOCAL,
     XR_ROUTES,
     XR_NEIGH,

@@ -11,11 +11,13 @@ use aya::{
 };
 use router_common::{
     config::{Ipv4, RouterConfig},
-    port::{LocalAddr, PortInfo},
+    port::{LocalAddr, PORT_SLOTS, PortInfo},
     route::{MAX_NEXTHOPS, Route},
 };
 
-use super::{BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_LOCAL, XR_PORTS, XR_ROUTES};
+use super::{
+    BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_LOCAL, XR_PORT_SLOTS, XR_PORTS, XR_ROUTES,
+};
 use crate::{
     config::node::NodeConfig,
     desired::bpf::{Maps, maps},
@@ -129,6 +131,28 @@ where
     Ok(n)
 }
 
+/// Makes `XR_PORT_SLOTS` hold the ports of `want` whose ifindex is below
+/// `PORT_SLOTS`, at their ifindex, and empties the slots of ports gone
+/// (those `XR_PORTS` still holds: it is synced after this).
+fn sync_slots(ebpf: &mut Ebpf, want: &HashMap<u32, PortInfo>) -> Result<usize> {
+    let had: Vec<u32> = {
+        let m: aya::maps::HashMap<_, u32, PortInfo> =
+            aya::maps::HashMap::try_from(map_mut(ebpf, XR_PORTS)?)?;
+        m.keys().collect::<Result<_, _>>()?
+    };
+    let mut slots: Array<_, PortInfo> = Array::try_from(map_mut(ebpf, XR_PORT_SLOTS)?)?;
+    let mut n = 0;
+    let gone = had.iter().filter(|i| !want.contains_key(i));
+    let empty = PortInfo::default();
+    for (&i, v) in want.iter().chain(gone.map(|i| (i, &empty))) {
+        if i < PORT_SLOTS && slots.get(&i, 0)? != *v {
+            slots.set(i, *v, 0)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 fn sync_routes(map: &mut Map, want: &HashMap<(u32, [u8; 4]), Route>) -> Result<usize> {
     let mut m: LpmTrie<_, [u8; 4], Route> = LpmTrie::try_from(map)?;
     let mut have: HashMap<(u32, [u8; 4]), Route> = HashMap::new();
@@ -210,6 +234,7 @@ pub fn write_maps(ebpf: &mut Ebpf, d: &Desired) -> Result<usize> {
             n += 1;
         }
     }
+    n += sync_slots(ebpf, &d.ports).context(XR_PORT_SLOTS)?;
     n += sync_hash(map_mut(ebpf, XR_PORTS)?, &d.ports).context(XR_PORTS)?;
     n += sync_hash(map_mut(ebpf, XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
     n += sync_hash(map_mut(ebpf, XR_FIP)?, &d.fip).context(XR_FIP)?;
