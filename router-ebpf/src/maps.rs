@@ -84,8 +84,7 @@ pub static XR_COUNTERS: PerCpuArray<Counter, OUTCOME_COUNT> = PerCpuArray::new()
 #[inline(always)]
 pub fn port(ifindex: u32) -> Option<PortInfo> {
     if ifindex < PORT_SLOTS {
-        // SAFETY: plain data, copied out.
-        let p = unsafe { XR_PORT_SLOTS.get(ifindex) }.copied()?;
+        let p = XR_PORT_SLOTS.get(ifindex).copied()?;
         return if p.role != 0 { Some(p) } else { None };
     }
     // SAFETY: plain data, copied out.

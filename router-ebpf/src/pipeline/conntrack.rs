@@ -11,7 +11,7 @@
 //! per second (`RouterConfig::new_conn_rate`); the rest are dropped and
 //! counted before they cost an insert.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
 use router_common::{
     config::RouterConfig,
     conntrack::{
@@ -106,8 +106,11 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         return Ok(Flow::via(pkt.src, pkt.dst, pkt.sport, pkt.dport, r));
     }
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
+    // The coarse clock (CLOCK_MONOTONIC_COARSE, one tick behind at most):
+    // the timeouts it serves are seconds, and it costs a fraction of the
+    // precise one, which reads the TSC.
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some((e, embryonic)) = lookup(&k) {
         // SAFETY: the entry stays valid while this program runs; concurrent
         // updates of last_seen/state/flags are benign.
@@ -117,9 +120,16 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
             Some(r) if new_dst == pkt.dst => r,
             _ => route::egress(pkt, new_dst)?,
         };
-        e.last_seen = now;
+        // Written only when changed: the entry's cache line stays clean
+        // (and shared by the CPUs of a flow) between clock ticks.
+        if e.last_seen != now {
+            e.last_seen = now;
+        }
         if pkt.proto == PROTO_TCP {
-            e.state = tcp_next(e.state, pkt.flags);
+            let state = tcp_next(e.state, pkt.flags);
+            if state != e.state {
+                e.state = state;
+            }
         }
         let flow = Flow::via(
             u32::from_ne_bytes(e.new_src),
@@ -163,7 +173,7 @@ fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
     let ready = if pkt.proto == PROTO_TCP {
         !reply && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST) == FLAG_ACK
     } else {
-        now.wrapping_sub(e.created) > ESTABLISH_AFTER_NS
+        now.saturating_sub(e.created) > ESTABLISH_AFTER_NS
     };
     if !ready {
         return;

@@ -621,7 +621,7 @@ pub(super) fn snat_pair(
         sport: sport.to_be(),
         dport: dport.to_be(),
         proto: PROTO_TCP,
-        _pad: [0; 3],
+        ..Default::default()
     };
     let ok = k(inside, sport, outside, dport);
     let oe = CtEntry {

@@ -435,7 +435,7 @@ fn ct(src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> CtKey {
         sport: sport.to_be(),
         dport: dport.to_be(),
         proto,
-        _pad: [0; 3],
+        ..Default::default()
     }
 }
 
