@@ -8,7 +8,7 @@
 //! The cost of the restore alone (same program, pipeline skipped) is
 //! measured too and subtracted.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -21,7 +21,7 @@ use router_common::{
         MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK, STAGE_EMPTY, STAGE_FULL,
         STAGE_NEIGHBOUR, STAGE_PARSE, STAGE_RESTORE,
     },
-    conntrack::{CtEntry, CtKey},
+    conntrack::{CtEntry, CtKey, ESTABLISH_AFTER_NS},
     port::{Neigh, NeighKey},
 };
 use serde_json::json;
@@ -181,25 +181,31 @@ struct MicroCase {
     new_flow: bool,
     /// Budget of new connections a second (0: none).
     rate: u32,
+    /// The connection is established before it is measured (answered,
+    /// then used past `ESTABLISH_AFTER_NS`: in `XR_CT`, as a real one);
+    /// otherwise a one-way flow stays embryonic in `XR_CT_NEW`.
+    established: bool,
 }
 
 fn cases() -> Vec<MicroCase> {
     vec![
         MicroCase {
             name: "route-only",
-            what: "east-west, no NAT (connection tracked)",
+            what: "east-west, no NAT (stateless)",
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "91.1.180.14", 80),
             new_flow: false,
             rate: 0,
+            established: false,
         },
         MicroCase {
             name: "snat-established",
-            what: "gateway SNAT, connection known",
+            what: "gateway SNAT, connection established",
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
             new_flow: false,
             rate: 0,
+            established: true,
         },
         MicroCase {
             name: "snat-new",
@@ -208,6 +214,7 @@ fn cases() -> Vec<MicroCase> {
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
             new_flow: true,
             rate: 0,
+            established: false,
         },
         MicroCase {
             name: "snat-new-shed",
@@ -217,22 +224,34 @@ fn cases() -> Vec<MicroCase> {
             new_flow: true,
             // One a second: the first run takes it, every later one is shed.
             rate: 1,
+            established: false,
         },
         MicroCase {
             name: "dnat",
-            what: "floating IP inbound, connection known",
+            what: "floating IP inbound, connection established",
             ingress: 2,
             frame: udp(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
             new_flow: false,
             rate: 0,
+            established: true,
+        },
+        MicroCase {
+            name: "fip-out",
+            what: "the VM with a floating IP outbound, connection established",
+            ingress: 1,
+            frame: udp(MAC_VM2, MAC_QR2, "91.1.180.14", 40002, "192.168.1.15", 80),
+            new_flow: false,
+            rate: 0,
+            established: true,
         },
         MicroCase {
             name: "hairpin",
-            what: "VM to a floating IP from inside, connection known",
+            what: "VM to a floating IP from inside, connection established",
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40001, "192.168.1.104", 80),
             new_flow: false,
             rate: 0,
+            established: true,
         },
     ]
 }
@@ -253,6 +272,18 @@ fn run_once(
     frame: &[u8],
     repeat: u32,
 ) -> Result<(u32, f64)> {
+    let (ret, ns, _) = run_out(ebpf, prog, ingress, frame, repeat)?;
+    Ok((ret, ns))
+}
+
+/// One test run: (return value, ns per repetition, the frame as it left).
+fn run_out(
+    ebpf: &Ebpf,
+    prog: &str,
+    ingress: u32,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<(u32, f64, Vec<u8>)> {
     let p: &Xdp = ebpf
         .program(prog)
         .with_context(|| format!("no {prog}"))?
@@ -268,7 +299,92 @@ fn run_once(
         repeat,
         ..Default::default()
     })?;
-    Ok((r.return_value, r.duration.as_nanos() as f64))
+    out.truncate(frame.len());
+    Ok((r.return_value, r.duration.as_nanos() as f64, out))
+}
+
+/// The answer to a forwarded frame: addresses, ports and MACs swapped
+/// (from the next hop to the router port it left by), TTL 64.
+fn reply_to(out: &[u8]) -> Vec<u8> {
+    let mut f = out.to_vec();
+    f[0..6].copy_from_slice(&out[6..12]);
+    f[6..12].copy_from_slice(&out[0..6]);
+    f[22] = 64;
+    f[26..30].copy_from_slice(&out[30..34]);
+    f[30..34].copy_from_slice(&out[26..30]);
+    f[34..36].copy_from_slice(&out[36..38]);
+    f[36..38].copy_from_slice(&out[34..36]);
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f[40..42].copy_from_slice(&[0, 0]);
+    f
+}
+
+/// Sets the frame the programs restore, the stage they stop after, and
+/// whether each run is a new flow.
+fn set_micro(ebpf: &mut Ebpf, frame: &[u8], stage: u32, new_flow: bool) -> Result<()> {
+    let mut m: Array<_, MicroConfig> = Array::try_from(map(ebpf, "XRB_MICRO")?)?;
+    let mut cfg = MicroConfig {
+        frame: [0; MICRO_HDR],
+        stage,
+        new_flow: new_flow as u32,
+    };
+    cfg.frame.copy_from_slice(frame);
+    m.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// Establishes the connections of the cases that measure one: the first
+/// packet, its answer, and after `ESTABLISH_AFTER_NS` one more packet,
+/// which moves the connection to `XR_CT`. Checked there.
+fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> {
+    let ports = [MAC_QR1, MAC_QR2, MAC_QG];
+    let cases: Vec<_> = cases.iter().filter(|c| c.established).collect();
+    for c in &cases {
+        set_micro(ebpf, &c.frame, STAGE_FULL, false)?;
+        let (ret, _, out) = run_out(ebpf, MICRO, ifx[c.ingress], &c.frame, 1)?;
+        let left = ports.iter().position(|m| out[6..12] == m[..]);
+        let (XDP_REDIRECT, Some(left)) = (ret, left) else {
+            bail!(
+                "micro case {}: the first packet was not forwarded (return {ret})",
+                c.name
+            );
+        };
+        let reply = reply_to(&out);
+        set_micro(ebpf, &reply, STAGE_FULL, false)?;
+        let (ret, _) = run_once(ebpf, MICRO, ifx[left], &reply, 1)?;
+        if ret != XDP_REDIRECT {
+            bail!(
+                "micro case {}: the answer was not forwarded (return {ret})",
+                c.name
+            );
+        }
+    }
+    if cases.is_empty() {
+        return Ok(());
+    }
+    super::nap(Duration::from_nanos(ESTABLISH_AFTER_NS) + Duration::from_millis(200))?;
+    let ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
+    let keys: Vec<CtKey> = cases
+        .iter()
+        .map(|c| {
+            let f = &c.frame;
+            let a = |o: usize| [f[o], f[o + 1], f[o + 2], f[o + 3]];
+            let p = |o: usize| u16::from_ne_bytes([f[o], f[o + 1]]);
+            CtKey::new(a(26), a(30), p(34), p(36), f[23])
+        })
+        .collect();
+    drop(ct);
+    for (c, k) in cases.iter().zip(&keys) {
+        set_micro(ebpf, &c.frame, STAGE_FULL, false)?;
+        run_once(ebpf, MICRO, ifx[c.ingress], &c.frame, 1)?;
+        let ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
+        if ct.get(k, 0).is_err() {
+            bail!("micro case {}: the connection was not established", c.name);
+        }
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -301,7 +417,12 @@ const TABLES: [(&str, u32); 2] = [("empty", 0), ("1M entries", 1_000_000)];
 
 /// Table sizes as the daemon loads them for its default `conntrack_size`.
 fn table_sizes() -> (u32, u32) {
-    let conns = NodeConfig::default().conntrack_size;
+    // XRB_MICRO_CONNTRACK_SIZE: another `conntrack_size`, to see what the
+    // tables' size costs (a new connection touches them at random).
+    let conns = std::env::var("XRB_MICRO_CONNTRACK_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NodeConfig::default().conntrack_size);
     (
         2 * conns,
         2 * router_user::backend::bpf::embryonic_connections(conns),
@@ -374,12 +495,16 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
     let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
     write_router(&mut ebpf, ifx, &spec, 0)?;
     neighbours(&mut ebpf, ifx)?;
+    // A table too small for the pre-fill gets half full.
+    let prefill = prefill.min(ct / 2);
     if prefill != 0 {
         super::say(&format!("micro: filling XR_CT with {prefill} entries"));
         fill(&mut ebpf, prefill)?;
     }
+    let cases = cases();
+    establish(&mut ebpf, ifx, &cases)?;
     let mut rows = Vec::new();
-    for c in cases() {
+    for c in cases {
         // One case only, for profiling it (perf record -- xrouter-bench --micro).
         if let Ok(only) = std::env::var("XRB_MICRO_CASE")
             && only != c.name
@@ -390,18 +515,7 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
             bail!("interrupted");
         }
         super::say(&format!("micro: {table}: {}", c.name));
-        let mut frame = [0u8; MICRO_HDR];
-        frame.copy_from_slice(&c.frame);
-        let set = |ebpf: &mut Ebpf, stage: u32| -> Result<()> {
-            let mut m: Array<_, MicroConfig> = Array::try_from(map(ebpf, "XRB_MICRO")?)?;
-            let cfg = MicroConfig {
-                frame,
-                stage,
-                new_flow: c.new_flow as u32,
-            };
-            m.set(0, cfg, 0)?;
-            Ok(())
-        };
+        let set = |ebpf: &mut Ebpf, stage: u32| set_micro(ebpf, &c.frame, stage, c.new_flow);
         let ingress = ifx[c.ingress];
         write_router(&mut ebpf, ifx, &spec, c.rate)?;
         set(&mut ebpf, STAGE_FULL)?;
