@@ -51,6 +51,7 @@ pub struct Progs {
     generator: Option<Ebpf>,
     gen_cfg: Array<MapData, GenConfig>,
     gen_state: PerCpuArray<MapData, GenState>,
+    gen_headroom: Array<MapData, u32>,
     sink: PerCpuArray<MapData, SinkCounter>,
     redirect: Array<MapData, u32>,
     /// What we attached (program, link), detached by [`Progs::detach_all`].
@@ -114,6 +115,7 @@ impl Progs {
             .context("verifier rejected xr_bench_gen")?;
         let gen_cfg = take(&mut generator, "XRB_GEN")?;
         let gen_state = take(&mut generator, "XRB_GEN_STATE")?;
+        let gen_headroom = take(&mut generator, "XRB_GEN_HEADROOM")?;
         let sink = take(&mut att, "XRB_SINK")?;
         let redirect = take(&mut att, "XRB_REDIRECT")?;
         Ok(Progs {
@@ -121,6 +123,7 @@ impl Progs {
             generator: Some(generator),
             gen_cfg,
             gen_state,
+            gen_headroom,
             sink,
             redirect,
             links: Vec::new(),
@@ -171,6 +174,14 @@ impl Progs {
 
     pub fn set_gen(&mut self, cfg: &GenConfig) -> Result<()> {
         self.gen_cfg.set(0, *cfg, 0)?;
+        Ok(())
+    }
+
+    /// Headroom the generator leaves in front of its frames (0: the live
+    /// frame's own, 256 bytes): 64 makes the skbs a veth builds from them
+    /// look like a NIC driver's.
+    pub fn set_headroom(&mut self, bytes: u32) -> Result<()> {
+        self.gen_headroom.set(0, bytes, 0)?;
         Ok(())
     }
 
