@@ -487,17 +487,13 @@ impl RawRig {
         }
         // j1 is in bb: the FDB entry on nb does its bridge's forwarding.
         for w in ["wa", "wb", "wc", "wd"] {
-            progs.attach(PROG_SINK, &ns, &self.dev(w))?;
+            progs.attach_tc_sink(&ns, &self.dev(w))?;
         }
         progs.attach(PROG_REDIRECT, &ns, &self.dev("pc"))?;
         progs.attach(PROG_PASS, &ns, &self.dev("td"))?;
         progs.set_redirect(ifindex(&ns, &self.dev("pd"))?)?;
-        (self.napi, self.sink_napi) = production_napi(
-            vec![self.dev("na"), self.dev("nc")],
-            vec![self.dev("wb"), self.dev("wd")],
-            opts,
-        );
-        Ok(())
+        (self.napi, self.sink_napi) = production_napi(vec![self.dev("na"), self.dev("nc")]);
+        sink_rps(&ns, &[self.dev("wb"), self.dev("wd")], opts)
     }
 
     fn dev(&self, d: &str) -> String {
@@ -577,26 +573,61 @@ impl RawRig {
     }
 }
 
-/// The threaded NAPIs of the production rig: (the router's CPU, the
-/// sink's). Only the NICs' receive is threaded, pinned to the router's CPU
-/// (where a node's NIC interrupt would be); everything behind it (the
-/// bridge, the ports' NAPIs on the xdp plane, the taps', the backlog on the
-/// other planes) runs in softirq on that CPU, scheduled from there, as on a
-/// node. Threaded NAPIs of their own on the same CPU would only run when
-/// the scheduler switches to them, and the NIC's thread would fill their
-/// 256-frame rings and drop the rest in between: an artefact that costs
-/// XDP on the ports (which has a NAPI) and not TC (which has none). The
-/// sink is threaded only on a CPU of its own (`--sink-cpu`).
-fn production_napi(
-    nics: Vec<String>,
-    wires: Vec<String>,
-    opts: &Opts,
-) -> (Vec<String>, Vec<String>) {
+/// The threaded NAPIs of the production rig (all on the router's CPU):
+/// only the NICs' receive, pinned to the router's CPU (where a node's NIC
+/// interrupt would be); everything behind it (the bridge, the ports' NAPIs
+/// on the xdp plane, the taps', the backlog on the other planes) runs in
+/// softirq on that CPU, scheduled from there, as on a node. Threaded NAPIs
+/// of their own on the same CPU would only run when the scheduler switches
+/// to them, and the NIC's thread would fill their 256-frame rings and drop
+/// the rest in between: an artefact that costs XDP on the ports (which has
+/// a NAPI) and not TC (which has none). The sink, a tc program on the wire
+/// ends (no NAPI), runs in the backlog of the CPU that hands it the skb, or
+/// of `--sink-cpu` through RPS ([`sink_rps`]).
+fn production_napi(nics: Vec<String>) -> (Vec<String>, Vec<String>) {
+    (nics, vec![])
+}
+
+/// Production rig: the wire ends' receive steered to the sink's CPU (RPS)
+/// when it has one of its own; else it stays on the router's CPU.
+fn sink_rps(ns: &str, wires: &[String], opts: &Opts) -> Result<()> {
     if opts.sink_cpu() == opts.router_cpu {
-        (nics, vec![])
-    } else {
-        (nics, wires)
+        return Ok(());
     }
+    let mask = cpu_mask(opts.sink_cpu());
+    for w in wires {
+        // sysfs is the namespace's own under `ip netns exec`.
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c"])
+            .arg(format!(
+                "echo {mask} > /sys/class/net/{w}/queues/rx-0/rps_cpus"
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .context("ip netns exec")?;
+        if !out.status.success() {
+            bail!(
+                "RPS of {w} to CPU {}: {}",
+                opts.sink_cpu(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The hexadecimal CPU mask of `cpu` as sysfs takes it (comma-separated
+/// 32-bit words, most significant first).
+fn cpu_mask(cpu: usize) -> String {
+    let words = cpu / 32 + 1;
+    (0..words)
+        .rev()
+        .map(|w| {
+            let v: u32 = if w == cpu / 32 { 1 << (cpu % 32) } else { 0 };
+            format!("{v:08x}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The generator's headroom on a rig: a NIC driver's on the production
@@ -900,17 +931,16 @@ impl RouterRig {
                 for p in ports {
                     let bridge = self.port(p).network.bridge();
                     add_nic(&self.node, &self.wire(p), &self.nic(p), &bridge)?;
-                    progs.attach(PROG_SINK, &self.node, &self.wire(p))?;
+                    progs.attach_tc_sink(&self.node, &self.wire(p))?;
                     fdb(&self.node, &mac_str(Self::port_mac(p)), &self.tap(p))?;
                 }
                 fdb(&self.node, MAC_VM, &self.nic(Port::B))?;
                 fdb(&self.node, MAC_GW, &self.nic(Port::G))?;
                 // Only the NICs' receive is threaded (see `production_napi`).
-                (self.napi, self.sink_napi) = production_napi(
-                    ports.iter().map(|p| self.nic(*p)).collect(),
-                    ports.iter().map(|p| self.wire(*p)).collect(),
-                    opts,
-                );
+                (self.napi, self.sink_napi) =
+                    production_napi(ports.iter().map(|p| self.nic(*p)).collect());
+                let wires: Vec<String> = ports.iter().map(|p| self.wire(*p)).collect();
+                sink_rps(&self.node, &wires, opts)?;
             }
         }
         let (in_router, in_node): (Vec<String>, Vec<String>) = self
@@ -1049,5 +1079,15 @@ impl Drop for RouterRig {
         let _ = netns::delete(&self.node);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_masks_as_sysfs_takes_them() {
+        assert_eq!(super::cpu_mask(0), "00000001");
+        assert_eq!(super::cpu_mask(1), "00000002");
+        assert_eq!(super::cpu_mask(35), "00000008,00000000");
     }
 }

@@ -12,7 +12,10 @@
 //!   like a NIC driver's skb (NET_SKB_PAD, 64 bytes) rather than a live
 //!   frame's XDP_PACKET_HEADROOM (256): the kernel resets live frames'
 //!   data pointers every iteration, so this is done for every frame.
-//! - `xr_bench_sink`: counts per CPU and drops.
+//! - `xr_bench_sink`: counts per CPU and drops; `xr_bench_sink_tc` the
+//!   same on skbs (tc ingress), for a device that receives skbs: an XDP
+//!   program there would have the veth copy every skb with less than 256
+//!   bytes of headroom first.
 //! - `xr_bench_redirect`: a bare XDP_REDIRECT to one device (the rig's
 //!   ceiling for an XDP forwarder).
 //! - `xr_pass`: XDP_PASS for the router ports of the planes without XDP.
@@ -25,11 +28,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{TC_ACT_SHOT, xdp_action},
     btf_maps::{Array, PerCpuArray},
     helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use router_common::bench::{FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, SinkCounter};
 
@@ -193,11 +196,10 @@ pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
     unsafe { bpf_redirect(cfg.ifindex, 0) as u32 }
 }
 
-/// Counts IPv4/UDP frames (and bytes) and anything else apart; drops all.
-#[xdp]
-pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
-    let data = ctx.data();
-    let end = ctx.data_end();
+/// Counts the frame from `data` to `end` in `XRB_SINK`: IPv4/UDP frames
+/// (and bytes, and a flood's apart) and anything else apart.
+#[inline(always)]
+fn sink_count(data: usize, end: usize) {
     if let Some(c) = XRB_SINK.get_ptr_mut(0) {
         // SAFETY: per-CPU slot; reads are bounds-checked first.
         unsafe {
@@ -218,7 +220,21 @@ pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
             }
         }
     }
+}
+
+/// Counts IPv4/UDP frames (and bytes) and anything else apart; drops all.
+#[xdp]
+pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
+    sink_count(ctx.data(), ctx.data_end());
     xdp_action::XDP_DROP
+}
+
+/// `xr_bench_sink` on tc ingress: counts skbs (from their Ethernet header,
+/// where tc ingress starts them) and drops them.
+#[classifier]
+pub fn xr_bench_sink_tc(ctx: TcContext) -> i32 {
+    sink_count(ctx.data(), ctx.data_end());
+    TC_ACT_SHOT as i32
 }
 
 /// Redirects every frame, untouched, to `XRB_REDIRECT[0]`.
