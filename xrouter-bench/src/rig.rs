@@ -17,7 +17,8 @@
 //! - production: per network a NIC stand-in, a veth pair in the node
 //!   namespace: its NIC end (GRO on, so it has a NAPI and builds skbs, as a
 //!   NIC driver does) is enslaved to the network's bridge, the generator
-//!   redirects into its wire end and the sink counts on the wire end. The
+//!   redirects into its wire end and the sink counts on the wire end (a tc
+//!   program: an XDP one would have the veth copy each skb first). The
 //!   generator leaves `--nic-headroom` bytes (64: NET_SKB_PAD) in front of
 //!   its frames, so the NIC's skbs have a driver's headroom. Frames cross
 //!   the bridge as skbs to the router's tap (static FDB entries for the
@@ -35,10 +36,12 @@
 //! the xdp plane's ports are).
 //!
 //! NAPI threads by role, the same for the ceilings and the router cases and
-//! re-pinned before every measurement: the router's CPU takes the NIC
-//! stand-ins' receive, the router's ports and the taps behind them (the
-//! egress bridge's work on the production rig); the sink's CPU takes the
-//! devices the sink counts on.
+//! re-pinned before every measurement. Direct rig: the router's CPU takes
+//! the router's ports (the redirecting veth of the bare redirect), the
+//! sink's CPU the devices the sink counts on. Production rig: only the NIC
+//! stand-ins' receive is threaded, on the router's CPU; everything behind
+//! it runs in softirq there, as on a node (see `production_napi`), the
+//! sink too unless `--sink-cpu` gives it a CPU of its own (RPS).
 //!
 //! Everything is removed in Drop, also on error and interruption.
 
