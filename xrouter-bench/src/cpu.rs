@@ -63,12 +63,32 @@ pub fn threaded(ns: &str, devs: &[String]) -> Result<()> {
 /// The threads are re-created when an XDP program is attached or detached,
 /// so this runs again before every measurement.
 pub fn pin_napi(devs: &[String], cpu: usize) -> Result<usize> {
-    // A thread name is at most 15 characters: "napi/" and 10 of the device.
-    let prefixes: Vec<String> = devs
+    Ok(pin_napi_counts(devs, cpu)?.iter().sum())
+}
+
+/// Pins as [`pin_napi`] does; returns the devices none of whose threads
+/// was found.
+pub fn pin_napi_each(devs: &[String], cpu: usize) -> Result<Vec<String>> {
+    let n = pin_napi_counts(devs, cpu)?;
+    Ok(devs
         .iter()
-        .map(|d| format!("napi/{}", &d[..d.len().min(10)]))
-        .collect();
-    let mut n = 0;
+        .zip(n)
+        .filter(|(_, n)| *n == 0)
+        .map(|(d, _)| d.clone())
+        .collect())
+}
+
+/// The thread name prefix of a device's NAPI threads: a thread name is at
+/// most 15 characters, "napi/" and 10 of the device's name.
+fn napi_prefix(dev: &str) -> String {
+    let end = dev.char_indices().nth(10).map_or(dev.len(), |(i, _)| i);
+    format!("napi/{}", &dev[..end])
+}
+
+/// Threads pinned per device of `devs`.
+fn pin_napi_counts(devs: &[String], cpu: usize) -> Result<Vec<usize>> {
+    let prefixes: Vec<String> = devs.iter().map(|d| napi_prefix(d)).collect();
+    let mut n = vec![0; devs.len()];
     for e in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
@@ -77,12 +97,75 @@ pub fn pin_napi(devs: &[String], cpu: usize) -> Result<usize> {
             continue;
         };
         let comm = comm.trim();
-        if prefixes.iter().any(|p| comm.starts_with(p.as_str())) {
-            super::progs::pin(pid, cpu)?;
-            n += 1;
+        let mut pinned = false;
+        for (i, p) in prefixes.iter().enumerate() {
+            if napi_thread_of(comm, p) {
+                if !pinned {
+                    super::progs::pin(pid, cpu)?;
+                    pinned = true;
+                }
+                n[i] += 1;
+            }
         }
     }
     Ok(n)
+}
+
+/// Whether thread `comm` is a NAPI thread of the device with `prefix`
+/// (`napi/<dev>-<id>`, cut at 15 characters): the name goes on with "-"
+/// or ends where the cut is, so `napi/qr-1` is not taken for `qr-10`'s.
+fn napi_thread_of(comm: &str, prefix: &str) -> bool {
+    match comm.strip_prefix(prefix) {
+        Some(rest) => rest.starts_with('-') || prefix.len() >= 15,
+        None => false,
+    }
+}
+
+/// Run time so far of the NAPI threads of `devs`, in nanoseconds (the
+/// scheduler's figure, /proc/<pid>/schedstat, which includes the softirq
+/// work done in a thread's context): the CPU the packet path took on the
+/// router's side, whatever else ran on its CPU.
+pub fn napi_run_ns(devs: &[String]) -> u64 {
+    let prefixes: Vec<String> = devs.iter().map(|d| napi_prefix(d)).collect();
+    run_ns(|comm| prefixes.iter().any(|p| napi_thread_of(comm, p)))
+}
+
+/// Run time so far of the thread named `name` (e.g. `ksoftirqd/1`, where a
+/// CPU's softirq work goes when it has run long), in nanoseconds.
+pub fn thread_run_ns(name: &str) -> u64 {
+    run_ns(|comm| comm == name)
+}
+
+/// Run time so far of the threads whose name `pick` accepts.
+fn run_ns(pick: impl Fn(&str) -> bool) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in dir.flatten() {
+        if !e
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
+        if !pick(comm.trim()) {
+            continue;
+        }
+        let Ok(st) = std::fs::read_to_string(e.path().join("schedstat")) else {
+            continue;
+        };
+        total += st
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
 }
 
 /// CPU time (user + system, all threads) of process `pid` since it started,
@@ -104,4 +187,23 @@ pub fn process_ns(pid: u32) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     f.iter().sum::<u64>() * (1_000_000_000 / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn napi_threads_are_told_apart_by_device() {
+        let p = napi_prefix("xnabcd1na");
+        assert_eq!(p, "napi/xnabcd1na");
+        assert!(napi_thread_of("napi/xnabcd1na-8204", &p));
+        assert!(!napi_thread_of("napi/xnabcd1nab-1", &p));
+        assert!(!napi_thread_of("napi/xnabcd1n-1", &p));
+        // Long names are cut at 15 characters: the cut prefix is all there is.
+        let p = napi_prefix("qr-1234567a-bc");
+        assert_eq!(p, "napi/qr-1234567");
+        assert!(napi_thread_of("napi/qr-1234567", &p));
+        assert_eq!(napi_prefix("tap"), "napi/tap");
+    }
 }

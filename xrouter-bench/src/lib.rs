@@ -3,16 +3,22 @@
 //! generator. Its BPF programs are its own object ([`OBJECT`]); the router's
 //! object holds none of them.
 //!
-//! The rig (per data plane, rebuilt every round, see `rig.rs`): a node
+//! The rigs (per data plane, rebuilt every round, see `rig.rs`): a node
 //! namespace where `xrouter run` builds the router from a routers file, as in
 //! production; a generator that sends 64-byte UDP/IPv4 frames through
-//! BPF_PROG_TEST_RUN with live frames (`gen.rs`) straight into the tap of the
-//! router's ingress port; the sink, an XDP program on the tap of the egress
-//! port, counts and drops. The generator runs on one CPU, the router's and
-//! the sink's NAPI threads on another. Cases run in rounds (every case once
-//! per round) and the figures are medians with min and max (`report.rs`).
-//! `--micro` measures the data path alone (`micro.rs`); `--scale` measures
-//! with the connection table pre-filled (`scale.rs`).
+//! BPF_PROG_TEST_RUN with live frames. On the direct rig it redirects them
+//! straight into the tap of the router's ingress port and the sink, an XDP
+//! program on the tap of the egress port, counts and drops (the fast path
+//! alone). On the production rig the frames go into a NIC stand-in (a veth
+//! with GRO, leaving a NIC driver's headroom) enslaved to the network's
+//! bridge and reach the router as skbs across it, and leave the same way,
+//! through the egress network's bridge to its NIC stand-in, where the sink
+//! counts. The generator runs on one CPU, the router's and the sink's NAPI
+//! threads on another. Cases run in rounds (every case once per round, the
+//! rigs and data planes in a rotated order) and the figures are medians
+//! with min and max (`report.rs`). `--micro` measures the data path alone
+//! (`micro.rs`); `--scale` measures with the connection table pre-filled
+//! (`scale.rs`).
 
 mod changes;
 mod cpu;
@@ -88,6 +94,47 @@ impl Plane {
             Plane::Tc => "tc",
             Plane::Iptables => "iptables",
             Plane::Kernel => "kernel",
+        }
+    }
+}
+
+/// The path frames take to and from the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RigKind {
+    /// Generator frames redirected straight into the ingress port's tap,
+    /// counted on the egress port's tap: the fast path alone.
+    Direct,
+    /// Through a NIC stand-in and the network's Linux bridge as skbs, out
+    /// through the egress network's bridge to its NIC stand-in: the path
+    /// of a real network node.
+    Production,
+}
+
+impl RigKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RigKind::Direct => "direct",
+            RigKind::Production => "production",
+        }
+    }
+}
+
+/// `--rig`: which rigs to measure on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RigChoice {
+    Production,
+    Direct,
+    /// Both, side by side in the same rounds.
+    Both,
+}
+
+impl RigChoice {
+    pub fn kinds(self) -> Vec<RigKind> {
+        match self {
+            RigChoice::Production => vec![RigKind::Production],
+            RigChoice::Direct => vec![RigKind::Direct],
+            RigChoice::Both => vec![RigKind::Direct, RigKind::Production],
         }
     }
 }
@@ -196,6 +243,18 @@ pub struct Opts {
     /// Data planes to measure.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Plane::ALL)]
     pub planes: Vec<Plane>,
+    /// The rig: `direct` (generator frames straight into the router's tap,
+    /// the fast path alone), `production` (through a NIC stand-in and the
+    /// network's Linux bridge as skbs, as on a network node), or `both`,
+    /// side by side in the same rounds.
+    #[arg(long, value_enum, default_value_t = RigChoice::Both)]
+    pub rig: RigChoice,
+    /// Production rig: headroom of the frames the NIC stand-in receives, in
+    /// bytes (64: a NIC driver's skb, NET_SKB_PAD; 256: as much as XDP
+    /// wants, so a veth's XDP need not copy them).
+    #[arg(long, default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(range::HEADROOM))]
+    pub nic_headroom: u32,
     /// Traffic cases (default: all but east-west-1k and snat-1).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub cases: Vec<Case>,
@@ -291,6 +350,9 @@ pub mod range {
     pub const FRAME: RangeInclusive<i64> = 60..=1500;
     /// Checked against the CPUs of this machine when the bench starts.
     pub const CPU: RangeInclusive<u64> = 0..=4095;
+    /// Headroom the generator leaves (the kernel keeps an xdp_frame, 40
+    /// bytes, in front; 256 is a live frame's own).
+    pub const HEADROOM: RangeInclusive<i64> = 64..=256;
 }
 
 /// Seconds as a decimal number within [`range::DURATION`].
@@ -398,6 +460,9 @@ fn check_opts(opts: &Opts) -> Result<()> {
     if !range::DURATION.contains(&opts.duration) {
         bail!("--duration must be {:?} seconds", range::DURATION);
     }
+    if !range::HEADROOM.contains(&opts.nic_headroom.into()) {
+        bail!("--nic-headroom must be {:?}", range::HEADROOM);
+    }
     if !range::ROUNDS.contains(&opts.rounds.into()) || !range::SWEEP.contains(&opts.sweep.into()) {
         bail!(
             "--rounds must be {:?} and --sweep {:?}",
@@ -410,6 +475,41 @@ fn check_opts(opts: &Opts) -> Result<()> {
 
 /// The connection table of the ordinary rig, in connections.
 const RIG_CONNTRACK: u32 = 262_144;
+
+/// One rig built in a round: the rig's own cases (no router) or a router
+/// on one data plane, on one kind of rig.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unit {
+    Raw(RigKind),
+    Router(RigKind, Plane),
+}
+
+/// The rigs a round builds, before rotation: per data plane (the rig's own
+/// cases first) the direct rig beside the production one, so the two kinds
+/// run close together in every round.
+fn units(rigs: &[RigKind], planes: &[Plane], raw: bool, routed: bool) -> Vec<Unit> {
+    let mut u: Vec<Unit> = Vec::new();
+    if raw {
+        u.extend(rigs.iter().map(|&k| Unit::Raw(k)));
+    }
+    if routed {
+        for &p in planes {
+            u.extend(rigs.iter().map(|&k| Unit::Router(k, p)));
+        }
+    }
+    u
+}
+
+/// The order of round `round`: rotated by one each round, so a slow phase
+/// of the host does not always hit the same rig or data plane.
+fn round_order(units: &[Unit], round: u32) -> Vec<Unit> {
+    let mut order = units.to_vec();
+    if !order.is_empty() {
+        let k = round as usize % order.len();
+        order.rotate_left(k);
+    }
+    order
+}
 
 fn run_rig(opts: &Opts) -> Result<()> {
     check_opts(opts)?;
@@ -424,6 +524,7 @@ fn run_rig(opts: &Opts) -> Result<()> {
     let mut planes = opts.planes.clone();
     planes.sort();
     planes.dedup();
+    let rigs = opts.rig.kinds();
     let router_cases: Vec<Case> = cases.iter().copied().filter(|c| !c.is_rig()).collect();
     let rig_cases: Vec<Case> = cases.iter().copied().filter(|c| c.is_rig()).collect();
     let bin = if router_cases.is_empty() || planes.is_empty() {
@@ -431,18 +532,34 @@ fn run_rig(opts: &Opts) -> Result<()> {
     } else {
         Some(xrouter_bin(opts)?)
     };
-
-    let per_round = rig_cases.len()
-        + planes
-            .iter()
-            .map(|p| router_cases.iter().filter(|c| c.applies_to(*p)).count())
-            .sum::<usize>();
+    let all = units(
+        &rigs,
+        &planes,
+        !rig_cases.is_empty(),
+        !router_cases.is_empty(),
+    );
+    let todo = |u: Unit| -> Vec<Case> {
+        match u {
+            Unit::Raw(_) => rig_cases.clone(),
+            Unit::Router(_, p) => router_cases
+                .iter()
+                .copied()
+                .filter(|c| c.applies_to(p))
+                .collect(),
+        }
+    };
+    let per_round: usize = all.iter().map(|&u| todo(u).len()).sum();
     let total = per_round as u32 * opts.rounds;
     println!(
-        "xrouter-bench: {} rounds of {} measurements; generator on CPU {}, router on CPU {}, sink on CPU {}; \
-         {}-byte frames, {:.1} s flooded{}",
+        "xrouter-bench: {} rounds of {} measurements on the {} rig{}; generator on CPU {}, \
+         router on CPU {}, sink on CPU {}; {}-byte frames, {:.1} s flooded{}",
         opts.rounds,
         per_round,
+        rigs.iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        if rigs.len() > 1 { "s" } else { "" },
         opts.gen_cpu,
         opts.router_cpu,
         opts.sink_cpu(),
@@ -459,50 +576,44 @@ fn run_rig(opts: &Opts) -> Result<()> {
     let mut done = 0u32;
     let t0 = Instant::now();
     for round in 0..opts.rounds {
-        // Rotate the order of the data planes, so a slow phase of the host
-        // does not always hit the same one.
-        let mut order = planes.clone();
-        if !order.is_empty() {
-            let k = round as usize % order.len();
-            order.rotate_left(k);
-        }
-        if !rig_cases.is_empty() {
-            let mut raw = rig::RawRig::new(&mut progs, opts)?;
-            for &case in &rig_cases {
-                done += 1;
-                progress(done, total, t0, round, None, case);
-                let s = raw.measure(&mut progs, case, opts)?;
-                samples.push(Sample {
-                    round,
-                    plane: None,
-                    ..s
-                });
-            }
-            raw.teardown(&mut progs);
-        }
-        for &plane in &order {
-            let todo: Vec<Case> = router_cases
-                .iter()
-                .copied()
-                .filter(|c| c.applies_to(plane))
-                .collect();
-            if todo.is_empty() {
+        for unit in round_order(&all, round) {
+            let cases = todo(unit);
+            if cases.is_empty() {
                 continue;
             }
-            let bin = bin.as_ref().expect("set when there are router cases");
-            let mut r = rig::RouterRig::new(&mut progs, plane, opts, bin, RIG_CONNTRACK)?;
-            for &case in &todo {
-                done += 1;
-                progress(done, total, t0, round, Some(plane), case);
-                // On error the rig is dropped, which removes it.
-                let s = r.measure(&mut progs, case, opts)?;
-                samples.push(Sample {
-                    round,
-                    plane: Some(plane),
-                    ..s
-                });
+            match unit {
+                Unit::Raw(kind) => {
+                    let mut raw = rig::RawRig::new(&mut progs, opts, kind)?;
+                    for &case in &cases {
+                        done += 1;
+                        progress(done, total, t0, round, kind, None, case);
+                        let s = raw.measure(&mut progs, case, opts)?;
+                        samples.push(Sample {
+                            round,
+                            plane: None,
+                            ..s
+                        });
+                    }
+                    raw.teardown(&mut progs);
+                }
+                Unit::Router(kind, plane) => {
+                    let bin = bin.as_ref().expect("set when there are router cases");
+                    let mut r =
+                        rig::RouterRig::on(kind, &mut progs, plane, opts, bin, RIG_CONNTRACK)?;
+                    for &case in &cases {
+                        done += 1;
+                        progress(done, total, t0, round, kind, Some(plane), case);
+                        // On error the rig is dropped, which removes it.
+                        let s = r.measure(&mut progs, case, opts)?;
+                        samples.push(Sample {
+                            round,
+                            plane: Some(plane),
+                            ..s
+                        });
+                    }
+                    r.teardown(&mut progs);
+                }
             }
-            r.teardown(&mut progs);
         }
     }
     eprint!("\r{:80}\r", "");
@@ -531,12 +642,21 @@ fn say(line: &str) {
     let _ = std::io::stderr().flush();
 }
 
-fn progress(done: u32, total: u32, t0: Instant, round: u32, plane: Option<Plane>, case: Case) {
+fn progress(
+    done: u32,
+    total: u32,
+    t0: Instant,
+    round: u32,
+    kind: RigKind,
+    plane: Option<Plane>,
+    case: Case,
+) {
     use std::io::Write as _;
     eprint!(
-        "\r[{done}/{total}] {:>4.0} s  round {}  {:<9} {:<14}",
+        "\r[{done}/{total}] {:>4.0} s  round {}  {:<10} {:<9} {:<14}",
         t0.elapsed().as_secs_f64(),
         round + 1,
+        kind.name(),
         plane.map_or("rig", Plane::name),
         case.name()
     );
@@ -605,5 +725,50 @@ mod tests {
         );
         let o = parse(&[]).unwrap();
         assert_eq!((o.rounds, o.duration, o.sweep, o.frame), (5, 2.0, 5, 60));
+        assert_eq!((o.rig, o.nic_headroom), (RigChoice::Both, 64));
+        for h in ["63", "257"] {
+            let e = parse(&["--nic-headroom", h]).unwrap_err();
+            assert!(e.contains("64..=256"), "{e}");
+        }
+        assert_eq!(
+            parse(&["--rig", "production"]).unwrap().rig.kinds(),
+            [RigKind::Production]
+        );
+    }
+
+    #[test]
+    fn both_rigs_run_in_every_round_side_by_side_and_rotate() {
+        use RigKind::*;
+        let both = RigChoice::Both.kinds();
+        let all = units(&both, &[Plane::Xdp, Plane::Tc], true, true);
+        assert_eq!(
+            all,
+            [
+                Unit::Raw(Direct),
+                Unit::Raw(Production),
+                Unit::Router(Direct, Plane::Xdp),
+                Unit::Router(Production, Plane::Xdp),
+                Unit::Router(Direct, Plane::Tc),
+                Unit::Router(Production, Plane::Tc),
+            ]
+        );
+        // Every round builds every rig once; the first one changes.
+        let firsts: Vec<Unit> = (0..6).map(|r| round_order(&all, r)[0]).collect();
+        assert_eq!(firsts, all);
+        for r in 0..8 {
+            let mut o = round_order(&all, r);
+            assert_eq!(o.len(), all.len());
+            o.retain(|u| !all.contains(u));
+            assert!(o.is_empty());
+        }
+        assert_eq!(
+            units(&[Production], &[Plane::Kernel], false, true),
+            [Unit::Router(Production, Plane::Kernel)]
+        );
+        assert_eq!(
+            units(&both, &[Plane::Xdp], true, false),
+            [Unit::Raw(Direct), Unit::Raw(Production)]
+        );
+        assert!(round_order(&[], 3).is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! The bench's BPF programs, from the embedded object: the live-frames
 //! generator (`xr_bench_gen`, run on a thread of its own pinned to the
 //! generator's CPU) and what is attached to rig devices (`xr_bench_sink`,
-//! `xr_bench_redirect`, `xr_pass`).
+//! `xr_bench_sink_tc`, `xr_bench_redirect`, `xr_pass`).
 
 use std::{
     os::fd::AsFd,
@@ -18,8 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray},
     programs::{
-        TestRun as _, TestRunOptions, Xdp, XdpMode,
+        SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLinkId,
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -33,6 +34,8 @@ use crate::OBJECT;
 
 pub const PROG_GEN: &str = "xr_bench_gen";
 pub const PROG_SINK: &str = "xr_bench_sink";
+/// The sink on tc ingress, for devices that receive skbs.
+pub const PROG_SINK_TC: &str = "xr_bench_sink_tc";
 pub const PROG_REDIRECT: &str = "xr_bench_redirect";
 pub const PROG_PASS: &str = "xr_pass";
 
@@ -51,10 +54,12 @@ pub struct Progs {
     generator: Option<Ebpf>,
     gen_cfg: Array<MapData, GenConfig>,
     gen_state: PerCpuArray<MapData, GenState>,
+    gen_headroom: Array<MapData, u32>,
     sink: PerCpuArray<MapData, SinkCounter>,
     redirect: Array<MapData, u32>,
     /// What we attached (program, link), detached by [`Progs::detach_all`].
     links: Vec<(&'static str, XdpLinkId)>,
+    tc_links: Vec<SchedClassifierLinkId>,
 }
 
 /// A running generator.
@@ -76,6 +81,13 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .with_context(|| format!("no program {name}"))?
         .try_into()
         .with_context(|| format!("{name} is not XDP"))
+}
+
+fn tc_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(PROG_SINK_TC)
+        .with_context(|| format!("no program {PROG_SINK_TC}"))?
+        .try_into()
+        .with_context(|| format!("{PROG_SINK_TC} is not a classifier"))
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -108,12 +120,16 @@ impl Progs {
                 .load()
                 .with_context(|| format!("verifier rejected {p}"))?;
         }
+        tc_mut(&mut att)?
+            .load()
+            .with_context(|| format!("verifier rejected {PROG_SINK_TC}"))?;
         let mut generator = load_object()?;
         xdp_mut(&mut generator, PROG_GEN)?
             .load()
             .context("verifier rejected xr_bench_gen")?;
         let gen_cfg = take(&mut generator, "XRB_GEN")?;
         let gen_state = take(&mut generator, "XRB_GEN_STATE")?;
+        let gen_headroom = take(&mut generator, "XRB_GEN_HEADROOM")?;
         let sink = take(&mut att, "XRB_SINK")?;
         let redirect = take(&mut att, "XRB_REDIRECT")?;
         Ok(Progs {
@@ -121,9 +137,11 @@ impl Progs {
             generator: Some(generator),
             gen_cfg,
             gen_state,
+            gen_headroom,
             sink,
             redirect,
             links: Vec::new(),
+            tc_links: Vec::new(),
         })
     }
 
@@ -139,6 +157,20 @@ impl Progs {
                 .with_context(|| format!("attaching {prog} to {dev_s}"))
         })??;
         self.links.push((prog, id));
+        Ok(())
+    }
+
+    /// Attaches the tc sink (`xr_bench_sink_tc`) to the ingress of `dev` in
+    /// namespace `ns` (tcx); detached by [`Progs::detach_all`] (or when the
+    /// device goes).
+    pub fn attach_tc_sink(&mut self, ns: &str, dev: &str) -> Result<()> {
+        let p = tc_mut(&mut self.att)?;
+        let dev_s = dev.to_string();
+        let id = in_ns(ns, move || -> Result<SchedClassifierLinkId> {
+            p.attach(&dev_s, TcAttachType::Ingress)
+                .with_context(|| format!("attaching {PROG_SINK_TC} to {dev_s}"))
+        })??;
+        self.tc_links.push(id);
         Ok(())
     }
 
@@ -162,6 +194,11 @@ impl Progs {
                 let _ = p.detach(id);
             }
         }
+        for id in std::mem::take(&mut self.tc_links) {
+            if let Ok(p) = tc_mut(&mut self.att) {
+                let _ = p.detach(id);
+            }
+        }
     }
 
     pub fn set_redirect(&mut self, ifindex: u32) -> Result<()> {
@@ -171,6 +208,14 @@ impl Progs {
 
     pub fn set_gen(&mut self, cfg: &GenConfig) -> Result<()> {
         self.gen_cfg.set(0, *cfg, 0)?;
+        Ok(())
+    }
+
+    /// Headroom the generator leaves in front of its frames (0: the live
+    /// frame's own, 256 bytes): 64 makes the skbs a veth builds from them
+    /// look like a NIC driver's.
+    pub fn set_headroom(&mut self, bytes: u32) -> Result<()> {
+        self.gen_headroom.set(0, bytes, 0)?;
         Ok(())
     }
 

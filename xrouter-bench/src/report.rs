@@ -7,12 +7,15 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Case, Opts, Plane};
+use super::{Case, Opts, Plane, RigKind};
 
 /// One measurement of one case on one data plane in one round.
 #[derive(Clone, Debug, Serialize)]
 pub struct Sample {
     pub round: u32,
+    /// The path to and from the router (or, for a rig case, the path the
+    /// ceiling stands for).
+    pub rig: RigKind,
     /// None: a rig case (no router).
     pub plane: Option<Plane>,
     pub case: Case,
@@ -24,6 +27,11 @@ pub struct Sample {
     pub offered_mpps: f64,
     /// Busy time of the router's CPU per delivered packet (flooded).
     pub cpu_ns: Option<f64>,
+    /// Run time of the router-side NAPI threads (the router's ports and,
+    /// on the production rig, the NIC stand-ins' receive and the taps: all
+    /// but the generator and the sink) per delivered packet (flooded); not
+    /// skewed by other work on the router's CPU.
+    pub path_ns: Option<f64>,
     /// CPU time of the router's daemon over the flooded window, in CPUs.
     pub daemon_cpu: Option<f64>,
     /// `--scale`: the connection table the case ran against.
@@ -111,6 +119,7 @@ impl Stat {
 /// A case on a data plane over all rounds.
 #[derive(Clone, Debug, Serialize)]
 pub struct CaseResult {
+    pub rig: RigKind,
     pub plane: Option<Plane>,
     pub case: Case,
     pub runs: usize,
@@ -119,6 +128,7 @@ pub struct CaseResult {
     pub flood_mpps: Option<Stat>,
     pub paced_mpps: Option<Stat>,
     pub cpu_ns: Option<Stat>,
+    pub path_ns: Option<Stat>,
     /// The daemon's CPU time over the flooded windows, in CPUs.
     pub daemon_cpu: Option<Stat>,
     /// `--scale`: pre-filled connections (None: an ordinary case).
@@ -174,17 +184,19 @@ fn mib(b: u64) -> String {
 }
 
 pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
-    let mut keys: Vec<(Case, Option<Plane>, Option<u32>)> = samples
+    let mut keys: Vec<(Case, RigKind, Option<Plane>, Option<u32>)> = samples
         .iter()
-        .map(|s| (s.case, s.plane, connections(s)))
+        .map(|s| (s.case, s.rig, s.plane, connections(s)))
         .collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()
-        .map(|(case, plane, conns)| {
+        .map(|(case, rig, plane, conns)| {
             let ss: Vec<&Sample> = samples
                 .iter()
-                .filter(|s| s.case == case && s.plane == plane && connections(s) == conns)
+                .filter(|s| {
+                    s.case == case && s.rig == rig && s.plane == plane && connections(s) == conns
+                })
                 .collect();
             let v = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
                 ss.iter().filter_map(|s| f(s)).collect()
@@ -224,6 +236,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 }
             });
             CaseResult {
+                rig,
                 plane,
                 case,
                 runs: ss.len(),
@@ -231,6 +244,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 flood_mpps: Stat::of(&v(&|s| s.flood_mpps)),
                 paced_mpps: Stat::of(&v(&|s| s.paced_mpps)),
                 cpu_ns: Stat::of(&v(&|s| s.cpu_ns)),
+                path_ns: Stat::of(&v(&|s| s.path_ns)),
                 daemon_cpu: Stat::of(&v(&|s| s.daemon_cpu)),
                 connections: conns,
                 scale,
@@ -294,17 +308,18 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
     let _ = writeln!(
         out,
         "\nMpps delivered at the sink: median (min-max) of {} rounds; {}-byte frames; \
-         router CPU = busy time of CPU {} per packet",
+         router CPU = busy time of CPU {} per packet; path = run time of the router-side \
+         NAPI threads per packet (all but generator and sink)",
         opts.rounds,
         opts.frame + 4,
         opts.router_cpu
     );
     let _ = writeln!(
         out,
-        "{:<14} {:<9} {:<22} {:<22} {:>12}  notes",
-        "case", "plane", "flooded Mpps", "paced best Mpps", "router CPU"
+        "{:<14} {:<10} {:<9} {:<22} {:<22} {:>12} {:>9}  notes",
+        "case", "rig", "plane", "flooded Mpps", "paced best Mpps", "router CPU", "path"
     );
-    let _ = writeln!(out, "{}", "-".repeat(92));
+    let _ = writeln!(out, "{}", "-".repeat(113));
     let mut last = None;
     for r in results {
         if last.is_some() && last != Some(r.case) {
@@ -321,29 +336,38 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<14} {:<9} {:<22} {:<22} {:>12}  {}",
+            "{:<14} {:<10} {:<9} {:<22} {:<22} {:>12} {:>9}  {}",
             r.case.name(),
+            r.rig.name(),
             plane_name(r.plane),
             range(&r.mpps),
             r.paced_mpps.as_ref().map_or("-".into(), range),
             r.cpu_ns
                 .as_ref()
                 .map_or("-".into(), |c| format!("{:.0} ns/pkt", c.median)),
+            r.path_ns
+                .as_ref()
+                .map_or("-".into(), |c| format!("{:.0} ns", c.median)),
             notes
         );
     }
     out
 }
 
-/// The ceiling a router case is bound by: the bare XDP redirect for the
-/// XDP plane (a router does that and more), the generator straight into
-/// the sink for every plane. A router case above one is a rig error (the
-/// ceiling ran under other conditions): said so, loudly.
+/// The ceiling a router case is bound by, on its own rig: the bare XDP
+/// redirect for the XDP plane (a router does that and more), the generator
+/// to the sink without a router for every plane. A router case above one is
+/// a rig error (the ceiling ran under other conditions): said so, loudly.
 fn above_ceiling(r: &CaseResult, results: &[CaseResult]) -> Option<String> {
     if r.case.is_rig() {
         return None;
     }
-    let median = |c: Case| results.iter().find(|x| x.case == c).map(|x| x.mpps.median);
+    let median = |c: Case| {
+        results
+            .iter()
+            .find(|x| x.case == c && x.rig == r.rig)
+            .map(|x| x.mpps.median)
+    };
     let mut bounds = vec![(Case::Ceiling, median(Case::Ceiling))];
     if r.plane == Some(Plane::Xdp) {
         bounds.push((Case::BareRedirect, median(Case::BareRedirect)));
@@ -352,7 +376,16 @@ fn above_ceiling(r: &CaseResult, results: &[CaseResult]) -> Option<String> {
         .into_iter()
         .filter_map(|(c, m)| Some((c, m?)))
         .find(|(_, m)| r.mpps.median > *m)
-        .map(|(c, m)| format!("RIG ERROR: above the {} ceiling ({m:.2} Mpps)", c.name()))
+        .map(|(c, m)| {
+            let which = match c {
+                Case::Ceiling => "ceiling".to_string(),
+                c => format!("{} ceiling", c.name()),
+            };
+            format!(
+                "RIG ERROR: above the {} rig's {which} ({m:.2} Mpps)",
+                r.rig.name()
+            )
+        })
 }
 
 /// The programs' outcomes other than forwarded, then what did not arrive
@@ -490,6 +523,8 @@ pub fn json(results: &[CaseResult], samples: &[Sample], opts: &Opts) -> Result<S
             "gen_cpu": opts.gen_cpu,
             "router_cpu": opts.router_cpu,
             "sink_cpu": opts.sink_cpu(),
+            "rigs": opts.rig.kinds(),
+            "nic_headroom": opts.nic_headroom,
             "scale_connections": opts.scale.then_some(&opts.connections),
             "scale_with_gc": opts.scale.then_some(opts.with_gc),
         },
@@ -582,11 +617,17 @@ pub fn svg(results: &[CaseResult]) -> String {
         for r in rs {
             let c = color(r.plane);
             let h = y(0.0) - y(r.mpps.median);
+            // The production rig's bars pale, outlined.
+            let opacity = match r.rig {
+                RigKind::Direct => 1.0,
+                RigKind::Production => 0.45,
+            };
             let _ = writeln!(
                 s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{c}"><title>{} {}: {:.2} Mpps ({:.2}-{:.2})</title></rect>"#,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{c}" fill-opacity="{opacity}" stroke="{c}"><title>{} rig, {} {}: {:.2} Mpps ({:.2}-{:.2})</title></rect>"#,
                 y(r.mpps.median),
                 bar - 3.0,
+                r.rig.name(),
                 plane_name(r.plane),
                 label,
                 r.mpps.median,
@@ -642,6 +683,12 @@ pub fn svg(results: &[CaseResult]) -> String {
         );
         lx += 90.0;
     }
+    if results.iter().any(|r| r.rig == RigKind::Production) {
+        let _ = writeln!(
+            s,
+            r#"<text x="{lx:.0}" y="{ly:.0}">pale bars: production rig (NIC, bridge, skbs)</text>"#
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
@@ -651,7 +698,12 @@ mod tests {
     use super::*;
 
     fn result(case: Case, plane: Option<Plane>, median: f64) -> CaseResult {
+        on(RigKind::Direct, case, plane, median)
+    }
+
+    fn on(rig: RigKind, case: Case, plane: Option<Plane>, median: f64) -> CaseResult {
         CaseResult {
+            rig,
             plane,
             case,
             runs: 1,
@@ -663,6 +715,7 @@ mod tests {
             flood_mpps: None,
             paced_mpps: None,
             cpu_ns: None,
+            path_ns: None,
             daemon_cpu: None,
             connections: None,
             scale: None,
@@ -684,6 +737,11 @@ mod tests {
         let flag = |i: usize| above_ceiling(&results[i], &results);
         assert_eq!(flag(0), None, "a ceiling is not measured against itself");
         assert!(flag(2).is_some_and(|f| f.contains("bare-redirect ceiling (1.31 Mpps)")));
+        assert!(
+            flag(4).is_some_and(|f| f.contains("direct rig's ceiling (3.00")),
+            "{:?}",
+            flag(4)
+        );
         assert_eq!(
             flag(3),
             None,
@@ -698,6 +756,75 @@ mod tests {
         let opts = <Cli as clap::Parser>::parse_from(["bench"]).opts;
         let t = table(&results, &opts);
         assert!(t.contains("RIG ERROR"), "{t}");
+    }
+
+    #[test]
+    fn each_rig_s_cases_are_held_to_that_rig_s_ceilings() {
+        use RigKind::*;
+        let results = vec![
+            on(Direct, Case::Ceiling, None, 3.0),
+            on(Direct, Case::BareRedirect, None, 1.3),
+            on(Production, Case::Ceiling, None, 0.9),
+            on(Production, Case::BareRedirect, None, 0.5),
+            on(Direct, Case::EastWest, Some(Plane::Xdp), 1.0),
+            on(Production, Case::EastWest, Some(Plane::Xdp), 0.6),
+            on(Production, Case::EastWest, Some(Plane::Tc), 0.7),
+            on(Production, Case::EastWest, Some(Plane::Iptables), 0.95),
+        ];
+        let flag = |i: usize| above_ceiling(&results[i], &results);
+        assert_eq!(flag(4), None, "direct xdp below the direct ceilings");
+        assert!(
+            flag(5).is_some_and(|f| f.contains("production rig's bare-redirect ceiling (0.50")),
+            "{:?}",
+            flag(5)
+        );
+        assert_eq!(flag(6), None, "tc is bound by the ceiling only");
+        assert!(flag(7).is_some_and(|f| f.contains("production rig's ceiling (0.90")));
+        // Without a production ceiling measured, nothing to hold it to.
+        let only_direct = &results[..2];
+        let r = on(Production, Case::EastWest, Some(Plane::Xdp), 5.0);
+        assert_eq!(above_ceiling(&r, only_direct), None);
+        // Rows are per rig, labelled.
+        let samples: Vec<Sample> = [Direct, Production, Production]
+            .iter()
+            .enumerate()
+            .map(|(i, &rig)| Sample {
+                round: i as u32,
+                rig,
+                plane: Some(Plane::Xdp),
+                case: Case::EastWest,
+                mpps: 1.0 + i as f64,
+                flood_mpps: None,
+                offered_mpps: 5.0,
+                cpu_ns: None,
+                path_ns: None,
+                daemon_cpu: None,
+                scale: None,
+                paced_mpps: None,
+                sweep: vec![],
+                other_frames: 0,
+                outcomes: vec![],
+                sent: 10,
+                delivered: 5,
+                drops: vec![],
+            })
+            .collect();
+        let sum = summarize(&samples);
+        assert_eq!(sum.len(), 2);
+        assert_eq!((sum[0].rig, sum[0].runs), (Direct, 1));
+        assert_eq!(
+            (sum[1].rig, sum[1].runs, sum[1].mpps.median),
+            (Production, 2, 2.5)
+        );
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            opts: Opts,
+        }
+        let opts = <Cli as clap::Parser>::parse_from(["bench"]).opts;
+        let t = table(&sum, &opts);
+        assert!(t.contains(" direct ") && t.contains(" production "), "{t}");
+        assert!(svg(&sum).contains("production rig"));
     }
 
     #[test]

@@ -1,19 +1,47 @@
 //! The rigs and one measurement.
 //!
 //! [`RouterRig`]: a node namespace where `xrouter run` builds the router
-//! from a routers file (as `tests/src/rig.rs` does): internal networks A
-//! (10.91.1.0/24) and B (10.91.2.0/24), external network 172.31.91.0/24
-//! (gateway 172.31.91.1, router 172.31.91.10, floating IP 172.31.91.100 ->
-//! 10.91.2.100). The generator, in the node namespace, redirects its frames
-//! straight into the tap of the ingress port (as a NIC hands frames to the
-//! port; the bridge is not crossed); the sink is an XDP program on the tap of
-//! the egress port (on the eBPF planes it takes over the `xr_pass` link
-//! xrouter pinned there). Next hops are permanent neighbour entries in the
-//! router namespace: nothing answers ARP, nothing leaves the rig.
+//! from a routers file (as `tests/src/rig.rs` does; linuxbridge plugging:
+//! each port's tap is enslaved to its network's bridge `brq…`): internal
+//! networks A (10.91.1.0/24) and B (10.91.2.0/24), external network
+//! 172.31.91.0/24 (gateway 172.31.91.1, router 172.31.91.10, floating IP
+//! 172.31.91.100 -> 10.91.2.100). Next hops are permanent neighbour entries
+//! in the router namespace: nothing answers ARP, nothing leaves the rig.
+//! Two ways in and out ([`RigKind`]):
 //!
-//! [`RawRig`]: the rig's own ceilings, without a router: generator straight
-//! into a veth whose peer is the sink, and a bare XDP_REDIRECT between two
-//! veths.
+//! - direct: the generator, in the node namespace, redirects its frames
+//!   straight into the tap of the ingress port (the bridge is not crossed);
+//!   the sink is an XDP program on the tap of the egress port (on the eBPF
+//!   planes it takes over the `xr_pass` link xrouter pinned there). The fast
+//!   path alone.
+//! - production: per network a NIC stand-in, a veth pair in the node
+//!   namespace: its NIC end (GRO on, so it has a NAPI and builds skbs, as a
+//!   NIC driver does) is enslaved to the network's bridge, the generator
+//!   redirects into its wire end and the sink counts on the wire end (a tc
+//!   program: an XDP one would have the veth copy each skb first). The
+//!   generator leaves `--nic-headroom` bytes (64: NET_SKB_PAD) in front of
+//!   its frames, so the NIC's skbs have a driver's headroom. Frames cross
+//!   the bridge as skbs to the router's tap (static FDB entries for the
+//!   router's and the next hops' MACs: unicast forwarding, never a flood or
+//!   a clone), and leave through the egress network's bridge to its NIC.
+//!   Nothing is added to the router's ports (on the non-XDP planes they
+//!   carry no XDP program, as on a node).
+//!
+//! [`RawRig`]: the rig's own ceilings, without a router, per kind. Direct:
+//! the generator straight into a veth whose peer is the sink, and a bare
+//! XDP_REDIRECT between two veths. Production: generator -> NIC -> bridge ->
+//! a plain veth pair -> bridge -> NIC -> sink (the router's path without
+//! the router), and the same path with a bare XDP_REDIRECT in the router's
+//! place (tap -> port with the redirect -> port -> tap with `xr_pass`, as
+//! the xdp plane's ports are).
+//!
+//! NAPI threads by role, the same for the ceilings and the router cases and
+//! re-pinned before every measurement. Direct rig: the router's CPU takes
+//! the router's ports (the redirecting veth of the bare redirect), the
+//! sink's CPU the devices the sink counts on. Production rig: only the NIC
+//! stand-ins' receive is threaded, on the router's CPU; everything behind
+//! it runs in softirq there, as on a node (see `production_napi`), the
+//! sink too unless `--sink-cpu` gives it a CPU of its own (RPS).
 //!
 //! Everything is removed in Drop, also on error and interruption.
 
@@ -28,7 +56,7 @@ use anyhow::{Context as _, Result, bail};
 use router_common::bench::GenConfig;
 
 use super::{
-    Case, Opts, Plane, Sample,
+    Case, Opts, Plane, RigKind, Sample,
     cpu::{self, busy_ns},
     drops, nap,
     progs::{PROG_PASS, PROG_REDIRECT, PROG_SINK, Progs, in_ns},
@@ -81,6 +109,66 @@ fn ip(ns: Option<&str>, args: &str) -> Result<()> {
     Ok(())
 }
 
+/// `CMD ARGS` run in namespace `ns` (`ip netns exec`, for tools without
+/// a namespace option of their own); error with its stderr.
+fn exec_in(ns: &str, cmd: &str, args: &str) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args.split_whitespace())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {args} (in {ns}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A NIC stand-in: veth `wire` <-> `nic`, `nic` enslaved to `bridge`, GRO
+/// on `nic` (a frame redirected into `wire` arrives at `nic`, which builds
+/// an skb and hands it to the bridge, as a NIC driver's receive does).
+fn add_nic(ns: &str, wire: &str, nic: &str, bridge: &str) -> Result<()> {
+    let ns_ = Some(ns);
+    ip(ns_, &format!("link add {wire} type veth peer name {nic}"))?;
+    ip(ns_, &format!("link set {nic} master {bridge}"))?;
+    ip(ns_, &format!("link set {wire} up"))?;
+    ip(ns_, &format!("link set {nic} up"))?;
+    exec_in(ns, "ethtool", &format!("-K {nic} gro on"))
+}
+
+/// Bridged IPv4/IPv6 through the namespace's netfilter hooks
+/// (br_netfilter), as Neutron's linuxbridge agent requires for security
+/// groups: the kernel's default where br_netfilter is loaded, said
+/// explicitly so the rig does not depend on it (best effort: without
+/// br_netfilter there is nothing to set).
+fn bridge_nf(ns: &str) {
+    let _ = exec_in(
+        ns,
+        "sysctl",
+        "-qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1",
+    );
+}
+
+/// A static FDB entry: the bridge of `dev` forwards frames to `mac` out of
+/// `dev` only (never floods them, never learns it elsewhere).
+fn fdb(ns: &str, mac: &str, dev: &str) -> Result<()> {
+    exec_in(
+        ns,
+        "bridge",
+        &format!("fdb replace {mac} dev {dev} master static"),
+    )
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn ifindex(ns: &str, dev: &str) -> Result<u32> {
     let d = dev.to_string();
     in_ns(ns, move || nix::net::if_::if_nametoindex(d.as_str()))?
@@ -89,9 +177,12 @@ fn ifindex(ns: &str, dev: &str) -> Result<u32> {
 
 /// What a measurement needs to know of the rig.
 struct Target<'a> {
+    rig: RigKind,
     /// Namespace the generator runs in (its target's).
     ns: &'a str,
     cfg: GenConfig,
+    /// Headroom the generator leaves (0: a live frame's own).
+    headroom: u32,
     /// Devices whose NAPI threads go to the router's CPU.
     napi: &'a [String],
     /// Devices whose NAPI threads go to the sink's CPU.
@@ -116,6 +207,8 @@ struct Snap {
     other: u64,
     sent: u64,
     busy: u64,
+    /// Run time of the router-side NAPI threads.
+    path_ns: u64,
     daemon_ns: u64,
     outcomes: Vec<(String, u64)>,
     drops: drops::Drops,
@@ -150,6 +243,7 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
         other: s.other,
         sent: progs.gen_state()?.sent,
         busy: busy_ns(cpu)?,
+        path_ns: cpu::napi_run_ns(t.napi) + cpu::thread_run_ns(&format!("ksoftirqd/{cpu}")),
         daemon_ns: t.daemon.map_or(0, cpu::process_ns),
         outcomes,
         drops,
@@ -163,6 +257,7 @@ struct Window {
     flood_pps: f64,
     offered: f64,
     cpu_ns: Option<f64>,
+    path_ns: Option<f64>,
     /// The daemon's CPU time over the window, in CPUs.
     daemon_cpu: Option<f64>,
     other: u64,
@@ -191,6 +286,7 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
         flood_pps: flood as f64 / dt,
         offered: (b.sent - a.sent) as f64 / dt,
         cpu_ns: (n > 0).then(|| (b.busy - a.busy) as f64 / n as f64),
+        path_ns: (n > 0).then(|| b.path_ns.saturating_sub(a.path_ns) as f64 / n as f64),
         daemon_cpu: t
             .daemon
             .map(|_| b.daemon_ns.saturating_sub(a.daemon_ns) as f64 / 1e9 / dt),
@@ -202,9 +298,16 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
     })
 }
 
-fn pin_all(t: &Target, opts: &Opts) -> Result<()> {
-    cpu::pin_napi(t.napi, opts.router_cpu)?;
-    cpu::pin_napi(t.sink_napi, opts.sink_cpu())?;
+/// Pins the NAPI threads by role; `check`: every device must have one (a
+/// rig whose threads are not where the options say measures something
+/// else).
+fn pin_all(t: &Target, opts: &Opts, check: bool) -> Result<()> {
+    for (devs, cpu) in [(t.napi, opts.router_cpu), (t.sink_napi, opts.sink_cpu())] {
+        let missing = cpu::pin_napi_each(devs, cpu)?;
+        if check && !missing.is_empty() {
+            bail!("no NAPI thread of {missing:?} to pin to CPU {cpu}");
+        }
+    }
     Ok(())
 }
 
@@ -213,13 +316,14 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
     let mut cfg = t.cfg;
     cfg.gap_ns = 0;
     progs.set_gen(&cfg)?;
-    pin_all(t, opts)?;
+    progs.set_headroom(t.headroom)?;
+    pin_all(t, opts, false)?;
     let run = progs.start(t.ns, opts.gen_cpu, opts.frame)?;
     let r = (|| -> Result<Sample> {
         nap(Duration::from_millis(400))?;
         Progs::check(&run)?;
         // The threads may have been re-created by the first frames.
-        pin_all(t, opts)?;
+        pin_all(t, opts, true)?;
         nap(Duration::from_millis(200))?;
         let dur = Duration::from_secs_f64(opts.duration);
         let w = window(progs, t, opts, dur)?;
@@ -248,12 +352,14 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
         }
         Ok(Sample {
             round: 0,
+            rig: t.rig,
             plane: None,
             case,
             mpps: w.pps / 1e6,
             flood_mpps: (cfg.flood_every != 0).then_some(w.flood_pps / 1e6),
             offered_mpps: w.offered / 1e6,
             cpu_ns: w.cpu_ns,
+            path_ns: w.path_ns,
             daemon_cpu: w.daemon_cpu,
             scale: None,
             paced_mpps: paced
@@ -276,38 +382,32 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
 
 /// The rig's ceilings: no router.
 pub struct RawRig {
+    kind: RigKind,
     ns: String,
     tag: String,
     napi: Vec<String>,
     sink_napi: Vec<String>,
 }
 
+/// Where the generator sends the rig cases' frames.
+const RAW_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x91, 0x02];
+
 impl RawRig {
-    pub fn new(progs: &mut Progs, opts: &Opts) -> Result<RawRig> {
+    pub fn new(progs: &mut Progs, opts: &Opts, kind: RigKind) -> Result<RawRig> {
         let tag = tag();
         let mut rig = RawRig {
+            kind,
             ns: format!("xrb-{tag}-raw"),
             tag: tag.clone(),
             napi: vec![],
             sink_napi: vec![],
         };
         netns::create(&rig.ns)?;
-        let ns = Some(rig.ns.as_str());
-        ip(ns, "link set lo up")?;
-        for (a, b) in [("c0", "c1"), ("b0", "b1"), ("b2", "b3")] {
-            ip(
-                ns,
-                &format!("link add {} type veth peer name {}", rig.dev(a), rig.dev(b)),
-            )?;
-            ip(ns, &format!("link set {} up", rig.dev(a)))?;
-            ip(ns, &format!("link set {} up", rig.dev(b)))?;
+        ip(Some(&rig.ns), "link set lo up")?;
+        match kind {
+            RigKind::Direct => rig.direct(progs)?,
+            RigKind::Production => rig.production(progs, opts)?,
         }
-        progs.attach(PROG_SINK, &rig.ns, &rig.dev("c1"))?;
-        progs.attach(PROG_SINK, &rig.ns, &rig.dev("b3"))?;
-        progs.attach(PROG_REDIRECT, &rig.ns, &rig.dev("b1"))?;
-        progs.set_redirect(ifindex(&rig.ns, &rig.dev("b2"))?)?;
-        rig.napi = vec![rig.dev("b1")];
-        rig.sink_napi = vec![rig.dev("c1"), rig.dev("b3")];
         cpu::threaded(&rig.ns, &rig.napi)?;
         cpu::threaded(&rig.ns, &rig.sink_napi)?;
         cpu::pin_napi(&rig.napi, opts.router_cpu)?;
@@ -315,18 +415,104 @@ impl RawRig {
         Ok(rig)
     }
 
+    /// c0 -> c1 (sink); b0 -> b1 (redirect to b2) -> b3 (sink).
+    fn direct(&mut self, progs: &mut Progs) -> Result<()> {
+        let ns = Some(self.ns.as_str());
+        for (a, b) in [("c0", "c1"), ("b0", "b1"), ("b2", "b3")] {
+            ip(
+                ns,
+                &format!(
+                    "link add {} type veth peer name {}",
+                    self.dev(a),
+                    self.dev(b)
+                ),
+            )?;
+            ip(ns, &format!("link set {} up", self.dev(a)))?;
+            ip(ns, &format!("link set {} up", self.dev(b)))?;
+        }
+        progs.attach(PROG_SINK, &self.ns, &self.dev("c1"))?;
+        progs.attach(PROG_SINK, &self.ns, &self.dev("b3"))?;
+        progs.attach(PROG_REDIRECT, &self.ns, &self.dev("b1"))?;
+        progs.set_redirect(ifindex(&self.ns, &self.dev("b2"))?)?;
+        self.napi = vec![self.dev("b1")];
+        self.sink_napi = vec![self.dev("c1"), self.dev("b3")];
+        Ok(())
+    }
+
+    /// Ceiling: wa -> na [bridge ba] j0 -> j1 [bridge bb] nb -> wb (sink).
+    /// Bare redirect: wc -> nc [bridge bc] tc -> pc (redirect to pd) ->
+    /// td (`xr_pass`) [bridge bd] nd -> wd (sink).
+    fn production(&mut self, progs: &mut Progs, opts: &Opts) -> Result<()> {
+        let ns = self.ns.clone();
+        let ns_ = Some(ns.as_str());
+        bridge_nf(&ns);
+        for b in ["ba", "bb", "bc", "bd"] {
+            ip(ns_, &format!("link add {} type bridge", self.dev(b)))?;
+            ip(ns_, &format!("link set {} up", self.dev(b)))?;
+        }
+        for (w, n, b) in [
+            ("wa", "na", "ba"),
+            ("wb", "nb", "bb"),
+            ("wc", "nc", "bc"),
+            ("wd", "nd", "bd"),
+        ] {
+            add_nic(&ns, &self.dev(w), &self.dev(n), &self.dev(b))?;
+        }
+        // Veth pairs between the bridges: j0/j1 plain (the router's path
+        // without the router), tc/pc and pd/td as a router's two ports.
+        for (a, b, ba, bb) in [
+            ("j0", "j1", Some("ba"), Some("bb")),
+            ("tc", "pc", Some("bc"), None),
+            ("td", "pd", Some("bd"), None),
+        ] {
+            ip(
+                ns_,
+                &format!(
+                    "link add {} type veth peer name {}",
+                    self.dev(a),
+                    self.dev(b)
+                ),
+            )?;
+            for (d, br) in [(a, ba), (b, bb)] {
+                if let Some(br) = br {
+                    ip(
+                        ns_,
+                        &format!("link set {} master {}", self.dev(d), self.dev(br)),
+                    )?;
+                }
+                ip(ns_, &format!("link set {} up", self.dev(d)))?;
+            }
+        }
+        let dst = mac_str(RAW_DST_MAC);
+        for (bridge_port, nic_port) in [("j0", "nb"), ("tc", "nd")] {
+            fdb(&ns, &dst, &self.dev(bridge_port))?;
+            fdb(&ns, &dst, &self.dev(nic_port))?;
+        }
+        // j1 is in bb: the FDB entry on nb does its bridge's forwarding.
+        for w in ["wa", "wb", "wc", "wd"] {
+            progs.attach_tc_sink(&ns, &self.dev(w))?;
+        }
+        progs.attach(PROG_REDIRECT, &ns, &self.dev("pc"))?;
+        progs.attach(PROG_PASS, &ns, &self.dev("td"))?;
+        progs.set_redirect(ifindex(&ns, &self.dev("pd"))?)?;
+        (self.napi, self.sink_napi) = production_napi(vec![self.dev("na"), self.dev("nc")]);
+        sink_rps(&ns, &[self.dev("wb"), self.dev("wd")], opts)
+    }
+
     fn dev(&self, d: &str) -> String {
         format!("xb{}{d}", self.tag)
     }
 
     pub fn measure(&mut self, progs: &mut Progs, case: Case, opts: &Opts) -> Result<Sample> {
-        let into = match case {
-            Case::Ceiling => "c0",
-            Case::BareRedirect => "b0",
+        let into = match (self.kind, case) {
+            (RigKind::Direct, Case::Ceiling) => "c0",
+            (RigKind::Direct, Case::BareRedirect) => "b0",
+            (RigKind::Production, Case::Ceiling) => "wa",
+            (RigKind::Production, Case::BareRedirect) => "wc",
             _ => bail!("{} is not a rig case", case.name()),
         };
         let cfg = GenConfig {
-            dst_mac: [0x02, 0, 0, 0, 0x91, 0x02],
+            dst_mac: RAW_DST_MAC,
             src_mac: GEN_MAC,
             src: ip4("10.90.0.1"),
             dst: ip4("10.90.0.2"),
@@ -342,15 +528,44 @@ impl RawRig {
             flood_every: 0,
             _pad2: 0,
         };
+        // The devices of this case's path by role (each name once: the
+        // drop counters are keyed by it).
+        let path: &[(&str, &str)] = match (self.kind, case) {
+            (RigKind::Direct, _) => &[],
+            (RigKind::Production, Case::Ceiling) => &[
+                ("wa", "wire A"),
+                ("na", "nic A"),
+                ("j0", "join A"),
+                ("j1", "join B"),
+                ("nb", "nic B"),
+                ("wb", "wire B"),
+            ],
+            _ => &[
+                ("wc", "wire A"),
+                ("nc", "nic A"),
+                ("tc", "tap A"),
+                ("pc", "port A"),
+                ("pd", "port B"),
+                ("td", "tap B"),
+                ("nd", "nic B"),
+                ("wd", "wire B"),
+            ],
+        };
+        let roles = path
+            .iter()
+            .map(|(d, r)| (self.dev(d), r.to_string()))
+            .collect();
         let t = Target {
+            rig: self.kind,
             ns: &self.ns,
             cfg,
+            headroom: headroom(self.kind, opts),
             napi: &self.napi,
             sink_napi: &self.sink_napi,
             counters: None,
             daemon: None,
             drop_ns: vec![(&self.ns, "rig")],
-            roles: vec![],
+            roles,
         };
         measure(progs, &t, case, opts)
     }
@@ -358,6 +573,72 @@ impl RawRig {
     pub fn teardown(self, progs: &mut Progs) {
         progs.detach_all();
         drop(self);
+    }
+}
+
+/// The threaded NAPIs of the production rig (all on the router's CPU):
+/// only the NICs' receive, pinned to the router's CPU (where a node's NIC
+/// interrupt would be); everything behind it (the bridge, the ports' NAPIs
+/// on the xdp plane, the taps', the backlog on the other planes) runs in
+/// softirq on that CPU, scheduled from there, as on a node. Threaded NAPIs
+/// of their own on the same CPU would only run when the scheduler switches
+/// to them, and the NIC's thread would fill their 256-frame rings and drop
+/// the rest in between: an artefact that costs XDP on the ports (which has
+/// a NAPI) and not TC (which has none). The sink, a tc program on the wire
+/// ends (no NAPI), runs in the backlog of the CPU that hands it the skb, or
+/// of `--sink-cpu` through RPS ([`sink_rps`]).
+fn production_napi(nics: Vec<String>) -> (Vec<String>, Vec<String>) {
+    (nics, vec![])
+}
+
+/// Production rig: the wire ends' receive steered to the sink's CPU (RPS)
+/// when it has one of its own; else it stays on the router's CPU.
+fn sink_rps(ns: &str, wires: &[String], opts: &Opts) -> Result<()> {
+    if opts.sink_cpu() == opts.router_cpu {
+        return Ok(());
+    }
+    let mask = cpu_mask(opts.sink_cpu());
+    for w in wires {
+        // sysfs is the namespace's own under `ip netns exec`.
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c"])
+            .arg(format!(
+                "echo {mask} > /sys/class/net/{w}/queues/rx-0/rps_cpus"
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .context("ip netns exec")?;
+        if !out.status.success() {
+            bail!(
+                "RPS of {w} to CPU {}: {}",
+                opts.sink_cpu(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The hexadecimal CPU mask of `cpu` as sysfs takes it (comma-separated
+/// 32-bit words, most significant first).
+fn cpu_mask(cpu: usize) -> String {
+    let words = cpu / 32 + 1;
+    (0..words)
+        .rev()
+        .map(|w| {
+            let v: u32 = if w == cpu / 32 { 1 << (cpu % 32) } else { 0 };
+            format!("{v:08x}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The generator's headroom on a rig: a NIC driver's on the production
+/// rig, a live frame's own on the direct one (as XDP gets it there).
+fn headroom(kind: RigKind, opts: &Opts) -> u32 {
+    match kind {
+        RigKind::Direct => 0,
+        RigKind::Production => opts.nic_headroom,
     }
 }
 
@@ -369,6 +650,8 @@ impl Drop for RawRig {
 
 /// A router built by xrouter on one data plane.
 pub struct RouterRig {
+    kind: RigKind,
+    tag: String,
     plane: Plane,
     router: RouterSpec,
     node: String,
@@ -449,6 +732,22 @@ impl RouterRig {
     fn tap(&self, p: Port) -> String {
         self.port(p).tap()
     }
+    /// Production rig: the NIC stand-in of port `p`'s network, its wire
+    /// end (where the generator sends and the sink counts) and its NIC end
+    /// (in the network's bridge).
+    fn wire(&self, p: Port) -> String {
+        format!("xn{}w{}", self.tag, Self::letter(p))
+    }
+    fn nic(&self, p: Port) -> String {
+        format!("xn{}n{}", self.tag, Self::letter(p))
+    }
+    fn letter(p: Port) -> char {
+        match p {
+            Port::A => 'a',
+            Port::B => 'b',
+            Port::G => 'g',
+        }
+    }
     fn port_mac(p: Port) -> [u8; 6] {
         match p {
             Port::A => [0xfa, 0x16, 0x3e, 0x91, 0, 0x0a],
@@ -468,9 +767,22 @@ impl RouterRig {
         self.daemon.as_ref().map(Child::id)
     }
 
-    /// `ct_conns`: the connection table's size in connections (the node
-    /// config's `conntrack_size`; two entries each).
+    /// A router on the direct rig. `ct_conns`: the connection table's
+    /// size in connections (the node config's `conntrack_size`; two entries
+    /// each).
     pub fn new(
+        progs: &mut Progs,
+        plane: Plane,
+        opts: &Opts,
+        bin: &Path,
+        ct_conns: u32,
+    ) -> Result<RouterRig> {
+        Self::on(RigKind::Direct, progs, plane, opts, bin, ct_conns)
+    }
+
+    /// A router on the rig of `kind`.
+    pub fn on(
+        kind: RigKind,
         progs: &mut Progs,
         plane: Plane,
         opts: &Opts,
@@ -480,6 +792,8 @@ impl RouterRig {
         let tag = tag();
         let dir = std::env::temp_dir().join(format!("xrouter-bench-{tag}"));
         let mut rig = RouterRig {
+            kind,
+            tag: tag.clone(),
             plane,
             node: format!("xrb-{tag}-node"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/xrb-{tag}")),
@@ -589,9 +903,10 @@ impl RouterRig {
                 &format!("neigh replace {addr} lladdr {m} dev {dev} nud permanent"),
             )?;
         }
-        if self.plane != Plane::Xdp {
+        if self.kind == RigKind::Direct && self.plane != Plane::Xdp {
             // Frames redirected into a veth need an XDP program on its peer
-            // (xr_xdp is that program on the xdp plane).
+            // (xr_xdp is that program on the xdp plane). Not on the
+            // production rig: skbs need none, and a node has none there.
             for p in ports {
                 progs.attach(PROG_PASS, &rns, &self.dev(p))?;
             }
@@ -600,23 +915,49 @@ impl RouterRig {
             // The daemon mirrors neighbours every second.
             nap(Duration::from_millis(1500))?;
         }
-        let links = self.pin_dir.join(self.router_id()).join("links");
-        for p in [Port::B, Port::G] {
-            let pin = links.join(format!("{}_pass", self.tap(p)));
-            if pin.exists() {
-                progs.take_over(PROG_SINK, &pin)?;
-            } else {
-                progs.attach(PROG_SINK, &self.node, &self.tap(p))?;
+        match self.kind {
+            RigKind::Direct => {
+                let links = self.pin_dir.join(self.router_id()).join("links");
+                for p in [Port::B, Port::G] {
+                    let pin = links.join(format!("{}_pass", self.tap(p)));
+                    if pin.exists() {
+                        progs.take_over(PROG_SINK, &pin)?;
+                    } else {
+                        progs.attach(PROG_SINK, &self.node, &self.tap(p))?;
+                    }
+                }
+                self.napi = ports.iter().map(|p| self.dev(*p)).collect();
+                self.sink_napi = vec![self.tap(Port::B), self.tap(Port::G)];
+            }
+            RigKind::Production => {
+                bridge_nf(&self.node);
+                for p in ports {
+                    let bridge = self.port(p).network.bridge();
+                    add_nic(&self.node, &self.wire(p), &self.nic(p), &bridge)?;
+                    progs.attach_tc_sink(&self.node, &self.wire(p))?;
+                    fdb(&self.node, &mac_str(Self::port_mac(p)), &self.tap(p))?;
+                }
+                fdb(&self.node, MAC_VM, &self.nic(Port::B))?;
+                fdb(&self.node, MAC_GW, &self.nic(Port::G))?;
+                // Only the NICs' receive is threaded (see `production_napi`).
+                (self.napi, self.sink_napi) =
+                    production_napi(ports.iter().map(|p| self.nic(*p)).collect());
+                let wires: Vec<String> = ports.iter().map(|p| self.wire(*p)).collect();
+                sink_rps(&self.node, &wires, opts)?;
             }
         }
-        let routed: Vec<String> = ports.iter().map(|p| self.dev(*p)).collect();
-        cpu::threaded(&rns, &routed)?;
-        let sinks = vec![self.tap(Port::B), self.tap(Port::G)];
-        cpu::threaded(&self.node, &sinks)?;
-        cpu::pin_napi(&routed, opts.router_cpu)?;
-        cpu::pin_napi(&sinks, opts.sink_cpu())?;
-        self.napi = routed;
-        self.sink_napi = sinks;
+        let (in_router, in_node): (Vec<String>, Vec<String>) = self
+            .napi
+            .iter()
+            .chain(&self.sink_napi)
+            .cloned()
+            .partition(|d| ports.iter().any(|p| self.dev(*p) == *d));
+        if !in_router.is_empty() {
+            cpu::threaded(&rns, &in_router)?;
+        }
+        cpu::threaded(&self.node, &in_node)?;
+        cpu::pin_napi(&self.napi, opts.router_cpu)?;
+        cpu::pin_napi(&self.sink_napi, opts.sink_cpu())?;
         Ok(())
     }
 
@@ -635,6 +976,10 @@ impl RouterRig {
             Case::FipOut => (Port::B, ip4(&format!("{NET_B}.100")), REMOTE, 1000, 1000),
             Case::Ceiling | Case::BareRedirect => bail!("{} is a rig case", case.name()),
         };
+        let target = match self.kind {
+            RigKind::Direct => self.tap(into),
+            RigKind::Production => self.wire(into),
+        };
         let cfg = GenConfig {
             dst_mac: Self::port_mac(into),
             src_mac: GEN_MAC,
@@ -644,7 +989,7 @@ impl RouterRig {
             dport: 5001,
             flows,
             nports,
-            ifindex: ifindex(&self.node, &self.tap(into))?,
+            ifindex: ifindex(&self.node, &target)?,
             frame_len: opts.frame,
             ttl: 64,
             _pad: 0,
@@ -656,8 +1001,10 @@ impl RouterRig {
         let id = self.router_id();
         let router_ns = self.router_ns();
         let t = Target {
+            rig: self.kind,
             ns: &self.node,
             cfg,
+            headroom: headroom(self.kind, opts),
             napi: &self.napi,
             sink_napi: &self.sink_napi,
             counters: matches!(self.plane, Plane::Xdp | Plane::Tc)
@@ -670,6 +1017,8 @@ impl RouterRig {
                     [
                         (self.dev(p), format!("port {n}")),
                         (self.tap(p), format!("tap {n}")),
+                        (self.wire(p), format!("wire {n}")),
+                        (self.nic(p), format!("nic {n}")),
                     ]
                 })
                 .collect(),
@@ -733,5 +1082,15 @@ impl Drop for RouterRig {
         let _ = netns::delete(&self.node);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_masks_as_sysfs_takes_them() {
+        assert_eq!(super::cpu_mask(0), "00000001");
+        assert_eq!(super::cpu_mask(1), "00000002");
+        assert_eq!(super::cpu_mask(35), "00000008,00000000");
     }
 }

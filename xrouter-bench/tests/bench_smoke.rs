@@ -1,5 +1,6 @@
-//! `xrouter-bench` in its smallest configuration: one case (east-west on the
-//! xdp and iptables planes), one round, half a second, no sweep. Proves the rig, the
+//! `xrouter-bench` in its smallest configurations: one case (east-west on
+//! the xdp and iptables planes of the direct rig; on the xdp plane of the
+//! production rig), one round, half a second, no sweep. Proves the rigs, the
 //! generator, the sink and the outputs work; says nothing about speed.
 
 use std::{
@@ -7,31 +8,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[test]
-fn bench_runs_one_case_and_writes_json_and_svg() {
+/// Runs xrouter-bench with `args` (plus --json and --svg), checks it
+/// succeeded and left no namespace behind; returns the JSON, the SVG and
+/// stdout.
+fn bench(name: &str, args: &[&str]) -> (serde_json::Value, String, String) {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "xrouter-bench needs root: run the tests as root (`cargo xtask test`)"
     );
-    let dir = std::env::temp_dir().join(format!("xrb-smoke-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xrb-smoke-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     let svg = dir.join("bench.svg");
     // xrouter itself is found beside xrouter-bench (`cargo xtask test`
     // builds both).
     let mut child = Command::new(env!("CARGO_BIN_EXE_xrouter-bench"))
-        .args([
-            "--planes",
-            "xdp,iptables",
-            "--cases",
-            "east-west",
-            "--rounds",
-            "1",
-            "--duration",
-            "0.5",
-            "--sweep",
-            "0",
-        ])
+        .args(args)
         .arg("--json")
         .arg(&json)
         .arg("--svg")
@@ -56,7 +48,7 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         status.success(),
@@ -64,13 +56,22 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let r = &v["results"][0];
-    assert_eq!(r["case"], "east-west", "{v}");
-    assert_eq!(r["plane"], "xdp", "{v}");
-    assert!(
-        r["mpps"]["median"].as_f64().unwrap() > 0.0,
-        "nothing reached the sink: {v}"
-    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    // Nothing of the rig is left.
+    let left: Vec<String> = router_user::backend::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| {
+            n.starts_with(&format!("xrb-{tag}")) || n.starts_with(&format!("qrouter-{tag}"))
+        })
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    (v, svg, stdout)
+}
+
+/// The XDP plane forwarded the first sample's frames.
+fn xdp_forwarded(v: &serde_json::Value) {
     let s = &v["samples"][0];
     let fwd = s["outcomes"]
         .as_array()
@@ -80,6 +81,33 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
         .and_then(|o| o[1].as_u64())
         .unwrap_or(0);
     assert!(fwd > 0, "XDP forwarded nothing: {s}");
+}
+
+const ONE_CASE: [&str; 8] = [
+    "--cases",
+    "east-west",
+    "--rounds",
+    "1",
+    "--duration",
+    "0.5",
+    "--sweep",
+    "0",
+];
+
+#[test]
+fn bench_runs_one_case_and_writes_json_and_svg() {
+    let mut args = vec!["--rig", "direct", "--planes", "xdp,iptables"];
+    args.extend(ONE_CASE);
+    let (v, svg, stdout) = bench("direct", &args);
+    let r = &v["results"][0];
+    assert_eq!(r["case"], "east-west", "{v}");
+    assert_eq!(r["plane"], "xdp", "{v}");
+    assert_eq!(r["rig"], "direct", "{v}");
+    assert!(
+        r["mpps"]["median"].as_f64().unwrap() > 0.0,
+        "nothing reached the sink: {v}"
+    );
+    xdp_forwarded(&v);
     // Every plane says where what did not arrive was dropped: flooded, the
     // loss is large, and the kernel's counters must account for most of it.
     for r in v["results"].as_array().unwrap() {
@@ -105,16 +133,28 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
             .any(|r| r["plane"] == "iptables"),
         "{v}"
     );
-    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    assert!(svg.contains("<svg"));
     assert!(stdout.contains("east-west"), "{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
-    // Nothing of the rig is left.
-    let left: Vec<String> = router_user::backend::netns::list()
-        .unwrap()
-        .into_iter()
-        .filter(|n| {
-            n.starts_with(&format!("xrb-{tag}")) || n.starts_with(&format!("qrouter-{tag}"))
-        })
-        .collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+/// The production rig: frames through a NIC stand-in and the network's
+/// bridge as skbs to the router and out through the egress bridge.
+#[test]
+fn bench_runs_one_case_on_the_production_rig() {
+    let mut args = vec!["--rig", "production", "--planes", "xdp"];
+    args.extend(ONE_CASE);
+    let (v, _, stdout) = bench("production", &args);
+    let r = &v["results"][0];
+    assert_eq!(
+        (&r["case"], &r["rig"], &r["plane"]),
+        (&"east-west".into(), &"production".into(), &"xdp".into()),
+        "{v}"
+    );
+    assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
+    assert!(
+        r["mpps"]["median"].as_f64().unwrap() > 0.0,
+        "nothing reached the sink across the bridges: {v}"
+    );
+    xdp_forwarded(&v);
+    assert!(stdout.contains("production"), "{stdout}");
 }

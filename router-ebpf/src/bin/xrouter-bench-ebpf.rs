@@ -6,8 +6,16 @@
 //!   program writes the whole Ethernet/IPv4/UDP header of every frame from
 //!   `XRB_GEN`, varying the source port (and address) over N flows, then
 //!   redirects it to the target device. Optional pacing drops frames that
-//!   are not yet due (they are never sent).
-//! - `xr_bench_sink`: counts per CPU and drops.
+//!   are not yet due (they are never sent). With `XRB_GEN_HEADROOM` set
+//!   it first moves the frame's start towards the page's head (and trims
+//!   its end by as much), so the frame leaves with that little headroom,
+//!   like a NIC driver's skb (NET_SKB_PAD, 64 bytes) rather than a live
+//!   frame's XDP_PACKET_HEADROOM (256): the kernel resets live frames'
+//!   data pointers every iteration, so this is done for every frame.
+//! - `xr_bench_sink`: counts per CPU and drops; `xr_bench_sink_tc` the
+//!   same on skbs (tc ingress), for a device that receives skbs: an XDP
+//!   program there would have the veth copy every skb with less than 256
+//!   bytes of headroom first.
 //! - `xr_bench_redirect`: a bare XDP_REDIRECT to one device (the rig's
 //!   ceiling for an XDP forwarder).
 //! - `xr_pass`: XDP_PASS for the router ports of the planes without XDP.
@@ -22,11 +30,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{TC_ACT_SHOT, xdp_action},
     btf_maps::{Array, PerCpuArray},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use router_common::bench::{
     FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK,
@@ -36,6 +44,14 @@ use router_common::bench::{
 /// Generator settings (index 0).
 #[btf_map]
 pub static XRB_GEN: Array<GenConfig, 1> = Array::new();
+
+/// Headroom the generator leaves in front of each frame, in bytes (index
+/// 0; 0: the live frame's own, [`LIVE_HEADROOM`]).
+#[btf_map]
+pub static XRB_GEN_HEADROOM: Array<u32, 1> = Array::new();
+
+/// Headroom of a live frame of BPF_PROG_TEST_RUN (XDP_PACKET_HEADROOM).
+const LIVE_HEADROOM: u32 = 256;
 
 /// Generator state per CPU (index 0).
 #[btf_map]
@@ -59,6 +75,8 @@ pub static XRB_MICRO_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// Ethernet + IPv4 (no options) + UDP.
 const HDR: usize = 42;
+/// A minimum Ethernet frame without FCS.
+const MIN_FRAME: usize = 60;
 
 #[inline(always)]
 fn fold(mut s: u32) -> u16 {
@@ -94,6 +112,22 @@ pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
             floor
         };
         st.next_ns = base + cfg.gap_ns;
+    }
+    let room = XRB_GEN_HEADROOM.get(0).copied().unwrap_or(0);
+    if room != 0 && room < LIVE_HEADROOM {
+        // Grow the frame at its head into the headroom, then trim its tail
+        // by as much: the same length, `room` bytes of headroom left (the
+        // kernel keeps at least the size of an xdp_frame). The header and
+        // the zero bytes below are written afterwards.
+        let delta = room as i32 - LIVE_HEADROOM as i32;
+        // SAFETY: helper calls on this program's context; the packet
+        // pointers are read again below.
+        unsafe {
+            if bpf_xdp_adjust_head(ctx.ctx, delta) != 0 || bpf_xdp_adjust_tail(ctx.ctx, delta) != 0
+            {
+                return xdp_action::XDP_ABORTED;
+            }
+        }
     }
     let data = ctx.data();
     let end = ctx.data_end();
@@ -150,16 +184,27 @@ pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
     h[38..40].copy_from_slice(&(tot - 20).to_be_bytes());
     // SAFETY: data + HDR <= end was checked; byte-aligned write.
     unsafe { core::ptr::write_unaligned(data as *mut [u8; HDR], h) };
+    if data + MIN_FRAME <= end {
+        // The rest of a minimum frame: zeros (a frame moved into the
+        // headroom holds what was there before). Larger frames keep stale
+        // payload bytes past these; the UDP checksum is 0 (none).
+        // SAFETY: data + MIN_FRAME <= end was checked.
+        unsafe {
+            core::ptr::write_unaligned(
+                (data + HDR) as *mut [u8; MIN_FRAME - HDR],
+                [0; MIN_FRAME - HDR],
+            )
+        };
+    }
     st.sent += 1;
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(cfg.ifindex, 0) as u32 }
 }
 
-/// Counts IPv4/UDP frames (and bytes) and anything else apart; drops all.
-#[xdp]
-pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
-    let data = ctx.data();
-    let end = ctx.data_end();
+/// Counts the frame from `data` to `end` in `XRB_SINK`: IPv4/UDP frames
+/// (and bytes, and a flood's apart) and anything else apart.
+#[inline(always)]
+fn sink_count(data: usize, end: usize) {
     if let Some(c) = XRB_SINK.get_ptr_mut(0) {
         // SAFETY: per-CPU slot; reads are bounds-checked first.
         unsafe {
@@ -180,7 +225,21 @@ pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
             }
         }
     }
+}
+
+/// Counts IPv4/UDP frames (and bytes) and anything else apart; drops all.
+#[xdp]
+pub fn xr_bench_sink(ctx: XdpContext) -> u32 {
+    sink_count(ctx.data(), ctx.data_end());
     xdp_action::XDP_DROP
+}
+
+/// `xr_bench_sink` on tc ingress: counts skbs (from their Ethernet header,
+/// where tc ingress starts them) and drops them.
+#[classifier]
+pub fn xr_bench_sink_tc(ctx: TcContext) -> i32 {
+    sink_count(ctx.data(), ctx.data_end());
+    TC_ACT_SHOT as i32
 }
 
 /// Redirects every frame, untouched, to `XRB_REDIRECT[0]`.
