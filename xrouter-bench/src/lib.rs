@@ -269,7 +269,7 @@ pub struct Opts {
     pub many: usize,
     /// Measure bulk TCP instead (iperf3 from VMs through the router: gateway
     /// SNAT, floating IP in and out) per data plane of --planes, for
-    /// --duration seconds (rounded up) per run.
+    /// --duration seconds (rounded up) per run, --rounds times.
     #[arg(long)]
     pub tcp: bool,
     /// --tcp: parallel streams per run (iperf3 -P), one run per entry.
@@ -367,8 +367,7 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
                 .collect();
             changes::run(&xrouter_bin(&opts)?, &planes, opts.many)
         } else if opts.tcp {
-            let secs = opts.duration.ceil() as u32;
-            tcp::run(&xrouter_bin(&opts)?, &opts.planes, &opts.streams, secs, opts.json.as_deref())
+            tcp::run(&xrouter_bin(&opts)?, &opts)
         } else {
             run_rig(&opts)
         }

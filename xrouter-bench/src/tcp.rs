@@ -16,6 +16,8 @@
 //! `vmf`), floating IP out (`vmf` -> the external server); Debian's iperf3,
 //! one stream and `-P N`, every run bounded by a deadline.
 //!
+//! Every plane is measured once per round (`--rounds`, a fresh sandbox each
+//! time, the planes' order rotated); reported are medians over the rounds.
 //! Reported per plane, case and stream count: Gbit/s received (iperf3's
 //! `sum_received`) and CPU per GB received over the client's run: all of
 //! the machine's busy time from /proc/stat (every CPU: user, nice, system,
@@ -26,6 +28,9 @@
 //! the eBPF planes: the router's outcome counters over the run, and the
 //! kernel conntrack entries in the router namespace for the flow's port
 //! (none may be NATed when the fast path did the work).
+//!
+//! Investigation knob: `XRB_TCP_HOST_ETHTOOL="tx off"` (any `ethtool -K`
+//! settings) is applied to the hosts' eth0 after the defaults above.
 //!
 //! Everything is removed in Drop (daemon and iperf3 killed, namespaces,
 //! pins and files deleted), also on error and interruption.
@@ -45,7 +50,7 @@ use router_user::{
 };
 use serde::Serialize;
 
-use super::{Plane, cpu, nap, stopped};
+use super::{Opts, Plane, cpu, drops, nap, stopped};
 
 const NET: &str = "10.92.1";
 const EXT: &str = "172.31.92";
@@ -178,8 +183,7 @@ fn ksoftirqd_ns() -> u64 {
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            comm.starts_with("ksoftirqd/")
-                .then(|| cpu::process_ns(pid))
+            comm.starts_with("ksoftirqd/").then(|| cpu::process_ns(pid))
         })
         .sum()
 }
@@ -209,6 +213,15 @@ fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<Command> {
     c.args(args).stdin(Stdio::null());
     netns::command_in(ns, &mut c)?;
     Ok(c)
+}
+
+/// Extra `ethtool -K eth0` settings for the hosts, from the environment
+/// (`XRB_TCP_HOST_ETHTOOL`, e.g. "tx off": the hosts then send complete
+/// checksums, not CHECKSUM_PARTIAL): an investigation knob.
+fn host_ethtool() -> Option<String> {
+    std::env::var("XRB_TCP_HOST_ETHTOOL")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// Waits for `child` until `deadline`, then kills it; its stdout.
@@ -278,7 +291,9 @@ impl Sandbox {
         let net = Network::new("net", &format!("{NET}.0/24"), Some(&format!("{NET}.1")));
         let mut router = RouterSpec::empty(&tag);
         router.gateway = Some(PortSpec::new(&ext, &format!("{EXT}.10")));
-        router.interfaces.push(PortSpec::new(&net, &format!("{NET}.1")));
+        router
+            .interfaces
+            .push(PortSpec::new(&net, &format!("{NET}.1")));
         router.add_fip(FIP, VMF);
         let mut sb = Sandbox {
             dir: std::env::temp_dir().join(format!("xrbt-{tag}")),
@@ -406,7 +421,16 @@ impl Sandbox {
         }
         // A node's VM-facing devices: TSO/GSO (veth's defaults) and GRO.
         for (n, d) in [(node.as_str(), dev.as_str()), (ns.as_str(), "eth0")] {
-            sh(&mut in_ns(n, "ethtool", &["-K", d, "gro", "on", "tso", "on", "gso", "on"])?)?;
+            sh(&mut in_ns(
+                n,
+                "ethtool",
+                &["-K", d, "gro", "on", "tso", "on", "gso", "on"],
+            )?)?;
+        }
+        if let Some(extra) = host_ethtool() {
+            let mut args = vec!["-K", "eth0"];
+            args.extend(extra.split_whitespace());
+            sh(&mut in_ns(&ns, "ethtool", &args)?)?;
         }
         Ok(())
     }
@@ -476,6 +500,18 @@ impl Sandbox {
         )
     }
 
+    /// The kernel's drop counters of every namespace the flows cross, and
+    /// the machine's backlog drops; devices named by role.
+    fn drops(&self) -> Result<drops::Drops> {
+        let mut d = drops::softnet();
+        d.extend(drops::snapshot(&self.node(), "node")?);
+        d.extend(drops::snapshot(&self.router.namespace(), "router")?);
+        for role in ["vm", "vmf", "ext"] {
+            d.extend(drops::snapshot(&self.host_ns(role), role)?);
+        }
+        Ok(d)
+    }
+
     /// Kernel conntrack entries in the router namespace for `port`: (all,
     /// NATed).
     fn conntrack(&self, port: u16) -> Result<(usize, usize)> {
@@ -484,7 +520,9 @@ impl Sandbox {
         let count = |extra: &[&str]| -> Result<usize> {
             let mut args = vec!["-L", "-p", "tcp", "--orig-port-dst", &p];
             args.extend_from_slice(extra);
-            let out = in_ns(&rns, "conntrack", &args)?.stderr(Stdio::null()).output()?;
+            let out = in_ns(&rns, "conntrack", &args)?
+                .stderr(Stdio::null())
+                .output()?;
             Ok(String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter(|l| l.contains("tcp"))
@@ -510,7 +548,11 @@ impl Sandbox {
         // Listening?
         let t0 = Instant::now();
         loop {
-            let l = sh(&mut in_ns(&sns, "ss", &["-Hltn", &format!("sport = :{port}")])?)?;
+            let l = sh(&mut in_ns(
+                &sns,
+                "ss",
+                &["-Hltn", &format!("sport = :{port}")],
+            )?)?;
             if !l.trim().is_empty() {
                 break;
             }
@@ -520,6 +562,7 @@ impl Sandbox {
             nap(Duration::from_millis(20))?;
         }
         let c0 = self.counters()?;
+        let k0 = self.drops()?;
         let daemon = self.daemon.as_ref().map(Child::id);
         let d0 = daemon.map_or(0, cpu::process_ns);
         let s0 = stat()?;
@@ -554,6 +597,7 @@ impl Sandbox {
         let wall = t0.elapsed().as_secs_f64();
         let d1 = daemon.map_or(0, cpu::process_ns);
         let c1 = self.counters()?;
+        let k1 = self.drops()?;
         let ip = parse_iperf(&out)?;
         // The one-off server ends with its client.
         if let Some(mut s) = self.servers.pop() {
@@ -570,9 +614,12 @@ impl Sandbox {
             .map(|(k, v)| (k.clone(), v - c0.get(k).copied().unwrap_or(0)))
             .filter(|(_, v)| *v > 0)
             .collect();
+        let mut drops: Vec<(String, u64)> = drops::delta(&k0, &k1).into_iter().collect();
+        drops.sort_by_key(|d| std::cmp::Reverse(d.1));
         let gb = ip.bytes as f64 / 1e9;
         let per_gb = |ns: u64| if gb > 0.0 { ns as f64 / 1e9 / gb } else { 0.0 };
         Ok(Run {
+            round: 0,
             plane: self.plane,
             case,
             streams,
@@ -593,6 +640,7 @@ impl Sandbox {
             outcomes,
             conntrack: ct_all,
             conntrack_nat: ct_nat,
+            drops,
         })
     }
 
@@ -646,9 +694,24 @@ impl Drop for Sandbox {
     }
 }
 
+/// The median of `v` (0 when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// One measurement.
 #[derive(Clone, Debug, Serialize)]
 pub struct Run {
+    pub round: u32,
     pub plane: Plane,
     pub case: TcpCase,
     pub streams: u32,
@@ -677,6 +740,8 @@ pub struct Run {
     /// port after the run, and how many of them are NATed.
     pub conntrack: usize,
     pub conntrack_nat: usize,
+    /// The kernel's drop counters that grew over the run, largest first.
+    pub drops: Vec<(String, u64)>,
 }
 
 #[derive(Serialize)]
@@ -702,48 +767,67 @@ fn machine() -> String {
         "{} CPUs ({cpu}), kernel {}, load average at the start {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel.trim(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     )
 }
 
-/// Runs the cases on `planes` with each of `streams`, `secs` seconds each.
-pub fn run(
-    bin: &Path,
-    planes: &[Plane],
-    streams: &[u32],
-    secs: u32,
-    json: Option<&Path>,
-) -> Result<()> {
+/// Runs the cases on the data planes of `opts.planes` with each of
+/// `opts.streams`, `opts.duration` seconds (rounded up) each.
+pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
+    let mut planes = opts.planes.clone();
+    planes.sort();
+    planes.dedup();
+    let (streams, json) = (&opts.streams, opts.json.as_deref());
+    let secs = opts.duration.ceil().max(1.0) as u32;
     let machine = machine();
     let mut runs = Vec::new();
     let mut offloads = BTreeMap::new();
     let mut port = PORT;
-    for &plane in planes {
-        if plane == Plane::Kernel {
-            eprintln!("xrouter-bench --tcp: the kernel plane is not measured (no NAT)");
-            continue;
-        }
-        eprintln!("xrouter-bench --tcp: {} ...", plane.name());
-        let mut sb = Sandbox::new(bin, plane).with_context(|| format!("plane {}", plane.name()))?;
-        sb.reach("vm", EXT_HOST)?;
-        sb.reach("vmf", EXT_HOST)?;
-        sb.reach("ext", FIP)?;
-        // The daemon mirrors neighbours into the maps every second.
-        nap(Duration::from_millis(1500))?;
-        offloads.insert(plane.name().to_string(), sb.offloads()?);
-        for case in TcpCase::ALL {
-            for &n in streams {
-                port += 1;
-                eprintln!("  {} x{n}", case.name());
-                let r = sb
-                    .run(case, n, secs, port)
-                    .with_context(|| format!("{} {} -P {n}", plane.name(), case.name()))?;
-                runs.push(r);
-            }
-        }
-        drop(sb);
+    planes.retain(|p| *p != Plane::Kernel);
+    if planes.is_empty() {
+        bail!("--tcp measures the xdp, tc and iptables planes (the kernel plane has no NAT)");
     }
-    print!("{}", table(&machine, secs, &runs, &offloads));
+    for round in 0..opts.rounds {
+        // Rotate the planes' order, so a slow phase of the host does not
+        // always hit the same one.
+        let mut order = planes.clone();
+        order.rotate_left(round as usize % planes.len());
+        for &plane in &order {
+            eprintln!(
+                "xrouter-bench --tcp: round {}/{}, {} ...",
+                round + 1,
+                opts.rounds,
+                plane.name()
+            );
+            let mut sb =
+                Sandbox::new(bin, plane).with_context(|| format!("plane {}", plane.name()))?;
+            sb.reach("vm", EXT_HOST)?;
+            sb.reach("vmf", EXT_HOST)?;
+            sb.reach("ext", FIP)?;
+            // The daemon mirrors neighbours into the maps every second.
+            nap(Duration::from_millis(1500))?;
+            offloads.insert(plane.name().to_string(), sb.offloads()?);
+            for case in TcpCase::ALL {
+                for &n in streams.iter() {
+                    port = if port >= PORT + 5000 {
+                        PORT + 1
+                    } else {
+                        port + 1
+                    };
+                    let mut r = sb
+                        .run(case, n, secs, port)
+                        .with_context(|| format!("{} {} -P {n}", plane.name(), case.name()))?;
+                    r.round = round;
+                    runs.push(r);
+                }
+            }
+            drop(sb);
+        }
+    }
+    print!("{}", table(&machine, secs, &planes, &runs, &offloads));
     if let Some(p) = json {
         let r = Report {
             machine,
@@ -760,23 +844,26 @@ pub fn run(
 fn table(
     machine: &str,
     secs: u32,
+    planes: &[Plane],
     runs: &[Run],
     offloads: &BTreeMap<String, Vec<(String, String)>>,
 ) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "bulk TCP (iperf3, {secs} s per run), {machine}");
+    if let Some(x) = host_ethtool() {
+        let _ = writeln!(
+            o,
+            "hosts' eth0 also set: ethtool -K eth0 {x} (XRB_TCP_HOST_ETHTOOL)"
+        );
+    }
     let _ = writeln!(
         o,
-        "Gbit/s received; CPU s per GB received: all CPUs busy (softirq of it) [iperf3 processes]"
+        "Gbit/s received, median (min-max) over rounds; CPU s per GB received, medians: \
+         all CPUs busy (softirq of it) [iperf3 processes]"
     );
-    let planes: Vec<Plane> = {
-        let mut p: Vec<Plane> = runs.iter().map(|r| r.plane).collect();
-        p.dedup();
-        p
-    };
     let mut head = format!("{:<22}", "case");
-    for p in &planes {
-        let _ = write!(head, " | {:<30}", p.name());
+    for p in planes {
+        let _ = write!(head, " | {:<38}", p.name());
     }
     let _ = writeln!(o, "{head}");
     let mut keys: Vec<(TcpCase, u32)> = vec![];
@@ -787,22 +874,37 @@ fn table(
     }
     for (case, n) in keys {
         let mut line = format!("{:<22}", format!("{} x{n}", case.name()));
-        for p in &planes {
-            let cell = runs
+        for p in planes {
+            let these: Vec<&Run> = runs
                 .iter()
-                .find(|r| r.plane == *p && r.case == case && r.streams == n)
-                .map(|r| {
-                    format!(
-                        "{:5.2} Gb/s {:.2} ({:.2}) [{:.2}]",
-                        r.gbps, r.busy_s_per_gb, r.softirq_s_per_gb, r.iperf_s_per_gb
-                    )
-                })
-                .unwrap_or_default();
-            let _ = write!(line, " | {cell:<30}");
+                .filter(|r| r.plane == *p && r.case == case && r.streams == n)
+                .collect();
+            let cell = if these.is_empty() {
+                String::new()
+            } else {
+                let m = |f: fn(&Run) -> f64| median(these.iter().map(|r| f(r)).collect());
+                let g: Vec<f64> = these.iter().map(|r| r.gbps).collect();
+                let (lo, hi) = g
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+                format!(
+                    "{:.2} ({:.1}-{:.1}) {:.2} ({:.2}) [{:.2}]",
+                    m(|r| r.gbps),
+                    lo,
+                    hi,
+                    m(|r| r.busy_s_per_gb),
+                    m(|r| r.softirq_s_per_gb),
+                    m(|r| r.iperf_s_per_gb)
+                )
+            };
+            let _ = write!(line, " | {cell:<38}");
         }
         let _ = writeln!(o, "{line}");
     }
-    let _ = writeln!(o, "\nfast path (eBPF planes): outcome counters over each run, packets; kernel conntrack in the router namespace for the flow");
+    let _ = writeln!(
+        o,
+        "\nfast path (eBPF planes): outcome counters over each run, packets; kernel conntrack in the router namespace for the flow"
+    );
     for r in runs
         .iter()
         .filter(|r| matches!(r.plane, Plane::Xdp | Plane::Tc))
@@ -810,26 +912,35 @@ fn table(
         let oc: Vec<String> = r.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             o,
-            "  {:<8} {:<20} conntrack {} (NAT {}){}  {}",
+            "  {} {:<8} {:<20} conntrack {} (NAT {}){}  {}",
+            r.round + 1,
             r.plane.name(),
             format!("{} x{}", r.case.name(), r.streams),
             r.conntrack,
             r.conntrack_nat,
-            if r.conntrack_nat > 0 { " FAST PATH MISSED" } else { "" },
+            if r.conntrack_nat > 0 {
+                " FAST PATH MISSED"
+            } else {
+                ""
+            },
             oc.join(", ")
         );
     }
     for r in runs.iter().filter(|r| r.plane == Plane::Iptables) {
         let _ = writeln!(
             o,
-            "  {:<8} {:<20} conntrack {} (NAT {})",
+            "  {} {:<8} {:<20} conntrack {} (NAT {})",
+            r.round + 1,
             r.plane.name(),
             format!("{} x{}", r.case.name(), r.streams),
             r.conntrack,
             r.conntrack_nat
         );
     }
-    let _ = writeln!(o, "\noffloads (ethtool -k) of the router's devices and their taps:");
+    let _ = writeln!(
+        o,
+        "\noffloads (ethtool -k) of the router's devices and their taps:"
+    );
     for (plane, devs) in offloads {
         for (d, f) in devs {
             let _ = writeln!(o, "  {plane:<8} {d:<16} {f}");
@@ -837,18 +948,26 @@ fn table(
     }
     let _ = writeln!(
         o,
-        "\nall runs: retransmits, busy CPUs over the window, ksoftirqd and daemon s/GB"
+        "\nall runs (round, plane, case): Gbit/s, retransmits, busy CPUs over the window, ksoftirqd and daemon s/GB, kernel drops"
     );
     for r in runs {
         let _ = writeln!(
             o,
-            "  {:<8} {:<20} retr {:>6}  busy {:.2} CPUs  ksoftirqd {:.3}  daemon {:.4}",
+            "  {} {:<8} {:<20} {:5.2} Gb/s  retr {:>6}  busy {:.2} CPUs  ksoftirqd {:.3}  daemon {:.4}  {}",
+            r.round + 1,
             r.plane.name(),
             format!("{} x{}", r.case.name(), r.streams),
+            r.gbps,
             r.retransmits,
             r.busy_cpus,
             r.ksoftirqd_s_per_gb,
-            r.daemon_s_per_gb
+            r.daemon_s_per_gb,
+            r.drops
+                .iter()
+                .take(4)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     o
@@ -870,6 +989,13 @@ mod tests {
         assert!((r.seconds - 1.002898).abs() < 1e-9);
         assert!((r.client_cpu_s - 0.3613).abs() < 1e-3, "{}", r.client_cpu_s);
         assert!((r.server_cpu_s - 0.4903).abs() < 1e-3, "{}", r.server_cpu_s);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 
     #[test]
