@@ -29,8 +29,10 @@
 //! kernel conntrack entries in the router namespace for the flow's port
 //! (none may be NATed when the fast path did the work).
 //!
-//! Investigation knob: `XRB_TCP_HOST_ETHTOOL="tx off"` (any `ethtool -K`
-//! settings) is applied to the hosts' eth0 after the defaults above.
+//! Investigation knobs: `XRB_TCP_HOST_ETHTOOL="tx off"` (any `ethtool -K`
+//! settings) is applied to the hosts' eth0 after the defaults above,
+//! `XRB_TCP_TAP_ETHTOOL="tso off"` to the router's taps once xrouter has
+//! set them up.
 //!
 //! Everything is removed in Drop (daemon and iperf3 killed, namespaces,
 //! pins and files deleted), also on error and interruption.
@@ -219,9 +221,18 @@ fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<Command> {
 /// (`XRB_TCP_HOST_ETHTOOL`, e.g. "tx off": the hosts then send complete
 /// checksums, not CHECKSUM_PARTIAL): an investigation knob.
 fn host_ethtool() -> Option<String> {
-    std::env::var("XRB_TCP_HOST_ETHTOOL")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
+    knob("XRB_TCP_HOST_ETHTOOL")
+}
+
+/// Extra `ethtool -K` settings for the router's taps (`XRB_TCP_TAP_ETHTOOL`,
+/// e.g. "tso off": what XDP does to them, without XDP): an investigation
+/// knob.
+fn tap_ethtool() -> Option<String> {
+    knob("XRB_TCP_TAP_ETHTOOL")
+}
+
+fn knob(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|s| !s.trim().is_empty())
 }
 
 /// Waits for `child` until `deadline`, then kills it; its stdout.
@@ -452,6 +463,23 @@ impl Sandbox {
             nap(Duration::from_millis(100))?;
         }
         bail!("{dst} does not answer {role}'s ping")
+    }
+
+    /// `ethtool -K <tap> <extra>` on the router's taps.
+    fn set_taps(&self, extra: &str) -> Result<()> {
+        let taps: Vec<String> = self
+            .router
+            .gateway
+            .iter()
+            .chain(&self.router.interfaces)
+            .map(PortSpec::tap)
+            .collect();
+        for t in taps {
+            let mut args = vec!["-K", t.as_str()];
+            args.extend(extra.split_whitespace());
+            sh(&mut in_ns(&self.node(), "ethtool", &args)?)?;
+        }
+        Ok(())
     }
 
     /// The offload flags of the router's devices and their taps.
@@ -809,6 +837,9 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
             sb.reach("ext", FIP)?;
             // The daemon mirrors neighbours into the maps every second.
             nap(Duration::from_millis(1500))?;
+            if let Some(extra) = tap_ethtool() {
+                sb.set_taps(&extra)?;
+            }
             offloads.insert(plane.name().to_string(), sb.offloads()?);
             for case in TcpCase::ALL {
                 for &n in streams.iter() {
@@ -854,6 +885,12 @@ fn table(
         let _ = writeln!(
             o,
             "hosts' eth0 also set: ethtool -K eth0 {x} (XRB_TCP_HOST_ETHTOOL)"
+        );
+    }
+    if let Some(x) = tap_ethtool() {
+        let _ = writeln!(
+            o,
+            "the router's taps also set: ethtool -K TAP {x} (XRB_TCP_TAP_ETHTOOL)"
         );
     }
     let _ = writeln!(
