@@ -237,13 +237,21 @@ fn knob(var: &str) -> Option<String> {
 
 /// Waits for `child` until `deadline`, then kills it; its stdout.
 fn wait_bounded(mut child: Child, deadline: Instant, what: &str) -> Result<String> {
+    // Read while it runs: an output larger than the pipe would block it.
+    let reader = child.stdout.take().map(|mut o| {
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut out = String::new();
+            let _ = o.read_to_string(&mut out);
+            out
+        })
+    });
+    let output = |r: Option<std::thread::JoinHandle<String>>| {
+        r.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+    };
     loop {
         if let Some(st) = child.try_wait()? {
-            let mut out = String::new();
-            if let Some(mut o) = child.stdout.take() {
-                use std::io::Read as _;
-                let _ = o.read_to_string(&mut out);
-            }
+            let out = output(reader);
             if !st.success() && out.trim().is_empty() {
                 bail!("{what} exited with {st}");
             }
@@ -252,6 +260,8 @@ fn wait_bounded(mut child: Child, deadline: Instant, what: &str) -> Result<Strin
         if Instant::now() > deadline || stopped() {
             let _ = child.kill();
             let _ = child.wait();
+            // The pipe is closed now: the reader ends.
+            let _ = output(reader);
             bail!("{what} did not finish in time (killed)");
         }
         std::thread::sleep(Duration::from_millis(20));
