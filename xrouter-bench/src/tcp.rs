@@ -262,6 +262,9 @@ fn wait_bounded(mut child: Child, deadline: Instant, what: &str) -> Result<Strin
             let _ = child.wait();
             // The pipe is closed now: the reader ends.
             let _ = output(reader);
+            if stopped() {
+                bail!("interrupted");
+            }
             bail!("{what} did not finish in time (killed)");
         }
         std::thread::sleep(Duration::from_millis(20));
