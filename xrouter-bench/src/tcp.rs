@@ -335,11 +335,14 @@ impl Sandbox {
             Plane::Tc => "tc",
             Plane::Iptables | Plane::Kernel => "iptables",
         };
+        // No metadata proxy: a stopping daemon would leave its listeners to
+        // a holder process for a minute.
         std::fs::write(
             sb.config(),
             format!(
                 "state_dir = {:?}\npin_dir = {:?}\ndataplane = \"{dataplane}\"\n\
-                 resync_interval = 3600\nsend_garp = false\nconntrack_size = 65536\n",
+                 resync_interval = 3600\nsend_garp = false\nconntrack_size = 65536\n\
+                 enable_metadata_proxy = false\n",
                 sb.dir.join("state"),
                 sb.pin_dir(),
             ),
