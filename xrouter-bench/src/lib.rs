@@ -28,6 +28,7 @@ mod progs;
 mod report;
 mod rig;
 mod scale;
+mod tcp;
 
 use std::{
     path::PathBuf,
@@ -325,6 +326,15 @@ pub struct Opts {
     #[arg(long, default_value_t = 10_000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384))]
     pub many: usize,
+    /// Measure bulk TCP instead (iperf3 from VMs through the router: gateway
+    /// SNAT, floating IP in and out) per data plane of --planes, for
+    /// --duration seconds (rounded up) per run, --rounds times.
+    #[arg(long)]
+    pub tcp: bool,
+    /// --tcp: parallel streams per run (iperf3 -P), one run per entry.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 8],
+          value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub streams: Vec<u32>,
     /// The xrouter binary that runs the router (default: the one beside
     /// this program).
     #[arg(long, value_name = "FILE")]
@@ -418,6 +428,8 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
                 .map(|p| p.name().to_string())
                 .collect();
             changes::run(&xrouter_bin(&opts)?, &planes, opts.many)
+        } else if opts.tcp {
+            tcp::run(&xrouter_bin(&opts)?, &opts)
         } else {
             run_rig(&opts)
         }
