@@ -23,7 +23,7 @@ PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-
   rabbitmq-server python3-venv openvswitch-switch haproxy wrk iperf3)
 BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe curl openssl
   /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py
-  ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool ovs-ofctl /usr/share/openvswitch/vswitch.ovsschema haproxy wrk)
+  ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool ovs-ofctl /usr/share/openvswitch/vswitch.ovsschema haproxy wrk iperf3)
 
 packages() {
   local missing=0 b own_policy=0

@@ -31,7 +31,10 @@ pub struct GenConfig {
     /// Frame length without FCS (>= 42): IPv4 total length is this - 14.
     pub frame_len: u16,
     pub ttl: u8,
-    pub _pad: u8,
+    /// 1: a flood's frames (see `flood_every`) are TCP SYNs, IPv4 total
+    /// length 40 (the rest of the frame is Ethernet padding), with valid
+    /// checksums; 0: UDP like the flows'.
+    pub flood_syn: u8,
     /// Pacing: nanoseconds between frames (0: as fast as possible). Frames
     /// not yet due are dropped by the generator, never sent.
     pub gap_ns: u64,
@@ -39,7 +42,10 @@ pub struct GenConfig {
     /// a new flow, from a source of 100.64.0.0/10 never used before (a
     /// spoofed client), to port [`FLOOD_DPORT`] of the destination.
     pub flood_every: u32,
-    pub _pad2: u32,
+    /// A flood's destinations: its frames go to this many addresses from
+    /// `dst` up, in turn (0 or 1: `dst` only). Gateway SNAT has a port
+    /// range per destination: new connections to one would exhaust it.
+    pub flood_dsts: u32,
 }
 
 /// Destination port of the flood's frames (the sink counts them apart).

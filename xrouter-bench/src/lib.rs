@@ -175,10 +175,18 @@ pub enum Case {
     /// source never seen) to the floating IP. Reported: the 1k flows'
     /// rate, and the flood's let through.
     DnatFlood,
+    /// `dnat-in` under a SYN flood: every other frame a TCP SYN from a new
+    /// client (a spoofed source never seen) to the floating IP. Reported:
+    /// the 1k flows' rate, and the SYNs let through (connections opened).
+    SynFlood,
+    /// New connections through gateway SNAT: every frame a new UDP flow
+    /// (a source address and port never seen). Reported: the frames
+    /// delivered, i.e. the connections opened per second.
+    SnatNew,
 }
 
 impl Case {
-    pub const ALL: [Case; 10] = [
+    pub const ALL: [Case; 12] = [
         Case::Ceiling,
         Case::BareRedirect,
         Case::EastWest,
@@ -189,9 +197,11 @@ impl Case {
         Case::DnatIn,
         Case::FipOut,
         Case::DnatFlood,
+        Case::SynFlood,
+        Case::SnatNew,
     ];
     /// What runs unless `--cases` says otherwise.
-    pub const DEFAULT: [Case; 8] = [
+    pub const DEFAULT: [Case; 10] = [
         Case::Ceiling,
         Case::BareRedirect,
         Case::EastWest,
@@ -200,6 +210,8 @@ impl Case {
         Case::DnatIn,
         Case::FipOut,
         Case::DnatFlood,
+        Case::SynFlood,
+        Case::SnatNew,
     ];
 
     pub fn name(self) -> &'static str {
@@ -214,6 +226,8 @@ impl Case {
             Case::DnatIn => "dnat-in",
             Case::FipOut => "fip-out",
             Case::DnatFlood => "dnat-flood",
+            Case::SynFlood => "syn-flood",
+            Case::SnatNew => "snat-new",
         }
     }
 
@@ -225,16 +239,26 @@ impl Case {
     /// Flows (connections) the generator cycles through.
     pub fn flows(self) -> u32 {
         match self {
-            Case::Ceiling | Case::BareRedirect | Case::EastWest | Case::Snat1 => 1,
-            Case::EastWest1k | Case::Snat1k | Case::DnatIn | Case::FipOut | Case::DnatFlood => 1000,
+            Case::Ceiling | Case::BareRedirect | Case::EastWest | Case::Snat1 | Case::SnatNew => 1,
+            Case::EastWest1k
+            | Case::Snat1k
+            | Case::DnatIn
+            | Case::FipOut
+            | Case::DnatFlood
+            | Case::SynFlood => 1000,
             Case::Snat64k => 64000,
         }
     }
 
     /// Whether the case means something on `plane` (plain forwarding has no
-    /// floating IP to DNAT: the packet would be delivered locally).
+    /// floating IP to DNAT: the packet would be delivered locally; and no
+    /// connections to open).
     pub fn applies_to(self, plane: Plane) -> bool {
-        !(plane == Plane::Kernel && matches!(self, Case::DnatIn | Case::DnatFlood))
+        !(plane == Plane::Kernel
+            && matches!(
+                self,
+                Case::DnatIn | Case::DnatFlood | Case::SynFlood | Case::SnatNew
+            ))
     }
 }
 
@@ -315,6 +339,12 @@ pub struct Opts {
     /// default it is paused, so the figures are the data path's.
     #[arg(long)]
     pub with_gc: bool,
+    /// The routers' budget of new connections a second per CPU (node config
+    /// `new_connection_rate`; 0: none, to measure what the data path can
+    /// open). Default: the node config's default, 100000.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+    pub new_connection_rate: Option<u32>,
     /// Measure live changes instead: per data plane (xdp, tc, iptables of
     /// --planes), the time to apply and release 1,000 and --many floating
     /// IPs, from reload to the first packet through a new one, and the

@@ -365,7 +365,6 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
         return Ok(());
     }
     super::nap(Duration::from_nanos(ESTABLISH_AFTER_NS) + Duration::from_millis(200))?;
-    let ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
     let keys: Vec<CtKey> = cases
         .iter()
         .map(|c| {
@@ -375,7 +374,6 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
             CtKey::new(a(26), a(30), p(34), p(36), f[23])
         })
         .collect();
-    drop(ct);
     for (c, k) in cases.iter().zip(&keys) {
         set_micro(ebpf, &c.frame, STAGE_FULL, false)?;
         run_once(ebpf, MICRO, ifx[c.ingress], &c.frame, 1)?;

@@ -281,12 +281,14 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
         .filter(|(_, v)| *v > 0)
         .collect();
     let flood = b.flood - a.flood;
+    // Costs per packet of the flows; of the flood when it is all there is.
+    let per = if n > 0 { n } else { flood };
     Ok(Window {
         pps: n as f64 / dt,
         flood_pps: flood as f64 / dt,
         offered: (b.sent - a.sent) as f64 / dt,
-        cpu_ns: (n > 0).then(|| (b.busy - a.busy) as f64 / n as f64),
-        path_ns: (n > 0).then(|| b.path_ns.saturating_sub(a.path_ns) as f64 / n as f64),
+        cpu_ns: (per > 0).then(|| (b.busy - a.busy) as f64 / per as f64),
+        path_ns: (per > 0).then(|| b.path_ns.saturating_sub(a.path_ns) as f64 / per as f64),
         daemon_cpu: t
             .daemon
             .map(|_| b.daemon_ns.saturating_sub(a.daemon_ns) as f64 / 1e9 / dt),
@@ -326,7 +328,12 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
         pin_all(t, opts, true)?;
         nap(Duration::from_millis(200))?;
         let dur = Duration::from_secs_f64(opts.duration);
-        let w = window(progs, t, opts, dur)?;
+        let mut w = window(progs, t, opts, dur)?;
+        // Every frame the flood's: those are the case's packets.
+        let all_new = cfg.flood_every == 1;
+        if all_new {
+            w.pps += w.flood_pps;
+        }
         Progs::check(&run)?;
         let mut paced = Vec::new();
         let n = opts.sweep;
@@ -342,7 +349,10 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
                 cfg.gap_ns = (1e9 / rate).max(1.0) as u64;
                 progs.set_gen(&cfg)?;
                 nap(Duration::from_millis(150))?;
-                let p = window(progs, t, opts, step)?;
+                let mut p = window(progs, t, opts, step)?;
+                if all_new {
+                    p.pps += p.flood_pps;
+                }
                 paced.push(SweepStep {
                     target_mpps: rate / 1e6,
                     sent_mpps: p.offered / 1e6,
@@ -356,7 +366,7 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
             plane: None,
             case,
             mpps: w.pps / 1e6,
-            flood_mpps: (cfg.flood_every != 0).then_some(w.flood_pps / 1e6),
+            flood_mpps: (cfg.flood_every > 1).then_some(w.flood_pps / 1e6),
             offered_mpps: w.offered / 1e6,
             cpu_ns: w.cpu_ns,
             path_ns: w.path_ns,
@@ -523,10 +533,10 @@ impl RawRig {
             ifindex: ifindex(&self.ns, &self.dev(into))?,
             frame_len: opts.frame,
             ttl: 64,
-            _pad: 0,
+            flood_syn: 0,
             gap_ns: 0,
             flood_every: 0,
-            _pad2: 0,
+            flood_dsts: 0,
         };
         // The devices of this case's path by role (each name once: the
         // drop counters are keyed by it).
@@ -818,9 +828,13 @@ impl RouterRig {
             rig.config_path(),
             format!(
                 "state_dir = {:?}\npin_dir = {:?}\ndataplane = \"{dataplane}\"\n\
-                 resync_interval = 3600\nsend_garp = false\nconntrack_size = {ct_conns}\n",
+                 resync_interval = 3600\nsend_garp = false\nconntrack_size = {ct_conns}\n\
+                 new_connection_rate = {}\n",
                 rig.dir.join("state"),
                 rig.pin_dir,
+                opts.new_connection_rate.unwrap_or(
+                    router_user::config::node::NodeConfig::default().new_connection_rate
+                ),
             ),
         )?;
         netns::create(&rig.node)?;
@@ -970,10 +984,12 @@ impl RouterRig {
             Case::Snat1 => (Port::A, vm_a, REMOTE, 1, 1),
             Case::Snat1k => (Port::A, vm_a, REMOTE, 1000, 1000),
             Case::Snat64k => (Port::A, vm_a, REMOTE, 64000, 16000),
-            Case::DnatIn | Case::DnatFlood => {
+            Case::DnatIn | Case::DnatFlood | Case::SynFlood => {
                 (Port::G, REMOTE, ip4(&format!("{EXT}.100")), 1000, 1000)
             }
             Case::FipOut => (Port::B, ip4(&format!("{NET_B}.100")), REMOTE, 1000, 1000),
+            // Every frame is the flood's: a new source each time.
+            Case::SnatNew => (Port::A, vm_a, REMOTE, 1, 1),
             Case::Ceiling | Case::BareRedirect => bail!("{} is a rig case", case.name()),
         };
         let target = match self.kind {
@@ -992,11 +1008,15 @@ impl RouterRig {
             ifindex: ifindex(&self.node, &target)?,
             frame_len: opts.frame,
             ttl: 64,
-            _pad: 0,
+            flood_syn: (case == Case::SynFlood) as u8,
             gap_ns: 0,
-            // Every other frame a new client.
-            flood_every: if case == Case::DnatFlood { 2 } else { 0 },
-            _pad2: 0,
+            // Every other frame a new client; or every frame.
+            flood_every: match case {
+                Case::DnatFlood | Case::SynFlood => 2,
+                Case::SnatNew => 1,
+                _ => 0,
+            },
+            flood_dsts: if case == Case::SnatNew { 4096 } else { 0 },
         };
         let id = self.router_id();
         let router_ns = self.router_ns();

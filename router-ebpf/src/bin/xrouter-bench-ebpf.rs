@@ -85,6 +85,54 @@ fn fold(mut s: u32) -> u16 {
     !(s as u16)
 }
 
+/// Ethernet + IPv4 + TCP, no options.
+const SYN_HDR: usize = 54;
+
+/// The header of a TCP SYN from `src:sport` to the generator's destination
+/// (no payload: IPv4 total length 40), with both checksums.
+#[inline(always)]
+fn syn_header(
+    cfg: &GenConfig,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    isn: u32,
+) -> [u8; SYN_HDR] {
+    let addrs = (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff);
+    let ip_sum = 0x4500u32 + 40 + (((cfg.ttl as u32) << 8) | 6) + addrs;
+    const WINDOW: u16 = 64240;
+    // Pseudo-header (protocol 6, TCP length 20) and the header's words.
+    let tcp_sum = addrs
+        + 6
+        + 20
+        + sport as u32
+        + dport as u32
+        + (isn >> 16)
+        + (isn & 0xffff)
+        + 0x5002
+        + WINDOW as u32;
+    let mut h = [0u8; SYN_HDR];
+    h[0..6].copy_from_slice(&cfg.dst_mac);
+    h[6..12].copy_from_slice(&cfg.src_mac);
+    h[12] = 0x08;
+    h[14] = 0x45;
+    h[16..18].copy_from_slice(&40u16.to_be_bytes());
+    h[22] = cfg.ttl;
+    h[23] = 6;
+    h[24..26].copy_from_slice(&fold(ip_sum).to_be_bytes());
+    h[26..30].copy_from_slice(&src.to_be_bytes());
+    h[30..34].copy_from_slice(&dst.to_be_bytes());
+    h[34..36].copy_from_slice(&sport.to_be_bytes());
+    h[36..38].copy_from_slice(&dport.to_be_bytes());
+    h[38..42].copy_from_slice(&isn.to_be_bytes());
+    h[46] = 0x50;
+    h[47] = 0x02;
+    h[48..50].copy_from_slice(&WINDOW.to_be_bytes());
+    h[50..52].copy_from_slice(&fold(tcp_sum).to_be_bytes());
+    h
+}
+
 /// Writes a whole header, returns XDP_REDIRECT to the target (or XDP_DROP
 /// when the pacer says the frame is not due yet).
 #[xdp]
@@ -148,14 +196,40 @@ pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
     let hi = i / nports;
     let mut src = u32::from_be_bytes(cfg.src).wrapping_add(hi as u32);
     let mut dport = cfg.dport.wrapping_add(hi as u16);
+    let mut dst = u32::from_be_bytes(cfg.dst);
+    let mut syn = false;
     if cfg.flood_every != 0 && seq % cfg.flood_every as u64 == 0 {
         // A client never seen: 100.64.0.0/10 and a port, 2^37 of them.
         let n = seq / cfg.flood_every as u64;
         src = 0x6440_0000 | (n as u32 & 0x003f_ffff);
         sport = 1024 + ((n >> 22) as u16 & 0x7fff);
         dport = FLOOD_DPORT;
+        syn = cfg.flood_syn != 0;
+        if cfg.flood_dsts > 1 {
+            dst = dst.wrapping_add((n % cfg.flood_dsts as u64) as u32);
+        }
     }
-    let dst = u32::from_be_bytes(cfg.dst);
+    if syn {
+        if data + SYN_HDR > end {
+            return xdp_action::XDP_ABORTED;
+        }
+        let h = syn_header(cfg, src, dst, sport, dport, seq as u32);
+        // SAFETY: data + SYN_HDR <= end was checked; byte-aligned write.
+        unsafe { core::ptr::write_unaligned(data as *mut [u8; SYN_HDR], h) };
+        if data + MIN_FRAME <= end {
+            // Ethernet padding.
+            // SAFETY: data + MIN_FRAME <= end was checked.
+            unsafe {
+                core::ptr::write_unaligned(
+                    (data + SYN_HDR) as *mut [u8; MIN_FRAME - SYN_HDR],
+                    [0; MIN_FRAME - SYN_HDR],
+                )
+            };
+        }
+        st.sent += 1;
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect(cfg.ifindex, 0) as u32 };
+    }
     let tot = len - 14;
     let ttl_proto = ((cfg.ttl as u32) << 8) | 17;
     let sum = 0x4500u32
@@ -178,7 +252,7 @@ pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
     h[23] = 17;
     h[24..26].copy_from_slice(&csum.to_be_bytes());
     h[26..30].copy_from_slice(&src.to_be_bytes());
-    h[30..34].copy_from_slice(&cfg.dst);
+    h[30..34].copy_from_slice(&dst.to_be_bytes());
     h[34..36].copy_from_slice(&sport.to_be_bytes());
     h[36..38].copy_from_slice(&dport.to_be_bytes());
     h[38..40].copy_from_slice(&(tot - 20).to_be_bytes());
@@ -202,17 +276,23 @@ pub fn xr_bench_gen(ctx: XdpContext) -> u32 {
 }
 
 /// Counts the frame from `data` to `end` in `XRB_SINK`: IPv4/UDP frames
-/// (and bytes, and a flood's apart) and anything else apart.
+/// and TCP (a flood's SYNs), with bytes, a flood's apart, and anything
+/// else apart.
 #[inline(always)]
 fn sink_count(data: usize, end: usize) {
     if let Some(c) = XRB_SINK.get_ptr_mut(0) {
         // SAFETY: per-CPU slot; reads are bounds-checked first.
         unsafe {
-            let udp = data + 34 <= end
+            let proto = if data + 34 <= end
                 && *((data + 12) as *const u8) == 0x08
                 && *((data + 13) as *const u8) == 0x00
-                && *((data + 23) as *const u8) == 17;
-            if udp {
+            {
+                *((data + 23) as *const u8)
+            } else {
+                0
+            };
+            // The generator's UDP frames, and its flood's TCP SYNs.
+            if proto == 17 || proto == 6 {
                 (*c).packets += 1;
                 (*c).bytes += (end - data) as u64;
                 if data + 38 <= end
