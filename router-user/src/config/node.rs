@@ -16,7 +16,9 @@ use crate::text::{self, label, quote, tidy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Dataplane {
-    /// xdp where the BPF programs load on this kernel, iptables otherwise.
+    /// tc where the BPF programs load on this kernel, iptables otherwise
+    /// (not xdp: on veth ports fed by a bridge, XDP copies every packet and
+    /// turns TSO off; see docs/dataplane.md).
     Auto,
     /// eBPF programs at the XDP hook of every router port, TC behind them.
     Xdp,
