@@ -22,29 +22,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use router_user::fixtures::{Network, PortSpec, RouterSpec, routers_json};
 
-fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn ip(args: &str) -> Result<String> {
-    sh(Command::new("ip").args(args.split_whitespace()))
-}
-
-/// `prog args` in namespace `ns`; an error if `ns` is gone (never runs it
-/// outside the sandbox).
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<Command> {
-    let mut c = Command::new(prog);
-    c.args(args);
-    router_user::backend::netns::command_in(ns, &mut c)?;
-    Ok(c)
-}
+use crate::shell::{in_ns, ip, sh, stop_child};
 
 /// The sandbox's router: gateway 10.200.255.1/16, one internal network
 /// 10.100.0.0/16; the VM is 10.100.0.2, the external host 10.200.255.100.
@@ -134,17 +112,8 @@ impl Sandbox {
     }
 
     fn stop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = Command::new("kill").arg(d.id().to_string()).status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = d.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = d.kill();
-            let _ = d.wait();
+        if let Some(d) = self.daemon.take() {
+            stop_child(d, Duration::from_secs(10));
         }
     }
 

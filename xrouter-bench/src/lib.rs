@@ -28,6 +28,7 @@ mod progs;
 mod report;
 mod rig;
 mod scale;
+mod shell;
 mod tcp;
 
 use std::{

@@ -1052,22 +1052,9 @@ impl RouterRig {
     }
 
     fn stop_daemon(&mut self) {
-        let Some(mut d) = self.daemon.take() else {
-            return;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(d.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = d.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(d) = self.daemon.take() {
+            super::shell::stop_child(d, Duration::from_secs(5));
         }
-        let _ = d.kill();
-        let _ = d.wait();
     }
 }
 

@@ -41,7 +41,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -52,7 +52,11 @@ use router_user::{
 };
 use serde::Serialize;
 
-use super::{Opts, Plane, cpu, drops, nap, stopped};
+use super::{
+    Opts, Plane, cpu, drops, nap,
+    shell::{in_ns, ip, sh, stop_child},
+    stopped,
+};
 
 const NET: &str = "10.92.1";
 const EXT: &str = "172.31.92";
@@ -188,33 +192,6 @@ fn ksoftirqd_ns() -> u64 {
             comm.starts_with("ksoftirqd/").then(|| cpu::process_ns(pid))
         })
         .sum()
-}
-
-fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn ip(args: &str) -> Result<String> {
-    sh(Command::new("ip").args(args.split_whitespace()))
-}
-
-/// `prog args` in namespace `ns` (an error if it is gone: never runs
-/// outside the sandbox).
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<Command> {
-    let mut c = Command::new(prog);
-    c.args(args).stdin(Stdio::null());
-    netns::command_in(ns, &mut c)?;
-    Ok(c)
 }
 
 /// Extra `ethtool -K eth0` settings for the hosts, from the environment
@@ -693,22 +670,9 @@ impl Sandbox {
             let _ = s.kill();
             let _ = s.wait();
         }
-        let Some(mut d) = self.daemon.take() else {
-            return;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(d.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = d.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(d) = self.daemon.take() {
+            stop_child(d, Duration::from_secs(5));
         }
-        let _ = d.kill();
-        let _ = d.wait();
     }
 }
 
