@@ -393,6 +393,12 @@ impl Router {
 /// Runs `f` on a thread inside a scratch namespace with three veth devices,
 /// passing their ifindexes; removes the namespace afterwards, even on panic.
 fn with_devices(f: impl FnOnce([u32; 3]) + Send + 'static) {
+    with_devices_at(None, f)
+}
+
+/// [`with_devices`], the devices at the given ifindexes (None: the
+/// kernel's choice).
+fn with_devices_at(index: Option<[u32; 3]>, f: impl FnOnce([u32; 3]) + Send + 'static) {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "BPF_PROG_TEST_RUN needs root: run the tests as root (`cargo xtask test`)"
@@ -405,18 +411,13 @@ fn with_devices(f: impl FnOnce([u32; 3]) + Send + 'static) {
     }
     let ns = Ns(format!("xrt-dp-{}-{:x}", std::process::id(), rand_u32()));
     netns::create(&ns.0).unwrap();
-    for d in ["qr1", "qr2", "qg"] {
+    for (i, d) in ["qr1", "qr2", "qg"].into_iter().enumerate() {
         let mut c = Command::new("ip");
-        c.args([
-            "link",
-            "add",
-            d,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{d}p"),
-        ]);
+        c.args(["link", "add", d]);
+        if let Some(index) = index {
+            c.args(["index", &index[i].to_string()]);
+        }
+        c.args(["type", "veth", "peer", "name", &format!("{d}p")]);
         netns::command_in(&ns.0, &mut c).unwrap();
         assert!(c.status().unwrap().success());
     }
@@ -446,6 +447,43 @@ fn getrandom(b: &mut [u8]) {
 }
 
 // ---------- the cases ----------
+
+/// Ports are found by array index below `PORT_SLOTS` and in the hash
+/// beyond: a router whose namespace has seen many devices, with its ports
+/// on both sides of the limit, forwards as any other (ingress and egress
+/// looked up either way).
+#[test]
+fn ports_beyond_the_slot_array_are_found_in_the_hash() {
+    use router_common::port::PORT_SLOTS;
+    for index in [
+        [PORT_SLOTS + 44, PORT_SLOTS + 45, PORT_SLOTS + 46],
+        [PORT_SLOTS + 44, 7, PORT_SLOTS - 1],
+    ] {
+        with_devices_at(Some(index), move |ifx| {
+            assert_eq!(ifx, index, "devices at the requested ifindexes");
+            let r = Router::new(ifx, 1024, 65535);
+            let o = r.xdp(r.qr1, &Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80));
+            assert_eq!(o.ret, XDP_REDIRECT, "SNAT out of qr1 at {}", ifx[0]);
+            assert_eq!(o.src(), "192.168.1.110".parse::<Ipv4Addr>().unwrap());
+            assert_eq!(&o.frame[6..12], &MAC_QG);
+            assert_checksums(&o.frame);
+            let reply = Frame {
+                tcp_flags: 0x12,
+                ..Frame::tcp("192.168.1.15", 80, "192.168.1.110", o.sport())
+            }
+            .from(MAC_EXT, MAC_QG);
+            let back = r.xdp(r.qg, &reply);
+            assert_eq!(back.ret, XDP_REDIRECT, "the reply in on qg at {}", ifx[2]);
+            assert_eq!(back.dst(), "81.1.180.12".parse::<Ipv4Addr>().unwrap());
+            assert_eq!(&back.frame[6..12], &MAC_QR1);
+            let f = Frame::tcp("192.168.1.15", 5555, "192.168.1.104", 22).from(MAC_EXT, MAC_QG);
+            let o = r.xdp(r.qg, &f);
+            assert_eq!(o.ret, XDP_REDIRECT, "DNAT to qr2 at {}", ifx[1]);
+            assert_eq!(o.dst(), "91.1.180.14".parse::<Ipv4Addr>().unwrap());
+            assert_eq!(&o.frame[6..12], &MAC_QR2);
+        });
+    }
+}
 
 #[test]
 fn gateway_snat_and_its_reply() {

@@ -379,6 +379,60 @@ fn load_sync_read_back_and_unpin() {
     assert!(!dir.exists(), "pins removed");
 }
 
+/// The ports below `PORT_SLOTS` are mirrored in `XR_PORT_SLOTS` at their
+/// ifindex, and a slot is emptied when its port goes or moves to another
+/// device: a stale slot would make the programs take another device for
+/// the port.
+#[test]
+fn port_slots_follow_the_ports() {
+    use router_common::port::PORT_SLOTS;
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut br = BpfRouter::load("r1", &pins.0, 1000).expect("load");
+    let r = article_router();
+    let node = NodeConfig::default();
+    let slot = |br: &mut BpfRouter, i: u32| -> PortInfo {
+        let a: Array<_, PortInfo> =
+            Array::try_from(br.ebpf_mut().map(XR_PORT_SLOTS).unwrap()).unwrap();
+        a.get(&i, 0).unwrap()
+    };
+    let mut ifx = article_ifindex(&r);
+    br.sync(&r, &node, &ifx).expect("sync");
+    assert_eq!(slot(&mut br, 101).role, ROLE_INTERNAL);
+    assert_eq!(slot(&mut br, 103).addr, a("192.168.1.110"));
+    assert_eq!(slot(&mut br, 104), PortInfo::default(), "no port there");
+
+    // qr1's device is re-created beyond the array: its old slot empties,
+    // the hash has it at its new ifindex.
+    let qr1 = r.interfaces[0].device();
+    ifx.insert(qr1.clone(), PORT_SLOTS + 10);
+    assert!(br.sync(&r, &node, &ifx).unwrap() >= 3);
+    assert_eq!(slot(&mut br, 101), PortInfo::default(), "old slot emptied");
+    {
+        let ports: BpfHashMap<_, u32, PortInfo> =
+            BpfHashMap::try_from(br.ebpf_mut().map(XR_PORTS).unwrap()).unwrap();
+        assert_eq!(
+            ports.get(&(PORT_SLOTS + 10), 0).unwrap().role,
+            ROLE_INTERNAL
+        );
+        assert!(ports.get(&101, 0).is_err());
+    }
+    // The gateway goes: its slot empties too.
+    let mut r2 = r.clone();
+    r2.gateway = None;
+    r2.floating_ips.clear();
+    br.sync(&r2, &node, &ifx).expect("sync");
+    assert_eq!(
+        slot(&mut br, 103),
+        PortInfo::default(),
+        "gateway's slot emptied"
+    );
+    assert_eq!(slot(&mut br, 102).role, ROLE_INTERNAL, "others kept");
+    br.detach_and_unpin().expect("detach_and_unpin");
+}
+
 #[test]
 fn pinned_maps_survive_a_reload() {
     if !can_run() {
