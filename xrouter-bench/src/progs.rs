@@ -291,3 +291,136 @@ impl Progs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The generator's frames, through BPF_PROG_TEST_RUN (one frame, not
+    //! live): headers as configured, checksums verified here, on their
+    //! own terms (a one's complement sum over the header, and over the
+    //! pseudo-header and segment).
+
+    use aya::{
+        EbpfLoader,
+        maps::Array,
+        programs::{TestRun as _, TestRunOptions, Xdp},
+    };
+    use router_common::bench::{FLOOD_DPORT, GenConfig};
+
+    fn sum(b: &[u8]) -> u32 {
+        b.chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+            .sum()
+    }
+
+    fn folds_to_zero(mut s: u32) -> bool {
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s == 0xffff
+    }
+
+    /// Runs the generator `n` times on a 60-byte frame; the frames it
+    /// wrote.
+    fn generate(cfg: GenConfig, n: usize) -> Vec<Vec<u8>> {
+        let mut ebpf = EbpfLoader::new().load(crate::OBJECT).expect("load");
+        let p: &mut Xdp = ebpf
+            .program_mut("xr_bench_gen")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.load().expect("verifier");
+        let mut m: Array<_, GenConfig> = Array::try_from(ebpf.map_mut("XRB_GEN").unwrap()).unwrap();
+        m.set(0, cfg, 0).unwrap();
+        let p: &Xdp = ebpf.program("xr_bench_gen").unwrap().try_into().unwrap();
+        (0..n)
+            .map(|_| {
+                let input = [0xeeu8; 60];
+                let mut out = vec![0u8; 60];
+                let r = p
+                    .test_run(TestRunOptions {
+                        data_in: Some(&input),
+                        data_out: Some(&mut out),
+                        repeat: 1,
+                        ..Default::default()
+                    })
+                    .expect("test run");
+                assert_eq!(r.return_value, 4, "XDP_REDIRECT");
+                out
+            })
+            .collect()
+    }
+
+    fn config() -> GenConfig {
+        GenConfig {
+            dst_mac: [2, 0, 0, 0, 0, 1],
+            src_mac: [2, 0, 0, 0, 0, 2],
+            src: [10, 0, 0, 1],
+            dst: [198, 18, 0, 1],
+            sport: 10000,
+            dport: 5001,
+            flows: 4,
+            nports: 4,
+            ifindex: 1,
+            frame_len: 60,
+            ttl: 64,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn syn_flood_frames_are_tcp_syns_with_valid_checksums() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root (BPF)");
+            return;
+        }
+        let cfg = GenConfig {
+            flood_every: 2,
+            flood_syn: 1,
+            ..config()
+        };
+        let frames = generate(cfg, 4);
+        // Frames 0 and 2 are the flood's (every second one), 1 and 3 the
+        // flows' UDP.
+        for (i, f) in frames.iter().enumerate() {
+            assert!(folds_to_zero(sum(&f[14..34])), "frame {i}: IPv4 checksum");
+            if i % 2 == 1 {
+                assert_eq!(f[23], 17, "frame {i}: a flow's UDP");
+                continue;
+            }
+            assert_eq!(f[23], 6, "frame {i}: TCP");
+            assert_eq!(u16::from_be_bytes([f[16], f[17]]), 40, "total length");
+            assert_eq!(f[26], 100, "a spoofed client of 100.64.0.0/10");
+            assert_eq!(f[27] & 0xc0, 64);
+            assert_eq!(&f[30..34], &[198, 18, 0, 1]);
+            assert_eq!(u16::from_be_bytes([f[36], f[37]]), FLOOD_DPORT);
+            assert_eq!(f[46] >> 4, 5, "no options");
+            assert_eq!(f[47], 0x02, "SYN only");
+            // Pseudo-header (addresses, protocol, TCP length) and segment.
+            let pseudo = sum(&f[26..34]) + 6 + 20;
+            assert!(
+                folds_to_zero(pseudo + sum(&f[34..54])),
+                "frame {i}: TCP checksum"
+            );
+        }
+        assert_ne!(
+            frames[0][26..30],
+            frames[2][26..30],
+            "a new client each time"
+        );
+    }
+
+    #[test]
+    fn a_flood_over_many_destinations_takes_them_in_turn() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root (BPF)");
+            return;
+        }
+        let cfg = GenConfig {
+            flood_every: 1,
+            flood_dsts: 3,
+            ..config()
+        };
+        let dsts: Vec<u8> = generate(cfg, 4).iter().map(|f| f[33]).collect();
+        assert_eq!(dsts, [1, 2, 3, 1]);
+    }
+}
