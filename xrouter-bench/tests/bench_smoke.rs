@@ -3,57 +3,26 @@
 //! production rig), one round, half a second, no sweep. Proves the rigs, the
 //! generator, the sink and the outputs work; says nothing about speed.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
 
 /// Runs xrouter-bench with `args` (plus --json and --svg), checks it
 /// succeeded and left no namespace behind; returns the JSON, the SVG and
 /// stdout.
 fn bench(name: &str, args: &[&str]) -> (serde_json::Value, String, String) {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "xrouter-bench needs root: run the tests as root (`cargo xtask test`)"
-    );
     let dir = std::env::temp_dir().join(format!("xrb-smoke-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     let svg = dir.join("bench.svg");
-    // xrouter itself is found beside xrouter-bench (`cargo xtask test`
-    // builds both).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xrouter-bench"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning xrouter-bench");
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    all.extend([
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--svg".as_ref(),
+        svg.as_os_str(),
+    ]);
+    let (pid, stdout) = common::run_bench(&all);
     // The rig's names carry the bench's process id (4 hex digits).
-    let tag = format!("{:04x}", child.id() & 0xffff);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("xrouter-bench did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        status.success(),
-        "xrouter-bench failed:\n{stdout}\n{stderr}"
-    );
+    let tag = format!("{:04x}", pid & 0xffff);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let svg = std::fs::read_to_string(&svg).unwrap();

@@ -6,58 +6,35 @@
 //! `cargo test -p xrouter-bench --test tcp_smoke -- --ignored` (as root,
 //! with xrouter built beside xrouter-bench).
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::Command;
+
+mod common;
 
 #[test]
 #[ignore = "needs iperf3 and two busy cores for a few seconds"]
 fn tcp_bench_runs_the_three_cases_on_tc_and_cleans_up() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "xrouter-bench needs root"
-    );
     let dir = std::env::temp_dir().join(format!("xrbt-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("tcp.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xrouter-bench"))
-        .args([
-            "--tcp",
-            "--planes",
-            "tc",
-            "--streams",
-            "1",
-            "--duration",
-            "1",
-            "--rounds",
-            "1",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning xrouter-bench");
+    let args: Vec<&std::ffi::OsStr> = [
+        "--tcp",
+        "--planes",
+        "tc",
+        "--streams",
+        "1",
+        "--duration",
+        "1",
+        "--rounds",
+        "1",
+        "--json",
+    ]
+    .iter()
+    .map(|a| a.as_ref())
+    .chain([json.as_os_str()])
+    .collect();
+    let (pid, stdout) = common::run_bench(&args);
     // The sandbox's names carry the bench's process id (4 hex digits).
-    let tag = format!("xrbt-{:04x}", child.id() & 0xffff);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t0.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("xrouter-bench --tcp did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    let tag = format!("xrbt-{:04x}", pid & 0xffff);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
