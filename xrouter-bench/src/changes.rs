@@ -15,7 +15,7 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -297,24 +297,7 @@ pub fn run(bin: &Path, planes: &[String], n_big: usize) -> Result<()> {
         rows.push(bench_plane(bin, p, n_big).with_context(|| format!("data plane {p}"))?);
     }
     let mut o = String::new();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let _ = writeln!(
-        o,
-        "live changes, {} cores ({cpu}), kernel {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        sh(Command::new("uname").arg("-r"))
-            .unwrap_or_default()
-            .trim()
-    );
+    let _ = writeln!(o, "live changes, {}", super::cpu::machine());
     let _ = writeln!(
         o,
         "{:<9} {:>10} {:>10} {:>10} {:>11} {:>14} {:>22}",

@@ -189,6 +189,30 @@ pub fn process_ns(pid: u32) -> u64 {
     f.iter().sum::<u64>() * (1_000_000_000 / hz)
 }
 
+/// The machine a figure comes from: CPUs, their model, the kernel, and
+/// the load average when the bench started.
+pub(crate) fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{} CPUs ({cpu}), kernel {}, load average at the start {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

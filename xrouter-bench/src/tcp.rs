@@ -760,28 +760,6 @@ struct Report<'a> {
     runs: &'a [Run],
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{} CPUs ({cpu}), kernel {}, load average at the start {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel.trim(),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    )
-}
-
 /// Runs the cases on the data planes of `opts.planes` with each of
 /// `opts.streams`, `opts.duration` seconds (rounded up) each.
 pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
@@ -790,7 +768,7 @@ pub fn run(bin: &Path, opts: &Opts) -> Result<()> {
     planes.dedup();
     let (streams, json) = (&opts.streams, opts.json.as_deref());
     let secs = opts.duration.ceil().max(1.0) as u32;
-    let machine = machine();
+    let machine = cpu::machine();
     let mut runs = Vec::new();
     let mut offloads = BTreeMap::new();
     let mut port = PORT;
