@@ -82,6 +82,18 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// What a finished pass of the connection GC did.
+#[derive(Clone, Copy, Debug)]
+pub struct GcSummary {
+    pub started: std::time::Instant,
+    /// From start to end, and the part of it spent working (slices).
+    pub took: Duration,
+    pub busy: Duration,
+    /// Entries read, and entries deleted (two per connection).
+    pub scanned: u64,
+    pub deleted: u64,
+}
+
 /// What one apply did: the changes, and the routers it could not apply
 /// (the others are applied and recorded).
 #[derive(Debug, Default)]
@@ -297,12 +309,12 @@ pub struct Engine {
     /// Neighbour event followers by router ID, with the inode of the
     /// namespace they listen in (a rebuilt namespace needs a new one).
     watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
-    /// The connection GC pass under way, if any.
-    gc_task: Option<tokio::task::JoinHandle<()>>,
-    /// When the last GC pass started, and how long it took (nanoseconds,
-    /// written by the pass itself).
-    gc_last: Option<std::time::Instant>,
-    gc_took_ns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The connection GC: the slice under way (it hands the pass back), or
+    /// the pass between two slices.
+    gc_task: Option<tokio::task::JoinHandle<ebpf::gc::GcPass>>,
+    gc_pass: Option<ebpf::gc::GcPass>,
+    /// What the last finished pass did.
+    pub gc_last: Option<GcSummary>,
     /// Every router's metadata proxy.
     pub metadata: crate::metadata::Proxies,
     /// The last metadata listener error per router (logged once each).
@@ -358,8 +370,8 @@ impl Engine {
             bpf: BTreeMap::new(),
             watchers: BTreeMap::new(),
             gc_task: None,
+            gc_pass: None,
             gc_last: None,
-            gc_took_ns: Default::default(),
         })
     }
 
@@ -704,46 +716,67 @@ impl Engine {
         }
     }
 
-    /// Mirrors neighbour tables into the maps (every second) and, when one
-    /// is due, starts a pass collecting expired connections.
+    /// Mirrors neighbour tables into the maps and runs a slice of the
+    /// connection GC (every second).
     pub async fn tick(&mut self) {
-        let now = ebpf::monotonic_ns();
         for (id, b) in self.bpf.iter_mut() {
             if let Err(e) = b.sync_neighbours(&crate::model::namespace_of(id)).await {
                 tracing::debug!("router {id}: neighbours: {e:#}");
             }
         }
-        // GC walks whole tables (millions of entries on a busy node): it runs
-        // on a blocking thread, one pass at a time, never stalling reloads,
-        // and at most every ten times as long as the last pass took (so it
-        // stays near a tenth of a core however big the tables are).
-        let idle = self.gc_task.as_ref().is_none_or(|t| t.is_finished());
-        let took = Duration::from_nanos(self.gc_took_ns.load(std::sync::atomic::Ordering::Relaxed));
-        let due = self
-            .gc_last
-            .is_none_or(|t| t.elapsed() >= (took * 10).max(Duration::from_secs(10)));
-        if idle && due {
-            let pin_dir = self.node.pin_dir.clone();
-            let ids: Vec<String> = self.bpf.keys().cloned().collect();
-            let took_ns = self.gc_took_ns.clone();
-            self.gc_last = Some(std::time::Instant::now());
-            self.gc_task = Some(tokio::task::spawn_blocking(move || {
-                let t0 = std::time::Instant::now();
-                for id in ids {
-                    match ebpf::pinned::gc(&pin_dir, &id, now) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::debug!("router {id}: {n} expired connection entries collected")
-                        }
-                        Err(e) => tracing::warn!("router {id}: connection GC: {e:#}"),
-                    }
-                }
-                took_ns.store(
-                    t0.elapsed().as_nanos() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-            }));
+        self.gc_step().await;
+    }
+
+    /// Runs the next slice of the connection GC ([`ebpf::gc`]) on a
+    /// blocking thread, one at a time, never stalling reloads; starts a
+    /// new pass when the last one is done and [`ebpf::gc::PERIOD`] has gone
+    /// since it started.
+    async fn gc_step(&mut self) {
+        if let Some(t) = self.gc_task.take() {
+            if !t.is_finished() {
+                self.gc_task = Some(t);
+                return;
+            }
+            match t.await {
+                Ok(p) => self.gc_pass = Some(p),
+                Err(e) => tracing::warn!("connection GC: {e}"),
+            }
         }
+        if let Some(p) = self.gc_pass.take_if(|p| p.is_done()) {
+            let s = GcSummary {
+                started: p.started,
+                took: p.started.elapsed(),
+                busy: p.busy,
+                scanned: p.scanned,
+                deleted: p.deleted,
+            };
+            tracing::debug!(
+                "connection GC pass: {} entries read, {} deleted, in {:.1} s ({:.2} s working)",
+                s.scanned,
+                s.deleted,
+                s.took.as_secs_f64(),
+                s.busy.as_secs_f64()
+            );
+            self.gc_last = Some(s);
+        }
+        let pass = match self.gc_pass.take() {
+            Some(p) => p,
+            None if self
+                .gc_last
+                .is_some_and(|s| s.started.elapsed() < ebpf::gc::PERIOD) =>
+            {
+                return;
+            }
+            None => ebpf::gc::GcPass::new(self.bpf.keys().cloned()),
+        };
+        let pin_dir = self.node.pin_dir.clone();
+        self.gc_task = Some(tokio::task::spawn_blocking(move || {
+            let mut pass = pass;
+            for (id, e) in pass.run(&pin_dir, ebpf::gc::SLICE) {
+                tracing::warn!(router = %id, "router {id}: connection GC: {e:#}");
+            }
+            pass
+        }));
     }
 
     /// Applies `desired` router by router and records each router that

@@ -335,8 +335,9 @@ pub struct Opts {
     #[arg(long, value_delimiter = ',', value_parser = parse_count,
           default_value = "0,10k,100k,1M", value_name = "N,...")]
     pub connections: Vec<u32>,
-    /// --scale: leave the daemon running while measuring (its GC scans the
-    /// table every 10 s, on the CPUs of the generator and the router); by
+    /// --scale: leave the daemon running while measuring (its GC reads the
+    /// table 20 ms of each second, on the CPUs of the generator and the
+    /// router); by
     /// default it is paused, so the figures are the data path's.
     #[arg(long)]
     pub with_gc: bool,

@@ -70,8 +70,8 @@ pub struct ScaleInfo {
     /// Share of a sample of the pre-filled entries still present after the
     /// measurement (1: GC and LRU eviction took none).
     pub kept: f64,
-    /// One pass over the table the daemon's GC's way (every 10 s): seconds,
-    /// and the entries it read.
+    /// One whole pass over the table the daemon's GC's way, at once:
+    /// seconds, and the entries it read.
     pub scan_s: f64,
     pub scanned: usize,
 }
@@ -424,7 +424,7 @@ pub fn scale_table(results: &[CaseResult], opts: &Opts) -> String {
         "\nMpps delivered at the sink with the connection table pre-filled (+N live TCP \
          connections, two entries each): median (min-max) of {} rounds; {}-byte frames; \
          router CPU = busy time of CPU {} per packet; memory = the kernel's memlock figure; \
-         GC pass = one read of the table the daemon's way (it does one every 10 s); daemon = \
+         GC pass = one whole read of the table the daemon's way (it spreads it, 20 ms each second); daemon = \
          its CPU use while measuring ({})",
         opts.rounds,
         opts.frame + 4,

@@ -8,20 +8,22 @@
 //! cases run as usual. A pre-filled connection is what the pipeline
 //! (`router-ebpf/src/pipeline/track.rs`) writes for a gateway-SNATed TCP
 //! connection, both entries: ESTABLISHED (24 h idle timeout) and seen now, so
-//! the daemon's GC (every 10 s) keeps it. Its addresses cannot collide with
+//! the daemon's GC keeps it. Its addresses cannot collide with
 //! the measured flows (UDP, from 10.91.1.10 and 10.91.2.100): TCP from
 //! 10.91.1.32-.112 ports 10000-59999 to 100.64.0.0/16 port 443, translated
 //! to the gateway address ports 1024 and up.
 //!
-//! The daemon's GC reads the whole table every 10 s (one syscall per key and
-//! per value: seconds of a CPU at 1M connections). On a real node it runs on
-//! a housekeeping core; here it can only take time from the generator or the
+//! The daemon's GC reads the whole table in slices of 20 ms per second
+//! (router-user's `backend::bpf::gc`): at 1M connections a pass of about
+//! half a minute, and then the next. On a real node it runs on a
+//! housekeeping core; here it can only take time from the generator or the
 //! router, so by default the daemon is paused (SIGSTOP) while a table is
 //! measured and the figures are the data path's; the GC's cost is reported
-//! apart, as the time of one read of the table done the daemon's way.
+//! apart, as the time of one whole read of the table done the daemon's way.
 //! `--with-gc` leaves the daemon running (unpinned, as in the ordinary rig)
-//! and, from 100k pre-filled connections, starts each measurement once a GC
-//! pass is under way, reporting the daemon's CPU use over the window.
+//! and, from 100k pre-filled connections, starts each measurement once the
+//! daemon is seen working on a pass, reporting the daemon's CPU use over
+//! the window.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -139,9 +141,10 @@ fn fill(maps: &Path, n: u32, what: &str) -> Result<Duration> {
     Ok(t0.elapsed())
 }
 
-/// One GC pass exactly as the daemon runs it (batched read, pairing,
-/// expiry check; the entries are fresh, so nothing is deleted); returns its
-/// duration and the entries the table holds.
+/// One GC pass as the daemon runs it (batched read, pairing, expiry check;
+/// the entries are fresh, so nothing is deleted), but at once instead of in
+/// slices: its duration is the pass's whole work. Returns it and the
+/// entries the table holds.
 fn scan(maps: &Path) -> Result<(Duration, usize)> {
     let (pin_dir, id) = (
         maps.parent().context("pin dir")?,
@@ -158,14 +161,15 @@ fn scan(maps: &Path) -> Result<(Duration, usize)> {
     Ok((took, entries))
 }
 
-/// Waits (at most a GC period and a second) until the daemon is busy, i.e.
-/// a GC pass is under way; returns whether it was seen busy.
+/// Waits (at most a GC period and a second) until the daemon is seen
+/// working on a GC pass: 10 ms of CPU within a second (idle, it uses well
+/// under a millisecond a second); returns whether it was.
 fn await_gc(pid: u32) -> Result<bool> {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(11) {
         let a = cpu::process_ns(pid);
-        super::nap(Duration::from_millis(200))?;
-        if cpu::process_ns(pid).saturating_sub(a) > 100_000_000 {
+        super::nap(Duration::from_secs(1))?;
+        if cpu::process_ns(pid).saturating_sub(a) > 10_000_000 {
             return Ok(true);
         }
     }

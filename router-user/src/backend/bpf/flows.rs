@@ -288,67 +288,124 @@ impl fmt::Display for Flow {
     }
 }
 
-/// Hands every entry of the table to `f` in a few syscalls
-/// (`BPF_MAP_LOOKUP_BATCH`, 4096 entries a call; aya 0.14 has no batch
-/// operations), without keeping them; false when the kernel refuses
-/// batches (nothing was visited; the caller then iterates).
+/// Entries a `BPF_MAP_LOOKUP_BATCH` call returns at most.
+pub(super) const BATCH: usize = 4096;
+
+/// Buffers for one batch read of a connection table.
+pub(super) struct Batch {
+    pub keys: Vec<CtKey>,
+    pub values: Vec<CtEntry>,
+    /// How many of `keys`/`values` the last read filled.
+    pub count: usize,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch {
+            keys: vec![CtKey::default(); BATCH],
+            values: vec![CtEntry::default(); BATCH],
+            count: 0,
+        }
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&CtKey, &CtEntry)> {
+        self.keys[..self.count]
+            .iter()
+            .zip(&self.values[..self.count])
+    }
+}
+
+/// Where the next batch read of a table starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cursor {
+    Start,
+    /// The kernel's token (a hash bucket index): resumable later, even
+    /// after the table changed.
+    At(u64),
+    /// The last read reached the table's end.
+    End,
+}
+
+/// Reads the batch of entries at `from` into `b` with one
+/// `BPF_MAP_LOOKUP_BATCH` (aya 0.14 has no batch operations) and returns
+/// where the next starts; None when the kernel refuses batches on this map
+/// (nothing was read; the caller then iterates).
+pub(super) fn read_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    from: Cursor,
+    b: &mut Batch,
+) -> Result<Option<Cursor>> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    b.count = 0;
+    let mut token_in = match from {
+        Cursor::Start => 0,
+        Cursor::At(t) => t,
+        Cursor::End => return Ok(Some(Cursor::End)),
+    };
+    let mut token_out = 0u64;
+    // union bpf_attr, batch: in_batch, out_batch, keys, values, count,
+    // map_fd, elem_flags, flags.
+    let mut attr = [0u64; 8];
+    attr[0] = if from == Cursor::Start {
+        0
+    } else {
+        &mut token_in as *mut u64 as u64
+    };
+    attr[1] = &mut token_out as *mut u64 as u64;
+    attr[2] = b.keys.as_mut_ptr() as u64;
+    attr[3] = b.values.as_mut_ptr() as u64;
+    attr[4] = (BATCH as u64) | ((fd.as_raw_fd() as u64) << 32);
+    // SAFETY: attr describes buffers of BATCH keys and BATCH values that
+    // live across the call; the kernel writes at most `count` of each.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            attr.as_mut_ptr(),
+            56usize,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    if r < 0 && errno != libc::ENOENT {
+        if from == Cursor::Start
+            && (errno == libc::EINVAL || errno == libc::ENOTSUP || errno == libc::EOPNOTSUPP)
+        {
+            return Ok(None);
+        }
+        anyhow::bail!(
+            "reading the connection table: {}",
+            std::io::Error::from_raw_os_error(errno)
+        );
+    }
+    b.count = ((attr[4] & 0xffff_ffff) as usize).min(BATCH);
+    // ENOENT: that was the last batch (possibly empty).
+    Ok(Some(if r < 0 {
+        Cursor::End
+    } else {
+        Cursor::At(token_out)
+    }))
+}
+
+/// Hands every entry of the table to `f` in a few syscalls ([`read_batch`]),
+/// without keeping them; false when the kernel refuses batches (nothing was
+/// visited; the caller then iterates).
 pub(super) fn visit_batched(
     fd: std::os::fd::BorrowedFd<'_>,
     mut f: impl FnMut(&CtKey, &CtEntry),
 ) -> Result<bool> {
-    use std::os::fd::AsRawFd as _;
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    const N: usize = 4096;
-    let mut keys = vec![CtKey::default(); N];
-    let mut values = vec![CtEntry::default(); N];
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        // union bpf_attr, batch: in_batch, out_batch, keys, values, count,
-        // map_fd, elem_flags, flags.
-        let mut attr = [0u64; 8];
-        attr[0] = if first {
-            0
-        } else {
-            &mut token_in as *mut u64 as u64
-        };
-        attr[1] = &mut token_out as *mut u64 as u64;
-        attr[2] = keys.as_mut_ptr() as u64;
-        attr[3] = values.as_mut_ptr() as u64;
-        attr[4] = (N as u64) | ((fd.as_raw_fd() as u64) << 32);
-        // SAFETY: attr describes buffers of N keys and N values that live
-        // across the call; the kernel writes at most `count` of each.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                attr.as_mut_ptr(),
-                56usize,
-            )
-        };
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        let count = (attr[4] & 0xffff_ffff) as usize;
-        if r < 0 && errno != libc::ENOENT {
-            if first
-                && (errno == libc::EINVAL || errno == libc::ENOTSUP || errno == libc::EOPNOTSUPP)
-            {
-                return Ok(false);
-            }
-            anyhow::bail!(
-                "reading the connection table: {}",
-                std::io::Error::from_raw_os_error(errno)
-            );
+    let mut b = Batch::new();
+    let mut at = Cursor::Start;
+    while at != Cursor::End {
+        match read_batch(fd, at, &mut b)? {
+            Some(next) => at = next,
+            None => return Ok(false),
         }
-        for i in 0..count.min(N) {
-            f(&keys[i], &values[i]);
+        for (k, e) in b.entries() {
+            f(k, e);
         }
-        if r < 0 {
-            // ENOENT: that was the last batch.
-            return Ok(true);
-        }
-        token_in = token_out;
-        first = false;
     }
+    Ok(true)
 }
 
 /// A snapshot of a connection table map, batched where the kernel can.
@@ -388,22 +445,38 @@ fn min_timeout_ns(proto: u8) -> u64 {
 }
 
 /// The expired connections of a table, read once without keeping it: only
-/// entries idle longer than their protocol's shortest timeout are kept and
-/// paired (with their partner, looked up in the map if it is not among
-/// them), so a pass over a busy table of a million connections allocates
-/// next to nothing.
+/// entries idle longer than their protocol's shortest timeout are kept
+/// ([`expired_among`]), so a pass over a busy table of a million
+/// connections allocates next to nothing.
 fn expired_connections<T: std::borrow::Borrow<aya::maps::MapData>>(
     map: &aya::maps::Map,
     lookup: &aya::maps::HashMap<T, CtKey, CtEntry>,
     now_ns: u64,
 ) -> Result<Vec<Conn>> {
-    let floor: Vec<u64> = (0..=u8::MAX).map(min_timeout_ns).collect();
+    let floor = timeout_floors();
     let mut old: HashMap<CtKey, CtEntry> = HashMap::default();
     visit(map, |k, e| {
         if now_ns.saturating_sub(e.last_seen) > floor[k.proto as usize] {
             old.insert(*k, *e);
         }
     })?;
+    Ok(expired_among(old, lookup, now_ns))
+}
+
+/// [`min_timeout_ns`] of every protocol number.
+fn timeout_floors() -> Vec<u64> {
+    (0..=u8::MAX).map(min_timeout_ns).collect()
+}
+
+/// The expired connections among `old` (entries of one table, or of a
+/// batch of it, idle longer than their protocol's shortest timeout): each
+/// is paired with its partner, looked up in the map if it is not among
+/// them, and judged as a connection.
+fn expired_among<T: std::borrow::Borrow<aya::maps::MapData>>(
+    mut old: HashMap<CtKey, CtEntry>,
+    lookup: &aya::maps::HashMap<T, CtKey, CtEntry>,
+    now_ns: u64,
+) -> Vec<Conn> {
     let partners: Vec<(CtKey, CtEntry)> = old
         .iter()
         .map(|(k, e)| partner(k, e))
@@ -411,10 +484,86 @@ fn expired_connections<T: std::borrow::Borrow<aya::maps::MapData>>(
         .filter_map(|pk| lookup.get(&pk, 0).ok().map(|p| (pk, p)))
         .collect();
     old.extend(partners);
-    Ok(connections(&old)
+    connections(&old)
         .into_iter()
         .filter(|c| c.expired(now_ns))
-        .collect())
+        .collect()
+}
+
+/// The outcome of expiring one batch of a table.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BatchGc {
+    /// Where the next batch starts.
+    pub next: Cursor,
+    /// Entries read.
+    pub scanned: usize,
+    /// Entries deleted (two per full connection).
+    pub deleted: usize,
+}
+
+/// Expires the connections among the batch of `map` (a connection table)
+/// at `at`: reads it, and deletes those still idle (partners may sit in
+/// any batch; they are looked up). None when the kernel refuses batches.
+pub(super) fn expire_batch(
+    map: &mut Map,
+    at: Cursor,
+    b: &mut Batch,
+    now_ns: u64,
+) -> Result<Option<BatchGc>> {
+    use std::os::fd::AsFd as _;
+    let fd = match &*map {
+        Map::HashMap(d) | Map::LruHashMap(d) => d.fd().as_fd(),
+        _ => anyhow::bail!("a connection table must be a hash map"),
+    };
+    let Some(next) = read_batch(fd, at, b)? else {
+        return Ok(None);
+    };
+    let floor = timeout_floors();
+    let old: HashMap<CtKey, CtEntry> = b
+        .entries()
+        .filter(|(k, e)| now_ns.saturating_sub(e.last_seen) > floor[k.proto as usize])
+        .map(|(k, e)| (*k, *e))
+        .collect();
+    let doomed = if old.is_empty() {
+        Vec::new()
+    } else {
+        let lookup: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(&*map)?;
+        expired_among(old, &lookup, now_ns)
+    };
+    let deleted = if doomed.is_empty() {
+        0
+    } else {
+        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+        delete_idle(&mut m, &doomed)?
+    };
+    Ok(Some(BatchGc {
+        next,
+        scanned: b.count,
+        deleted,
+    }))
+}
+
+/// Expires a whole connection table at `now_ns`; returns the entries
+/// deleted.
+pub(super) fn gc_table(map: &mut Map, now_ns: u64) -> Result<usize> {
+    let mut b = Batch::new();
+    let mut at = Cursor::Start;
+    let mut n = 0;
+    while at != Cursor::End {
+        let Some(g) = expire_batch(map, at, &mut b, now_ns)? else {
+            // No batches on this kernel: one read of the whole table.
+            let doomed = {
+                let lookup: aya::maps::HashMap<_, CtKey, CtEntry> =
+                    aya::maps::HashMap::try_from(&*map)?;
+                expired_connections(map, &lookup, now_ns)?
+            };
+            let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
+            return delete_idle(&mut m, &doomed);
+        };
+        n += g.deleted;
+        at = g.next;
+    }
+    Ok(n)
 }
 
 /// Deletes the entries of `conns` whose `last_seen` did not move since
@@ -542,14 +691,7 @@ impl BpfRouter {
     pub fn gc(&mut self, now_ns: u64) -> Result<usize> {
         let mut n = 0;
         for name in CT_MAPS {
-            let doomed = {
-                let map = self.ct_map(name)?;
-                let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-                expired_connections(map, &m, now_ns)?
-            };
-            let map = self.ebpf.map_mut(name).context(name)?;
-            let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-            n += delete_idle(&mut m, &doomed)?;
+            n += gc_table(self.ebpf.map_mut(name).context(name)?, now_ns)?;
         }
         Ok(n)
     }
@@ -752,7 +894,7 @@ pub mod pinned {
     }
 
     /// A connection table, as the map type it has.
-    fn ct(pin_dir: &Path, router_id: &str, name: &str) -> Result<Map> {
+    pub(in crate::backend::bpf) fn ct(pin_dir: &Path, router_id: &str, name: &str) -> Result<Map> {
         let d = open(pin_dir, router_id, name)?;
         Ok(if name == XR_CT_NEW {
             Map::LruHashMap(d)
@@ -779,15 +921,7 @@ pub mod pinned {
     pub fn gc(pin_dir: &Path, router_id: &str, now_ns: u64) -> Result<usize> {
         let mut n = 0;
         for name in CT_MAPS {
-            let map = ct(pin_dir, router_id, name)?;
-            let doomed = {
-                let lookup: aya::maps::HashMap<_, CtKey, CtEntry> =
-                    aya::maps::HashMap::try_from(&map)?;
-                super::expired_connections(&map, &lookup, now_ns)?
-            };
-            let mut m: aya::maps::HashMap<MapData, CtKey, CtEntry> =
-                aya::maps::HashMap::try_from(map)?;
-            n += super::delete_idle(&mut m, &doomed)?;
+            n += super::gc_table(&mut ct(pin_dir, router_id, name)?, now_ns)?;
         }
         Ok(n)
     }

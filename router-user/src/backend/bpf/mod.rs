@@ -26,6 +26,7 @@
 
 mod attach;
 mod flows;
+pub mod gc;
 mod load;
 #[cfg(feature = "bpf-log")]
 mod log;

@@ -625,6 +625,60 @@ fn gc_through_the_pinned_table() {
     br.detach_and_unpin().unwrap();
 }
 
+/// The daemon's GC works a slice at a time: given no time, a run reads one
+/// batch and the next run resumes after it; over the runs exactly the idle
+/// connections go, even those whose two entries sit in different batches.
+#[test]
+fn gc_pass_resumes_slice_by_slice() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let id = "gcslice";
+    let mut br = BpfRouter::load(id, &pins.0, 10_000).unwrap();
+    let now = monotonic_ns();
+    let idle = now.saturating_sub(200 * 1_000_000_000);
+    let addr = |i: u32| format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    let (mut old, mut fresh) = (Vec::new(), Vec::new());
+    for i in 1..=3000u32 {
+        old.extend(plain_pair(&addr(i), "192.168.1.15", 17, TCP_NONE, idle));
+        fresh.extend(plain_pair(
+            &addr(100_000 + i),
+            "192.168.1.15",
+            17,
+            TCP_NONE,
+            now,
+        ));
+    }
+    for (k, e) in old.iter().chain(&fresh) {
+        br.ct_insert(k, e).unwrap();
+    }
+    let mut pass = super::gc::GcPass::new([id.to_string()]);
+    let mut runs = 0;
+    while !pass.is_done() && runs < 100 {
+        assert!(pass.run(&pins.0, std::time::Duration::ZERO).is_empty());
+        runs += 1;
+    }
+    assert!(pass.is_done(), "the pass did not end in 100 runs");
+    // 12,000 entries in XR_CT are three batches at least, then XR_CT_NEW.
+    assert!(runs >= 4, "the pass took {runs} runs: it was not sliced");
+    // Every fresh entry and at least one of each idle pair was read.
+    assert!(
+        (9000..=12_000).contains(&pass.scanned),
+        "{} read",
+        pass.scanned
+    );
+    assert_eq!(pass.deleted, 6000);
+    let left = br.ct_entries().unwrap();
+    assert_eq!(left.len(), 6000);
+    assert!(fresh.iter().all(|(k, _)| left.contains_key(k)));
+    // A router removed while its pass is under way is left out quietly.
+    let mut gone = super::gc::GcPass::new(["never-loaded".to_string()]);
+    assert!(gone.run(&pins.0, std::time::Duration::ZERO).is_empty());
+    assert!(gone.is_done());
+    br.detach_and_unpin().unwrap();
+}
+
 #[test]
 fn flush_address_removes_its_connections() {
     if !can_run() {
