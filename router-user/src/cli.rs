@@ -213,6 +213,64 @@ pub enum Cmd {
         #[command(subcommand)]
         what: Option<ShowWhat>,
     },
+    /// Show what a router's eBPF data path does with one packet, stage by
+    /// stage, without touching its live state.
+    ///
+    /// Runs the router's programs (those attached at --in: XDP then TC, or
+    /// TC) on the packet with BPF_PROG_TEST_RUN, against private copies of
+    /// the router's maps: its configuration, its neighbours, and the
+    /// connection entries the packet can meet. The live connection table
+    /// and counters never change. Prints the packet as parsed, each
+    /// program's action and counter, the connection found or created (its
+    /// translation, its state), the NAT applied, the route (prefix, next
+    /// hop, egress port), the frame as it leaves (addresses, ports, TTL,
+    /// checksums verified) with the MACs, and the verdict: forwarded,
+    /// dropped (why), handed to the kernel (why), answered. Counter names
+    /// are those of `xrouter show stats`. eBPF planes only. Reads the
+    /// daemon's state: give it the daemon's --config or --state-dir.
+    ///
+    /// Packet spec: `PROTO SRC -> DST [OPTIONS]`, PROTO tcp or udp with
+    /// ADDRESS:PORT ends, or icmp with bare addresses. OPTIONS, in
+    /// brackets, commas optional: `flags S|SA|A|FA|R...` (TCP; default S),
+    /// `echo id N` / `echo-reply id N` (ICMP; default echo id 1), `ttl N`
+    /// (default 64), `len N` (IPv4 total length; default headers + 16
+    /// bytes), `df` / `no-df` (default df), `from MAC` (default
+    /// 02:00:00:00:00:01), `to MAC` (default: the --in port's MAC).
+    ///
+    /// Examples:
+    ///
+    ///   xrouter explain --router ID --in qr-1a2b3c4d-5e 'tcp 10.0.1.10:40000 -> 8.8.8.8:443 [flags S]'
+    ///
+    ///   xrouter explain --router ID --in qg-9f8e7d6c-5b 'udp 192.168.1.15:5000 -> 192.168.1.104:53'
+    ///
+    ///   xrouter explain --router ID --in qr-1a2b3c4d-5e 'icmp 10.0.1.10 -> 8.8.8.8 [echo id 7, ttl 1]'
+    ///
+    ///   xrouter explain --router ID --in qr-1a2b3c4d-5e --hex 'fa163e000001 020000000001 0800 4500...'
+    ///
+    ///   xrouter explain --router ID --in qr-1a2b3c4d-5e --json 'tcp 10.0.1.10:40000 -> 8.8.8.8:443'
+    Explain {
+        /// The router, by ID as `xrouter show` lists it.
+        ///
+        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
+        #[arg(long, value_name = "ID")]
+        router: String,
+        /// The port the packet arrives on: a qr-/qg- device of that router.
+        ///
+        /// Example: --in qr-1a2b3c4d-5e
+        #[arg(long = "in", value_name = "DEVICE")]
+        port: String,
+        /// PACKET is a whole Ethernet frame in hex (spaces and colons
+        /// allowed), not a spec.
+        #[arg(long)]
+        hex: bool,
+        /// Print JSON instead of one line per stage (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// The packet: a spec such as 'tcp 10.0.1.10:40000 -> 8.8.8.8:443
+        /// [flags S]' (quote it), or with --hex a frame.
+        #[arg(value_name = "PACKET")]
+        packet: String,
+    },
     /// Remove every namespace, port, bridge and BPF pin xrouter created.
     ///
     /// Works from the daemon's state file (the routers applied, and those

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod demo;
 pub mod desired;
 pub mod engine;
+pub mod explain;
 pub mod fixtures;
 pub mod metadata;
 pub mod model;

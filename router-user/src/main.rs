@@ -156,6 +156,20 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Cmd::Explain {
+            router,
+            port,
+            hex,
+            json,
+            packet,
+        } => {
+            let packet = router_user::explain::Packet::parse(&packet, hex)?;
+            let state = State::load(&node.state_file())?;
+            out!(
+                "{}",
+                router_user::explain::explain(&state, &node, &router, &port, &packet, json)?
+            )?;
+        }
         Cmd::Cleanup => {
             // A running daemon would build everything again at its next
             // resync: it must be stopped first.

@@ -286,3 +286,11 @@ const _: fn() = || {
     fn is_send<T: Send>() {}
     is_send::<BpfRouter>();
 };
+
+/// What a router's pinned configuration maps hold (ports, local addresses,
+/// routes, floating IPs, config), read-only: for `xrouter explain`, which
+/// copies them into a private instance of the programs.
+pub fn read_pinned_maps(pin_dir: &Path, router_id: &str) -> Result<Desired> {
+    router_dir(pin_dir, router_id)?;
+    sync::read_pinned(pin_dir, router_id)
+}

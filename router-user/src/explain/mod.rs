@@ -1,0 +1,228 @@
+//! `xrouter explain`: what a router's eBPF data path does with one packet,
+//! stage by stage, found by running the router's own programs on it
+//! (BPF_PROG_TEST_RUN) against private copies of its maps — never its live
+//! connection table or counters.
+//!
+//! - `spec.rs`: the packet spec (`tcp A:P -> B:Q [flags S]`) and `--hex`;
+//! - `frame.rs`: frames built and read back, checksums recomputed;
+//! - `sandbox.rs`: the private instance and what is copied into it;
+//! - `run.rs`: the test runs and what they show;
+//! - `report.rs`: the stages reconstructed, as text or JSON.
+//!
+//! Why copies rather than the live maps: a test run executes the program
+//! for real, so on the live maps it would create connections, claim SNAT
+//! ports and move counters. Why the router's stages are reconstructed
+//! rather than traced: the data path has no trace hook, and the programs'
+//! effects (return code, counter, table entries, rewritten frame) pin down
+//! every stage but the route, which is looked up in the same map here.
+
+pub mod frame;
+pub mod report;
+pub mod run;
+pub mod sandbox;
+pub mod spec;
+
+use std::{collections::HashMap, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use router_common::conntrack::{CtKey, FragKey};
+
+use crate::{
+    backend::{bpf, netns},
+    config::node::{Dataplane, NodeConfig},
+    model::{Role, Router},
+    state::State,
+    text,
+};
+
+/// The packet asked about.
+#[derive(Clone, Debug)]
+pub enum Packet {
+    /// A spec, parsed.
+    Spec(spec::Spec),
+    /// A whole Ethernet frame.
+    Frame(Vec<u8>),
+}
+
+impl Packet {
+    /// From the command line: a spec, or with `hex` a frame in hex.
+    pub fn parse(text: &str, hex: bool) -> Result<Packet> {
+        if hex {
+            spec::parse_hex(text)
+                .map(Packet::Frame)
+                .map_err(|e| anyhow::anyhow!("bad --hex frame: {e}"))
+        } else {
+            spec::parse(text)
+                .map(Packet::Spec)
+                .map_err(|e| anyhow::anyhow!("bad packet spec: {e}"))
+        }
+    }
+}
+
+/// Which programs see a packet arriving on a port: `xr_xdp` then `xr_tc`
+/// when XDP hands it up, or `xr_tc` alone; from the link pins.
+fn hooks_at(pin_dir: &Path, router_id: &str, dev: &str) -> Result<bool> {
+    let links = pin_dir.join(router_id).join(bpf::LINKS_DIR);
+    let xdp = links.join(format!("{dev}_xdp")).exists();
+    if !xdp && !links.join(format!("{dev}_tc")).exists() {
+        bail!(
+            "no program is attached to {dev} (no link pinned under {}): has the daemon applied router {router_id}?",
+            links.display()
+        );
+    }
+    Ok(xdp)
+}
+
+fn find_router<'a>(state: &'a State, id: &str) -> Result<&'a Router> {
+    if let Some(r) = state.routers.iter().find(|r| r.id == id) {
+        return Ok(r);
+    }
+    if state.failure(id).is_some() {
+        bail!(
+            "router {} was never applied (its apply failed; see `xrouter show`)",
+            text::label(id)
+        );
+    }
+    let known: Vec<&str> = state.routers.iter().map(|r| r.id.as_str()).collect();
+    bail!(
+        "no router {} (routers: {})",
+        text::quote(id),
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
+/// The connection entries and fragment record a packet can meet.
+fn seed_of(frame: &[u8]) -> sandbox::Seed {
+    let mut seed = sandbox::Seed::default();
+    let Some(ip) = frame::read(frame).ok().and_then(|h| h.ip) else {
+        return seed;
+    };
+    if ip.fragment {
+        seed.frag = Some(FragKey {
+            src: ip.src.octets(),
+            dst: ip.dst.octets(),
+            id: ip.id,
+            proto: ip.proto,
+            _pad: 0,
+        });
+    }
+    seed.ct_keys.push(report::packet_key(&ip));
+    // An ICMP error is matched through the connection it quotes, by the
+    // reverse of the quoted tuple.
+    if let Some((s, d, sp, dp, proto)) = ip.quoted {
+        seed.ct_keys.push(CtKey::new(
+            d.octets(),
+            s.octets(),
+            dp.to_be(),
+            sp.to_be(),
+            proto,
+        ));
+    }
+    seed
+}
+
+/// Explains what router `router_id` does with `packet` arriving on port
+/// device `port`: the report as text, or JSON.
+pub fn explain(
+    state: &State,
+    node: &NodeConfig,
+    router_id: &str,
+    port: &str,
+    packet: &Packet,
+    json: bool,
+) -> Result<String> {
+    let plane = match state.dataplane {
+        Some(Dataplane::Xdp) => "xdp",
+        Some(Dataplane::Tc) => "tc",
+        Some(d) => bail!(
+            "the data plane is {d}: explain runs the eBPF programs on a packet and needs the xdp or tc plane \
+             (the kernel's own tools trace the iptables plane: `ip netns exec qrouter-ID iptables -t raw -j TRACE ...`)"
+        ),
+        None => bail!(
+            "no data plane recorded in {} (has the daemon run with this --config or --state-dir?)",
+            node.state_file().display()
+        ),
+    };
+    let router = find_router(state, router_id)?;
+    let Some(in_port) = router.ports().find(|p| p.device() == port) else {
+        let ports: Vec<String> = router.ports().map(|p| p.device()).collect();
+        bail!(
+            "router {} has no port {} (its ports: {})",
+            router.id,
+            text::quote(port),
+            ports.join(", ")
+        );
+    };
+    let ns = router.namespace();
+    if !netns::exists(&ns) {
+        bail!("namespace {ns} of router {} is missing", router.id);
+    }
+    let xdp = hooks_at(&node.pin_dir, &router.id, port)?;
+    let frame_in = match packet {
+        Packet::Spec(s) => s.frame(in_port.mac.0),
+        Packet::Frame(f) => f.clone(),
+    };
+    let devices: Vec<(String, Role, String)> = router
+        .ports()
+        .map(|p| (p.device(), p.role, p.mac.to_string()))
+        .collect();
+    let seed = seed_of(&frame_in);
+    let pin_dir = &node.pin_dir;
+    let rid = router.id.as_str();
+    let frame_ref = frame_in.as_slice();
+    let devs = &devices;
+    // Ifindexes, the copy and the runs: all inside the router's namespace,
+    // where the kernel resolves the context's ifindex.
+    let (ifx, maps, neigh, obs) = netns::run_in(Some(&ns), move || -> Result<_> {
+        let mut ifx = HashMap::new();
+        for (dev, ..) in devs {
+            let i = nix::net::if_::if_nametoindex(dev.as_str()).with_context(|| {
+                format!(
+                    "device {dev} not found in {}",
+                    crate::model::namespace_of(rid)
+                )
+            })?;
+            ifx.insert(dev.clone(), i);
+        }
+        let live = sandbox::Live::open(pin_dir, rid)
+            .with_context(|| format!("reading router {rid}'s pinned maps"))?;
+        let mut sb = sandbox::Sandbox::new(&live, xdp)?;
+        let obs = run::observe(&mut sb, &live, seed, xdp, ifx[port], frame_ref)?;
+        Ok((ifx, live.maps, live.neigh, obs))
+    })??;
+    let view = |(dev, role, mac): &(String, Role, String)| report::PortView {
+        device: dev.clone(),
+        ifindex: ifx.get(dev).copied().unwrap_or(0),
+        role: match role {
+            Role::Internal => "internal",
+            Role::Gateway => "gateway",
+        }
+        .into(),
+        mac: mac.clone(),
+    };
+    let ports: Vec<report::PortView> = devices.iter().map(view).collect();
+    let ingress = ports
+        .iter()
+        .find(|p| p.device == port)
+        .cloned()
+        .expect("the ingress port is one of the router's");
+    let ctx = report::Context {
+        router: &router.id,
+        plane,
+        ingress,
+        ports,
+        maps: &maps,
+        neigh: &neigh,
+        frame_in: &frame_in,
+    };
+    let r = report::build(&ctx, &obs);
+    Ok(if json {
+        serde_json::to_string_pretty(&r)? + "\n"
+    } else {
+        report::text(&r)
+    })
+}
