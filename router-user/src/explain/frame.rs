@@ -157,7 +157,7 @@ pub struct Ip {
     pub options: bool,
     /// A fragment (first or later).
     pub fragment: bool,
-    /// Raw, as on the wire (for the fragment table's key).
+    /// IPv4 identification.
     pub id: u16,
     /// TCP/UDP ports; ICMP echo: the id in both.
     pub sport: u16,
@@ -241,7 +241,7 @@ fn read_ip(p: &[u8]) -> Result<Ip, String> {
         df: frag & 0x4000 != 0,
         options: ihl > 20,
         fragment: frag & 0x3fff != 0,
-        id: u16::from_ne_bytes([p[4], p[5]]),
+        id: u16::from_be_bytes([p[4], p[5]]),
         sport: 0,
         dport: 0,
         tcp_flags: 0,

@@ -21,6 +21,7 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod spec;
+pub mod tags;
 
 use std::{collections::HashMap, path::Path};
 
@@ -105,7 +106,7 @@ fn seed_of(frame: &[u8]) -> sandbox::Seed {
         seed.frag = Some(FragKey {
             src: ip.src.octets(),
             dst: ip.dst.octets(),
-            id: ip.id,
+            id: ip.id.to_be(),
             proto: ip.proto,
             _pad: 0,
         });
@@ -123,6 +124,41 @@ fn seed_of(frame: &[u8]) -> sandbox::Seed {
         ));
     }
     seed
+}
+
+/// Whether the programs attached to `dev` are this binary's (None: their
+/// tags could not be read), and a note when they are not.
+fn same_build(
+    sb: &sandbox::Sandbox,
+    links: &Path,
+    dev: &str,
+    xdp: bool,
+) -> (Option<bool>, Vec<String>) {
+    let mut progs = vec![(bpf::PROG_TC, "tc")];
+    if xdp {
+        progs.insert(0, (bpf::PROG_XDP, "xdp"));
+    }
+    let mut same = Some(true);
+    let mut notes = Vec::new();
+    for (prog, suffix) in progs {
+        match (
+            tags::of_link(&links.join(format!("{dev}_{suffix}"))),
+            sb.tag(prog),
+        ) {
+            (Some(live), Some(here)) if live != here => {
+                same = Some(false);
+                notes.push(format!(
+                    "the {prog} attached to {dev} is another build (tag {}) than this binary's (tag {}): \
+                     this is what this build's programs do; run the daemon's own binary to explain its",
+                    tags::hex(&live),
+                    tags::hex(&here)
+                ));
+            }
+            (Some(_), Some(_)) => {}
+            _ => same = None,
+        }
+    }
+    (same, notes)
 }
 
 /// Explains what router `router_id` does with `packet` arriving on port
@@ -177,23 +213,25 @@ pub fn explain(
     let devs = &devices;
     // Ifindexes, the copy and the runs: all inside the router's namespace,
     // where the kernel resolves the context's ifindex.
-    let (ifx, maps, neigh, obs) = netns::run_in(Some(&ns), move || -> Result<_> {
-        let mut ifx = HashMap::new();
-        for (dev, ..) in devs {
-            let i = nix::net::if_::if_nametoindex(dev.as_str()).with_context(|| {
-                format!(
-                    "device {dev} not found in {}",
-                    crate::model::namespace_of(rid)
-                )
-            })?;
-            ifx.insert(dev.clone(), i);
-        }
-        let live = sandbox::Live::open(pin_dir, rid)
-            .with_context(|| format!("reading router {rid}'s pinned maps"))?;
-        let mut sb = sandbox::Sandbox::new(&live, xdp)?;
-        let obs = run::observe(&mut sb, &live, seed, xdp, ifx[port], frame_ref)?;
-        Ok((ifx, live.maps, live.neigh, obs))
-    })??;
+    let (ifx, maps, neigh, obs, (same_build, build_notes)) =
+        netns::run_in(Some(&ns), move || -> Result<_> {
+            let mut ifx = HashMap::new();
+            for (dev, ..) in devs {
+                let i = nix::net::if_::if_nametoindex(dev.as_str()).with_context(|| {
+                    format!(
+                        "device {dev} not found in {}",
+                        crate::model::namespace_of(rid)
+                    )
+                })?;
+                ifx.insert(dev.clone(), i);
+            }
+            let live = sandbox::Live::open(pin_dir, rid)
+                .with_context(|| format!("reading router {rid}'s pinned maps"))?;
+            let mut sb = sandbox::Sandbox::new(&live, xdp)?;
+            let same = same_build(&sb, &pin_dir.join(rid).join(bpf::LINKS_DIR), port, xdp);
+            let obs = run::observe(&mut sb, &live, seed, xdp, ifx[port], frame_ref)?;
+            Ok((ifx, live.maps, live.neigh, obs, same))
+        })??;
     let view = |(dev, role, mac): &(String, Role, String)| report::PortView {
         device: dev.clone(),
         ifindex: ifx.get(dev).copied().unwrap_or(0),
@@ -218,6 +256,8 @@ pub fn explain(
         maps: &maps,
         neigh: &neigh,
         frame_in: &frame_in,
+        same_build,
+        notes: build_notes,
     };
     let r = report::build(&ctx, &obs);
     Ok(if json {

@@ -39,6 +39,9 @@ pub struct Context<'a> {
     pub maps: &'a Desired,
     pub neigh: &'a HashMap<NeighKey, Neigh>,
     pub frame_in: &'a [u8],
+    /// The attached programs are this build's (None: unknown).
+    pub same_build: Option<bool>,
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -258,6 +261,9 @@ pub struct Report {
     pub rewritten: Vec<String>,
     pub egress: Option<EgressView>,
     pub verdict: VerdictView,
+    /// The programs attached at the port are the build that ran here
+    /// (same kernel tags); null when their tags could not be read.
+    pub same_build: Option<bool>,
     pub notes: Vec<String>,
 }
 
@@ -369,13 +375,9 @@ fn routed(o: Outcome) -> bool {
 
 fn mark_meaning(mark: u32) -> Option<&'static str> {
     match mark & MARK_MASK {
-        MARK_TRANSLATED => Some("marked 0x78720000: translated, the kernel forwards it untracked"),
-        MARK_ANSWER_ONLY => {
-            Some("marked 0x78650000: untranslated, the kernel answers it and never forwards it")
-        }
-        MARK_TRANSLATED_ANSWER => Some(
-            "marked 0x78610000: destination translated back, the kernel answers it and never forwards it",
-        ),
+        MARK_TRANSLATED => Some("mark 0x78720000: translated, forwarded untracked"),
+        MARK_ANSWER_ONLY => Some("mark 0x78650000: answer only"),
+        MARK_TRANSLATED_ANSWER => Some("mark 0x78610000: translated back, answer only"),
         _ => None,
     }
 }
@@ -486,7 +488,7 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         headers: input_h.clone().ok(),
     };
     let in_ip = input_h.as_ref().ok().and_then(|h| h.ip.clone());
-    let mut notes = Vec::new();
+    let mut notes = ctx.notes.clone();
 
     let hooks: Vec<HookView> = obs
         .hooks
@@ -505,9 +507,9 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
 
     // Connection table.
     let mut ct = ConntrackView::default();
-    let trackable = in_ip
-        .as_ref()
-        .filter(|ip| !ip.fragment && (ip.proto != PROTO_ICMP || matches!(ip.icmp_type, Some(0 | 8))));
+    let trackable = in_ip.as_ref().filter(|ip| {
+        !ip.fragment && (ip.proto != PROTO_ICMP || matches!(ip.icmp_type, Some(0 | 8)))
+    });
     let key = trackable.map(packet_key);
     if let Some(k) = &key {
         ct.key = Some(key_tuple(k));
@@ -607,11 +609,7 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
                 ("source", x.src.to_string(), y.src.to_string()),
                 ("destination", x.dst.to_string(), y.dst.to_string()),
                 ("source port", x.sport.to_string(), y.sport.to_string()),
-                (
-                    "destination port",
-                    x.dport.to_string(),
-                    y.dport.to_string(),
-                ),
+                ("destination port", x.dport.to_string(), y.dport.to_string()),
                 ("ttl", x.ttl.to_string(), y.ttl.to_string()),
             ];
             for (what, f, t) in pairs {
@@ -650,33 +648,31 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         });
     let mut egress_of_route = None;
     let route = match (&in_ip, route_dst) {
-        (Some(ip), Some(dst)) if outcome.is_some_and(routed) => {
-            Some(match lpm(ctx.maps, dst) {
-                Some(((len, net), r)) => {
-                    let n = (r.count as usize).clamp(1, router_common::route::MAX_NEXTHOPS);
-                    let i = ecmp_index(ip, n);
-                    let gw = Ipv4Addr::from(r.gateways[i]);
-                    let via = (!gw.is_unspecified()).then_some(gw);
-                    egress_of_route = Some((r.ifindexes[i], via.unwrap_or(dst)));
-                    RouteView {
-                        destination: dst,
-                        prefix: Some(format!("{}/{len}", Ipv4Addr::from(net))),
-                        via,
-                        nexthop: Some(via.unwrap_or(dst)),
-                        egress: Some(port_name(ctx, r.ifindexes[i])),
-                        paths: n,
-                    }
-                }
-                None => RouteView {
+        (Some(ip), Some(dst)) if outcome.is_some_and(routed) => Some(match lpm(ctx.maps, dst) {
+            Some(((len, net), r)) => {
+                let n = (r.count as usize).clamp(1, router_common::route::MAX_NEXTHOPS);
+                let i = ecmp_index(ip, n);
+                let gw = Ipv4Addr::from(r.gateways[i]);
+                let via = (!gw.is_unspecified()).then_some(gw);
+                egress_of_route = Some((r.ifindexes[i], via.unwrap_or(dst)));
+                RouteView {
                     destination: dst,
-                    prefix: None,
-                    via: None,
-                    nexthop: None,
-                    egress: None,
-                    paths: 0,
-                },
-            })
-        }
+                    prefix: Some(format!("{}/{len}", Ipv4Addr::from(net))),
+                    via,
+                    nexthop: Some(via.unwrap_or(dst)),
+                    egress: Some(port_name(ctx, r.ifindexes[i])),
+                    paths: n,
+                }
+            }
+            None => RouteView {
+                destination: dst,
+                prefix: None,
+                via: None,
+                nexthop: None,
+                egress: None,
+                paths: 0,
+            },
+        }),
         _ => None,
     };
 
@@ -737,7 +733,7 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
             if kind_of(o) == "kernel"
                 && let Some(mm) = last.mark.and_then(mark_meaning)
             {
-                let _ = write!(m, "; {mm}");
+                let _ = write!(m, " ({mm})");
             }
             VerdictView {
                 kind: kind_of(o),
@@ -780,6 +776,7 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         rewritten,
         egress,
         verdict,
+        same_build: ctx.same_build,
         notes,
     }
 }
@@ -790,10 +787,7 @@ pub fn text(r: &Report) -> String {
     let mut line = |label: &str, s: String| {
         let _ = writeln!(o, "{label:<10} {s}");
     };
-    line(
-        "router",
-        format!("{}  (plane {})", r.router, r.plane),
-    );
+    line("router", format!("{}  (plane {})", r.router, r.plane));
     line(
         "in",
         format!(

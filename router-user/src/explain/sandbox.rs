@@ -9,7 +9,7 @@ use std::{collections::HashMap, path::Path};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHash, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{HashMap as BpfHash, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, Xdp},
 };
 use router_common::{
@@ -92,10 +92,7 @@ impl Sandbox {
             .load(bpf::object::OBJECT)
             .context("loading a private copy of the BPF object")?;
         if xdp {
-            let p: &mut Xdp = ebpf
-                .program_mut(PROG_XDP)
-                .context(PROG_XDP)?
-                .try_into()?;
+            let p: &mut Xdp = ebpf.program_mut(PROG_XDP).context(PROG_XDP)?.try_into()?;
             p.load().context("verifier rejected xr_xdp")?;
         }
         let p: &mut SchedClassifier = ebpf.program_mut(PROG_TC).context(PROG_TC)?.try_into()?;
@@ -148,7 +145,11 @@ impl Sandbox {
                     .context(bpf::XR_COUNTERS)?,
             )?;
             for i in 0..OUTCOME_COUNT as u32 {
-                c.set(i, PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+                c.set(
+                    i,
+                    PerCpuValues::try_from(vec![Counter::default(); cpus])?,
+                    0,
+                )?;
             }
         }
         {
@@ -195,11 +196,8 @@ impl Sandbox {
 
     /// Per-CPU sums of the copy's outcome counters (packets), by index.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        let c: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(
-            self.ebpf
-                .map(bpf::XR_COUNTERS)
-                .context(bpf::XR_COUNTERS)?,
-        )?;
+        let c: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(bpf::XR_COUNTERS).context(bpf::XR_COUNTERS)?)?;
         (0..OUTCOME_COUNT as u32)
             .map(|i| Ok(c.get(&i, 0)?.iter().map(|c| c.packets).sum()))
             .collect()
@@ -214,10 +212,14 @@ impl Sandbox {
             .collect()
     }
 
-    /// The router's config as copied (for the SNAT port range).
-    pub fn config(&self) -> Result<router_common::config::RouterConfig> {
-        let a: Array<&MapData, router_common::config::RouterConfig> =
-            Array::try_from(self.ebpf.map(bpf::XR_CONFIG).context(bpf::XR_CONFIG)?)?;
-        Ok(a.get(&0, 0)?)
+    /// The kernel's tag of one of the copy's programs.
+    pub fn tag(&self, name: &str) -> Option<[u8; 8]> {
+        use std::os::fd::AsFd as _;
+        let fd = match self.ebpf.program(name)? {
+            aya::programs::Program::Xdp(p) => p.fd().ok()?.as_fd(),
+            aya::programs::Program::SchedClassifier(p) => p.fd().ok()?.as_fd(),
+            _ => return None,
+        };
+        super::tags::of_program(fd)
     }
 }

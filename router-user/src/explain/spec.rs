@@ -185,7 +185,9 @@ fn endpoint(t: &Token, with_port: bool, side: &str) -> Result<(Ipv4Addr, u16), S
         if t.text.contains(':') {
             return Err(bad(
                 t,
-                &format!("the {side} IPv4 address alone (icmp has no ports; its id is an option: [echo id N])"),
+                &format!(
+                    "the {side} IPv4 address alone (icmp has no ports; its id is an option: [echo id N])"
+                ),
             ));
         }
         return Ok((address(t, &format!("the {side} IPv4 address"))?, 0));
@@ -220,7 +222,10 @@ fn tcp_flags(t: &Token) -> Result<u8, SpecError> {
             .iter()
             .find(|(l, _)| *l == c.to_ascii_uppercase())
         else {
-            return Err(bad(t, "TCP flag letters among S A F R P U (e.g. S, SA, A, FA, R)"));
+            return Err(bad(
+                t,
+                "TCP flag letters among S A F R P U (e.g. S, SA, A, FA, R)",
+            ));
         };
         f |= bit;
     }
@@ -293,7 +298,9 @@ pub fn parse(s: &str) -> Result<Spec, SpecError> {
             match o.text.to_ascii_lowercase().as_str() {
                 "]" => break,
                 "," => continue,
-                "flags" if proto == PROTO_TCP => spec.tcp_flags = tcp_flags(&t.next("TCP flag letters")?)?,
+                "flags" if proto == PROTO_TCP => {
+                    spec.tcp_flags = tcp_flags(&t.next("TCP flag letters")?)?
+                }
                 "echo" | "echo-reply" | "id" if proto == PROTO_ICMP => {
                     match o.text.to_ascii_lowercase().as_str() {
                         "echo" => spec.icmp_type = ICMP_ECHO_REQUEST,
@@ -317,7 +324,10 @@ pub fn parse(s: &str) -> Result<Spec, SpecError> {
                     let min = frame::headers_len(proto);
                     let n: u16 = number(&tok, &format!("an IPv4 total length {min}-65535"))?;
                     if (n as usize) < min {
-                        return Err(bad(&tok, &format!("an IPv4 total length {min}-65535 (the headers take {min})")));
+                        return Err(bad(
+                            &tok,
+                            &format!("an IPv4 total length {min}-65535 (the headers take {min})"),
+                        ));
                     }
                     spec.len = Some(n);
                 }
@@ -325,8 +335,22 @@ pub fn parse(s: &str) -> Result<Spec, SpecError> {
                 "no-df" => spec.df = false,
                 "from" => spec.src_mac = mac(&t.next("a MAC address")?)?,
                 "to" => spec.dst_mac = Some(mac(&t.next("a MAC address")?)?),
-                "flags" => return Err(bad(&o, "an icmp option (echo id N, echo-reply id N, ttl, len, df, no-df, from, to): flags are TCP's")),
-                "echo" | "echo-reply" | "id" => return Err(bad(&o, &format!("a {} option (ttl, len, df, no-df, from, to{}): echo ids are ICMP's", frame::proto_name(proto), if proto == PROTO_TCP { ", flags" } else { "" }))),
+                "flags" => {
+                    return Err(bad(
+                        &o,
+                        "an icmp option (echo id N, echo-reply id N, ttl, len, df, no-df, from, to): flags are TCP's",
+                    ));
+                }
+                "echo" | "echo-reply" | "id" => {
+                    return Err(bad(
+                        &o,
+                        &format!(
+                            "a {} option (ttl, len, df, no-df, from, to{}): echo ids are ICMP's",
+                            frame::proto_name(proto),
+                            if proto == PROTO_TCP { ", flags" } else { "" }
+                        ),
+                    ));
+                }
                 _ => return Err(bad(&o, OPTIONS)),
             }
         }
@@ -339,10 +363,7 @@ impl Spec {
     /// when the spec gives none. Checksums are correct.
     pub fn frame(&self, port_mac: [u8; 6]) -> Vec<u8> {
         let hdrs = frame::headers_len(self.proto);
-        let total = self
-            .len
-            .map(usize::from)
-            .unwrap_or(hdrs + DEFAULT_PAYLOAD);
+        let total = self.len.map(usize::from).unwrap_or(hdrs + DEFAULT_PAYLOAD);
         let payload = vec![0u8; total - hdrs];
         frame::build(&frame::Build {
             dst_mac: self.dst_mac.unwrap_or(port_mac),
@@ -422,7 +443,8 @@ mod tests {
 
     #[test]
     fn options_in_brackets_with_or_without_spaces_and_commas() {
-        let s = parse("TCP 10.0.1.10:40000->8.8.8.8:443 [flags SA, ttl 1][len 1500 no-df]").unwrap();
+        let s =
+            parse("TCP 10.0.1.10:40000->8.8.8.8:443 [flags SA, ttl 1][len 1500 no-df]").unwrap();
         assert_eq!(s.tcp_flags, 0x12);
         assert_eq!(s.ttl, 1);
         assert_eq!(s.len, Some(1500));

@@ -1,0 +1,306 @@
+//! `xrouter explain` on a running router, as an operator runs it: the
+//! built binary in the node namespace, against the daemon's router. Each
+//! packet's printed and JSON stages are checked against what the router
+//! is configured to do, and the live connection table and counters must
+//! not move.
+
+use serde_json::Value;
+use tests::{Dataplane, Rig, article::*, ping, wait_until};
+
+tests::ebpf_only!(no_route_snat_and_dnat_explained);
+tests::iptables_only!(iptables_plane_is_refused);
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn explain(rig: &Rig, port: &str, spec: &str, json: bool) -> tests::Out {
+    let cfg = rig.config_path().display().to_string();
+    let id = rig.router().id.clone();
+    let mut args = vec![
+        "--config", &cfg, "explain", "--router", &id, "--in", port, spec,
+    ];
+    if json {
+        args.push("--json");
+    }
+    rig.xrouter(&args)
+}
+
+fn explain_json(rig: &Rig, port: &str, spec: &str) -> Value {
+    let out = explain(rig, port, spec, true);
+    assert!(out.success(), "{}", out.describe());
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+/// `show flows --json` without what the clock moves (ages, idle time).
+fn flows(rig: &Rig) -> Value {
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["--config", &cfg, "show", "flows", "--json"]);
+    assert!(out.success(), "{}", out.describe());
+    let mut v: Value = serde_json::from_str(&out.stdout).unwrap();
+    for (_, fl) in v.as_object_mut().unwrap() {
+        for f in fl.as_array_mut().unwrap() {
+            let o = f.as_object_mut().unwrap();
+            for k in ["age_secs", "idle_secs", "expires_secs"] {
+                o.remove(k);
+            }
+        }
+    }
+    v
+}
+
+/// Counters the hosts' own background traffic moves whenever it likes
+/// (IPv6 neighbour discovery, multicast listener reports): the kernel's,
+/// after XDP hands them up.
+const BACKGROUND: [&str; 3] = ["kernel/not-ipv4", "kernel/local", "xdp->tc"];
+
+fn packets(v: &Value, k: &str) -> u64 {
+    v[k]["packets"].as_u64().unwrap_or(0)
+}
+
+/// `show stats --json` of the router: every counter but the background
+/// ones, and how many packets those counted.
+fn stats(rig: &Rig) -> (Value, [u64; 3]) {
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["--config", &cfg, "show", "stats", "--json"]);
+    assert!(out.success(), "{}", out.describe());
+    let all: Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut v = all[&rig.router().id].clone();
+    let bg = BACKGROUND.map(|k| packets(&v, k));
+    for k in BACKGROUND {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    (v, bg)
+}
+
+/// The live counters moved only by background traffic: everything else
+/// equal, and no packet handed up by XDP (none on the tc plane) but those
+/// that ended as the kernel's background.
+fn assert_counters_unmoved(before: &(Value, [u64; 3]), after: &(Value, [u64; 3])) {
+    assert_eq!(after.0, before.0, "live counters changed");
+    let d = |i: usize| after.1[i] - before.1[i];
+    assert!(
+        d(2) <= d(0) + d(1),
+        "xdp->tc moved by more than the kernel's background traffic: {before:?} -> {after:?}"
+    );
+}
+
+fn mac_of(rig: &Rig, host: &str) -> String {
+    let l = tests::link(&rig.ns(host), "eth0").expect("eth0");
+    l["address"].as_str().unwrap().to_string()
+}
+
+fn port_dev(rig: &Rig, net: &str) -> String {
+    let r = rig.router();
+    r.interfaces
+        .iter()
+        .find(|p| p.network.name == net)
+        .map(|p| p.qr())
+        .unwrap_or_else(|| r.gateway.as_ref().unwrap().qg())
+}
+
+/// Three packets on a router whose external subnet has no gateway (so no
+/// default route): one to nowhere, one SNATed, one to a floating IP.
+fn no_route_snat_and_dnat_explained(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    rig.router_mut()
+        .gateway
+        .as_mut()
+        .unwrap()
+        .network
+        .gateway_ip = None;
+    rig.start();
+    rig.article_hosts(&[]);
+    let (qr1, qr2, qg) = (
+        port_dev(&rig, "net1"),
+        port_dev(&rig, "net2"),
+        port_dev(&rig, "ext"),
+    );
+    let (vm2_mac, ext_mac) = (mac_of(&rig, "vm2"), mac_of(&rig, "ext"));
+
+    // Traffic through both ways, so the router has resolved vm2 and ext;
+    // its neighbours map follows the kernel's within a second.
+    let p = ping(&rig.ns("ext"), FIP, &["-c", "2", "-i", "0.2"]);
+    assert!(p.success(), "{}", p.describe());
+    let p = ping(&rig.ns("vm1"), EXT_HOST, &["-c", "2", "-i", "0.2"]);
+    assert!(p.success(), "{}", p.describe());
+    let dnat_spec = format!("udp {EXT_HOST}:5000 -> {FIP}:53");
+    let snat_spec = format!("tcp {VM1}:40000 -> {EXT_HOST}:8080 [flags S]");
+    let known = wait_until(TIMEOUT, EVERY, || {
+        let d = explain_json(&rig, &qg, &dnat_spec);
+        let s = explain_json(&rig, &qr1, &snat_spec);
+        d["egress"]["dst_mac"] == vm2_mac.as_str() && s["egress"]["dst_mac"] == ext_mac.as_str()
+    });
+    assert!(known, "the neighbours map never held vm2 and ext");
+
+    let flows_before = flows(&rig);
+    let stats_before = stats(&rig);
+
+    // 1. No route: the program hands it to the kernel to answer.
+    let v = explain_json(
+        &rig,
+        &qr1,
+        &format!("tcp {VM1}:40000 -> 8.8.8.8:443 [flags S]"),
+    );
+    assert_eq!(v["plane"], plane.to_string(), "{v:#}");
+    assert_eq!(v["ingress"]["device"], qr1.as_str(), "{v:#}");
+    // The daemon runs the same binary: its programs are the ones that ran.
+    assert_eq!(v["same_build"], true, "{v:#}");
+    assert_eq!(v["verdict"]["kind"], "kernel", "{v:#}");
+    assert_eq!(v["verdict"]["outcome"], "kernel/no-route", "{v:#}");
+    assert_eq!(v["route"]["destination"], "8.8.8.8", "{v:#}");
+    assert!(v["route"]["prefix"].is_null(), "{v:#}");
+    assert_eq!(v["conntrack"]["created"], serde_json::json!([]), "{v:#}");
+    let hooks = v["hooks"].as_array().unwrap();
+    let last = hooks.last().unwrap();
+    assert_eq!(last["program"], "xr_tc", "{v:#}");
+    assert_eq!(last["return"], "TC_ACT_OK", "{v:#}");
+    assert_eq!(last["mark"], "0x78650000", "{v:#}");
+    if plane == Dataplane::Xdp {
+        assert_eq!(hooks.len(), 2, "{v:#}");
+        assert_eq!(hooks[0]["program"], "xr_xdp");
+        assert_eq!(hooks[0]["return"], "XDP_PASS");
+        assert_eq!(hooks[0]["outcome"], "xdp->tc");
+    } else {
+        assert_eq!(hooks.len(), 1, "{v:#}");
+    }
+    // Handed up untranslated.
+    assert_eq!(v["output"]["headers"]["ip"]["src"], VM1, "{v:#}");
+    assert_eq!(v["output"]["headers"]["ip"]["dst"], "8.8.8.8", "{v:#}");
+
+    // 2. SNAT: a VM to an external host leaves as the gateway address.
+    let v = explain_json(&rig, &qr1, &snat_spec);
+    assert_eq!(v["verdict"]["kind"], "forwarded", "{v:#}");
+    let fwd = if plane == Dataplane::Xdp {
+        "forwarded/xdp"
+    } else {
+        "forwarded/tc"
+    };
+    assert_eq!(v["verdict"]["outcome"], fwd, "{v:#}");
+    assert_eq!(v["conntrack"]["found"], Value::Null, "{v:#}");
+    let created = v["conntrack"]["created"].as_array().unwrap();
+    assert_eq!(created.len(), 2, "an entry per direction: {v:#}");
+    assert!(
+        created
+            .iter()
+            .all(|e| e["table"] == "embryonic" && e["state"] == "SYN_SENT" && e["snat"] == true),
+        "{v:#}"
+    );
+    let to = v["nat"]["source"]["to"].as_str().unwrap();
+    let (addr, port) = to.split_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    assert_eq!(addr, QG, "{v:#}");
+    assert!(port >= 1024, "{v:#}");
+    assert!(v["nat"]["destination"].is_null(), "{v:#}");
+    let ip = &v["output"]["headers"]["ip"];
+    assert_eq!(ip["src"], QG, "{v:#}");
+    assert_eq!(ip["sport"], port, "{v:#}");
+    assert_eq!(ip["dst"], EXT_HOST, "{v:#}");
+    assert_eq!(ip["ttl"], 63, "{v:#}");
+    assert_eq!(ip["ip_checksum_ok"], true, "{v:#}");
+    assert_eq!(ip["l4_checksum"], "ok", "{v:#}");
+    assert_eq!(v["route"]["prefix"], EXT, "{v:#}");
+    assert_eq!(v["route"]["egress"], qg.as_str(), "{v:#}");
+    assert_eq!(v["egress"]["device"], qg.as_str(), "{v:#}");
+    assert_eq!(v["egress"]["dst_mac"], ext_mac.as_str(), "{v:#}");
+    let qg_mac = rig.router().gateway.as_ref().unwrap().mac.to_lowercase();
+    assert_eq!(v["egress"]["src_mac"], qg_mac.as_str(), "{v:#}");
+    if plane == Dataplane::Xdp {
+        // XDP wrote the MACs into the frame itself.
+        assert_eq!(v["egress"]["macs_written_by"], "xr_xdp", "{v:#}");
+        assert_eq!(v["output"]["headers"]["dst_mac"], ext_mac.as_str(), "{v:#}");
+        assert_eq!(v["output"]["headers"]["src_mac"], qg_mac.as_str(), "{v:#}");
+    } else {
+        assert_eq!(
+            v["egress"]["macs_written_by"], "bpf_redirect_neigh",
+            "{v:#}"
+        );
+    }
+
+    // The same, as a terminal shows it: one line per stage.
+    let out = explain(&rig, &qr1, &snat_spec, false);
+    assert!(out.success(), "{}", out.describe());
+    let t = &out.stdout;
+    for want in [
+        format!("input      tcp {VM1}:40000 -> {EXT_HOST}:8080 [flags S]"),
+        format!("nat        source {VM1}:40000 -> {QG}:"),
+        format!("route      {EXT_HOST} in {EXT} on-link, out {qg}"),
+        format!("egress     {qg}: source MAC {qg_mac}, destination MAC {ext_mac}"),
+        format!("verdict    FORWARDED ({fwd})"),
+        "conntrack  no connection for tcp".to_string(),
+        "checksums: IPv4 ok, tcp ok".to_string(),
+    ] {
+        assert!(t.contains(&want), "no {want:?} in:\n{t}");
+    }
+
+    // 3. DNAT: outside to the floating IP reaches the fixed IP.
+    let v = explain_json(&rig, &qg, &dnat_spec);
+    assert_eq!(v["verdict"]["kind"], "forwarded", "{v:#}");
+    assert_eq!(v["verdict"]["outcome"], fwd, "{v:#}");
+    assert_eq!(
+        v["nat"]["destination"]["from"],
+        format!("{FIP}:53"),
+        "{v:#}"
+    );
+    assert_eq!(v["nat"]["destination"]["to"], format!("{VM2}:53"), "{v:#}");
+    assert!(
+        v["nat"]["source"].is_null(),
+        "the VM sees the real client: {v:#}"
+    );
+    let ip = &v["output"]["headers"]["ip"];
+    assert_eq!(ip["src"], EXT_HOST, "{v:#}");
+    assert_eq!(ip["dst"], VM2, "{v:#}");
+    assert_eq!(ip["dport"], 53, "{v:#}");
+    assert_eq!(ip["l4_checksum"], "ok", "{v:#}");
+    assert_eq!(v["route"]["egress"], qr2.as_str(), "{v:#}");
+    assert_eq!(v["egress"]["device"], qr2.as_str(), "{v:#}");
+    assert_eq!(v["egress"]["dst_mac"], vm2_mac.as_str(), "{v:#}");
+    let created = v["conntrack"]["created"].as_array().unwrap();
+    assert!(created.iter().all(|e| e["dnat"] == true), "{v:#}");
+
+    // Nothing of it reached the live router.
+    assert_eq!(flows(&rig), flows_before, "live connections changed");
+    assert_counters_unmoved(&stats_before, &stats(&rig));
+
+    // Bad requests are refused precisely.
+    let out = explain(&rig, "qr-nosuchport", &snat_spec, false);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("has no port \"qr-nosuchport\"") && out.stderr.contains(&qr1),
+        "{}",
+        out.describe()
+    );
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&[
+        "--config", &cfg, "explain", "--router", "nope", "--in", &qr1, &snat_spec,
+    ]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("no router \"nope\""),
+        "{}",
+        out.describe()
+    );
+    let out = explain(
+        &rig,
+        &qr1,
+        &format!("tcp {VM1}:40000 -> {EXT_HOST}:99999"),
+        false,
+    );
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("\"99999\" at column") && out.stderr.contains("port 1-65535"),
+        "{}",
+        out.describe()
+    );
+}
+
+fn iptables_plane_is_refused(plane: Dataplane) {
+    let rig = Rig::article(plane);
+    let qr1 = port_dev(&rig, "net1");
+    let out = explain(&rig, &qr1, &format!("tcp {VM1}:1 -> {EXT_HOST}:80"), false);
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("the data plane is iptables") && out.stderr.contains("xdp or tc"),
+        "{}",
+        out.describe()
+    );
+}
