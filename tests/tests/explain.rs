@@ -257,6 +257,39 @@ fn no_route_snat_and_dnat_explained(plane: Dataplane) {
     let created = v["conntrack"]["created"].as_array().unwrap();
     assert!(created.iter().all(|e| e["dnat"] == true), "{v:#}");
 
+    // 4. A whole frame in hex: an ARP request for the floating IP,
+    // answered by the programs themselves.
+    let ip4 = |a: &str| a.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let mac6 = |m: &str| -> Vec<u8> {
+        m.split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    let mut arp = vec![0xff; 6];
+    arp.extend(mac6(&ext_mac));
+    arp.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    arp.extend(mac6(&ext_mac));
+    arp.extend(ip4(EXT_HOST));
+    arp.extend([0; 6]);
+    arp.extend(ip4(FIP));
+    let hex: String = arp.iter().map(|b| format!("{b:02x}")).collect();
+    let cfg = rig.config_path().display().to_string();
+    let id = rig.router().id.clone();
+    let out = rig.xrouter(&[
+        "--config", &cfg, "explain", "--router", &id, "--in", &qg, "--hex", &hex, "--json",
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["verdict"]["kind"], "answered", "{v:#}");
+    assert_eq!(v["verdict"]["outcome"], "arp/floating-ip-replied", "{v:#}");
+    let answer = &v["output"]["headers"];
+    assert_eq!(answer["ethertype"], 0x0806, "{v:#}");
+    assert_eq!(
+        answer["dst_mac"],
+        ext_mac.as_str(),
+        "sent back to the asker: {v:#}"
+    );
+
     // Nothing of it reached the live router.
     assert_eq!(flows(&rig), flows_before, "live connections changed");
     assert_counters_unmoved(&stats_before, &stats(&rig));

@@ -7,7 +7,8 @@
 //! - `frame.rs`: frames built and read back, checksums recomputed;
 //! - `sandbox.rs`: the private instance and what is copied into it;
 //! - `run.rs`: the test runs and what they show;
-//! - `report.rs`: the stages reconstructed, as text or JSON.
+//! - `report.rs`: the stages reconstructed, as text or JSON;
+//! - `tags.rs`: whether the attached programs are this build.
 //!
 //! Why copies rather than the live maps: a test run executes the program
 //! for real, so on the live maps it would create connections, claim SNAT
