@@ -257,7 +257,39 @@ fn no_route_snat_and_dnat_explained(plane: Dataplane) {
     let created = v["conntrack"]["created"].as_array().unwrap();
     assert!(created.iter().all(|e| e["dnat"] == true), "{v:#}");
 
-    // 4. A whole frame in hex: an ARP request for the floating IP,
+    // 4. A reply of a live connection (the warm-up's ping from vm1): found
+    // in the table, translated back to the VM; the live entry stays as is.
+    let ping_conn = flows_before[&rig.router().id]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["proto"] == "icmp" && f["orig"]["src"] == VM1)
+        .unwrap_or_else(|| panic!("no live ICMP connection from vm1: {flows_before:#}"))
+        .clone();
+    let (id, gw_id) = (
+        ping_conn["orig"]["sport"].as_u64().unwrap(),
+        ping_conn["translated"]["sport"].as_u64().unwrap(),
+    );
+    let v = explain_json(
+        &rig,
+        &qg,
+        &format!("icmp {EXT_HOST} -> {QG} [echo-reply id {gw_id}]"),
+    );
+    assert_eq!(v["verdict"]["kind"], "forwarded", "{v:#}");
+    let found = &v["conntrack"]["found"];
+    assert_eq!(found["direction"], "reply", "{v:#}");
+    assert_eq!(found["snat"], true, "{v:#}");
+    assert_eq!(found["translated"]["dst"], VM1, "{v:#}");
+    assert_eq!(v["conntrack"]["created"], serde_json::json!([]), "{v:#}");
+    assert_eq!(
+        v["nat"]["destination"]["to"],
+        format!("{VM1} id {id}"),
+        "{v:#}"
+    );
+    assert_eq!(v["route"]["egress"], qr1.as_str(), "{v:#}");
+    assert_eq!(v["output"]["headers"]["ip"]["l4_checksum"], "ok", "{v:#}");
+
+    // 5. A whole frame in hex: an ARP request for the floating IP,
     // answered by the programs themselves.
     let ip4 = |a: &str| a.parse::<std::net::Ipv4Addr>().unwrap().octets();
     let mac6 = |m: &str| -> Vec<u8> {
