@@ -894,3 +894,39 @@ pub fn text(r: &Report) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use router_common::route::Route;
+
+    use super::*;
+
+    #[test]
+    fn the_longest_prefix_wins_as_in_the_trie() {
+        let mut maps = Desired::default();
+        let r = |i: u32| Route {
+            count: 1,
+            ifindexes: [i, 0, 0, 0],
+            ..Default::default()
+        };
+        maps.routes.insert((0, [0, 0, 0, 0]), r(1));
+        maps.routes.insert((8, [10, 0, 0, 0]), r(2));
+        maps.routes.insert((16, [10, 1, 0, 0]), r(3));
+        let hit = |maps: &Desired, a: &str| {
+            lpm(maps, a.parse().unwrap()).map(|(k, v)| (k.0, v.ifindexes[0]))
+        };
+        assert_eq!(hit(&maps, "10.1.2.3"), Some((16, 3)));
+        assert_eq!(hit(&maps, "10.2.0.1"), Some((8, 2)));
+        assert_eq!(hit(&maps, "8.8.8.8"), Some((0, 1)));
+        maps.routes.remove(&(0, [0, 0, 0, 0]));
+        assert_eq!(hit(&maps, "8.8.8.8"), None);
+    }
+
+    #[test]
+    fn tcp_flags_read_as_written() {
+        assert_eq!(frame::flag_letters(0x02), "S");
+        assert_eq!(frame::flag_letters(0x12), "SA");
+        assert_eq!(frame::flag_letters(0x11), "AF");
+        assert_eq!(frame::flag_letters(0), "-");
+    }
+}
