@@ -130,6 +130,9 @@ pub struct NodeConfig {
     pub ovsdb_connection: String,
     /// The metadata proxy the daemon runs in every router namespace.
     pub metadata: MetadataConfig,
+    /// Where the Prometheus endpoint (`/metrics`) listens; None: nowhere
+    /// (the default).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The metadata proxy: what Neutron's per-router haproxy does, with
@@ -212,6 +215,7 @@ impl Default for NodeConfig {
             ovs_integration_bridge: DEFAULT_OVS_INTEGRATION_BRIDGE.into(),
             ovsdb_connection: DEFAULT_OVSDB_CONNECTION.into(),
             metadata: MetadataConfig::default(),
+            metrics_address: None,
         }
     }
 }
@@ -262,6 +266,7 @@ const KEYS: &[&str] = &[
     "metadata_base_rate_limit",
     "metadata_burst_window",
     "metadata_burst_rate_limit",
+    "metrics_address",
 ];
 
 /// The integer keys of the metadata proxy (seconds or requests).
@@ -528,6 +533,11 @@ impl NodeConfig {
                 }
                 self.ovs_integration_bridge = b.to_string();
             }
+            "metrics_address" => {
+                let a = string(v).map_err(bad)?;
+                self.metrics_address =
+                    Some(metrics_address(a).map_err(|why| bad(format!("{} {why}", quote(a))))?);
+            }
             "ovsdb_connection" => {
                 let c = string(v).map_err(bad)?;
                 if let Some(why) = ovsdb_connection_problem(c) {
@@ -790,6 +800,19 @@ fn too_big(text: &str, e: &toml::de::Error, origin: &str) -> Option<anyhow::Erro
     let holds = |v: &toml::Value| v.to_string().contains(TOO_BIG);
     let only: toml::Table = table.into_iter().filter(|(_, v)| holds(v)).collect();
     NodeConfig::from_table(&only, origin, Some(number)).err()
+}
+
+/// The address of the metrics endpoint `text` names, or why it names
+/// none: an IP address and a port, as written (a wildcard only when
+/// written so); no host names (the endpoint is bound exactly there).
+pub fn metrics_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let a: std::net::SocketAddr = text.parse().map_err(|_| {
+        "is not an IP address and port (e.g. \"127.0.0.1:9793\" or \"[::1]:9793\")".to_string()
+    })?;
+    if a.port() == 0 {
+        return Err("has port 0: the endpoint needs a port of its own (1..=65535)".into());
+    }
+    Ok(a)
 }
 
 /// A TOML error as one line: where, and what (toml's own rendering quotes
@@ -1179,6 +1202,45 @@ mod tests {
             );
         }
         assert!(NodeConfig::parse("ovsdb_connection = \"tcp:[::1]:6640\"", "n").is_ok());
+    }
+
+    #[test]
+    fn the_metrics_address_is_an_address_and_a_port() {
+        assert_eq!(NodeConfig::parse("", "n").unwrap().metrics_address, None);
+        let c = NodeConfig::parse("metrics_address = \"127.0.0.1:9793\"", "n").unwrap();
+        assert_eq!(c.metrics_address, Some("127.0.0.1:9793".parse().unwrap()));
+        let c = NodeConfig::parse("metrics_address = \"[::1]:9793\"", "n").unwrap();
+        assert_eq!(c.metrics_address, Some("[::1]:9793".parse().unwrap()));
+        // A wildcard when written so.
+        let c = NodeConfig::parse("metrics_address = \"0.0.0.0:9793\"", "n").unwrap();
+        assert_eq!(c.metrics_address, Some("0.0.0.0:9793".parse().unwrap()));
+        for bad in [
+            "localhost:9793",
+            "127.0.0.1",
+            "9793",
+            "::1:9793",
+            "127.0.0.1:99999",
+            "",
+        ] {
+            refused(
+                &format!("metrics_address = \"{bad}\""),
+                "metrics_address",
+                &format!("\"{bad}\""),
+                "not an IP address and port",
+            );
+        }
+        refused(
+            "metrics_address = \"127.0.0.1:0\"",
+            "metrics_address",
+            "127.0.0.1:0",
+            "port 0",
+        );
+        refused(
+            "metrics_address = 9793",
+            "metrics_address",
+            "9793",
+            "not a string",
+        );
     }
 
     #[test]
