@@ -58,6 +58,12 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// `--metrics-address`, checked as the node config's key is.
+fn metrics_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    crate::config::node::metrics_address(s)
+        .map_err(|why| format!("{} {why}", crate::text::quote(s)))
+}
+
 #[derive(Subcommand)]
 pub enum ShowWhat {
     /// Routers, ports, addresses and floating IPs (the default).
@@ -126,6 +132,14 @@ pub enum Cmd {
         /// there: auto).
         #[arg(long, value_enum, value_name = "PLANE")]
         dataplane: Option<Dataplane>,
+        /// Serve Prometheus metrics at http://ADDRESS/metrics, instead of
+        /// the node config's `metrics_address` (default: no endpoint).
+        ///
+        /// An IP address and a port, bound exactly as written.
+        ///
+        /// Example: --metrics-address 127.0.0.1:9793
+        #[arg(long, value_name = "ADDRESS", value_parser = metrics_address)]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Run as Neutron's L3 agent: routers come from neutron-server over
     /// RPC (RabbitMQ), not from a file.
@@ -156,6 +170,14 @@ pub enum Cmd {
         /// auto).
         #[arg(long, value_enum, value_name = "PLANE")]
         dataplane: Option<Dataplane>,
+        /// Serve Prometheus metrics at http://ADDRESS/metrics, instead of
+        /// the configured `metrics_address` (default: no endpoint).
+        ///
+        /// An IP address and a port, bound exactly as written.
+        ///
+        /// Example: --metrics-address 127.0.0.1:9793
+        #[arg(long, value_name = "ADDRESS", value_parser = metrics_address)]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Make the running daemon re-read its routers file and apply it.
     ///

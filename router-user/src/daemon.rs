@@ -134,6 +134,52 @@ pub async fn preflight(node: &NodeConfig) -> Result<Dataplane> {
     Ok(dataplane)
 }
 
+/// Starts the metrics endpoint if the node config (or the command line)
+/// asks for one.
+pub async fn serve_metrics(node: &NodeConfig, dataplane: Dataplane, agent: bool) -> Result<()> {
+    let Some(addr) = node.metrics_address else {
+        return Ok(());
+    };
+    crate::metrics::serve(
+        addr,
+        crate::metrics::Source {
+            dataplane,
+            pin_dir: node.pin_dir.clone(),
+            agent,
+        },
+    )
+    .await
+}
+
+/// The one-line status systemd shows (`systemctl status`).
+pub fn status_line(engine: &Engine) -> String {
+    let failed = engine.state.failed.len();
+    let up = engine.state.routers.len().saturating_sub(
+        engine
+            .state
+            .failed
+            .iter()
+            .filter(|f| engine.state.applied(&f.router.id).is_some())
+            .count(),
+    );
+    let mut s = format!("{} up", crate::text::count(up, "router"));
+    if failed > 0 {
+        s += &format!(", {failed} failed (retried at every resync)");
+    }
+    s + &format!(
+        "; data plane {}",
+        engine.state.dataplane.unwrap_or(Dataplane::Iptables)
+    )
+}
+
+/// A reload as systemd sees it: RELOADING=1, the reload, READY=1.
+async fn reload(engine: &mut Engine) -> Result<crate::engine::Applied> {
+    crate::notify::reloading();
+    let out = engine.reload().await;
+    crate::notify::ready(&status_line(engine));
+    out
+}
+
 /// Binds the control socket, reachable by root only.
 pub fn bind_control(node: &NodeConfig) -> Result<UnixListener> {
     let socket = node.socket_path();
@@ -149,6 +195,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     // A bad routers file is refused before anything is created.
     read_routers(&routers_file, &node)?;
     let dataplane = preflight(&node).await?;
+    serve_metrics(&node, dataplane, false).await?;
     let desired = read_routers(&routers_file, &node)?;
     let mut engine = Engine::new(node.clone(), dataplane, Some(routers_file))?;
     engine.resume_metadata();
@@ -167,6 +214,9 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     let socket = node.socket_path();
     let listener = bind_control(&node)?;
     tracing::info!("ready; control socket {}", socket.display());
+    // Ready for systemd once the routers are applied and the control
+    // socket answers (`xrouter reload` works from here on).
+    crate::notify::ready(&status_line(&engine));
 
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -188,7 +238,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                 let now = file_stamp(&routers_path);
                 if now != stamp {
                     stamp = now;
-                    match engine.reload().await {
+                    match reload(&mut engine).await {
                         Ok(a) if a.failures.is_empty() => tracing::info!("routers file changed: {}", a.report()),
                         Ok(a) => tracing::error!("routers file changed: {}", a.report()),
                         Err(e) => tracing::error!("routers file changed but was not applied, previous state kept: {e:#}"),
@@ -197,7 +247,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             }
             _ = hup.recv() => {
                 stamp = file_stamp(&routers_path);
-                match engine.reload().await {
+                match reload(&mut engine).await {
                     Ok(a) if a.failures.is_empty() => tracing::info!("SIGHUP reload: {}", a.report()),
                     Ok(a) => tracing::error!("SIGHUP reload: {}", a.report()),
                     Err(e) => tracing::error!("SIGHUP reload failed, previous state kept: {e:#}"),
@@ -214,6 +264,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                     Ok(a) => tracing::warn!("resync: {}", a.report()),
                     Err(e) => tracing::warn!("resync: {e:#}"),
                 }
+                crate::notify::status(&status_line(&engine));
             }
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
@@ -222,7 +273,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                 let reply = match req {
                     Ok(Request::Reload) => {
                         stamp = file_stamp(&routers_path);
-                        match engine.reload().await {
+                        match reload(&mut engine).await {
                             Ok(a) => Reply {
                                 ok: a.failures.is_empty(),
                                 message: a.report(),
@@ -237,6 +288,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             }
         }
     }
+    crate::notify::stopping();
     // Until the metadata listeners are handed over and their requests
     // done, the control socket still says a daemon runs.
     engine.shutdown().await;

@@ -337,7 +337,7 @@ impl Engine {
             // the kernel alone forwards (and translates) from here on.
             for id in state.router_ids() {
                 if let Err(e) = ebpf::remove_pins(&node.pin_dir, &id) {
-                    tracing::warn!("router {id}: removing BPF pins: {e:#}");
+                    tracing::warn!(router = %id, "router {id}: removing BPF pins: {e:#}");
                 }
             }
             tracing::info!(
@@ -357,6 +357,7 @@ impl Engine {
                 tracing::info!("plugging router ports into Linux bridges")
             }
         }
+        crate::metrics::get().publish(&state);
         Ok(Engine {
             metadata: crate::metadata::Proxies::new(
                 node.metadata.clone(),
@@ -394,13 +395,13 @@ impl Engine {
         match self.metadata.ensure(id) {
             Ok(()) => {
                 if self.metadata_errors.remove(id).is_some() {
-                    tracing::info!("router {id}: metadata proxy listening");
+                    tracing::info!(router = %id, "router {id}: metadata proxy listening");
                 }
             }
             Err(e) => {
                 let e = format!("{e:#}");
                 if self.metadata_errors.get(id) != Some(&e) {
-                    tracing::warn!("router {id}: {e} (VMs get no metadata; retried)");
+                    tracing::warn!(router = %id, "router {id}: {e} (VMs get no metadata; retried)");
                     self.metadata_errors.insert(id.to_string(), e);
                 }
             }
@@ -794,17 +795,15 @@ impl Engine {
             .collect();
         self.remove_each(&gone, &mut ch, &mut failures).await;
         for r in &desired {
-            if let Err(f) = self.update(r, &mut ch).await {
+            let from = ch.len();
+            let outcome = self.update(r, &mut ch).await;
+            log_router(&r.id, &ch.items[from..], outcome.as_ref().err());
+            if let Err(f) = outcome {
                 failures.push(f);
             }
         }
         self.state.save(&self.node.state_file())?;
-        for c in &ch.items {
-            tracing::info!("{c}");
-        }
-        for f in &failures {
-            tracing::error!("{f}");
-        }
+        crate::metrics::get().publish(&self.state);
         Ok(Applied {
             changes: ch,
             failures,
@@ -818,7 +817,9 @@ impl Engine {
         let prev = self.state.applied(&r.id).is_some();
         let before = self.history(&r.id).nat;
         let mut bridges = Vec::new();
+        let t0 = std::time::Instant::now();
         let outcome = self.apply_router(r, ch, &mut bridges).await;
+        crate::metrics::get().applied(&r.id, t0.elapsed(), outcome.is_ok());
         // A bridge made before a failure is xrouter's all the same:
         // `cleanup` removes it.
         self.state.bridges.extend(bridges);
@@ -866,12 +867,7 @@ impl Engine {
             .collect();
         self.remove_each(&known, &mut ch, &mut failures).await;
         self.state.save(&self.node.state_file())?;
-        for c in &ch.items {
-            tracing::info!("{c}");
-        }
-        for f in &failures {
-            tracing::error!("{f}");
-        }
+        crate::metrics::get().publish(&self.state);
         Ok(Applied {
             changes: ch,
             failures,
@@ -892,17 +888,23 @@ impl Engine {
     /// and the router kept in the record.
     async fn remove_each(&mut self, ids: &[String], ch: &mut Changes, failures: &mut Vec<Failure>) {
         for id in ids {
+            let from = ch.len();
             match self.remove_router(id, ch).await {
                 Ok(()) => {
+                    log_router(id, &ch.items[from..], None);
                     self.state.routers.retain(|r| &r.id != id);
                     self.state.failed.retain(|f| &f.router.id != id);
                 }
-                Err(e) => failures.push(Failure {
-                    router: id.clone(),
-                    removal: true,
-                    new: false,
-                    error: format!("{e:#}"),
-                }),
+                Err(e) => {
+                    let f = Failure {
+                        router: id.clone(),
+                        removal: true,
+                        new: false,
+                        error: format!("{e:#}"),
+                    };
+                    log_router(id, &ch.items[from..], Some(&f));
+                    failures.push(f);
+                }
             }
         }
     }
@@ -922,6 +924,17 @@ impl Engine {
     pub async fn resync(&mut self) -> Result<Applied> {
         let desired = self.desired.clone();
         self.apply(desired).await
+    }
+}
+
+/// Logs what one router's apply or removal changed, and its failure, with
+/// the router as a field of each event (a journal field under systemd).
+pub fn log_router(id: &str, changes: &[String], failure: Option<&Failure>) {
+    for c in changes {
+        tracing::info!(router = %id, "{c}");
+    }
+    if let Some(f) = failure {
+        tracing::error!(router = %id, "{f}");
     }
 }
 

@@ -28,22 +28,6 @@ fn node_config(cli: &Cli) -> Result<NodeConfig> {
     Ok(node)
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("XROUTER_LOG")
-        // lapin logs its own reconnection attempts as errors (and claims
-        // to give up while the agent goes on retrying): the agent says
-        // what happens to the message bus itself.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
-    // Colours only for a terminal: a log file or journal gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
-}
-
 /// Parses the command line; on an error, shows what the user typed escaped
 /// and cut, as every message does (clap would echo a value as it is).
 fn parse_cli() -> Cli {
@@ -72,7 +56,7 @@ fn parse_cli() -> Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = parse_cli();
-    init_logs();
+    router_user::logs::init();
     match real_main(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -94,17 +78,30 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
     let mut node = node_config(&cli)?;
     match cli.cmd {
         Cmd::MetadataHold { .. } => unreachable!("handled above"),
-        Cmd::Run { routers, dataplane } => {
+        Cmd::Run {
+            routers,
+            dataplane,
+            metrics_address,
+        } => {
             if let Some(d) = dataplane {
                 node.dataplane = d;
+            }
+            if metrics_address.is_some() {
+                node.metrics_address = metrics_address;
             }
             let routers = std::path::absolute(&routers)?;
             daemon::run(node, routers).await?;
         }
-        Cmd::Agent { dataplane } => {
+        Cmd::Agent {
+            dataplane,
+            metrics_address,
+        } => {
             let cfg = router_user::config::agent::load(&cli.config_files, cli.config.as_deref())?;
             if let Some(d) = dataplane {
                 node.dataplane = d;
+            }
+            if metrics_address.is_some() {
+                node.metrics_address = metrics_address;
             }
             let settings = router_user::agent::AgentSettings::from_config(&cfg.neutron)?;
             router_user::agent::run(node, settings).await?;

@@ -242,7 +242,9 @@ async fn reporter(
         let start = first.load(std::sync::atomic::Ordering::Relaxed);
         let uuid = oslo_rpc::envelope::unique_id();
         let state = report::agent_state(&s.identity, c, start, &uuid);
-        match plugin.report_state(state, interval).await {
+        let sent = plugin.report_state(state, interval).await;
+        crate::metrics::get().state_report(sent.is_ok());
+        match sent {
             Ok(answer) => {
                 first.store(false, std::sync::atomic::Ordering::Relaxed);
                 if s.identity.log_agent_heartbeats {
@@ -273,6 +275,8 @@ struct Agent {
     not_applied: Vec<String>,
     /// True once SIGTERM or SIGINT came.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// A full sync has succeeded since the start.
+    synced: bool,
 }
 
 impl Agent {
@@ -301,7 +305,12 @@ impl Agent {
     /// server could not be asked.
     async fn work(&mut self, rpc: &Rpc) -> Result<()> {
         let p = std::mem::take(&mut self.pending);
+        let t0 = std::time::Instant::now();
         let out = self.work_on(rpc, &p).await;
+        if p.full {
+            crate::metrics::get().full_sync(t0.elapsed(), out.is_ok());
+            self.synced |= out.is_ok();
+        }
         if out.is_err() {
             // Nothing of it is lost: merged back with what came since.
             self.pending.full |= p.full;
@@ -388,13 +397,10 @@ impl Agent {
             self.engine.want(r);
             let mut ch = crate::engine::Changes::default();
             let outcome = self.engine.update(r, &mut ch).await;
-            for item in &ch.items {
-                tracing::info!("{item}");
-            }
+            crate::engine::log_router(&r.id, &ch.items, outcome.as_ref().err());
             let status = match outcome {
                 Ok(()) => fip_status::ACTIVE,
                 Err(f) => {
-                    tracing::error!("{f}");
                     failures.push(f);
                     fip_status::ERROR
                 }
@@ -407,6 +413,7 @@ impl Agent {
             }
         }
         self.engine.state.save(&self.engine.node.state_file())?;
+        crate::metrics::get().publish(&self.engine.state);
         for (id, fips) in &checked.errors {
             let fips = fips.iter().cloned().collect();
             self.report_fips(&plugin, id, &fips, fip_status::ERROR)
@@ -505,7 +512,7 @@ impl Agent {
                 return;
             };
             let r = c.routers.remove(i);
-            tracing::error!("router not applied: router {}: {why}", r.id);
+            tracing::error!(router = %r.id, "router not applied: router {}: {why}", r.id);
             c.errors.insert(
                 r.id.clone(),
                 r.floating_ips.iter().map(|f| f.id.clone()).collect(),
@@ -525,14 +532,14 @@ impl Agent {
             ..Default::default()
         };
         for r in parsed.rejected {
-            tracing::error!("router not applied: {}", r.error);
+            tracing::error!(router = r.id.as_deref(), "router not applied: {}", r.error);
             if let Some(id) = r.id {
                 c.keep.push(id.clone());
                 c.errors.insert(id, r.floating_ip_ids);
             }
         }
         for u in parsed.unsupported {
-            tracing::warn!("router {} not handled: {}", u.id, u.reason);
+            tracing::warn!(router = %u.id, "router {} not handled: {}", u.id, u.reason);
             // Nothing serves its floating IPs here.
             c.errors.insert(u.id.clone(), u.floating_ip_ids);
             c.not_here.push(u.id);
@@ -555,7 +562,7 @@ impl Agent {
         }
         match plugin.update_floatingip_statuses(id, &changes).await {
             Ok(()) => self.reported.record(id, &changes),
-            Err(e) => tracing::warn!("router {id}: floating IP statuses: {e}"),
+            Err(e) => tracing::warn!(router = %id, "router {id}: floating IP statuses: {e}"),
         }
     }
 }
@@ -576,6 +583,7 @@ struct Checked {
 /// Runs the agent in the foreground until SIGTERM or SIGINT.
 pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
     let dataplane = crate::daemon::preflight(&node).await?;
+    crate::daemon::serve_metrics(&node, dataplane, true).await?;
     let mut engine = Engine::new(node.clone(), dataplane, None)?;
     engine.resume_metadata();
     if !engine.state.routers.is_empty() {
@@ -603,6 +611,7 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
         counts: Default::default(),
         not_applied: Vec::new(),
         stop: tokio::sync::watch::channel(false).1,
+        synced: false,
     };
     agent.update_counts();
 
@@ -637,8 +646,19 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
     let mut rx: Option<mpsc::Receiver<Incoming>> = None;
     let mut rep: Option<tokio::task::JoinHandle<()>> = None;
     let mut failed_work = false;
+    // Ready for systemd once the first full sync is done (see `work`).
+    let mut ready = false;
+    let mut ever_connected = false;
+    crate::notify::status("connecting to the message bus; routers of the last run keep forwarding");
 
     loop {
+        if agent.synced && !ready {
+            ready = true;
+            crate::notify::ready(&format!(
+                "{}; synced with neutron-server",
+                crate::daemon::status_line(&agent.engine)
+            ));
+        }
         // Work is done between events, once every message that had
         // arrived is taken in: a burst collapses into one sync.
         if let (Some(conn), Some(rx)) = (rpc.clone(), rx.as_mut()) {
@@ -685,6 +705,9 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                         first_report.clone(),
                         heard_tx.clone(),
                     )));
+                    crate::metrics::get().bus(true, ever_connected);
+                    ever_connected = true;
+                    crate::notify::status("connected to the message bus; full sync");
                     // Whatever was missed while away: a full sync.
                     agent.pending.full = true;
                     failed_work = false;
@@ -699,6 +722,11 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                     r.abort();
                 }
                 tracing::warn!("message bus connection lost; reconnecting (routers keep forwarding)");
+                crate::metrics::get().bus(false, false);
+                crate::notify::status(&format!(
+                    "{}; message bus connection lost, reconnecting",
+                    crate::daemon::status_line(&agent.engine)
+                ));
                 connecting = Some(tokio::spawn(connect(settings.clone())));
             }
             Some(i) = next => {
@@ -725,7 +753,17 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                     Ok(Request::Reload) => match rpc.clone() {
                         Some(c) => {
                             agent.pending.full = true;
-                            match agent.work(&c).await {
+                            if ready {
+                                crate::notify::reloading();
+                            }
+                            let done = agent.work(&c).await;
+                            if ready {
+                                crate::notify::ready(&format!(
+                                    "{}; synced with neutron-server",
+                                    crate::daemon::status_line(&agent.engine)
+                                ));
+                            }
+                            match done {
                                 Ok(()) if agent.not_applied.is_empty() => Reply { ok: true, message: "full sync with neutron-server done".into(), failed: vec![] },
                                 Ok(()) => Reply {
                                     ok: false,
@@ -749,6 +787,7 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
             }
         }
     }
+    crate::notify::stopping();
     if let Some(r) = rep.take() {
         r.abort();
     }

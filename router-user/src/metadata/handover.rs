@@ -69,7 +69,10 @@ pub fn spawn_holder(state_dir: &Path, held: &[Held]) -> Result<()> {
             .arg(format!("{}:{}:{}", h.router, h.netns, h.fd.as_raw_fd()));
     }
     cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        // Under systemd the holder is not the service's main process: it
+        // never speaks for the service.
+        .env_remove("NOTIFY_SOCKET");
     // SAFETY: between fork and exec only async-signal-safe calls (fcntl,
     // setsid) on fds the parent keeps open.
     unsafe {
