@@ -180,6 +180,11 @@ pub struct Rig {
     pub new_connection_rate: Option<u32>,
     /// More lines for the node config (e.g. metadata proxy settings).
     pub extra_config: Vec<String>,
+    /// More environment for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
+    /// A command the daemon is started through (e.g. `setpriv` with
+    /// fewer capabilities), the daemon's command line appended.
+    pub wrapper: Vec<String>,
     pub hosts: Vec<Host>,
     namespaces: Vec<String>,
     router_ids: BTreeSet<String>,
@@ -215,6 +220,8 @@ impl Rig {
             conntrack_size: 16384,
             new_connection_rate: None,
             extra_config: vec![],
+            env: vec![],
+            wrapper: vec![],
             hosts: vec![],
             namespaces: vec![],
             router_ids: BTreeSet::new(),
@@ -531,6 +538,11 @@ impl Rig {
             .open(self.log_path())
             .expect("creating the daemon log");
         let mut c = match how {
+            Launch::Nsenter if !self.wrapper.is_empty() => {
+                let mut c = Command::new(&self.wrapper[0]);
+                c.args(&self.wrapper[1..]).arg(bin);
+                c
+            }
             Launch::Nsenter => Command::new(bin),
             Launch::IpNetnsExec => {
                 let mut c = Command::new("ip");
@@ -545,6 +557,7 @@ impl Rig {
         if std::env::var_os("RUST_LOG").is_none() {
             c.env("RUST_LOG", "debug");
         }
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         if how == Launch::Nsenter {
             netns::command_in(&self.node, &mut c).expect("node namespace");
         }
