@@ -229,7 +229,7 @@ fn systemd_hears_ready_after_the_first_apply_and_around_reloads() {
         .collect();
     c.ok(
         !states.is_empty()
-            && states.len() % 2 == 0
+            && states.len().is_multiple_of(2)
             && states
                 .chunks(2)
                 .all(|p| p == ["RELOADING", "READY"].as_slice()),
@@ -737,4 +737,93 @@ mod capabilities {
     fn iptables() {
         super::the_units_capabilities_suffice(tests::Dataplane::Iptables);
     }
+}
+
+/// Agent mode: READY=1 once the first full sync with neutron-server has
+/// built the router; a reload (a full sync) is bracketed by RELOADING=1
+/// and READY=1; the endpoint serves the RPC figures.
+#[test]
+fn agent_is_ready_after_its_first_sync_and_serves_rpc_metrics() {
+    let mut c = Checks::new("agent_is_ready_after_its_first_sync_and_serves_rpc_metrics");
+    let mut rig = Rig::new(Dataplane::Iptables);
+    rig.extra_config
+        .push(format!("metrics_address = \"127.0.0.1:{PORT}\""));
+    let n = Notifications::listen(&mut rig);
+    rig.start_agent();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !got.iter().any(|(m, _): &(String, bool)| has(m, "READY=1"))
+    {
+        got.extend(n.take(Duration::from_millis(200)));
+    }
+    let ready: Vec<&(String, bool)> = got.iter().filter(|(m, _)| has(m, "READY=1")).collect();
+    c.eq("READY=1 after the first sync", ready.len(), 1);
+    c.ok(
+        ready.iter().all(|(_, built)| *built),
+        "READY=1 only once the router namespace exists",
+        &got,
+    );
+    // Reports go every second (report_interval = 1).
+    let reported = cmd::wait_until(Duration::from_secs(10), Duration::from_millis(250), || {
+        sample(
+            &scrape(&rig),
+            "xrouter_agent_state_reports_total",
+            &[("result", "sent")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    let text = scrape(&rig);
+    c.ok(reported, "state reports are counted", &text);
+    c.ok(
+        sample(
+            &text,
+            "xrouter_agent_full_syncs_total",
+            &[("result", "done")],
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the full sync is counted",
+        &text,
+    );
+    c.ok(
+        sample(&text, "xrouter_agent_last_full_sync_duration_seconds", &[])
+            .is_some_and(|s| s > 0.0),
+        "the last full sync's duration",
+        &text,
+    );
+    c.ok(
+        sample(&text, "xrouter_agent_connected", &[]) == Some(1.0),
+        "connected to the message bus",
+        &text,
+    );
+    c.ok(
+        sample(&text, "xrouter_info", &[("mode", "agent")]) == Some(1.0),
+        "xrouter_info says agent mode",
+        &text,
+    );
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["reload", "--config", &cfg]);
+    c.ok(
+        out.success(),
+        "xrouter reload (a full sync)",
+        out.describe(),
+    );
+    let around = n.take(Duration::from_millis(500));
+    let states: Vec<&str> = around
+        .iter()
+        .filter_map(|(m, _)| {
+            if has(m, "RELOADING=1") {
+                Some("RELOADING")
+            } else if has(m, "READY=1") {
+                Some("READY")
+            } else {
+                None
+            }
+        })
+        .collect();
+    c.eq(
+        "the reload is RELOADING=1 then READY=1",
+        states,
+        vec!["RELOADING", "READY"],
+    );
+    c.finish();
 }
