@@ -106,3 +106,47 @@ impl Visit for TextVisitor<'_, '_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_terminal_leaves_the_router_field_to_the_message() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .with_target(false)
+            .without_time()
+            .fmt_fields(Text)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let id = "5c7ef3a1";
+            tracing::error!(router = %id, "router {id}: apply failed");
+            tracing::warn!(router = %id, dev = "qg-1", round = 2, "router {id}: no answer");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "ERROR router 5c7ef3a1: apply failed\n \
+             WARN router 5c7ef3a1: no answer dev=\"qg-1\" round=2\n"
+        );
+    }
+}

@@ -83,8 +83,10 @@ pub struct Source {
 /// waits 50 s).
 #[derive(Default)]
 struct Fill {
-    /// Router -> (established entries, embryonic entries).
-    counts: HashMap<String, (u64, u64)>,
+    /// Router -> (established entries, embryonic entries); None: its
+    /// tables could not be opened (a router that failed before its BPF
+    /// object was loaded), so that it is not tried at every scrape.
+    counts: HashMap<String, Option<(u64, u64)>>,
     at: Option<Instant>,
     took: Duration,
 }
@@ -370,18 +372,16 @@ impl Metrics {
             let t0 = Instant::now();
             let mut counts = HashMap::new();
             for id in ids {
-                let Some(est) = count_entries(pin_dir, id, XR_CT) else {
-                    continue;
-                };
-                let emb = count_entries(pin_dir, id, XR_CT_NEW).unwrap_or(0);
-                counts.insert(id.clone(), (est, emb));
+                let n = count_entries(pin_dir, id, XR_CT)
+                    .map(|est| (est, count_entries(pin_dir, id, XR_CT_NEW).unwrap_or(0)));
+                counts.insert(id.clone(), n);
             }
             f.counts = counts;
             f.took = t0.elapsed();
             f.at = Some(Instant::now());
         }
         ids.iter()
-            .filter_map(|id| Some((id.clone(), *f.counts.get(id)?)))
+            .filter_map(|id| Some((id.clone(), (*f.counts.get(id)?)?)))
             .collect()
     }
 }
