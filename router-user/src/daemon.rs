@@ -257,6 +257,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             _ = int.recv() => break,
             _ = fast.tick(), if !engine.bpf.is_empty() => {
                 engine.tick().await;
+                crate::metrics::get().gc(engine.gc_last.as_ref());
             }
             _ = tick.tick(), if node.resync_interval > 0 => {
                 match engine.resync().await {

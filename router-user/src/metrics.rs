@@ -61,6 +61,13 @@ pub struct Metrics {
     full_sync_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     reconnects: Counter,
     connected: Gauge,
+    gc_passes: Counter,
+    gc_deleted: Counter,
+    gc_scanned: Gauge,
+    gc_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    gc_busy_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// When the last GC pass recorded started (each is recorded once).
+    gc_seen: Mutex<Option<Instant>>,
     /// The routers to read the maps of, by the last apply.
     ids: Mutex<Vec<String>>,
     /// Set once the endpoint is served.
@@ -104,6 +111,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     full_sync_seconds: Gauge::default(),
     reconnects: Counter::default(),
     connected: Gauge::default(),
+    gc_passes: Counter::default(),
+    gc_deleted: Counter::default(),
+    gc_scanned: Gauge::default(),
+    gc_seconds: Gauge::default(),
+    gc_busy_seconds: Gauge::default(),
+    gc_seen: Mutex::new(None),
     ids: Mutex::new(Vec::new()),
     source: Mutex::new(None),
     fill: Mutex::new(Fill::default()),
@@ -170,6 +183,22 @@ impl Metrics {
         if up && again {
             self.reconnects.inc();
         }
+    }
+
+    /// The connection GC's last finished pass (the engine keeps it); each
+    /// pass is counted once.
+    pub fn gc(&self, last: Option<&crate::engine::GcSummary>) {
+        let Some(s) = last else { return };
+        let mut seen = self.gc_seen.lock().unwrap();
+        if *seen == Some(s.started) {
+            return;
+        }
+        *seen = Some(s.started);
+        self.gc_passes.inc();
+        self.gc_deleted.inc_by(s.deleted);
+        self.gc_scanned.set(s.scanned as i64);
+        self.gc_seconds.set(s.took.as_secs_f64());
+        self.gc_busy_seconds.set(s.busy.as_secs_f64());
     }
 
     /// The registry of one scrape: what was recorded, and the data plane's
@@ -357,6 +386,33 @@ impl Metrics {
             "conntrack_max_entries",
             "Capacity of the router's connection tables, in entries",
             max,
+        );
+        r.register(
+            "conntrack_gc_passes",
+            "Passes of the connection GC over every router's tables",
+            self.gc_passes.clone(),
+        );
+        r.register(
+            "conntrack_gc_deleted_entries",
+            "Expired connection-table entries the GC deleted (two per connection)",
+            self.gc_deleted.clone(),
+        );
+        r.register(
+            "conntrack_gc_scanned_entries",
+            "Entries the last GC pass read: every router's tables as it saw them",
+            self.gc_scanned.clone(),
+        );
+        r.register_with_unit(
+            "conntrack_gc_last_pass_duration",
+            "Time from start to end of the last GC pass",
+            Unit::Seconds,
+            self.gc_seconds.clone(),
+        );
+        r.register_with_unit(
+            "conntrack_gc_last_pass_busy",
+            "Time the last GC pass spent working (in slices)",
+            Unit::Seconds,
+            self.gc_busy_seconds.clone(),
         );
     }
 

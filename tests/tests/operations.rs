@@ -531,6 +531,23 @@ fn metrics_follow_forwarded_traffic(plane: Dataplane) {
         "xrouter_info names the data plane",
         &after,
     );
+    // The GC's passes (one starts within a second, small tables end it).
+    let passed = cmd::wait_until(Duration::from_secs(15), Duration::from_millis(250), || {
+        sample(&scrape(&rig), "xrouter_conntrack_gc_passes_total", &[]).is_some_and(|n| n >= 1.0)
+    });
+    let text = scrape(&rig);
+    c.ok(passed, "the connection GC's passes are counted", &text);
+    c.ok(
+        sample(&text, "xrouter_conntrack_gc_scanned_entries", &[]).is_some()
+            && sample(
+                &text,
+                "xrouter_conntrack_gc_last_pass_duration_seconds",
+                &[],
+            )
+            .is_some_and(|s| s > 0.0),
+        "what the last pass read and how long it took",
+        &text,
+    );
     c.finish();
 }
 

@@ -737,7 +737,10 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
                 Heard::Revived => agent.pending.full = true,
             },
             _ = retry.tick(), if failed_work => failed_work = false,
-            _ = fast.tick(), if !agent.engine.bpf.is_empty() => agent.engine.tick().await,
+            _ = fast.tick(), if !agent.engine.bpf.is_empty() => {
+                agent.engine.tick().await;
+                crate::metrics::get().gc(agent.engine.gc_last.as_ref());
+            }
             _ = resync.tick(), if node.resync_interval > 0 => {
                 match agent.engine.resync().await {
                     Ok(a) if a.failures.is_empty() => {}
