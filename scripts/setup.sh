@@ -21,7 +21,7 @@ need_root() {
 # Debian packages the project and its tests use.
 PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod curl openssl systemd util-linux
   rabbitmq-server python3-venv openvswitch-switch haproxy wrk iperf3)
-BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe curl openssl systemd-analyze setpriv
+BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe curl openssl systemd-analyze journalctl /lib/systemd/systemd-journald setpriv unshare
   /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py
   ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool ovs-ofctl /usr/share/openvswitch/vswitch.ovsschema haproxy wrk iperf3)
 

@@ -844,3 +844,93 @@ fn agent_is_ready_after_its_first_sync_and_serves_rpc_metrics() {
     );
     c.finish();
 }
+
+/// Under systemd the log goes to the journal, each router's events with
+/// the router as a field (`ROUTER=<id>`) and a message that names it. Run
+/// with a journald of its own: in a mount, network and PID namespace of
+/// the test (a tmpfs on /run holds the journal's sockets and files, and
+/// the router namespaces; the node's interfaces are the new network
+/// namespace's), so everything ends with the namespace's first process.
+#[test]
+fn the_journal_gets_each_router_event_with_its_router_field() {
+    let mut c = Checks::new("the_journal_gets_each_router_event_with_its_router_field");
+    let dir = TempDir::new(&format!("journal-{}", names::tag()));
+    let d = dir.path().display().to_string();
+    let ext = tests::Network::new("ext", EXT, Some(EXT_GW));
+    let net1 = tests::Network::new("net1", NET1, Some(QR1));
+    let net2 = tests::Network::new("net2", NET2, Some(QR2));
+    let router = tests::RouterSpec::article(&names::tag(), &ext, &net1, &net2);
+    std::fs::write(
+        dir.path().join("routers.json"),
+        serde_json::to_string(&tests::routers_json(std::slice::from_ref(&router))).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        format!(
+            "state_dir = \"{d}/state\"\npin_dir = \"/sys/fs/bpf/xrt-journal\"\n\
+             dataplane = \"iptables\"\nsend_garp = false\nenable_metadata_proxy = false\n"
+        ),
+    )
+    .unwrap();
+    // journald writes to /run/log/journal (the tmpfs) since nothing has
+    // asked it to flush to /var.
+    let script = format!(
+        r#"set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journal /run/netns /run/log/journal
+ip link set lo up
+/lib/systemd/systemd-journald > {d}/journald.out 2>&1 &
+for i in $(seq 50); do [ -S /run/systemd/journal/socket ] && break; sleep 0.1; done
+exec 2> {d}/stderr
+export JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/self/fd/2)
+{bin} run --config {d}/node.toml --routers {d}/routers.json &
+for i in $(seq 100); do [ -S {d}/state/xrouter.sock ] && break; sleep 0.1; done
+journalctl -D /run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=xrouter > {d}/journal.json
+"#,
+        bin = xrouter_bin().display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--net",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let out = cmd::run(&mut cmd, Duration::from_secs(60)).expect("unshare");
+    c.ok(
+        out.success(),
+        "the daemon ran beside a journald",
+        out.describe(),
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    let entries: Vec<serde_json::Value> = read("journal.json")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let created = format!("created namespace {}", router.namespace());
+    c.ok(
+        entries.iter().any(|e| {
+            e["ROUTER"] == router.id.as_str() && e["MESSAGE"].as_str() == Some(created.as_str())
+        }),
+        "the router's change is in the journal with ROUTER=<id> and a message naming it",
+        (&entries.len(), read("journald.out")),
+    );
+    c.ok(
+        entries.iter().any(|e| {
+            e["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.contains("router up"))
+        }),
+        "the daemon's own events are there too",
+        entries.len(),
+    );
+    c.eq("nothing on standard error", read("stderr"), String::new());
+    c.finish();
+}
