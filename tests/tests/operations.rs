@@ -713,6 +713,19 @@ fn the_units_capabilities_suffice(plane: Dataplane) {
     );
     traffic(&rig, &mut c);
     rig.assert_fast_path(&mut c);
+    // Neutron's metadata agent's socket is the neutron user's, not root's
+    // (here nobody's), mode 0644 as its `metadata_proxy_socket_mode`
+    // "user" makes it.
+    let _agent = tests::MetadataAgent::start(&rig.metadata_socket());
+    let sock = rig.metadata_socket();
+    std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let f = tests::metadata_agent::curl(&rig.ns("vm1"), tests::metadata_agent::METADATA_URL, &[]);
+    c.eq(
+        "a VM's metadata request reaches the metadata agent's socket of another user",
+        f.status,
+        200,
+    );
     let out = rig.reload();
     c.ok(out.success(), "xrouter reload", out.describe());
     c.reply(
