@@ -110,7 +110,8 @@ pub enum Cmd {
     /// agent's socket metadata_proxy_socket). A stopping daemon hands its
     /// listeners to a holder process (`xrouter metadata-hold`) that the next
     /// daemon takes them from, so no VM connection is refused in between;
-    /// under systemd use KillMode=process. docs/metadata.md.
+    /// under systemd use KillMode=process (the units of packaging/systemd/
+    /// do). docs/metadata.md, docs/operations.md.
     ///
     /// To run it in another network namespace, enter that namespace alone:
     /// `nsenter --net=/run/netns/NAME xrouter run ...`. Not with `ip netns
