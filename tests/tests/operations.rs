@@ -99,6 +99,22 @@ fn systemd_units_verify_clean() {
         .unwrap();
         copies.push(copy);
     }
+    // The capability test runs the daemon with xrouter.service's set.
+    let sets: Vec<Option<String>> = UNITS
+        .iter()
+        .map(|u| {
+            let text = std::fs::read_to_string(unit_path(u)).unwrap();
+            directives(&text)
+                .iter()
+                .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+                .map(str::to_string)
+        })
+        .collect();
+    c.ok(
+        sets[0].is_some() && sets[0] == sets[1],
+        "both units have the same CapabilityBoundingSet",
+        &sets,
+    );
     let mut verify = Command::new("systemd-analyze");
     verify.arg("verify").args(&copies);
     let out = cmd::run(&mut verify, Duration::from_secs(60)).expect("systemd-analyze");
