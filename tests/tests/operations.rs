@@ -787,7 +787,8 @@ mod capabilities {
 
 /// Agent mode: READY=1 once the first full sync with neutron-server has
 /// built the router; a reload (a full sync) is bracketed by RELOADING=1
-/// and READY=1; the endpoint serves the RPC figures.
+/// and READY=1; the endpoint serves the RPC figures, a broker restart
+/// among them.
 #[test]
 fn agent_is_ready_after_its_first_sync_and_serves_rpc_metrics() {
     let mut c = Checks::new("agent_is_ready_after_its_first_sync_and_serves_rpc_metrics");
@@ -870,6 +871,20 @@ fn agent_is_ready_after_its_first_sync_and_serves_rpc_metrics() {
         "the reload is RELOADING=1 then READY=1",
         states,
         vec!["RELOADING", "READY"],
+    );
+    // A lost message bus: counted once the agent is connected again.
+    rig.broker.as_mut().unwrap().restart();
+    let back = cmd::wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
+        let t = scrape(&rig);
+        sample(&t, "xrouter_agent_reconnects_total", &[]).is_some_and(|n| n >= 1.0)
+            && sample(&t, "xrouter_agent_connected", &[]) == Some(1.0)
+            && sample(&t, "xrouter_agent_full_syncs_total", &[("result", "done")])
+                .is_some_and(|n| n >= 3.0)
+    });
+    c.ok(
+        back,
+        "after a broker restart: one reconnect, connected, a full sync more",
+        scrape(&rig),
     );
     c.finish();
 }
