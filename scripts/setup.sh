@@ -20,10 +20,10 @@ need_root() {
 
 # Debian packages the project and its tests use.
 PKGS=(iproute2 iptables nftables conntrack bpftool tcpdump iputils-ping iputils-arping ethtool socat procps kmod curl openssl systemd util-linux
-  rabbitmq-server python3-venv openvswitch-switch haproxy wrk iperf3)
+  rabbitmq-server python3-venv openvswitch-switch haproxy wrk iperf3 debootstrap systemd-container)
 BINS=(ip iptables-restore nft conntrack bpftool tcpdump ping arping ethtool socat sysctl modprobe curl openssl systemd-analyze journalctl /lib/systemd/systemd-journald setpriv unshare
   /usr/lib/rabbitmq/bin/rabbitmq-server epmd /usr/lib/python3.11/ensurepip/__init__.py
-  ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool ovs-ofctl /usr/share/openvswitch/vswitch.ovsschema haproxy wrk iperf3)
+  ovs-vsctl ovsdb-server ovs-vswitchd ovsdb-tool ovs-ofctl /usr/share/openvswitch/vswitch.ovsschema haproxy wrk iperf3 debootstrap systemd-nspawn)
 
 packages() {
   local missing=0 b own_policy=0
@@ -100,6 +100,31 @@ no_root_services() {
   done
 }
 
+# A minimal Debian 12 with systemd, for the package test
+# (tests/tests/package.rs): it installs xrouter's .deb there and boots it
+# with systemd-nspawn, without network. So the package's dependencies
+# (DEPENDS in xtask/src/deb.rs) are downloaded here, with the archive's
+# lists: apt resolves them offline there as on a node. About a minute,
+# once per machine (a stamp names the dependencies).
+ROOTFS="${XROUTER_TEST_ROOTFS:-/var/cache/xrouter-tests/bookworm}"
+ROOTFS_DEPS=(iproute2 iptables conntrack ethtool libgcc-s1)
+
+rootfs() {
+  local stamp
+  stamp="$ROOTFS.ready-$(printf '%s ' "${ROOTFS_DEPS[@]}" | sha256sum | cut -c1-12)"
+  [ -e "$stamp" ] && return
+  log "building a Debian 12 root for the package test in $ROOTFS (about a minute)"
+  rm -rf "$ROOTFS" "$ROOTFS.tmp" "$ROOTFS".ready-*
+  mkdir -p "$(dirname "$ROOTFS")"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$ROOTFS.tmp" \
+    http://deb.debian.org/debian >/dev/null
+  chroot "$ROOTFS.tmp" apt-get update -qq
+  chroot "$ROOTFS.tmp" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -qq -y --download-only "${ROOTFS_DEPS[@]}" >/dev/null
+  mv "$ROOTFS.tmp" "$ROOTFS"
+  touch "$stamp"
+}
+
 # The Python venv of the stand-in neutron-server and its notifier
 # (tests/neutron/*.py), of Neutron's own metadata agent the tests run, and
 # of the benchmarks against Neutron's code: Debian's python3 with the pinned
@@ -170,6 +195,7 @@ packages
 no_root_broker
 no_root_services
 venv
+rootfs
 nightly
 bpf_linker
 bpffs

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | deb`.
 //!
 //! Each task first runs the idempotent setup (packages, nightly with
 //! rust-src, bpf-linker, bpffs), so the README's commands work on a fresh
@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use clap::{Parser, Subcommand};
+
+mod deb;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -37,6 +39,16 @@ enum Cmd {
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the Debian package (release build): target/debian/xrouter_VERSION_ARCH.deb.
+    Deb {
+        /// Package this xrouter binary instead of building one (it is
+        /// stripped of debug info in the package).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Directory of the package (default: target/debian).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Build everything and run the whole test suite, with fmt and clippy.
     Test {
@@ -148,6 +160,27 @@ fn real_main() -> Result<()> {
                 "xrouter-bench",
             ]))?;
             run(Command::new(target_dir().join("release/xrouter-bench")).args(args))
+        }
+        Cmd::Deb { binary, out } => {
+            setup()?;
+            let binary = match binary {
+                Some(b) => b,
+                None => {
+                    run(cargo().args(["build", "--release", "--quiet", "-p", "router-user"]))?;
+                    target_dir().join("release/xrouter")
+                }
+            };
+            let out = out.unwrap_or_else(|| target_dir().join("debian"));
+            let deb = deb::build(
+                &root(),
+                &deb::Opts {
+                    binary,
+                    out,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            )?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Cmd::Test { args } => {
             setup()?;
