@@ -85,7 +85,8 @@ pub struct Source {
 
 /// Connection-table fill by router: counting the entries of a BPF hash
 /// table means walking it (the kernel keeps no count a map's user can
-/// read), a syscall per entry, so counts are sampled: at most every
+/// read), thousands of entries a syscall but still seconds of a core for
+/// millions, so counts are sampled: at most every
 /// [`FILL_EVERY`], and at most a tenth of the time (a walk that took 5 s
 /// waits 50 s).
 #[derive(Default)]
@@ -442,19 +443,10 @@ impl Metrics {
     }
 }
 
-/// The entries of a router's pinned connection table `name`, by walking
-/// its keys.
+/// The entries of a router's pinned connection table `name`, read in
+/// batches of thousands a syscall.
 fn count_entries(pin_dir: &std::path::Path, id: &str, name: &str) -> Option<u64> {
-    use aya::maps::{HashMap as BpfHash, Map, MapData};
-    use router_common::conntrack::{CtEntry, CtKey};
-    let d = MapData::from_pin(pin_dir.join(id).join(name)).ok()?;
-    let map = if name == XR_CT_NEW {
-        Map::LruHashMap(d)
-    } else {
-        Map::HashMap(d)
-    };
-    let m: BpfHash<MapData, CtKey, CtEntry> = BpfHash::try_from(map).ok()?;
-    Some(m.keys().filter(Result::is_ok).count() as u64)
+    pinned::count(pin_dir, id, name).ok()
 }
 
 /// The capacity of a router's pinned map `name` (from the kernel's map

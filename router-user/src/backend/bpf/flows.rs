@@ -926,6 +926,14 @@ pub mod pinned {
         Ok(n)
     }
 
+    /// The entries in a router's connection table `name` (`XR_CT` or
+    /// `XR_CT_NEW`), counted in batches.
+    pub fn count(pin_dir: &Path, router_id: &str, name: &str) -> Result<u64> {
+        let mut n = 0u64;
+        super::visit(&ct(pin_dir, router_id, name)?, |_, _| n += 1)?;
+        Ok(n)
+    }
+
     /// The outcome counters of a router, summed over CPUs.
     pub fn counters(pin_dir: &Path, router_id: &str) -> Result<Vec<(Outcome, Counter)>> {
         let a: PerCpuArray<MapData, Counter> =

@@ -672,6 +672,15 @@ fn gc_pass_resumes_slice_by_slice() {
     let left = br.ct_entries().unwrap();
     assert_eq!(left.len(), 6000);
     assert!(fresh.iter().all(|(k, _)| left.contains_key(k)));
+    // What the metrics count, in batches: both tables.
+    assert_eq!(
+        super::pinned::count(&pins.0, id, super::XR_CT).unwrap(),
+        6000
+    );
+    assert_eq!(
+        super::pinned::count(&pins.0, id, super::XR_CT_NEW).unwrap(),
+        0
+    );
     // A router removed while its pass is under way is left out quietly.
     let mut gone = super::gc::GcPass::new(["never-loaded".to_string()]);
     assert!(gone.run(&pins.0, std::time::Duration::ZERO).is_empty());
