@@ -722,7 +722,7 @@ impl Engine {
     pub async fn tick(&mut self) {
         for (id, b) in self.bpf.iter_mut() {
             if let Err(e) = b.sync_neighbours(&crate::model::namespace_of(id)).await {
-                tracing::debug!("router {id}: neighbours: {e:#}");
+                tracing::debug!(router = %id, "router {id}: neighbours: {e:#}");
             }
         }
         self.gc_step().await;
