@@ -322,6 +322,40 @@ fn no_route_snat_and_dnat_explained(plane: Dataplane) {
         "sent back to the asker: {v:#}"
     );
 
+    // The shortest frame explain runs: Ethernet and an IPv4 header
+    // claiming more than it carries, dropped as malformed; shorter is
+    // refused before running, saying why.
+    let mut runt = vec![0xfa, 0x16, 0x3e, 0, 0, 1];
+    runt.extend(mac6(&ext_mac));
+    runt.extend([0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    runt.extend(ip4(EXT_HOST));
+    runt.extend(ip4(FIP));
+    assert_eq!(runt.len(), 34);
+    let hex: String = runt.iter().map(|b| format!("{b:02x}")).collect();
+    let out = rig.xrouter(&[
+        "--config", &cfg, "explain", "--router", &id, "--in", &qg, "--hex", &hex, "--json",
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["verdict"]["kind"], "dropped", "{v:#}");
+    let out = rig.xrouter(&[
+        "--config",
+        &cfg,
+        "explain",
+        "--router",
+        &id,
+        "--in",
+        &qg,
+        "--hex",
+        &hex[..48],
+    ]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("at least 34 bytes"),
+        "{}",
+        out.describe()
+    );
+
     // Nothing of it reached the live router.
     assert_eq!(flows(&rig), flows_before, "live connections changed");
     assert_counters_unmoved(&stats_before, &stats(&rig));

@@ -429,7 +429,13 @@ fn port_name(ctx: &Context, ifindex: u32) -> String {
         .unwrap_or_else(|| format!("ifindex {ifindex}"))
 }
 
-fn why_source(ctx: &Context, from: Ipv4Addr, to: Ipv4Addr, translated_port: bool) -> String {
+fn why_source(
+    ctx: &Context,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    translated_port: bool,
+    proto: u8,
+) -> String {
     let c = &ctx.maps.config;
     let fip = ctx
         .maps
@@ -443,8 +449,14 @@ fn why_source(ctx: &Context, from: Ipv4Addr, to: Ipv4Addr, translated_port: bool
     } else if to.octets() == c.gw_addr {
         if translated_port {
             format!(
-                "the gateway address, a free port of {}-{}",
-                c.port_min, c.port_max
+                "the gateway address, a free {} of {}-{}",
+                if proto == PROTO_ICMP {
+                    "echo id"
+                } else {
+                    "port"
+                },
+                c.port_min,
+                c.port_max
             )
         } else {
             "the gateway address".into()
@@ -522,6 +534,7 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         .map(|(k, (est, e))| (*k, *est, *e))
         .collect();
     created.sort_by_key(|(_, _, e)| e.direction);
+    let new_snat = created.iter().any(|(_, _, e)| e.nat & NAT_SNAT != 0);
     ct.created = created
         .iter()
         .map(|(k, est, e)| entry_view(k, *est, e))
@@ -557,14 +570,30 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
     let mut nat = NatView::default();
     if let (Some((k, e)), Some(ip)) = (used, &in_ip) {
         let t = new_tuple(&k, &e);
-        if t.src != ip.src || t.sport != ip.sport {
+        // ICMP echo has one id (in both "ports"): its change belongs to the
+        // side whose address changes, else to the sender's (request) or the
+        // receiver's (reply).
+        let (src_moved, dst_moved) = if ip.proto == PROTO_ICMP {
+            let id_moved = t.sport != ip.sport;
+            let reply = ip.icmp_type == Some(0);
+            (
+                t.src != ip.src || (id_moved && !reply && t.dst == ip.dst),
+                t.dst != ip.dst || (id_moved && reply && t.src == ip.src),
+            )
+        } else {
+            (
+                t.src != ip.src || t.sport != ip.sport,
+                t.dst != ip.dst || t.dport != ip.dport,
+            )
+        };
+        if src_moved {
             nat.source = Some(Rewrite {
                 from: endpoint(ip.src, ip.sport, ip.proto),
                 to: endpoint(t.src, t.sport, ip.proto),
-                why: why_source(ctx, ip.src, t.src, t.sport != ip.sport),
+                why: why_source(ctx, ip.src, t.src, t.sport != ip.sport, ip.proto),
             });
         }
-        if t.dst != ip.dst || t.dport != ip.dport {
+        if dst_moved {
             nat.destination = Some(Rewrite {
                 from: endpoint(ip.dst, ip.dport, ip.proto),
                 to: endpoint(t.dst, t.dport, ip.proto),
@@ -605,13 +634,17 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
             rewritten.push(format!("VLAN tags {:?} -> {:?}", a.vlans, b.vlans));
         }
         if let (Some(x), Some(y)) = (&a.ip, &b.ip) {
-            let pairs = [
+            let mut pairs = vec![
                 ("source", x.src.to_string(), y.src.to_string()),
                 ("destination", x.dst.to_string(), y.dst.to_string()),
-                ("source port", x.sport.to_string(), y.sport.to_string()),
-                ("destination port", x.dport.to_string(), y.dport.to_string()),
-                ("ttl", x.ttl.to_string(), y.ttl.to_string()),
             ];
+            if x.proto == PROTO_ICMP {
+                pairs.push(("echo id", x.sport.to_string(), y.sport.to_string()));
+            } else {
+                pairs.push(("source port", x.sport.to_string(), y.sport.to_string()));
+                pairs.push(("destination port", x.dport.to_string(), y.dport.to_string()));
+            }
+            pairs.push(("ttl", x.ttl.to_string(), y.ttl.to_string()));
             for (what, f, t) in pairs {
                 if f != t {
                     rewritten.push(format!("{what} {f} -> {t}"));
@@ -760,9 +793,15 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         ));
     }
     notes.push(
-        "ran on private copies of the router's maps (BPF_PROG_TEST_RUN): its live connection table and counters are untouched; a new connection's SNAT port is one the program may pick (it picks at random)"
+        "ran on private copies of the router's maps (BPF_PROG_TEST_RUN): its live connection table and counters are untouched"
             .into(),
     );
+    if new_snat {
+        notes.push(
+            "the SNAT port of a new connection is one the program may pick: it picks at random"
+                .into(),
+        );
+    }
     Report {
         router: ctx.router.into(),
         plane: ctx.plane.into(),
