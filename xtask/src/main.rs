@@ -40,13 +40,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build the Debian package (release build): target/debian/xrouter_VERSION_ARCH.deb.
+    /// Build the Debian package (release build): target/debian/xrouter_VERSION_ARCH.deb
+    /// ($CARGO_TARGET_DIR/debian when that is set); prints its path.
     Deb {
         /// Package this xrouter binary instead of building one (it is
         /// stripped of debug info in the package).
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
-        /// Directory of the package (default: target/debian).
+        /// Directory of the package (default: target/debian, or
+        /// $CARGO_TARGET_DIR/debian).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },

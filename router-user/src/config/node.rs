@@ -1261,4 +1261,37 @@ mod tests {
             assert!(e.starts_with(r#"node config "node\n.toml": "#), "{e:.300}");
         }
     }
+
+    /// The package's /etc/xrouter/node.toml shows every key, commented out
+    /// at its default: uncommented, it is the default config.
+    #[test]
+    fn the_packaged_node_config_shows_every_key_at_its_default() {
+        let text = include_str!("../../../packaging/node.toml");
+        fn key(l: &str) -> Option<(&str, &str)> {
+            let l = l.strip_prefix("# ")?;
+            let (k, _) = l.split_once(" = ")?;
+            KEYS.contains(&k).then_some((k, l))
+        }
+        let shown: Vec<&str> = text.lines().filter_map(key).map(|(k, _)| k).collect();
+        for k in KEYS {
+            let table = format!("# [{k}]");
+            assert!(
+                shown.contains(k) || text.lines().any(|l| l.starts_with(&table)),
+                "packaging/node.toml does not show {k}"
+            );
+        }
+        // metrics_address has no default (off): shown with an example.
+        let active: String = text
+            .lines()
+            .filter_map(key)
+            .filter(|(k, _)| *k != "metrics_address")
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        let mut shown = NodeConfig::parse(&active, "node.toml").unwrap();
+        // interface_driver unset means Neutron's own for the agent, and
+        // linuxbridge, as shown, otherwise.
+        assert_eq!(shown.interface_driver, Some(InterfaceDriver::LinuxBridge));
+        shown.interface_driver = None;
+        assert_eq!(shown, NodeConfig::parse("", "node.toml").unwrap());
+    }
 }
