@@ -274,13 +274,25 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                 let reply = match req {
                     Ok(Request::Reload) => {
                         stamp = file_stamp(&routers_path);
+                        // Logged as a file change or SIGHUP is: the journal
+                        // tells what `systemctl reload` did, too.
                         match reload(&mut engine).await {
-                            Ok(a) => Reply {
-                                ok: a.failures.is_empty(),
-                                message: a.report(),
-                                failed: a.failures.iter().map(|f| f.router.clone()).collect(),
-                            },
-                            Err(e) => Reply::error(format!("{e:#}")),
+                            Ok(a) => {
+                                if a.failures.is_empty() {
+                                    tracing::info!("reload: {}", a.report());
+                                } else {
+                                    tracing::error!("reload: {}", a.report());
+                                }
+                                Reply {
+                                    ok: a.failures.is_empty(),
+                                    message: a.report(),
+                                    failed: a.failures.iter().map(|f| f.router.clone()).collect(),
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!("reload failed, previous state kept: {e:#}");
+                                Reply::error(format!("{e:#}"))
+                            }
                         }
                     }
                     Err(reply) => reply,

@@ -181,6 +181,13 @@ pub async fn run(dataplane: Dataplane, keep: bool) -> Result<ExitCode> {
         ),
     )?;
     netns::create(&sb.node())?;
+    // Loopback up, as on a node (a metrics endpoint on 127.0.0.1 answers).
+    let node = Nl::open(Some(&sb.node())).await?;
+    let lo = node
+        .link("lo")
+        .await?
+        .context("no lo in the node namespace")?;
+    node.set_up(lo.index).await?;
 
     // The daemon runs in the node namespace, exactly as in production.
     let log = std::fs::File::create(dir.join("daemon.log"))?;

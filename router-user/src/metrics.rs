@@ -137,8 +137,11 @@ impl Metrics {
     /// succeeded.
     pub fn applied(&self, id: &str, took: Duration, ok: bool) {
         self.apply_seconds.observe(took.as_secs_f64());
+        // Created at 0 on the first apply: `increase()` sees the first
+        // failure of a router.
+        let failures = self.apply_failures.get_or_create(&router(id));
         if !ok {
-            self.apply_failures.get_or_create(&router(id)).inc();
+            failures.inc();
         }
     }
 
@@ -535,7 +538,12 @@ mod tests {
     fn what_is_recorded_is_rendered_with_prometheus_names() {
         let m = get();
         m.applied("r1", Duration::from_millis(3), false);
+        m.applied("r2", Duration::from_millis(3), true);
         let text = m.render();
+        assert!(
+            text.contains("xrouter_router_apply_failures_total{router=\"r2\"} 0"),
+            "a router applied without failure is at 0: {text}"
+        );
         assert!(
             text.contains("xrouter_router_apply_failures_total{router=\"r1\"} 1"),
             "{text}"
