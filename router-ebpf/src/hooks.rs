@@ -14,7 +14,7 @@ use router_common::{
 
 use crate::{
     ctx::Packet,
-    maps,
+    maps, monitor,
     pipeline::{self, Verdict},
 };
 
@@ -32,7 +32,9 @@ macro_rules! log_outcome {
 #[inline(always)]
 pub fn xdp(ctx: &mut XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    match pipeline::process(ctx) {
+    let v = pipeline::process(ctx);
+    monitor::verdict(ctx, &v);
+    match v {
         Verdict::Forward { ifindex, .. } => {
             maps::count(Outcome::FwdXdp, len);
             unsafe { bpf_redirect(ifindex, 0) as u32 }
@@ -63,7 +65,9 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
     // Headers (IPv4 options and the quote of an ICMP error included) must
     // be linear and writable for direct access.
     let _ = ctx.pull_data(core::cmp::min(len as u32, HEADERS));
-    match pipeline::process(ctx) {
+    let v = pipeline::process(ctx);
+    monitor::verdict(ctx, &v);
+    match v {
         Verdict::Forward { ifindex, nexthop } => {
             let mut nh = bpf_redir_neigh {
                 nh_family: 2,
