@@ -202,6 +202,17 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
         bail!("--sample must be 1 or more");
     }
     let routers = routers(state, node, opts.router.as_deref())?;
+    // Pinned programs outlive the daemon: its routers can still be watched.
+    if tokio::net::UnixStream::connect(node.socket_path())
+        .await
+        .is_err()
+    {
+        crate::errln!(
+            "monitor: note: the daemon does not answer on {}: watching the programs it left \
+             attached (they keep forwarding without it)",
+            node.socket_path().display()
+        );
+    }
     // Every router's lock and maps first: nothing is switched on unless all
     // of them can be.
     let mut watched = Vec::new();
@@ -242,6 +253,29 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
                 break;
             }
         }
+    }
+    if result.is_ok() {
+        let mut what = vec!["drops"];
+        if !opts.drops {
+            what.push("hand-offs to the kernel");
+        }
+        if opts.forwarded {
+            what.push("forwarded packets");
+        }
+        crate::errln!(
+            "monitor: watching {} ({}{}); Ctrl-C to stop",
+            if on.len() == 1 {
+                format!("router {}", on[0])
+            } else {
+                text::count(on.len(), "router")
+            },
+            what.join(", "),
+            if opts.sample > 1 {
+                format!(", 1 packet in {}", opts.sample)
+            } else {
+                String::new()
+            }
+        );
     }
     let (stop, events) = if result.is_ok() {
         let (s, n, r) = pump(&watched, opts, &mut rx).await;
