@@ -1,5 +1,7 @@
 //! The entry points' bodies: a pipeline verdict turned into the hook's
-//! action, counted once. The programs (`xr_xdp`, `xr_tc`, `xr_tc_out`, and
+//! action, counted once, and reported to `xrouter monitor` when it asks
+//! (`monitor::verdict`: a load of its switch, then nothing while it is
+//! off). The programs (`xr_xdp`, `xr_tc`, `xr_tc_out`, and
 //! the benchmark's `xr_bench_micro`) are one-line wrappers around these.
 
 use aya_ebpf::{
