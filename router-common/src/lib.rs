@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod monitor;
 pub mod port;
 pub mod route;
 

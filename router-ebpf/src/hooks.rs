@@ -1,5 +1,7 @@
 //! The entry points' bodies: a pipeline verdict turned into the hook's
-//! action, counted once. The programs (`xr_xdp`, `xr_tc`, `xr_tc_out`, and
+//! action, counted once, and reported to `xrouter monitor` when it asks
+//! (`monitor::verdict`: a load of its switch, then nothing while it is
+//! off). The programs (`xr_xdp`, `xr_tc`, `xr_tc_out`, and
 //! the benchmark's `xr_bench_micro`) are one-line wrappers around these.
 
 use aya_ebpf::{
@@ -14,7 +16,7 @@ use router_common::{
 
 use crate::{
     ctx::Packet,
-    maps,
+    maps, monitor,
     pipeline::{self, Verdict},
 };
 
@@ -32,7 +34,9 @@ macro_rules! log_outcome {
 #[inline(always)]
 pub fn xdp(ctx: &mut XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    match pipeline::process(ctx) {
+    let v = pipeline::process(ctx);
+    monitor::verdict(ctx, &v);
+    match v {
         Verdict::Forward { ifindex, .. } => {
             maps::count(Outcome::FwdXdp, len);
             unsafe { bpf_redirect(ifindex, 0) as u32 }
@@ -63,7 +67,9 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
     // Headers (IPv4 options and the quote of an ICMP error included) must
     // be linear and writable for direct access.
     let _ = ctx.pull_data(core::cmp::min(len as u32, HEADERS));
-    match pipeline::process(ctx) {
+    let v = pipeline::process(ctx);
+    monitor::verdict(ctx, &v);
+    match v {
         Verdict::Forward { ifindex, nexthop } => {
             let mut nh = bpf_redir_neigh {
                 nh_family: 2,

@@ -4,13 +4,14 @@
 //! Names are the contract with userspace (`router-user/src/ebpf/`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
     conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
+    monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl, MonitorEvent},
     port::{LocalAddr, Neigh, NeighKey, PORT_SLOTS, PortInfo},
     route::Route,
 };
@@ -78,6 +79,18 @@ pub static XR_FRAG: LruHashMap<FragKey, FragEntry, 8192> = LruHashMap::new();
 /// Per-CPU packet and byte counters by outcome.
 #[btf_map]
 pub static XR_COUNTERS: PerCpuArray<Counter, OUTCOME_COUNT> = PerCpuArray::new();
+
+/// `xrouter monitor`'s switch (index 0): all zero, nothing is reported.
+#[btf_map]
+pub static XR_MON_CTL: Array<MonitorCtl, 1> = Array::new();
+
+/// Events for `xrouter monitor` (see [`crate::monitor`]).
+#[btf_map]
+pub static XR_MON_RING: RingBuf<MonitorEvent, { MON_RING_BYTES as usize }> = RingBuf::new();
+
+/// Per-CPU sampling state and lost events of the monitor (index 0).
+#[btf_map]
+pub static XR_MON_CPU: PerCpuArray<MonitorCpu, 1> = PerCpuArray::new();
 
 /// The router's port on device `ifindex`: from the array when the
 /// ifindex is small (inlined by the verifier, no hash), else the hash.

@@ -294,6 +294,61 @@ pub enum Cmd {
         #[arg(value_name = "PACKET")]
         packet: String,
     },
+    /// Stream what a router's eBPF data path drops and hands to the kernel,
+    /// packet by packet, as it happens.
+    ///
+    /// One line per packet: time, router (short ID), ingress port, verdict,
+    /// reason (the counter names of `xrouter show stats`: `drop/...`,
+    /// `kernel/...`) and the packet (`tcp 10.0.1.10:40000 -> 8.8.8.8:443
+    /// [flags S]`, the spec `xrouter explain` takes), or JSON lines with
+    /// --json. Every router of the daemon, or --router's. The programs
+    /// write events only while a monitor runs (it switches them on at start
+    /// and off when it exits: --count, --duration, Ctrl-C, SIGTERM, its
+    /// output closed); otherwise they cost nothing. One monitor per router
+    /// at a time: a second is refused. Events the full ring buffer could
+    /// not take (a flood faster than the terminal) are counted and shown at
+    /// the end; --sample keeps a flood readable. eBPF planes only. Reads
+    /// the daemon's state: give it the daemon's --config or --state-dir.
+    ///
+    /// Examples:
+    ///
+    ///   xrouter monitor                                  # every router, drops and hand-offs, until Ctrl-C
+    ///
+    ///   xrouter monitor --router ID --drops              # what one router drops
+    ///
+    ///   xrouter monitor --router ID --forwarded --sample 100 --duration 10
+    ///
+    ///   xrouter monitor --router ID --json --count 20 | jq -c '[.reason, .packet]'
+    Monitor {
+        /// Only the router with this ID (default: every router).
+        ///
+        /// The ID as `xrouter show` lists it.
+        ///
+        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+        /// Only dropped packets (not those handed to the kernel).
+        #[arg(long, conflicts_with = "forwarded")]
+        drops: bool,
+        /// Forwarded packets too: their tuple as they leave (translated),
+        /// ingress and egress port.
+        #[arg(long)]
+        forwarded: bool,
+        /// One JSON object per line (for scripts), and a last line
+        /// {"summary": {"events", "lost", "stopped", "sample"}}.
+        #[arg(long)]
+        json: bool,
+        /// Report one packet in N (counted per CPU, in the programs).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        sample: u32,
+        /// Stop after N events (default: no limit).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after SECS seconds (default: no limit).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+    },
     /// Remove every namespace, port, bridge and BPF pin xrouter created.
     ///
     /// Works from the daemon's state file (the routers applied, and those

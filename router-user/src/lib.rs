@@ -9,9 +9,10 @@
 //! - `engine` runs observe → plan → execute per router and records what was
 //!   applied; `daemon` drives it (reloads, resyncs, the control socket);
 //! - `metadata` is the metadata proxy every router namespace listens with;
-//! - `show`, `control`, `demo` and the CLI (`cli`) serve the operator;
-//!   `notify` tells systemd the daemon's state, `metrics` serves Prometheus
-//!   and `logs` sends the log to the terminal or the journal.
+//! - `show`, `explain`, `monitor`, `control`, `demo` and the CLI (`cli`)
+//!   serve the operator; `notify` tells systemd the daemon's state,
+//!   `metrics` serves Prometheus and `logs` sends the log to the terminal
+//!   or the journal.
 pub mod agent;
 pub mod backend;
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod logs;
 pub mod metadata;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod notify;
 pub mod plan;
 pub mod probe;

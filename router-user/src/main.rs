@@ -167,6 +167,33 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 router_user::explain::explain(&state, &node, &router, &port, &packet, json)?
             )?;
         }
+        Cmd::Monitor {
+            router,
+            drops,
+            forwarded,
+            json,
+            sample,
+            count,
+            duration,
+        } => {
+            let duration = match duration {
+                Some(d) if !(d.is_finite() && d >= 0.0) => {
+                    anyhow::bail!("--duration: {d} is not a number of seconds")
+                }
+                d => d.map(std::time::Duration::from_secs_f64),
+            };
+            let opts = router_user::monitor::Options {
+                router,
+                drops,
+                forwarded,
+                json,
+                sample,
+                count,
+                duration,
+            };
+            let state = State::load(&node.state_file())?;
+            return router_user::monitor::run(&state, &node, &opts).await;
+        }
         Cmd::Cleanup => {
             // A running daemon would build everything again at its next
             // resync: it must be stopped first.

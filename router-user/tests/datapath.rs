@@ -13,17 +13,21 @@ use std::{collections::HashSet, net::Ipv4Addr, process::Command};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
     conntrack::{CtEntry, CtKey},
     counters::{Counter, CtEvent, Outcome},
+    monitor::{
+        EV_IPV4, EV_L4, HOOK_TC, HOOK_XDP, MON_DROPS, MON_FORWARDED, MON_KERNEL, MonitorCpu,
+        MonitorCtl, MonitorEvent,
+    },
     port::{Neigh, NeighKey},
 };
 use router_user::{
     backend::{
-        bpf::{object::OBJECT, write_maps},
+        bpf::{monitor::decode, object::OBJECT, write_maps},
         netns,
     },
     config::node::NodeConfig,
@@ -2282,5 +2286,186 @@ fn single_packets() {
             }
         }
         assert!(failed.is_empty(), "\n{}", failed.join("\n"));
+    });
+}
+
+// ---------- the monitor's events ----------
+
+fn set_monitor(r: &mut Router, flags: u32, sample_every: u32) {
+    let mut a: Array<&mut MapData, MonitorCtl> =
+        Array::try_from(map(&mut r.ebpf, "XR_MON_CTL")).unwrap();
+    a.set(
+        0,
+        MonitorCtl {
+            flags,
+            sample_every,
+        },
+        0,
+    )
+    .unwrap();
+}
+
+/// Every event in the ring, read (and consumed) as `xrouter monitor` does.
+fn ring_events(r: &mut Router) -> Vec<MonitorEvent> {
+    let mut ring = RingBuf::try_from(map(&mut r.ebpf, "XR_MON_RING")).unwrap();
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<MonitorEvent>());
+        out.push(decode(&item).unwrap());
+    }
+    out
+}
+
+fn lost_events(r: &mut Router) -> u64 {
+    let a: PerCpuArray<&MapData, MonitorCpu> =
+        PerCpuArray::try_from(r.ebpf.map("XR_MON_CPU").unwrap()).unwrap();
+    a.get(&0, 0).unwrap().iter().map(|c| c.lost).sum()
+}
+
+/// A TCP segment that opens nothing, through SNAT: dropped by either hook.
+fn invalid_fin() -> Frame {
+    Frame {
+        tcp_flags: 0x01,
+        ..Frame::tcp("81.1.180.12", 40001, "192.168.1.15", 80)
+    }
+}
+
+#[test]
+fn monitoring_off_writes_nothing_to_the_ring() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let f = invalid_fin();
+        let (x, t, _) = both(&r, r.qr1, &f);
+        assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT));
+        // Handed to the kernel (the router's own address), and forwarded.
+        let local = Frame::udp("81.1.180.12", 5000, "81.1.180.1", 53);
+        assert_eq!(r.tc(r.qr1, &local).ret, TC_ACT_OK);
+        let fwd = Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53);
+        assert_eq!(r.xdp(r.qr1, &fwd).ret, XDP_REDIRECT);
+        assert!(ring_events(&mut r).is_empty());
+        assert_eq!(lost_events(&mut r), 0);
+    });
+}
+
+#[test]
+fn a_dropped_frame_is_one_event_with_its_tuple() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        set_monitor(&mut r, MON_DROPS | MON_KERNEL, 1);
+        let f = invalid_fin();
+        let bytes = f.bytes();
+        let before = router_user::backend::bpf::monotonic_ns();
+        assert_eq!(r.xdp(r.qr1, &f).ret, XDP_DROP);
+        let after = router_user::backend::bpf::monotonic_ns();
+        let evs = ring_events(&mut r);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        let ev = evs[0];
+        assert!(
+            (before..=after).contains(&ev.ts_ns),
+            "{before} {} {after}",
+            ev.ts_ns
+        );
+        assert_eq!(
+            ev,
+            MonitorEvent {
+                ts_ns: ev.ts_ns,
+                ifindex: r.qr1,
+                egress: 0,
+                outcome: Outcome::DropTcpInvalid as u32,
+                len: bytes.len() as u32,
+                ethertype: 0x0800,
+                hook: HOOK_XDP,
+                flags: EV_IPV4 | EV_L4,
+                src: ip("81.1.180.12"),
+                dst: ip("192.168.1.15"),
+                sport: 40001u16.to_be(),
+                dport: 80u16.to_be(),
+                proto: 6,
+                ttl: 64,
+                tcp_flags_or_icmp_type: 0x01,
+                icmp_code: 0,
+                _pad: 0,
+            }
+        );
+        // The same bytes as the frame: the tuple is read from it, not
+        // rebuilt.
+        assert_eq!(ev.src, bytes[26..30]);
+        assert_eq!(ev.dst, bytes[30..34]);
+        assert_eq!(ev.sport.to_ne_bytes(), bytes[34..36]);
+        assert_eq!(ev.dport.to_ne_bytes(), bytes[36..38]);
+
+        // TC reports its own drop.
+        assert_eq!(r.tc(r.qr1, &f).ret, TC_ACT_SHOT);
+        let evs = ring_events(&mut r);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            (evs[0].hook, evs[0].outcome),
+            (HOOK_TC, Outcome::DropTcpInvalid as u32)
+        );
+
+        // What XDP hands up is TC's to report: nothing from XDP, the
+        // kernel's reason from TC.
+        let local = Frame::udp("81.1.180.12", 5000, "81.1.180.1", 53);
+        assert_eq!(r.xdp(r.qr1, &local).ret, XDP_PASS);
+        assert!(ring_events(&mut r).is_empty());
+        assert_eq!(r.tc(r.qr1, &local).ret, TC_ACT_OK);
+        let evs = ring_events(&mut r);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].outcome, Outcome::KernelLocal as u32);
+        assert_eq!(evs[0].proto, 17);
+        assert_eq!(u16::from_be(evs[0].dport), 53);
+
+        // Forwarded: not asked for, not reported.
+        let fwd = Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53);
+        assert_eq!(r.xdp(r.qr1, &fwd).ret, XDP_REDIRECT);
+        assert!(ring_events(&mut r).is_empty());
+
+        // Drops only: the kernel's are left out.
+        set_monitor(&mut r, MON_DROPS, 1);
+        assert_eq!(r.tc(r.qr1, &local).ret, TC_ACT_OK);
+        assert!(ring_events(&mut r).is_empty());
+        assert_eq!(lost_events(&mut r), 0);
+    });
+}
+
+#[test]
+fn forwarded_events_carry_the_tuple_as_it_leaves() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        set_monitor(&mut r, MON_FORWARDED, 1);
+        let f = Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53);
+        let o = r.xdp(r.qr1, &f);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        let evs = ring_events(&mut r);
+        assert_eq!(evs.len(), 1);
+        let ev = evs[0];
+        assert_eq!(ev.outcome, Outcome::FwdXdp as u32);
+        assert_eq!((ev.ifindex, ev.egress), (r.qr1, r.qg));
+        assert_eq!(ev.src, ip("192.168.1.110"), "translated");
+        assert_eq!(u16::from_be(ev.sport), o.sport());
+        assert_eq!(ev.ttl, 63);
+    });
+}
+
+#[test]
+fn sampling_reports_one_in_n_and_a_full_ring_counts_lost_events() {
+    with_devices(|ifx| {
+        on_cpu0();
+        let mut r = Router::new(ifx, 1024, 65535);
+        set_monitor(&mut r, MON_DROPS, 3);
+        for _ in 0..9 {
+            assert_eq!(r.xdp(r.qr1, &invalid_fin()).ret, XDP_DROP);
+        }
+        assert_eq!(ring_events(&mut r).len(), 3);
+        // Every packet, nobody reading: the ring fills, the rest is lost.
+        set_monitor(&mut r, MON_DROPS, 1);
+        let n = 6000;
+        for _ in 0..n {
+            r.xdp(r.qr1, &invalid_fin());
+        }
+        let kept = ring_events(&mut r).len() as u64;
+        let lost = lost_events(&mut r);
+        assert!(kept > 1000 && lost > 0, "kept {kept}, lost {lost}");
+        assert_eq!(kept + lost, n);
     });
 }

@@ -75,7 +75,7 @@ fn hooks_at(pin_dir: &Path, router_id: &str, dev: &str) -> Result<bool> {
     Ok(xdp)
 }
 
-fn find_router<'a>(state: &'a State, id: &str) -> Result<&'a Router> {
+pub(crate) fn find_router<'a>(state: &'a State, id: &str) -> Result<&'a Router> {
     if let Some(r) = state.routers.iter().find(|r| r.id == id) {
         return Ok(r);
     }

@@ -13,6 +13,7 @@ use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
     conntrack::{CtEntry, CtKey, FragEntry, FragKey},
     counters::Counter,
+    monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl},
     port::{LocalAddr, Neigh, NeighKey, PortInfo},
     route::Route,
 };
@@ -20,7 +21,8 @@ use router_common::{
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
     XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL,
-    XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES, remove_file_if_present, router_dir,
+    XR_MON_CPU, XR_MON_CTL, XR_MON_RING, XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES,
+    remove_file_if_present, router_dir,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
@@ -64,6 +66,10 @@ fn shape(name: &str) -> Shape {
         XR_COUNTERS => s(MapType::PerCpuArray, 4, size_of::<Counter>()),
         XR_RATE => s(MapType::PerCpuArray, 4, size_of::<RateWindow>()),
         XR_CT_EVENTS => s(MapType::PerCpuArray, 4, size_of::<u64>()),
+        XR_MON_CTL => s(MapType::Array, 4, size_of::<MonitorCtl>()),
+        XR_MON_CPU => s(MapType::PerCpuArray, 4, size_of::<MonitorCpu>()),
+        // A ring has neither key nor value; its size is its max_entries.
+        XR_MON_RING => s(MapType::RingBuf, 0, 0),
         XR_FRAG => s(
             MapType::LruHash,
             size_of::<FragKey>(),
@@ -81,6 +87,7 @@ fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
         XR_CT => Some(ct_entries),
         XR_CT_NEW => Some(2 * embryonic_connections(ct_entries / 2)),
         XR_LOCAL => Some(LOCAL_ENTRIES),
+        XR_MON_RING => Some(MON_RING_BYTES),
         _ => None,
     };
     let want = shape(name);

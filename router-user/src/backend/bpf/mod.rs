@@ -4,7 +4,7 @@
 //! Layout under the node's `pin_dir` (bpffs):
 //!
 //! ```text
-//! <pin_dir>/<router id>/XR_PORTS ... XR_COUNTERS   the maps (names of router-ebpf/src/maps.rs)
+//! <pin_dir>/<router id>/XR_PORTS ... XR_MON_CPU    the maps (names of router-ebpf/src/maps.rs)
 //! <pin_dir>/<router id>/links/<dev>_xdp            xr_xdp on a qr-/qg- device
 //! <pin_dir>/<router id>/links/<dev>_tc             xr_tc on tcx ingress of a qr-/qg- device
 //! <pin_dir>/<router id>/links/<tap>_pass           xr_pass on a tap peer (daemon's namespace)
@@ -22,6 +22,7 @@
 //! - `sync.rs`: the router's desired state into the maps.
 //! - `neigh.rs`: the kernel neighbour table into `XR_NEIGH`.
 //! - `flows.rs`: connection table (listing, expiry, flush) and counters.
+//! - `monitor.rs`: the monitor's maps through their pins (`xrouter monitor`).
 //! - `object.rs`: the embedded BPF object and a check that it loads.
 
 mod attach;
@@ -30,6 +31,7 @@ pub mod gc;
 mod load;
 #[cfg(feature = "bpf-log")]
 mod log;
+pub mod monitor;
 mod neigh;
 pub mod object;
 mod sync;
@@ -100,12 +102,16 @@ pub const XR_COUNTERS: &str = "XR_COUNTERS";
 pub const XR_FRAG: &str = "XR_FRAG";
 pub const XR_RATE: &str = "XR_RATE";
 pub const XR_CT_EVENTS: &str = "XR_CT_EVENTS";
+/// `xrouter monitor`: its switch, its ring of events, its per-CPU state.
+pub const XR_MON_CTL: &str = "XR_MON_CTL";
+pub const XR_MON_RING: &str = "XR_MON_RING";
+pub const XR_MON_CPU: &str = "XR_MON_CPU";
 
 /// The two connection tables: established, then embryonic.
 pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 17] = [
     XR_PORTS,
     XR_PORT_SLOTS,
     XR_LOCAL,
@@ -120,6 +126,9 @@ pub const MAP_NAMES: [&str; 14] = [
     XR_FRAG,
     XR_RATE,
     XR_CT_EVENTS,
+    XR_MON_CTL,
+    XR_MON_RING,
+    XR_MON_CPU,
 ];
 
 /// Program names of the object.

@@ -482,6 +482,56 @@ fn pinned_maps_survive_a_reload() {
     assert!(remove_pins(&pins.0, "a/b").is_err());
 }
 
+/// A daemon of this build over the pins of one that had no monitor: the
+/// monitor's maps are added, everything else (the connections) is reused.
+#[test]
+fn pins_older_than_the_monitor_get_its_maps() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let [o, r] = super::flows::snat_pair(
+        a("81.1.180.12"),
+        40000,
+        a("192.168.1.15"),
+        80,
+        a("192.168.1.110"),
+        51123,
+        monotonic_ns(),
+    );
+    {
+        let mut br = BpfRouter::load("r4", &pins.0, 1000).unwrap();
+        br.ct_insert(&o.0, &o.1).unwrap();
+        br.ct_insert(&r.0, &r.1).unwrap();
+    }
+    let monitor = [XR_MON_CTL, XR_MON_RING, XR_MON_CPU];
+    for name in monitor {
+        std::fs::remove_file(pins.0.join("r4").join(name)).unwrap();
+    }
+    let err = monitor::MonitorMaps::open(&pins.0, "r4").err().unwrap();
+    assert!(format!("{err:#}").contains("restart the daemon"), "{err:#}");
+    let br = BpfRouter::load("r4", &pins.0, 1000).unwrap();
+    let reused = br.reused_maps();
+    assert_eq!(reused.len(), MAP_NAMES.len() - monitor.len(), "{reused:?}");
+    assert!(!reused.iter().any(|m| monitor.contains(&m.as_str())));
+    assert_eq!(br.flows().unwrap().len(), 1, "connections kept");
+    let mut m = monitor::MonitorMaps::open(&pins.0, "r4").unwrap();
+    assert_eq!(m.ctl().unwrap(), Default::default(), "off");
+    m.reset().unwrap();
+    assert_eq!(m.lost().unwrap(), 0);
+    m.set_ctl(router_common::monitor::MonitorCtl {
+        flags: 1,
+        sample_every: 1,
+    })
+    .unwrap();
+    drop(br);
+    // Reloaded again, the switch is kept as the monitor set it.
+    let br = BpfRouter::load("r4", &pins.0, 1000).unwrap();
+    assert_eq!(br.reused_maps().len(), MAP_NAMES.len());
+    assert_eq!(m.ctl().unwrap().flags, 1);
+    br.detach_and_unpin().unwrap();
+}
+
 fn ct(src: &str, sport: u16, dst: &str, dport: u16, proto: u8) -> CtKey {
     CtKey {
         src: a(src),

@@ -1,0 +1,102 @@
+//! The monitor's maps of a router through their pins: its switch
+//! (`XR_MON_CTL`), its ring of events (`XR_MON_RING`) and its per-CPU
+//! sampling state and lost events (`XR_MON_CPU`). Used by `xrouter
+//! monitor`, beside the daemon, which never writes them.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
+use router_common::monitor::{MonitorCpu, MonitorCtl, MonitorEvent};
+
+use super::{XR_MON_CPU, XR_MON_CTL, XR_MON_RING, router_dir};
+
+/// One router's monitor maps, opened from its pins.
+pub struct MonitorMaps {
+    ctl: Array<MapData, MonitorCtl>,
+    cpu: PerCpuArray<MapData, MonitorCpu>,
+    /// Taken by the reader ([`MonitorMaps::take_ring`]).
+    ring: Option<RingBuf<MapData>>,
+}
+
+impl MonitorMaps {
+    /// Opens the monitor maps pinned under `<pin_dir>/<router_id>/`. A
+    /// router whose pins have none was loaded by a build without the
+    /// monitor: the message says how to get them.
+    pub fn open(pin_dir: &Path, router_id: &str) -> Result<MonitorMaps> {
+        let dir = router_dir(pin_dir, router_id)?;
+        if !dir.exists() {
+            bail!(
+                "router {router_id} has no pinned maps under {} (has the daemon applied it?)",
+                dir.display()
+            );
+        }
+        let path = |name: &str| dir.join(name);
+        for name in [XR_MON_CTL, XR_MON_RING, XR_MON_CPU] {
+            if !path(name).exists() {
+                bail!(
+                    "router {router_id}: no {name} pinned: its programs were loaded by an xrouter \
+                     without monitoring; restart the daemon with this build (the routers keep \
+                     forwarding, their connections are kept)"
+                );
+            }
+        }
+        let open = |name: &str| {
+            MapData::from_pin(path(name))
+                .with_context(|| format!("opening pinned map {}", path(name).display()))
+        };
+        let ctl = Array::try_from(Map::Array(open(XR_MON_CTL)?))?;
+        let cpu = PerCpuArray::try_from(Map::PerCpuArray(open(XR_MON_CPU)?))?;
+        let ring = RingBuf::try_from(Map::RingBuf(open(XR_MON_RING)?))?;
+        Ok(MonitorMaps {
+            ctl,
+            cpu,
+            ring: Some(ring),
+        })
+    }
+
+    /// What the switch says now.
+    pub fn ctl(&self) -> Result<MonitorCtl> {
+        Ok(self.ctl.get(&0, 0)?)
+    }
+
+    /// Sets the switch (all zero: off).
+    pub fn set_ctl(&mut self, ctl: MonitorCtl) -> Result<()> {
+        self.ctl.set(0, ctl, 0)?;
+        Ok(())
+    }
+
+    /// Starts afresh: sampling counters and lost events at zero on every
+    /// CPU, and whatever a monitor that was killed left in the ring read
+    /// and dropped. Before the switch is set.
+    pub fn reset(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let zero = PerCpuValues::try_from(vec![MonitorCpu::default(); cpus])?;
+        self.cpu.set(0, zero, 0)?;
+        if let Some(ring) = self.ring.as_mut() {
+            while ring.next().is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Events the full ring refused since [`MonitorMaps::reset`], summed
+    /// over CPUs.
+    pub fn lost(&self) -> Result<u64> {
+        Ok(self.cpu.get(&0, 0)?.iter().map(|c| c.lost).sum())
+    }
+
+    /// The ring, for its reader (once).
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+}
+
+/// An event as the ring holds it (None: a record of another size).
+pub fn decode(bytes: &[u8]) -> Option<MonitorEvent> {
+    if bytes.len() < size_of::<MonitorEvent>() {
+        return None;
+    }
+    // SAFETY: long enough (checked), and every bit pattern is a valid
+    // MonitorEvent (plain data, `bytemuck::Pod` in router-common).
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<MonitorEvent>()) })
+}

@@ -1,0 +1,351 @@
+//! `xrouter monitor` on a running router, as an operator runs it: the built
+//! binary in the node namespace, real packets from the hosts' namespaces,
+//! the events it prints checked for their reason and tuple; the switch in
+//! the router's pinned control map is off again once it exits, and a second
+//! monitor of the same router is refused while one runs.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddrV4},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use router_user::backend::{bpf::monitor::MonitorMaps, netns};
+use serde_json::Value;
+use tests::{Dataplane, Rig, article::*, ping};
+
+tests::ebpf_only!(drops_and_hand_offs_are_streamed_with_their_tuple);
+tests::iptables_only!(iptables_plane_is_refused);
+
+/// A monitor running in the background, its output collected.
+struct Monitor {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    /// Starts `xrouter monitor ARGS` for the rig's router and waits until it
+    /// says it watches (the switch is on from then on).
+    fn start(rig: &Rig, args: &[&str]) -> Monitor {
+        let cfg = rig.config_path().display().to_string();
+        let id = rig.router().id.clone();
+        let mut c = Command::new(tests::xrouter_bin());
+        c.args(["--config", &cfg, "monitor", "--router", &id])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        netns::command_in(&rig.node, &mut c).unwrap();
+        let mut child = c.spawn().expect("starting xrouter monitor");
+        let lines = |r: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines().map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().unwrap()));
+        let stderr = lines(Box::new(child.stderr.take().unwrap()));
+        let m = Monitor {
+            child,
+            stdout,
+            stderr,
+        };
+        let first = m
+            .stderr
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("xrouter monitor {args:?} said nothing in 10 s"));
+        assert!(
+            first.starts_with("monitor: watching router "),
+            "unexpected: {first}"
+        );
+        m
+    }
+
+    fn interrupt(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+    }
+
+    /// Waits (bounded) for the exit; its status, stdout lines and the rest
+    /// of stderr.
+    fn finish(mut self) -> (std::process::ExitStatus, Vec<String>, String) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                let _ = self.child.kill();
+                panic!("xrouter monitor did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = Vec::new();
+        while let Ok(l) = self.stdout.recv_timeout(Duration::from_secs(2)) {
+            out.push(l);
+        }
+        let mut err = String::new();
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            err += &l;
+            err += "\n";
+        }
+        (status, out, err)
+    }
+}
+
+/// JSON lines: the events and the summary.
+fn parse(lines: &[String]) -> (Vec<Value>, Value) {
+    let mut events = Vec::new();
+    let mut summary = Value::Null;
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        if v.get("summary").is_some() {
+            summary = v["summary"].clone();
+        } else {
+            events.push(v);
+        }
+    }
+    (events, summary)
+}
+
+fn port_dev(rig: &Rig, net: &str) -> String {
+    let r = rig.router();
+    r.interfaces
+        .iter()
+        .find(|p| p.network.name == net)
+        .map(|p| p.qr())
+        .unwrap_or_else(|| r.gateway.as_ref().unwrap().qg())
+}
+
+/// A FIN from vm1 to the external host through SNAT, for no connection:
+/// `drop/tcp-invalid`.
+fn send_invalid_fin(rig: &Rig, qr1: &str) {
+    let vm1_mac = tests::frames::mac_of(&rig.ns("vm1"), "eth0").unwrap();
+    let qr1_mac = tests::frames::mac_of(&rig.router_ns(), qr1).unwrap();
+    let f = tests::frames::tcp(
+        (vm1_mac, qr1_mac),
+        VM1.parse().unwrap(),
+        40001,
+        EXT_HOST.parse().unwrap(),
+        80,
+        0x01,
+    );
+    assert_eq!(
+        tests::frames::send(&rig.ns("vm1"), "eth0", &[f]).unwrap(),
+        1
+    );
+}
+
+/// A UDP datagram from vm1 to 8.8.8.8: no route (no default route), so
+/// `kernel/no-route`.
+fn send_no_route(rig: &Rig) -> u16 {
+    let s = tests::probe::udp_socket(&rig.ns("vm1")).unwrap();
+    s.send_to(b"where", SocketAddrV4::new(Ipv4Addr::new(8, 8, 8, 8), 53))
+        .unwrap();
+    s.local_addr().unwrap().port()
+}
+
+fn is_icmp_between(e: &Value, a: &str, b: &str) -> bool {
+    e["proto"] == "icmp" && ((e["src"] == a && e["dst"] == b) || (e["src"] == b && e["dst"] == a))
+}
+
+fn ctl_is_off(rig: &Rig) -> bool {
+    let m = MonitorMaps::open(&rig.pin_dir, &rig.router().id).unwrap();
+    let c = m.ctl().unwrap();
+    c.flags == 0 && c.sample_every == 0
+}
+
+/// On a router without a default route (its external subnet has no
+/// gateway): a datagram to nowhere is handed to the kernel, a FIN that
+/// opens nothing is dropped, a ping through SNAT is forwarded and shows
+/// only with --forwarded.
+fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    rig.router_mut()
+        .gateway
+        .as_mut()
+        .unwrap()
+        .network
+        .gateway_ip = None;
+    rig.start();
+    rig.article_hosts(&[]);
+    let (qr1, qg) = (port_dev(&rig, "net1"), port_dev(&rig, "ext"));
+    // Neighbours resolved before anything is watched.
+    let p = ping(&rig.ns("vm1"), EXT_HOST, &["-c", "2", "-i", "0.2"]);
+    assert!(p.success(), "{}", p.describe());
+    assert!(ctl_is_off(&rig), "monitoring is off by default");
+
+    // 1. Drops and hand-offs (the default), JSON.
+    let m = Monitor::start(&rig, &["--json", "--count", "1000", "--duration", "10"]);
+    // One monitor per router: a second is refused while this one runs.
+    let cfg = rig.config_path().display().to_string();
+    let id = rig.router().id.clone();
+    let second = rig.xrouter(&[
+        "--config",
+        &cfg,
+        "monitor",
+        "--router",
+        &id,
+        "--duration",
+        "1",
+    ]);
+    assert!(!second.success(), "{}", second.describe());
+    assert!(
+        second.stderr.contains("is already being monitored"),
+        "{}",
+        second.describe()
+    );
+    assert!(!ctl_is_off(&rig), "the refused monitor left the switch on");
+    let sport = send_no_route(&rig);
+    send_invalid_fin(&rig, &qr1);
+    let p = ping(&rig.ns("vm1"), EXT_HOST, &["-c", "2", "-i", "0.2"]);
+    assert!(p.success(), "{}", p.describe());
+    std::thread::sleep(Duration::from_millis(300));
+    m.interrupt();
+    let (status, out, err) = m.finish();
+    assert!(status.success(), "{status}: {err}");
+    let (events, summary) = parse(&out);
+    let no_route = events
+        .iter()
+        .find(|e| e["reason"] == "kernel/no-route")
+        .unwrap_or_else(|| panic!("no kernel/no-route event: {events:#?}"));
+    assert_eq!(no_route["verdict"], "kernel", "{no_route:#}");
+    assert_eq!(no_route["in"], qr1.as_str(), "{no_route:#}");
+    assert_eq!(no_route["hook"], "tc", "XDP hands it up: {no_route:#}");
+    assert_eq!(no_route["proto"], "udp", "{no_route:#}");
+    assert_eq!(no_route["src"], VM1, "{no_route:#}");
+    assert_eq!(no_route["sport"], sport, "{no_route:#}");
+    assert_eq!(no_route["dst"], "8.8.8.8", "{no_route:#}");
+    assert_eq!(no_route["dport"], 53, "{no_route:#}");
+    assert_eq!(
+        no_route["packet"],
+        format!("udp {VM1}:{sport} -> 8.8.8.8:53"),
+        "{no_route:#}"
+    );
+    let drop = events
+        .iter()
+        .find(|e| e["reason"] == "drop/tcp-invalid")
+        .unwrap_or_else(|| panic!("no drop/tcp-invalid event: {events:#?}"));
+    assert_eq!(drop["verdict"], "drop", "{drop:#}");
+    assert_eq!(drop["in"], qr1.as_str(), "{drop:#}");
+    let hook = if plane == Dataplane::Xdp { "xdp" } else { "tc" };
+    assert_eq!(drop["hook"], hook, "{drop:#}");
+    assert_eq!(
+        drop["packet"],
+        format!("tcp {VM1}:40001 -> {EXT_HOST}:80 [flags F]"),
+        "{drop:#}"
+    );
+    assert_eq!(drop["tcp_flags"], "F", "{drop:#}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| is_icmp_between(e, VM1, EXT_HOST) || is_icmp_between(e, QG, EXT_HOST)),
+        "the forwarded ping was reported: {events:#?}"
+    );
+    assert!(
+        events.iter().all(|e| e["verdict"] != "forwarded"),
+        "{events:#?}"
+    );
+    assert_eq!(summary["stopped"], "signal", "{out:#?}");
+    assert_eq!(summary["events"], events.len(), "{out:#?}");
+    assert_eq!(summary["lost"][&id], 0, "{out:#?}");
+    assert!(ctl_is_off(&rig), "the switch stayed on after the monitor");
+
+    // 2. Drops only; the first one ends it (--count 1).
+    let m = Monitor::start(
+        &rig,
+        &["--json", "--drops", "--count", "1", "--duration", "10"],
+    );
+    send_no_route(&rig);
+    send_invalid_fin(&rig, &qr1);
+    let (status, out, err) = m.finish();
+    assert!(status.success(), "{status}: {err}");
+    let (events, summary) = parse(&out);
+    assert_eq!(events.len(), 1, "{out:#?}");
+    assert_eq!(events[0]["verdict"], "drop", "{out:#?}");
+    assert_eq!(summary["stopped"], "count", "{out:#?}");
+    assert!(ctl_is_off(&rig));
+
+    // 3. Forwarded: the ping both ways, as it leaves (SNAT to the gateway
+    // address, back to the VM), with both ports; the terminal's lines.
+    let m = Monitor::start(&rig, &["--forwarded", "--duration", "10"]);
+    let p = ping(&rig.ns("vm1"), EXT_HOST, &["-c", "1"]);
+    assert!(p.success(), "{}", p.describe());
+    std::thread::sleep(Duration::from_millis(300));
+    m.interrupt();
+    let (status, out, err) = m.finish();
+    assert!(status.success(), "{status}: {err}");
+    let fwd = if plane == Dataplane::Xdp {
+        "forwarded/xdp"
+    } else {
+        "forwarded/tc"
+    };
+    let echo = out
+        .iter()
+        .find(|l| l.contains(&format!("icmp {QG} -> {EXT_HOST} [echo id")))
+        .unwrap_or_else(|| panic!("no forwarded echo: {out:#?}"));
+    assert!(echo.contains(&format!("{qr1} -> {qg}")), "{echo}");
+    assert!(echo.contains("FORWARDED"), "{echo}");
+    assert!(echo.contains(fwd), "{echo}");
+    assert!(echo.contains("ttl 63"), "{echo}");
+    let reply = out
+        .iter()
+        .find(|l| l.contains(&format!("icmp {EXT_HOST} -> {VM1} [echo-reply id")))
+        .unwrap_or_else(|| panic!("no forwarded echo reply: {out:#?}"));
+    assert!(reply.contains(&format!("{qg} -> {qr1}")), "{reply}");
+    assert!(
+        err.contains("monitor: ") && err.contains("0 lost"),
+        "no summary: {err}"
+    );
+    assert!(ctl_is_off(&rig));
+
+    // 4. Its output closed (`| head` gone): it stops and switches off.
+    let t0 = Instant::now();
+    let mut c = Command::new(tests::xrouter_bin());
+    c.args([
+        "--config",
+        &cfg,
+        "monitor",
+        "--router",
+        &id,
+        "--duration",
+        "10",
+    ]);
+    netns::command_in(&rig.node, &mut c).unwrap();
+    let o = tests::cmd::run_stdout_closed(&mut c, Duration::from_secs(15)).unwrap();
+    assert!(o.success(), "{}", o.describe());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(ctl_is_off(&rig));
+
+    // Clear refusals.
+    let out = rig.xrouter(&[
+        "--config", &cfg, "monitor", "--router", "nope", "--count", "1",
+    ]);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("no router \"nope\""),
+        "{}",
+        out.describe()
+    );
+}
+
+fn iptables_plane_is_refused(plane: Dataplane) {
+    let rig = Rig::article(plane);
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["--config", &cfg, "monitor", "--duration", "1"]);
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("the data plane is iptables")
+            && out.stderr.contains("needs an eBPF data plane"),
+        "{}",
+        out.describe()
+    );
+}
