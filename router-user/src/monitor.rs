@@ -90,6 +90,8 @@ enum Stop {
     Signal,
     OutputClosed,
     RingClosed,
+    /// A watched router was removed or rebuilt by the daemon.
+    RouterGone,
 }
 
 /// The routers to monitor, as the daemon's state has them.
@@ -296,7 +298,9 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
         lost.insert(w.id.clone(), w.maps.lost().unwrap_or(0).into());
     }
     let total_lost: u64 = lost.values().filter_map(|v| v.as_u64()).sum();
-    if stop != Stop::OutputClosed {
+    // A closed output still gets its summary on standard error (JSON's is
+    // a line of the output).
+    if !(stop == Stop::OutputClosed && opts.json) {
         let summary = if opts.json {
             serde_json::json!({
                 "summary": {
@@ -418,6 +422,16 @@ async fn pump(
                 // Quiet routers print nothing: notice a closed pipe anyway.
                 if stdout_closed() {
                     return (Stop::OutputClosed, n, Ok(()));
+                }
+                // A router the daemon removed or rebuilt writes elsewhere (or
+                // nowhere): say so rather than watch in silence.
+                if let Some(w) = watched.iter().find(|w| !w.maps.still_pinned()) {
+                    crate::errln!(
+                        "monitor: router {} is gone (the daemon removed or rebuilt it); start \
+                         the monitor again to follow it",
+                        w.id
+                    );
+                    return (Stop::RouterGone, n, Ok(()));
                 }
             }
         }

@@ -288,6 +288,9 @@ fn no_route_snat_and_dnat_explained(plane: Dataplane) {
     );
     assert_eq!(v["route"]["egress"], qr1.as_str(), "{v:#}");
     assert_eq!(v["output"]["headers"]["ip"]["l4_checksum"], "ok", "{v:#}");
+    // An echo has one id, rewritten on the way back, and no source change.
+    assert_eq!(v["output"]["headers"]["ip"]["icmp_id"], id, "{v:#}");
+    assert!(v["nat"]["source"].is_null(), "{v:#}");
 
     // 5. A whole frame in hex: an ARP request for the floating IP,
     // answered by the programs themselves.

@@ -324,6 +324,23 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
     assert!(o.success(), "{}", o.describe());
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert!(ctl_is_off(&rig));
+    assert!(
+        o.stderr.contains("stopped: output-closed"),
+        "the summary still goes to standard error: {}",
+        o.describe()
+    );
+
+    // 5. The short ID it prints names the router.
+    let out = rig.xrouter(&[
+        "--config",
+        &cfg,
+        "monitor",
+        "--router",
+        &id[..8],
+        "--count",
+        "0",
+    ]);
+    assert!(out.success(), "{}", out.describe());
 
     // Clear refusals.
     let out = rig.xrouter(&[
@@ -335,6 +352,16 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
         "{}",
         out.describe()
     );
+
+    // 6. The router removed under a running monitor: it says so and stops
+    // (and a new monitor is not refused by a silent one).
+    let m = Monitor::start(&rig, &["--duration", "30"]);
+    let out = rig.reload_text("[]");
+    assert!(out.success(), "{}", out.describe());
+    let (status, _, err) = m.finish();
+    assert!(status.success(), "{err}");
+    assert!(err.contains(&format!("router {id} is gone")), "{err}");
+    assert!(err.contains("stopped: router-gone"), "{err}");
 }
 
 fn iptables_plane_is_refused(plane: Dataplane) {

@@ -164,6 +164,8 @@ pub struct Ip {
     pub dport: u16,
     pub tcp_flags: u8,
     pub icmp_type: Option<u8>,
+    /// ICMP echo's id (what `sport` and `dport` hold for it too).
+    pub icmp_id: Option<u16>,
     pub ip_checksum_ok: bool,
     pub l4_checksum: Checksum,
     /// An ICMP error's quoted packet: (src, dst, sport, dport, proto).
@@ -246,6 +248,7 @@ fn read_ip(p: &[u8]) -> Result<Ip, String> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: None,
+        icmp_id: None,
         ip_checksum_ok: fold(sum16(&p[..ihl])) == 0,
         l4_checksum: Checksum::NotChecked,
         quoted: None,
@@ -272,6 +275,7 @@ fn read_ip(p: &[u8]) -> Result<Ip, String> {
                 let id = u16::from_be_bytes([seg[4], seg[5]]);
                 ip.sport = id;
                 ip.dport = id;
+                ip.icmp_id = Some(id);
             } else if matches!(seg[0], 3 | 11 | 12) {
                 ip.quoted = quoted(&seg[8..]);
             }

@@ -79,6 +79,25 @@ pub(crate) fn find_router<'a>(state: &'a State, id: &str) -> Result<&'a Router> 
     if let Some(r) = state.routers.iter().find(|r| r.id == id) {
         return Ok(r);
     }
+    // A unique prefix (`xrouter monitor` prints the first 8 characters).
+    let by_prefix: Vec<&Router> = state
+        .routers
+        .iter()
+        .filter(|r| !id.is_empty() && r.id.starts_with(id))
+        .collect();
+    match by_prefix[..] {
+        [r] => return Ok(r),
+        [_, _, ..] => bail!(
+            "{} is the start of more than one router's ID: {}",
+            text::quote(id),
+            by_prefix
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        [] => {}
+    }
     if state.failure(id).is_some() {
         bail!(
             "router {} was never applied (its apply failed; see `xrouter show`)",

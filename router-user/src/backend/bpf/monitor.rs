@@ -3,7 +3,7 @@
 //! sampling state and lost events (`XR_MON_CPU`). Used by `xrouter
 //! monitor`, beside the daemon, which never writes them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
@@ -17,6 +17,10 @@ pub struct MonitorMaps {
     cpu: PerCpuArray<MapData, MonitorCpu>,
     /// Taken by the reader ([`MonitorMaps::take_ring`]).
     ring: Option<RingBuf<MapData>>,
+    /// The switch's pin and the kernel's ID of the map it named when
+    /// opened: a router removed or rebuilt no longer has that map there.
+    ctl_pin: PathBuf,
+    ctl_id: u32,
 }
 
 impl MonitorMaps {
@@ -27,7 +31,8 @@ impl MonitorMaps {
         let dir = router_dir(pin_dir, router_id)?;
         if !dir.exists() {
             bail!(
-                "router {router_id} has no pinned maps under {} (has the daemon applied it?)",
+                "router {router_id} has no pinned maps under {} (has the daemon applied it? the \
+                 directory is the node config's pin_dir: give the daemon's --config)",
                 dir.display()
             );
         }
@@ -45,14 +50,27 @@ impl MonitorMaps {
             MapData::from_pin(path(name))
                 .with_context(|| format!("opening pinned map {}", path(name).display()))
         };
-        let ctl = Array::try_from(Map::Array(open(XR_MON_CTL)?))?;
+        let ctl_data = open(XR_MON_CTL)?;
+        let ctl_id = ctl_data.info()?.id();
+        let ctl = Array::try_from(Map::Array(ctl_data))?;
         let cpu = PerCpuArray::try_from(Map::PerCpuArray(open(XR_MON_CPU)?))?;
         let ring = RingBuf::try_from(Map::RingBuf(open(XR_MON_RING)?))?;
         Ok(MonitorMaps {
             ctl,
             cpu,
             ring: Some(ring),
+            ctl_pin: path(XR_MON_CTL),
+            ctl_id,
         })
+    }
+
+    /// Whether the router's pins still hold the maps opened: false once the
+    /// daemon removed the router, or rebuilt it with new maps.
+    pub fn still_pinned(&self) -> bool {
+        MapData::from_pin(&self.ctl_pin)
+            .ok()
+            .and_then(|d| d.info().ok())
+            .is_some_and(|i| i.id() == self.ctl_id)
     }
 
     /// What the switch says now.
