@@ -286,6 +286,28 @@ impl Rig {
         &self.routers[0]
     }
 
+    /// The device of the router's port on network `net` (`qr-...`), or its
+    /// gateway port (`qg-...`) for any other name.
+    pub fn port_dev(&self, net: &str) -> String {
+        let r = self.router();
+        r.interfaces
+            .iter()
+            .find(|p| p.network.name == net)
+            .map(|p| p.qr())
+            .unwrap_or_else(|| r.gateway.as_ref().unwrap().qg())
+    }
+
+    /// Takes the gateway off the external subnet: the router gets no
+    /// default route (packets to elsewhere are the kernel's: no-route).
+    pub fn without_default_route(&mut self) {
+        self.router_mut()
+            .gateway
+            .as_mut()
+            .unwrap()
+            .network
+            .gateway_ip = None;
+    }
+
     pub fn router_mut(&mut self) -> &mut RouterSpec {
         &mut self.routers[0]
     }

@@ -89,31 +89,17 @@ fn mac_of(rig: &Rig, host: &str) -> String {
     l["address"].as_str().unwrap().to_string()
 }
 
-fn port_dev(rig: &Rig, net: &str) -> String {
-    let r = rig.router();
-    r.interfaces
-        .iter()
-        .find(|p| p.network.name == net)
-        .map(|p| p.qr())
-        .unwrap_or_else(|| r.gateway.as_ref().unwrap().qg())
-}
-
 /// Three packets on a router whose external subnet has no gateway (so no
 /// default route): one to nowhere, one SNATed, one to a floating IP.
 fn no_route_snat_and_dnat_explained(plane: Dataplane) {
     let mut rig = Rig::new(plane);
-    rig.router_mut()
-        .gateway
-        .as_mut()
-        .unwrap()
-        .network
-        .gateway_ip = None;
+    rig.without_default_route();
     rig.start();
     rig.article_hosts(&[]);
     let (qr1, qr2, qg) = (
-        port_dev(&rig, "net1"),
-        port_dev(&rig, "net2"),
-        port_dev(&rig, "ext"),
+        rig.port_dev("net1"),
+        rig.port_dev("net2"),
+        rig.port_dev("ext"),
     );
     let (vm2_mac, ext_mac) = (mac_of(&rig, "vm2"), mac_of(&rig, "ext"));
 
@@ -397,7 +383,7 @@ fn no_route_snat_and_dnat_explained(plane: Dataplane) {
 
 fn iptables_plane_is_refused(plane: Dataplane) {
     let rig = Rig::article(plane);
-    let qr1 = port_dev(&rig, "net1");
+    let qr1 = rig.port_dev("net1");
     let out = explain(&rig, &qr1, &format!("tcp {VM1}:1 -> {EXT_HOST}:80"), false);
     assert!(!out.success(), "{}", out.describe());
     assert!(

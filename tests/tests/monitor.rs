@@ -116,15 +116,6 @@ fn parse(lines: &[String]) -> (Vec<Value>, Value) {
     (events, summary)
 }
 
-fn port_dev(rig: &Rig, net: &str) -> String {
-    let r = rig.router();
-    r.interfaces
-        .iter()
-        .find(|p| p.network.name == net)
-        .map(|p| p.qr())
-        .unwrap_or_else(|| r.gateway.as_ref().unwrap().qg())
-}
-
 /// A FIN from vm1 to the external host through SNAT, for no connection:
 /// `drop/tcp-invalid`.
 fn send_invalid_fin(rig: &Rig, qr1: &str) {
@@ -169,15 +160,10 @@ fn ctl_is_off(rig: &Rig) -> bool {
 /// only with --forwarded.
 fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
     let mut rig = Rig::new(plane);
-    rig.router_mut()
-        .gateway
-        .as_mut()
-        .unwrap()
-        .network
-        .gateway_ip = None;
+    rig.without_default_route();
     rig.start();
     rig.article_hosts(&[]);
-    let (qr1, qg) = (port_dev(&rig, "net1"), port_dev(&rig, "ext"));
+    let (qr1, qg) = (rig.port_dev("net1"), rig.port_dev("ext"));
     // Neighbours resolved before anything is watched.
     let p = ping(&rig.ns("vm1"), EXT_HOST, &["-c", "2", "-i", "0.2"]);
     assert!(p.success(), "{}", p.describe());
