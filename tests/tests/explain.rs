@@ -7,7 +7,10 @@
 use serde_json::Value;
 use tests::{Dataplane, Rig, article::*, ping, wait_until};
 
-tests::ebpf_only!(no_route_snat_and_dnat_explained);
+tests::ebpf_only!(
+    no_route_snat_and_dnat_explained,
+    a_gateway_that_never_answers_arp_is_named
+);
 tests::iptables_only!(iptables_plane_is_refused);
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -391,4 +394,41 @@ fn iptables_plane_is_refused(plane: Dataplane) {
         "{}",
         out.describe()
     );
+}
+
+/// The rig's external gateway (192.168.1.1) is no host: once the kernel
+/// tried to resolve it, explain says that what the programs forward there
+/// is lost after them, though counted as forwarded.
+fn a_gateway_that_never_answers_arp_is_named(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    rig.start();
+    rig.article_hosts(&[]);
+    let qr1 = rig.port_dev("net1");
+    // A documentation address: nothing answers, and no packet leaves the
+    // rig (the gateway it is sent to does not exist).
+    let far = "203.0.113.7";
+    let p = ping(&rig.ns("vm1"), far, &["-c", "1", "-W", "1"]);
+    assert!(!p.success(), "{}", p.describe());
+    let ns = rig.router_ns();
+    let unresolved = wait_until(TIMEOUT, EVERY, || {
+        let o = tests::cmd::exec(
+            &ns,
+            "ip",
+            &["neigh", "show", EXT_GW],
+            tests::cmd::CMD_TIMEOUT,
+        )
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+        o.contains("FAILED") || o.contains("INCOMPLETE")
+    });
+    assert!(unresolved, "the kernel never tried {EXT_GW}");
+    let v = explain_json(&rig, &qr1, &format!("udp {VM1}:5000 -> {far}:53"));
+    assert_eq!(v["verdict"]["kind"], "forwarded", "{v:#}");
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains(&format!("{EXT_GW} is FAILED"))
+            || notes.contains(&format!("{EXT_GW} is INCOMPLETE")),
+        "{v:#}"
+    );
+    assert!(notes.contains("lost after the programs"), "{v:#}");
 }

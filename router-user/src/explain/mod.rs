@@ -18,6 +18,7 @@
 //! every stage but the route, which is looked up in the same map here.
 
 pub mod frame;
+pub mod kernel_neigh;
 pub mod report;
 pub mod run;
 pub mod sandbox;

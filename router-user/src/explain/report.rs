@@ -744,9 +744,18 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
             ));
         }
         if by == "bpf_redirect_neigh" && dst_mac.is_none() {
-            notes.push(format!(
-                "{nh} is not in the neighbours map yet: the kernel resolves it (ARP) as it sends"
-            ));
+            let dev = port_name(ctx, ifindex);
+            let ns = crate::model::namespace_of(ctx.router);
+            match super::kernel_neigh::state(&ns, &dev, nh) {
+                // The programs count it forwarded; the kernel will lose it.
+                Some(st) if super::kernel_neigh::unresolved(&st) => notes.push(format!(
+                    "{nh} is {st} in the kernel's neighbour table on {dev}: it does not answer \
+                     ARP, so what is sent there is lost after the programs (counted as forwarded)"
+                )),
+                _ => notes.push(format!(
+                    "{nh} is not in the neighbours map yet: the kernel resolves it (ARP) as it sends"
+                )),
+            }
         }
         egress = Some(EgressView {
             device: port_name(ctx, ifindex),
