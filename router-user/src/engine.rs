@@ -724,6 +724,15 @@ impl Engine {
             if let Err(e) = b.sync_neighbours(&crate::model::namespace_of(id)).await {
                 tracing::debug!(router = %id, "router {id}: neighbours: {e:#}");
             }
+            let dir = &self.node.state_dir;
+            match b.clear_stale_monitor(|| crate::monitor::running(dir, id)) {
+                Ok(true) => tracing::info!(
+                    router = %id,
+                    "router {id}: monitoring switched off (its monitor was killed)"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(router = %id, "router {id}: monitor switch: {e:#}"),
+            }
         }
         self.gc_step().await;
     }

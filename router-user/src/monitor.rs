@@ -120,6 +120,23 @@ fn routers<'a>(state: &'a State, node: &NodeConfig, only: Option<&str>) -> Resul
     Ok(state.routers.iter().collect())
 }
 
+/// Whether a live process holds router `router_id`'s monitor lock under
+/// `dir` (the pid its lock file names is alive). A monitor killed outright
+/// leaves its file, with its pid, behind.
+pub fn running(dir: &Path, router_id: &str) -> bool {
+    let path = dir.join(format!("monitor-{router_id}.lock"));
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|pid| {
+            pid > 0
+                && !matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                    Err(nix::errno::Errno::ESRCH)
+                )
+        })
+}
+
 /// An flock'd lock file: one monitor per router.
 struct Lock {
     path: PathBuf,

@@ -350,7 +350,25 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
         out.describe()
     );
 
-    // 6. The router removed under a running monitor: it says so and stops
+    // 6. A monitor killed outright cannot switch off: the daemon does, and
+    // the next monitor starts.
+    let m = Monitor::start(&rig, &["--duration", "30"]);
+    assert!(!ctl_is_off(&rig));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(m.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = m.finish();
+    assert!(
+        tests::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            ctl_is_off(&rig)
+        }),
+        "the switch stayed on after its monitor was killed"
+    );
+    let out = rig.xrouter(&["--config", &cfg, "monitor", "--router", &id, "--count", "0"]);
+    assert!(out.success(), "{}", out.describe());
+
+    // 7. The router removed under a running monitor: it says so and stops
     // (and a new monitor is not refused by a silent one).
     let m = Monitor::start(&rig, &["--duration", "30"]);
     let out = rig.reload_text("[]");

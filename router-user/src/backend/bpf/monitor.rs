@@ -1,7 +1,8 @@
 //! The monitor's maps of a router through their pins: its switch
 //! (`XR_MON_CTL`), its ring of events (`XR_MON_RING`) and its per-CPU
 //! sampling state and lost events (`XR_MON_CPU`). Used by `xrouter
-//! monitor`, beside the daemon, which never writes them.
+//! monitor`, beside the daemon, which only switches off what a killed
+//! monitor left on ([`BpfRouter::clear_stale_monitor`]).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues, RingBuf};
 use router_common::monitor::{MonitorCpu, MonitorCtl, MonitorEvent};
 
-use super::{XR_MON_CPU, XR_MON_CTL, XR_MON_RING, router_dir};
+use super::{BpfRouter, XR_MON_CPU, XR_MON_CTL, XR_MON_RING, router_dir};
 
 /// One router's monitor maps, opened from its pins.
 pub struct MonitorMaps {
@@ -117,4 +118,25 @@ pub fn decode(bytes: &[u8]) -> Option<MonitorEvent> {
     // SAFETY: long enough (checked), and every bit pattern is a valid
     // MonitorEvent (plain data, `bytemuck::Pod` in router-common).
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<MonitorEvent>()) })
+}
+
+impl BpfRouter {
+    /// Switches the router's monitoring off when it is on and no monitor
+    /// runs: `alive` says whether the monitor named by the router's lock
+    /// file is. A monitor switches on only after taking its lock and off
+    /// before leaving it, so an on switch without a live monitor was left
+    /// by one killed outright (SIGKILL), and would have the programs write
+    /// events nobody reads. Returns whether it switched off.
+    pub fn clear_stale_monitor(&mut self, alive: impl FnOnce() -> bool) -> Result<bool> {
+        let map = self
+            .ebpf
+            .map_mut(XR_MON_CTL)
+            .context("the BPF object has no XR_MON_CTL")?;
+        let mut ctl: Array<_, MonitorCtl> = Array::try_from(map)?;
+        if ctl.get(&0, 0)?.flags == 0 || alive() {
+            return Ok(false);
+        }
+        ctl.set(0, MonitorCtl::default(), 0)?;
+        Ok(true)
+    }
 }
