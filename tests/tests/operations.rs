@@ -195,6 +195,21 @@ fn has(msg: &str, line: &str) -> bool {
     msg.lines().any(|l| l == line)
 }
 
+/// The RELOADING / READY states among notifications, in order.
+fn reload_states<T>(msgs: &[(String, T)]) -> Vec<&'static str> {
+    msgs.iter()
+        .filter_map(|(m, _)| {
+            if has(m, "RELOADING=1") {
+                Some("RELOADING")
+            } else if has(m, "READY=1") {
+                Some("READY")
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Under systemd (`Type=notify`): READY=1 comes once the routers are built
 /// and the control socket answers, not before; a reload is bracketed by
 /// RELOADING=1 (with its MONOTONIC_USEC) and READY=1; a stop says
@@ -231,18 +246,7 @@ fn systemd_hears_ready_after_the_first_apply_and_around_reloads() {
     // The routers file written anew may also be seen changed on disk: a
     // reload of its own, bracketed alike.
     let around = n.take(Duration::from_millis(2500));
-    let states: Vec<&str> = around
-        .iter()
-        .filter_map(|(m, _)| {
-            if has(m, "RELOADING=1") {
-                Some("RELOADING")
-            } else if has(m, "READY=1") {
-                Some("READY")
-            } else {
-                None
-            }
-        })
-        .collect();
+    let states = reload_states(&around);
     c.ok(
         !states.is_empty()
             && states.len().is_multiple_of(2)
@@ -855,18 +859,7 @@ fn agent_is_ready_after_its_first_sync_and_serves_rpc_metrics() {
         out.describe(),
     );
     let around = n.take(Duration::from_millis(500));
-    let states: Vec<&str> = around
-        .iter()
-        .filter_map(|(m, _)| {
-            if has(m, "RELOADING=1") {
-                Some("RELOADING")
-            } else if has(m, "READY=1") {
-                Some("READY")
-            } else {
-                None
-            }
-        })
-        .collect();
+    let states = reload_states(&around);
     c.eq(
         "the reload is RELOADING=1 then READY=1",
         states,

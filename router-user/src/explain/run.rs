@@ -64,20 +64,21 @@ const SKB_LEN: usize = 192;
 const SKB_MARK: usize = 8;
 const SKB_IFINDEX: usize = 40;
 
-fn outcomes_moved(before: &[u64], after: &[u64]) -> Vec<Outcome> {
-    Outcome::ALL
-        .iter()
-        .filter(|o| after[**o as usize] > before[**o as usize])
+/// The counters of `all` (at index `at(counter)`) that grew from `before`
+/// to `after`.
+fn moved<T: Copy>(all: &[T], at: impl Fn(T) -> usize, before: &[u64], after: &[u64]) -> Vec<T> {
+    all.iter()
+        .filter(|c| after[at(**c)] > before[at(**c)])
         .copied()
         .collect()
 }
 
+fn outcomes_moved(before: &[u64], after: &[u64]) -> Vec<Outcome> {
+    moved(&Outcome::ALL, |o| o as usize, before, after)
+}
+
 fn events_moved(before: &[u64], after: &[u64]) -> Vec<CtEvent> {
-    CtEvent::ALL
-        .iter()
-        .filter(|e| after[**e as usize] > before[**e as usize])
-        .copied()
-        .collect()
+    moved(&CtEvent::ALL, |e| e as usize, before, after)
 }
 
 fn run_xdp(sb: &Sandbox, ifindex: u32, frame: &[u8]) -> Result<HookRun> {
