@@ -141,6 +141,22 @@ impl Ovs {
         Ok(())
     }
 
+    /// A static MAC entry: the bridge forwards frames to `mac` on VLAN
+    /// `vlan` out of `port` only, never flooding them (flooding would
+    /// also send each one to the bridge's own internal port, a trunk).
+    pub fn fdb_add(&self, port: &str, vlan: u16, mac: &str) -> Result<()> {
+        let mut c = Command::new("ovs-appctl");
+        c.arg("-t").arg(self.dir.join("ovs-vswitchd.ctl")).args([
+            "fdb/add",
+            BRIDGE,
+            port,
+            &vlan.to_string(),
+            mac,
+        ]);
+        cmd::run(&mut c, cmd::CMD_TIMEOUT)?.ok()?;
+        Ok(())
+    }
+
     /// Interface name -> its `external_ids`, for every Interface.
     pub fn interfaces(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
         let out = self.vsctl(&[

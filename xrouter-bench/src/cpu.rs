@@ -168,6 +168,33 @@ fn run_ns(pick: impl Fn(&str) -> bool) -> u64 {
     total
 }
 
+/// Pins every thread of process `pid` to `cpu` (a switch's threads:
+/// ovs-vswitchd). Threads it starts later inherit the main thread's mask.
+pub fn pin_threads(pid: u32, cpu: usize) -> Result<()> {
+    let dir = format!("/proc/{pid}/task");
+    for e in std::fs::read_dir(&dir)
+        .with_context(|| dir.clone())?
+        .flatten()
+    {
+        if let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+            super::progs::pin(tid, cpu)?;
+        }
+    }
+    Ok(())
+}
+
+/// Run time so far of every thread of process `pid`, in nanoseconds (the
+/// scheduler's figure, as [`napi_run_ns`]); 0 when it is gone.
+pub fn threads_run_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|st| st.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// CPU time (user + system, all threads) of process `pid` since it started,
 /// in nanoseconds; 0 when it cannot be read (the process is gone).
 pub fn process_ns(pid: u32) -> u64 {

@@ -109,8 +109,13 @@ pub enum RigKind {
     Direct,
     /// Through a NIC stand-in and the network's Linux bridge as skbs, out
     /// through the egress network's bridge to its NIC stand-in: the path
-    /// of a real network node.
+    /// of a real network node (linuxbridge plugging).
     Production,
+    /// The production path with Open vSwitch in the bridges' place: the
+    /// NIC stand-ins and the router's taps are ports of the integration
+    /// bridge (userspace datapath), each network on a VLAN of its own
+    /// (openvswitch plugging).
+    Ovs,
 }
 
 impl RigKind {
@@ -118,25 +123,40 @@ impl RigKind {
         match self {
             RigKind::Direct => "direct",
             RigKind::Production => "production",
+            RigKind::Ovs => "ovs",
         }
+    }
+
+    /// A node's path (a NIC stand-in, a switch, skbs), not the fast path
+    /// alone.
+    pub fn is_node_path(self) -> bool {
+        self != RigKind::Direct
     }
 }
 
 /// `--rig`: which rigs to measure on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RigChoice {
+    /// Through a NIC stand-in and a Linux bridge (linuxbridge plugging).
     Production,
+    /// Through a NIC stand-in and Open vSwitch (openvswitch plugging).
+    Ovs,
+    /// Generator frames straight into the router's tap: the fast path alone.
     Direct,
-    /// Both, side by side in the same rounds.
+    /// production and direct, side by side in the same rounds.
     Both,
+    /// production, ovs and direct, side by side in the same rounds.
+    All,
 }
 
 impl RigChoice {
     pub fn kinds(self) -> Vec<RigKind> {
         match self {
             RigChoice::Production => vec![RigKind::Production],
+            RigChoice::Ovs => vec![RigKind::Ovs],
             RigChoice::Direct => vec![RigKind::Direct],
             RigChoice::Both => vec![RigKind::Direct, RigKind::Production],
+            RigChoice::All => vec![RigKind::Direct, RigKind::Production, RigKind::Ovs],
         }
     }
 }
@@ -271,11 +291,13 @@ pub struct Opts {
     pub planes: Vec<Plane>,
     /// The rig: `direct` (generator frames straight into the router's tap,
     /// the fast path alone), `production` (through a NIC stand-in and the
-    /// network's Linux bridge as skbs, as on a network node), or `both`,
-    /// side by side in the same rounds.
+    /// network's Linux bridge as skbs, as on a linuxbridge node), `ovs`
+    /// (the same through Open vSwitch's integration bridge, userspace
+    /// datapath), `both` (production and direct) or `all`, side by side in
+    /// the same rounds.
     #[arg(long, value_enum, default_value_t = RigChoice::Both)]
     pub rig: RigChoice,
-    /// Production rig: headroom of the frames the NIC stand-in receives, in
+    /// Production and ovs rigs: headroom of the frames the NIC stand-in receives, in
     /// bytes (64: a NIC driver's skb, NET_SKB_PAD; 256: as much as XDP
     /// wants, so a veth's XDP need not copy them).
     #[arg(long, default_value_t = 64,
@@ -777,6 +799,14 @@ mod tests {
         assert_eq!(
             parse(&["--rig", "production"]).unwrap().rig.kinds(),
             [RigKind::Production]
+        );
+        assert_eq!(
+            parse(&["--rig", "all"]).unwrap().rig.kinds(),
+            [RigKind::Direct, RigKind::Production, RigKind::Ovs]
+        );
+        assert_eq!(
+            parse(&["--rig", "ovs"]).unwrap().rig.kinds(),
+            [RigKind::Ovs]
         );
     }
 

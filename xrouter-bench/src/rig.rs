@@ -54,6 +54,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use router_common::bench::GenConfig;
+use testkit::ovs::Ovs;
 
 use super::{
     Case, Opts, Plane, RigKind, Sample,
@@ -127,16 +128,73 @@ fn exec_in(ns: &str, cmd: &str, args: &str) -> Result<()> {
     Ok(())
 }
 
-/// A NIC stand-in: veth `wire` <-> `nic`, `nic` enslaved to `bridge`, GRO
+/// What a NIC stand-in or a veth is plugged into.
+#[derive(Clone, Copy)]
+enum Switch<'a> {
+    /// A Linux bridge, by name.
+    Bridge(&'a str),
+    /// Open vSwitch's integration bridge, on a VLAN (an access port, as
+    /// the OVS agent binds a network's ports).
+    Ovs(&'a Ovs, u16),
+}
+
+impl Switch<'_> {
+    fn plug(self, ns: &str, dev: &str) -> Result<()> {
+        match self {
+            Switch::Bridge(b) => ip(Some(ns), &format!("link set {dev} master {b}")),
+            Switch::Ovs(o, tag) => o.add_host_port(dev, tag),
+        }
+    }
+
+    /// A static MAC entry: frames to `mac` leave by `dev` only (unicast
+    /// forwarding, never a flood or a clone).
+    fn fdb(self, ns: &str, mac: &str, dev: &str) -> Result<()> {
+        match self {
+            Switch::Bridge(_) => fdb(ns, mac, dev),
+            Switch::Ovs(o, tag) => o.fdb_add(dev, tag, mac),
+        }
+    }
+}
+
+/// A NIC stand-in: veth `wire` <-> `nic`, `nic` plugged into `switch`, GRO
 /// on `nic` (a frame redirected into `wire` arrives at `nic`, which builds
-/// an skb and hands it to the bridge, as a NIC driver's receive does).
-fn add_nic(ns: &str, wire: &str, nic: &str, bridge: &str) -> Result<()> {
+/// an skb and hands it to the switch, as a NIC driver's receive does).
+fn add_nic(ns: &str, wire: &str, nic: &str, switch: Switch) -> Result<()> {
     let ns_ = Some(ns);
     ip(ns_, &format!("link add {wire} type veth peer name {nic}"))?;
-    ip(ns_, &format!("link set {nic} master {bridge}"))?;
+    switch.plug(ns, nic)?;
     ip(ns_, &format!("link set {wire} up"))?;
     ip(ns_, &format!("link set {nic} up"))?;
     exec_in(ns, "ethtool", &format!("-K {nic} gro on"))
+}
+
+/// Starts the rig's Open vSwitch in `ns`, its files in `dir`, and pins its
+/// threads to the router's CPU (a node's NIC interrupt and switching work
+/// go there; with the userspace datapath the switching is ovs-vswitchd's
+/// own threads).
+fn start_ovs(ns: &str, dir: &Path, opts: &Opts) -> Result<Ovs> {
+    let o =
+        Ovs::start(ns, dir).context("starting Open vSwitch (is openvswitch-switch installed?)")?;
+    cpu::pin_threads(vswitchd_pid(&o)?, opts.router_cpu)?;
+    Ok(o)
+}
+
+/// ovs-vswitchd's process id, from its pidfile.
+fn vswitchd_pid(o: &Ovs) -> Result<u32> {
+    let f = o.dir.join("ovs-vswitchd.pid");
+    let t0 = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&f)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(pid);
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("no pid in {} after 10 s", f.display());
+        }
+        nap(Duration::from_millis(20))?;
+    }
 }
 
 /// Bridged IPv4/IPv6 through the namespace's netfilter hooks
@@ -191,6 +249,9 @@ struct Target<'a> {
     counters: Option<(&'a Path, &'a str)>,
     /// The router's daemon, whose CPU time is measured too.
     daemon: Option<u32>,
+    /// The switch's process (ovs-vswitchd): its threads are pinned with
+    /// the router-side NAPIs and their run time counts in the path's.
+    switch: Option<u32>,
     /// Namespaces whose kernel drop counters are read: (namespace, label).
     drop_ns: Vec<(&'a str, &'static str)>,
     /// Device names shown by role in the drop reasons: (device, role).
@@ -243,7 +304,9 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
         other: s.other,
         sent: progs.gen_state()?.sent,
         busy: busy_ns(cpu)?,
-        path_ns: cpu::napi_run_ns(t.napi) + cpu::thread_run_ns(&format!("ksoftirqd/{cpu}")),
+        path_ns: cpu::napi_run_ns(t.napi)
+            + cpu::thread_run_ns(&format!("ksoftirqd/{cpu}"))
+            + t.switch.map_or(0, cpu::threads_run_ns),
         daemon_ns: t.daemon.map_or(0, cpu::process_ns),
         outcomes,
         drops,
@@ -309,6 +372,9 @@ fn pin_all(t: &Target, opts: &Opts, check: bool) -> Result<()> {
         if check && !missing.is_empty() {
             bail!("no NAPI thread of {missing:?} to pin to CPU {cpu}");
         }
+    }
+    if let Some(pid) = t.switch {
+        cpu::pin_threads(pid, opts.router_cpu)?;
     }
     Ok(())
 }
@@ -397,6 +463,9 @@ pub struct RawRig {
     tag: String,
     napi: Vec<String>,
     sink_napi: Vec<String>,
+    /// The ovs rig's switch (its files in `dir`).
+    ovs: Option<Ovs>,
+    dir: PathBuf,
 }
 
 /// Where the generator sends the rig cases' frames.
@@ -411,12 +480,14 @@ impl RawRig {
             tag: tag.clone(),
             napi: vec![],
             sink_napi: vec![],
+            ovs: None,
+            dir: std::env::temp_dir().join(format!("xrouter-bench-{tag}-raw")),
         };
         netns::create(&rig.ns)?;
         ip(Some(&rig.ns), "link set lo up")?;
         match kind {
             RigKind::Direct => rig.direct(progs)?,
-            RigKind::Production => rig.production(progs, opts)?,
+            RigKind::Production | RigKind::Ovs => rig.production(progs, opts)?,
         }
         cpu::threaded(&rig.ns, &rig.napi)?;
         cpu::threaded(&rig.ns, &rig.sink_napi)?;
@@ -451,22 +522,37 @@ impl RawRig {
 
     /// Ceiling: wa -> na [bridge ba] j0 -> j1 [bridge bb] nb -> wb (sink).
     /// Bare redirect: wc -> nc [bridge bc] tc -> pc (redirect to pd) ->
-    /// td (`xr_pass`) [bridge bd] nd -> wd (sink).
+    /// td (`xr_pass`) [bridge bd] nd -> wd (sink). On the ovs rig each
+    /// bridge is a VLAN of the integration bridge (two ports each: what
+    /// enters one leaves by the other, learnt or flooded alike).
     fn production(&mut self, progs: &mut Progs, opts: &Opts) -> Result<()> {
         let ns = self.ns.clone();
         let ns_ = Some(ns.as_str());
-        bridge_nf(&ns);
-        for b in ["ba", "bb", "bc", "bd"] {
-            ip(ns_, &format!("link add {} type bridge", self.dev(b)))?;
-            ip(ns_, &format!("link set {} up", self.dev(b)))?;
+        let bridges = ["ba", "bb", "bc", "bd"];
+        if self.kind == RigKind::Ovs {
+            self.ovs = Some(start_ovs(&ns, &self.dir.join("ovs"), opts)?);
+        } else {
+            bridge_nf(&ns);
+            for b in bridges {
+                ip(ns_, &format!("link add {} type bridge", self.dev(b)))?;
+                ip(ns_, &format!("link set {} up", self.dev(b)))?;
+            }
         }
+        let names: Vec<String> = bridges.iter().map(|b| self.dev(b)).collect();
+        let switch = |b: &str| -> Switch {
+            let i = bridges.iter().position(|x| *x == b).expect("a rig bridge");
+            match &self.ovs {
+                Some(o) => Switch::Ovs(o, 11 + i as u16),
+                None => Switch::Bridge(&names[i]),
+            }
+        };
         for (w, n, b) in [
             ("wa", "na", "ba"),
             ("wb", "nb", "bb"),
             ("wc", "nc", "bc"),
             ("wd", "nd", "bd"),
         ] {
-            add_nic(&ns, &self.dev(w), &self.dev(n), &self.dev(b))?;
+            add_nic(&ns, &self.dev(w), &self.dev(n), switch(b))?;
         }
         // Veth pairs between the bridges: j0/j1 plain (the router's path
         // without the router), tc/pc and pd/td as a router's two ports.
@@ -485,18 +571,17 @@ impl RawRig {
             )?;
             for (d, br) in [(a, ba), (b, bb)] {
                 if let Some(br) = br {
-                    ip(
-                        ns_,
-                        &format!("link set {} master {}", self.dev(d), self.dev(br)),
-                    )?;
+                    switch(br).plug(&ns, &self.dev(d))?;
                 }
                 ip(ns_, &format!("link set {} up", self.dev(d)))?;
             }
         }
         let dst = mac_str(RAW_DST_MAC);
-        for (bridge_port, nic_port) in [("j0", "nb"), ("tc", "nd")] {
-            fdb(&ns, &dst, &self.dev(bridge_port))?;
-            fdb(&ns, &dst, &self.dev(nic_port))?;
+        for (bridge_port, in_bridge, nic_port, out_bridge) in
+            [("j0", "ba", "nb", "bb"), ("tc", "bc", "nd", "bd")]
+        {
+            switch(in_bridge).fdb(&ns, &dst, &self.dev(bridge_port))?;
+            switch(out_bridge).fdb(&ns, &dst, &self.dev(nic_port))?;
         }
         // j1 is in bb: the FDB entry on nb does its bridge's forwarding.
         for w in ["wa", "wb", "wc", "wd"] {
@@ -505,7 +590,8 @@ impl RawRig {
         progs.attach(PROG_REDIRECT, &ns, &self.dev("pc"))?;
         progs.attach(PROG_PASS, &ns, &self.dev("td"))?;
         progs.set_redirect(ifindex(&ns, &self.dev("pd"))?)?;
-        (self.napi, self.sink_napi) = production_napi(vec![self.dev("na"), self.dev("nc")]);
+        (self.napi, self.sink_napi) =
+            production_napi(self.kind, vec![self.dev("na"), self.dev("nc")]);
         sink_rps(&ns, &[self.dev("wb"), self.dev("wd")], opts)
     }
 
@@ -517,8 +603,8 @@ impl RawRig {
         let into = match (self.kind, case) {
             (RigKind::Direct, Case::Ceiling) => "c0",
             (RigKind::Direct, Case::BareRedirect) => "b0",
-            (RigKind::Production, Case::Ceiling) => "wa",
-            (RigKind::Production, Case::BareRedirect) => "wc",
+            (RigKind::Production | RigKind::Ovs, Case::Ceiling) => "wa",
+            (RigKind::Production | RigKind::Ovs, Case::BareRedirect) => "wc",
             _ => bail!("{} is not a rig case", case.name()),
         };
         let cfg = GenConfig {
@@ -542,7 +628,7 @@ impl RawRig {
         // drop counters are keyed by it).
         let path: &[(&str, &str)] = match (self.kind, case) {
             (RigKind::Direct, _) => &[],
-            (RigKind::Production, Case::Ceiling) => &[
+            (RigKind::Production | RigKind::Ovs, Case::Ceiling) => &[
                 ("wa", "wire A"),
                 ("na", "nic A"),
                 ("j0", "join A"),
@@ -574,6 +660,7 @@ impl RawRig {
             sink_napi: &self.sink_napi,
             counters: None,
             daemon: None,
+            switch: self.ovs.as_ref().map(vswitchd_pid).transpose()?,
             drop_ns: vec![(&self.ns, "rig")],
             roles,
         };
@@ -597,8 +684,19 @@ impl RawRig {
 /// a NAPI) and not TC (which has none). The sink, a tc program on the wire
 /// ends (no NAPI), runs in the backlog of the CPU that hands it the skb, or
 /// of `--sink-cpu` through RPS ([`sink_rps`]).
-fn production_napi(nics: Vec<String>) -> (Vec<String>, Vec<String>) {
-    (nics, vec![])
+///
+/// On the ovs rig no NAPI is threaded: the NICs' receive runs in softirq
+/// on the CPU that hands them the frame, the generator's (as a NIC's
+/// receive queue on another core would), and the router's CPU holds
+/// ovs-vswitchd (the userspace datapath forwards in its own threads,
+/// pinned there), the taps, the router and the egress. Sharing one CPU
+/// with a flooded NIC's receive thread, ovs-vswitchd would get a share
+/// of it as the scheduler sees fit and measure that share.
+fn production_napi(kind: RigKind, nics: Vec<String>) -> (Vec<String>, Vec<String>) {
+    match kind {
+        RigKind::Ovs => (vec![], vec![]),
+        _ => (nics, vec![]),
+    }
 }
 
 /// Production rig: the wire ends' receive steered to the sink's CPU (RPS)
@@ -648,13 +746,16 @@ fn cpu_mask(cpu: usize) -> String {
 fn headroom(kind: RigKind, opts: &Opts) -> u32 {
     match kind {
         RigKind::Direct => 0,
-        RigKind::Production => opts.nic_headroom,
+        RigKind::Production | RigKind::Ovs => opts.nic_headroom,
     }
 }
 
 impl Drop for RawRig {
     fn drop(&mut self) {
+        // The switch first: its daemons run in the namespace.
+        drop(self.ovs.take());
         let _ = netns::delete(&self.ns);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -671,6 +772,8 @@ pub struct RouterRig {
     daemon: Option<Child>,
     napi: Vec<String>,
     sink_napi: Vec<String>,
+    /// The ovs rig's switch (its files in `dir`).
+    ovs: Option<Ovs>,
 }
 
 /// The router's ports: A and B internal, G the gateway.
@@ -758,6 +861,39 @@ impl RouterRig {
             Port::G => 'g',
         }
     }
+    /// The VLAN of port `p`'s network on the ovs rig's integration bridge.
+    fn vlan(p: Port) -> u16 {
+        match p {
+            Port::A => 1,
+            Port::B => 2,
+            Port::G => 3,
+        }
+    }
+
+    /// The OVS agent's part (outside xrouter): every router port xrouter
+    /// plugged, found by its `iface-id`, gets its network's VLAN; waits
+    /// (10 s at most) for all three to be on the bridge.
+    fn bind_ovs(&self, o: &Ovs) -> Result<()> {
+        let tags = [Port::A, Port::B, Port::G]
+            .into_iter()
+            .map(|p| (self.port(p).id.clone(), Self::vlan(p)))
+            .collect();
+        let t0 = Instant::now();
+        loop {
+            let missing = o.bind(&tags)?;
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "router ports {missing:?} not on {} after 10 s",
+                    testkit::ovs::BRIDGE
+                );
+            }
+            nap(Duration::from_millis(100))?;
+        }
+    }
+
     fn port_mac(p: Port) -> [u8; 6] {
         match p {
             Port::A => [0xfa, 0x16, 0x3e, 0x91, 0, 0x0a],
@@ -813,8 +949,26 @@ impl RouterRig {
             daemon: None,
             napi: vec![],
             sink_napi: vec![],
+            ovs: None,
         };
         std::fs::create_dir_all(&rig.dir)?;
+        netns::create(&rig.node)?;
+        ip(Some(&rig.node), "link set lo up")?;
+        // openvswitch plugging: the taps become ports of the integration
+        // bridge, on Neutron's dead VLAN until bound (`prepare`).
+        let plugging = if kind == RigKind::Ovs {
+            let o = start_ovs(&rig.node, &rig.dir.join("ovs"), opts)?;
+            let p = format!(
+                "interface_driver = \"openvswitch\"\novs_integration_bridge = \"{}\"\n\
+                 ovsdb_connection = \"{}\"\n",
+                testkit::ovs::BRIDGE,
+                o.db()
+            );
+            rig.ovs = Some(o);
+            p
+        } else {
+            String::new()
+        };
         std::fs::write(
             rig.dir.join("routers.json"),
             routers_json(std::slice::from_ref(&rig.router)).to_string(),
@@ -829,7 +983,7 @@ impl RouterRig {
             format!(
                 "state_dir = {:?}\npin_dir = {:?}\ndataplane = \"{dataplane}\"\n\
                  resync_interval = 3600\nsend_garp = false\nconntrack_size = {ct_conns}\n\
-                 new_connection_rate = {}\n",
+                 new_connection_rate = {}\n{plugging}",
                 rig.dir.join("state"),
                 rig.pin_dir,
                 opts.new_connection_rate.unwrap_or(
@@ -837,8 +991,6 @@ impl RouterRig {
                 ),
             ),
         )?;
-        netns::create(&rig.node)?;
-        ip(Some(&rig.node), "link set lo up")?;
         rig.start_daemon()?;
         rig.prepare(progs, opts)
             .with_context(|| format!("daemon log:\n{}", rig.log_tail()))?;
@@ -943,19 +1095,30 @@ impl RouterRig {
                 self.napi = ports.iter().map(|p| self.dev(*p)).collect();
                 self.sink_napi = vec![self.tap(Port::B), self.tap(Port::G)];
             }
-            RigKind::Production => {
-                bridge_nf(&self.node);
-                for p in ports {
-                    let bridge = self.port(p).network.bridge();
-                    add_nic(&self.node, &self.wire(p), &self.nic(p), &bridge)?;
-                    progs.attach_tc_sink(&self.node, &self.wire(p))?;
-                    fdb(&self.node, &mac_str(Self::port_mac(p)), &self.tap(p))?;
+            RigKind::Production | RigKind::Ovs => {
+                if let Some(o) = &self.ovs {
+                    self.bind_ovs(o)?;
+                } else {
+                    bridge_nf(&self.node);
                 }
-                fdb(&self.node, MAC_VM, &self.nic(Port::B))?;
-                fdb(&self.node, MAC_GW, &self.nic(Port::G))?;
+                let bridges: Vec<String> = ports
+                    .iter()
+                    .map(|p| self.port(*p).network.bridge())
+                    .collect();
+                let switch = |i: usize| match &self.ovs {
+                    Some(o) => Switch::Ovs(o, Self::vlan(ports[i])),
+                    None => Switch::Bridge(&bridges[i]),
+                };
+                for (i, p) in ports.into_iter().enumerate() {
+                    add_nic(&self.node, &self.wire(p), &self.nic(p), switch(i))?;
+                    progs.attach_tc_sink(&self.node, &self.wire(p))?;
+                    switch(i).fdb(&self.node, &mac_str(Self::port_mac(p)), &self.tap(p))?;
+                }
+                switch(1).fdb(&self.node, MAC_VM, &self.nic(Port::B))?;
+                switch(2).fdb(&self.node, MAC_GW, &self.nic(Port::G))?;
                 // Only the NICs' receive is threaded (see `production_napi`).
                 (self.napi, self.sink_napi) =
-                    production_napi(ports.iter().map(|p| self.nic(*p)).collect());
+                    production_napi(self.kind, ports.iter().map(|p| self.nic(*p)).collect());
                 let wires: Vec<String> = ports.iter().map(|p| self.wire(*p)).collect();
                 sink_rps(&self.node, &wires, opts)?;
             }
@@ -994,7 +1157,7 @@ impl RouterRig {
         };
         let target = match self.kind {
             RigKind::Direct => self.tap(into),
-            RigKind::Production => self.wire(into),
+            RigKind::Production | RigKind::Ovs => self.wire(into),
         };
         let cfg = GenConfig {
             dst_mac: Self::port_mac(into),
@@ -1030,6 +1193,7 @@ impl RouterRig {
             counters: matches!(self.plane, Plane::Xdp | Plane::Tc)
                 .then_some((self.pin_dir.as_path(), id.as_str())),
             daemon: self.daemon_pid(),
+            switch: self.ovs.as_ref().map(vswitchd_pid).transpose()?,
             drop_ns: vec![(&self.node, "node"), (&router_ns, "router")],
             roles: [(Port::A, "A"), (Port::B, "B"), (Port::G, "G")]
                 .into_iter()
@@ -1085,6 +1249,8 @@ impl Drop for RouterRig {
                 }
             }
         }
+        // After cleanup, which takes the router's ports off the bridge.
+        drop(self.ovs.take());
         let _ = netns::delete(&self.router_ns());
         let _ = netns::delete(&self.node);
         let _ = std::fs::remove_dir_all(&self.pin_dir);

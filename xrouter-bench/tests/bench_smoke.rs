@@ -1,6 +1,7 @@
 //! `xrouter-bench` in its smallest configurations: one case (east-west on
 //! the xdp and iptables planes of the direct rig; on the xdp plane of the
-//! production rig), one round, half a second, no sweep. Proves the rigs, the
+//! production rig; with the ceiling on the tc plane of the ovs rig), one
+//! round, half a second, no sweep. Proves the rigs, the
 //! generator, the sink and the outputs work; says nothing about speed.
 
 mod common;
@@ -41,15 +42,19 @@ fn bench(name: &str, args: &[&str]) -> (serde_json::Value, String, String) {
 
 /// The XDP plane forwarded the first sample's frames.
 fn xdp_forwarded(v: &serde_json::Value) {
-    let s = &v["samples"][0];
+    forwarded(&v["samples"][0], "forwarded/xdp");
+}
+
+/// Sample `s` counted frames as `outcome` (the router's BPF counters).
+fn forwarded(s: &serde_json::Value, outcome: &str) {
     let fwd = s["outcomes"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o[0] == "forwarded/xdp")
+        .find(|o| o[0] == outcome)
         .and_then(|o| o[1].as_u64())
         .unwrap_or(0);
-    assert!(fwd > 0, "XDP forwarded nothing: {s}");
+    assert!(fwd > 0, "no {outcome}: {s}");
 }
 
 const ONE_CASE: [&str; 8] = [
@@ -126,4 +131,53 @@ fn bench_runs_one_case_on_the_production_rig() {
     );
     xdp_forwarded(&v);
     assert!(stdout.contains("production"), "{stdout}");
+}
+
+/// The ovs rig: frames through a NIC stand-in and Open vSwitch's
+/// integration bridge (userspace datapath) to the router's tap, plugged by
+/// xrouter itself, and out the same way; its ceiling too. Nothing of the
+/// switch is left.
+#[test]
+fn bench_runs_the_ceiling_and_one_case_on_the_ovs_rig() {
+    let args = [
+        "--rig",
+        "ovs",
+        "--planes",
+        "tc",
+        "--cases",
+        "ceiling,east-west",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.5",
+        "--sweep",
+        "0",
+    ];
+    let (v, _, stdout) = bench("ovs", &args);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{v}");
+    for r in results {
+        assert_eq!(r["rig"], "ovs", "{v}");
+        assert!(
+            r["mpps"]["median"].as_f64().unwrap() > 0.0,
+            "nothing reached the sink through Open vSwitch: {r}"
+        );
+    }
+    let routed = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["plane"] == "tc")
+        .expect("a tc sample");
+    forwarded(routed, "forwarded/tc");
+    assert!(stdout.contains("ovs"), "{stdout}");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "xrouter-bench-.*/ovs/"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "Open vSwitch daemons left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
