@@ -25,6 +25,7 @@ mod cpu;
 mod drops;
 mod micro;
 mod progs;
+mod progstats;
 mod report;
 mod rig;
 mod scale;
@@ -347,6 +348,12 @@ pub struct Opts {
     /// through BPF_PROG_TEST_RUN, no rig.
     #[arg(long)]
     pub micro: bool,
+    /// Also measure the router's BPF programs' own time per run on the
+    /// live traffic (the kernel's run-time statistics, on for the whole
+    /// run: every BPF program then pays two clock reads a run, so use it
+    /// to see where the time goes, not for the headline figures).
+    #[arg(long)]
+    pub prog_stats: bool,
     /// Scale: measure the cases (default: snat-1k) on the xdp and tc planes
     /// with the router's connection table pre-filled with --connections live
     /// connections, and report the maps' memory.
@@ -638,6 +645,7 @@ fn run_rig(opts: &Opts) -> Result<()> {
         }
     );
     let mut progs = progs::Progs::load()?;
+    let _stats = opts.prog_stats.then(progstats::enable).transpose()?;
     let mut samples: Vec<Sample> = Vec::new();
     let mut done = 0u32;
     let t0 = Instant::now();

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Case, Opts, Plane, RigKind};
+use super::{Case, Opts, Plane, RigKind, progstats::ProgRuns};
 
 /// One measurement of one case on one data plane in one round.
 #[derive(Clone, Debug, Serialize)]
@@ -54,6 +54,9 @@ pub struct Sample {
     /// What the kernel counted as dropped in that window, by reason
     /// (`bench::drops`), all planes.
     pub drops: Vec<(String, u64)>,
+    /// `--prog-stats`: the router's programs' runs and run time in that
+    /// window.
+    pub progs: Vec<ProgRuns>,
 }
 
 /// `--scale`: the pre-filled connection table of one measurement.
@@ -144,6 +147,9 @@ pub struct CaseResult {
     /// packets sent, largest first.
     pub lost: f64,
     pub drops: Vec<(String, f64)>,
+    /// `--prog-stats`: ns per run of each of the router's programs that
+    /// ran (median over the rounds).
+    pub prog_ns: Vec<(String, Stat)>,
 }
 
 /// `--scale` figures of a case over all rounds.
@@ -183,6 +189,38 @@ pub fn count(n: u32) -> String {
 
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// ns per run of each program, over the samples where it ran; programs
+/// that ran for fewer than 1% of the packets delivered (ARP, a stray
+/// frame: a handful of runs, whose average means nothing) left out.
+fn prog_ns(ss: &[&Sample]) -> Vec<(String, Stat)> {
+    let mut names: Vec<&str> = ss
+        .iter()
+        .flat_map(|s| s.progs.iter().map(|p| p.name.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let delivered: u64 = ss.iter().map(|s| s.delivered).sum();
+    names
+        .into_iter()
+        .filter(|n| {
+            let runs: u64 = ss
+                .iter()
+                .flat_map(|s| s.progs.iter().filter(|p| p.name == *n))
+                .map(|p| p.runs)
+                .sum();
+            runs * 100 >= delivered
+        })
+        .filter_map(|n| {
+            let v: Vec<f64> = ss
+                .iter()
+                .flat_map(|s| s.progs.iter().filter(|p| p.name == n))
+                .map(|p| p.ns as f64 / p.runs as f64)
+                .collect();
+            Some((n.to_string(), Stat::of(&v)?))
+        })
+        .collect()
 }
 
 pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
@@ -253,6 +291,7 @@ pub fn summarize(samples: &[Sample]) -> Vec<CaseResult> {
                 not_forwarded,
                 lost: share(sent.saturating_sub(delivered)),
                 drops: drops.into_iter().map(|(k, n)| (k, share(n))).collect(),
+                prog_ns: prog_ns(&ss),
             }
         })
         .collect()
@@ -407,6 +446,11 @@ fn notes(r: &CaseResult) -> String {
     if let Some(f) = &r.flood_mpps {
         parts.push(format!("flood let through {:.2} Mpps", f.median));
     }
+    parts.extend(
+        r.prog_ns
+            .iter()
+            .map(|(n, s)| format!("{n} {:.0} ns a run", s.median)),
+    );
     parts.extend(r.not_forwarded.iter().filter(|(_, f)| *f >= 0.001).map(pct));
     if r.lost >= 0.001 {
         let why: Vec<String> = r
@@ -741,6 +785,7 @@ mod tests {
             not_forwarded: vec![],
             lost: 0.0,
             drops: vec![],
+            prog_ns: vec![],
         }
     }
 
@@ -874,6 +919,7 @@ mod tests {
                 sent: 10,
                 delivered: 5,
                 drops: vec![],
+                progs: vec![],
             })
             .collect();
         let sum = summarize(&samples);

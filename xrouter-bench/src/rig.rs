@@ -61,6 +61,7 @@ use super::{
     cpu::{self, busy_ns},
     drops, nap,
     progs::{PROG_PASS, PROG_REDIRECT, PROG_SINK, Progs, in_ns},
+    progstats,
     report::SweepStep,
 };
 use router_user::{
@@ -252,6 +253,9 @@ struct Target<'a> {
     /// The switch's process (ovs-vswitchd): its threads are pinned with
     /// the router-side NAPIs and their run time counts in the path's.
     switch: Option<u32>,
+    /// `--prog-stats`: the router's pinned links (their programs' run
+    /// time is read).
+    links: Option<PathBuf>,
     /// Namespaces whose kernel drop counters are read: (namespace, label).
     drop_ns: Vec<(&'a str, &'static str)>,
     /// Device names shown by role in the drop reasons: (device, role).
@@ -273,9 +277,11 @@ struct Snap {
     daemon_ns: u64,
     outcomes: Vec<(String, u64)>,
     drops: drops::Drops,
+    progs: Vec<progstats::ProgRuns>,
 }
 
-fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
+fn snap(progs: &Progs, t: &Target, opts: &Opts) -> Result<Snap> {
+    let cpu = opts.router_cpu;
     let outcomes = match t.counters {
         Some((dir, id)) => router_user::backend::bpf::pinned::counters(dir, id)?
             .into_iter()
@@ -310,6 +316,10 @@ fn snap(progs: &Progs, t: &Target, cpu: usize) -> Result<Snap> {
         daemon_ns: t.daemon.map_or(0, cpu::process_ns),
         outcomes,
         drops,
+        progs: match (&t.links, opts.prog_stats) {
+            (Some(l), true) => progstats::snapshot(&progstats::prog_ids(l)),
+            _ => vec![],
+        },
     })
 }
 
@@ -328,12 +338,13 @@ struct Window {
     sent: u64,
     delivered: u64,
     drops: drops::Drops,
+    progs: Vec<progstats::ProgRuns>,
 }
 
 fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window> {
-    let a = snap(progs, t, opts.router_cpu)?;
+    let a = snap(progs, t, opts)?;
     nap(d)?;
-    let b = snap(progs, t, opts.router_cpu)?;
+    let b = snap(progs, t, opts)?;
     let dt = (b.t.unwrap() - a.t.unwrap()).as_secs_f64();
     let n = b.sink - a.sink;
     let outcomes = b
@@ -360,6 +371,7 @@ fn window(progs: &Progs, t: &Target, opts: &Opts, d: Duration) -> Result<Window>
         sent: b.sent - a.sent,
         delivered: n + flood,
         drops: drops::delta(&a.drops, &b.drops),
+        progs: progstats::delta(&a.progs, &b.progs),
     })
 }
 
@@ -448,6 +460,7 @@ fn measure(progs: &mut Progs, t: &Target, case: Case, opts: &Opts) -> Result<Sam
             sent: w.sent,
             delivered: w.delivered,
             drops: w.drops.into_iter().collect(),
+            progs: w.progs,
         })
     })();
     let stopped = progs.stop(run);
@@ -661,6 +674,7 @@ impl RawRig {
             counters: None,
             daemon: None,
             switch: self.ovs.as_ref().map(vswitchd_pid).transpose()?,
+            links: None,
             drop_ns: vec![(&self.ns, "rig")],
             roles,
         };
@@ -1194,6 +1208,7 @@ impl RouterRig {
                 .then_some((self.pin_dir.as_path(), id.as_str())),
             daemon: self.daemon_pid(),
             switch: self.ovs.as_ref().map(vswitchd_pid).transpose()?,
+            links: Some(self.maps_dir().join("links")),
             drop_ns: vec![(&self.node, "node"), (&router_ns, "router")],
             roles: [(Port::A, "A"), (Port::B, "B"), (Port::G, "G")]
                 .into_iter()

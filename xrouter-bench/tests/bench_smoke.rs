@@ -112,12 +112,29 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
 }
 
 /// The production rig: frames through a NIC stand-in and the network's
-/// bridge as skbs to the router and out through the egress bridge.
+/// bridge as skbs to the router and out through the egress bridge; with
+/// the router's programs' own run time.
 #[test]
 fn bench_runs_one_case_on_the_production_rig() {
-    let mut args = vec!["--rig", "production", "--planes", "xdp"];
+    let mut args = vec!["--rig", "production", "--planes", "xdp", "--prog-stats"];
     args.extend(ONE_CASE);
     let (v, _, stdout) = bench("production", &args);
+    // --prog-stats: the router's XDP program's own runs and time.
+    let xdp = v["samples"][0]["progs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "xr_xdp")
+        .cloned()
+        .unwrap_or_else(|| panic!("no xr_xdp in the program statistics: {v}"));
+    assert!(
+        xdp["runs"].as_u64().unwrap() > 0 && xdp["ns"].as_u64().unwrap() > 0,
+        "{xdp}"
+    );
+    assert!(
+        stdout.contains("xr_xdp") && stdout.contains("ns a run"),
+        "{stdout}"
+    );
     let r = &v["results"][0];
     assert_eq!(
         (&r["case"], &r["rig"], &r["plane"]),
