@@ -375,8 +375,9 @@ pub enum Cmd {
     /// a floating IP, two VMs and an external host) with a daemon of its
     /// own, runs four experiments (gateway SNAT, a floating IP from outside
     /// and from inside, east-west), prints what each server saw, and removes
-    /// the sandbox. The demo makes its own node config: --config and
-    /// --state-dir do not apply.
+    /// the sandbox. The demo makes its own node config: it refuses
+    /// --config, --state-dir and --config-file (listed below as every
+    /// command's).
     Demo {
         /// Leave the sandbox in place for a look; it prints how to remove it.
         #[arg(long)]

@@ -75,6 +75,21 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         router_user::metadata::hold(socket, held, router_user::metadata::HOLD_FOR)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Cmd::Demo { .. } = &cli.cmd {
+        // The demo's node config is its sandbox's own: an operator's file
+        // or directory given here would be silently ignored.
+        let given = [
+            ("--config", cli.config.is_some()),
+            ("--state-dir", cli.state_dir.is_some()),
+            ("--config-file", !cli.config_files.is_empty()),
+        ];
+        if let Some((opt, _)) = given.iter().find(|(_, g)| *g) {
+            anyhow::bail!(
+                "demo: {opt} does not apply: the demo builds its own node config in its \
+                 sandbox and touches no daemon's state (leave {opt} out)"
+            );
+        }
+    }
     let mut node = node_config(&cli)?;
     match cli.cmd {
         Cmd::MetadataHold { .. } => unreachable!("handled above"),

@@ -64,3 +64,28 @@ fn closed_stdout_is_not_a_panic() {
     }
     c.finish();
 }
+
+/// The demo builds its own node config: an operator's `--config`,
+/// `--state-dir` or `--config-file` would be ignored, so each is refused,
+/// named, before anything is built or read.
+#[test]
+fn demo_refuses_the_options_it_would_ignore() {
+    let mut c = Checks::new("demo_refuses_the_options_it_would_ignore");
+    for (opt, val) in [
+        ("--config", "/nonexistent/node.toml"),
+        ("--state-dir", "/nonexistent"),
+        ("--config-file", "/nonexistent/l3_agent.ini"),
+    ] {
+        let mut cmd = Command::new(xrouter_bin());
+        cmd.args(["demo", opt, val]);
+        let out = tests::cmd::run(&mut cmd, tests::cmd::CMD_TIMEOUT).expect("running xrouter");
+        c.ok(
+            out.code == Some(1)
+                && out.stderr.contains(&format!("demo: {opt} does not apply"))
+                && !out.stderr.contains("nonexistent"),
+            &format!("xrouter demo {opt} {val}: refused, naming {opt}"),
+            out.describe(),
+        );
+    }
+    c.finish();
+}
