@@ -79,9 +79,87 @@ pub struct CtEntry {
     pub last_seen: u64,
     /// Connection start, same clock.
     pub created: u64,
+    /// Where the packets of this entry went last (see [`RouteCache`]).
+    pub route: RouteCache,
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+
+/// The route of an entry's packets (to its translated destination, by its
+/// flow hash) and its next hop's MAC, as the programs last looked them up,
+/// valid while the router's maps are unchanged: `stamp` is the generation
+/// (`XR_GEN`) read before those lookups, XORed with [`RouteCache::check`]
+/// of the fields. The daemon bumps the generation after every write that
+/// could change a route's result (routes, ports, addresses, floating IPs,
+/// settings, neighbours); an entry whose stamp does not match the current
+/// generation (or whose fields were torn by two CPUs writing at once) is
+/// looked up afresh. All zero: nothing cached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RouteCache {
+    pub stamp: u32,
+    /// Egress ifindex (0: nothing cached).
+    pub egress: u32,
+    /// Next hop, raw network order.
+    pub nexthop: u32,
+    /// The next hop's MAC.
+    pub mac: [u8; 6],
+    pub _pad: u16,
+    pub _pad2: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<RouteCache>() == 24);
+
+impl RouteCache {
+    /// A mix of the fields: zero for all-zero fields, and a torn mixture
+    /// of two writers' fields matches neither's stamp (but by a 2^-32
+    /// chance).
+    #[inline(always)]
+    pub const fn check(egress: u32, nexthop: u32, mac: [u8; 6]) -> u32 {
+        let m0 = u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]);
+        let m1 = u32::from_ne_bytes([mac[4], mac[5], 0, 0]);
+        let mut h = egress.wrapping_mul(0x9e37_79b1)
+            ^ nexthop.wrapping_mul(0x85eb_ca77)
+            ^ m0.wrapping_mul(0xc2b2_ae3d)
+            ^ m1.wrapping_mul(0x27d4_eb2f);
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x7feb_352d);
+        h ^= h >> 15;
+        h
+    }
+
+    /// The cached (egress, next hop, MAC) if valid under generation `g`.
+    #[inline(always)]
+    pub fn get(&self, g: u32) -> Option<(u32, u32, [u8; 6])> {
+        let (stamp, egress, nexthop, mac) = (self.stamp, self.egress, self.nexthop, self.mac);
+        if g == 0 || egress == 0 || stamp != g ^ Self::check(egress, nexthop, mac) {
+            return None;
+        }
+        Some((egress, nexthop, mac))
+    }
+
+    /// Caches (egress, next hop, MAC) looked up under generation `g`,
+    /// writing only the fields that change.
+    #[inline(always)]
+    pub fn set(&mut self, g: u32, egress: u32, nexthop: u32, mac: [u8; 6]) {
+        if g == 0 {
+            return;
+        }
+        let stamp = g ^ Self::check(egress, nexthop, mac);
+        if self.egress != egress {
+            self.egress = egress;
+        }
+        if self.nexthop != nexthop {
+            self.nexthop = nexthop;
+        }
+        if self.mac != mac {
+            self.mac = mac;
+        }
+        if self.stamp != stamp {
+            self.stamp = stamp;
+        }
+    }
+}
 
 impl CtEntry {
     /// The key of the other direction of the connection `(k, self)`
@@ -127,4 +205,4 @@ pub struct FragEntry {
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
 
-crate::pod!(CtKey, CtEntry, FragKey, FragEntry);
+crate::pod!(CtKey, CtEntry, RouteCache, FragKey, FragEntry);

@@ -51,6 +51,13 @@ pub static XR_FIP_REV: HashMap<Ipv4, Ipv4, 16384> = HashMap::new();
 #[btf_map]
 pub static XR_CONFIG: Array<RouterConfig, 1> = Array::new();
 
+/// The generation of the maps above (index 0): bumped by the daemon after
+/// every write to them that could change where a packet goes, so a route
+/// cached in a connection entry (`CtEntry::route`) is known to be current.
+/// 0: never written, nothing is cached.
+#[btf_map]
+pub static XR_GEN: Array<u32, 1> = Array::new();
+
 /// Established connections, an entry per direction. Nothing evicts them
 /// (userspace expires idle ones); when it is full, new connections stay in
 /// `XR_CT_NEW`. Userspace sets the real size at load time (default 2 x 1M).
@@ -102,6 +109,17 @@ pub fn port(ifindex: u32) -> Option<PortInfo> {
     }
     // SAFETY: plain data, copied out.
     unsafe { XR_PORTS.get(&ifindex) }.copied()
+}
+
+/// The current generation of the maps (see [`XR_GEN`]).
+#[inline(always)]
+pub fn generation() -> u32 {
+    match XR_GEN.get_ptr(0) {
+        // SAFETY: a map value; volatile so that it is read before the
+        // lookups it vouches for.
+        Some(g) => unsafe { core::ptr::read_volatile(g) },
+        None => 0,
+    }
 }
 
 #[inline(always)]

@@ -24,10 +24,11 @@ use router_common::{
         MonitorCtl, MonitorEvent,
     },
     port::{Neigh, NeighKey},
+    route::Route,
 };
 use router_user::{
     backend::{
-        bpf::{monitor::decode, object::OBJECT, write_maps},
+        bpf::{bump_generation, monitor::decode, object::OBJECT, write_maps, write_neighbours},
         netns,
     },
     config::node::NodeConfig,
@@ -340,25 +341,7 @@ impl Router {
         };
         let want = fixtures::bpf_maps(&spec, &node, (port_min, port_max), ifx);
         write_maps(&mut ebpf, &want).expect("writing the router's maps");
-        let mut neigh: HashMap<_, NeighKey, Neigh> =
-            HashMap::try_from(map(&mut ebpf, "XR_NEIGH")).unwrap();
-        for (i, a, mac) in [
-            (qr1, "81.1.180.12", MAC_VM1),
-            (qr1, "81.1.180.13", MAC_VM1),
-            (qr2, "91.1.180.14", MAC_VM2),
-            (qg, "192.168.1.15", MAC_EXT),
-        ] {
-            neigh
-                .insert(
-                    NeighKey {
-                        ifindex: i,
-                        addr: ip(a),
-                    },
-                    Neigh { mac, _pad: [0; 2] },
-                    0,
-                )
-                .unwrap();
-        }
+        write_neighbours(&mut ebpf, &start_neighbours(ifx)).expect("writing the neighbours");
         Router { ebpf, qr1, qr2, qg }
     }
 
@@ -392,6 +375,29 @@ impl Router {
     fn ct_len(&self) -> usize {
         self.table_len("XR_CT") + self.table_len("XR_CT_NEW")
     }
+}
+
+/// The next hops' MACs a router under test starts with (the kernel's
+/// neighbour table, which the daemon mirrors), written the daemon's way.
+fn start_neighbours(ifx: [u32; 3]) -> std::collections::HashMap<NeighKey, Neigh> {
+    let [qr1, qr2, qg] = ifx;
+    [
+        (qr1, "81.1.180.12", MAC_VM1),
+        (qr1, "81.1.180.13", MAC_VM1),
+        (qr2, "91.1.180.14", MAC_VM2),
+        (qg, "192.168.1.15", MAC_EXT),
+    ]
+    .into_iter()
+    .map(|(i, a, mac)| {
+        (
+            NeighKey {
+                ifindex: i,
+                addr: ip(a),
+            },
+            Neigh { mac, _pad: [0; 2] },
+        )
+    })
+    .collect()
 }
 
 /// Runs `f` on a thread inside a scratch namespace with three veth devices,
@@ -2467,5 +2473,179 @@ fn sampling_reports_one_in_n_and_a_full_ring_counts_lost_events() {
         let lost = lost_events(&mut r);
         assert!(kept > 1000 && lost > 0, "kept {kept}, lost {lost}");
         assert_eq!(kept + lost, n);
+    });
+}
+
+// ---------- routes cached in connection entries ----------
+
+/// A router on the internal networks, and its MAC.
+const MAC_RTR: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+/// The external host's new MAC (its NIC replaced, say).
+const MAC_EXT2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x25];
+
+/// The maps `Router::new` starts with, for changing them the daemon's way.
+fn router_maps(ifx: [u32; 3]) -> router_user::backend::bpf::Desired {
+    let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
+    let node = NodeConfig {
+        new_connection_rate: ROOMY.rate,
+        ..NodeConfig::default()
+    };
+    fixtures::bpf_maps(&spec, &node, (1024, 65535), ifx)
+}
+
+/// An established SNAT connection (VM1 to the external host): its next
+/// data packet out and the next one back in, as forwarded now.
+fn snat_connection(r: &Router) -> (Frame, Frame, Out, Out) {
+    let syn = Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80);
+    let o = handshake(r, r.qr1, syn.clone(), r.qg, snat_answer);
+    let out = Frame {
+        tcp_flags: 0x18,
+        ..syn
+    };
+    let back = Frame {
+        tcp_flags: 0x18,
+        ..snat_answer(&o)
+    };
+    let (o1, o2) = (r.xdp(r.qr1, &out), r.xdp(r.qg, &back));
+    assert_eq!((o1.ret, o2.ret), (XDP_REDIRECT, XDP_REDIRECT));
+    assert_eq!(&o1.frame[0..12], [MAC_EXT, MAC_QG].concat());
+    assert_eq!(&o2.frame[0..12], [MAC_VM1, MAC_QR1].concat());
+    assert_checksums(&o1.frame);
+    assert_checksums(&o2.frame);
+    (out, back, o1, o2)
+}
+
+/// `frame` with other MACs (the rest byte for byte the same).
+fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
+/// The route of an established connection is cached in its entry; a
+/// route the daemon replaces (here: the VM's address, now through a
+/// router on the other internal network) takes effect on the connection's
+/// very next packet, byte for byte as the new route sends it.
+#[test]
+fn an_established_connection_follows_a_replaced_route_at_once() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let (_, back, _, o2) = snat_connection(&r);
+        // Again: from the cache, the same.
+        assert_eq!(r.xdp(r.qg, &back).frame, o2.frame);
+
+        // The daemon learns the router's MAC, then routes the VM's address
+        // through it.
+        let mut neigh = start_neighbours(ifx);
+        neigh.insert(
+            NeighKey {
+                ifindex: r.qr2,
+                addr: ip("91.1.180.20"),
+            },
+            Neigh {
+                mac: MAC_RTR,
+                _pad: [0; 2],
+            },
+        );
+        write_neighbours(&mut r.ebpf, &neigh).unwrap();
+        assert_eq!(r.xdp(r.qg, &back).frame, o2.frame, "no route changed yet");
+        let mut want = router_maps(ifx);
+        want.routes.insert(
+            (32, ip("81.1.180.12")),
+            Route {
+                count: 1,
+                gateways: [ip("91.1.180.20"), [0; 4], [0; 4], [0; 4]],
+                ifindexes: [r.qr2, 0, 0, 0],
+            },
+        );
+        assert!(write_maps(&mut r.ebpf, &want).unwrap() > 0);
+        let o = r.xdp(r.qg, &back);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(
+            o.frame,
+            with_macs(&o2.frame, MAC_RTR, MAC_QR2),
+            "out of qr2"
+        );
+        assert_checksums(&o.frame);
+
+        // And back when the route goes.
+        write_maps(&mut r.ebpf, &router_maps(ifx)).unwrap();
+        assert_eq!(r.xdp(r.qg, &back).frame, o2.frame);
+    });
+}
+
+/// A next hop whose MAC changes (the daemon mirrors the kernel's
+/// neighbour table): the connection's next packet goes to the new MAC.
+#[test]
+fn an_established_connection_follows_a_next_hops_new_mac_at_once() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let (out, _, o1, _) = snat_connection(&r);
+        assert_eq!(r.xdp(r.qr1, &out).frame, o1.frame);
+        let mut neigh = start_neighbours(ifx);
+        neigh.insert(
+            NeighKey {
+                ifindex: r.qg,
+                addr: ip("192.168.1.15"),
+            },
+            Neigh {
+                mac: MAC_EXT2,
+                _pad: [0; 2],
+            },
+        );
+        assert_eq!(write_neighbours(&mut r.ebpf, &neigh).unwrap(), 1);
+        let o = r.xdp(r.qr1, &out);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(o.frame, with_macs(&o1.frame, MAC_EXT2, MAC_QG));
+
+        // The DNAT direction too: a client of the floating IP gets a new MAC.
+        let f = Frame::udp("192.168.1.15", 5555, "192.168.1.104", 53).from(MAC_EXT, MAC_QG);
+        let vm = r.xdp(r.qg, &f);
+        assert_eq!(vm.ret, XDP_REDIRECT);
+        let answer = Frame::udp("91.1.180.14", 53, "192.168.1.15", 5555).from(MAC_VM2, MAC_QR2);
+        let a1 = r.xdp(r.qr2, &answer);
+        assert_eq!(&a1.frame[0..12], [MAC_EXT2, MAC_QG].concat());
+        assert_eq!(r.xdp(r.qr2, &answer).frame, a1.frame);
+        write_neighbours(&mut r.ebpf, &start_neighbours(ifx)).unwrap();
+        let a2 = r.xdp(r.qr2, &answer);
+        assert_eq!(a2.ret, XDP_REDIRECT);
+        assert_eq!(a2.frame, with_macs(&a1.frame, MAC_EXT, MAC_QG));
+        assert_checksums(&a2.frame);
+    });
+}
+
+/// White box, of the cache itself: with the generation unchanged, the
+/// programs do not look the route's next hop up again. Deleting neighbour
+/// entries behind the daemon's back (which it never does: it bumps the
+/// generation after every write) leaves an established connection's
+/// packets forwarded from the cache in both directions; a bump makes them
+/// look up again, and find nothing (XDP hands them to TC).
+#[test]
+fn established_packets_take_route_and_mac_from_the_cache() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let (out, back, o1, o2) = snat_connection(&r);
+        {
+            let mut neigh: HashMap<_, NeighKey, Neigh> =
+                HashMap::try_from(map(&mut r.ebpf, "XR_NEIGH")).unwrap();
+            for (i, a) in [(r.qg, "192.168.1.15"), (r.qr1, "81.1.180.12")] {
+                neigh
+                    .remove(&NeighKey {
+                        ifindex: i,
+                        addr: ip(a),
+                    })
+                    .unwrap();
+            }
+        }
+        assert_eq!(r.xdp(r.qr1, &out).frame, o1.frame, "MAC from the cache");
+        assert_eq!(
+            r.xdp(r.qg, &back).frame,
+            o2.frame,
+            "route and MAC from the cache"
+        );
+        bump_generation(map(&mut r.ebpf, "XR_GEN")).unwrap();
+        assert_eq!(r.xdp(r.qr1, &out).ret, XDP_PASS);
+        assert_eq!(r.xdp(r.qg, &back).ret, XDP_PASS);
     });
 }

@@ -29,7 +29,10 @@ use serde_json::json;
 use super::{Opts, progs::in_ns, scale};
 use crate::OBJECT;
 use router_user::{
-    backend::{bpf::write_maps, netns},
+    backend::{
+        bpf::{bump_generation, write_maps},
+        netns,
+    },
     config::node::NodeConfig,
     fixtures::{self, RouterSpec},
 };
@@ -170,6 +173,8 @@ fn neighbours(ebpf: &mut Ebpf, ifx: [u32; 3]) -> Result<()> {
         };
         neigh.insert(k, Neigh { mac, _pad: [0; 2] }, 0)?;
     }
+    // As the daemon does after writing neighbours.
+    bump_generation(map(ebpf, "XR_GEN")?)?;
     Ok(())
 }
 

@@ -88,6 +88,7 @@ pub(crate) fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2]
         flags: CT_F_REPLIED,
         last_seen: now,
         created: now,
+        route: Default::default(),
     };
     let reply = CtEntry {
         new_src: remote,

@@ -431,7 +431,10 @@ fn staged(ctx: &mut XdpContext, stage: u32) -> u32 {
     if stage == STAGE_CONNTRACK {
         return xdp_action::XDP_DROP;
     }
-    match route::neighbour(flow.egress, flow.nexthop) {
+    match flow
+        .nexthop_mac
+        .or_else(|| route::neighbour(flow.egress, flow.nexthop))
+    {
         Some(_) => xdp_action::XDP_DROP,
         None => xdp_action::XDP_ABORTED,
     }

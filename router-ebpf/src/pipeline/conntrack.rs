@@ -16,7 +16,7 @@ use router_common::{
     config::RouterConfig,
     conntrack::{
         CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, ESTABLISH_AFTER_NS, NAT_SNAT,
-        TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN, TCP_NONE, TCP_SYN_SENT,
+        RouteCache, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN, TCP_NONE, TCP_SYN_SENT,
     },
     counters::{CtEvent, Outcome},
     port::{PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
@@ -91,6 +91,10 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     // From an inside port, route first: traffic between internal ports is
     // never translated (Neutron's east-west rule), so it needs no state, and
     // a known connection whose destination is not rewritten reuses the route.
+    // The maps' generation first, before any lookup: a change made while
+    // this packet is looked up leaves the cache it writes a stale stamp,
+    // never a stale result under a current one.
+    let g = maps::generation();
     let pre = if ingress.role == ROLE_INTERNAL {
         route::egress(pkt, pkt.dst).ok()
     } else {
@@ -116,9 +120,41 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         // updates of last_seen/state/flags are benign.
         let e = unsafe { &mut *e };
         let new_dst = u32::from_ne_bytes(e.new_dst);
-        let r = match pre {
-            Some(r) if new_dst == pkt.dst => r,
-            _ => route::egress(pkt, new_dst)?,
+        // The route and next hop's MAC cached in the entry, if the maps
+        // have not changed since (`RouteCache`): no route lookup, no
+        // neighbour lookup.
+        let cached = e.route.get(g);
+        let (r, mac) = match pre {
+            Some(r) if new_dst == pkt.dst => {
+                // Looked up already (for the east-west test): the MAC is
+                // the cache's if the cache is of this route.
+                let mac = match cached {
+                    Some((egress, nexthop, mac)) if egress == r.0 && nexthop == r.1 => Some(mac),
+                    _ => None,
+                };
+                (r, mac)
+            }
+            _ => match cached {
+                Some((egress, nexthop, mac)) => {
+                    let Some(port) = maps::port(egress) else {
+                        return Err(Verdict::Answer(Outcome::KernelNoRoute));
+                    };
+                    ((egress, nexthop, port), Some(mac))
+                }
+                None => (route::egress(pkt, new_dst)?, None),
+            },
+        };
+        // Not cached: looked up, and cached if the kernel has resolved
+        // the next hop (else the packet goes as it went without a cache).
+        let mac = match mac {
+            Some(m) => Some(m),
+            None => {
+                let m = route::neighbour(r.0, r.1);
+                if let Some(m) = m {
+                    e.route.set(g, r.0, r.1, m);
+                }
+                m
+            }
         };
         // Written only when changed: the entry's cache line stays clean
         // (and shared by the CPUs of a flow) between clock ticks.
@@ -131,13 +167,14 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
                 e.state = state;
             }
         }
-        let flow = Flow::via(
+        let mut flow = Flow::via(
             u32::from_ne_bytes(e.new_src),
             new_dst,
             e.new_sport,
             e.new_dport,
             r,
         );
+        flow.nexthop_mac = mac;
         if embryonic {
             maybe_establish(&k, e, pkt, now);
         }
@@ -281,6 +318,7 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         flags: 0,
         last_seen: now,
         created: now,
+        route: RouteCache::default(),
     };
     let reply_key = match snat_to {
         Some(addr) => {
@@ -316,6 +354,7 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         flags: 0,
         last_seen: now,
         created: now,
+        route: RouteCache::default(),
     };
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
     if maps::XR_CT_NEW.insert(&k, &orig, BPF_ANY as u64).is_err() {

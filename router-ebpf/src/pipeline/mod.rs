@@ -195,7 +195,10 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
     let dst_mac = if P::TC {
         [0u8; 6]
     } else {
-        match route::neighbour(flow.egress, flow.nexthop) {
+        match flow
+            .nexthop_mac
+            .or_else(|| route::neighbour(flow.egress, flow.nexthop))
+        {
             Some(m) => m,
             None => return Verdict::ToTc,
         }

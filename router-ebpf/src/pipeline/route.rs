@@ -23,6 +23,9 @@ pub struct Flow {
     pub egress_mac: [u8; 6],
     /// MTU of the egress port.
     pub mtu: u32,
+    /// The next hop's MAC, when the connection's entry had it cached (or
+    /// it was looked up for the entry); None: not looked up yet.
+    pub nexthop_mac: Option<[u8; 6]>,
 }
 
 impl Flow {
@@ -39,6 +42,7 @@ impl Flow {
             nexthop: r.1,
             egress_mac: r.2.mac,
             mtu: r.2.mtu,
+            nexthop_mac: None,
         }
     }
 }

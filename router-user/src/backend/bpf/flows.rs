@@ -777,6 +777,7 @@ pub(super) fn snat_pair(
         flags: 0,
         last_seen: t,
         created: t,
+        route: Default::default(),
     };
     let rk = k(outside, dport, gw, port);
     let re = CtEntry {

@@ -20,9 +20,9 @@ use router_common::{
 
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
-    XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_LOCAL,
-    XR_MON_CPU, XR_MON_CTL, XR_MON_RING, XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES,
-    remove_file_if_present, router_dir,
+    XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_GEN,
+    XR_LOCAL, XR_MON_CPU, XR_MON_CTL, XR_MON_RING, XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE,
+    XR_ROUTES, remove_file_if_present, router_dir,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
@@ -61,6 +61,7 @@ fn shape(name: &str) -> Shape {
         XR_NEIGH => s(MapType::Hash, size_of::<NeighKey>(), size_of::<Neigh>()),
         XR_FIP | XR_FIP_REV => s(MapType::Hash, size_of::<Ipv4>(), size_of::<Ipv4>()),
         XR_CONFIG => s(MapType::Array, 4, size_of::<RouterConfig>()),
+        XR_GEN => s(MapType::Array, 4, size_of::<u32>()),
         XR_CT => s(MapType::Hash, size_of::<CtKey>(), size_of::<CtEntry>()),
         XR_CT_NEW => s(MapType::LruHash, size_of::<CtKey>(), size_of::<CtEntry>()),
         XR_COUNTERS => s(MapType::PerCpuArray, 4, size_of::<Counter>()),

@@ -53,8 +53,8 @@ use nix::sched::{CloneFlags, setns};
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use load::embryonic_connections;
-pub use neigh::{dump_neighbours, watch as watch_neighbours};
-pub use sync::{Desired, desired, resolve, write_maps};
+pub use neigh::{dump_neighbours, watch as watch_neighbours, write_neighbours};
+pub use sync::{Desired, bump_generation, desired, resolve, write_maps};
 
 /// What the kernel has of a router's BPF data path, read through its pins.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,8 @@ pub const XR_NEIGH: &str = "XR_NEIGH";
 pub const XR_FIP: &str = "XR_FIP";
 pub const XR_FIP_REV: &str = "XR_FIP_REV";
 pub const XR_CONFIG: &str = "XR_CONFIG";
+/// The generation of the maps a route depends on (`sync::bump_generation`).
+pub const XR_GEN: &str = "XR_GEN";
 pub const XR_CT: &str = "XR_CT";
 pub const XR_CT_NEW: &str = "XR_CT_NEW";
 pub const XR_COUNTERS: &str = "XR_COUNTERS";
@@ -111,7 +113,7 @@ pub const XR_MON_CPU: &str = "XR_MON_CPU";
 pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 17] = [
+pub const MAP_NAMES: [&str; 18] = [
     XR_PORTS,
     XR_PORT_SLOTS,
     XR_LOCAL,
@@ -120,6 +122,7 @@ pub const MAP_NAMES: [&str; 17] = [
     XR_FIP,
     XR_FIP_REV,
     XR_CONFIG,
+    XR_GEN,
     XR_CT,
     XR_CT_NEW,
     XR_COUNTERS,

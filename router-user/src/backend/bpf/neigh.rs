@@ -5,7 +5,10 @@
 use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData},
+};
 use futures::{StreamExt as _, TryStreamExt as _};
 use router_common::port::{Neigh, NeighKey};
 use rtnetlink::{
@@ -17,7 +20,10 @@ use rtnetlink::{
     },
 };
 
-use super::{BpfRouter, XR_NEIGH, sync::sync_hash};
+use super::{
+    BpfRouter, XR_GEN, XR_NEIGH,
+    sync::{bump_generation, sync_hash},
+};
 use crate::backend::netlink::Nl;
 
 /// Whether a neighbour in `state` has a MAC worth forwarding to.
@@ -112,13 +118,48 @@ impl BpfRouter {
         self.set_neighbours(&want)
     }
 
-    /// Makes `XR_NEIGH` hold exactly `want`; returns the entries changed.
+    /// Makes `XR_NEIGH` hold exactly `want`; returns the entries changed
+    /// (see [`write_neighbours`]).
     pub fn set_neighbours(&mut self, want: &HashMap<NeighKey, Neigh>) -> Result<usize> {
-        let map = self
-            .ebpf
-            .map_mut(XR_NEIGH)
-            .with_context(|| format!("the BPF object has no map {XR_NEIGH}"))?;
-        sync_hash(map, want).with_context(|| format!("router {}: {XR_NEIGH}", self.router_id))
+        write_neighbours(&mut self.ebpf, want)
+            .with_context(|| format!("router {}: {XR_NEIGH}", self.router_id))
+    }
+}
+
+/// Makes `XR_NEIGH` of a loaded object hold exactly `want`; returns the
+/// entries changed. The maps' generation is bumped when anything changed
+/// (or a write failed part way): next hops' MACs cached in connection
+/// entries are looked up afresh. [`BpfRouter::set_neighbours`] for a
+/// router's object; the packet tests fill theirs with it too.
+pub fn write_neighbours(ebpf: &mut Ebpf, want: &HashMap<NeighKey, Neigh>) -> Result<usize> {
+    let map = ebpf
+        .map_mut(XR_NEIGH)
+        .with_context(|| format!("the BPF object has no map {XR_NEIGH}"))?;
+    let res = sync_hash(map, want);
+    if !matches!(res, Ok(0)) {
+        let map = ebpf
+            .map_mut(XR_GEN)
+            .with_context(|| format!("the BPF object has no map {XR_GEN}"))?;
+        bump_generation(map).context(XR_GEN)?;
+    }
+    res.context(XR_NEIGH)
+}
+
+/// Makes `k` map to `v` (None: to nothing) in `XR_NEIGH`; whether that
+/// changed it (a neighbour's state changing between REACHABLE, STALE, ...
+/// with its MAC the same writes nothing).
+fn set(
+    map: &mut aya::maps::HashMap<MapData, NeighKey, Neigh>,
+    k: NeighKey,
+    v: Option<Neigh>,
+) -> Result<bool, aya::maps::MapError> {
+    let old = map.get(&k, 0).ok();
+    match v {
+        Some(v) if old == Some(v) => Ok(false),
+        Some(v) => map.insert(k, v, 0).map(|()| true),
+        None if old.is_none() => Ok(false),
+        // Gone meanwhile: changed all the same.
+        None => map.remove(&k).map(|()| true).or(Ok(true)),
     }
 }
 
@@ -142,6 +183,10 @@ pub async fn watch(
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut map: aya::maps::HashMap<MapData, NeighKey, Neigh> =
         aya::maps::HashMap::try_from(Map::HashMap(data))?;
+    let gen_path = pin_dir.join(router_id).join(XR_GEN);
+    let mut generation = Map::Array(
+        MapData::from_pin(&gen_path).with_context(|| format!("opening {}", gen_path.display()))?,
+    );
     let ns = ns.to_string();
     let follow = async move {
         while let Some((msg, _)) = events.next().await {
@@ -150,16 +195,22 @@ pub async fn watch(
             };
             let res = match m {
                 RouteNetlinkMessage::NewNeighbour(n) => match entry(&n) {
-                    Some((k, v)) => map.insert(k, v, 0),
-                    None => key(&n).map_or(Ok(()), |k| map.remove(&k).or(Ok(()))),
+                    Some((k, v)) => set(&mut map, k, Some(v)),
+                    None => key(&n).map_or(Ok(false), |k| set(&mut map, k, None)),
                 },
                 RouteNetlinkMessage::DelNeighbour(n) => {
-                    key(&n).map_or(Ok(()), |k| map.remove(&k).or(Ok(())))
+                    key(&n).map_or(Ok(false), |k| set(&mut map, k, None))
                 }
-                _ => Ok(()),
+                _ => Ok(false),
             };
+            // After the write (or a failed one): MACs cached in connection
+            // entries are looked up afresh.
+            let changed = !matches!(res, Ok(false));
             if let Err(e) = res {
                 tracing::debug!("{ns}: neighbour event not applied: {e}");
+            }
+            if changed && let Err(e) = bump_generation(&mut generation) {
+                tracing::debug!("{ns}: {XR_GEN} not bumped: {e}");
             }
         }
     };

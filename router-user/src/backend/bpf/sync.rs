@@ -16,7 +16,7 @@ use router_common::{
 };
 
 use super::{
-    BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_LOCAL, XR_PORT_SLOTS, XR_PORTS, XR_ROUTES,
+    BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_GEN, XR_LOCAL, XR_PORT_SLOTS, XR_PORTS, XR_ROUTES,
 };
 use crate::{
     config::node::NodeConfig,
@@ -223,24 +223,66 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
 /// returns the entries changed. [`BpfRouter::write`] for a router's object;
 /// also what the packet tests and the microbenchmark seed their own
 /// instances with, so they run on the maps a router gets.
+///
+/// When anything was written (or a write failed part way), the maps'
+/// generation is bumped after the last write ([`bump_generation`]).
 pub fn write_maps(ebpf: &mut Ebpf, d: &Desired) -> Result<usize> {
     let mut n = 0;
+    let res = write_all(ebpf, d, &mut n);
+    if n != 0 || res.is_err() {
+        let bumped = bump_generation(map_mut(ebpf, XR_GEN)?).context(XR_GEN);
+        res?;
+        bumped?;
+    }
+    Ok(n)
+}
+
+/// The writes of [`write_maps`], counted into `n` as they are made.
+fn write_all(ebpf: &mut Ebpf, d: &Desired, n: &mut usize) -> Result<()> {
     // Config and ports first: a route to a port the program does not
     // know yet only sends packets to the kernel.
     {
         let mut cfg: Array<_, RouterConfig> = Array::try_from(map_mut(ebpf, XR_CONFIG)?)?;
         if cfg.get(&0, 0)? != d.config {
             cfg.set(0, d.config, 0)?;
-            n += 1;
+            *n += 1;
         }
     }
-    n += sync_slots(ebpf, &d.ports).context(XR_PORT_SLOTS)?;
-    n += sync_hash(map_mut(ebpf, XR_PORTS)?, &d.ports).context(XR_PORTS)?;
-    n += sync_hash(map_mut(ebpf, XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
-    n += sync_hash(map_mut(ebpf, XR_FIP)?, &d.fip).context(XR_FIP)?;
-    n += sync_hash(map_mut(ebpf, XR_FIP_REV)?, &d.fip_rev).context(XR_FIP_REV)?;
-    n += sync_routes(map_mut(ebpf, XR_ROUTES)?, &d.routes).context(XR_ROUTES)?;
-    Ok(n)
+    *n += sync_slots(ebpf, &d.ports).context(XR_PORT_SLOTS)?;
+    *n += sync_hash(map_mut(ebpf, XR_PORTS)?, &d.ports).context(XR_PORTS)?;
+    *n += sync_hash(map_mut(ebpf, XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
+    *n += sync_hash(map_mut(ebpf, XR_FIP)?, &d.fip).context(XR_FIP)?;
+    *n += sync_hash(map_mut(ebpf, XR_FIP_REV)?, &d.fip_rev).context(XR_FIP_REV)?;
+    *n += sync_routes(map_mut(ebpf, XR_ROUTES)?, &d.routes).context(XR_ROUTES)?;
+    Ok(())
+}
+
+/// Bumps the maps' generation (`XR_GEN[0]`) after a write to the maps a
+/// packet's route depends on (routes, ports, addresses, floating IPs,
+/// settings, neighbours): the programs then look up afresh the routes and
+/// next hops' MACs they had cached in connection entries under an older
+/// one. It must follow the write: a packet that read the generation
+/// before it caches its result under the old one. From 0 (a new map) it
+/// starts at a random value, so that entries cached under an earlier
+/// instance's generations (reused connection tables, copies of them) do
+/// not match; it never goes back to 0 (nothing cached).
+pub fn bump_generation(map: &mut Map) -> Result<u32> {
+    let mut a: Array<_, u32> = Array::try_from(map)?;
+    let g = a.get(&0, 0)?;
+    let next = if g == 0 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        (r as u32) | 1
+    } else {
+        match g.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        }
+    };
+    a.set(0, next, 0)?;
+    Ok(next)
 }
 
 impl BpfRouter {

@@ -557,6 +557,7 @@ fn plain_pair(src: &str, dst: &str, proto: u8, state: u8, t: u64) -> [(CtKey, Ct
         flags: 0,
         last_seen: t,
         created: t,
+        route: Default::default(),
     };
     let rk = ct(dst, 2000, src, 1000, proto);
     let re = CtEntry {
@@ -759,6 +760,7 @@ fn flush_address_removes_its_connections() {
         flags: 0,
         last_seen: t,
         created: t,
+        route: Default::default(),
     };
     let rk = super::flows::partner(&dk, &de);
     let re = CtEntry {
