@@ -228,8 +228,8 @@ pub mod range {
     pub const METADATA_PORT: RangeInclusive<i64> = 1..=65535;
     /// Seconds; 0 disables the periodic resync, at most a day.
     pub const RESYNC_INTERVAL: RangeInclusive<i64> = 0..=86_400;
-    /// Connections per router: the table is preallocated (224 bytes per
-    /// connection), so 16M is 3.5 GiB per router.
+    /// Connections per router: the table is preallocated (about 275 bytes
+    /// per connection), so 16M is 4.3 GiB per router.
     pub const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=16_777_216;
     /// New connections a second per router and CPU; 0: no limit.
     pub const NEW_CONNECTION_RATE: RangeInclusive<i64> = 0..=100_000_000;

@@ -335,13 +335,30 @@ pub(super) fn read_batch(
     from: Cursor,
     b: &mut Batch,
 ) -> Result<Option<Cursor>> {
+    let keys: &mut [u8] = bytemuck::cast_slice_mut(&mut b.keys[..]);
+    let values: &mut [u8] = bytemuck::cast_slice_mut(&mut b.values[..]);
+    let r = lookup_batch(fd, from, keys, values, BATCH)?;
+    b.count = r.map_or(0, |r| r.1);
+    Ok(r.map(|r| r.0))
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` of at most `max` entries at `from` into the
+/// byte buffers `keys` and `values` (room for `max` of each, of the map's
+/// sizes): where the next starts and how many were read; None when the
+/// kernel refuses batches on this map (nothing was read).
+pub(super) fn lookup_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    from: Cursor,
+    keys: &mut [u8],
+    values: &mut [u8],
+    max: usize,
+) -> Result<Option<(Cursor, usize)>> {
     use std::os::fd::AsRawFd as _;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    b.count = 0;
     let mut token_in = match from {
         Cursor::Start => 0,
         Cursor::At(t) => t,
-        Cursor::End => return Ok(Some(Cursor::End)),
+        Cursor::End => return Ok(Some((Cursor::End, 0))),
     };
     let mut token_out = 0u64;
     // union bpf_attr, batch: in_batch, out_batch, keys, values, count,
@@ -353,11 +370,12 @@ pub(super) fn read_batch(
         &mut token_in as *mut u64 as u64
     };
     attr[1] = &mut token_out as *mut u64 as u64;
-    attr[2] = b.keys.as_mut_ptr() as u64;
-    attr[3] = b.values.as_mut_ptr() as u64;
-    attr[4] = (BATCH as u64) | ((fd.as_raw_fd() as u64) << 32);
-    // SAFETY: attr describes buffers of BATCH keys and BATCH values that
-    // live across the call; the kernel writes at most `count` of each.
+    attr[2] = keys.as_mut_ptr() as u64;
+    attr[3] = values.as_mut_ptr() as u64;
+    attr[4] = (max as u64) | ((fd.as_raw_fd() as u64) << 32);
+    // SAFETY: the caller gives buffers of `max` keys and `max` values of
+    // the map's sizes, which live across the call; the kernel writes at
+    // most `count` of each.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -378,13 +396,16 @@ pub(super) fn read_batch(
             std::io::Error::from_raw_os_error(errno)
         );
     }
-    b.count = ((attr[4] & 0xffff_ffff) as usize).min(BATCH);
+    let count = ((attr[4] & 0xffff_ffff) as usize).min(max);
     // ENOENT: that was the last batch (possibly empty).
-    Ok(Some(if r < 0 {
-        Cursor::End
-    } else {
-        Cursor::At(token_out)
-    }))
+    Ok(Some((
+        if r < 0 {
+            Cursor::End
+        } else {
+            Cursor::At(token_out)
+        },
+        count,
+    )))
 }
 
 /// Hands every entry of the table to `f` in a few syscalls ([`read_batch`]),

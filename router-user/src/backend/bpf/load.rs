@@ -22,7 +22,7 @@ use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
     XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_GEN,
     XR_LOCAL, XR_MON_CPU, XR_MON_CTL, XR_MON_RING, XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE,
-    XR_ROUTES, remove_file_if_present, router_dir,
+    XR_ROUTES, carry, remove_file_if_present, router_dir,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
@@ -124,8 +124,11 @@ impl BpfRouter {
     ///
     /// Maps already pinned there by an earlier run are reused, contents and
     /// all, when their type and key/value sizes still match this build (and
-    /// for the connection tables and `XR_LOCAL`, their size); a pin that does not fit is removed and the map
-    /// created afresh (logged). `max_entries` of the other maps is not
+    /// for the connection tables and `XR_LOCAL`, their size); a pin that
+    /// does not fit is removed and the map created afresh (logged). A
+    /// connection table that does not fit (another size, or an earlier
+    /// build's shorter entries) has its entries carried into the new one
+    /// ([`carry`]). `max_entries` of the other maps is not
     /// compared: they are rewritten by [`Self::sync`] anyway.
     pub fn load(router_id: &str, pin_dir: &Path, ct_connections: u32) -> Result<BpfRouter> {
         let dir = router_dir(pin_dir, router_id)?;
@@ -139,6 +142,7 @@ impl BpfRouter {
             .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
 
         let mut reused = Vec::new();
+        let mut carried = Vec::new();
         let mut paths = BTreeMap::new();
         for name in MAP_NAMES {
             let path = dir.join(name);
@@ -147,10 +151,19 @@ impl BpfRouter {
                     Ok(info) => match misfit(name, &info, ct_entries) {
                         None => reused.push(name.to_string()),
                         Some(why) => {
+                            let old = matches!(name, XR_CT | XR_CT_NEW)
+                                .then(|| carry::open(name, &path, &info))
+                                .flatten();
                             tracing::warn!(
                                 "router {router_id}: pinned map {name} does not fit ({why}); \
-                                 creating a new one"
+                                 creating a new one{}",
+                                if old.is_some() {
+                                    ", its connections carried over"
+                                } else {
+                                    ""
+                                }
                             );
+                            carried.extend(old);
                             remove_file_if_present(&path)
                                 .with_context(|| format!("removing {}", path.display()))?;
                         }
@@ -204,6 +217,22 @@ impl BpfRouter {
             tracing::info!(
                 "router {router_id}: reusing pinned maps {}",
                 reused.join(",")
+            );
+        }
+        for old in &carried {
+            let new = ebpf
+                .map_mut(old.name)
+                .with_context(|| format!("the BPF object has no map {}", old.name))?;
+            let (copied, lost) = carry::copy(old, new)
+                .with_context(|| format!("router {router_id}: carrying {} over", old.name))?;
+            tracing::info!(
+                "router {router_id}: {copied} entries of the old {} carried over{}",
+                old.name,
+                if lost > 0 {
+                    format!(", {lost} did not fit in the new table")
+                } else {
+                    String::new()
+                }
             );
         }
         #[cfg(feature = "bpf-log")]

@@ -26,6 +26,7 @@
 //! - `object.rs`: the embedded BPF object and a check that it loads.
 
 mod attach;
+mod carry;
 mod flows;
 pub mod gc;
 mod load;

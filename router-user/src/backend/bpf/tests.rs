@@ -467,10 +467,13 @@ fn pinned_maps_survive_a_reload() {
     assert_eq!(flows[0].translated.sport, 51123);
     assert!(flows[0].snat && flows[0].has_reply_entry);
     drop(br);
-    // Another table size: the table cannot be reused.
+    // Another table size: a new table, the connections carried into it.
     let br = BpfRouter::load("r2", &pins.0, 2000).unwrap();
     assert!(!br.reused_maps().iter().any(|m| m == XR_CT));
-    assert!(br.flows().unwrap().is_empty());
+    let flows = br.flows().unwrap();
+    assert_eq!(flows.len(), 1, "the connection is carried over");
+    assert_eq!(flows[0].translated.sport, 51123);
+    assert!(flows[0].snat && flows[0].has_reply_entry);
     br.detach_and_unpin().unwrap();
     // Cleanup of a router whose object is not loaded.
     BpfRouter::load("r3", &pins.0, 10).unwrap();
@@ -480,6 +483,91 @@ fn pinned_maps_survive_a_reload() {
     remove_pins(&pins.0, "r3").unwrap();
     assert!(remove_pins(&pins.0, "..").is_err());
     assert!(remove_pins(&pins.0, "a/b").is_err());
+}
+
+/// `bpf(cmd, attr)`; the descriptor or value it returns.
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 9]) -> std::io::Result<i64> {
+    // SAFETY: a zero-padded union bpf_attr of 72 bytes, the pointers in it
+    // alive across the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 72usize) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// A connection table as an earlier build pinned it: a hash of
+/// `max_entries` entries whose values are the first `value_size` bytes of
+/// this build's entries, holding `entries`.
+fn pin_old_table(path: &Path, value_size: usize, max_entries: u32, entries: &[(CtKey, CtEntry)]) {
+    let key_size = std::mem::size_of::<CtKey>() as u64;
+    let mut attr = [0u64; 9];
+    // map_type 1 (hash) | key_size; value_size | max_entries.
+    attr[0] = 1 | (key_size << 32);
+    attr[1] = value_size as u64 | (u64::from(max_entries) << 32);
+    let fd = sys_bpf(0, &mut attr).expect("BPF_MAP_CREATE") as u64;
+    for (k, e) in entries {
+        let (mut k, v) = (*k, bytemuck::bytes_of(e)[..value_size].to_vec());
+        let mut attr = [0u64; 9];
+        attr[0] = fd;
+        attr[1] = &mut k as *mut CtKey as u64;
+        attr[2] = v.as_ptr() as u64;
+        sys_bpf(2, &mut attr).expect("BPF_MAP_UPDATE_ELEM");
+    }
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut attr = [0u64; 9];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = fd;
+    sys_bpf(6, &mut attr).expect("BPF_OBJ_PIN");
+    // SAFETY: our descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// A daemon of this build over the pins of an earlier build whose
+/// connection entries were shorter (no route cache): the connections are
+/// carried into the new table, their fields as they were and the new ones
+/// zero (nothing cached), so translated connections survive the upgrade.
+#[test]
+fn an_earlier_builds_shorter_entries_are_carried_over() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let t = monotonic_ns();
+    let [o, r] = super::flows::snat_pair(
+        a("81.1.180.12"),
+        40000,
+        a("192.168.1.15"),
+        80,
+        a("192.168.1.110"),
+        51123,
+        t,
+    );
+    // The layout before the route cache: 32-byte entries.
+    const OLD: usize = 32;
+    assert!(std::mem::size_of::<CtEntry>() > OLD);
+    let dir = pins.0.join("r6");
+    std::fs::create_dir_all(&dir).unwrap();
+    pin_old_table(&dir.join(XR_CT), OLD, 2000, &[o, r]);
+    let br = BpfRouter::load("r6", &pins.0, 1000).unwrap();
+    assert!(!br.reused_maps().iter().any(|m| m == XR_CT));
+    let flows = br.flows().unwrap();
+    assert_eq!(flows.len(), 1, "the connection is carried over");
+    assert_eq!(
+        flows[0].orig.src,
+        "81.1.180.12".parse::<Ipv4Addr>().unwrap()
+    );
+    assert_eq!(flows[0].translated.sport, 51123);
+    assert!(flows[0].snat && flows[0].has_reply_entry);
+    let table: BpfHashMap<_, CtKey, CtEntry> =
+        BpfHashMap::try_from(br.ebpf.map(XR_CT).unwrap()).unwrap();
+    let e = table.get(&o.0, 0).unwrap();
+    assert_eq!(
+        bytemuck::bytes_of(&e)[..OLD],
+        bytemuck::bytes_of(&o.1)[..OLD]
+    );
+    assert_eq!(e.route, Default::default(), "nothing cached");
+    br.detach_and_unpin().unwrap();
 }
 
 /// A daemon of this build over the pins of one that had no monitor: the
