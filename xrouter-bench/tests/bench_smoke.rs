@@ -156,20 +156,16 @@ fn bench_runs_one_case_on_the_production_rig() {
 /// switch is left.
 #[test]
 fn bench_runs_the_ceiling_and_one_case_on_the_ovs_rig() {
-    let args = [
+    let mut args = vec![
         "--rig",
         "ovs",
         "--planes",
         "tc",
         "--cases",
         "ceiling,east-west",
-        "--rounds",
-        "1",
-        "--duration",
-        "0.5",
-        "--sweep",
-        "0",
     ];
+    // ONE_CASE without its own --cases.
+    args.extend(&ONE_CASE[2..]);
     let (v, _, stdout) = bench("ovs", &args);
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 2, "{v}");

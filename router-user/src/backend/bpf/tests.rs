@@ -433,22 +433,27 @@ fn port_slots_follow_the_ports() {
     br.detach_and_unpin().expect("detach_and_unpin");
 }
 
-#[test]
-fn pinned_maps_survive_a_reload() {
-    if !can_run() {
-        return;
-    }
-    let pins = PinDir::new();
-    let t = monotonic_ns();
-    let [o, r] = super::flows::snat_pair(
+/// One gateway-SNATed connection (81.1.180.12:40000 to 192.168.1.15:80,
+/// translated to 192.168.1.110:51123), both entries, seen now.
+fn gateway_snat_connection() -> [(CtKey, CtEntry); 2] {
+    super::flows::snat_pair(
         a("81.1.180.12"),
         40000,
         a("192.168.1.15"),
         80,
         a("192.168.1.110"),
         51123,
-        t,
-    );
+        monotonic_ns(),
+    )
+}
+
+#[test]
+fn pinned_maps_survive_a_reload() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let [o, r] = gateway_snat_connection();
     {
         let mut br = BpfRouter::load("r2", &pins.0, 1000).unwrap();
         assert!(br.reused_maps().is_empty());
@@ -533,16 +538,7 @@ fn an_earlier_builds_shorter_entries_are_carried_over() {
         return;
     }
     let pins = PinDir::new();
-    let t = monotonic_ns();
-    let [o, r] = super::flows::snat_pair(
-        a("81.1.180.12"),
-        40000,
-        a("192.168.1.15"),
-        80,
-        a("192.168.1.110"),
-        51123,
-        t,
-    );
+    let [o, r] = gateway_snat_connection();
     // The layout before the route cache: 32-byte entries.
     const OLD: usize = 32;
     assert!(std::mem::size_of::<CtEntry>() > OLD);
