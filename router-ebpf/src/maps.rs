@@ -58,6 +58,13 @@ pub static XR_CONFIG: Array<RouterConfig, 1> = Array::new();
 #[btf_map]
 pub static XR_GEN: Array<u32, 1> = Array::new();
 
+/// The build of the object these maps were last loaded with (written by
+/// the daemon, never read here): a daemon of another build, or with
+/// another connection table size, loads the router again and takes its
+/// programs over rather than adopting programs of another build.
+#[btf_map]
+pub static XR_BUILD: Array<u64, 1> = Array::new();
+
 /// Established connections, an entry per direction. Nothing evicts them
 /// (userspace expires idle ones); when it is full, new connections stay in
 /// `XR_CT_NEW`. Userspace sets the real size at load time (default 2 x 1M).

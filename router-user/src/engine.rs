@@ -285,7 +285,15 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
         } else {
             vec![]
         };
-        o.bpf = ebpf::observe(&node.pin_dir, &d.id, &devices, &taps, hook).map(|mut b| {
+        o.bpf = ebpf::observe(
+            &node.pin_dir,
+            &d.id,
+            &devices,
+            &taps,
+            hook,
+            node.conntrack_size,
+        )
+        .map(|mut b| {
             // The taps must put VLAN tags into the frames (see `ethtool`).
             b.in_place &= taps.iter().all(|(t, _)| {
                 ethtool::active(t, &ethtool::VLAN_TX_OFFLOADS)
@@ -658,6 +666,9 @@ impl Engine {
             }
         }
         b.attach_taps(&taps)?;
+        // This build's programs are in place: a later daemon of the same
+        // build and table size adopts them rather than loading again.
+        b.record_build()?;
         b.sync_neighbours(ns).await?;
         let inode =
             std::fs::metadata(netns::path(ns)).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;

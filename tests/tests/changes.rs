@@ -574,9 +574,10 @@ fn gateway_ip_change(plane: Dataplane) {
 
 /// A restarted daemon adopts what it finds: established sessions through a
 /// floating IP and through gateway SNAT keep going, with the same translated
-/// address and port, and new connections work. On the eBPF planes the new
-/// daemon loads its programs anew and swaps them into the pinned links (a
-/// program upgrade), keeping the pinned connection table.
+/// address and port, and new connections work. Restarted again with
+/// another `conntrack_size`, on the eBPF planes it loads the router anew
+/// (its pins no longer fit), carries the connections into the new tables
+/// and takes the pinned links over: the sessions still keep going.
 fn daemon_restart_keeps_sessions(plane: Dataplane) {
     let mut rig = Rig::article(plane);
     let _s = tcp_servers(&rig, &["vm2", "ext"]);
@@ -626,21 +627,57 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
         "ext",
         QG,
     );
+    let (a, b) = (a.map(|r| r.peer), b.map(|r| r.peer));
     c.eq(
         "the FIP session keeps its peer",
         a2.map(|r| r.peer),
-        a.map(|r| r.peer),
+        a.clone(),
     );
     c.eq(
         "the SNAT session keeps its external port",
         b2.map(|r| r.peer),
-        b.map(|r| r.peer),
+        b.clone(),
     );
     c.reply(
         "after restart: a new vm1 -> ext connection",
         tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
         "ext",
         QG,
+    );
+    // Again, with a connection table of another size.
+    let st = rig.stop_daemon();
+    c.ok(st.is_some_and(|s| s.success()), "daemon exits 0 again", st);
+    rig.conntrack_size *= 2;
+    rig.start();
+    let id = rig.router().id.clone();
+    if plane != Dataplane::Iptables {
+        c.ok(
+            router_user::backend::bpf::pins_fit(&rig.pin_dir, &id, rig.conntrack_size),
+            "a new conntrack_size: the router's pins are loaded again at that size",
+            rig.daemon_log(),
+        );
+    }
+    let a3 = c.reply(
+        "after a restart with another conntrack_size: ext -> FIP session",
+        inbound.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    let b3 = c.reply(
+        "after a restart with another conntrack_size: vm1 -> ext session",
+        outbound.exchange(),
+        "ext",
+        QG,
+    );
+    c.eq(
+        "the SNAT session keeps its external port in the new table",
+        b3.map(|r| r.peer),
+        b,
+    );
+    c.eq(
+        "the FIP session keeps its peer in the new table",
+        a3.map(|r| r.peer),
+        a,
     );
     rig.assert_fast_path(&mut c);
     c.finish();

@@ -20,9 +20,9 @@ use router_common::{
 
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
-    XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG, XR_GEN,
-    XR_LOCAL, XR_MON_CPU, XR_MON_CTL, XR_MON_RING, XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE,
-    XR_ROUTES, carry, remove_file_if_present, router_dir,
+    XR_BUILD, XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FIP, XR_FIP_REV, XR_FRAG,
+    XR_GEN, XR_LOCAL, XR_MON_CPU, XR_MON_CTL, XR_MON_RING, XR_NEIGH, XR_PORT_SLOTS, XR_PORTS,
+    XR_RATE, XR_ROUTES, carry, remove_file_if_present, router_dir,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
@@ -40,6 +40,45 @@ pub fn embryonic_connections(ct_connections: u32) -> u32 {
     } else {
         (ct_connections / 4).max(ALL_UP_TO)
     }
+}
+
+/// This build's object, as a number (FNV-1a of its bytes): what `XR_BUILD`
+/// holds once a router's maps were loaded with it.
+pub fn build_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        crate::backend::bpf::object::OBJECT
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    })
+}
+
+/// Whether router `router_id`'s pinned maps are this build's, as
+/// [`BpfRouter::load`] would leave them for `ct_connections`: every map
+/// pinned and fitting (a connection table of another size does not), and
+/// `XR_BUILD` naming this build. If not, the router is loaded again (its
+/// connections carried over, [`carry`]) and its programs taken over: a
+/// daemon of a new build, or with a new `conntrack_size`, does not adopt
+/// what an earlier one left running.
+pub fn pins_fit(pin_dir: &Path, router_id: &str, ct_connections: u32) -> bool {
+    let Ok(dir) = router_dir(pin_dir, router_id) else {
+        return false;
+    };
+    let ct_entries = ct_connections.saturating_mul(2);
+    let fits = MAP_NAMES.iter().all(|name| {
+        MapInfo::from_pin(dir.join(name)).is_ok_and(|i| misfit(name, &i, ct_entries).is_none())
+    });
+    fits && pinned_build(&dir) == Some(build_id())
+}
+
+/// The build `XR_BUILD` under `dir` names (None: no such map, or unreadable).
+fn pinned_build(dir: &Path) -> Option<u64> {
+    let data = aya::maps::MapData::from_pin(dir.join(XR_BUILD)).ok()?;
+    let map: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    map.get(&0, 0).ok()
 }
 
 /// What a pinned map must look like to be reused by this build: the key and
@@ -62,6 +101,7 @@ fn shape(name: &str) -> Shape {
         XR_FIP | XR_FIP_REV => s(MapType::Hash, size_of::<Ipv4>(), size_of::<Ipv4>()),
         XR_CONFIG => s(MapType::Array, 4, size_of::<RouterConfig>()),
         XR_GEN => s(MapType::Array, 4, size_of::<u32>()),
+        XR_BUILD => s(MapType::Array, 4, size_of::<u64>()),
         XR_CT => s(MapType::Hash, size_of::<CtKey>(), size_of::<CtEntry>()),
         XR_CT_NEW => s(MapType::LruHash, size_of::<CtKey>(), size_of::<CtEntry>()),
         XR_COUNTERS => s(MapType::PerCpuArray, 4, size_of::<Counter>()),
@@ -115,6 +155,18 @@ fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
 }
 
 impl BpfRouter {
+    /// Records in `XR_BUILD` that this build's programs are in place
+    /// (after they were attached: [`pins_fit`] is true from then on).
+    pub fn record_build(&mut self) -> Result<()> {
+        let build = self
+            .ebpf
+            .map_mut(XR_BUILD)
+            .with_context(|| format!("the BPF object has no map {XR_BUILD}"))?;
+        aya::maps::Array::<_, u64>::try_from(build)?
+            .set(0, build_id(), 0)
+            .with_context(|| format!("router {}: writing {XR_BUILD}", self.router_id))
+    }
+
     /// Loads the embedded object ([`crate::backend::bpf::object::OBJECT`]) for router
     /// `router_id`: the established connections' table sized for
     /// `ct_connections` connections (two entries each), the embryonic one

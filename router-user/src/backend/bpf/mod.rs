@@ -53,7 +53,7 @@ use nix::sched::{CloneFlags, setns};
 
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
-pub use load::embryonic_connections;
+pub use load::{build_id, embryonic_connections, pins_fit};
 pub use neigh::{dump_neighbours, watch as watch_neighbours, write_neighbours};
 pub use sync::{Desired, bump_generation, desired, resolve, write_maps};
 
@@ -69,19 +69,23 @@ pub struct BpfState {
 
 /// A router's BPF state through its pins under `pin_dir` (None: it has no
 /// usable pins). `devices`: (name, ifindex) of its ports in its namespace;
-/// `taps`: of their peers in the node namespace.
+/// `taps`: of their peers in the node namespace. In place only when the
+/// programs are attached there and the pins are this build's, sized for
+/// `ct_connections` ([`pins_fit`]).
 pub fn observe(
     pin_dir: &Path,
     router_id: &str,
     devices: &[(String, u32)],
     taps: &[(String, u32)],
     hook: Hook,
+    ct_connections: u32,
 ) -> Option<BpfState> {
     let dir = router_dir(pin_dir, router_id).ok()?;
     let maps = sync::read_pinned(pin_dir, router_id).ok()?;
     Some(BpfState {
         maps,
-        in_place: attach::links_in_place(&dir.join(LINKS_DIR), devices, taps, hook),
+        in_place: attach::links_in_place(&dir.join(LINKS_DIR), devices, taps, hook)
+            && pins_fit(pin_dir, router_id, ct_connections),
     })
 }
 
@@ -99,6 +103,9 @@ pub const XR_FIP_REV: &str = "XR_FIP_REV";
 pub const XR_CONFIG: &str = "XR_CONFIG";
 /// The generation of the maps a route depends on (`sync::bump_generation`).
 pub const XR_GEN: &str = "XR_GEN";
+/// The build of the object the pinned maps were last loaded with
+/// ([`load::build_id`]).
+pub const XR_BUILD: &str = "XR_BUILD";
 pub const XR_CT: &str = "XR_CT";
 pub const XR_CT_NEW: &str = "XR_CT_NEW";
 pub const XR_COUNTERS: &str = "XR_COUNTERS";
@@ -114,7 +121,7 @@ pub const XR_MON_CPU: &str = "XR_MON_CPU";
 pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 19] = [
     XR_PORTS,
     XR_PORT_SLOTS,
     XR_LOCAL,
@@ -124,6 +131,7 @@ pub const MAP_NAMES: [&str; 18] = [
     XR_FIP_REV,
     XR_CONFIG,
     XR_GEN,
+    XR_BUILD,
     XR_CT,
     XR_CT_NEW,
     XR_COUNTERS,

@@ -490,6 +490,31 @@ fn pinned_maps_survive_a_reload() {
     assert!(remove_pins(&pins.0, "a/b").is_err());
 }
 
+/// A daemon adopts a router's pinned programs only when they are this
+/// build's and its connection table is the size the node config asks for;
+/// otherwise it loads the router again (and carries the connections).
+#[test]
+fn pins_fit_this_build_at_this_size_only() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let mut br = BpfRouter::load("r8", &pins.0, 1000).unwrap();
+    assert!(
+        !pins_fit(&pins.0, "r8", 1000),
+        "loaded, not yet recorded as in place"
+    );
+    br.record_build().unwrap();
+    assert!(pins_fit(&pins.0, "r8", 1000));
+    assert!(!pins_fit(&pins.0, "r8", 2000), "another conntrack_size");
+    let data = aya::maps::MapData::from_pin(pins.0.join("r8").join(XR_BUILD)).unwrap();
+    let mut build: Array<_, u64> = Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    build.set(0, build_id() ^ 1, 0).unwrap();
+    assert!(!pins_fit(&pins.0, "r8", 1000), "another build's programs");
+    assert!(!pins_fit(&pins.0, "nosuch", 1000));
+    br.detach_and_unpin().unwrap();
+}
+
 /// `bpf(cmd, attr)`; the descriptor or value it returns.
 fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 9]) -> std::io::Result<i64> {
     // SAFETY: a zero-padded union bpf_attr of 72 bytes, the pointers in it
