@@ -631,12 +631,12 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
     c.eq(
         "the FIP session keeps its peer",
         a2.map(|r| r.peer),
-        a.clone(),
+        a,
     );
     c.eq(
         "the SNAT session keeps its external port",
         b2.map(|r| r.peer),
-        b.clone(),
+        b,
     );
     c.reply(
         "after restart: a new vm1 -> ext connection",
