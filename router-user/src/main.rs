@@ -83,10 +83,13 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             ("--state-dir", cli.state_dir.is_some()),
             ("--config-file", !cli.config_files.is_empty()),
         ];
-        if let Some((opt, _)) = given.iter().find(|(_, g)| *g) {
+        let named: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(o, _)| *o).collect();
+        if !named.is_empty() {
+            let opts = named.join(", ");
             anyhow::bail!(
-                "demo: {opt} does not apply: the demo builds its own node config in its \
-                 sandbox and touches no daemon's state (leave {opt} out)"
+                "demo: {opts} {} not apply: the demo builds its own node config in its \
+                 sandbox and touches no daemon's state (leave {opts} out)",
+                if named.len() == 1 { "does" } else { "do" }
             );
         }
     }

@@ -628,11 +628,7 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
         QG,
     );
     let (a, b) = (a.map(|r| r.peer), b.map(|r| r.peer));
-    c.eq(
-        "the FIP session keeps its peer",
-        a2.map(|r| r.peer),
-        a,
-    );
+    c.eq("the FIP session keeps its peer", a2.map(|r| r.peer), a);
     c.eq(
         "the SNAT session keeps its external port",
         b2.map(|r| r.peer),

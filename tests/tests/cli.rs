@@ -87,5 +87,16 @@ fn demo_refuses_the_options_it_would_ignore() {
             out.describe(),
         );
     }
+    let mut cmd = Command::new(xrouter_bin());
+    cmd.args(["demo", "--config", "/a.toml", "--state-dir", "/b"]);
+    let out = tests::cmd::run(&mut cmd, tests::cmd::CMD_TIMEOUT).expect("running xrouter");
+    c.ok(
+        out.code == Some(1)
+            && out
+                .stderr
+                .contains("demo: --config, --state-dir do not apply"),
+        "xrouter demo with two of them: both named",
+        out.describe(),
+    );
     c.finish();
 }

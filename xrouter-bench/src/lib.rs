@@ -334,7 +334,7 @@ pub struct Opts {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
     pub router_cpu: usize,
     /// CPU of the sink (the NAPI threads of the taps it counts on); default:
-    /// the router's, as in the baseline of bench-method.md.
+    /// the router's (the sink's work then counts in the router CPU figure).
     #[arg(long,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
     pub sink_cpu: Option<usize>,
@@ -345,30 +345,36 @@ pub struct Opts {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Run the microbenchmark instead: ns per packet of the data path
-    /// through BPF_PROG_TEST_RUN, no rig.
-    #[arg(long)]
+    /// through BPF_PROG_TEST_RUN, no rig (of the other options only --json
+    /// applies).
+    #[arg(long, conflicts_with_all = [
+        "scale", "changes", "tcp", "rig", "nic_headroom", "cases", "planes", "rounds",
+        "duration", "sweep", "frame", "gen_cpu", "router_cpu", "sink_cpu", "svg",
+        "prog_stats", "connections", "with_gc", "new_connection_rate", "many", "streams",
+        "xrouter",
+    ])]
     pub micro: bool,
     /// Also measure the router's BPF programs' own time per run on the
     /// live traffic (the kernel's run-time statistics, on for the whole
     /// run: every BPF program then pays two clock reads a run, so use it
     /// to see where the time goes, not for the headline figures).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["scale", "changes", "tcp"])]
     pub prog_stats: bool,
     /// Scale: measure the cases (default: snat-1k) on the xdp and tc planes
     /// with the router's connection table pre-filled with --connections live
     /// connections, and report the maps' memory.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["changes", "tcp"])]
     pub scale: bool,
     /// --scale: pre-filled connections, one measurement per entry (k and M
     /// suffixes: 10k = 10,000; 1M = 1,000,000).
     #[arg(long, value_delimiter = ',', value_parser = parse_count,
-          default_value = "0,10k,100k,1M", value_name = "N,...")]
+          default_value = "0,10k,100k,1M", value_name = "N,...", requires = "scale")]
     pub connections: Vec<u32>,
     /// --scale: leave the daemon running while measuring (its GC reads the
     /// table 20 ms of each second, on the CPUs of the generator and the
     /// router); by
     /// default it is paused, so the figures are the data path's.
-    #[arg(long)]
+    #[arg(long, requires = "scale")]
     pub with_gc: bool,
     /// The routers' budget of new connections a second per CPU (node config
     /// `new_connection_rate`; 0: none, to measure what the data path can
@@ -380,12 +386,13 @@ pub struct Opts {
     /// --planes), the time to apply and release 1,000 and --many floating
     /// IPs, from reload to the first packet through a new one, and the
     /// packets a ping flow loses across a daemon restart.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tcp")]
     pub changes: bool,
     /// --changes: the large number of floating IPs (at most what the eBPF
     /// planes' floating-IP map holds).
     #[arg(long, default_value_t = 10_000,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384),
+          requires = "changes")]
     pub many: usize,
     /// Measure bulk TCP instead (iperf3 from VMs through the router: gateway
     /// SNAT, floating IP in and out) per data plane of --planes, for
@@ -394,7 +401,7 @@ pub struct Opts {
     pub tcp: bool,
     /// --tcp: parallel streams per run (iperf3 -P), one run per entry.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 8],
-          value_parser = clap::value_parser!(u32).range(1..=128))]
+          value_parser = clap::value_parser!(u32).range(1..=128), requires = "tcp")]
     pub streams: Vec<u32>,
     /// The xrouter binary that runs the router (default: the one beside
     /// this program).
@@ -808,6 +815,24 @@ mod tests {
             parse(&["--rig", "production"]).unwrap().rig.kinds(),
             [RigKind::Production]
         );
+        // Options of another mode are refused, not ignored.
+        for (args, named) in [
+            (&["--micro", "--rig", "ovs"][..], "--rig"),
+            (&["--micro", "--prog-stats"][..], "--prog-stats"),
+            (&["--tcp", "--micro"][..], "--micro"),
+            (&["--scale", "--tcp"][..], "--tcp"),
+            (&["--streams", "1"][..], "--tcp"),
+            (&["--with-gc"][..], "--scale"),
+            (&["--connections", "10k"][..], "--scale"),
+            (&["--many", "5"][..], "--changes"),
+            (&["--scale", "--prog-stats"][..], "--prog-stats"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(named), "{args:?}: {e}");
+        }
+        assert!(parse(&["--micro", "--json", "x.json"]).is_ok());
+        assert!(parse(&["--scale", "--with-gc", "--connections", "0,1M"]).is_ok());
+        assert!(parse(&["--tcp", "--streams", "1"]).is_ok());
         assert_eq!(
             parse(&["--rig", "all"]).unwrap().rig.kinds(),
             [RigKind::Direct, RigKind::Production, RigKind::Ovs]
