@@ -524,11 +524,25 @@ fn xrouter_bin(opts: &Opts) -> Result<PathBuf> {
     )
 }
 
+/// `1 round`, `3 rounds`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Checks the options every rig run shares.
 fn check_opts(opts: &Opts) -> Result<()> {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if opts.gen_cpu >= ncpu || opts.router_cpu >= ncpu || opts.sink_cpu() >= ncpu {
-        bail!("--gen-cpu/--router-cpu/--sink-cpu must be below {ncpu}");
+    for (opt, cpu) in [
+        ("--gen-cpu", opts.gen_cpu),
+        ("--router-cpu", opts.router_cpu),
+        ("--sink-cpu", opts.sink_cpu()),
+    ] {
+        if cpu >= ncpu {
+            bail!(
+                "{opt} {cpu}: this machine has {ncpu} CPUs, numbered 0 to {}",
+                ncpu - 1
+            );
+        }
     }
     if opts.gen_cpu == opts.router_cpu {
         eprintln!("warning: generator and router share CPU {}", opts.gen_cpu);
@@ -631,14 +645,11 @@ fn run_rig(opts: &Opts) -> Result<()> {
     let per_round: usize = all.iter().map(|&u| todo(u).len()).sum();
     let total = per_round as u32 * opts.rounds;
     println!(
-        "xrouter-bench: {} rounds of {} measurements on the {} rig{}; generator on CPU {}, \
+        "xrouter-bench: {} of {} on the {} rig{}; generator on CPU {}, \
          router on CPU {}, sink on CPU {}; {}-byte frames, {:.1} s flooded{}",
-        opts.rounds,
-        per_round,
-        rigs.iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join(" and "),
+        plural(opts.rounds as usize, "round"),
+        plural(per_round, "measurement"),
+        rigs.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
         if rigs.len() > 1 { "s" } else { "" },
         opts.gen_cpu,
         opts.router_cpu,
@@ -646,7 +657,7 @@ fn run_rig(opts: &Opts) -> Result<()> {
         opts.frame + 4,
         opts.duration,
         if opts.sweep > 0 {
-            format!(" + paced sweep of {} rates", opts.sweep)
+            format!(" + paced sweep of {}", plural(opts.sweep as usize, "rate"))
         } else {
             String::new()
         }

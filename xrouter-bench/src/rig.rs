@@ -174,8 +174,13 @@ fn add_nic(ns: &str, wire: &str, nic: &str, switch: Switch) -> Result<()> {
 /// go there; with the userspace datapath the switching is ovs-vswitchd's
 /// own threads).
 fn start_ovs(ns: &str, dir: &Path, opts: &Opts) -> Result<Ovs> {
-    let o =
-        Ovs::start(ns, dir).context("starting Open vSwitch (is openvswitch-switch installed?)")?;
+    let o = Ovs::start(ns, dir).with_context(|| {
+        if super::stopped() {
+            "starting Open vSwitch: interrupted"
+        } else {
+            "starting Open vSwitch (is openvswitch-switch installed?)"
+        }
+    })?;
     cpu::pin_threads(vswitchd_pid(&o)?, opts.router_cpu)?;
     Ok(o)
 }

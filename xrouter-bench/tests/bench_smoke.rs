@@ -78,6 +78,11 @@ fn bench_runs_one_case_and_writes_json_and_svg() {
     assert_eq!(r["plane"], "xdp", "{v}");
     assert_eq!(r["rig"], "direct", "{v}");
     assert!(
+        r.get("rig_error").is_some(),
+        "each result says its rig error: {r}"
+    );
+    assert_eq!(v["options"]["cases"][0], "east-west", "{v}");
+    assert!(
         r["mpps"]["median"].as_f64().unwrap() > 0.0,
         "nothing reached the sink: {v}"
     );
