@@ -525,7 +525,7 @@ fn xrouter_bin(opts: &Opts) -> Result<PathBuf> {
 }
 
 /// `1 round`, `3 rounds`.
-fn plural(n: usize, what: &str) -> String {
+pub(crate) fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 

@@ -349,10 +349,10 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nMpps delivered at the sink: median (min-max) of {} rounds; {}-byte frames; \
+        "\nMpps delivered at the sink: median (min-max) of {}; {}-byte frames; \
          router CPU = busy time of CPU {} per packet; path = run time of the router-side \
          NAPI threads (and, on the ovs rig, of ovs-vswitchd) per packet",
-        opts.rounds,
+        super::plural(opts.rounds as usize, "round"),
         opts.frame + 4,
         opts.router_cpu
     );
