@@ -584,56 +584,36 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
     let mut c = Checks::new("daemon_restart_keeps_sessions");
     let mut inbound = TcpSession::open(&rig.ns("ext"), sa(FIP, TCP)).expect("ext -> FIP");
     let mut outbound = TcpSession::open(&rig.ns("vm1"), sa(EXT_HOST, TCP)).expect("vm1 -> ext");
-    let a = c.reply(
-        "before: ext -> FIP session",
-        inbound.exchange(),
-        "vm2",
-        EXT_HOST,
-    );
-    let b = c.reply(
-        "before: vm1 -> ext session, SNATed",
-        outbound.exchange(),
-        "ext",
-        QG,
-    );
+    // One exchange on each session, checked: the peers each server saw
+    // (the FIP session's client; the SNAT session's translated address and
+    // port).
+    let mut both = |c: &mut Checks, when: &str| {
+        let a = c.reply(
+            &format!("{when}: ext -> FIP session"),
+            inbound.exchange(),
+            "vm2",
+            EXT_HOST,
+        );
+        let b = c.reply(
+            &format!("{when}: vm1 -> ext session, SNATed"),
+            outbound.exchange(),
+            "ext",
+            QG,
+        );
+        (a.map(|r| r.peer), b.map(|r| r.peer))
+    };
+    let (a, b) = both(&mut c, "before");
     let st = rig.stop_daemon();
     c.ok(
         st.is_some_and(|s| s.success()),
         "daemon exits 0 on SIGTERM",
         st,
     );
-    c.reply(
-        "while stopped: ext -> FIP session",
-        inbound.exchange(),
-        "vm2",
-        EXT_HOST,
-    );
-    c.reply(
-        "while stopped: vm1 -> ext session",
-        outbound.exchange(),
-        "ext",
-        QG,
-    );
+    both(&mut c, "while stopped");
     rig.start();
-    let a2 = c.reply(
-        "after restart: ext -> FIP session",
-        inbound.exchange(),
-        "vm2",
-        EXT_HOST,
-    );
-    let b2 = c.reply(
-        "after restart: vm1 -> ext session",
-        outbound.exchange(),
-        "ext",
-        QG,
-    );
-    let (a, b) = (a.map(|r| r.peer), b.map(|r| r.peer));
-    c.eq("the FIP session keeps its peer", a2.map(|r| r.peer), a);
-    c.eq(
-        "the SNAT session keeps its external port",
-        b2.map(|r| r.peer),
-        b,
-    );
+    let (a2, b2) = both(&mut c, "after restart");
+    c.eq("the FIP session keeps its peer", a2, a);
+    c.eq("the SNAT session keeps its external port", b2, b);
     c.reply(
         "after restart: a new vm1 -> ext connection",
         tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
@@ -653,27 +633,12 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
             rig.daemon_log(),
         );
     }
-    let a3 = c.reply(
-        "after a restart with another conntrack_size: ext -> FIP session",
-        inbound.exchange(),
-        "vm2",
-        EXT_HOST,
-    );
-    let b3 = c.reply(
-        "after a restart with another conntrack_size: vm1 -> ext session",
-        outbound.exchange(),
-        "ext",
-        QG,
-    );
+    let (a3, b3) = both(&mut c, "after a restart with another conntrack_size");
+    c.eq("the FIP session keeps its peer in the new table", a3, a);
     c.eq(
         "the SNAT session keeps its external port in the new table",
-        b3.map(|r| r.peer),
+        b3,
         b,
-    );
-    c.eq(
-        "the FIP session keeps its peer in the new table",
-        a3.map(|r| r.peer),
-        a,
     );
     rig.assert_fast_path(&mut c);
     c.finish();
