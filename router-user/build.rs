@@ -7,6 +7,18 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // The programs are built from router-common too, which is no
+    // build-dependency of ours: cargo would not rebuild them when only it
+    // changed (a struct's layout, a map's flags), leaving an object that
+    // disagrees with this crate's view of the maps.
+    for p in packages
+        .iter()
+        .filter(|p| p.name.as_str() == "router-common")
+    {
+        if let Some(dir) = p.manifest_path.parent() {
+            println!("cargo:rerun-if-changed={dir}");
+        }
+    }
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "router-ebpf")
