@@ -34,6 +34,11 @@ impl CtKey {
     }
 }
 
+/// Map flags of the established connections' table `XR_CT`:
+/// BPF_F_NO_PREALLOC (entries allocated as connections are established).
+/// A pinned table with other flags is replaced (its entries carried over).
+pub const CT_FLAGS: u32 = 1;
+
 pub const CT_ORIGINAL: u8 = 0;
 pub const CT_REPLY: u8 = 1;
 

@@ -109,8 +109,10 @@ pub struct NodeConfig {
     /// Send gratuitous ARP for new addresses.
     pub send_garp: bool,
     /// Connections the eBPF connection table holds per router (an entry per
-    /// direction each). The table is preallocated: about 100 bytes per
-    /// connection. New connections wait in a table a quarter this size
+    /// direction each). Its buckets are reserved (32 bytes per connection);
+    /// entries, about 250 bytes per connection, are allocated as
+    /// connections are established. New connections wait in a table a
+    /// quarter this size (preallocated, about 270 bytes per connection)
     /// until established, so a flood of new ones never evicts established
     /// ones.
     pub conntrack_size: u32,
@@ -228,8 +230,8 @@ pub mod range {
     pub const METADATA_PORT: RangeInclusive<i64> = 1..=65535;
     /// Seconds; 0 disables the periodic resync, at most a day.
     pub const RESYNC_INTERVAL: RangeInclusive<i64> = 0..=86_400;
-    /// Connections per router: the table is preallocated (about 275 bytes
-    /// per connection), so 16M is 4.3 GiB per router.
+    /// Connections per router: 16M is 512 MiB of buckets and 1.1 GiB of
+    /// preallocated embryonic table per router, 4 GiB more when full.
     pub const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=16_777_216;
     /// New connections a second per router and CPU; 0: no limit.
     pub const NEW_CONNECTION_RATE: RangeInclusive<i64> = 0..=100_000_000;

@@ -591,6 +591,43 @@ fn an_earlier_builds_shorter_entries_are_carried_over() {
     br.detach_and_unpin().unwrap();
 }
 
+/// A daemon of this build over an earlier build's preallocated table of
+/// the same entries and size: the table is replaced by one allocated as
+/// connections come (its flags), the connections carried into it.
+#[test]
+fn an_earlier_builds_preallocated_table_is_replaced_and_carried_over() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let [o, r] = gateway_snat_connection();
+    let dir = pins.0.join("r7");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Flags 0: preallocated, as earlier builds made it.
+    pin_old_table(
+        &dir.join(XR_CT),
+        std::mem::size_of::<CtEntry>(),
+        2000,
+        &[o, r],
+    );
+    let old = aya::maps::MapInfo::from_pin(dir.join(XR_CT)).unwrap();
+    assert_eq!(old.map_flags(), 0);
+    let br = BpfRouter::load("r7", &pins.0, 1000).unwrap();
+    assert!(!br.reused_maps().iter().any(|m| m == XR_CT));
+    let new = aya::maps::MapInfo::from_pin(dir.join(XR_CT)).unwrap();
+    assert_eq!(new.map_flags(), router_common::conntrack::CT_FLAGS);
+    assert_ne!(new.id(), old.id(), "a new table");
+    let flows = br.flows().unwrap();
+    assert_eq!(flows.len(), 1, "the connection is carried over");
+    assert_eq!(flows[0].translated.sport, 51123);
+    assert!(flows[0].snat && flows[0].has_reply_entry);
+    drop(br);
+    // Loaded again, the table fits: reused as it is.
+    let br = BpfRouter::load("r7", &pins.0, 1000).unwrap();
+    assert!(br.reused_maps().iter().any(|m| m == XR_CT));
+    br.detach_and_unpin().unwrap();
+}
+
 /// A daemon of this build over the pins of one that had no monitor: the
 /// monitor's maps are added, everything else (the connections) is reused.
 #[test]
