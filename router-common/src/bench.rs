@@ -97,6 +97,11 @@ pub struct MicroConfig {
     pub stage: u32,
     /// 1: a new UDP flow each run (source and destination port from a counter).
     pub new_flow: u32,
+    /// Nonzero (a power of two): each run takes one of this many flows, in
+    /// a scattered order, the destination port `1024 + flow` (wrapping), so
+    /// the connections' entries are spread over the table as many flows' are.
+    pub flows: u32,
+    pub _pad: u32,
 }
 
 /// `MicroConfig::stage`: the whole pipeline, as `xr_xdp` runs it.
@@ -118,7 +123,7 @@ pub const STAGE_NEIGHBOUR: u32 = 6;
 /// Header bytes the microbenchmark restores (Ethernet + IPv4 + L4 header).
 pub const MICRO_HDR: usize = 64;
 
-const _: () = assert!(core::mem::size_of::<MicroConfig>() == MICRO_HDR + 8);
+const _: () = assert!(core::mem::size_of::<MicroConfig>() == MICRO_HDR + 16);
 
 impl Default for MicroConfig {
     fn default() -> Self {
@@ -126,6 +131,8 @@ impl Default for MicroConfig {
             frame: [0; MICRO_HDR],
             stage: STAGE_FULL,
             new_flow: 0,
+            flows: 0,
+            _pad: 0,
         }
     }
 }

@@ -49,6 +49,8 @@ const REPEAT: u32 = 1_000_000;
 /// New flows: fewer runs, each creates a connection (two entries).
 const REPEAT_NEW: u32 = 200_000;
 const RUNS: usize = 5;
+/// Connections of the `snat-64k` case.
+const SPREAD_FLOWS: u32 = 65_536;
 
 fn ip(s: &str) -> [u8; 4] {
     s.parse::<Ipv4Addr>().expect("literal address").octets()
@@ -190,6 +192,9 @@ struct MicroCase {
     /// then used past `ESTABLISH_AFTER_NS`: in `XR_CT`, as a real one);
     /// otherwise a one-way flow stays embryonic in `XR_CT_NEW`.
     established: bool,
+    /// Nonzero: the established connection is copied to this many flows
+    /// (other destination ports) and each run takes the next of them.
+    flows: u32,
 }
 
 fn cases() -> Vec<MicroCase> {
@@ -202,6 +207,7 @@ fn cases() -> Vec<MicroCase> {
             new_flow: false,
             rate: 0,
             established: false,
+            flows: 0,
         },
         MicroCase {
             name: "snat-established",
@@ -211,6 +217,17 @@ fn cases() -> Vec<MicroCase> {
             new_flow: false,
             rate: 0,
             established: true,
+            flows: 0,
+        },
+        MicroCase {
+            name: "snat-64k",
+            what: "gateway SNAT, established, each packet the next of 64k connections",
+            ingress: 0,
+            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            new_flow: false,
+            rate: 0,
+            established: true,
+            flows: SPREAD_FLOWS,
         },
         MicroCase {
             name: "snat-new",
@@ -220,6 +237,7 @@ fn cases() -> Vec<MicroCase> {
             new_flow: true,
             rate: 0,
             established: false,
+            flows: 0,
         },
         MicroCase {
             name: "snat-new-shed",
@@ -230,6 +248,7 @@ fn cases() -> Vec<MicroCase> {
             // One a second: the first run takes it, every later one is shed.
             rate: 1,
             established: false,
+            flows: 0,
         },
         MicroCase {
             name: "dnat",
@@ -239,6 +258,7 @@ fn cases() -> Vec<MicroCase> {
             new_flow: false,
             rate: 0,
             established: true,
+            flows: 0,
         },
         MicroCase {
             name: "fip-out",
@@ -248,6 +268,7 @@ fn cases() -> Vec<MicroCase> {
             new_flow: false,
             rate: 0,
             established: true,
+            flows: 0,
         },
         MicroCase {
             name: "hairpin",
@@ -257,6 +278,7 @@ fn cases() -> Vec<MicroCase> {
             new_flow: false,
             rate: 0,
             established: true,
+            flows: 0,
         },
     ]
 }
@@ -327,13 +349,15 @@ fn reply_to(out: &[u8]) -> Vec<u8> {
 }
 
 /// Sets the frame the programs restore, the stage they stop after, and
-/// whether each run is a new flow.
-fn set_micro(ebpf: &mut Ebpf, frame: &[u8], stage: u32, new_flow: bool) -> Result<()> {
+/// (with a case) whether each run is a new flow or the next of its flows.
+fn set_micro(ebpf: &mut Ebpf, frame: &[u8], stage: u32, c: Option<&MicroCase>) -> Result<()> {
     let mut m: Array<_, MicroConfig> = Array::try_from(map(ebpf, "XRB_MICRO")?)?;
     let mut cfg = MicroConfig {
         frame: [0; MICRO_HDR],
         stage,
-        new_flow: new_flow as u32,
+        new_flow: c.is_some_and(|c| c.new_flow) as u32,
+        flows: c.map_or(0, |c| c.flows),
+        _pad: 0,
     };
     cfg.frame.copy_from_slice(frame);
     m.set(0, cfg, 0)?;
@@ -347,7 +371,7 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
     let ports = [MAC_QR1, MAC_QR2, MAC_QG];
     let cases: Vec<_> = cases.iter().filter(|c| c.established).collect();
     for c in &cases {
-        set_micro(ebpf, &c.frame, STAGE_FULL, false)?;
+        set_micro(ebpf, &c.frame, STAGE_FULL, None)?;
         let (ret, _, out) = run_out(ebpf, MICRO, ifx[c.ingress], &c.frame, 1)?;
         let left = ports.iter().position(|m| out[6..12] == m[..]);
         let (XDP_REDIRECT, Some(left)) = (ret, left) else {
@@ -357,7 +381,7 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
             );
         };
         let reply = reply_to(&out);
-        set_micro(ebpf, &reply, STAGE_FULL, false)?;
+        set_micro(ebpf, &reply, STAGE_FULL, None)?;
         let (ret, _) = run_once(ebpf, MICRO, ifx[left], &reply, 1)?;
         if ret != XDP_REDIRECT {
             bail!(
@@ -380,12 +404,56 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
         })
         .collect();
     for (c, k) in cases.iter().zip(&keys) {
-        set_micro(ebpf, &c.frame, STAGE_FULL, false)?;
+        set_micro(ebpf, &c.frame, STAGE_FULL, None)?;
         run_once(ebpf, MICRO, ifx[c.ingress], &c.frame, 1)?;
         let ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
         if ct.get(k, 0).is_err() {
             bail!("micro case {}: the connection was not established", c.name);
         }
+        if c.flows != 0 {
+            spread(ebpf, k, c.flows)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the established connection of `key` (both entries, its cached
+/// route included) to `flows` connections that differ in the destination
+/// port as `xr_bench_micro` varies it, as if each had been opened by
+/// packets: the case then measures established packets whose entries are
+/// spread over the table's memory.
+fn spread(ebpf: &mut Ebpf, key: &CtKey, flows: u32) -> Result<()> {
+    let mut ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
+    let orig = ct.get(key, 0).context("the connection to spread")?;
+    let rkey = CtKey::new(
+        orig.new_dst,
+        orig.new_src,
+        orig.new_dport,
+        orig.new_sport,
+        key.proto,
+    );
+    let reply = ct.get(&rkey, 0).context("the connection's reply entry")?;
+    for j in 0..flows {
+        let dport = 1024u16.wrapping_add(j as u16).to_be();
+        if dport == key.dport {
+            continue; // the connection itself
+        }
+        let k = CtKey { dport, ..*key };
+        let o = CtEntry {
+            new_dport: dport,
+            ..orig
+        };
+        let rk = CtKey {
+            sport: dport,
+            ..rkey
+        };
+        let r = CtEntry {
+            new_sport: dport,
+            ..reply
+        };
+        ct.insert(k, o, 0)
+            .and_then(|()| ct.insert(rk, r, 0))
+            .with_context(|| format!("spreading a connection: flow {j}"))?;
     }
     Ok(())
 }
@@ -518,7 +586,7 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
             bail!("interrupted");
         }
         super::say(&format!("micro: {table}: {}", c.name));
-        let set = |ebpf: &mut Ebpf, stage: u32| set_micro(ebpf, &c.frame, stage, c.new_flow);
+        let set = |ebpf: &mut Ebpf, stage: u32| set_micro(ebpf, &c.frame, stage, Some(&c));
         let ingress = ifx[c.ingress];
         write_router(&mut ebpf, ifx, &spec, c.rate)?;
         set(&mut ebpf, STAGE_FULL)?;

@@ -356,17 +356,26 @@ fn restore(ctx: &XdpContext) -> Result<u32, u32> {
             (data as *mut u64).add(i).write(w);
         }
     }
-    if cfg.new_flow != 0
+    if (cfg.new_flow != 0 || cfg.flows != 0)
         && let Some(seq) = XRB_MICRO_SEQ.get_ptr_mut(0)
     {
         // SAFETY: per-CPU slot; offsets 34..38 are inside MICRO_HDR.
         unsafe {
             let n = *seq;
             *seq = n + 1;
-            let sport = 1024u16.wrapping_add(n as u16);
-            let dport = 1024u16.wrapping_add((n >> 16) as u16);
-            core::ptr::write_unaligned((data + 34) as *mut [u8; 2], sport.to_be_bytes());
-            core::ptr::write_unaligned((data + 36) as *mut [u8; 2], dport.to_be_bytes());
+            if cfg.new_flow != 0 {
+                let sport = 1024u16.wrapping_add(n as u16);
+                let dport = 1024u16.wrapping_add((n >> 16) as u16);
+                core::ptr::write_unaligned((data + 34) as *mut [u8; 2], sport.to_be_bytes());
+                core::ptr::write_unaligned((data + 36) as *mut [u8; 2], dport.to_be_bytes());
+            } else {
+                // An odd multiplier permutes 0..flows: consecutive runs
+                // take flows far apart, not the neighbours they were
+                // inserted beside (whose entries may share a page).
+                let flow = (n as u32).wrapping_mul(40_503) & cfg.flows.wrapping_sub(1);
+                let dport = 1024u16.wrapping_add(flow as u16);
+                core::ptr::write_unaligned((data + 36) as *mut [u8; 2], dport.to_be_bytes());
+            }
         }
     }
     if stage == STAGE_RESTORE {
