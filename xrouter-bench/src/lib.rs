@@ -284,6 +284,19 @@ impl Case {
     }
 }
 
+/// Packet rate and cost per packet of each xrouter data plane, on a rig of
+/// namespaces (built-in live-frames generator, XDP sink); `--micro`
+/// measures the data path alone, `--scale` with the connection table
+/// pre-filled. Needs root; tears everything down, also on Ctrl-C.
+#[derive(clap::Parser)]
+// Negative numbers reach the options' own checks, which name the option
+// and the range, rather than clap's "unexpected argument".
+#[command(name = "xrouter-bench", version, allow_negative_numbers = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
 /// `xrouter-bench` options.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Opts {
@@ -761,12 +774,6 @@ mod tests {
 
     use super::*;
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        opts: Opts,
-    }
-
     fn parse(args: &[&str]) -> Result<Opts, String> {
         Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
             .map(|c| c.opts)
@@ -790,6 +797,10 @@ mod tests {
             (&["--sink-cpu", "99999"], "0..=4095"),
             (&["--connections", "5M"], "4000000"),
             (&["--connections", "99999999999999999999k"], "want a count"),
+            // Negative numbers reach the same checks.
+            (&["--rounds", "-1"], "1..=100"),
+            (&["--duration", "-2"], "0.2..=60"),
+            (&["--sweep", "-3"], "0..=20"),
         ] {
             let e = match parse(args) {
                 Ok(o) => panic!("{args:?} accepted: {o:?}"),

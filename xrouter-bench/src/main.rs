@@ -5,17 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// Packet rate and cost per packet of each xrouter data plane, on a rig of
-/// namespaces (built-in live-frames generator, XDP sink); `--micro`
-/// measures the data path alone, `--scale` with the connection table
-/// pre-filled. Needs root; tears everything down, also on Ctrl-C.
-#[derive(Parser)]
-#[command(name = "xrouter-bench", version)]
-struct Cli {
-    #[command(flatten)]
-    opts: xrouter_bench::Opts,
-}
+use xrouter_bench::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -156,8 +156,8 @@ pub struct CaseResult {
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct ScaleSummary {
     pub ct_max_entries: u32,
-    /// Memory of the maps (median over rounds; the same every round, the
-    /// maps being preallocated).
+    /// Memory of the maps (median over rounds; the same every round: the
+    /// same connections are pre-filled).
     pub ct_bytes: u64,
     pub maps_bytes: u64,
     pub fill_s: Stat,
@@ -341,8 +341,25 @@ fn pair_veth_drops(drops: Vec<(String, u64)>) -> Vec<(String, u64)> {
 }
 
 fn range(s: &Stat) -> String {
-    format!("{:.2} ({:.2}-{:.2})", s.median, s.min, s.max)
+    format!("{} ({}-{})", mpps(s.median), mpps(s.min), mpps(s.max))
 }
+
+/// A rate in Mpps: two decimals, more below 0.01 (a trickle is not 0.00).
+fn mpps(v: f64) -> String {
+    if v > 0.0 && v < 0.01 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// What the notes column of the tables may hold.
+const NOTES_LEGEND: &str = "notes: the programs' outcomes other than forwarded and \
+     `lost N%` (the share of frames sent that did not arrive; in brackets where the kernel \
+     counted drops: a device's drop counter, or `A -> B` between a device and its peer), \
+     `<program> N ns a run` (--prog-stats), `flood let through` (the flood cases); \
+     RIG ERROR: a router case above its rig's ceiling, so the rig, not the router, was \
+     measured; `-`: not measured";
 
 /// The terminal table.
 pub fn table(results: &[CaseResult], opts: &Opts) -> String {
@@ -356,6 +373,7 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
         opts.frame + 4,
         opts.router_cpu
     );
+    let _ = writeln!(out, "{NOTES_LEGEND}");
     let _ = writeln!(
         out,
         "{:<14} {:<10} {:<9} {:<22} {:<22} {:>12} {:>9}  notes",
@@ -433,8 +451,9 @@ fn above_ceiling(r: &CaseResult, results: &[CaseResult]) -> Option<String> {
                 c => format!("{} ceiling", c.name()),
             };
             format!(
-                "RIG ERROR: above the {} rig's {which} ({m:.2} Mpps)",
-                r.rig.name()
+                "RIG ERROR: above the {} rig's {which} ({} Mpps)",
+                r.rig.name(),
+                mpps(m)
             )
         })
 }
@@ -445,7 +464,7 @@ fn notes(r: &CaseResult) -> String {
     let pct = |(k, f): &(String, f64)| format!("{k} {:.1}%", f * 100.0);
     let mut parts: Vec<String> = Vec::new();
     if let Some(f) = &r.flood_mpps {
-        parts.push(format!("flood let through {:.2} Mpps", f.median));
+        parts.push(format!("flood let through {} Mpps", mpps(f.median)));
     }
     parts.extend(
         r.prog_ns
@@ -491,6 +510,7 @@ pub fn scale_table(results: &[CaseResult], opts: &Opts) -> String {
             "paused"
         }
     );
+    let _ = writeln!(out, "{NOTES_LEGEND}");
     let _ = writeln!(
         out,
         "{:<9} {:<5} {:>6} {:<22} {:>6} {:>12} {:>6} {:>11} {:>11} {:>7} {:>7} {:>7}  notes",
@@ -826,14 +846,23 @@ mod tests {
             "tc is bound by the generator-sink ceiling only"
         );
         assert!(flag(4).is_some_and(|f| f.contains("RIG ERROR") && f.contains("ceiling (3.00")));
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            opts: Opts,
-        }
-        let opts = <Cli as clap::Parser>::parse_from(["bench"]).opts;
+        let opts = <crate::Cli as clap::Parser>::parse_from(["bench"]).opts;
         let t = table(&results, &opts);
         assert!(t.contains("RIG ERROR"), "{t}");
+        // The header says what the notes column holds.
+        assert!(t.contains("notes: ") && t.contains("`A -> B`"), "{t}");
+    }
+
+    /// A trickle shows its digits, not 0.00.
+    #[test]
+    fn low_rates_keep_their_digits() {
+        assert_eq!(mpps(1.234), "1.23");
+        assert_eq!(mpps(0.0123), "0.01");
+        assert_eq!(mpps(0.00412), "0.0041");
+        assert_eq!(mpps(0.0), "0.00");
+        let mut r = result(Case::Snat1, Some(Plane::Tc), 0.0021);
+        r.mpps.min = 0.0019;
+        assert_eq!(range(&r.mpps), "0.0021 (0.0019-0.0021)");
     }
 
     /// Where a switch bounds the ceiling and the router alike (the ovs
