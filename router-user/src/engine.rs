@@ -1125,6 +1125,9 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
     }
+    // The state directory too, if nothing else is in it (a running
+    // daemon's socket, an operator's file).
+    let _ = std::fs::remove_dir(&node.state_dir);
     Ok(ch)
 }
 

@@ -65,6 +65,46 @@ fn closed_stdout_is_not_a_panic() {
     c.finish();
 }
 
+/// `xrouter cleanup` leaves no empty state directory behind, and keeps
+/// one that holds something else.
+#[test]
+fn cleanup_removes_its_empty_state_dir() {
+    let mut c = Checks::new("cleanup_removes_its_empty_state_dir");
+    let dir = TempDir::new(&format!("cleanup-{}", names::tag()));
+    for other in [None, Some("operator-notes.txt")] {
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        if let Some(f) = other {
+            std::fs::write(state.join(f), "mine\n").unwrap();
+        }
+        let node = dir.path().join("node.toml");
+        std::fs::write(
+            &node,
+            format!(
+                "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"iptables\"\n",
+                state.display(),
+                dir.path().join("pins").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(xrouter_bin())
+            .args(["--config", node.to_str().unwrap(), "cleanup"])
+            .output()
+            .expect("running xrouter");
+        c.ok(out.status.success(), "cleanup succeeds", &out);
+        match other {
+            None => c.ok(!state.exists(), "the empty state dir is removed", &state),
+            Some(f) => c.ok(
+                state.join(f).exists(),
+                "a state dir with another file stays, the file too",
+                &state,
+            ),
+        };
+        let _ = std::fs::remove_dir_all(&state);
+    }
+    c.finish();
+}
+
 /// The demo builds its own node config: an operator's `--config`,
 /// `--state-dir` or `--config-file` would be ignored, so each is refused,
 /// named, before anything is built or read.
