@@ -49,7 +49,7 @@ const REPEAT: u32 = 1_000_000;
 /// New flows: fewer runs, each creates a connection (two entries).
 const REPEAT_NEW: u32 = 200_000;
 const RUNS: usize = 5;
-/// Connections of the `snat-64k` case.
+/// Connections of the `snat-64k` case (`snat-1k`: 1024).
 const SPREAD_FLOWS: u32 = 65_536;
 
 fn ip(s: &str) -> [u8; 4] {
@@ -218,6 +218,16 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: true,
             flows: 0,
+        },
+        MicroCase {
+            name: "snat-1k",
+            what: "gateway SNAT, established, each packet the next of 1k connections",
+            ingress: 0,
+            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            new_flow: false,
+            rate: 0,
+            established: true,
+            flows: 1024,
         },
         MicroCase {
             name: "snat-64k",
