@@ -223,21 +223,34 @@ fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
     let me = *e;
     // Main table first, then out of the embryonic one: a concurrent lookup
     // finds the connection in one or the other all along.
-    if maps::XR_CT.insert(k, &me, BPF_ANY as u64).is_err() {
-        e.flags |= CT_F_STAY;
-        maps::event(CtEvent::PromoteFull);
+    if let Err(err) = maps::XR_CT.insert(k, &me, BPF_ANY as u64) {
+        not_promoted(e, err);
         return;
     }
-    if maps::XR_CT.insert(&pk, &pe, BPF_ANY as u64).is_err() {
+    if let Err(err) = maps::XR_CT.insert(&pk, &pe, BPF_ANY as u64) {
         let _ = maps::XR_CT.remove(k);
-        e.flags |= CT_F_STAY;
-        maps::event(CtEvent::PromoteFull);
+        not_promoted(e, err);
         return;
     }
     let _ = maps::XR_CT_NEW.remove(k);
     let _ = maps::XR_CT_NEW.remove(&pk);
     maps::event(CtEvent::Promoted);
 }
+
+/// A promotion that failed: with the main table full the connection stays
+/// embryonic for good (no retry per packet); any other failure (the
+/// kernel short of memory for a new entry: `XR_CT` is not preallocated)
+/// is retried by the connection's next packet.
+#[inline(always)]
+fn not_promoted(e: &mut CtEntry, err: i32) {
+    if err == -E2BIG {
+        e.flags |= CT_F_STAY;
+        maps::event(CtEvent::PromoteFull);
+    }
+}
+
+/// errno of a map insert into a full hash map.
+const E2BIG: i32 = 7;
 
 /// Whether one more new connection fits this CPU's budget.
 #[inline(always)]
