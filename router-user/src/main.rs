@@ -226,15 +226,25 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
+            // Left by a daemon that was killed: nothing answers on it. (First,
+            // so an otherwise empty state directory goes too.)
+            let stale = std::fs::remove_file(node.socket_path()).is_ok();
+            let recorded = node.state_file().exists();
             let mut ch = router_user::engine::cleanup(&node).await?;
-            // Left by a daemon that was killed: nothing answers on it.
-            if std::fs::remove_file(node.socket_path()).is_ok() {
+            if stale {
                 ch.items.push(format!(
                     "removed the stale control socket {}",
                     node.socket_path().display()
                 ));
             }
             outln!("cleanup: {} removed", text::count(ch.len(), "item"))?;
+            if !recorded {
+                errln!(
+                    "xrouter: cleanup: no state file at {}: nothing recorded to remove \
+                     (another --state-dir or --config?)",
+                    node.state_file().display()
+                );
+            }
             for item in &ch.items {
                 outln!("  {item}")?;
             }

@@ -65,17 +65,26 @@ fn closed_stdout_is_not_a_panic() {
     c.finish();
 }
 
-/// `xrouter cleanup` leaves no empty state directory behind, and keeps
-/// one that holds something else.
+/// `xrouter cleanup` leaves no empty state directory behind (a killed
+/// daemon's stale socket included), keeps one that holds something else,
+/// and says when it found no state file to go by.
 #[test]
 fn cleanup_removes_its_empty_state_dir() {
     let mut c = Checks::new("cleanup_removes_its_empty_state_dir");
     let dir = TempDir::new(&format!("cleanup-{}", names::tag()));
-    for other in [None, Some("operator-notes.txt")] {
+    for (other, stale_socket) in [
+        (None, false),
+        (None, true),
+        (Some("operator-notes.txt"), false),
+    ] {
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).unwrap();
         if let Some(f) = other {
             std::fs::write(state.join(f), "mine\n").unwrap();
+        }
+        if stale_socket {
+            // Bound, then closed: the file stays, nothing answers on it.
+            drop(std::os::unix::net::UnixListener::bind(state.join("xrouter.sock")).unwrap());
         }
         let node = dir.path().join("node.toml");
         std::fs::write(
@@ -91,7 +100,23 @@ fn cleanup_removes_its_empty_state_dir() {
             .args(["--config", node.to_str().unwrap(), "cleanup"])
             .output()
             .expect("running xrouter");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
         c.ok(out.status.success(), "cleanup succeeds", &out);
+        c.ok(
+            stderr.contains("no state file at"),
+            "cleanup says it found no state file",
+            &stderr,
+        );
+        if stale_socket {
+            c.ok(
+                stdout.contains("removed the stale control socket"),
+                "the stale socket is removed",
+                &stdout,
+            );
+        }
         match other {
             None => c.ok(!state.exists(), "the empty state dir is removed", &state),
             Some(f) => c.ok(
