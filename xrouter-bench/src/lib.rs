@@ -315,16 +315,17 @@ pub struct Opts {
     /// bytes (64: a NIC driver's skb, NET_SKB_PAD; 256: as much as XDP
     /// wants, so a veth's XDP need not copy them).
     #[arg(long, default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(range::HEADROOM))]
+          value_parser = ranged::<{ *range::HEADROOM.start() }, { *range::HEADROOM.end() }, u32>)]
     pub nic_headroom: u32,
     /// Traffic cases (default: all but east-west-1k and snat-1).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub cases: Vec<Case>,
-    /// Rounds: every case runs once per round; figures are medians (five,
-    /// as in the reference method: this host's rates fall into fast and slow
-    /// modes, and three rounds too often take their median from one mode).
+    /// Rounds: every case runs once per round; figures are medians (by
+    /// default five: this host's rates fall into fast and slow modes, and
+    /// three rounds too often take their median from one mode; the figures
+    /// in the docs say how many rounds they used).
     #[arg(long, default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(range::ROUNDS))]
+          value_parser = ranged::<{ *range::ROUNDS.start() }, { *range::ROUNDS.end() }, u32>)]
     pub rounds: u32,
     /// Seconds each flooded measurement lasts (after a warm-up), 0.2 to 60.
     #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
@@ -332,24 +333,24 @@ pub struct Opts {
     /// Paced sweep: number of offered rates tried after the flooded run
     /// (0: flooded only). Each step lasts a third of --duration.
     #[arg(long, default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(range::SWEEP))]
+          value_parser = ranged::<{ *range::SWEEP.start() }, { *range::SWEEP.end() }, u32>)]
     pub sweep: u32,
     /// Frame size in bytes, without FCS (60 = 64-byte frames on the wire).
     #[arg(long, default_value_t = 60,
-          value_parser = clap::value_parser!(u16).range(range::FRAME))]
+          value_parser = ranged::<{ *range::FRAME.start() }, { *range::FRAME.end() }, u16>)]
     pub frame: u16,
     /// CPU of the generator.
     #[arg(long, default_value_t = 0,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
+          value_parser = ranged::<{ *range::CPU.start() }, { *range::CPU.end() }, usize>)]
     pub gen_cpu: usize,
     /// CPU of the router (the NAPI threads of its ports).
     #[arg(long, default_value_t = 1,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
+          value_parser = ranged::<{ *range::CPU.start() }, { *range::CPU.end() }, usize>)]
     pub router_cpu: usize,
     /// CPU of the sink (the NAPI threads of the taps it counts on); default:
     /// the router's (the sink's work then counts in the router CPU figure).
     #[arg(long,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(range::CPU))]
+          value_parser = ranged::<{ *range::CPU.start() }, { *range::CPU.end() }, usize>)]
     pub sink_cpu: Option<usize>,
     /// Write every sample and the medians as JSON.
     #[arg(long, value_name = "FILE")]
@@ -376,7 +377,7 @@ pub struct Opts {
     /// Scale: measure the cases (default: snat-1k) on the xdp and tc planes
     /// with the router's connection table pre-filled with --connections live
     /// connections, and report the maps' memory.
-    #[arg(long, conflicts_with_all = ["changes", "tcp"])]
+    #[arg(long, conflicts_with_all = ["changes", "tcp", "rig", "nic_headroom"])]
     pub scale: bool,
     /// --scale: pre-filled connections, one measurement per entry (k and M
     /// suffixes: 10k = 10,000; 1M = 1,000,000).
@@ -393,28 +394,33 @@ pub struct Opts {
     /// `new_connection_rate`; 0: none, to measure what the data path can
     /// open). Default: the node config's default, 100000.
     #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+          value_parser = ranged::<0, 100_000_000, u32>)]
     pub new_connection_rate: Option<u32>,
     /// Measure live changes instead: per data plane (xdp, tc, iptables of
     /// --planes), the time to apply and release 1,000 and --many floating
     /// IPs, from reload to the first packet through a new one, and the
     /// packets a ping flow loses across a daemon restart.
-    #[arg(long, conflicts_with = "tcp")]
+    #[arg(long, conflicts_with_all = [
+        "tcp", "rig", "nic_headroom", "cases", "rounds", "duration", "sweep", "frame",
+        "gen_cpu", "router_cpu", "sink_cpu", "json", "svg", "new_connection_rate",
+    ])]
     pub changes: bool,
     /// --changes: the large number of floating IPs (at most what the eBPF
     /// planes' floating-IP map holds).
     #[arg(long, default_value_t = 10_000,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16384),
-          requires = "changes")]
+          value_parser = ranged::<1, 16384, usize>, requires = "changes")]
     pub many: usize,
     /// Measure bulk TCP instead (iperf3 from VMs through the router: gateway
     /// SNAT, floating IP in and out) per data plane of --planes, for
     /// --duration seconds (rounded up) per run, --rounds times.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = [
+        "rig", "nic_headroom", "cases", "sweep", "frame", "gen_cpu", "router_cpu", "sink_cpu",
+        "svg", "new_connection_rate",
+    ])]
     pub tcp: bool,
     /// --tcp: parallel streams per run (iperf3 -P), one run per entry.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 8],
-          value_parser = clap::value_parser!(u32).range(1..=128), requires = "tcp")]
+          value_parser = ranged::<1, 128, u32>, requires = "tcp")]
     pub streams: Vec<u32>,
     /// The xrouter binary that runs the router (default: the one beside
     /// this program).
@@ -440,10 +446,23 @@ pub mod range {
     /// buffer holds).
     pub const FRAME: RangeInclusive<i64> = 60..=1500;
     /// Checked against the CPUs of this machine when the bench starts.
-    pub const CPU: RangeInclusive<u64> = 0..=4095;
+    pub const CPU: RangeInclusive<i64> = 0..=4095;
     /// Headroom the generator leaves (the kernel keeps an xdp_frame, 40
     /// bytes, in front; 256 is a live frame's own).
     pub const HEADROOM: RangeInclusive<i64> = 64..=256;
+}
+
+/// A whole number in `LO..=HI`: the error names the range whatever was
+/// wrong (a sign, a fraction, a word, too large).
+fn ranged<const LO: i64, const HI: i64, T: TryFrom<i64>>(s: &str) -> Result<T, String> {
+    let v: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("want a whole number in {LO}..={HI}"))?;
+    if !(LO..=HI).contains(&v) {
+        return Err(format!("{v} is not in {LO}..={HI}"));
+    }
+    T::try_from(v).map_err(|_| format!("{v} is not in {LO}..={HI}"))
 }
 
 /// Seconds as a decimal number within [`range::DURATION`].
@@ -471,9 +490,12 @@ fn parse_count(s: &str) -> Result<u32, String> {
         Some((i, 'm' | 'M')) => (&t[..i], 1_000_000u64),
         _ => (t, 1u64),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "want a count such as 10000, 10k or 1M".to_string())?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!(
+            "want a count from 0 to {} such as 10000, 10k or 1M",
+            scale::MAX_CONNECTIONS
+        )
+    })?;
     let n = n.saturating_mul(mul);
     if n > scale::MAX_CONNECTIONS as u64 {
         return Err(format!("at most {} connections", scale::MAX_CONNECTIONS));
@@ -721,7 +743,7 @@ fn run_rig(opts: &Opts) -> Result<()> {
             }
         }
     }
-    eprint!("\r{:80}\r", "");
+    end_progress();
     let results = report::summarize(&samples);
     println!("{}", report::table(&results, opts));
     write_files(&results, &samples, opts)
@@ -740,11 +762,30 @@ fn write_files(results: &[report::CaseResult], samples: &[Sample], opts: &Opts) 
     Ok(())
 }
 
-/// Replaces the progress line with `line`.
+/// Replaces the progress line with `line`. When standard error is no
+/// terminal (a log), each shown line is a line of its own, at most one
+/// every two seconds, so a long run's log stays readable.
 fn say(line: &str) {
-    use std::io::Write as _;
-    eprint!("\r{line:<79}");
-    let _ = std::io::stderr().flush();
+    use std::io::{IsTerminal as _, Write as _};
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{line:<79}");
+        let _ = std::io::stderr().flush();
+        return;
+    }
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+        *last = Some(Instant::now());
+        eprintln!("{}", line.trim_end());
+    }
+}
+
+/// Clears the progress line (on a terminal; a log has none).
+fn end_progress() {
+    use std::io::IsTerminal as _;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{:100}\r", "");
+    }
 }
 
 fn progress(
@@ -756,16 +797,14 @@ fn progress(
     plane: Option<Plane>,
     case: Case,
 ) {
-    use std::io::Write as _;
-    eprint!(
-        "\r[{done}/{total}] {:>4.0} s  round {}  {:<10} {:<9} {:<14}",
+    say(&format!(
+        "[{done}/{total}] {:>4.0} s  round {}  {:<10} {:<9} {:<14}",
         t0.elapsed().as_secs_f64(),
         round + 1,
         kind.name(),
         plane.map_or("rig", Plane::name),
         case.name()
-    );
-    let _ = std::io::stderr().flush();
+    ));
 }
 
 #[cfg(test)]
@@ -797,17 +836,25 @@ mod tests {
             (&["--sink-cpu", "99999"], "0..=4095"),
             (&["--connections", "5M"], "4000000"),
             (&["--connections", "99999999999999999999k"], "want a count"),
-            // Negative numbers reach the same checks.
+            // Negative numbers, fractions and words reach the same checks.
             (&["--rounds", "-1"], "1..=100"),
+            (&["--rounds", "1.5"], "1..=100"),
             (&["--duration", "-2"], "0.2..=60"),
             (&["--sweep", "-3"], "0..=20"),
+            (&["--gen-cpu", "-1"], "0..=4095"),
+            (&["--sink-cpu", "abc"], "0..=4095"),
+            (&["--changes", "--many", "-1"], "1..=16384"),
+            (&["--tcp", "--streams", "0"], "1..=128"),
+            (&["--new-connection-rate", "-5"], "0..=100000000"),
+            (&["--scale", "--connections", "-5"], "4000000"),
         ] {
             let e = match parse(args) {
                 Ok(o) => panic!("{args:?} accepted: {o:?}"),
                 Err(e) => e,
             };
+            let (opt, val) = (args[args.len() - 2], args[args.len() - 1]);
             assert!(
-                e.contains(args[0]) && e.contains(args[1]) && e.contains(allowed),
+                e.contains(opt) && e.contains(val) && e.contains(allowed),
                 "{args:?}: {e}"
             );
         }
@@ -848,6 +895,14 @@ mod tests {
             (&["--connections", "10k"][..], "--scale"),
             (&["--many", "5"][..], "--changes"),
             (&["--scale", "--prog-stats"][..], "--prog-stats"),
+            (&["--scale", "--rig", "ovs"][..], "--rig"),
+            (&["--scale", "--nic-headroom", "128"][..], "--nic-headroom"),
+            (&["--tcp", "--rig", "direct"][..], "--rig"),
+            (&["--tcp", "--cases", "snat-1k"][..], "--cases"),
+            (&["--tcp", "--sweep", "2"][..], "--sweep"),
+            (&["--changes", "--rig", "direct"][..], "--rig"),
+            (&["--changes", "--sweep", "0"][..], "--sweep"),
+            (&["--changes", "--json", "x.json"][..], "--json"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(named), "{args:?}: {e}");

@@ -122,8 +122,9 @@ fn table(rows: &[Row]) -> String {
         out,
         "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs of \
          {REPEAT} repetitions ({REPEAT_NEW} for new flows), 64-byte UDP frames; ns/packet is \
-         the whole pipeline less the wrapper's header restore; stages are cumulative \
-         differences"
+         the whole pipeline less the wrapper's header restore; each stage is the difference \
+         to the stage before (a stage smaller than the runs' spread can come out negative: \
+         noise, not a gain)"
     );
     let (ct, ct_new) = table_sizes();
     let mut last = "";
@@ -142,11 +143,11 @@ fn table(rows: &[Row]) -> String {
             for (name, _) in r.deltas() {
                 let _ = write!(out, " {name:>12}");
             }
-            let _ = writeln!(out, "  {:<9}", "verdict");
+            let _ = writeln!(out, "  {:<9} what", "verdict");
         }
-        let _ = write!(out, "{:<18} {:>9.1}", r.name, r.ns());
+        let _ = write!(out, "{:<18} {:>9.0}", r.name, r.ns());
         for (_, v) in r.deltas() {
-            let _ = write!(out, " {v:>12.1}");
+            let _ = write!(out, " {v:>12.0}");
         }
         let verdict = match r.verdict {
             XDP_REDIRECT => "redirect".to_string(),

@@ -497,11 +497,11 @@ pub fn scale_table(results: &[CaseResult], opts: &Opts) -> String {
     let _ = writeln!(
         out,
         "\nMpps delivered at the sink with the connection table pre-filled (+N live TCP \
-         connections, two entries each): median (min-max) of {} rounds; {}-byte frames; \
+         connections, two entries each): median (min-max) of {}; {}-byte frames; \
          router CPU = busy time of CPU {} per packet; memory = the kernel's memlock figure; \
          GC pass = one whole read of the table the daemon's way (it spreads it, 20 ms each second); daemon = \
          its CPU use while measuring ({})",
-        opts.rounds,
+        super::plural(opts.rounds as usize, "round"),
         opts.frame + 4,
         opts.router_cpu,
         if opts.with_gc {

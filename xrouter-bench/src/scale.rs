@@ -282,11 +282,11 @@ pub fn run(opts: &Opts) -> Result<()> {
     let per_round = (planes.len() * levels.len() * cases.len()) as u32;
     let total = per_round * opts.rounds;
     println!(
-        "xrouter-bench --scale: {} rounds of {} measurements ({} on {} with +{} connections; \
+        "xrouter-bench --scale: {} of {} ({} on {} with +{} connections; \
          table sized +{} connections; daemon {}); generator on CPU {}, router on CPU {}, sink on \
          CPU {}; {}-byte frames, {:.1} s flooded{}",
-        opts.rounds,
-        per_round,
+        super::plural(opts.rounds as usize, "round"),
+        super::plural(per_round as usize, "measurement"),
         cases.iter().map(|c| c.name()).collect::<Vec<_>>().join(","),
         planes
             .iter()
@@ -391,7 +391,7 @@ pub fn run(opts: &Opts) -> Result<()> {
             }
         }
     }
-    eprint!("\r{:100}\r", "");
+    super::end_progress();
     let results = report::summarize(&samples);
     println!("{}", report::scale_table(&results, opts));
     super::write_files(&results, &samples, opts)

@@ -36,6 +36,8 @@ enum Cmd {
     /// `--cases ...`); `--agent` runs the agent-mode figures instead
     /// (RabbitMQ and the stand-in neutron-server in namespaces);
     /// `--metadata` the metadata proxy against Neutron's haproxy.
+    /// `cargo xtask bench --help` is the benchmark's own help.
+    #[command(disable_help_flag = true)]
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
