@@ -5,6 +5,22 @@ use std::process::Command;
 
 use tests::{Checks, RouterSpec, TempDir, article::*, names, routers_json, xrouter_bin};
 
+/// A node config in `dir` for the iptables plane, its state in
+/// `dir/state` and pins in `dir/pins`; its path.
+fn node_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let node = dir.join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"iptables\"\n",
+            dir.join("state").display(),
+            dir.join("pins").display()
+        ),
+    )
+    .unwrap();
+    node
+}
+
 /// Every command that prints exits quietly when its standard output is
 /// closed (`xrouter show | head`): status 0, or killed by SIGPIPE as other
 /// tools are, and never a panic.
@@ -12,17 +28,7 @@ use tests::{Checks, RouterSpec, TempDir, article::*, names, routers_json, xroute
 fn closed_stdout_is_not_a_panic() {
     let mut c = Checks::new("closed_stdout_is_not_a_panic");
     let dir = TempDir::new(&format!("pipe-{}", names::tag()));
-    let state = dir.path().join("state");
-    let node = dir.path().join("node.toml");
-    std::fs::write(
-        &node,
-        format!(
-            "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"iptables\"\n",
-            state.display(),
-            dir.path().join("pins").display()
-        ),
-    )
-    .unwrap();
+    let node = node_config(dir.path());
     let routers = dir.path().join("routers.json");
     let ext = tests::Network::new("ext", EXT, Some(EXT_GW));
     let net1 = tests::Network::new("net1", NET1, Some(QR1));
@@ -86,16 +92,7 @@ fn cleanup_removes_its_empty_state_dir() {
             // Bound, then closed: the file stays, nothing answers on it.
             drop(std::os::unix::net::UnixListener::bind(state.join("xrouter.sock")).unwrap());
         }
-        let node = dir.path().join("node.toml");
-        std::fs::write(
-            &node,
-            format!(
-                "state_dir = \"{}\"\npin_dir = \"{}\"\ndataplane = \"iptables\"\n",
-                state.display(),
-                dir.path().join("pins").display()
-            ),
-        )
-        .unwrap();
+        let node = node_config(dir.path());
         let out = Command::new(xrouter_bin())
             .args(["--config", node.to_str().unwrap(), "cleanup"])
             .output()
