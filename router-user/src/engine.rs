@@ -1127,7 +1127,12 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
     }
     // The state directory too, if nothing else is in it (a running
     // daemon's socket, an operator's file).
-    let _ = std::fs::remove_dir(&node.state_dir);
+    if std::fs::remove_dir(&node.state_dir).is_ok() {
+        ch.note(format!(
+            "removed the empty state directory {}",
+            node.state_dir.display()
+        ));
+    }
     Ok(ch)
 }
 

@@ -232,10 +232,13 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let recorded = node.state_file().exists();
             let mut ch = router_user::engine::cleanup(&node).await?;
             if stale {
-                ch.items.push(format!(
-                    "removed the stale control socket {}",
-                    node.socket_path().display()
-                ));
+                ch.items.insert(
+                    0,
+                    format!(
+                        "removed the stale control socket {}",
+                        node.socket_path().display()
+                    ),
+                );
             }
             outln!("cleanup: {} removed", text::count(ch.len(), "item"))?;
             if !recorded {

@@ -115,7 +115,11 @@ fn cleanup_removes_its_empty_state_dir() {
             );
         }
         match other {
-            None => c.ok(!state.exists(), "the empty state dir is removed", &state),
+            None => c.ok(
+                !state.exists() && stdout.contains("removed the empty state directory"),
+                "the empty state dir is removed, and said so",
+                (&state, &stdout),
+            ),
             Some(f) => c.ok(
                 state.join(f).exists(),
                 "a state dir with another file stays, the file too",

@@ -304,8 +304,8 @@ pub fn run(bin: &Path, planes: &[String], n_big: usize) -> Result<()> {
         "plane",
         "+1k FIPs",
         "-1k FIPs",
-        format!("+{}k FIPs", n_big / 1000),
-        format!("-{}k FIPs", n_big / 1000),
+        format!("+{} FIPs", crate::report::count(n_big as u32)),
+        format!("-{} FIPs", crate::report::count(n_big as u32)),
         "reload->1st pkt",
         "restart: lost/sent"
     );
