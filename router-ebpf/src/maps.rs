@@ -9,8 +9,7 @@ use aya_ebpf::{
 };
 use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
-    conntrack::CT_FLAGS,
-    conntrack::{CtEntry, CtKey, FragEntry, FragKey},
+    conntrack::{CT_FLAGS, CtEntry, CtKey, FragEntry, FragKey},
     counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl, MonitorEvent},
     port::{LocalAddr, Neigh, NeighKey, PORT_SLOTS, PortInfo},
