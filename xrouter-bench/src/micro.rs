@@ -13,7 +13,7 @@ use std::{net::Ipv4Addr, process::Command, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
@@ -22,6 +22,7 @@ use router_common::{
         STAGE_NEIGHBOUR, STAGE_PARSE, STAGE_RESTORE,
     },
     conntrack::{CtEntry, CtKey, ESTABLISH_AFTER_NS},
+    counters::CtEvent,
     port::{Neigh, NeighKey},
 };
 use serde_json::json;
@@ -194,8 +195,14 @@ struct MicroCase {
     /// otherwise a one-way flow stays embryonic in `XR_CT_NEW`.
     established: bool,
     /// Nonzero: the established connection is copied to this many flows
-    /// (other destination ports) and each run takes the next of them.
+    /// (other destination ports) and each run takes one of them, in a
+    /// scattered order.
     flows: u32,
+}
+
+/// The gateway-SNAT cases' first packet: VM1 to an external host.
+fn snat_frame() -> Vec<u8> {
+    udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80)
 }
 
 fn cases() -> Vec<MicroCase> {
@@ -214,7 +221,7 @@ fn cases() -> Vec<MicroCase> {
             name: "snat-established",
             what: "gateway SNAT, connection established",
             ingress: 0,
-            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            frame: snat_frame(),
             new_flow: false,
             rate: 0,
             established: true,
@@ -222,9 +229,9 @@ fn cases() -> Vec<MicroCase> {
         },
         MicroCase {
             name: "snat-1k",
-            what: "gateway SNAT, established, each packet the next of 1k connections",
+            what: "gateway SNAT, established, packets spread over 1k connections",
             ingress: 0,
-            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            frame: snat_frame(),
             new_flow: false,
             rate: 0,
             established: true,
@@ -232,9 +239,9 @@ fn cases() -> Vec<MicroCase> {
         },
         MicroCase {
             name: "snat-64k",
-            what: "gateway SNAT, established, each packet the next of 64k connections",
+            what: "gateway SNAT, established, packets spread over 64k connections",
             ingress: 0,
-            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            frame: snat_frame(),
             new_flow: false,
             rate: 0,
             established: true,
@@ -244,7 +251,7 @@ fn cases() -> Vec<MicroCase> {
             name: "snat-new",
             what: "gateway SNAT, a new connection every packet",
             ingress: 0,
-            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            frame: snat_frame(),
             new_flow: true,
             rate: 0,
             established: false,
@@ -254,7 +261,7 @@ fn cases() -> Vec<MicroCase> {
             name: "snat-new-shed",
             what: "a new connection every packet, over the budget: dropped and counted",
             ingress: 0,
-            frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80),
+            frame: snat_frame(),
             new_flow: true,
             // One a second: the first run takes it, every later one is shed.
             rate: 1,
@@ -428,6 +435,13 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
     Ok(())
 }
 
+/// Connections created so far (`XR_CT_EVENTS`, all CPUs).
+fn created(ebpf: &mut Ebpf) -> Result<u64> {
+    let ev: PerCpuArray<_, u64> = PerCpuArray::try_from(map(ebpf, "XR_CT_EVENTS")?)?;
+    let per_cpu = ev.get(&(CtEvent::Created as u32), 0)?;
+    Ok(per_cpu.iter().sum())
+}
+
 /// Copies the established connection of `key` (both entries, its cached
 /// route included) to `flows` connections that differ in the destination
 /// port as `xr_bench_micro` varies it, as if each had been opened by
@@ -436,13 +450,7 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
 fn spread(ebpf: &mut Ebpf, key: &CtKey, flows: u32) -> Result<()> {
     let mut ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
     let orig = ct.get(key, 0).context("the connection to spread")?;
-    let rkey = CtKey::new(
-        orig.new_dst,
-        orig.new_src,
-        orig.new_dport,
-        orig.new_sport,
-        key.proto,
-    );
+    let rkey = orig.partner(key);
     let reply = ct.get(&rkey, 0).context("the connection's reply entry")?;
     for j in 0..flows {
         let dport = 1024u16.wrapping_add(j as u16).to_be();
@@ -608,6 +616,7 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
             verdict = run_once(&ebpf, MICRO, ingress, &c.frame, 1)?.0;
         }
         let repeat = if c.new_flow { REPEAT_NEW } else { REPEAT };
+        let opened = created(&mut ebpf)?;
         let mut stages = Vec::new();
         for (name, stage) in STAGES {
             set(&mut ebpf, stage)?;
@@ -625,6 +634,11 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
                 runs.push(ns);
             }
             stages.push(median(runs));
+        }
+        // An established case that opened connections measured new ones
+        // (a spread connection not found), whatever its verdict says.
+        if !c.new_flow && created(&mut ebpf)? != opened {
+            bail!("micro case {}: its packets opened new connections", c.name);
         }
         rows.push(Row {
             table,
