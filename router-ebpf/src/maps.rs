@@ -12,8 +12,8 @@ use router_common::{
     conntrack::{CT_FLAGS, CtEntry, CtKey, FragEntry, FragKey},
     counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl, MonitorEvent},
-    port::{LocalAddr, Neigh, NeighKey, PORT_SLOTS, PortInfo},
-    route::Route,
+    port::{LocalAddr, LocalHint, Neigh, NeighKey, PORT_SLOTS, PortInfo},
+    route::{DST_CACHE_SLOTS, DstRoute, Route},
 };
 
 /// ifindex (u32) -> port (qr-/qg-) of this router.
@@ -31,9 +31,21 @@ pub static XR_PORT_SLOTS: Array<PortInfo, { PORT_SLOTS as usize }> = Array::new(
 #[btf_map]
 pub static XR_LOCAL: HashMap<LocalAddr, u32, 20480> = HashMap::new();
 
+/// Which addresses are surely not in `XR_LOCAL` (index 0; see
+/// [`LocalHint`]): an array lookup the verifier inlines, in front of that
+/// hash lookup.
+#[btf_map]
+pub static XR_LOCAL_HINT: Array<LocalHint, 1> = Array::new();
+
 /// IPv4 routes: connected subnets, extra routes (ECMP), default.
 #[btf_map]
 pub static XR_ROUTES: LpmTrie<[u8; 4], Route, 4096> = LpmTrie::new();
+
+/// Per CPU, the route and next hop's MAC of recent destinations
+/// ([`DstRoute`]): a packet from an internal port finds its route here
+/// with an inlined array lookup instead of a trie and a hash lookup.
+#[btf_map]
+pub static XR_DST_CACHE: PerCpuArray<DstRoute, { DST_CACHE_SLOTS as usize }> = PerCpuArray::new();
 
 /// Next hop -> MAC, mirrored from the kernel's neighbour table.
 #[btf_map]
@@ -121,6 +133,16 @@ pub fn port(ifindex: u32) -> Option<PortInfo> {
     }
     // SAFETY: plain data, copied out.
     unsafe { XR_PORTS.get(&ifindex) }.copied()
+}
+
+/// Whether `addr` (raw network order) is surely none of the router's
+/// addresses (see [`LocalHint`]); false: look it up in `XR_LOCAL`.
+#[inline(always)]
+pub fn surely_not_local(addr: u32) -> bool {
+    match XR_LOCAL_HINT.get(0) {
+        Some(h) => h.surely_not_local(addr),
+        None => false,
+    }
 }
 
 /// The current generation of the maps (see [`XR_GEN`]).

@@ -23,7 +23,7 @@ use router_common::{
         EV_IPV4, EV_L4, HOOK_TC, HOOK_XDP, MON_DROPS, MON_FORWARDED, MON_KERNEL, MonitorCpu,
         MonitorCtl, MonitorEvent,
     },
-    port::{Neigh, NeighKey},
+    port::{LOCAL_ADDRESS, LocalAddr, Neigh, NeighKey},
     route::Route,
 };
 use router_user::{
@@ -2647,5 +2647,172 @@ fn established_packets_take_route_and_mac_from_the_cache() {
         bump_generation(map(&mut r.ebpf, "XR_GEN")).unwrap();
         assert_eq!(r.xdp(r.qr1, &out).ret, XDP_PASS);
         assert_eq!(r.xdp(r.qg, &back).ret, XDP_PASS);
+    });
+}
+
+/// VM1 to VM2 across the router, untranslated: what it looks like as
+/// forwarded by XDP now (out of qr2 to VM2's MAC).
+fn east_west(r: &Router) -> (Frame, Out) {
+    let f = Frame::tcp("81.1.180.12", 40000, "91.1.180.14", 80);
+    let o = r.xdp(r.qr1, &f);
+    assert_eq!(o.ret, XDP_REDIRECT);
+    assert_eq!(&o.frame[0..12], [MAC_VM2, MAC_QR2].concat());
+    assert_checksums(&o.frame);
+    (f, o)
+}
+
+fn neigh(ifindex: u32, addr: &str, mac: [u8; 6]) -> (NeighKey, Neigh) {
+    (
+        NeighKey {
+            ifindex,
+            addr: ip(addr),
+        },
+        Neigh { mac, _pad: [0; 2] },
+    )
+}
+
+/// Packets without a connection (east-west) take their route and next
+/// hop's MAC from a per-CPU cache of destinations; a route the daemon
+/// replaces, or a MAC that changes, applies from the very next packet,
+/// byte for byte as the new route sends it.
+#[test]
+fn east_west_follows_a_replaced_route_and_a_new_mac_at_once() {
+    with_devices(|ifx| {
+        // One CPU: the second packet finds the first one's cache.
+        on_cpu0();
+        let mut r = Router::new(ifx, 1024, 65535);
+        let (f, o1) = east_west(&r);
+        assert_eq!(r.xdp(r.qr1, &f).frame, o1.frame, "again, from the cache");
+
+        // VM2's address through a router on the same network.
+        let mut n = start_neighbours(ifx);
+        n.extend([neigh(r.qr2, "91.1.180.20", MAC_RTR)]);
+        write_neighbours(&mut r.ebpf, &n).unwrap();
+        let mut want = router_maps(ifx);
+        want.routes.insert(
+            (32, ip("91.1.180.14")),
+            Route {
+                count: 1,
+                gateways: [ip("91.1.180.20"), [0; 4], [0; 4], [0; 4]],
+                ifindexes: [r.qr2, 0, 0, 0],
+            },
+        );
+        assert!(write_maps(&mut r.ebpf, &want).unwrap() > 0);
+        let o = r.xdp(r.qr1, &f);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(o.frame, with_macs(&o1.frame, MAC_RTR, MAC_QR2));
+        assert_eq!(r.xdp(r.qr1, &f).frame, o.frame);
+
+        // Back when the route goes; then VM2 changes its MAC.
+        write_maps(&mut r.ebpf, &router_maps(ifx)).unwrap();
+        assert_eq!(r.xdp(r.qr1, &f).frame, o1.frame);
+        n.extend([neigh(r.qr2, "91.1.180.14", MAC_EXT2)]);
+        assert_eq!(write_neighbours(&mut r.ebpf, &n).unwrap(), 1);
+        let o = r.xdp(r.qr1, &f);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(o.frame, with_macs(&o1.frame, MAC_EXT2, MAC_QR2));
+        assert_checksums(&o.frame);
+    });
+}
+
+/// White box, of the destination cache itself: with the generation
+/// unchanged, a cached destination's next hop is not looked up again
+/// (deleted behind the daemon's back, which it never does, its packets
+/// still go); a bump makes the next packet look up, and find nothing; the
+/// daemon writing the MAC (a bump too) makes the next one go again.
+#[test]
+fn east_west_packets_take_route_and_mac_from_the_cache() {
+    with_devices(|ifx| {
+        on_cpu0();
+        let mut r = Router::new(ifx, 1024, 65535);
+        let (f, o1) = east_west(&r);
+        {
+            let mut m: HashMap<_, NeighKey, Neigh> =
+                HashMap::try_from(map(&mut r.ebpf, "XR_NEIGH")).unwrap();
+            m.remove(&neigh(r.qr2, "91.1.180.14", MAC_VM2).0).unwrap();
+        }
+        assert_eq!(r.xdp(r.qr1, &f).frame, o1.frame, "from the cache");
+        bump_generation(map(&mut r.ebpf, "XR_GEN")).unwrap();
+        assert_eq!(r.xdp(r.qr1, &f).ret, XDP_PASS, "neighbour unknown: TC's");
+        assert_eq!(r.xdp(r.qr1, &f).ret, XDP_PASS, "still unknown");
+        assert_eq!(
+            write_neighbours(&mut r.ebpf, &start_neighbours(ifx)).unwrap(),
+            1
+        );
+        assert_eq!(r.xdp(r.qr1, &f).frame, o1.frame, "resolved");
+    });
+}
+
+/// An ECMP route's next hop is chosen per flow, never cached for the
+/// destination: flows to one address spread over both next hops, and each
+/// flow keeps its own.
+#[test]
+fn east_west_flows_over_ecmp_keep_spreading() {
+    with_devices(|ifx| {
+        on_cpu0();
+        const MAC_RTR2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+        let mut r = Router::new(ifx, 1024, 65535);
+        let mut n = start_neighbours(ifx);
+        n.extend([
+            neigh(r.qr2, "91.1.180.20", MAC_RTR),
+            neigh(r.qr2, "91.1.180.21", MAC_RTR2),
+        ]);
+        write_neighbours(&mut r.ebpf, &n).unwrap();
+        let mut want = router_maps(ifx);
+        want.routes.insert(
+            (24, ip("100.64.0.0")),
+            Route {
+                count: 2,
+                gateways: [ip("91.1.180.20"), ip("91.1.180.21"), [0; 4], [0; 4]],
+                ifindexes: [r.qr2, r.qr2, 0, 0],
+            },
+        );
+        write_maps(&mut r.ebpf, &want).unwrap();
+        let mut seen = HashSet::new();
+        for sport in 40000..40032 {
+            let f = Frame::udp("81.1.180.12", sport, "100.64.0.5", 53);
+            let o = r.xdp(r.qr1, &f);
+            assert_eq!(o.ret, XDP_REDIRECT, "flow {sport}");
+            let mac: [u8; 6] = o.frame[0..6].try_into().unwrap();
+            assert!(mac == MAC_RTR || mac == MAC_RTR2, "flow {sport}: {mac:x?}");
+            assert_eq!(r.xdp(r.qr1, &f).frame, o.frame, "flow {sport} again");
+            seen.insert(mac);
+        }
+        assert_eq!(seen.len(), 2, "32 flows over both next hops");
+    });
+}
+
+/// An address the router takes (a port's new address) is the router's
+/// from the next packet on: to it, the kernel's; from it, a spoofed
+/// source. Given back, it is forwarded again.
+#[test]
+fn an_address_the_router_takes_is_its_own_from_the_next_packet() {
+    with_devices(|ifx| {
+        on_cpu0();
+        let mut r = Router::new(ifx, 1024, 65535);
+        let (f, o1) = east_west(&r);
+        let back = Frame::udp("91.1.180.14", 80, "81.1.180.12", 40000).from(MAC_VM2, MAC_QR2);
+        let (x, t, _) = both(&r, r.qr2, &back);
+        assert_eq!((x.ret, t.ret), (XDP_REDIRECT, TC_ACT_REDIRECT));
+
+        let mut want = router_maps(ifx);
+        want.local.insert(
+            LocalAddr {
+                addr: ip("91.1.180.14"),
+            },
+            LOCAL_ADDRESS,
+        );
+        assert!(write_maps(&mut r.ebpf, &want).unwrap() > 0);
+        let (x, t, _) = both(&r, r.qr1, &f);
+        assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK), "to the router");
+        // Counted once: XDP leaves what goes to the kernel to TC.
+        assert_eq!(r.counter(Outcome::KernelLocal), 1);
+        let (x, t, _) = both(&r, r.qr2, &back);
+        assert_eq!((x.ret, t.ret), (XDP_DROP, TC_ACT_SHOT), "from the router");
+        assert_eq!(r.counter(Outcome::DropSpoofedSrc), 2);
+
+        write_maps(&mut r.ebpf, &router_maps(ifx)).unwrap();
+        assert_eq!(r.xdp(r.qr1, &f).frame, o1.frame);
+        assert_eq!(r.xdp(r.qr2, &back).ret, XDP_REDIRECT);
     });
 }

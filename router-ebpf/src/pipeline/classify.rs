@@ -64,7 +64,8 @@ pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
         addr: pkt.dst.to_ne_bytes(),
     };
     // SAFETY: plain data.
-    if let Some(kind) = unsafe { maps::XR_LOCAL.get(&local) }
+    if !maps::surely_not_local(pkt.dst)
+        && let Some(kind) = unsafe { maps::XR_LOCAL.get(&local) }
         && *kind != LOCAL_FLOATING
     {
         return Some(Verdict::Kernel(Outcome::KernelLocal));
@@ -87,6 +88,9 @@ pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
 /// packet that passed this check.
 #[inline(always)]
 pub fn spoofed_source(pkt: &Pkt) -> Result<(), Verdict> {
+    if maps::surely_not_local(pkt.src) {
+        return Ok(());
+    }
     let a = LocalAddr {
         addr: pkt.src.to_ne_bytes(),
     };

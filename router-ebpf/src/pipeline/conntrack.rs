@@ -96,18 +96,20 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     // never a stale result under a current one.
     let g = maps::generation();
     let pre = if ingress.role == ROLE_INTERNAL {
-        route::egress(pkt, pkt.dst).ok()
+        route::egress_cached(pkt, g).ok()
     } else {
         None
     };
-    if let Some(r) = pre
+    if let Some((r, mac)) = pre
         && r.2.role == ROLE_INTERNAL
     {
         classify::spoofed_source(pkt)?;
         if let Some(v) = classify::for_router(pkt, ingress) {
             return Err(v);
         }
-        return Ok(Flow::via(pkt.src, pkt.dst, pkt.sport, pkt.dport, r));
+        let mut flow = Flow::via(pkt.src, pkt.dst, pkt.sport, pkt.dport, r);
+        flow.nexthop_mac = mac;
+        return Ok(flow);
     }
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
     // The coarse clock (CLOCK_MONOTONIC_COARSE, one tick behind at most):
@@ -125,11 +127,15 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         // neighbour lookup.
         let cached = e.route.get(g);
         let (r, mac) = match pre {
-            Some(r) if new_dst == pkt.dst => {
-                // Looked up already (for the east-west test): the MAC is
-                // the cache's if the cache is of this route.
-                let mac = match cached {
-                    Some((egress, nexthop, mac)) if egress == r.0 && nexthop == r.1 => Some(mac),
+            Some((r, pre_mac)) if new_dst == pkt.dst => {
+                // Looked up already (for the east-west test), with its MAC
+                // when the destination cache had it; else the MAC is the
+                // entry's if the entry's cache is of this route.
+                let mac = match (pre_mac, cached) {
+                    (Some(m), _) => Some(m),
+                    (None, Some((egress, nexthop, mac))) if egress == r.0 && nexthop == r.1 => {
+                        Some(mac)
+                    }
                     _ => None,
                 };
                 (r, mac)

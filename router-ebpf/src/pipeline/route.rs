@@ -5,7 +5,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use router_common::{
     counters::Outcome,
     port::{NeighKey, PortInfo},
-    route::MAX_NEXTHOPS,
+    route::{self, DstRoute, MAX_NEXTHOPS},
 };
 
 use super::{Verdict, parse::Pkt};
@@ -49,14 +49,13 @@ impl Flow {
 
 #[inline(always)]
 fn flow_hash(pkt: &Pkt) -> u32 {
-    let h = pkt.src ^ pkt.dst.rotate_left(13) ^ ((pkt.sport as u32) << 16 | pkt.dport as u32);
-    h ^ (h >> 16)
+    route::flow_hash(pkt.src, pkt.dst, pkt.sport, pkt.dport)
 }
 
 /// The egress port of `dst`. No route: the kernel answers (it has no route
 /// either, or the maps are behind it; either way it must not forward).
 #[inline(always)]
-pub fn egress(pkt: &Pkt, dst: u32) -> Result<(u32, u32, PortInfo), Verdict> {
+pub fn egress(pkt: &Pkt, dst: u32) -> Result<Egress, Verdict> {
     let Some((egress, nh)) = lookup(dst, flow_hash(pkt)) else {
         return Err(Verdict::Answer(Outcome::KernelNoRoute));
     };
@@ -64,6 +63,52 @@ pub fn egress(pkt: &Pkt, dst: u32) -> Result<(u32, u32, PortInfo), Verdict> {
         return Err(Verdict::Answer(Outcome::KernelNoRoute));
     };
     Ok((egress, nh, port))
+}
+
+/// A result of [`egress`]: egress ifindex, next hop, the egress port.
+pub type Egress = (u32, u32, PortInfo);
+
+/// [`egress`] of a packet's own destination, through this CPU's
+/// destination cache (`XR_DST_CACHE`) under generation `g`, with the next
+/// hop's MAC when the kernel has resolved it. A miss looks both up and
+/// caches them when the route has one next hop. A next hop not resolved is
+/// cached as such (a zero MAC): resolving it changes `XR_NEIGH`, which
+/// bumps the generation.
+#[inline(always)]
+pub fn egress_cached(pkt: &Pkt, g: u32) -> Result<(Egress, Option<[u8; 6]>), Verdict> {
+    let dst = pkt.dst;
+    let key = DstRoute::stamp_key(g, dst);
+    let slot = maps::XR_DST_CACHE.get_ptr_mut(DstRoute::slot(dst));
+    if let Some(s) = slot {
+        // SAFETY: this CPU's slot; nothing else writes it while this runs.
+        let s = unsafe { &*s };
+        if s.dst == dst
+            && let Some((egress, nh, mac)) = s.route.get(key)
+            && let Some(port) = maps::port(egress)
+        {
+            let mac = if mac == [0; 6] { None } else { Some(mac) };
+            return Ok(((egress, nh, port), mac));
+        }
+    }
+    let Some((egress, nh, paths)) = lookup_paths(dst, flow_hash(pkt)) else {
+        return Err(Verdict::Answer(Outcome::KernelNoRoute));
+    };
+    let Some(port) = maps::port(egress) else {
+        return Err(Verdict::Answer(Outcome::KernelNoRoute));
+    };
+    if paths != 1 || key == 0 {
+        return Ok(((egress, nh, port), None));
+    }
+    let mac = neighbour(egress, nh);
+    if let Some(s) = slot {
+        // SAFETY: as above.
+        let s = unsafe { &mut *s };
+        if s.dst != dst {
+            s.dst = dst;
+        }
+        s.route.set(key, egress, nh, mac.unwrap_or([0; 6]));
+    }
+    Ok(((egress, nh, port), mac))
 }
 
 /// Where a packet goes once its addresses are `src` and `dst` (ports
@@ -77,6 +122,12 @@ pub fn translated(pkt: &Pkt, src: u32, dst: u32) -> Result<Flow, Verdict> {
 /// Egress device and next hop (raw network order) for `dst`.
 #[inline(always)]
 pub fn lookup(dst: u32, hash: u32) -> Option<(u32, u32)> {
+    lookup_paths(dst, hash).map(|(ifindex, nh, _)| (ifindex, nh))
+}
+
+/// [`lookup`], and how many next hops the route has.
+#[inline(always)]
+fn lookup_paths(dst: u32, hash: u32) -> Option<(u32, u32, usize)> {
     let key = Key::new(32, dst.to_ne_bytes());
     let r = maps::XR_ROUTES.get(&key)?;
     let n = r.count as usize;
@@ -92,7 +143,7 @@ pub fn lookup(dst: u32, hash: u32) -> Option<(u32, u32)> {
     };
     let gw = u32::from_ne_bytes(gw);
     let nh = if gw == 0 { dst } else { gw };
-    Some((ifindex, nh))
+    Some((ifindex, nh, n))
 }
 
 /// The MAC of a next hop, if the kernel has resolved it.

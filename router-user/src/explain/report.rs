@@ -11,6 +11,7 @@ use router_common::{
     },
     counters::Outcome,
     port::{Neigh, NeighKey},
+    route::flow_hash,
 };
 use serde::Serialize;
 
@@ -405,9 +406,7 @@ fn ecmp_index(ip: &frame::Ip, paths: usize) -> usize {
     };
     let src = u32::from_ne_bytes(ip.src.octets());
     let dst = u32::from_ne_bytes(ip.dst.octets());
-    let h = src ^ dst.rotate_left(13) ^ (((sport as u32) << 16) | dport as u32);
-    let h = h ^ (h >> 16);
-    (h as usize) % paths.max(1)
+    (flow_hash(src, dst, sport, dport) as usize) % paths.max(1)
 }
 
 /// The connection-table key of a packet (raw network order).

@@ -96,8 +96,12 @@ pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);
 pub const XR_PORTS: &str = "XR_PORTS";
 pub const XR_PORT_SLOTS: &str = "XR_PORT_SLOTS";
 pub const XR_LOCAL: &str = "XR_LOCAL";
+/// Which addresses are surely not in `XR_LOCAL` (`LocalHint`).
+pub const XR_LOCAL_HINT: &str = "XR_LOCAL_HINT";
 pub const XR_ROUTES: &str = "XR_ROUTES";
 pub const XR_NEIGH: &str = "XR_NEIGH";
+/// Per CPU, recent destinations' routes (`DstRoute`).
+pub const XR_DST_CACHE: &str = "XR_DST_CACHE";
 pub const XR_FIP: &str = "XR_FIP";
 pub const XR_FIP_REV: &str = "XR_FIP_REV";
 pub const XR_CONFIG: &str = "XR_CONFIG";
@@ -121,12 +125,14 @@ pub const XR_MON_CPU: &str = "XR_MON_CPU";
 pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 19] = [
+pub const MAP_NAMES: [&str; 21] = [
     XR_PORTS,
     XR_PORT_SLOTS,
     XR_LOCAL,
+    XR_LOCAL_HINT,
     XR_ROUTES,
     XR_NEIGH,
+    XR_DST_CACHE,
     XR_FIP,
     XR_FIP_REV,
     XR_CONFIG,

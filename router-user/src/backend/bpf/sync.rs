@@ -11,12 +11,13 @@ use aya::{
 };
 use router_common::{
     config::{Ipv4, RouterConfig},
-    port::{LocalAddr, PORT_SLOTS, PortInfo},
+    port::{LocalAddr, LocalHint, PORT_SLOTS, PortInfo},
     route::{MAX_NEXTHOPS, Route},
 };
 
 use super::{
-    BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_GEN, XR_LOCAL, XR_PORT_SLOTS, XR_PORTS, XR_ROUTES,
+    BpfRouter, XR_CONFIG, XR_FIP, XR_FIP_REV, XR_GEN, XR_LOCAL, XR_LOCAL_HINT, XR_PORT_SLOTS,
+    XR_PORTS, XR_ROUTES,
 };
 use crate::{
     config::node::NodeConfig,
@@ -250,10 +251,31 @@ fn write_all(ebpf: &mut Ebpf, d: &Desired, n: &mut usize) -> Result<()> {
     }
     *n += sync_slots(ebpf, &d.ports).context(XR_PORT_SLOTS)?;
     *n += sync_hash(map_mut(ebpf, XR_PORTS)?, &d.ports).context(XR_PORTS)?;
+    // The hint stops vouching for the addresses to come before they come,
+    // and vouches for those gone once they are gone (`LocalHint`). Derived
+    // from `XR_LOCAL`, it is not counted as a change of its own.
+    let hint = LocalHint::of(d.local.keys());
+    let before = read_hint(ebpf)?;
+    write_hint(ebpf, &before.and(&hint)).context(XR_LOCAL_HINT)?;
     *n += sync_hash(map_mut(ebpf, XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
+    write_hint(ebpf, &hint).context(XR_LOCAL_HINT)?;
     *n += sync_hash(map_mut(ebpf, XR_FIP)?, &d.fip).context(XR_FIP)?;
     *n += sync_hash(map_mut(ebpf, XR_FIP_REV)?, &d.fip_rev).context(XR_FIP_REV)?;
     *n += sync_routes(map_mut(ebpf, XR_ROUTES)?, &d.routes).context(XR_ROUTES)?;
+    Ok(())
+}
+
+fn read_hint(ebpf: &mut Ebpf) -> Result<LocalHint> {
+    let a: Array<_, LocalHint> = Array::try_from(map_mut(ebpf, XR_LOCAL_HINT)?)?;
+    Ok(a.get(&0, 0)?)
+}
+
+/// Writes `XR_LOCAL_HINT[0]` if it differs.
+fn write_hint(ebpf: &mut Ebpf, want: &LocalHint) -> Result<()> {
+    let mut a: Array<_, LocalHint> = Array::try_from(map_mut(ebpf, XR_LOCAL_HINT)?)?;
+    if a.get(&0, 0)? != *want {
+        a.set(0, *want, 0)?;
+    }
     Ok(())
 }
 
