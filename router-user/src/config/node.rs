@@ -350,6 +350,10 @@ fn int(v: Val, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
             range.start(),
             range.end()
         )),
+        // TOML reads 1e6 and 1000000.0 as floats: say how to write it.
+        Val::Toml(toml::Value::Float(f)) if f.fract() == 0.0 && f.abs() < 1e18 => {
+            Err(format!("{} is not an integer (write {f:.0})", shown(v)))
+        }
         other => Err(format!("{} is not an integer", shown(other))),
     }
 }
@@ -1068,6 +1072,19 @@ mod tests {
             "not an integer",
         );
         refused(&format!("speed = {big}"), "speed", "speed", "unknown key");
+        // TOML's floats, whole or not.
+        refused(
+            "conntrack_size = 1e6",
+            "conntrack_size",
+            "1000000.0",
+            "not an integer (write 1000000)",
+        );
+        refused(
+            "conntrack_size = 1.5",
+            "conntrack_size",
+            "1.5",
+            "not an integer",
+        );
         // A huge number is cut, as every value in a message.
         let e = NodeConfig::parse(&format!("conntrack_size = {}", "9".repeat(100_000)), "n")
             .unwrap_err()
