@@ -71,7 +71,8 @@ pub enum ShowWhat {
     /// Connections tracked by the eBPF data plane: original and translated
     /// tuples, state, age.
     Flows {
-        /// Only the router with this ID (default: every router).
+        /// Only the router with this ID (default: every router, and
+        /// those the daemon applies later).
         ///
         /// The ID as `xrouter show` lists it.
         ///
@@ -84,7 +85,8 @@ pub enum ShowWhat {
     ///
     /// The table leaves out counters at zero; --json lists them all.
     Stats {
-        /// Only the router with this ID (default: every router).
+        /// Only the router with this ID (default: every router, and
+        /// those the daemon applies later).
         ///
         /// The ID as `xrouter show` lists it.
         ///
@@ -301,7 +303,8 @@ pub enum Cmd {
     /// reason (the counter names of `xrouter show stats`: `drop/...`,
     /// `kernel/...`) and the packet (`tcp 10.0.1.10:40000 -> 8.8.8.8:443
     /// [flags S]`, the spec `xrouter explain` takes), or JSON lines with
-    /// --json. Every router of the daemon, or --router's. The programs
+    /// --json. Every router of the daemon, including those it applies
+    /// while the monitor runs, or --router's. The programs
     /// write events only while a monitor runs (it switches them on at start
     /// and off when it exits: --count, --duration, Ctrl-C, SIGTERM, its
     /// output closed); otherwise they cost nothing. One monitor per router
@@ -312,7 +315,7 @@ pub enum Cmd {
     ///
     /// Examples:
     ///
-    ///   xrouter monitor                                  # every router, drops and hand-offs, until Ctrl-C
+    ///   xrouter monitor                                  # every router, later ones too, until Ctrl-C
     ///
     ///   xrouter monitor --router ID --drops              # what one router drops
     ///
@@ -320,7 +323,8 @@ pub enum Cmd {
     ///
     ///   xrouter monitor --router ID --json --count 20 | jq -c '[.reason, .packet]'
     Monitor {
-        /// Only the router with this ID (default: every router).
+        /// Only the router with this ID (default: every router, and
+        /// those the daemon applies later).
         ///
         /// The ID as `xrouter show` lists it.
         ///

@@ -7,6 +7,8 @@
 //! every way out (count or duration reached, Ctrl-C, SIGTERM, SIGHUP, its
 //! output closed). One monitor per router: each holds an flock'd lock file
 //! `<state_dir>/monitor-<router id>.lock`, and a second is refused.
+//! Without `--router` it follows the daemon's state file: routers applied
+//! later are watched as they come, routers removed are let go.
 
 use std::{
     collections::HashMap,
@@ -111,12 +113,7 @@ fn routers<'a>(state: &'a State, node: &NodeConfig, only: Option<&str>) -> Resul
     if let Some(id) = only {
         return Ok(vec![crate::explain::find_router(state, id)?]);
     }
-    if state.routers.is_empty() {
-        bail!(
-            "no routers to monitor: the daemon has applied none (see `xrouter show`; state {})",
-            text::path(&node.state_file())
-        );
-    }
+    // None yet is fine: the monitor watches those the daemon applies.
     Ok(state.routers.iter().collect())
 }
 
@@ -214,12 +211,117 @@ fn ports_of(r: &Router) -> HashMap<u32, String> {
     .unwrap_or_default()
 }
 
+/// The routers being watched, by the index their events carry, and what
+/// adding or dropping one takes.
+struct Session {
+    /// None: dropped (gone) since.
+    watched: Vec<Option<Watched>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    tx: mpsc::Sender<(usize, MonitorEvent)>,
+    ctl: MonitorCtl,
+    /// Events lost per router, of routers dropped so far.
+    lost: serde_json::Map<String, serde_json::Value>,
+    /// Routers another monitor watches: not tried again.
+    elsewhere: std::collections::HashSet<String>,
+}
+
+impl Session {
+    /// Starts reading a router's ring, then switches it on.
+    fn add(&mut self, mut w: Watched) -> Result<()> {
+        w.maps.reset()?;
+        let ring = w.maps.take_ring().context("ring already taken")?;
+        // SAFETY: the ring owns its map's descriptor, open (and the same)
+        // for as long as the ring lives.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the ring buffer of router {}: {e}", w.id))?;
+        let i = self.watched.len();
+        self.readers
+            .push(tokio::spawn(read_ring(i, fd, self.tx.clone())));
+        let id = w.id.clone();
+        self.watched.push(Some(w));
+        if let Some(Some(w)) = self.watched.last_mut() {
+            w.maps
+                .set_ctl(self.ctl)
+                .with_context(|| format!("switching router {id} on"))?;
+        }
+        Ok(())
+    }
+
+    fn is_watched(&self, id: &str) -> bool {
+        self.watched.iter().flatten().any(|w| w.id == id)
+    }
+
+    /// Stops watching router `i` (gone: its maps are not the pinned ones
+    /// any more, so there is no switch to clear).
+    fn drop_router(&mut self, i: usize) {
+        self.readers[i].abort();
+        if let Some(w) = self.watched[i].take() {
+            self.lost
+                .insert(w.id.clone(), w.maps.lost().unwrap_or(0).into());
+        }
+    }
+
+    /// Routers the daemon applied since: watched from now on. One not
+    /// ready yet (maps not pinned, namespace not made) is tried again on
+    /// the next call.
+    fn follow(&mut self, node: &NodeConfig) {
+        let Ok(state) = State::load(&node.state_file()) else {
+            return;
+        };
+        for r in &state.routers {
+            if self.is_watched(&r.id) || self.elsewhere.contains(&r.id) {
+                continue;
+            }
+            let lock = match Lock::take(&node.state_dir, &r.id) {
+                Ok(l) => l,
+                Err(e) => {
+                    crate::errln!("monitor: not watching router {}: {e:#}", r.id);
+                    self.elsewhere.insert(r.id.clone());
+                    continue;
+                }
+            };
+            let Ok(maps) = MonitorMaps::open(&node.pin_dir, &r.id) else {
+                continue;
+            };
+            if !maps.still_pinned() {
+                continue;
+            }
+            let w = Watched {
+                id: r.id.clone(),
+                maps,
+                ports: ports_of(r),
+                _lock: lock,
+            };
+            match self.add(w) {
+                Ok(()) => crate::errln!("monitor: now watching router {}", r.id),
+                Err(e) => tracing::debug!("monitor: router {}: {e:#}", r.id),
+            }
+        }
+    }
+
+    /// Switches every watched router off; the first error.
+    fn off(&mut self) -> Option<anyhow::Error> {
+        let mut err = None;
+        for w in self.watched.iter_mut().flatten() {
+            if let Err(e) = w.maps.set_ctl(MonitorCtl::default()) {
+                err.get_or_insert(e.context(format!("switching router {} off", w.id)));
+            }
+            self.lost
+                .insert(w.id.clone(), w.maps.lost().unwrap_or(0).into());
+        }
+        err
+    }
+}
+
 /// Runs the monitor until it is told to stop; prints events to standard
 /// output, a summary at the end (standard error, or the last JSON line).
+/// Without `--router` it also watches the routers the daemon applies
+/// while it runs, and lets go of those it removes.
 pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<ExitCode> {
     if opts.sample == 0 {
         bail!("--sample must be 1 or more");
     }
+    let follow = opts.router.is_none();
     let routers = routers(state, node, opts.router.as_deref())?;
     // Pinned programs outlive the daemon: its routers can still be watched.
     if tokio::net::UnixStream::connect(node.socket_path())
@@ -234,43 +336,35 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
     }
     // Every router's lock and maps first: nothing is switched on unless all
     // of them can be.
-    let mut watched = Vec::new();
+    let mut first = Vec::new();
     for r in routers {
         let lock = Lock::take(&node.state_dir, &r.id)?;
         let maps = MonitorMaps::open(&node.pin_dir, &r.id)?;
-        watched.push(Watched {
+        first.push(Watched {
             id: r.id.clone(),
             maps,
             ports: ports_of(r),
             _lock: lock,
         });
     }
-    let ctl = MonitorCtl {
-        flags: opts.flags(),
-        sample_every: opts.sample,
-    };
     let (tx, mut rx) = mpsc::channel::<(usize, MonitorEvent)>(4096);
-    let mut readers = Vec::new();
-    for (i, w) in watched.iter_mut().enumerate() {
-        w.maps.reset()?;
-        let ring = w.maps.take_ring().context("ring already taken")?;
-        // SAFETY: the ring owns its map's descriptor, open (and the same)
-        // for as long as the ring lives.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("watching the ring buffer of router {}: {e}", w.id))?;
-        readers.push(tokio::spawn(read_ring(i, fd, tx.clone())));
-    }
-    drop(tx);
-    // From here on the switch is on: every way out goes through `off`.
-    let mut on = Vec::new();
+    let mut session = Session {
+        watched: Vec::new(),
+        readers: Vec::new(),
+        tx,
+        ctl: MonitorCtl {
+            flags: opts.flags(),
+            sample_every: opts.sample,
+        },
+        lost: serde_json::Map::new(),
+        elsewhere: Default::default(),
+    };
+    // From the first switch on, every way out goes through `off`.
     let mut result = Ok(());
-    for w in watched.iter_mut() {
-        match w.maps.set_ctl(ctl) {
-            Ok(()) => on.push(w.id.clone()),
-            Err(e) => {
-                result = Err(e).with_context(|| format!("switching router {} on", w.id));
-                break;
-            }
+    for w in first {
+        if let Err(e) = session.add(w) {
+            result = Err(e);
+            break;
         }
     }
     if result.is_ok() {
@@ -281,12 +375,23 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
         if opts.forwarded {
             what.push("forwarded packets");
         }
+        let on: Vec<&str> = session
+            .watched
+            .iter()
+            .flatten()
+            .map(|w| w.id.as_str())
+            .collect();
         crate::errln!(
-            "monitor: watching {} ({}{}); Ctrl-C to stop",
-            if on.len() == 1 {
+            "monitor: watching {}{} ({}{}); Ctrl-C to stop",
+            if on.len() == 1 && !follow {
                 format!("router {}", on[0])
             } else {
                 text::count(on.len(), "router")
+            },
+            if follow {
+                " and those the daemon applies from now on"
+            } else {
+                ""
             },
             what.join(", "),
             if opts.sample > 1 {
@@ -297,23 +402,17 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
         );
     }
     let (stop, events) = if result.is_ok() {
-        let (s, n, r) = pump(&watched, opts, &mut rx).await;
+        let (s, n, r) = pump(&mut session, follow.then_some(node), opts, &mut rx).await;
         result = r;
         (s, n)
     } else {
         (Stop::Signal, 0)
     };
-    for r in &readers {
+    for r in &session.readers {
         r.abort();
     }
-    let mut lost = serde_json::Map::new();
-    let mut off_err = None;
-    for w in watched.iter_mut() {
-        if let Err(e) = w.maps.set_ctl(MonitorCtl::default()) {
-            off_err.get_or_insert(e.context(format!("switching router {} off", w.id)));
-        }
-        lost.insert(w.id.clone(), w.maps.lost().unwrap_or(0).into());
-    }
+    let off_err = session.off();
+    let lost = std::mem::take(&mut session.lost);
     let total_lost: u64 = lost.values().filter_map(|v| v.as_u64()).sum();
     // A closed output still gets its summary on standard error (JSON's is
     // a line of the output).
@@ -380,9 +479,11 @@ async fn read_ring(
     }
 }
 
-/// Prints events until a stop; how many were printed.
+/// Prints events until a stop; how many were printed. `follow`: the
+/// node whose daemon's routers are followed (None: a router gone stops).
 async fn pump(
-    watched: &[Watched],
+    session: &mut Session,
+    follow: Option<&NodeConfig>,
     opts: &Options,
     rx: &mut mpsc::Receiver<(usize, MonitorEvent)>,
 ) -> (Stop, u64, Result<()>) {
@@ -398,6 +499,7 @@ async fn pump(
     };
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ticks = 0u64;
     let mut n = 0u64;
     if opts.count == Some(0) {
         return (Stop::Count, 0, Ok(()));
@@ -412,7 +514,8 @@ async fn pump(
         tokio::select! {
             ev = rx.recv() => {
                 let Some((i, ev)) = ev else { return (Stop::RingClosed, n, Ok(())) };
-                let w = &watched[i];
+                // Events a dropped router left in the channel are not shown.
+                let Some(Some(w)) = session.watched.get(i) else { continue };
                 let line = if opts.json {
                     serde_json::to_string(&json_event(&w.id, &w.ports, &ev, &clock))
                         .unwrap_or_default()
@@ -436,19 +539,40 @@ async fn pump(
             _ = hup.recv() => return (Stop::Signal, n, Ok(())),
             _ = sleep => return (Stop::Duration, n, Ok(())),
             _ = tick.tick() => {
+                ticks += 1;
                 // Quiet routers print nothing: notice a closed pipe anyway.
                 if stdout_closed() {
                     return (Stop::OutputClosed, n, Ok(()));
                 }
                 // A router the daemon removed or rebuilt writes elsewhere (or
                 // nowhere): say so rather than watch in silence.
-                if let Some(w) = watched.iter().find(|w| !w.maps.still_pinned()) {
+                let gone: Vec<usize> = session
+                    .watched
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, w)| w.as_ref().filter(|w| !w.maps.still_pinned()).map(|_| i))
+                    .collect();
+                for i in gone {
+                    let Some(Some(w)) = session.watched.get(i) else { continue };
+                    if follow.is_none() {
+                        crate::errln!(
+                            "monitor: router {} is gone (the daemon removed or rebuilt it); start \
+                             the monitor again to follow it",
+                            w.id
+                        );
+                        return (Stop::RouterGone, n, Ok(()));
+                    }
                     crate::errln!(
-                        "monitor: router {} is gone (the daemon removed or rebuilt it); start \
-                         the monitor again to follow it",
+                        "monitor: router {} is gone (the daemon removed or rebuilt it)",
                         w.id
                     );
-                    return (Stop::RouterGone, n, Ok(()));
+                    session.drop_router(i);
+                }
+                // New routers, and rebuilt ones, once a second.
+                if let Some(node) = follow
+                    && ticks.is_multiple_of(4)
+                {
+                    session.follow(node);
                 }
             }
         }

@@ -30,10 +30,16 @@ impl Monitor {
     /// Starts `xrouter monitor ARGS` for the rig's router and waits until it
     /// says it watches (the switch is on from then on).
     fn start(rig: &Rig, args: &[&str]) -> Monitor {
-        let cfg = rig.config_path().display().to_string();
         let id = rig.router().id.clone();
+        Monitor::spawn(rig, &[&["--router", &id], args].concat(), "router ")
+    }
+
+    /// Starts `xrouter monitor ARGS` and waits until its first line says it
+    /// watches `what`...
+    fn spawn(rig: &Rig, args: &[&str], what: &str) -> Monitor {
+        let cfg = rig.config_path().display().to_string();
         let mut c = Command::new(tests::xrouter_bin());
-        c.args(["--config", &cfg, "monitor", "--router", &id])
+        c.args(["--config", &cfg, "monitor"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -61,10 +67,26 @@ impl Monitor {
             .recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("xrouter monitor {args:?} said nothing in 10 s"));
         assert!(
-            first.starts_with("monitor: watching router "),
+            first.starts_with(&format!("monitor: watching {what}")),
             "unexpected: {first}"
         );
         m
+    }
+
+    /// Waits (bounded) for a line of standard error containing `what`;
+    /// the lines before it.
+    fn wait_stderr(&self, what: &str) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+                if l.contains(what) {
+                    return seen;
+                }
+                seen.push(l);
+            }
+        }
+        panic!("no {what:?} from the monitor in 20 s; it said {seen:?}");
     }
 
     fn interrupt(&self) {
@@ -377,6 +399,39 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
     assert!(status.success(), "{err}");
     assert!(err.contains(&format!("router {id} is gone")), "{err}");
     assert!(err.contains("stopped: router-gone"), "{err}");
+
+    // 8. Without --router it follows the daemon: with no router yet it
+    // waits; a router applied later is watched from then on, and one
+    // removed is let go while the monitor goes on.
+    let mut m = Monitor::spawn(
+        &rig,
+        &["--json", "--drops", "--duration", "60"],
+        "no routers and those the daemon applies",
+    );
+    rig.apply();
+    m.wait_stderr(&format!("monitor: now watching router {id}"));
+    assert!(!ctl_is_off(&rig), "the router applied later is switched on");
+    send_invalid_fin(&rig, &qr1);
+    let out = rig.reload_text("[]");
+    assert!(out.success(), "{}", out.describe());
+    m.wait_stderr(&format!("router {id} is gone"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        matches!(m.child.try_wait(), Ok(None)),
+        "the monitor stopped with its router"
+    );
+    m.interrupt();
+    let (status, out, err) = m.finish();
+    assert!(status.success(), "{status}: {err}");
+    let (events, summary) = parse(&out);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["router"] == id.as_str() && e["reason"] == "drop/tcp-invalid"),
+        "no drop of the router applied later: {events:#?}"
+    );
+    assert_eq!(summary["stopped"], "signal", "{summary:#}");
+    assert!(summary["lost"].get(&id).is_some(), "{summary:#}");
 }
 
 fn iptables_plane_is_refused(plane: Dataplane) {
