@@ -1656,6 +1656,59 @@ fn new_connections_beyond_the_budget_are_dropped_and_counted() {
     });
 }
 
+/// While a CPU's budget is spent, a SYN is shed before the tables are
+/// looked up: even the retried SYN of a connection admitted earlier (found
+/// in the table, it would go). What is not a new connection is not shed:
+/// a SYN for the router itself or the metadata proxy, a SYN whose TTL
+/// expires (the kernel answers it), the established connection's packets.
+#[test]
+fn syns_over_the_budget_are_shed_before_the_tables_are_looked_up() {
+    with_devices(|ifx| {
+        on_cpu0();
+        // 10 a second: one per 100 ms window.
+        let lim = Limits { rate: 10, ..ROOMY };
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let syn = Frame::tcp("81.1.180.12", 7000, "192.168.1.15", 80);
+        let o = r.xdp(r.qr1, &syn);
+        assert_eq!(o.ret, XDP_REDIRECT, "the window's one admitted");
+        assert_eq!(r.ct_len(), 2);
+        assert_eq!(r.xdp(r.qr1, &syn).ret, XDP_DROP, "its retry, shed");
+        let other = Frame::tcp("81.1.180.12", 7001, "192.168.1.15", 80);
+        assert_eq!(r.xdp(r.qr1, &other).ret, XDP_DROP, "a new one, shed");
+        assert_eq!(r.counter(Outcome::DropNewRate), 2);
+        for (f, what) in [
+            (
+                Frame::tcp("81.1.180.12", 7002, "192.168.1.110", 22),
+                "the router's gateway address",
+            ),
+            (
+                Frame::tcp("81.1.180.12", 7003, "169.254.169.254", 80),
+                "the metadata proxy",
+            ),
+            (
+                Frame {
+                    ttl: 1,
+                    ..Frame::tcp("81.1.180.12", 7004, "192.168.1.15", 80)
+                },
+                "an expiring TTL",
+            ),
+        ] {
+            let (x, t, _) = both(&r, r.qr1, &f);
+            assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK), "{what}");
+        }
+        assert_eq!(r.counter(Outcome::DropNewRate), 2, "none of those shed");
+        let ack = Frame {
+            tcp_flags: 0x10,
+            ..syn.clone()
+        };
+        assert_eq!(r.xdp(r.qr1, &ack).ret, XDP_REDIRECT, "not a SYN: looked up");
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let o2 = r.xdp(r.qr1, &syn);
+        assert_eq!(o2.ret, XDP_REDIRECT, "a new window: the retry goes");
+        assert_eq!(o2.sport(), o.sport(), "in its connection");
+    });
+}
+
 // ---------- one owner per flow: what the programs hand up ----------
 
 fn big(f: Frame, len: usize) -> Frame {

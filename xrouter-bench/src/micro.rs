@@ -98,6 +98,31 @@ fn udp(
     f
 }
 
+/// A TCP SYN, padded to `MICRO_HDR` bytes (checksums as `udp`'s: the
+/// pipeline updates them incrementally, never checks them).
+fn syn(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+) -> Vec<u8> {
+    let mut f = udp(src_mac, dst_mac, src, sport, dst, dport);
+    // Protocol TCP, and the IP header's checksum again.
+    f[23] = 6;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    // Sequence and acknowledgment numbers, data offset 5, flags SYN,
+    // window, checksum, urgent pointer.
+    let tcp = [
+        0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    f[38..54].copy_from_slice(&tcp);
+    f
+}
+
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).with_context(|| format!("map {name}"))
 }
@@ -264,6 +289,16 @@ fn cases() -> Vec<MicroCase> {
             frame: snat_frame(),
             new_flow: true,
             // One a second: the first run takes it, every later one is shed.
+            rate: 1,
+            established: false,
+            flows: 0,
+        },
+        MicroCase {
+            name: "syn-shed",
+            what: "a SYN from a new client to a floating IP, over the budget: shed before lookups",
+            ingress: 2,
+            frame: syn(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
+            new_flow: true,
             rate: 1,
             established: false,
             flows: 0,

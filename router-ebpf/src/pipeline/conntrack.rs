@@ -117,6 +117,16 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     // precise one, which reads the TSC.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // A SYN while this CPU's budget is spent would open a connection (or
+    // retry one not answered yet): it is shed before the table lookups a
+    // flood's SYNs all miss in, which are what a shed packet costs.
+    if pkt.proto == PROTO_TCP
+        && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN
+        && spent(now)
+    {
+        no_connection(pkt, ingress)?;
+        return Err(Verdict::Drop(Outcome::DropNewRate));
+    }
     if let Some((e, embryonic)) = lookup(&k) {
         // SAFETY: the entry stays valid while this program runs; concurrent
         // updates of last_seen/state/flags are benign.
@@ -186,15 +196,24 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         }
         return Ok(flow);
     }
+    no_connection(pkt, ingress)?;
+    new_connection(pkt, ingress, now)
+}
+
+/// What becomes of a packet of no connection before one is opened for it:
+/// a spoofed source is dropped, what is for the router goes to the kernel,
+/// and so does an expiring TTL (to be answered; not forwarded, so nothing
+/// to track). Ok: a new connection (or none needed).
+#[inline(always)]
+fn no_connection(pkt: &Pkt, ingress: &PortInfo) -> Result<(), Verdict> {
     classify::spoofed_source(pkt)?;
     if let Some(v) = classify::for_router(pkt, ingress) {
         return Err(v);
     }
-    // Not forwarded, so no connection: the kernel answers it as it is.
     if pkt.ttl <= 1 {
         return Err(Verdict::Answer(Outcome::KernelTtl));
     }
-    new_connection(pkt, ingress, now)
+    Ok(())
 }
 
 /// Moves an embryonic connection to the main table once it is established.
@@ -258,6 +277,28 @@ fn not_promoted(e: &mut CtEntry, err: i32) {
 /// errno of a map insert into a full hash map.
 const E2BIG: i32 = 7;
 
+/// Whether this CPU's budget of new connections is spent for the current
+/// window (without taking from it).
+#[inline(always)]
+fn spent(now: u64) -> bool {
+    let Some(cfg) = maps::XR_CONFIG.get(0) else {
+        return false;
+    };
+    if cfg.new_conn_rate == 0 {
+        return false;
+    }
+    let Some(w) = maps::XR_RATE.get(0) else {
+        return false;
+    };
+    now.wrapping_sub(w.start_ns) < RATE_WINDOW_NS && w.count >= budget(cfg)
+}
+
+/// New connections a window admits on one CPU.
+#[inline(always)]
+fn budget(cfg: &RouterConfig) -> u64 {
+    core::cmp::max(cfg.new_conn_rate as u64 / 10, 1)
+}
+
 /// Whether one more new connection fits this CPU's budget.
 #[inline(always)]
 fn admit(cfg: &RouterConfig, now: u64) -> bool {
@@ -273,8 +314,7 @@ fn admit(cfg: &RouterConfig, now: u64) -> bool {
         w.start_ns = now;
         w.count = 0;
     }
-    let budget = core::cmp::max(cfg.new_conn_rate as u64 / 10, 1);
-    if w.count >= budget {
+    if w.count >= budget(cfg) {
         return false;
     }
     w.count += 1;
