@@ -119,7 +119,61 @@ pub struct Neigh {
     pub _pad: [u8; 2],
 }
 
+impl NeighKey {
+    /// The 12-bit hash of a next hop in [`NeighUsed`].
+    #[inline(always)]
+    pub const fn used_hash(ifindex: u32, addr: u32) -> u32 {
+        (addr ^ ifindex.rotate_left(16)).wrapping_mul(0x9e37_79b1) >> 20
+    }
+
+    /// The word and bit of hash `h` ([`NeighKey::used_hash`]).
+    #[inline(always)]
+    pub const fn used_bit(h: u64) -> (usize, u64) {
+        ((h >> 6) as usize % NEIGH_USED_WORDS, 1u64 << (h & 63))
+    }
+}
+
+/// Words of [`NeighUsed`] (4,096 bits).
+pub const NEIGH_USED_WORDS: usize = 64;
+
+/// `XR_NEIGH_USED[0]`, per CPU: a bit per hash of a next hop, set by XDP
+/// when it sends a packet to that next hop's MAC. The kernel never sees
+/// those packets, so it never checks a neighbour it holds as STALE (a VM
+/// that changed its MAC would be sent to the old one for ever): the daemon
+/// reads and clears these bits, and has the kernel check the STALE
+/// neighbours whose bit was set, as a packet through the kernel would.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NeighUsed {
+    pub words: [u64; NEIGH_USED_WORDS],
+    /// The programs' scratch word for the hash (not a bit of the set).
+    pub scratch: u64,
+}
+
+impl Default for NeighUsed {
+    fn default() -> Self {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+impl NeighUsed {
+    /// Whether the next hop `k`'s bit is set.
+    pub fn has(&self, k: &NeighKey) -> bool {
+        let h = NeighKey::used_hash(k.ifindex, u32::from_ne_bytes(k.addr));
+        let (w, b) = NeighKey::used_bit(h as u64);
+        self.words[w] & b != 0
+    }
+
+    /// The bits of both.
+    pub fn or(mut self, other: &NeighUsed) -> Self {
+        for (w, o) in self.words.iter_mut().zip(other.words.iter()) {
+            *w |= o;
+        }
+        self
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<NeighKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Neigh>() == 8);
 
-crate::pod!(PortInfo, LocalAddr, LocalHint, NeighKey, Neigh);
+crate::pod!(PortInfo, LocalAddr, LocalHint, NeighKey, Neigh, NeighUsed);

@@ -37,8 +37,11 @@ pub fn xdp(ctx: &mut XdpContext) -> u32 {
     let v = pipeline::process(ctx);
     monitor::verdict(ctx, &v);
     match v {
-        Verdict::Forward { ifindex, .. } => {
+        Verdict::Forward { ifindex, nexthop } => {
             maps::count(Outcome::FwdXdp, len);
+            // The kernel never sees this packet: its neighbour is checked
+            // at the daemon's request (`NeighUsed`).
+            maps::neigh_used(ifindex, nexthop);
             unsafe { bpf_redirect(ifindex, 0) as u32 }
         }
         Verdict::Bounce => {

@@ -12,7 +12,7 @@ use router_common::{
     conntrack::{CT_FLAGS, CtEntry, CtKey, FragEntry, FragKey},
     counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl, MonitorEvent},
-    port::{LocalAddr, LocalHint, Neigh, NeighKey, PORT_SLOTS, PortInfo},
+    port::{LocalAddr, LocalHint, Neigh, NeighKey, NeighUsed, PORT_SLOTS, PortInfo},
     route::{DST_CACHE_SLOTS, DstRoute, Route},
 };
 
@@ -50,6 +50,10 @@ pub static XR_DST_CACHE: PerCpuArray<DstRoute, { DST_CACHE_SLOTS as usize }> = P
 /// Next hop -> MAC, mirrored from the kernel's neighbour table.
 #[btf_map]
 pub static XR_NEIGH: HashMap<NeighKey, Neigh, 8192> = HashMap::new();
+
+/// Per CPU, the next hops XDP sent packets to (index 0; see [`NeighUsed`]).
+#[btf_map]
+pub static XR_NEIGH_USED: PerCpuArray<NeighUsed, 1> = PerCpuArray::new();
 
 /// Floating IPs: fixed -> floating.
 #[btf_map]
@@ -142,6 +146,24 @@ pub fn surely_not_local(addr: u32) -> bool {
     match XR_LOCAL_HINT.get(0) {
         Some(h) => h.surely_not_local(addr),
         None => false,
+    }
+}
+
+/// Notes that XDP sent a packet to next hop `nexthop` on `ifindex` (see
+/// [`NeighUsed`]).
+#[inline(always)]
+pub fn neigh_used(ifindex: u32, nexthop: u32) {
+    if let Some(u) = XR_NEIGH_USED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            // Through memory: the verifier then bounds the word's index by
+            // itself, without tracking the next hop back through every
+            // path that chose it (which exceeds its budget).
+            let scratch = core::ptr::addr_of_mut!((*u).scratch);
+            scratch.write_volatile(NeighKey::used_hash(ifindex, nexthop) as u64);
+            let (w, b) = NeighKey::used_bit(scratch.read_volatile());
+            (*u).words[w] |= b;
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use router_common::{
     conntrack::{CT_FLAGS, CtEntry, CtKey, FragEntry, FragKey},
     counters::Counter,
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl},
-    port::{LocalAddr, LocalHint, Neigh, NeighKey, PortInfo},
+    port::{LocalAddr, LocalHint, Neigh, NeighKey, NeighUsed, PortInfo},
     route::{DstRoute, Route},
 };
 
@@ -22,8 +22,8 @@ use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
     XR_BUILD, XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_DST_CACHE, XR_FIP,
     XR_FIP_REV, XR_FRAG, XR_GEN, XR_LOCAL, XR_LOCAL_HINT, XR_MON_CPU, XR_MON_CTL, XR_MON_RING,
-    XR_NEIGH, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES, carry, remove_file_if_present,
-    router_dir,
+    XR_NEIGH, XR_NEIGH_USED, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES, carry,
+    remove_file_if_present, router_dir,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
@@ -101,6 +101,7 @@ fn shape(name: &str) -> Shape {
         XR_ROUTES => s(MapType::LpmTrie, 4 + 4, size_of::<Route>()),
         XR_NEIGH => s(MapType::Hash, size_of::<NeighKey>(), size_of::<Neigh>()),
         XR_DST_CACHE => s(MapType::PerCpuArray, 4, size_of::<DstRoute>()),
+        XR_NEIGH_USED => s(MapType::PerCpuArray, 4, size_of::<NeighUsed>()),
         XR_FIP | XR_FIP_REV => s(MapType::Hash, size_of::<Ipv4>(), size_of::<Ipv4>()),
         XR_CONFIG => s(MapType::Array, 4, size_of::<RouterConfig>()),
         XR_GEN => s(MapType::Array, 4, size_of::<u32>()),

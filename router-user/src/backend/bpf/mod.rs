@@ -100,6 +100,8 @@ pub const XR_LOCAL: &str = "XR_LOCAL";
 pub const XR_LOCAL_HINT: &str = "XR_LOCAL_HINT";
 pub const XR_ROUTES: &str = "XR_ROUTES";
 pub const XR_NEIGH: &str = "XR_NEIGH";
+/// Per CPU, the next hops XDP sent to (`NeighUsed`).
+pub const XR_NEIGH_USED: &str = "XR_NEIGH_USED";
 /// Per CPU, recent destinations' routes (`DstRoute`).
 pub const XR_DST_CACHE: &str = "XR_DST_CACHE";
 pub const XR_FIP: &str = "XR_FIP";
@@ -125,13 +127,14 @@ pub const XR_MON_CPU: &str = "XR_MON_CPU";
 pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
-pub const MAP_NAMES: [&str; 21] = [
+pub const MAP_NAMES: [&str; 22] = [
     XR_PORTS,
     XR_PORT_SLOTS,
     XR_LOCAL,
     XR_LOCAL_HINT,
     XR_ROUTES,
     XR_NEIGH,
+    XR_NEIGH_USED,
     XR_DST_CACHE,
     XR_FIP,
     XR_FIP_REV,

@@ -2,26 +2,31 @@
 //! the XDP path (which cannot resolve a next hop itself; TC can, with
 //! `bpf_redirect_neigh`).
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Map, MapData},
+    maps::{Map, MapData, PerCpuArray, PerCpuValues},
 };
 use futures::{StreamExt as _, TryStreamExt as _};
-use router_common::port::{Neigh, NeighKey};
+use router_common::port::{Neigh, NeighKey, NeighUsed};
 use rtnetlink::{
     MulticastGroup,
     packet_core::NetlinkPayload,
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
     },
 };
 
 use super::{
-    BpfRouter, XR_GEN, XR_NEIGH,
+    BpfRouter, XR_GEN, XR_NEIGH, XR_NEIGH_USED,
     sync::{bump_generation, sync_hash},
 };
 use crate::backend::netlink::Nl;
@@ -89,7 +94,13 @@ fn entry(m: &NeighbourMessage) -> Option<(NeighKey, Neigh)> {
 /// DELAY, PROBE, PERMANENT or NOARP that have a MAC.
 pub async fn dump_neighbours(ns: &str) -> Result<HashMap<NeighKey, Neigh>> {
     let nl = Nl::open(Some(ns)).await?;
+    Ok(dump(&nl, ns).await?.0)
+}
+
+/// [`dump_neighbours`] through `nl`, and which of them are STALE.
+async fn dump(nl: &Nl, ns: &str) -> Result<(HashMap<NeighKey, Neigh>, HashSet<NeighKey>)> {
     let mut out = HashMap::new();
+    let mut stale = HashSet::new();
     let mut s = nl
         .handle
         .neighbours()
@@ -102,20 +113,66 @@ pub async fn dump_neighbours(ns: &str) -> Result<HashMap<NeighKey, Neigh>> {
         .with_context(|| format!("listing neighbours in {ns}"))?
     {
         if let Some((k, v)) = entry(&m) {
+            if m.header.state == NeighbourState::Stale {
+                stale.insert(k);
+            }
             out.insert(k, v);
         }
     }
-    Ok(out)
+    Ok((out, stale))
 }
 
 impl BpfRouter {
     /// Makes `XR_NEIGH` equal the neighbour table of the router namespace
-    /// `ns` (see [`dump_neighbours`]). Returns the entries changed.
+    /// `ns` (see [`dump_neighbours`]), and has the kernel check the STALE
+    /// neighbours XDP sent packets to since the last call (see
+    /// `NeighUsed`): it sends them a probe, as it would had those packets
+    /// gone through it, and a neighbour that no longer answers at its MAC
+    /// (a VM given another) fails, leaves `XR_NEIGH`, and is resolved
+    /// afresh by the next packet (through TC). Returns the entries changed.
     ///
     /// Async: it talks rtnetlink on the caller's tokio runtime.
     pub async fn sync_neighbours(&mut self, ns: &str) -> Result<usize> {
-        let want = dump_neighbours(ns).await?;
-        self.set_neighbours(&want)
+        let nl = Nl::open(Some(ns)).await?;
+        let (want, stale) = dump(&nl, ns).await?;
+        let n = self.set_neighbours(&want)?;
+        let used = self.take_used()?;
+        for k in stale.iter().filter(|k| used.has(k)) {
+            let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::from(k.addr));
+            // NTF_USE: the kernel takes it as a packet to that neighbour.
+            if let Err(e) = nl
+                .handle
+                .neighbours()
+                .add(k.ifindex, addr)
+                .flags(NeighbourFlags::Use)
+                .replace()
+                .execute()
+                .await
+            {
+                tracing::debug!("{ns}: neighbour {addr} not checked: {e}");
+            }
+        }
+        Ok(n)
+    }
+
+    /// The next hops XDP sent to since the last call, over all CPUs;
+    /// cleared. (A bit set between the read and the clear is lost: its
+    /// traffic sets it again.)
+    fn take_used(&mut self) -> Result<NeighUsed> {
+        let map = self
+            .ebpf
+            .map_mut(XR_NEIGH_USED)
+            .with_context(|| format!("the BPF object has no map {XR_NEIGH_USED}"))?;
+        let mut a: PerCpuArray<_, NeighUsed> = PerCpuArray::try_from(map)?;
+        let per_cpu = a.get(&0, 0)?;
+        let used = per_cpu
+            .iter()
+            .fold(NeighUsed::default(), |acc, u| acc.or(u));
+        if used != NeighUsed::default() {
+            let zero = PerCpuValues::try_from(vec![NeighUsed::default(); per_cpu.len()])?;
+            a.set(0, zero, 0)?;
+        }
+        Ok(used)
     }
 
     /// Makes `XR_NEIGH` hold exactly `want`; returns the entries changed
