@@ -350,10 +350,20 @@ fn int(v: Val, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
             range.start(),
             range.end()
         )),
-        // TOML reads 1e6 and 1000000.0 as floats: say how to write it.
-        Val::Toml(toml::Value::Float(f)) if f.fract() == 0.0 && f.abs() < 1e18 => {
-            Err(format!("{} is not an integer (write {f:.0})", shown(v)))
-        }
+        // TOML reads 1e6 and 1000000.0 as floats: say how to write it, or
+        // what is allowed when it would not be.
+        Val::Toml(toml::Value::Float(f)) => Err(
+            if f.fract() == 0.0 && *f >= *range.start() as f64 && *f <= *range.end() as f64 {
+                format!("{} is not an integer (write {f:.0})", shown(v))
+            } else {
+                format!(
+                    "{} is not an integer (allowed: {}..={})",
+                    shown(v),
+                    range.start(),
+                    range.end()
+                )
+            },
+        ),
         other => Err(format!("{} is not an integer", shown(other))),
     }
 }
@@ -1084,6 +1094,19 @@ mod tests {
             "conntrack_size",
             "1.5",
             "not an integer",
+        );
+        // Not suggested where the integer would be refused too.
+        refused(
+            "conntrack_size = 1e8",
+            "conntrack_size",
+            "100000000.0",
+            "not an integer (allowed: 1024..=16777216)",
+        );
+        refused(
+            "metadata_port = 1e30",
+            "metadata_port",
+            "not an integer",
+            "(allowed: 1..=65535)",
         );
         // A huge number is cut, as every value in a message.
         let e = NodeConfig::parse(&format!("conntrack_size = {}", "9".repeat(100_000)), "n")
