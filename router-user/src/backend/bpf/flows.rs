@@ -16,8 +16,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, PerCpuArray};
 use router_common::{
     conntrack::{
-        CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN,
-        TCP_NONE, TCP_SYN_SENT,
+        CT_F_REPLIED, CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED,
+        TCP_FIN, TCP_NONE, TCP_SYN_SENT,
     },
     counters::{Counter, CtEvent, Outcome},
 };
@@ -81,10 +81,13 @@ impl Conn {
             .unwrap_or(TCP_NONE)
     }
 
-    /// Whether a packet was seen in the reply direction (the reply entry is
-    /// created with `last_seen == created` and touched only by replies).
+    /// Whether a packet was seen in the reply direction: the programs mark
+    /// both entries (`CT_F_REPLIED`). (The reply entry's `last_seen`, which
+    /// only replies touch, says so too, but not for a reply within the
+    /// coarse clock's tick of the first packet: a LAN's.)
     fn replied(&self) -> bool {
-        self.reply.is_some_and(|(_, e)| e.last_seen > e.created)
+        self.entries().any(|(_, e)| e.flags & CT_F_REPLIED != 0)
+            || self.reply.is_some_and(|(_, e)| e.last_seen > e.created)
     }
 
     fn timeout(&self) -> u64 {
@@ -892,6 +895,15 @@ mod unit {
         assert_eq!(c.timeout(), TIMEOUT_UDP_REPLIED);
         assert!(!c.expired(TIMEOUT_UDP_REPLIED));
         assert!(c.expired(TIMEOUT_UDP_REPLIED + 6));
+        // Answered within the clock's tick: the flag says so.
+        r.1.last_seen = r.1.created;
+        o.1.flags |= CT_F_REPLIED;
+        let c = Conn {
+            orig: Some(o),
+            reply: Some(r),
+        };
+        assert_eq!(c.timeout(), TIMEOUT_UDP_REPLIED);
+        assert_eq!(state_name(PROTO_UDP, c.state(), c.replied()), "REPLIED");
     }
 }
 
