@@ -345,7 +345,8 @@ fn stats_json(all: &[RouterStats]) -> anyhow::Result<String> {
 }
 
 /// The line under `show stats`' tables.
-pub const STATS_ZEROS_HIDDEN: &str = "counters at zero are not shown; --json lists all";
+pub const STATS_ZEROS_HIDDEN: &str =
+    "packet counters at zero are not shown (connection events are, all); --json lists all";
 
 /// A table per router: the outcomes that counted packets (the others are
 /// left out, as the line under the tables says), then the connection
