@@ -335,7 +335,7 @@ fn shown(v: Val) -> String {
         Val::Toml(toml::Value::String(s)) => quote(s),
         Val::Toml(toml::Value::Array(_)) => "a list".into(),
         Val::Toml(toml::Value::Table(_)) => "a table".into(),
-        Val::Toml(other) => other.to_string(),
+        Val::Toml(other) => text::bare(&other.to_string()),
         Val::TooBig(n) => text::bare(n),
     }
 }
@@ -1107,6 +1107,14 @@ mod tests {
             "metadata_port",
             "not an integer",
             "(allowed: 1..=65535)",
+        );
+        // Written out, a huge float is cut like any value.
+        let e = NodeConfig::parse("conntrack_size = 1.7e308", "n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.len() < 250 && e.contains("bytes)") && e.contains("allowed"),
+            "{e}"
         );
         // A huge number is cut, as every value in a message.
         let e = NodeConfig::parse(&format!("conntrack_size = {}", "9".repeat(100_000)), "n")
