@@ -37,8 +37,23 @@ pub struct LocalAddr {
     pub addr: [u8; 4],
 }
 
-/// Words of [`LocalHint`] (4,096 bits).
-pub const LOCAL_HINT_WORDS: usize = 64;
+/// Words of [`LocalHint`] and [`NeighUsed`] (4,096 bits each).
+const BITSET_WORDS: usize = 64;
+
+/// A 12-bit hash of `x` (Fibonacci hashing: the top bits of the product).
+#[inline(always)]
+const fn hash12(x: u32) -> u32 {
+    x.wrapping_mul(0x9e37_79b1) >> 20
+}
+
+/// The word and bit of a 12-bit hash in a set of [`BITSET_WORDS`] words.
+#[inline(always)]
+const fn word_bit(h: u64) -> (usize, u64) {
+    ((h >> 6) as usize % BITSET_WORDS, 1u64 << (h & 63))
+}
+
+/// Words of [`LocalHint`].
+pub const LOCAL_HINT_WORDS: usize = BITSET_WORDS;
 
 /// `XR_LOCAL_HINT[0]`: a bit per hash of an address; a set bit vouches
 /// that no address of `XR_LOCAL` hashes to it, so the programs skip that
@@ -64,9 +79,7 @@ impl LocalHint {
     /// The word and bit of `addr` (raw network order).
     #[inline(always)]
     pub const fn slot(addr: u32) -> (usize, u64) {
-        // Fibonacci hashing: the top 12 bits of the product.
-        let h = addr.wrapping_mul(0x9e37_79b1) >> 20;
-        ((h >> 6) as usize % LOCAL_HINT_WORDS, 1u64 << (h & 63))
+        word_bit(hash12(addr) as u64)
     }
 
     /// Whether no address of the router hashes where `addr` does.
@@ -123,18 +136,18 @@ impl NeighKey {
     /// The 12-bit hash of a next hop in [`NeighUsed`].
     #[inline(always)]
     pub const fn used_hash(ifindex: u32, addr: u32) -> u32 {
-        (addr ^ ifindex.rotate_left(16)).wrapping_mul(0x9e37_79b1) >> 20
+        hash12(addr ^ ifindex.rotate_left(16))
     }
 
     /// The word and bit of hash `h` ([`NeighKey::used_hash`]).
     #[inline(always)]
     pub const fn used_bit(h: u64) -> (usize, u64) {
-        ((h >> 6) as usize % NEIGH_USED_WORDS, 1u64 << (h & 63))
+        word_bit(h)
     }
 }
 
-/// Words of [`NeighUsed`] (4,096 bits).
-pub const NEIGH_USED_WORDS: usize = 64;
+/// Words of [`NeighUsed`].
+pub const NEIGH_USED_WORDS: usize = BITSET_WORDS;
 
 /// `XR_NEIGH_USED[0]`, per CPU: a bit per hash of a next hop, set by XDP
 /// when it sends a packet to that next hop's MAC. The kernel never sees

@@ -56,13 +56,19 @@ fn flow_hash(pkt: &Pkt) -> u32 {
 /// either, or the maps are behind it; either way it must not forward).
 #[inline(always)]
 pub fn egress(pkt: &Pkt, dst: u32) -> Result<Egress, Verdict> {
-    let Some((egress, nh)) = lookup(dst, flow_hash(pkt)) else {
+    egress_paths(pkt, dst).map(|(r, _)| r)
+}
+
+/// [`egress`], and how many next hops the route has.
+#[inline(always)]
+fn egress_paths(pkt: &Pkt, dst: u32) -> Result<(Egress, usize), Verdict> {
+    let Some((egress, nh, paths)) = lookup(dst, flow_hash(pkt)) else {
         return Err(Verdict::Answer(Outcome::KernelNoRoute));
     };
     let Some(port) = maps::port(egress) else {
         return Err(Verdict::Answer(Outcome::KernelNoRoute));
     };
-    Ok((egress, nh, port))
+    Ok(((egress, nh, port), paths))
 }
 
 /// A result of [`egress`]: egress ifindex, next hop, the egress port.
@@ -90,12 +96,7 @@ pub fn egress_cached(pkt: &Pkt, g: u32) -> Result<(Egress, Option<[u8; 6]>), Ver
             return Ok(((egress, nh, port), mac));
         }
     }
-    let Some((egress, nh, paths)) = lookup_paths(dst, flow_hash(pkt)) else {
-        return Err(Verdict::Answer(Outcome::KernelNoRoute));
-    };
-    let Some(port) = maps::port(egress) else {
-        return Err(Verdict::Answer(Outcome::KernelNoRoute));
-    };
+    let ((egress, nh, port), paths) = egress_paths(pkt, dst)?;
     if paths != 1 || key == 0 {
         return Ok(((egress, nh, port), None));
     }
@@ -119,15 +120,10 @@ pub fn translated(pkt: &Pkt, src: u32, dst: u32) -> Result<Flow, Verdict> {
     Ok(Flow::via(src, dst, pkt.sport, pkt.dport, r))
 }
 
-/// Egress device and next hop (raw network order) for `dst`.
+/// Egress device and next hop (raw network order) for `dst`, and how many
+/// next hops its route has.
 #[inline(always)]
-pub fn lookup(dst: u32, hash: u32) -> Option<(u32, u32)> {
-    lookup_paths(dst, hash).map(|(ifindex, nh, _)| (ifindex, nh))
-}
-
-/// [`lookup`], and how many next hops the route has.
-#[inline(always)]
-fn lookup_paths(dst: u32, hash: u32) -> Option<(u32, u32, usize)> {
+fn lookup(dst: u32, hash: u32) -> Option<(u32, u32, usize)> {
     let key = Key::new(32, dst.to_ne_bytes());
     let r = maps::XR_ROUTES.get(&key)?;
     let n = r.count as usize;
