@@ -239,10 +239,13 @@ impl Session {
             .push(tokio::spawn(read_ring(i, fd, self.tx.clone())));
         let id = w.id.clone();
         self.watched.push(Some(w));
-        if let Some(Some(w)) = self.watched.last_mut() {
-            w.maps
-                .set_ctl(self.ctl)
-                .with_context(|| format!("switching router {id} on"))?;
+        if let Some(Some(w)) = self.watched.last_mut()
+            && let Err(e) = w.maps.set_ctl(self.ctl)
+        {
+            // Not watched after all: a later `follow` tries it again.
+            self.readers[i].abort();
+            self.watched[i] = None;
+            return Err(e.context(format!("switching router {id} on")));
         }
         Ok(())
     }
