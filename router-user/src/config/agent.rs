@@ -1005,6 +1005,15 @@ mod tests {
                 "l3_agent.ini: [xrouter] conntrack_size: 99999999999999999999999 is outside",
             ),
             (
+                "conntrack_size = 1e6",
+                "l3_agent.ini: [xrouter] conntrack_size: 1e6 is not an integer (write 1000000)",
+            ),
+            (
+                "conntrack_size = 2.5e9",
+                "l3_agent.ini: [xrouter] conntrack_size: 2.5e9 is not an integer \
+                 (allowed: 1024..=16777216)",
+            ),
+            (
                 "speed = 10",
                 "l3_agent.ini: [xrouter] speed: unknown key (known: metadata_port,",
             ),

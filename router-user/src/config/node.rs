@@ -306,6 +306,9 @@ impl std::fmt::Display for KeyProblem {
 enum Val<'a> {
     Toml(&'a toml::Value),
     TooBig(&'a str),
+    /// A number in an INI file that is no integer (oslo's `int()` refuses
+    /// it too), as written and as read.
+    IniFloat(&'a str, f64),
 }
 
 /// What stands in for an integer too large for TOML while its key is
@@ -324,7 +327,7 @@ impl<'a> Val<'a> {
     fn toml(self) -> Option<&'a toml::Value> {
         match self {
             Val::Toml(v) => Some(v),
-            Val::TooBig(_) => None,
+            Val::TooBig(_) | Val::IniFloat(..) => None,
         }
     }
 }
@@ -336,7 +339,7 @@ fn shown(v: Val) -> String {
         Val::Toml(toml::Value::Array(_)) => "a list".into(),
         Val::Toml(toml::Value::Table(_)) => "a table".into(),
         Val::Toml(other) => text::bare(&other.to_string()),
-        Val::TooBig(n) => text::bare(n),
+        Val::TooBig(n) | Val::IniFloat(n, _) => text::bare(n),
     }
 }
 
@@ -352,8 +355,8 @@ fn int(v: Val, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
         )),
         // TOML reads 1e6 and 1000000.0 as floats: say how to write it, or
         // what is allowed when it would not be.
-        Val::Toml(toml::Value::Float(f)) => Err(
-            if f.fract() == 0.0 && *f >= *range.start() as f64 && *f <= *range.end() as f64 {
+        Val::Toml(&toml::Value::Float(f)) | Val::IniFloat(_, f) => Err(
+            if f.fract() == 0.0 && f >= *range.start() as f64 && f <= *range.end() as f64 {
                 format!("{} is not an integer (write {f:.0})", shown(v))
             } else {
                 format!(
@@ -418,7 +421,12 @@ impl NodeConfig {
             match python_int(value) {
                 Some(Ok(n)) => toml::Value::Integer(n),
                 Some(Err(())) => return self.set(key, Val::TooBig(value.trim()), None),
-                None => toml::Value::String(value.into()),
+                None => match value.trim().parse::<f64>() {
+                    Ok(f) if f.is_finite() => {
+                        return self.set(key, Val::IniFloat(value.trim(), f), None);
+                    }
+                    _ => toml::Value::String(value.into()),
+                },
             }
         } else {
             match key {
@@ -799,8 +807,9 @@ pub fn dir_problem(dir: &Path) -> Option<&'static str> {
 /// key allows (TOML's own message names neither): the file is read again
 /// with a marker in the integer's place, and the key holding it is checked.
 fn too_big(text: &str, e: &toml::de::Error, origin: &str) -> Option<anyhow::Error> {
-    if !e.message().starts_with("number too large") && !e.message().starts_with("number too small")
-    {
+    let m = e.message();
+    let integer = m.starts_with("number too large") || m.starts_with("number too small");
+    if !integer && !m.starts_with("invalid floating-point number") {
         return None;
     }
     // The error's span starts at the number (and may cover no more).
@@ -810,6 +819,15 @@ fn too_big(text: &str, e: &toml::de::Error, origin: &str) -> Option<anyhow::Erro
         .find(|c: char| !(c.is_ascii_alphanumeric() || "_+-.".contains(c)))
         .unwrap_or(text.len() - start);
     let number = &text[start..start + len];
+    // A float TOML refuses for its size (1e400), not its spelling.
+    if !integer
+        && !number
+            .replace('_', "")
+            .parse::<f64>()
+            .is_ok_and(f64::is_infinite)
+    {
+        return None;
+    }
     let marked = format!("{}\"{TOO_BIG}\"{}", &text[..start], &text[start + len..]);
     let table: toml::Table = marked.parse().ok()?;
     // Only the key that holds the marker: its problem is the one to name.
@@ -1116,6 +1134,18 @@ mod tests {
             e.len() < 250 && e.contains("bytes)") && e.contains("allowed"),
             "{e}"
         );
+        // A float too large for TOML is named with its key, as an integer is.
+        refused(
+            "conntrack_size = 1e400",
+            "conntrack_size",
+            "1e400",
+            "is outside the allowed range 1024..=16777216",
+        );
+        // A float TOML refuses for its spelling keeps TOML's message.
+        let e = NodeConfig::parse("conntrack_size = 1.e5", "n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1:"), "{e}");
         // A huge number is cut, as every value in a message.
         let e = NodeConfig::parse(&format!("conntrack_size = {}", "9".repeat(100_000)), "n")
             .unwrap_err()
