@@ -23,6 +23,7 @@
 mod changes;
 mod cpu;
 mod drops;
+mod memory;
 mod micro;
 mod progs;
 mod progstats;

@@ -141,17 +141,26 @@ fn write_router(ebpf: &mut Ebpf, ifx: [u32; 3], spec: &RouterSpec, rate: u32) ->
 
 /// The report: per table state, per case the pipeline's ns per packet and
 /// each stage's share, with the empty program's and the restore's cost.
-fn table(rows: &[Row]) -> String {
+fn table(rows: &[Row], reads: &ColdReads) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs of \
-         {REPEAT} repetitions ({REPEAT_NEW} for new flows), 64-byte UDP frames; ns/packet is \
-         the whole pipeline less the wrapper's header restore; each stage is the difference \
-         to the stage before (a stage smaller than the runs' spread can come out negative: \
-         noise, not a gain)"
+        "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs\n\
+         of {REPEAT} repetitions ({REPEAT_NEW} for new flows), 64-byte UDP frames.\n\
+         ns/packet: the whole pipeline less the wrapper's header restore. Each stage: the\n\
+         difference to the stage before (a stage smaller than the runs' spread can come out\n\
+         negative: noise, not a gain)."
     );
+    if let (Some(big), Some(small)) = (reads.big, reads.small) {
+        let _ = writeln!(
+            out,
+            "A read of a random line costs {big:.0} ns from {} MiB, {small:.0} ns from {} KiB (4 KiB\n\
+             pages, dependent loads): the unit of a table that outgrows the caches.",
+            ColdReads::BIG >> 20,
+            ColdReads::SMALL >> 10,
+        );
+    }
     let (ct, ct_new) = table_sizes();
     let mut last = "";
     for r in rows {
@@ -159,8 +168,8 @@ fn table(rows: &[Row]) -> String {
             last = r.table;
             let _ = writeln!(
                 out,
-                "\nconnection table {} (XR_CT sized {ct}, XR_CT_NEW {ct_new}); an empty program \
-                 costs {:.0} ns, the restore {:.0} more",
+                "\nconnection table {} (XR_CT sized {ct}, XR_CT_NEW {ct_new});\n\
+                 an empty program costs {:.0} ns, the restore {:.0} more",
                 r.table,
                 r.at(STAGE_EMPTY),
                 r.at(STAGE_RESTORE) - r.at(STAGE_EMPTY)
@@ -554,6 +563,27 @@ fn table_sizes() -> (u32, u32) {
     )
 }
 
+/// The cost of one read from memory no cache holds (`memory.rs`), beside
+/// one from memory the caches hold.
+struct ColdReads {
+    big: Option<f64>,
+    small: Option<f64>,
+}
+
+impl ColdReads {
+    /// `XR_CT`'s buckets at the default `conntrack_size`.
+    const BIG: usize = 32 << 20;
+    const SMALL: usize = 256 << 10;
+
+    fn measure() -> ColdReads {
+        super::say("micro: the cost of a cold read");
+        ColdReads {
+            big: crate::memory::cold_read_ns(Self::BIG),
+            small: crate::memory::cold_read_ns(Self::SMALL),
+        }
+    }
+}
+
 struct Row {
     table: &'static str,
     name: &'static str,
@@ -715,7 +745,8 @@ pub fn run(opts: &Opts) -> Result<()> {
         }
         Ok(rows)
     })??;
-    print!("{}", table(&rows));
+    let reads = ColdReads::measure();
+    print!("{}", table(&rows, &reads));
     if let Some(p) = &opts.json {
         let v = json!({
             "microbenchmark": rows.iter().map(|r| json!({
@@ -733,6 +764,8 @@ pub fn run(opts: &Opts) -> Result<()> {
             })).collect::<Vec<_>>(),
             "repeat": REPEAT,
             "runs": RUNS,
+            "ns_cold_read_32mib": reads.big,
+            "ns_cold_read_256kib": reads.small,
         });
         std::fs::write(p, serde_json::to_string_pretty(&v)?)?;
         println!("JSON: {}", p.display());
