@@ -50,6 +50,8 @@ const REPEAT: u32 = 1_000_000;
 /// New flows: fewer runs, each creates a connection (two entries).
 const REPEAT_NEW: u32 = 200_000;
 const RUNS: usize = 5;
+/// New flows into an embryonic table with room: at most this many a run.
+const REPEAT_ROOM: u32 = 10_000;
 /// Connections of the `snat-64k` case (`snat-1k`: 1024).
 const SPREAD_FLOWS: u32 = 65_536;
 
@@ -147,10 +149,10 @@ fn table(rows: &[Row], reads: &ColdReads) -> String {
     let _ = writeln!(
         out,
         "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs\n\
-         of {REPEAT} repetitions ({REPEAT_NEW} for new flows), 64-byte UDP frames.\n\
-         ns/packet: the whole pipeline less the wrapper's header restore. Each stage: the\n\
-         difference to the stage before (a stage smaller than the runs' spread can come out\n\
-         negative: noise, not a gain)."
+         of {REPEAT} repetitions ({REPEAT_NEW} for new flows, at most {REPEAT_ROOM} with room),\n\
+         64-byte UDP frames. ns/packet: the whole pipeline less the wrapper's header\n\
+         restore. Each stage: the difference to the stage before (a stage smaller than the\n\
+         runs' spread can come out negative: noise, not a gain)."
     );
     if let (Some(big), Some(small)) = (reads.big, reads.small) {
         let _ = writeln!(
@@ -232,6 +234,11 @@ struct MicroCase {
     /// (other destination ports) and each run takes one of them, in a
     /// scattered order.
     flows: u32,
+    /// New flows into an embryonic table with room: few enough per run
+    /// that no insert evicts (as when connections are answered and leave
+    /// it); otherwise the table fills and every insert evicts, as in a
+    /// flood.
+    room: bool,
 }
 
 /// The gateway-SNAT cases' first packet: VM1 to an external host.
@@ -250,6 +257,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: false,
             flows: 0,
+            room: false,
         },
         MicroCase {
             name: "snat-established",
@@ -260,6 +268,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: true,
             flows: 0,
+            room: false,
         },
         MicroCase {
             name: "snat-1k",
@@ -270,6 +279,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: true,
             flows: 1024,
+            room: false,
         },
         MicroCase {
             name: "snat-64k",
@@ -280,16 +290,29 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: true,
             flows: SPREAD_FLOWS,
+            room: false,
         },
         MicroCase {
-            name: "snat-new",
-            what: "gateway SNAT, a new connection every packet",
+            name: "snat-new-room",
+            what: "gateway SNAT, a new connection every packet, embryonic table with room",
             ingress: 0,
             frame: snat_frame(),
             new_flow: true,
             rate: 0,
             established: false,
             flows: 0,
+            room: true,
+        },
+        MicroCase {
+            name: "snat-new",
+            what: "gateway SNAT, a new connection every packet, embryonic table full",
+            ingress: 0,
+            frame: snat_frame(),
+            new_flow: true,
+            rate: 0,
+            established: false,
+            flows: 0,
+            room: false,
         },
         MicroCase {
             name: "snat-new-shed",
@@ -301,6 +324,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 1,
             established: false,
             flows: 0,
+            room: false,
         },
         MicroCase {
             name: "syn-shed",
@@ -311,6 +335,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 1,
             established: false,
             flows: 0,
+            room: false,
         },
         MicroCase {
             name: "dnat",
@@ -321,6 +346,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: true,
             flows: 0,
+            room: false,
         },
         MicroCase {
             name: "fip-out",
@@ -331,6 +357,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: true,
             flows: 0,
+            room: false,
         },
         MicroCase {
             name: "hairpin",
@@ -341,6 +368,7 @@ fn cases() -> Vec<MicroCase> {
             rate: 0,
             established: true,
             flows: 0,
+            room: false,
         },
     ]
 }
@@ -481,9 +509,35 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
 
 /// Connections created so far (`XR_CT_EVENTS`, all CPUs).
 fn created(ebpf: &mut Ebpf) -> Result<u64> {
+    event(ebpf, CtEvent::Created)
+}
+
+fn promoted(ebpf: &mut Ebpf) -> Result<u64> {
+    event(ebpf, CtEvent::Promoted)
+}
+
+fn event(ebpf: &mut Ebpf, e: CtEvent) -> Result<u64> {
     let ev: PerCpuArray<_, u64> = PerCpuArray::try_from(map(ebpf, "XR_CT_EVENTS")?)?;
-    let per_cpu = ev.get(&(CtEvent::Created as u32), 0)?;
+    let per_cpu = ev.get(&(e as u32), 0)?;
     Ok(per_cpu.iter().sum())
+}
+
+/// Entries in a connection table.
+fn entries(ebpf: &mut Ebpf, name: &str) -> Result<u64> {
+    let t: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, name)?)?;
+    Ok(t.keys().filter(Result::is_ok).count() as u64)
+}
+
+/// Repetitions per run of a case with room: the runs that reach the
+/// connection tables (three stages of [`RUNS`] runs, and the first
+/// packet) open at most half the connections `XR_CT_NEW` holds.
+fn room_repeat(ct_new: u32, case: &str) -> Result<u32> {
+    let runs = 3 * RUNS as u32 + 1;
+    let repeat = (ct_new / 2 / 2 / runs).min(REPEAT_ROOM);
+    if repeat < 100 {
+        bail!("micro case {case}: XR_CT_NEW ({ct_new} entries) is too small to measure it");
+    }
+    Ok(repeat)
 }
 
 /// Copies the established connection of `key` (both entries, its cached
@@ -656,16 +710,16 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
         super::say(&format!("micro: filling XR_CT with {prefill} entries"));
         fill(&mut ebpf, prefill)?;
     }
-    let cases = cases();
+    // One case only, for profiling it (perf record -- xrouter-bench --micro):
+    // nothing of the others is set up either.
+    let only = std::env::var("XRB_MICRO_CASE").ok();
+    let cases: Vec<_> = cases()
+        .into_iter()
+        .filter(|c| only.as_deref().is_none_or(|o| o == c.name))
+        .collect();
     establish(&mut ebpf, ifx, &cases)?;
     let mut rows = Vec::new();
     for c in cases {
-        // One case only, for profiling it (perf record -- xrouter-bench --micro).
-        if let Ok(only) = std::env::var("XRB_MICRO_CASE")
-            && only != c.name
-        {
-            continue;
-        }
         if super::stopped() {
             bail!("interrupted");
         }
@@ -680,7 +734,11 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
         if c.rate != 0 {
             verdict = run_once(&ebpf, MICRO, ingress, &c.frame, 1)?.0;
         }
-        let repeat = if c.new_flow { REPEAT_NEW } else { REPEAT };
+        let repeat = match (c.new_flow, c.room) {
+            (true, true) => room_repeat(ct_new, c.name)?,
+            (true, false) => REPEAT_NEW,
+            _ => REPEAT,
+        };
         let opened = created(&mut ebpf)?;
         let mut stages = Vec::new();
         for (name, stage) in STAGES {
@@ -704,6 +762,19 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
         // (a spread connection not found), whatever its verdict says.
         if !c.new_flow && created(&mut ebpf)? != opened {
             bail!("micro case {}: its packets opened new connections", c.name);
+        }
+        // A case with room measured no eviction: every connection it
+        // opened still has both entries.
+        if c.room {
+            let opened = created(&mut ebpf)?;
+            let held = entries(&mut ebpf, "XR_CT_NEW")?;
+            if held < 2 * opened.saturating_sub(promoted(&mut ebpf)?) {
+                bail!(
+                    "micro case {}: XR_CT_NEW holds {held} entries for {opened} connections: \
+                     it evicted",
+                    c.name
+                );
+            }
         }
         rows.push(Row {
             table,
