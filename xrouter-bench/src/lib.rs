@@ -22,6 +22,7 @@
 
 mod changes;
 mod cpu;
+mod designs;
 mod drops;
 mod memory;
 mod micro;

@@ -46,10 +46,10 @@ const MAC_VM2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
 const MAC_EXT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x15];
 const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
-const REPEAT: u32 = 1_000_000;
+pub(crate) const REPEAT: u32 = 1_000_000;
 /// New flows: fewer runs, each creates a connection (two entries).
-const REPEAT_NEW: u32 = 200_000;
-const RUNS: usize = 5;
+pub(crate) const REPEAT_NEW: u32 = 200_000;
+pub(crate) const RUNS: usize = 5;
 /// New flows into an embryonic table with room: at most this many a run.
 const REPEAT_ROOM: u32 = 10_000;
 /// Connections of the `snat-64k` case (`snat-1k`: 1024).
@@ -125,7 +125,7 @@ fn syn(
     f
 }
 
-fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+pub(crate) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name).with_context(|| format!("map {name}"))
 }
 
@@ -242,7 +242,7 @@ struct MicroCase {
 }
 
 /// The gateway-SNAT cases' first packet: VM1 to an external host.
-fn snat_frame() -> Vec<u8> {
+pub(crate) fn snat_frame() -> Vec<u8> {
     udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "192.168.1.15", 80)
 }
 
@@ -382,7 +382,7 @@ fn xdp_md(ingress: u32, len: usize) -> [u8; 24] {
 }
 
 /// One test run: (return value, ns per repetition).
-fn run_once(
+pub(crate) fn run_once(
     ebpf: &Ebpf,
     prog: &str,
     ingress: u32,
@@ -575,7 +575,7 @@ fn spread(ebpf: &mut Ebpf, key: &CtKey, flows: u32) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -604,7 +604,7 @@ fn is_staged(stage: u32) -> bool {
 const TABLES: [(&str, u32); 2] = [("empty", 0), ("1M entries", 1_000_000)];
 
 /// Table sizes as the daemon loads them for its default `conntrack_size`.
-fn table_sizes() -> (u32, u32) {
+pub(crate) fn table_sizes() -> (u32, u32) {
     // XRB_MICRO_CONNTRACK_SIZE: another `conntrack_size`, to see what the
     // tables' size costs (a new connection touches them at random).
     let conns = std::env::var("XRB_MICRO_CONNTRACK_SIZE")
@@ -807,17 +807,30 @@ pub fn run(opts: &Opts) -> Result<()> {
             bail!("creating {d} in {}", ns.0);
         }
     }
-    let rows = in_ns(&ns.0, || -> Result<Vec<Row>> {
+    let (rows, designs) = in_ns(&ns.0, || -> Result<_> {
         let idx = |d: &str| nix::net::if_::if_nametoindex(d).with_context(|| d.to_string());
         let ifx = [idx("qr1")?, idx("qr2")?, idx("qg")?];
+        // XRB_MICRO_CASE=designs: the table designs alone; another case:
+        // that case alone.
+        let only = std::env::var("XRB_MICRO_CASE").ok();
         let mut rows = Vec::new();
-        for (table, prefill) in TABLES {
-            rows.extend(measure(ifx, table, prefill)?);
+        if only.as_deref() != Some("designs") {
+            for (table, prefill) in TABLES {
+                rows.extend(measure(ifx, table, prefill)?);
+            }
         }
-        Ok(rows)
+        let designs = if only.as_deref().is_none_or(|o| o == "designs") {
+            crate::designs::measure_all(ifx[0])?
+        } else {
+            Vec::new()
+        };
+        Ok((rows, designs))
     })??;
     let reads = ColdReads::measure();
     print!("{}", table(&rows, &reads));
+    if !designs.is_empty() {
+        print!("{}", crate::designs::report(&designs));
+    }
     if let Some(p) = &opts.json {
         let v = json!({
             "microbenchmark": rows.iter().map(|r| json!({
@@ -835,6 +848,14 @@ pub fn run(opts: &Opts) -> Result<()> {
             })).collect::<Vec<_>>(),
             "repeat": REPEAT,
             "runs": RUNS,
+            "table_designs": designs.iter().map(|d| json!({
+                "table": d.table,
+                "operation": d.op,
+                "ns_kernel_maps": d.kernel,
+                "ns_own_table_prototype": d.own,
+                "own_table_keys_evicted_filling": d.fill_evicted,
+                "own_table_lookups_missed": d.missed,
+            })).collect::<Vec<_>>(),
             "ns_cold_read_32mib": reads.big,
             "ns_cold_read_256kib": reads.small,
         });

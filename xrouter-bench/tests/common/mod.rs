@@ -10,6 +10,11 @@ use std::{
 /// panics unless it succeeded. Returns its process id (the rigs' names
 /// carry it) and its stdout.
 pub fn run_bench(args: &[&std::ffi::OsStr]) -> (u32, String) {
+    run_bench_with(args, &[])
+}
+
+/// [`run_bench`] with environment variables set for it.
+pub fn run_bench_with(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (u32, String) {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "xrouter-bench needs root: run the tests as root (`cargo xtask test`)"
@@ -18,6 +23,7 @@ pub fn run_bench(args: &[&std::ffi::OsStr]) -> (u32, String) {
     // builds both).
     let mut child = Command::new(env!("CARGO_BIN_EXE_xrouter-bench"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

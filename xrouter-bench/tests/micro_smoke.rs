@@ -1,0 +1,78 @@
+//! `xrouter-bench --micro` in its smallest configurations (tables of 32k
+//! entries, one case): the embryonic table with room, and the table
+//! designs. Proves the cases run and check what they claim; says nothing
+//! about speed.
+
+mod common;
+
+/// Runs `--micro` with `case` alone and small tables; its JSON, and no
+/// namespace of it left.
+fn micro(case: &str) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("xrb-micro-smoke-{case}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("micro.json");
+    let (pid, _) = common::run_bench_with(
+        &["--micro".as_ref(), "--json".as_ref(), json.as_os_str()],
+        &[
+            ("XRB_MICRO_CASE", case),
+            ("XRB_MICRO_CONNTRACK_SIZE", "16384"),
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let left: Vec<String> = router_user::backend::netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| *n == format!("xrb-micro-{pid}"))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let cold = v["ns_cold_read_32mib"]
+        .as_f64()
+        .expect("a cold read's cost");
+    assert!(cold > 0.0, "{v}");
+    v
+}
+
+#[test]
+fn micro_measures_new_connections_into_a_table_with_room() {
+    let v = micro("snat-new-room");
+    let rows = v["microbenchmark"].as_array().unwrap();
+    // One row per table state, each forwarded (and, checked by the bench
+    // itself, with no connection evicted).
+    assert_eq!(rows.len(), 2, "{v}");
+    for r in rows {
+        assert_eq!(r["path"], "snat-new-room", "{r}");
+        assert_eq!(r["redirected"], true, "{r}");
+        assert!(r["ns_per_packet"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(v["table_designs"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[test]
+fn micro_compares_the_table_designs_for_the_same_work() {
+    let v = micro("designs");
+    assert!(v["microbenchmark"].as_array().unwrap().is_empty(), "{v}");
+    let rows = v["table_designs"].as_array().unwrap();
+    let ops: Vec<&str> = rows
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    // Tables of 32k entries hold 16k connections: the established
+    // operation picks among all of them (each found, or the bench fails).
+    assert_eq!(
+        ops,
+        [
+            "established, among 16k",
+            "new connection",
+            "established, among 16k",
+            "new connection"
+        ],
+        "{v}"
+    );
+    for r in rows {
+        for k in ["ns_kernel_maps", "ns_own_table_prototype"] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+        }
+    }
+}
