@@ -1,6 +1,9 @@
 //! What the smoke tests share: running xrouter-bench as root, bounded in
 //! time.
 
+// Each test crate compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
