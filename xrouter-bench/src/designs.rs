@@ -6,14 +6,14 @@
 //! many flows, before it is built.
 
 use anyhow::{Context as _, Result, bail};
-use aya::{Ebpf, EbpfLoader, maps::Array, programs::Xdp};
+use aya::{Ebpf, EbpfLoader, maps::Array};
 use router_common::bench::{
     TABLE_EST, TABLE_FILL, TABLE_KEST, TABLE_KFILL, TABLE_KNEW, TABLE_NEW, TableConfig,
 };
 
 use crate::{
     OBJECT,
-    micro::{REPEAT, REPEAT_NEW, RUNS, map, median, run_once, snat_frame, table_sizes},
+    micro::{REPEAT, REPEAT_NEW, RUNS, load_xdp, map, median, run_once, snat_frame, table_sizes},
 };
 
 const PROG: &str = "xr_bench_table";
@@ -141,12 +141,7 @@ pub fn measure_all(ingress: u32) -> Result<Vec<DesignRow>> {
             .map_max_entries("XRB_SLOTS", slots)
             .load(OBJECT)
             .context("loading the BPF object")?;
-        let p: &mut Xdp = ebpf
-            .program_mut(PROG)
-            .with_context(|| format!("no {PROG}"))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("verifier rejected {PROG}"))?;
+        load_xdp(&mut ebpf, PROG)?;
         // A power of two (the program picks by mask), all of them filled.
         let flows = FLOWS.min(1 << (31 - connections.leading_zeros()));
         let op = |op| Op { op, flows, mask };

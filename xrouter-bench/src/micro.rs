@@ -382,6 +382,17 @@ fn xdp_md(ingress: u32, len: usize) -> [u8; 24] {
 }
 
 /// One test run: (return value, ns per repetition).
+/// Loads the object's XDP program `prog` into the kernel.
+pub(crate) fn load_xdp(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
+    let p: &mut Xdp = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("no {prog}"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("verifier rejected {prog}"))?;
+    Ok(())
+}
+
 pub(crate) fn run_once(
     ebpf: &Ebpf,
     prog: &str,
@@ -694,12 +705,7 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
         .load(OBJECT)
         .context("loading the BPF object")?;
     for prog in [MICRO, STAGED] {
-        let p: &mut Xdp = ebpf
-            .program_mut(prog)
-            .with_context(|| format!("no {prog}"))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("verifier rejected {prog}"))?;
+        load_xdp(&mut ebpf, prog)?;
     }
     let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
     write_router(&mut ebpf, ifx, &spec, 0)?;
