@@ -1009,6 +1009,11 @@ mod tests {
                 "l3_agent.ini: [xrouter] conntrack_size: 1e6 is not an integer (write 1000000)",
             ),
             (
+                "conntrack_size = 1e400",
+                "l3_agent.ini: [xrouter] conntrack_size: 1e400 is outside the allowed range \
+                 1024..=16777216",
+            ),
+            (
                 "conntrack_size = 2.5e9",
                 "l3_agent.ini: [xrouter] conntrack_size: 2.5e9 is not an integer \
                  (allowed: 1024..=16777216)",

@@ -425,6 +425,12 @@ impl NodeConfig {
                     Ok(f) if f.is_finite() => {
                         return self.set(key, Val::IniFloat(value.trim(), f), None);
                     }
+                    // 1e400: a number, too large for any key, as in TOML.
+                    Ok(f)
+                        if f.is_infinite() && value.trim().bytes().any(|b| b.is_ascii_digit()) =>
+                    {
+                        return self.set(key, Val::TooBig(value.trim()), None);
+                    }
                     _ => toml::Value::String(value.into()),
                 },
             }
@@ -849,6 +855,15 @@ pub fn metrics_address(text: &str) -> Result<std::net::SocketAddr, String> {
     Ok(a)
 }
 
+/// toml's message, whose parts it puts on lines of their own, on one line.
+fn one_line(m: &str) -> String {
+    m.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A TOML error as one line: where, and what (toml's own rendering quotes
 /// the whole offending line of the file, whatever its length).
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
@@ -856,8 +871,8 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
         .span()
         .map(|s| text.bytes().take(s.start).filter(|b| *b == b'\n').count() + 1);
     match line {
-        Some(l) => format!("line {l}: {}", tidy(e.message())),
-        None => tidy(e.message()),
+        Some(l) => format!("line {l}: {}", tidy(&one_line(e.message()))),
+        None => tidy(&one_line(e.message())),
     }
 }
 
@@ -1141,11 +1156,13 @@ mod tests {
             "1e400",
             "is outside the allowed range 1024..=16777216",
         );
-        // A float TOML refuses for its spelling keeps TOML's message.
+        // A float TOML refuses for its spelling keeps TOML's message, on
+        // one line.
         let e = NodeConfig::parse("conntrack_size = 1.e5", "n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 1:"), "{e}");
+        assert!(e.contains("line 1: invalid floating-point number; "), "{e}");
+        assert!(!e.contains('\\') && !e.contains('\n'), "{e}");
         // A huge number is cut, as every value in a message.
         let e = NodeConfig::parse(&format!("conntrack_size = {}", "9".repeat(100_000)), "n")
             .unwrap_err()
