@@ -202,9 +202,12 @@ pub fn report(rows: &[DesignRow]) -> String {
             last = &r.table;
             let _ = writeln!(
                 out,
-                "own table, {}: {} keys evicted by full windows while filling, {} lookups \
-                 of filled connections missed",
-                r.table, r.fill_evicted, r.missed
+                "own table, {}: {} keys evicted by full windows while filling;\n  \
+                 {} of {} lookups of filled connections missed",
+                r.table,
+                r.fill_evicted,
+                r.missed,
+                RUNS as u32 * REPEAT
             );
         }
     }

@@ -146,19 +146,21 @@ fn write_router(ebpf: &mut Ebpf, ifx: [u32; 3], spec: &RouterSpec, rate: u32) ->
 fn table(rows: &[Row], reads: &ColdReads) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS} runs\n\
-         of {REPEAT} repetitions ({REPEAT_NEW} for new flows, at most {REPEAT_ROOM} with room),\n\
-         64-byte UDP frames. ns/packet: the whole pipeline less the wrapper's header\n\
-         restore. Each stage: the difference to the stage before (a stage smaller than the\n\
-         runs' spread can come out negative: noise, not a gain)."
-    );
+    if !rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "data path alone: xr_xdp's pipeline through BPF_PROG_TEST_RUN, median of {RUNS}\n\
+             runs of {REPEAT} repetitions ({REPEAT_NEW} for new flows, at most {REPEAT_ROOM}\n\
+             with room), 64-byte UDP frames. ns/pkt: the whole pipeline less the wrapper's\n\
+             header restore. Each stage: the difference to the stage before (a stage\n\
+             smaller than the runs' spread can come out negative: noise, not a gain)."
+        );
+    }
     if let (Some(big), Some(small)) = (reads.big, reads.small) {
         let _ = writeln!(
             out,
-            "A read of a random line costs {big:.0} ns from {} MiB, {small:.0} ns from {} KiB (4 KiB\n\
-             pages, dependent loads): the unit of a table that outgrows the caches.",
+            "A read of a random line costs {big:.0} ns from {} MiB, {small:.0} ns from {} KiB\n\
+             (4 KiB pages, dependent loads): the unit of a table that outgrows the caches.",
             ColdReads::BIG >> 20,
             ColdReads::SMALL >> 10,
         );
@@ -167,7 +169,7 @@ fn table(rows: &[Row], reads: &ColdReads) -> String {
     let mut last = "";
     for r in rows {
         if r.table != last {
-            last = r.table;
+            last = &r.table;
             let _ = writeln!(
                 out,
                 "\nconnection table {} (XR_CT sized {ct}, XR_CT_NEW {ct_new});\n\
@@ -176,24 +178,48 @@ fn table(rows: &[Row], reads: &ColdReads) -> String {
                 r.at(STAGE_EMPTY),
                 r.at(STAGE_RESTORE) - r.at(STAGE_EMPTY)
             );
-            let _ = write!(out, "{:<18} {:>9}", "path", "ns/packet");
+            let _ = write!(out, "{:<16} {:>7}", "path", "ns/pkt");
             for (name, _) in r.deltas() {
-                let _ = write!(out, " {name:>12}");
+                let _ = write!(out, " {:>9}", short(name));
             }
-            let _ = writeln!(out, "  {:<9} what", "verdict");
+            let _ = writeln!(out, " out");
         }
-        let _ = write!(out, "{:<18} {:>9.0}", r.name, r.ns());
+        let _ = write!(out, "{:<16} {:>7.0}", r.name, r.ns());
         for (_, v) in r.deltas() {
-            let _ = write!(out, " {v:>12.0}");
+            let _ = write!(out, " {v:>9.0}");
         }
         let verdict = match r.verdict {
-            XDP_REDIRECT => "redirect".to_string(),
+            XDP_REDIRECT => "redir".to_string(),
             XDP_DROP => "drop".to_string(),
             v => format!("ret {v}"),
         };
-        let _ = writeln!(out, "  {verdict:<9} {}", r.what);
+        let _ = writeln!(out, " {verdict}");
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nsend: the rewrite, the counter and the redirect. out: redir, forwarded\n\
+             (XDP_REDIRECT), or drop, dropped (shed). The paths:"
+        );
+        let mut seen = Vec::new();
+        for r in rows.iter().filter(|r| {
+            let new = !seen.contains(&r.name);
+            seen.push(r.name);
+            new
+        }) {
+            let _ = writeln!(out, "  {}: {}", r.name, r.what);
+        }
     }
     out
+}
+
+/// A stage's name in the report's narrow columns.
+fn short(stage: &str) -> &str {
+    if stage == "rewrite+send" {
+        "send"
+    } else {
+        stage
+    }
 }
 
 /// The next hops' MACs: the kernel's neighbour table, which the daemon
@@ -294,7 +320,7 @@ fn cases() -> Vec<MicroCase> {
         },
         MicroCase {
             name: "snat-new-room",
-            what: "gateway SNAT, a new connection every packet, embryonic table with room",
+            what: "SNAT, a new connection a packet, embryonic table with room",
             ingress: 0,
             frame: snat_frame(),
             new_flow: true,
@@ -305,7 +331,7 @@ fn cases() -> Vec<MicroCase> {
         },
         MicroCase {
             name: "snat-new",
-            what: "gateway SNAT, a new connection every packet, embryonic table full",
+            what: "SNAT, a new connection a packet, embryonic table full",
             ingress: 0,
             frame: snat_frame(),
             new_flow: true,
@@ -316,7 +342,7 @@ fn cases() -> Vec<MicroCase> {
         },
         MicroCase {
             name: "snat-new-shed",
-            what: "a new connection every packet, over the budget: dropped and counted",
+            what: "a new connection a packet, over the budget: dropped, counted",
             ingress: 0,
             frame: snat_frame(),
             new_flow: true,
@@ -328,7 +354,7 @@ fn cases() -> Vec<MicroCase> {
         },
         MicroCase {
             name: "syn-shed",
-            what: "a SYN from a new client to a floating IP, over the budget: shed before lookups",
+            what: "a SYN to a floating IP, over the budget: shed before lookups",
             ingress: 2,
             frame: syn(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
             new_flow: true,
@@ -611,17 +637,54 @@ fn is_staged(stage: u32) -> bool {
     !matches!(stage, STAGE_EMPTY | STAGE_RESTORE | STAGE_FULL)
 }
 
-/// Connection-table states measured: entries pre-filled in `XR_CT`.
-const TABLES: [(&str, u32); 2] = [("empty", 0), ("1M entries", 1_000_000)];
+/// Connection-table states measured: entries pre-filled in `XR_CT` (at
+/// most half the table).
+const TABLES: [u32; 2] = [0, 1_000_000];
 
-/// Table sizes as the daemon loads them for its default `conntrack_size`.
+/// A table state as the report names it.
+fn label(prefill: u32) -> String {
+    match prefill {
+        0 => "empty".into(),
+        n if n % 1_000_000 == 0 => format!("{}M entries", n / 1_000_000),
+        n => format!("{}k entries", n / 1024),
+    }
+}
+
+/// XRB_MICRO_CONNTRACK_SIZE: another `conntrack_size`, to see what the
+/// tables' size costs (a new connection touches them at random); checked
+/// as the node config checks `conntrack_size`.
+fn conntrack_size() -> Result<u32> {
+    const VAR: &str = "XRB_MICRO_CONNTRACK_SIZE";
+    let Ok(v) = std::env::var(VAR) else {
+        return Ok(NodeConfig::default().conntrack_size);
+    };
+    match v.trim().parse::<u32>() {
+        Ok(n) if (1024..=16_777_216).contains(&n) => Ok(n),
+        _ => bail!("{VAR}: {v:?} is not a number of connections from 1024 to 16777216"),
+    }
+}
+
+/// XRB_MICRO_CASE: one case alone (for `perf record`), or `designs` (the
+/// table prototype alone); None: everything.
+fn only_case() -> Result<Option<String>> {
+    let Ok(v) = std::env::var("XRB_MICRO_CASE") else {
+        return Ok(None);
+    };
+    let names: Vec<&str> = cases().iter().map(|c| c.name).collect();
+    if v != "designs" && !names.contains(&v.as_str()) {
+        bail!(
+            "XRB_MICRO_CASE: {v:?} is no case (the cases: {}, or designs for the table \
+             prototype alone)",
+            names.join(", ")
+        );
+    }
+    Ok(Some(v))
+}
+
+/// Table sizes as the daemon loads them for `conntrack_size` (checked by
+/// `run` first).
 pub(crate) fn table_sizes() -> (u32, u32) {
-    // XRB_MICRO_CONNTRACK_SIZE: another `conntrack_size`, to see what the
-    // tables' size costs (a new connection touches them at random).
-    let conns = std::env::var("XRB_MICRO_CONNTRACK_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(NodeConfig::default().conntrack_size);
+    let conns = conntrack_size().unwrap_or(NodeConfig::default().conntrack_size);
     (
         2 * conns,
         2 * router_user::backend::bpf::embryonic_connections(conns),
@@ -650,7 +713,7 @@ impl ColdReads {
 }
 
 struct Row {
-    table: &'static str,
+    table: String,
     name: &'static str,
     what: &'static str,
     /// Median ns per run, cumulative, per entry of [`STAGES`].
@@ -697,7 +760,7 @@ fn fill(ebpf: &mut Ebpf, entries: u32) -> Result<()> {
     Ok(())
 }
 
-fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>> {
+fn measure(ifx: [u32; 3], prefill: u32) -> Result<Vec<Row>> {
     let (ct, ct_new) = table_sizes();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("XR_CT", ct)
@@ -712,13 +775,14 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
     neighbours(&mut ebpf, ifx)?;
     // A table too small for the pre-fill gets half full.
     let prefill = prefill.min(ct / 2);
+    let table = label(prefill);
     if prefill != 0 {
         super::say(&format!("micro: filling XR_CT with {prefill} entries"));
         fill(&mut ebpf, prefill)?;
     }
     // One case only, for profiling it (perf record -- xrouter-bench --micro):
     // nothing of the others is set up either.
-    let only = std::env::var("XRB_MICRO_CASE").ok();
+    let only = only_case()?;
     let cases: Vec<_> = cases()
         .into_iter()
         .filter(|c| only.as_deref().is_none_or(|o| o == c.name))
@@ -783,7 +847,7 @@ fn measure(ifx: [u32; 3], table: &'static str, prefill: u32) -> Result<Vec<Row>>
             }
         }
         rows.push(Row {
-            table,
+            table: table.clone(),
             name: c.name,
             what: c.what,
             stages,
@@ -800,6 +864,9 @@ pub fn run(opts: &Opts) -> Result<()> {
             let _ = netns::delete(&self.0);
         }
     }
+    // Bad settings are refused before anything is built.
+    conntrack_size()?;
+    only_case()?;
     let ns = Ns(format!("xrb-micro-{}", std::process::id()));
     netns::create(&ns.0)?;
     for d in ["qr1", "qr2", "qg"] {
@@ -818,11 +885,11 @@ pub fn run(opts: &Opts) -> Result<()> {
         let ifx = [idx("qr1")?, idx("qr2")?, idx("qg")?];
         // XRB_MICRO_CASE=designs: the table designs alone; another case:
         // that case alone.
-        let only = std::env::var("XRB_MICRO_CASE").ok();
+        let only = only_case()?;
         let mut rows = Vec::new();
         if only.as_deref() != Some("designs") {
-            for (table, prefill) in TABLES {
-                rows.extend(measure(ifx, table, prefill)?);
+            for prefill in TABLES {
+                rows.extend(measure(ifx, prefill)?);
             }
         }
         let designs = if only.as_deref().is_none_or(|o| o == "designs") {
@@ -853,7 +920,11 @@ pub fn run(opts: &Opts) -> Result<()> {
                 "dropped": r.verdict == XDP_DROP,
             })).collect::<Vec<_>>(),
             "repeat": REPEAT,
+            "repeat_new_flows": REPEAT_NEW,
+            "repeat_with_room_at_most": REPEAT_ROOM,
             "runs": RUNS,
+            "xr_ct_entries": table_sizes().0,
+            "xr_ct_new_entries": table_sizes().1,
             "table_designs": designs.iter().map(|d| json!({
                 "table": d.table,
                 "operation": d.op,
@@ -873,7 +944,7 @@ pub fn run(opts: &Opts) -> Result<()> {
         .iter()
         .any(|r| r.verdict != if shed(&r) { XDP_DROP } else { XDP_REDIRECT })
     {
-        bail!("a path was not forwarded (or shed) by XDP as expected (see the verdict column)");
+        bail!("a path was not forwarded (or shed) by XDP as expected (see the out column)");
     }
     Ok(())
 }

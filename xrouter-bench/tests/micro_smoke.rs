@@ -76,3 +76,36 @@ fn micro_compares_the_table_designs_for_the_same_work() {
         }
     }
 }
+
+#[test]
+fn micro_refuses_unknown_cases_and_table_sizes_before_building_anything() {
+    for (var, value, says) in [
+        (
+            "XRB_MICRO_CASE",
+            "nonsense",
+            "is no case (the cases: route-only,",
+        ),
+        (
+            "XRB_MICRO_CONNTRACK_SIZE",
+            "5",
+            "is not a number of connections from 1024 to 16777216",
+        ),
+        (
+            "XRB_MICRO_CONNTRACK_SIZE",
+            "abc",
+            "is not a number of connections",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xrouter-bench"))
+            .arg("--micro")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} accepted");
+        assert!(
+            err.contains(&format!("{var}: \"{value}\" {says}")),
+            "{var}={value}: {err}"
+        );
+    }
+}
