@@ -760,7 +760,8 @@ fn fill(ebpf: &mut Ebpf, entries: u32) -> Result<()> {
     Ok(())
 }
 
-fn measure(ifx: [u32; 3], prefill: u32) -> Result<Vec<Row>> {
+/// The cases (`only`: that one alone) with `prefill` entries in `XR_CT`.
+fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> {
     let (ct, ct_new) = table_sizes();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("XR_CT", ct)
@@ -782,10 +783,9 @@ fn measure(ifx: [u32; 3], prefill: u32) -> Result<Vec<Row>> {
     }
     // One case only, for profiling it (perf record -- xrouter-bench --micro):
     // nothing of the others is set up either.
-    let only = only_case()?;
     let cases: Vec<_> = cases()
         .into_iter()
-        .filter(|c| only.as_deref().is_none_or(|o| o == c.name))
+        .filter(|c| only.is_none_or(|o| o == c.name))
         .collect();
     establish(&mut ebpf, ifx, &cases)?;
     let mut rows = Vec::new();
@@ -866,7 +866,8 @@ pub fn run(opts: &Opts) -> Result<()> {
     }
     // Bad settings are refused before anything is built.
     conntrack_size()?;
-    only_case()?;
+    let only = only_case()?;
+    let only = only.as_deref();
     let ns = Ns(format!("xrb-micro-{}", std::process::id()));
     netns::create(&ns.0)?;
     for d in ["qr1", "qr2", "qg"] {
@@ -885,14 +886,13 @@ pub fn run(opts: &Opts) -> Result<()> {
         let ifx = [idx("qr1")?, idx("qr2")?, idx("qg")?];
         // XRB_MICRO_CASE=designs: the table designs alone; another case:
         // that case alone.
-        let only = only_case()?;
         let mut rows = Vec::new();
-        if only.as_deref() != Some("designs") {
+        if only != Some("designs") {
             for prefill in TABLES {
-                rows.extend(measure(ifx, prefill)?);
+                rows.extend(measure(ifx, prefill, only)?);
             }
         }
-        let designs = if only.as_deref().is_none_or(|o| o == "designs") {
+        let designs = if only.is_none_or(|o| o == "designs") {
             crate::designs::measure_all(ifx[0])?
         } else {
             Vec::new()
