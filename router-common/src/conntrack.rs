@@ -34,10 +34,112 @@ impl CtKey {
     }
 }
 
-/// Map flags of the established connections' table `XR_CT`:
-/// BPF_F_NO_PREALLOC (entries allocated as connections are established).
-/// A pinned table with other flags is replaced (its entries carried over).
-pub const CT_FLAGS: u32 = 1;
+/// Map flags of the connection table `XR_CT`: BPF_F_MMAPABLE (the
+/// daemon reads and writes its slots through a shared mapping, without a
+/// system call per entry). A pinned table with other flags is replaced
+/// (its connections carried over).
+pub const CT_FLAGS: u32 = 1 << 10;
+
+/// Slots of the table for `connections` connections (two slots each, one
+/// per direction), at most half of them in use when all are open: a key
+/// then finds a free slot within its window but about once in 4,000
+/// inserts, and a lookup reads one or two slots.
+pub const fn ct_slots(connections: u32) -> u32 {
+    let want = connections as u64 * 4;
+    let mut n = 1u64;
+    while n < want {
+        n <<= 1;
+    }
+    if n > 1 << 31 { 1 << 31 } else { n as u32 }
+}
+
+/// How far from its hash's slot a key may sit (slots, wrapping at the end
+/// of the table).
+pub const CT_WINDOW: u32 = 16;
+
+/// The second word of a slot's key (`CtKey::words().1`) when the slot holds
+/// no key: never used (a lookup stops there), ...
+pub const CT_W1_EMPTY: u64 = 0;
+/// ... being written by one CPU (skipped; its protocol byte is 0, which no
+/// real key has), ...
+pub const CT_W1_BUSY: u64 = 1 << 40;
+/// ... or freed (skipped, and reused by an insert).
+pub const CT_W1_FREED: u64 = 2 << 40;
+
+/// Whether a slot's second key word is a real key's (protocol non-zero).
+pub const fn ct_w1_is_key(w1: u64) -> bool {
+    (w1 >> 32) & 0xff != 0
+}
+
+/// One slot of `XR_CT`: a direction's key and its entry in one cache
+/// line. The key's second word ([`CtKey::words`]) says what the slot
+/// holds: `CT_W1_*`, else a key. It is claimed with a compare-and-swap
+/// (to `CT_W1_BUSY`), written, then published with another; a reader
+/// checks the key words again after copying the entry.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtSlot {
+    pub key: CtKey,
+    pub entry: CtEntry,
+}
+
+const _: () = assert!(core::mem::size_of::<CtSlot>() == 64);
+
+/// Per CPU, an insert's choice of slot so far (`XR_CT_CLAIM`): scratch
+/// of the programs, in memory so that the verifier need not follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtClaim {
+    pub pick: u32,
+    pub _pad: u32,
+    pub oldest: u64,
+    /// The picked slot's key word when it was read.
+    pub was: u64,
+    /// Whether the pick holds an entry (evicted if claimed).
+    pub evicted: u64,
+}
+
+impl CtKey {
+    /// The key as two words, as a slot holds them: addresses, then ports,
+    /// protocol and padding (little-endian loads of the bytes).
+    #[inline(always)]
+    pub const fn words(&self) -> (u64, u64) {
+        let w0 = u32::from_le_bytes(self.src) as u64 | (u32::from_le_bytes(self.dst) as u64) << 32;
+        let p = self.sport.to_le_bytes();
+        let q = self.dport.to_le_bytes();
+        let w1 = u32::from_le_bytes([p[0], p[1], q[0], q[1]]) as u64
+            | (self.proto as u64) << 32
+            | (self._pad as u64) << 40
+            | (self._pad2 as u64) << 48;
+        (w0, w1)
+    }
+
+    /// The slot the key's window starts at, in a table of `mask + 1`
+    /// slots: a multiply-rotate hash of the two words, folded.
+    #[inline(always)]
+    pub const fn home(&self, mask: u32) -> u32 {
+        let (w0, w1) = self.words();
+        let mut h = (w0 as u32).wrapping_mul(0x9e37_79b1)
+            ^ ((w0 >> 32) as u32).wrapping_mul(0x85eb_ca77).rotate_left(13)
+            ^ (w1 as u32).wrapping_mul(0xc2b2_ae3d).rotate_left(7)
+            ^ ((w1 >> 32) as u32);
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x7feb_352d);
+        h ^= h >> 15;
+        h & mask
+    }
+}
+
+/// `CtEntry::created` is the clock (`bpf_ktime_get_coarse_ns`) shifted
+/// right this much: ticks of about a millisecond (1.05 ms), wrapping
+/// after 52 days.
+pub const CT_TICK_SHIFT: u32 = 20;
+
+/// The clock's nanoseconds `ns` in ticks ([`CT_TICK_SHIFT`]).
+#[inline(always)]
+pub const fn ct_ticks(ns: u64) -> u32 {
+    (ns >> CT_TICK_SHIFT) as u32
+}
 
 pub const CT_ORIGINAL: u8 = 0;
 pub const CT_REPLY: u8 = 1;
@@ -52,6 +154,9 @@ pub const TCP_CLOSED: u8 = 4;
 /// `CtEntry::flags`: a packet was seen in the reply direction (set on both
 /// entries).
 pub const CT_F_REPLIED: u8 = 1;
+/// `CtEntry::flags`: the connection is established (set on both entries):
+/// never evicted by a new connection, only expired when idle.
+pub const CT_F_ASSURED: u8 = 2;
 
 /// NAT flags of a connection.
 pub const NAT_SNAT: u8 = 1;
@@ -59,11 +164,11 @@ pub const NAT_DNAT: u8 = 2;
 
 /// Value: what to rewrite a packet matching the key into.
 ///
-/// A connection lives in one of two tables: `XR_CT_NEW` (embryonic: an LRU
-/// table that a flood of new connections churns) until it is established
-/// — TCP: its handshake completed; UDP/ICMP: answered and still alive
-/// after [`ESTABLISH_AFTER_NS`] — then in `XR_CT` (established: a plain
-/// hash table nothing evicts; when full, connections stay embryonic).
+/// A connection is embryonic until it is established — TCP: its handshake
+/// completed; UDP/ICMP: answered and still alive after
+/// [`ESTABLISH_AFTER_NS`] — then [`CT_F_ASSURED`]: a new connection whose
+/// window is full takes the slot of the least recently seen embryonic
+/// one, never an established one's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtEntry {
@@ -80,15 +185,16 @@ pub struct CtEntry {
     pub state: u8,
     /// `CT_F_*` bits.
     pub flags: u8,
-    /// Last packet, `bpf_ktime_get_ns` (CLOCK_MONOTONIC) nanoseconds.
+    /// Last packet, `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC)
+    /// nanoseconds.
     pub last_seen: u64,
-    /// Connection start, same clock.
-    pub created: u64,
+    /// Connection start, same clock in ticks ([`CT_TICK_SHIFT`]).
+    pub created: u32,
     /// Where the packets of this entry went last (see [`RouteCache`]).
     pub route: RouteCache,
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 48);
 
 /// The route of an entry's packets (to its translated destination, by its
 /// flow hash) and its next hop's MAC, as the programs last looked them up,
@@ -110,10 +216,9 @@ pub struct RouteCache {
     /// The next hop's MAC.
     pub mac: [u8; 6],
     pub _pad: u16,
-    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<RouteCache>() == 24);
+const _: () = assert!(core::mem::size_of::<RouteCache>() == 20);
 
 impl RouteCache {
     /// A mix of the fields: zero for all-zero fields, and a torn mixture
@@ -167,6 +272,15 @@ impl RouteCache {
 }
 
 impl CtEntry {
+    /// Nanoseconds since the connection started, at `now_ns` (from the
+    /// start of its creation tick: up to a millisecond more; modulo 52
+    /// days).
+    #[inline(always)]
+    pub const fn age_ns(&self, now_ns: u64) -> u64 {
+        ((ct_ticks(now_ns).wrapping_sub(self.created) as u64) << CT_TICK_SHIFT)
+            + (now_ns & ((1 << CT_TICK_SHIFT) - 1))
+    }
+
     /// The key of the other direction of the connection `(k, self)`
     /// belongs to: an entry holds its packets' translated tuple, whose
     /// reverse that key is (for either direction).
@@ -210,4 +324,4 @@ pub struct FragEntry {
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
 
-crate::pod!(CtKey, CtEntry, RouteCache, FragKey, FragEntry);
+crate::pod!(CtKey, CtEntry, CtSlot, CtClaim, RouteCache, FragKey, FragEntry);

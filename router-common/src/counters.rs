@@ -165,25 +165,26 @@ const _: () = assert!(Outcome::ALL.len() == OUTCOME_COUNT);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtEvent {
-    /// A connection was created (in the embryonic table).
+    /// A connection was created (embryonic).
     Created = 0,
-    /// A connection was established and moved to the main table.
+    /// A connection was established: never evicted from now on.
     Promoted = 1,
-    /// The main table was full: the connection stays embryonic.
-    PromoteFull = 2,
+    /// A new connection's entry took the slot of an embryonic one (its
+    /// window of the table was full).
+    Evicted = 2,
 }
 
 pub const CT_EVENT_COUNT: usize = 3;
 
 impl CtEvent {
     pub const ALL: [CtEvent; CT_EVENT_COUNT] =
-        [CtEvent::Created, CtEvent::Promoted, CtEvent::PromoteFull];
+        [CtEvent::Created, CtEvent::Promoted, CtEvent::Evicted];
 
     pub fn name(self) -> &'static str {
         match self {
             CtEvent::Created => "conntrack/created",
             CtEvent::Promoted => "conntrack/established",
-            CtEvent::PromoteFull => "conntrack/table-full-kept-embryonic",
+            CtEvent::Evicted => "conntrack/evicted-embryonic",
         }
     }
 }

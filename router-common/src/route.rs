@@ -49,11 +49,10 @@ pub const DST_CACHE_SLOTS: u32 = 256;
 pub struct DstRoute {
     /// Raw network order.
     pub dst: u32,
-    pub _pad: u32,
     pub route: crate::conntrack::RouteCache,
 }
 
-const _: () = assert!(core::mem::size_of::<DstRoute>() == 32);
+const _: () = assert!(core::mem::size_of::<DstRoute>() == 24);
 
 impl DstRoute {
     /// The slot of `dst` (raw network order).

@@ -5,6 +5,10 @@
 //! (`monitor`). The router's object is `src/main.rs`; the benchmark's
 //! (`--features bench`) is `src/bin/xrouter-bench-ebpf.rs`.
 #![no_std]
+// Compare-and-swap on map memory (the connection table's slots): the BPF
+// target's core atomics have no CAS, the intrinsic lowers to BPF's.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 pub mod ctx;
 pub mod hooks;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
-    conntrack::{CT_FLAGS, CtEntry, CtKey, FragEntry, FragKey},
+    conntrack::{CT_FLAGS, CtClaim, CtSlot, FragEntry, FragKey},
     counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl, MonitorEvent},
     port::{LocalAddr, LocalHint, Neigh, NeighKey, NeighUsed, PORT_SLOTS, PortInfo},
@@ -81,22 +81,18 @@ pub static XR_GEN: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static XR_BUILD: Array<u64, 1> = Array::new();
 
-/// Established connections, an entry per direction. Nothing evicts them
-/// (userspace expires idle ones); when it is full, new connections stay in
-/// `XR_CT_NEW`. Userspace sets the real size at load time (default 2 x 1M).
-///
-/// Not preallocated ([`CT_FLAGS`]): entries are allocated as connections
-/// are established, so an idle router reserves only the buckets (32 MiB
-/// at the default size, not 270); a lookup among many flows costs about 5%
-/// more (`xrouter-bench --micro`, `snat-64k`).
+/// The connection table: a slot per direction of a connection (see
+/// [`CtSlot`] and `pipeline::table`), embryonic and established ones
+/// alike. Userspace sets its size at load time (`ct_slots`; default 1M
+/// slots, 64 MiB, for 256k connections) and reads and writes it through
+/// a shared mapping ([`CT_FLAGS`]: mmapable).
 #[btf_map]
-pub static XR_CT: HashMap<CtKey, CtEntry, 65536, { CT_FLAGS as usize }> = HashMap::new();
+pub static XR_CT: Array<CtSlot, 1024, { CT_FLAGS as usize }> = Array::new();
 
-/// Embryonic connections (not yet established), an entry per direction: a
-/// flood of new connections evicts only its own kind here, never an
-/// established connection. Sized by userspace (a quarter of `XR_CT`).
+/// Per CPU, the slot an insert into `XR_CT` is choosing (index 0; see
+/// `pipeline::table`).
 #[btf_map]
-pub static XR_CT_NEW: LruHashMap<CtKey, CtEntry, 16384> = LruHashMap::new();
+pub static XR_CT_CLAIM: PerCpuArray<CtClaim, 1> = PerCpuArray::new();
 
 /// Per-CPU window of the new-connection budget (index 0).
 #[btf_map]

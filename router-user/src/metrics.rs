@@ -30,7 +30,7 @@ use prometheus_client::{
 use router_common::counters::Outcome;
 
 use crate::{
-    backend::bpf::{XR_CT, XR_CT_NEW, pinned},
+    backend::bpf::{XR_CT, pinned},
     config::node::Dataplane,
     state::State,
 };
@@ -319,12 +319,9 @@ impl Metrics {
                     events.get_or_create(&l).inc_by(n);
                 }
             }
-            for (table, name) in [("established", XR_CT), ("embryonic", XR_CT_NEW)] {
-                if let Some(m) = max_entries(&s.pin_dir, id, name) {
-                    let mut l = router(id);
-                    l.push(("table", table.into()));
-                    max.get_or_create(&l).set(m as i64);
-                }
+            // Two slots per entry: the size the table is made for.
+            if let Some(m) = max_entries(&s.pin_dir, id, XR_CT) {
+                max.get_or_create(&router(id)).set(i64::from(m / 2));
             }
         }
         for (id, (est, emb)) in self.fill_counts(&s.pin_dir, ids) {
@@ -376,19 +373,20 @@ impl Metrics {
         );
         r.register(
             "conntrack_events",
-            "Connection-table events: created (embryonic), established (moved to the main table), \
-             table-full-kept-embryonic",
+            "Connection-table events: created (embryonic), established (from then on never \
+             evicted), evicted-embryonic (an embryonic connection's slot taken by a new one)",
             events,
         );
         r.register(
             "conntrack_entries",
-            "Entries (two per connection) in the router's connection tables, established and \
-             embryonic; sampled: counted by walking the tables at most every 30 s",
+            "Entries (two per connection) in the router's connection table, established and \
+             embryonic; sampled: counted by walking the table at most every 30 s",
             entries,
         );
         r.register(
             "conntrack_max_entries",
-            "Capacity of the router's connection tables, in entries",
+            "Entries the router's connection table is sized for (conntrack_size x 2, rounded \
+             up; its slots are twice that)",
             max,
         );
         r.register(
@@ -432,9 +430,7 @@ impl Metrics {
             let t0 = Instant::now();
             let mut counts = HashMap::new();
             for id in ids {
-                let n = count_entries(pin_dir, id, XR_CT)
-                    .map(|est| (est, count_entries(pin_dir, id, XR_CT_NEW).unwrap_or(0)));
-                counts.insert(id.clone(), n);
+                counts.insert(id.clone(), pinned::count(pin_dir, id).ok());
             }
             f.counts = counts;
             f.took = t0.elapsed();
@@ -444,12 +440,6 @@ impl Metrics {
             .filter_map(|id| Some((id.clone(), (*f.counts.get(id)?)?)))
             .collect()
     }
-}
-
-/// The entries of a router's pinned connection table `name`, read in
-/// batches of thousands a syscall.
-fn count_entries(pin_dir: &std::path::Path, id: &str, name: &str) -> Option<u64> {
-    pinned::count(pin_dir, id, name).ok()
 }
 
 /// The capacity of a router's pinned map `name` (from the kernel's map

@@ -3,20 +3,23 @@
 //! replies are translated back; a known connection is translated as its
 //! first packet was, by [`super::nat`].
 //!
-//! A connection starts in the embryonic table `XR_CT_NEW` (LRU: a flood of
-//! new connections evicts only embryonic ones) and moves to `XR_CT`, which
-//! nothing evicts, once established: TCP when its handshake completes, UDP
-//! and ICMP when answered and still used after `ESTABLISH_AFTER_NS`. Lookups
-//! try `XR_CT` first. New connections are admitted within a per-CPU budget
-//! per second (`RouterConfig::new_conn_rate`); the rest are dropped and
-//! counted before they cost an insert.
+//! A connection starts embryonic: a new connection whose window of the
+//! table (`super::table`) is full takes the slot of the least recently
+//! seen embryonic entry there, so a flood of new connections evicts only
+//! its own kind. Once established — TCP when its handshake completes, UDP
+//! and ICMP when answered and still used after `ESTABLISH_AFTER_NS` — both
+//! entries are marked `CT_F_ASSURED` in place, and only the daemon's GC
+//! ends them, when idle. New connections are admitted within a per-CPU
+//! budget per second (`RouterConfig::new_conn_rate`); the rest are dropped
+//! and counted before they cost an insert.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use router_common::{
     config::RouterConfig,
     conntrack::{
-        CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, ESTABLISH_AFTER_NS, NAT_SNAT,
-        RouteCache, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN, TCP_NONE, TCP_SYN_SENT,
+        CT_F_ASSURED, CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CT_TICK_SHIFT, CtEntry, CtKey,
+        ESTABLISH_AFTER_NS, NAT_SNAT, RouteCache, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN, TCP_NONE,
+        TCP_SYN_SENT,
     },
     counters::{CtEvent, Outcome},
     port::{PortInfo, ROLE_GATEWAY, ROLE_INTERNAL},
@@ -24,13 +27,11 @@ use router_common::{
 
 use super::{
     Verdict, classify, nat,
+    table::{self, Found, Refused},
     parse::{FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, ICMP_ECHO_REPLY, PROTO_ICMP, PROTO_TCP, Pkt},
     route::{self, Flow},
 };
 use crate::maps;
-
-/// `CtEntry::flags`: promotion failed (main table full); not retried.
-const CT_F_STAY: u8 = 0x80;
 
 /// Length of a window of the new-connection budget.
 const RATE_WINDOW_NS: u64 = 100_000_000;
@@ -70,20 +71,13 @@ fn tcp_opens(flags: u8) -> bool {
     f == FLAG_SYN || f == FLAG_ACK
 }
 
-/// The connection entry for `k`: established, then embryonic (true).
-#[inline(always)]
-fn lookup(k: &CtKey) -> Option<(*mut CtEntry, bool)> {
-    if let Some(e) = maps::XR_CT.get_ptr_mut(k) {
-        return Some((e, false));
-    }
-    maps::XR_CT_NEW.get_ptr_mut(k).map(|e| (e, true))
-}
-
-/// The entry of a connection an ICMP error quotes, in either table.
+/// The entry of a connection an ICMP error quotes.
 #[inline(always)]
 pub fn find(k: &CtKey) -> Option<CtEntry> {
+    let f = table::lookup(k)?;
     // SAFETY: plain data, copied out.
-    unsafe { lookup(k).map(|(e, _)| *e) }
+    let e = unsafe { *f.entry() };
+    f.still().then_some(e)
 }
 
 #[inline(always)]
@@ -127,10 +121,11 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         no_connection(pkt, ingress)?;
         return Err(Verdict::Drop(Outcome::DropNewRate));
     }
-    if let Some((e, embryonic)) = lookup(&k) {
-        // SAFETY: the entry stays valid while this program runs; concurrent
-        // updates of last_seen/state/flags are benign.
-        let e = unsafe { &mut *e };
+    if let Some(found) = table::lookup(&k) {
+        // SAFETY: the slot stays valid while this program runs (an array's);
+        // concurrent updates of last_seen/state/flags are benign, and a
+        // slot reused meanwhile is caught by `still` below.
+        let e = unsafe { &mut *found.entry() };
         let new_dst = u32::from_ne_bytes(e.new_dst);
         // The route and next hop's MAC cached in the entry, if the maps
         // have not changed since (`RouteCache`): no route lookup, no
@@ -191,10 +186,14 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
             r,
         );
         flow.nexthop_mac = mac;
-        if embryonic {
-            maybe_establish(&k, e, pkt, now);
+        // Freed and reused while it was read: the connection is gone (the
+        // GC expired it), and the packet opens a new one.
+        if found.still() {
+            if e.flags & CT_F_ASSURED == 0 {
+                maybe_establish(&k, e, pkt, now);
+            }
+            return Ok(flow);
         }
-        return Ok(flow);
     }
     no_connection(pkt, ingress)?;
     new_connection(pkt, ingress, now)
@@ -216,66 +215,45 @@ fn no_connection(pkt: &Pkt, ingress: &PortInfo) -> Result<(), Verdict> {
     Ok(())
 }
 
-/// Moves an embryonic connection to the main table once it is established.
+/// Marks a connection established (both entries) once it is.
 #[inline(always)]
 fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
     let reply = e.direction == CT_REPLY;
-    if reply && e.flags & CT_F_REPLIED == 0 {
+    let partner = if reply && e.flags & CT_F_REPLIED == 0 {
         e.flags |= CT_F_REPLIED;
-        // The original direction's entry learns it too (TCP promotes on
-        // the handshake's last ACK, which travels that way).
-        if let Some(o) = maps::XR_CT_NEW.get_ptr_mut(&e.partner(k)) {
+        // The original direction's entry learns it too (TCP establishes
+        // on the handshake's last ACK, which travels that way).
+        let p = table::lookup(&e.partner(k));
+        if let Some(p) = p {
             // SAFETY: as in `track`.
-            unsafe { (*o).flags |= CT_F_REPLIED };
+            unsafe { (*p.entry()).flags |= CT_F_REPLIED };
         }
-    }
-    if e.flags & (CT_F_REPLIED | CT_F_STAY) != CT_F_REPLIED {
+        p
+    } else {
+        None
+    };
+    if e.flags & CT_F_REPLIED == 0 {
         return;
     }
     let ready = if pkt.proto == PROTO_TCP {
         !reply && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST) == FLAG_ACK
     } else {
-        now.saturating_sub(e.created) > ESTABLISH_AFTER_NS
+        ((now >> CT_TICK_SHIFT) as u32).wrapping_sub(e.created)
+            > (ESTABLISH_AFTER_NS >> CT_TICK_SHIFT) as u32
     };
     if !ready {
         return;
     }
-    let pk = e.partner(k);
-    // SAFETY: plain data, copied out.
-    let Some(pe) = (unsafe { maps::XR_CT_NEW.get(&pk) }).copied() else {
+    let Some(p) = partner.or_else(|| table::lookup(&e.partner(k))) else {
         return;
     };
-    let me = *e;
-    // Main table first, then out of the embryonic one: a concurrent lookup
-    // finds the connection in one or the other all along.
-    if let Err(err) = maps::XR_CT.insert(k, &me, BPF_ANY as u64) {
-        not_promoted(e, err);
-        return;
-    }
-    if let Err(err) = maps::XR_CT.insert(&pk, &pe, BPF_ANY as u64) {
-        let _ = maps::XR_CT.remove(k);
-        not_promoted(e, err);
-        return;
-    }
-    let _ = maps::XR_CT_NEW.remove(k);
-    let _ = maps::XR_CT_NEW.remove(&pk);
+    // The partner's mark first: a connection with one entry marked is
+    // never half-evicted.
+    // SAFETY: as in `track`.
+    unsafe { (*p.entry()).flags |= CT_F_ASSURED };
+    e.flags |= CT_F_ASSURED;
     maps::event(CtEvent::Promoted);
 }
-
-/// A promotion that failed: with the main table full the connection stays
-/// embryonic for good (no retry per packet); any other failure (the
-/// kernel short of memory for a new entry: `XR_CT` is not preallocated)
-/// is retried by the connection's next packet.
-#[inline(always)]
-fn not_promoted(e: &mut CtEntry, err: i32) {
-    if err == -E2BIG {
-        e.flags |= CT_F_STAY;
-        maps::event(CtEvent::PromoteFull);
-    }
-}
-
-/// errno of a map insert into a full hash map.
-const E2BIG: i32 = 7;
 
 /// Whether this CPU's budget of new connections is spent for the current
 /// window (without taking from it).
@@ -376,30 +354,27 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         state,
         flags: 0,
         last_seen: now,
-        created: now,
+        created: (now >> CT_TICK_SHIFT) as u32,
         route: RouteCache::default(),
     };
-    let reply_key = match snat_to {
+    let reply_slot = match snat_to {
         Some(addr) => {
             flow.src = addr;
-            let Some((rk, port)) = nat::claim_port(&cfg, pkt, dst, addr, &reply) else {
+            let Some((slot, port)) = nat::claim_port(&cfg, pkt, dst, addr, &reply) else {
                 return Err(Verdict::Drop(Outcome::DropNoPort));
             };
             flow.sport = port;
             if icmp {
                 flow.dport = port;
             }
-            rk
+            slot
         }
         None => {
             let rk = key(dst, pkt.src, pkt.dport, pkt.sport, pkt.proto);
             if icmp {
                 reply.new_dport = pkt.sport;
             }
-            if maps::XR_CT_NEW.insert(&rk, &reply, BPF_ANY as u64).is_err() {
-                return Err(Verdict::Drop(Outcome::DropCtFull));
-            }
-            rk
+            inserted(table::insert(&rk, &reply, false))?
         }
     };
     let orig = CtEntry {
@@ -412,14 +387,29 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         state,
         flags: 0,
         last_seen: now,
-        created: now,
+        created: reply.created,
         route: RouteCache::default(),
     };
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
-    if maps::XR_CT_NEW.insert(&k, &orig, BPF_ANY as u64).is_err() {
-        let _ = maps::XR_CT_NEW.remove(&reply_key);
-        return Err(Verdict::Drop(Outcome::DropCtFull));
+    if let Err(v) = inserted(table::insert(&k, &orig, false)) {
+        table::release(&reply_slot);
+        return Err(v);
     }
     maps::event(CtEvent::Created);
     Ok(flow)
+}
+
+/// An insert's slot, the eviction it took counted; a refusal drops the
+/// packet.
+#[inline(always)]
+pub fn inserted(r: Result<(Found, bool), Refused>) -> Result<Found, Verdict> {
+    match r {
+        Ok((f, evicted)) => {
+            if evicted {
+                maps::event(CtEvent::Evicted);
+            }
+            Ok(f)
+        }
+        Err(_) => Err(Verdict::Drop(Outcome::DropCtFull)),
+    }
 }

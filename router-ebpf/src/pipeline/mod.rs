@@ -24,6 +24,7 @@ pub mod nat;
 pub mod parse;
 pub mod rewrite;
 pub mod route;
+pub mod table;
 
 use router_common::counters::Outcome;
 

@@ -5,14 +5,18 @@
 //! source's floating IP or the gateway IP; nothing east-west. Gateway SNAT
 //! picks a random free port in the configured range.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use router_common::{
     config::{Ipv4, RouterConfig},
-    conntrack::{CtEntry, CtKey, NAT_DNAT},
+    conntrack::{CtEntry, NAT_DNAT},
     port::{PortInfo, ROLE_GATEWAY},
 };
 
-use super::{conntrack::key, parse::Pkt};
+use super::{
+    conntrack::{inserted, key},
+    parse::Pkt,
+    table::{self, Found},
+};
 use crate::maps;
 
 /// Random ports tried before a new SNAT connection is dropped.
@@ -81,9 +85,10 @@ pub fn source(
 }
 
 /// Claims a free source port for a connection to `dst` SNATed to `addr`
-/// by inserting its reply entry `reply` into the embryonic table: the
-/// reply's key and the port (network order). ICMP uses the echo id as
-/// both ports. None: no free port within `PORT_PROBES` tries.
+/// by inserting its reply entry `reply` into the connection table (unique:
+/// two CPUs claiming one port at once cannot both have it): the reply's
+/// slot and the port (network order). ICMP uses the echo id as both
+/// ports. None: no free port within `PORT_PROBES` tries.
 #[inline(always)]
 pub fn claim_port(
     cfg: &RouterConfig,
@@ -91,7 +96,7 @@ pub fn claim_port(
     dst: u32,
     addr: u32,
     reply: &CtEntry,
-) -> Option<(CtKey, u16)> {
+) -> Option<(Found, u16)> {
     let icmp = pkt.proto == super::parse::PROTO_ICMP;
     let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
     for _ in 0..PORT_PROBES {
@@ -102,23 +107,11 @@ pub fn claim_port(
         } else {
             key(dst, addr, pkt.dport, port, pkt.proto)
         };
-        // SAFETY: plain data.
-        if unsafe { maps::XR_CT.get(&rk) }.is_some() {
+        if table::lookup(&rk).is_some() {
             continue;
         }
-        // NOEXIST makes the claim atomic across CPUs; the second look at
-        // the main table catches a connection promoted from the embryonic
-        // one in between.
-        if maps::XR_CT_NEW
-            .insert(&rk, reply, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            // SAFETY: plain data.
-            if unsafe { maps::XR_CT.get(&rk) }.is_some() {
-                let _ = maps::XR_CT_NEW.remove(&rk);
-                continue;
-            }
-            return Some((rk, port));
+        if let Ok(f) = inserted(table::insert(&rk, reply, true)) {
+            return Some((f, port));
         }
     }
     None

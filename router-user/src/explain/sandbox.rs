@@ -14,25 +14,24 @@ use aya::{
 };
 use router_common::{
     config::RateWindow,
-    conntrack::{CtEntry, CtKey, FragEntry, FragKey},
+    conntrack::{CT_F_ASSURED, CtEntry, CtKey, FragEntry, FragKey},
     counters::{CT_EVENT_COUNT, Counter, OUTCOME_COUNT},
     port::{Neigh, NeighKey},
 };
 
 use crate::backend::bpf::{
-    self, Desired, PROG_TC, PROG_XDP, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_FRAG, XR_NEIGH, XR_RATE,
+    self, CtTable, Desired, PROG_TC, PROG_XDP, XR_CT, XR_CT_EVENTS, XR_FRAG, XR_NEIGH, XR_RATE,
 };
 
-/// Entries of the copy's connection tables: a packet meets a handful.
-const CT_ENTRIES: u32 = 256;
+/// Slots of the copy's connection table: a packet meets a handful.
+const CT_SLOTS: u32 = 256;
 const FRAG_ENTRIES: u32 = 64;
 
 /// Read-only handles on the live router's pinned maps.
 pub struct Live {
     pub maps: Desired,
     pub neigh: HashMap<NeighKey, Neigh>,
-    ct: BpfHash<MapData, CtKey, CtEntry>,
-    ct_new: BpfHash<MapData, CtKey, CtEntry>,
+    ct: CtTable,
     frag: BpfHash<MapData, FragKey, FragEntry>,
     rate: PerCpuArray<MapData, RateWindow>,
 }
@@ -51,20 +50,15 @@ impl Live {
         Ok(Live {
             maps,
             neigh,
-            ct: BpfHash::try_from(Map::HashMap(open(pin_dir, router_id, XR_CT)?))?,
-            ct_new: BpfHash::try_from(Map::LruHashMap(open(pin_dir, router_id, XR_CT_NEW)?))?,
+            ct: bpf::pinned::ct(pin_dir, router_id)?,
             frag: BpfHash::try_from(Map::LruHashMap(open(pin_dir, router_id, XR_FRAG)?))?,
             rate: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, router_id, XR_RATE)?))?,
         })
     }
 
-    /// The live entry of `k`: (established?, entry). A lookup from
-    /// userspace does not touch the LRU's recency.
+    /// The live entry of `k`: (established?, entry).
     pub fn ct(&self, k: &CtKey) -> Option<(bool, CtEntry)> {
-        if let Ok(e) = self.ct.get(k, 0) {
-            return Some((true, e));
-        }
-        self.ct_new.get(k, 0).ok().map(|e| (false, e))
+        self.ct.get(k).map(|e| (e.flags & CT_F_ASSURED != 0, e))
     }
 }
 
@@ -86,8 +80,8 @@ impl Sandbox {
     /// configuration (`live`) copied in; `xdp`: load `xr_xdp` too.
     pub fn new(live: &Live, xdp: bool) -> Result<Sandbox> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(XR_CT, CT_ENTRIES)
-            .map_max_entries(XR_CT_NEW, CT_ENTRIES)
+            .map_max_entries(XR_CT, CT_SLOTS)
+            .override_global(bpf::CT_MASK_GLOBAL, &(CT_SLOTS - 1), true)
             .map_max_entries(XR_FRAG, FRAG_ENTRIES)
             .load(bpf::object::OBJECT)
             .context("loading a private copy of the BPF object")?;
@@ -108,22 +102,21 @@ impl Sandbox {
         Ok(Sandbox { ebpf })
     }
 
-    fn ct_map(&mut self, established: bool) -> Result<BpfHash<&mut MapData, CtKey, CtEntry>> {
-        let name = if established { XR_CT } else { XR_CT_NEW };
-        Ok(BpfHash::try_from(self.ebpf.map_mut(name).context(name)?)?)
+    /// The copy's connection table, mapped.
+    fn ct(&self) -> Result<CtTable> {
+        match self.ebpf.map(XR_CT) {
+            Some(Map::Array(d)) => CtTable::of(d),
+            _ => anyhow::bail!("the BPF object has no connection table {XR_CT}"),
+        }
     }
 
     /// Empties the connection tables, fragments, counters and events of
     /// the copy, then copies in from `live` the entries of `seed` (and
     /// their partners) and the new-connection budget's windows.
     pub fn seed(&mut self, live: &Live, seed: &Seed) -> Result<()> {
-        for established in [true, false] {
-            let mut m = self.ct_map(established)?;
-            let keys: Vec<CtKey> = m.keys().collect::<Result<_, _>>()?;
-            for k in keys {
-                let _ = m.remove(&k);
-            }
-        }
+        let ct = self.ct()?;
+        // No program runs on the copy between runs.
+        ct.clear();
         {
             let mut f: BpfHash<_, FragKey, FragEntry> =
                 BpfHash::try_from(self.ebpf.map_mut(XR_FRAG).context(XR_FRAG)?)?;
@@ -167,14 +160,18 @@ impl Sandbox {
                 PerCpuArray::try_from(self.ebpf.map_mut(XR_RATE).context(XR_RATE)?)?;
             r.set(0, w, 0)?;
         }
+        let put = |k: &CtKey, e: &CtEntry| {
+            ct.insert(k, e)
+                .map_err(|why| anyhow::anyhow!("copying a connection entry: {why:?}"))
+        };
         for k in &seed.ct_keys {
-            let Some((established, e)) = live.ct(k) else {
+            let Some((_, e)) = live.ct(k) else {
                 continue;
             };
-            self.ct_map(established)?.insert(k, e, 0)?;
+            put(k, &e)?;
             let pk = e.partner(k);
-            if let Some((pe_established, pe)) = live.ct(&pk) {
-                self.ct_map(pe_established)?.insert(pk, pe, 0)?;
+            if let Some((_, pe)) = live.ct(&pk) {
+                put(&pk, &pe)?;
             }
         }
         Ok(())
@@ -182,16 +179,11 @@ impl Sandbox {
 
     /// Both connection tables of the copy: key -> (established?, entry).
     pub fn tables(&self) -> Result<HashMap<CtKey, (bool, CtEntry)>> {
-        let mut out = HashMap::new();
-        for (name, established) in [(XR_CT_NEW, false), (XR_CT, true)] {
-            let m: BpfHash<&MapData, CtKey, CtEntry> =
-                BpfHash::try_from(self.ebpf.map(name).context(name)?)?;
-            for kv in m.iter() {
-                let (k, e) = kv?;
-                out.insert(k, (established, e));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .ct()?
+            .all()
+            .map(|(k, e)| (k, (e.flags & CT_F_ASSURED != 0, e)))
+            .collect())
     }
 
     /// Per-CPU sums of the copy's outcome counters (packets), by index.

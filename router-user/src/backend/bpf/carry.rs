@@ -1,10 +1,8 @@
-//! Connections carried over from a pinned table that no longer fits: a new
-//! `conntrack_size`, or a build whose entries have more fields. Rather
+//! Connections carried over from a pinned table that no longer fits: a
+//! new `conntrack_size`, or an earlier build's tables (the hash tables
+//! `XR_CT` and `XR_CT_NEW`, whose entries had a longer layout). Rather
 //! than start empty (every translated connection of the router broken),
-//! the new table gets the old one's entries. Fields are only ever added at
-//! the end of a connection entry, and zero means "nothing" in them (the
-//! route cache: nothing cached), so an old value, zero-extended, is the
-//! same connection in the new layout.
+//! the new table gets the old one's connections.
 //!
 //! The old table stays open (not pinned) while the new object loads; its
 //! entries are copied once the new table exists. The programs still
@@ -13,62 +11,111 @@
 
 use std::{mem::size_of, os::fd::AsFd as _, path::Path};
 
-use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapInfo, MapType};
-use router_common::conntrack::{CtEntry, CtKey};
+use anyhow::Result;
+use aya::maps::{MapData, MapInfo, MapType};
+use router_common::conntrack::{CT_F_ASSURED, CT_F_REPLIED, CtEntry, CtKey, ct_ticks};
 
-use super::flows::{BATCH, Cursor, lookup_batch};
+use super::{
+    XR_CT,
+    flows::{BATCH, Cursor, lookup_batch},
+    table::{CtTable, NotInserted},
+};
 
 /// A pinned connection table to copy from.
-pub(super) struct OldTable {
-    pub name: &'static str,
-    data: MapData,
-    value_size: usize,
+pub(super) enum OldTable {
+    /// An earlier build's hash table: entries of `value_size` bytes, of
+    /// established connections (`XR_CT`) or embryonic ones.
+    Hash {
+        name: String,
+        data: MapData,
+        value_size: usize,
+        established: bool,
+    },
+    /// This build's table, of another size.
+    Slots(CtTable),
 }
 
+/// Value sizes of earlier builds' hash entries: the translation, flags and
+/// `last_seen` (24 bytes), `created` in nanoseconds (8), then a route
+/// cache (24) or nothing.
+const OLD_VALUE_SIZES: [usize; 2] = [32, 56];
+
 /// The table pinned at `path` (as `info` describes it), if its entries can
-/// be carried into this build's: a hash of this build's keys whose values
-/// are no longer than this build's. Opened before its pin is removed.
-pub(super) fn open(name: &'static str, path: &Path, info: &MapInfo) -> Option<OldTable> {
-    let hash = matches!(info.map_type(), Ok(MapType::Hash | MapType::LruHash));
-    let value_size = info.value_size() as usize;
-    if !hash || info.key_size() as usize != size_of::<CtKey>() || value_size > size_of::<CtEntry>()
-    {
-        return None;
+/// be carried into this build's. Opened before its pin is removed.
+pub(super) fn open(name: &str, path: &Path, info: &MapInfo) -> Option<OldTable> {
+    match info.map_type() {
+        Ok(MapType::Hash | MapType::LruHash)
+            if info.key_size() as usize == size_of::<CtKey>()
+                && OLD_VALUE_SIZES.contains(&(info.value_size() as usize)) =>
+        {
+            Some(OldTable::Hash {
+                name: name.to_string(),
+                data: MapData::from_pin(path).ok()?,
+                value_size: info.value_size() as usize,
+                established: name == XR_CT && matches!(info.map_type(), Ok(MapType::Hash)),
+            })
+        }
+        Ok(MapType::Array) => CtTable::from_pin(path).ok().map(OldTable::Slots),
+        _ => None,
     }
-    let data = MapData::from_pin(path).ok()?;
-    Some(OldTable {
-        name,
-        data,
-        value_size,
-    })
+}
+
+impl OldTable {
+    pub fn name(&self) -> &str {
+        match self {
+            OldTable::Hash { name, .. } => name,
+            OldTable::Slots(_) => XR_CT,
+        }
+    }
+}
+
+/// An earlier build's entry in this build's layout (nothing cached).
+fn convert(old: &[u8], established: bool) -> CtEntry {
+    let mut e = CtEntry::default();
+    bytemuck::bytes_of_mut(&mut e)[..24].copy_from_slice(&old[..24]);
+    let created = u64::from_ne_bytes(old[24..32].try_into().unwrap_or_default());
+    e.created = ct_ticks(created);
+    // Earlier flags other than "replied" meant nothing now.
+    e.flags &= CT_F_REPLIED;
+    if established {
+        e.flags |= CT_F_ASSURED;
+    }
+    e
 }
 
 /// Copies every entry of `old` into `new` (entries already there are
-/// kept): (copied, not copied because the new table is full).
-pub(super) fn copy(old: &OldTable, new: &mut Map) -> Result<(usize, usize)> {
-    let mut table: HashMap<_, CtKey, CtEntry> = HashMap::try_from(new)
-        .with_context(|| format!("the new {} is not a connection table", old.name))?;
-    let (ks, vs) = (size_of::<CtKey>(), old.value_size);
-    let mut keys = vec![0u8; BATCH * ks];
-    let mut values = vec![0u8; BATCH * vs];
+/// kept): (copied, not copied because the new table had no room).
+pub(super) fn copy(old: &OldTable, new: &CtTable) -> Result<(usize, usize)> {
     let (mut copied, mut lost) = (0, 0);
-    let mut at = Cursor::Start;
-    while at != Cursor::End {
-        let Some((next, n)) =
-            lookup_batch(old.data.fd().as_fd(), at, &mut keys, &mut values, BATCH)?
-        else {
-            anyhow::bail!("the kernel reads {} in batches no more", old.name);
-        };
-        at = next;
-        for i in 0..n {
-            let k: CtKey = bytemuck::pod_read_unaligned(&keys[i * ks..(i + 1) * ks]);
-            let mut e = CtEntry::default();
-            bytemuck::bytes_of_mut(&mut e)[..vs].copy_from_slice(&values[i * vs..(i + 1) * vs]);
-            // BPF_NOEXIST: what the new table has already is newer.
-            match table.insert(k, e, 1) {
-                Ok(()) => copied += 1,
-                Err(_) => lost += 1,
+    let mut put = |k: &CtKey, e: &CtEntry| match new.insert(k, e) {
+        Ok(()) => copied += 1,
+        // What the new table has already is newer.
+        Err(NotInserted::Present) => {}
+        Err(NotInserted::Full) => lost += 1,
+    };
+    match old {
+        OldTable::Slots(t) => t.all().for_each(|(k, e)| put(&k, &e)),
+        OldTable::Hash {
+            name,
+            data,
+            value_size,
+            established,
+        } => {
+            let (ks, vs) = (size_of::<CtKey>(), *value_size);
+            let mut keys = vec![0u8; BATCH * ks];
+            let mut values = vec![0u8; BATCH * vs];
+            let mut at = Cursor::Start;
+            while at != Cursor::End {
+                let Some((next, n)) =
+                    lookup_batch(data.fd().as_fd(), at, &mut keys, &mut values, BATCH)?
+                else {
+                    anyhow::bail!("the kernel reads {name} in batches no more");
+                };
+                at = next;
+                for i in 0..n {
+                    let k: CtKey = bytemuck::pod_read_unaligned(&keys[i * ks..(i + 1) * ks]);
+                    put(&k, &convert(&values[i * vs..(i + 1) * vs], *established));
+                }
             }
         }
     }

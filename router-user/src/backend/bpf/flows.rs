@@ -1,9 +1,8 @@
 //! The connection tables from userspace: listing, expiry and flushing, plus
 //! the outcome and event counters.
 //!
-//! A connection lives in `XR_CT` once established, in `XR_CT_NEW` before
-//! (see router-common's `conntrack`); every function here covers both.
-//! A table holds an entry per direction. Each entry's value is the packet's
+//! The table (`XR_CT`, read and written through [`CtTable`]) holds an
+//! entry per direction, embryonic and established connections alike. Each entry's value is the packet's
 //! tuple after translation, so the other direction's key is that tuple
 //! reversed ([`partner`]) — for either direction. Each entry keeps its own
 //! `last_seen` and TCP state (updated by packets of its direction only); a
@@ -16,14 +15,14 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, PerCpuArray};
 use router_common::{
     conntrack::{
-        CT_F_REPLIED, CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED,
-        TCP_FIN, TCP_NONE, TCP_SYN_SENT,
+        CT_F_ASSURED, CT_F_REPLIED, CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED,
+        TCP_ESTABLISHED, TCP_FIN, TCP_NONE, TCP_SYN_SENT, ct_ticks,
     },
     counters::{Counter, CtEvent, Outcome},
 };
 use serde::Serialize;
 
-use super::{BpfRouter, CT_MAPS, XR_COUNTERS, XR_CT, XR_CT_EVENTS, monotonic_ns, sync::is_enoent};
+use super::{BpfRouter, XR_COUNTERS, XR_CT, XR_CT_EVENTS, monotonic_ns, table::CtTable};
 
 /// Maps keyed by packet tuples, which the network chooses: foldhash, seeded
 /// per process, is several times faster than SipHash on a million
@@ -54,7 +53,8 @@ pub fn partner(k: &CtKey, e: &CtEntry) -> CtKey {
 }
 
 /// One connection as found in the table: either direction may be missing
-/// (the LRU evicted it, or the BPF code is between its two inserts).
+/// (a new connection evicted it, or the BPF code is between its two
+/// inserts).
 #[derive(Clone, Copy, Debug)]
 struct Conn {
     orig: Option<(CtKey, CtEntry)>,
@@ -87,7 +87,9 @@ impl Conn {
     /// coarse clock's tick of the first packet: a LAN's.)
     fn replied(&self) -> bool {
         self.entries().any(|(_, e)| e.flags & CT_F_REPLIED != 0)
-            || self.reply.is_some_and(|(_, e)| e.last_seen > e.created)
+            || self
+                .reply
+                .is_some_and(|(_, e)| ct_ticks(e.last_seen) != e.created)
     }
 
     fn timeout(&self) -> u64 {
@@ -241,7 +243,7 @@ impl Flow {
             dnat: e.nat & NAT_DNAT != 0,
             has_reply_entry: c.reply.is_some(),
             established,
-            age_secs: now_ns.saturating_sub(e.created) / SEC,
+            age_secs: e.age_ns(now_ns) / SEC,
             idle_secs: idle / SEC,
             expires_secs: c.timeout().saturating_sub(idle) / SEC,
         })
@@ -291,58 +293,18 @@ impl fmt::Display for Flow {
     }
 }
 
-/// Entries a `BPF_MAP_LOOKUP_BATCH` call returns at most.
+/// Entries a `BPF_MAP_LOOKUP_BATCH` call returns at most (reading an
+/// earlier build's hash tables, [`super::carry`]).
 pub(super) const BATCH: usize = 4096;
 
-/// Buffers for one batch read of a connection table.
-pub(super) struct Batch {
-    pub keys: Vec<CtKey>,
-    pub values: Vec<CtEntry>,
-    /// How many of `keys`/`values` the last read filled.
-    pub count: usize,
-}
-
-impl Batch {
-    pub fn new() -> Batch {
-        Batch {
-            keys: vec![CtKey::default(); BATCH],
-            values: vec![CtEntry::default(); BATCH],
-            count: 0,
-        }
-    }
-
-    pub fn entries(&self) -> impl Iterator<Item = (&CtKey, &CtEntry)> {
-        self.keys[..self.count]
-            .iter()
-            .zip(&self.values[..self.count])
-    }
-}
-
-/// Where the next batch read of a table starts.
+/// Where the next batch read of a hash table starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Cursor {
     Start,
-    /// The kernel's token (a hash bucket index): resumable later, even
-    /// after the table changed.
+    /// The kernel's token (a hash bucket index).
     At(u64),
     /// The last read reached the table's end.
     End,
-}
-
-/// Reads the batch of entries at `from` into `b` with one
-/// `BPF_MAP_LOOKUP_BATCH` (aya 0.14 has no batch operations) and returns
-/// where the next starts; None when the kernel refuses batches on this map
-/// (nothing was read; the caller then iterates).
-pub(super) fn read_batch(
-    fd: std::os::fd::BorrowedFd<'_>,
-    from: Cursor,
-    b: &mut Batch,
-) -> Result<Option<Cursor>> {
-    let keys: &mut [u8] = bytemuck::cast_slice_mut(&mut b.keys[..]);
-    let values: &mut [u8] = bytemuck::cast_slice_mut(&mut b.values[..]);
-    let r = lookup_batch(fd, from, keys, values, BATCH)?;
-    b.count = r.map_or(0, |r| r.1);
-    Ok(r.map(|r| r.0))
 }
 
 /// One `BPF_MAP_LOOKUP_BATCH` of at most `max` entries at `from` into the
@@ -411,51 +373,9 @@ pub(super) fn lookup_batch(
     )))
 }
 
-/// Hands every entry of the table to `f` in a few syscalls ([`read_batch`]),
-/// without keeping them; false when the kernel refuses batches (nothing was
-/// visited; the caller then iterates).
-pub(super) fn visit_batched(
-    fd: std::os::fd::BorrowedFd<'_>,
-    mut f: impl FnMut(&CtKey, &CtEntry),
-) -> Result<bool> {
-    let mut b = Batch::new();
-    let mut at = Cursor::Start;
-    while at != Cursor::End {
-        match read_batch(fd, at, &mut b)? {
-            Some(next) => at = next,
-            None => return Ok(false),
-        }
-        for (k, e) in b.entries() {
-            f(k, e);
-        }
-    }
-    Ok(true)
-}
-
-/// A snapshot of a connection table map, batched where the kernel can.
-fn table(map: &aya::maps::Map) -> Result<HashMap<CtKey, CtEntry>> {
-    let mut out = HashMap::default();
-    visit(map, |k, e| {
-        out.insert(*k, *e);
-    })?;
-    Ok(out)
-}
-
-/// Hands every entry of a connection table map to `f`, batched where the
-/// kernel can.
-fn visit(map: &aya::maps::Map, mut f: impl FnMut(&CtKey, &CtEntry)) -> Result<()> {
-    use std::os::fd::AsFd as _;
-    if let aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) = map
-        && visit_batched(d.fd().as_fd(), &mut f)?
-    {
-        return Ok(());
-    }
-    let m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-    for kv in m.iter() {
-        let (k, e) = kv?;
-        f(&k, &e);
-    }
-    Ok(())
+/// A snapshot of a connection table.
+fn table(t: &CtTable) -> HashMap<CtKey, CtEntry> {
+    t.all().collect()
 }
 
 /// The shortest idle timeout any connection of `proto` can have: an entry
@@ -468,44 +388,21 @@ fn min_timeout_ns(proto: u8) -> u64 {
         .unwrap_or(0)
 }
 
-/// The expired connections of a table, read once without keeping it: only
-/// entries idle longer than their protocol's shortest timeout are kept
-/// ([`expired_among`]), so a pass over a busy table of a million
-/// connections allocates next to nothing.
-fn expired_connections<T: std::borrow::Borrow<aya::maps::MapData>>(
-    map: &aya::maps::Map,
-    lookup: &aya::maps::HashMap<T, CtKey, CtEntry>,
-    now_ns: u64,
-) -> Result<Vec<Conn>> {
-    let floor = timeout_floors();
-    let mut old: HashMap<CtKey, CtEntry> = HashMap::default();
-    visit(map, |k, e| {
-        if now_ns.saturating_sub(e.last_seen) > floor[k.proto as usize] {
-            old.insert(*k, *e);
-        }
-    })?;
-    Ok(expired_among(old, lookup, now_ns))
-}
-
 /// [`min_timeout_ns`] of every protocol number.
 fn timeout_floors() -> Vec<u64> {
     (0..=u8::MAX).map(min_timeout_ns).collect()
 }
 
-/// The expired connections among `old` (entries of one table, or of a
-/// batch of it, idle longer than their protocol's shortest timeout): each
-/// is paired with its partner, looked up in the map if it is not among
+/// The expired connections among `old` (entries of a stretch of the
+/// table idle longer than their protocol's shortest timeout): each is
+/// paired with its partner, looked up in the table if it is not among
 /// them, and judged as a connection.
-fn expired_among<T: std::borrow::Borrow<aya::maps::MapData>>(
-    mut old: HashMap<CtKey, CtEntry>,
-    lookup: &aya::maps::HashMap<T, CtKey, CtEntry>,
-    now_ns: u64,
-) -> Vec<Conn> {
+fn expired_among(mut old: HashMap<CtKey, CtEntry>, t: &CtTable, now_ns: u64) -> Vec<Conn> {
     let partners: Vec<(CtKey, CtEntry)> = old
         .iter()
         .map(|(k, e)| partner(k, e))
         .filter(|pk| !old.contains_key(pk))
-        .filter_map(|pk| lookup.get(&pk, 0).ok().map(|p| (pk, p)))
+        .filter_map(|pk| t.get(&pk).map(|p| (pk, p)))
         .collect();
     old.extend(partners);
     connections(&old)
@@ -514,114 +411,53 @@ fn expired_among<T: std::borrow::Borrow<aya::maps::MapData>>(
         .collect()
 }
 
-/// The outcome of expiring one batch of a table.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct BatchGc {
-    /// Where the next batch starts.
-    pub next: Cursor,
-    /// Entries read.
-    pub scanned: usize,
-    /// Entries deleted (two per full connection).
-    pub deleted: usize,
-}
-
-/// Expires the connections among the batch of `map` (a connection table)
-/// at `at`: reads it, and deletes those still idle (partners may sit in
-/// any batch; they are looked up). None when the kernel refuses batches.
-pub(super) fn expire_batch(
-    map: &mut Map,
-    at: Cursor,
-    b: &mut Batch,
+/// Expires the connections among slots `slots` of the table (partners
+/// may sit anywhere; they are looked up): (entries read, deleted).
+pub(super) fn expire_slots(
+    t: &CtTable,
+    slots: std::ops::Range<u32>,
     now_ns: u64,
-) -> Result<Option<BatchGc>> {
-    use std::os::fd::AsFd as _;
-    let fd = match &*map {
-        Map::HashMap(d) | Map::LruHashMap(d) => d.fd().as_fd(),
-        _ => anyhow::bail!("a connection table must be a hash map"),
-    };
-    let Some(next) = read_batch(fd, at, b)? else {
-        return Ok(None);
-    };
+) -> (usize, usize) {
     let floor = timeout_floors();
-    let old: HashMap<CtKey, CtEntry> = b
-        .entries()
+    let mut scanned = 0;
+    let old: HashMap<CtKey, CtEntry> = t
+        .entries(slots)
+        .inspect(|_| scanned += 1)
         .filter(|(k, e)| now_ns.saturating_sub(e.last_seen) > floor[k.proto as usize])
-        .map(|(k, e)| (*k, *e))
         .collect();
-    let doomed = if old.is_empty() {
-        Vec::new()
-    } else {
-        let lookup: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(&*map)?;
-        expired_among(old, &lookup, now_ns)
-    };
-    let deleted = if doomed.is_empty() {
-        0
-    } else {
-        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-        delete_idle(&mut m, &doomed)?
-    };
-    Ok(Some(BatchGc {
-        next,
-        scanned: b.count,
-        deleted,
-    }))
+    if old.is_empty() {
+        return (scanned, 0);
+    }
+    let doomed = expired_among(old, t, now_ns);
+    (scanned, delete_idle(t, &doomed))
 }
 
 /// Expires a whole connection table at `now_ns`; returns the entries
 /// deleted.
-pub(super) fn gc_table(map: &mut Map, now_ns: u64) -> Result<usize> {
-    let mut b = Batch::new();
-    let mut at = Cursor::Start;
-    let mut n = 0;
-    while at != Cursor::End {
-        let Some(g) = expire_batch(map, at, &mut b, now_ns)? else {
-            // No batches on this kernel: one read of the whole table.
-            let doomed = {
-                let lookup: aya::maps::HashMap<_, CtKey, CtEntry> =
-                    aya::maps::HashMap::try_from(&*map)?;
-                expired_connections(map, &lookup, now_ns)?
-            };
-            let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-            return delete_idle(&mut m, &doomed);
-        };
-        n += g.deleted;
-        at = g.next;
-    }
-    Ok(n)
+pub(super) fn gc_table(t: &CtTable, now_ns: u64) -> usize {
+    expire_slots(t, 0..t.slots(), now_ns).1
 }
 
 /// Deletes the entries of `conns` whose `last_seen` did not move since
 /// the snapshot they come from.
-fn delete_idle<T: std::borrow::BorrowMut<aya::maps::MapData>>(
-    m: &mut aya::maps::HashMap<T, CtKey, CtEntry>,
-    conns: &[Conn],
-) -> Result<usize> {
+fn delete_idle(t: &CtTable, conns: &[Conn]) -> usize {
     let mut n = 0;
     for c in conns {
         let moved = c
             .entries()
-            .any(|(k, e)| m.get(k, 0).is_ok_and(|now| now.last_seen != e.last_seen));
+            .any(|(k, e)| t.get(k).is_some_and(|now| now.last_seen != e.last_seen));
         if !moved {
-            n += remove_conn(m, c)?;
+            for (k, e) in c.entries() {
+                n += usize::from(t.remove_if(k, |now| now.last_seen == e.last_seen));
+            }
         }
     }
-    Ok(n)
+    n
 }
 
 /// Removes both entries of a connection; returns how many were there.
-fn remove_conn<T: std::borrow::BorrowMut<aya::maps::MapData>>(
-    m: &mut aya::maps::HashMap<T, CtKey, CtEntry>,
-    c: &Conn,
-) -> Result<usize> {
-    let mut n = 0;
-    for (k, _) in c.entries() {
-        match m.remove(k) {
-            Ok(()) => n += 1,
-            Err(e) if is_enoent(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(n)
+fn remove_conn(t: &CtTable, c: &Conn) -> usize {
+    c.entries().filter(|(k, _)| t.remove(k)).count()
 }
 
 /// Per-CPU counters summed, in [`Outcome::ALL`] order.
@@ -640,16 +476,14 @@ fn sum_counters<T: std::borrow::Borrow<aya::maps::MapData>>(
     Ok(out)
 }
 
-/// The tracked connections of a snapshot of both tables, sorted by
+/// The tracked connections of a snapshot of the table, sorted by
 /// original tuple.
-fn flows_of(main: &HashMap<CtKey, CtEntry>, new: &HashMap<CtKey, CtEntry>) -> Vec<Flow> {
+fn flows_of(all: &HashMap<CtKey, CtEntry>) -> Vec<Flow> {
     let now = monotonic_ns();
-    let mut all = new.clone();
-    all.extend(main.iter().map(|(k, e)| (*k, *e)));
-    let mut out: Vec<Flow> = connections(&all)
+    let mut out: Vec<Flow> = connections(all)
         .iter()
         .filter_map(|c| {
-            let established = c.orig.is_some_and(|(k, _)| main.contains_key(&k));
+            let established = c.entries().any(|(_, e)| e.flags & CT_F_ASSURED != 0);
             Flow::of(c, now, established)
         })
         .collect();
@@ -669,55 +503,40 @@ fn sum_events<T: std::borrow::Borrow<aya::maps::MapData>>(
 }
 
 impl BpfRouter {
-    fn ct_map(&self, name: &str) -> Result<&Map> {
-        self.ebpf
-            .map(name)
-            .with_context(|| format!("the BPF object has no map {name}"))
-    }
-
-    /// A snapshot of one connection table (`XR_CT` or `XR_CT_NEW`).
-    pub fn ct_table(&self, name: &str) -> Result<HashMap<CtKey, CtEntry>> {
-        table(self.ct_map(name)?)
-    }
-
-    /// A snapshot of both connection tables together.
-    pub fn ct_entries(&self) -> Result<HashMap<CtKey, CtEntry>> {
-        let mut all = HashMap::default();
-        for name in CT_MAPS {
-            all.extend(self.ct_table(name)?);
+    /// The connection table, mapped.
+    pub fn ct(&self) -> Result<CtTable> {
+        match self.ebpf.map(XR_CT) {
+            Some(Map::Array(d)) => CtTable::of(d),
+            _ => anyhow::bail!("the BPF object has no connection table {XR_CT}"),
         }
-        Ok(all)
     }
 
-    /// Inserts one entry into the established connections' table (tests,
-    /// tools).
+    /// A snapshot of the connection table.
+    pub fn ct_entries(&self) -> Result<HashMap<CtKey, CtEntry>> {
+        Ok(table(&self.ct()?))
+    }
+
+    /// Inserts one entry into the connection table (tests, tools); an
+    /// entry already there for `k` is kept.
     pub fn ct_insert(&mut self, k: &CtKey, e: &CtEntry) -> Result<()> {
-        let map = self.ebpf.map_mut(XR_CT).context(XR_CT)?;
-        let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-        m.insert(k, e, 0)?;
-        Ok(())
+        self.ct()?
+            .insert(k, e)
+            .map_err(|why| anyhow::anyhow!("inserting into {XR_CT}: {why:?}"))
     }
 
     /// The tracked connections (those whose original-direction entry is
     /// present), sorted by original tuple.
     pub fn flows(&self) -> Result<Vec<Flow>> {
-        Ok(flows_of(
-            &self.ct_table(XR_CT)?,
-            &self.ct_table(super::XR_CT_NEW)?,
-        ))
+        Ok(flows_of(&self.ct_entries()?))
     }
 
     /// Deletes the connections idle longer than their timeout at `now_ns`
     /// ([`monotonic_ns`]): TCP ESTABLISHED 24 h, SYN_SENT/FIN/NONE 120 s,
     /// CLOSED 10 s; UDP 30 s, 60 s once replied; ICMP 30 s. Both directions
-    /// go together, from both tables. Returns the number of entries deleted
-    /// (two per full connection).
+    /// go together. Returns the number of entries deleted (two per full
+    /// connection).
     pub fn gc(&mut self, now_ns: u64) -> Result<usize> {
-        let mut n = 0;
-        for name in CT_MAPS {
-            n += gc_table(self.ebpf.map_mut(name).context(name)?, now_ns)?;
-        }
-        Ok(n)
+        Ok(gc_table(&self.ct()?, now_ns))
     }
 
     /// Deletes every connection (both directions) with `ip` as source or
@@ -734,21 +553,13 @@ impl BpfRouter {
             return Ok(0);
         }
         let set: std::collections::HashSet<[u8; 4]> = ips.iter().map(|i| i.octets()).collect();
-        let mut n = 0;
-        for name in CT_MAPS {
-            let table = self.ct_table(name)?;
-            let doomed: Vec<Conn> = connections(&table)
-                .into_iter()
-                .filter(|c| c.touches(&set))
-                .collect();
-            // Unconditionally: a packet in between must not save it.
-            let map = self.ebpf.map_mut(name).context(name)?;
-            let mut m: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(map)?;
-            for c in &doomed {
-                n += remove_conn(&mut m, c)?;
-            }
-        }
-        Ok(n)
+        let t = self.ct()?;
+        // Unconditionally: a packet in between must not save it.
+        Ok(connections(&table(&t))
+            .iter()
+            .filter(|c| c.touches(&set))
+            .map(|c| remove_conn(&t, c))
+            .sum())
     }
 
     /// The outcome counters, summed over CPUs, in [`Outcome::ALL`] order.
@@ -800,7 +611,7 @@ pub(super) fn snat_pair(
         state: TCP_ESTABLISHED,
         flags: 0,
         last_seen: t,
-        created: t,
+        created: ct_ticks(t),
         route: Default::default(),
     };
     let rk = k(outside, dport, gw, port);
@@ -887,16 +698,16 @@ mod unit {
             reply: Some(r),
         };
         assert_eq!(c.timeout(), TIMEOUT_UDP);
-        r.1.last_seen = 5;
+        r.1.last_seen = 5 * SEC;
         let c = Conn {
             orig: Some(o),
             reply: Some(r),
         };
         assert_eq!(c.timeout(), TIMEOUT_UDP_REPLIED);
         assert!(!c.expired(TIMEOUT_UDP_REPLIED));
-        assert!(c.expired(TIMEOUT_UDP_REPLIED + 6));
+        assert!(c.expired(TIMEOUT_UDP_REPLIED + 6 * SEC));
         // Answered within the clock's tick: the flag says so.
-        r.1.last_seen = r.1.created;
+        r.1.last_seen = (r.1.created as u64) << router_common::conntrack::CT_TICK_SHIFT;
         o.1.flags |= CT_F_REPLIED;
         let c = Conn {
             orig: Some(o),
@@ -914,58 +725,43 @@ pub mod pinned {
 
     use anyhow::{Context as _, Result};
     use aya::maps::{Map, MapData, PerCpuArray};
-    use router_common::{
-        conntrack::{CtEntry, CtKey},
-        counters::{Counter, CtEvent, Outcome},
-    };
+    use router_common::counters::{Counter, CtEvent, Outcome};
 
-    use super::{Flow, HashMap};
-    use crate::backend::bpf::{CT_MAPS, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW};
+    use super::Flow;
+    use crate::backend::bpf::{XR_COUNTERS, XR_CT, XR_CT_EVENTS, table::CtTable};
 
     fn open(pin_dir: &Path, router_id: &str, name: &str) -> Result<MapData> {
         let p = pin_dir.join(router_id).join(name);
         MapData::from_pin(&p).with_context(|| format!("opening pinned map {}", p.display()))
     }
 
-    /// A connection table, as the map type it has.
-    pub(in crate::backend::bpf) fn ct(pin_dir: &Path, router_id: &str, name: &str) -> Result<Map> {
-        let d = open(pin_dir, router_id, name)?;
-        Ok(if name == XR_CT_NEW {
-            Map::LruHashMap(d)
-        } else {
-            Map::HashMap(d)
-        })
-    }
-
-    fn snapshot(pin_dir: &Path, router_id: &str, name: &str) -> Result<HashMap<CtKey, CtEntry>> {
-        super::table(&ct(pin_dir, router_id, name)?)
+    /// A router's connection table, mapped.
+    pub fn ct(pin_dir: &Path, router_id: &str) -> Result<CtTable> {
+        CtTable::of(&open(pin_dir, router_id, XR_CT)?)
+            .with_context(|| format!("router {router_id}: {XR_CT}"))
     }
 
     /// The tracked connections of a router, sorted by original tuple.
     pub fn flows(pin_dir: &Path, router_id: &str) -> Result<Vec<Flow>> {
-        Ok(super::flows_of(
-            &snapshot(pin_dir, router_id, XR_CT)?,
-            &snapshot(pin_dir, router_id, XR_CT_NEW)?,
-        ))
+        Ok(super::flows_of(&super::table(&ct(pin_dir, router_id)?)))
     }
 
     /// Collects the expired connections of a router through its pinned
-    /// tables (see `BpfRouter::gc`). Blocking and proportional to the
-    /// tables: the daemon runs it off its event loop.
+    /// table (see `BpfRouter::gc`). Blocking and proportional to the
+    /// table: the daemon runs it off its event loop.
     pub fn gc(pin_dir: &Path, router_id: &str, now_ns: u64) -> Result<usize> {
-        let mut n = 0;
-        for name in CT_MAPS {
-            n += super::gc_table(&mut ct(pin_dir, router_id, name)?, now_ns)?;
-        }
-        Ok(n)
+        Ok(super::gc_table(&ct(pin_dir, router_id)?, now_ns))
     }
 
-    /// The entries in a router's connection table `name` (`XR_CT` or
-    /// `XR_CT_NEW`), counted in batches.
-    pub fn count(pin_dir: &Path, router_id: &str, name: &str) -> Result<u64> {
-        let mut n = 0u64;
-        super::visit(&ct(pin_dir, router_id, name)?, |_, _| n += 1)?;
-        Ok(n)
+    /// The entries in a router's connection table: (established,
+    /// embryonic).
+    pub fn count(pin_dir: &Path, router_id: &str) -> Result<(u64, u64)> {
+        let t = ct(pin_dir, router_id)?;
+        let est = t
+            .all()
+            .filter(|(_, e)| e.flags & router_common::conntrack::CT_F_ASSURED != 0)
+            .count() as u64;
+        Ok((est, t.count().saturating_sub(est)))
     }
 
     /// The outcome counters of a router, summed over CPUs.

@@ -1,17 +1,16 @@
 //! Expiry of idle connections, a slice at a time.
 //!
-//! A pass reads every entry of every router's two connection tables. With
-//! a million connections that is two million entries and hundreds of MB
-//! streamed through the caches the routers' programs run from: done at
-//! once, it takes a quarter of their throughput for seconds. So the daemon
-//! does a [`SLICE`] of the pass per tick, resuming where it stopped (the
-//! kernel's batch token, a hash bucket index, stays valid however the
-//! table changed meanwhile), as the kernel's own conntrack GC works through
-//! its table in bounded runs. The cost is spread thin: a small share of a
-//! core at any moment, and an idle connection goes some time after its
-//! timeout (one pass: seconds for thousands of connections, about half a
-//! minute for a million). Entries created after the pass went by are
-//! judged by the next one; the LRU tables evict under pressure meanwhile.
+//! A pass reads every slot of every router's connection table. With a
+//! million connections that is four million slots, 256 MB streamed through
+//! the caches the routers' programs run from: done at once, it takes a
+//! share of their throughput for seconds. So the daemon does a [`SLICE`]
+//! of the pass per tick, resuming at the slot where it stopped, as the
+//! kernel's own conntrack GC works through its table in bounded runs. The
+//! cost is spread thin: a small share of a core at any moment, and an idle
+//! connection goes some time after its timeout (one pass: seconds for
+//! small tables, tens of seconds for large ones). Entries created after
+//! the pass went by are judged by the next one; new connections evict
+//! embryonic ones under pressure meanwhile.
 
 use std::{
     collections::VecDeque,
@@ -22,10 +21,13 @@ use std::{
 use anyhow::Result;
 
 use super::{
-    CT_MAPS,
-    flows::{Batch, Cursor, expire_batch, gc_table, pinned},
+    flows::{expire_slots, pinned},
     monotonic_ns,
+    table::CtTable,
 };
+
+/// Slots read between looks at the clock (256 KiB of table).
+const CHUNK: u32 = 4096;
 
 /// Wall time a tick (a second) gives the pass: 2% of a core at most,
 /// less when the CPUs are busy (the slice counts time spent preempted).
@@ -36,11 +38,12 @@ pub const PERIOD: Duration = Duration::from_secs(10);
 
 /// One pass over the connection tables of a set of routers.
 pub struct GcPass {
-    /// The tables still to read, the first one under way.
-    todo: VecDeque<(String, &'static str)>,
-    /// Where the first table's next read starts.
-    at: Cursor,
-    batch: Batch,
+    /// The routers whose tables are still to read, the first one under
+    /// way (its table mapped once it is).
+    todo: VecDeque<String>,
+    table: Option<CtTable>,
+    /// The first table's next slot to read.
+    at: u32,
     /// The routers done, with the entries deleted from each.
     done: Vec<(String, u64)>,
     pub started: Instant,
@@ -54,12 +57,9 @@ pub struct GcPass {
 impl GcPass {
     pub fn new(routers: impl IntoIterator<Item = String>) -> GcPass {
         GcPass {
-            todo: routers
-                .into_iter()
-                .flat_map(|id| CT_MAPS.map(|t| (id.clone(), t)))
-                .collect(),
-            at: Cursor::Start,
-            batch: Batch::new(),
+            todo: routers.into_iter().collect(),
+            table: None,
+            at: 0,
             done: Vec::new(),
             started: Instant::now(),
             scanned: 0,
@@ -80,21 +80,23 @@ impl GcPass {
         let t0 = Instant::now();
         let mut errors = Vec::new();
         let mut first = true;
-        while let Some((id, table)) = self.todo.front().cloned() {
+        while let Some(id) = self.todo.front().cloned() {
             if !first && t0.elapsed() >= budget {
                 break;
             }
             first = false;
-            match self.table_slice(pin_dir, &id, table, t0, budget) {
-                Ok(()) if self.at == Cursor::End => {
+            match self.table_slice(pin_dir, &id, t0, budget) {
+                Ok(true) => {
                     self.todo.pop_front();
-                    self.at = Cursor::Start;
+                    self.table = None;
+                    self.at = 0;
                     self.router_done(&id);
                 }
-                Ok(()) => {}
+                Ok(false) => {}
                 Err(e) => {
-                    self.todo.retain(|(i, _)| *i != id);
-                    self.at = Cursor::Start;
+                    self.todo.pop_front();
+                    self.table = None;
+                    self.at = 0;
                     if pin_dir.join(&id).exists() {
                         errors.push((id, e));
                     }
@@ -105,48 +107,44 @@ impl GcPass {
         errors
     }
 
-    /// Reads batches of one table until it ends or the budget is spent.
+    /// Reads chunks of one table until it ends (true) or the budget is
+    /// spent.
     fn table_slice(
         &mut self,
         pin_dir: &Path,
         id: &str,
-        table: &str,
         t0: Instant,
         budget: Duration,
-    ) -> Result<()> {
-        let mut map = pinned::ct(pin_dir, id, table)?;
+    ) -> Result<bool> {
+        let table = match self.table.take() {
+            Some(t) => t,
+            None => pinned::ct(pin_dir, id)?,
+        };
         let mut deleted = 0;
-        loop {
-            let now = monotonic_ns();
-            match expire_batch(&mut map, self.at, &mut self.batch, now)? {
-                Some(g) => {
-                    self.at = g.next;
-                    self.scanned += g.scanned as u64;
-                    deleted += g.deleted as u64;
-                }
-                None => {
-                    // No batches on this kernel: the table in one go.
-                    deleted += gc_table(&mut map, now)? as u64;
-                    self.at = Cursor::End;
-                }
+        let end = loop {
+            let to = self.at.saturating_add(CHUNK).min(table.slots());
+            let (scanned, d) = expire_slots(&table, self.at..to, monotonic_ns());
+            self.scanned += scanned as u64;
+            deleted += d as u64;
+            self.at = to;
+            if to == table.slots() {
+                break true;
             }
-            if self.at == Cursor::End || t0.elapsed() >= budget {
-                break;
+            if t0.elapsed() >= budget {
+                break false;
             }
-        }
+        };
+        self.table = (!end).then_some(table);
         self.deleted += deleted;
         match self.done.last_mut() {
             Some((last, n)) if last == id => *n += deleted,
             _ => self.done.push((id.to_string(), deleted)),
         }
-        Ok(())
+        Ok(end)
     }
 
     /// Logs what the pass collected from a router whose tables it finished.
     fn router_done(&self, id: &str) {
-        if self.todo.front().is_some_and(|(next, _)| next == id) {
-            return;
-        }
         if let Some((_, n)) = self.done.iter().rev().find(|(r, _)| r == id)
             && *n > 0
         {

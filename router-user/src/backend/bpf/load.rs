@@ -11,7 +11,7 @@ use aya::{
 };
 use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
-    conntrack::{CT_FLAGS, CtEntry, CtKey, FragEntry, FragKey},
+    conntrack::{CT_FLAGS, CtClaim, CtSlot, FragEntry, FragKey, ct_slots},
     counters::Counter,
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl},
     port::{LocalAddr, LocalHint, Neigh, NeighKey, NeighUsed, PortInfo},
@@ -20,28 +20,19 @@ use router_common::{
 
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
-    XR_BUILD, XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_EVENTS, XR_CT_NEW, XR_DST_CACHE, XR_FIP,
+    XR_BUILD, XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_CLAIM, XR_CT_EVENTS, XR_CT_NEW_OLD, XR_DST_CACHE, XR_FIP,
     XR_FIP_REV, XR_FRAG, XR_GEN, XR_LOCAL, XR_LOCAL_HINT, XR_MON_CPU, XR_MON_CTL, XR_MON_RING,
     XR_NEIGH, XR_NEIGH_USED, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES, carry,
-    remove_file_if_present, router_dir,
+    remove_file_if_present, router_dir, table::CtTable,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
 /// broadcasts and every floating IP.
 const LOCAL_ENTRIES: u32 = 20480;
 
-/// Connections the embryonic table holds for `ct_connections` established
-/// ones: as many, up to 65536 (a burst of new connections as large as the
-/// table is sized for must not evict itself); beyond, a quarter, at least
-/// 65536 (memory: this LRU table is preallocated per router).
-pub fn embryonic_connections(ct_connections: u32) -> u32 {
-    const ALL_UP_TO: u32 = 65536;
-    if ct_connections <= ALL_UP_TO {
-        ct_connections
-    } else {
-        (ct_connections / 4).max(ALL_UP_TO)
-    }
-}
+/// The global of the programs holding the connection table's size less
+/// one (router-ebpf's `pipeline/table.rs`).
+pub const CT_MASK_GLOBAL: &str = "XR_CT_MASK";
 
 /// This build's object, as a number (FNV-1a of its bytes): what `XR_BUILD`
 /// holds once a router's maps were loaded with it.
@@ -67,11 +58,11 @@ pub fn pins_fit(pin_dir: &Path, router_id: &str, ct_connections: u32) -> bool {
     let Ok(dir) = router_dir(pin_dir, router_id) else {
         return false;
     };
-    let ct_entries = ct_connections.saturating_mul(2);
+    let slots = ct_slots(ct_connections);
     let fits = MAP_NAMES.iter().all(|name| {
-        MapInfo::from_pin(dir.join(name)).is_ok_and(|i| misfit(name, &i, ct_entries).is_none())
+        MapInfo::from_pin(dir.join(name)).is_ok_and(|i| misfit(name, &i, slots).is_none())
     });
-    fits && pinned_build(&dir) == Some(build_id())
+    fits && !dir.join(XR_CT_NEW_OLD).exists() && pinned_build(&dir) == Some(build_id())
 }
 
 /// The build `XR_BUILD` under `dir` names (None: no such map, or unreadable).
@@ -106,8 +97,8 @@ fn shape(name: &str) -> Shape {
         XR_CONFIG => s(MapType::Array, 4, size_of::<RouterConfig>()),
         XR_GEN => s(MapType::Array, 4, size_of::<u32>()),
         XR_BUILD => s(MapType::Array, 4, size_of::<u64>()),
-        XR_CT => s(MapType::Hash, size_of::<CtKey>(), size_of::<CtEntry>()),
-        XR_CT_NEW => s(MapType::LruHash, size_of::<CtKey>(), size_of::<CtEntry>()),
+        XR_CT => s(MapType::Array, 4, size_of::<CtSlot>()),
+        XR_CT_CLAIM => s(MapType::PerCpuArray, 4, size_of::<CtClaim>()),
         XR_COUNTERS => s(MapType::PerCpuArray, 4, size_of::<Counter>()),
         XR_RATE => s(MapType::PerCpuArray, 4, size_of::<RateWindow>()),
         XR_CT_EVENTS => s(MapType::PerCpuArray, 4, size_of::<u64>()),
@@ -125,12 +116,11 @@ fn shape(name: &str) -> Shape {
 }
 
 /// Why a pinned map cannot be reused, or None when it can.
-fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
-    // Sizes that matter: the connection tables' (configured) and the local
+fn misfit(name: &str, info: &MapInfo, ct_slots: u32) -> Option<String> {
+    // Sizes that matter: the connection table's (configured) and the local
     // addresses' (which earlier builds made smaller).
     let entries = match name {
-        XR_CT => Some(ct_entries),
-        XR_CT_NEW => Some(2 * embryonic_connections(ct_entries / 2)),
+        XR_CT => Some(ct_slots),
         XR_LOCAL => Some(LOCAL_ENTRIES),
         XR_MON_RING => Some(MON_RING_BYTES),
         _ => None,
@@ -155,8 +145,7 @@ fn misfit(name: &str, info: &MapInfo, ct_entries: u32) -> Option<String> {
     {
         return Some(format!("{} entries, want {want}", info.max_entries()));
     }
-    // Only XR_CT's flags changed between builds (it stopped being
-    // preallocated); a preallocated table would work, but keep its cost.
+    // XR_CT must be mmapable: the daemon reads it through a mapping.
     if name == XR_CT && info.map_flags() != CT_FLAGS {
         return Some(format!("flags {:#x}, want {CT_FLAGS:#x}", info.map_flags()));
     }
@@ -177,9 +166,8 @@ impl BpfRouter {
     }
 
     /// Loads the embedded object ([`crate::backend::bpf::object::OBJECT`]) for router
-    /// `router_id`: the established connections' table sized for
-    /// `ct_connections` connections (two entries each), the embryonic one
-    /// for a quarter as many ([`embryonic_connections`]), every map pinned as
+    /// `router_id`: the connection table sized for `ct_connections`
+    /// connections ([`ct_slots`]: four slots each), every map pinned as
     /// `<pin_dir>/<router_id>/<MAP_NAME>`, and the three programs loaded
     /// (verified) but not attached.
     ///
@@ -196,23 +184,33 @@ impl BpfRouter {
         if ct_connections == 0 {
             bail!("router {router_id}: a connection table of 0 connections");
         }
-        let ct_entries = ct_connections
-            .checked_mul(2)
-            .context("connection table size overflows")?;
+        let slots = ct_slots(ct_connections);
         std::fs::create_dir_all(dir.join(LINKS_DIR))
             .with_context(|| format!("creating {} (is bpffs mounted?)", dir.display()))?;
 
         let mut reused = Vec::new();
         let mut carried = Vec::new();
+        // An earlier build's embryonic table: its connections are carried,
+        // its pin goes.
+        let old_new = dir.join(XR_CT_NEW_OLD);
+        if old_new.exists() {
+            carried.extend(
+                MapInfo::from_pin(&old_new)
+                    .ok()
+                    .and_then(|info| carry::open(XR_CT_NEW_OLD, &old_new, &info)),
+            );
+            remove_file_if_present(&old_new)
+                .with_context(|| format!("removing {}", old_new.display()))?;
+        }
         let mut paths = BTreeMap::new();
         for name in MAP_NAMES {
             let path = dir.join(name);
             if path.exists() {
                 match MapInfo::from_pin(&path) {
-                    Ok(info) => match misfit(name, &info, ct_entries) {
+                    Ok(info) => match misfit(name, &info, slots) {
                         None => reused.push(name.to_string()),
                         Some(why) => {
-                            let old = matches!(name, XR_CT | XR_CT_NEW)
+                            let old = (name == XR_CT)
                                 .then(|| carry::open(name, &path, &info))
                                 .flatten();
                             tracing::warn!(
@@ -243,8 +241,9 @@ impl BpfRouter {
         }
 
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(XR_CT, ct_entries);
-        loader.map_max_entries(XR_CT_NEW, 2 * embryonic_connections(ct_connections));
+        let mask = slots - 1;
+        loader.map_max_entries(XR_CT, slots);
+        loader.override_global(CT_MASK_GLOBAL, &mask, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -280,21 +279,25 @@ impl BpfRouter {
                 reused.join(",")
             );
         }
-        for old in &carried {
-            let new = ebpf
-                .map_mut(old.name)
-                .with_context(|| format!("the BPF object has no map {}", old.name))?;
-            let (copied, lost) = carry::copy(old, new)
-                .with_context(|| format!("router {router_id}: carrying {} over", old.name))?;
-            tracing::info!(
-                "router {router_id}: {copied} entries of the old {} carried over{}",
-                old.name,
-                if lost > 0 {
-                    format!(", {lost} did not fit in the new table")
-                } else {
-                    String::new()
-                }
-            );
+        if !carried.is_empty() {
+            let new = match ebpf.map(XR_CT) {
+                Some(aya::maps::Map::Array(d)) => CtTable::of(d)?,
+                _ => bail!("the BPF object has no connection table {XR_CT}"),
+            };
+            for old in &carried {
+                let (copied, lost) = carry::copy(old, &new).with_context(|| {
+                    format!("router {router_id}: carrying {} over", old.name())
+                })?;
+                tracing::info!(
+                    "router {router_id}: {copied} entries of the old {} carried over{}",
+                    old.name(),
+                    if lost > 0 {
+                        format!(", {lost} did not fit in the new table")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         #[cfg(feature = "bpf-log")]
         let log = super::log::Forwarder::start(router_id, &mut ebpf);

@@ -36,6 +36,7 @@ pub mod monitor;
 mod neigh;
 pub mod object;
 mod sync;
+mod table;
 
 #[cfg(test)]
 mod tests;
@@ -53,7 +54,8 @@ use nix::sched::{CloneFlags, setns};
 
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
-pub use load::{build_id, embryonic_connections, pins_fit};
+pub use load::{CT_MASK_GLOBAL, build_id, pins_fit};
+pub use table::CtTable;
 pub use neigh::{dump_neighbours, watch as watch_neighbours, write_neighbours};
 pub use sync::{Desired, bump_generation, desired, resolve, write_maps};
 
@@ -112,8 +114,13 @@ pub const XR_GEN: &str = "XR_GEN";
 /// The build of the object the pinned maps were last loaded with
 /// ([`load::build_id`]).
 pub const XR_BUILD: &str = "XR_BUILD";
+/// The connection table (`CtSlot`s, mmapable: [`CtTable`]).
 pub const XR_CT: &str = "XR_CT";
-pub const XR_CT_NEW: &str = "XR_CT_NEW";
+/// The embryonic connections' table of earlier builds (an LRU hash): its
+/// connections are carried into `XR_CT` and its pin removed.
+pub const XR_CT_NEW_OLD: &str = "XR_CT_NEW";
+/// Per CPU, the programs' scratch while they pick a slot of `XR_CT`.
+pub const XR_CT_CLAIM: &str = "XR_CT_CLAIM";
 pub const XR_COUNTERS: &str = "XR_COUNTERS";
 pub const XR_FRAG: &str = "XR_FRAG";
 pub const XR_RATE: &str = "XR_RATE";
@@ -122,9 +129,6 @@ pub const XR_CT_EVENTS: &str = "XR_CT_EVENTS";
 pub const XR_MON_CTL: &str = "XR_MON_CTL";
 pub const XR_MON_RING: &str = "XR_MON_RING";
 pub const XR_MON_CPU: &str = "XR_MON_CPU";
-
-/// The two connection tables: established, then embryonic.
-pub const CT_MAPS: [&str; 2] = [XR_CT, XR_CT_NEW];
 
 /// Every map of the object, in the order they are pinned.
 pub const MAP_NAMES: [&str; 22] = [
@@ -142,7 +146,7 @@ pub const MAP_NAMES: [&str; 22] = [
     XR_GEN,
     XR_BUILD,
     XR_CT,
-    XR_CT_NEW,
+    XR_CT_CLAIM,
     XR_COUNTERS,
     XR_FRAG,
     XR_RATE,

@@ -1,0 +1,267 @@
+//! table: the connection table `XR_CT`, an array of 64-byte slots
+//! ([`CtSlot`]: a direction's key and entry in one cache line) with open
+//! addressing. A key sits within [`CT_WINDOW`] slots of its hash's slot;
+//! a lookup reads the window's slots in turn and stops at a never-used
+//! one, so it reads one line, or two, where a kernel hash map reads a
+//! bucket and then an element. An insert writes a slot the lookup read,
+//! with no lock, free list or LRU list.
+//!
+//! Concurrency, without locks: a slot is claimed by a compare-and-swap of
+//! its key's second word to `CT_W1_BUSY`, written, then published by a
+//! second one to the key's word. Readers skip busy and freed slots and,
+//! having copied what they need, check the key words again (a slot freed
+//! and reused meanwhile is a miss). The daemon (GC, `show flows`, the
+//! copy into a resized table) works on the same slots through a shared
+//! mapping, with the same protocol.
+
+use core::{
+    intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg},
+    ptr::{addr_of_mut, read_volatile, write_volatile},
+};
+
+use router_common::conntrack::{
+    CT_F_ASSURED, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey, CtSlot,
+    ct_w1_is_key,
+};
+
+use crate::maps::{XR_CT, XR_CT_CLAIM};
+
+/// Slots of `XR_CT` less one (a power of two less one), set by the loader
+/// (`XR_CT`'s size is set at load time, the verifier folds this).
+#[unsafe(no_mangle)]
+static XR_CT_MASK: u32 = 0;
+
+#[inline(always)]
+fn mask() -> u32 {
+    // SAFETY: a global the loader sets; volatile so that it is not folded
+    // at compile time.
+    unsafe { read_volatile(&XR_CT_MASK) }
+}
+
+#[inline(always)]
+fn slot(i: u32) -> Option<*mut CtSlot> {
+    XR_CT.get_ptr_mut(i)
+}
+
+/// The key words of slot `s`, second word first (it says what the slot is).
+#[inline(always)]
+fn w1(s: *mut CtSlot) -> *mut u64 {
+    // SAFETY: a field of a slot of the array; the key's first 16 bytes
+    // are two aligned words (the slot is 64-byte aligned).
+    unsafe { (addr_of_mut!((*s).key) as *mut u64).add(1) }
+}
+
+#[inline(always)]
+fn w0(s: *mut CtSlot) -> *mut u64 {
+    // SAFETY: as in `w1`.
+    unsafe { addr_of_mut!((*s).key) as *mut u64 }
+}
+
+/// A slot found for a key, with the key's words (to check again after
+/// reading the entry: [`Found::still`]).
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub slot: *mut CtSlot,
+    w0: u64,
+    w1: u64,
+}
+
+impl Found {
+    /// The slot's entry, to read and update in place.
+    #[inline(always)]
+    pub fn entry(&self) -> *mut CtEntry {
+        // SAFETY: a field of the slot.
+        unsafe { addr_of_mut!((*self.slot).entry) }
+    }
+
+    /// Whether the slot still holds the key it was found with: read after
+    /// the entry's fields, so a slot reused meanwhile is not taken for the
+    /// key's.
+    #[inline(always)]
+    pub fn still(&self) -> bool {
+        // SAFETY: words of the slot.
+        unsafe { read_volatile(w1(self.slot)) == self.w1 && read_volatile(w0(self.slot)) == self.w0 }
+    }
+}
+
+/// No slot (what the scans below return for "none").
+const NONE: u32 = u32::MAX;
+
+/// The slot holding `k`, if any.
+#[inline(always)]
+pub fn lookup(k: &CtKey) -> Option<Found> {
+    let (kw0, kw1) = k.words();
+    let m = mask();
+    let i = scan(kw0, kw1, k.home(m), m);
+    let s = slot(i)?;
+    Some(Found {
+        slot: s,
+        w0: kw0,
+        w1: kw1,
+    })
+}
+
+/// The index of the slot holding the key of words `kw0`/`kw1` in the
+/// window from `home`, or [`NONE`]. A function of its own (a BPF-to-BPF
+/// call), as are the other scans: once it returns, the verifier is left
+/// with "found" or "not", not with one state per slot of the window for
+/// the rest of the pipeline.
+#[inline(never)]
+fn scan(kw0: u64, kw1: u64, home: u32, m: u32) -> u32 {
+    for i in 0..CT_WINDOW {
+        let at = home.wrapping_add(i) & m;
+        let Some(s) = slot(at) else {
+            return NONE;
+        };
+        // SAFETY: words of a slot of the array.
+        let sw1 = unsafe { read_volatile(w1(s)) };
+        if sw1 == CT_W1_EMPTY {
+            return NONE;
+        }
+        if sw1 == kw1 && unsafe { read_volatile(w0(s)) } == kw0 {
+            return at;
+        }
+    }
+    NONE
+}
+
+/// Why an insert failed.
+pub enum Refused {
+    /// No free slot, and no embryonic connection to evict, in the window.
+    Full,
+    /// `unique`: another CPU inserted the same key at the same time, and
+    /// won.
+    Taken,
+}
+
+/// `claim`'s result: the slot's index, and this bit if an embryonic
+/// entry was evicted for it.
+const EVICTED: u64 = 1 << 32;
+
+/// Inserts `k` with entry `e` (not looked up first: the caller has, and
+/// missed): into the first free slot of its window, else in place of the
+/// least recently seen embryonic entry there (evicted: true). With
+/// `unique`, a concurrent insert of the same key by another CPU is
+/// detected after publishing, and one of the two (the later in the
+/// window) withdraws (`Refused::Taken`).
+#[inline(always)]
+pub fn insert(k: &CtKey, e: &CtEntry, unique: bool) -> Result<(Found, bool), Refused> {
+    let (kw0, kw1) = k.words();
+    let m = mask();
+    let home = k.home(m);
+    let c = claim(home, m);
+    let Some(s) = slot(c as u32) else {
+        return Err(Refused::Full);
+    };
+    // SAFETY: the slot is ours (busy) until published.
+    unsafe {
+        write_volatile(w0(s), kw0);
+        addr_of_mut!((*s).entry).write(*e);
+        // Publishing is a full barrier: the entry is visible with the key.
+        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_BUSY, kw1);
+    }
+    let found = Found {
+        slot: s,
+        w0: kw0,
+        w1: kw1,
+    };
+    if unique && taken_before(kw0, kw1, home, c as u32, m) != 0 {
+        release(&found);
+        return Err(Refused::Taken);
+    }
+    Ok((found, c & EVICTED != 0))
+}
+
+/// Claims a slot in the window from `home` (its key word set busy): the
+/// first free one, else the least recently seen embryonic one. Its index
+/// (with [`EVICTED`] if it held an entry), or [`NONE`].
+#[inline(never)]
+fn claim(home: u32, m: u32) -> u64 {
+    let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) else {
+        return NONE as u64;
+    };
+    // The choice so far lives in this CPU's scratch value, not in
+    // registers: the verifier does not follow map memory, so the two
+    // outcomes of each slot's test leave it one state, not two per slot.
+    // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+    unsafe {
+        write_volatile(&mut (*c).pick, NONE);
+        write_volatile(&mut (*c).oldest, u64::MAX);
+        write_volatile(&mut (*c).evicted, 0);
+    }
+    for i in 0..CT_WINDOW {
+        let at = home.wrapping_add(i) & m;
+        let Some(s) = slot(at) else {
+            break;
+        };
+        // SAFETY: words and fields of a slot of the array; the scratch
+        // value as above.
+        unsafe {
+            let sw1 = read_volatile(w1(s));
+            if sw1 == CT_W1_EMPTY || sw1 == CT_W1_FREED {
+                write_volatile(&mut (*c).pick, at);
+                write_volatile(&mut (*c).was, sw1);
+                write_volatile(&mut (*c).evicted, 0);
+                break;
+            }
+            if ct_w1_is_key(sw1)
+                && read_volatile(&(*s).entry.flags) & CT_F_ASSURED == 0
+                && read_volatile(&(*s).entry.last_seen) < read_volatile(&(*c).oldest)
+            {
+                write_volatile(&mut (*c).oldest, read_volatile(&(*s).entry.last_seen));
+                write_volatile(&mut (*c).pick, at);
+                write_volatile(&mut (*c).was, sw1);
+                write_volatile(&mut (*c).evicted, EVICTED);
+            }
+        }
+    }
+    // SAFETY: as above.
+    let (pick, was, evicted) = unsafe {
+        (
+            read_volatile(&(*c).pick),
+            read_volatile(&(*c).was),
+            read_volatile(&(*c).evicted),
+        )
+    };
+    let Some(s) = slot(pick) else {
+        return NONE as u64;
+    };
+    // SAFETY: a word of a slot of the array; the claim is atomic.
+    if !unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), was, CT_W1_BUSY) }.1 {
+        // Another CPU took it first: rare enough to give up on.
+        return NONE as u64;
+    }
+    pick as u64 | evicted
+}
+
+/// Whether another slot of the window, before index `at`, holds the key
+/// of words `kw0`/`kw1` (published by another CPU at the same time: both
+/// see the other's, since both published with a full barrier before
+/// looking, and the one further in the window withdraws). 1: it does.
+#[inline(never)]
+fn taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: u32) -> u32 {
+    for i in 0..CT_WINDOW {
+        let here = home.wrapping_add(i) & m;
+        if here == at {
+            return 0;
+        }
+        let Some(s) = slot(here) else {
+            return 0;
+        };
+        // SAFETY: words of a slot of the array.
+        let sw1 = unsafe { read_volatile(w1(s)) };
+        if sw1 == kw1 && unsafe { read_volatile(w0(s)) } == kw0 {
+            return 1;
+        }
+    }
+    0
+}
+
+/// Frees a slot found for a key, if it still holds that key.
+#[inline(always)]
+pub fn release(f: &Found) {
+    // SAFETY: a word of a slot of the array.
+    unsafe {
+        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(f.slot), f.w1, CT_W1_FREED);
+    }
+}

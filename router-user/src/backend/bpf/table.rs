@@ -1,0 +1,252 @@
+//! A router's connection table (`XR_CT`) from userspace: its slots mapped
+//! into the daemon (the map is mmapable), read and written with the
+//! programs' protocol (router-ebpf's `pipeline/table.rs`): a slot is
+//! claimed by a compare-and-swap of its key's second word to
+//! `CT_W1_BUSY`, written, then published; freed by a compare-and-swap of
+//! that word to `CT_W1_FREED`; a reader checks the key words again after
+//! copying the entry. No system call per entry, and nothing the programs
+//! do is blocked by it.
+
+use std::{
+    ops::Range,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    path::Path,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, MapInfo, MapType};
+use router_common::conntrack::{
+    CT_FLAGS, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey, CtSlot,
+    ct_w1_is_key,
+};
+
+/// The slots of one router's connection table, mapped.
+pub struct CtTable {
+    base: NonNull<CtSlot>,
+    slots: u32,
+}
+
+// SAFETY: the mapping is shared memory every access to which goes through
+// atomics or volatile copies; it lives until drop.
+unsafe impl Send for CtTable {}
+unsafe impl Sync for CtTable {}
+
+impl Drop for CtTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of this length.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len());
+        }
+    }
+}
+
+/// Why an insert did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotInserted {
+    /// The key is there already (its entry kept).
+    Present,
+    /// No free slot in the key's window.
+    Full,
+}
+
+impl CtTable {
+    /// Maps the table behind `fd`, of `info`'s shape.
+    pub fn map(fd: BorrowedFd<'_>, info: &MapInfo) -> Result<CtTable> {
+        if !matches!(info.map_type(), Ok(MapType::Array))
+            || info.value_size() as usize != size_of::<CtSlot>()
+            || info.map_flags() & CT_FLAGS != CT_FLAGS
+        {
+            bail!(
+                "not a connection table of this build (type {:?}, value size {}, flags {:#x})",
+                info.map_type(),
+                info.value_size(),
+                info.map_flags()
+            );
+        }
+        let slots = info.max_entries();
+        if !slots.is_power_of_two() {
+            bail!("a connection table of {slots} slots (not a power of two)");
+        }
+        let len = slots as usize * size_of::<CtSlot>();
+        // SAFETY: a shared mapping of the map's whole value area, which
+        // the kernel allows for an mmapable array; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!(
+                "mapping the connection table: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(CtTable {
+            base: NonNull::new(p.cast()).context("mmap returned null")?,
+            slots,
+        })
+    }
+
+    /// Maps a loaded table.
+    pub fn of(data: &MapData) -> Result<CtTable> {
+        let info = data.info().context("reading the connection table's info")?;
+        CtTable::map(data.fd().as_fd(), &info)
+    }
+
+    /// Maps the table pinned at `path`.
+    pub fn from_pin(path: &Path) -> Result<CtTable> {
+        let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+        CtTable::of(&data)
+    }
+
+    fn len(&self) -> usize {
+        self.slots as usize * size_of::<CtSlot>()
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    fn slot(&self, i: u32) -> *mut CtSlot {
+        // SAFETY: masked into the mapping.
+        unsafe { self.base.as_ptr().add((i & (self.slots - 1)) as usize) }
+    }
+
+    /// The key words of slot `i`, atomically.
+    fn words(&self, i: u32) -> (&AtomicU64, &AtomicU64) {
+        let s = self.slot(i).cast::<u64>();
+        // SAFETY: the key's two aligned words (slots are 64-byte aligned),
+        // in the mapping, only ever accessed atomically or volatile.
+        unsafe { (AtomicU64::from_ptr(s), AtomicU64::from_ptr(s.add(1))) }
+    }
+
+    /// Slot `i`'s key and entry, if it holds a key that stayed put while
+    /// the entry was copied.
+    pub fn read(&self, i: u32) -> Option<(CtKey, CtEntry)> {
+        let (w0, w1) = self.words(i);
+        let a1 = w1.load(Ordering::Acquire);
+        if !ct_w1_is_key(a1) {
+            return None;
+        }
+        let a0 = w0.load(Ordering::Acquire);
+        // SAFETY: the slot's entry, in the mapping; a torn copy is caught
+        // by the check of the key words that follows.
+        let e = unsafe { std::ptr::read_volatile(&raw const (*self.slot(i)).entry) };
+        std::sync::atomic::fence(Ordering::Acquire);
+        if w1.load(Ordering::Acquire) != a1 || w0.load(Ordering::Acquire) != a0 {
+            return None;
+        }
+        // SAFETY: the key's bytes, copied out.
+        let k = unsafe { std::ptr::read_volatile(&raw const (*self.slot(i)).key) };
+        Some((k, e))
+    }
+
+    /// The slot holding `k`, if any.
+    pub fn find(&self, k: &CtKey) -> Option<u32> {
+        let (kw0, kw1) = k.words();
+        let m = self.slots - 1;
+        let home = k.home(m);
+        for i in 0..CT_WINDOW {
+            let at = home.wrapping_add(i) & m;
+            let (w0, w1) = self.words(at);
+            let sw1 = w1.load(Ordering::Acquire);
+            if sw1 == CT_W1_EMPTY {
+                return None;
+            }
+            if sw1 == kw1 && w0.load(Ordering::Acquire) == kw0 {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// `k`'s entry, if the table has it.
+    pub fn get(&self, k: &CtKey) -> Option<CtEntry> {
+        let i = self.find(k)?;
+        self.read(i).filter(|(sk, _)| sk == k).map(|(_, e)| e)
+    }
+
+    /// Inserts `k` with `e` into a free slot of its window (never evicting).
+    pub fn insert(&self, k: &CtKey, e: &CtEntry) -> Result<(), NotInserted> {
+        if self.find(k).is_some() {
+            return Err(NotInserted::Present);
+        }
+        let (kw0, kw1) = k.words();
+        let m = self.slots - 1;
+        let home = k.home(m);
+        for i in 0..CT_WINDOW {
+            let at = home.wrapping_add(i) & m;
+            let (w0, w1) = self.words(at);
+            let was = w1.load(Ordering::Acquire);
+            if was != CT_W1_EMPTY && was != CT_W1_FREED {
+                continue;
+            }
+            if w1
+                .compare_exchange(was, CT_W1_BUSY, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            w0.store(kw0, Ordering::Relaxed);
+            // SAFETY: the slot is ours until published.
+            unsafe { std::ptr::write_volatile(&raw mut (*self.slot(at)).entry, *e) };
+            let _ = w1.compare_exchange(CT_W1_BUSY, kw1, Ordering::SeqCst, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(NotInserted::Full)
+    }
+
+    /// Frees `k`'s slot; whether it was there.
+    pub fn remove(&self, k: &CtKey) -> bool {
+        self.remove_if(k, |_| true)
+    }
+
+    /// Frees `k`'s slot if its entry, read just before, passes `still`
+    /// (the GC's "still idle"); whether it was freed.
+    pub fn remove_if(&self, k: &CtKey, still: impl Fn(&CtEntry) -> bool) -> bool {
+        let Some(i) = self.find(k) else {
+            return false;
+        };
+        let Some((sk, e)) = self.read(i) else {
+            return false;
+        };
+        if sk != *k || !still(&e) {
+            return false;
+        }
+        let (_, w1) = self.words(i);
+        w1.compare_exchange(k.words().1, CT_W1_FREED, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The entries of slots `range` (clamped to the table).
+    pub fn entries(&self, range: Range<u32>) -> impl Iterator<Item = (CtKey, CtEntry)> + '_ {
+        (range.start.min(self.slots)..range.end.min(self.slots)).filter_map(|i| self.read(i))
+    }
+
+    /// Every entry.
+    pub fn all(&self) -> impl Iterator<Item = (CtKey, CtEntry)> + '_ {
+        self.entries(0..self.slots)
+    }
+
+    /// Empties the table: only for a table no program runs on (between
+    /// the test runs of a private copy), which the protocol does not
+    /// protect.
+    pub fn clear(&self) {
+        // SAFETY: the whole mapping, plain data; nobody else writes it.
+        unsafe { std::ptr::write_bytes(self.base.as_ptr(), 0, self.slots as usize) };
+    }
+
+    /// Slots holding a key.
+    pub fn count(&self) -> u64 {
+        (0..self.slots)
+            .filter(|i| ct_w1_is_key(self.words(*i).1.load(Ordering::Relaxed)))
+            .count() as u64
+    }
+}
