@@ -91,7 +91,8 @@ const _: () = assert!(core::mem::size_of::<CtSlot>() == 64);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtClaim {
     pub pick: u32,
-    pub _pad: u32,
+    /// A caller's note: an insert was refused for want of room.
+    pub full: u32,
     pub oldest: u64,
     /// The picked slot's key word when it was read.
     pub was: u64,

@@ -17,7 +17,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
-    conntrack::{CtEntry, CtKey},
+    conntrack::CT_F_ASSURED,
     counters::{Counter, CtEvent, Outcome},
     monitor::{
         EV_IPV4, EV_L4, HOOK_TC, HOOK_XDP, MON_DROPS, MON_FORWARDED, MON_KERNEL, MonitorCpu,
@@ -28,7 +28,10 @@ use router_common::{
 };
 use router_user::{
     backend::{
-        bpf::{bump_generation, monitor::decode, object::OBJECT, write_maps, write_neighbours},
+        bpf::{
+            CT_MASK_GLOBAL, CtTable, bump_generation, monitor::decode, object::OBJECT, write_maps,
+            write_neighbours,
+        },
         netns,
     },
     config::node::NodeConfig,
@@ -300,17 +303,15 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut aya::maps::Map {
 /// Sizes and budget of a router under test.
 #[derive(Clone, Copy)]
 struct Limits {
-    /// `XR_CT` entries (established, two per connection).
-    ct: u32,
-    /// `XR_CT_NEW` entries (embryonic).
-    ct_new: u32,
+    /// `XR_CT` slots (a power of two; two per connection, one per
+    /// direction).
+    slots: u32,
     /// New connections per second and CPU (0: no limit).
     rate: u32,
 }
 
 const ROOMY: Limits = Limits {
-    ct: 65536,
-    ct_new: 16384,
+    slots: 65536,
     rate: 0,
 };
 
@@ -321,8 +322,8 @@ impl Router {
 
     fn build(ifx: [u32; 3], port_min: u16, port_max: u16, lim: Limits) -> Router {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("XR_CT", lim.ct)
-            .map_max_entries("XR_CT_NEW", lim.ct_new)
+            .map_max_entries("XR_CT", lim.slots)
+            .override_global(CT_MASK_GLOBAL, &(lim.slots - 1), true)
             .load(OBJECT)
             .expect("load object");
         let p: &mut Xdp = ebpf.program_mut("xr_xdp").unwrap().try_into().unwrap();
@@ -363,17 +364,24 @@ impl Router {
             .sum()
     }
 
-    /// Entries of one connection table (`XR_CT`: established,
-    /// `XR_CT_NEW`: embryonic).
-    fn table_len(&self, name: &str) -> usize {
-        let ct: HashMap<&MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
-        ct.keys().count()
+    /// The connection table, mapped.
+    fn table(&self) -> CtTable {
+        let aya::maps::Map::Array(d) = self.ebpf.map("XR_CT").unwrap() else {
+            panic!("XR_CT is an array")
+        };
+        CtTable::of(d).unwrap()
     }
 
-    /// Entries of both connection tables.
+    /// Entries of the connection table: (embryonic, established).
+    fn ct_counts(&self) -> (usize, usize) {
+        let t = self.table();
+        let est = t.all().filter(|(_, e)| e.flags & CT_F_ASSURED != 0).count();
+        (t.all().count() - est, est)
+    }
+
+    /// Entries of the connection table.
     fn ct_len(&self) -> usize {
-        self.table_len("XR_CT") + self.table_len("XR_CT_NEW")
+        self.table().all().count()
     }
 }
 
@@ -1448,14 +1456,14 @@ fn connections_are_embryonic_until_established() {
         let r = Router::new(ifx, 1024, 65535);
         let syn = Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80);
         let o = r.xdp(r.qr1, &syn);
-        assert_eq!((r.table_len("XR_CT_NEW"), r.table_len("XR_CT")), (2, 0));
+        assert_eq!(r.ct_counts(), (2, 0));
         let synack = Frame {
             tcp_flags: 0x12,
             ..snat_answer(&o)
         };
         r.xdp(r.qg, &synack);
         assert_eq!(
-            (r.table_len("XR_CT_NEW"), r.table_len("XR_CT")),
+            r.ct_counts(),
             (2, 0),
             "answered, not yet established"
         );
@@ -1466,7 +1474,7 @@ fn connections_are_embryonic_until_established() {
         let o2 = r.xdp(r.qr1, &ack);
         assert_eq!(o2.sport(), o.sport());
         assert_eq!(
-            (r.table_len("XR_CT_NEW"), r.table_len("XR_CT")),
+            r.ct_counts(),
             (0, 2),
             "the handshake's last ACK establishes it"
         );
@@ -1495,20 +1503,16 @@ fn connections_are_embryonic_until_established() {
         let a = Frame::udp("192.168.1.15", 53, "192.168.1.110", o.sport()).from(MAC_EXT, MAC_QG);
         assert_eq!(r.xdp(r.qg, &a).ret, XDP_REDIRECT);
         r.xdp(r.qr1, &q);
-        assert_eq!(
-            r.table_len("XR_CT_NEW"),
-            2,
-            "a fresh exchange stays embryonic"
-        );
+        assert_eq!(r.ct_counts().0, 2, "a fresh exchange stays embryonic");
         std::thread::sleep(std::time::Duration::from_millis(2100));
         assert_eq!(r.xdp(r.qr1, &q).sport(), o.sport());
-        assert_eq!((r.table_len("XR_CT_NEW"), r.table_len("XR_CT")), (0, 4));
+        assert_eq!(r.ct_counts(), (0, 4));
         // A one-way flow never is.
         let lone = Frame::udp("81.1.180.13", 5353, "192.168.1.15", 53);
         r.xdp(r.qr1, &lone);
         std::thread::sleep(std::time::Duration::from_millis(2100));
         r.xdp(r.qr1, &lone);
-        assert_eq!(r.table_len("XR_CT_NEW"), 2);
+        assert_eq!(r.ct_counts().0, 2);
     });
 }
 
@@ -1516,8 +1520,7 @@ fn connections_are_embryonic_until_established() {
 fn a_flood_of_new_connections_never_evicts_established_ones() {
     with_devices(|ifx| {
         let lim = Limits {
-            ct: 1024,
-            ct_new: 128,
+            slots: 256,
             rate: 0,
         };
         let r = Router::build(ifx, 1024, 65535, lim);
@@ -1533,9 +1536,9 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
         handshake(&r, r.qg, fip_syn.clone(), r.qr2, |_| {
             Frame::tcp("91.1.180.14", 22, "192.168.1.15", 5555).from(MAC_VM2, MAC_QR2)
         });
-        assert_eq!(r.table_len("XR_CT"), 4);
+        assert_eq!(r.ct_counts(), (0, 4));
         // 3,000 spoofed SYNs to the floating IP and 3,000 new UDP flows
-        // from a VM: 47 times the embryonic table.
+        // from a VM: 12,000 entries for a table of 256 slots.
         for i in 0..3000u32 {
             let client = format!("100.{}.{}.{}", 64 + (i >> 16) % 64, (i >> 8) & 255, i & 255);
             let f = Frame::tcp(&client, 1024 + (i % 50000) as u16, "192.168.1.104", 22)
@@ -1544,13 +1547,15 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
             let f = Frame::udp("81.1.180.13", 2000 + (i % 60000) as u16, "192.168.1.15", 9);
             assert_eq!(r.xdp(r.qr1, &f).ret, XDP_REDIRECT);
         }
-        assert!(r.table_len("XR_CT_NEW") <= 128);
-        assert_eq!(
-            r.table_len("XR_CT"),
-            4,
-            "the established connections are all there"
+        let (churned, est) = r.ct_counts();
+        assert_eq!(est, 4, "the established connections are all there");
+        assert_eq!(churned, 252, "the flood fills every other slot");
+        assert!(
+            r.event(CtEvent::Evicted) > 10_000,
+            "the flood evicts its own kind: {}",
+            r.event(CtEvent::Evicted)
         );
-        // ... and keep their translation.
+        // ... and they keep their translation.
         let o = r.xdp(
             r.qr1,
             &Frame {
@@ -1567,57 +1572,54 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
             },
         );
         assert_eq!(o.dst().to_string(), "91.1.180.14");
-        // (How full an LRU map stays depends on the CPUs' free lists.)
-        let churned = r.table_len("XR_CT_NEW");
-        assert!(
-            churned > 0 && churned <= lim.ct_new as usize,
-            "the flood churns only here: {churned}"
-        );
     });
 }
 
 #[test]
-fn a_full_main_table_keeps_new_connections_embryonic() {
+fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     with_devices(|ifx| {
-        // One CPU: an LRU table of 128 entries can evict a fresh entry when
-        // the packets of one connection run on two CPUs (the kernel's
-        // per-CPU free lists hold most of so small a table).
-        on_cpu0();
+        // 16 slots: every key's window is the whole table.
         let lim = Limits {
-            ct: 4,
-            ct_new: 128,
+            slots: 16,
             rate: 0,
         };
-        let r = Router::build(ifx, 1024, 65535, lim);
-        for sport in [40000, 40001] {
-            handshake(
-                &r,
-                r.qr1,
-                Frame::tcp("81.1.180.12", sport, "192.168.1.15", 80),
-                r.qg,
-                snat_answer,
-            );
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let opened: Vec<Out> = (0..8)
+            .map(|i| {
+                handshake(
+                    &r,
+                    r.qr1,
+                    Frame::tcp("81.1.180.12", 40000 + i, "192.168.1.15", 80),
+                    r.qg,
+                    snat_answer,
+                )
+            })
+            .collect();
+        assert_eq!(r.ct_counts(), (0, 16));
+        let ninth = Frame::tcp("81.1.180.12", 40008, "192.168.1.15", 80);
+        assert_eq!(r.xdp(r.qr1, &ninth).ret, XDP_DROP);
+        assert_eq!(r.counter(Outcome::DropCtFull), 1);
+        assert_eq!(r.event(CtEvent::Evicted), 0, "nothing established evicted");
+        // Every established connection works on, as it was translated.
+        for (i, o) in opened.iter().enumerate() {
+            let f = Frame {
+                tcp_flags: 0x18,
+                ..Frame::tcp("81.1.180.12", 40000 + i as u16, "192.168.1.15", 80)
+            };
+            assert_eq!(r.xdp(r.qr1, &f).sport(), o.sport());
         }
-        assert_eq!(r.table_len("XR_CT"), 4);
-        let third = handshake(
-            &r,
-            r.qr1,
-            Frame::tcp("81.1.180.12", 40002, "192.168.1.15", 80),
-            r.qg,
-            snat_answer,
-        );
-        assert_eq!(r.event(CtEvent::PromoteFull), 1);
-        assert_eq!(r.table_len("XR_CT_NEW"), 2, "kept, embryonic");
-        // Working all the same, with its translation; no retry per packet.
-        let o = r.xdp(
-            r.qr1,
-            &Frame {
-                tcp_flags: 0x10,
-                ..Frame::tcp("81.1.180.12", 40002, "192.168.1.15", 80)
-            },
-        );
-        assert_eq!(o.sport(), third.sport());
-        assert_eq!(r.event(CtEvent::PromoteFull), 1);
+        // One connection gone (the GC's work): room for the ninth.
+        let t = r.table();
+        let gone: Vec<_> = t
+            .all()
+            .filter(|(k, _)| k.sport == 40003u16.to_be() || k.dport == opened[3].sport().to_be())
+            .collect();
+        assert_eq!(gone.len(), 2);
+        for (k, _) in &gone {
+            assert!(t.remove(k));
+        }
+        assert_eq!(r.xdp(r.qr1, &ninth).ret, XDP_REDIRECT);
+        assert_eq!(r.ct_counts(), (2, 14));
     });
 }
 

@@ -360,9 +360,8 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
     let reply_slot = match snat_to {
         Some(addr) => {
             flow.src = addr;
-            let Some((slot, port)) = nat::claim_port(&cfg, pkt, dst, addr, &reply) else {
-                return Err(Verdict::Drop(Outcome::DropNoPort));
-            };
+            let (slot, port) =
+                nat::claim_port(&cfg, pkt, dst, addr, &reply).map_err(Verdict::Drop)?;
             flow.sport = port;
             if icmp {
                 flow.dport = port;
@@ -374,7 +373,7 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
             if icmp {
                 reply.new_dport = pkt.sport;
             }
-            inserted(table::insert(&rk, &reply, false))?
+            inserted(table::insert(&rk, &reply, false, None))?
         }
     };
     let orig = CtEntry {
@@ -391,7 +390,7 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         route: RouteCache::default(),
     };
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
-    if let Err(v) = inserted(table::insert(&k, &orig, false)) {
+    if let Err(v) = inserted(table::insert(&k, &orig, false, Some(&reply_slot))) {
         table::release(&reply_slot);
         return Err(v);
     }

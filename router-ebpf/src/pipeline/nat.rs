@@ -8,6 +8,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use router_common::{
     config::{Ipv4, RouterConfig},
+    counters::Outcome,
     conntrack::{CtEntry, NAT_DNAT},
     port::{PortInfo, ROLE_GATEWAY},
 };
@@ -15,7 +16,7 @@ use router_common::{
 use super::{
     conntrack::{inserted, key},
     parse::Pkt,
-    table::{self, Found},
+    table::{self, Found, Refused},
 };
 use crate::maps;
 
@@ -88,7 +89,8 @@ pub fn source(
 /// by inserting its reply entry `reply` into the connection table (unique:
 /// two CPUs claiming one port at once cannot both have it): the reply's
 /// slot and the port (network order). ICMP uses the echo id as both
-/// ports. None: no free port within `PORT_PROBES` tries.
+/// ports. Else why not: no free port within `PORT_PROBES` tries, or no
+/// room in the table for the ports tried.
 #[inline(always)]
 pub fn claim_port(
     cfg: &RouterConfig,
@@ -96,9 +98,10 @@ pub fn claim_port(
     dst: u32,
     addr: u32,
     reply: &CtEntry,
-) -> Option<(Found, u16)> {
+) -> Result<(Found, u16), Outcome> {
     let icmp = pkt.proto == super::parse::PROTO_ICMP;
     let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
+    table::note_full(false);
     for _ in 0..PORT_PROBES {
         // SAFETY: helper without arguments.
         let port = ((cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be();
@@ -110,9 +113,15 @@ pub fn claim_port(
         if table::lookup(&rk).is_some() {
             continue;
         }
-        if let Ok(f) = inserted(table::insert(&rk, reply, true)) {
-            return Some((f, port));
+        match table::insert(&rk, reply, true, None) {
+            Ok(r) => return inserted(Ok(r)).map(|f| (f, port)).map_err(|_| Outcome::DropCtFull),
+            Err(Refused::Full) => table::note_full(true),
+            Err(Refused::Taken) => {}
         }
     }
-    None
+    Err(if table::noted_full() {
+        Outcome::DropCtFull
+    } else {
+        Outcome::DropNoPort
+    })
 }

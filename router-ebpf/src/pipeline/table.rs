@@ -140,16 +140,23 @@ const EVICTED: u64 = 1 << 32;
 
 /// Inserts `k` with entry `e` (not looked up first: the caller has, and
 /// missed): into the first free slot of its window, else in place of the
-/// least recently seen embryonic entry there (evicted: true). With
+/// least recently seen embryonic entry there (evicted: true) other than
+/// `keep`'s (the connection's other direction, just inserted). With
 /// `unique`, a concurrent insert of the same key by another CPU is
 /// detected after publishing, and one of the two (the later in the
 /// window) withdraws (`Refused::Taken`).
 #[inline(always)]
-pub fn insert(k: &CtKey, e: &CtEntry, unique: bool) -> Result<(Found, bool), Refused> {
+pub fn insert(
+    k: &CtKey,
+    e: &CtEntry,
+    unique: bool,
+    keep: Option<&Found>,
+) -> Result<(Found, bool), Refused> {
     let (kw0, kw1) = k.words();
     let m = mask();
     let home = k.home(m);
-    let c = claim(home, m);
+    let keep = keep.map_or(0, |f| f.slot as u64);
+    let c = claim(home, m, keep);
     let Some(s) = slot(c as u32) else {
         return Err(Refused::Full);
     };
@@ -173,10 +180,11 @@ pub fn insert(k: &CtKey, e: &CtEntry, unique: bool) -> Result<(Found, bool), Ref
 }
 
 /// Claims a slot in the window from `home` (its key word set busy): the
-/// first free one, else the least recently seen embryonic one. Its index
-/// (with [`EVICTED`] if it held an entry), or [`NONE`].
+/// first free one, else the least recently seen embryonic one but the
+/// slot at address `keep`. Its index (with [`EVICTED`] if it held an
+/// entry), or [`NONE`].
 #[inline(never)]
-fn claim(home: u32, m: u32) -> u64 {
+fn claim(home: u32, m: u32, keep: u64) -> u64 {
     let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) else {
         return NONE as u64;
     };
@@ -205,6 +213,7 @@ fn claim(home: u32, m: u32) -> u64 {
                 break;
             }
             if ct_w1_is_key(sw1)
+                && s as u64 != keep
                 && read_volatile(&(*s).entry.flags) & CT_F_ASSURED == 0
                 && read_volatile(&(*s).entry.last_seen) < read_volatile(&(*c).oldest)
             {
@@ -255,6 +264,27 @@ fn taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: u32) -> u32 {
         }
     }
     0
+}
+
+/// Notes (per CPU) whether an insert was refused for want of room, for a
+/// caller trying many keys: in memory, not in a register the verifier
+/// would follow through every try.
+#[inline(always)]
+pub fn note_full(full: bool) {
+    if let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+        unsafe { write_volatile(&mut (*c).full, full as u32) };
+    }
+}
+
+/// What [`note_full`] noted last.
+#[inline(always)]
+pub fn noted_full() -> bool {
+    match XR_CT_CLAIM.get_ptr(0) {
+        // SAFETY: as in `note_full`.
+        Some(c) => unsafe { read_volatile(&(*c).full) != 0 },
+        None => false,
+    }
 }
 
 /// Frees a slot found for a key, if it still holds that key.
