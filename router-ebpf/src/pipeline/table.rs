@@ -27,15 +27,19 @@ use router_common::conntrack::{
 use crate::maps::{XR_CT, XR_CT_CLAIM};
 
 /// Slots of `XR_CT` less one (a power of two less one), set by the loader
-/// (`XR_CT`'s size is set at load time, the verifier folds this).
+/// (`XR_CT`'s size is set at load time). Writable data, not a constant:
+/// the verifier then takes it for any value and checks the scans once
+/// for all sizes, rather than following constant slot numbers (with a
+/// size of one slot, one state per slot of every scan: over its limit).
+/// The initial value is `XR_CT`'s size in the object.
 #[unsafe(no_mangle)]
-static XR_CT_MASK: u32 = 0;
+static mut XR_CT_MASK: u32 = 1023;
 
 #[inline(always)]
 fn mask() -> u32 {
-    // SAFETY: a global the loader sets; volatile so that it is not folded
-    // at compile time.
-    unsafe { read_volatile(&XR_CT_MASK) }
+    // SAFETY: a global only the loader writes; volatile so that it is not
+    // folded at compile time.
+    unsafe { read_volatile(&raw const XR_CT_MASK) }
 }
 
 #[inline(always)]
@@ -62,6 +66,8 @@ fn w0(s: *mut CtSlot) -> *mut u64 {
 #[derive(Clone, Copy)]
 pub struct Found {
     pub slot: *mut CtSlot,
+    /// The slot's index.
+    at: u32,
     w0: u64,
     w1: u64,
 }
@@ -92,22 +98,25 @@ const NONE: u32 = u32::MAX;
 pub fn lookup(k: &CtKey) -> Option<Found> {
     let (kw0, kw1) = k.words();
     let m = mask();
-    let i = scan(kw0, kw1, k.home(m), m);
-    let s = slot(i)?;
+    let at = xr_ct_scan(kw0, kw1, k.home(m), m);
+    let s = slot(at)?;
     Some(Found {
         slot: s,
+        at,
         w0: kw0,
         w1: kw1,
     })
 }
 
 /// The index of the slot holding the key of words `kw0`/`kw1` in the
-/// window from `home`, or [`NONE`]. A function of its own (a BPF-to-BPF
-/// call), as are the other scans: once it returns, the verifier is left
-/// with "found" or "not", not with one state per slot of the window for
-/// the rest of the pipeline.
+/// window from `home`, or [`NONE`]. A global function, as are the other
+/// scans: the verifier checks it once, on its own, for any arguments, and
+/// a call is one instruction to it, whose result is any number; inlined
+/// (or a static function, checked at every call), the scans' paths
+/// multiplied through the pipeline past the verifier's limit.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn scan(kw0: u64, kw1: u64, home: u32, m: u32) -> u32 {
+pub extern "C" fn xr_ct_scan(kw0: u64, kw1: u64, home: u32, m: u32) -> u32 {
     for i in 0..CT_WINDOW {
         let at = home.wrapping_add(i) & m;
         let Some(s) = slot(at) else {
@@ -155,8 +164,8 @@ pub fn insert(
     let (kw0, kw1) = k.words();
     let m = mask();
     let home = k.home(m);
-    let keep = keep.map_or(0, |f| f.slot as u64);
-    let c = claim(home, m, keep);
+    let keep = keep.map_or(NONE, |f| f.at);
+    let c = xr_ct_claim(home, m, keep);
     let Some(s) = slot(c as u32) else {
         return Err(Refused::Full);
     };
@@ -169,10 +178,11 @@ pub fn insert(
     }
     let found = Found {
         slot: s,
+        at: c as u32,
         w0: kw0,
         w1: kw1,
     };
-    if unique && taken_before(kw0, kw1, home, c as u32, m) != 0 {
+    if unique && xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0 {
         release(&found);
         return Err(Refused::Taken);
     }
@@ -180,11 +190,11 @@ pub fn insert(
 }
 
 /// Claims a slot in the window from `home` (its key word set busy): the
-/// first free one, else the least recently seen embryonic one but the
-/// slot at address `keep`. Its index (with [`EVICTED`] if it held an
-/// entry), or [`NONE`].
+/// first free one, else the least recently seen embryonic one but slot
+/// `keep`. Its index (with [`EVICTED`] if it held an entry), or [`NONE`].
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn claim(home: u32, m: u32, keep: u64) -> u64 {
+pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
     let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) else {
         return NONE as u64;
     };
@@ -213,7 +223,7 @@ fn claim(home: u32, m: u32, keep: u64) -> u64 {
                 break;
             }
             if ct_w1_is_key(sw1)
-                && s as u64 != keep
+                && at != keep
                 && read_volatile(&(*s).entry.flags) & CT_F_ASSURED == 0
                 && read_volatile(&(*s).entry.last_seen) < read_volatile(&(*c).oldest)
             {
@@ -247,8 +257,9 @@ fn claim(home: u32, m: u32, keep: u64) -> u64 {
 /// of words `kw0`/`kw1` (published by another CPU at the same time: both
 /// see the other's, since both published with a full barrier before
 /// looking, and the one further in the window withdraws). 1: it does.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: u32) -> u32 {
+pub extern "C" fn xr_ct_taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: u32) -> u32 {
     for i in 0..CT_WINDOW {
         let here = home.wrapping_add(i) & m;
         if here == at {
