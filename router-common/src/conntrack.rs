@@ -121,7 +121,9 @@ impl CtKey {
     pub const fn home(&self, mask: u32) -> u32 {
         let (w0, w1) = self.words();
         let mut h = (w0 as u32).wrapping_mul(0x9e37_79b1)
-            ^ ((w0 >> 32) as u32).wrapping_mul(0x85eb_ca77).rotate_left(13)
+            ^ ((w0 >> 32) as u32)
+                .wrapping_mul(0x85eb_ca77)
+                .rotate_left(13)
             ^ (w1 as u32).wrapping_mul(0xc2b2_ae3d).rotate_left(7)
             ^ ((w1 >> 32) as u32);
         h ^= h >> 16;
@@ -325,4 +327,6 @@ pub struct FragEntry {
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
 
-crate::pod!(CtKey, CtEntry, CtSlot, CtClaim, RouteCache, FragKey, FragEntry);
+crate::pod!(
+    CtKey, CtEntry, CtSlot, CtClaim, RouteCache, FragKey, FragEntry
+);

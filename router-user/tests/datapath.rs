@@ -1462,11 +1462,7 @@ fn connections_are_embryonic_until_established() {
             ..snat_answer(&o)
         };
         r.xdp(r.qg, &synack);
-        assert_eq!(
-            r.ct_counts(),
-            (2, 0),
-            "answered, not yet established"
-        );
+        assert_eq!(r.ct_counts(), (2, 0), "answered, not yet established");
         let ack = Frame {
             tcp_flags: 0x10,
             ..syn.clone()
@@ -1579,10 +1575,7 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
 fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     with_devices(|ifx| {
         // 16 slots: every key's window is the whole table.
-        let lim = Limits {
-            slots: 16,
-            rate: 0,
-        };
+        let lim = Limits { slots: 16, rate: 0 };
         let mut r = Router::build(ifx, 1024, 65535, lim);
         let opened: Vec<Out> = (0..8)
             .map(|i| {

@@ -13,7 +13,9 @@ use router_common::bench::{
 
 use crate::{
     OBJECT,
-    micro::{REPEAT, REPEAT_NEW, RUNS, load_xdp, map, median, run_once, snat_frame, table_sizes},
+    micro::{
+        REPEAT, REPEAT_NEW, RUNS, load_xdp, map, median, run_once, snat_frame, table_connections,
+    },
 };
 
 const PROG: &str = "xr_bench_table";
@@ -122,7 +124,16 @@ fn fill(ebpf: &mut Ebpf, ingress: u32, o: Op, connections: u32) -> Result<u64> {
 
 /// Both designs in each table state, a fresh object per state.
 pub fn measure_all(ingress: u32) -> Result<Vec<DesignRow>> {
-    let (ct, ct_new) = table_sizes();
+    // The kernel's maps sized as the router sized them before it had a
+    // table of its own: `XR_CT` two entries per connection, `XR_CT_NEW`
+    // as many connections up to 65536, beyond a quarter (at least 65536).
+    let conns = table_connections();
+    let ct = 2 * conns;
+    let ct_new = 2 * if conns <= 65536 {
+        conns
+    } else {
+        (conns / 4).max(65536)
+    };
     // Load at most one half with `XR_CT` full: the same entries, twice the
     // slots (64 bytes each against a bucket and a ~128-byte element).
     let slots = (2 * ct).next_power_of_two();

@@ -21,7 +21,7 @@ use router_common::{
         MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK, STAGE_EMPTY, STAGE_FULL,
         STAGE_NEIGHBOUR, STAGE_PARSE, STAGE_RESTORE,
     },
-    conntrack::{CtEntry, CtKey, ESTABLISH_AFTER_NS},
+    conntrack::{CT_F_ASSURED, CtEntry, CtKey, ESTABLISH_AFTER_NS, ct_slots},
     counters::CtEvent,
     port::{Neigh, NeighKey},
 };
@@ -31,7 +31,7 @@ use super::{Opts, progs::in_ns, scale};
 use crate::OBJECT;
 use router_user::{
     backend::{
-        bpf::{bump_generation, write_maps},
+        bpf::{CT_MASK_GLOBAL, CtTable, bump_generation, write_maps},
         netns,
     },
     config::node::NodeConfig,
@@ -165,14 +165,14 @@ fn table(rows: &[Row], reads: &ColdReads) -> String {
             ColdReads::SMALL >> 10,
         );
     }
-    let (ct, ct_new) = table_sizes();
+    let slots = table_slots();
     let mut last = "";
     for r in rows {
         if r.table != last {
             last = &r.table;
             let _ = writeln!(
                 out,
-                "\nconnection table {} (XR_CT sized {ct}, XR_CT_NEW {ct_new});\n\
+                "\nconnection table {} (XR_CT: {slots} slots);\n\
                  an empty program costs {:.0} ns, the restore {:.0} more",
                 r.table,
                 r.at(STAGE_EMPTY),
@@ -253,8 +253,8 @@ struct MicroCase {
     /// Budget of new connections a second (0: none).
     rate: u32,
     /// The connection is established before it is measured (answered,
-    /// then used past `ESTABLISH_AFTER_NS`: in `XR_CT`, as a real one);
-    /// otherwise a one-way flow stays embryonic in `XR_CT_NEW`.
+    /// then used past `ESTABLISH_AFTER_NS`: established, as a real one);
+    /// otherwise a one-way flow stays embryonic.
     established: bool,
     /// Nonzero: the established connection is copied to this many flows
     /// (other destination ports) and each run takes one of them, in a
@@ -533,8 +533,10 @@ fn establish(ebpf: &mut Ebpf, ifx: [u32; 3], cases: &[MicroCase]) -> Result<()> 
     for (c, k) in cases.iter().zip(&keys) {
         set_micro(ebpf, &c.frame, STAGE_FULL, None)?;
         run_once(ebpf, MICRO, ifx[c.ingress], &c.frame, 1)?;
-        let ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
-        if ct.get(k, 0).is_err() {
+        if ct_table(ebpf)?
+            .get(k)
+            .is_none_or(|e| e.flags & CT_F_ASSURED == 0)
+        {
             bail!("micro case {}: the connection was not established", c.name);
         }
         if c.flows != 0 {
@@ -559,20 +561,30 @@ fn event(ebpf: &mut Ebpf, e: CtEvent) -> Result<u64> {
     Ok(per_cpu.iter().sum())
 }
 
-/// Entries in a connection table.
-fn entries(ebpf: &mut Ebpf, name: &str) -> Result<u64> {
-    let t: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, name)?)?;
-    Ok(t.keys().filter(Result::is_ok).count() as u64)
+/// The connection table, mapped.
+fn ct_table(ebpf: &Ebpf) -> Result<CtTable> {
+    match ebpf.map("XR_CT") {
+        Some(aya::maps::Map::Array(d)) => CtTable::of(d),
+        _ => bail!("the BPF object has no connection table XR_CT"),
+    }
+}
+
+/// Embryonic entries in the connection table.
+fn embryonic(ebpf: &Ebpf) -> Result<u64> {
+    Ok(ct_table(ebpf)?
+        .all()
+        .filter(|(_, e)| e.flags & CT_F_ASSURED == 0)
+        .count() as u64)
 }
 
 /// Repetitions per run of a case with room: the runs that reach the
-/// connection tables (three stages of [`RUNS`] runs, and the first
-/// packet) open at most half the connections `XR_CT_NEW` holds.
-fn room_repeat(ct_new: u32, case: &str) -> Result<u32> {
+/// connection table (three stages of [`RUNS`] runs, and the first
+/// packet) fill at most an eighth of its slots, where no window is full.
+fn room_repeat(slots: u32, case: &str) -> Result<u32> {
     let runs = 3 * RUNS as u32 + 1;
-    let repeat = (ct_new / 2 / 2 / runs).min(REPEAT_ROOM);
+    let repeat = (slots / 8 / 2 / runs).min(REPEAT_ROOM);
     if repeat < 100 {
-        bail!("micro case {case}: XR_CT_NEW ({ct_new} entries) is too small to measure it");
+        bail!("micro case {case}: XR_CT ({slots} slots) is too small to measure it");
     }
     Ok(repeat)
 }
@@ -583,10 +595,10 @@ fn room_repeat(ct_new: u32, case: &str) -> Result<u32> {
 /// packets: the case then measures established packets whose entries are
 /// spread over the table's memory.
 fn spread(ebpf: &mut Ebpf, key: &CtKey, flows: u32) -> Result<()> {
-    let mut ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
-    let orig = ct.get(key, 0).context("the connection to spread")?;
+    let ct = ct_table(ebpf)?;
+    let orig = ct.get(key).context("the connection to spread")?;
     let rkey = orig.partner(key);
-    let reply = ct.get(&rkey, 0).context("the connection's reply entry")?;
+    let reply = ct.get(&rkey).context("the connection's reply entry")?;
     for j in 0..flows {
         let dport = 1024u16.wrapping_add(j as u16).to_be();
         if dport == key.dport {
@@ -605,9 +617,9 @@ fn spread(ebpf: &mut Ebpf, key: &CtKey, flows: u32) -> Result<()> {
             new_sport: dport,
             ..reply
         };
-        ct.insert(k, o, 0)
-            .and_then(|()| ct.insert(rk, r, 0))
-            .with_context(|| format!("spreading a connection: flow {j}"))?;
+        ct.insert(&k, &o)
+            .and_then(|()| ct.insert(&rk, &r))
+            .map_err(|why| anyhow::anyhow!("spreading a connection: flow {j}: {why:?}"))?;
     }
     Ok(())
 }
@@ -681,14 +693,14 @@ fn only_case() -> Result<Option<String>> {
     Ok(Some(v))
 }
 
-/// Table sizes as the daemon loads them for `conntrack_size` (checked by
-/// `run` first).
-pub(crate) fn table_sizes() -> (u32, u32) {
-    let conns = conntrack_size().unwrap_or(NodeConfig::default().conntrack_size);
-    (
-        2 * conns,
-        2 * router_user::backend::bpf::embryonic_connections(conns),
-    )
+/// `conntrack_size` as the micro cases take it (checked by `run` first).
+pub(crate) fn table_connections() -> u32 {
+    conntrack_size().unwrap_or(NodeConfig::default().conntrack_size)
+}
+
+/// `XR_CT`'s slots as the daemon loads it for [`table_connections`].
+pub(crate) fn table_slots() -> u32 {
+    ct_slots(table_connections())
 }
 
 /// The cost of one read from memory no cache holds (`memory.rs`), beside
@@ -699,7 +711,8 @@ struct ColdReads {
 }
 
 impl ColdReads {
-    /// `XR_CT`'s buckets at the default `conntrack_size`.
+    /// Larger than any cache here (`XR_CT` is 64 MiB at the default
+    /// `conntrack_size`).
     const BIG: usize = 32 << 20;
     const SMALL: usize = 256 << 10;
 
@@ -746,15 +759,15 @@ impl Row {
 /// Fills `XR_CT` with `entries` live entries (gateway-SNATed TCP
 /// connections, both directions, on addresses the cases never use).
 fn fill(ebpf: &mut Ebpf, entries: u32) -> Result<()> {
-    let mut ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map(ebpf, "XR_CT")?)?;
+    let ct = ct_table(ebpf)?;
     let now = router_user::backend::bpf::monotonic_ns();
     for i in 0..entries / 2 {
         if i % 65_536 == 0 && super::stopped() {
             bail!("interrupted");
         }
         for (k, e) in scale::connection(i, ip("192.168.1.100"), now) {
-            ct.insert(k, e, 0)
-                .with_context(|| format!("filling XR_CT: entry {}", 2 * i))?;
+            ct.insert(&k, &e)
+                .map_err(|why| anyhow::anyhow!("filling XR_CT: entry {}: {why:?}", 2 * i))?;
         }
     }
     Ok(())
@@ -762,10 +775,10 @@ fn fill(ebpf: &mut Ebpf, entries: u32) -> Result<()> {
 
 /// The cases (`only`: that one alone) with `prefill` entries in `XR_CT`.
 fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> {
-    let (ct, ct_new) = table_sizes();
+    let slots = table_slots();
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries("XR_CT", ct)
-        .map_max_entries("XR_CT_NEW", ct_new)
+        .map_max_entries("XR_CT", slots)
+        .override_global(CT_MASK_GLOBAL, &(slots - 1), true)
         .load(OBJECT)
         .context("loading the BPF object")?;
     for prog in [MICRO, STAGED] {
@@ -774,8 +787,9 @@ fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> 
     let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
     write_router(&mut ebpf, ifx, &spec, 0)?;
     neighbours(&mut ebpf, ifx)?;
-    // A table too small for the pre-fill gets half full.
-    let prefill = prefill.min(ct / 2);
+    // A table too small for the pre-fill gets a quarter full (as full as
+    // `conntrack_size` connections make it).
+    let prefill = prefill.min(slots / 4);
     let table = label(prefill);
     if prefill != 0 {
         super::say(&format!("micro: filling XR_CT with {prefill} entries"));
@@ -805,7 +819,7 @@ fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> 
             verdict = run_once(&ebpf, MICRO, ingress, &c.frame, 1)?.0;
         }
         let repeat = match (c.new_flow, c.room) {
-            (true, true) => room_repeat(ct_new, c.name)?,
+            (true, true) => room_repeat(slots, c.name)?,
             (true, false) => REPEAT_NEW,
             _ => REPEAT,
         };
@@ -837,11 +851,11 @@ fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> 
         // opened still has both entries.
         if c.room {
             let opened = created(&mut ebpf)?;
-            let held = entries(&mut ebpf, "XR_CT_NEW")?;
+            let held = embryonic(&ebpf)?;
             if held < 2 * opened.saturating_sub(promoted(&mut ebpf)?) {
                 bail!(
-                    "micro case {}: XR_CT_NEW holds {held} entries for {opened} connections: \
-                     it evicted",
+                    "micro case {}: XR_CT holds {held} embryonic entries for {opened} \
+                     connections: it evicted",
                     c.name
                 );
             }
@@ -923,8 +937,7 @@ pub fn run(opts: &Opts) -> Result<()> {
             "repeat_new_flows": REPEAT_NEW,
             "repeat_with_room_at_most": REPEAT_ROOM,
             "runs": RUNS,
-            "xr_ct_entries": table_sizes().0,
-            "xr_ct_new_entries": table_sizes().1,
+            "xr_ct_slots": table_slots(),
             "table_designs": designs.iter().map(|d| json!({
                 "table": d.table,
                 "operation": d.op,

@@ -3,7 +3,7 @@
 //!
 //! For every pre-filled size (`--connections`), on the xdp and tc planes, a
 //! rig is built with the node's `conntrack_size` set to that size plus
-//! headroom for the case's own flows (so the LRU table never has to evict),
+//! headroom for the case's own flows (so no new connection has to evict),
 //! the pinned `XR_CT` is filled from here with live connections, and the
 //! cases run as usual. A pre-filled connection is what the pipeline
 //! (`router-ebpf/src/pipeline/track.rs`) writes for a gateway-SNATed TCP
@@ -32,10 +32,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::MapData;
 use router_common::conntrack::{
-    CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, NAT_SNAT, TCP_ESTABLISHED,
+    CT_F_ASSURED, CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, NAT_SNAT, TCP_ESTABLISHED,
+    ct_ticks,
 };
+use router_user::backend::bpf::CtTable;
 
 use super::{
     Case, Opts, Plane, Sample, ScaleInfo, check_opts, cpu,
@@ -85,9 +87,9 @@ pub(crate) fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2]
         direction: CT_ORIGINAL,
         nat: NAT_SNAT,
         state: TCP_ESTABLISHED,
-        flags: CT_F_REPLIED,
+        flags: CT_F_REPLIED | CT_F_ASSURED,
         last_seen: now,
-        created: now,
+        created: ct_ticks(now),
         route: Default::default(),
     };
     let reply = CtEntry {
@@ -104,16 +106,14 @@ pub(crate) fn connection(i: u32, gw: [u8; 4], now: u64) -> [(CtKey, CtEntry); 2]
     ]
 }
 
-fn open_ct(maps: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
-    let p = maps.join(router_user::backend::bpf::XR_CT);
-    let m = MapData::from_pin(&p).with_context(|| format!("opening {}", p.display()))?;
-    Ok(HashMap::try_from(Map::HashMap(m))?)
+fn open_ct(maps: &Path) -> Result<CtTable> {
+    CtTable::from_pin(&maps.join(router_user::backend::bpf::XR_CT))
 }
 
-/// Inserts connections `0..n` (one syscall per entry); returns the time it
-/// took. Bounded by [`FILL_LIMIT`] and interruptible.
+/// Inserts connections `0..n` (through the table's mapping); returns the
+/// time it took. Bounded by [`FILL_LIMIT`] and interruptible.
 fn fill(maps: &Path, n: u32, what: &str) -> Result<Duration> {
-    let mut ct = open_ct(maps)?;
+    let ct = open_ct(maps)?;
     let gw = rig::gateway_ip();
     let now = router_user::backend::bpf::monotonic_ns();
     let t0 = Instant::now();
@@ -135,14 +135,15 @@ fn fill(maps: &Path, n: u32, what: &str) -> Result<Duration> {
             ));
         }
         for (k, e) in connection(i, gw, now) {
-            ct.insert(k, e, 0)
-                .with_context(|| format!("filling the connection table: entry {}", 2 * i))?;
+            ct.insert(&k, &e).map_err(|why| {
+                anyhow::anyhow!("filling the connection table: entry {}: {why:?}", 2 * i)
+            })?;
         }
     }
     Ok(t0.elapsed())
 }
 
-/// One GC pass as the daemon runs it (batched read, pairing, expiry check;
+/// One GC pass as the daemon runs it (read of every slot, pairing, expiry check;
 /// the entries are fresh, so nothing is deleted), but at once instead of in
 /// slices: its duration is the pass's whole work. Returns it and the
 /// entries the table holds.
@@ -158,7 +159,7 @@ fn scan(maps: &Path) -> Result<(Duration, usize)> {
         router_user::backend::bpf::monotonic_ns(),
     )?;
     let took = t0.elapsed();
-    let entries = open_ct(maps)?.keys().count();
+    let entries = open_ct(maps)?.all().count();
     Ok((took, entries))
 }
 
@@ -210,7 +211,7 @@ fn kept(maps: &Path, n: u32) -> Result<f64> {
     for j in 0..probes {
         let i = (j as u64 * n as u64 / probes as u64) as u32;
         for (k, _) in connection(i, gw, 0) {
-            if ct.get(&k, 0).is_ok() {
+            if ct.get(&k).is_some() {
                 found += 1;
             }
         }
@@ -228,7 +229,7 @@ fn memlock(m: &MapData) -> Result<u64> {
         .context("no memlock in the map's fdinfo")
 }
 
-/// Memory of `XR_CT`, its size in entries, and the memory of all the
+/// Memory of `XR_CT`, its size in slots, and the memory of all the
 /// router's pinned maps.
 fn memory(maps: &Path) -> Result<(u64, u32, u64)> {
     let (mut ct, mut entries, mut all) = (0, 0, 0);

@@ -27,9 +27,9 @@ use router_common::{
 
 use super::{
     Verdict, classify, nat,
-    table::{self, Found, Refused},
     parse::{FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN, ICMP_ECHO_REPLY, PROTO_ICMP, PROTO_TCP, Pkt},
     route::{self, Flow},
+    table::{self, Found, Refused},
 };
 use crate::maps;
 

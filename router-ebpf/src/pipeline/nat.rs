@@ -8,8 +8,8 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use router_common::{
     config::{Ipv4, RouterConfig},
-    counters::Outcome,
     conntrack::{CtEntry, NAT_DNAT},
+    counters::Outcome,
     port::{PortInfo, ROLE_GATEWAY},
 };
 
@@ -114,7 +114,11 @@ pub fn claim_port(
             continue;
         }
         match table::insert(&rk, reply, true, None) {
-            Ok(r) => return inserted(Ok(r)).map(|f| (f, port)).map_err(|_| Outcome::DropCtFull),
+            Ok(r) => {
+                return inserted(Ok(r))
+                    .map(|f| (f, port))
+                    .map_err(|_| Outcome::DropCtFull);
+            }
             Err(Refused::Full) => table::note_full(true),
             Err(Refused::Taken) => {}
         }

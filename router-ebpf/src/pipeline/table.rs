@@ -86,7 +86,9 @@ impl Found {
     #[inline(always)]
     pub fn still(&self) -> bool {
         // SAFETY: words of the slot.
-        unsafe { read_volatile(w1(self.slot)) == self.w1 && read_volatile(w0(self.slot)) == self.w0 }
+        unsafe {
+            read_volatile(w1(self.slot)) == self.w1 && read_volatile(w0(self.slot)) == self.w0
+        }
     }
 }
 

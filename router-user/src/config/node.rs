@@ -108,13 +108,12 @@ pub struct NodeConfig {
     pub resync_interval: u64,
     /// Send gratuitous ARP for new addresses.
     pub send_garp: bool,
-    /// Connections the eBPF connection table holds per router (an entry per
-    /// direction each). Its buckets are reserved (32 bytes per connection);
-    /// entries, about 250 bytes per connection, are allocated as
-    /// connections are established. New connections wait in a table a
-    /// quarter this size (preallocated, about 270 bytes per connection)
-    /// until established, so a flood of new ones never evicts established
-    /// ones.
+    /// Connections the eBPF connection table holds per router (a slot per
+    /// direction each, at most half the slots used: 256 bytes per
+    /// connection, reserved when the router is loaded, the size rounded up
+    /// to a power of two). Embryonic and established connections share it;
+    /// a new connection whose part of the table is full takes an embryonic
+    /// one's slot, never an established one's.
     pub conntrack_size: u32,
     /// New connections each router accepts per second on each CPU (0: no
     /// limit); beyond it they are dropped and counted
@@ -211,7 +210,7 @@ impl Default for NodeConfig {
             state_dir: "/run/xrouter".into(),
             resync_interval: 10,
             send_garp: true,
-            conntrack_size: 1_000_000,
+            conntrack_size: 262_144,
             new_connection_rate: DEFAULT_NEW_CONNECTION_RATE,
             interface_driver: None,
             ovs_integration_bridge: DEFAULT_OVS_INTEGRATION_BRIDGE.into(),

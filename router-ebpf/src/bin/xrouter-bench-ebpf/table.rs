@@ -185,7 +185,7 @@ fn entry(now: u64) -> CtEntry {
         new_src: GATEWAY.to_be_bytes(),
         new_dst: SERVER.to_be_bytes(),
         last_seen: now,
-        created: now,
+        created: router_common::conntrack::ct_ticks(now),
         ..CtEntry::default()
     }
 }

@@ -20,10 +20,10 @@ use router_common::{
 
 use super::{
     BpfRouter, DEFAULT_SNAT_PORTS, LINKS_DIR, MAP_NAMES, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP,
-    XR_BUILD, XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_CLAIM, XR_CT_EVENTS, XR_CT_NEW_OLD, XR_DST_CACHE, XR_FIP,
-    XR_FIP_REV, XR_FRAG, XR_GEN, XR_LOCAL, XR_LOCAL_HINT, XR_MON_CPU, XR_MON_CTL, XR_MON_RING,
-    XR_NEIGH, XR_NEIGH_USED, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES, carry,
-    remove_file_if_present, router_dir, table::CtTable,
+    XR_BUILD, XR_CONFIG, XR_COUNTERS, XR_CT, XR_CT_CLAIM, XR_CT_EVENTS, XR_CT_NEW_OLD,
+    XR_DST_CACHE, XR_FIP, XR_FIP_REV, XR_FRAG, XR_GEN, XR_LOCAL, XR_LOCAL_HINT, XR_MON_CPU,
+    XR_MON_CTL, XR_MON_RING, XR_NEIGH, XR_NEIGH_USED, XR_PORT_SLOTS, XR_PORTS, XR_RATE, XR_ROUTES,
+    carry, remove_file_if_present, router_dir, table::CtTable,
 };
 
 /// Entries of `XR_LOCAL` (router-ebpf/src/maps.rs): port addresses, subnet
@@ -285,9 +285,8 @@ impl BpfRouter {
                 _ => bail!("the BPF object has no connection table {XR_CT}"),
             };
             for old in &carried {
-                let (copied, lost) = carry::copy(old, &new).with_context(|| {
-                    format!("router {router_id}: carrying {} over", old.name())
-                })?;
+                let (copied, lost) = carry::copy(old, &new)
+                    .with_context(|| format!("router {router_id}: carrying {} over", old.name()))?;
                 tracing::info!(
                     "router {router_id}: {copied} entries of the old {} carried over{}",
                     old.name(),

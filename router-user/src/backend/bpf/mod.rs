@@ -55,9 +55,9 @@ use nix::sched::{CloneFlags, setns};
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use load::{CT_MASK_GLOBAL, build_id, pins_fit};
-pub use table::CtTable;
 pub use neigh::{dump_neighbours, watch as watch_neighbours, write_neighbours};
 pub use sync::{Desired, bump_generation, desired, resolve, write_maps};
+pub use table::CtTable;
 
 /// What the kernel has of a router's BPF data path, read through its pins.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,8 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, MapInfo, MapType};
 use router_common::conntrack::{
-    CT_FLAGS, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey, CtSlot,
-    ct_w1_is_key,
+    CT_FLAGS, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey, CtSlot, ct_w1_is_key,
 };
 
 /// The slots of one router's connection table, mapped.
@@ -102,7 +101,8 @@ impl CtTable {
 
     /// Maps the table pinned at `path`.
     pub fn from_pin(path: &Path) -> Result<CtTable> {
-        let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+        let data =
+            MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
         CtTable::of(&data)
     }
 
@@ -221,8 +221,13 @@ impl CtTable {
             return false;
         }
         let (_, w1) = self.words(i);
-        w1.compare_exchange(k.words().1, CT_W1_FREED, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
+        w1.compare_exchange(
+            k.words().1,
+            CT_W1_FREED,
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        )
+        .is_ok()
     }
 
     /// The entries of slots `range` (clamped to the table).

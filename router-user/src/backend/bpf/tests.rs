@@ -605,7 +605,10 @@ fn an_earlier_builds_tables_are_carried_over() {
     assert!(udp.has_reply_entry && !udp.established);
     let all = br.ct_entries().unwrap();
     let e = all[&o.0];
-    assert_eq!((e.new_src, e.new_sport, e.last_seen), (o.1.new_src, o.1.new_sport, o.1.last_seen));
+    assert_eq!(
+        (e.new_src, e.new_sport, e.last_seen),
+        (o.1.new_src, o.1.new_sport, o.1.last_seen)
+    );
     assert_eq!(e.flags, router_common::conntrack::CT_F_ASSURED);
     assert_eq!(all[&young[0].0].route, Default::default(), "nothing cached");
     drop(br);
@@ -821,12 +824,18 @@ fn a_full_window_refuses_and_a_freed_slot_is_reused() {
     for k in fill {
         t.insert(k, &e).unwrap();
     }
-    assert_eq!(t.insert(&fill[0], &e), Err(super::table::NotInserted::Present));
+    assert_eq!(
+        t.insert(&fill[0], &e),
+        Err(super::table::NotInserted::Present)
+    );
     assert_eq!(t.insert(last, &e), Err(super::table::NotInserted::Full));
     assert!(t.remove(&fill[3]));
     assert!(!t.remove(&fill[3]));
     assert!(t.get(&fill[3]).is_none());
-    assert!(fill[4..].iter().all(|k| t.get(k).is_some()), "found past a freed slot");
+    assert!(
+        fill[4..].iter().all(|k| t.get(k).is_some()),
+        "found past a freed slot"
+    );
     t.insert(last, &e).unwrap();
     assert_eq!(t.find(last), Some((home + 3) & mask));
     assert_eq!(t.count(), router_common::conntrack::CT_WINDOW as u64);
