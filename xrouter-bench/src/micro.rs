@@ -50,7 +50,7 @@ pub(crate) const REPEAT: u32 = 1_000_000;
 /// New flows: fewer runs, each creates a connection (two entries).
 pub(crate) const REPEAT_NEW: u32 = 200_000;
 pub(crate) const RUNS: usize = 5;
-/// New flows into an embryonic table with room: at most this many a run.
+/// New flows into a table with room: at most this many a run.
 const REPEAT_ROOM: u32 = 10_000;
 /// Connections of the `snat-64k` case (`snat-1k`: 1024).
 const SPREAD_FLOWS: u32 = 65_536;
@@ -260,7 +260,7 @@ struct MicroCase {
     /// (other destination ports) and each run takes one of them, in a
     /// scattered order.
     flows: u32,
-    /// New flows into an embryonic table with room: few enough per run
+    /// New flows into a table with room: few enough per run
     /// that no insert evicts (as when connections are answered and leave
     /// it); otherwise the table fills and every insert evicts, as in a
     /// flood.

@@ -229,8 +229,7 @@ pub mod range {
     pub const METADATA_PORT: RangeInclusive<i64> = 1..=65535;
     /// Seconds; 0 disables the periodic resync, at most a day.
     pub const RESYNC_INTERVAL: RangeInclusive<i64> = 0..=86_400;
-    /// Connections per router: 16M is 512 MiB of buckets and 1.1 GiB of
-    /// preallocated embryonic table per router, 4 GiB more when full.
+    /// Connections per router: 16M is a table of 4 GiB per router.
     pub const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=16_777_216;
     /// New connections a second per router and CPU; 0: no limit.
     pub const NEW_CONNECTION_RATE: RangeInclusive<i64> = 0..=100_000_000;

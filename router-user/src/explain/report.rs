@@ -91,7 +91,7 @@ fn new_tuple(k: &CtKey, e: &CtEntry) -> Tuple {
 /// One connection-table entry.
 #[derive(Clone, Debug, Serialize)]
 pub struct CtEntryView {
-    /// "established" (XR_CT) or "embryonic" (XR_CT_NEW).
+    /// "established" or "embryonic".
     pub table: &'static str,
     /// "original" or "reply".
     pub direction: &'static str,
@@ -546,7 +546,7 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         if !est0 && *est {
             ct.changed.push(Change {
                 tuple: key_tuple(k),
-                change: "established: moved to the main table".into(),
+                change: "established: never evicted from now on".into(),
             });
         }
         if v0.state != v1.state {

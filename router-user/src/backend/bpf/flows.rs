@@ -183,8 +183,8 @@ pub struct Flow {
     pub dnat: bool,
     /// Whether the reply direction's entry is present.
     pub has_reply_entry: bool,
-    /// Established (in the main table; embryonic connections are the
-    /// ones a flood of new connections may evict).
+    /// Established (embryonic connections are the ones a new connection
+    /// may evict when its part of the table is full).
     pub established: bool,
     /// Seconds since the connection's first packet.
     pub age_secs: u64,
@@ -756,12 +756,15 @@ pub mod pinned {
     /// The entries in a router's connection table: (established,
     /// embryonic).
     pub fn count(pin_dir: &Path, router_id: &str) -> Result<(u64, u64)> {
-        let t = ct(pin_dir, router_id)?;
-        let est = t
-            .all()
-            .filter(|(_, e)| e.flags & router_common::conntrack::CT_F_ASSURED != 0)
-            .count() as u64;
-        Ok((est, t.count().saturating_sub(est)))
+        let (mut est, mut emb) = (0, 0);
+        for (_, e) in ct(pin_dir, router_id)?.all() {
+            if e.flags & router_common::conntrack::CT_F_ASSURED != 0 {
+                est += 1;
+            } else {
+                emb += 1;
+            }
+        }
+        Ok((est, emb))
     }
 
     /// The outcome counters of a router, summed over CPUs.
