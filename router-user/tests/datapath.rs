@@ -1574,7 +1574,7 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
 #[test]
 fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     with_devices(|ifx| {
-        // 16 slots: every key's window is the whole table.
+        // 16 slots: every key's window is the whole table (twice over).
         let lim = Limits { slots: 16, rate: 0 };
         let mut r = Router::build(ifx, 1024, 65535, lim);
         let opened: Vec<Out> = (0..8)

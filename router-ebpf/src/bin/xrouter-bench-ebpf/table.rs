@@ -14,7 +14,7 @@
 //! going through the mmap.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     btf_maps::{Array, HashMap, LruHashMap},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::btf_map,
@@ -24,7 +24,7 @@ use router_common::{
         TABLE_EST, TABLE_FILL, TABLE_KEST, TABLE_KFILL, TABLE_KNEW, TABLE_NEW, TableConfig,
         TableSlot,
     },
-    conntrack::{CT_FLAGS, CtEntry, CtKey},
+    conntrack::{CtEntry, CtKey},
 };
 
 /// Settings (index 0).
@@ -54,10 +54,11 @@ fn count(what: u32) {
 pub static XRB_SLOTS: Array<TableSlot, 1024, { aya_ebpf::bindings::BPF_F_MMAPABLE as usize }> =
     Array::new();
 
-/// The kernel's maps as the router has them (`XR_CT`, `XR_CT_NEW`), sized
-/// by userspace as the daemon sizes them.
+/// The kernel's maps as the router had them before its table of its own
+/// (`XR_CT` a hash not preallocated, `XR_CT_NEW` an LRU hash), sized by
+/// userspace as the daemon sized them.
 #[btf_map]
-pub static XRB_KCT: HashMap<CtKey, CtEntry, 1024, { CT_FLAGS as usize }> = HashMap::new();
+pub static XRB_KCT: HashMap<CtKey, CtEntry, 1024, { BPF_F_NO_PREALLOC as usize }> = HashMap::new();
 #[btf_map]
 pub static XRB_KNEW: LruHashMap<CtKey, CtEntry, 1024> = LruHashMap::new();
 

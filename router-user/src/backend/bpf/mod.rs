@@ -57,7 +57,7 @@ pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use load::{CT_MASK_GLOBAL, build_id, pins_fit};
 pub use neigh::{dump_neighbours, watch as watch_neighbours, write_neighbours};
 pub use sync::{Desired, bump_generation, desired, resolve, write_maps};
-pub use table::CtTable;
+pub use table::{CtTable, NotInserted};
 
 /// What the kernel has of a router's BPF data path, read through its pins.
 #[derive(Clone, Debug, PartialEq, Eq)]
