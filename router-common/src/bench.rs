@@ -137,64 +137,9 @@ impl Default for MicroConfig {
     }
 }
 
-/// `xr_bench_table`: a prototype of a connection table of xrouter's own
-/// (open addressing in an array, a connection's key and entry in one cache
-/// line), measured against the kernel's hash maps as the pipeline uses
-/// them, doing the same table work for the same keys. Index 0 of
-/// `XRB_TABLE_CFG`; each run takes the next number of a per-CPU counter.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct TableConfig {
-    /// One of `TABLE_*`.
-    pub op: u32,
-    /// The established operations: each run takes one of this many
-    /// connections (a power of two), numbered from 0, in a scattered order.
-    pub flows: u32,
-    /// Slots of `XRB_SLOTS` less one (a power of two less one).
-    pub mask: u32,
-    /// Added to the counter: the number of the connection a run opens.
-    pub base: u32,
-}
-
-/// Opens connection `base + n` in the array (both directions), no lookup.
-pub const TABLE_FILL: u32 = 0;
-/// A new connection in the array: its key looked up, a reply port
-/// claimed, both directions written.
-pub const TABLE_NEW: u32 = 1;
-/// An established packet in the array: its key found, `last_seen` kept.
-pub const TABLE_EST: u32 = 2;
-/// [`TABLE_FILL`] in the kernel's maps (`XRB_KCT`).
-pub const TABLE_KFILL: u32 = 3;
-/// [`TABLE_NEW`] in the kernel's maps, as the pipeline does it: the key in
-/// both tables, the reply's claimed by an insert into the LRU table, both
-/// directions in it.
-pub const TABLE_KNEW: u32 = 4;
-/// [`TABLE_EST`] in the kernel's hash map.
-pub const TABLE_KEST: u32 = 5;
-
-/// One slot of the prototype table: a direction's key and its entry in one
-/// cache line (an empty slot has protocol 0).
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct TableSlot {
-    pub key: crate::conntrack::CtKey,
-    pub new_src: [u8; 4],
-    pub new_dst: [u8; 4],
-    pub new_sport: u16,
-    pub new_dport: u16,
-    pub flags: u32,
-    pub last_seen: u64,
-    /// The route cache, as much of it as a connection entry holds.
-    pub route: [u64; 3],
-}
-
-const _: () = assert!(core::mem::size_of::<TableSlot>() == 64);
-
 crate::pod!(
     GenConfig,
     GenState,
     SinkCounter,
-    MicroConfig,
-    TableConfig,
-    TableSlot
+    MicroConfig
 );

@@ -22,7 +22,6 @@
 
 mod changes;
 mod cpu;
-mod designs;
 mod drops;
 mod memory;
 mod micro;

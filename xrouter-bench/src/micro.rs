@@ -680,17 +680,15 @@ fn conntrack_size() -> Result<u32> {
     }
 }
 
-/// XRB_MICRO_CASE: one case alone (for `perf record`), or `designs` (the
-/// table prototype alone); None: everything.
+/// XRB_MICRO_CASE: one case alone (for `perf record`); None: every case.
 fn only_case() -> Result<Option<String>> {
     let Ok(v) = std::env::var("XRB_MICRO_CASE") else {
         return Ok(None);
     };
     let names: Vec<&str> = cases().iter().map(|c| c.name).collect();
-    if v != "designs" && !names.contains(&v.as_str()) {
+    if !names.contains(&v.as_str()) {
         bail!(
-            "XRB_MICRO_CASE: {v:?} is no case (the cases: {}, or designs for the table \
-             prototype alone)",
+            "XRB_MICRO_CASE: {v:?} is no case (the cases: {})",
             names.join(", ")
         );
     }
@@ -899,29 +897,17 @@ pub fn run(opts: &Opts) -> Result<()> {
             bail!("creating {d} in {}", ns.0);
         }
     }
-    let (rows, designs) = in_ns(&ns.0, || -> Result<_> {
+    let rows = in_ns(&ns.0, || -> Result<_> {
         let idx = |d: &str| nix::net::if_::if_nametoindex(d).with_context(|| d.to_string());
         let ifx = [idx("qr1")?, idx("qr2")?, idx("qg")?];
-        // XRB_MICRO_CASE=designs: the table designs alone; another case:
-        // that case alone.
         let mut rows = Vec::new();
-        if only != Some("designs") {
-            for prefill in TABLES {
-                rows.extend(measure(ifx, prefill, only)?);
-            }
+        for prefill in TABLES {
+            rows.extend(measure(ifx, prefill, only)?);
         }
-        let designs = if only.is_none_or(|o| o == "designs") {
-            crate::designs::measure_all(ifx[0])?
-        } else {
-            Vec::new()
-        };
-        Ok((rows, designs))
+        Ok(rows)
     })??;
     let reads = ColdReads::measure();
     print!("{}", table(&rows, &reads));
-    if !designs.is_empty() {
-        print!("{}", crate::designs::report(&designs));
-    }
     if let Some(p) = &opts.json {
         let v = json!({
             "microbenchmark": rows.iter().map(|r| json!({
@@ -942,14 +928,6 @@ pub fn run(opts: &Opts) -> Result<()> {
             "repeat_with_room_at_most": REPEAT_ROOM,
             "runs": RUNS,
             "xr_ct_slots": table_slots(),
-            "table_designs": designs.iter().map(|d| json!({
-                "table": d.table,
-                "operation": d.op,
-                "ns_kernel_maps": d.kernel,
-                "ns_own_table_prototype": d.own,
-                "own_table_keys_evicted_filling": d.fill_evicted,
-                "own_table_lookups_missed": d.missed,
-            })).collect::<Vec<_>>(),
             "ns_cold_read_32mib": reads.big,
             "ns_cold_read_256kib": reads.small,
         });

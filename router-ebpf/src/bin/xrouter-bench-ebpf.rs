@@ -25,8 +25,6 @@
 //!   second run would see the first one's output).
 //! - `xr_bench_stage`: the same restore, then the pipeline up to one of its
 //!   stages (the per-stage profile).
-//! - `xr_bench_table`: a prototype connection table of xrouter's own
-//!   against the kernel's hash maps, the table work alone (`table.rs`).
 
 #![no_std]
 #![no_main]
@@ -42,9 +40,6 @@ use router_common::bench::{
     FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK,
     STAGE_EMPTY, STAGE_PARSE, STAGE_RESTORE, SinkCounter,
 };
-
-#[path = "xrouter-bench-ebpf/table.rs"]
-mod table;
 
 /// Generator settings (index 0).
 #[btf_map]
@@ -452,13 +447,6 @@ fn staged(ctx: &mut XdpContext, stage: u32) -> u32 {
         Some(_) => xdp_action::XDP_DROP,
         None => xdp_action::XDP_ABORTED,
     }
-}
-
-/// One run of the table prototype's operation (`table.rs`); the packet is
-/// not looked at. Returns what the run did (`table::DONE_*`).
-#[xdp]
-pub fn xr_bench_table(_ctx: XdpContext) -> u32 {
-    table::run()
 }
 
 /// XDP_PASS, for the router ports of the planes without XDP (a frame

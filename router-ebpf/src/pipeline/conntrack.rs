@@ -247,8 +247,7 @@ fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
     let Some(p) = partner.or_else(|| table::lookup(&e.partner(k))) else {
         return;
     };
-    // The partner's mark first: a connection with one entry marked is
-    // never half-evicted.
+    // Both entries: from now on no new connection evicts either.
     // SAFETY: as in `track`.
     unsafe { (*p.entry()).flags |= CT_F_ASSURED };
     e.flags |= CT_F_ASSURED;
