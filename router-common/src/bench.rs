@@ -137,9 +137,4 @@ impl Default for MicroConfig {
     }
 }
 
-crate::pod!(
-    GenConfig,
-    GenState,
-    SinkCounter,
-    MicroConfig
-);
+crate::pod!(GenConfig, GenState, SinkCounter, MicroConfig);

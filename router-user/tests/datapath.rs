@@ -1616,6 +1616,45 @@ fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     });
 }
 
+/// New connections through gateway SNAT from two CPUs at once, into a
+/// range of 256 ports: no port is handed to two connections (each reply
+/// key is one connection's), whichever CPU claimed it.
+#[test]
+fn concurrent_new_connections_never_share_a_port() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 40000, 40255);
+        std::thread::scope(|s| {
+            for cpu in 0..2usize {
+                let r = &r;
+                s.spawn(move || {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu % nix::sched::CpuSet::count()).unwrap();
+                    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+                    for i in 0..48u16 {
+                        let vm = if cpu == 0 {
+                            "81.1.180.12"
+                        } else {
+                            "81.1.180.13"
+                        };
+                        let o = r.xdp(r.qr1, &Frame::udp(vm, 2000 + i, "192.168.1.15", 53));
+                        assert_eq!(o.ret, XDP_REDIRECT);
+                    }
+                });
+            }
+        });
+        let all: Vec<_> = r.table().all().collect();
+        let ports: HashSet<u16> = all
+            .iter()
+            .filter(|(_, e)| e.direction == 0)
+            .map(|(_, e)| e.new_sport)
+            .collect();
+        let replies = all.iter().filter(|(_, e)| e.direction == 1).count();
+        assert_eq!(all.len(), 192, "96 connections, two entries each");
+        assert_eq!(ports.len(), 96, "a port each");
+        assert_eq!(replies, 96);
+    });
+}
+
 /// Pins the calling thread to CPU 0: per-CPU budgets are per CPU.
 fn on_cpu0() {
     let mut set = nix::sched::CpuSet::new();

@@ -148,13 +148,17 @@ impl CtTable {
         Some((k, e))
     }
 
+    /// The slots of `k`'s window, in order.
+    fn window(&self, k: &CtKey) -> impl Iterator<Item = u32> + use<> {
+        let m = self.slots - 1;
+        let home = k.home(m);
+        (0..CT_WINDOW).map(move |i| home.wrapping_add(i) & m)
+    }
+
     /// The slot holding `k`, if any.
     pub fn find(&self, k: &CtKey) -> Option<u32> {
         let (kw0, kw1) = k.words();
-        let m = self.slots - 1;
-        let home = k.home(m);
-        for i in 0..CT_WINDOW {
-            let at = home.wrapping_add(i) & m;
+        for at in self.window(k) {
             let (w0, w1) = self.words(at);
             let sw1 = w1.load(Ordering::Acquire);
             if sw1 == CT_W1_EMPTY {
@@ -179,10 +183,7 @@ impl CtTable {
             return Err(NotInserted::Present);
         }
         let (kw0, kw1) = k.words();
-        let m = self.slots - 1;
-        let home = k.home(m);
-        for i in 0..CT_WINDOW {
-            let at = home.wrapping_add(i) & m;
+        for at in self.window(k) {
             let (w0, w1) = self.words(at);
             let was = w1.load(Ordering::Acquire);
             if was != CT_W1_EMPTY && was != CT_W1_FREED {
