@@ -255,7 +255,10 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = fast.tick(), if !engine.bpf.is_empty() => {
+            // Whether or not this run loaded any router: one adopted from
+            // an earlier run (its programs and maps in place) has its
+            // connections expired all the same.
+            _ = fast.tick() => {
                 engine.tick().await;
                 crate::metrics::get().gc(engine.gc_last.as_ref());
             }

@@ -788,7 +788,18 @@ impl Engine {
             {
                 return;
             }
-            None => ebpf::gc::GcPass::new(self.bpf.keys().cloned()),
+            // Every router on record, not only those loaded by this run: a
+            // restarted daemon adopts routers whose programs and maps are
+            // in place without loading them, and their connections expire
+            // all the same (the GC reads the pins; a router without any,
+            // on the iptables plane, is passed over).
+            None => ebpf::gc::GcPass::new(
+                self.state
+                    .router_ids()
+                    .into_iter()
+                    .chain(self.bpf.keys().cloned())
+                    .collect::<std::collections::BTreeSet<_>>(),
+            ),
         };
         let pin_dir = self.node.pin_dir.clone();
         self.gc_task = Some(tokio::task::spawn_blocking(move || {

@@ -620,6 +620,15 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
         "ext",
         QG,
     );
+    if plane != Dataplane::Iptables {
+        // The restarted daemon adopted the router without loading it: its
+        // GC must expire the router's idle connections all the same.
+        c.ok(
+            idle_connection_expires(&rig),
+            "after restart: an idle connection is expired by the GC",
+            rig.daemon_log(),
+        );
+    }
     // Again, with a connection table of another size.
     let st = rig.stop_daemon();
     c.ok(st.is_some_and(|s| s.success()), "daemon exits 0 again", st);
@@ -642,6 +651,40 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
     );
     rig.assert_fast_path(&mut c);
     c.finish();
+}
+
+/// Writes an idle UDP connection entry (last seen 200 s ago: past UDP's
+/// 30 s) into the router's pinned table; whether the daemon's GC removes
+/// it within 25 s (a pass starts every 10 s).
+fn idle_connection_expires(rig: &Rig) -> bool {
+    use router_common::conntrack::{CtEntry, CtKey, ct_ticks};
+    use router_user::backend::bpf::{monotonic_ns, pinned};
+    let Ok(t) = pinned::ct(&rig.pin_dir, &rig.router().id) else {
+        return false;
+    };
+    let seen = monotonic_ns().saturating_sub(200_000_000_000);
+    let k = CtKey::new(
+        [10, 99, 0, 1],
+        [10, 99, 0, 2],
+        1000u16.to_be(),
+        2000u16.to_be(),
+        17,
+    );
+    let e = CtEntry {
+        new_src: k.src,
+        new_dst: k.dst,
+        new_sport: k.sport,
+        new_dport: k.dport,
+        last_seen: seen,
+        created: ct_ticks(seen),
+        ..CtEntry::default()
+    };
+    if t.insert(&k, &e).is_err() {
+        return false;
+    }
+    wait_until(Duration::from_secs(25), Duration::from_millis(200), || {
+        t.get(&k).is_none()
+    })
 }
 
 /// Editing the routers file is enough: the daemon notices and applies it
