@@ -1534,7 +1534,8 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
         });
         assert_eq!(r.ct_counts(), (0, 4));
         // 3,000 spoofed SYNs to the floating IP and 3,000 new UDP flows
-        // from a VM: 12,000 entries for a table of 256 slots.
+        // from a VM: 6,000 connections for a table of 256 slots; each
+        // eviction takes a whole (embryonic) connection.
         for i in 0..3000u32 {
             let client = format!("100.{}.{}.{}", 64 + (i >> 16) % 64, (i >> 8) & 255, i & 255);
             let f = Frame::tcp(&client, 1024 + (i % 50000) as u16, "192.168.1.104", 22)
@@ -1545,9 +1546,20 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
         }
         let (churned, est) = r.ct_counts();
         assert_eq!(est, 4, "the established connections are all there");
-        assert_eq!(churned, 252, "the flood fills every other slot");
         assert!(
-            r.event(CtEvent::Evicted) > 10_000,
+            churned > 200 && churned <= 252,
+            "the flood fills the rest: {churned}"
+        );
+        // An eviction takes a whole connection: no entry is left without
+        // its other direction (whose port another connection could take).
+        let all: std::collections::HashMap<_, _> = r.table().all().collect();
+        let halves: Vec<_> = all
+            .iter()
+            .filter(|(k, e)| !all.contains_key(&e.partner(k)))
+            .collect();
+        assert!(halves.is_empty(), "connections left half: {halves:?}");
+        assert!(
+            r.event(CtEvent::Evicted) > 5_000,
             "the flood evicts its own kind: {}",
             r.event(CtEvent::Evicted)
         );

@@ -171,6 +171,12 @@ pub fn insert(
     let Some(s) = slot(c as u32) else {
         return Err(Refused::Full);
     };
+    if c & EVICTED != 0 {
+        // The evicted connection goes whole: a half left behind would
+        // hold a translation whose reply key (its SNAT port) is free for
+        // another connection to claim.
+        xr_ct_evict_partner(c as u32, keep, m);
+    }
     // SAFETY: the slot is ours (busy) until published.
     unsafe {
         write_volatile(w0(s), kw0);
@@ -253,6 +259,56 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
         return NONE as u64;
     }
     pick as u64 | evicted
+}
+
+/// Frees the other direction of the embryonic entry slot `at` holds (which
+/// this CPU has claimed and not yet overwritten), unless it is slot `keep`
+/// or established. 1: freed.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_ct_evict_partner(at: u32, keep: u32, m: u32) -> u32 {
+    let (Some(s), Some(c)) = (slot(at), XR_CT_CLAIM.get_ptr(0)) else {
+        return 0;
+    };
+    // SAFETY: the claimed slot (its entry intact until overwritten) and
+    // this CPU's scratch, which `xr_ct_claim` left the slot's key word in.
+    let pk = unsafe {
+        let e = &(*s).entry;
+        let proto = (read_volatile(&(*c).was) >> 32) as u8;
+        CtKey::new(
+            read_volatile(&e.new_dst),
+            read_volatile(&e.new_src),
+            read_volatile(&e.new_dport),
+            read_volatile(&e.new_sport),
+            proto,
+        )
+    };
+    let (pw0, pw1) = pk.words();
+    let home = pk.home(m);
+    // The scan of `xr_ct_scan`, here rather than called: a call deeper
+    // would take the stack past the 512 bytes the pipeline may use.
+    for i in 0..CT_WINDOW {
+        let p = home.wrapping_add(i) & m;
+        let Some(ps) = slot(p) else {
+            return 0;
+        };
+        // SAFETY: words and fields of a slot of the array.
+        unsafe {
+            let sw1 = read_volatile(w1(ps));
+            if sw1 == CT_W1_EMPTY {
+                return 0;
+            }
+            if sw1 != pw1 || read_volatile(w0(ps)) != pw0 {
+                continue;
+            }
+            if p == keep || read_volatile(&(*ps).entry.flags) & CT_F_ASSURED != 0 {
+                return 0;
+            }
+            // Freed only if it still holds the partner's key.
+            return atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(ps), pw1, CT_W1_FREED).1 as u32;
+        }
+    }
+    0
 }
 
 /// Whether another slot of the window, before index `at`, holds the key
