@@ -772,7 +772,8 @@ impl Engine {
                 deleted: p.deleted,
             };
             tracing::debug!(
-                "connection GC pass: {} entries read, {} deleted, in {:.1} s ({:.2} s working)",
+                "connection GC pass: {} entries read, {} deleted (with their other \
+                 directions, wherever they were), in {:.1} s ({:.2} s working)",
                 s.scanned,
                 s.deleted,
                 s.took.as_secs_f64(),

@@ -1,7 +1,7 @@
 //! The Prometheus endpoint: `GET /metrics` on `metrics_address` (or
 //! `--metrics-address`), off unless one is given. It serves what the BPF
 //! programs count per router (read through their pinned maps, as `xrouter
-//! show stats` does), how full each router's connection tables are, how
+//! show stats` does), how full each router's connection table is, how
 //! long router applies take and which fail, and in agent mode the RPC
 //! figures. docs/operations.md lists every metric.
 //!
@@ -319,9 +319,8 @@ impl Metrics {
                     events.get_or_create(&l).inc_by(n);
                 }
             }
-            // Two slots per entry: the size the table is made for.
             if let Some(m) = max_entries(&s.pin_dir, id, XR_CT) {
-                max.get_or_create(&router(id)).set(i64::from(m / 2));
+                max.get_or_create(&router(id)).set(i64::from(m));
             }
         }
         for (id, (est, emb)) in self.fill_counts(&s.pin_dir, ids) {
@@ -385,13 +384,13 @@ impl Metrics {
         );
         r.register(
             "conntrack_max_entries",
-            "Entries the router's connection table is sized for (conntrack_size x 2, rounded \
-             up; its slots are twice that)",
+            "Slots of the router's connection table, an entry each (conntrack_size \
+             connections fill half of them)",
             max,
         );
         r.register(
             "conntrack_gc_passes",
-            "Passes of the connection GC over every router's tables",
+            "Passes of the connection GC over every router's connection table",
             self.gc_passes.clone(),
         );
         r.register(
@@ -401,7 +400,7 @@ impl Metrics {
         );
         r.register(
             "conntrack_gc_scanned_entries",
-            "Entries the last GC pass read: every router's tables as it saw them",
+            "Entries the last GC pass read: every router's table as it saw it",
             self.gc_scanned.clone(),
         );
         r.register_with_unit(

@@ -17,7 +17,7 @@ use router_common::conntrack::{CT_F_ASSURED, CT_F_REPLIED, CtEntry, CtKey, ct_ti
 
 use super::{
     XR_CT,
-    flows::{BATCH, Cursor, lookup_batch},
+    flows::{BATCH, Cursor, HashMap, by_priority, lookup_batch},
     table::{CtTable, NotInserted},
 };
 
@@ -83,18 +83,14 @@ fn convert(old: &[u8], established: bool) -> CtEntry {
     e
 }
 
-/// Copies every entry of `old` into `new` (entries already there are
-/// kept): (copied, not copied because the new table had no room).
+/// Copies the connections of `old` into `new`, established ones first,
+/// then the most recently seen, both directions of each or neither (an
+/// entry already in `new` is kept: it is newer): (entries copied,
+/// connections that did not fit).
 pub(super) fn copy(old: &OldTable, new: &CtTable) -> Result<(usize, usize)> {
-    let (mut copied, mut lost) = (0, 0);
-    let mut put = |k: &CtKey, e: &CtEntry| match new.insert(k, e) {
-        Ok(()) => copied += 1,
-        // What the new table has already is newer.
-        Err(NotInserted::Present) => {}
-        Err(NotInserted::Full) => lost += 1,
-    };
+    let mut all = HashMap::default();
     match old {
-        OldTable::Slots(t) => t.all().for_each(|(k, e)| put(&k, &e)),
+        OldTable::Slots(t) => all.extend(t.all()),
         OldTable::Hash {
             name,
             data,
@@ -114,9 +110,31 @@ pub(super) fn copy(old: &OldTable, new: &CtTable) -> Result<(usize, usize)> {
                 at = next;
                 for i in 0..n {
                     let k: CtKey = bytemuck::pod_read_unaligned(&keys[i * ks..(i + 1) * ks]);
-                    put(&k, &convert(&values[i * vs..(i + 1) * vs], *established));
+                    all.insert(k, convert(&values[i * vs..(i + 1) * vs], *established));
                 }
             }
+        }
+    }
+    let (mut copied, mut lost) = (0, 0);
+    for conn in by_priority(&all) {
+        let mut put = Vec::new();
+        let mut fits = true;
+        for (k, e) in &conn {
+            match new.insert(k, e) {
+                Ok(()) => put.push(*k),
+                Err(NotInserted::Present) => {}
+                Err(NotInserted::Full) => fits = false,
+            }
+        }
+        if fits {
+            copied += put.len();
+        } else {
+            // Never half a connection: its other half alone would keep a
+            // translation whose reply port another connection could take.
+            for k in &put {
+                new.remove(k);
+            }
+            lost += 1;
         }
     }
     Ok((copied, lost))

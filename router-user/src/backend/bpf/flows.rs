@@ -157,6 +157,21 @@ fn connections(table: &HashMap<CtKey, CtEntry>) -> Vec<Conn> {
     out
 }
 
+/// The connections of `all`, each as its entries: established ones first,
+/// then the most recently seen (what a smaller table keeps).
+pub(super) fn by_priority(all: &HashMap<CtKey, CtEntry>) -> Vec<Vec<(CtKey, CtEntry)>> {
+    use std::cmp::Reverse;
+    let mut conns = connections(all);
+    conns.sort_by_key(|c| {
+        let established = c.entries().any(|(_, e)| e.flags & CT_F_ASSURED != 0);
+        (Reverse(established), Reverse(c.last_seen()))
+    });
+    conns
+        .iter()
+        .map(|c| c.entries().copied().collect())
+        .collect()
+}
+
 /// One side of a connection, readable: addresses and ports in host form.
 /// For ICMP echo both ports hold the echo id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -213,15 +213,24 @@ impl BpfRouter {
                             let old = (name == XR_CT)
                                 .then(|| carry::open(name, &path, &info))
                                 .flatten();
-                            tracing::warn!(
-                                "router {router_id}: pinned map {name} does not fit ({why}); \
-                                 creating a new one{}",
-                                if old.is_some() {
-                                    ", its connections carried over"
-                                } else {
-                                    ""
-                                }
-                            );
+                            if matches!(old, Some(carry::OldTable::Slots(_))) {
+                                // conntrack_size changed: as asked, not a fault.
+                                tracing::info!(
+                                    "router {router_id}: connection table resized ({} to \
+                                     {slots} slots); its connections carried over",
+                                    info.max_entries()
+                                );
+                            } else {
+                                tracing::warn!(
+                                    "router {router_id}: pinned map {name} does not fit \
+                                     ({why}); creating a new one{}",
+                                    if old.is_some() {
+                                        ", its connections carried over"
+                                    } else {
+                                        ""
+                                    }
+                                );
+                            }
                             carried.extend(old);
                             remove_file_if_present(&path)
                                 .with_context(|| format!("removing {}", path.display()))?;
@@ -288,14 +297,17 @@ impl BpfRouter {
                 let (copied, lost) = carry::copy(old, &new)
                     .with_context(|| format!("router {router_id}: carrying {} over", old.name()))?;
                 tracing::info!(
-                    "router {router_id}: {copied} entries of the old {} carried over{}",
-                    old.name(),
-                    if lost > 0 {
-                        format!(", {lost} did not fit in the new table")
-                    } else {
-                        String::new()
-                    }
+                    "router {router_id}: {copied} entries of the old {} carried over",
+                    old.name()
                 );
+                if lost > 0 {
+                    tracing::warn!(
+                        "router {router_id}: {lost} connections of the old {} did not fit in \
+                         the new table (established ones and the most recently used went \
+                         first); they are lost",
+                        old.name()
+                    );
+                }
             }
         }
         #[cfg(feature = "bpf-log")]

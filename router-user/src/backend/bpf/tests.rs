@@ -619,6 +619,47 @@ fn an_earlier_builds_tables_are_carried_over() {
     br.detach_and_unpin().unwrap();
 }
 
+/// A smaller `conntrack_size` than the table holds: the copy keeps
+/// established connections first, and never half a connection.
+#[test]
+fn a_smaller_table_keeps_established_connections_whole() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let id = "shrink";
+    let mut br = BpfRouter::load(id, &pins.0, 2048).unwrap();
+    let t = monotonic_ns();
+    let addr = |i: u32| format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    for i in 0..2400u32 {
+        let mut pair = plain_pair(&addr(i), "192.168.1.15", 17, TCP_NONE, t);
+        if i % 2 == 0 {
+            for (_, e) in &mut pair {
+                e.flags |= router_common::conntrack::CT_F_ASSURED;
+            }
+        }
+        for (k, e) in &pair {
+            br.ct_insert(k, e).unwrap();
+        }
+    }
+    drop(br);
+    // 4096 slots for 4800 entries: not all fit.
+    let br = BpfRouter::load(id, &pins.0, 1024).unwrap();
+    let all = br.ct_entries().unwrap();
+    let halves = all
+        .iter()
+        .filter(|(k, e)| !all.contains_key(&e.partner(k)))
+        .count();
+    assert_eq!(halves, 0, "no connection carried half");
+    let established = all
+        .values()
+        .filter(|e| e.flags & router_common::conntrack::CT_F_ASSURED != 0)
+        .count();
+    assert_eq!(established, 2400, "every established connection, both ways");
+    assert!(all.len() < 4800, "not all fit: {}", all.len());
+    br.detach_and_unpin().unwrap();
+}
+
 /// The shortest entries of all (before the route cache: 32 bytes) are
 /// carried over too.
 #[test]
