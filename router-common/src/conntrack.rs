@@ -118,19 +118,31 @@ impl CtKey {
     }
 
     /// The slot the key's window starts at, in a table of `mask + 1`
-    /// slots: a multiply-rotate hash of the two words, folded.
+    /// slots: the four 32-bit words of the key mixed in one after the
+    /// other (multiply, rotate, add, as MurmurHash3 does), then folded.
+    /// Each word goes through the state before the next comes in, so keys
+    /// that differ in two fields at once (a remote address and a port, as
+    /// SNAT's reply keys do) do not cancel out into one slot, which
+    /// combining the words' products side by side let happen.
     #[inline(always)]
     pub const fn home(&self, mask: u32) -> u32 {
         let (w0, w1) = self.words();
-        let mut h = (w0 as u32).wrapping_mul(0x9e37_79b1)
-            ^ ((w0 >> 32) as u32)
-                .wrapping_mul(0x85eb_ca77)
-                .rotate_left(13)
-            ^ (w1 as u32).wrapping_mul(0xc2b2_ae3d).rotate_left(7)
-            ^ ((w1 >> 32) as u32);
+        let words = [w0 as u32, (w0 >> 32) as u32, w1 as u32, (w1 >> 32) as u32];
+        let mut h: u32 = 0x9747_b28c;
+        let mut i = 0;
+        while i < 4 {
+            let mut k = words[i].wrapping_mul(0xcc9e_2d51);
+            k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+            h ^= k;
+            h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+            i += 1;
+        }
+        h ^= 16;
         h ^= h >> 16;
-        h = h.wrapping_mul(0x7feb_352d);
-        h ^= h >> 15;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^= h >> 16;
         h & mask
     }
 }

@@ -76,7 +76,10 @@ impl CtTable {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                // Populated at once: a page fault per 4 KiB page as a
+                // reader first touches it costs several times the read
+                // itself (seconds for a table of a million connections).
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 fd.as_raw_fd(),
                 0,
             )
