@@ -1628,6 +1628,40 @@ fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     });
 }
 
+/// A SYN to a floating IP answered by the VM's SYN-ACK, and nothing more
+/// (a spoofed SYN's fate): the handshake is not done, so no entry says
+/// ESTABLISHED (the GC then gives it an unanswered handshake's 120 s, not
+/// an established connection's day); the opener's ACK establishes it.
+#[test]
+fn a_syn_ack_alone_does_not_establish() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let syn = Frame::tcp("192.168.1.15", 5555, "192.168.1.104", 22).from(MAC_EXT, MAC_QG);
+        assert_eq!(r.xdp(r.qg, &syn).ret, XDP_REDIRECT);
+        let synack = Frame {
+            tcp_flags: 0x12,
+            ..Frame::tcp("91.1.180.14", 22, "192.168.1.15", 5555).from(MAC_VM2, MAC_QR2)
+        };
+        assert_eq!(r.xdp(r.qr2, &synack).ret, XDP_REDIRECT);
+        let states: Vec<u8> = r.table().all().map(|(_, e)| e.state).collect();
+        assert_eq!(states.len(), 2);
+        assert!(
+            states.iter().all(|s| *s == 1),
+            "SYN_SENT both ways: {states:?}"
+        );
+        let ack = Frame {
+            tcp_flags: 0x10,
+            ..syn
+        };
+        assert_eq!(r.xdp(r.qg, &ack).ret, XDP_REDIRECT);
+        assert!(
+            r.table().all().any(|(_, e)| e.state == 2),
+            "the ACK establishes it"
+        );
+        assert_eq!(r.ct_counts(), (0, 2));
+    });
+}
+
 /// New connections through gateway SNAT from two CPUs at once, into a
 /// range of 256 ports: no port is handed to two connections (each reply
 /// key is one connection's), whichever CPU claimed it.

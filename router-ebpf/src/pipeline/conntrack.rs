@@ -48,7 +48,11 @@ fn tcp_next(state: u8, flags: u8) -> u8 {
         TCP_CLOSED
     } else if flags & FLAG_FIN != 0 {
         TCP_FIN
-    } else if flags & FLAG_SYN != 0 && flags & FLAG_ACK == 0 {
+    } else if flags & FLAG_SYN != 0 {
+        // A SYN, or the SYN-ACK answering it: the handshake is not done
+        // until the opener's ACK (a SYN-ACK to a spoofed SYN never gets
+        // one, and must expire as an unanswered handshake does, not as an
+        // established connection).
         if state == TCP_ESTABLISHED {
             state
         } else {
