@@ -145,6 +145,20 @@ impl CtKey {
         h ^= h >> 16;
         h & mask
     }
+
+    /// What an entry's route cache is stamped under for this key at
+    /// generation `g`: a slot freed and reused by another connection
+    /// while a packet of this one wrote its cache holds a stamp the other
+    /// connection's key does not match. 0 (never cached) when `g` is 0.
+    #[inline(always)]
+    pub const fn stamp_key(&self, g: u32) -> u32 {
+        if g == 0 {
+            return 0;
+        }
+        let (w0, w1) = self.words();
+        let f = w0 ^ w1.rotate_left(29);
+        g ^ ((f ^ (f >> 32)) as u32).wrapping_mul(0x9e37_79b1)
+    }
 }
 
 /// `CtEntry::created` is the clock (`bpf_ktime_get_coarse_ns`) shifted

@@ -17,7 +17,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
-    conntrack::CT_F_ASSURED,
+    conntrack::{CT_F_ASSURED, CT_REPLY},
     counters::{Counter, CtEvent, Outcome},
     monitor::{
         EV_IPV4, EV_L4, HOOK_TC, HOOK_XDP, MON_DROPS, MON_FORWARDED, MON_KERNEL, MonitorCpu,
@@ -2784,6 +2784,51 @@ fn established_packets_take_route_and_mac_from_the_cache() {
         bump_generation(map(&mut r.ebpf, "XR_GEN")).unwrap();
         assert_eq!(r.xdp(r.qr1, &out).ret, XDP_PASS);
         assert_eq!(r.xdp(r.qg, &back).ret, XDP_PASS);
+    });
+}
+
+/// White box: a route cached for one connection is never used by
+/// another that comes to hold the slot. A packet that wrote its entry's
+/// cache just as the GC freed the slot and a new connection took it would
+/// leave its route there, stamped with the current generation; the stamp
+/// also mixes in the connection's key, so the new connection looks its
+/// own route up. Here the slot of VM2's connection is given VM1's cached
+/// route outright: VM2's reply still goes out of qr2, to VM2.
+#[test]
+fn a_route_cached_for_one_connection_is_not_taken_by_another() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let (_, back, _, o2) = snat_connection(&r);
+        assert_eq!(r.xdp(r.qg, &back).frame, o2.frame, "VM1's cache written");
+        // VM2 (out through its floating IP) to the same server,
+        // established, its reply not yet sent.
+        let answer = |o: &Out| {
+            Frame::tcp("192.168.1.15", o.dport(), &o.src().to_string(), o.sport())
+                .from(MAC_EXT, MAC_QG)
+        };
+        let syn = Frame::tcp("91.1.180.14", 40001, "192.168.1.15", 80).from(MAC_VM2, MAC_QR2);
+        let o = handshake(&r, r.qr2, syn, r.qg, answer);
+        let t = r.table();
+        let reply_to = |vm: &str| {
+            t.all()
+                .find(|(_, e)| e.direction == CT_REPLY && e.new_dst == ip(vm))
+                .unwrap()
+        };
+        let (_, vm1) = reply_to("81.1.180.12");
+        assert_ne!(vm1.route, Default::default(), "VM1's reply route cached");
+        let (k2, mut vm2) = reply_to("91.1.180.14");
+        vm2.route = vm1.route;
+        assert!(t.remove(&k2));
+        t.insert(&k2, &vm2).unwrap();
+        let back2 = Frame {
+            tcp_flags: 0x18,
+            ..answer(&o)
+        };
+        let o = r.xdp(r.qg, &back2);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(&o.frame[0..12], [MAC_VM2, MAC_QR2].concat(), "to VM2");
+        assert_eq!(o.dst().to_string(), "91.1.180.14");
+        assert_checksums(&o.frame);
     });
 }
 

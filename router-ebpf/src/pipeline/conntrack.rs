@@ -127,14 +127,18 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     }
     if let Some(found) = table::lookup(&k) {
         // SAFETY: the slot stays valid while this program runs (an array's);
-        // concurrent updates of last_seen/state/flags are benign, and a
-        // slot reused meanwhile is caught by `still` below.
+        // concurrent updates of last_seen/state/flags are benign. What is
+        // read here is checked by `still` below before anything is written:
+        // a slot freed and reused meanwhile is another connection's.
         let e = unsafe { &mut *found.entry() };
         let new_dst = u32::from_ne_bytes(e.new_dst);
         // The route and next hop's MAC cached in the entry, if the maps
         // have not changed since (`RouteCache`): no route lookup, no
-        // neighbour lookup.
-        let cached = e.route.get(g);
+        // neighbour lookup. Stamped under the key too, so that a cache
+        // written into a slot just reused by another connection is not
+        // taken for that connection's.
+        let gk = k.stamp_key(g);
+        let cached = e.route.get(gk);
         let (r, mac) = match pre {
             Some((r, pre_mac)) if new_dst == pkt.dst => {
                 // Looked up already (for the east-west test), with its MAC
@@ -159,29 +163,13 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
                 None => (route::egress(pkt, new_dst)?, None),
             },
         };
-        // Not cached: looked up, and cached if the kernel has resolved
-        // the next hop (else the packet goes as it went without a cache).
-        let mac = match mac {
-            Some(m) => Some(m),
-            None => {
-                let m = route::neighbour(r.0, r.1);
-                if let Some(m) = m {
-                    e.route.set(g, r.0, r.1, m);
-                }
-                m
-            }
+        // Not cached: looked up, and cached below if the kernel has
+        // resolved the next hop (else the packet goes as it went without a
+        // cache).
+        let (mac, fresh) = match mac {
+            Some(m) => (Some(m), false),
+            None => (route::neighbour(r.0, r.1), true),
         };
-        // Written only when changed: the entry's cache line stays clean
-        // (and shared by the CPUs of a flow) between clock ticks.
-        if e.last_seen != now {
-            e.last_seen = now;
-        }
-        if pkt.proto == PROTO_TCP {
-            let state = tcp_next(e.state, pkt.flags);
-            if state != e.state {
-                e.state = state;
-            }
-        }
         let mut flow = Flow::via(
             u32::from_ne_bytes(e.new_src),
             new_dst,
@@ -191,8 +179,25 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         );
         flow.nexthop_mac = mac;
         // Freed and reused while it was read: the connection is gone (the
-        // GC expired it), and the packet opens a new one.
+        // GC expired it), and the packet opens a new one. Checked before
+        // the writes, which would otherwise land in the other connection's
+        // entry.
         if found.still() {
+            if fresh && let Some(m) = mac {
+                e.route.set(gk, r.0, r.1, m);
+            }
+            // Written only when changed: the entry's cache line stays
+            // clean (and shared by the CPUs of a flow) between clock
+            // ticks.
+            if e.last_seen != now {
+                e.last_seen = now;
+            }
+            if pkt.proto == PROTO_TCP {
+                let state = tcp_next(e.state, pkt.flags);
+                if state != e.state {
+                    e.state = state;
+                }
+            }
             if e.flags & CT_F_ASSURED == 0 {
                 maybe_establish(&k, e, pkt, now);
             }
