@@ -381,7 +381,7 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
             if icmp {
                 reply.new_dport = pkt.sport;
             }
-            inserted(table::insert(&rk, &reply, false, None))?
+            inserted(table::insert(&rk, &reply, None))?
         }
     };
     let orig = CtEntry {
@@ -398,7 +398,7 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
         route: RouteCache::default(),
     };
     let k = key(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto);
-    if let Err(v) = inserted(table::insert(&k, &orig, false, Some(&reply_slot))) {
+    if let Err(v) = inserted(table::insert(&k, &orig, Some(&reply_slot))) {
         table::release(&reply_slot);
         return Err(v);
     }

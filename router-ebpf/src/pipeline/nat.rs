@@ -113,7 +113,7 @@ pub fn claim_port(
         if table::lookup(&rk).is_some() {
             continue;
         }
-        match table::insert(&rk, reply, true, None) {
+        match table::insert(&rk, reply, None) {
             Ok(r) => {
                 return inserted(Ok(r))
                     .map(|f| (f, port))

@@ -12,7 +12,11 @@
 //! having copied what they need, check the key words again (a slot freed
 //! and reused meanwhile is a miss). The daemon (GC, `show flows`, the
 //! copy into a resized table) works on the same slots through a shared
-//! mapping, with the same protocol.
+//! mapping, with the same protocol. Its GC also turns freed slots that a
+//! never-used one follows back into never-used ones, so that lookups go
+//! on stopping early in a table connections have churned through; an
+//! insert, having published, withdraws if it then finds a never-used slot
+//! before its own (`xr_ct_taken_before`).
 
 use core::{
     intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg},
@@ -140,8 +144,9 @@ pub extern "C" fn xr_ct_scan(kw0: u64, kw1: u64, home: u32, m: u32) -> u32 {
 pub enum Refused {
     /// No free slot, and no embryonic connection to evict, in the window.
     Full,
-    /// `unique`: another CPU inserted the same key at the same time, and
-    /// won.
+    /// Another CPU inserted the same key at the same time, and won; or
+    /// the daemon made a slot before the one taken never-used meanwhile.
+    /// Rare; a caller may try another key.
     Taken,
 }
 
@@ -152,17 +157,13 @@ const EVICTED: u64 = 1 << 32;
 /// Inserts `k` with entry `e` (not looked up first: the caller has, and
 /// missed): into the first free slot of its window, else in place of the
 /// least recently seen embryonic entry there (evicted: true) other than
-/// `keep`'s (the connection's other direction, just inserted). With
-/// `unique`, a concurrent insert of the same key by another CPU is
-/// detected after publishing, and one of the two (the later in the
-/// window) withdraws (`Refused::Taken`).
+/// `keep`'s (the connection's other direction, just inserted). A
+/// concurrent insert of the same key by another CPU is detected after
+/// publishing, and one of the two (the later in the window) withdraws
+/// (`Refused::Taken`): a key is in the table once, so that two
+/// connections never share a SNAT port.
 #[inline(always)]
-pub fn insert(
-    k: &CtKey,
-    e: &CtEntry,
-    unique: bool,
-    keep: Option<&Found>,
-) -> Result<(Found, bool), Refused> {
+pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bool), Refused> {
     let (kw0, kw1) = k.words();
     let m = mask();
     let home = k.home(m);
@@ -190,7 +191,7 @@ pub fn insert(
         w0: kw0,
         w1: kw1,
     };
-    if unique && xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0 {
+    if xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0 {
         release(&found);
         return Err(Refused::Taken);
     }
@@ -311,10 +312,14 @@ pub extern "C" fn xr_ct_evict_partner(at: u32, keep: u32, m: u32) -> u32 {
     0
 }
 
-/// Whether another slot of the window, before index `at`, holds the key
-/// of words `kw0`/`kw1` (published by another CPU at the same time: both
+/// Whether the key of words `kw0`/`kw1`, just published at slot `at` of
+/// the window from `home`, must withdraw (1): another slot before it
+/// holds the same key (published by another CPU at the same time: both
 /// see the other's, since both published with a full barrier before
-/// looking, and the one further in the window withdraws). 1: it does.
+/// looking, and the one further in the window withdraws), or a slot
+/// before it is never-used (the daemon turned it back from freed while
+/// this CPU chose its slot: a lookup would stop there and never find the
+/// key).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: u32) -> u32 {
@@ -328,7 +333,7 @@ pub extern "C" fn xr_ct_taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: 
         };
         // SAFETY: words of a slot of the array.
         let sw1 = unsafe { read_volatile(w1(s)) };
-        if sw1 == kw1 && unsafe { read_volatile(w0(s)) } == kw0 {
+        if sw1 == CT_W1_EMPTY || (sw1 == kw1 && unsafe { read_volatile(w0(s)) } == kw0) {
             return 1;
         }
     }

@@ -427,7 +427,8 @@ fn expired_among(mut old: HashMap<CtKey, CtEntry>, t: &CtTable, now_ns: u64) -> 
 }
 
 /// Expires the connections among slots `slots` of the table (partners
-/// may sit anywhere; they are looked up): (entries read, deleted).
+/// may sit anywhere; they are looked up), then reclaims the range's freed
+/// slots (`CtTable::reclaim`): (entries read, deleted).
 pub(super) fn expire_slots(
     t: &CtTable,
     slots: std::ops::Range<u32>,
@@ -436,15 +437,19 @@ pub(super) fn expire_slots(
     let floor = timeout_floors();
     let mut scanned = 0;
     let old: HashMap<CtKey, CtEntry> = t
-        .entries(slots)
+        .entries(slots.clone())
         .inspect(|_| scanned += 1)
         .filter(|(k, e)| now_ns.saturating_sub(e.last_seen) > floor[k.proto as usize])
         .collect();
-    if old.is_empty() {
-        return (scanned, 0);
-    }
-    let doomed = expired_among(old, t, now_ns);
-    (scanned, delete_idle(t, &doomed))
+    let deleted = if old.is_empty() {
+        0
+    } else {
+        let doomed = expired_among(old, t, now_ns);
+        delete_idle(t, &doomed)
+    };
+    // The slots freed, now or before, whose lookups need not read on.
+    t.reclaim(slots);
+    (scanned, deleted)
 }
 
 /// Expires a whole connection table at `now_ns`; returns the entries

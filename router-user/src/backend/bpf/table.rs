@@ -244,6 +244,62 @@ impl CtTable {
         self.entries(0..self.slots)
     }
 
+    /// Turns the freed slots of `range` that a never-used slot follows
+    /// back into never-used ones, last first, so that a run of freed slots
+    /// before a never-used one goes in one call; how many.
+    ///
+    /// A lookup stops at the first never-used slot of its key's window, and
+    /// reads on through freed ones. Without this, every slot a connection
+    /// ever held would stay freed: after the table's slots have all been
+    /// used once (a minute of churn at a few thousand new connections a
+    /// second), every miss, which is every new connection's first lookup,
+    /// would read its whole window.
+    ///
+    /// Safe because no key sits beyond a never-used slot of its window (an
+    /// insert takes the first free slot), so a freed slot before one is on
+    /// no key's way. Two races are closed: an insert that took the next
+    /// slot meanwhile (having seen this one held, just before it was
+    /// freed) is caught here by looking at the next slot again (this one
+    /// is then marked freed again), or by the insert itself, which after
+    /// publishing looks for a never-used slot before its own and withdraws
+    /// (router-ebpf's `xr_ct_taken_before`).
+    pub fn reclaim(&self, range: Range<u32>) -> usize {
+        let mut n = 0;
+        for i in (range.start.min(self.slots)..range.end.min(self.slots)).rev() {
+            let (_, w1) = self.words(i);
+            if w1.load(Ordering::Acquire) != CT_W1_FREED {
+                continue;
+            }
+            let (_, next) = self.words(i.wrapping_add(1));
+            if next.load(Ordering::SeqCst) != CT_W1_EMPTY {
+                continue;
+            }
+            if w1
+                .compare_exchange(
+                    CT_W1_FREED,
+                    CT_W1_EMPTY,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            if next.load(Ordering::SeqCst) != CT_W1_EMPTY {
+                // Taken meanwhile: its key may have its window from here.
+                let _ = w1.compare_exchange(
+                    CT_W1_EMPTY,
+                    CT_W1_FREED,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                );
+                continue;
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// Empties the table: only for a table no program runs on (between
     /// the test runs of a private copy), which the protocol does not
     /// protect.
@@ -252,10 +308,15 @@ impl CtTable {
         unsafe { std::ptr::write_bytes(self.base.as_ptr(), 0, self.slots as usize) };
     }
 
-    /// Slots holding a key.
-    pub fn count(&self) -> u64 {
+    /// Slots holding a key, and freed slots (not yet reclaimed).
+    pub fn count(&self) -> (u64, u64) {
         (0..self.slots)
-            .filter(|i| ct_w1_is_key(self.words(*i).1.load(Ordering::Relaxed)))
-            .count() as u64
+            .map(|i| self.words(i).1.load(Ordering::Relaxed))
+            .fold((0, 0), |(held, freed), w1| {
+                (
+                    held + u64::from(ct_w1_is_key(w1)),
+                    freed + u64::from(w1 == CT_W1_FREED),
+                )
+            })
     }
 }

@@ -815,6 +815,7 @@ fn gc_expires_idle_connections_only() {
     assert_eq!(br.gc(t0 + 3600 * sec).unwrap(), 4);
     assert_eq!(br.gc(t0 + 25 * 3600 * sec).unwrap(), 2);
     assert!(br.ct_entries().unwrap().is_empty());
+    assert_eq!(br.ct().unwrap().count(), (0, 0), "no freed slot left");
     br.detach_and_unpin().unwrap();
 }
 
@@ -879,7 +880,50 @@ fn a_full_window_refuses_and_a_freed_slot_is_reused() {
     );
     t.insert(last, &e).unwrap();
     assert_eq!(t.find(last), Some((home + 3) & mask));
-    assert_eq!(t.count(), router_common::conntrack::CT_WINDOW as u64);
+    assert_eq!(t.count(), (router_common::conntrack::CT_WINDOW as u64, 0));
+    drop(t);
+    br.detach_and_unpin().unwrap();
+}
+
+/// Freed slots before a never-used one become never-used again (a lookup
+/// that misses then stops there, not at the window's end); freed slots
+/// before held ones stay freed, and every key stays found.
+#[test]
+fn freed_slots_before_a_never_used_one_are_reclaimed() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let br = BpfRouter::load("reclaim", &pins.0, 1024).unwrap();
+    let t = br.ct().unwrap();
+    let mask = t.slots() - 1;
+    let home = ct("10.0.0.1", 1, "10.0.0.2", 80, 17).home(mask);
+    let keys: Vec<CtKey> = (0..u16::MAX as u32 * 4)
+        .map(|n| ct("10.0.0.1", n as u16, "10.0.0.2", 80 + (n >> 16) as u16, 17))
+        .filter(|k| k.home(mask) == home)
+        .take(10)
+        .collect();
+    let e = plain_pair("10.0.0.1", "10.0.0.2", 17, TCP_NONE, monotonic_ns())[0].1;
+    for k in &keys {
+        t.insert(k, &e).unwrap();
+    }
+    for i in [3, 4, 8, 9] {
+        assert!(t.remove(&keys[i]));
+    }
+    assert_eq!(t.count(), (6, 4));
+    // Slots 9 and 8 of the window (9 before a never-used slot, then 8
+    // before 9); 3 and 4 are on the way to 5.
+    assert_eq!(t.reclaim(0..t.slots()), 2);
+    assert_eq!(t.count(), (6, 2));
+    assert_eq!(t.reclaim(0..t.slots()), 0);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(t.get(k).is_some(), ![3, 4, 8, 9].contains(&i), "key {i}");
+    }
+    // The last held key goes: the run before it goes with it.
+    assert!(t.remove(&keys[7]) && t.remove(&keys[6]) && t.remove(&keys[5]));
+    assert_eq!(t.reclaim(0..t.slots()), 5);
+    assert_eq!(t.count(), (3, 0));
+    assert!(keys[..3].iter().all(|k| t.get(k).is_some()));
     drop(t);
     br.detach_and_unpin().unwrap();
 }
