@@ -314,6 +314,10 @@ pub struct Engine {
     pub desired: Vec<Router>,
     /// Loaded BPF objects by router ID (eBPF data planes only).
     pub bpf: BTreeMap<String, BpfRouter>,
+    /// Routers on record whose programs and maps an earlier run left in
+    /// place and this one adopted without loading them (nothing changed):
+    /// their pinned neighbour maps, mirrored all the same.
+    adopted: BTreeMap<String, ebpf::PinnedNeighbours>,
     /// Neighbour event followers by router ID, with the inode of the
     /// namespace they listen in (a rebuilt namespace needs a new one).
     watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
@@ -377,6 +381,7 @@ impl Engine {
             desired: state.routers.clone(),
             state,
             bpf: BTreeMap::new(),
+            adopted: BTreeMap::new(),
             watchers: BTreeMap::new(),
             gc_task: None,
             gc_pass: None,
@@ -670,18 +675,9 @@ impl Engine {
         // build and table size adopts them rather than loading again.
         b.record_build()?;
         b.sync_neighbours(ns).await?;
-        let inode =
-            std::fs::metadata(netns::path(ns)).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
-        let fresh = self
-            .watchers
-            .get(&d.id)
-            .is_some_and(|(i, h)| *i == inode && !h.is_finished());
-        if !fresh {
-            let h = ebpf::watch_neighbours(ns, &self.node.pin_dir, &d.id).await?;
-            if let Some((_, old)) = self.watchers.insert(d.id.clone(), (inode, h)) {
-                old.abort();
-            }
-        }
+        self.adopted.remove(&d.id);
+        self.watch_neighbours(&d.id, ns).await?;
+        let b = self.bpf.get_mut(&d.id).expect("inserted above");
         if !flush.is_empty() {
             let n = b.flush_addresses(flush)?;
             ch.note(format!(
@@ -690,6 +686,70 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// Follows the neighbour events of router `id`'s namespace `ns` into
+    /// its pinned `XR_NEIGH` (a watcher per namespace: started again if the
+    /// namespace was made anew or the watcher ended).
+    async fn watch_neighbours(&mut self, id: &str, ns: &str) -> Result<()> {
+        let inode =
+            std::fs::metadata(netns::path(ns)).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        let fresh = self
+            .watchers
+            .get(id)
+            .is_some_and(|(i, h)| *i == inode && !h.is_finished());
+        if !fresh {
+            let h = ebpf::watch_neighbours(ns, &self.node.pin_dir, id).await?;
+            if let Some((_, old)) = self.watchers.insert(id.to_string(), (inode, h)) {
+                old.abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// Mirrors the neighbours of the routers on record that this run did
+    /// not load (adopted after a restart: their programs and maps were in
+    /// place, and nothing about them changed): as for a loaded router, a
+    /// sync now and a watcher of the namespace's neighbour events, so that
+    /// a next hop's new MAC reaches XDP without the router changing first.
+    async fn mirror_adopted(&mut self) {
+        if !self.state.dataplane.is_some_and(|d| plane_of(d).is_bpf()) {
+            return;
+        }
+        let ids = self.state.router_ids();
+        self.adopted.retain(|id, _| ids.contains(id));
+        for id in ids {
+            if self.bpf.contains_key(&id) {
+                self.adopted.remove(&id);
+                continue;
+            }
+            let ns = crate::model::namespace_of(&id);
+            if !netns::exists(&ns) {
+                continue;
+            }
+            if !self.adopted.contains_key(&id) {
+                // Only this build's programs, at this size, are adopted.
+                if !ebpf::pins_fit(&self.node.pin_dir, &id, self.node.conntrack_size) {
+                    continue;
+                }
+                match ebpf::PinnedNeighbours::open(&self.node.pin_dir, &id) {
+                    Ok(p) => {
+                        self.adopted.insert(id.clone(), p);
+                    }
+                    Err(e) => {
+                        tracing::debug!(router = %id, "router {id}: neighbours: {e:#}");
+                        continue;
+                    }
+                }
+            }
+            let p = self.adopted.get_mut(&id).expect("inserted above");
+            if let Err(e) = p.sync(&ns).await {
+                tracing::debug!(router = %id, "router {id}: neighbours: {e:#}");
+            }
+            if let Err(e) = self.watch_neighbours(&id, &ns).await {
+                tracing::debug!(router = %id, "router {id}: neighbour events: {e:#}");
+            }
+        }
     }
 
     /// Removes router `id`: its ports (and so their taps), its namespace,
@@ -714,6 +774,7 @@ impl Engine {
         if let Some((_, h)) = self.watchers.remove(id) {
             h.abort();
         }
+        self.adopted.remove(id);
         let unpinned = match self.bpf.remove(id) {
             Some(b) => b.detach_and_unpin(),
             None => ebpf::remove_pins(&self.node.pin_dir, id),
@@ -745,6 +806,7 @@ impl Engine {
                 Err(e) => tracing::debug!(router = %id, "router {id}: monitor switch: {e:#}"),
             }
         }
+        self.mirror_adopted().await;
         self.gc_step().await;
     }
 

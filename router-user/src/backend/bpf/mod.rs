@@ -55,7 +55,7 @@ use nix::sched::{CloneFlags, setns};
 pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use load::{CT_MASK_GLOBAL, build_id, pins_fit};
-pub use neigh::{dump_neighbours, watch as watch_neighbours, write_neighbours};
+pub use neigh::{PinnedNeighbours, dump_neighbours, watch as watch_neighbours, write_neighbours};
 pub use sync::{Desired, bump_generation, desired, resolve, write_maps};
 pub use table::{CtTable, NotInserted};
 

@@ -122,6 +122,69 @@ async fn dump(nl: &Nl, ns: &str) -> Result<(HashMap<NeighKey, Neigh>, HashSet<Ne
     Ok((out, stale))
 }
 
+/// Makes a router's `XR_NEIGH` equal the neighbour table of its namespace
+/// `ns` and has the kernel check the STALE neighbours XDP sent packets to
+/// (see [`BpfRouter::sync_neighbours`]), through `maps`: a loaded object's
+/// or the pinned ones of a router adopted from an earlier run.
+async fn sync_into(maps: &mut impl NeighMaps, ns: &str) -> Result<usize> {
+    let nl = Nl::open(Some(ns)).await?;
+    let (want, stale) = dump(&nl, ns).await?;
+    let n = maps.set(&want)?;
+    let used = take_used(maps.used()?)?;
+    for k in stale.iter().filter(|k| used.has(k)) {
+        let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::from(k.addr));
+        // NTF_USE: the kernel takes it as a packet to that neighbour.
+        if let Err(e) = nl
+            .handle
+            .neighbours()
+            .add(k.ifindex, addr)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+        {
+            tracing::debug!("{ns}: neighbour {addr} not checked: {e}");
+        }
+    }
+    Ok(n)
+}
+
+/// The maps the neighbour mirroring writes.
+trait NeighMaps {
+    /// Makes `XR_NEIGH` hold exactly `want` (see [`write_neighbours`]).
+    fn set(&mut self, want: &HashMap<NeighKey, Neigh>) -> Result<usize>;
+    /// `XR_NEIGH_USED`.
+    fn used(&mut self) -> Result<&mut Map>;
+}
+
+impl NeighMaps for BpfRouter {
+    fn set(&mut self, want: &HashMap<NeighKey, Neigh>) -> Result<usize> {
+        self.set_neighbours(want)
+    }
+
+    fn used(&mut self) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(XR_NEIGH_USED)
+            .with_context(|| format!("the BPF object has no map {XR_NEIGH_USED}"))
+    }
+}
+
+/// The next hops XDP sent to since the last call, over all CPUs; cleared.
+/// (A bit set between the read and the clear is lost: its traffic sets it
+/// again.)
+fn take_used(map: &mut Map) -> Result<NeighUsed> {
+    let mut a: PerCpuArray<_, NeighUsed> = PerCpuArray::try_from(map)?;
+    let per_cpu = a.get(&0, 0)?;
+    let used = per_cpu
+        .iter()
+        .fold(NeighUsed::default(), |acc, u| acc.or(u));
+    if used != NeighUsed::default() {
+        let zero = PerCpuValues::try_from(vec![NeighUsed::default(); per_cpu.len()])?;
+        a.set(0, zero, 0)?;
+    }
+    Ok(used)
+}
+
 impl BpfRouter {
     /// Makes `XR_NEIGH` equal the neighbour table of the router namespace
     /// `ns` (see [`dump_neighbours`]), and has the kernel check the STALE
@@ -133,46 +196,7 @@ impl BpfRouter {
     ///
     /// Async: it talks rtnetlink on the caller's tokio runtime.
     pub async fn sync_neighbours(&mut self, ns: &str) -> Result<usize> {
-        let nl = Nl::open(Some(ns)).await?;
-        let (want, stale) = dump(&nl, ns).await?;
-        let n = self.set_neighbours(&want)?;
-        let used = self.take_used()?;
-        for k in stale.iter().filter(|k| used.has(k)) {
-            let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::from(k.addr));
-            // NTF_USE: the kernel takes it as a packet to that neighbour.
-            if let Err(e) = nl
-                .handle
-                .neighbours()
-                .add(k.ifindex, addr)
-                .flags(NeighbourFlags::Use)
-                .replace()
-                .execute()
-                .await
-            {
-                tracing::debug!("{ns}: neighbour {addr} not checked: {e}");
-            }
-        }
-        Ok(n)
-    }
-
-    /// The next hops XDP sent to since the last call, over all CPUs;
-    /// cleared. (A bit set between the read and the clear is lost: its
-    /// traffic sets it again.)
-    fn take_used(&mut self) -> Result<NeighUsed> {
-        let map = self
-            .ebpf
-            .map_mut(XR_NEIGH_USED)
-            .with_context(|| format!("the BPF object has no map {XR_NEIGH_USED}"))?;
-        let mut a: PerCpuArray<_, NeighUsed> = PerCpuArray::try_from(map)?;
-        let per_cpu = a.get(&0, 0)?;
-        let used = per_cpu
-            .iter()
-            .fold(NeighUsed::default(), |acc, u| acc.or(u));
-        if used != NeighUsed::default() {
-            let zero = PerCpuValues::try_from(vec![NeighUsed::default(); per_cpu.len()])?;
-            a.set(0, zero, 0)?;
-        }
-        Ok(used)
+        sync_into(self, ns).await
     }
 
     /// Makes `XR_NEIGH` hold exactly `want`; returns the entries changed
@@ -180,6 +204,51 @@ impl BpfRouter {
     pub fn set_neighbours(&mut self, want: &HashMap<NeighKey, Neigh>) -> Result<usize> {
         write_neighbours(&mut self.ebpf, want)
             .with_context(|| format!("router {}: {XR_NEIGH}", self.router_id))
+    }
+}
+
+/// The neighbour maps of a router whose programs and maps an earlier run
+/// left in place (pinned) and this run adopted without loading them: the
+/// daemon mirrors its neighbours all the same.
+pub struct PinnedNeighbours {
+    router_id: String,
+    neigh: Map,
+    generation: Map,
+    used: Map,
+}
+
+impl PinnedNeighbours {
+    /// Opens router `router_id`'s pinned neighbour maps under `pin_dir`.
+    pub fn open(pin_dir: &Path, router_id: &str) -> Result<PinnedNeighbours> {
+        let open = |name: &str| {
+            let path = pin_dir.join(router_id).join(name);
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+        };
+        Ok(PinnedNeighbours {
+            router_id: router_id.to_string(),
+            neigh: Map::HashMap(open(XR_NEIGH)?),
+            generation: Map::Array(open(XR_GEN)?),
+            used: Map::PerCpuArray(open(XR_NEIGH_USED)?),
+        })
+    }
+
+    /// [`BpfRouter::sync_neighbours`] through the pins.
+    pub async fn sync(&mut self, ns: &str) -> Result<usize> {
+        sync_into(self, ns).await
+    }
+}
+
+impl NeighMaps for PinnedNeighbours {
+    fn set(&mut self, want: &HashMap<NeighKey, Neigh>) -> Result<usize> {
+        let res = sync_hash(&mut self.neigh, want);
+        if !matches!(res, Ok(0)) {
+            bump_generation(&mut self.generation).context(XR_GEN)?;
+        }
+        res.with_context(|| format!("router {}: {XR_NEIGH}", self.router_id))
+    }
+
+    fn used(&mut self) -> Result<&mut Map> {
+        Ok(&mut self.used)
     }
 }
 
