@@ -251,7 +251,7 @@ impl CtTable {
     /// A lookup stops at the first never-used slot of its key's window, and
     /// reads on through freed ones. Without this, every slot a connection
     /// ever held would stay freed: after the table's slots have all been
-    /// used once (a minute of churn at a few thousand new connections a
+    /// used once (some millions of connections: minutes at ten thousand a
     /// second), every miss, which is every new connection's first lookup,
     /// would read its whole window.
     ///
