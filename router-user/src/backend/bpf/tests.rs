@@ -842,6 +842,19 @@ fn connection_table_is_read_through_its_mapping() {
     br.detach_and_unpin().unwrap();
 }
 
+/// `n` keys whose windows start at the same slot of a table of `mask + 1`
+/// slots, and that slot.
+fn same_home(mask: u32, n: usize) -> (u32, Vec<CtKey>) {
+    let home = ct("10.0.0.1", 1, "10.0.0.2", 80, 17).home(mask);
+    let keys: Vec<CtKey> = (0..u16::MAX as u32 * 4)
+        .map(|n| ct("10.0.0.1", n as u16, "10.0.0.2", 80 + (n >> 16) as u16, 17))
+        .filter(|k| k.home(mask) == home)
+        .take(n)
+        .collect();
+    assert_eq!(keys.len(), n);
+    (home, keys)
+}
+
 /// A key's window: keys of one window fill it, the next one is refused;
 /// a freed slot is reused, and keys past it are still found (a freed slot
 /// does not end a lookup, a never-used one does).
@@ -854,13 +867,7 @@ fn a_full_window_refuses_and_a_freed_slot_is_reused() {
     let br = BpfRouter::load("window", &pins.0, 1024).unwrap();
     let t = br.ct().unwrap();
     let mask = t.slots() - 1;
-    let home = ct("10.0.0.1", 1, "10.0.0.2", 80, 17).home(mask);
-    let keys: Vec<CtKey> = (0..u16::MAX as u32 * 4)
-        .map(|n| ct("10.0.0.1", n as u16, "10.0.0.2", 80 + (n >> 16) as u16, 17))
-        .filter(|k| k.home(mask) == home)
-        .take(router_common::conntrack::CT_WINDOW as usize + 1)
-        .collect();
-    assert_eq!(keys.len(), router_common::conntrack::CT_WINDOW as usize + 1);
+    let (home, keys) = same_home(mask, router_common::conntrack::CT_WINDOW as usize + 1);
     let e = plain_pair("10.0.0.1", "10.0.0.2", 17, TCP_NONE, monotonic_ns())[0].1;
     let (last, fill) = keys.split_last().unwrap();
     for k in fill {
@@ -896,13 +903,7 @@ fn freed_slots_before_a_never_used_one_are_reclaimed() {
     let pins = PinDir::new();
     let br = BpfRouter::load("reclaim", &pins.0, 1024).unwrap();
     let t = br.ct().unwrap();
-    let mask = t.slots() - 1;
-    let home = ct("10.0.0.1", 1, "10.0.0.2", 80, 17).home(mask);
-    let keys: Vec<CtKey> = (0..u16::MAX as u32 * 4)
-        .map(|n| ct("10.0.0.1", n as u16, "10.0.0.2", 80 + (n >> 16) as u16, 17))
-        .filter(|k| k.home(mask) == home)
-        .take(10)
-        .collect();
+    let (_, keys) = same_home(t.slots() - 1, 10);
     let e = plain_pair("10.0.0.1", "10.0.0.2", 17, TCP_NONE, monotonic_ns())[0].1;
     for k in &keys {
         t.insert(k, &e).unwrap();
