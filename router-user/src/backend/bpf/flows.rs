@@ -403,9 +403,12 @@ fn min_timeout_ns(proto: u8) -> u64 {
         .unwrap_or(0)
 }
 
-/// [`min_timeout_ns`] of every protocol number.
-fn timeout_floors() -> Vec<u64> {
-    (0..=u8::MAX).map(min_timeout_ns).collect()
+/// [`min_timeout_ns`] of every protocol number, computed once (the GC
+/// consults it for every chunk of every pass).
+fn timeout_floors() -> &'static [u64] {
+    static FLOORS: std::sync::LazyLock<Vec<u64>> =
+        std::sync::LazyLock::new(|| (0..=u8::MAX).map(min_timeout_ns).collect());
+    &FLOORS
 }
 
 /// The expired connections among `old` (entries of a stretch of the
