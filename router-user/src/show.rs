@@ -252,7 +252,14 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
     o
 }
 
-fn bpf_routers<'a>(state: &'a State, only: Option<&str>) -> anyhow::Result<Vec<&'a Router>> {
+/// The routers `show flows`/`show stats` read: all, or the one `only`
+/// names (its ID or a unique start of it, as `monitor` and `explain`
+/// take it), each with its pinned maps under the node config's `pin_dir`.
+fn bpf_routers<'a>(
+    state: &'a State,
+    node: &NodeConfig,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<&'a Router>> {
     if !matches!(state.dataplane, Some(Dataplane::Xdp | Dataplane::Tc)) {
         let dp = state
             .dataplane
@@ -260,15 +267,20 @@ fn bpf_routers<'a>(state: &'a State, only: Option<&str>) -> anyhow::Result<Vec<&
             .unwrap_or_else(|| "none".into());
         anyhow::bail!("the data plane is {dp}: flows and counters exist only with xdp or tc");
     }
-    let out: Vec<&Router> = state
-        .routers
-        .iter()
-        .filter(|r| only.is_none_or(|o| o == r.id))
-        .collect();
-    if let Some(o) = only
-        && out.is_empty()
-    {
-        anyhow::bail!("no router {} (see `xrouter show`)", crate::text::quote(o));
+    let out: Vec<&Router> = match only {
+        Some(o) => vec![crate::explain::find_router(state, o)?],
+        None => state.routers.iter().collect(),
+    };
+    for r in &out {
+        let dir = node.pin_dir.join(&r.id);
+        if !dir.exists() {
+            anyhow::bail!(
+                "router {}: no pinned maps under {} (give --config the daemon's node \
+                 config if its pin_dir is not that)",
+                r.id,
+                node.pin_dir.display()
+            );
+        }
     }
     Ok(out)
 }
@@ -282,7 +294,7 @@ pub fn flows(
 ) -> anyhow::Result<String> {
     let mut o = String::new();
     let mut all = serde_json::Map::new();
-    for r in bpf_routers(state, only)? {
+    for r in bpf_routers(state, node, only)? {
         let flows = crate::backend::bpf::pinned::flows(&node.pin_dir, &r.id)?;
         if json {
             all.insert(r.id.clone(), serde_json::to_value(&flows)?);
@@ -311,7 +323,7 @@ pub fn stats(
     json: bool,
 ) -> anyhow::Result<String> {
     let mut all: Vec<RouterStats> = Vec::new();
-    for r in bpf_routers(state, only)? {
+    for r in bpf_routers(state, node, only)? {
         let counters = crate::backend::bpf::pinned::counters(&node.pin_dir, &r.id)?;
         let events = crate::backend::bpf::pinned::events(&node.pin_dir, &r.id)?;
         all.push((r.id.clone(), counters, events));

@@ -361,6 +361,26 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
     ]);
     assert!(out.success(), "{}", out.describe());
 
+    // `show` takes the same start of the ID.
+    for what in ["flows", "stats"] {
+        let out = rig.xrouter(&["--config", &cfg, "show", what, "--router", &id[..8]]);
+        assert!(
+            out.success() && out.stdout.contains(id.as_str()),
+            "{}",
+            out.describe()
+        );
+    }
+    // The state dir alone (the default pin_dir): a refusal that says why.
+    let dir = rig.dir.display().to_string();
+    let out = rig.xrouter(&["--state-dir", &dir, "show", "stats"]);
+    assert!(
+        !out.success()
+            && out.stderr.contains("no pinned maps under")
+            && out.stderr.contains("--config"),
+        "{}",
+        out.describe()
+    );
+
     // Clear refusals.
     let out = rig.xrouter(&[
         "--config", &cfg, "monitor", "--router", "nope", "--count", "1",
