@@ -71,12 +71,13 @@ pub enum ShowWhat {
     /// Connections tracked by the eBPF data plane: original and translated
     /// tuples, state, age.
     Flows {
-        /// Only the router with this ID (default: every router, and
-        /// those the daemon applies later).
+        /// Only the router with this ID (default: every router).
         ///
-        /// The ID as `xrouter show` lists it.
+        /// The ID as `xrouter show` lists it, or a start of it that no
+        /// other router's has (`xrouter monitor` prints the first 8
+        /// characters).
         ///
-        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
+        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b, or --router 5c7ef3a1
         #[arg(long, value_name = "ID")]
         router: Option<String>,
     },
@@ -85,12 +86,13 @@ pub enum ShowWhat {
     ///
     /// The table leaves out counters at zero; --json lists them all.
     Stats {
-        /// Only the router with this ID (default: every router, and
-        /// those the daemon applies later).
+        /// Only the router with this ID (default: every router).
         ///
-        /// The ID as `xrouter show` lists it.
+        /// The ID as `xrouter show` lists it, or a start of it that no
+        /// other router's has (`xrouter monitor` prints the first 8
+        /// characters).
         ///
-        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
+        /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b, or --router 5c7ef3a1
         #[arg(long, value_name = "ID")]
         router: Option<String>,
     },
@@ -326,7 +328,8 @@ pub enum Cmd {
         /// Only the router with this ID (default: every router, and
         /// those the daemon applies later).
         ///
-        /// The ID as `xrouter show` lists it.
+        /// The ID as `xrouter show` lists it, or a start of it that no
+        /// other router's has (as this command prints it: 8 characters).
         ///
         /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
         #[arg(long, value_name = "ID")]
