@@ -305,14 +305,13 @@ pub async fn watch(
         rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
     })?
     .with_context(|| format!("subscribing to neighbour events in {ns}"))?;
-    let path = pin_dir.join(router_id).join(XR_NEIGH);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let PinnedNeighbours {
+        neigh,
+        mut generation,
+        ..
+    } = PinnedNeighbours::open(pin_dir, router_id)?;
     let mut map: aya::maps::HashMap<MapData, NeighKey, Neigh> =
-        aya::maps::HashMap::try_from(Map::HashMap(data))?;
-    let gen_path = pin_dir.join(router_id).join(XR_GEN);
-    let mut generation = Map::Array(
-        MapData::from_pin(&gen_path).with_context(|| format!("opening {}", gen_path.display()))?,
-    );
+        aya::maps::HashMap::try_from(neigh)?;
     let ns = ns.to_string();
     let follow = async move {
         while let Some((msg, _)) = events.next().await {
