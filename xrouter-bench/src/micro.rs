@@ -187,7 +187,12 @@ fn table(rows: &[Row], reads: &ColdReads) -> String {
         }
         let _ = write!(out, "{:<16} {:>7.0}", r.name, r.ns());
         for (_, v) in r.deltas() {
-            let _ = write!(out, " {v:>9.0}");
+            // Not measured (XRB_MICRO_WHOLE): a dash, not NaN.
+            if v.is_nan() {
+                let _ = write!(out, " {:>9}", "-");
+            } else {
+                let _ = write!(out, " {v:>9.0}");
+            }
         }
         let verdict = match r.verdict {
             XDP_REDIRECT => "redir".to_string(),
@@ -715,6 +720,19 @@ fn only_case() -> Result<Option<String>> {
     Ok(Some(v))
 }
 
+/// XRB_MICRO_WHOLE=1: the whole pipeline only, no run per stage. A case
+/// then takes seconds, not a minute or more: two builds can be compared
+/// in runs taken in turn, which a host whose speed drifts over minutes
+/// needs (one build's runs after the other's would measure the drift).
+fn whole_only() -> Result<bool> {
+    const VAR: &str = "XRB_MICRO_WHOLE";
+    match std::env::var(VAR).as_deref() {
+        Err(_) | Ok("0") => Ok(false),
+        Ok("1") => Ok(true),
+        Ok(v) => bail!("{VAR}: {v:?} is neither 1 (the whole pipeline only) nor 0"),
+    }
+}
+
 /// `conntrack_size` as the micro cases take it (checked by `run` first).
 pub(crate) fn table_connections() -> u32 {
     conntrack_size().unwrap_or(NodeConfig::default().conntrack_size)
@@ -823,6 +841,7 @@ fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> 
         .into_iter()
         .filter(|c| only.is_none_or(|o| o == c.name))
         .collect();
+    let whole = whole_only()?;
     establish(&mut ebpf, ifx, &cases)?;
     let mut rows = Vec::new();
     for c in cases {
@@ -848,6 +867,10 @@ fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> 
         let opened = created(&mut ebpf)?;
         let mut stages = Vec::new();
         for (name, stage) in STAGES {
+            if whole && is_staged(stage) {
+                stages.push(f64::NAN);
+                continue;
+            }
             set(&mut ebpf, stage)?;
             let mut runs = Vec::new();
             for _ in 0..RUNS {
@@ -897,6 +920,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     }
     // Bad settings are refused before anything is built.
     conntrack_size()?;
+    whole_only()?;
     let only = only_case()?;
     let only = only.as_deref();
     let ns = Ns(format!("xrb-micro-{}", std::process::id()));
