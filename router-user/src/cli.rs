@@ -45,9 +45,10 @@ pub struct Cli {
     /// as `neutron-l3-agent` takes them; repeat it, later files override
     /// earlier ones.
     ///
-    /// `agent` reads Neutron's options from them, and every command the
-    /// node settings of their `[xrouter]` section (same keys as the node
-    /// config, which --config may still give as the base). Give `show`,
+    /// `agent` reads Neutron's options from them (`check` checks them as
+    /// `agent` would), and every command the node settings of their
+    /// `[xrouter]` section (same keys as the node config, which --config
+    /// may still give as the base). Give `show`,
     /// `reload` and `cleanup` the agent's files so that they find its
     /// state. Default: none (the node config alone; `agent` needs them).
     ///
@@ -194,22 +195,26 @@ pub enum Cmd {
     /// <state_dir>/xrouter.sock: give it the daemon's --config or
     /// --state-dir.
     Reload,
-    /// Check a routers file without applying anything.
+    /// Check the configuration, and a routers file, without applying anything.
     ///
-    /// Prints "FILE: N routers, valid" and exits 0, or names the first
-    /// problem (router, field, value) and exits 1. The file is checked for
-    /// the node config given (its bridge_mappings), as `run` would check
-    /// it. With --plan, also prints what an apply of it would change on this
-    /// node now, router by router.
+    /// Checks the node config (--config) as every command reads it; with
+    /// --config-file, Neutron's options as `agent` reads them at start
+    /// (transport_url, [AGENT], [oslo_messaging_rabbit] and its TLS files,
+    /// the [xrouter] section); with --routers, the routers file, for that
+    /// node config (its bridge_mappings) as `run` would check it. Prints a
+    /// line per thing checked, "...: valid", and exits 0, or names the
+    /// first problem (file, section or router, key or field, value) and
+    /// exits 1. With --plan, also prints what an apply of the routers file
+    /// would change on this node now, router by router.
     Check {
         /// The routers file to check: Neutron's `sync_routers` payload as
-        /// JSON.
+        /// JSON. Default: none (the configuration alone).
         ///
         /// A list of router dicts, or {"routers": [...]}.
         ///
         /// Example: --routers routers.json
         #[arg(long, value_name = "FILE")]
-        routers: PathBuf,
+        routers: Option<PathBuf>,
         /// Also print what an apply would change on this node now, router
         /// by router.
         ///
@@ -217,7 +222,7 @@ pub enum Cmd {
         /// run) and lists the actions: namespaces, ports, addresses, routes,
         /// rules, BPF map entries, and the routers the file no longer has.
         /// Reads the kernel, so needs root; changes nothing.
-        #[arg(long)]
+        #[arg(long, requires = "routers")]
         plan: bool,
         /// Data plane to plan for, with --plan (default: the one the daemon
         /// recorded, else the node config's).

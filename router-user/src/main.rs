@@ -145,6 +145,22 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             plan,
             dataplane,
         } => {
+            // What `agent` refuses at start, refused here.
+            if !cli.config_files.is_empty() {
+                let cfg =
+                    router_user::config::agent::load(&cli.config_files, cli.config.as_deref())?;
+                router_user::agent::AgentSettings::from_config(&cfg.neutron)?;
+                let files: Vec<String> = cli.config_files.iter().map(|f| text::path(f)).collect();
+                outln!("{}: agent options valid", files.join(", "))?;
+            } else if routers.is_none() {
+                match &cli.config {
+                    Some(c) => outln!("{}: node config valid", text::path(c))?,
+                    None => outln!("no node config given (--config): the defaults, valid")?,
+                }
+            }
+            let Some(routers) = routers else {
+                return Ok(ExitCode::SUCCESS);
+            };
             let r = router_user::source::read_routers(&routers, &node)?;
             outln!(
                 "{}: {}, valid",

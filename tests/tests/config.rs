@@ -612,3 +612,81 @@ fn run_under_ip_netns_exec_refuses_ebpf_before_building() {
     }
     c.finish();
 }
+
+/// `check --config-file` refuses what `agent` refuses at start (Neutron's
+/// options, named by file, section and key), and says what it checked:
+/// an operator can check an agent's files without starting it.
+#[test]
+fn check_refuses_what_the_agent_refuses_at_start() {
+    let dir = TempDir::new(&format!("check-agent-{}", names::tag()));
+    let mut c = Checks::new("check_refuses_what_the_agent_refuses_at_start");
+    let url = "[DEFAULT]\ntransport_url = rabbit://u:p@127.0.0.1:5672/\n";
+    let ini = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let good = ini("good.ini", url);
+    let out = xrouter_plain(&["check", "--config-file", &good]);
+    c.ok(
+        out.success() && out.stdout.contains("good.ini: agent options valid"),
+        "a good agent config passes, and says so",
+        out.describe(),
+    );
+    let missing = dir.path().join("nowhere.pem").display().to_string();
+    for (what, text, needle) in [
+        (
+            "report interval out of range",
+            format!("{url}[AGENT]\nreport_interval = 1e400\n"),
+            "bad.ini: [AGENT] report_interval: \"1e400\" is not a number of seconds",
+        ),
+        (
+            "a DVR agent",
+            format!("{url}agent_mode = dvr\n"),
+            "[DEFAULT] agent_mode: \"dvr\": xrouter serves legacy routers only",
+        ),
+        (
+            "no transport URL",
+            "[AGENT]\nreport_interval = 30\n".to_string(),
+            "no [DEFAULT] transport_url in",
+        ),
+        (
+            "a TLS file that is not there",
+            format!("{url}[oslo_messaging_rabbit]\nssl = true\nssl_ca_file = {missing}\n"),
+            "[oslo_messaging_rabbit] ssl_ca_file:",
+        ),
+    ] {
+        let bad = ini("bad.ini", &text);
+        let out = xrouter_plain(&["check", "--config-file", &bad]);
+        c.ok(
+            !out.success() && !out.timed_out && out.stderr.contains(needle),
+            &format!("{what}: refused, naming {needle}"),
+            out.describe(),
+        );
+    }
+    // With a routers file too: both checked, a line each.
+    let routers = dir.path().join("routers.json");
+    std::fs::write(&routers, serde_json::to_string(&article_value()).unwrap()).unwrap();
+    let routers = routers.display().to_string();
+    let out = xrouter_plain(&["check", "--config-file", &good, "--routers", &routers]);
+    c.ok(
+        out.success()
+            && out.stdout.contains("agent options valid")
+            && out.stdout.contains("routers.json: 1 router, valid"),
+        "agent config and routers file: both valid, both said",
+        out.describe(),
+    );
+    let out = xrouter_plain(&["check"]);
+    c.ok(
+        out.success() && out.stdout.contains("the defaults, valid"),
+        "check alone checks the node config (defaults)",
+        out.describe(),
+    );
+    let out = xrouter_plain(&["check", "--plan"]);
+    c.ok(
+        !out.success() && out.stderr.contains("--routers"),
+        "--plan without --routers is refused, naming --routers",
+        out.describe(),
+    );
+    c.finish();
+}
