@@ -278,7 +278,10 @@ impl fmt::Display for Tuple {
 impl fmt::Display for Flow {
     /// `tcp 81.1.180.12:40000 -> 192.168.1.15:80  =>  192.168.1.110:51123 ->
     /// 192.168.1.15:80  ESTABLISHED snat  age 12s idle 1s` (one line; ICMP
-    /// shows `addr -> addr id N`).
+    /// shows `addr -> addr id N`). A connection whose reply entry is
+    /// missing ends in `  no reply entry`: its replies are not translated
+    /// back (every tracked connection has both entries; one without is
+    /// broken, and what a user of it sees).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let side = |t: &Tuple| {
             if self.proto == "icmp" {
@@ -304,7 +307,46 @@ impl fmt::Display for Flow {
             if self.established { "" } else { " embryonic" },
             self.age_secs,
             self.idle_secs
-        )
+        )?;
+        if !self.has_reply_entry {
+            write!(f, "  no reply entry")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(has_reply_entry: bool) -> Flow {
+        let t = |a: [u8; 4], p| Tuple {
+            src: Ipv4Addr::from(a),
+            sport: p,
+            dst: Ipv4Addr::new(192, 168, 1, 15),
+            dport: 80,
+        };
+        Flow {
+            proto: "tcp".into(),
+            orig: t([10, 0, 0, 5], 40000),
+            translated: t([192, 168, 1, 110], 51123),
+            state: "ESTABLISHED".into(),
+            snat: true,
+            dnat: false,
+            has_reply_entry,
+            established: true,
+            age_secs: 12,
+            idle_secs: 1,
+            expires_secs: 100,
+        }
+    }
+
+    #[test]
+    fn a_flow_reads_as_one_line_and_flags_a_missing_reply_entry() {
+        let whole = "tcp 10.0.0.5:40000 -> 192.168.1.15:80  =>  192.168.1.110:51123 -> \
+                     192.168.1.15:80  ESTABLISHED snat  age 12s idle 1s";
+        assert_eq!(flow(true).to_string(), whole);
+        assert_eq!(flow(false).to_string(), format!("{whole}  no reply entry"));
     }
 }
 
