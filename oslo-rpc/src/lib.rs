@@ -11,10 +11,12 @@ pub mod dedup;
 pub mod envelope;
 pub mod options;
 pub mod rpc;
+pub mod tls;
 pub mod url;
 pub mod version;
 
 pub use envelope::{Failure, Object, Request};
 pub use options::QueueOptions;
 pub use rpc::{CallError, Endpoint, Error, Incoming, Rpc, Settings, Target, Tls};
+pub use tls::{TlsProblem, check_tls};
 pub use url::TransportUrl;

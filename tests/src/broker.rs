@@ -409,7 +409,6 @@ fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Whether process `pid` is gone (or only a zombie left for its parent).
 /// Makes a self-signed CA in `dir` (`ca.pem`, `ca.key`); its certificate.
 pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
     let (key, pem) = (dir.join("ca.key"), dir.join("ca.pem"));
@@ -443,6 +442,7 @@ fn openssl(args: &[&str]) {
     );
 }
 
+/// Whether process `pid` is gone (or only a zombie left for its parent).
 pub fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,

@@ -664,6 +664,92 @@ fn check_refuses_what_the_agent_refuses_at_start() {
             out.describe(),
         );
     }
+    // The TLS files hold what their options say: certificates, a key,
+    // and the key of the certificate (the TLS library would only find out
+    // at every handshake, naming no option).
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+        tests::broker::make_ca(d, "xrouter check test");
+    }
+    let f = |d: &std::path::Path, n: &str| d.join(n).display().to_string();
+    let tls = |opts: &str| format!("{url}[oslo_messaging_rabbit]\nssl = true\n{opts}");
+    let out = xrouter_plain(&[
+        "check",
+        "--config-file",
+        &ini(
+            "tls.ini",
+            &tls(&format!(
+                "ssl_ca_file = {}\nssl_cert_file = {}\nssl_key_file = {}\n",
+                f(&a, "ca.pem"),
+                f(&a, "ca.pem"),
+                f(&a, "ca.key")
+            )),
+        ),
+    ]);
+    c.ok(
+        out.success() && out.stdout.contains("agent options valid"),
+        "a CA, a certificate and its key pass",
+        out.describe(),
+    );
+    for (what, opts, needle) in [
+        (
+            "a key file holding a certificate",
+            format!(
+                "ssl_cert_file = {}\nssl_key_file = {}\n",
+                f(&a, "ca.pem"),
+                f(&a, "ca.pem")
+            ),
+            format!("ssl_key_file: {}: holds no private key", f(&a, "ca.pem")),
+        ),
+        (
+            "another certificate's key",
+            format!(
+                "ssl_cert_file = {}\nssl_key_file = {}\n",
+                f(&a, "ca.pem"),
+                f(&b, "ca.key")
+            ),
+            format!(
+                "ssl_key_file: {}: is not the key of the certificate in {}",
+                f(&b, "ca.key"),
+                f(&a, "ca.pem")
+            ),
+        ),
+        (
+            "a CA file holding a key",
+            format!("ssl_ca_file = {}\n", f(&a, "ca.key")),
+            format!("ssl_ca_file: {}: holds no certificate", f(&a, "ca.key")),
+        ),
+        (
+            "a certificate without its key",
+            format!("ssl_cert_file = {}\n", f(&a, "ca.pem")),
+            "ssl_cert_file: is set without ssl_key_file".to_string(),
+        ),
+    ] {
+        let out = xrouter_plain(&["check", "--config-file", &ini("tls-bad.ini", &tls(&opts))]);
+        c.ok(
+            !out.success()
+                && out.stderr.contains("tls-bad.ini: [oslo_messaging_rabbit] ")
+                && out.stderr.contains(&needle),
+            &format!("{what}: refused, naming {needle}"),
+            out.describe(),
+        );
+    }
+    // An option is blamed on the file that sets it, not on every file.
+    let out = xrouter_plain(&[
+        "check",
+        "--config-file",
+        &good,
+        "--config-file",
+        &ini("mode.ini", "[DEFAULT]\nagent_mode = dvr_snat\n"),
+    ]);
+    c.ok(
+        !out.success()
+            && out.stderr.contains("mode.ini: [DEFAULT] agent_mode:")
+            && !out.stderr.contains("good.ini"),
+        "agent_mode's error names the file that sets it",
+        out.describe(),
+    );
     // With a routers file too: both checked, a line each.
     let routers = dir.path().join("routers.json");
     std::fs::write(&routers, serde_json::to_string(&article_value()).unwrap()).unwrap();

@@ -60,52 +60,40 @@ impl AgentSettings {
     /// does not parse, or an agent mode other than legacy, is refused.
     pub fn from_config(n: &crate::config::agent::NeutronSettings) -> Result<AgentSettings> {
         use crate::config::agent::AgentMode;
-        let files: Vec<String> = n.files.iter().map(|f| crate::text::path(f)).collect();
-        let files = files.join(", ");
         if n.agent_mode != AgentMode::Legacy {
             anyhow::bail!(
-                "{files}: [DEFAULT] agent_mode: {:?}: xrouter serves legacy routers only \
+                "{}: [DEFAULT] agent_mode: {:?}: xrouter serves legacy routers only \
                  (agent_mode = legacy)",
+                n.file_of("DEFAULT", "agent_mode"),
                 n.agent_mode.as_str()
             );
         }
         // The URL holds a password: the message names the problem, not
         // the value.
-        let url = oslo_rpc::TransportUrl::parse(n.transport_url.expose())
-            .map_err(|e| anyhow::anyhow!("{files}: [DEFAULT] {e}"))?;
+        let url = oslo_rpc::TransportUrl::parse(n.transport_url.expose()).map_err(|e| {
+            anyhow::anyhow!("{}: [DEFAULT] {e}", n.file_of("DEFAULT", "transport_url"))
+        })?;
         let r = &n.rabbit;
-        if r.ssl {
-            for (key, file) in [
-                ("ssl_ca_file", &r.ssl_ca_file),
-                ("ssl_cert_file", &r.ssl_cert_file),
-                ("ssl_key_file", &r.ssl_key_file),
-            ] {
-                let Some(file) = file else { continue };
-                let text = std::fs::read(file).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{files}: [oslo_messaging_rabbit] {key}: {}: {e}",
-                        crate::text::path(file)
-                    )
-                })?;
-                if !text.windows(11).any(|w| w == b"-----BEGIN ") {
-                    anyhow::bail!(
-                        "{files}: [oslo_messaging_rabbit] {key}: {} is not a PEM file",
-                        crate::text::path(file)
-                    );
-                }
-            }
-            if r.ssl_cert_file.is_some() != r.ssl_key_file.is_some() {
-                anyhow::bail!(
-                    "{files}: [oslo_messaging_rabbit] ssl_cert_file and ssl_key_file go together \
-                     (a client certificate and its key)"
-                );
-            }
-        }
         let tls = r.ssl.then(|| oslo_rpc::Tls {
             ca_file: r.ssl_ca_file.clone(),
             cert_file: r.ssl_cert_file.clone(),
             key_file: r.ssl_key_file.clone(),
         });
+        if let Some(t) = &tls {
+            oslo_rpc::check_tls(t).map_err(|p| {
+                let file = p
+                    .file
+                    .as_ref()
+                    .map(|f| format!("{}: ", crate::text::path(f)))
+                    .unwrap_or_default();
+                anyhow::anyhow!(
+                    "{}: [oslo_messaging_rabbit] {}: {file}{}",
+                    n.file_of("oslo_messaging_rabbit", p.key),
+                    p.key,
+                    p.what
+                )
+            })?;
+        }
         Ok(AgentSettings {
             rpc: Settings {
                 url,

@@ -86,6 +86,9 @@ impl AgentMode {
 pub struct NeutronSettings {
     /// The config files read, in order.
     pub files: Vec<PathBuf>,
+    /// The file each option checked after reading comes from, by
+    /// "section key" (those a file sets).
+    pub origins: std::collections::BTreeMap<String, PathBuf>,
     /// `[DEFAULT] transport_url`: the RabbitMQ URL(s). Required.
     pub transport_url: Secret,
     /// `[DEFAULT] host`: the agent's host name (RPC topics, agent
@@ -191,6 +194,30 @@ const DEFAULTS: &[(&str, &str, &str)] = &[
     (RABBIT, "rabbit_retry_backoff", "2"),
     (RABBIT, "rabbit_interval_max", "30"),
 ];
+
+/// The options [`NeutronSettings::origins`] remembers the file of: those
+/// checked after reading (by `AgentSettings::from_config`).
+const ORIGINS: &[(&str, &str)] = &[
+    (DEFAULT, "transport_url"),
+    (DEFAULT, "agent_mode"),
+    (RABBIT, "ssl_ca_file"),
+    (RABBIT, "ssl_cert_file"),
+    (RABBIT, "ssl_key_file"),
+];
+
+impl NeutronSettings {
+    /// The file that sets `key` of `section` (one of [`ORIGINS`]); all
+    /// the files when none does (a default).
+    pub fn file_of(&self, section: &str, key: &str) -> String {
+        match self.origins.get(&format!("{section} {key}")) {
+            Some(f) => text::path(f),
+            None => {
+                let files: Vec<String> = self.files.iter().map(|f| text::path(f)).collect();
+                files.join(", ")
+            }
+        }
+    }
+}
 
 /// Reads the agent's oslo.config `files` (later ones override earlier
 /// ones key by key) and the node TOML `node_toml`, if any, under their
@@ -303,6 +330,13 @@ pub fn from_ini(ini: &Ini, mut node: NodeConfig, host: &str) -> anyhow::Result<A
 
     let neutron = NeutronSettings {
         files: ini.files().to_vec(),
+        origins: ORIGINS
+            .iter()
+            .filter_map(|(sect, key)| {
+                let e = ini.get(sect, key)?;
+                Some((format!("{sect} {key}"), e.file.to_path_buf()))
+            })
+            .collect(),
         transport_url: Secret(url),
         host,
         control_exchange: r.string_or(DEFAULT, "control_exchange")?,
