@@ -235,7 +235,8 @@ impl Rpc {
     /// Connects to the first broker of the URL that answers, in order.
     pub async fn connect(settings: &Settings) -> Result<Rpc, Error> {
         let mut last = None;
-        for h in &settings.url.hosts {
+        let n = settings.url.hosts.len();
+        for (i, h) in settings.url.hosts.iter().enumerate() {
             // A broker that drops packets would hold the connect for the
             // kernel's SYN timeout (minutes): each gets CONNECT_TIMEOUT.
             let attempt = tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_to(settings, h));
@@ -247,7 +248,11 @@ impl Rpc {
                     error: format!("no answer within {CONNECT_TIMEOUT:?}"),
                 },
             };
-            tracing::warn!("{e}");
+            // The last broker's error is the one returned (and logged by
+            // the caller): logged here, it would be said twice.
+            if i + 1 < n {
+                tracing::warn!("{e}");
+            }
             last = Some(e);
         }
         Err(last.unwrap_or(Error::Connect {

@@ -102,6 +102,9 @@ impl TransportUrl {
             if host.is_empty() {
                 return Err(bad("the host name is empty"));
             }
+            if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad("the host name holds whitespace or control characters"));
+            }
             let port = match port {
                 None | Some("") => 5672,
                 Some(p) => p
@@ -127,7 +130,9 @@ impl TransportUrl {
             .iter()
             .map(|h| format!("{}:***@{}", h.user, host_port(h)))
             .collect();
-        format!("rabbit://{}/{}", hosts.join(","), self.vhost)
+        // The default vhost "/" is the URL's empty path.
+        let vhost = if self.vhost == "/" { "" } else { &self.vhost };
+        format!("rabbit://{}/{vhost}", hosts.join(","))
     }
 }
 
@@ -184,6 +189,7 @@ mod tests {
     fn defaults_and_errors() {
         let u = TransportUrl::parse("rabbit://broker").unwrap();
         assert_eq!(u.vhost, "/");
+        assert_eq!(u.redacted(), "rabbit://guest:***@broker:5672/");
         assert_eq!((u.hosts[0].user.as_str(), u.hosts[0].port), ("guest", 5672));
         assert_eq!(
             TransportUrl::parse("kafka://x").unwrap_err(),
@@ -200,5 +206,11 @@ mod tests {
             "transport_url host #0: port \"99999\" is not 1-65535"
         );
         assert!(TransportUrl::parse("rabbit://u:p@[fd00::1/").is_err());
+        assert_eq!(
+            TransportUrl::parse("rabbit://u:p@h 1:5672/")
+                .unwrap_err()
+                .to_string(),
+            "transport_url host #0: the host name holds whitespace or control characters"
+        );
     }
 }

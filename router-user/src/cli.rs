@@ -199,13 +199,19 @@ pub enum Cmd {
     ///
     /// Checks the node config (--config) as every command reads it; with
     /// --config-file, Neutron's options as `agent` reads them at start
-    /// (transport_url, [AGENT], [oslo_messaging_rabbit] and its TLS files,
+    /// ([DEFAULT] transport_url, agent_mode, interface_driver and the
+    /// metadata options, [AGENT], [OVS], [metadata_haproxy],
+    /// [metadata_rate_limiting], [oslo_messaging_rabbit] and its TLS files,
     /// the [xrouter] section); with --routers, the routers file, for that
     /// node config (its bridge_mappings) as `run` would check it. Prints a
     /// line per thing checked, "...: valid", and exits 0, or names the
     /// first problem (file, section or router, key or field, value) and
-    /// exits 1. With --plan, also prints what an apply of the routers file
-    /// would change on this node now, router by router.
+    /// exits 1. It reads files only: it connects to nothing, creates no
+    /// directory and binds no address (`run` and `agent` also check that
+    /// pin_dir is on a bpffs for the eBPF planes, and that they can create
+    /// state_dir and listen on metrics_address). With --plan, also prints
+    /// what an apply of the routers file would change on this node now,
+    /// router by router.
     Check {
         /// The routers file to check: Neutron's `sync_routers` payload as
         /// JSON. Default: none (the configuration alone).
@@ -387,9 +393,11 @@ pub enum Cmd {
     /// a floating IP, two VMs and an external host) with a daemon of its
     /// own, runs four experiments (gateway SNAT, a floating IP from outside
     /// and from inside, east-west), prints what each server saw, and removes
-    /// the sandbox. The demo makes its own node config: it refuses
-    /// --config, --state-dir and --config-file (listed below as every
-    /// command's).
+    /// the sandbox.
+    #[command(
+        after_help = "The demo makes its own node config: it refuses --config, --state-dir and \
+                      --config-file (listed above as every command's)."
+    )]
     Demo {
         /// Leave the sandbox in place for a look; it prints how to remove it.
         #[arg(long)]

@@ -72,7 +72,8 @@ impl Connection {
 pub async fn call(socket: &Path, req: &Request) -> Result<Reply> {
     let s = UnixStream::connect(socket).await.with_context(|| {
         format!(
-            "no xrouter daemon answers on {} (is `xrouter run` running?)",
+            "no xrouter daemon answers on {} (is `xrouter run` or `xrouter agent` running, \
+             with this --config, --state-dir or --config-file?)",
             socket.display()
         )
     })?;

@@ -108,7 +108,7 @@ pub async fn preflight(node: &NodeConfig) -> Result<Dataplane> {
             "pin_dir {} {why}: the {dataplane} data plane{chosen} pins its BPF maps and \
              programs there. `ip netns exec` mounts /sys anew, which hides the bpffs at \
              /sys/fs/bpf: to run the daemon in a network namespace, use \
-             `nsenter --net=/run/netns/NAME xrouter run ...` instead. Otherwise mount a bpffs \
+             `nsenter --net=/run/netns/NAME xrouter ...` instead. Otherwise mount a bpffs \
              (`mount -t bpf bpf /sys/fs/bpf`), set pin_dir to a directory on one, or choose \
              the iptables data plane",
             crate::text::path(&node.pin_dir)

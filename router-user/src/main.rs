@@ -145,6 +145,14 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             plan,
             dataplane,
         } => {
+            // A line per thing checked (the node config was read above).
+            match &cli.config {
+                Some(c) => outln!("{}: node config valid", text::path(c))?,
+                None if cli.config_files.is_empty() && routers.is_none() => {
+                    outln!("no node config given (--config): the defaults, valid")?
+                }
+                None => {}
+            }
             // What `agent` refuses at start, refused here.
             if !cli.config_files.is_empty() {
                 let cfg =
@@ -152,11 +160,6 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 router_user::agent::AgentSettings::from_config(&cfg.neutron)?;
                 let files: Vec<String> = cli.config_files.iter().map(|f| text::path(f)).collect();
                 outln!("{}: agent options valid", files.join(", "))?;
-            } else if routers.is_none() {
-                match &cli.config {
-                    Some(c) => outln!("{}: node config valid", text::path(c))?,
-                    None => outln!("no node config given (--config): the defaults, valid")?,
-                }
             }
             let Some(routers) = routers else {
                 return Ok(ExitCode::SUCCESS);

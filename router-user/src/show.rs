@@ -173,6 +173,10 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
     }
     if state.routers.is_empty() {
         let _ = writeln!(o, "no routers (data plane: {dp})");
+        // Nothing recorded at all: most likely the wrong place looked at.
+        if state.dataplane.is_none() && state.failed.is_empty() {
+            let _ = writeln!(o, "{}", no_state(node));
+        }
         return o;
     }
     let _ = writeln!(o, "data plane: {dp}   routers: {}", state.routers.len());
@@ -252,6 +256,15 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
     o
 }
 
+/// What `show` says when the state directory holds no daemon's state.
+fn no_state(node: &NodeConfig) -> String {
+    format!(
+        "no data plane recorded in {} (has the daemon run with this --config, --state-dir or \
+         --config-file?)",
+        crate::text::path(&node.state_file())
+    )
+}
+
 /// The routers `show flows`/`show stats` read: all, or the one `only`
 /// names (its ID or a unique start of it, as `monitor` and `explain`
 /// take it), each with its pinned maps under the node config's `pin_dir`.
@@ -260,12 +273,12 @@ fn bpf_routers<'a>(
     node: &NodeConfig,
     only: Option<&str>,
 ) -> anyhow::Result<Vec<&'a Router>> {
-    if !matches!(state.dataplane, Some(Dataplane::Xdp | Dataplane::Tc)) {
-        let dp = state
-            .dataplane
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "none".into());
-        anyhow::bail!("the data plane is {dp}: flows and counters exist only with xdp or tc");
+    match state.dataplane {
+        Some(Dataplane::Xdp | Dataplane::Tc) => {}
+        Some(dp) => {
+            anyhow::bail!("the data plane is {dp}: flows and counters exist only with xdp or tc")
+        }
+        None => anyhow::bail!("{}", no_state(node)),
     }
     let out: Vec<&Router> = match only {
         Some(o) => vec![crate::explain::find_router(state, o)?],
@@ -387,6 +400,40 @@ fn stats_tables(all: &[RouterStats]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state directory no daemon has written: `show` says so (a wrong
+    /// --config, --state-dir or --config-file looks like no routers else),
+    /// and `show flows` and `show stats` refuse, saying the same.
+    #[test]
+    fn no_daemon_state_is_said_as_such() {
+        let node = NodeConfig {
+            state_dir: "/nonexistent/xrouter".into(),
+            ..NodeConfig::default()
+        };
+        let empty = State::default();
+        let t = table(&empty, &node);
+        assert!(
+            t.contains("no routers")
+                && t.contains("no data plane recorded in /nonexistent/xrouter/state.json"),
+            "{t}"
+        );
+        for e in [
+            flows(&empty, &node, None, false).unwrap_err(),
+            stats(&empty, &node, None, true).unwrap_err(),
+        ] {
+            assert!(
+                e.to_string()
+                    .contains("has the daemon run with this --config"),
+                "{e}"
+            );
+        }
+        // A daemon that ran and holds no routers: no hint.
+        let ran = State {
+            dataplane: Some(Dataplane::Tc),
+            ..State::default()
+        };
+        assert!(!table(&ran, &node).contains("recorded"));
+    }
 
     /// A router whose first outcome counted 7 packets, every other counter
     /// at zero.

@@ -762,6 +762,15 @@ fn check_refuses_what_the_agent_refuses_at_start() {
         "agent config and routers file: both valid, both said",
         out.describe(),
     );
+    let node = ini("node.toml", "dataplane = \"tc\"\n");
+    let out = xrouter_plain(&["--config", &node, "check", "--routers", &routers]);
+    c.ok(
+        out.success()
+            && out.stdout.contains("node.toml: node config valid")
+            && out.stdout.contains("routers.json: 1 router, valid"),
+        "node config and routers file: a line each",
+        out.describe(),
+    );
     let out = xrouter_plain(&["check"]);
     c.ok(
         out.success() && out.stdout.contains("the defaults, valid"),

@@ -339,7 +339,17 @@ pub fn from_ini(ini: &Ini, mut node: NodeConfig, host: &str) -> anyhow::Result<A
             .collect(),
         transport_url: Secret(url),
         host,
-        control_exchange: r.string_or(DEFAULT, "control_exchange")?,
+        control_exchange: {
+            let x = r.string_or(DEFAULT, "control_exchange")?;
+            if x.trim().is_empty() {
+                return Err(r.bad(
+                    DEFAULT,
+                    "control_exchange",
+                    "is empty (the exchange of neutron-server's RPC: neutron unless set)",
+                ));
+            }
+            x
+        },
         rpc_response_timeout: r.int(DEFAULT, "rpc_response_timeout", 1..=86_400, "seconds")? as u32,
         interface_driver: r.string_or(DEFAULT, "interface_driver")?,
         state_path: r.string_or(DEFAULT, "state_path")?.into(),
@@ -423,7 +433,17 @@ fn node_settings(r: &Reader<'_>, node: &mut NodeConfig) -> anyhow::Result<()> {
             node.metadata.rate_limit = false;
         }
     }
-    // The socket follows `state_path` unless set itself, as in Neutron.
+    // The socket follows `state_path` unless set itself, as in Neutron:
+    // a relative state_path is named as such, not through the socket.
+    if let Some(sp) = r.value(DEFAULT, "state_path")?
+        && !sp.starts_with('/')
+    {
+        return Err(r.bad(
+            DEFAULT,
+            "state_path",
+            &format!("{} is not an absolute path", quote(&sp)),
+        ));
+    }
     if r.ini.get(DEFAULT, "metadata_proxy_socket").is_some()
         || r.ini.get(DEFAULT, "state_path").is_some()
     {
@@ -899,6 +919,16 @@ mod tests {
             ),
             (
                 "DEFAULT",
+                "control_exchange =",
+                "l3_agent.ini: [DEFAULT] control_exchange: is empty",
+            ),
+            (
+                "DEFAULT",
+                "state_path = relative",
+                "l3_agent.ini: [DEFAULT] state_path: \"relative\" is not an absolute path",
+            ),
+            (
+                "DEFAULT",
                 "handle_internal_only_routers = maybe",
                 "l3_agent.ini: [DEFAULT] handle_internal_only_routers: \"maybe\" is not a boolean \
                  (true/false, yes/no, on/off, 1/0)",
@@ -1058,7 +1088,8 @@ mod tests {
             ),
             (
                 "send_garp = maybe",
-                "l3_agent.ini: [xrouter] send_garp: \"maybe\" is not true or false",
+                "l3_agent.ini: [xrouter] send_garp: \"maybe\" is not a boolean (true/false, yes/no, \
+                 on/off, 1/0)",
             ),
             (
                 "dataplane = dpdk",
@@ -1070,16 +1101,17 @@ mod tests {
             ),
             (
                 "bridge_mappings = net1",
-                "l3_agent.ini: [xrouter] bridge_mappings: \"net1\" has \"net1\" without ':' \
+                "l3_agent.ini: [xrouter] bridge_mappings: \"net1\" has no ':' \
                  (write network-id:bridge pairs separated by commas)",
             ),
             (
                 "bridge_mappings = a:br-a,a:br-b",
-                "l3_agent.ini: [xrouter] bridge_mappings: \"a:br-a,a:br-b\" names \"a\" twice",
+                "l3_agent.ini: [xrouter] bridge_mappings: \"a:br-a,a:br-b\": \"a:br-b\" names \"a\" \
+                 twice",
             ),
             (
                 "bridge_mappings = :br-a",
-                "l3_agent.ini: [xrouter] bridge_mappings: \":br-a\" has \":br-a\" with an empty key",
+                "l3_agent.ini: [xrouter] bridge_mappings: \":br-a\" has an empty key",
             ),
             (
                 "bridge_mappings = net:a-very-long-bridge-name",

@@ -74,6 +74,8 @@ impl Ini {
     /// Adds the values of one file's `content`, read from `file`, on top
     /// of those already read.
     pub fn add(&mut self, content: &str, file: &Path) -> anyhow::Result<()> {
+        // A byte order mark, as some editors write: not part of line 1.
+        let content = content.strip_prefix('\u{feff}').unwrap_or(content);
         let origin: Arc<Path> = Arc::from(file);
         let parsed = parse(content).map_err(|(line, problem, text)| {
             anyhow::anyhow!(
@@ -392,6 +394,14 @@ mod tests {
         );
         let keys: Vec<&str> = i.section("s").map(|(k, _)| k).collect();
         assert_eq!(keys, ["url"]);
+    }
+
+    /// A byte order mark at the start (some editors write one) is not
+    /// part of the first line.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let i = ini(&[("f", "\u{feff}[DEFAULT]\nhost = a\n")]);
+        assert_eq!(value(&i, DEFAULT, "host").as_deref(), Some("a"));
     }
 
     #[test]

@@ -437,16 +437,34 @@ impl NodeConfig {
                 "send_garp" | "enable_metadata_proxy" | "metadata_rate_limit" => {
                     match oslo_bool(value) {
                         Some(b) => toml::Value::Boolean(b),
-                        None => toml::Value::String(value.into()),
+                        // The forms an ini file may write, as Neutron's
+                        // own booleans' messages say.
+                        None => {
+                            return Err(KeyProblem {
+                                key: key.into(),
+                                problem: format!(
+                                    "{} is not a boolean (true/false, yes/no, on/off, 1/0)",
+                                    quote(value)
+                                ),
+                            });
+                        }
                     }
                 }
                 "bridge_mappings" => {
-                    toml::Value::Table(oslo_dict(value).map_err(|problem| KeyProblem {
-                        key: key.into(),
-                        problem: format!(
-                            "{} {problem} (write network-id:bridge pairs separated by commas)",
+                    toml::Value::Table(oslo_dict(value).map_err(|(pair, problem)| {
+                        // The pair named only when the value has others.
+                        let whole = if pair == value.trim() {
                             quote(value)
-                        ),
+                        } else {
+                            format!("{}: {}", quote(value), quote(pair))
+                        };
+                        KeyProblem {
+                            key: key.into(),
+                            problem: format!(
+                                "{whole} {problem} (write network-id:bridge pairs separated by \
+                                 commas)"
+                            ),
+                        }
                     })?)
                 }
                 _ => toml::Value::String(value.into()),
@@ -703,23 +721,23 @@ pub fn oslo_bool(s: &str) -> Option<bool> {
 /// A dict as oslo.config writes one: `key:value` pairs separated by
 /// commas, each side stripped; empty text is an empty dict. The values
 /// are strings, checked by the caller.
-fn oslo_dict(s: &str) -> Result<toml::Table, String> {
+fn oslo_dict(s: &str) -> Result<toml::Table, (&str, String)> {
     let mut t = toml::Table::new();
     if s.trim().is_empty() {
         return Ok(t);
     }
     for pair in s.split(',') {
         let Some((k, v)) = pair.split_once(':') else {
-            return Err(format!("has {} without ':'", quote(pair.trim())));
+            return Err((pair.trim(), "has no ':'".into()));
         };
         let k = k.trim();
         if k.is_empty() {
-            return Err(format!("has {} with an empty key", quote(pair.trim())));
+            return Err((pair.trim(), "has an empty key".into()));
         }
         if t.insert(k.to_string(), toml::Value::String(v.trim().into()))
             .is_some()
         {
-            return Err(format!("names {} twice", quote(k)));
+            return Err((pair.trim(), format!("names {} twice", quote(k))));
         }
     }
     Ok(t)
@@ -755,10 +773,20 @@ pub fn ovsdb_connection_problem(c: &str) -> Option<&'static str> {
             .then_some("must be unix:<absolute path of ovsdb-server's socket>");
     }
     if let Some(hp) = c.strip_prefix("tcp:") {
-        let ok = hp
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        return (!ok).then_some("must be tcp:<host>:<port>");
+        let Some((h, p)) = hp.rsplit_once(':') else {
+            return Some("must be tcp:<host>:<port>");
+        };
+        if h.is_empty() {
+            return Some("must be tcp:<host>:<port> (the host is empty)");
+        }
+        // OVS writes an IPv6 address in brackets: tcp:[::1]:6640.
+        if h.contains(':') && !(h.starts_with('[') && h.ends_with(']')) {
+            return Some("must be tcp:<host>:<port>, an IPv6 host in brackets (tcp:[::1]:6640)");
+        }
+        if !p.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Some("must be tcp:<host>:<port> with a port of 1-65535");
+        }
+        return None;
     }
     if c.starts_with("ssl:") {
         return Some(
@@ -1284,8 +1312,9 @@ mod tests {
             ("/run/openvswitch/db.sock", "not unix:<socket path> or tcp:"),
             ("unix:db.sock", "absolute path"),
             ("tcp:127.0.0.1", "tcp:<host>:<port>"),
-            ("tcp:127.0.0.1:0", "tcp:<host>:<port>"),
-            ("tcp::6640", "tcp:<host>:<port>"),
+            ("tcp:127.0.0.1:0", "with a port of 1-65535"),
+            ("tcp::6640", "the host is empty"),
+            ("tcp:::1:6640", "an IPv6 host in brackets"),
             ("ssl:127.0.0.1:6640", "does not support"),
             ("unix:/run/a b", "whitespace"),
         ] {
