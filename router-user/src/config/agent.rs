@@ -1080,7 +1080,7 @@ mod tests {
             (
                 "conntrack_size = 2.5e9",
                 "l3_agent.ini: [xrouter] conntrack_size: 2.5e9 is not an integer \
-                 (allowed: 1024..=16777216)",
+                 (allowed: 1024..=16777216; connections per router)",
             ),
             (
                 "speed = 10",

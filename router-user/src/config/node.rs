@@ -342,6 +342,17 @@ fn shown(v: Val) -> String {
 }
 
 /// An integer in `range`, or why not.
+/// Problem `p` with `note` (a unit, what the value means) added, so as
+/// not to chain two parentheses: into "(allowed: ...)", left out after
+/// "(write N)" (which says the fix), else in its own.
+fn noted(p: String, note: &str) -> String {
+    match p.strip_suffix(')') {
+        Some(head) if head.contains("(allowed: ") => format!("{head}; {note})"),
+        Some(_) => p,
+        None => format!("{p} ({note})"),
+    }
+}
+
 fn int(v: Val, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
     match v {
         Val::Toml(toml::Value::Integer(n)) if range.contains(n) => Ok(*n),
@@ -487,20 +498,18 @@ impl NodeConfig {
             }
             "resync_interval" => {
                 self.resync_interval = int(v, range::RESYNC_INTERVAL)
-                    .map_err(|p| bad(format!("{p} (seconds; 0 disables resyncs)")))?
+                    .map_err(|p| bad(noted(p, "seconds; 0 disables resyncs")))?
                     as u64;
             }
             "conntrack_size" => {
                 self.conntrack_size = int(v, range::CONNTRACK_SIZE)
-                    .map_err(|p| bad(format!("{p} (connections per router)")))?
+                    .map_err(|p| bad(noted(p, "connections per router")))?
                     as u32;
             }
             "new_connection_rate" => {
-                self.new_connection_rate = int(v, range::NEW_CONNECTION_RATE).map_err(|p| {
-                    bad(format!(
-                        "{p} (per router and CPU, a second; 0 means no limit)"
-                    ))
-                })? as u32;
+                self.new_connection_rate = int(v, range::NEW_CONNECTION_RATE)
+                    .map_err(|p| bad(noted(p, "per router and CPU, a second; 0 means no limit")))?
+                    as u32;
             }
             "send_garp" | "enable_metadata_proxy" | "metadata_rate_limit" => {
                 let b = v
@@ -520,7 +529,7 @@ impl NodeConfig {
                 } else {
                     (range::METADATA_SECONDS, "seconds")
                 };
-                let n = int(v, r).map_err(|p| bad(format!("{p} ({what})")))? as u64;
+                let n = int(v, r).map_err(|p| bad(noted(p, what)))? as u64;
                 let m = &mut self.metadata;
                 match k {
                     "metadata_timeout_connect" => m.timeout_connect = n,
@@ -1159,7 +1168,7 @@ mod tests {
             "conntrack_size = 1e8",
             "conntrack_size",
             "100000000.0",
-            "not an integer (allowed: 1024..=16777216)",
+            "not an integer (allowed: 1024..=16777216; connections per router)",
         );
         refused(
             "metadata_port = 1e30",
