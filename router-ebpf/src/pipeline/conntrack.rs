@@ -205,7 +205,7 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         }
     }
     no_connection(pkt, ingress)?;
-    new_connection(pkt, ingress, now)
+    new_connection(pkt, ingress, now, pre)
 }
 
 /// What becomes of a packet of no connection before one is opened for it:
@@ -307,8 +307,15 @@ fn admit(cfg: &RouterConfig, now: u64) -> bool {
     true
 }
 
+/// Opens a connection for `pkt`. `pre`: the route of its own destination
+/// (with the next hop's MAC, if known) when `track` looked it up already.
 #[inline(always)]
-fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdict> {
+fn new_connection(
+    pkt: &Pkt,
+    ingress: &PortInfo,
+    now: u64,
+    pre: Option<(route::Egress, Option<[u8; 6]>)>,
+) -> Result<Flow, Verdict> {
     let Some(cfg) = maps::XR_CONFIG.get(0) else {
         return Err(Verdict::Kernel(Outcome::KernelNotPort));
     };
@@ -321,10 +328,15 @@ fn new_connection(pkt: &Pkt, ingress: &PortInfo, now: u64) -> Result<Flow, Verdi
     }
 
     let (dst, nat) = nat::destination(pkt);
-    let (egress, nexthop, port) = route::egress(pkt, dst)?;
+    // Not DNATed: its route is the one `track` looked up (not twice).
+    let r = match pre {
+        Some((r, _)) if dst == pkt.dst => r,
+        _ => route::egress(pkt, dst)?,
+    };
+    let (egress, nexthop, port) = r;
     let snat_to = nat::source(pkt, ingress, &cfg, egress, nat);
 
-    let mut flow = Flow::via(pkt.src, dst, pkt.sport, pkt.dport, (egress, nexthop, port));
+    let mut flow = Flow::via(pkt.src, dst, pkt.sport, pkt.dport, r);
     let translated = nat != 0 || snat_to.is_some();
     let touches_gw = ingress.role == ROLE_GATEWAY || port.role == ROLE_GATEWAY;
     if !translated && !touches_gw {
