@@ -95,10 +95,7 @@ pub fn check_tls(tls: &Tls) -> Result<(), TlsProblem> {
         problem(
             "ssl_key_file",
             key_file,
-            format!(
-                "is not the key of the certificate in {}",
-                cert_file.display()
-            ),
+            "is not the key of ssl_cert_file's certificate",
         )
     })?;
     Ok(())

@@ -205,7 +205,7 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         }
     }
     no_connection(pkt, ingress)?;
-    new_connection(pkt, ingress, now, pre)
+    new_connection(pkt, ingress, now, pre.map(|(r, _)| r))
 }
 
 /// What becomes of a packet of no connection before one is opened for it:
@@ -307,14 +307,15 @@ fn admit(cfg: &RouterConfig, now: u64) -> bool {
     true
 }
 
-/// Opens a connection for `pkt`. `pre`: the route of its own destination
-/// (with the next hop's MAC, if known) when `track` looked it up already.
+/// Opens a connection for `pkt`. `pre`: the route of its own destination,
+/// when `track` looked it up already. (Not the next hop's MAC it came
+/// with: carried on, that Option doubled what the verifier walks after.)
 #[inline(always)]
 fn new_connection(
     pkt: &Pkt,
     ingress: &PortInfo,
     now: u64,
-    pre: Option<(route::Egress, Option<[u8; 6]>)>,
+    pre: Option<route::Egress>,
 ) -> Result<Flow, Verdict> {
     let Some(cfg) = maps::XR_CONFIG.get(0) else {
         return Err(Verdict::Kernel(Outcome::KernelNotPort));
@@ -330,7 +331,7 @@ fn new_connection(
     let (dst, nat) = nat::destination(pkt);
     // Not DNATed: its route is the one `track` looked up (not twice).
     let r = match pre {
-        Some((r, _)) if dst == pkt.dst => r,
+        Some(r) if dst == pkt.dst => r,
         _ => route::egress(pkt, dst)?,
     };
     let (egress, nexthop, port) = r;
