@@ -99,11 +99,18 @@ impl TransportUrl {
                     None => (hostport.to_string(), None),
                 }
             };
+            if hostport.matches(':').count() > 1 && !hostport.starts_with('[') {
+                return Err(bad(
+                    "an IPv6 address goes in brackets (rabbit://user:pass@[::1]:5672/)",
+                ));
+            }
             if host.is_empty() {
                 return Err(bad("the host name is empty"));
             }
             if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(bad("the host name holds whitespace or control characters"));
+                return Err(bad(&format!(
+                    "the host name {host:?} holds whitespace or control characters"
+                )));
             }
             let port = match port {
                 None | Some("") => 5672,
@@ -210,7 +217,14 @@ mod tests {
             TransportUrl::parse("rabbit://u:p@h 1:5672/")
                 .unwrap_err()
                 .to_string(),
-            "transport_url host #0: the host name holds whitespace or control characters"
+            "transport_url host #0: the host name \"h 1\" holds whitespace or control characters"
+        );
+        assert_eq!(
+            TransportUrl::parse("rabbit://u:p@::1:5672/")
+                .unwrap_err()
+                .to_string(),
+            "transport_url host #0: an IPv6 address goes in brackets \
+             (rabbit://user:pass@[::1]:5672/)"
         );
     }
 }

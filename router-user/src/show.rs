@@ -172,10 +172,12 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
         );
     }
     if state.routers.is_empty() {
-        let _ = writeln!(o, "no routers (data plane: {dp})");
-        // Nothing recorded at all: most likely the wrong place looked at.
+        // Nothing recorded at all: most likely the wrong place looked at,
+        // which "no routers" alone would hide.
         if state.dataplane.is_none() && state.failed.is_empty() {
             let _ = writeln!(o, "{}", no_state(node));
+        } else {
+            let _ = writeln!(o, "no routers (data plane: {dp})");
         }
         return o;
     }
@@ -258,11 +260,16 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
 
 /// What `show` says when the state directory holds no daemon's state.
 fn no_state(node: &NodeConfig) -> String {
-    format!(
-        "no data plane recorded in {} (has the daemon run with this --config, --state-dir or \
-         --config-file?)",
-        crate::text::path(&node.state_file())
-    )
+    let file = node.state_file();
+    let what = if file.exists() {
+        format!("no data plane recorded in {}", crate::text::path(&file))
+    } else {
+        format!(
+            "no daemon state: {} does not exist",
+            crate::text::path(&file)
+        )
+    };
+    format!("{what} (has the daemon run with this --config, --state-dir or --config-file?)")
 }
 
 /// The routers `show flows`/`show stats` read: all, or the one `only`
@@ -412,10 +419,10 @@ mod tests {
         };
         let empty = State::default();
         let t = table(&empty, &node);
-        assert!(
-            t.contains("no routers")
-                && t.contains("no data plane recorded in /nonexistent/xrouter/state.json"),
-            "{t}"
+        assert_eq!(
+            t,
+            "no daemon state: /nonexistent/xrouter/state.json does not exist (has the daemon \
+             run with this --config, --state-dir or --config-file?)\n"
         );
         for e in [
             flows(&empty, &node, None, false).unwrap_err(),
@@ -432,7 +439,7 @@ mod tests {
             dataplane: Some(Dataplane::Tc),
             ..State::default()
         };
-        assert!(!table(&ran, &node).contains("recorded"));
+        assert_eq!(table(&ran, &node), "no routers (data plane: tc)\n");
     }
 
     /// A router whose first outcome counted 7 packets, every other counter

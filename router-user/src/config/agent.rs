@@ -567,8 +567,17 @@ impl Reader<'_> {
     }
 
     /// A path, None when empty.
+    /// A file's path, absolute (a relative one would be read from
+    /// wherever the agent was started); None when unset or empty.
     fn path(&self, section: &str, key: &str) -> anyhow::Result<Option<PathBuf>> {
         let v = self.value_or_default(section, key)?;
+        if !v.is_empty() && !v.starts_with('/') {
+            return Err(self.bad(
+                section,
+                key,
+                &format!("{} is not an absolute path", quote(&v)),
+            ));
+        }
         Ok((!v.is_empty()).then(|| v.into()))
     }
 
@@ -916,6 +925,12 @@ mod tests {
                 "DEFAULT",
                 "rpc_response_timeout = 0",
                 "l3_agent.ini: [DEFAULT] rpc_response_timeout: 0 is outside the allowed range 1..=86400",
+            ),
+            (
+                "oslo_messaging_rabbit",
+                "ssl_ca_file = certs/ca.pem",
+                "l3_agent.ini: [oslo_messaging_rabbit] ssl_ca_file: \"certs/ca.pem\" is not an \
+                 absolute path",
             ),
             (
                 "DEFAULT",
