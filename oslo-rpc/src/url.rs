@@ -33,7 +33,8 @@ pub enum UrlError {
     Scheme(String),
     #[error("transport_url names no host")]
     NoHost,
-    #[error("transport_url host #{index}: {problem}")]
+    /// `index`: the host's place in the URL, from 0 (said from 1).
+    #[error("transport_url host #{}: {problem}", .index + 1)]
     Host { index: usize, problem: String },
     #[error("transport_url: {0}")]
     Encoding(String),
@@ -210,20 +211,20 @@ mod tests {
             TransportUrl::parse("rabbit://a:b@h:99999/")
                 .unwrap_err()
                 .to_string(),
-            "transport_url host #0: port \"99999\" is not 1-65535"
+            "transport_url host #1: port \"99999\" is not 1-65535"
         );
         assert!(TransportUrl::parse("rabbit://u:p@[fd00::1/").is_err());
         assert_eq!(
             TransportUrl::parse("rabbit://u:p@h 1:5672/")
                 .unwrap_err()
                 .to_string(),
-            "transport_url host #0: the host name \"h 1\" holds whitespace or control characters"
+            "transport_url host #1: the host name \"h 1\" holds whitespace or control characters"
         );
         assert_eq!(
             TransportUrl::parse("rabbit://u:p@::1:5672/")
                 .unwrap_err()
                 .to_string(),
-            "transport_url host #0: an IPv6 address goes in brackets \
+            "transport_url host #1: an IPv6 address goes in brackets \
              (rabbit://user:pass@[::1]:5672/)"
         );
     }
