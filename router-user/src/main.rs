@@ -28,6 +28,16 @@ fn node_config(cli: &Cli) -> Result<NodeConfig> {
     Ok(node)
 }
 
+/// The agent's settings from Neutron's files, as `agent` takes them at
+/// start and `check` checks them.
+fn agent_settings(
+    files: &[std::path::PathBuf],
+    config: Option<&std::path::Path>,
+) -> Result<router_user::agent::AgentSettings> {
+    let cfg = router_user::config::agent::load(files, config)?;
+    router_user::agent::AgentSettings::from_config(&cfg.neutron)
+}
+
 /// Parses the command line; on an error, shows what the user typed escaped
 /// and cut, as every message does (clap would echo a value as it is).
 fn parse_cli() -> Cli {
@@ -114,14 +124,13 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             dataplane,
             metrics_address,
         } => {
-            let cfg = router_user::config::agent::load(&cli.config_files, cli.config.as_deref())?;
+            let settings = agent_settings(&cli.config_files, cli.config.as_deref())?;
             if let Some(d) = dataplane {
                 node.dataplane = d;
             }
             if metrics_address.is_some() {
                 node.metrics_address = metrics_address;
             }
-            let settings = router_user::agent::AgentSettings::from_config(&cfg.neutron)?;
             router_user::agent::run(node, settings).await?;
         }
         Cmd::Reload => {
@@ -155,9 +164,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             // What `agent` refuses at start, refused here.
             if !cli.config_files.is_empty() {
-                let cfg =
-                    router_user::config::agent::load(&cli.config_files, cli.config.as_deref())?;
-                router_user::agent::AgentSettings::from_config(&cfg.neutron)?;
+                agent_settings(&cli.config_files, cli.config.as_deref())?;
                 let files: Vec<String> = cli.config_files.iter().map(|f| text::path(f)).collect();
                 outln!("{}: agent options valid", files.join(", "))?;
             }

@@ -105,10 +105,7 @@ fn routers<'a>(state: &'a State, node: &NodeConfig, only: Option<&str>) -> Resul
              on the iptables plane the kernel's own tools show drops (`ip netns exec qrouter-ID \
              iptables -L -v`, `nft monitor trace`)"
         ),
-        None => bail!(
-            "no data plane recorded in {} (is the daemon running, with this --config or --state-dir?)",
-            text::path(&node.state_file())
-        ),
+        None => bail!("{}", crate::show::no_state(node)),
     }
     if let Some(id) = only {
         return Ok(vec![crate::explain::find_router(state, id)?]);

@@ -258,8 +258,10 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
     o
 }
 
-/// What `show` says when the state directory holds no daemon's state.
-fn no_state(node: &NodeConfig) -> String {
+/// What `show`, `explain` and `monitor` say when the state directory
+/// holds no daemon's state (a wrong --config, --state-dir or
+/// --config-file, most likely).
+pub fn no_state(node: &NodeConfig) -> String {
     let file = node.state_file();
     let what = if file.exists() {
         format!("no data plane recorded in {}", crate::text::path(&file))

@@ -199,10 +199,7 @@ pub fn explain(
             "the data plane is {d}: explain runs the eBPF programs on a packet and needs the xdp or tc plane \
              (the kernel's own tools trace the iptables plane: `ip netns exec qrouter-ID iptables -t raw -j TRACE ...`)"
         ),
-        None => bail!(
-            "no data plane recorded in {} (has the daemon run with this --config or --state-dir?)",
-            node.state_file().display()
-        ),
+        None => bail!("{}", crate::show::no_state(node)),
     };
     let router = find_router(state, router_id)?;
     let Some(in_port) = router.ports().find(|p| p.device() == port) else {
