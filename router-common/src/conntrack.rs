@@ -100,6 +100,8 @@ pub struct CtClaim {
     pub was: u64,
     /// Whether the pick holds an entry (evicted if claimed).
     pub evicted: u64,
+    /// Embryonic entries weighed for eviction so far.
+    pub seen: u64,
 }
 
 impl CtKey {
@@ -198,8 +200,8 @@ pub const NAT_DNAT: u8 = 2;
 /// A connection is embryonic until it is established — TCP: its handshake
 /// completed; UDP/ICMP: answered and still alive after
 /// [`ESTABLISH_AFTER_NS`] — then [`CT_F_ASSURED`]: a new connection whose
-/// window is full takes the slot of the least recently seen embryonic
-/// one, never an established one's.
+/// window is full takes the slot of the least recently seen of the first
+/// four embryonic ones there, never an established one's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtEntry {

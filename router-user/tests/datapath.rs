@@ -17,7 +17,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
-    conntrack::{CT_F_ASSURED, CT_REPLY},
+    conntrack::{CT_F_ASSURED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, ct_ticks},
     counters::{Counter, CtEvent, Outcome},
     monitor::{
         EV_IPV4, EV_L4, HOOK_TC, HOOK_XDP, MON_DROPS, MON_FORWARDED, MON_KERNEL, MonitorCpu,
@@ -29,8 +29,8 @@ use router_common::{
 use router_user::{
     backend::{
         bpf::{
-            CT_MASK_GLOBAL, CtTable, bump_generation, monitor::decode, object::OBJECT, write_maps,
-            write_neighbours,
+            CT_MASK_GLOBAL, CtTable, bump_generation, monitor::decode, monotonic_ns,
+            object::OBJECT, write_maps, write_neighbours,
         },
         netns,
     },
@@ -1580,6 +1580,125 @@ fn a_flood_of_new_connections_never_evicts_established_ones() {
             },
         );
         assert_eq!(o.dst().to_string(), "91.1.180.14");
+    });
+}
+
+/// An embryonic UDP connection from `src:sport` outside to 81.1.180.13:53
+/// (network qr1, no floating IP), routed without translation, last seen
+/// at `last_seen`: its two (key, entry) pairs.
+fn inbound_connection(src: &str, sport: u16, last_seen: u64) -> [(CtKey, CtEntry); 2] {
+    let (a, b) = (ip(src), ip("81.1.180.13"));
+    let (p, q) = (sport.to_be(), 53u16.to_be());
+    let entry = |from: [u8; 4], to: [u8; 4], fp: u16, tp: u16, direction| CtEntry {
+        new_src: from,
+        new_dst: to,
+        new_sport: fp,
+        new_dport: tp,
+        direction,
+        last_seen,
+        created: ct_ticks(last_seen),
+        ..CtEntry::default()
+    };
+    [
+        (CtKey::new(a, b, p, q, 17), entry(a, b, p, q, CT_ORIGINAL)),
+        (CtKey::new(b, a, q, p, 17), entry(b, a, q, p, CT_REPLY)),
+    ]
+}
+
+#[test]
+fn a_full_window_evicts_the_least_recently_seen_of_its_first_embryonic_connections() {
+    with_devices(|ifx| {
+        // 16 slots: every window holds the whole table.
+        let lim = Limits { slots: 16, rate: 0 };
+        let r = Router::build(ifx, 1024, 65535, lim);
+        let t = r.table();
+        let m = t.slots() - 1;
+        // The new connection, routed in untranslated: no port is chosen,
+        // so its reply key, inserted first, is known here.
+        let new = Frame::udp("203.0.113.9", 5000, "81.1.180.13", 53).from(MAC_EXT, MAC_QG);
+        let reply_home = CtKey::new(
+            ip("81.1.180.13"),
+            ip("203.0.113.9"),
+            53u16.to_be(),
+            5000u16.to_be(),
+            17,
+        )
+        .home(m);
+        let now = monotonic_ns();
+        let fill = |ages: &dyn Fn(usize) -> u64| {
+            t.clear();
+            for i in 0..8 {
+                for (k, e) in inbound_connection(
+                    &format!("203.0.113.{}", 100 + i),
+                    1000 + i as u16,
+                    now - ages(i),
+                ) {
+                    t.insert(&k, &e).expect("room for the fill");
+                }
+            }
+        };
+        let conn_at = |slot: u32| -> usize {
+            let (k, _) = t.read(slot).expect("a full table");
+            let src = if k.sport == 53u16.to_be() {
+                k.dst
+            } else {
+                k.src
+            };
+            src[3] as usize - 100
+        };
+        // Where the fill puts the connections (the same every time).
+        fill(&|i| (i as u64 + 1) * 1_000_000);
+        let first: Vec<usize> = (0..4).map(|i| conn_at((reply_home + i) & m)).collect();
+        // The connection seen longest ago overall is not among the first
+        // four from the reply's home; the oldest among those is `victim`.
+        let victim = *first.iter().max().unwrap();
+        let far = (0..8)
+            .find(|c| !first.contains(c))
+            .expect("8 connections, 4 slots");
+        fill(&|i| {
+            if i == far {
+                60_000_000_000
+            } else {
+                (i as u64 + 1) * 1_000_000
+            }
+        });
+        let before = r.event(CtEvent::Evicted);
+        assert_eq!(r.xdp(r.qg, &new).ret, XDP_REDIRECT);
+        assert_eq!(
+            r.event(CtEvent::Evicted) - before,
+            1,
+            "one connection evicted"
+        );
+        let left: HashSet<usize> = (0..16)
+            .filter_map(|i| t.read(i))
+            .filter(|(k, _)| k.sport != 5000u16.to_be() && k.dport != 5000u16.to_be())
+            .map(|(k, _)| {
+                let src = if k.sport == 53u16.to_be() {
+                    k.dst
+                } else {
+                    k.src
+                };
+                src[3] as usize - 100
+            })
+            .collect();
+        assert!(!left.contains(&victim), "the oldest of the first four went");
+        assert!(left.contains(&far), "the oldest of all, further on, stayed");
+        assert_eq!(left.len(), 7);
+        assert_eq!(r.ct_counts(), (16, 0), "the new connection took its place");
+
+        // A freed slot further on is taken rather than any embryonic one
+        // evicted: the connection furthest from the reply's home goes.
+        fill(&|i| (i as u64 + 1) * 1_000_000);
+        let last = conn_at(reply_home.wrapping_add(15) & m);
+        for (k, _) in
+            inbound_connection(&format!("203.0.113.{}", 100 + last), 1000 + last as u16, 0)
+        {
+            assert!(t.remove(&k));
+        }
+        let before = r.event(CtEvent::Evicted);
+        assert_eq!(r.xdp(r.qg, &new).ret, XDP_REDIRECT);
+        assert_eq!(r.event(CtEvent::Evicted), before, "nothing evicted");
+        assert_eq!(r.ct_counts(), (16, 0), "7 connections and the new one");
     });
 }
 

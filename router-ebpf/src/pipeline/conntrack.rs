@@ -5,10 +5,10 @@
 //!
 //! A connection starts embryonic: a new connection whose window of the
 //! table (`super::table`) is full takes the slot of the least recently
-//! seen embryonic entry there, so a flood of new connections evicts only
-//! its own kind. Once established — TCP when its handshake completes, UDP
-//! and ICMP when answered and still used after `ESTABLISH_AFTER_NS` — both
-//! entries are marked `CT_F_ASSURED` in place, and only the daemon's GC
+//! seen of the first embryonic entries there, so a flood of new
+//! connections evicts only its own kind. Once established — TCP when its
+//! handshake completes, UDP and ICMP when answered and still used after
+//! `ESTABLISH_AFTER_NS` — both entries are marked `CT_F_ASSURED` in place, and only the daemon's GC
 //! ends them, when idle. New connections are admitted within a per-CPU
 //! budget per second (`RouterConfig::new_conn_rate`); the rest are dropped
 //! and counted before they cost an insert.

@@ -156,12 +156,12 @@ const EVICTED: u64 = 1 << 32;
 
 /// Inserts `k` with entry `e` (not looked up first: the caller has, and
 /// missed): into the first free slot of its window, else in place of the
-/// least recently seen embryonic entry there (evicted: true) other than
-/// `keep`'s (the connection's other direction, just inserted). A
-/// concurrent insert of the same key by another CPU is detected after
-/// publishing, and one of the two (the later in the window) withdraws
-/// (`Refused::Taken`): a key is in the table once, so that two
-/// connections never share a SNAT port.
+/// least recently seen of the first [`EVICT_AMONG`] embryonic entries
+/// there (evicted: true) other than `keep`'s (the connection's other
+/// direction, just inserted). A concurrent insert of the same key by
+/// another CPU is detected after publishing, and one of the two (the
+/// later in the window) withdraws (`Refused::Taken`): a key is in the
+/// table once, so that two connections never share a SNAT port.
 #[inline(always)]
 pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bool), Refused> {
     let (kw0, kw1) = k.words();
@@ -198,9 +198,17 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
     Ok((found, c & EVICTED != 0))
 }
 
+/// How many embryonic entries of a full window an insert weighs, to evict
+/// the least recently seen: the first ones, not all of the window's.
+/// Under a flood every window is full of them; the victim's other
+/// direction is then near its own home too (it was placed the same way),
+/// and freeing it reads a line or two there rather than half a window.
+const EVICT_AMONG: u64 = 4;
+
 /// Claims a slot in the window from `home` (its key word set busy): the
-/// first free one, else the least recently seen embryonic one but slot
-/// `keep`. Its index (with [`EVICTED`] if it held an entry), or [`NONE`].
+/// first free one, else the least recently seen of the first
+/// [`EVICT_AMONG`] embryonic ones but slot `keep`. Its index (with
+/// [`EVICTED`] if it held an entry), or [`NONE`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
@@ -215,6 +223,7 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
         write_volatile(&mut (*c).pick, NONE);
         write_volatile(&mut (*c).oldest, u64::MAX);
         write_volatile(&mut (*c).evicted, 0);
+        write_volatile(&mut (*c).seen, 0);
     }
     for i in 0..CT_WINDOW {
         let at = home.wrapping_add(i) & m;
@@ -231,15 +240,20 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
                 write_volatile(&mut (*c).evicted, 0);
                 break;
             }
-            if ct_w1_is_key(sw1)
+            // A free slot further on is still taken rather than any of
+            // these: the scan goes on for one.
+            if read_volatile(&(*c).seen) < EVICT_AMONG
+                && ct_w1_is_key(sw1)
                 && at != keep
                 && read_volatile(&(*s).entry.flags) & CT_F_ASSURED == 0
-                && read_volatile(&(*s).entry.last_seen) < read_volatile(&(*c).oldest)
             {
-                write_volatile(&mut (*c).oldest, read_volatile(&(*s).entry.last_seen));
-                write_volatile(&mut (*c).pick, at);
-                write_volatile(&mut (*c).was, sw1);
-                write_volatile(&mut (*c).evicted, EVICTED);
+                write_volatile(&mut (*c).seen, read_volatile(&(*c).seen) + 1);
+                if read_volatile(&(*s).entry.last_seen) < read_volatile(&(*c).oldest) {
+                    write_volatile(&mut (*c).oldest, read_volatile(&(*s).entry.last_seen));
+                    write_volatile(&mut (*c).pick, at);
+                    write_volatile(&mut (*c).was, sw1);
+                    write_volatile(&mut (*c).evicted, EVICTED);
+                }
             }
         }
     }
