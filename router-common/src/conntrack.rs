@@ -54,6 +54,53 @@ pub const fn ct_slots(connections: u32) -> u32 {
     if n > 1 << 31 { 1 << 31 } else { n as u32 }
 }
 
+/// Entries of `XR_CT` for a table of `slots` slots (a power of two): the
+/// slots, then one line of the table's own ([`CtMeta`]).
+pub const fn ct_entries(slots: u32) -> u32 {
+    slots + 1
+}
+
+/// The slots of a table of `entries` entries of `XR_CT` ([`ct_entries`]),
+/// if that is a table's size.
+pub const fn ct_slots_of(entries: u32) -> Option<u32> {
+    let slots = entries.wrapping_sub(1);
+    if slots.is_power_of_two() {
+        Some(slots)
+    } else {
+        None
+    }
+}
+
+/// The line after `XR_CT`'s slots: how full the table is, for inserts to
+/// keep it at most [`ct_fill_cap`] full.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtMeta {
+    /// Slots taken since the table was made that were never used before,
+    /// less those the GC has turned back into never-used ones (signed: the
+    /// CPUs add theirs in batches, so it can lag below zero for a while).
+    pub fill: i64,
+    pub _pad: [u64; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<CtMeta>() == 64);
+
+/// Used slots (holding a key, or freed but not yet never-used) from which a
+/// table of `slots` slots counts as full: half of them, `conntrack_size`
+/// connections' worth. From there a new connection takes the place of an
+/// embryonic one near its home rather than a never-used slot further on,
+/// if it can: so a flood leaves never-used slots in every window, and a
+/// lookup that misses (every new connection's) stops within a few slots
+/// instead of reading its whole window.
+pub const fn ct_fill_cap(slots: u32) -> i64 {
+    slots as i64 / 2
+}
+
+/// How many never-used slots a CPU takes before it adds them to
+/// [`CtMeta::fill`] (one atomic add on a line all CPUs read, not one per
+/// connection).
+pub const CT_FILL_BATCH: u64 = 64;
+
 /// How far from its hash's slot a key may sit (slots, wrapping at the end
 /// of the table). A lookup stops at the first never-used slot, so the
 /// window's length costs only where the table is crowded.
@@ -102,6 +149,9 @@ pub struct CtClaim {
     pub evicted: u64,
     /// Embryonic entries weighed for eviction so far.
     pub seen: u64,
+    /// Never-used slots this CPU took and has not yet added to
+    /// [`CtMeta::fill`].
+    pub grown: u64,
 }
 
 impl CtKey {
@@ -358,5 +408,5 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
 
 crate::pod!(
-    CtKey, CtEntry, CtSlot, CtClaim, RouteCache, FragKey, FragEntry
+    CtKey, CtEntry, CtSlot, CtMeta, CtClaim, RouteCache, FragKey, FragEntry
 );

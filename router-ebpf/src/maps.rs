@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
-    conntrack::{CT_FLAGS, CtClaim, CtSlot, FragEntry, FragKey},
+    conntrack::{CT_FLAGS, CtClaim, CtSlot, FragEntry, FragKey, ct_entries},
     counters::{CT_EVENT_COUNT, Counter, CtEvent, OUTCOME_COUNT, Outcome},
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl, MonitorEvent},
     port::{LocalAddr, LocalHint, Neigh, NeighKey, NeighUsed, PORT_SLOTS, PortInfo},
@@ -83,11 +83,14 @@ pub static XR_BUILD: Array<u64, 1> = Array::new();
 
 /// The connection table: a slot per direction of a connection (see
 /// [`CtSlot`] and `pipeline::table`), embryonic and established ones
-/// alike. Userspace sets its size at load time (`ct_slots`; default 1M
-/// slots, 64 MiB, for 256k connections) and reads and writes it through
-/// a shared mapping ([`CT_FLAGS`]: mmapable).
+/// alike, then a line of its own ([`CtMeta`], [`ct_entries`]: how full
+/// it is). Userspace sets its size
+/// at load time (`ct_slots`; default 1M slots, 64 MiB, for 256k
+/// connections) and reads and writes it through a shared mapping
+/// ([`CT_FLAGS`]: mmapable).
 #[btf_map]
-pub static XR_CT: Array<CtSlot, 1024, { CT_FLAGS as usize }> = Array::new();
+pub static XR_CT: Array<CtSlot, { ct_entries(1024) as usize }, { CT_FLAGS as usize }> =
+    Array::new();
 
 /// Per CPU, the slot an insert into `XR_CT` is choosing (index 0; see
 /// `pipeline::table`).

@@ -320,7 +320,9 @@ impl Metrics {
                 }
             }
             if let Some(m) = max_entries(&s.pin_dir, id, XR_CT) {
-                max.get_or_create(&router(id)).set(i64::from(m));
+                // The slots, not the table's own line after them.
+                let slots = router_common::conntrack::ct_slots_of(m).unwrap_or(m);
+                max.get_or_create(&router(id)).set(i64::from(slots));
             }
         }
         for (id, (est, emb)) in self.fill_counts(&s.pin_dir, ids) {

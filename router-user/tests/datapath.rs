@@ -322,7 +322,7 @@ impl Router {
 
     fn build(ifx: [u32; 3], port_min: u16, port_max: u16, lim: Limits) -> Router {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("XR_CT", lim.slots)
+            .map_max_entries("XR_CT", router_common::conntrack::ct_entries(lim.slots))
             .override_global(CT_MASK_GLOBAL, &(lim.slots - 1), true)
             .load(OBJECT)
             .expect("load object");
@@ -1699,6 +1699,79 @@ fn a_full_window_evicts_the_least_recently_seen_of_its_first_embryonic_connectio
         assert_eq!(r.xdp(r.qg, &new).ret, XDP_REDIRECT);
         assert_eq!(r.event(CtEvent::Evicted), before, "nothing evicted");
         assert_eq!(r.ct_counts(), (16, 0), "7 connections and the new one");
+    });
+}
+
+#[test]
+fn at_its_size_the_table_evicts_an_embryonic_connection_before_using_a_never_used_slot() {
+    with_devices(|ifx| {
+        // 16 slots: conntrack_size 4 connections, 8 slots in use at most
+        // before new connections evict embryonic ones.
+        let lim = Limits { slots: 16, rate: 0 };
+        let r = Router::build(ifx, 1024, 65535, lim);
+        let t = r.table();
+        let m = t.slots() - 1;
+        let new = Frame::udp("203.0.113.9", 5000, "81.1.180.13", 53).from(MAC_EXT, MAC_QG);
+        let reply_home = CtKey::new(
+            ip("81.1.180.13"),
+            ip("203.0.113.9"),
+            53u16.to_be(),
+            5000u16.to_be(),
+            17,
+        )
+        .home(m);
+        let now = monotonic_ns();
+        // `n` embryonic connections, one of them in the new connection's
+        // reply's home slot: so its window has an embryonic entry before
+        // a never-used slot.
+        let fill = |n: u32| {
+            for first in 0..100u32 {
+                t.clear();
+                for i in first..first + n {
+                    for (k, e) in
+                        inbound_connection(&format!("203.0.113.{}", 100 + i), 1000, now - 1_000_000)
+                    {
+                        t.insert(&k, &e).expect("room for the fill");
+                    }
+                }
+                if t.read(reply_home).is_some() {
+                    return;
+                }
+            }
+            panic!("no fill puts a connection in slot {reply_home}");
+        };
+        // Below its size: the never-used slot.
+        fill(3);
+        assert_eq!(t.fill(), Some(6));
+        let before = r.event(CtEvent::Evicted);
+        assert_eq!(r.xdp(r.qg, &new).ret, XDP_REDIRECT);
+        assert_eq!(r.event(CtEvent::Evicted), before, "nothing evicted");
+        assert_eq!(r.ct_counts(), (8, 0));
+        // At its size: the embryonic connection's place.
+        fill(4);
+        assert_eq!(t.fill(), Some(8));
+        let before = r.event(CtEvent::Evicted);
+        assert_eq!(r.xdp(r.qg, &new).ret, XDP_REDIRECT);
+        assert_eq!(
+            r.event(CtEvent::Evicted) - before,
+            1,
+            "one connection evicted"
+        );
+        assert_eq!(r.ct_counts(), (8, 0), "in the evicted one's place");
+        let (k, _) = t.read(reply_home).expect("the reply's home slot");
+        assert_eq!(
+            k.dst,
+            ip("203.0.113.9"),
+            "the new reply is in its home slot"
+        );
+        // The GC's turning freed slots back into never-used ones counts.
+        let freed: Vec<_> = t.all().map(|(k, _)| k).collect();
+        for k in &freed {
+            assert!(t.remove(k));
+        }
+        t.reclaim(0..t.slots());
+        assert_eq!(r.ct_counts(), (0, 0));
+        assert!(t.fill().is_some_and(|f| f < 8), "{:?}", t.fill());
     });
 }
 

@@ -21,7 +21,7 @@ use router_common::{
         MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK, STAGE_EMPTY, STAGE_FULL,
         STAGE_NEIGHBOUR, STAGE_PARSE, STAGE_RESTORE,
     },
-    conntrack::{CT_F_ASSURED, CtEntry, CtKey, ESTABLISH_AFTER_NS, ct_slots},
+    conntrack::{CT_F_ASSURED, CtEntry, CtKey, ESTABLISH_AFTER_NS, ct_entries, ct_slots},
     counters::CtEvent,
     port::{Neigh, NeighKey},
 };
@@ -817,7 +817,7 @@ fn fill(ebpf: &mut Ebpf, entries: u32) -> Result<()> {
 fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> {
     let slots = table_slots();
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries("XR_CT", slots)
+        .map_max_entries("XR_CT", ct_entries(slots))
         .override_global(CT_MASK_GLOBAL, &(slots - 1), true)
         .load(OBJECT)
         .context("loading the BPF object")?;

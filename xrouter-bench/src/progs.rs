@@ -71,7 +71,7 @@ pub struct Running {
 fn load_object() -> Result<Ebpf> {
     // The router maps come with the object; keep the preallocated ones small.
     EbpfLoader::new()
-        .map_max_entries("XR_CT", 1024)
+        .map_max_entries("XR_CT", router_common::conntrack::ct_entries(1024))
         .load(OBJECT)
         .context("loading the BPF object")
 }

@@ -244,7 +244,8 @@ fn memory(maps: &Path) -> Result<(u64, u32, u64)> {
         all += b;
         if e.file_name() == router_user::backend::bpf::XR_CT {
             ct = b;
-            entries = m.info()?.max_entries();
+            let n = m.info()?.max_entries();
+            entries = router_common::conntrack::ct_slots_of(n).unwrap_or(n);
         }
     }
     Ok((ct, entries, all))

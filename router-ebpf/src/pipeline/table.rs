@@ -4,7 +4,9 @@
 //! a lookup reads the window's slots in turn and stops at a never-used
 //! one, so it reads one line, or two, where a kernel hash map reads a
 //! bucket and then an element. An insert writes a slot the lookup read,
-//! with no lock, free list or LRU list.
+//! with no lock, free list or LRU list. A line after the slots counts the
+//! slots in use ([`CtMeta`]); past half, inserts keep never-used slots
+//! for lookups to stop at, taking embryonic entries' places instead.
 //!
 //! Concurrency, without locks: a slot is claimed by a compare-and-swap of
 //! its key's second word to `CT_W1_BUSY`, written, then published by a
@@ -19,13 +21,13 @@
 //! before its own (`xr_ct_taken_before`).
 
 use core::{
-    intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg},
+    intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xadd},
     ptr::{addr_of_mut, read_volatile, write_volatile},
 };
 
 use router_common::conntrack::{
-    CT_F_ASSURED, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey, CtSlot,
-    ct_w1_is_key,
+    CT_F_ASSURED, CT_FILL_BATCH, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey,
+    CtMeta, CtSlot, ct_fill_cap, ct_w1_is_key,
 };
 
 use crate::maps::{XR_CT, XR_CT_CLAIM};
@@ -205,16 +207,26 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
 /// and freeing it reads a line or two there rather than half a window.
 const EVICT_AMONG: u64 = 4;
 
+/// The table's own line, after its `m + 1` slots.
+#[inline(always)]
+fn meta(m: u32) -> Option<*mut CtMeta> {
+    XR_CT.get_ptr_mut(m.wrapping_add(1)).map(|p| p.cast())
+}
+
 /// Claims a slot in the window from `home` (its key word set busy): the
 /// first free one, else the least recently seen of the first
-/// [`EVICT_AMONG`] embryonic ones but slot `keep`. Its index (with
-/// [`EVICTED`] if it held an entry), or [`NONE`].
+/// [`EVICT_AMONG`] embryonic ones but slot `keep`; but, with the table
+/// full ([`ct_fill_cap`]), such an embryonic one before a never-used slot
+/// rather than that slot. Its index (with [`EVICTED`] if it held an
+/// entry), or [`NONE`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
-    let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) else {
+    let (Some(c), Some(meta)) = (XR_CT_CLAIM.get_ptr_mut(0), meta(m)) else {
         return NONE as u64;
     };
+    // SAFETY: the table's own line; read as it is, however stale.
+    let full = unsafe { read_volatile(&(*meta).fill) } >= ct_fill_cap(m.wrapping_add(1));
     // The choice so far lives in this CPU's scratch value, not in
     // registers: the verifier does not follow map memory, so the two
     // outcomes of each slot's test leave it one state, not two per slot.
@@ -234,6 +246,11 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
         // value as above.
         unsafe {
             let sw1 = read_volatile(w1(s));
+            if sw1 == CT_W1_EMPTY && full && read_volatile(&(*c).seen) != 0 {
+                // Full: the embryonic one picked so far, not a never-used
+                // slot, which would make the table fuller.
+                break;
+            }
             if sw1 == CT_W1_EMPTY || sw1 == CT_W1_FREED {
                 write_volatile(&mut (*c).pick, at);
                 write_volatile(&mut (*c).was, sw1);
@@ -272,6 +289,19 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
     if !unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), was, CT_W1_BUSY) }.1 {
         // Another CPU took it first: rare enough to give up on.
         return NONE as u64;
+    }
+    if was == CT_W1_EMPTY {
+        // SAFETY: this CPU's scratch; the table's own line, added to
+        // atomically.
+        unsafe {
+            let grown = read_volatile(&(*c).grown) + 1;
+            if grown >= CT_FILL_BATCH {
+                atomic_xadd::<i64, i64, { SeqCst }>(addr_of_mut!((*meta).fill), grown as i64);
+                write_volatile(&mut (*c).grown, 0);
+            } else {
+                write_volatile(&mut (*c).grown, grown);
+            }
+        }
     }
     pick as u64 | evicted
 }

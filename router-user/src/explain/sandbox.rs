@@ -80,7 +80,7 @@ impl Sandbox {
     /// configuration (`live`) copied in; `xdp`: load `xr_xdp` too.
     pub fn new(live: &Live, xdp: bool) -> Result<Sandbox> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(XR_CT, CT_SLOTS)
+            .map_max_entries(XR_CT, router_common::conntrack::ct_entries(CT_SLOTS))
             .override_global(bpf::CT_MASK_GLOBAL, &(CT_SLOTS - 1), true)
             .map_max_entries(XR_FRAG, FRAG_ENTRIES)
             .load(bpf::object::OBJECT)

@@ -11,7 +11,7 @@ use aya::{
 };
 use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
-    conntrack::{CT_FLAGS, CtClaim, CtSlot, FragEntry, FragKey, ct_slots},
+    conntrack::{CT_FLAGS, CtClaim, CtSlot, FragEntry, FragKey, ct_entries, ct_slots},
     counters::Counter,
     monitor::{MON_RING_BYTES, MonitorCpu, MonitorCtl},
     port::{LocalAddr, LocalHint, Neigh, NeighKey, NeighUsed, PortInfo},
@@ -120,7 +120,7 @@ fn misfit(name: &str, info: &MapInfo, ct_slots: u32) -> Option<String> {
     // Sizes that matter: the connection table's (configured) and the local
     // addresses' (which earlier builds made smaller).
     let entries = match name {
-        XR_CT => Some(ct_slots),
+        XR_CT => Some(ct_entries(ct_slots)),
         XR_LOCAL => Some(LOCAL_ENTRIES),
         XR_MON_RING => Some(MON_RING_BYTES),
         _ => None,
@@ -213,12 +213,20 @@ impl BpfRouter {
                             let old = (name == XR_CT)
                                 .then(|| carry::open(name, &path, &info))
                                 .flatten();
-                            if matches!(old, Some(carry::OldTable::Slots(_))) {
+                            if let Some(carry::OldTable::Slots(t)) = &old
+                                && t.current()
+                            {
                                 // conntrack_size changed: as asked, not a fault.
                                 tracing::info!(
                                     "router {router_id}: connection table resized ({} to \
                                      {slots} slots); its connections carried over",
-                                    info.max_entries()
+                                    t.slots()
+                                );
+                            } else if let Some(carry::OldTable::Slots(_)) = &old {
+                                // An earlier build's layout: not a fault either.
+                                tracing::info!(
+                                    "router {router_id}: connection table of an earlier \
+                                     build's layout replaced; its connections carried over"
                                 );
                             } else {
                                 tracing::warn!(
@@ -251,7 +259,7 @@ impl BpfRouter {
 
         let mut loader = EbpfLoader::new();
         let mask = slots - 1;
-        loader.map_max_entries(XR_CT, slots);
+        loader.map_max_entries(XR_CT, ct_entries(slots));
         loader.override_global(CT_MASK_GLOBAL, &mask, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());

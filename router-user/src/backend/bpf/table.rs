@@ -5,26 +5,33 @@
 //! `CT_W1_BUSY`, written, then published; freed by a compare-and-swap of
 //! that word to `CT_W1_FREED`; a reader checks the key words again after
 //! copying the entry. No system call per entry, and nothing the programs
-//! do is blocked by it.
+//! do is blocked by it. The line after the slots (`CtMeta`) counts the
+//! slots in use: the daemon adds the never-used slots it takes and
+//! subtracts those its GC turns back into never-used ones.
 
 use std::{
     ops::Range,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::Path,
     ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, MapInfo, MapType};
 use router_common::conntrack::{
-    CT_FLAGS, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey, CtSlot, ct_w1_is_key,
+    CT_FLAGS, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey, CtSlot, ct_slots_of,
+    ct_w1_is_key,
 };
 
 /// The slots of one router's connection table, mapped.
 pub struct CtTable {
     base: NonNull<CtSlot>,
     slots: u32,
+    /// The map's entries: the slots, then the table's own line
+    /// (`CtMeta`), which an earlier build's table (only read, to carry it
+    /// over) has not.
+    entries: u32,
 }
 
 // SAFETY: the mapping is shared memory every access to which goes through
@@ -64,11 +71,16 @@ impl CtTable {
                 info.map_flags()
             );
         }
-        let slots = info.max_entries();
-        if !slots.is_power_of_two() {
-            bail!("a connection table of {slots} slots (not a power of two)");
-        }
-        let len = slots as usize * size_of::<CtSlot>();
+        let entries = info.max_entries();
+        let slots = match ct_slots_of(entries) {
+            Some(slots) => slots,
+            // An earlier build's table, without its own line.
+            None if entries.is_power_of_two() => entries,
+            None => bail!(
+                "a connection table of {entries} entries (neither a power of two nor one more)"
+            ),
+        };
+        let len = entries as usize * size_of::<CtSlot>();
         // SAFETY: a shared mapping of the map's whole value area, which
         // the kernel allows for an mmapable array; checked below.
         let p = unsafe {
@@ -93,6 +105,7 @@ impl CtTable {
         Ok(CtTable {
             base: NonNull::new(p.cast()).context("mmap returned null")?,
             slots,
+            entries,
         })
     }
 
@@ -110,11 +123,38 @@ impl CtTable {
     }
 
     fn len(&self) -> usize {
-        self.slots as usize * size_of::<CtSlot>()
+        self.entries as usize * size_of::<CtSlot>()
     }
 
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// Whether the table is of this build's layout (with its own line).
+    pub fn current(&self) -> bool {
+        self.entries != self.slots
+    }
+
+    /// `CtMeta::fill`, the count of used slots the programs keep, if the
+    /// table has it.
+    fn fill_word(&self) -> Option<&AtomicI64> {
+        // SAFETY: the first word of the line after the slots, in the
+        // mapping, only ever accessed atomically.
+        self.current().then(|| unsafe {
+            AtomicI64::from_ptr(self.base.as_ptr().add(self.slots as usize).cast())
+        })
+    }
+
+    /// How many slots are in use (held, or freed and not yet never-used)
+    /// as the programs count them (lagging a batch per CPU).
+    pub fn fill(&self) -> Option<i64> {
+        self.fill_word().map(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn add_fill(&self, n: i64) {
+        if let Some(f) = self.fill_word() {
+            f.fetch_add(n, Ordering::SeqCst);
+        }
     }
 
     fn slot(&self, i: u32) -> *mut CtSlot {
@@ -197,6 +237,9 @@ impl CtTable {
                 .is_err()
             {
                 continue;
+            }
+            if was == CT_W1_EMPTY {
+                self.add_fill(1);
             }
             w0.store(kw0, Ordering::Relaxed);
             // SAFETY: the slot is ours until published.
@@ -297,6 +340,7 @@ impl CtTable {
             }
             n += 1;
         }
+        self.add_fill(-(n as i64));
         n
     }
 
@@ -305,7 +349,7 @@ impl CtTable {
     /// protect.
     pub fn clear(&self) {
         // SAFETY: the whole mapping, plain data; nobody else writes it.
-        unsafe { std::ptr::write_bytes(self.base.as_ptr(), 0, self.slots as usize) };
+        unsafe { std::ptr::write_bytes(self.base.as_ptr(), 0, self.entries as usize) };
     }
 
     /// Slots holding a key, and freed slots (not yet reclaimed): for

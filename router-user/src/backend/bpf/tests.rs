@@ -682,6 +682,52 @@ fn an_earlier_builds_shorter_entries_are_carried_over() {
     br.detach_and_unpin().unwrap();
 }
 
+/// A daemon of this build over the slot table of a build whose table had
+/// no line of its own after the slots (the count of used slots): the
+/// connections are carried into a table of this layout, which counts
+/// them.
+#[test]
+fn an_earlier_builds_slot_table_is_carried_over() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let [o, r] = gateway_snat_connection();
+    let dir = pins.0.join("r9");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(XR_CT);
+    let slots = router_common::conntrack::ct_slots(1000);
+    let mut attr = [0u64; 9];
+    // map_type 2 (array) | key_size 4; value_size | max_entries; flags.
+    attr[0] = 2 | (4 << 32);
+    attr[1] =
+        std::mem::size_of::<router_common::conntrack::CtSlot>() as u64 | (u64::from(slots) << 32);
+    attr[2] = u64::from(router_common::conntrack::CT_FLAGS);
+    let fd = sys_bpf(0, &mut attr).expect("BPF_MAP_CREATE");
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut attr = [0u64; 9];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = fd as u64;
+    sys_bpf(6, &mut attr).expect("BPF_OBJ_PIN");
+    // SAFETY: our descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+    {
+        let old = CtTable::from_pin(&path).unwrap();
+        assert!(!old.current() && old.fill().is_none());
+        old.insert(&o.0, &o.1).unwrap();
+        old.insert(&r.0, &r.1).unwrap();
+    }
+    let br = BpfRouter::load("r9", &pins.0, 1000).unwrap();
+    assert!(!br.reused_maps().iter().any(|m| m == XR_CT));
+    let new = br.ct().unwrap();
+    assert!(new.current());
+    assert_eq!(new.slots(), slots);
+    assert_eq!(new.fill(), Some(2), "the carried entries are counted");
+    assert_eq!(new.get(&o.0), Some(o.1));
+    assert_eq!(new.get(&r.0), Some(r.1));
+    br.detach_and_unpin().unwrap();
+}
+
 /// A daemon of this build over the pins of one that had no monitor: the
 /// monitor's maps are added, everything else (the connections) is reused.
 #[test]
