@@ -287,36 +287,55 @@ impl CtTable {
         self.entries(0..self.slots)
     }
 
-    /// Turns the freed slots of `range` that a never-used slot follows
-    /// back into never-used ones, last first, so that a run of freed slots
-    /// before a never-used one goes in one call; how many.
+    /// Turns the freed slots of `range` that are on no key's way back into
+    /// never-used ones; how many.
     ///
     /// A lookup stops at the first never-used slot of its key's window, and
     /// reads on through freed ones. Without this, every slot a connection
     /// ever held would stay freed: after the table's slots have all been
-    /// used once (some millions of connections: minutes at ten thousand a
-    /// second), every miss, which is every new connection's first lookup,
-    /// would read its whole window.
+    /// used once (a flood does it in seconds), every miss, which is every
+    /// new connection's first lookup, would read its whole window.
     ///
-    /// Safe because no key sits beyond a never-used slot of its window (an
-    /// insert takes the first free slot), so a freed slot before one is on
-    /// no key's way. Two races are closed: an insert that took the next
-    /// slot meanwhile (having seen this one held, just before it was
-    /// freed) is caught here by looking at the next slot again (this one
-    /// is then marked freed again), or by the insert itself, which after
-    /// publishing looks for a never-used slot before its own and withdraws
-    /// (router-ebpf's `xr_ct_taken_before`).
+    /// A freed slot is on a key's way if the key sits after it and its
+    /// home slot is this one or before (within the window): a lookup of
+    /// that key passes here. Any other freed slot can become never-used,
+    /// even where no never-used slot follows (as after a flood, which uses
+    /// them all). A busy slot after it counts as on its way (its key is
+    /// not known yet). Two races are closed: an insert that took a slot
+    /// after this one meanwhile (having seen this one held, just before it
+    /// was freed) is caught here by looking again once this one is marked
+    /// never-used (it is then marked freed again), or by the insert itself,
+    /// which after publishing looks for a never-used slot before its own
+    /// and withdraws (router-ebpf's `xr_ct_taken_before`).
     pub fn reclaim(&self, range: Range<u32>) -> usize {
+        let m = self.slots - 1;
+        let (start, end) = (range.start.min(self.slots), range.end.min(self.slots));
+        if start >= end {
+            return 0;
+        }
+        let len = end - start;
+        // The slots of the range some key's way crosses: from its home up
+        // to it. Keys up to a window after the range can cross it.
+        let mut crossed = vec![false; len as usize];
+        for off in 0..(len + CT_WINDOW - 1).min(self.slots) {
+            let p = start.wrapping_add(off) & m;
+            let Some(d) = self.way(p) else {
+                continue;
+            };
+            for j in 1..=d {
+                let q = p.wrapping_sub(j) & m;
+                let at = q.wrapping_sub(start) & m;
+                if at < len {
+                    crossed[at as usize] = true;
+                }
+            }
+        }
         let mut n = 0;
-        for i in (range.start.min(self.slots)..range.end.min(self.slots)).rev() {
-            let (_, w1) = self.words(i);
-            if w1.load(Ordering::Acquire) != CT_W1_FREED {
+        for q in (start..end).rev() {
+            if crossed[(q - start) as usize] {
                 continue;
             }
-            let (_, next) = self.words(i.wrapping_add(1));
-            if next.load(Ordering::SeqCst) != CT_W1_EMPTY {
-                continue;
-            }
+            let (_, w1) = self.words(q);
             if w1
                 .compare_exchange(
                     CT_W1_FREED,
@@ -328,7 +347,7 @@ impl CtTable {
             {
                 continue;
             }
-            if next.load(Ordering::SeqCst) != CT_W1_EMPTY {
+            if self.crossed(q) {
                 // Taken meanwhile: its key may have its window from here.
                 let _ = w1.compare_exchange(
                     CT_W1_EMPTY,
@@ -342,6 +361,40 @@ impl CtTable {
         }
         self.add_fill(-(n as i64));
         n
+    }
+
+    /// How far slot `p`'s key sits from its home slot (a busy slot: as far
+    /// as a key can), if it holds one.
+    fn way(&self, p: u32) -> Option<u32> {
+        let w1 = self.words(p).1.load(Ordering::SeqCst);
+        if w1 == CT_W1_BUSY {
+            return Some(CT_WINDOW - 1);
+        }
+        if !ct_w1_is_key(w1) {
+            return None;
+        }
+        // A key freed meanwhile: as far as a key can, to be safe.
+        let Some((k, _)) = self.read(p) else {
+            return Some(CT_WINDOW - 1);
+        };
+        let m = self.slots - 1;
+        Some((p.wrapping_sub(k.home(m)) & m).min(CT_WINDOW - 1))
+    }
+
+    /// Whether a key's way crosses slot `q`, by the slots after it up to
+    /// the first never-used one.
+    fn crossed(&self, q: u32) -> bool {
+        let m = self.slots - 1;
+        for r in 1..CT_WINDOW.min(self.slots) {
+            let p = q.wrapping_add(r) & m;
+            if self.words(p).1.load(Ordering::SeqCst) == CT_W1_EMPTY {
+                return false;
+            }
+            if self.way(p).is_some_and(|d| d >= r) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Empties the table: only for a table no program runs on (between

@@ -682,6 +682,55 @@ fn an_earlier_builds_shorter_entries_are_carried_over() {
     br.detach_and_unpin().unwrap();
 }
 
+/// A table a flood has used every slot of (no never-used slot left to
+/// stop a lookup) gets its freed slots back as never-used ones, but for
+/// those on a remaining key's way; every remaining key is still found.
+#[test]
+fn a_table_with_every_slot_used_gets_never_used_slots_back() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let br = BpfRouter::load("flooded", &pins.0, 1024).unwrap();
+    let t = br.ct().unwrap();
+    let e = plain_pair("10.0.0.1", "10.0.0.2", 17, TCP_NONE, monotonic_ns())[0].1;
+    // Keys until no slot is never-used (inserts into full windows fail).
+    let mut keys = Vec::new();
+    for n in 0..200_000u32 {
+        let k = ct("10.0.0.1", n as u16, "10.0.0.2", 80 + (n >> 16) as u16, 17);
+        if t.insert(&k, &e).is_ok() {
+            keys.push(k);
+        }
+        if keys.len() as u32 == t.slots() {
+            break;
+        }
+    }
+    assert_eq!(keys.len() as u32, t.slots(), "every slot used");
+    // The flood's connections expire but for one in fifty.
+    let (kept, gone): (Vec<_>, Vec<_>) = keys.iter().enumerate().partition(|(i, _)| i % 50 == 0);
+    for (_, k) in &gone {
+        assert!(t.remove(k));
+    }
+    assert_eq!(t.count(), (kept.len() as u64, gone.len() as u64));
+    let back = t.reclaim(0..t.slots());
+    let (held, freed) = t.count();
+    assert_eq!(held, kept.len() as u64);
+    assert_eq!(freed, gone.len() as u64 - back as u64);
+    assert!(
+        back as u32 > t.slots() / 2,
+        "most freed slots never-used again: {back} of {}",
+        gone.len()
+    );
+    assert_eq!(t.fill(), Some(i64::from(t.slots()) - back as i64));
+    for (_, k) in &kept {
+        assert!(t.get(k).is_some(), "a kept key is still found");
+    }
+    // What is left freed is on the kept keys' ways: nothing more to take.
+    assert_eq!(t.reclaim(0..t.slots()), 0);
+    drop(t);
+    br.detach_and_unpin().unwrap();
+}
+
 /// A daemon of this build over the slot table of a build whose table had
 /// no line of its own after the slots (the count of used slots): the
 /// connections are carried into a table of this layout, which counts
