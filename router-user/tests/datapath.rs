@@ -1854,6 +1854,48 @@ fn a_syn_ack_alone_does_not_establish() {
     });
 }
 
+/// A spoofed SYN to a floating IP, the VM's SYN-ACK, a second SYN on the
+/// same tuple and the VM's challenge ACK to it: the answering side's ACK
+/// does not complete the handshake (nor does an opener's ACK before any
+/// answer), so no entry says ESTABLISHED and the connection keeps a half
+/// open one's 120 s.
+#[test]
+fn only_the_openers_ack_to_an_answer_establishes() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        let syn = Frame::tcp("192.168.1.15", 5555, "192.168.1.104", 22).from(MAC_EXT, MAC_QG);
+        let back = |flags| Frame {
+            tcp_flags: flags,
+            ..Frame::tcp("91.1.180.14", 22, "192.168.1.15", 5555).from(MAC_VM2, MAC_QR2)
+        };
+        let states = || -> Vec<u8> { r.table().all().map(|(_, e)| e.state).collect() };
+        assert_eq!(r.xdp(r.qg, &syn).ret, XDP_REDIRECT);
+        assert_eq!(r.xdp(r.qr2, &back(0x12)).ret, XDP_REDIRECT, "SYN-ACK");
+        assert_eq!(r.xdp(r.qg, &syn).ret, XDP_REDIRECT, "a second SYN");
+        assert_eq!(r.xdp(r.qr2, &back(0x10)).ret, XDP_REDIRECT, "challenge ACK");
+        assert_eq!(states(), vec![1, 1], "SYN_SENT both ways");
+        assert_eq!(r.ct_counts(), (2, 0), "embryonic");
+
+        // An opener's ACK before any answer does not establish either.
+        let lone = Frame::tcp("192.168.1.16", 6666, "192.168.1.104", 22).from(MAC_EXT, MAC_QG);
+        assert_eq!(r.xdp(r.qg, &lone).ret, XDP_REDIRECT);
+        let blind = Frame {
+            tcp_flags: 0x10,
+            ..lone
+        };
+        assert_eq!(r.xdp(r.qg, &blind).ret, XDP_REDIRECT);
+        assert_eq!(states(), vec![1; 4], "{:?}", states());
+
+        // The opener's ACK to the SYN-ACK does.
+        let ack = Frame {
+            tcp_flags: 0x10,
+            ..syn
+        };
+        assert_eq!(r.xdp(r.qg, &ack).ret, XDP_REDIRECT);
+        assert_eq!(r.ct_counts(), (2, 2));
+    });
+}
+
 /// New connections through gateway SNAT from two CPUs at once, into a
 /// range of 256 ports: no port is handed to two connections (each reply
 /// key is one connection's), whichever CPU claimed it.

@@ -42,8 +42,13 @@ pub fn key(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
 }
 
 /// The TCP state after a packet with `flags` in a connection in `state`.
+/// `opener_acks`: the packet is the opener's and the other side has
+/// answered (or a connection is picked up mid-stream): only then does an
+/// ACK complete the handshake. The answering side's ACK (a challenge ACK
+/// to a second SYN, say) and the opener's ACK to nothing do not, as the
+/// kernel keeps such a connection half open.
 #[inline(always)]
-fn tcp_next(state: u8, flags: u8) -> u8 {
+fn tcp_next(state: u8, flags: u8, opener_acks: bool) -> u8 {
     if flags & FLAG_RST != 0 {
         TCP_CLOSED
     } else if flags & FLAG_FIN != 0 {
@@ -58,7 +63,7 @@ fn tcp_next(state: u8, flags: u8) -> u8 {
         } else {
             TCP_SYN_SENT
         }
-    } else if flags & FLAG_ACK != 0 && (state == TCP_SYN_SENT || state == TCP_NONE) {
+    } else if flags & FLAG_ACK != 0 && (state == TCP_SYN_SENT || state == TCP_NONE) && opener_acks {
         TCP_ESTABLISHED
     } else {
         state
@@ -193,7 +198,8 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
                 e.last_seen = now;
             }
             if pkt.proto == PROTO_TCP {
-                let state = tcp_next(e.state, pkt.flags);
+                let opener_acks = e.direction != CT_REPLY && e.flags & CT_F_REPLIED != 0;
+                let state = tcp_next(e.state, pkt.flags, opener_acks);
                 if state != e.state {
                     e.state = state;
                 }
@@ -360,7 +366,9 @@ fn new_connection(
     }
 
     let state = if pkt.proto == PROTO_TCP {
-        tcp_next(TCP_NONE, pkt.flags)
+        // A plain ACK opening a connection picks it up mid-stream,
+        // established, as the kernel's loose conntrack does.
+        tcp_next(TCP_NONE, pkt.flags, true)
     } else {
         TCP_NONE
     };
