@@ -115,6 +115,11 @@ fn shape(name: &str) -> Shape {
     }
 }
 
+/// Maps whose contents matter for no longer than a packet (the programs'
+/// scratch) or are rebuilt at once (a cache): one of an earlier layout is
+/// replaced without a warning.
+const SCRATCH_MAPS: [&str; 2] = [XR_CT_CLAIM, XR_DST_CACHE];
+
 /// Why a pinned map cannot be reused, or None when it can.
 fn misfit(name: &str, info: &MapInfo, ct_slots: u32) -> Option<String> {
     // Sizes that matter: the connection table's (configured) and the local
@@ -219,14 +224,20 @@ impl BpfRouter {
                                 // conntrack_size changed: as asked, not a fault.
                                 tracing::info!(
                                     "router {router_id}: connection table resized ({} to \
-                                     {slots} slots); its connections carried over",
+                                     {slots} slots); carrying its connections over",
                                     t.slots()
                                 );
                             } else if let Some(carry::OldTable::Slots(_)) = &old {
                                 // An earlier build's layout: not a fault either.
                                 tracing::info!(
                                     "router {router_id}: connection table of an earlier \
-                                     build's layout replaced; its connections carried over"
+                                     build's layout replaced; carrying its connections over"
+                                );
+                            } else if SCRATCH_MAPS.contains(&name) {
+                                // Nothing in it outlives a packet or a tick.
+                                tracing::info!(
+                                    "router {router_id}: pinned map {name} is of an earlier \
+                                     build's layout ({why}); a new one"
                                 );
                             } else {
                                 tracing::warn!(
