@@ -1605,6 +1605,21 @@ fn inbound_connection(src: &str, sport: u16, last_seen: u64) -> [(CtKey, CtEntry
     ]
 }
 
+/// A new connection from outside to 81.1.180.13:53, routed in
+/// untranslated: no port is chosen, so its reply key, inserted first, is
+/// known here; the frame and the reply's home slot in a table of mask `m`.
+fn new_inbound(m: u32) -> (Frame, u32) {
+    let frame = Frame::udp("203.0.113.9", 5000, "81.1.180.13", 53).from(MAC_EXT, MAC_QG);
+    let reply = CtKey::new(
+        ip("81.1.180.13"),
+        ip("203.0.113.9"),
+        53u16.to_be(),
+        5000u16.to_be(),
+        17,
+    );
+    (frame, reply.home(m))
+}
+
 #[test]
 fn a_full_window_evicts_the_least_recently_seen_of_its_first_embryonic_connections() {
     with_devices(|ifx| {
@@ -1613,17 +1628,7 @@ fn a_full_window_evicts_the_least_recently_seen_of_its_first_embryonic_connectio
         let r = Router::build(ifx, 1024, 65535, lim);
         let t = r.table();
         let m = t.slots() - 1;
-        // The new connection, routed in untranslated: no port is chosen,
-        // so its reply key, inserted first, is known here.
-        let new = Frame::udp("203.0.113.9", 5000, "81.1.180.13", 53).from(MAC_EXT, MAC_QG);
-        let reply_home = CtKey::new(
-            ip("81.1.180.13"),
-            ip("203.0.113.9"),
-            53u16.to_be(),
-            5000u16.to_be(),
-            17,
-        )
-        .home(m);
+        let (new, reply_home) = new_inbound(m);
         let now = monotonic_ns();
         let fill = |ages: &dyn Fn(usize) -> u64| {
             t.clear();
@@ -1711,15 +1716,7 @@ fn at_its_size_the_table_evicts_an_embryonic_connection_before_using_a_never_use
         let r = Router::build(ifx, 1024, 65535, lim);
         let t = r.table();
         let m = t.slots() - 1;
-        let new = Frame::udp("203.0.113.9", 5000, "81.1.180.13", 53).from(MAC_EXT, MAC_QG);
-        let reply_home = CtKey::new(
-            ip("81.1.180.13"),
-            ip("203.0.113.9"),
-            53u16.to_be(),
-            5000u16.to_be(),
-            17,
-        )
-        .home(m);
+        let (new, reply_home) = new_inbound(m);
         let now = monotonic_ns();
         // `n` embryonic connections, one of them in the new connection's
         // reply's home slot: so its window has an embryonic entry before
