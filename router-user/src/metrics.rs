@@ -283,6 +283,7 @@ impl Metrics {
         let (to_tc, arp, events) = (family(), family(), family());
         let entries: Family<Labels, Gauge> = Family::default();
         let max: Family<Labels, Gauge> = Family::default();
+        let in_use: Family<Labels, Gauge> = Family::default();
         for id in ids {
             // A router whose apply failed early has no pins: nothing to say.
             let Ok(counters) = pinned::counters(&s.pin_dir, id) else {
@@ -318,6 +319,10 @@ impl Metrics {
                     l.push(("event", name.to_string()));
                     events.get_or_create(&l).inc_by(n);
                 }
+            }
+            if let Ok(Some(n)) = pinned::slots_in_use(&s.pin_dir, id) {
+                // The CPUs add theirs in batches: it can lag below zero.
+                in_use.get_or_create(&router(id)).set(n.max(0));
             }
             if let Some(m) = max_entries(&s.pin_dir, id, XR_CT) {
                 // The slots, not the table's own line after them.
@@ -383,6 +388,14 @@ impl Metrics {
             "Entries (two per connection) in the router's connection table, established and \
              embryonic; sampled: counted by walking the table at most every 30 s",
             entries,
+        );
+        r.register(
+            "conntrack_slots_in_use",
+            "Slots of the router's connection table in use (holding an entry, or freed and not \
+             yet given back by the GC), as the programs count them (each CPU up to 64 behind): \
+             past half of conntrack_max_entries, new connections take embryonic ones' places \
+             first",
+            in_use,
         );
         r.register(
             "conntrack_max_entries",

@@ -520,6 +520,12 @@ fn metrics_follow_forwarded_traffic(plane: Dataplane) {
         "the connection table's capacity",
         &after,
     );
+    c.ok(
+        sample(&after, "xrouter_conntrack_slots_in_use", &[("router", &id)])
+            .is_some_and(|m| m >= 0.0),
+        "the connection table's slots in use",
+        &after,
+    );
     for table in ["established", "embryonic"] {
         c.ok(
             sample(

@@ -806,6 +806,14 @@ pub mod pinned {
             .with_context(|| format!("router {router_id}: {XR_CT}"))
     }
 
+    /// The slots in use in a router's connection table as its programs
+    /// count them (`CtTable::fill`), read without mapping the table; None
+    /// for a table of an earlier layout.
+    pub fn slots_in_use(pin_dir: &Path, router_id: &str) -> Result<Option<i64>> {
+        CtTable::fill_of(&open(pin_dir, router_id, XR_CT)?)
+            .with_context(|| format!("router {router_id}: {XR_CT}"))
+    }
+
     /// The tracked connections of a router, sorted by original tuple.
     pub fn flows(pin_dir: &Path, router_id: &str) -> Result<Vec<Flow>> {
         Ok(super::flows_of(&super::table(&ct(pin_dir, router_id)?)))

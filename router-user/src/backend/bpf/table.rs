@@ -109,6 +109,42 @@ impl CtTable {
         })
     }
 
+    /// `CtMeta::fill` of the table behind `data` ([`CtTable::fill`]),
+    /// through a mapping of its last page only: None for a table of an
+    /// earlier layout.
+    pub fn fill_of(data: &MapData) -> Result<Option<i64>> {
+        let info = data.info().context("reading the connection table's info")?;
+        let Some(slots) = ct_slots_of(info.max_entries()) else {
+            return Ok(None);
+        };
+        let at = slots as usize * size_of::<CtSlot>();
+        let page = 4096;
+        // SAFETY: a shared read-only mapping of the page holding the
+        // table's own line (the map's value area is page-aligned and the
+        // slots a multiple of 64 bytes), unmapped below.
+        unsafe {
+            let off = at / page * page;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                off as libc::off_t,
+            );
+            if p == libc::MAP_FAILED {
+                bail!(
+                    "mapping the connection table's own line: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let fill =
+                AtomicI64::from_ptr(p.cast::<u8>().add(at - off).cast()).load(Ordering::Relaxed);
+            libc::munmap(p, page);
+            Ok(Some(fill))
+        }
+    }
+
     /// Maps a loaded table.
     pub fn of(data: &MapData) -> Result<CtTable> {
         let info = data.info().context("reading the connection table's info")?;

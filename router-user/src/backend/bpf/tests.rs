@@ -772,6 +772,11 @@ fn an_earlier_builds_slot_table_is_carried_over() {
     assert!(new.current());
     assert_eq!(new.slots(), slots);
     assert_eq!(new.fill(), Some(2), "the carried entries are counted");
+    assert_eq!(
+        super::pinned::slots_in_use(&pins.0, "r9").unwrap(),
+        Some(2),
+        "read from the table's last page alone"
+    );
     assert_eq!(new.get(&o.0), Some(o.1));
     assert_eq!(new.get(&r.0), Some(r.1));
     br.detach_and_unpin().unwrap();
