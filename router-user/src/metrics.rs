@@ -392,9 +392,11 @@ impl Metrics {
         r.register(
             "conntrack_slots_in_use",
             "Slots of the router's connection table in use (holding an entry, or freed and not \
-             yet given back by the GC), as the programs count them (each CPU up to 64 behind): \
-             past half of conntrack_max_entries, new connections take embryonic ones' places \
-             first",
+             yet given back by the GC), as the programs count them (each CPU up to 64 behind, \
+             so a handful of connections can read 0): from half of \
+             xrouter_conntrack_max_entries on, new connections take embryonic ones' places \
+             before never-used slots, which slows a flood's filling of the table but does not \
+             stop it",
             in_use,
         );
         r.register(
