@@ -118,7 +118,12 @@ impl CtTable {
             return Ok(None);
         };
         let at = slots as usize * size_of::<CtSlot>();
-        let page = 4096;
+        // The system's page (4 KiB on x86-64; 16 or 64 KiB on some arm64).
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|&p| p > 0)
+            .unwrap_or(4096);
         // SAFETY: a shared read-only mapping of the page holding the
         // table's own line (the map's value area is page-aligned and the
         // slots a multiple of 64 bytes), unmapped below.
