@@ -89,17 +89,19 @@ const _: () = assert!(core::mem::size_of::<CtMeta>() == 64);
 /// table of `slots` slots counts as full: half of them, `conntrack_size`
 /// connections' worth. From there a new connection takes the place of an
 /// embryonic one near its home rather than a never-used slot further on,
-/// if it can: so a flood leaves never-used slots in every window, and a
-/// lookup that misses (every new connection's) stops within a few slots
-/// instead of reading its whole window.
+/// if it can; and the programs give the slot of the evicted one's other
+/// direction back as never-used where no key's way crosses it. So a flood
+/// leaves never-used slots in most windows (about a third of the slots),
+/// and a lookup that misses (every new connection's) stops within a few
+/// slots instead of reading its whole window.
 pub const fn ct_fill_cap(slots: u32) -> i64 {
     slots as i64 / 2
 }
 
-/// How many never-used slots a CPU takes before it adds them to
-/// [`CtMeta::fill`] (one atomic add on a line all CPUs read, not one per
-/// connection).
-pub const CT_FILL_BATCH: u64 = 64;
+/// How many never-used slots a CPU takes (or gives back) before it adds
+/// them to [`CtMeta::fill`] (one atomic add on a line all CPUs read, not
+/// one per connection).
+pub const CT_FILL_BATCH: i64 = 64;
 
 /// How far from its hash's slot a key may sit (slots, wrapping at the end
 /// of the table). A lookup stops at the first never-used slot, so the
@@ -149,9 +151,9 @@ pub struct CtClaim {
     pub evicted: u64,
     /// Embryonic entries weighed for eviction so far.
     pub seen: u64,
-    /// Never-used slots this CPU took and has not yet added to
-    /// [`CtMeta::fill`].
-    pub grown: u64,
+    /// Never-used slots this CPU took, less the freed ones it turned back
+    /// into never-used ones, not yet added to [`CtMeta::fill`].
+    pub grown: i64,
 }
 
 impl CtKey {
@@ -179,25 +181,34 @@ impl CtKey {
     #[inline(always)]
     pub const fn home(&self, mask: u32) -> u32 {
         let (w0, w1) = self.words();
-        let words = [w0 as u32, (w0 >> 32) as u32, w1 as u32, (w1 >> 32) as u32];
-        let mut h: u32 = 0x9747_b28c;
-        let mut i = 0;
-        while i < 4 {
-            let mut k = words[i].wrapping_mul(0xcc9e_2d51);
-            k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
-            h ^= k;
-            h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-            i += 1;
-        }
-        h ^= 16;
-        h ^= h >> 16;
-        h = h.wrapping_mul(0x85eb_ca6b);
-        h ^= h >> 13;
-        h = h.wrapping_mul(0xc2b2_ae35);
-        h ^= h >> 16;
-        h & mask
+        ct_home(w0, w1, mask)
     }
+}
 
+/// [`CtKey::home`] of the key of words `w0`/`w1` ([`CtKey::words`]), as a
+/// slot holds them.
+#[inline(always)]
+pub const fn ct_home(w0: u64, w1: u64, mask: u32) -> u32 {
+    let words = [w0 as u32, (w0 >> 32) as u32, w1 as u32, (w1 >> 32) as u32];
+    let mut h: u32 = 0x9747_b28c;
+    let mut i = 0;
+    while i < 4 {
+        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    h ^= 16;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h & mask
+}
+
+impl CtKey {
     /// What an entry's route cache is stamped under for this key at
     /// generation `g`: a slot freed and reused by another connection
     /// while a packet of this one wrote its cache holds a stamp the other

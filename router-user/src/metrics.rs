@@ -395,8 +395,8 @@ impl Metrics {
              yet given back by the GC), as the programs count them (each CPU up to 64 behind, \
              so a handful of connections can read 0): from half of \
              xrouter_conntrack_max_entries on, new connections take embryonic ones' places \
-             before never-used slots, which slows a flood's filling of the table but does not \
-             stop it",
+             before never-used slots and give back the slots the evicted ones' other \
+             directions held, which holds a flood at about two thirds of the slots",
             in_use,
         );
         r.register(

@@ -14,9 +14,12 @@
 //! having copied what they need, check the key words again (a slot freed
 //! and reused meanwhile is a miss). The daemon (GC, `show flows`, the
 //! copy into a resized table) works on the same slots through a shared
-//! mapping, with the same protocol. Its GC also turns freed slots that a
-//! never-used one follows back into never-used ones, so that lookups go
-//! on stopping early in a table connections have churned through; an
+//! mapping, with the same protocol. Its GC also turns freed slots no
+//! key's way crosses back into never-used ones, so that lookups go on
+//! stopping early in a table connections have churned through, and the
+//! programs do the same for the slot an eviction frees
+//! ([`xr_ct_unfree`]): under a flood, where every new connection evicts
+//! one, the table then stays about half full rather than filling up. An
 //! insert, having published, withdraws if it then finds a never-used slot
 //! before its own (`xr_ct_taken_before`).
 
@@ -26,8 +29,8 @@ use core::{
 };
 
 use router_common::conntrack::{
-    CT_F_ASSURED, CT_FILL_BATCH, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtEntry, CtKey,
-    CtMeta, CtSlot, ct_fill_cap, ct_w1_is_key,
+    CT_F_ASSURED, CT_FILL_BATCH, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtClaim, CtEntry,
+    CtKey, CtMeta, CtSlot, ct_fill_cap, ct_home, ct_w1_is_key,
 };
 
 use crate::maps::{XR_CT, XR_CT_CLAIM};
@@ -174,12 +177,14 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
     let Some(s) = slot(c as u32) else {
         return Err(Refused::Full);
     };
-    if c & EVICTED != 0 {
+    let freed = if c & EVICTED != 0 {
         // The evicted connection goes whole: a half left behind would
         // hold a translation whose reply key (its SNAT port) is free for
         // another connection to claim.
-        xr_ct_evict_partner(c as u32, keep, m);
-    }
+        xr_ct_evict_partner(c as u32, keep, m)
+    } else {
+        NONE
+    };
     // SAFETY: the slot is ours (busy) until published.
     unsafe {
         write_volatile(w0(s), kw0);
@@ -193,8 +198,16 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
         w0: kw0,
         w1: kw1,
     };
-    if xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0 {
+    let taken = xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0;
+    if taken {
         release(&found);
+    }
+    if freed != NONE {
+        // After publishing: this key, if after the freed slot, is then
+        // seen on its way, not taken for a busy slot.
+        xr_ct_unfree(freed, m);
+    }
+    if taken {
         return Err(Refused::Taken);
     }
     Ok((found, c & EVICTED != 0))
@@ -291,29 +304,36 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
         return NONE as u64;
     }
     if was == CT_W1_EMPTY {
-        // SAFETY: this CPU's scratch; the table's own line, added to
-        // atomically.
-        unsafe {
-            let grown = read_volatile(&(*c).grown) + 1;
-            if grown >= CT_FILL_BATCH {
-                atomic_xadd::<i64, i64, { SeqCst }>(addr_of_mut!((*meta).fill), grown as i64);
-                write_volatile(&mut (*c).grown, 0);
-            } else {
-                write_volatile(&mut (*c).grown, grown);
-            }
-        }
+        count_fill(c, meta, 1);
     }
     pick as u64 | evicted
 }
 
+/// Adds `n` never-used slots taken (or, negative, given back) to this
+/// CPU's count, and the count to the table's once it is a batch.
+#[inline(always)]
+fn count_fill(c: *mut CtClaim, meta: *mut CtMeta, n: i64) {
+    // SAFETY: this CPU's scratch; the table's own line, added to
+    // atomically.
+    unsafe {
+        let grown = read_volatile(&(*c).grown).wrapping_add(n);
+        if grown >= CT_FILL_BATCH || grown <= -CT_FILL_BATCH {
+            atomic_xadd::<i64, i64, { SeqCst }>(addr_of_mut!((*meta).fill), grown);
+            write_volatile(&mut (*c).grown, 0);
+        } else {
+            write_volatile(&mut (*c).grown, grown);
+        }
+    }
+}
+
 /// Frees the other direction of the embryonic entry slot `at` holds (which
 /// this CPU has claimed and not yet overwritten), unless it is slot `keep`
-/// or established. 1: freed.
+/// or established. The slot freed, or [`NONE`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_evict_partner(at: u32, keep: u32, m: u32) -> u32 {
     let (Some(s), Some(c)) = (slot(at), XR_CT_CLAIM.get_ptr(0)) else {
-        return 0;
+        return NONE;
     };
     // SAFETY: the claimed slot (its entry intact until overwritten) and
     // this CPU's scratch, which `xr_ct_claim` left the slot's key word in.
@@ -335,25 +355,93 @@ pub extern "C" fn xr_ct_evict_partner(at: u32, keep: u32, m: u32) -> u32 {
     for i in 0..CT_WINDOW {
         let p = home.wrapping_add(i) & m;
         let Some(ps) = slot(p) else {
-            return 0;
+            return NONE;
         };
         // SAFETY: words and fields of a slot of the array.
         unsafe {
             let sw1 = read_volatile(w1(ps));
             if sw1 == CT_W1_EMPTY {
-                return 0;
+                return NONE;
             }
             if sw1 != pw1 || read_volatile(w0(ps)) != pw0 {
                 continue;
             }
             if p == keep || read_volatile(&(*ps).entry.flags) & CT_F_ASSURED != 0 {
-                return 0;
+                return NONE;
             }
             // Freed only if it still holds the partner's key.
-            return atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(ps), pw1, CT_W1_FREED).1 as u32;
+            return if atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(ps), pw1, CT_W1_FREED).1 {
+                p
+            } else {
+                NONE
+            };
         }
     }
-    0
+    NONE
+}
+
+/// Turns freed slot `p` (freed by this CPU just before) back into a
+/// never-used one if no key's way crosses it, as the daemon's GC does
+/// (`CtTable::reclaim`, where the protocol is argued). Under a flood
+/// every new connection evicts one, whose other direction is freed here:
+/// without this, lookups would stop at never-used slots less and less
+/// often, until every miss (every new connection's first lookup) read
+/// its whole window. 1: turned.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_ct_unfree(p: u32, m: u32) -> u32 {
+    let (Some(s), Some(c), Some(meta)) = (slot(p), XR_CT_CLAIM.get_ptr_mut(0), meta(m)) else {
+        return 0;
+    };
+    if crossed(p, m) {
+        return 0;
+    }
+    // SAFETY: a word of a slot of the array.
+    if !unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_FREED, CT_W1_EMPTY) }.1 {
+        return 0;
+    }
+    // Taken meanwhile, after this slot was read held (just before it was
+    // freed): that key's way may start here. Freed again, unless another
+    // insert has already taken it (which counted it never-used).
+    if crossed(p, m)
+        && unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_EMPTY, CT_W1_FREED) }.1
+    {
+        return 0;
+    }
+    count_fill(c, meta, -1);
+    1
+}
+
+/// Whether a key's way crosses slot `p`: a key after it, before the next
+/// never-used slot, whose home is `p` or before. A busy slot, or a key
+/// that changed while read, counts as crossing.
+#[inline(always)]
+fn crossed(p: u32, m: u32) -> bool {
+    for r in 1..CT_WINDOW {
+        let q = p.wrapping_add(r) & m;
+        let Some(s) = slot(q) else {
+            return true;
+        };
+        // SAFETY: words of a slot of the array.
+        unsafe {
+            let sw1 = read_volatile(w1(s));
+            if sw1 == CT_W1_EMPTY {
+                return false;
+            }
+            if sw1 == CT_W1_FREED {
+                continue;
+            }
+            if !ct_w1_is_key(sw1) {
+                return true;
+            }
+            let sw0 = read_volatile(w0(s));
+            if read_volatile(w1(s)) != sw1 || q.wrapping_sub(ct_home(sw0, sw1, m)) & m >= r {
+                return true;
+            }
+        }
+    }
+    // A key further on is more than a window from here.
+    false
 }
 
 /// Whether the key of words `kw0`/`kw1`, just published at slot `at` of

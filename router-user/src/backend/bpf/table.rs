@@ -347,7 +347,9 @@ impl CtTable {
     /// was freed) is caught here by looking again once this one is marked
     /// never-used (it is then marked freed again), or by the insert itself,
     /// which after publishing looks for a never-used slot before its own
-    /// and withdraws (router-ebpf's `xr_ct_taken_before`).
+    /// and withdraws (router-ebpf's `xr_ct_taken_before`). The programs
+    /// do the same, with the same checks, for the slot of an evicted
+    /// connection's other direction (router-ebpf's `xr_ct_unfree`).
     pub fn reclaim(&self, range: Range<u32>) -> usize {
         let m = self.slots - 1;
         let (start, end) = (range.start.min(self.slots), range.end.min(self.slots));
