@@ -154,6 +154,9 @@ pub struct CtClaim {
     /// Never-used slots this CPU took, less the freed ones it turned back
     /// into never-used ones, not yet added to [`CtMeta::fill`].
     pub grown: i64,
+    /// What the check of a freed slot read after it (a fingerprint), to
+    /// read again once the slot is marked never-used.
+    pub after: u64,
 }
 
 impl CtKey {

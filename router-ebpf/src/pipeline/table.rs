@@ -198,16 +198,13 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
         w0: kw0,
         w1: kw1,
     };
-    let taken = xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0;
-    if taken {
-        release(&found);
-    }
     if freed != NONE {
         // After publishing: this key, if after the freed slot, is then
         // seen on its way, not taken for a busy slot.
         xr_ct_unfree(freed, m);
     }
-    if taken {
+    if xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0 {
+        release(&found);
         return Err(Refused::Taken);
     }
     Ok((found, c & EVICTED != 0))
@@ -328,7 +325,8 @@ fn count_fill(c: *mut CtClaim, meta: *mut CtMeta, n: i64) {
 
 /// Frees the other direction of the embryonic entry slot `at` holds (which
 /// this CPU has claimed and not yet overwritten), unless it is slot `keep`
-/// or established. The slot freed, or [`NONE`].
+/// or established. The slot freed (for [`xr_ct_unfree`]), or
+/// [`NONE`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_evict_partner(at: u32, keep: u32, m: u32) -> u32 {
@@ -380,68 +378,132 @@ pub extern "C" fn xr_ct_evict_partner(at: u32, keep: u32, m: u32) -> u32 {
     NONE
 }
 
-/// Turns freed slot `p` (freed by this CPU just before) back into a
-/// never-used one if no key's way crosses it, as the daemon's GC does
-/// (`CtTable::reclaim`, where the protocol is argued). Under a flood
-/// every new connection evicts one, whose other direction is freed here:
-/// without this, lookups would stop at never-used slots less and less
-/// often, until every miss (every new connection's first lookup) read
-/// its whole window. 1: turned.
+/// Turns freed slot `p` (freed by this CPU just before, by
+/// [`xr_ct_evict_partner`]) back into a never-used one if no key's way
+/// crosses it, as the daemon's GC does (`CtTable::reclaim`, where the
+/// protocol is argued). Under a flood every new connection evicts one,
+/// whose other direction is freed: without this, lookups would stop at
+/// never-used slots less and less often, until every miss (every new
+/// connection's first lookup) read its whole window. 1: turned.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_unfree(p: u32, m: u32) -> u32 {
-    let (Some(s), Some(c), Some(meta)) = (slot(p), XR_CT_CLAIM.get_ptr_mut(0), meta(m)) else {
+    let Some(s) = slot(p) else {
         return 0;
     };
-    if crossed(p, m) {
+    let after = crossed(p, m);
+    if after == CROSSED {
         return 0;
     }
+    // In memory, not held across the reads below (the stack this
+    // function may use is what the pipeline leaves: 48 bytes).
+    scratch(|c| {
+        // SAFETY: a field of the scratch value.
+        unsafe { write_volatile(&mut c.after, after) };
+        true
+    });
     // SAFETY: a word of a slot of the array.
     if !unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_FREED, CT_W1_EMPTY) }.1 {
         return 0;
     }
     // Taken meanwhile, after this slot was read held (just before it was
-    // freed): that key's way may start here. Freed again, unless another
-    // insert has already taken it (which counted it never-used).
-    if crossed(p, m)
+    // freed): that key's way may start here. Freed again if anything
+    // after it changed since it was read, unless another insert has
+    // already taken it (which counted it never-used).
+    let now = unchanged(p, m);
+    // SAFETY: as above.
+    if scratch(|c| unsafe { read_volatile(&c.after) } != now)
         && unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_EMPTY, CT_W1_FREED) }.1
     {
         return 0;
     }
-    count_fill(c, meta, -1);
+    if let (Some(c), Some(meta)) = (XR_CT_CLAIM.get_ptr_mut(0), meta(m)) {
+        count_fill(c, meta, -1);
+    }
     1
 }
 
-/// Whether a key's way crosses slot `p`: a key after it, before the next
-/// never-used slot, whose home is `p` or before. A busy slot, or a key
-/// that changed while read, counts as crossing.
+/// Runs `f` on this CPU's scratch (`XR_CT_CLAIM`); false if it cannot
+/// be had.
 #[inline(always)]
-fn crossed(p: u32, m: u32) -> bool {
+fn scratch(f: impl FnOnce(&mut CtClaim) -> bool) -> bool {
+    match XR_CT_CLAIM.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+        Some(c) => f(unsafe { &mut *c }),
+        None => false,
+    }
+}
+
+/// [`crossed`]'s answer for a crossed slot.
+const CROSSED: u64 = u64::MAX;
+
+/// Whether a key's way crosses slot `p` (a key after it, before the next
+/// never-used slot, whose home is `p` or before; a busy slot, or a key
+/// that changed while read, counts as crossing): [`CROSSED`], else a
+/// fingerprint of the slots read, which [`unchanged`] reads again.
+#[inline(always)]
+fn crossed(p: u32, m: u32) -> u64 {
+    let mut fp = 0u64;
     for r in 1..CT_WINDOW {
         let q = p.wrapping_add(r) & m;
+        if q == p {
+            // Round a table smaller than a window.
+            break;
+        }
         let Some(s) = slot(q) else {
-            return true;
+            return CROSSED;
         };
         // SAFETY: words of a slot of the array.
         unsafe {
             let sw1 = read_volatile(w1(s));
+            fp = fingerprint(fp, read_volatile(w0(s)), sw1);
             if sw1 == CT_W1_EMPTY {
-                return false;
+                return fp;
             }
             if sw1 == CT_W1_FREED {
                 continue;
             }
             if !ct_w1_is_key(sw1) {
-                return true;
+                return CROSSED;
             }
             let sw0 = read_volatile(w0(s));
             if read_volatile(w1(s)) != sw1 || q.wrapping_sub(ct_home(sw0, sw1, m)) & m >= r {
-                return true;
+                return CROSSED;
             }
         }
     }
     // A key further on is more than a window from here.
-    false
+    fp
+}
+
+/// The fingerprint [`crossed`] took of the slots after `p`, read again
+/// (without working out homes): another if a key was put there since.
+#[inline(always)]
+fn unchanged(p: u32, m: u32) -> u64 {
+    let mut fp = 0u64;
+    for r in 1..CT_WINDOW {
+        let q = p.wrapping_add(r) & m;
+        if q == p {
+            break;
+        }
+        let Some(s) = slot(q) else {
+            return CROSSED;
+        };
+        // SAFETY: words of a slot of the array.
+        unsafe {
+            let sw1 = read_volatile(w1(s));
+            fp = fingerprint(fp, read_volatile(w0(s)), sw1);
+            if sw1 == CT_W1_EMPTY {
+                return fp;
+            }
+        }
+    }
+    fp
+}
+
+#[inline(always)]
+fn fingerprint(fp: u64, w0: u64, w1: u64) -> u64 {
+    (fp ^ w0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w1).rotate_left(23)
 }
 
 /// Whether the key of words `kw0`/`kw1`, just published at slot `at` of
@@ -449,9 +511,9 @@ fn crossed(p: u32, m: u32) -> bool {
 /// holds the same key (published by another CPU at the same time: both
 /// see the other's, since both published with a full barrier before
 /// looking, and the one further in the window withdraws), or a slot
-/// before it is never-used (the daemon turned it back from freed while
-/// this CPU chose its slot: a lookup would stop there and never find the
-/// key).
+/// before it is never-used (the daemon's GC, or another CPU's
+/// [`xr_ct_unfree`], turned it back from freed while this CPU chose its
+/// slot: a lookup would stop there and never find the key).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: u32) -> u32 {
