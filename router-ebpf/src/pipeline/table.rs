@@ -443,6 +443,20 @@ const CROSSED: u64 = u64::MAX;
 /// fingerprint of the slots read, which [`unchanged`] reads again.
 #[inline(always)]
 fn crossed(p: u32, m: u32) -> u64 {
+    after(p, m, true)
+}
+
+/// The fingerprint [`crossed`] took of the slots after `p`, read again
+/// (without working out homes): another if a key was put there since.
+#[inline(always)]
+fn unchanged(p: u32, m: u32) -> u64 {
+    after(p, m, false)
+}
+
+/// The slots after `p` up to the next never-used one: their fingerprint,
+/// or [`CROSSED`] if `ways` and a key's way crosses `p`.
+#[inline(always)]
+fn after(p: u32, m: u32, ways: bool) -> u64 {
     let mut fp = 0u64;
     for r in 1..CT_WINDOW {
         let q = p.wrapping_add(r) & m;
@@ -460,7 +474,7 @@ fn crossed(p: u32, m: u32) -> u64 {
             if sw1 == CT_W1_EMPTY {
                 return fp;
             }
-            if sw1 == CT_W1_FREED {
+            if !ways || sw1 == CT_W1_FREED {
                 continue;
             }
             if !ct_w1_is_key(sw1) {
@@ -473,31 +487,6 @@ fn crossed(p: u32, m: u32) -> u64 {
         }
     }
     // A key further on is more than a window from here.
-    fp
-}
-
-/// The fingerprint [`crossed`] took of the slots after `p`, read again
-/// (without working out homes): another if a key was put there since.
-#[inline(always)]
-fn unchanged(p: u32, m: u32) -> u64 {
-    let mut fp = 0u64;
-    for r in 1..CT_WINDOW {
-        let q = p.wrapping_add(r) & m;
-        if q == p {
-            break;
-        }
-        let Some(s) = slot(q) else {
-            return CROSSED;
-        };
-        // SAFETY: words of a slot of the array.
-        unsafe {
-            let sw1 = read_volatile(w1(s));
-            fp = fingerprint(fp, read_volatile(w0(s)), sw1);
-            if sw1 == CT_W1_EMPTY {
-                return fp;
-            }
-        }
-    }
     fp
 }
 
