@@ -1623,6 +1623,47 @@ fn new_inbound(m: u32) -> (Frame, u32) {
     (frame, reply.home(m))
 }
 
+/// A table packed with embryonic connections (as a smaller
+/// `conntrack_size` leaves it, the connections carried over) comes back
+/// to its size under a flood of new ones: past its size a new connection
+/// evicts rather than reuse a freed slot, and the slots freed where no
+/// key's way crosses them become never-used.
+#[test]
+fn a_packed_table_comes_back_to_its_size_under_a_flood() {
+    with_devices(|ifx| {
+        // Large enough for a window (32 slots) to be a small part of it,
+        // as in a real table.
+        let lim = Limits {
+            slots: 4096,
+            rate: 0,
+        };
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let t = r.table();
+        let now = monotonic_ns();
+        for i in 0..2000u32 {
+            let src = format!("203.0.{}.{}", 100 + i / 250, 1 + i % 250);
+            for (k, e) in inbound_connection(&src, 1000, now - 1_000_000) {
+                let _ = t.insert(&k, &e);
+            }
+        }
+        let packed = r.ct_counts().0;
+        assert!(packed >= 3800, "packed: {packed} of 4096 slots");
+        // Three times the table's slots in new connections.
+        for i in 0..12_000u32 {
+            let f = Frame::udp("81.1.180.13", 2000 + i as u16, "192.168.1.15", 9);
+            // (One in 65,536 frames has a checksum XDP takes for a partial
+            // one, and goes on to TC.)
+            assert_ne!(r.xdp(r.qr1, &f).ret, XDP_DROP);
+        }
+        let (churned, _) = r.ct_counts();
+        assert!(
+            churned < 3000,
+            "the table is back near its size (2048 slots): {churned} of 4096"
+        );
+        assert_eq!(r.counter(Outcome::DropCtFull), 0);
+    });
+}
+
 #[test]
 fn a_full_window_evicts_the_least_recently_seen_of_its_first_embryonic_connections() {
     with_devices(|ifx| {
@@ -1711,19 +1752,24 @@ fn a_full_window_evicts_the_least_recently_seen_of_its_first_embryonic_connectio
             "the new connection took their place"
         );
 
-        // A freed slot further on is taken rather than any embryonic one
-        // evicted: the connection furthest from the reply's home goes.
+        // Past its size, a freed slot further on is not taken either (a
+        // table once packed would stay packed): a connection none of the
+        // first four slots holds goes, and the oldest of the first four is
+        // evicted all the same.
         fill(&|i| (i as u64 + 1) * 1_000_000);
-        let last = conn_at(reply_home.wrapping_add(15) & m);
+        let gone = (0..8)
+            .find(|c| !first.contains(c))
+            .expect("8 connections, 4 slots");
         for (k, _) in
-            inbound_connection(&format!("203.0.113.{}", 100 + last), 1000 + last as u16, 0)
+            inbound_connection(&format!("203.0.113.{}", 100 + gone), 1000 + gone as u16, 0)
         {
             assert!(t.remove(&k));
         }
         let before = r.event(CtEvent::Evicted);
         assert_eq!(r.xdp(r.qg, &new).ret, XDP_REDIRECT);
-        assert_eq!(r.event(CtEvent::Evicted), before, "nothing evicted");
-        assert_eq!(r.ct_counts(), (16, 0), "7 connections and the new one");
+        assert!(r.event(CtEvent::Evicted) > before, "evicted");
+        let (k, _) = t.read(reply_home).expect("the reply's home slot");
+        assert_eq!(k.dst, ip("203.0.113.9"), "the reply in the victim's place");
     });
 }
 

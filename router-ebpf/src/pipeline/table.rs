@@ -227,7 +227,7 @@ fn meta(m: u32) -> Option<*mut CtMeta> {
 /// Claims a slot in the window from `home` (its key word set busy): the
 /// first free one, else the least recently seen of the first
 /// [`EVICT_AMONG`] embryonic ones but slot `keep`; but, with the table
-/// full ([`ct_fill_cap`]), such an embryonic one before a never-used slot
+/// full ([`ct_fill_cap`]), such an embryonic one before a free slot
 /// rather than that slot. Its index (with [`EVICTED`] if it held an
 /// entry), or [`NONE`].
 #[unsafe(no_mangle)]
@@ -250,6 +250,12 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
     }
     for i in 0..CT_WINDOW {
         let at = home.wrapping_add(i) & m;
+        // Full, with all its candidates weighed: nothing further on
+        // would be taken (see below).
+        // SAFETY: the scratch value as above.
+        if full && unsafe { read_volatile(&(*c).seen) } >= EVICT_AMONG {
+            break;
+        }
         let Some(s) = slot(at) else {
             break;
         };
@@ -257,9 +263,13 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
         // value as above.
         unsafe {
             let sw1 = read_volatile(w1(s));
-            if sw1 == CT_W1_EMPTY && full && read_volatile(&(*c).seen) != 0 {
-                // Full: the embryonic one picked so far, not a never-used
-                // slot, which would make the table fuller.
+            if (sw1 == CT_W1_EMPTY || sw1 == CT_W1_FREED) && full && read_volatile(&(*c).seen) != 0
+            {
+                // Full: the embryonic one picked so far, not a free slot
+                // further on, which would make the table fuller (a freed
+                // one too: in a table once packed, freed slots on keys'
+                // ways cannot become never-used, and reusing them would
+                // keep it packed).
                 break;
             }
             if sw1 == CT_W1_EMPTY || sw1 == CT_W1_FREED {
@@ -268,8 +278,8 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
                 write_volatile(&mut (*c).evicted, 0);
                 break;
             }
-            // A free slot further on is still taken rather than any of
-            // these: the scan goes on for one.
+            // Below the table's size, a free slot further on is still
+            // taken rather than any of these: the scan goes on for one.
             if read_volatile(&(*c).seen) < EVICT_AMONG
                 && ct_w1_is_key(sw1)
                 && at != keep
