@@ -88,10 +88,10 @@ const _: () = assert!(core::mem::size_of::<CtMeta>() == 64);
 /// Used slots (holding a key, or freed but not yet never-used) from which a
 /// table of `slots` slots counts as full: half of them, `conntrack_size`
 /// connections' worth. From there a new connection takes the place of an
-/// embryonic one near its home rather than a never-used slot further on,
-/// if it can; and the programs give the slot of the evicted one's other
+/// embryonic one near its home rather than a free slot further on, if it
+/// can; and the programs give the slot of the evicted one's other
 /// direction back as never-used where no key's way crosses it. So a flood
-/// leaves never-used slots in most windows (about a third of the slots),
+/// leaves never-used slots in most windows (about 44% of the slots),
 /// and a lookup that misses (every new connection's) stops within a few
 /// slots instead of reading its whole window.
 pub const fn ct_fill_cap(slots: u32) -> i64 {

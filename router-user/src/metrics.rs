@@ -392,11 +392,11 @@ impl Metrics {
         r.register(
             "conntrack_slots_in_use",
             "Slots of the router's connection table in use (holding an entry, or freed and not \
-             yet given back by the GC), as the programs count them (each CPU up to 64 behind, \
-             so a handful of connections can read 0): from half of \
-             xrouter_conntrack_max_entries on, new connections take embryonic ones' places \
-             before never-used slots and give back the slots the evicted ones' other \
-             directions held, which holds a flood at about two thirds of the slots",
+             yet given back), as the programs count them (each CPU up to 64 off either way, \
+             so a handful of connections can read 0, or a few dozen after they have gone): \
+             from half of xrouter_conntrack_max_entries on, new connections take embryonic \
+             ones' places before free slots and give back the slots the evicted ones' other \
+             directions held, which holds a flood at a little over half of the slots",
             in_use,
         );
         r.register(

@@ -19,7 +19,7 @@
 //! stopping early in a table connections have churned through, and the
 //! programs do the same for the slot an eviction frees
 //! ([`xr_ct_unfree`]): under a flood, where every new connection evicts
-//! one, the table then stays about at its size (about two thirds of the
+//! one, the table then stays about at its size (a little over half its
 //! slots used) rather than filling up. An
 //! insert, having published, withdraws if it then finds a never-used slot
 //! before its own (`xr_ct_taken_before`).
