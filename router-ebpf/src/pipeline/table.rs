@@ -408,11 +408,10 @@ pub extern "C" fn xr_ct_unfree(p: u32, m: u32) -> u32 {
     }
     // In memory, not held across the reads below (the stack this
     // function may use is what the pipeline leaves: 48 bytes).
-    scratch(|c| {
-        // SAFETY: a field of the scratch value.
-        unsafe { write_volatile(&mut c.after, after) };
-        true
-    });
+    if let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+        unsafe { write_volatile(&mut (*c).after, after) };
+    }
     // SAFETY: a word of a slot of the array.
     if !unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_FREED, CT_W1_EMPTY) }.1 {
         return 0;
@@ -422,8 +421,12 @@ pub extern "C" fn xr_ct_unfree(p: u32, m: u32) -> u32 {
     // after it changed since it was read, unless another insert has
     // already taken it (which counted it never-used).
     let now = unchanged(p, m);
-    // SAFETY: as above.
-    if scratch(|c| unsafe { read_volatile(&c.after) } != now)
+    let changed = match XR_CT_CLAIM.get_ptr(0) {
+        // SAFETY: as above.
+        Some(c) => (unsafe { read_volatile(&(*c).after) }) != now,
+        None => true,
+    };
+    if changed
         && unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_EMPTY, CT_W1_FREED) }.1
     {
         return 0;
@@ -432,17 +435,6 @@ pub extern "C" fn xr_ct_unfree(p: u32, m: u32) -> u32 {
         count_fill(c, meta, -1);
     }
     1
-}
-
-/// Runs `f` on this CPU's scratch (`XR_CT_CLAIM`); false if it cannot
-/// be had.
-#[inline(always)]
-fn scratch(f: impl FnOnce(&mut CtClaim) -> bool) -> bool {
-    match XR_CT_CLAIM.get_ptr_mut(0) {
-        // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
-        Some(c) => f(unsafe { &mut *c }),
-        None => false,
-    }
 }
 
 /// [`crossed`]'s answer for a crossed slot.
