@@ -157,7 +157,17 @@ pub struct CtClaim {
     /// What the check of a freed slot read after it (a fingerprint), to
     /// read again once the slot is marked never-used.
     pub after: u64,
+    /// Lookups of connections lately: up by one for a miss, down by one
+    /// for a hit, within 0 and `CT_FLOOD_MISSES * 2`.
+    pub misses: u32,
+    /// A SNAT port drawn ahead for the next new connection (network order),
+    /// with bit 16 set; 0: none.
+    pub foreseen: u32,
 }
+
+/// `CtClaim::misses` from which a CPU takes its packets for new
+/// connections (a flood of them), and reads ahead for them.
+pub const CT_FLOOD_MISSES: u32 = 8;
 
 impl CtKey {
     /// The key as two words, as a slot holds them: addresses, then ports,

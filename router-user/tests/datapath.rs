@@ -17,6 +17,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use router_common::{
+    config::RouterConfig,
     conntrack::{CT_F_ASSURED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, ct_ticks},
     counters::{Counter, CtEvent, Outcome},
     monitor::{
@@ -2098,6 +2099,47 @@ fn concurrent_new_connections_never_share_a_port() {
         assert_eq!(all.len(), 192, "96 connections, two entries each");
         assert_eq!(ports.len(), 96, "a port each");
         assert_eq!(replies, 96);
+    });
+}
+
+/// Under a flood of new connections a CPU draws the SNAT port of a packet's
+/// connection before its own lookup (so that the reply's slot is read
+/// alongside it), and a packet that turns out to be known leaves its port
+/// unused for the next new connection: a port drawn before the range
+/// changed is not used after.
+#[test]
+fn a_port_drawn_ahead_is_not_used_once_the_range_has_changed() {
+    with_devices(|ifx| {
+        on_cpu0();
+        let mut r = Router::new(ifx, 2000, 2999);
+        let flow = |i: u16| Frame::udp("81.1.180.12", 10000 + i, "192.168.1.15", 53);
+        for i in 0..32 {
+            let o = r.xdp(r.qr1, &flow(i));
+            assert_eq!(o.ret, XDP_REDIRECT);
+            assert!((2000..=2999).contains(&o.sport()), "port {}", o.sport());
+        }
+        // Known: the ports drawn for them stay unused (the last drawn is
+        // kept), until the CPU's lookups have mostly found their
+        // connections again and it draws no more.
+        let known = r.xdp(r.qr1, &flow(0)).sport();
+        for _ in 0..32 {
+            assert_eq!(r.xdp(r.qr1, &flow(0)).sport(), known);
+        }
+        let mut cfg: Array<&mut MapData, RouterConfig> =
+            Array::try_from(map(&mut r.ebpf, "XR_CONFIG")).unwrap();
+        let mut c = cfg.get(&0, 0).unwrap();
+        (c.port_min, c.port_max) = (5000, 5999);
+        cfg.set(0, c, 0).unwrap();
+        for i in 32..40 {
+            let o = r.xdp(r.qr1, &flow(i));
+            assert_eq!(o.ret, XDP_REDIRECT);
+            assert!(
+                (5000..=5999).contains(&o.sport()),
+                "a new connection after the range changed to 5000-5999 got port {}",
+                o.sport()
+            );
+        }
+        assert_eq!(r.xdp(r.qr1, &flow(0)).sport(), known);
     });
 }
 

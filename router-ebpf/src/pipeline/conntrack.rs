@@ -130,7 +130,19 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         no_connection(pkt, ingress)?;
         return Err(Verdict::Drop(Outcome::DropNewRate));
     }
-    if let Some(found) = table::lookup(&k) {
+    // A packet that will probably open a connection has its reply's slot
+    // read ahead, so that the two misses of a new connection overlap: a
+    // SYN (but for a retransmission), or any packet while this CPU's
+    // lookups mostly miss (a flood of new connections).
+    if (pkt.proto == PROTO_TCP
+        && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN)
+        || table::flooded()
+    {
+        nat::foresee(pkt, ingress);
+    }
+    let found = table::lookup(&k);
+    table::note_lookup(found.is_some());
+    if let Some(found) = found {
         // SAFETY: the slot stays valid while this program runs (an array's);
         // concurrent updates of last_seen/state/flags are benign. What is
         // read here is checked by `still` below before anything is written:

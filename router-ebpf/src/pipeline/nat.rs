@@ -85,6 +85,47 @@ pub fn source(
     }
 }
 
+/// A random port of the configured range (network order).
+#[inline(always)]
+fn draw(cfg: &RouterConfig, span: u32) -> u16 {
+    // SAFETY: helper without arguments.
+    ((cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be()
+}
+
+/// Under a flood of new connections (this CPU's lookups mostly miss),
+/// starts reading the slot where the reply key of the connection `pkt`
+/// would open goes, before the lookup of its own key, so that the two
+/// misses overlap: for gateway SNAT its port is drawn now and kept for
+/// [`claim_port`]. A guess (a floating IP of the source, or hairpin, is
+/// not looked for): a wrong one costs a line read and nothing else.
+#[inline(always)]
+pub fn foresee(pkt: &Pkt, ingress: &PortInfo) {
+    if pkt.proto == super::parse::PROTO_ICMP {
+        return;
+    }
+    let Some(cfg) = maps::XR_CONFIG.get(0) else {
+        return;
+    };
+    let rk = if ingress.role == ROLE_GATEWAY {
+        let (dst, _) = destination(pkt);
+        key(dst, pkt.src, pkt.dport, pkt.sport, pkt.proto)
+    } else if cfg.gw_ifindex != 0 && cfg.enable_snat != 0 {
+        let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
+        let port = draw(cfg, span);
+        table::foresee_port(port);
+        key(
+            pkt.dst,
+            u32::from_ne_bytes(cfg.gw_addr),
+            pkt.dport,
+            port,
+            pkt.proto,
+        )
+    } else {
+        return;
+    };
+    table::foresee(&rk);
+}
+
 /// Claims a free source port for a connection to `dst` SNATed to `addr`
 /// by inserting its reply entry `reply` into the connection table (unique:
 /// two CPUs claiming one port at once cannot both have it): the reply's
@@ -102,9 +143,14 @@ pub fn claim_port(
     let icmp = pkt.proto == super::parse::PROTO_ICMP;
     let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
     table::note_full(false);
-    for _ in 0..PORT_PROBES {
-        // SAFETY: helper without arguments.
-        let port = ((cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be();
+    // Drawn ahead by `foresee` (if the range has not changed since).
+    let first = table::take_foreseen()
+        .filter(|p| (cfg.port_min..=cfg.port_max).contains(&u16::from_be(*p)));
+    for i in 0..PORT_PROBES {
+        let port = match first {
+            Some(p) if i == 0 => p,
+            _ => draw(cfg, span),
+        };
         let rk = if icmp {
             key(dst, addr, port, port, pkt.proto)
         } else {

@@ -30,8 +30,8 @@ use core::{
 };
 
 use router_common::conntrack::{
-    CT_F_ASSURED, CT_FILL_BATCH, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW, CtClaim, CtEntry,
-    CtKey, CtMeta, CtSlot, ct_fill_cap, ct_home, ct_w1_is_key,
+    CT_F_ASSURED, CT_FILL_BATCH, CT_FLOOD_MISSES, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW,
+    CtClaim, CtEntry, CtKey, CtMeta, CtSlot, ct_fill_cap, ct_home, ct_w1_is_key,
 };
 
 use crate::maps::{XR_CT, XR_CT_CLAIM};
@@ -144,6 +144,78 @@ pub extern "C" fn xr_ct_scan(kw0: u64, kw1: u64, home: u32, m: u32) -> u32 {
         }
     }
     NONE
+}
+
+/// Whether this CPU's lookups have mostly missed lately: a flood of new
+/// connections, whose reply slots are worth reading ahead ([`foresee`]).
+#[inline(always)]
+pub fn flooded() -> bool {
+    match XR_CT_CLAIM.get_ptr(0) {
+        // SAFETY: per-CPU scratch.
+        Some(c) => (unsafe { read_volatile(&(*c).misses) }) >= CT_FLOOD_MISSES,
+        None => false,
+    }
+}
+
+/// Counts a lookup of a packet's connection, found or not ([`flooded`]).
+#[inline(always)]
+pub fn note_lookup(hit: bool) {
+    if let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+        unsafe {
+            let n = read_volatile(&(*c).misses);
+            if hit {
+                if n != 0 {
+                    write_volatile(&mut (*c).misses, n - 1);
+                }
+            } else if n < CT_FLOOD_MISSES * 2 {
+                write_volatile(&mut (*c).misses, n + 1);
+            }
+        }
+    }
+}
+
+/// Starts reading the first slot of `k`'s window without waiting for it:
+/// a key to be looked up or inserted soon, whose miss then overlaps
+/// another (the lookup of the packet's own key).
+#[inline(always)]
+pub fn foresee(k: &CtKey) {
+    xr_ct_touch(k.home(mask()));
+}
+
+/// Reads slot `at`'s key word, for [`foresee`]: a call, so that the key
+/// is not held on the pipeline's stack.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_ct_touch(at: u32) -> u64 {
+    match slot(at) {
+        // SAFETY: a word of a slot of the array.
+        Some(s) => unsafe { read_volatile(w1(s)) },
+        None => 0,
+    }
+}
+
+/// Keeps `port` for the next new SNAT connection's first try.
+#[inline(always)]
+pub fn foresee_port(port: u16) {
+    if let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+        unsafe { write_volatile(&mut (*c).foreseen, port as u32 | 1 << 16) };
+    }
+}
+
+/// The port [`foresee_port`] kept, taken.
+#[inline(always)]
+pub fn take_foreseen() -> Option<u16> {
+    let c = XR_CT_CLAIM.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+    let p = unsafe { read_volatile(&(*c).foreseen) };
+    if p == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { write_volatile(&mut (*c).foreseen, 0) };
+    Some(p as u16)
 }
 
 /// Why an insert failed.
