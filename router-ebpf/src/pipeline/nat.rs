@@ -92,12 +92,13 @@ fn draw(cfg: &RouterConfig, span: u32) -> u16 {
     ((cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be()
 }
 
-/// Under a flood of new connections (this CPU's lookups mostly miss),
-/// starts reading the slot where the reply key of the connection `pkt`
-/// would open goes, before the lookup of its own key, so that the two
-/// misses overlap: for gateway SNAT its port is drawn now and kept for
-/// [`claim_port`]. A guess (a floating IP of the source, or hairpin, is
-/// not looked for): a wrong one costs a line read and nothing else.
+/// For a packet that will probably open a connection (a SYN, or any
+/// packet during a flood of new connections: see `conntrack::track`),
+/// starts reading the slot where the reply key of that connection goes,
+/// before the lookup of its own key, so that the two misses overlap: for
+/// gateway SNAT its port is drawn now and kept for [`claim_port`]. A
+/// guess (a floating IP of the source, or hairpin, is not looked for): a
+/// wrong one costs a line read and nothing else.
 #[inline(always)]
 pub fn foresee(pkt: &Pkt, ingress: &PortInfo) {
     if pkt.proto == super::parse::PROTO_ICMP {
