@@ -157,8 +157,8 @@ pub struct CtClaim {
     /// What the check of a freed slot read after it (a fingerprint), to
     /// read again once the slot is marked never-used.
     pub after: u64,
-    /// Lookups of connections lately: up by one for a miss, down by one
-    /// for a hit, within 0 and `CT_FLOOD_MISSES * 2`.
+    /// Lookups of UDP and ICMP connections lately: up by one for a miss,
+    /// down by one for a hit, within 0 and `CT_FLOOD_MISSES * 2`.
     pub misses: u32,
     /// A SNAT port drawn ahead for the next new connection (network order),
     /// with bit 16 set; 0: none.

@@ -132,16 +132,19 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     }
     // A packet that will probably open a connection has its reply's slot
     // read ahead, so that the two misses of a new connection overlap: a
-    // SYN (but for a retransmission), or any packet while this CPU's
-    // lookups mostly miss (a flood of new connections).
-    if (pkt.proto == PROTO_TCP
-        && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN)
-        || table::flooded()
+    // SYN (but for a retransmission); a UDP or ICMP packet while this
+    // CPU's lookups of them mostly miss (a flood of new flows). TCP's
+    // other packets never pay for the guess, even during a flood.
+    let tcp = pkt.proto == PROTO_TCP;
+    if (tcp && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN)
+        || (!tcp && table::flooded())
     {
         nat::foresee(pkt, ingress);
     }
     let found = table::lookup(&k);
-    table::note_lookup(found.is_some());
+    if !tcp {
+        table::note_lookup(found.is_some());
+    }
     if let Some(found) = found {
         // SAFETY: the slot stays valid while this program runs (an array's);
         // concurrent updates of last_seen/state/flags are benign. What is
