@@ -1193,7 +1193,12 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         ch.note(format!("removed bridge {b}"));
     }
     // The pin directory goes too once empty (it may be shared, so only then).
-    let _ = std::fs::remove_dir(&node.pin_dir);
+    if std::fs::remove_dir(&node.pin_dir).is_ok() {
+        ch.note(format!(
+            "removed the empty pin directory {}",
+            node.pin_dir.display()
+        ));
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

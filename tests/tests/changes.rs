@@ -650,6 +650,28 @@ fn daemon_restart_keeps_sessions(plane: Dataplane) {
         b,
     );
     rig.assert_fast_path(&mut c);
+    // Stopped, then cleaned up: the router's pins go, and the rig's pin
+    // directory, left empty, goes too, each said.
+    rig.stop_daemon();
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["--config", &cfg, "cleanup"]);
+    c.ok(
+        out.success(),
+        "cleanup after the daemon stopped",
+        out.describe(),
+    );
+    if plane != Dataplane::Iptables {
+        c.ok(
+            out.stdout.contains("removed the BPF pins")
+                && out.stdout.contains(&format!(
+                    "removed the empty pin directory {}",
+                    rig.pin_dir.display()
+                ))
+                && !rig.pin_dir.exists(),
+            "cleanup removes the router's pins and the empty pin directory, and says so",
+            (&rig.pin_dir, &out.stdout),
+        );
+    }
     c.finish();
 }
 
