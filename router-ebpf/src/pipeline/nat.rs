@@ -87,13 +87,14 @@ pub fn source(
 
 /// A random port of the configured range (network order).
 #[inline(always)]
-fn draw(cfg: &RouterConfig, span: u32) -> u16 {
+fn draw(cfg: &RouterConfig) -> u16 {
+    let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
     // SAFETY: helper without arguments.
     ((cfg.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be()
 }
 
-/// For a packet that will probably open a connection (a SYN, or any
-/// packet during a flood of new connections: see `conntrack::track`),
+/// For a packet that will probably open a connection (a SYN, or a UDP
+/// datagram during a flood of new flows: see `conntrack::track`),
 /// starts reading the slot where the reply key of that connection goes,
 /// before the lookup of its own key, so that the two misses overlap: for
 /// gateway SNAT its port is drawn now and kept for [`claim_port`]. A
@@ -111,8 +112,7 @@ pub fn foresee(pkt: &Pkt, ingress: &PortInfo) {
         let (dst, _) = destination(pkt);
         key(dst, pkt.src, pkt.dport, pkt.sport, pkt.proto)
     } else if cfg.gw_ifindex != 0 && cfg.enable_snat != 0 {
-        let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
-        let port = draw(cfg, span);
+        let port = draw(cfg);
         table::foresee_port(port);
         key(
             pkt.dst,
@@ -142,7 +142,6 @@ pub fn claim_port(
     reply: &CtEntry,
 ) -> Result<(Found, u16), Outcome> {
     let icmp = pkt.proto == super::parse::PROTO_ICMP;
-    let span = (cfg.port_max as u32).saturating_sub(cfg.port_min as u32) + 1;
     table::note_full(false);
     // Drawn ahead by `foresee` (if the range has not changed since).
     let first = table::take_foreseen()
@@ -150,7 +149,7 @@ pub fn claim_port(
     for i in 0..PORT_PROBES {
         let port = match first {
             Some(p) if i == 0 => p,
-            _ => draw(cfg, span),
+            _ => draw(cfg),
         };
         let rk = if icmp {
             key(dst, addr, port, port, pkt.proto)
