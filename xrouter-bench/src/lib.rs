@@ -614,19 +614,32 @@ enum Unit {
     Router(RigKind, Plane),
 }
 
-/// The rigs a round builds, before rotation: per data plane (the rig's own
-/// cases first) the direct rig beside the production one, so the two kinds
-/// run close together in every round.
+/// The rigs a round builds, before rotation: per data plane the direct rig
+/// beside the production one, so the kinds run close together in every
+/// round; the rigs' own cases (the ceilings) twice, before the routers and
+/// halfway through them. A ceiling measured once a round meets the host
+/// in one phase while the routers it bounds meet it in others; measured
+/// half a round apart it brackets them, and its best holds for the round.
 fn units(rigs: &[RigKind], planes: &[Plane], raw: bool, routed: bool) -> Vec<Unit> {
-    let mut u: Vec<Unit> = Vec::new();
-    if raw {
-        u.extend(rigs.iter().map(|&k| Unit::Raw(k)));
-    }
+    let raws: Vec<Unit> = if raw {
+        rigs.iter().map(|&k| Unit::Raw(k)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut routers: Vec<Unit> = Vec::new();
     if routed {
         for &p in planes {
-            u.extend(rigs.iter().map(|&k| Unit::Router(k, p)));
+            routers.extend(rigs.iter().map(|&k| Unit::Router(k, p)));
         }
     }
+    let mut u = raws.clone();
+    if routers.is_empty() {
+        return u;
+    }
+    let half = routers.len().div_ceil(2);
+    u.extend_from_slice(&routers[..half]);
+    u.extend_from_slice(&raws);
+    u.extend_from_slice(&routers[half..]);
     u
 }
 
@@ -933,18 +946,29 @@ mod tests {
                 Unit::Raw(Production),
                 Unit::Router(Direct, Plane::Xdp),
                 Unit::Router(Production, Plane::Xdp),
+                Unit::Raw(Direct),
+                Unit::Raw(Production),
                 Unit::Router(Direct, Plane::Tc),
                 Unit::Router(Production, Plane::Tc),
             ]
         );
-        // Every round builds every rig once; the first one changes.
-        let firsts: Vec<Unit> = (0..6).map(|r| round_order(&all, r)[0]).collect();
+        // Every round builds every router rig once and the ceilings twice,
+        // half a round apart; the first one changes.
+        let firsts: Vec<Unit> = (0..8).map(|r| round_order(&all, r)[0]).collect();
         assert_eq!(firsts, all);
         for r in 0..8 {
-            let mut o = round_order(&all, r);
+            let o = round_order(&all, r);
             assert_eq!(o.len(), all.len());
-            o.retain(|u| !all.contains(u));
-            assert!(o.is_empty());
+            for u in &all {
+                let at: Vec<usize> = (0..o.len()).filter(|&i| o[i] == *u).collect();
+                match u {
+                    Unit::Router(..) => assert_eq!(at.len(), 1, "{u:?} in {o:?}"),
+                    Unit::Raw(_) => {
+                        assert_eq!(at.len(), 2, "{u:?} in {o:?}");
+                        assert_eq!((at[1] - at[0]).min(o.len() - (at[1] - at[0])), 4);
+                    }
+                }
+            }
         }
         assert_eq!(
             units(&[Production], &[Plane::Kernel], false, true),

@@ -364,12 +364,19 @@ const NOTES_LEGEND: &str = "notes: the programs' outcomes other than forwarded a
 /// The terminal table.
 pub fn table(results: &[CaseResult], opts: &Opts) -> String {
     let mut out = String::new();
+    // Beside router cases the ceilings run twice a round (`units`).
+    let twice = results.iter().any(|r| r.case.is_rig()) && results.iter().any(|r| !r.case.is_rig());
     let _ = writeln!(
         out,
-        "\nMpps delivered at the sink: median (min-max) of {}; {}-byte frames; \
+        "\nMpps delivered at the sink: median (min-max) of {}{}; {}-byte frames; \
          router CPU = busy time of CPU {} per packet; path = run time of the router-side \
          NAPI threads (and, on the ovs rig, of ovs-vswitchd) per packet",
         super::plural(opts.rounds as usize, "round"),
+        if twice {
+            " (the ceilings: twice a round)"
+        } else {
+            ""
+        },
         opts.frame + 4,
         opts.router_cpu
     );
