@@ -1877,6 +1877,105 @@ fn a_slot_freed_by_an_eviction_stays_freed_where_a_key_is_beyond_it() {
     });
 }
 
+/// A key no packet has, with its home at slot `home` of a table of mask
+/// `m`, whose second word is `CT_W1_BUSY` (protocol 0): inserted, it
+/// holds its slot busy, as another CPU's insert does between its claim
+/// and its publishing.
+fn busy_at(home: u32, m: u32) -> CtKey {
+    (1..u32::MAX)
+        .map(|i| CtKey {
+            src: i.to_be_bytes(),
+            dst: ip("198.51.100.3"),
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            _pad: 1,
+            _pad2: 0,
+        })
+        .find(|k| k.home(m) == home)
+        .expect("a key there")
+}
+
+/// A new SNAT connection whose reply key finds a slot before its own busy
+/// (another CPU's insert in progress there, perhaps of the same key: the
+/// same port to the same server) withdraws it rather than risk the port
+/// twice: with one port to draw from it finds none, and the packet is
+/// dropped and counted, never sent. Without the other insert the port is
+/// taken.
+#[test]
+fn a_busy_slot_before_a_new_key_makes_its_insert_withdraw() {
+    with_devices(|ifx| {
+        let lim = Limits {
+            slots: 256,
+            rate: 0,
+        };
+        let mut r = Router::build(ifx, 5000, 5000, lim);
+        let t = r.table();
+        let m = t.slots() - 1;
+        let reply = CtKey::new(
+            ip("192.168.1.15"),
+            ip("192.168.1.110"),
+            53u16.to_be(),
+            5000u16.to_be(),
+            17,
+        );
+        t.insert(&busy_at(reply.home(m), m), &CtEntry::default())
+            .unwrap();
+        let f = Frame::udp("81.1.180.12", 1000, "192.168.1.15", 53);
+        let o = r.xdp(r.qr1, &f);
+        assert_eq!(o.ret, XDP_DROP, "sent with port {}", o.sport());
+        assert_eq!(r.counter(Outcome::DropNoPort), 1);
+        assert_eq!(t.find(&reply), None, "withdrawn");
+        assert_eq!(r.ct_len(), 0);
+        t.clear();
+        let o = r.xdp(r.qr1, &f);
+        assert_eq!(o.ret, XDP_REDIRECT);
+        assert_eq!(o.sport(), 5000);
+    });
+}
+
+/// Another CPU opening the same connection at the same time has published
+/// its reply key one slot after a freed one, after this CPU's lookup
+/// missed. This CPU takes the freed slot, before it: having published,
+/// it finds the key further on and withdraws, so that the key is in the
+/// table once (the packet is dropped and counted; the other CPU's
+/// connection stands, and the packet's retry finds it).
+#[test]
+fn a_key_published_further_on_makes_an_insert_into_a_freed_slot_withdraw() {
+    with_devices(|ifx| {
+        let lim = Limits {
+            slots: 256,
+            rate: 0,
+        };
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let t = r.table();
+        let m = t.slots() - 1;
+        let (new, home) = new_inbound(m);
+        let [orig, reply] = inbound_connection("203.0.113.9", 5000, monotonic_ns());
+        assert_eq!(reply.0.home(m), home);
+        let filler = keys_at_home(home, m, 1)[0];
+        t.insert(&filler, &CtEntry::default()).unwrap();
+        t.insert(&reply.0, &reply.1).unwrap();
+        assert_eq!(t.find(&reply.0), Some((home + 1) & m));
+        assert!(t.remove(&filler), "the slot before it, freed");
+
+        let o = r.xdp(r.qg, &new);
+        assert_eq!(o.ret, XDP_DROP);
+        assert_eq!(r.counter(Outcome::DropCtFull), 1);
+        assert_eq!(
+            t.all().filter(|(k, _)| *k == reply.0).count(),
+            1,
+            "the reply key once"
+        );
+        assert_eq!(t.find(&reply.0), Some((home + 1) & m));
+        // The other CPU's insert done: the retry is its connection's.
+        t.insert(&orig.0, &orig.1).unwrap();
+        let created = r.event(CtEvent::Created);
+        assert_eq!(r.xdp(r.qg, &new).ret, XDP_REDIRECT);
+        assert_eq!(r.event(CtEvent::Created), created);
+    });
+}
+
 #[test]
 fn at_its_size_the_table_evicts_an_embryonic_connection_before_using_a_never_used_slot() {
     with_devices(|ifx| {

@@ -22,7 +22,8 @@
 //! one, the table then stays about at its size (a little over half its
 //! slots used) rather than filling up. An
 //! insert, having published, withdraws if it then finds a never-used slot
-//! before its own (`xr_ct_taken_before`).
+//! before its own, or its key (or a busy slot) where a second copy could
+//! be (`xr_ct_taken_before`): a key is in the table once.
 
 use core::{
     intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xadd},
@@ -222,15 +223,20 @@ pub fn take_foreseen() -> Option<u16> {
 pub enum Refused {
     /// No free slot, and no embryonic connection to evict, in the window.
     Full,
-    /// Another CPU inserted the same key at the same time, and won; or
-    /// the daemon made a slot before the one taken never-used meanwhile.
-    /// Rare; a caller may try another key.
+    /// Another CPU inserted the same key at the same time (or was
+    /// inserting a key in the window, perhaps the same); or the daemon
+    /// made a slot before the one taken never-used meanwhile. Rare; a
+    /// caller may try another key.
     Taken,
 }
 
 /// `claim`'s result: the slot's index, and this bit if an embryonic
 /// entry was evicted for it.
 const EVICTED: u64 = 1 << 32;
+
+/// `claim`'s result: this bit if the slot was not never-used (freed, or
+/// evicted); [`xr_ct_taken_before`]'s: look after the slot too.
+const REUSED: u64 = 1 << 33;
 
 /// Inserts `k` with entry `e` (not looked up first: the caller has, and
 /// missed): into the first free slot of its window, else in place of the
@@ -276,7 +282,7 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
         // seen on its way, not taken for a busy slot.
         xr_ct_unfree(freed, m);
     }
-    if xr_ct_taken_before(kw0, kw1, home, c as u32, m) != 0 {
+    if xr_ct_taken_before(kw0, kw1, home, c & (u32::MAX as u64 | REUSED), m) != 0 {
         release(&found);
         return Err(Refused::Taken);
     }
@@ -385,8 +391,9 @@ pub extern "C" fn xr_ct_claim(home: u32, m: u32, keep: u32) -> u64 {
     }
     if was == CT_W1_EMPTY {
         count_fill(c, meta, 1);
+        return pick as u64;
     }
-    pick as u64 | evicted
+    pick as u64 | evicted | REUSED
 }
 
 /// Adds `n` never-used slots taken (or, negative, given back) to this
@@ -571,27 +578,47 @@ fn fingerprint(fp: u64, w0: u64, w1: u64) -> u64 {
 }
 
 /// Whether the key of words `kw0`/`kw1`, just published at slot `at` of
-/// the window from `home`, must withdraw (1): another slot before it
-/// holds the same key (published by another CPU at the same time: both
-/// see the other's, since both published with a full barrier before
-/// looking, and the one further in the window withdraws), or a slot
-/// before it is never-used (the daemon's GC, or another CPU's
-/// [`xr_ct_unfree`], turned it back from freed while this CPU chose its
-/// slot: a lookup would stop there and never find the key).
+/// the window from `home`, must withdraw (1), so that a key is never in
+/// the table twice, whatever two CPUs inserting it at once do (both
+/// published with a full barrier before looking: of two such inserts, at
+/// least one sees the other's key or busy slot):
+/// - a slot before it holds the same key, or is busy (another CPU's
+///   insert in progress, perhaps of this key: rare, and a withdrawn SNAT
+///   reply tries another port);
+/// - a slot before it is never-used (the daemon's GC, or another CPU's
+///   [`xr_ct_unfree`], turned it back from freed while this CPU chose its
+///   slot: a lookup would stop there and never find the key);
+/// - with [`REUSED`] in `at` (the slot was freed or evicted, not
+///   never-used), a slot after it, before the next never-used one, holds
+///   the same key: another CPU published it there after this CPU's lookup
+///   missed, and looked before this slot was taken. (After a never-used
+///   slot no such key can be: it would have taken that slot, which the
+///   GC and `xr_ct_unfree` do not make never-used where a key's way
+///   crosses it.)
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn xr_ct_taken_before(kw0: u64, kw1: u64, home: u32, at: u32, m: u32) -> u32 {
+pub extern "C" fn xr_ct_taken_before(kw0: u64, kw1: u64, home: u32, at: u64, m: u32) -> u32 {
+    let after = at & REUSED != 0;
+    let at = at as u32;
+    let mut past = false;
     for i in 0..CT_WINDOW {
         let here = home.wrapping_add(i) & m;
         if here == at {
-            return 0;
+            if !after {
+                return 0;
+            }
+            past = true;
+            continue;
         }
         let Some(s) = slot(here) else {
             return 0;
         };
         // SAFETY: words of a slot of the array.
         let sw1 = unsafe { read_volatile(w1(s)) };
-        if sw1 == CT_W1_EMPTY || (sw1 == kw1 && unsafe { read_volatile(w0(s)) } == kw0) {
+        if sw1 == CT_W1_EMPTY {
+            return !past as u32;
+        }
+        if (sw1 == CT_W1_BUSY && !past) || (sw1 == kw1 && unsafe { read_volatile(w0(s)) } == kw0) {
             return 1;
         }
     }
