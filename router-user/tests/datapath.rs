@@ -316,6 +316,12 @@ const ROOMY: Limits = Limits {
     rate: 0,
 };
 
+/// A table of 8 windows, for tests that place keys in it.
+const SMALL: Limits = Limits {
+    slots: 256,
+    rate: 0,
+};
+
 impl Router {
     fn new(ifx: [u32; 3], port_min: u16, port_max: u16) -> Router {
         Router::build(ifx, port_min, port_max, ROOMY)
@@ -1516,11 +1522,7 @@ fn connections_are_embryonic_until_established() {
 #[test]
 fn a_flood_of_new_connections_never_evicts_established_ones() {
     with_devices(|ifx| {
-        let lim = Limits {
-            slots: 256,
-            rate: 0,
-        };
-        let r = Router::build(ifx, 1024, 65535, lim);
+        let r = Router::build(ifx, 1024, 65535, SMALL);
         // Established: one through SNAT, one to the floating IP.
         let snat = handshake(
             &r,
@@ -1810,11 +1812,7 @@ fn inbound_at_home(src: &str, home: u32, m: u32) -> (u16, usize) {
 #[test]
 fn a_slot_freed_by_an_eviction_stays_freed_where_a_key_is_beyond_it() {
     with_devices(|ifx| {
-        let lim = Limits {
-            slots: 256,
-            rate: 0,
-        };
-        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let mut r = Router::build(ifx, 1024, 65535, SMALL);
         let t = r.table();
         let m = t.slots() - 1;
         let (new, reply_home) = new_inbound(m);
@@ -1905,11 +1903,7 @@ fn busy_at(home: u32, m: u32) -> CtKey {
 #[test]
 fn a_busy_slot_before_a_new_key_makes_its_insert_withdraw() {
     with_devices(|ifx| {
-        let lim = Limits {
-            slots: 256,
-            rate: 0,
-        };
-        let mut r = Router::build(ifx, 5000, 5000, lim);
+        let mut r = Router::build(ifx, 5000, 5000, SMALL);
         let t = r.table();
         let m = t.slots() - 1;
         let reply = CtKey::new(
@@ -1943,11 +1937,7 @@ fn a_busy_slot_before_a_new_key_makes_its_insert_withdraw() {
 #[test]
 fn a_key_published_further_on_makes_an_insert_into_a_freed_slot_withdraw() {
     with_devices(|ifx| {
-        let lim = Limits {
-            slots: 256,
-            rate: 0,
-        };
-        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let mut r = Router::build(ifx, 1024, 65535, SMALL);
         let t = r.table();
         let m = t.slots() - 1;
         let (new, home) = new_inbound(m);
