@@ -427,10 +427,10 @@ pub fn table(results: &[CaseResult], opts: &Opts) -> String {
 /// flooded or paced: a flood overfills the rings behind a forwarder the
 /// more the faster it is, so a bare redirect flooded can deliver less than
 /// a router while it can carry more. The router case's median is held to
-/// the most the ceiling delivered in any round (where a switch bounds both,
-/// as on the ovs rig, the two are level and only the rounds' spread tells
-/// them apart). A router case above one is a rig error (the ceiling ran
-/// under other conditions): said so, loudly.
+/// the most the ceiling delivered in any of its runs (twice a round; where
+/// a switch bounds both, as on the ovs rig, the two are level and only the
+/// runs' spread tells them apart). A router case above one is a rig error
+/// (the ceiling ran under other conditions): said so, loudly.
 fn above_ceiling(r: &CaseResult, results: &[CaseResult]) -> Option<String> {
     if r.case.is_rig() {
         return None;

@@ -243,9 +243,9 @@ const REUSED: u64 = 1 << 33;
 /// least recently seen of the first [`EVICT_AMONG`] embryonic entries
 /// there (evicted: true) other than `keep`'s (the connection's other
 /// direction, just inserted). A concurrent insert of the same key by
-/// another CPU is detected after publishing, and one of the two (the
-/// later in the window) withdraws (`Refused::Taken`): a key is in the
-/// table once, so that two connections never share a SNAT port.
+/// another CPU is detected after publishing, and at least one of the two
+/// withdraws (`Refused::Taken`): a key is in the table once, so that two
+/// connections never share a SNAT port.
 #[inline(always)]
 pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bool), Refused> {
     let (kw0, kw1) = k.words();
