@@ -23,7 +23,7 @@
 //! slots used) rather than filling up. An
 //! insert, having published, withdraws if it then finds a never-used slot
 //! before its own, or its key (or a busy slot) where a second copy could
-//! be (`xr_ct_taken_before`): a key is in the table once.
+//! be (`xr_ct_must_withdraw`): a key is in the table once.
 
 use core::{
     intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xadd},
@@ -235,7 +235,7 @@ pub enum Refused {
 const EVICTED: u64 = 1 << 32;
 
 /// `claim`'s result: this bit if the slot was not never-used (freed, or
-/// evicted); [`xr_ct_taken_before`]'s: look after the slot too.
+/// evicted); [`xr_ct_must_withdraw`]'s: look after the slot too.
 const REUSED: u64 = 1 << 33;
 
 /// Inserts `k` with entry `e` (not looked up first: the caller has, and
@@ -282,7 +282,7 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
         // seen on its way, not taken for a busy slot.
         xr_ct_unfree(freed, m);
     }
-    if xr_ct_taken_before(kw0, kw1, home, c & (u32::MAX as u64 | REUSED), m) != 0 {
+    if xr_ct_must_withdraw(kw0, kw1, home, c, m) != 0 {
         release(&found);
         return Err(Refused::Taken);
     }
@@ -577,8 +577,9 @@ fn fingerprint(fp: u64, w0: u64, w1: u64) -> u64 {
     (fp ^ w0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w1).rotate_left(23)
 }
 
-/// Whether the key of words `kw0`/`kw1`, just published at slot `at` of
-/// the window from `home`, must withdraw (1), so that a key is never in
+/// Whether the key of words `kw0`/`kw1`, just published in the window
+/// from `home` at the slot `xr_ct_claim` returned (`at`: its index, with
+/// its flags), must withdraw (1), so that a key is never in
 /// the table twice, whatever two CPUs inserting it at once do (both
 /// published with a full barrier before looking: of two such inserts, at
 /// least one sees the other's key or busy slot):
@@ -597,7 +598,7 @@ fn fingerprint(fp: u64, w0: u64, w1: u64) -> u64 {
 ///   crosses it.)
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn xr_ct_taken_before(kw0: u64, kw1: u64, home: u32, at: u64, m: u32) -> u32 {
+pub extern "C" fn xr_ct_must_withdraw(kw0: u64, kw1: u64, home: u32, at: u64, m: u32) -> u32 {
     let after = at & REUSED != 0;
     let at = at as u32;
     let mut past = false;

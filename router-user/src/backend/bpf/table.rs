@@ -347,7 +347,7 @@ impl CtTable {
     /// was freed) is caught here by looking again once this one is marked
     /// never-used (it is then marked freed again), or by the insert itself,
     /// which after publishing looks for a never-used slot before its own
-    /// and withdraws (router-ebpf's `xr_ct_taken_before`). The programs
+    /// and withdraws (router-ebpf's `xr_ct_must_withdraw`). The programs
     /// do the same, with the same checks, for the slot of an evicted
     /// connection's other direction (router-ebpf's `xr_ct_unfree`).
     pub fn reclaim(&self, range: Range<u32>) -> usize {
