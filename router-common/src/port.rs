@@ -56,13 +56,18 @@ const fn word_bit(h: u64) -> (usize, u64) {
 pub const LOCAL_HINT_WORDS: usize = BITSET_WORDS;
 
 /// `XR_LOCAL_HINT[0]`: a bit per hash of an address; a set bit vouches
-/// that no address of `XR_LOCAL` hashes to it, so the programs skip that
-/// hash lookup (~20 ns, twice for every packet forwarded without a
-/// connection). All zero, as a new map is, vouches for nothing: a clear
-/// bit only means "look it up". The daemon clears the bits of addresses
-/// it adds before adding them and sets the bits of those it removed after,
-/// so the hint never vouches for an address in `XR_LOCAL`, even while it is
-/// being written.
+/// that no address the router knows by name hashes to it: none of
+/// `XR_LOCAL` (its own addresses, floating IPs, subnet broadcasts) and no
+/// fixed address of `XR_FIP`. The programs then skip the hash lookups an
+/// address would otherwise cost (~20 ns each; a random source's or
+/// destination's is a cache miss, as a flood's): whether it is the
+/// router's (twice for every packet forwarded without a connection),
+/// whether it is a floating IP to DNAT, whether it has one to SNAT to.
+/// All zero, as a new map is, vouches for nothing: a clear bit only means
+/// "look it up". The daemon clears the bits of addresses it adds before
+/// adding them and sets the bits of those it removed after, so the hint
+/// never vouches for an address of those maps, even while they are being
+/// written.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LocalHint {
@@ -82,21 +87,21 @@ impl LocalHint {
         word_bit(hash12(addr) as u64)
     }
 
-    /// Whether no address of the router hashes where `addr` does.
+    /// Whether no address the router knows hashes where `addr` does.
     #[inline(always)]
-    pub fn surely_not_local(&self, addr: u32) -> bool {
+    pub fn surely_foreign(&self, addr: u32) -> bool {
         let (w, b) = Self::slot(addr);
         self.words[w] & b != 0
     }
 
     /// The hint for exactly these addresses: every bit no address hashes
     /// to is set.
-    pub fn of<'a>(addrs: impl IntoIterator<Item = &'a LocalAddr>) -> Self {
+    pub fn of(addrs: impl IntoIterator<Item = [u8; 4]>) -> Self {
         let mut h = LocalHint {
             words: [u64::MAX; LOCAL_HINT_WORDS],
         };
         for a in addrs {
-            let (w, b) = Self::slot(u32::from_ne_bytes(a.addr));
+            let (w, b) = Self::slot(u32::from_ne_bytes(a));
             h.words[w] &= !b;
         }
         h

@@ -25,6 +25,11 @@ const PORT_PROBES: u32 = 16;
 
 #[inline(always)]
 fn floating_of(fixed: u32) -> Option<u32> {
+    // Most sources have none: a flood's random ones would each cost a
+    // cache miss in the hash.
+    if maps::surely_foreign(fixed) {
+        return None;
+    }
     // SAFETY: plain data.
     unsafe {
         maps::XR_FIP.get(&Ipv4 {
@@ -40,11 +45,13 @@ pub fn destination(pkt: &Pkt) -> (u32, u8) {
     let mut nat = 0u8;
     let mut dst = pkt.dst;
     // SAFETY: plain data.
-    if let Some(fixed) = unsafe {
-        maps::XR_FIP_REV.get(&Ipv4 {
-            addr: pkt.dst.to_ne_bytes(),
-        })
-    } {
+    if !maps::surely_foreign(pkt.dst)
+        && let Some(fixed) = unsafe {
+            maps::XR_FIP_REV.get(&Ipv4 {
+                addr: pkt.dst.to_ne_bytes(),
+            })
+        }
+    {
         dst = u32::from_ne_bytes(fixed.addr);
         nat |= NAT_DNAT;
     }

@@ -98,7 +98,7 @@ pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);
 pub const XR_PORTS: &str = "XR_PORTS";
 pub const XR_PORT_SLOTS: &str = "XR_PORT_SLOTS";
 pub const XR_LOCAL: &str = "XR_LOCAL";
-/// Which addresses are surely not in `XR_LOCAL` (`LocalHint`).
+/// Which addresses are surely in neither `XR_LOCAL` nor `XR_FIP` (`LocalHint`).
 pub const XR_LOCAL_HINT: &str = "XR_LOCAL_HINT";
 pub const XR_ROUTES: &str = "XR_ROUTES";
 pub const XR_NEIGH: &str = "XR_NEIGH";

@@ -253,14 +253,21 @@ fn write_all(ebpf: &mut Ebpf, d: &Desired, n: &mut usize) -> Result<()> {
     *n += sync_hash(map_mut(ebpf, XR_PORTS)?, &d.ports).context(XR_PORTS)?;
     // The hint stops vouching for the addresses to come before they come,
     // and vouches for those gone once they are gone (`LocalHint`). Derived
-    // from `XR_LOCAL`, it is not counted as a change of its own.
-    let hint = LocalHint::of(d.local.keys());
+    // from `XR_LOCAL` (which holds the floating IPs, `XR_FIP_REV`'s keys)
+    // and `XR_FIP`'s fixed addresses, it is not counted as a change of its
+    // own.
+    let hint = LocalHint::of(
+        d.local
+            .keys()
+            .map(|a| a.addr)
+            .chain(d.fip.keys().map(|a| a.addr)),
+    );
     let before = read_hint(ebpf)?;
     write_hint(ebpf, &before.and(&hint)).context(XR_LOCAL_HINT)?;
     *n += sync_hash(map_mut(ebpf, XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
-    write_hint(ebpf, &hint).context(XR_LOCAL_HINT)?;
     *n += sync_hash(map_mut(ebpf, XR_FIP)?, &d.fip).context(XR_FIP)?;
     *n += sync_hash(map_mut(ebpf, XR_FIP_REV)?, &d.fip_rev).context(XR_FIP_REV)?;
+    write_hint(ebpf, &hint).context(XR_LOCAL_HINT)?;
     *n += sync_routes(map_mut(ebpf, XR_ROUTES)?, &d.routes).context(XR_ROUTES)?;
     Ok(())
 }
