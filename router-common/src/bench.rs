@@ -95,7 +95,7 @@ pub struct MicroConfig {
     /// Where the run stops: one of the `STAGE_*` values (the pipeline's
     /// stages, cumulative; [`STAGE_FULL`] runs all of it).
     pub stage: u32,
-    /// 1: a new UDP flow each run (source and destination port from a counter).
+    /// A new flow each run: [`NEW_PORTS`] or [`NEW_CLIENT`]; 0: none.
     pub new_flow: u32,
     /// Nonzero (a power of two): each run takes one of this many flows, in
     /// a scattered order, the destination port `1024 + flow` (wrapping), so
@@ -103,6 +103,12 @@ pub struct MicroConfig {
     pub flows: u32,
     pub _pad: u32,
 }
+
+/// `MicroConfig::new_flow`: the source and destination ports from a counter.
+pub const NEW_PORTS: u32 = 1;
+/// `MicroConfig::new_flow`: the ports and the source address (in
+/// 100.64.0.0/10, as a flood's spoofed clients) from a counter.
+pub const NEW_CLIENT: u32 = 2;
 
 /// `MicroConfig::stage`: the whole pipeline, as `xr_xdp` runs it.
 pub const STAGE_FULL: u32 = 0;

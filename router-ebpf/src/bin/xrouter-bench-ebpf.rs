@@ -37,8 +37,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use router_common::bench::{
-    FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, STAGE_CLASSIFY, STAGE_CONNTRACK,
-    STAGE_EMPTY, STAGE_PARSE, STAGE_RESTORE, SinkCounter,
+    FLOOD_DPORT, GenConfig, GenState, MICRO_HDR, MicroConfig, NEW_CLIENT, STAGE_CLASSIFY,
+    STAGE_CONNTRACK, STAGE_EMPTY, STAGE_PARSE, STAGE_RESTORE, SinkCounter,
 };
 
 /// Generator settings (index 0).
@@ -368,6 +368,12 @@ fn restore(ctx: &XdpContext) -> Result<u32, u32> {
                 let dport = 1024u16.wrapping_add((n >> 16) as u16);
                 core::ptr::write_unaligned((data + 34) as *mut [u8; 2], sport.to_be_bytes());
                 core::ptr::write_unaligned((data + 36) as *mut [u8; 2], dport.to_be_bytes());
+                if cfg.new_flow == NEW_CLIENT {
+                    // 100.64.0.0/10, scattered: a flood's sources are not
+                    // neighbours.
+                    let src = 0x6440_0000 | ((n as u32).wrapping_mul(2_654_435_761) >> 10);
+                    core::ptr::write_unaligned((data + 26) as *mut [u8; 4], src.to_be_bytes());
+                }
             } else {
                 // An odd multiplier permutes 0..flows: consecutive runs
                 // take flows far apart, not the neighbours they were
