@@ -116,6 +116,13 @@ fn registers_builds_and_reports(plane: Dataplane) {
         srv.calls("report_state").len() >= 3
     });
     c.ok(reports_ok, "periodic reports (report_interval 1 s)", "");
+    // The counts are of the routers built: on a busy machine the first
+    // reports can come before the build is done. The next one counts it.
+    wait_until(ACT, Duration::from_millis(200), || {
+        srv.calls("report_state").last().is_some_and(|r| {
+            r["args"]["agent_state"]["agent_state"]["configurations"]["routers"] == 1
+        })
+    });
     let reports = srv.calls("report_state");
     if let Some(first) = reports.first() {
         let s = &first["args"]["agent_state"]["agent_state"];
