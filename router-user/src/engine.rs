@@ -681,7 +681,8 @@ impl Engine {
         if !flush.is_empty() {
             let n = b.flush_addresses(flush)?;
             ch.note(format!(
-                "{ns}: flushed {n} BPF connection entries of {} released addresses",
+                "{ns}: {} released address(es): flushed {n} BPF connection entries \
+                 (two per connection, one per direction)",
                 flush.len()
             ));
         }
