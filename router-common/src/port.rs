@@ -55,14 +55,16 @@ const fn word_bit(h: u64) -> (usize, u64) {
 /// Words of [`LocalHint`].
 pub const LOCAL_HINT_WORDS: usize = BITSET_WORDS;
 
-/// `XR_LOCAL_HINT[0]`: a bit per hash of an address; a set bit vouches
-/// that no address the router knows by name hashes to it: none of
-/// `XR_LOCAL` (its own addresses, floating IPs, subnet broadcasts) and no
-/// fixed address of `XR_FIP`. The programs then skip the hash lookups an
-/// address would otherwise cost (~20 ns each; a random source's or
-/// destination's is a cache miss, as a flood's): whether it is the
-/// router's (twice for every packet forwarded without a connection),
-/// whether it is a floating IP to DNAT, whether it has one to SNAT to.
+/// `XR_LOCAL_HINT[0]`: two sets of a bit per hash of an address. In
+/// `words`, a set bit vouches that no address of `XR_LOCAL` (the router's
+/// own addresses, floating IPs, subnet broadcasts) hashes to it; in
+/// `fixed`, that no fixed address of `XR_FIP` (one with a floating IP)
+/// does. The programs then skip the hash lookup an address would
+/// otherwise cost (~20 ns; a random source's or destination's is a cache
+/// miss, as a flood's): whether it is the router's (twice for every packet
+/// forwarded without a connection), whether it is a floating IP to DNAT,
+/// whether it has one to SNAT to. Two sets, so that a VM's address with a
+/// floating IP does not cost its east-west packets the `XR_LOCAL` lookup.
 /// All zero, as a new map is, vouches for nothing: a clear bit only means
 /// "look it up". The daemon clears the bits of addresses it adds before
 /// adding them and sets the bits of those it removed after, so the hint
@@ -72,6 +74,7 @@ pub const LOCAL_HINT_WORDS: usize = BITSET_WORDS;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LocalHint {
     pub words: [u64; LOCAL_HINT_WORDS],
+    pub fixed: [u64; LOCAL_HINT_WORDS],
 }
 
 impl Default for LocalHint {
@@ -87,29 +90,48 @@ impl LocalHint {
         word_bit(hash12(addr) as u64)
     }
 
-    /// Whether no address the router knows hashes where `addr` does.
+    /// Whether no address of the router (`XR_LOCAL`) hashes where `addr`
+    /// does.
     #[inline(always)]
-    pub fn surely_foreign(&self, addr: u32) -> bool {
+    pub fn surely_not_local(&self, addr: u32) -> bool {
         let (w, b) = Self::slot(addr);
         self.words[w] & b != 0
     }
 
-    /// The hint for exactly these addresses: every bit no address hashes
-    /// to is set.
-    pub fn of(addrs: impl IntoIterator<Item = [u8; 4]>) -> Self {
+    /// Whether no fixed address with a floating IP (`XR_FIP`) hashes
+    /// where `addr` does.
+    #[inline(always)]
+    pub fn surely_no_floating(&self, addr: u32) -> bool {
+        let (w, b) = Self::slot(addr);
+        self.fixed[w] & b != 0
+    }
+
+    /// The hint for exactly these addresses of `XR_LOCAL` and fixed
+    /// addresses of `XR_FIP`: every bit no address hashes to is set.
+    pub fn of(
+        local: impl IntoIterator<Item = [u8; 4]>,
+        fixed: impl IntoIterator<Item = [u8; 4]>,
+    ) -> Self {
+        let clear = |set: &mut [u64; LOCAL_HINT_WORDS],
+                     addrs: &mut dyn Iterator<Item = [u8; 4]>| {
+            for a in addrs {
+                let (w, b) = Self::slot(u32::from_ne_bytes(a));
+                set[w] &= !b;
+            }
+        };
         let mut h = LocalHint {
             words: [u64::MAX; LOCAL_HINT_WORDS],
+            fixed: [u64::MAX; LOCAL_HINT_WORDS],
         };
-        for a in addrs {
-            let (w, b) = Self::slot(u32::from_ne_bytes(a));
-            h.words[w] &= !b;
-        }
+        clear(&mut h.words, &mut local.into_iter());
+        clear(&mut h.fixed, &mut fixed.into_iter());
         h
     }
 
     /// Vouches only where both `self` and `other` do.
     pub fn and(mut self, other: &LocalHint) -> Self {
-        for (w, o) in self.words.iter_mut().zip(other.words.iter()) {
+        let pairs = self.words.iter_mut().zip(other.words.iter());
+        for (w, o) in pairs.chain(self.fixed.iter_mut().zip(other.fixed.iter())) {
             *w &= o;
         }
         self

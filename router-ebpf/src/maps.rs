@@ -31,9 +31,9 @@ pub static XR_PORT_SLOTS: Array<PortInfo, { PORT_SLOTS as usize }> = Array::new(
 #[btf_map]
 pub static XR_LOCAL: HashMap<LocalAddr, u32, 20480> = HashMap::new();
 
-/// Which addresses are surely in neither `XR_LOCAL` nor `XR_FIP` (index 0;
-/// see [`LocalHint`]): an array lookup the verifier inlines, in front of
-/// those hash lookups.
+/// Which addresses are surely not in `XR_LOCAL`, and which surely not in
+/// `XR_FIP` (index 0; see [`LocalHint`]): an array lookup the verifier
+/// inlines, in front of those hash lookups.
 #[btf_map]
 pub static XR_LOCAL_HINT: Array<LocalHint, 1> = Array::new();
 
@@ -139,12 +139,21 @@ pub fn port(ifindex: u32) -> Option<PortInfo> {
 }
 
 /// Whether `addr` (raw network order) is surely none of the router's
-/// addresses, no floating IP and no fixed address with one (see
-/// [`LocalHint`]); false: look it up.
+/// addresses (see [`LocalHint`]); false: look it up in `XR_LOCAL`.
 #[inline(always)]
-pub fn surely_foreign(addr: u32) -> bool {
+pub fn surely_not_local(addr: u32) -> bool {
     match XR_LOCAL_HINT.get(0) {
-        Some(h) => h.surely_foreign(addr),
+        Some(h) => h.surely_not_local(addr),
+        None => false,
+    }
+}
+
+/// Whether `addr` (raw network order) surely has no floating IP (see
+/// [`LocalHint`]); false: look it up in `XR_FIP`.
+#[inline(always)]
+pub fn surely_no_floating(addr: u32) -> bool {
+    match XR_LOCAL_HINT.get(0) {
+        Some(h) => h.surely_no_floating(addr),
         None => false,
     }
 }

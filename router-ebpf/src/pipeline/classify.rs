@@ -64,7 +64,7 @@ pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
         addr: pkt.dst.to_ne_bytes(),
     };
     // SAFETY: plain data.
-    if !maps::surely_foreign(pkt.dst)
+    if !maps::surely_not_local(pkt.dst)
         && let Some(kind) = unsafe { maps::XR_LOCAL.get(&local) }
         && *kind != LOCAL_FLOATING
     {
@@ -88,7 +88,7 @@ pub fn for_router(pkt: &Pkt, ingress: &PortInfo) -> Option<Verdict> {
 /// packet that passed this check.
 #[inline(always)]
 pub fn spoofed_source(pkt: &Pkt) -> Result<(), Verdict> {
-    if maps::surely_foreign(pkt.src) {
+    if maps::surely_not_local(pkt.src) {
         return Ok(());
     }
     let a = LocalAddr {

@@ -27,7 +27,7 @@ const PORT_PROBES: u32 = 16;
 fn floating_of(fixed: u32) -> Option<u32> {
     // Most sources have none: a flood's random ones would each cost a
     // cache miss in the hash.
-    if maps::surely_foreign(fixed) {
+    if maps::surely_no_floating(fixed) {
         return None;
     }
     // SAFETY: plain data.
@@ -44,8 +44,9 @@ fn floating_of(fixed: u32) -> Option<u32> {
 pub fn destination(pkt: &Pkt) -> (u32, u8) {
     let mut nat = 0u8;
     let mut dst = pkt.dst;
+    // Floating IPs are the router's addresses (`XR_LOCAL`) too.
     // SAFETY: plain data.
-    if !maps::surely_foreign(pkt.dst)
+    if !maps::surely_not_local(pkt.dst)
         && let Some(fixed) = unsafe {
             maps::XR_FIP_REV.get(&Ipv4 {
                 addr: pkt.dst.to_ne_bytes(),

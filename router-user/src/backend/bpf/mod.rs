@@ -56,7 +56,7 @@ pub use attach::Hook;
 pub use flows::{Flow, Tuple, pinned, timeout_ns};
 pub use load::{CT_MASK_GLOBAL, build_id, pins_fit};
 pub use neigh::{PinnedNeighbours, dump_neighbours, watch as watch_neighbours, write_neighbours};
-pub use sync::{Desired, bump_generation, desired, resolve, write_maps};
+pub use sync::{Desired, bump_generation, desired, hint_of, resolve, write_maps};
 pub use table::{CtTable, NotInserted};
 
 /// What the kernel has of a router's BPF data path, read through its pins.
@@ -98,7 +98,7 @@ pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);
 pub const XR_PORTS: &str = "XR_PORTS";
 pub const XR_PORT_SLOTS: &str = "XR_PORT_SLOTS";
 pub const XR_LOCAL: &str = "XR_LOCAL";
-/// Which addresses are surely in neither `XR_LOCAL` nor `XR_FIP` (`LocalHint`).
+/// Which addresses are surely not in `XR_LOCAL`, and not in `XR_FIP` (`LocalHint`).
 pub const XR_LOCAL_HINT: &str = "XR_LOCAL_HINT";
 pub const XR_ROUTES: &str = "XR_ROUTES";
 pub const XR_NEIGH: &str = "XR_NEIGH";

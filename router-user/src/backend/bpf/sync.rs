@@ -253,15 +253,8 @@ fn write_all(ebpf: &mut Ebpf, d: &Desired, n: &mut usize) -> Result<()> {
     *n += sync_hash(map_mut(ebpf, XR_PORTS)?, &d.ports).context(XR_PORTS)?;
     // The hint stops vouching for the addresses to come before they come,
     // and vouches for those gone once they are gone (`LocalHint`). Derived
-    // from `XR_LOCAL` (which holds the floating IPs, `XR_FIP_REV`'s keys)
-    // and `XR_FIP`'s fixed addresses, it is not counted as a change of its
-    // own.
-    let hint = LocalHint::of(
-        d.local
-            .keys()
-            .map(|a| a.addr)
-            .chain(d.fip.keys().map(|a| a.addr)),
-    );
+    // from the maps, it is not counted as a change of its own.
+    let hint = hint_of(d);
     let before = read_hint(ebpf)?;
     write_hint(ebpf, &before.and(&hint)).context(XR_LOCAL_HINT)?;
     *n += sync_hash(map_mut(ebpf, XR_LOCAL)?, &d.local).context(XR_LOCAL)?;
@@ -270,6 +263,12 @@ fn write_all(ebpf: &mut Ebpf, d: &Desired, n: &mut usize) -> Result<()> {
     write_hint(ebpf, &hint).context(XR_LOCAL_HINT)?;
     *n += sync_routes(map_mut(ebpf, XR_ROUTES)?, &d.routes).context(XR_ROUTES)?;
     Ok(())
+}
+
+/// `XR_LOCAL_HINT[0]` for `d`: from `XR_LOCAL` (which holds the floating
+/// IPs, `XR_FIP_REV`'s keys) and `XR_FIP`'s fixed addresses.
+pub fn hint_of(d: &Desired) -> LocalHint {
+    LocalHint::of(d.local.keys().map(|a| a.addr), d.fip.keys().map(|a| a.addr))
 }
 
 fn read_hint(ebpf: &mut Ebpf) -> Result<LocalHint> {

@@ -244,6 +244,19 @@ fn desired_state_of_the_article_router() {
         );
     }
     assert_eq!(d.local.len(), 6 + r.floating_ips.len());
+    // The hint: a VM's fixed address with a floating IP is looked up in
+    // XR_FIP, not in XR_LOCAL (its east-west packets skip that lookup);
+    // the floating IP itself in XR_LOCAL; a VM without one in neither.
+    let hint = hint_of(&d);
+    let raw = |s: &str| u32::from_ne_bytes(a(s));
+    assert!(!hint.surely_no_floating(raw("91.1.180.14")));
+    assert!(hint.surely_not_local(raw("91.1.180.14")));
+    assert!(!hint.surely_not_local(raw("192.168.1.104")));
+    assert!(hint.surely_no_floating(raw("81.1.180.12")));
+    assert!(hint.surely_not_local(raw("81.1.180.12")));
+    for l in d.local.keys() {
+        assert!(!hint.surely_not_local(u32::from_ne_bytes(l.addr)));
+    }
     // Connected subnets, the default route, the ECMP route; the route whose
     // next hop is on no port is left out.
     let keys: Vec<_> = {
