@@ -255,10 +255,9 @@ struct MicroCase {
     what: &'static str,
     ingress: usize,
     frame: Vec<u8>,
-    new_flow: bool,
-    /// Each new flow is from a new client (its source address too, not
-    /// only its ports), as a flood's spoofed sources are.
-    new_client: bool,
+    /// A new flow each run: 0 (none), `NEW_PORTS`, or `NEW_CLIENT` (its
+    /// source address too, as a flood's spoofed clients).
+    new_flow: u32,
     /// Budget of new connections a second (0: none).
     rate: u32,
     /// The connection is established before it is measured (answered,
@@ -288,8 +287,7 @@ fn cases() -> Vec<MicroCase> {
             what: "east-west, no NAT (stateless)",
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40000, "91.1.180.14", 80),
-            new_flow: false,
-            new_client: false,
+            new_flow: 0,
             rate: 0,
             established: false,
             flows: 0,
@@ -300,8 +298,7 @@ fn cases() -> Vec<MicroCase> {
             what: "gateway SNAT, connection established",
             ingress: 0,
             frame: snat_frame(),
-            new_flow: false,
-            new_client: false,
+            new_flow: 0,
             rate: 0,
             established: true,
             flows: 0,
@@ -312,8 +309,7 @@ fn cases() -> Vec<MicroCase> {
             what: "gateway SNAT, established, packets spread over 1k connections",
             ingress: 0,
             frame: snat_frame(),
-            new_flow: false,
-            new_client: false,
+            new_flow: 0,
             rate: 0,
             established: true,
             flows: 1024,
@@ -324,8 +320,7 @@ fn cases() -> Vec<MicroCase> {
             what: "gateway SNAT, established, packets spread over 64k connections",
             ingress: 0,
             frame: snat_frame(),
-            new_flow: false,
-            new_client: false,
+            new_flow: 0,
             rate: 0,
             established: true,
             flows: SPREAD_FLOWS,
@@ -336,8 +331,7 @@ fn cases() -> Vec<MicroCase> {
             what: "SNAT, a new connection a packet, into a table with room",
             ingress: 0,
             frame: snat_frame(),
-            new_flow: true,
-            new_client: false,
+            new_flow: NEW_PORTS,
             rate: 0,
             established: false,
             flows: 0,
@@ -348,8 +342,7 @@ fn cases() -> Vec<MicroCase> {
             what: "SNAT, a new connection a packet, table full (each evicts an embryonic one)",
             ingress: 0,
             frame: snat_frame(),
-            new_flow: true,
-            new_client: false,
+            new_flow: NEW_PORTS,
             rate: 0,
             established: false,
             flows: 0,
@@ -360,8 +353,7 @@ fn cases() -> Vec<MicroCase> {
             what: "a SYN to a floating IP from a new client a packet, table full (each evicts)",
             ingress: 2,
             frame: syn(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
-            new_flow: true,
-            new_client: true,
+            new_flow: NEW_CLIENT,
             rate: 0,
             established: false,
             flows: 0,
@@ -372,8 +364,7 @@ fn cases() -> Vec<MicroCase> {
             what: "a new connection a packet, over the budget: dropped, counted",
             ingress: 0,
             frame: snat_frame(),
-            new_flow: true,
-            new_client: false,
+            new_flow: NEW_PORTS,
             // One a second: the first run takes it, every later one is shed.
             rate: 1,
             established: false,
@@ -385,8 +376,7 @@ fn cases() -> Vec<MicroCase> {
             what: "a SYN to a floating IP, over the budget: shed before lookups",
             ingress: 2,
             frame: syn(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
-            new_flow: true,
-            new_client: false,
+            new_flow: NEW_PORTS,
             rate: 1,
             established: false,
             flows: 0,
@@ -397,8 +387,7 @@ fn cases() -> Vec<MicroCase> {
             what: "floating IP inbound, connection established",
             ingress: 2,
             frame: udp(MAC_EXT, MAC_QG, "192.168.1.15", 5555, "192.168.1.104", 22),
-            new_flow: false,
-            new_client: false,
+            new_flow: 0,
             rate: 0,
             established: true,
             flows: 0,
@@ -409,8 +398,7 @@ fn cases() -> Vec<MicroCase> {
             what: "the VM with a floating IP outbound, connection established",
             ingress: 1,
             frame: udp(MAC_VM2, MAC_QR2, "91.1.180.14", 40002, "192.168.1.15", 80),
-            new_flow: false,
-            new_client: false,
+            new_flow: 0,
             rate: 0,
             established: true,
             flows: 0,
@@ -421,8 +409,7 @@ fn cases() -> Vec<MicroCase> {
             what: "VM to a floating IP from inside, connection established",
             ingress: 0,
             frame: udp(MAC_VM1, MAC_QR1, "81.1.180.12", 40001, "192.168.1.104", 80),
-            new_flow: false,
-            new_client: false,
+            new_flow: 0,
             rate: 0,
             established: true,
             flows: 0,
@@ -514,11 +501,7 @@ fn set_micro(ebpf: &mut Ebpf, frame: &[u8], stage: u32, c: Option<&MicroCase>) -
     let mut cfg = MicroConfig {
         frame: [0; MICRO_HDR],
         stage,
-        new_flow: match c {
-            Some(c) if c.new_client => NEW_CLIENT,
-            Some(c) if c.new_flow => NEW_PORTS,
-            _ => 0,
-        },
+        new_flow: c.map_or(0, |c| c.new_flow),
         flows: c.map_or(0, |c| c.flows),
         _pad: 0,
     };
@@ -889,7 +872,7 @@ fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> 
         if c.rate != 0 {
             verdict = run_once(&ebpf, MICRO, ingress, &c.frame, 1)?.0;
         }
-        let repeat = match (c.new_flow, c.room) {
+        let repeat = match (c.new_flow != 0, c.room) {
             (true, true) => room_repeat(slots, c.name)?,
             (true, false) => REPEAT_NEW,
             _ => REPEAT,
@@ -927,7 +910,7 @@ fn measure(ifx: [u32; 3], prefill: u32, only: Option<&str>) -> Result<Vec<Row>> 
         }
         // An established case that opened connections measured new ones
         // (a spread connection not found), whatever its verdict says.
-        if !c.new_flow && created(&mut ebpf)? != opened {
+        if c.new_flow == 0 && created(&mut ebpf)? != opened {
             bail!("micro case {}: its packets opened new connections", c.name);
         }
         rows.push(Row {
