@@ -39,6 +39,14 @@ pub const MARK_ANSWER_ONLY: u32 = 0x7865_0000;
 /// forwarded. The kernel's ICMP error quotes the translated packet; the
 /// egress program translates the quote back on its way out.
 pub const MARK_TRANSLATED_ANSWER: u32 = 0x7861_0000;
+/// As [`MARK_ANSWER_ONLY`], for a packet whose next hop does not answer
+/// ARP: the kernel answers "host unreachable" (its FORWARD rule rejects
+/// it so), as its own forwarding does when resolution fails.
+pub const MARK_UNREACHABLE: u32 = 0x7868_0000;
+/// As [`MARK_TRANSLATED_ANSWER`] (destination translated back, untracked),
+/// for a packet whose next hop does not answer ARP: answered "host
+/// unreachable", the quote translated back on the way out.
+pub const MARK_TRANSLATED_UNREACHABLE: u32 = 0x7875_0000;
 
 /// Per-CPU state of the new-connection budget, index 0 of `XR_RATE`.
 #[repr(C)]

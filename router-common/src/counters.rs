@@ -44,7 +44,9 @@ pub enum Outcome {
     KernelErrorTranslated = 12,
     /// Dropped: the connection table refused an entry.
     DropCtFull = 13,
-    /// To the kernel: neighbour unknown to TC as well (`bpf_redirect_neigh` failed).
+    /// To the kernel, never to be forwarded by it: the next hop does not
+    /// answer ARP (the kernel failed to resolve it); it answers "host
+    /// unreachable". Translated as `KernelTtl` is.
     KernelNeigh = 14,
     /// To the kernel, never to be forwarded by it: a DF packet over the
     /// egress MTU (it answers "fragmentation needed"). Translated as

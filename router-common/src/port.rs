@@ -151,12 +151,61 @@ pub struct NeighKey {
     pub addr: [u8; 4],
 }
 
-/// Value of the neighbours map.
+/// Value of the neighbours map: a next hop's MAC, or that the kernel
+/// failed to resolve it (it does not answer ARP: a packet to it is handed
+/// to the kernel to be answered "host unreachable", as the kernel's own
+/// forwarding answers it), or that it stopped answering at its MAC (a VM
+/// given another: TC's next packet has the kernel resolve it afresh, as
+/// the kernel's own next packet would).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Neigh {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `NEIGH_RESOLVED`, `NEIGH_FAILED` or `NEIGH_RETRY` (MAC zero for
+    /// both). A byte of what was padding: maps pinned before it existed
+    /// hold 0 there.
+    pub state: u8,
+    pub _pad: u8,
+}
+
+pub const NEIGH_RESOLVED: u8 = 0;
+pub const NEIGH_FAILED: u8 = 1;
+pub const NEIGH_RETRY: u8 = 2;
+
+impl Neigh {
+    /// A resolved next hop.
+    pub const fn at(mac: [u8; 6]) -> Neigh {
+        Neigh {
+            mac,
+            state: NEIGH_RESOLVED,
+            _pad: 0,
+        }
+    }
+
+    /// A next hop the kernel failed to resolve.
+    pub const FAILED: Neigh = Neigh {
+        mac: [0; 6],
+        state: NEIGH_FAILED,
+        _pad: 0,
+    };
+
+    /// A next hop that no longer answered at its MAC, to be resolved
+    /// afresh.
+    pub const RETRY: Neigh = Neigh {
+        mac: [0; 6],
+        state: NEIGH_RETRY,
+        _pad: 0,
+    };
+
+    /// Its MAC, if resolved.
+    #[inline(always)]
+    pub const fn mac(&self) -> Option<[u8; 6]> {
+        if self.state == NEIGH_RESOLVED {
+            Some(self.mac)
+        } else {
+            None
+        }
+    }
 }
 
 impl NeighKey {
@@ -177,11 +226,13 @@ impl NeighKey {
 pub const NEIGH_USED_WORDS: usize = BITSET_WORDS;
 
 /// `XR_NEIGH_USED[0]`, per CPU: a bit per hash of a next hop, set by XDP
-/// when it sends a packet to that next hop's MAC. The kernel never sees
-/// those packets, so it never checks a neighbour it holds as STALE (a VM
-/// that changed its MAC would be sent to the old one for ever): the daemon
-/// reads and clears these bits, and has the kernel check the STALE
-/// neighbours whose bit was set, as a packet through the kernel would.
+/// when it sends a packet to that next hop's MAC, and by TC when it hands
+/// up a packet to a next hop held as failed. The kernel never sees those
+/// packets go to the neighbour, so it never checks one it holds as STALE
+/// (a VM that changed its MAC would be sent to the old one for ever), nor
+/// probes a failed one again: the daemon reads and clears these bits, and
+/// has the kernel check the STALE and failed neighbours whose bit was set,
+/// as a packet through the kernel would.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NeighUsed {

@@ -10,7 +10,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use router_common::{
-    config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER},
+    config::{
+        MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER,
+        MARK_TRANSLATED_UNREACHABLE, MARK_UNREACHABLE,
+    },
     counters::Outcome,
 };
 
@@ -101,7 +104,14 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
             TC_ACT_OK
         }
         Verdict::Answer(why) => {
-            mark(ctx, MARK_ANSWER_ONLY);
+            mark(
+                ctx,
+                if why == Outcome::KernelNeigh {
+                    MARK_UNREACHABLE
+                } else {
+                    MARK_ANSWER_ONLY
+                },
+            );
             maps::count(why, len);
             log_outcome!(ctx, "tc: to be answered, outcome {}", why);
             TC_ACT_OK
@@ -113,7 +123,14 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
             TC_ACT_OK
         }
         Verdict::TranslatedAnswer(why) => {
-            mark(ctx, MARK_TRANSLATED_ANSWER);
+            mark(
+                ctx,
+                if why == Outcome::KernelNeigh {
+                    MARK_TRANSLATED_UNREACHABLE
+                } else {
+                    MARK_TRANSLATED_ANSWER
+                },
+            );
             maps::count(why, len);
             log_outcome!(ctx, "tc: translated back, to be answered, outcome {}", why);
             TC_ACT_OK

@@ -158,8 +158,8 @@ pub fn surely_no_floating(addr: u32) -> bool {
     }
 }
 
-/// Notes that XDP sent a packet to next hop `nexthop` on `ifindex` (see
-/// [`NeighUsed`]).
+/// Notes that XDP sent a packet to next hop `nexthop` on `ifindex`, or TC
+/// found it failed (see [`NeighUsed`]).
 #[inline(always)]
 pub fn neigh_used(ifindex: u32, nexthop: u32) {
     if let Some(u) = XR_NEIGH_USED.get_ptr_mut(0) {

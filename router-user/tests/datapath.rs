@@ -409,7 +409,7 @@ fn start_neighbours(ifx: [u32; 3]) -> std::collections::HashMap<NeighKey, Neigh>
                 ifindex: i,
                 addr: ip(a),
             },
-            Neigh { mac, _pad: [0; 2] },
+            Neigh::at(mac),
         )
     })
     .collect()
@@ -1274,6 +1274,8 @@ const MARK_MASK: u32 = 0xffff_0000;
 const MARK_TRANSLATED: u32 = 0x7872_0000;
 const MARK_ANSWER_ONLY: u32 = 0x7865_0000;
 const MARK_TRANSLATED_ANSWER: u32 = 0x7861_0000;
+const MARK_UNREACHABLE: u32 = 0x7868_0000;
+const MARK_TRANSLATED_UNREACHABLE: u32 = 0x7875_0000;
 
 /// Both hooks on one frame: XDP's verdict and TC's, with TC's mark.
 fn both(r: &Router, ingress: u32, f: &Frame) -> (Out, Out, u32) {
@@ -2659,6 +2661,87 @@ fn answers_for_hosts_behind_nat_are_handed_up_translated() {
     });
 }
 
+/// A next hop the kernel failed to resolve (it does not answer ARP): XDP
+/// leaves the packet to TC, which hands it up for the kernel to answer
+/// "host unreachable", as the kernel's forwarding does: untranslated when
+/// its source would be translated (the kernel's error then comes from the
+/// translated source, as the kernel's NAT sends it), with its destination
+/// translated back when that alone is rewritten. Once resolved, forwarded
+/// by XDP again.
+#[test]
+fn a_next_hop_that_does_not_answer_arp_is_answered_host_unreachable() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let mut n = start_neighbours(ifx);
+        for (i, a) in [(r.qg, "192.168.1.15"), (r.qr2, "91.1.180.14")] {
+            n.insert(
+                NeighKey {
+                    ifindex: i,
+                    addr: ip(a),
+                },
+                Neigh::FAILED,
+            );
+        }
+        write_neighbours(&mut r.ebpf, &n).unwrap();
+
+        // vm1 -> ext through SNAT: up untranslated.
+        let f = Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53).bytes();
+        let x = r.raw_xdp(r.qr1, &f);
+        assert_eq!((x.ret, &x.frame), (XDP_PASS, &f), "XDP leaves it to TC");
+        let (t, mark) = r.raw_tc_skb(r.qr1, &f, 0);
+        assert_eq!((t.ret, mark), (TC_ACT_OK, MARK_UNREACHABLE));
+        assert_eq!(t.frame, f, "untouched");
+        assert_eq!(r.counter(Outcome::KernelNeigh), 1);
+
+        // The kernel's answer to vm1 comes from the gateway IP, quoting
+        // what vm1 sent; any other error stays as the kernel made it.
+        let err = |code| {
+            icmp_error(
+                "81.1.180.1",
+                "81.1.180.12",
+                3,
+                code,
+                &f[14..42],
+                MAC_QR1,
+                MAC_VM1,
+            )
+        };
+        let o = r.tc_out(r.qr1, 0, &err(1));
+        assert_eq!(o.ret, TC_ACT_OK);
+        assert_eq!(
+            o.src().to_string(),
+            "192.168.1.110",
+            "from the SNAT address"
+        );
+        assert_eq!(o.dst().to_string(), "81.1.180.12");
+        assert_eq!(finish(sum16(&o.frame[14..34])), 0, "outer IPv4 checksum");
+        assert_eq!(finish(sum16(&o.frame[34..])), 0, "ICMP checksum");
+        assert_eq!(&o.frame[42..], &f[14..42], "the quote is what vm1 sent");
+        assert_eq!(r.counter(Outcome::KernelErrorTranslated), 1);
+        let o = r.tc_out(r.qr1, 0, &err(0));
+        assert_eq!(o.frame, err(0), "network unreachable: untouched");
+
+        // ext -> the floating IP of vm2: up with its destination translated.
+        let f = Frame::udp("192.168.1.15", 7000, "192.168.1.104", 53)
+            .from(MAC_EXT, MAC_QG)
+            .bytes();
+        let x = r.raw_xdp(r.qg, &f);
+        assert_eq!((x.ret, &x.frame), (XDP_PASS, &f), "XDP leaves it to TC");
+        let (t, mark) = r.raw_tc_skb(r.qg, &f, 0);
+        assert_eq!((t.ret, mark), (TC_ACT_OK, MARK_TRANSLATED_UNREACHABLE));
+        assert_eq!(t.src().to_string(), "192.168.1.15");
+        assert_eq!(t.dst().to_string(), "91.1.180.14");
+        assert_eq!((t.sport(), t.dport()), (7000, 53));
+        assert_checksums(&t.frame);
+        assert_eq!(r.counter(Outcome::KernelNeigh), 2);
+
+        // Resolved again: XDP forwards.
+        write_neighbours(&mut r.ebpf, &start_neighbours(ifx)).unwrap();
+        let f = Frame::udp("81.1.180.12", 5000, "192.168.1.15", 53).bytes();
+        assert_eq!(r.raw_xdp(r.qr1, &f).ret, XDP_REDIRECT);
+    });
+}
+
 /// An ICMP error whose own header carries options (a host echoes Record
 /// Route) about a translated connection: translated like any error, outer
 /// and quote, and handed to the kernel marked translated (it processes the
@@ -3211,10 +3294,7 @@ fn an_established_connection_follows_a_replaced_route_at_once() {
                 ifindex: r.qr2,
                 addr: ip("91.1.180.20"),
             },
-            Neigh {
-                mac: MAC_RTR,
-                _pad: [0; 2],
-            },
+            Neigh::at(MAC_RTR),
         );
         write_neighbours(&mut r.ebpf, &neigh).unwrap();
         assert_eq!(r.xdp(r.qg, &back).frame, o2.frame, "no route changed yet");
@@ -3257,10 +3337,7 @@ fn an_established_connection_follows_a_next_hops_new_mac_at_once() {
                 ifindex: r.qg,
                 addr: ip("192.168.1.15"),
             },
-            Neigh {
-                mac: MAC_EXT2,
-                _pad: [0; 2],
-            },
+            Neigh::at(MAC_EXT2),
         );
         assert_eq!(write_neighbours(&mut r.ebpf, &neigh).unwrap(), 1);
         let o = r.xdp(r.qr1, &out);
@@ -3380,7 +3457,7 @@ fn neigh(ifindex: u32, addr: &str, mac: [u8; 6]) -> (NeighKey, Neigh) {
             ifindex,
             addr: ip(addr),
         },
-        Neigh { mac, _pad: [0; 2] },
+        Neigh::at(mac),
     )
 }
 

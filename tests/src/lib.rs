@@ -32,8 +32,8 @@ pub use metadata_agent::{MetadataAgent, header_values};
 pub use neutron::{NeutronMetadataAgent, NeutronServer, Peer, notify};
 pub use probe::{
     Reply, TcpServer, TcpSession, UdpServer, addresses, conntrack, conntrack_with, link,
-    link_exists, ping, sa, sysctl_get, tcp_request, tcp_request_from, udp_connected, udp_request,
-    udp_request_sized,
+    link_exists, ping, sa, sysctl_get, tcp_connect, tcp_request, tcp_request_from, udp_connected,
+    udp_request, udp_request_sized,
 };
 pub use rig::{
     Host, Launch, Plugging, Rig, TempDir, set_plugging, xrouter_bin, xrouter_check, xrouter_plain,

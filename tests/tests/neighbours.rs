@@ -6,11 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use tests::{Checks, Dataplane, Rig, article::*, cmd, ping};
+use tests::{
+    Checks, Dataplane, Rig, TcpServer, article::*, cmd, ping, sa, tcp_connect, tcp_request,
+};
 
 tests::planes!(
     a_vm_that_changes_its_mac_is_reached_again,
-    after_a_restart_a_vm_that_changes_its_mac_is_reached_again
+    after_a_restart_a_vm_that_changes_its_mac_is_reached_again,
+    a_next_hop_that_never_answers_is_reported_unreachable
 );
 
 /// Short neighbour timers on the router's port to vm2 (the kernel's
@@ -96,4 +99,110 @@ fn new_mac_reached(rig: &Rig, c: &mut Checks) {
     let p = ping(&vm1, VM2, &["-c", "8", "-i", "0.2"]);
     c.ok(p.success(), "ping vm1 -> vm2 at its new MAC", p.describe());
     rig.assert_fast_path(c);
+}
+
+/// No one at 91.1.180.99 (a fixed IP with floating IP 192.168.1.105) nor at
+/// 192.168.1.99, until a VM takes 91.1.180.99.
+const NOBODY: &str = "91.1.180.99";
+const NOBODY_FIP: &str = "192.168.1.105";
+const NOBODY_EXT: &str = "192.168.1.99";
+
+/// A next hop that never answers ARP: as the kernel's forwarding does on
+/// the iptables plane, the sender is told the host is unreachable (ICMP
+/// host unreachable, about what it sent), so its TCP connect fails with
+/// "No route to host" within seconds instead of timing out: through SNAT,
+/// east-west, and to a floating IP. Once a VM takes the address, it is
+/// reached within seconds, through the programs.
+fn a_next_hop_that_never_answers_is_reported_unreachable(plane: Dataplane) {
+    let mut rig = Rig::new(plane);
+    rig.router_mut().add_fip(NOBODY_FIP, NOBODY);
+    rig.start();
+    rig.article_hosts(&[]);
+    // Resolution fails after three probes 200 ms apart (the kernel's
+    // default: 1 s), the same on every plane.
+    for net in ["ext", "net2"] {
+        let key = format!("net.ipv4.neigh.{}.retrans_time_ms=200", rig.port_dev(net));
+        let out = cmd::exec(&rig.router_ns(), "sysctl", &["-qw", &key], cmd::CMD_TIMEOUT)
+            .expect("sysctl in the router namespace");
+        assert!(out.success(), "{}", out.describe());
+    }
+    let mut c = Checks::new("a_next_hop_that_never_answers_is_reported_unreachable");
+    for (what, from, to) in [
+        (
+            "vm1 -> nobody on the external network (SNAT)",
+            "vm1",
+            NOBODY_EXT,
+        ),
+        ("vm1 -> nobody on net2 (east-west)", "vm1", NOBODY),
+        ("ext -> the floating IP of nobody", "ext", NOBODY_FIP),
+    ] {
+        let t0 = Instant::now();
+        let r = tcp_connect(&rig.ns(from), None, sa(to, 80), Duration::from_secs(20));
+        let took = t0.elapsed();
+        let err = match r {
+            Ok(_) => "connected".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        c.ok(
+            err.contains("No route to host") && took < Duration::from_secs(15),
+            &format!("{what}: \"No route to host\" within 15 s"),
+            format!("{err} after {took:?}"),
+        );
+    }
+    // The error comes from where the kernel's NAT sends it: after SNAT,
+    // from the address the source was translated to; else from the
+    // router's port (east-west) or the floating IP the sender used.
+    for (from, to, by) in [
+        ("vm1", NOBODY_EXT, QG),
+        ("vm2", NOBODY_EXT, FIP),
+        ("vm1", NOBODY, QR1),
+        ("ext", NOBODY_FIP, NOBODY_FIP),
+    ] {
+        let p = ping(&rig.ns(from), to, &["-c", "2", "-i", "0.5", "-W", "1"]);
+        c.ok(
+            p.stdout.contains(&format!(
+                "From {by} icmp_seq=1 Destination Host Unreachable"
+            )),
+            &format!("ping {from} -> {to}: host unreachable from {by}"),
+            p.describe(),
+        );
+    }
+    if plane != Dataplane::Iptables {
+        c.ok(
+            rig.stat("kernel/neighbour") > 0,
+            "the programs handed the packets up to be answered",
+            rig.stats_text(),
+        );
+    }
+
+    // Someone takes the address: reached within seconds, from vm1 and from
+    // outside through the floating IP.
+    rig.vm("vm3", "net2", &format!("{NOBODY}/24"), QR2);
+    let _s = TcpServer::start(&rig.ns("vm3"), "vm3", 80).unwrap();
+    let t0 = Instant::now();
+    let mut back = None;
+    while t0.elapsed() < Duration::from_secs(15) {
+        if ping(&rig.ns("vm1"), NOBODY, &["-W", "1"]).success() {
+            back = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.ok(
+        back.is_some(),
+        "vm3 reached within 15 s",
+        format!("{back:?}"),
+    );
+    match tcp_request(&rig.ns("ext"), sa(NOBODY_FIP, 80)) {
+        Ok(r) => c.eq(
+            "ext -> the floating IP: vm3 saw",
+            r.peer.ip().to_string(),
+            EXT_HOST.to_string(),
+        ),
+        Err(e) => c.ok(false, "ext -> the floating IP of vm3", format!("{e:#}")),
+    };
+    let p = ping(&rig.ns("vm1"), NOBODY, &["-c", "8", "-i", "0.2"]);
+    c.ok(p.success(), "ping vm1 -> vm3", p.describe());
+    rig.assert_fast_path(&mut c);
+    c.finish();
 }

@@ -243,7 +243,7 @@ fn neighbours(ebpf: &mut Ebpf, ifx: [u32; 3]) -> Result<()> {
             ifindex: i,
             addr: ip(a),
         };
-        neigh.insert(k, Neigh { mac, _pad: [0; 2] }, 0)?;
+        neigh.insert(k, Neigh::at(mac), 0)?;
     }
     // As the daemon does after writing neighbours.
     bump_generation(map(ebpf, "XR_GEN")?)?;

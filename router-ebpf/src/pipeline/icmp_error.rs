@@ -10,7 +10,8 @@
 //!
 //! The router's own errors (the kernel's answer to a packet handed up with
 //! its destination translated back, see `MARK_TRANSLATED_ANSWER`) quote
-//! that translated packet; [`local`] translates the quote on the way out.
+//! that translated packet; [`local`] translates the quote on the way out
+//! (and the source of a "host unreachable", see `MARK_UNREACHABLE`).
 
 use network_types::ip::Ipv4Hdr;
 use router_common::{
@@ -21,7 +22,10 @@ use router_common::{
 
 use super::{
     Verdict, conntrack,
-    parse::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IP_SRC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt},
+    parse::{
+        ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HOST_UNREACH, IP_SRC,
+        PROTO_ICMP, PROTO_TCP, PROTO_UDP, Pkt,
+    },
     route::{self, Flow},
 };
 use crate::{ctx::Packet, maps};
@@ -45,6 +49,12 @@ impl Inner {
     #[inline(always)]
     fn reverse_key(&self) -> CtKey {
         conntrack::key(self.dst, self.src, self.dport, self.sport, self.proto)
+    }
+
+    /// The quoted packet as its sender sent it: the key of its direction.
+    #[inline(always)]
+    fn key(&self) -> CtKey {
+        conntrack::key(self.src, self.dst, self.sport, self.dport, self.proto)
     }
 }
 
@@ -224,12 +234,13 @@ pub fn apply<P: Packet>(p: &mut P, pkt: &Pkt, plan: &Plan) -> Result<(), Verdict
 /// An ICMP error the router itself sends (TC egress): if it quotes a packet
 /// whose destination the programs translated back, the quote becomes what
 /// the sender sent and the error comes from the address the sender talked
-/// to, as the kernel's NAT does on the iptables plane. Whether it did.
+/// to, as the kernel's NAT does on the iptables plane (see also
+/// `unreachable_source`). Whether it did.
 #[inline(always)]
 pub fn local<P: Packet>(p: &mut P, pkt: &Pkt) -> Result<bool, Verdict> {
     let q = inner(p, pkt)?;
     let Some(e) = conntrack::find(&q.reverse_key()) else {
-        return Ok(false);
+        return unreachable_source(p, pkt, &q);
     };
     let talked_to = u32::from_ne_bytes(e.new_src);
     // Only a destination translated back: the sender's own address is in
@@ -239,5 +250,30 @@ pub fn local<P: Packet>(p: &mut P, pkt: &Pkt) -> Result<bool, Verdict> {
     }
     apply(p, pkt, &Plan { q, e })?;
     super::rewrite::set_addr(p, pkt, IP_SRC, pkt.src, talked_to)?;
+    Ok(true)
+}
+
+/// "Host unreachable" about a packet handed up untranslated because its
+/// next hop does not answer ARP (`MARK_UNREACHABLE`): the quote is what the
+/// sender sent, but the kernel's NAT on the iptables plane answers after
+/// translating the packet, so the error comes from the address its source
+/// was translated to (the gateway IP, a floating IP). Whether it changed.
+/// (A reject rule of the kernel's own would look the same; the programs
+/// add none.)
+#[inline(always)]
+fn unreachable_source<P: Packet>(p: &mut P, pkt: &Pkt, q: &Inner) -> Result<bool, Verdict> {
+    let code: *const u8 = p.ptr(pkt.l4_off + 1).ok_or(BAD)?;
+    // SAFETY: bounds checked by ptr().
+    if pkt.flags != ICMP_DEST_UNREACH || unsafe { *code } != ICMP_HOST_UNREACH || pkt.dst != q.src {
+        return Ok(false);
+    }
+    let Some(e) = conntrack::find(&q.key()) else {
+        return Ok(false);
+    };
+    let translated = u32::from_ne_bytes(e.new_src);
+    if translated == q.src {
+        return Ok(false);
+    }
+    super::rewrite::set_addr(p, pkt, IP_SRC, pkt.src, translated)?;
     Ok(true)
 }

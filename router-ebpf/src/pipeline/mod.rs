@@ -28,7 +28,7 @@ pub mod table;
 
 use router_common::counters::Outcome;
 
-use crate::ctx::Packet;
+use crate::{ctx::Packet, maps};
 
 /// What to do with a packet.
 #[derive(Clone, Copy)]
@@ -39,14 +39,16 @@ pub enum Verdict {
     Forward { ifindex: u32, nexthop: u32 },
     /// Hand it to the kernel unchanged, for this reason.
     Kernel(Outcome),
-    /// Hand it to the kernel unchanged, marked `MARK_ANSWER_ONLY`: the
-    /// kernel answers it with an ICMP error and must not forward it.
+    /// Hand it to the kernel unchanged, marked `MARK_ANSWER_ONLY`
+    /// (`MARK_UNREACHABLE` for `KernelNeigh`): the kernel answers it with
+    /// an ICMP error and must not forward it.
     Answer(Outcome),
     /// Translated (addresses and ports, not TTL or MACs); hand it to the
     /// kernel marked `MARK_TRANSLATED`, to be forwarded untracked.
     Translated(Outcome),
     /// Its destination translated back; hand it to the kernel marked
-    /// `MARK_TRANSLATED_ANSWER`: answered (untracked), never forwarded.
+    /// `MARK_TRANSLATED_ANSWER` (`MARK_TRANSLATED_UNREACHABLE` for
+    /// `KernelNeigh`): answered (untracked), never forwarded.
     TranslatedAnswer(Outcome),
     /// XDP cannot finish it (neighbour unknown, partial checksum, a mark
     /// needed): TC will.
@@ -72,7 +74,8 @@ fn too_big<P: Packet>(p: &P, pkt: &parse::Pkt, mtu: u32) -> bool {
     true
 }
 
-/// A packet the kernel must answer (TTL expired, fragmentation needed).
+/// A packet the kernel must answer (TTL expired, fragmentation needed,
+/// host unreachable).
 /// The kernel's ICMP error quotes what it is given and goes to its source:
 /// a packet whose destination the programs rewrite (a reply to a SNATed
 /// connection, a packet to a floating IP) is handed up with that
@@ -174,6 +177,17 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
     } else {
         None
     };
+    // A next hop that does not answer ARP (XDP: no MAC, TC's): the kernel
+    // answers "host unreachable", as its own forwarding does; what TC
+    // sent there with `bpf_redirect_neigh` would be lost silently. Noted
+    // as used: the daemon has the kernel probe it again.
+    if P::TC && flow.nexthop_mac.is_none() && route::unresolvable(flow.egress, flow.nexthop) {
+        maps::neigh_used(flow.egress, flow.nexthop);
+        if quoted.is_some() {
+            return Verdict::Answer(Outcome::KernelNeigh);
+        }
+        return answer(p, &pkt, &flow, Outcome::KernelNeigh);
+    }
     if let Some(why) = handoff {
         // XDP cannot mark a packet: TC does all of it.
         if !P::TC {

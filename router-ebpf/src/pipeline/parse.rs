@@ -30,6 +30,8 @@ pub const PROTO_UDP: u8 = 17;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;
+/// Its code "host unreachable".
+pub const ICMP_HOST_UNREACH: u8 = 1;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
 

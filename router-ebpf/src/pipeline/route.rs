@@ -4,7 +4,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use router_common::{
     counters::Outcome,
-    port::{NeighKey, PortInfo},
+    port::{NEIGH_FAILED, NeighKey, PortInfo},
     route::{self, DstRoute, MAX_NEXTHOPS},
 };
 
@@ -150,5 +150,17 @@ pub fn neighbour(ifindex: u32, nexthop: u32) -> Option<[u8; 6]> {
         addr: nexthop.to_ne_bytes(),
     };
     // SAFETY: plain data.
-    unsafe { maps::XR_NEIGH.get(&key) }.map(|n| n.mac)
+    unsafe { maps::XR_NEIGH.get(&key) }.and_then(|n| n.mac())
+}
+
+/// Whether the kernel failed to resolve a next hop (it does not answer
+/// ARP).
+#[inline(always)]
+pub fn unresolvable(ifindex: u32, nexthop: u32) -> bool {
+    let key = NeighKey {
+        ifindex,
+        addr: nexthop.to_ne_bytes(),
+    };
+    // SAFETY: plain data.
+    unsafe { maps::XR_NEIGH.get(&key) }.is_some_and(|n| n.state == NEIGH_FAILED)
 }

@@ -320,7 +320,7 @@ mod tests {
         assert!(!apply(&ns.0, &want(&r)).unwrap());
         let have = read(&ns.0).unwrap().unwrap();
         assert!(have.chains["prerouting"].is_empty());
-        assert_eq!(have.chains["handoff"].len(), 2);
+        assert_eq!(have.chains["handoff"].len(), 3);
         assert!(clear(&ns.0).unwrap());
         assert!(read(&ns.0).unwrap().is_none());
         assert!(!clear(&ns.0).unwrap());

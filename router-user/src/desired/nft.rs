@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
-use router_common::config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER};
+use router_common::config::{
+    MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER,
+    MARK_TRANSLATED_UNREACHABLE, MARK_UNREACHABLE,
+};
 
 use crate::model::Router;
 
@@ -94,9 +97,31 @@ pub fn want(router: &Router) -> Want {
             "destination translated back by the programs: answer untracked",
         ),
         rule(
+            "handoff",
+            format!("{} notrack", mark("==", MARK_TRANSLATED_UNREACHABLE)),
+            "destination translated back by the programs, next hop unreachable: answer untracked",
+        ),
+        rule(
             "answers",
             format!("{} counter drop", mark("==", MARK_ANSWER_ONLY)),
             "handed up to be answered: never forwarded",
+        ),
+        // The kernel's answer when it cannot resolve a next hop itself.
+        rule(
+            "answers",
+            format!(
+                "{} counter reject with icmp type host-unreachable",
+                mark("==", MARK_UNREACHABLE)
+            ),
+            "next hop does not answer ARP: host unreachable",
+        ),
+        rule(
+            "answers",
+            format!(
+                "{} counter reject with icmp type host-unreachable",
+                mark("==", MARK_TRANSLATED_UNREACHABLE)
+            ),
+            "next hop does not answer ARP, translated: host unreachable",
         ),
         rule(
             "answers",
@@ -171,7 +196,12 @@ mod tests {
         let w = want(&r);
         assert!(w.dnat.is_empty() && w.snat.is_empty());
         let chains: Vec<&str> = w.rules.iter().map(|r| r.chain).collect();
-        assert_eq!(chains, ["handoff", "handoff", "answers", "answers"]);
+        assert_eq!(
+            chains,
+            [
+                "handoff", "handoff", "handoff", "answers", "answers", "answers", "answers"
+            ]
+        );
         assert_eq!(
             w.rules[0].text,
             "meta mark & 0xffff0000 == 0x78720000 notrack"

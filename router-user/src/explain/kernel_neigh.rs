@@ -1,8 +1,9 @@
 //! The kernel's own view of a next hop: what the programs cannot see. A
 //! next hop missing from the neighbours map is resolved by the kernel as
-//! it sends (`bpf_redirect_neigh`); one that never answers ARP is `FAILED`
-//! there, and what is sent to it is lost after the programs, counted as
-//! forwarded.
+//! it sends (`bpf_redirect_neigh`); what is sent to one that never answers
+//! ARP is lost after the programs, counted as forwarded, until the daemon
+//! has mirrored it as failed (packets to it are then answered host
+//! unreachable).
 
 use std::{net::Ipv4Addr, process::Command};
 

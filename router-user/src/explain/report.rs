@@ -4,7 +4,10 @@
 use std::{collections::HashMap, fmt::Write as _, net::Ipv4Addr};
 
 use router_common::{
-    config::{MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER},
+    config::{
+        MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER,
+        MARK_TRANSLATED_UNREACHABLE, MARK_UNREACHABLE,
+    },
     conntrack::{
         CT_REPLY, CtEntry, CtKey, NAT_DNAT, NAT_SNAT, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN,
         TCP_NONE, TCP_SYN_SENT,
@@ -317,7 +320,9 @@ pub fn meaning(o: Outcome) -> &'static str {
         Outcome::DropNoPort => "dropped: no free SNAT port",
         Outcome::KernelErrorTranslated => "the kernel's ICMP error, its quote translated back",
         Outcome::DropCtFull => "dropped: the connection table refused the entry",
-        Outcome::KernelNeigh => "the next hop could not be resolved: the kernel's",
+        Outcome::KernelNeigh => {
+            "the next hop does not answer ARP: handed to the kernel, which answers host unreachable and never forwards it"
+        }
         Outcome::KernelMtu => {
             "DF and over the egress MTU: handed to the kernel, which answers fragmentation needed"
         }
@@ -379,6 +384,10 @@ fn mark_meaning(mark: u32) -> Option<&'static str> {
         MARK_TRANSLATED => Some("mark 0x78720000: translated, forwarded untracked"),
         MARK_ANSWER_ONLY => Some("mark 0x78650000: answer only"),
         MARK_TRANSLATED_ANSWER => Some("mark 0x78610000: translated back, answer only"),
+        MARK_UNREACHABLE => Some("mark 0x78680000: answer host unreachable"),
+        MARK_TRANSLATED_UNREACHABLE => {
+            Some("mark 0x78750000: translated back, answer host unreachable")
+        }
         _ => None,
     }
 }
@@ -748,8 +757,10 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
             match super::kernel_neigh::state(&ns, &dev, nh) {
                 // The programs count it forwarded; the kernel will lose it.
                 Some(st) if super::kernel_neigh::unresolved(&st) => notes.push(format!(
-                    "{nh} is {st} in the kernel's neighbour table on {dev}: it does not answer \
-                     ARP, so what is sent there is lost after the programs (counted as forwarded)"
+                    "{nh} is {st} in the kernel's neighbour table on {dev}: the kernel holds \
+                     what is sent there until it answers ARP and loses it if it never does \
+                     (counted as forwarded); once the neighbours map has it as failed, packets \
+                     to it are answered host unreachable"
                 )),
                 _ => notes.push(format!(
                     "{nh} is not in the neighbours map yet: the kernel resolves it (ARP) as it sends"

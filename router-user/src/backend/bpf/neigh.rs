@@ -58,47 +58,83 @@ fn key(m: &NeighbourMessage) -> Option<NeighKey> {
     })
 }
 
-/// The map entry of one neighbour message, if it is a usable IPv4 one.
-fn entry(m: &NeighbourMessage) -> Option<(NeighKey, Neigh)> {
-    if m.header.family != AddressFamily::Inet || !usable(m.header.state) {
-        return None;
-    }
-    let mut addr = None;
-    let mut mac = None;
-    for a in &m.attributes {
-        match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => addr = Some(*ip),
-            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-                let mut b = [0u8; 6];
-                b.copy_from_slice(l);
-                mac = Some(b);
-            }
-            _ => {}
+/// What one IPv4 neighbour message tells `XR_NEIGH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Resolved: forward to this MAC.
+    Mac(Neigh),
+    /// The kernel failed to resolve it: packets to it are answered "host
+    /// unreachable". Unless the map has its MAC (or had, see below): then
+    /// it stopped answering at that MAC (a VM given another), and is
+    /// `Neigh::RETRY`: the next packet goes through TC, whose
+    /// `bpf_redirect_neigh` has the kernel resolve it afresh, as the
+    /// kernel's own next packet would.
+    Failed,
+    /// Being resolved: a next hop held as failed stays so while the
+    /// kernel probes it again (packets to it are still answered); any
+    /// other is not in the map (TC sends through the kernel's resolution;
+    /// should that fail, it is failed).
+    Resolving,
+    /// Not in the map.
+    Gone,
+}
+
+impl Seen {
+    /// The entry `XR_NEIGH` holds for it, given what it holds now.
+    fn entry(self, now: Option<Neigh>) -> Option<Neigh> {
+        match self {
+            Seen::Mac(n) => Some(n),
+            Seen::Failed => match now {
+                Some(n) if n.mac().is_some() || n == Neigh::RETRY => Some(Neigh::RETRY),
+                _ => Some(Neigh::FAILED),
+            },
+            Seen::Resolving => now.filter(|n| *n == Neigh::FAILED),
+            Seen::Gone => None,
         }
     }
-    let mac = mac?;
-    if mac == [0; 6] {
-        return None;
-    }
-    Some((
-        NeighKey {
-            ifindex: m.header.ifindex,
-            addr: addr?.octets(),
-        },
-        Neigh { mac, _pad: [0; 2] },
-    ))
+}
+
+/// What an IPv4 neighbour message tells `XR_NEIGH` (None: not IPv4).
+fn seen(m: &NeighbourMessage) -> Option<(NeighKey, Seen)> {
+    let k = key(m)?;
+    let s = match m.header.state {
+        NeighbourState::Failed => Seen::Failed,
+        NeighbourState::Incomplete => Seen::Resolving,
+        st if usable(st) => m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(l)
+                    if l.len() == 6 && l.iter().any(|b| *b != 0) =>
+                {
+                    let mut b = [0u8; 6];
+                    b.copy_from_slice(l);
+                    Some(Seen::Mac(Neigh::at(b)))
+                }
+                _ => None,
+            })
+            .unwrap_or(Seen::Gone),
+        _ => Seen::Gone,
+    };
+    Some((k, s))
 }
 
 /// Dumps the IPv4 neighbour table of namespace `ns` as `XR_NEIGH` entries:
 /// (ifindex, address) -> MAC for neighbours in state REACHABLE, STALE,
-/// DELAY, PROBE, PERMANENT or NOARP that have a MAC.
+/// DELAY, PROBE, PERMANENT or NOARP that have a MAC; failed for those in
+/// state FAILED (see [`Seen`] for how what the map holds now changes that).
 pub async fn dump_neighbours(ns: &str) -> Result<HashMap<NeighKey, Neigh>> {
     let nl = Nl::open(Some(ns)).await?;
-    Ok(dump(&nl, ns).await?.0)
+    Ok(dump(&nl, ns, &HashMap::new()).await?.0)
 }
 
-/// [`dump_neighbours`] through `nl`, and which of them are STALE.
-async fn dump(nl: &Nl, ns: &str) -> Result<(HashMap<NeighKey, Neigh>, HashSet<NeighKey>)> {
+/// [`dump_neighbours`] through `nl`, given what `XR_NEIGH` holds `now`, and
+/// which of them are STALE.
+async fn dump(
+    nl: &Nl,
+    ns: &str,
+    now: &HashMap<NeighKey, Neigh>,
+) -> Result<(HashMap<NeighKey, Neigh>, HashSet<NeighKey>)> {
     let mut out = HashMap::new();
     let mut stale = HashSet::new();
     let mut s = nl
@@ -112,7 +148,8 @@ async fn dump(nl: &Nl, ns: &str) -> Result<(HashMap<NeighKey, Neigh>, HashSet<Ne
         .await
         .with_context(|| format!("listing neighbours in {ns}"))?
     {
-        if let Some((k, v)) = entry(&m) {
+        let Some((k, seen)) = seen(&m) else { continue };
+        if let Some(v) = seen.entry(now.get(&k).copied()) {
             if m.header.state == NeighbourState::Stale {
                 stale.insert(k);
             }
@@ -128,10 +165,18 @@ async fn dump(nl: &Nl, ns: &str) -> Result<(HashMap<NeighKey, Neigh>, HashSet<Ne
 /// or the pinned ones of a router adopted from an earlier run.
 async fn sync_into(maps: &mut impl NeighMaps, ns: &str) -> Result<usize> {
     let nl = Nl::open(Some(ns)).await?;
-    let (want, stale) = dump(&nl, ns).await?;
+    let now = maps.current()?;
+    let (want, stale) = dump(&nl, ns, &now).await?;
     let n = maps.set(&want)?;
     let used = take_used(maps.used()?)?;
-    for k in stale.iter().filter(|k| used.has(k)) {
+    // A failed next hop packets went to is probed again, as the kernel
+    // does when a packet goes to one through it: a VM back at that
+    // address answers and is forwarded to.
+    let failed = want
+        .iter()
+        .filter(|(_, v)| **v == Neigh::FAILED)
+        .map(|(k, _)| k);
+    for k in stale.iter().chain(failed).filter(|k| used.has(k)) {
         let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::from(k.addr));
         // NTF_USE: the kernel takes it as a packet to that neighbour.
         if let Err(e) = nl
@@ -150,9 +195,11 @@ async fn sync_into(maps: &mut impl NeighMaps, ns: &str) -> Result<usize> {
 }
 
 /// The maps the neighbour mirroring writes.
-trait NeighMaps {
+pub(super) trait NeighMaps {
     /// Makes `XR_NEIGH` hold exactly `want` (see [`write_neighbours`]).
     fn set(&mut self, want: &HashMap<NeighKey, Neigh>) -> Result<usize>;
+    /// What `XR_NEIGH` holds.
+    fn current(&self) -> Result<HashMap<NeighKey, Neigh>>;
     /// `XR_NEIGH_USED`.
     fn used(&mut self) -> Result<&mut Map>;
 }
@@ -162,6 +209,14 @@ impl NeighMaps for BpfRouter {
         self.set_neighbours(want)
     }
 
+    fn current(&self) -> Result<HashMap<NeighKey, Neigh>> {
+        let map = self
+            .ebpf
+            .map(XR_NEIGH)
+            .with_context(|| format!("the BPF object has no map {XR_NEIGH}"))?;
+        entries(map)
+    }
+
     fn used(&mut self) -> Result<&mut Map> {
         self.ebpf
             .map_mut(XR_NEIGH_USED)
@@ -169,7 +224,14 @@ impl NeighMaps for BpfRouter {
     }
 }
 
-/// The next hops XDP sent to since the last call, over all CPUs; cleared.
+/// The entries of `XR_NEIGH` (`map`).
+fn entries(map: &Map) -> Result<HashMap<NeighKey, Neigh>> {
+    let m: aya::maps::HashMap<_, NeighKey, Neigh> = aya::maps::HashMap::try_from(map)?;
+    m.iter().collect::<Result<_, _>>().context(XR_NEIGH)
+}
+
+/// The next hops XDP sent to (or TC found failed) since the last call,
+/// over all CPUs; cleared.
 /// (A bit set between the read and the clear is lost: its traffic sets it
 /// again.)
 fn take_used(map: &mut Map) -> Result<NeighUsed> {
@@ -239,6 +301,10 @@ impl PinnedNeighbours {
 }
 
 impl NeighMaps for PinnedNeighbours {
+    fn current(&self) -> Result<HashMap<NeighKey, Neigh>> {
+        entries(&self.neigh)
+    }
+
     fn set(&mut self, want: &HashMap<NeighKey, Neigh>) -> Result<usize> {
         let res = sync_hash(&mut self.neigh, want);
         if !matches!(res, Ok(0)) {
@@ -319,9 +385,12 @@ pub async fn watch(
                 continue;
             };
             let res = match m {
-                RouteNetlinkMessage::NewNeighbour(n) => match entry(&n) {
-                    Some((k, v)) => set(&mut map, k, Some(v)),
-                    None => key(&n).map_or(Ok(false), |k| set(&mut map, k, None)),
+                RouteNetlinkMessage::NewNeighbour(n) => match seen(&n) {
+                    Some((k, seen)) => {
+                        let now = map.get(&k, 0).ok();
+                        set(&mut map, k, seen.entry(now))
+                    }
+                    None => Ok(false),
                 },
                 RouteNetlinkMessage::DelNeighbour(n) => {
                     key(&n).map_or(Ok(false), |k| set(&mut map, k, None))

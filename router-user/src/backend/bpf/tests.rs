@@ -1324,14 +1324,37 @@ fn neighbours_mirror_the_kernel_table() {
         .build()
         .unwrap();
     let n = rt.block_on(br.sync_neighbours(&ns.0)).unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
     assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 0);
     let dump = rt.block_on(dump_neighbours(&ns.0)).unwrap();
-    let k = router_common::port::NeighKey {
+    let k = |addr| router_common::port::NeighKey {
         ifindex: idx,
-        addr: a("10.1.0.7"),
+        addr: a(addr),
     };
-    assert_eq!(dump[&k].mac, [2, 0, 0, 0, 0, 7]);
+    assert_eq!(dump[&k("10.1.0.7")].mac(), Some([2, 0, 0, 0, 0, 7]));
+    // Failed: packets to it are answered "host unreachable".
+    assert_eq!(dump[&k("10.1.0.9")], router_common::port::Neigh::FAILED);
+    // Probed again, it stays failed until it answers; a next hop being
+    // resolved for the first time is not in the map.
+    ns.ip("neigh replace 10.1.0.9 dev qr-n1 nud incomplete");
+    ns.ip("neigh replace 10.1.0.10 dev qr-n1 nud incomplete");
+    assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 0);
+    ns.ip("neigh replace 10.1.0.9 lladdr 02:00:00:00:00:09 dev qr-n1 nud reachable");
+    assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 1);
+    // No longer answering at its MAC (a VM given another): resolved afresh
+    // by the next packet, not answered; failed again only if that fails.
+    use super::neigh::NeighMaps as _;
+    let held = |br: &BpfRouter| br.current().unwrap().get(&k("10.1.0.9")).copied();
+    ns.ip("neigh replace 10.1.0.9 dev qr-n1 nud failed");
+    assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 1);
+    assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 0);
+    assert_eq!(held(&br), Some(router_common::port::Neigh::RETRY));
+    ns.ip("neigh replace 10.1.0.9 dev qr-n1 nud incomplete");
+    rt.block_on(br.sync_neighbours(&ns.0)).unwrap();
+    assert_eq!(held(&br), None);
+    ns.ip("neigh replace 10.1.0.9 dev qr-n1 nud failed");
+    rt.block_on(br.sync_neighbours(&ns.0)).unwrap();
+    assert_eq!(held(&br), Some(router_common::port::Neigh::FAILED));
     ns.ip("neigh del 10.1.0.8 dev qr-n1");
     assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 1);
     br.detach_and_unpin().unwrap();
