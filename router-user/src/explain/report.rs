@@ -729,7 +729,8 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
                 ifindex,
                 addr: nh.octets(),
             })
-            .map(|n| Mac(n.mac).to_string());
+            .and_then(|n| n.mac())
+            .map(|m| Mac(m).to_string());
         let (src_mac, dst_mac, by) = match (o, &out_h) {
             (Outcome::FwdXdp, Some(h)) => (
                 Mac(h.src_mac).to_string(),
