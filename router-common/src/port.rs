@@ -161,9 +161,9 @@ pub struct NeighKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Neigh {
     pub mac: [u8; 6],
-    /// `NEIGH_RESOLVED`, `NEIGH_FAILED` or `NEIGH_RETRY` (MAC zero for
-    /// both). A byte of what was padding: maps pinned before it existed
-    /// hold 0 there.
+    /// `NEIGH_RESOLVED`, `NEIGH_FAILED` or `NEIGH_RETRY` (the MAC zero in
+    /// the last two). A byte of what was padding: maps pinned before it
+    /// existed hold 0 there.
     pub state: u8,
     pub _pad: u8,
 }

@@ -177,10 +177,11 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
     } else {
         None
     };
-    // A next hop that does not answer ARP (XDP: no MAC, TC's): the kernel
-    // answers "host unreachable", as its own forwarding does; what TC
-    // sent there with `bpf_redirect_neigh` would be lost silently. Noted
-    // as used: the daemon has the kernel probe it again.
+    // A next hop that does not answer ARP (XDP finds no MAC for it and
+    // leaves it to TC): the kernel answers "host unreachable", as its own
+    // forwarding does; what TC sent there with `bpf_redirect_neigh` would
+    // be lost silently. Noted as used: the daemon has the kernel probe it
+    // again.
     if P::TC && flow.nexthop_mac.is_none() && route::unresolvable(flow.egress, flow.nexthop) {
         maps::neigh_used(flow.egress, flow.nexthop);
         if quoted.is_some() {
