@@ -2721,6 +2721,27 @@ fn a_next_hop_that_does_not_answer_arp_is_answered_host_unreachable() {
         let o = r.tc_out(r.qr1, 0, &err(0));
         assert_eq!(o.frame, err(0), "network unreachable: untouched");
 
+        // vm1 -> the floating IP of vm2 (hairpin): up untranslated, and
+        // the error comes from the floating IP vm1 talked to.
+        let f = Frame::udp("81.1.180.12", 5001, "192.168.1.104", 53).bytes();
+        let (t, mark) = r.raw_tc_skb(r.qr1, &f, 0);
+        assert_eq!((t.ret, mark), (TC_ACT_OK, MARK_UNREACHABLE));
+        assert_eq!(t.frame, f, "untouched");
+        let err = icmp_error(
+            "81.1.180.1",
+            "81.1.180.12",
+            3,
+            1,
+            &f[14..42],
+            MAC_QR1,
+            MAC_VM1,
+        );
+        let o = r.tc_out(r.qr1, 0, &err);
+        assert_eq!(o.src().to_string(), "192.168.1.104", "from the floating IP");
+        assert_eq!(finish(sum16(&o.frame[14..34])), 0, "outer IPv4 checksum");
+        assert_eq!(finish(sum16(&o.frame[34..])), 0, "ICMP checksum");
+        assert_eq!(&o.frame[42..], &f[14..42], "the quote is what vm1 sent");
+
         // ext -> the floating IP of vm2: up with its destination translated.
         let f = Frame::udp("192.168.1.15", 7000, "192.168.1.104", 53)
             .from(MAC_EXT, MAC_QG)
@@ -2733,7 +2754,7 @@ fn a_next_hop_that_does_not_answer_arp_is_answered_host_unreachable() {
         assert_eq!(t.dst().to_string(), "91.1.180.14");
         assert_eq!((t.sport(), t.dport()), (7000, 53));
         assert_checksums(&t.frame);
-        assert_eq!(r.counter(Outcome::KernelNeigh), 2);
+        assert_eq!(r.counter(Outcome::KernelNeigh), 3);
 
         // Resolved again: XDP forwards.
         write_neighbours(&mut r.ebpf, &start_neighbours(ifx)).unwrap();

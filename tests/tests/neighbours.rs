@@ -149,14 +149,16 @@ fn a_next_hop_that_never_answers_is_reported_unreachable(plane: Dataplane) {
             format!("{err} after {took:?}"),
         );
     }
-    // The error comes from where the kernel's NAT sends it: after SNAT,
-    // from the address the source was translated to; else from the
-    // router's port (east-west) or the floating IP the sender used.
+    // The error comes from where the kernel's NAT sends it: from the
+    // floating IP the sender used (from outside, or inside: hairpin); else
+    // after SNAT from the address the source was translated to; else from
+    // the router's port (east-west).
     for (from, to, by) in [
         ("vm1", NOBODY_EXT, QG),
         ("vm2", NOBODY_EXT, FIP),
         ("vm1", NOBODY, QR1),
         ("ext", NOBODY_FIP, NOBODY_FIP),
+        ("vm1", NOBODY_FIP, NOBODY_FIP),
     ] {
         let p = ping(&rig.ns(from), to, &["-c", "2", "-i", "0.5", "-W", "1"]);
         c.ok(

@@ -255,11 +255,13 @@ pub fn local<P: Packet>(p: &mut P, pkt: &Pkt) -> Result<bool, Verdict> {
 
 /// "Host unreachable" about a packet handed up untranslated because its
 /// next hop does not answer ARP (`MARK_UNREACHABLE`): the quote is what the
-/// sender sent, but the kernel's NAT on the iptables plane answers after
-/// translating the packet, so the error comes from the address its source
-/// was translated to (the gateway IP, a floating IP). Whether it changed.
-/// (A reject rule of the kernel's own would look the same; the programs
-/// add none.)
+/// sender sent, but on the iptables plane the kernel answers the packet
+/// translated and its NAT then gives the error the source the sender
+/// expects of a translated connection: the floating IP it talked to if
+/// the destination was translated (hairpin), else the address the source
+/// was translated to (the gateway IP, the sender's floating IP). Whether
+/// it changed. (A reject rule of the kernel's own would look the same;
+/// the programs add none.)
 #[inline(always)]
 fn unreachable_source<P: Packet>(p: &mut P, pkt: &Pkt, q: &Inner) -> Result<bool, Verdict> {
     let code: *const u8 = p.ptr(pkt.l4_off + 1).ok_or(BAD)?;
@@ -270,10 +272,13 @@ fn unreachable_source<P: Packet>(p: &mut P, pkt: &Pkt, q: &Inner) -> Result<bool
     let Some(e) = conntrack::find(&q.key()) else {
         return Ok(false);
     };
-    let translated = u32::from_ne_bytes(e.new_src);
-    if translated == q.src {
+    let from = if u32::from_ne_bytes(e.new_dst) != q.dst {
+        q.dst
+    } else if u32::from_ne_bytes(e.new_src) != q.src {
+        u32::from_ne_bytes(e.new_src)
+    } else {
         return Ok(false);
-    }
-    super::rewrite::set_addr(p, pkt, IP_SRC, pkt.src, translated)?;
+    };
+    super::rewrite::set_addr(p, pkt, IP_SRC, pkt.src, from)?;
     Ok(true)
 }
