@@ -226,7 +226,7 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
         }
     }
     no_connection(pkt, ingress)?;
-    new_connection(pkt, ingress, now, pre)
+    new_connection(pkt, ingress, now, pre.map(|(r, _)| r))
 }
 
 /// What becomes of a packet of no connection before one is opened for it:
@@ -336,7 +336,7 @@ fn new_connection(
     pkt: &Pkt,
     ingress: &PortInfo,
     now: u64,
-    pre: Option<(route::Egress, Option<[u8; 6]>)>,
+    pre: Option<route::Egress>,
 ) -> Result<Flow, Verdict> {
     let Some(cfg) = maps::XR_CONFIG.get(0) else {
         return Err(Verdict::Kernel(Outcome::KernelNotPort));
@@ -350,17 +350,15 @@ fn new_connection(
     }
 
     let (dst, nat) = nat::destination(pkt);
-    // Not DNATed: its route (and the next hop's MAC, if the destination
-    // cache had it) are what `track` looked up (not twice).
-    let (r, mac) = match pre {
-        Some(pre) if dst == pkt.dst => pre,
-        _ => (route::egress(pkt, dst)?, None),
+    // Not DNATed: its route is the one `track` looked up (not twice).
+    let r = match pre {
+        Some(r) if dst == pkt.dst => r,
+        _ => route::egress(pkt, dst)?,
     };
     let (egress, nexthop, port) = r;
     let snat_to = nat::source(pkt, ingress, &cfg, egress, nat);
 
     let mut flow = Flow::via(pkt.src, dst, pkt.sport, pkt.dport, r);
-    flow.nexthop_mac = mac;
     let translated = nat != 0 || snat_to.is_some();
     let touches_gw = ingress.role == ROLE_GATEWAY || port.role == ROLE_GATEWAY;
     if !translated && !touches_gw {
