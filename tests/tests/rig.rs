@@ -55,16 +55,13 @@ fn hosts_on_a_bridge_talk() {
             c.succeeds(&format!("session exchange {i}"), s.exchange());
         }
 
-        // Closed TCP port: refused at once.
-        let t0 = Instant::now();
-        c.fails(
-            "tcp to a closed port",
-            tcp_request(&a.ns, sa("10.0.0.2", 7999)),
-        );
+        // Closed TCP port: refused (a reset), not timed out. (Not timed:
+        // a loaded machine can stall the namespace thread for seconds.)
+        let r = tcp_request(&a.ns, sa("10.0.0.2", 7999)).map_err(|e| format!("{e:#}"));
         c.ok(
-            t0.elapsed() < Duration::from_secs(1),
-            "refused quickly",
-            t0.elapsed(),
+            matches!(&r, Err(e) if e.contains("Connection refused")),
+            "tcp to a closed port: refused",
+            &r,
         );
         // Nobody there: bounded.
         let t0 = Instant::now();
