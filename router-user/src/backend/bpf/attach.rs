@@ -353,11 +353,20 @@ fn take_over(ebpf: &mut Ebpf, path: &Path, kind: Kind) -> Result<FdLink> {
     })
 }
 
+/// XDP program `name`, loaded (verified) first if it is not yet: a
+/// router's XDP programs are loaded only once one of its devices is put on
+/// XDP (see [`BpfRouter::load`]).
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    ebpf.program_mut(name)
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
         .with_context(|| format!("no program {name}"))?
         .try_into()
-        .with_context(|| format!("{name} is not an XDP program"))
+        .with_context(|| format!("{name} is not an XDP program"))?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
+    }
+    Ok(prog)
 }
 
 fn tc<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
