@@ -48,6 +48,21 @@ pub const MARK_UNREACHABLE: u32 = 0x7868_0000;
 /// unreachable", the quote translated back on the way out.
 pub const MARK_TRANSLATED_UNREACHABLE: u32 = 0x7875_0000;
 
+/// The mark of a packet handed up for the kernel to answer `why` (TTL,
+/// fragmentation needed, a next hop that does not answer ARP),
+/// `translated` if its destination was translated back: the answer a mark
+/// asks for is chosen by the router's nftables rules.
+#[inline(always)]
+pub const fn answer_mark(why: crate::counters::Outcome, translated: bool) -> u32 {
+    let unreachable = matches!(why, crate::counters::Outcome::KernelNeigh);
+    match (translated, unreachable) {
+        (false, false) => MARK_ANSWER_ONLY,
+        (false, true) => MARK_UNREACHABLE,
+        (true, false) => MARK_TRANSLATED_ANSWER,
+        (true, true) => MARK_TRANSLATED_UNREACHABLE,
+    }
+}
+
 /// Per-CPU state of the new-connection budget, index 0 of `XR_RATE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]

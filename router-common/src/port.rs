@@ -206,6 +206,12 @@ impl Neigh {
             None
         }
     }
+
+    /// Whether the kernel failed to resolve it (it does not answer ARP).
+    #[inline(always)]
+    pub const fn failed(&self) -> bool {
+        self.state == NEIGH_FAILED
+    }
 }
 
 impl NeighKey {

@@ -10,10 +10,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use router_common::{
-    config::{
-        MARK_ANSWER_ONLY, MARK_MASK, MARK_TRANSLATED, MARK_TRANSLATED_ANSWER,
-        MARK_TRANSLATED_UNREACHABLE, MARK_UNREACHABLE,
-    },
+    config::{MARK_MASK, MARK_TRANSLATED, answer_mark},
     counters::Outcome,
 };
 
@@ -104,14 +101,7 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
             TC_ACT_OK
         }
         Verdict::Answer(why) => {
-            mark(
-                ctx,
-                if why == Outcome::KernelNeigh {
-                    MARK_UNREACHABLE
-                } else {
-                    MARK_ANSWER_ONLY
-                },
-            );
+            mark(ctx, answer_mark(why, false));
             maps::count(why, len);
             log_outcome!(ctx, "tc: to be answered, outcome {}", why);
             TC_ACT_OK
@@ -123,14 +113,7 @@ pub fn tc(ctx: &mut TcContext) -> i32 {
             TC_ACT_OK
         }
         Verdict::TranslatedAnswer(why) => {
-            mark(
-                ctx,
-                if why == Outcome::KernelNeigh {
-                    MARK_TRANSLATED_UNREACHABLE
-                } else {
-                    MARK_TRANSLATED_ANSWER
-                },
-            );
+            mark(ctx, answer_mark(why, true));
             maps::count(why, len);
             log_outcome!(ctx, "tc: translated back, to be answered, outcome {}", why);
             TC_ACT_OK

@@ -39,16 +39,16 @@ pub enum Verdict {
     Forward { ifindex: u32, nexthop: u32 },
     /// Hand it to the kernel unchanged, for this reason.
     Kernel(Outcome),
-    /// Hand it to the kernel unchanged, marked `MARK_ANSWER_ONLY`
-    /// (`MARK_UNREACHABLE` for `KernelNeigh`): the kernel answers it with
-    /// an ICMP error and must not forward it.
+    /// Hand it to the kernel unchanged, marked for the answer
+    /// (`answer_mark`): the kernel answers it with an ICMP error and must
+    /// not forward it.
     Answer(Outcome),
     /// Translated (addresses and ports, not TTL or MACs); hand it to the
     /// kernel marked `MARK_TRANSLATED`, to be forwarded untracked.
     Translated(Outcome),
-    /// Its destination translated back; hand it to the kernel marked
-    /// `MARK_TRANSLATED_ANSWER` (`MARK_TRANSLATED_UNREACHABLE` for
-    /// `KernelNeigh`): answered (untracked), never forwarded.
+    /// Its destination translated back; hand it to the kernel marked for
+    /// the answer (`answer_mark`, translated): answered (untracked), never
+    /// forwarded.
     TranslatedAnswer(Outcome),
     /// XDP cannot finish it (neighbour unknown, partial checksum, a mark
     /// needed): TC will.

@@ -4,7 +4,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use router_common::{
     counters::Outcome,
-    port::{NEIGH_FAILED, NeighKey, PortInfo},
+    port::{Neigh, NeighKey, PortInfo},
     route::{self, DstRoute, MAX_NEXTHOPS},
 };
 
@@ -142,25 +142,26 @@ fn lookup(dst: u32, hash: u32) -> Option<(u32, u32, usize)> {
     Some((ifindex, nh, n))
 }
 
-/// The MAC of a next hop, if the kernel has resolved it.
+/// What the daemon mirrored of a next hop from the kernel's table.
 #[inline(always)]
-pub fn neighbour(ifindex: u32, nexthop: u32) -> Option<[u8; 6]> {
+fn next_hop(ifindex: u32, nexthop: u32) -> Option<&'static Neigh> {
     let key = NeighKey {
         ifindex,
         addr: nexthop.to_ne_bytes(),
     };
     // SAFETY: plain data.
-    unsafe { maps::XR_NEIGH.get(&key) }.and_then(|n| n.mac())
+    unsafe { maps::XR_NEIGH.get(&key) }
+}
+
+/// The MAC of a next hop, if the kernel has resolved it.
+#[inline(always)]
+pub fn neighbour(ifindex: u32, nexthop: u32) -> Option<[u8; 6]> {
+    next_hop(ifindex, nexthop).and_then(Neigh::mac)
 }
 
 /// Whether the kernel failed to resolve a next hop (it does not answer
 /// ARP).
 #[inline(always)]
 pub fn unresolvable(ifindex: u32, nexthop: u32) -> bool {
-    let key = NeighKey {
-        ifindex,
-        addr: nexthop.to_ne_bytes(),
-    };
-    // SAFETY: plain data.
-    unsafe { maps::XR_NEIGH.get(&key) }.is_some_and(|n| n.state == NEIGH_FAILED)
+    next_hop(ifindex, nexthop).is_some_and(Neigh::failed)
 }
