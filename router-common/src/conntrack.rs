@@ -163,6 +163,12 @@ pub struct CtClaim {
     /// A SNAT port drawn ahead for the next new connection (network order),
     /// with bit 16 set; 0: none.
     pub foreseen: u32,
+    /// The key (its words) and entry an insert is writing: handed to it
+    /// here, as a call of the programs takes only numbers, and read where
+    /// needed rather than held across its calls (the stack is short).
+    pub kw0: u64,
+    pub kw1: u64,
+    pub entry: CtEntry,
 }
 
 /// `CtClaim::misses` from which a CPU takes its packets for new

@@ -355,7 +355,7 @@ fn new_connection(
         Some(r) if dst == pkt.dst => r,
         _ => route::egress(pkt, dst)?,
     };
-    let (egress, nexthop, port) = r;
+    let (egress, _, port) = r;
     let snat_to = nat::source(pkt, ingress, &cfg, egress, nat);
 
     let mut flow = Flow::via(pkt.src, dst, pkt.sport, pkt.dport, r);

@@ -27,6 +27,7 @@
 
 use core::{
     intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xadd},
+    mem::size_of,
     ptr::{addr_of_mut, read_volatile, write_volatile},
 };
 
@@ -111,7 +112,7 @@ const NONE: u32 = u32::MAX;
 pub fn lookup(k: &CtKey) -> Option<Found> {
     let (kw0, kw1) = k.words();
     let m = mask();
-    let at = xr_ct_scan(kw0, kw1, k.home(m), m);
+    let at = xr_ct_scan(kw0, kw1, m);
     let s = slot(at)?;
     Some(Found {
         slot: s,
@@ -121,15 +122,20 @@ pub fn lookup(k: &CtKey) -> Option<Found> {
     })
 }
 
-/// The index of the slot holding the key of words `kw0`/`kw1` in the
-/// window from `home`, or [`NONE`]. A global function, as are the other
-/// scans: the verifier checks it once, on its own, for any arguments, and
-/// a call is one instruction to it, whose result is any number; inlined
-/// (or a static function, checked at every call), the scans' paths
-/// multiplied through the pipeline past the verifier's limit.
+/// The index of the slot holding the key of words `kw0`/`kw1` in its
+/// window, or [`NONE`]. A global function, as are the other scans: the
+/// verifier checks it once, on its own, for any arguments, and a call is
+/// one instruction to it, whose result is any number; inlined (or a
+/// static function, checked at every call), the scans' paths multiplied
+/// through the pipeline past the verifier's limit. A lookup works the
+/// key's home out here ([`ct_home`]), as an insert does in
+/// [`xr_ct_insert`], for the same reason: inlined at each of the
+/// pipeline's lookups and inserts, the hash was walked on every path
+/// through each (a fifth of the verifier's work).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn xr_ct_scan(kw0: u64, kw1: u64, home: u32, m: u32) -> u32 {
+pub extern "C" fn xr_ct_scan(kw0: u64, kw1: u64, m: u32) -> u32 {
+    let home = ct_home(kw0, kw1, m);
     for i in 0..CT_WINDOW {
         let at = home.wrapping_add(i) & m;
         let Some(s) = slot(at) else {
@@ -181,15 +187,17 @@ pub fn note_lookup(hit: bool) {
 /// another (the lookup of the packet's own key).
 #[inline(always)]
 pub fn foresee(k: &CtKey) {
-    xr_ct_touch(k.home(mask()));
+    let (kw0, kw1) = k.words();
+    xr_ct_touch(kw0, kw1, mask());
 }
 
-/// Reads slot `at`'s key word, for [`foresee`]: a call, so that the key
-/// is not held on the pipeline's stack.
+/// Reads the key word of the first slot of the window of the key of words
+/// `kw0`/`kw1`, for [`foresee`]: a call, so that the key is not held on
+/// the pipeline's stack.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn xr_ct_touch(at: u32) -> u64 {
-    match slot(at) {
+pub extern "C" fn xr_ct_touch(kw0: u64, kw1: u64, m: u32) -> u64 {
+    match slot(ct_home(kw0, kw1, m)) {
         // SAFETY: a word of a slot of the array.
         Some(s) => unsafe { read_volatile(w1(s)) },
         None => 0,
@@ -250,11 +258,59 @@ const REUSED: u64 = 1 << 33;
 pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bool), Refused> {
     let (kw0, kw1) = k.words();
     let m = mask();
-    let home = k.home(m);
     let keep = keep.map_or(NONE, |f| f.at);
+    let Some(c) = XR_CT_CLAIM.get_ptr_mut(0) else {
+        return Err(Refused::Full);
+    };
+    // SAFETY: per-CPU scratch, no concurrent writer on this CPU.
+    unsafe {
+        write_volatile(&mut (*c).kw0, kw0);
+        write_volatile(&mut (*c).kw1, kw1);
+        write_entry(addr_of_mut!((*c).entry), e);
+    }
+    let r = xr_ct_insert(keep, m);
+    if r & TAKEN != 0 {
+        return Err(Refused::Taken);
+    }
+    let Some(s) = slot(r as u32) else {
+        return Err(Refused::Full);
+    };
+    Ok((
+        Found {
+            slot: s,
+            at: r as u32,
+            w0: kw0,
+            w1: kw1,
+        },
+        r & EVICTED != 0,
+    ))
+}
+
+/// `xr_ct_insert`'s answer for an insert withdrawn ([`Refused::Taken`]).
+const TAKEN: u64 = 1 << 34;
+
+/// [`insert`]'s work, the key and entry taken from this CPU's
+/// `XR_CT_CLAIM` (where [`insert`] put them): the slot's index with
+/// [`EVICTED`] if an embryonic entry was evicted for it, [`TAKEN`], or
+/// [`NONE`] (no room). A global function, checked once: inlined, its
+/// paths were walked again at every insert of the pipeline.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_ct_insert(keep: u32, m: u32) -> u64 {
+    let Some(scratch) = XR_CT_CLAIM.get_ptr(0) else {
+        return NONE as u64;
+    };
+    // SAFETY (the key's words, here and below): this CPU's scratch.
+    let home = unsafe {
+        ct_home(
+            read_volatile(&(*scratch).kw0),
+            read_volatile(&(*scratch).kw1),
+            m,
+        )
+    };
     let c = xr_ct_claim(home, m, keep);
     let Some(s) = slot(c as u32) else {
-        return Err(Refused::Full);
+        return NONE as u64;
     };
     let freed = if c & EVICTED != 0 {
         // The evicted connection goes whole: a half left behind would
@@ -264,29 +320,55 @@ pub fn insert(k: &CtKey, e: &CtEntry, keep: Option<&Found>) -> Result<(Found, bo
     } else {
         NONE
     };
-    // SAFETY: the slot is ours (busy) until published.
+    // SAFETY: the slot is ours (busy) until published; the entry is this
+    // CPU's scratch.
     unsafe {
-        write_volatile(w0(s), kw0);
-        addr_of_mut!((*s).entry).write(*e);
+        write_volatile(w0(s), read_volatile(&(*scratch).kw0));
+        write_entry(addr_of_mut!((*s).entry), &(*scratch).entry);
         // Publishing is a full barrier: the entry is visible with the key.
-        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), CT_W1_BUSY, kw1);
+        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(
+            w1(s),
+            CT_W1_BUSY,
+            read_volatile(&(*scratch).kw1),
+        );
     }
-    let found = Found {
-        slot: s,
-        at: c as u32,
-        w0: kw0,
-        w1: kw1,
-    };
     if freed != NONE {
         // After publishing: this key, if after the freed slot, is then
         // seen on its way, not taken for a busy slot.
         xr_ct_unfree(freed, m);
     }
+    let (kw0, kw1) = unsafe {
+        (
+            read_volatile(&(*scratch).kw0),
+            read_volatile(&(*scratch).kw1),
+        )
+    };
     if xr_ct_must_withdraw(kw0, kw1, home, c, m) != 0 {
-        release(&found);
-        return Err(Refused::Taken);
+        // SAFETY: a word of the slot; freed only if it still holds the key.
+        unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), kw1, CT_W1_FREED) };
+        return TAKEN;
     }
-    Ok((found, c & EVICTED != 0))
+    c & (EVICTED | (u32::MAX as u64))
+}
+
+/// Writes entry `e` at `dst`, a word at a time. A plain copy of an entry
+/// whose route part is zero (a new connection's) is compiled into a call
+/// of a byte-by-byte `memset`, which the verifier walks byte by byte at
+/// every call: a tenth of its work on the XDP pipeline. Volatile stores
+/// are never merged into such a call.
+///
+/// # Safety
+/// `dst` is an entry of a slot this CPU holds busy, or of its scratch.
+#[inline(always)]
+unsafe fn write_entry(dst: *mut CtEntry, e: *const CtEntry) {
+    const WORDS: usize = size_of::<CtEntry>() / 8;
+    let dst = dst.cast::<u64>();
+    let src = e.cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: both are 8-aligned (`CtEntry` holds a u64; slots and
+        // map values are 8-aligned) and `WORDS` words long.
+        unsafe { write_volatile(dst.add(i), src.add(i).read()) };
+    }
 }
 
 /// How many embryonic entries of a full window an insert weighs, to evict
