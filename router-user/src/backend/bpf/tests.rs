@@ -1304,6 +1304,76 @@ fn attach_is_idempotent_pinned_and_taken_over() {
     assert!(!pins.0.join("att").exists());
 }
 
+/// The programs the kernel holds for a router (those bound to one of its
+/// maps: all but `xr_pass`), by name, as `bpftool prog show` lists them.
+fn router_programs(pins: &Path, router: &str) -> Vec<String> {
+    let maps: Vec<u32> = MAP_NAMES
+        .iter()
+        .map(|m| {
+            aya::maps::MapInfo::from_pin(pins.join(router).join(m))
+                .unwrap()
+                .id()
+        })
+        .collect();
+    let mut names: Vec<String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.iter().any(|i| maps.contains(i)))
+        })
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A router on TC has only the TC programs loaded (verifying `xr_xdp` is
+/// most of a router's load time); putting it on XDP loads the XDP ones.
+#[test]
+fn a_router_on_tc_loads_no_xdp_program() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let ns = Ns::new();
+    ns.ip("link add qr-l1 type veth peer name qg-l1");
+    ns.ip("link add tapl1 type veth peer name tapl2");
+    for d in ["qr-l1", "qg-l1", "tapl1", "tapl2"] {
+        ns.ip(&format!("link set {d} up"));
+    }
+    let devs = vec![
+        ("qr-l1".to_string(), ns.ifindex("qr-l1")),
+        ("qg-l1".to_string(), ns.ifindex("qg-l1")),
+    ];
+    let mut br = BpfRouter::load("lazy", &pins.0, 100).unwrap();
+    assert_eq!(router_programs(&pins.0, "lazy"), ["xr_tc", "xr_tc_out"]);
+    br.attach(&ns.0, &devs, Hook::Tc).unwrap();
+    assert_eq!(router_programs(&pins.0, "lazy"), ["xr_tc", "xr_tc_out"]);
+    assert!(!ns.has_xdp("qr-l1"));
+
+    br.attach(&ns.0, &devs, Hook::Xdp).unwrap();
+    assert_eq!(
+        router_programs(&pins.0, "lazy"),
+        ["xr_tc", "xr_tc_out", "xr_xdp"]
+    );
+    assert!(ns.has_xdp("qr-l1") && ns.has_xdp("qg-l1"));
+    let taps = vec![("tapl1".to_string(), ns.ifindex("tapl1"))];
+    let br_ref = &mut br;
+    in_netns(&ns.0, move || br_ref.attach_taps(&taps))
+        .unwrap()
+        .unwrap();
+    // (`xr_pass` uses no map: seen on the tap.)
+    assert!(ns.has_xdp("tapl1"));
+    // Back to TC and again to XDP: loaded once, attached again.
+    br.attach(&ns.0, &devs, Hook::Tc).unwrap();
+    assert!(!ns.has_xdp("qr-l1"));
+    br.attach(&ns.0, &devs, Hook::Xdp).unwrap();
+    assert!(ns.has_xdp("qr-l1"));
+    br.detach_and_unpin().unwrap();
+}
+
 #[test]
 fn neighbours_mirror_the_kernel_table() {
     if !can_run() {
