@@ -32,7 +32,7 @@ pub fn resolve_dataplane(want: Dataplane) -> Result<Dataplane> {
             tracing::info!("data plane: iptables (as configured)");
             Ok(Dataplane::Iptables)
         }
-        Dataplane::Auto => match crate::backend::bpf::object::load() {
+        Dataplane::Auto => match crate::backend::bpf::object::load(false) {
             Ok(_) => {
                 tracing::info!("data plane: tc (auto: the BPF programs load on this kernel)");
                 Ok(Dataplane::Tc)
@@ -43,7 +43,7 @@ pub fn resolve_dataplane(want: Dataplane) -> Result<Dataplane> {
             }
         },
         Dataplane::Xdp | Dataplane::Tc => {
-            crate::backend::bpf::object::load()
+            crate::backend::bpf::object::load(want == Dataplane::Xdp)
                 .with_context(|| format!("--dataplane {want}: BPF cannot be used here"))?;
             tracing::info!("data plane: {want} (as configured)");
             Ok(want)
