@@ -354,8 +354,12 @@ fn namespace_rebuilt(plane: Dataplane) {
             &got,
         );
     }
+    // The floating IP's /32 comes after the ports' own addresses in the
+    // same apply: waited for like them.
     c.ok(
-        rig.fip_published(FIP),
+        wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            rig.fip_published(FIP)
+        }),
         "rebuilt: the FIP is published on qg-",
         (),
     );
