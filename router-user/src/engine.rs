@@ -305,6 +305,24 @@ pub async fn observe(node: &NodeConfig, d: &DesiredRouter) -> Result<Observed> {
     Ok(o)
 }
 
+/// Gives those of `taps` that exist VLAN insertion in hardware again (the
+/// veth default), which the XDP plane turns off; what was changed, in
+/// words. Best effort: a tap that cannot have it keeps software insertion
+/// (tagged frames are only slower), so a failure is logged, not fatal.
+fn restore_vlan_insertion<'a>(taps: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut changed = Vec::new();
+    for t in taps {
+        match ethtool::enable(t, &ethtool::VLAN_TX_OFFLOADS) {
+            Ok(true) => changed.push(format!("{t}: VLAN insertion back in hardware")),
+            Ok(false) => {}
+            // A tap of a port gone meanwhile: nothing to give back.
+            Err(e) if ethtool::no_device(&e) => {}
+            Err(e) => tracing::warn!("{t}: VLAN insertion stays in software: {e:#}"),
+        }
+    }
+    changed
+}
+
 /// The applied state and the means to change it.
 pub struct Engine {
     pub node: NodeConfig,
@@ -351,6 +369,14 @@ impl Engine {
                 if let Err(e) = ebpf::remove_pins(&node.pin_dir, &id) {
                     tracing::warn!(router = %id, "router {id}: removing BPF pins: {e:#}");
                 }
+            }
+            let taps: Vec<String> = state
+                .routers
+                .iter()
+                .flat_map(|r| r.ports().map(|p| p.tap()))
+                .collect();
+            for n in restore_vlan_insertion(taps.iter().map(String::as_str)) {
+                tracing::info!("{n}");
             }
             tracing::info!(
                 "switched from {} to {dataplane}: BPF programs detached",
@@ -671,6 +697,12 @@ impl Engine {
             }
         }
         b.attach_taps(&taps)?;
+        if hook == Hook::Tc {
+            // Taps an earlier run put on XDP get the veth default back.
+            for n in restore_vlan_insertion(d.ports.iter().map(|p| p.tap.as_str())) {
+                ch.note(n);
+            }
+        }
         // This build's programs are in place: a later daemon of the same
         // build and table size adopts them rather than loading again.
         b.record_build()?;

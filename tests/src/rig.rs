@@ -930,6 +930,13 @@ impl Rig {
     /// by XDP, and the router namespace's kernel conntrack holds no NAT
     /// entry. Does nothing on the iptables plane.
     pub fn assert_fast_path(&self, c: &mut crate::Checks) {
+        self.assert_fast_path_since(c, &Value::Null)
+    }
+
+    /// [`Rig::assert_fast_path`] for the traffic since `base`, the router's
+    /// counters as [`Rig::stats_json`] read them earlier (they outlive a
+    /// restart, also one onto another plane).
+    pub fn assert_fast_path_since(&self, c: &mut crate::Checks, base: &Value) {
         if self.plane == Dataplane::Iptables {
             return;
         }
@@ -938,8 +945,15 @@ impl Rig {
             return;
         }
         let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-        let stats = &v[&self.router().id];
-        let n = |k: &str| stats[k]["packets"].as_u64().unwrap_or(0);
+        let id = &self.router().id;
+        let stats = &v[id];
+        let was = |k: &str| base[k]["packets"].as_u64().unwrap_or(0);
+        let n = |k: &str| {
+            stats[k]["packets"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(was(k))
+        };
         c.ok(
             n("forwarded/xdp") + n("forwarded/tc") > 0,
             "packets forwarded by the BPF programs",
@@ -955,9 +969,10 @@ impl Rig {
             let p = crate::ping(&self.ns("vm1"), dst, &["-c", "8", "-i", "0.2"]);
             let out = self.xrouter(&["--config", &self.config_arg(), "show", "stats", "--json"]);
             let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
-            let xdp = v[&self.router().id]["forwarded/xdp"]["packets"]
+            let xdp = v[id]["forwarded/xdp"]["packets"]
                 .as_u64()
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .saturating_sub(was("forwarded/xdp"));
             // The ping only makes traffic (it may have no way out, e.g. once
             // the gateway is gone); what counts is that XDP forwarded.
             c.ok(

@@ -23,6 +23,7 @@ tests::planes!(
     garp_for_new_fip,
     daemon_stop_keeps_forwarding,
     daemon_restart_keeps_sessions,
+    plane_switch_by_restart,
     routers_file_change_applies,
     subnet_and_routes_changed_live,
     self_healing,
@@ -524,6 +525,87 @@ fn daemon_stop_keeps_forwarding(plane: Dataplane) {
         "vm2",
         EXT_HOST,
     );
+    c.finish();
+}
+
+/// The data plane changed by a restart, from `plane` to each other plane
+/// and back: new connections through the floating IP and gateway SNAT work
+/// on each, carried by that plane (BPF counters, no kernel NAT); the taps
+/// carry an XDP program and insert VLAN tags in software on `xdp` only,
+/// and are given the veth default back on leaving it; BPF pins exist on
+/// the eBPF planes only.
+fn plane_switch_by_restart(plane: Dataplane) {
+    use router_user::backend::{ethtool, netns};
+    let mut rig = Rig::article(plane);
+    let _s = tcp_servers(&rig, &["vm2", "ext"]);
+    let mut c = Checks::new("plane_switch_by_restart");
+    let r = rig.router().clone();
+    let taps: Vec<String> = r
+        .interfaces
+        .iter()
+        .chain(r.gateway.as_ref())
+        .map(|p| p.tap())
+        .collect();
+    let others = [Dataplane::Iptables, Dataplane::Xdp, Dataplane::Tc]
+        .into_iter()
+        .filter(|p| *p != plane);
+    for (i, now) in std::iter::once(plane)
+        .chain(others)
+        .chain([plane])
+        .enumerate()
+    {
+        if i > 0 {
+            let st = rig.stop_daemon();
+            c.ok(st.is_some_and(|s| s.success()), "daemon exits 0", st);
+            rig.plane = now;
+            rig.start();
+            // What the plane before left in the kernel's conntrack is not
+            // this plane's doing.
+            let _ = tests::cmd::exec(
+                &rig.router_ns(),
+                "conntrack",
+                &["-F"],
+                tests::cmd::CMD_TIMEOUT,
+            );
+        }
+        let base = if now == Dataplane::Iptables {
+            serde_json::Value::Null
+        } else {
+            rig.stats_json()
+        };
+        let on = format!("on {now:?}");
+        c.reply(
+            &format!("{on}: vm1 -> ext SNATed"),
+            tcp_request(&rig.ns("vm1"), sa(EXT_HOST, TCP)),
+            "ext",
+            QG,
+        );
+        c.reply(
+            &format!("{on}: ext -> FIP DNATed"),
+            tcp_request(&rig.ns("ext"), sa(FIP, TCP)),
+            "vm2",
+            EXT_HOST,
+        );
+        rig.assert_fast_path_since(&mut c, &base);
+        let xdp = now == Dataplane::Xdp;
+        for t in &taps {
+            let prog = link(&rig.node, t).map(|l| l.get("xdp").is_some());
+            c.eq(&format!("{on}: {t} has an XDP program"), prog, Some(xdp));
+            let vlan = netns::run_in(Some(&rig.node), || {
+                ethtool::active(t, &ethtool::VLAN_TX_OFFLOADS).map_err(|e| format!("{e:#}"))
+            });
+            c.eq(
+                &format!("{on}: {t} inserts VLAN tags in hardware"),
+                vlan.map_err(|e| format!("{e:#}")).and_then(|v| v),
+                Ok(vec![Some(!xdp), Some(!xdp)]),
+            );
+        }
+        c.eq(
+            &format!("{on}: the router's BPF maps are pinned"),
+            rig.pin_dir.join(&r.id).join("XR_CT").exists(),
+            now != Dataplane::Iptables,
+        );
+    }
     c.finish();
 }
 

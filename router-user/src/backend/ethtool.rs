@@ -71,6 +71,13 @@ fn ioctl(dev: &str, buf: &mut [u32]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `e` (from this module) says the device does not exist.
+pub fn no_device(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error() == Some(libc::ENODEV))
+}
+
 /// The names of `dev`'s features, in bit order.
 fn feature_names(dev: &str) -> Result<Vec<String>> {
     // struct ethtool_sset_info: cmd, reserved, u64 sset_mask, u32 data[1].
@@ -116,10 +123,22 @@ pub fn active(dev: &str, names: &[&str]) -> Result<Vec<Option<bool>>> {
 /// Turns features `names` off on `dev` (those it has); returns whether any
 /// was on.
 pub fn disable(dev: &str, names: &[&str]) -> Result<bool> {
+    set(dev, names, false)
+}
+
+/// Turns features `names` on on `dev` (those it has); returns whether any
+/// was off. A feature the device cannot change stays as it is.
+pub fn enable(dev: &str, names: &[&str]) -> Result<bool> {
+    set(dev, names, true)
+}
+
+/// Requests features `names` of `dev` `on` or off, if any of them is not
+/// so already; returns whether one was asked to change.
+fn set(dev: &str, names: &[&str], on: bool) -> Result<bool> {
     let all = feature_names(dev)?;
     let blocks = all.len().div_ceil(32);
     let was = active(dev, names)?;
-    if !was.contains(&Some(true)) {
+    if !was.contains(&Some(!on)) {
         return Ok(false);
     }
     // struct ethtool_sfeatures: cmd, size, then per block valid, requested.
@@ -129,9 +148,13 @@ pub fn disable(dev: &str, names: &[&str]) -> Result<bool> {
     for n in names {
         if let Some(i) = all.iter().position(|a| a == n) {
             buf[2 + 2 * (i / 32)] |= 1 << (i % 32);
+            if on {
+                buf[3 + 2 * (i / 32)] |= 1 << (i % 32);
+            }
         }
     }
-    ioctl(dev, &mut buf).with_context(|| format!("turning {} off", names.join(", ")))?;
+    let how = if on { "on" } else { "off" };
+    ioctl(dev, &mut buf).with_context(|| format!("turning {} {how}", names.join(", ")))?;
     Ok(true)
 }
 
@@ -140,9 +163,9 @@ mod tests {
     use super::*;
 
     /// On a scratch veth: the VLAN insertion offloads are found, on by
-    /// default, and turned off.
+    /// default, turned off, and back on.
     #[test]
-    fn vlan_insertion_goes_to_software() {
+    fn vlan_insertion_goes_to_software_and_back() {
         crate::testing::require_root();
         let ns = format!("xrt-eth-{}", std::process::id());
         crate::backend::netns::create(&ns).unwrap();
@@ -162,12 +185,20 @@ mod tests {
             let changed = disable("a0", &VLAN_TX_OFFLOADS).unwrap();
             let after = active("a0", &VLAN_TX_OFFLOADS).unwrap();
             let again = disable("a0", &VLAN_TX_OFFLOADS).unwrap();
-            (before, changed, after, again)
+            let restored = enable("a0", &VLAN_TX_OFFLOADS).unwrap();
+            let on = active("a0", &VLAN_TX_OFFLOADS).unwrap();
+            let on_again = enable("a0", &VLAN_TX_OFFLOADS).unwrap();
+            (before, changed, after, again, restored, on, on_again)
         })
         .unwrap();
         assert_eq!(r.0, vec![Some(true), Some(true)], "veth default");
         assert!(r.1);
         assert_eq!(r.2, vec![Some(false), Some(false)]);
         assert!(!r.3, "nothing left to change");
+        assert!(r.4);
+        assert_eq!(r.5, vec![Some(true), Some(true)], "back to the default");
+        assert!(!r.6, "nothing left to change");
+        let gone = active("xrt-no-such-dev", &VLAN_TX_OFFLOADS).unwrap_err();
+        assert!(no_device(&gone), "{gone:#}");
     }
 }
