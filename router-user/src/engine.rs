@@ -339,6 +339,8 @@ pub struct Engine {
     /// Neighbour event followers by router ID, with the inode of the
     /// namespace they listen in (a rebuilt namespace needs a new one).
     watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
+    /// New routers' BPF objects loading ahead of their apply.
+    preloads: ebpf::preload::Preloads,
     /// The connection GC: the slice under way (it hands the pass back), or
     /// the pass between two slices.
     gc_task: Option<tokio::task::JoinHandle<ebpf::gc::GcPass>>,
@@ -409,6 +411,7 @@ impl Engine {
             bpf: BTreeMap::new(),
             adopted: BTreeMap::new(),
             watchers: BTreeMap::new(),
+            preloads: Default::default(),
             gc_task: None,
             gc_pass: None,
             gc_last: None,
@@ -450,7 +453,39 @@ impl Engine {
     /// On stop: the metadata listeners go to a holder for the next run;
     /// the data plane stays as it is.
     pub async fn shutdown(&mut self) {
+        // A load ahead whose router never got on record (none should be
+        // left: a pass applies every router it loads) leaves no pins.
+        for id in self.preloads.drain().await {
+            if self.state.applied(&id).is_none()
+                && self.state.failure(&id).is_none()
+                && let Err(e) = ebpf::remove_pins(&self.node.pin_dir, &id)
+            {
+                tracing::warn!(router = %id, "router {id}: removing BPF pins: {e:#}");
+            }
+        }
         self.metadata.hand_over().await;
+    }
+
+    /// Starts loading the BPF objects of those of `routers` that are new to
+    /// the node (no pins) on other CPUs, in this order, for their applies
+    /// to take (see [`ebpf::preload`]). Nothing on the iptables plane.
+    pub fn preload(&mut self, routers: &[Router]) {
+        let plane = self.plane();
+        if !plane.is_bpf() {
+            return;
+        }
+        let mut n = 0;
+        for r in routers.iter().filter(|r| !self.bpf.contains_key(&r.id)) {
+            let (dir, size) = (&self.node.pin_dir, self.node.conntrack_size);
+            n += usize::from(self.preloads.start(&r.id, dir, size, plane == Plane::Xdp));
+        }
+        if n > 0 {
+            tracing::info!(
+                "loading the BPF programs of {} ahead, {} at a time",
+                crate::text::count(n, "new router"),
+                self.preloads.parallel()
+            );
+        }
     }
 
     pub fn plane(&self) -> Plane {
@@ -652,7 +687,10 @@ impl Engine {
     ) -> Result<()> {
         let ns = d.namespace.as_str();
         if !self.bpf.contains_key(&d.id) {
-            let b = BpfRouter::load(&d.id, &self.node.pin_dir, self.node.conntrack_size)?;
+            let b = match self.preloads.take(&d.id).await {
+                Some(loaded) => loaded?,
+                None => BpfRouter::load(&d.id, &self.node.pin_dir, self.node.conntrack_size)?,
+            };
             ch.note(format!(
                 "{ns}: BPF object loaded ({} pinned maps reused)",
                 b.reused_maps().len()
@@ -808,6 +846,8 @@ impl Engine {
             h.abort();
         }
         self.adopted.remove(id);
+        // A load ahead pins maps: let it end before the pins go.
+        drop(self.preloads.take(id).await);
         let unpinned = match self.bpf.remove(id) {
             Some(b) => b.detach_and_unpin(),
             None => ebpf::remove_pins(&self.node.pin_dir, id),
@@ -921,6 +961,7 @@ impl Engine {
             .filter(|id| !wanted.contains(id.as_str()))
             .collect();
         self.remove_each(&gone, &mut ch, &mut failures).await;
+        self.preload(&desired);
         for r in &desired {
             let from = ch.len();
             let outcome = self.update(r, &mut ch).await;

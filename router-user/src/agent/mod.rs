@@ -380,7 +380,9 @@ impl Agent {
             }
         }
         // Router by router, each followed by its floating IP statuses: the
-        // first routers of a long sync need not wait for the last.
+        // first routers of a long sync need not wait for the last (the new
+        // ones' BPF programs load ahead, on the other CPUs).
+        self.engine.preload(&checked.routers);
         for (i, r) in checked.routers.iter().enumerate() {
             self.engine.want(r);
             let mut ch = crate::engine::Changes::default();

@@ -102,6 +102,16 @@ impl BpfRouter {
         self.dir.join(LINKS_DIR)
     }
 
+    /// Loads (verifies) the XDP programs now rather than at the first
+    /// [`Self::attach`] with [`Hook::Xdp`]: for a load made ahead of the
+    /// router's apply (see [`super::preload`]).
+    pub fn load_xdp(&mut self) -> Result<()> {
+        for name in [PROG_XDP, PROG_PASS] {
+            xdp(&mut self.ebpf, name).with_context(|| format!("router {}", self.router_id))?;
+        }
+        Ok(())
+    }
+
     /// Attaches the router's programs to `devices` (name, ifindex), the
     /// qr-/qg- devices inside namespace `ns`: `xr_tc` on tcx ingress of each
     /// (first in the tcx chain), and with [`Hook::Xdp`] also `xr_xdp` in

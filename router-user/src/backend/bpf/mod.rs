@@ -35,6 +35,7 @@ mod log;
 pub mod monitor;
 mod neigh;
 pub mod object;
+pub mod preload;
 mod sync;
 mod table;
 

@@ -1429,3 +1429,53 @@ fn neighbours_mirror_the_kernel_table() {
     assert_eq!(rt.block_on(br.sync_neighbours(&ns.0)).unwrap(), 1);
     br.detach_and_unpin().unwrap();
 }
+
+/// Loads ahead of the apply: each router's object comes back loaded as
+/// asked (the XDP programs only with `xdp`), a router loading or with pins
+/// is not loaded again, a failed load hands its error to the apply, and
+/// what is left at the end is waited for (its pins stay, for the caller).
+#[test]
+fn loads_ahead_come_back_loaded_and_skip_pinned_routers() {
+    if !can_run() {
+        return;
+    }
+    let pins = PinDir::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    std::fs::create_dir_all(pins.0.join("ahead-pinned")).unwrap();
+    rt.block_on(async {
+        let mut p = preload::Preloads::default();
+        assert!(p.parallel() >= 1 && p.parallel() <= preload::MAX_PARALLEL);
+        assert!(p.start("ahead-tc", &pins.0, 100, false));
+        assert!(!p.start("ahead-tc", &pins.0, 100, false), "loading already");
+        assert!(p.start("ahead-xdp", &pins.0, 100, true));
+        assert!(!p.start("ahead-pinned", &pins.0, 100, false), "has pins");
+        assert!(p.start("ahead-bad", &pins.0, 0, false));
+        assert!(p.start("ahead-left", &pins.0, 100, false));
+
+        let tc = p.take("ahead-tc").await.unwrap().unwrap();
+        assert_eq!(router_programs(&pins.0, "ahead-tc"), ["xr_tc", "xr_tc_out"]);
+        let xdp = p.take("ahead-xdp").await.unwrap().unwrap();
+        assert_eq!(
+            router_programs(&pins.0, "ahead-xdp"),
+            ["xr_tc", "xr_tc_out", "xr_xdp"]
+        );
+        let Some(Err(bad)) = p.take("ahead-bad").await else {
+            panic!("a load of a table of 0 connections succeeded");
+        };
+        assert!(
+            format!("{bad:#}").contains("a connection table of 0 connections"),
+            "{bad:#}"
+        );
+        assert!(p.take("ahead-pinned").await.is_none());
+        assert!(p.take("ahead-tc").await.is_none(), "taken once");
+        assert_eq!(p.drain().await, ["ahead-left"]);
+        assert!(pins.0.join("ahead-left").join(XR_CT).exists());
+        assert!(p.drain().await.is_empty());
+        tc.detach_and_unpin().unwrap();
+        xdp.detach_and_unpin().unwrap();
+        remove_pins(&pins.0, "ahead-left").unwrap();
+    });
+}
