@@ -190,14 +190,33 @@ pub fn bind_control(node: &NodeConfig) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// SIGTERM or SIGINT, watched by a task of its own: a stop is seen
+/// between two routers of a pass (a first sync of many routers takes
+/// minutes), not only once the pass is done.
+pub fn stop_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
 /// Runs the daemon in the foreground.
 pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
+    let mut stopped = stop_signal()?;
     // A bad routers file is refused before anything is created.
     read_routers(&routers_file, &node)?;
     let dataplane = preflight(&node).await?;
     serve_metrics(&node, dataplane, false).await?;
     let desired = read_routers(&routers_file, &node)?;
     let mut engine = Engine::new(node.clone(), dataplane, Some(routers_file))?;
+    engine.stop = Some(stopped.clone());
     engine.resume_metadata();
     engine.desired = desired.clone();
     match engine.apply(desired).await {
@@ -219,8 +238,6 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
     crate::notify::ready(&status_line(&engine));
 
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let period = Duration::from_secs(node.resync_interval.max(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -253,8 +270,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                     Err(e) => tracing::error!("SIGHUP reload failed, previous state kept: {e:#}"),
                 }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = stopped.wait_for(|s| *s) => break,
             // Whether or not this run loaded any router: one adopted from
             // an earlier run (its programs and maps in place) has its
             // connections expired all the same.

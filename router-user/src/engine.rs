@@ -341,6 +341,9 @@ pub struct Engine {
     watchers: BTreeMap<String, (u64, tokio::task::JoinHandle<()>)>,
     /// New routers' BPF objects loading ahead of their apply.
     preloads: ebpf::preload::Preloads,
+    /// Set when the daemon is asked to stop: a pass ends after the router
+    /// it is applying, the others left as they were.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// The connection GC: the slice under way (it hands the pass back), or
     /// the pass between two slices.
     gc_task: Option<tokio::task::JoinHandle<ebpf::gc::GcPass>>,
@@ -412,6 +415,7 @@ impl Engine {
             adopted: BTreeMap::new(),
             watchers: BTreeMap::new(),
             preloads: Default::default(),
+            stop: None,
             gc_task: None,
             gc_pass: None,
             gc_last: None,
@@ -464,6 +468,11 @@ impl Engine {
             }
         }
         self.metadata.hand_over().await;
+    }
+
+    /// Whether the daemon was asked to stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
     }
 
     /// Starts loading the BPF objects of those of `routers` that are new to
@@ -962,7 +971,14 @@ impl Engine {
             .collect();
         self.remove_each(&gone, &mut ch, &mut failures).await;
         self.preload(&desired);
-        for r in &desired {
+        for (i, r) in desired.iter().enumerate() {
+            if self.stopping() {
+                tracing::info!(
+                    "stopping: {} of this pass left as they were",
+                    crate::text::count(desired.len() - i, "router")
+                );
+                break;
+            }
             let from = ch.len();
             let outcome = self.update(r, &mut ch).await;
             log_router(&r.id, &ch.items[from..], outcome.as_ref().err());

@@ -407,15 +407,19 @@ impl Rig {
     pub fn start_with(&mut self, how: Launch) {
         self.write_config();
         self.write_routers();
-        let args: Vec<String> = vec![
+        self.spawn(how, &self.run_args());
+        self.bind_ovs();
+    }
+
+    /// `xrouter run` with the rig's routers file and config.
+    fn run_args(&self) -> Vec<String> {
+        vec![
             "run".into(),
             "--routers".into(),
             self.routers_path().display().to_string(),
             "--config".into(),
             self.config_arg(),
-        ];
-        self.spawn(how, &args);
-        self.bind_ovs();
+        ]
     }
 
     /// OVS plugging: the VLAN tag of network `id` (one per network).
@@ -551,7 +555,44 @@ impl Rig {
         self.server().set_routers(&v);
     }
 
+    /// [`Rig::start`] without waiting for the first apply to end.
+    pub fn start_unready(&mut self) {
+        self.write_config();
+        self.write_routers();
+        self.launch(Launch::Nsenter, &self.run_args());
+    }
+
     fn spawn(&mut self, how: Launch, args: &[String]) {
+        self.launch(how, args);
+        let t0 = Instant::now();
+        loop {
+            if self.socket_path().exists() {
+                break;
+            }
+            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                self.daemon = None;
+                panic!(
+                    "xrouter {} exited ({st}) before creating its socket; log:\n{}",
+                    args[0],
+                    self.daemon_log()
+                );
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                panic!(
+                    "xrouter {} did not create {} within {START_TIMEOUT:?}; log:\n{}",
+                    args[0],
+                    self.socket_path().display(),
+                    self.daemon_log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        println!("[rig {}] daemon up in {:?}", self.tag, t0.elapsed());
+    }
+
+    /// Spawns the daemon with `args`, entering the node namespace as `how`
+    /// says; its output goes to the log.
+    fn launch(&mut self, how: Launch, args: &[String]) {
         assert!(self.daemon.is_none(), "daemon already running");
         let bin = require_bin();
         let log = File::options()
@@ -584,31 +625,7 @@ impl Rig {
             netns::command_in(&self.node, &mut c).expect("node namespace");
         }
         self.started = true;
-        let t0 = Instant::now();
         self.daemon = Some(c.spawn().expect("spawning xrouter"));
-        loop {
-            if self.socket_path().exists() {
-                break;
-            }
-            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
-                self.daemon = None;
-                panic!(
-                    "xrouter {} exited ({st}) before creating its socket; log:\n{}",
-                    args[0],
-                    self.daemon_log()
-                );
-            }
-            if t0.elapsed() > START_TIMEOUT {
-                panic!(
-                    "xrouter {} did not create {} within {START_TIMEOUT:?}; log:\n{}",
-                    args[0],
-                    self.socket_path().display(),
-                    self.daemon_log()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        println!("[rig {}] daemon up in {:?}", self.tag, t0.elapsed());
     }
 
     /// The running daemon's process id.

@@ -24,6 +24,7 @@ tests::planes!(
     daemon_stop_keeps_forwarding,
     daemon_restart_keeps_sessions,
     plane_switch_by_restart,
+    stop_during_the_first_apply,
     routers_file_change_applies,
     subnet_and_routes_changed_live,
     self_healing,
@@ -604,6 +605,97 @@ fn plane_switch_by_restart(plane: Dataplane) {
             &format!("{on}: the router's BPF maps are pinned"),
             rig.pin_dir.join(&r.id).join("XR_CT").exists(),
             now != Dataplane::Iptables,
+        );
+    }
+    c.finish();
+}
+
+/// SIGTERM while the first apply builds eight routers: the daemon stops
+/// after the router it is on rather than building the rest first, exits
+/// 0, and leaves nothing of the routers it did not get to (on the eBPF
+/// planes their programs were loading ahead: no pins of theirs stay);
+/// `cleanup` removes the rest. Started again, it builds them all.
+fn stop_during_the_first_apply(plane: Dataplane) {
+    const N: u8 = 8;
+    let mut rig = Rig::new(plane);
+    rig.routers.clear();
+    for k in 10..10 + N {
+        let net = rig.add_network(
+            &format!("net{k}"),
+            &format!("10.{k}.0.0/24"),
+            Some(&format!("10.{k}.0.1")),
+        );
+        let mut r = RouterSpec::empty(&rig.tag);
+        r.interfaces
+            .push(tests::PortSpec::new(&net, &format!("10.{k}.0.1")));
+        rig.routers.push(r);
+    }
+    let routers = rig.routers.clone();
+    let mut c = Checks::new("stop_during_the_first_apply");
+    rig.start_unready();
+    let first = routers[0].namespace();
+    c.ok(
+        wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
+            router_user::backend::netns::exists(&first)
+        }),
+        "the first router's namespace appears",
+        rig.daemon_log(),
+    );
+    let st = rig.stop_daemon_within(Duration::from_secs(60));
+    c.ok(
+        st.is_some_and(|s| s.success()),
+        "SIGTERM during the first apply: the daemon exits 0",
+        (st, rig.daemon_log()),
+    );
+    let built: Vec<bool> = routers
+        .iter()
+        .map(|r| router_user::backend::netns::exists(&r.namespace()))
+        .collect();
+    c.ok(
+        built.iter().filter(|b| **b).count() < N as usize,
+        "it stopped before building every router",
+        (&built, rig.daemon_log()),
+    );
+    let stray: Vec<&str> = routers
+        .iter()
+        .zip(&built)
+        .filter(|(r, b)| !**b && rig.pin_dir.join(&r.id).exists())
+        .map(|(r, _)| r.id.as_str())
+        .collect();
+    c.ok(
+        stray.is_empty(),
+        "no pins of a router it did not get to",
+        (&stray, rig.daemon_log()),
+    );
+    let cfg = rig.config_path().display().to_string();
+    let out = rig.xrouter(&["--config", &cfg, "cleanup"]);
+    c.ok(out.success(), "cleanup after the stop", out.describe());
+    let left: Vec<String> = routers
+        .iter()
+        .map(|r| r.namespace())
+        .filter(|ns| router_user::backend::netns::exists(ns))
+        .collect();
+    c.ok(
+        left.is_empty() && !rig.pin_dir.exists(),
+        "cleanup leaves no router namespace and no pins",
+        (&left, &rig.pin_dir),
+    );
+    rig.start();
+    let all = routers
+        .iter()
+        .all(|r| router_user::backend::netns::exists(&r.namespace()));
+    c.ok(
+        all,
+        "started again, it builds every router",
+        rig.daemon_log(),
+    );
+    if plane != Dataplane::Iptables {
+        c.ok(
+            routers
+                .iter()
+                .all(|r| rig.pin_dir.join(&r.id).join("XR_CT").exists()),
+            "and loads every router's programs",
+            &rig.pin_dir,
         );
     }
     c.finish();

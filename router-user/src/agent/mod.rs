@@ -384,6 +384,13 @@ impl Agent {
         // ones' BPF programs load ahead, on the other CPUs).
         self.engine.preload(&checked.routers);
         for (i, r) in checked.routers.iter().enumerate() {
+            if self.engine.stopping() {
+                tracing::info!(
+                    "stopping: {} of this sync left as they were",
+                    crate::text::count(checked.routers.len() - i, "router")
+                );
+                break;
+            }
             self.engine.want(r);
             let mut ch = crate::engine::Changes::default();
             let outcome = self.engine.update(r, &mut ch).await;
@@ -572,6 +579,7 @@ struct Checked {
 
 /// Runs the agent in the foreground until SIGTERM or SIGINT.
 pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
+    let mut stopped = crate::daemon::stop_signal()?;
     let dataplane = crate::daemon::preflight(&node).await?;
     crate::daemon::serve_metrics(&node, dataplane, true).await?;
     let mut engine = Engine::new(node.clone(), dataplane, None)?;
@@ -606,18 +614,9 @@ pub async fn run(node: NodeConfig, settings: AgentSettings) -> Result<()> {
     agent.update_counts();
 
     // Signals are watched by a task of their own: a stop must not wait for
-    // a sync waiting on neutron-server.
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let (stop_tx, mut stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        let _ = stop_tx.send(true);
-    });
+    // a sync waiting on neutron-server, nor for a pass's last router.
     agent.stop = stopped.clone();
+    agent.engine.stop = Some(stopped.clone());
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let period = Duration::from_secs(node.resync_interval.max(1));
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
