@@ -173,7 +173,8 @@ pub fn status_line(engine: &Engine) -> String {
 }
 
 /// A reload as systemd sees it: RELOADING=1, the reload, READY=1.
-async fn reload(engine: &mut Engine) -> Result<crate::engine::Applied> {
+async fn reload(engine: &mut Engine, node_file: &NodeFile) -> Result<crate::engine::Applied> {
+    node_file.warn_if_changed();
     crate::notify::reloading();
     let out = engine.reload().await;
     crate::notify::ready(&status_line(engine));
@@ -207,8 +208,55 @@ pub fn stop_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
     Ok(rx)
 }
 
-/// Runs the daemon in the foreground.
-pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
+/// The node config file as the daemon read it at start: a reload re-reads
+/// the routers file only, so a change of this one is said, not ignored.
+pub struct NodeFile {
+    path: Option<PathBuf>,
+    text: String,
+}
+
+impl NodeFile {
+    /// `path` as it is now (None: the daemon runs on the defaults).
+    pub fn read(path: Option<&std::path::Path>) -> NodeFile {
+        NodeFile {
+            text: path
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default(),
+            path: path.map(std::path::Path::to_path_buf),
+        }
+    }
+
+    /// Warns when the file no longer reads as at start, naming the
+    /// settings that differ (or why it no longer parses).
+    fn warn_if_changed(&self) {
+        let Some(path) = &self.path else { return };
+        let now = NodeFile::read(Some(path));
+        if now.text == self.text {
+            return;
+        }
+        let name = path.display();
+        let what = match (
+            NodeConfig::parse(&self.text, &path.to_string_lossy()),
+            NodeConfig::parse(&now.text, &path.to_string_lossy()),
+        ) {
+            (_, Err(e)) => format!("it no longer reads ({e:#}): the next start will refuse it"),
+            (Ok(was), Ok(is)) => match was.changed_keys(&is) {
+                k if k.is_empty() => "no setting differs".to_string(),
+                k if k.len() == 1 => format!("{} differs", k[0]),
+                k => format!("{} differ", k.join(", ")),
+            },
+            (Err(_), Ok(_)) => "it reads differently".to_string(),
+        };
+        tracing::warn!(
+            "node config {name} changed since the start ({what}); the daemon keeps the \
+             settings it started with until it is restarted"
+        );
+    }
+}
+
+/// Runs the daemon in the foreground; `node_file` is the node config as
+/// read at start (for a reload to tell when it changed).
+pub async fn run(node: NodeConfig, routers_file: PathBuf, node_file: NodeFile) -> Result<()> {
     let mut stopped = stop_signal()?;
     // A bad routers file is refused before anything is created.
     read_routers(&routers_file, &node)?;
@@ -255,7 +303,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                 let now = file_stamp(&routers_path);
                 if now != stamp {
                     stamp = now;
-                    match reload(&mut engine).await {
+                    match reload(&mut engine, &node_file).await {
                         Ok(a) if a.failures.is_empty() => tracing::info!("routers file changed: {}", a.report()),
                         Ok(a) => tracing::error!("routers file changed: {}", a.report()),
                         Err(e) => tracing::error!("routers file changed but was not applied, previous state kept: {e:#}"),
@@ -264,7 +312,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
             }
             _ = hup.recv() => {
                 stamp = file_stamp(&routers_path);
-                match reload(&mut engine).await {
+                match reload(&mut engine, &node_file).await {
                     Ok(a) if a.failures.is_empty() => tracing::info!("SIGHUP reload: {}", a.report()),
                     Ok(a) => tracing::error!("SIGHUP reload: {}", a.report()),
                     Err(e) => tracing::error!("SIGHUP reload failed, previous state kept: {e:#}"),
@@ -295,7 +343,7 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf) -> Result<()> {
                         stamp = file_stamp(&routers_path);
                         // Logged as a file change or SIGHUP is: the journal
                         // tells what `systemctl reload` did, too.
-                        match reload(&mut engine).await {
+                        match reload(&mut engine, &node_file).await {
                             Ok(a) => {
                                 if a.failures.is_empty() {
                                     tracing::info!("reload: {}", a.report());

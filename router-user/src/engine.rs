@@ -457,8 +457,9 @@ impl Engine {
     /// On stop: the metadata listeners go to a holder for the next run;
     /// the data plane stays as it is.
     pub async fn shutdown(&mut self) {
-        // A load ahead whose router never got on record (none should be
-        // left: a pass applies every router it loads) leaves no pins.
+        // Loads ahead of routers a stopped pass did not get to: those of
+        // routers never on record leave no pins (the others' `cleanup`
+        // removes, or the next start uses).
         for id in self.preloads.drain().await {
             if self.state.applied(&id).is_none()
                 && self.state.failure(&id).is_none()
@@ -490,8 +491,8 @@ impl Engine {
         }
         if n > 0 {
             tracing::info!(
-                "loading the BPF programs of {} ahead, {} at a time",
-                crate::text::count(n, "new router"),
+                "loading ahead the BPF programs of {} with nothing pinned yet, {} at a time",
+                crate::text::count(n, "router"),
                 self.preloads.parallel()
             );
         }

@@ -118,7 +118,8 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 node.metrics_address = metrics_address;
             }
             let routers = std::path::absolute(&routers)?;
-            daemon::run(node, routers).await?;
+            let node_file = daemon::NodeFile::read(cli.config.as_deref());
+            daemon::run(node, routers, node_file).await?;
         }
         Cmd::Agent {
             dataplane,

@@ -220,12 +220,7 @@ fn router_deleted(plane: Dataplane) {
         "before: first router's namespace exists",
         (),
     );
-    let taps: Vec<String> = gone
-        .interfaces
-        .iter()
-        .chain(gone.gateway.as_ref())
-        .map(|p| p.tap())
-        .collect();
+    let taps = gone.taps();
     for t in &taps {
         c.ok(
             link_exists(&rig.node, t),
@@ -541,12 +536,7 @@ fn plane_switch_by_restart(plane: Dataplane) {
     let _s = tcp_servers(&rig, &["vm2", "ext"]);
     let mut c = Checks::new("plane_switch_by_restart");
     let r = rig.router().clone();
-    let taps: Vec<String> = r
-        .interfaces
-        .iter()
-        .chain(r.gateway.as_ref())
-        .map(|p| p.tap())
-        .collect();
+    let taps = r.taps();
     let others = [Dataplane::Iptables, Dataplane::Xdp, Dataplane::Tc]
         .into_iter()
         .filter(|p| *p != plane);
@@ -894,6 +884,15 @@ fn routers_file_change_applies(plane: Dataplane) {
     let mut rig = Rig::article(plane);
     let _s = tcp_servers(&rig, &["vm1"]);
     let mut c = Checks::new("routers_file_change_applies");
+    // The node config changed too: read at start only, which the reload
+    // says, naming the setting.
+    let cfg = rig.config_path();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("resync_interval = 1", "resync_interval = 2"),
+    )
+    .unwrap();
     rig.router_mut().add_fip(NEW_FIP, VM1);
     rig.write_routers();
     let added = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
@@ -916,6 +915,15 @@ fn routers_file_change_applies(plane: Dataplane) {
         !log.is_empty() && !log.contains('\u{1b}'),
         "the daemon's log to a file has no terminal escapes",
         log.lines().take(2).collect::<Vec<_>>(),
+    );
+    c.ok(
+        log.contains(&format!(
+            "node config {} changed since the start (resync_interval differs); the daemon \
+             keeps the settings it started with until it is restarted",
+            cfg.display()
+        )),
+        "the reload says the node config changed and which setting",
+        &log,
     );
     c.finish();
 }

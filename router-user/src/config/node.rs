@@ -650,6 +650,19 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The settings (as the file names them) that differ between `self`
+    /// and `other`.
+    pub fn changed_keys(&self, other: &NodeConfig) -> Vec<String> {
+        let (a, b) = (serde_json::to_value(self), serde_json::to_value(other));
+        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) else {
+            return vec![];
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Reads a node config file, or the defaults when `path` is None.
     pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<NodeConfig> {
         match path {
@@ -1416,5 +1429,13 @@ mod tests {
         assert_eq!(shown.interface_driver, Some(InterfaceDriver::LinuxBridge));
         shown.interface_driver = None;
         assert_eq!(shown, NodeConfig::parse("", "node.toml").unwrap());
+    }
+
+    #[test]
+    fn changed_keys_names_the_settings_that_differ() {
+        let a = NodeConfig::parse("resync_interval = 5\nsend_garp = true\n", "a").unwrap();
+        let b = NodeConfig::parse("resync_interval = 6\nsend_garp = false\n", "b").unwrap();
+        assert_eq!(a.changed_keys(&b), ["resync_interval", "send_garp"]);
+        assert!(a.changed_keys(&a.clone()).is_empty());
     }
 }
