@@ -282,8 +282,11 @@ pub async fn run(node: NodeConfig, routers_file: PathBuf, node_file: NodeFile) -
     let listener = bind_control(&node)?;
     tracing::info!("ready; control socket {}", socket.display());
     // Ready for systemd once the routers are applied and the control
-    // socket answers (`xrouter reload` works from here on).
-    crate::notify::ready(&status_line(&engine));
+    // socket answers (`xrouter reload` works from here on); not when a
+    // stop cut the first apply short.
+    if !engine.stopping() {
+        crate::notify::ready(&status_line(&engine));
+    }
 
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let period = Duration::from_secs(node.resync_interval.max(1));

@@ -699,7 +699,10 @@ impl Engine {
         if !self.bpf.contains_key(&d.id) {
             let b = match self.preloads.take(&d.id).await {
                 Some(loaded) => loaded?,
-                None => BpfRouter::load(&d.id, &self.node.pin_dir, self.node.conntrack_size)?,
+                None => {
+                    tracing::debug!(router = %d.id, "router {}: loading its BPF programs", d.id);
+                    BpfRouter::load(&d.id, &self.node.pin_dir, self.node.conntrack_size)?
+                }
             };
             ch.note(format!(
                 "{ns}: BPF object loaded ({} pinned maps reused)",
