@@ -297,7 +297,8 @@ impl Agent {
         let out = self.work_on(rpc, &p).await;
         if p.full {
             crate::metrics::get().full_sync(t0.elapsed(), out.is_ok());
-            self.synced |= out.is_ok();
+            // A sync a stop cut short is no sync (no READY=1 for it).
+            self.synced |= out.is_ok() && !self.engine.stopping();
         }
         if out.is_err() {
             // Nothing of it is lost: merged back with what came since.
