@@ -476,6 +476,19 @@ impl Engine {
         self.stop.as_ref().is_some_and(|s| *s.borrow())
     }
 
+    /// Whether a pass with `left` routers still to apply ends here (the
+    /// daemon was asked to stop): said in the log.
+    pub fn stops_before(&self, left: usize) -> bool {
+        let stop = self.stopping();
+        if stop {
+            tracing::info!(
+                "stopping: {} of this pass left as they were",
+                crate::text::count(left, "router")
+            );
+        }
+        stop
+    }
+
     /// Starts loading the BPF objects of those of `routers` that are new to
     /// the node (no pins) on other CPUs, in this order, for their applies
     /// to take (see [`ebpf::preload`]). Nothing on the iptables plane.
@@ -976,11 +989,7 @@ impl Engine {
         self.remove_each(&gone, &mut ch, &mut failures).await;
         self.preload(&desired);
         for (i, r) in desired.iter().enumerate() {
-            if self.stopping() {
-                tracing::info!(
-                    "stopping: {} of this pass left as they were",
-                    crate::text::count(desired.len() - i, "router")
-                );
+            if self.stops_before(desired.len() - i) {
                 break;
             }
             let from = ch.len();

@@ -385,11 +385,7 @@ impl Agent {
         // ones' BPF programs load ahead, on the other CPUs).
         self.engine.preload(&checked.routers);
         for (i, r) in checked.routers.iter().enumerate() {
-            if self.engine.stopping() {
-                tracing::info!(
-                    "stopping: {} of this sync left as they were",
-                    crate::text::count(checked.routers.len() - i, "router")
-                );
+            if self.engine.stops_before(checked.routers.len() - i) {
                 break;
             }
             self.engine.want(r);

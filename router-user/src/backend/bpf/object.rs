@@ -110,4 +110,17 @@ mod tests {
             "{maps:?}"
         );
     }
+
+    /// The start-up check for `tc` verifies the TC programs only: the XDP
+    /// ones (most of the verifier's work) stay unloaded.
+    #[test]
+    fn the_tc_check_loads_no_xdp_program() {
+        crate::testing::require_root();
+        let ebpf = super::load(false).expect("load");
+        let loaded = |n: &str| ebpf.program(n).unwrap().fd().is_ok();
+        assert!(loaded("xr_tc") && loaded("xr_tc_out"));
+        assert!(!loaded("xr_xdp") && !loaded("xr_pass"));
+        let ebpf = super::load(true).expect("load");
+        assert!(ebpf.programs().all(|(_, p)| p.fd().is_ok()));
+    }
 }
