@@ -103,7 +103,11 @@ fn feature_names(dev: &str) -> Result<Vec<String>> {
 /// Whether each of `names` is active on `dev` (None: the device has no
 /// such feature).
 pub fn active(dev: &str, names: &[&str]) -> Result<Vec<Option<bool>>> {
-    let all = feature_names(dev)?;
+    active_of(dev, &feature_names(dev)?, names)
+}
+
+/// [`active`], with the device's feature names (`all`) already read.
+fn active_of(dev: &str, all: &[String], names: &[&str]) -> Result<Vec<Option<bool>>> {
     let blocks = all.len().div_ceil(32);
     // struct ethtool_gfeatures: cmd, size, then per block available,
     // requested, active, never_changed.
@@ -137,7 +141,7 @@ pub fn enable(dev: &str, names: &[&str]) -> Result<bool> {
 fn set(dev: &str, names: &[&str], on: bool) -> Result<bool> {
     let all = feature_names(dev)?;
     let blocks = all.len().div_ceil(32);
-    let was = active(dev, names)?;
+    let was = active_of(dev, &all, names)?;
     if !was.contains(&Some(!on)) {
         return Ok(false);
     }

@@ -15,13 +15,14 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, TcAttachType, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
 
+use super::object::{load_tc, load_xdp};
 use super::{
     BpfRouter, LINKS_DIR, PROG_PASS, PROG_TC, PROG_TC_OUT, PROG_XDP, in_netns,
     remove_file_if_present,
@@ -107,7 +108,7 @@ impl BpfRouter {
     /// router's apply (see [`super::preload`]).
     pub fn load_xdp(&mut self) -> Result<()> {
         for name in [PROG_XDP, PROG_PASS] {
-            xdp(&mut self.ebpf, name).with_context(|| format!("router {}", self.router_id))?;
+            load_xdp(&mut self.ebpf, name).with_context(|| format!("router {}", self.router_id))?;
         }
         Ok(())
     }
@@ -309,7 +310,7 @@ fn attach_one(
     }
     let link = match kind {
         Kind::Xdp | Kind::Pass => {
-            let prog = xdp(ebpf, kind.program())?;
+            let prog = load_xdp(ebpf, kind.program())?;
             let id = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => id,
                 Err(e) if kind == Kind::Xdp => {
@@ -323,7 +324,7 @@ fn attach_one(
                 .context("XDP went through netlink, not a BPF link; it cannot be pinned")?
         }
         Kind::Tc | Kind::TcOut => {
-            let prog = tc(ebpf, kind.program())?;
+            let prog = load_tc(ebpf, kind.program())?;
             let at = if kind == Kind::Tc {
                 TcAttachType::Ingress
             } else {
@@ -351,12 +352,12 @@ fn take_over(ebpf: &mut Ebpf, path: &Path, kind: Kind) -> Result<FdLink> {
     let fd: FdLink = PinnedLink::from_pin(path)?.into();
     Ok(match kind {
         Kind::Xdp | Kind::Pass => {
-            let prog = xdp(ebpf, kind.program())?;
+            let prog = load_xdp(ebpf, kind.program())?;
             let id = prog.attach_to_link(XdpLink::try_from(fd)?)?;
             FdLink::try_from(prog.take_link(id)?)?
         }
         Kind::Tc | Kind::TcOut => {
-            let prog = tc(ebpf, kind.program())?;
+            let prog = load_tc(ebpf, kind.program())?;
             let id = prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
             FdLink::try_from(prog.take_link(id)?)?
         }
@@ -366,26 +367,6 @@ fn take_over(ebpf: &mut Ebpf, path: &Path, kind: Kind) -> Result<FdLink> {
 /// XDP program `name`, loaded (verified) first if it is not yet: a
 /// router's XDP programs are loaded only once one of its devices is put on
 /// XDP (see [`BpfRouter::load`]).
-fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .with_context(|| format!("no program {name}"))?
-        .try_into()
-        .with_context(|| format!("{name} is not an XDP program"))?;
-    if prog.fd().is_err() {
-        prog.load()
-            .with_context(|| format!("verifier rejected {name}"))?;
-    }
-    Ok(prog)
-}
-
-fn tc<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("no program {name}"))?
-        .try_into()
-        .with_context(|| format!("{name} is not a TC classifier"))
-}
-
 /// Whether the BPF link pinned at `pin` is still attached to a device: a
 /// detached XDP or tcx link reports ifindex 0.
 fn link_attached(pin: &Path) -> bool {

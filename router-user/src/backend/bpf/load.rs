@@ -7,7 +7,6 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
     maps::{MapInfo, MapType},
-    programs::SchedClassifier,
 };
 use router_common::{
     config::{Ipv4, RateWindow, RouterConfig},
@@ -294,13 +293,8 @@ impl BpfRouter {
             }
         }
         for name in [PROG_TC, PROG_TC_OUT] {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("the BPF object has no program {name}"))?
-                .try_into()
-                .with_context(|| format!("{name} is not a TC classifier"))?;
-            p.load()
-                .with_context(|| format!("router {router_id}: verifier rejected {name}"))?;
+            super::object::load_tc(&mut ebpf, name)
+                .with_context(|| format!("router {router_id}"))?;
         }
         if !reused.is_empty() {
             tracing::info!(

@@ -18,24 +18,40 @@ pub fn load(xdp: bool) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(OBJECT).context("loading the xrouter BPF object")?;
     let xdp_programs: &[&str] = if xdp { &["xr_xdp", "xr_pass"] } else { &[] };
     for &name in xdp_programs {
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the BPF object"))?
-            .try_into()
-            .with_context(|| format!("{name} is not an XDP program"))?;
+        load_xdp(&mut ebpf, name)?;
+    }
+    for name in ["xr_tc", "xr_tc_out"] {
+        load_tc(&mut ebpf, name)?;
+    }
+    Ok(ebpf)
+}
+
+/// XDP program `name` of `ebpf`, loaded (verified) unless it is already.
+pub(super) fn load_xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the BPF object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))?;
+    if prog.fd().is_err() {
         prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;
     }
-    for name in ["xr_tc", "xr_tc_out"] {
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the BPF object"))?
-            .try_into()
-            .with_context(|| format!("{name} is not a classifier"))?;
-        tc.load()
+    Ok(prog)
+}
+
+/// TC program `name` of `ebpf`, loaded (verified) unless it is already.
+pub(super) fn load_tc<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the BPF object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a TC classifier"))?;
+    if prog.fd().is_err() {
+        prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;
     }
-    Ok(ebpf)
+    Ok(prog)
 }
 
 #[cfg(test)]
