@@ -116,9 +116,9 @@ pub struct NodeConfig {
     /// one's slot, never an established one's.
     pub conntrack_size: u32,
     /// New connections each router accepts per second on each CPU (0: no
-    /// limit); beyond it they are dropped and counted
-    /// (`drop/new-connection-rate`) before they cost anything more, so a
-    /// flood is shed cheaply.
+    /// limit, else at least 10), a tenth of it per 100 ms; beyond it they
+    /// are dropped and counted (`drop/new-connection-rate`) before they
+    /// cost anything more, so a flood is shed cheaply.
     pub new_connection_rate: u32,
     /// How router ports are plugged. None: not set, which is linuxbridge
     /// for `xrouter run` and, in agent mode, `[DEFAULT] interface_driver`
@@ -233,6 +233,8 @@ pub mod range {
     pub const CONNTRACK_SIZE: RangeInclusive<i64> = 1024..=16_777_216;
     /// New connections a second per router and CPU; 0: no limit.
     pub const NEW_CONNECTION_RATE: RangeInclusive<i64> = 0..=100_000_000;
+    /// The smallest limit (0 aside): a tenth of it is admitted per 100 ms.
+    pub const NEW_CONNECTION_RATE_MIN: i64 = 10;
     /// Seconds, for the metadata proxy's timeouts and rate windows.
     pub const METADATA_SECONDS: RangeInclusive<i64> = 1..=86_400;
     /// Requests per rate window.
@@ -507,9 +509,22 @@ impl NodeConfig {
                     as u32;
             }
             "new_connection_rate" => {
-                self.new_connection_rate = int(v, range::NEW_CONNECTION_RATE)
-                    .map_err(|p| bad(noted(p, "per router and CPU, a second; 0 means no limit")))?
-                    as u32;
+                let n = int(v, range::NEW_CONNECTION_RATE)
+                    .map_err(|p| bad(noted(p, "per router and CPU, a second; 0 means no limit")))?;
+                // Admitted a tenth at a time, per 100 ms: below 10 a
+                // second the budget would be one per 100 ms, 10 a second,
+                // more than asked.
+                if (1..range::NEW_CONNECTION_RATE_MIN).contains(&n) {
+                    return Err(bad(format!(
+                        "{} is below {} (allowed: 0 for no limit, or {}-{}: the budget is \
+                         counted a tenth at a time, per 100 ms)",
+                        shown(v),
+                        range::NEW_CONNECTION_RATE_MIN,
+                        range::NEW_CONNECTION_RATE_MIN,
+                        range::NEW_CONNECTION_RATE.end()
+                    )));
+                }
+                self.new_connection_rate = n as u32;
             }
             "send_garp" | "enable_metadata_proxy" | "metadata_rate_limit" => {
                 let b = v
@@ -1059,6 +1074,18 @@ mod tests {
             "new_connection_rate",
             "-1",
             "0-100000000",
+        );
+        refused(
+            "new_connection_rate = 5",
+            "new_connection_rate",
+            "5",
+            "0 for no limit, or 10-100000000",
+        );
+        assert_eq!(
+            NodeConfig::parse("new_connection_rate = 10", "n")
+                .unwrap()
+                .new_connection_rate,
+            10
         );
         assert_eq!(
             NodeConfig::parse("new_connection_rate = 0", "n")
