@@ -15,13 +15,24 @@ pub struct RouterConfig {
     pub port_max: u16,
     /// Metadata proxy port (host order).
     pub metadata_port: u16,
-    pub _pad: u16,
+    /// `CFG_*` bits.
+    pub flags: u16,
     /// New connections accepted per second and CPU (0: no limit); the rest
     /// are dropped and counted before they cost a table insert.
     pub new_conn_rate: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RouterConfig>() == 24);
+
+/// [`RouterConfig::flags`]: the router's ports are on XDP, which has
+/// weighed the SYNs reaching TC behind it against the new-connection
+/// budget (all but those it hands on for their offloaded checksum). TC
+/// then does not shed such a SYN before looking it up: XDP shed those
+/// over the budget, and one it handed on was admitted (a new connection
+/// whose next hop XDP could not send to) or is a known connection's; shed
+/// again in TC, once XDP and the packets of its batch had spent the
+/// budget, it would be lost.
+pub const CFG_XDP: u16 = 1;
 
 /// The packet mark's bits the programs use to tell the kernel how a packet
 /// they hand up must be treated (the low 16 bits are Neutron's, untouched).

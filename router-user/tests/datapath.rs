@@ -35,7 +35,7 @@ use router_user::{
         },
         netns,
     },
-    config::node::NodeConfig,
+    config::node::{Dataplane, NodeConfig},
     fixtures,
 };
 
@@ -309,17 +309,21 @@ struct Limits {
     slots: u32,
     /// New connections per second and CPU (0: no limit).
     rate: u32,
+    /// The maps of a router on the xdp plane (`CFG_XDP`).
+    xdp: bool,
 }
 
 const ROOMY: Limits = Limits {
     slots: 65536,
     rate: 0,
+    xdp: false,
 };
 
 /// A table of 8 windows, for tests that place keys in it.
 const SMALL: Limits = Limits {
     slots: 256,
     rate: 0,
+    xdp: false,
 };
 
 impl Router {
@@ -345,6 +349,11 @@ impl Router {
         let spec = fixtures::article_router([MAC_QR1, MAC_QR2, MAC_QG]);
         let node = NodeConfig {
             new_connection_rate: lim.rate,
+            dataplane: if lim.xdp {
+                Dataplane::Xdp
+            } else {
+                Dataplane::Auto
+            },
             ..NodeConfig::default()
         };
         let want = fixtures::bpf_maps(&spec, &node, (port_min, port_max), ifx);
@@ -1641,6 +1650,7 @@ fn a_packed_table_comes_back_to_its_size_under_a_flood() {
         let lim = Limits {
             slots: 4096,
             rate: 0,
+            xdp: false,
         };
         let mut r = Router::build(ifx, 1024, 65535, lim);
         let t = r.table();
@@ -1673,7 +1683,11 @@ fn a_packed_table_comes_back_to_its_size_under_a_flood() {
 fn a_full_window_evicts_the_least_recently_seen_of_its_first_embryonic_connections() {
     with_devices(|ifx| {
         // 16 slots: every window holds the whole table.
-        let lim = Limits { slots: 16, rate: 0 };
+        let lim = Limits {
+            slots: 16,
+            rate: 0,
+            xdp: false,
+        };
         let r = Router::build(ifx, 1024, 65535, lim);
         let t = r.table();
         let m = t.slots() - 1;
@@ -1973,7 +1987,11 @@ fn at_its_size_the_table_evicts_an_embryonic_connection_before_using_a_never_use
     with_devices(|ifx| {
         // 16 slots: conntrack_size 4 connections, 8 slots in use at most
         // before new connections evict embryonic ones.
-        let lim = Limits { slots: 16, rate: 0 };
+        let lim = Limits {
+            slots: 16,
+            rate: 0,
+            xdp: false,
+        };
         let r = Router::build(ifx, 1024, 65535, lim);
         let t = r.table();
         let m = t.slots() - 1;
@@ -2037,7 +2055,11 @@ fn at_its_size_the_table_evicts_an_embryonic_connection_before_using_a_never_use
 fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     with_devices(|ifx| {
         // 16 slots: every key's window is the whole table (twice over).
-        let lim = Limits { slots: 16, rate: 0 };
+        let lim = Limits {
+            slots: 16,
+            rate: 0,
+            xdp: false,
+        };
         let mut r = Router::build(ifx, 1024, 65535, lim);
         let opened: Vec<Out> = (0..8)
             .map(|i| {
@@ -2323,6 +2345,60 @@ fn syns_over_the_budget_are_shed_before_the_tables_are_looked_up() {
         let o2 = r.xdp(r.qr1, &syn);
         assert_eq!(o2.ret, XDP_REDIRECT, "a new window: the retry goes");
         assert_eq!(o2.sport(), o.sport(), "in its connection");
+    });
+}
+
+/// On the xdp plane, a SYN XDP admitted but cannot send itself (its next
+/// hop's MAC unknown) goes on to TC, which sends it: TC does not shed it
+/// as over the budget its own admission spent. Alone on the tc plane, TC
+/// sheds what is over it before the lookup.
+#[test]
+fn a_syn_xdp_admitted_is_not_shed_again_in_tc() {
+    with_devices(|ifx| {
+        on_cpu0();
+        // 10 a second: one per 100 ms window.
+        let lim = Limits {
+            rate: 10,
+            xdp: true,
+            ..ROOMY
+        };
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        // 192.168.1.77: on the external network, no MAC known.
+        let syn = Frame::tcp("81.1.180.12", 7000, "192.168.1.77", 22);
+        let (x, t, _) = both(&r, r.qr1, &syn);
+        assert_eq!(x.ret, XDP_PASS, "admitted, next hop unknown: to TC");
+        assert_eq!(r.ct_len(), 2, "its connection");
+        assert_eq!(t.ret, TC_ACT_REDIRECT, "sent by TC");
+        assert_eq!(r.counter(Outcome::DropNewRate), 0);
+        let other = Frame::tcp("81.1.180.12", 7001, "192.168.1.77", 22);
+        assert_eq!(r.xdp(r.qr1, &other).ret, XDP_DROP, "over the budget: shed");
+        assert_eq!(r.counter(Outcome::DropNewRate), 1);
+        // A VM's SYN with its checksum left to offload: XDP hands it on
+        // unweighed, and TC sheds it before its lookup.
+        let offloaded = Frame {
+            partial_csum: true,
+            ..Frame::tcp("81.1.180.12", 7002, "192.168.1.77", 22)
+        };
+        let (x, t, _) = both(&r, r.qr1, &offloaded);
+        assert_eq!(
+            (x.ret, t.ret),
+            (XDP_PASS, TC_ACT_SHOT),
+            "offloaded, over the budget"
+        );
+        assert_eq!(r.counter(Outcome::DropNewRate), 2);
+        assert_eq!(r.ct_len(), 2);
+
+        // A router of its own (its own budget) on the tc plane.
+        let lim = Limits { rate: 10, ..ROOMY };
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        assert_eq!(r.tc(r.qr1, &syn).ret, TC_ACT_REDIRECT, "the tc plane");
+        assert_eq!(
+            r.tc(r.qr1, &other).ret,
+            TC_ACT_SHOT,
+            "over the budget: shed"
+        );
+        assert_eq!(r.counter(Outcome::DropNewRate), 1);
+        assert_eq!(r.ct_len(), 2, "before its lookup");
     });
 }
 

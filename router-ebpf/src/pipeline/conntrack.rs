@@ -15,7 +15,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use router_common::{
-    config::RouterConfig,
+    config::{CFG_XDP, RouterConfig},
     conntrack::{
         CT_F_ASSURED, CT_F_REPLIED, CT_ORIGINAL, CT_REPLY, CT_TICK_SHIFT, CtEntry, CtKey,
         ESTABLISH_AFTER_NS, NAT_SNAT, RouteCache, TCP_CLOSED, TCP_ESTABLISHED, TCP_FIN, TCP_NONE,
@@ -89,8 +89,10 @@ pub fn find(k: &CtKey) -> Option<CtEntry> {
     f.still().then_some(e)
 }
 
+/// `screened`: a SYN in TC that XDP, if on the port, has weighed against
+/// the budget already (`CFG_XDP`).
 #[inline(always)]
-pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
+pub fn track(pkt: &Pkt, ingress: &PortInfo, screened: bool) -> Result<Flow, Verdict> {
     // From an inside port, route first: traffic between internal ports is
     // never translated (Neutron's east-west rule), so it needs no state, and
     // a known connection whose destination is not rewritten reuses the route.
@@ -122,10 +124,11 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo) -> Result<Flow, Verdict> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // A SYN while this CPU's budget is spent would open a connection (or
     // retry one not answered yet): it is shed before the table lookups a
-    // flood's SYNs all miss in, which are what a shed packet costs.
+    // flood's SYNs all miss in, which are what a shed packet costs. (Not
+    // in TC behind XDP, which has done it: `CFG_XDP`.)
     if pkt.proto == PROTO_TCP
         && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN
-        && spent(now)
+        && spent(now, screened)
     {
         no_connection(pkt, ingress)?;
         return Err(Verdict::Drop(Outcome::DropNewRate));
@@ -285,13 +288,14 @@ fn maybe_establish(k: &CtKey, e: &mut CtEntry, pkt: &Pkt, now: u64) {
 }
 
 /// Whether this CPU's budget of new connections is spent for the current
-/// window (without taking from it).
+/// window (without taking from it), for a SYN to be shed before its
+/// lookup; never for a SYN XDP has `screened` (`CFG_XDP`).
 #[inline(always)]
-fn spent(now: u64) -> bool {
+fn spent(now: u64, screened: bool) -> bool {
     let Some(cfg) = maps::XR_CONFIG.get(0) else {
         return false;
     };
-    if cfg.new_conn_rate == 0 {
+    if cfg.new_conn_rate == 0 || (screened && cfg.flags & CFG_XDP != 0) {
         return false;
     }
     let Some(w) = maps::XR_RATE.get(0) else {

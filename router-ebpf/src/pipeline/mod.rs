@@ -151,7 +151,14 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             Err(v) => return v,
         }
     } else {
-        match conntrack::track(&pkt, &ingress) {
+        // A SYN TC gets from XDP, which did not hand it on for its
+        // checksum: XDP has weighed it against the budget (`CFG_XDP`).
+        let screened = P::TC
+            && pkt.proto == parse::PROTO_TCP
+            && pkt.flags & (parse::FLAG_SYN | parse::FLAG_ACK | parse::FLAG_RST | parse::FLAG_FIN)
+                == parse::FLAG_SYN
+            && !parse::partial_csum(p, &pkt);
+        match conntrack::track(&pkt, &ingress, screened) {
             Ok(f) => (f, None),
             Err(v) => return v,
         }

@@ -9,7 +9,7 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net};
 use router_common::{
-    config::{Ipv4, RouterConfig},
+    config::{CFG_XDP, Ipv4, RouterConfig},
     port::{
         LOCAL_ADDRESS, LOCAL_BROADCAST, LOCAL_FLOATING, LocalAddr, PortInfo, ROLE_GATEWAY,
         ROLE_INTERNAL,
@@ -74,8 +74,9 @@ fn prefix(net: Ipv4Net) -> Prefix {
 /// gateway ones through the port whose connected subnet (or, failing that,
 /// on-link route) holds each next hop — next hops on no port are skipped,
 /// at most [`MAX_NEXTHOPS`] are kept. A connected subnet wins over a wanted
-/// route with the same destination.
-pub fn maps(router: &Router, node: &NodeConfig, snat_ports: (u16, u16)) -> Maps {
+/// route with the same destination. `xdp`: the router's ports are on XDP
+/// (`CFG_XDP`).
+pub fn maps(router: &Router, node: &NodeConfig, snat_ports: (u16, u16), xdp: bool) -> Maps {
     let mut m = Maps::default();
     // (connected subnet, device), in port order.
     let mut connected: Vec<(Ipv4Net, String)> = Vec::new();
@@ -172,7 +173,7 @@ pub fn maps(router: &Router, node: &NodeConfig, snat_ports: (u16, u16)) -> Maps 
         port_min: snat_ports.0,
         port_max: snat_ports.1,
         metadata_port: node.metadata_port,
-        _pad: 0,
+        flags: if xdp { CFG_XDP } else { 0 },
         new_conn_rate: node.new_connection_rate,
     };
     m

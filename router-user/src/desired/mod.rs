@@ -162,7 +162,7 @@ pub fn desired(
             iptables::ruleset(router, node)
         },
         nft: bpf.then(|| nft::want(router)),
-        bpf: bpf.then(|| bpf::maps(router, node, snat_ports)),
+        bpf: bpf.then(|| bpf::maps(router, node, snat_ports, plane == Plane::Xdp)),
         nat: NatAddresses::of(router),
     }
 }

@@ -91,14 +91,16 @@ pub fn resolve(m: &Maps, ifindex: &HashMap<String, u32>) -> Desired {
 }
 
 /// A router's map contents for the devices of `ifindex` (see
-/// [`crate::desired::bpf::maps`] and [`resolve`]).
+/// [`crate::desired::bpf::maps`] and [`resolve`]), on XDP if `node` says
+/// `xdp`.
 pub fn desired(
     router: &Router,
     node: &NodeConfig,
     ifindex: &HashMap<String, u32>,
     snat_ports: (u16, u16),
 ) -> Desired {
-    resolve(&maps(router, node, snat_ports), ifindex)
+    let xdp = node.dataplane == crate::config::node::Dataplane::Xdp;
+    resolve(&maps(router, node, snat_ports, xdp), ifindex)
 }
 
 /// Whether a map error is "no such entry" (a delete racing another).

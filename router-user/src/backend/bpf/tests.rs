@@ -288,7 +288,7 @@ fn desired_state_of_the_article_router() {
             port_min: 1024,
             port_max: 65535,
             metadata_port: 9697,
-            _pad: 0,
+            flags: 0,
             new_conn_rate: crate::config::node::DEFAULT_NEW_CONNECTION_RATE,
         }
     );
