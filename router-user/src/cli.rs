@@ -287,12 +287,13 @@ pub enum Cmd {
     ///
     ///   xrouter explain --router ID --in qr-1a2b3c4d-5e --json 'tcp 10.0.1.10:40000 -> 8.8.8.8:443'
     Explain {
-        /// The router, by ID as `xrouter show` lists it.
+        /// The router, by ID as `xrouter show` lists it (or a unique start).
         ///
         /// Example: --router 5c7ef3a1-2d4b-4e8f-9a6c-1b2d3e4f5a6b
         #[arg(long, value_name = "ID")]
         router: String,
-        /// The port the packet arrives on: a qr-/qg- device of that router.
+        /// The port the packet arrives on: a qr-/qg- device of that router
+        /// (or a unique start of its name or of the port's ID).
         ///
         /// Example: --in qr-1a2b3c4d-5e
         #[arg(long = "in", value_name = "DEVICE")]

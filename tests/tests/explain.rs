@@ -360,6 +360,17 @@ fn no_route_snat_and_dnat_explained(plane: Dataplane) {
         "{}",
         out.describe()
     );
+    // A port by a unique start of its device name: the same answer.
+    let whole = explain_json(&rig, &qr1, &snat_spec);
+    let short = explain_json(&rig, &qr1[..9], &snat_spec);
+    assert_eq!(short["verdict"], whole["verdict"], "{short:#}");
+    let out = explain(&rig, "qr-", &snat_spec, false);
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("the start of more than one port") && out.stderr.contains(&qr1),
+        "{}",
+        out.describe()
+    );
     let cfg = rig.config_path().display().to_string();
     let out = rig.xrouter(&[
         "--config", &cfg, "explain", "--router", "nope", "--in", &qr1, &snat_spec,

@@ -182,6 +182,40 @@ fn same_build(
     (same, notes)
 }
 
+/// The port of `router` that `name` names: its device (`qr-`/`qg-`), a
+/// unique start of it, or a unique start of the port's ID.
+fn find_port<'a>(router: &'a Router, name: &str) -> Result<&'a crate::model::Port> {
+    if let Some(p) = router.ports().find(|p| p.device() == name) {
+        return Ok(p);
+    }
+    let starts: Vec<&crate::model::Port> = router
+        .ports()
+        .filter(|p| !name.is_empty() && (p.device().starts_with(name) || p.id.starts_with(name)))
+        .collect();
+    let devices = |ports: &[&crate::model::Port]| {
+        ports
+            .iter()
+            .map(|p| p.device())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match starts[..] {
+        [p] => Ok(p),
+        [_, _, ..] => bail!(
+            "{} is the start of more than one port of router {}: {}",
+            text::quote(name),
+            router.id,
+            devices(&starts)
+        ),
+        [] => bail!(
+            "router {} has no port {} (its ports: {})",
+            router.id,
+            text::quote(name),
+            devices(&router.ports().collect::<Vec<_>>())
+        ),
+    }
+}
+
 /// Explains what router `router_id` does with `packet` arriving on port
 /// device `port`: the report as text, or JSON.
 pub fn explain(
@@ -202,15 +236,9 @@ pub fn explain(
         None => bail!("{}", crate::show::no_state(node)),
     };
     let router = find_router(state, router_id)?;
-    let Some(in_port) = router.ports().find(|p| p.device() == port) else {
-        let ports: Vec<String> = router.ports().map(|p| p.device()).collect();
-        bail!(
-            "router {} has no port {} (its ports: {})",
-            router.id,
-            text::quote(port),
-            ports.join(", ")
-        );
-    };
+    let in_port = find_port(router, port)?;
+    let dev = in_port.device();
+    let port = dev.as_str();
     let ns = router.namespace();
     if !netns::exists(&ns) {
         bail!("namespace {ns} of router {} is missing", router.id);
