@@ -335,10 +335,20 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
         );
     }
     // Every router's lock and maps first: nothing is switched on unless all
-    // of them can be.
+    // of them can be. Without --router, one another monitor watches is
+    // left to it, as `follow` leaves those applied later.
     let mut first = Vec::new();
+    let mut elsewhere = std::collections::HashSet::new();
     for r in routers {
-        let lock = Lock::take(&node.state_dir, &r.id)?;
+        let lock = match Lock::take(&node.state_dir, &r.id) {
+            Ok(l) => l,
+            Err(e) if follow => {
+                crate::errln!("monitor: not watching router {}: {e:#}", r.id);
+                elsewhere.insert(r.id.clone());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let maps = MonitorMaps::open(&node.pin_dir, &r.id)?;
         first.push(Watched {
             id: r.id.clone(),
@@ -357,7 +367,7 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
             sample_every: opts.sample,
         },
         lost: serde_json::Map::new(),
-        elsewhere: Default::default(),
+        elsewhere,
     };
     // From the first switch on, every way out goes through `off`.
     let mut result = Ok(());
@@ -429,7 +439,7 @@ pub async fn run(state: &State, node: &NodeConfig, opts: &Options) -> Result<Exi
             .to_string()
         } else {
             format!(
-                "monitor: {} shown, {} lost (ring full){}; stopped: {}",
+                "monitor: {} shown, {} lost to a full ring{}; stopped: {}",
                 text::count(events as usize, "event"),
                 total_lost,
                 if opts.sample > 1 {

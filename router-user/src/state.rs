@@ -64,6 +64,14 @@ impl State {
             Ok(t) => serde_json::from_str(&t)
                 .with_context(|| format!("state file {} is corrupt", crate::text::path(path))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(e).with_context(|| {
+                    format!(
+                        "reading {} (the daemon's state is root's: run this as root)",
+                        crate::text::path(path)
+                    )
+                })
+            }
             Err(e) => Err(e).with_context(|| format!("reading {}", crate::text::path(path))),
         }
     }

@@ -166,3 +166,28 @@ fn demo_refuses_the_options_it_would_ignore() {
     );
     c.finish();
 }
+
+/// A command that reads the daemon's state, run by another user than
+/// root, says the state is root's rather than only "permission denied".
+#[test]
+fn reading_the_state_as_another_user_says_it_is_roots() {
+    let dir = TempDir::new(&format!("nonroot-{}", names::tag()));
+    let node = node_config(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("state.json"), "{}").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(xrouter_bin())
+        .args(["--config", node.to_str().unwrap(), "show"])
+        .output()
+        .expect("running xrouter through setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains("run this as root"),
+        "{stderr}"
+    );
+}

@@ -212,6 +212,17 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
         second.describe()
     );
     assert!(!ctl_is_off(&rig), "the refused monitor left the switch on");
+    // Without --router, the router watched elsewhere is left to that
+    // monitor: this one starts, says so, and runs its course.
+    let every = rig.xrouter(&["--config", &cfg, "monitor", "--duration", "1"]);
+    assert!(every.success(), "{}", every.describe());
+    assert!(
+        every.stderr.contains(&format!("not watching router {id}"))
+            && every.stderr.contains("is already being monitored"),
+        "{}",
+        every.describe()
+    );
+    assert!(!ctl_is_off(&rig), "the other monitor left the switch on");
     let sport = send_no_route(&rig);
     send_invalid_fin(&rig, &qr1);
     let p = ping(&rig.ns("vm1"), EXT_HOST, &["-c", "2", "-i", "0.2"]);
