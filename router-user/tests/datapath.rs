@@ -2446,6 +2446,7 @@ fn oversized_packets_go_to_the_kernel_translated_or_to_be_answered() {
         assert_eq!(t.frame, df.bytes(), "untouched");
         assert_eq!(mark & MARK_MASK, MARK_ANSWER_ONLY);
         assert_eq!(r.counter(Outcome::KernelMtu), 1);
+        assert_eq!(r.ct_len(), 0, "no connection for a packet that never left");
         // Without DF: translated here, fragmented by the kernel, which
         // neither tracks nor translates it again. TTL and MACs are its job.
         let nodf = Frame { frag: 0, ..df };

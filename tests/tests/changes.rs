@@ -416,6 +416,29 @@ fn mtu_change(plane: Dataplane) {
     c.eq("after: tap MTU", mtu(&rig.node, &tap), Some(1400));
     let p = ping(&rig.ns("vm1"), QR1, &["-M", "do", "-s", "1372"]);
     c.ok(p.success(), "vm1 -> qr-, DF 1400 bytes", p.describe());
+    // The gateway's MTU lowered: a VM's DF packet over it is answered
+    // "fragmentation needed", and leaves no connection behind (the
+    // kernel's conntrack keeps none for a packet that never left).
+    rig.router_mut().gateway.as_mut().unwrap().mtu = 1400;
+    rig.apply();
+    let p = ping(&rig.ns("vm2"), EXT_HOST, &["-M", "do", "-s", "1472"]);
+    c.ok(
+        p.stdout.contains("Frag needed") && p.stdout.contains("mtu = 1400"),
+        "vm2 -> ext, DF 1500 bytes: Frag needed (mtu = 1400)",
+        p.describe(),
+    );
+    c.eq(
+        "no connection for the packet that never left",
+        rig.connections_with(EXT_HOST),
+        Vec::<String>::new(),
+    );
+    let p = ping(&rig.ns("vm2"), EXT_HOST, &["-M", "do", "-s", "1372"]);
+    c.ok(p.success(), "vm2 -> ext, DF 1400 bytes", p.describe());
+    c.ok(
+        !rig.connections_with(EXT_HOST).is_empty(),
+        "its connection",
+        "",
+    );
     c.finish();
 }
 

@@ -437,7 +437,7 @@ fn staged(ctx: &mut XdpContext, stage: u32) -> u32 {
     if stage == STAGE_CLASSIFY {
         return xdp_action::XDP_DROP;
     }
-    let flow = match conntrack::track(&pkt, &ingress, false) {
+    let flow = match conntrack::track(&pkt, &ingress, false, 0) {
         Ok(f) => f,
         // Shed (over the new-connection budget): that is the end of it.
         Err(Verdict::Drop(_)) => return xdp_action::XDP_DROP,

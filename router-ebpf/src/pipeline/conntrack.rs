@@ -90,9 +90,10 @@ pub fn find(k: &CtKey) -> Option<CtEntry> {
 }
 
 /// `screened`: a SYN in TC that XDP, if on the port, has weighed against
-/// the budget already (`CFG_XDP`).
+/// the budget already (`CFG_XDP`). `df_len`: the size a DF packet puts on
+/// the wire (0: not DF).
 #[inline(always)]
-pub fn track(pkt: &Pkt, ingress: &PortInfo, screened: bool) -> Result<Flow, Verdict> {
+pub fn track(pkt: &Pkt, ingress: &PortInfo, screened: bool, df_len: u32) -> Result<Flow, Verdict> {
     // From an inside port, route first: traffic between internal ports is
     // never translated (Neutron's east-west rule), so it needs no state, and
     // a known connection whose destination is not rewritten reuses the route.
@@ -229,7 +230,7 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo, screened: bool) -> Result<Flow, Verd
         }
     }
     no_connection(pkt, ingress)?;
-    new_connection(pkt, ingress, now, pre.map(|(r, _)| r))
+    new_connection(pkt, ingress, now, pre.map(|(r, _)| r), df_len)
 }
 
 /// What becomes of a packet of no connection before one is opened for it:
@@ -341,6 +342,7 @@ fn new_connection(
     ingress: &PortInfo,
     now: u64,
     pre: Option<route::Egress>,
+    df_len: u32,
 ) -> Result<Flow, Verdict> {
     let Some(cfg) = maps::XR_CONFIG.get(0) else {
         return Err(Verdict::Kernel(Outcome::KernelNotPort));
@@ -384,6 +386,15 @@ fn new_connection(
         return Ok(flow);
     }
 
+    // DF and over the egress MTU: the kernel answers it ("fragmentation
+    // needed", as `process` would have it), and it never leaves. Its
+    // connection would hold a translation (a SNAT port) no packet used;
+    // the kernel's conntrack drops such an unconfirmed entry too. Not when
+    // its destination is translated: the answer, about the host behind a
+    // floating IP, is translated back through the connection.
+    if df_len > port.mtu && nat == 0 {
+        return Err(Verdict::Answer(Outcome::KernelMtu));
+    }
     let state = if pkt.proto == PROTO_TCP {
         // A plain ACK opening a connection picks it up mid-stream,
         // established, as the kernel's loose conntrack does.

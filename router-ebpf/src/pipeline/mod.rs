@@ -63,15 +63,20 @@ pub enum Verdict {
 /// skb is not: what counts is the size of the segments it stands for.
 #[inline(always)]
 fn too_big<P: Packet>(p: &P, pkt: &parse::Pkt, mtu: u32) -> bool {
-    if pkt.tot_len as u32 <= mtu {
-        return false;
-    }
+    wire_len(p, pkt) > mtu
+}
+
+/// The largest IP packet `pkt` puts on the wire: itself, or the segments
+/// of an aggregate (GSO) whole, headers included.
+#[inline(always)]
+fn wire_len<P: Packet>(p: &P, pkt: &parse::Pkt) -> u32 {
+    let len = pkt.tot_len as u32;
     let gso = p.gso_size();
-    if gso != 0 {
-        let hdrs = (pkt.l4_off - parse::IP_OFF) as u32 + pkt.l4_hdr as u32;
-        return hdrs + gso > mtu;
+    if gso == 0 {
+        return len;
     }
-    true
+    let hdrs = (pkt.l4_off - parse::IP_OFF) as u32 + pkt.l4_hdr as u32;
+    core::cmp::min(len, hdrs + gso)
 }
 
 /// A packet the kernel must answer (TTL expired, fragmentation needed,
@@ -158,7 +163,10 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
             && pkt.flags & (parse::FLAG_SYN | parse::FLAG_ACK | parse::FLAG_RST | parse::FLAG_FIN)
                 == parse::FLAG_SYN
             && !parse::partial_csum(p, &pkt);
-        match conntrack::track(&pkt, &ingress, screened) {
+        // A DF packet's size, for a new connection that would never carry
+        // it (see `conntrack::track`).
+        let df_len = if pkt.df { wire_len(p, &pkt) } else { 0 };
+        match conntrack::track(&pkt, &ingress, screened, df_len) {
             Ok(f) => (f, None),
             Err(v) => return v,
         }
