@@ -362,11 +362,12 @@ pub enum Cmd {
               value_parser = clap::value_parser!(u32).range(1..))]
         sample: u32,
         /// Stop after N events (default: no limit).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
         count: Option<u64>,
-        /// Stop after SECS seconds (default: no limit).
-        #[arg(long, value_name = "SECS")]
-        duration: Option<f64>,
+        /// Stop after SECS seconds, fractions allowed (default: no limit).
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true,
+              value_parser = monitor_secs)]
+        duration: Option<std::time::Duration>,
     },
     /// Remove every namespace, port, bridge and BPF pin xrouter created.
     ///
@@ -449,6 +450,21 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! errln {
     ($($arg:tt)*) => { $crate::cli::stderr(format_args!($($arg)*)) };
+}
+
+/// Most `monitor --duration` takes: a year.
+const MONITOR_MAX_SECS: f64 = 365.0 * 86_400.0;
+
+/// `monitor --duration`: seconds, 0 to a year, fractions allowed.
+fn monitor_secs(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(d) if d.is_finite() && (0.0..=MONITOR_MAX_SECS).contains(&d) => {
+            Ok(std::time::Duration::from_secs_f64(d))
+        }
+        _ => Err(format!(
+            "a number of seconds from 0 to {MONITOR_MAX_SECS:.0} (a year) is expected"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -221,12 +221,6 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             count,
             duration,
         } => {
-            let duration = match duration {
-                Some(d) if !(d.is_finite() && d >= 0.0) => {
-                    anyhow::bail!("--duration: {d} is not a number of seconds")
-                }
-                d => d.map(std::time::Duration::from_secs_f64),
-            };
             let opts = router_user::monitor::Options {
                 router,
                 drops,

@@ -191,3 +191,24 @@ fn reading_the_state_as_another_user_says_it_is_roots() {
         "{stderr}"
     );
 }
+
+/// `monitor --duration` takes seconds from 0 to a year: anything else is
+/// refused by name (a huge number was a panic, a negative one "unexpected
+/// argument").
+#[test]
+fn monitor_duration_out_of_range_is_refused_by_name() {
+    for bad in ["-1", "1e30", "nan", "inf", "abc"] {
+        let out = Command::new(xrouter_bin())
+            .args(["monitor", "--duration", bad])
+            .output()
+            .expect("running xrouter");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{bad}' for '--duration <SECS>'"))
+                && stderr.contains("from 0 to 31536000")
+                && !stderr.contains("panicked"),
+            "{bad}: {stderr}"
+        );
+    }
+}
