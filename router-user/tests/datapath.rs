@@ -2402,6 +2402,35 @@ fn a_syn_xdp_admitted_is_not_shed_again_in_tc() {
     });
 }
 
+/// A new packet the kernel is to answer (here a DF one over the egress
+/// MTU) gives back the budget it was admitted with: handed on from XDP to
+/// TC, it is neither counted twice nor shed in TC for XDP's taking, and
+/// the window's one connection is still there for the next packet.
+#[test]
+fn packets_the_kernel_answers_take_nothing_from_the_budget() {
+    with_devices(|ifx| {
+        on_cpu0();
+        // 10 a second: one per 100 ms window.
+        let lim = Limits {
+            rate: 10,
+            xdp: true,
+            ..ROOMY
+        };
+        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let df = big(Frame::udp("81.1.180.12", 6000, "192.168.1.15", 53), 1600);
+        let (x, t, mark) = both(&r, r.qr1, &df);
+        assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK), "to be answered");
+        assert_eq!(mark & MARK_MASK, MARK_ANSWER_ONLY);
+        assert_eq!(r.counter(Outcome::DropNewRate), 0);
+        assert_eq!(r.ct_len(), 0);
+        let f = Frame::udp("81.1.180.12", 6001, "192.168.1.15", 53);
+        assert_eq!(r.xdp(r.qr1, &f).ret, XDP_REDIRECT, "the window's one");
+        let g = Frame::udp("81.1.180.12", 6002, "192.168.1.15", 53);
+        assert_eq!(r.xdp(r.qr1, &g).ret, XDP_DROP, "over the budget");
+        assert_eq!(r.counter(Outcome::DropNewRate), 1);
+    });
+}
+
 // ---------- one owner per flow: what the programs hand up ----------
 
 fn big(f: Frame, len: usize) -> Frame {

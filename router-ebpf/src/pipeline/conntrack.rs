@@ -333,6 +333,21 @@ fn admit(cfg: &RouterConfig, now: u64) -> bool {
     true
 }
 
+/// Gives back what [`admit`] took, in the same window: a global function,
+/// checked once by the verifier.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_rate_give_back() -> u32 {
+    if let Some(w) = maps::XR_RATE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        let w = unsafe { &mut *w };
+        if w.count != 0 {
+            w.count -= 1;
+        }
+    }
+    0
+}
+
 /// Opens a connection for `pkt`. `pre`: the route of its own destination,
 /// when `track` looked it up already. (Not the next hop's MAC it came
 /// with: carried on, that Option doubled what the verifier walks after.)
@@ -350,7 +365,9 @@ fn new_connection(
     let cfg: RouterConfig = *cfg;
     // First, so a flood over the budget is shed before it costs more
     // lookups. (The few packets that turn out to need no state, such as an
-    // unanswered echo reply, count against it too.)
+    // unanswered echo reply, count against it too; those the kernel is to
+    // answer give it back: XDP hands them on to TC, which would count them
+    // again, and shed them once XDP had taken the window's last one.)
     if !admit(&cfg, now) {
         return Err(Verdict::Drop(Outcome::DropNewRate));
     }
@@ -359,7 +376,14 @@ fn new_connection(
     // Not DNATed: its route is the one `track` looked up (not twice).
     let r = match pre {
         Some(r) if dst == pkt.dst => r,
-        _ => route::egress(pkt, dst)?,
+        _ => match route::egress(pkt, dst) {
+            Ok(r) => r,
+            Err(v) => {
+                // The kernel's to answer: it opens nothing.
+                xr_rate_give_back();
+                return Err(v);
+            }
+        },
     };
     let (egress, _, port) = r;
     let snat_to = nat::source(pkt, ingress, &cfg, egress, nat);
@@ -393,6 +417,7 @@ fn new_connection(
     // its destination is translated: the answer, about the host behind a
     // floating IP, is translated back through the connection.
     if df_len > port.mtu && nat == 0 {
+        xr_rate_give_back();
         return Err(Verdict::Answer(Outcome::KernelMtu));
     }
     let state = if pkt.proto == PROTO_TCP {
