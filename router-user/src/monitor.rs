@@ -269,17 +269,21 @@ impl Session {
             return;
         };
         for r in &state.routers {
-            if self.is_watched(&r.id) || self.elsewhere.contains(&r.id) {
+            if self.is_watched(&r.id) {
                 continue;
             }
+            // One another monitor watches is tried again each time (taken
+            // once that monitor lets go), and said so once.
             let lock = match Lock::take(&node.state_dir, &r.id) {
                 Ok(l) => l,
                 Err(e) => {
-                    crate::errln!("monitor: not watching router {}: {e:#}", r.id);
-                    self.elsewhere.insert(r.id.clone());
+                    if self.elsewhere.insert(r.id.clone()) {
+                        crate::errln!("monitor: not watching router {}: {e:#}", r.id);
+                    }
                     continue;
                 }
             };
+            self.elsewhere.remove(&r.id);
             let Ok(maps) = MonitorMaps::open(&node.pin_dir, &r.id) else {
                 continue;
             };

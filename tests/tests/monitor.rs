@@ -62,10 +62,16 @@ impl Monitor {
             stdout,
             stderr,
         };
-        let first = m
-            .stderr
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("xrouter monitor {args:?} said nothing in 10 s"));
+        // (A router another monitor watches is said so first.)
+        let first = loop {
+            let l = m
+                .stderr
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("xrouter monitor {args:?} said nothing in 10 s"));
+            if !l.starts_with("monitor: not watching router") {
+                break l;
+            }
+        };
         assert!(
             first.starts_with(&format!("monitor: watching {what}")),
             "unexpected: {first}"
@@ -223,6 +229,9 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
         every.describe()
     );
     assert!(!ctl_is_off(&rig), "the other monitor left the switch on");
+    // One that follows the daemon takes the router up once the other
+    // monitor lets it go (below).
+    let follower = Monitor::spawn(&rig, &["--json", "--duration", "60"], "no routers and");
     let sport = send_no_route(&rig);
     send_invalid_fin(&rig, &qr1);
     let p = ping(&rig.ns("vm1"), EXT_HOST, &["-c", "2", "-i", "0.2"]);
@@ -231,6 +240,23 @@ fn drops_and_hand_offs_are_streamed_with_their_tuple(plane: Dataplane) {
     m.interrupt();
     let (status, out, err) = m.finish();
     assert!(status.success(), "{status}: {err}");
+    follower.wait_stderr(&format!("now watching router {id}"));
+    let sport2 = send_no_route(&rig);
+    std::thread::sleep(Duration::from_millis(300));
+    follower.interrupt();
+    let (fstatus, fout, ferr) = follower.finish();
+    assert!(fstatus.success(), "{fstatus}: {ferr}");
+    let (fevents, _) = parse(&fout);
+    assert!(
+        fevents
+            .iter()
+            .any(|e| e["reason"] == "kernel/no-route" && e["sport"] == sport2),
+        "the follower saw nothing after taking the router up: {fevents:#?}"
+    );
+    assert!(
+        !fevents.iter().any(|e| e["sport"] == sport),
+        "the follower saw what came before: {fevents:#?}"
+    );
     let (events, summary) = parse(&out);
     let no_route = events
         .iter()
