@@ -357,14 +357,16 @@ pub enum Cmd {
         /// {"summary": {"events", "lost", "stopped", "sample"}}.
         #[arg(long)]
         json: bool,
-        /// Report one packet in N (counted per CPU, in the programs).
-        #[arg(long, value_name = "N", default_value_t = 1,
+        /// Report one packet in N (counted per CPU, in the programs), N 1 or more.
+        #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true,
               value_parser = clap::value_parser!(u32).range(1..))]
         sample: u32,
         /// Stop after N events (default: no limit).
-        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        #[arg(long, value_name = "N", allow_negative_numbers = true,
+              value_parser = monitor_count)]
         count: Option<u64>,
-        /// Stop after SECS seconds, fractions allowed (default: no limit).
+        /// Stop after SECS seconds, 0 to 31536000 (a year), fractions
+        /// allowed (default: no limit).
         #[arg(long, value_name = "SECS", allow_negative_numbers = true,
               value_parser = monitor_secs)]
         duration: Option<std::time::Duration>,
@@ -454,6 +456,13 @@ macro_rules! errln {
 
 /// Most `monitor --duration` takes: a year.
 const MONITOR_MAX_SECS: f64 = 365.0 * 86_400.0;
+
+/// `monitor --count`: a whole number of events, 0 or more.
+fn monitor_count(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| "a whole number of events, 0 or more, is expected".to_string())
+}
 
 /// `monitor --duration`: seconds, 0 to a year, fractions allowed.
 fn monitor_secs(s: &str) -> Result<std::time::Duration, String> {

@@ -70,13 +70,26 @@ impl Connection {
 
 /// Sends a request to the daemon and waits for its answer.
 pub async fn call(socket: &Path, req: &Request) -> Result<Reply> {
-    let s = UnixStream::connect(socket).await.with_context(|| {
-        format!(
-            "no xrouter daemon answers on {} (is `xrouter run` or `xrouter agent` running, \
-             with this --config, --state-dir or --config-file?)",
-            socket.display()
-        )
-    })?;
+    let s = match UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(e).with_context(|| {
+                format!(
+                    "the daemon's control socket {} is root's: run this as root",
+                    socket.display()
+                )
+            });
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "no xrouter daemon answers on {} (is `xrouter run` or `xrouter agent` running, \
+                     with this --config, --state-dir or --config-file?)",
+                    socket.display()
+                )
+            });
+        }
+    };
     let (r, mut w) = s.into_split();
     let mut line = serde_json::to_string(req)?;
     line.push('\n');

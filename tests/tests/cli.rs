@@ -190,6 +190,20 @@ fn reading_the_state_as_another_user_says_it_is_roots() {
         stderr.contains("Permission denied") && stderr.contains("run this as root"),
         "{stderr}"
     );
+    // And one that talks to the daemon: its control socket is root's.
+    let _listening = std::os::unix::net::UnixListener::bind(state.join("xrouter.sock")).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(xrouter_bin())
+        .args(["--config", node.to_str().unwrap(), "reload"])
+        .output()
+        .expect("running xrouter through setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("control socket") && stderr.contains("run this as root"),
+        "{stderr}"
+    );
 }
 
 /// `monitor --duration` takes seconds from 0 to a year: anything else is
@@ -209,6 +223,20 @@ fn monitor_duration_out_of_range_is_refused_by_name() {
                 && stderr.contains("from 0 to 31536000")
                 && !stderr.contains("panicked"),
             "{bad}: {stderr}"
+        );
+    }
+    // Its neighbours too: a negative number is named, not "unexpected".
+    for (opt, bad, says) in [("--count", "-1", "0 or more"), ("--sample", "-5", "1..=")] {
+        let out = Command::new(xrouter_bin())
+            .args(["monitor", opt, bad])
+            .output()
+            .expect("running xrouter");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{opt} {bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{bad}' for '{opt} <N>'"))
+                && stderr.contains(says),
+            "{opt} {bad}: {stderr}"
         );
     }
 }
