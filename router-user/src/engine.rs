@@ -387,6 +387,17 @@ impl Engine {
                 "switched from {} to {dataplane}: BPF programs detached",
                 state.dataplane.unwrap()
             );
+        } else if let Some(was) = state.dataplane.filter(|&d| was_bpf && d != dataplane) {
+            // Between the eBPF planes the programs stay; each router's
+            // apply puts its ports' XDP programs on or takes them off.
+            tracing::info!(
+                "switching from {was} to {dataplane}: XDP programs {} the routers' ports as each is applied",
+                if dataplane == Dataplane::Xdp {
+                    "go onto"
+                } else {
+                    "come off"
+                }
+            );
         }
         state.dataplane = Some(dataplane);
         state.routers_file = routers_file;

@@ -571,8 +571,18 @@ fn plane_switch_by_restart(plane: Dataplane) {
         if i > 0 {
             let st = rig.stop_daemon();
             c.ok(st.is_some_and(|s| s.success()), "daemon exits 0", st);
+            let was = rig.plane;
             rig.plane = now;
             rig.start();
+            // Between the eBPF planes the log says what happens to XDP.
+            if was != Dataplane::Iptables && now != Dataplane::Iptables {
+                let log = rig.daemon_log();
+                c.ok(
+                    log.contains(&format!("switching from {was} to {now}: XDP programs")),
+                    &format!("{was:?} -> {now:?}: the switch is logged"),
+                    log,
+                );
+            }
             // What the plane before left in the kernel's conntrack is not
             // this plane's doing.
             let _ = tests::cmd::exec(
