@@ -1314,7 +1314,7 @@ pub async fn cleanup(node: &NodeConfig) -> Result<Changes> {
         ));
     }
     match std::fs::remove_file(&path) {
-        Ok(()) => {}
+        Ok(()) => ch.note(format!("removed the state file {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
     }

@@ -1368,7 +1368,8 @@ fn failed_first_apply_then_cleanup(plane: Dataplane, how: Launch, c: &mut Checks
     c.ok(out.success(), "cleanup succeeds", out.describe());
     c.ok(
         !out.stdout.contains("cleanup: no items removed")
-            && out.stdout.contains(&format!("removed bridge {}", made[0])),
+            && out.stdout.contains(&format!("removed bridge {}", made[0]))
+            && out.stdout.contains("removed the state file"),
         "cleanup says it removed something",
         &out.stdout,
     );
