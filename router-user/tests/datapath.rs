@@ -2256,6 +2256,19 @@ fn a_port_drawn_ahead_is_not_used_once_the_range_has_changed() {
     });
 }
 
+/// A router whose budget is 10 new connections a second (one per 100 ms
+/// window), on the xdp plane or not; the calling thread on CPU 0, whose
+/// budget it is.
+fn one_per_window(ifx: [u32; 3], xdp: bool) -> Router {
+    on_cpu0();
+    let lim = Limits {
+        rate: 10,
+        xdp,
+        ..ROOMY
+    };
+    Router::build(ifx, 1024, 65535, lim)
+}
+
 /// Pins the calling thread to CPU 0: per-CPU budgets are per CPU.
 fn on_cpu0() {
     let mut set = nix::sched::CpuSet::new();
@@ -2266,10 +2279,7 @@ fn on_cpu0() {
 #[test]
 fn new_connections_beyond_the_budget_are_dropped_and_counted() {
     with_devices(|ifx| {
-        on_cpu0();
-        // 10 a second: one per 100 ms window.
-        let lim = Limits { rate: 10, ..ROOMY };
-        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let mut r = one_per_window(ifx, false);
         let first = Frame::udp("81.1.180.12", 7000, "192.168.1.15", 53);
         let o = r.xdp(r.qr1, &first);
         assert_eq!(o.ret, XDP_REDIRECT);
@@ -2303,10 +2313,7 @@ fn new_connections_beyond_the_budget_are_dropped_and_counted() {
 #[test]
 fn syns_over_the_budget_are_shed_before_the_tables_are_looked_up() {
     with_devices(|ifx| {
-        on_cpu0();
-        // 10 a second: one per 100 ms window.
-        let lim = Limits { rate: 10, ..ROOMY };
-        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let mut r = one_per_window(ifx, false);
         let syn = Frame::tcp("81.1.180.12", 7000, "192.168.1.15", 80);
         let o = r.xdp(r.qr1, &syn);
         assert_eq!(o.ret, XDP_REDIRECT, "the window's one admitted");
@@ -2355,14 +2362,7 @@ fn syns_over_the_budget_are_shed_before_the_tables_are_looked_up() {
 #[test]
 fn a_syn_xdp_admitted_is_not_shed_again_in_tc() {
     with_devices(|ifx| {
-        on_cpu0();
-        // 10 a second: one per 100 ms window.
-        let lim = Limits {
-            rate: 10,
-            xdp: true,
-            ..ROOMY
-        };
-        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let mut r = one_per_window(ifx, true);
         // 192.168.1.77: on the external network, no MAC known.
         let syn = Frame::tcp("81.1.180.12", 7000, "192.168.1.77", 22);
         let (x, t, _) = both(&r, r.qr1, &syn);
@@ -2389,8 +2389,7 @@ fn a_syn_xdp_admitted_is_not_shed_again_in_tc() {
         assert_eq!(r.ct_len(), 2);
 
         // A router of its own (its own budget) on the tc plane.
-        let lim = Limits { rate: 10, ..ROOMY };
-        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let mut r = one_per_window(ifx, false);
         assert_eq!(r.tc(r.qr1, &syn).ret, TC_ACT_REDIRECT, "the tc plane");
         assert_eq!(
             r.tc(r.qr1, &other).ret,
@@ -2409,14 +2408,7 @@ fn a_syn_xdp_admitted_is_not_shed_again_in_tc() {
 #[test]
 fn packets_the_kernel_answers_take_nothing_from_the_budget() {
     with_devices(|ifx| {
-        on_cpu0();
-        // 10 a second: one per 100 ms window.
-        let lim = Limits {
-            rate: 10,
-            xdp: true,
-            ..ROOMY
-        };
-        let mut r = Router::build(ifx, 1024, 65535, lim);
+        let mut r = one_per_window(ifx, true);
         let df = big(Frame::udp("81.1.180.12", 6000, "192.168.1.15", 53), 1600);
         let (x, t, mark) = both(&r, r.qr1, &df);
         assert_eq!((x.ret, t.ret), (XDP_PASS, TC_ACT_OK), "to be answered");

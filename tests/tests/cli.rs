@@ -167,6 +167,19 @@ fn demo_refuses_the_options_it_would_ignore() {
     c.finish();
 }
 
+/// Runs `xrouter --config node <cmd>` as nobody; it must fail. Its stderr.
+fn as_nobody_fails(node: &std::path::Path, cmd: &str) -> String {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(xrouter_bin())
+        .args(["--config", node.to_str().unwrap(), cmd])
+        .output()
+        .expect("running xrouter through setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "xrouter {cmd} as nobody: {stderr}");
+    stderr
+}
+
 /// A command that reads the daemon's state, run by another user than
 /// root, says the state is root's rather than only "permission denied".
 #[test]
@@ -178,28 +191,14 @@ fn reading_the_state_as_another_user_says_it_is_roots() {
     std::fs::write(state.join("state.json"), "{}").unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(xrouter_bin())
-        .args(["--config", node.to_str().unwrap(), "show"])
-        .output()
-        .expect("running xrouter through setpriv");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = as_nobody_fails(&node, "show");
     assert!(
         stderr.contains("Permission denied") && stderr.contains("run this as root"),
         "{stderr}"
     );
     // And one that talks to the daemon: its control socket is root's.
     let _listening = std::os::unix::net::UnixListener::bind(state.join("xrouter.sock")).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(xrouter_bin())
-        .args(["--config", node.to_str().unwrap(), "reload"])
-        .output()
-        .expect("running xrouter through setpriv");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = as_nobody_fails(&node, "reload");
     assert!(
         stderr.contains("control socket") && stderr.contains("run this as root"),
         "{stderr}"

@@ -63,7 +63,8 @@ pub enum Verdict {
 /// skb is not: what counts is the size of the segments it stands for.
 #[inline(always)]
 fn too_big<P: Packet>(p: &P, pkt: &parse::Pkt, mtu: u32) -> bool {
-    wire_len(p, pkt) > mtu
+    // Most packets fit whole: no need to ask for the segment size.
+    pkt.tot_len as u32 > mtu && wire_len(p, pkt) > mtu
 }
 
 /// The largest IP packet `pkt` puts on the wire: itself, or the segments
