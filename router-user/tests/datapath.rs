@@ -844,6 +844,53 @@ fn malformed_frames_are_never_forwarded() {
     });
 }
 
+/// What the kernel drops before routing (a wrong IPv4 header checksum)
+/// or its conntrack finds invalid (a TCP header longer than the segment,
+/// a UDP length outside the datagram) is dropped and counted as
+/// malformed, opening no connection, on both hooks. A first fragment's UDP
+/// length covers the fragments to come: not malformed.
+#[test]
+fn headers_the_kernel_finds_invalid_are_dropped() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        const IP: usize = 14;
+        const L4: usize = IP + 20;
+        let tcp = Frame::tcp("81.1.180.12", 40000, "192.168.1.15", 80).bytes();
+        let udp = Frame::udp("81.1.180.12", 40001, "192.168.1.15", 53).bytes();
+        let mut bad_sum = tcp.clone();
+        bad_sum[IP + 10] ^= 0x5a;
+        // Data offset 15 (60 bytes) in a 25-byte segment.
+        let mut long_doff = tcp.clone();
+        long_doff[L4 + 12] = 0xf0;
+        let mut long_udp = udp.clone();
+        long_udp[L4 + 4..L4 + 6].copy_from_slice(&200u16.to_be_bytes());
+        let mut short_udp = udp.clone();
+        short_udp[L4 + 4..L4 + 6].copy_from_slice(&4u16.to_be_bytes());
+        for (what, data) in [
+            ("IPv4 header checksum", &bad_sum),
+            ("TCP data offset past the segment", &long_doff),
+            ("UDP length past the datagram", &long_udp),
+            ("UDP length under its header", &short_udp),
+        ] {
+            let before = r.counter(Outcome::DropMalformed);
+            assert_eq!(r.raw_xdp(r.qr1, data).ret, XDP_DROP, "xdp: {what}");
+            assert_eq!(r.raw_tc(r.qr1, data).ret, TC_ACT_SHOT, "tc: {what}");
+            assert_eq!(r.counter(Outcome::DropMalformed), before + 2, "{what}");
+            assert_eq!(r.ct_len(), 0, "{what}: no connection");
+        }
+        // The same UDP length in a first fragment (More Fragments).
+        let first = Frame {
+            frag: 0x2000,
+            ..Frame::udp("81.1.180.12", 40002, "192.168.1.15", 53)
+        };
+        let mut first = first.bytes();
+        first[L4 + 4..L4 + 6].copy_from_slice(&200u16.to_be_bytes());
+        assert_eq!(r.raw_xdp(r.qr1, &first).ret, XDP_REDIRECT, "first fragment");
+        // And the frame whole, unchanged, goes.
+        assert_eq!(r.raw_xdp(r.qr1, &tcp).ret, XDP_REDIRECT, "the good frame");
+    });
+}
+
 impl Router {
     fn raw_xdp(&self, ingress: u32, data: &[u8]) -> Out {
         let mut out = vec![0u8; data.len() + 64];

@@ -501,6 +501,10 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
     };
 
     let cap = Capture::start(&rig.ns("ext"), "eth0").unwrap();
+    // What leaves the gateway port, before the node's bridge (whose
+    // br_netfilter drops a wrong IPv4 header checksum on its own).
+    let tap = |net: &str| format!("tap{}", &rig.port_dev(net)[3..]);
+    let cap_qg = Capture::start(&rig.node, &tap("ext")).unwrap();
     let outside = (ext_mac, qg_mac);
     let inside = (vm1_mac, qr1_mac);
     let syn = frames::tcp(outside, ip("240.0.0.1"), 40404, ip(FIP), TCP, 0x02);
@@ -526,8 +530,17 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
             &frames::tcp(inside, ip(VM1), 33336, ip(EXT_HOST), 80, 0x10),
             10,
         ),
+        // A UDP length past the datagram's end (to port 81), a TCP header
+        // longer than its segment (port 82).
+        long_udp_length(&frames::udp(inside, ip(VM1), 33337, ip(EXT_HOST), 81, b"l")),
+        tcp_header_past_segment(&frames::tcp(inside, ip(VM1), 33338, ip(EXT_HOST), 82, 0x02)),
     ];
     frames::send(&rig.ns("vm1"), "eth0", &invalid).unwrap();
+    // A wrong IPv4 header checksum (to port 83), straight onto the
+    // router's port: the node's bridge (br_netfilter) would drop it first.
+    let mut bad_sum = frames::udp(inside, ip(VM1), 33339, ip(EXT_HOST), 83, b"s");
+    bad_sum[24] ^= 0x5a;
+    frames::send(&rig.node, &tap("net1"), &[bad_sum]).unwrap();
     std::thread::sleep(Duration::from_millis(800));
     let seen = cap.packets();
 
@@ -568,8 +581,33 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
         "datagram with Record Route: the VM's answer (options echoed) comes from the floating IP, quoting it",
         &errors,
     );
+    // Read from the frames themselves: a summary of a malformed one has
+    // no ports.
+    let (raw, raw_qg) = (cap.frames(), cap_qg.frames());
+    let to_port_in = |raw: &[Vec<u8>], p: u16| {
+        raw.iter()
+            .filter(|f| {
+                let l4 = 14 + (f.get(14).copied().unwrap_or(0) & 0xf) as usize * 4;
+                f.len() >= l4 + 4
+                    && f[12..14] == [8, 0]
+                    && matches!(f[23], 6 | 17)
+                    && u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]) == p
+            })
+            .count()
+    };
+    let to_port = |p: u16| to_port_in(&raw, p);
+    c.eq(
+        "a wrong IPv4 header checksum: dropped",
+        to_port_in(&raw_qg, 83),
+        0,
+    );
     let leaked: Vec<&Seen> = seen.iter().filter(|s| tenant(s.src)).collect();
     if plane == Dataplane::Iptables {
+        c.ok(
+            to_port(81) > 0 && to_port(82) > 0,
+            "Neutron's rules let a UDP length past the datagram and a TCP header past its segment out",
+            &leaked,
+        );
         c.ok(
             leaked.len() >= invalid.len(),
             "Neutron's rules let INVALID packets out with the VM's address",
@@ -577,6 +615,16 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
         );
     } else {
         c.ok(leaked.is_empty(), "no tenant address left qg-", &leaked);
+        c.eq(
+            "a UDP length past the datagram, a TCP header past its segment: dropped, not translated",
+            (to_port(81), to_port(82)),
+            (0, 0),
+        );
+        c.ok(
+            rig.stat("drop/malformed") >= 3,
+            "counted as malformed",
+            rig.stats_text(),
+        );
         c.ok(
             rig.stat("kernel/ip-options") > 0,
             "the datagram with options was translated by the programs",
@@ -584,6 +632,20 @@ fn no_tenant_address_leaves_untranslated(plane: Dataplane) {
         );
     }
     c.finish();
+}
+
+/// `frame` (UDP) with a UDP length of 200, past its end.
+fn long_udp_length(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&200u16.to_be_bytes());
+    f
+}
+
+/// `frame` (TCP, no options) with a data offset of 60 bytes.
+fn tcp_header_past_segment(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[14 + 20 + 12] = 0xf0;
+    f
 }
 
 /// What the kernel answers for a host behind the router reaches the sender

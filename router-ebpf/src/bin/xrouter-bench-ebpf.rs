@@ -373,6 +373,16 @@ fn restore(ctx: &XdpContext) -> Result<u32, u32> {
                     // neighbours.
                     let src = 0x6440_0000 | ((n as u32).wrapping_mul(2_654_435_761) >> 10);
                     core::ptr::write_unaligned((data + 26) as *mut [u8; 4], src.to_be_bytes());
+                    // The header's checksum follows (the pipeline drops a
+                    // header whose sum is wrong).
+                    let f = &cfg.frame;
+                    let check = router_ebpf::pipeline::csum::replace(
+                        u16::from_ne_bytes([f[24], f[25]]),
+                        u32::from_ne_bytes([f[26], f[27], f[28], f[29]]),
+                        u32::from_ne_bytes(src.to_be_bytes()),
+                        4,
+                    );
+                    core::ptr::write_unaligned((data + 24) as *mut [u8; 2], check.to_ne_bytes());
                 }
             } else {
                 // An odd multiplier permutes 0..flows: consecutive runs

@@ -3,7 +3,7 @@
 //! every word is read the same way.
 
 #[inline(always)]
-fn fold(mut s: u32) -> u16 {
+pub fn fold(mut s: u32) -> u16 {
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     s as u16

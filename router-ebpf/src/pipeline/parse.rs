@@ -14,6 +14,7 @@ use router_common::counters::Outcome;
 
 use super::{Verdict, csum};
 use crate::ctx::Packet;
+use core::ptr::read_volatile;
 
 pub const ETH_LEN: usize = 14;
 pub const IP_OFF: usize = ETH_LEN;
@@ -104,6 +105,17 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
         if (tot_len as usize) < ip_len || IP_OFF + tot_len as usize > p.len() {
             return Err(Verdict::Drop(Outcome::DropMalformed));
         }
+        // A header whose checksum is wrong: the kernel drops it before
+        // routing (ip_rcv), so do the programs. One with options goes to
+        // the kernel in any case (`Pkt::options`), which checks it there:
+        // summing a header of variable length here would split the
+        // verifier's states by the packet's checked length, through the
+        // whole pipeline. For the same reason the header length is read
+        // again for this test (volatile: not the register the offsets
+        // below are computed from, which the test would narrow).
+        if !header_sum_ok(hdr) && read_volatile(vihl) & 0x0f == 5 {
+            return Err(Verdict::Drop(Outcome::DropMalformed));
+        }
         let l4_off = IP_OFF + ip_len;
         let frag = u16::from_be_bytes(h.frags);
         let frag_kind = if frag & 0x1fff != 0 {
@@ -140,7 +152,11 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
                 let t: *mut TcpHdr = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
                 let t = &*t;
                 let doff = t.doff() as usize;
-                if doff < 5 || l4_len < 20 {
+                // A header longer than the segment (or, in a first
+                // fragment, than the fragment: a "tiny fragment", RFC
+                // 1858) is malformed; the kernel's conntrack finds it
+                // invalid.
+                if doff < 5 || l4_len < doff * 4 {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
                 pkt.sport = u16::from_ne_bytes(t.source);
@@ -154,7 +170,15 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             PROTO_UDP => {
                 let u: *mut UdpHdr = p.ptr(l4_off).ok_or(Verdict::Drop(Outcome::DropMalformed))?;
                 let u = &*u;
-                if l4_len < 8 {
+                // The UDP length within the IP payload, as the kernel's
+                // conntrack and UDP check it (a first fragment's covers
+                // the fragments to come: More Fragments read again, not
+                // to split the verifier's states by `frag_kind`).
+                let ulen = u16::from_be_bytes(u.len) as usize;
+                if l4_len < 8
+                    || ulen < 8
+                    || (ulen > l4_len && read_volatile(&h.frags)[0] & 0x20 == 0)
+                {
                     return Err(Verdict::Drop(Outcome::DropMalformed));
                 }
                 pkt.sport = u16::from_ne_bytes(u.src);
@@ -191,6 +215,19 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
         }
         Ok(pkt)
     }
+}
+
+/// Whether the 20 bytes of the IPv4 header at `hdr` sum to all ones, its
+/// checksum included.
+#[inline(always)]
+fn header_sum_ok(hdr: *mut Ipv4Hdr) -> bool {
+    // SAFETY: `hdr` was bounds-checked for the 20 bytes of a header.
+    let w = unsafe { core::ptr::read_unaligned(hdr as *const [u16; 10]) };
+    let mut s: u32 = 0;
+    for x in w {
+        s += x as u32;
+    }
+    csum::fold(s) == 0xffff
 }
 
 /// ICMP messages that quote the packet they are about.
