@@ -426,16 +426,27 @@ pub struct FragKey {
 }
 
 /// The addresses the datagram's first fragment was translated to; the
-/// later fragments (no L4 header) get the same.
+/// later fragments (no L4 header) get the same, for [`FRAG_TIMEOUT_NS`]
+/// after it, unless they overlap it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragEntry {
     pub new_src: [u8; 4],
     pub new_dst: [u8; 4],
+    /// When the first fragment came (CLOCK_MONOTONIC_COARSE, ns).
+    pub seen_ns: u64,
+    /// The bytes of the datagram the first fragment carried (its IP
+    /// payload): a later fragment starting before their end overlaps it.
+    pub first_len: u16,
+    pub _pad: [u8; 6],
 }
 
+/// How long a first fragment's translation serves its datagram's later
+/// fragments: the kernel's reassembly timeout (`ipfrag_time`, 30 s).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
-const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 24);
 
 crate::pod!(
     CtKey, CtEntry, CtSlot, CtMeta, CtClaim, RouteCache, FragKey, FragEntry

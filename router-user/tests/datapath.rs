@@ -18,7 +18,9 @@ use aya::{
 };
 use router_common::{
     config::RouterConfig,
-    conntrack::{CT_F_ASSURED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, ct_ticks},
+    conntrack::{
+        CT_F_ASSURED, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, FragEntry, FragKey, ct_ticks,
+    },
     counters::{Counter, CtEvent, Outcome},
     monitor::{
         EV_IPV4, EV_L4, HOOK_TC, HOOK_XDP, MON_DROPS, MON_FORWARDED, MON_KERNEL, MonitorCpu,
@@ -1261,6 +1263,54 @@ fn fragmented_datagrams_go_through_snat_and_dnat() {
         assert_eq!(r.raw_xdp(r.qr1, &lost).ret, XDP_PASS);
         assert_eq!(r.raw_tc(r.qr1, &lost).ret, TC_ACT_SHOT);
         assert_eq!(r.counter(Outcome::DropFragment), 1);
+    });
+}
+
+/// A later fragment overlapping its datagram's first is dropped, and the
+/// rest of the datagram with it (the kernel's reassembly drops such a
+/// datagram whole); a first fragment's translation serves its later
+/// fragments for 30 s, as the kernel waits for them, not for ever (a later
+/// datagram of the same addresses and identification is not translated
+/// as an old one was).
+#[test]
+fn overlapping_and_stale_fragments_are_dropped() {
+    with_devices(|ifx| {
+        let mut r = Router::new(ifx, 1024, 65535);
+        let datagram = |sport| {
+            Frame {
+                payload: (0..40u8).collect(),
+                frag: 0,
+                ..Frame::udp("81.1.180.12", sport, "192.168.1.15", 53)
+            }
+            .bytes()
+        };
+        // The first fragment carries 24 bytes; a last one from byte 16.
+        let whole = datagram(4100);
+        let (first, second) = fragments(&whole, 24);
+        let overlapping = fragments(&whole, 16).1;
+        assert_eq!(r.raw_tc(r.qr1, &first).ret, TC_ACT_REDIRECT, "first");
+        assert_eq!(
+            r.raw_tc(r.qr1, &overlapping).ret,
+            TC_ACT_SHOT,
+            "overlapping"
+        );
+        assert_eq!(r.counter(Outcome::DropFragment), 1);
+        assert_eq!(r.raw_tc(r.qr1, &second).ret, TC_ACT_SHOT, "the rest of it");
+        assert_eq!(r.counter(Outcome::DropFragment), 2);
+
+        // A datagram whose first fragment came 30 s ago and more (its
+        // entry made old): its later fragment is not translated.
+        let whole = datagram(4101);
+        let (first, second) = fragments(&whole, 24);
+        assert_eq!(r.raw_tc(r.qr1, &first).ret, TC_ACT_REDIRECT, "first");
+        let mut frags: HashMap<_, FragKey, FragEntry> =
+            HashMap::try_from(map(&mut r.ebpf, "XR_FRAG")).unwrap();
+        let (k, mut e) = frags.iter().next().unwrap().unwrap();
+        assert_eq!(e.first_len, 24);
+        e.seen_ns = e.seen_ns.saturating_sub(31_000_000_000);
+        frags.insert(k, e, 0).unwrap();
+        assert_eq!(r.raw_tc(r.qr1, &second).ret, TC_ACT_SHOT, "stale");
+        assert_eq!(r.counter(Outcome::DropFragment), 3);
     });
 }
 

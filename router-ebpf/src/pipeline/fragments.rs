@@ -1,16 +1,21 @@
 //! fragments: a fragmented datagram is translated as its first fragment
 //! was. The first fragment's translation is recorded under (src, dst, IP
-//! id, protocol); later fragments, which carry no ports, look it up.
+//! id, protocol); later fragments, which carry no ports, look it up, for
+//! as long as the kernel would wait for the datagram's fragments
+//! ([`FRAG_TIMEOUT_NS`]). One overlapping the first fragment (which could
+//! rewrite, at a receiver that reassembles, the headers the translation
+//! was chosen by) is dropped with the rest of its datagram, as the
+//! kernel's reassembly drops a datagram with overlapping fragments.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
 use router_common::{
-    conntrack::{FragEntry, FragKey},
+    conntrack::{FRAG_TIMEOUT_NS, FragEntry, FragKey},
     counters::Outcome,
 };
 
 use super::{
     Verdict,
-    parse::Pkt,
+    parse::{IP_OFF, Pkt},
     route::{self, Flow},
 };
 use crate::maps;
@@ -33,6 +38,10 @@ pub fn remember(pkt: &Pkt, flow: &Flow) {
     let e = FragEntry {
         new_src: flow.src.to_ne_bytes(),
         new_dst: flow.dst.to_ne_bytes(),
+        // SAFETY: helper without arguments.
+        seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        first_len: pkt.tot_len - (pkt.l4_off - IP_OFF) as u16,
+        _pad: [0; 6],
     };
     let _ = maps::XR_FRAG.insert(&k, &e, BPF_ANY as u64);
 }
@@ -48,6 +57,14 @@ pub fn later(pkt: &Pkt) -> Result<Flow, Verdict> {
     let Some(e) = (unsafe { maps::XR_FRAG.get(&k) }) else {
         return Err(Verdict::Drop(Outcome::DropFragment));
     };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(e.seen_ns) > FRAG_TIMEOUT_NS || pkt.frag_off < e.first_len {
+        // Another datagram's, long gone; or overlapping: none of this
+        // datagram goes on.
+        let _ = maps::XR_FRAG.remove(&k);
+        return Err(Verdict::Drop(Outcome::DropFragment));
+    }
     route::translated(
         pkt,
         u32::from_ne_bytes(e.new_src),

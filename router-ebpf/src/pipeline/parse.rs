@@ -71,6 +71,8 @@ pub struct Pkt {
     pub frag: u8,
     /// IPv4 identification (raw), for fragments.
     pub ip_id: u16,
+    /// A later fragment's offset in its datagram, in bytes.
+    pub frag_off: u16,
 }
 
 pub const FRAG_NONE: u8 = 0;
@@ -141,6 +143,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             l4_csum: 0,
             frag: frag_kind,
             ip_id: u16::from_ne_bytes(h.id),
+            frag_off: (frag & 0x1fff) << 3,
         };
         if frag_kind == FRAG_LATER {
             // No L4 header: translated as its first fragment was.

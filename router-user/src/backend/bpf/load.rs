@@ -116,9 +116,10 @@ fn shape(name: &str) -> Shape {
 
 /// Maps whose contents matter for no longer than a packet (the programs'
 /// scratch) or are rebuilt at once (a cache; the address hint, derived
-/// from the other maps and vouching for nothing while new): one of an
-/// earlier layout is replaced without a warning.
-const SCRATCH_MAPS: [&str; 3] = [XR_CT_CLAIM, XR_DST_CACHE, XR_LOCAL_HINT];
+/// from the other maps and vouching for nothing while new), or hold the
+/// fragments of datagrams in flight (lost like a fragment lost on the
+/// way): one of an earlier layout is replaced without a warning.
+const SCRATCH_MAPS: [&str; 4] = [XR_CT_CLAIM, XR_DST_CACHE, XR_LOCAL_HINT, XR_FRAG];
 
 /// Why a pinned map cannot be reused, or None when it can.
 fn misfit(name: &str, info: &MapInfo, ct_slots: u32) -> Option<String> {
