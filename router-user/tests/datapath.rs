@@ -1268,7 +1268,8 @@ fn fragmented_datagrams_go_through_snat_and_dnat() {
 
 /// A later fragment overlapping its datagram's first is dropped, and the
 /// rest of the datagram with it (the kernel's reassembly drops such a
-/// datagram whole); a first fragment's translation serves its later
+/// datagram whole); one wholly inside the first is dropped alone (the
+/// kernel's reassembly takes it for a duplicate); a first fragment's translation serves its later
 /// fragments for 30 s, as the kernel waits for them, not for ever (a later
 /// datagram of the same addresses and identification is not translated
 /// as an old one was).
@@ -1297,6 +1298,19 @@ fn overlapping_and_stale_fragments_are_dropped() {
         assert_eq!(r.counter(Outcome::DropFragment), 1);
         assert_eq!(r.raw_tc(r.qr1, &second).ret, TC_ACT_SHOT, "the rest of it");
         assert_eq!(r.counter(Outcome::DropFragment), 2);
+        // Bytes 8-15 again, wholly inside the first fragment: a duplicate,
+        // dropped alone; the datagram's rest goes on.
+        let whole = datagram(4102);
+        let (first, second) = fragments(&whole, 24);
+        let mut inside = fragments(&whole[..14 + 20 + 16], 8).1;
+        inside[14 + 6] |= 0x20; // More Fragments
+        inside[24..26].copy_from_slice(&[0, 0]);
+        let c = finish(sum16(&inside[14..34]));
+        inside[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(r.raw_tc(r.qr1, &first).ret, TC_ACT_REDIRECT, "first");
+        assert_eq!(r.raw_tc(r.qr1, &inside).ret, TC_ACT_SHOT, "duplicate");
+        assert_eq!(r.counter(Outcome::DropFragment), 3);
+        assert_eq!(r.raw_tc(r.qr1, &second).ret, TC_ACT_REDIRECT, "the rest");
 
         // A datagram whose first fragment came 30 s ago and more (its
         // entry made old): its later fragment is not translated.
@@ -1310,7 +1324,7 @@ fn overlapping_and_stale_fragments_are_dropped() {
         e.seen_ns = e.seen_ns.saturating_sub(31_000_000_000);
         frags.insert(k, e, 0).unwrap();
         assert_eq!(r.raw_tc(r.qr1, &second).ret, TC_ACT_SHOT, "stale");
-        assert_eq!(r.counter(Outcome::DropFragment), 3);
+        assert_eq!(r.counter(Outcome::DropFragment), 4);
     });
 }
 

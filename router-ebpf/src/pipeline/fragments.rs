@@ -4,8 +4,9 @@
 //! as long as the kernel would wait for the datagram's fragments
 //! ([`FRAG_TIMEOUT_NS`]). One overlapping the first fragment (which could
 //! rewrite, at a receiver that reassembles, the headers the translation
-//! was chosen by) is dropped with the rest of its datagram, as the
-//! kernel's reassembly drops a datagram with overlapping fragments.
+//! was chosen by) is dropped, as the kernel's reassembly drops it: alone
+//! if it lies wholly inside the first (a duplicate), else with the rest
+//! of its datagram.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
 use router_common::{
@@ -59,10 +60,16 @@ pub fn later(pkt: &Pkt) -> Result<Flow, Verdict> {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now.wrapping_sub(e.seen_ns) > FRAG_TIMEOUT_NS || pkt.frag_off < e.first_len {
-        // Another datagram's, long gone; or overlapping: none of this
-        // datagram goes on.
-        let _ = maps::XR_FRAG.remove(&k);
+    let stale = now.wrapping_sub(e.seen_ns) > FRAG_TIMEOUT_NS;
+    if stale || pkt.frag_off < e.first_len {
+        // Wholly inside the first fragment, the kernel's reassembly takes
+        // it for a duplicate and drops it alone; partly, for an overlap,
+        // and drops the datagram: none of it goes on. Another datagram's
+        // entry, long gone, serves no more.
+        let end = pkt.frag_off as u32 + (pkt.tot_len as u32 - (pkt.l4_off - IP_OFF) as u32);
+        if stale || end > e.first_len as u32 {
+            let _ = maps::XR_FRAG.remove(&k);
+        }
         return Err(Verdict::Drop(Outcome::DropFragment));
     }
     route::translated(
