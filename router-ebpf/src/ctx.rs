@@ -4,7 +4,7 @@
 //! also handle CHECKSUM_PARTIAL skbs.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, xdp_md},
     helpers::{bpf_skb_vlan_pop, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
@@ -27,6 +27,9 @@ pub trait Packet {
     /// Whether the frame carries an 802.1Q/802.1ad tag outside its data
     /// (an skb's VLAN metadata; XDP sees tags in the frame itself).
     fn vlan_tagged(&self) -> bool;
+    /// Whether the IPv4 header, options included, sums to all ones (see
+    /// [`xr_ip_header_ok_xdp`]).
+    fn header_with_options_ok(&self) -> bool;
     /// Removes priority tags (802.1Q or 802.1ad with VLAN id 0, stacked up
     /// to [`PRIORITY_TAGS`] deep): the kernel strips them and handles the
     /// frame as untagged, so the programs do too. A tag with a VLAN id
@@ -85,6 +88,10 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn vlan_tagged(&self) -> bool {
         false
+    }
+    #[inline(always)]
+    fn header_with_options_ok(&self) -> bool {
+        xr_ip_header_ok_xdp(self.ctx) != 0
     }
     #[inline(always)]
     fn pop_priority_tags(&mut self) -> Result<(), ()> {
@@ -197,6 +204,10 @@ impl Packet for TcContext {
         unsafe { (*self.skb.skb).vlan_present != 0 }
     }
     #[inline(always)]
+    fn header_with_options_ok(&self) -> bool {
+        xr_ip_header_ok_tc(self.skb.skb) != 0
+    }
+    #[inline(always)]
     fn pop_priority_tags(&mut self) -> Result<(), ()> {
         for _ in 0..PRIORITY_TAGS {
             // Usually the kernel has moved the outer tag into the skb's
@@ -258,4 +269,53 @@ fn is_priority_tag(h: &[u8; 16]) -> bool {
     ((h[12] == 0x81 && h[13] == 0) || (h[12] == 0x88 && h[13] == 0xa8))
         && h[14] & 0x0f == 0
         && h[15] == 0
+}
+
+/// Whether the IPv4 header of the packet of `ctx` (XDP), of any length,
+/// sums to all ones, its checksum included (1) or not, or is not all there
+/// (0). A global function, checked by the verifier once on its own: read
+/// inside the pipeline, a header of variable length would split the
+/// verifier's states by the packet's checked length all the way through.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_ip_header_ok_xdp(ctx: *mut xdp_md) -> u32 {
+    // SAFETY: the program's context.
+    let (start, end) = unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) };
+    header_sum_ok(start, end) as u32
+}
+
+/// [`xr_ip_header_ok_xdp`] for TC.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_ip_header_ok_tc(skb: *mut __sk_buff) -> u32 {
+    // SAFETY: the program's context.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    header_sum_ok(start, end) as u32
+}
+
+/// The sum of the IPv4 header between `start` and `end`, a word of 4 bytes
+/// at a time, each at a constant offset (which the verifier can check).
+#[inline(always)]
+fn header_sum_ok(start: usize, end: usize) -> bool {
+    const IP: usize = crate::pipeline::parse::IP_OFF;
+    if start + IP + 20 > end {
+        return false;
+    }
+    // SAFETY: bounds checked.
+    let ihl = (unsafe { *((start + IP) as *const u8) } & 0x0f) as usize;
+    let mut s: u32 = 0;
+    macro_rules! words {
+        ($($i:literal)*) => {$(
+            if ihl > $i {
+                if start + IP + 4 * $i + 4 > end {
+                    return false;
+                }
+                // SAFETY: bounds checked.
+                let w = unsafe { core::ptr::read_unaligned((start + IP + 4 * $i) as *const [u16; 2]) };
+                s += w[0] as u32 + w[1] as u32;
+            }
+        )*};
+    }
+    words!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+    csum::fold(s) == 0xffff
 }

@@ -880,6 +880,26 @@ fn headers_the_kernel_finds_invalid_are_dropped() {
             assert_eq!(r.counter(Outcome::DropMalformed), before + 2, "{what}");
             assert_eq!(r.ct_len(), 0, "{what}: no connection");
         }
+        // A header with options: a wrong checksum is malformed too, and
+        // opens no connection; a right one goes to the kernel translated.
+        let opts = Frame {
+            options: vec![1, 1, 1, 0],
+            ..Frame::udp("81.1.180.12", 40003, "192.168.1.15", 53)
+        };
+        let good_opts = opts.bytes();
+        let mut bad_opts = good_opts.clone();
+        bad_opts[IP + 10] ^= 0x5a;
+        let before = r.counter(Outcome::DropMalformed);
+        assert_eq!(r.raw_xdp(r.qr1, &bad_opts).ret, XDP_DROP, "xdp: options");
+        assert_eq!(r.raw_tc(r.qr1, &bad_opts).ret, TC_ACT_SHOT, "tc: options");
+        assert_eq!(r.counter(Outcome::DropMalformed), before + 2);
+        assert_eq!(r.ct_len(), 0, "options, wrong checksum: no connection");
+        assert_eq!(
+            r.raw_tc(r.qr1, &good_opts).ret,
+            TC_ACT_OK,
+            "options: to the kernel"
+        );
+        assert_eq!(r.counter(Outcome::KernelOptions), 1);
         // The same UDP length in a first fragment (More Fragments).
         let first = Frame {
             frag: 0x2000,

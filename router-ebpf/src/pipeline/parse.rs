@@ -108,14 +108,19 @@ pub fn parse<P: Packet>(p: &P) -> Result<Pkt, Verdict> {
             return Err(Verdict::Drop(Outcome::DropMalformed));
         }
         // A header whose checksum is wrong: the kernel drops it before
-        // routing (ip_rcv), so do the programs. One with options goes to
-        // the kernel in any case (`Pkt::options`), which checks it there:
+        // routing (ip_rcv), so do the programs. One with options is summed
+        // in a function of its own (`Packet::header_with_options_ok`):
         // summing a header of variable length here would split the
         // verifier's states by the packet's checked length, through the
         // whole pipeline. For the same reason the header length is read
         // again for this test (volatile: not the register the offsets
         // below are computed from, which the test would narrow).
-        if !header_sum_ok(hdr) && read_volatile(vihl) & 0x0f == 5 {
+        let sum_ok = if read_volatile(vihl) & 0x0f == 5 {
+            header_sum_ok(hdr)
+        } else {
+            p.header_with_options_ok()
+        };
+        if !sum_ok {
             return Err(Verdict::Drop(Outcome::DropMalformed));
         }
         let l4_off = IP_OFF + ip_len;
