@@ -281,7 +281,7 @@ fn is_priority_tag(h: &[u8; 16]) -> bool {
 pub extern "C" fn xr_ip_header_ok_xdp(ctx: *mut xdp_md) -> u32 {
     // SAFETY: the program's context.
     let (start, end) = unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) };
-    header_sum_ok(start, end) as u32
+    whole_header_sum_ok(start, end) as u32
 }
 
 /// [`xr_ip_header_ok_xdp`] for TC.
@@ -290,13 +290,15 @@ pub extern "C" fn xr_ip_header_ok_xdp(ctx: *mut xdp_md) -> u32 {
 pub extern "C" fn xr_ip_header_ok_tc(skb: *mut __sk_buff) -> u32 {
     // SAFETY: the program's context.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    header_sum_ok(start, end) as u32
+    whole_header_sum_ok(start, end) as u32
 }
 
-/// The sum of the IPv4 header between `start` and `end`, a word of 4 bytes
-/// at a time, each at a constant offset (which the verifier can check).
+/// Whether the IPv4 header between `start` and `end`, options included,
+/// sums to all ones: a word of 4 bytes at a time, each at a constant offset
+/// (which the verifier can check). (`parse` sums a header without options
+/// itself, inline, the common case.)
 #[inline(always)]
-fn header_sum_ok(start: usize, end: usize) -> bool {
+fn whole_header_sum_ok(start: usize, end: usize) -> bool {
     const IP: usize = crate::pipeline::parse::IP_OFF;
     if start + IP + 20 > end {
         return false;

@@ -205,18 +205,25 @@ fn reading_the_state_as_another_user_says_it_is_roots() {
     );
 }
 
+/// Runs `xrouter <args>`, which must be refused as a usage error (exit
+/// 2); its stderr.
+fn refused_usage(args: &[&str]) -> String {
+    let out = Command::new(xrouter_bin())
+        .args(args)
+        .output()
+        .expect("running xrouter");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    stderr
+}
+
 /// `monitor --duration` takes seconds from 0 to a year: anything else is
 /// refused by name (a huge number was a panic, a negative one "unexpected
 /// argument").
 #[test]
 fn monitor_duration_out_of_range_is_refused_by_name() {
     for bad in ["-1", "1e30", "nan", "inf", "abc"] {
-        let out = Command::new(xrouter_bin())
-            .args(["monitor", "--duration", bad])
-            .output()
-            .expect("running xrouter");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        let stderr = refused_usage(&["monitor", "--duration", bad]);
         assert!(
             stderr.contains(&format!("invalid value '{bad}' for '--duration <SECS>'"))
                 && stderr.contains("from 0 to 31536000")
@@ -226,12 +233,7 @@ fn monitor_duration_out_of_range_is_refused_by_name() {
     }
     // Its neighbours too: a negative number is named, not "unexpected".
     for (opt, bad, says) in [("--count", "-1", "0 or more"), ("--sample", "-5", "1..=")] {
-        let out = Command::new(xrouter_bin())
-            .args(["monitor", opt, bad])
-            .output()
-            .expect("running xrouter");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{opt} {bad}: {stderr}");
+        let stderr = refused_usage(&["monitor", opt, bad]);
         assert!(
             stderr.contains(&format!("invalid value '{bad}' for '{opt} <N>'"))
                 && stderr.contains(says),
