@@ -2307,6 +2307,104 @@ fn only_the_openers_ack_to_an_answer_establishes() {
     });
 }
 
+/// A SYN in a connection both sides have closed with FINs, or its own
+/// side has reset, opens a new connection (the kernel's conntrack reopens
+/// one in TIME_WAIT or CLOSE, so a reused port gets the translation of
+/// now); after one side's FIN only, or the other side's reset (a refused
+/// connection tried again), it goes on in the old connection. On XDP and
+/// TC alike (the same pipeline, each hook its own run).
+#[test]
+fn a_syn_reopens_a_connection_both_sides_closed() {
+    with_devices(|ifx| {
+        let r = Router::new(ifx, 1024, 65535);
+        // ext -> floating IP 192.168.1.104 (vm2's 91.1.180.14), port 22.
+        let out = |sport: u16, flags| Frame {
+            tcp_flags: flags,
+            ..Frame::tcp("192.168.1.15", sport, "192.168.1.104", 22).from(MAC_EXT, MAC_QG)
+        };
+        let back = |sport: u16, flags| Frame {
+            tcp_flags: flags,
+            ..Frame::tcp("91.1.180.14", 22, "192.168.1.15", sport).from(MAC_VM2, MAC_QR2)
+        };
+        let run = |tc: bool, ingress: u32, f: Frame| {
+            let ret = if tc {
+                r.tc(ingress, &f).ret
+            } else {
+                r.xdp(ingress, &f).ret
+            };
+            let want = if tc { TC_ACT_REDIRECT } else { XDP_REDIRECT };
+            assert_eq!(
+                ret,
+                want,
+                "{}: flags {:#x}",
+                if tc { "tc" } else { "xdp" },
+                f.tcp_flags
+            );
+        };
+        let (syn, synack, ack, fin, rst) = (0x02, 0x12, 0x10, 0x11, 0x04);
+        let open = |tc: bool, sport: u16| {
+            run(tc, r.qg, out(sport, syn));
+            run(tc, r.qr2, back(sport, synack));
+            run(tc, r.qg, out(sport, ack));
+        };
+        // Five connections, established: their entries are never evicted.
+        for (i, sport) in (5001..=5005).enumerate() {
+            open(i == 4, sport);
+        }
+        assert_eq!(r.ct_counts(), (0, 10));
+        assert_eq!(r.event(CtEvent::Created), 5);
+
+        // Closed both ways: the SYN opens a new, embryonic connection.
+        run(false, r.qg, out(5001, fin));
+        run(false, r.qr2, back(5001, fin));
+        run(false, r.qg, out(5001, ack));
+        run(false, r.qg, out(5001, syn));
+        assert_eq!(
+            r.event(CtEvent::Created),
+            6,
+            "reopened after FINs both ways"
+        );
+        assert_eq!(r.ct_counts(), (2, 8));
+        // One side's FIN only: the same connection.
+        run(false, r.qg, out(5002, fin));
+        run(false, r.qg, out(5002, syn));
+        assert_eq!(r.event(CtEvent::Created), 6, "one FIN: not reopened");
+        assert_eq!(r.ct_counts(), (2, 8));
+        // Reset by the SYN's own side: a new connection.
+        run(false, r.qg, out(5003, rst));
+        run(false, r.qg, out(5003, syn));
+        assert_eq!(r.event(CtEvent::Created), 7, "reopened after its own reset");
+        assert_eq!(r.ct_counts(), (4, 6));
+        // Reset by the other side: the SYN tried again goes on in it.
+        run(false, r.qr2, back(5004, rst));
+        run(false, r.qg, out(5004, syn));
+        assert_eq!(
+            r.event(CtEvent::Created),
+            7,
+            "the other side's reset: not reopened"
+        );
+        assert_eq!(r.ct_counts(), (4, 6));
+        // TC, closed both ways.
+        run(true, r.qg, out(5005, fin));
+        run(true, r.qr2, back(5005, fin));
+        run(true, r.qg, out(5005, ack));
+        run(true, r.qg, out(5005, syn));
+        assert_eq!(
+            r.event(CtEvent::Created),
+            8,
+            "tc: reopened after FINs both ways"
+        );
+        assert_eq!(r.ct_counts(), (6, 4));
+        // The reopened connections work: the answer goes back translated.
+        for sport in [5001, 5003, 5005] {
+            let o = r.xdp(r.qr2, &back(sport, synack));
+            assert_eq!(o.ret, XDP_REDIRECT);
+            assert_eq!(o.src().to_string(), "192.168.1.104");
+            assert_eq!(o.dport(), sport);
+        }
+    });
+}
+
 /// New connections through gateway SNAT from two CPUs at once, into a
 /// range of 256 ports: no port is handed to two connections (each reply
 /// key is one connection's), whichever CPU claimed it.

@@ -108,7 +108,9 @@ fn fip_removal(plane: Dataplane) {
     c.finish();
 }
 
-/// Moving a floating IP: sessions keep their old VM, new ones reach the new.
+/// Moving a floating IP: sessions keep their old VM, new ones reach the new,
+/// also one from the port of a connection closed just before (as the
+/// kernel's conntrack reopens a connection in TIME_WAIT for a new SYN).
 fn fip_moved(plane: Dataplane) {
     let mut rig = Rig::article(plane);
     let _s = tcp_servers(&rig, &["vm1", "vm2", "ext"]);
@@ -121,9 +123,29 @@ fn fip_moved(plane: Dataplane) {
         "vm2",
         EXT_HOST,
     );
+    // A connection from a fixed port, closed by both sides (ext first).
+    let port = sa(EXT_HOST, 47001);
+    let mut closed =
+        TcpSession::open_from(&ext, Some(port), sa(FIP, TCP)).expect("ext -> FIP from 47001");
+    c.reply(
+        "before: ext:47001 -> FIP reaches vm2",
+        closed.exchange(),
+        "vm2",
+        EXT_HOST,
+    );
+    drop(closed);
+    // The server's FIN answers ext's within a round trip.
+    std::thread::sleep(Duration::from_millis(300));
 
     rig.router_mut().move_fip(FIP, VM1);
     rig.apply();
+
+    c.reply(
+        "after: a new connection from the closed one's port reaches vm1",
+        TcpSession::open_from(&ext, Some(port), sa(FIP, TCP)).and_then(|mut s| s.exchange()),
+        "vm1",
+        EXT_HOST,
+    );
 
     c.reply(
         "after: the existing session still reaches vm2",

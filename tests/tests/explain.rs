@@ -5,7 +5,7 @@
 //! not move.
 
 use serde_json::Value;
-use tests::{Dataplane, Rig, article::*, ping, wait_until};
+use tests::{Dataplane, Rig, TcpServer, TcpSession, article::*, ping, sa, wait_until};
 
 tests::ebpf_only!(
     no_route_snat_and_dnat_explained,
@@ -390,6 +390,46 @@ fn no_route_snat_and_dnat_explained(plane: Dataplane) {
     assert!(!out.success());
     assert!(
         out.stderr.contains("\"99999\" at column") && out.stderr.contains("port 1-65535"),
+        "{}",
+        out.describe()
+    );
+
+    // 6. A SYN from the port of a connection both sides closed: that
+    // connection ends and a new one takes its place.
+    let _server = TcpServer::start(&rig.ns("ext"), "ext", 8081).unwrap();
+    let from = sa(VM1, 47002);
+    let mut s = TcpSession::open_from(&rig.ns("vm1"), Some(from), sa(EXT_HOST, 8081)).unwrap();
+    s.exchange().unwrap();
+    drop(s);
+    let spec = format!("tcp {VM1}:47002 -> {EXT_HOST}:8081 [flags S]");
+    let closed = wait_until(TIMEOUT, EVERY, || {
+        explain_json(&rig, &qr1, &spec)["conntrack"]["found"]["state"] == "FIN"
+    });
+    assert!(closed, "the connection never read FIN: {:#}", flows(&rig));
+    let v = explain_json(&rig, &qr1, &spec);
+    assert_eq!(v["verdict"]["kind"], "forwarded", "{v:#}");
+    let created = v["conntrack"]["created"].as_array().unwrap();
+    assert_eq!(created.len(), 2, "a new connection, both ways: {v:#}");
+    assert!(
+        created
+            .iter()
+            .all(|e| e["table"] == "embryonic" && e["state"] == "SYN_SENT"),
+        "{v:#}"
+    );
+    let ended = v["conntrack"]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| {
+            c["tuple"]["src"] == VM1
+                && c["change"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("a new connection in its place"))
+        });
+    assert!(ended, "{v:#}");
+    let out = explain(&rig, &qr1, &spec, false);
+    assert!(
+        out.stdout.contains("a new connection in its place"),
         "{}",
         out.describe()
     );

@@ -140,12 +140,17 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo, screened: bool, df_len: u32) -> Resu
     // CPU's lookups of them mostly miss (a flood of new flows). TCP's
     // other packets never pay for the guess, even during a flood.
     let tcp = pkt.proto == PROTO_TCP;
-    if (tcp && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN)
-        || (!tcp && table::flooded())
-    {
+    let syn = tcp && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN;
+    if syn || (!tcp && table::flooded()) {
         nat::foresee(pkt, ingress);
     }
-    let found = table::lookup(&k);
+    // A SYN in a connection both sides have closed opens a new one
+    // (`table::lookup_syn`).
+    let found = if syn {
+        table::lookup_syn(&k)
+    } else {
+        table::lookup(&k)
+    };
     if !tcp {
         table::note_lookup(found.is_some());
     }

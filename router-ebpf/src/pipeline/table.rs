@@ -33,8 +33,11 @@ use core::{
 
 use router_common::conntrack::{
     CT_F_ASSURED, CT_FILL_BATCH, CT_FLOOD_MISSES, CT_W1_BUSY, CT_W1_EMPTY, CT_W1_FREED, CT_WINDOW,
-    CtClaim, CtEntry, CtKey, CtMeta, CtSlot, ct_fill_cap, ct_home, ct_w1_is_key,
+    CtClaim, CtEntry, CtKey, CtMeta, CtSlot, TCP_CLOSED, TCP_FIN, ct_fill_cap, ct_home,
+    ct_w1_is_key,
 };
+
+use super::parse::PROTO_TCP;
 
 use crate::maps::{XR_CT, XR_CT_CLAIM};
 
@@ -111,8 +114,19 @@ const NONE: u32 = u32::MAX;
 #[inline(always)]
 pub fn lookup(k: &CtKey) -> Option<Found> {
     let (kw0, kw1) = k.words();
-    let m = mask();
-    let at = xr_ct_scan(kw0, kw1, m);
+    found(xr_ct_scan(kw0, kw1, mask()), kw0, kw1)
+}
+
+/// [`lookup`] for a TCP SYN (`k` a TCP key): a closed connection the SYN
+/// reopens is ended and not found ([`xr_ct_scan_syn`]).
+#[inline(always)]
+pub fn lookup_syn(k: &CtKey) -> Option<Found> {
+    let (kw0, kw1) = k.words();
+    found(xr_ct_scan_syn(kw0, kw1, mask()), kw0, kw1)
+}
+
+#[inline(always)]
+fn found(at: u32, kw0: u64, kw1: u64) -> Option<Found> {
     let s = slot(at)?;
     Some(Found {
         slot: s,
@@ -135,7 +149,75 @@ pub fn lookup(k: &CtKey) -> Option<Found> {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn xr_ct_scan(kw0: u64, kw1: u64, m: u32) -> u32 {
-    let home = ct_home(kw0, kw1, m);
+    scan(ct_home(kw0, kw1, m), kw0, kw1, m)
+}
+
+/// [`xr_ct_scan`] for a TCP SYN: where the key's connection is closed
+/// (both sides had sent a FIN, or the SYN's own side had reset it), both
+/// its entries are freed (a SNAT port with them) and the key is not
+/// found, so that the SYN opens a new connection. The kernel's conntrack
+/// does the same in TIME_WAIT or CLOSE, so that a client reusing its
+/// port (as it may, with timestamps) gets the translation of now (a
+/// floating IP added or moved since), not the old connection's. After
+/// one side's FIN only, or the other side's reset (a refused connection
+/// tried again), the SYN goes on in the old connection, as in the
+/// kernel's. The scans are written out here, not called: a call deeper
+/// would take the stack past the 512 bytes the pipeline may use.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn xr_ct_scan_syn(kw0: u64, kw1: u64, m: u32) -> u32 {
+    let at = scan(ct_home(kw0, kw1, m), kw0, kw1, m);
+    let Some(s) = slot(at) else {
+        return NONE;
+    };
+    // SAFETY: fields of a slot of the array, checked against the key
+    // before anything is freed.
+    let (state, pk) = unsafe {
+        let e = &(*s).entry;
+        let pk = CtKey::new(
+            read_volatile(&e.new_dst),
+            read_volatile(&e.new_src),
+            read_volatile(&e.new_dport),
+            read_volatile(&e.new_sport),
+            PROTO_TCP,
+        );
+        (read_volatile(&e.state), pk)
+    };
+    if state != TCP_FIN && state != TCP_CLOSED {
+        return at;
+    }
+    let (pw0, pw1) = pk.words();
+    let partner = slot(scan(pk.home(m), pw0, pw1, m));
+    if state == TCP_FIN
+        && let Some(p) = partner
+    {
+        // SAFETY: a field of a slot of the array.
+        let other = unsafe { read_volatile(&(*p).entry.state) };
+        if other != TCP_FIN && other != TCP_CLOSED {
+            return at;
+        }
+    }
+    // SAFETY: words of slots of the array; each freed only if it still
+    // holds its key (else that connection has gone meanwhile: the SYN
+    // opens a new one all the same).
+    unsafe {
+        if read_volatile(w0(s)) == kw0 {
+            atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(s), kw1, CT_W1_FREED);
+        }
+        if let Some(p) = partner
+            && read_volatile(w0(p)) == pw0
+        {
+            atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(p), pw1, CT_W1_FREED);
+        }
+    }
+    NONE
+}
+
+/// The index of the slot holding the key of words `kw0`/`kw1` in the
+/// window from `home`, or [`NONE`]: [`xr_ct_scan`]'s loop, for the
+/// global functions that cannot call it.
+#[inline(always)]
+fn scan(home: u32, kw0: u64, kw1: u64, m: u32) -> u32 {
     for i in 0..CT_WINDOW {
         let at = home.wrapping_add(i) & m;
         let Some(s) = slot(at) else {
@@ -520,34 +602,24 @@ pub extern "C" fn xr_ct_evict_partner(at: u32, keep: u32, m: u32) -> u32 {
     };
     let (pw0, pw1) = pk.words();
     let home = pk.home(m);
-    // The scan of `xr_ct_scan`, here rather than called: a call deeper
-    // would take the stack past the 512 bytes the pipeline may use.
-    for i in 0..CT_WINDOW {
-        let p = home.wrapping_add(i) & m;
-        let Some(ps) = slot(p) else {
+    // `xr_ct_scan`'s loop, not a call: a call deeper would take the stack
+    // past the 512 bytes the pipeline may use.
+    let p = scan(home, pw0, pw1, m);
+    let Some(ps) = slot(p) else {
+        return NONE;
+    };
+    // SAFETY: words and fields of a slot of the array.
+    unsafe {
+        if p == keep || read_volatile(&(*ps).entry.flags) & CT_F_ASSURED != 0 {
             return NONE;
-        };
-        // SAFETY: words and fields of a slot of the array.
-        unsafe {
-            let sw1 = read_volatile(w1(ps));
-            if sw1 == CT_W1_EMPTY {
-                return NONE;
-            }
-            if sw1 != pw1 || read_volatile(w0(ps)) != pw0 {
-                continue;
-            }
-            if p == keep || read_volatile(&(*ps).entry.flags) & CT_F_ASSURED != 0 {
-                return NONE;
-            }
-            // Freed only if it still holds the partner's key.
-            return if atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(ps), pw1, CT_W1_FREED).1 {
-                p
-            } else {
-                NONE
-            };
+        }
+        // Freed only if it still holds the partner's key.
+        if atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(w1(ps), pw1, CT_W1_FREED).1 {
+            p
+        } else {
+            NONE
         }
     }
-    NONE
 }
 
 /// Turns freed slot `p` (freed by this CPU just before, by

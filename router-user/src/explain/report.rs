@@ -535,10 +535,20 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         ct.key = Some(key_tuple(k));
         ct.found = obs.before.get(k).map(|(est, e)| entry_view(k, *est, e));
     }
+    // New entries, and entries a new connection took the place of (a SYN
+    // reopening a closed one: the same key, another connection).
+    let replaced = |k: &CtKey, est: bool, e: &CtEntry| {
+        obs.before.get(k).is_some_and(|(est0, e0)| {
+            (*est0 && !est)
+                || e.created != e0.created
+                || (e.new_src, e.new_dst, e.new_sport, e.new_dport)
+                    != (e0.new_src, e0.new_dst, e0.new_sport, e0.new_dport)
+        })
+    };
     let mut created: Vec<(CtKey, bool, CtEntry)> = obs
         .after
         .iter()
-        .filter(|(k, _)| !obs.before.contains_key(k))
+        .filter(|(k, (est, e))| !obs.before.contains_key(k) || replaced(k, *est, e))
         .map(|(k, (est, e))| (*k, *est, *e))
         .collect();
     created.sort_by_key(|(_, _, e)| e.direction);
@@ -551,6 +561,15 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
         let Some((est0, e0)) = obs.before.get(k) else {
             continue;
         };
+        if replaced(k, *est, e) {
+            ct.changed.push(Change {
+                tuple: key_tuple(k),
+                change:
+                    "closed both ways (or reset by this side): ended, a new connection in its place"
+                        .into(),
+            });
+            continue;
+        }
         let (v0, v1) = (entry_view(k, *est0, e0), entry_view(k, *est, e));
         if !est0 && *est {
             ct.changed.push(Change {
@@ -565,7 +584,8 @@ pub fn build(ctx: &Context, obs: &Observed) -> Report {
             });
         }
     }
-    // Entries that went (none do today; said if one ever does).
+    // Entries that went: the other direction of a connection a SYN
+    // reopened (its new one may have another key).
     for k in obs.before.keys().filter(|k| !obs.after.contains_key(k)) {
         ct.changed.push(Change {
             tuple: key_tuple(k),
