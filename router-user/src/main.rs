@@ -188,8 +188,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Show { json, what } => {
             let state = State::load(&node.state_file())?;
             match what.unwrap_or(ShowWhat::Routers) {
-                ShowWhat::Routers if json => outln!("{}", show::json(&state, &node))?,
-                ShowWhat::Routers => out!("{}", show::table(&state, &node))?,
+                ShowWhat::Routers => out!("{}", show::routers(&state, &node, json)?)?,
                 ShowWhat::Flows { router } => {
                     out!("{}", show::flows(&state, &node, router.as_deref(), json)?)?
                 }

@@ -151,6 +151,20 @@ pub fn json(state: &State, node: &NodeConfig) -> String {
     serde_json::to_string_pretty(&view(state, node)).expect("serialisable")
 }
 
+/// `xrouter show`: the routers as JSON or a table; an error where no
+/// daemon has left its state (most likely the wrong place looked at,
+/// which an empty list would hide from a script as from a reader).
+pub fn routers(state: &State, node: &NodeConfig, as_json: bool) -> anyhow::Result<String> {
+    if state.dataplane.is_none() && state.routers.is_empty() && state.failed.is_empty() {
+        anyhow::bail!("{}", no_state(node));
+    }
+    Ok(if as_json {
+        json(state, node) + "\n"
+    } else {
+        table(state, node)
+    })
+}
+
 /// A terminal table per router.
 pub fn table(state: &State, node: &NodeConfig) -> String {
     let mut o = String::new();
@@ -172,13 +186,7 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
         );
     }
     if state.routers.is_empty() {
-        // Nothing recorded at all: most likely the wrong place looked at,
-        // which "no routers" alone would hide.
-        if state.dataplane.is_none() && state.failed.is_empty() {
-            let _ = writeln!(o, "{}", no_state(node));
-        } else {
-            let _ = writeln!(o, "no routers (data plane: {dp})");
-        }
+        let _ = writeln!(o, "no routers (data plane: {dp})");
         return o;
     }
     let _ = writeln!(o, "data plane: {dp}   routers: {}", state.routers.len());
@@ -410,9 +418,9 @@ fn stats_tables(all: &[RouterStats]) -> String {
 mod tests {
     use super::*;
 
-    /// A state directory no daemon has written: `show` says so (a wrong
-    /// --config, --state-dir or --config-file looks like no routers else),
-    /// and `show flows` and `show stats` refuse, saying the same.
+    /// A state directory no daemon has written: `show`, `show flows` and
+    /// `show stats` refuse, saying so (a wrong --config, --state-dir or
+    /// --config-file looks like no routers else).
     #[test]
     fn no_daemon_state_is_said_as_such() {
         let node = NodeConfig {
@@ -420,12 +428,13 @@ mod tests {
             ..NodeConfig::default()
         };
         let empty = State::default();
-        let t = table(&empty, &node);
-        assert_eq!(
-            t,
-            "no daemon state: /nonexistent/xrouter/state.json does not exist (has the daemon \
-             run with this --config, --state-dir or --config-file?)\n"
-        );
+        for as_json in [false, true] {
+            assert_eq!(
+                routers(&empty, &node, as_json).unwrap_err().to_string(),
+                "no daemon state: /nonexistent/xrouter/state.json does not exist (has the \
+                 daemon run with this --config, --state-dir or --config-file?)"
+            );
+        }
         for e in [
             flows(&empty, &node, None, false).unwrap_err(),
             stats(&empty, &node, None, true).unwrap_err(),
@@ -441,7 +450,10 @@ mod tests {
             dataplane: Some(Dataplane::Tc),
             ..State::default()
         };
-        assert_eq!(table(&ran, &node), "no routers (data plane: tc)\n");
+        assert_eq!(
+            routers(&ran, &node, false).unwrap(),
+            "no routers (data plane: tc)\n"
+        );
     }
 
     /// A router whose first outcome counted 7 packets, every other counter

@@ -39,6 +39,20 @@ fn closed_stdout_is_not_a_panic() {
         serde_json::to_string(&routers_json(&[router])).unwrap(),
     )
     .unwrap();
+    // No daemon has run: `show` says so and fails, as `show flows` does.
+    let out = tests::xrouter_plain(&["--config", node.to_str().unwrap(), "show", "--json"]);
+    c.ok(
+        out.code == Some(1) && out.stderr.contains("no daemon state") && out.stdout.is_empty(),
+        "show without a daemon's state: refused, naming it",
+        out.describe(),
+    );
+    // A daemon's state with no routers, for `show` to print.
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(
+        dir.path().join("state/state.json"),
+        r#"{"dataplane":"iptables","routers_file":null,"routers":[],"bridges":[]}"#,
+    )
+    .unwrap();
     let (node, routers) = (node.to_str().unwrap(), routers.to_str().unwrap());
     for args in [
         vec!["--config", node, "show"],
@@ -46,7 +60,7 @@ fn closed_stdout_is_not_a_panic() {
         vec!["--config", node, "check", "--routers", routers],
         // Reads the kernel (here: the test's namespace) and changes nothing.
         vec!["--config", node, "check", "--routers", routers, "--plan"],
-        // Nothing recorded: removes nothing, still prints its count.
+        // No router recorded: removes nothing, still prints its count.
         vec!["--config", node, "cleanup"],
         vec!["--help"],
         vec!["check", "--help"],
