@@ -161,7 +161,7 @@ pub extern "C" fn xr_ct_scan(kw0: u64, kw1: u64, m: u32) -> u32 {
 /// floating IP added or moved since), not the old connection's. After
 /// one side's FIN only, or the other side's reset (a refused connection
 /// tried again), the SYN goes on in the old connection, as in the
-/// kernel's. The scans are written out here, not called: a call deeper
+/// kernel's. Its scans are inlined ([`scan`]), not calls: a call deeper
 /// would take the stack past the 512 bytes the pipeline may use.
 #[unsafe(no_mangle)]
 #[inline(never)]
