@@ -2365,38 +2365,36 @@ fn a_syn_reopens_a_connection_both_sides_closed() {
             "reopened after FINs both ways"
         );
         assert_eq!(r.ct_counts(), (2, 8));
-        // One side's FIN only: the same connection.
+        // One side's FIN only: the same connection, which keeps that FIN
+        // through a stray SYN (the kernel ignores it), so that the other
+        // side's FIN closes it and the next SYN reopens it.
         run(false, r.qg, out(5002, fin));
         run(false, r.qg, out(5002, syn));
         assert_eq!(r.event(CtEvent::Created), 6, "one FIN: not reopened");
         assert_eq!(r.ct_counts(), (2, 8));
+        run(false, r.qr2, back(5002, fin));
+        run(false, r.qg, out(5002, syn));
+        assert_eq!(r.event(CtEvent::Created), 7, "the FIN outlived the SYN");
+        assert_eq!(r.ct_counts(), (4, 6));
         // Reset by the SYN's own side: a new connection.
         run(false, r.qg, out(5003, rst));
         run(false, r.qg, out(5003, syn));
-        assert_eq!(r.event(CtEvent::Created), 7, "reopened after its own reset");
-        assert_eq!(r.ct_counts(), (4, 6));
+        assert_eq!(r.event(CtEvent::Created), 8, "reopened after its own reset");
+        assert_eq!(r.ct_counts(), (6, 4));
         // Reset by the other side: the SYN tried again goes on in it.
         run(false, r.qr2, back(5004, rst));
         run(false, r.qg, out(5004, syn));
-        assert_eq!(
-            r.event(CtEvent::Created),
-            7,
-            "the other side's reset: not reopened"
-        );
-        assert_eq!(r.ct_counts(), (4, 6));
+        assert_eq!(r.event(CtEvent::Created), 8, "other side's reset: kept");
+        assert_eq!(r.ct_counts(), (6, 4));
         // TC, closed both ways.
         run(true, r.qg, out(5005, fin));
         run(true, r.qr2, back(5005, fin));
         run(true, r.qg, out(5005, ack));
         run(true, r.qg, out(5005, syn));
-        assert_eq!(
-            r.event(CtEvent::Created),
-            8,
-            "tc: reopened after FINs both ways"
-        );
-        assert_eq!(r.ct_counts(), (6, 4));
+        assert_eq!(r.event(CtEvent::Created), 9, "tc: reopened");
+        assert_eq!(r.ct_counts(), (8, 2));
         // The reopened connections work: the answer goes back translated.
-        for sport in [5001, 5003, 5005] {
+        for sport in [5001, 5002, 5003, 5005] {
             let o = r.xdp(r.qr2, &back(sport, synack));
             assert_eq!(o.ret, XDP_REDIRECT);
             assert_eq!(o.src().to_string(), "192.168.1.104");

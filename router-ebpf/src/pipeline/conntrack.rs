@@ -57,8 +57,13 @@ fn tcp_next(state: u8, flags: u8, opener_acks: bool) -> u8 {
         // A SYN, or the SYN-ACK answering it: the handshake is not done
         // until the opener's ACK (a SYN-ACK to a spoofed SYN never gets
         // one, and must expire as an unanswered handshake does, not as an
-        // established connection).
-        if state == TCP_ESTABLISHED {
+        // established connection). In an established or closing
+        // connection it changes nothing, as the kernel ignores it there:
+        // a stray SYN must not make a half-closed connection forget its
+        // FIN (the SYN that ends a connection both sides closed never gets
+        // here: `table::lookup_syn`). After a reset it starts the
+        // handshake again (a refused connection retried).
+        if state == TCP_ESTABLISHED || state == TCP_FIN {
             state
         } else {
             TCP_SYN_SENT

@@ -899,11 +899,12 @@ pub fn text(r: &Report) -> String {
         }
         (Some(k), None) => line("conntrack", format!("no connection for {k}")),
     }
-    for e in &c.created {
-        line("", format!("created: {e}"));
-    }
+    // Changes first: a connection a SYN ended went before the new one.
     for ch in &c.changed {
         line("", format!("changed: {}: {}", ch.tuple, ch.change));
+    }
+    for e in &c.created {
+        line("", format!("created: {e}"));
     }
     match (&r.nat.source, &r.nat.destination) {
         (None, None) => line("nat", "none".into()),
