@@ -15,6 +15,10 @@ use crate::{
 #[derive(Serialize)]
 pub struct Shown<'a> {
     pub dataplane: Option<Dataplane>,
+    /// Whether a daemon answers on the control socket: the routers shown
+    /// forward without one, as last applied, but nothing follows the
+    /// routers file or resyncs them.
+    pub daemon_running: bool,
     /// Routers as last applied successfully.
     pub routers: Vec<ShownRouter<'a>>,
     /// Routers whose last apply failed (retried at every resync).
@@ -116,6 +120,7 @@ fn metadata_of(ns: &str, node: &NodeConfig) -> (Option<u16>, Option<String>) {
 pub fn view<'a>(state: &'a State, node: &NodeConfig) -> Shown<'a> {
     Shown {
         dataplane: state.dataplane,
+        daemon_running: daemon_answers(node),
         routers: state
             .routers
             .iter()
@@ -149,6 +154,22 @@ pub fn view<'a>(state: &'a State, node: &NodeConfig) -> Shown<'a> {
 
 pub fn json(state: &State, node: &NodeConfig) -> String {
     serde_json::to_string_pretty(&view(state, node)).expect("serialisable")
+}
+
+/// Whether a daemon accepts connections on the node's control socket
+/// (connected and closed at once: the daemon reads no request and goes
+/// on).
+fn daemon_answers(node: &NodeConfig) -> bool {
+    std::os::unix::net::UnixStream::connect(node.socket_path()).is_ok()
+}
+
+/// How the table says whether the daemon runs.
+fn daemon_line(running: bool) -> &'static str {
+    if running {
+        "daemon: running"
+    } else {
+        "daemon: NOT RUNNING (the routers forward as last applied; nothing follows the routers file)"
+    }
 }
 
 /// `xrouter show`: the routers as JSON or a table; an error where no
@@ -185,12 +206,18 @@ pub fn table(state: &State, node: &NodeConfig) -> String {
             f.error
         );
     }
+    let shown = view(state, node);
+    let daemon = daemon_line(shown.daemon_running);
     if state.routers.is_empty() {
-        let _ = writeln!(o, "no routers (data plane: {dp})");
+        let _ = writeln!(o, "no routers (data plane: {dp})   {daemon}");
         return o;
     }
-    let _ = writeln!(o, "data plane: {dp}   routers: {}", state.routers.len());
-    for s in view(state, node).routers {
+    let _ = writeln!(
+        o,
+        "data plane: {dp}   routers: {}   {daemon}",
+        state.routers.len()
+    );
+    for s in shown.routers {
         let r = s.router;
         let _ = writeln!(o);
         let gw = match &r.gateway {
@@ -452,7 +479,7 @@ mod tests {
         };
         assert_eq!(
             routers(&ran, &node, false).unwrap(),
-            "no routers (data plane: tc)\n"
+            format!("no routers (data plane: tc)   {}\n", daemon_line(false))
         );
     }
 

@@ -548,11 +548,31 @@ fn daemon_stop_keeps_forwarding(plane: Dataplane) {
     let mut rig = Rig::article(plane);
     let _s = tcp_servers(&rig, &["vm2", "ext"]);
     let mut c = Checks::new("daemon_stop_keeps_forwarding");
+    let running = rig.show()["daemon_running"].clone();
+    c.eq("show: the daemon is running", running, true.into());
     let st = rig.stop_daemon();
     c.ok(
         st.is_some_and(|s| s.success()),
         "daemon exits 0 on SIGTERM",
         st,
+    );
+    let shown = rig.show();
+    c.eq(
+        "show after the stop: the daemon is not running",
+        shown["daemon_running"].clone(),
+        false.into(),
+    );
+    c.ok(
+        shown["routers"].as_array().is_some_and(|r| r.len() == 1),
+        "show after the stop: the router, as last applied",
+        &shown,
+    );
+    let cfg = rig.config_path().display().to_string();
+    let table = rig.xrouter(&["show", "--config", &cfg]);
+    c.ok(
+        table.success() && table.stdout.contains("daemon: NOT RUNNING"),
+        "show's table says the daemon is not running",
+        table.describe(),
     );
     c.reply(
         "vm1 -> ext still SNATed",
