@@ -132,10 +132,7 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo, screened: bool, df_len: u32) -> Resu
     // retry one not answered yet): it is shed before the table lookups a
     // flood's SYNs all miss in, which are what a shed packet costs. (Not
     // in TC behind XDP, which has done it: `CFG_XDP`.)
-    if pkt.proto == PROTO_TCP
-        && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN
-        && spent(now, screened)
-    {
+    if pkt.is_syn() && spent(now, screened) {
         no_connection(pkt, ingress)?;
         return Err(Verdict::Drop(Outcome::DropNewRate));
     }
@@ -145,7 +142,9 @@ pub fn track(pkt: &Pkt, ingress: &PortInfo, screened: bool, df_len: u32) -> Resu
     // CPU's lookups of them mostly miss (a flood of new flows). TCP's
     // other packets never pay for the guess, even during a flood.
     let tcp = pkt.proto == PROTO_TCP;
-    let syn = tcp && pkt.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN;
+    // Worked out again, not kept from the shed above: held across its
+    // calls, it took the pipeline's stack past the verifier's 512 bytes.
+    let syn = pkt.is_syn();
     if syn || (!tcp && table::flooded()) {
         nat::foresee(pkt, ingress);
     }

@@ -159,11 +159,7 @@ pub fn process<P: Packet>(p: &mut P) -> Verdict {
     } else {
         // A SYN TC gets from XDP, which did not hand it on for its
         // checksum: XDP has weighed it against the budget (`CFG_XDP`).
-        let screened = P::TC
-            && pkt.proto == parse::PROTO_TCP
-            && pkt.flags & (parse::FLAG_SYN | parse::FLAG_ACK | parse::FLAG_RST | parse::FLAG_FIN)
-                == parse::FLAG_SYN
-            && !parse::partial_csum(p, &pkt);
+        let screened = P::TC && pkt.is_syn() && !parse::partial_csum(p, &pkt);
         // A DF packet's size, for a new connection that would never carry
         // it (see `conntrack::track`).
         let df_len = if pkt.df { wire_len(p, &pkt) } else { 0 };

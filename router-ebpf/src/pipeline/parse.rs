@@ -75,6 +75,16 @@ pub struct Pkt {
     pub frag_off: u16,
 }
 
+impl Pkt {
+    /// A TCP segment with SYN alone of SYN, ACK, RST and FIN: one that
+    /// opens (or retries opening) a connection.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.proto == PROTO_TCP
+            && self.flags & (FLAG_SYN | FLAG_ACK | FLAG_RST | FLAG_FIN) == FLAG_SYN
+    }
+}
+
 pub const FRAG_NONE: u8 = 0;
 pub const FRAG_FIRST: u8 = 1;
 pub const FRAG_LATER: u8 = 2;
